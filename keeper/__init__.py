@@ -1,0 +1,1 @@
+"""The clearing keeper service: chain access, indexing, store, decisions, transactions, CLI."""

@@ -1,0 +1,19 @@
+"""The `keeper` command line."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decentralized clearing keeper")
+
+
+@app.command()
+def demo() -> None:
+    """Start anvil, deploy the math harness and print primitives computed both ways."""
+    from keeper.demo import run_demo
+
+    raise SystemExit(run_demo())
+
+
+def main() -> None:
+    app()

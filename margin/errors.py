@@ -1,0 +1,115 @@
+"""Typed exceptions that mirror the Solidity verifier's reverts one to one.
+
+Every revert the contracts can raise has exactly one exception class here. A class carries
+the Solidity error signature, so a differential test can compare the 4-byte selector (and the
+ABI-encoded arguments) of an on-chain revert with the exception raised off-chain.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from eth_utils import keccak
+
+
+class MarginError(Exception):
+    """Base of every engine failure that the on-chain verifier also fails on."""
+
+    #: Solidity error signature, e.g. ``"ExpOverflow(int256)"``; ``Panic(uint256)`` for panics.
+    signature: ClassVar[str] = ""
+
+    def __init__(self, *args: int) -> None:
+        super().__init__(*args)
+        self.args_: tuple[int, ...] = args
+
+    @classmethod
+    def selector(cls) -> bytes:
+        return keccak(text=cls.signature)[:4]
+
+    def revert_data(self) -> bytes:
+        """The exact revert data the contract returns for this failure."""
+        from eth_abi import encode
+
+        types = self.signature[self.signature.index("(") + 1 : -1]
+        arg_types = [t for t in types.split(",") if t]
+        return self.selector() + encode(arg_types, list(self.args_))
+
+    def __str__(self) -> str:
+        name = self.signature.split("(")[0] or type(self).__name__
+        return f"{name}({', '.join(str(a) for a in self.args_)})"
+
+
+# --- fixed-point core (contracts/src/math/FixedPoint.sol) -------------------------------
+
+
+class MulDivOverflow(MarginError):
+    """An intermediate product or a quotient does not fit in int256."""
+
+    signature = "MulDivOverflow()"
+
+
+class DivisionByZero(MarginError):
+    """A fixed-point division by zero (a named error, not Panic(0x12))."""
+
+    signature = "DivisionByZero()"
+
+
+class ExpOverflow(MarginError):
+    """exp(x) would exceed int256: x is above the documented maximum."""
+
+    signature = "ExpOverflow(int256)"
+
+
+class LnOfNonPositive(MarginError):
+    """ln(x) with x <= 0."""
+
+    signature = "LnOfNonPositive(int256)"
+
+
+class SqrtOfNegative(MarginError):
+    """sqrt(x) with x < 0."""
+
+    signature = "SqrtOfNegative(int256)"
+
+
+class SqrtOverflow(MarginError):
+    """sqrt(x) of a WAD so large that x * 1e18 does not fit in int256."""
+
+    signature = "SqrtOverflow(int256)"
+
+
+# --- Solidity panics (checked arithmetic in high-level Solidity code) -------------------
+
+
+class Panic(MarginError):
+    """Solidity ``Panic(uint256)``; subclasses fix the code."""
+
+    signature = "Panic(uint256)"
+    code: ClassVar[int] = 0
+
+    def __init__(self) -> None:
+        super().__init__(self.code)
+
+
+class ArithmeticOverflow(Panic):
+    """Panic(0x11): checked +, -, * over- or underflowed."""
+
+    code = 0x11
+
+
+class PanicDivisionByZero(Panic):
+    """Panic(0x12): checked / or % by zero."""
+
+    code = 0x12
+
+
+def error_by_selector() -> dict[bytes, type[MarginError]]:
+    """Every concrete error class by its 4-byte selector (panics share one selector)."""
+    out: dict[bytes, type[MarginError]] = {}
+    stack: list[type[MarginError]] = [MarginError]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.signature and not issubclass(cls, Panic):
+            out[cls.selector()] = cls
+    return out

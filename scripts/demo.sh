@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's main command: installs what it needs, then runs the devnet demo.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/bootstrap.sh
+export PATH="$root/tools/node_modules/.bin:$root/.venv/bin:$PATH"
+(cd contracts && forge build --offline >/dev/null)
+exec keeper demo "$@"
