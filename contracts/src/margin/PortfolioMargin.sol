@@ -1,0 +1,633 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {FixedPoint} from "../math/FixedPoint.sol";
+import {OptionPricing} from "./OptionPricing.sol";
+
+// ---------------------------------------------------------------------------------------------
+// Errors (one Python class each in margin/errors.py, same signature). Indices are 0-based
+// positions in the arrays the verifier receives; field codes are listed in margin/params.py.
+// ---------------------------------------------------------------------------------------------
+
+/// @notice No underlying, or more than PortfolioMargin.MAX_UNDERLYINGS.
+error InvalidUnderlyingCount(uint256 count);
+/// @notice More collateral assets than PortfolioMargin.MAX_ASSETS.
+error InvalidAssetCount(uint256 count);
+/// @notice A per-underlying risk parameter is out of bounds.
+error InvalidRiskParameter(uint256 underlying, uint256 field);
+/// @notice A collateral asset parameter is out of bounds.
+error InvalidAssetParameter(uint256 asset, uint256 field);
+/// @notice The correlation credit or the IM factor is out of bounds.
+error InvalidGlobalParameter(uint256 field);
+/// @notice The market does not carry one spot and one vol per underlying.
+error MarketLengthMismatch(uint256 expected, uint256 got);
+/// @notice A spot outside [MIN_SPOT, MAX_PRICE].
+error MarketSpotOutOfRange(uint256 underlying, int256 spot);
+/// @notice An implied vol outside [0, MAX_VOL].
+error MarketVolOutOfRange(uint256 underlying, int256 vol);
+/// @notice More positions than MAX_POSITIONS (the gas ceiling of the full check).
+error TooManyPositions(uint256 count);
+/// @notice Not one collateral balance per asset.
+error CollateralLengthMismatch(uint256 expected, uint256 got);
+/// @notice A position names an underlying that the parameters do not have.
+error UnknownUnderlying(uint256 position, uint256 underlying);
+/// @notice A position's kind is not 0 (future), 1 (call) or 2 (put).
+error InvalidInstrumentKind(uint256 position, uint256 kind);
+/// @notice An option's strike outside [1, MAX_PRICE].
+error InvalidOptionStrike(uint256 position, int256 strike);
+/// @notice |quantity| > MAX_QUANTITY.
+error QuantityOutOfRange(uint256 position, int256 quantity);
+/// @notice |entry price| > MAX_PRICE.
+error EntryPriceOutOfRange(uint256 position, int256 entryPrice);
+/// @notice |collateral balance| > MAX_COLLATERAL.
+error CollateralOutOfRange(uint256 asset, int256 amount);
+/// @notice A witness must name one scenario per underlying.
+error WitnessLengthMismatch(uint256 expected, uint256 got);
+/// @notice A witness names a scenario index the underlying does not have.
+error WitnessOutOfRange(uint256 underlying, uint256 index, uint256 count);
+
+// ---------------------------------------------------------------------------------------------
+// Data (field order = the Python dataclasses' to_abi() order; all amounts signed WAD).
+// ---------------------------------------------------------------------------------------------
+
+/// @notice An extended (stress) scenario: relative price move, vol state (0 down, 1 unchanged,
+/// 2 up) and the fraction of its loss that counts.
+struct ExtendedMove {
+    int256 move;
+    uint8 volState;
+    int256 weight;
+}
+
+/// @notice Scenario grid and contingency charges of one underlying (see margin/params.py).
+struct UnderlyingParams {
+    int256 priceRange; // R: regular moves R*k/n, k = -n..n
+    uint256 moveSteps; // n
+    int256 volShiftBase; // shift at T = volRefTime
+    uint256 volRefTime; // seconds
+    uint256 volMinTime; // seconds; shorter expiries get the shift of volMinTime
+    int256 volExponent; // p: shift = base * (Tref / max(T, Tmin))^p
+    int256 volFloor; // down state >= min(vol, floor)
+    ExtendedMove[] extended;
+    int256 shortOptionCharge; // x spot per net short option contract, per (call/put, strike)
+    int256 calendarCharge; // x spot per offsetting future across expiries
+    int256 vegaCharge; // x offsetting vega proxy q*S*sqrt(T) across expiries
+}
+
+/// @notice A collateral asset: haircut, and the underlying whose price moves it
+/// (PortfolioMargin.STABLE for a stablecoin valued at 1).
+struct AssetParams {
+    int256 haircut;
+    uint256 underlying;
+}
+
+struct RiskParams {
+    UnderlyingParams[] underlyings;
+    AssetParams[] assets;
+    int256 correlationCredit; // in [0, 0.8]
+    int256 imFactor; // > 1
+}
+
+/// @notice A position with its instrument inline. kind 0 = linear future marked at spot
+/// (expiry 0 = perpetual), 1 = call, 2 = put (European, cash-settled). Value is futures-style:
+/// quantity * (mark - entryPrice) for every kind.
+struct Position {
+    uint256 underlying;
+    uint8 kind;
+    int256 strike;
+    uint64 expiry;
+    int256 quantity;
+    int256 entryPrice;
+}
+
+/// @notice Positions plus one signed balance per asset of RiskParams.assets.
+struct Portfolio {
+    Position[] positions;
+    int256[] collateral;
+}
+
+struct Market {
+    uint64 timestamp; // "now" for time to expiry
+    int256 rate;
+    int256[] spots; // per underlying
+    int256[] vols; // implied vol per underlying
+}
+
+/// @notice state: 0 healthy, 1 margin call (equity < IM), 2 liquidatable (equity < MM).
+struct MarginResult {
+    int256 equity;
+    int256 requirement;
+    int256 initialMargin;
+    int256 contingencies;
+    int256 credit;
+    uint8 state;
+    int256[] losses;
+    uint256[] witness;
+}
+
+/// @title Portfolio margin: scenario risk arrays, contingencies, witness verification
+/// @notice Mirrored integer for integer (and error for error) by margin/requirement.py; the
+/// steps, their rounding and the bounds that rule out overflow are documented there.
+/// fullCheck evaluates every scenario; witnessCheck only the named scenario per underlying
+/// (plus the same contingencies), so its requirement is never above fullCheck's and equals it
+/// for the witness that fullCheck returns.
+library PortfolioMargin {
+    using FixedPoint for int256;
+
+    int256 internal constant WAD = 1e18;
+    uint256 internal constant YEAR = 31_536_000;
+    uint256 internal constant STABLE = type(uint256).max;
+
+    uint256 internal constant MAX_UNDERLYINGS = 8;
+    uint256 internal constant MAX_ASSETS = 8;
+    uint256 internal constant MAX_POSITIONS = 40;
+    uint256 internal constant MAX_MOVE_STEPS = 10;
+    uint256 internal constant MAX_EXTENDED = 8;
+    int256 internal constant MAX_CORRELATION_CREDIT = 8e17;
+    int256 internal constant MAX_IM_FACTOR = 10e18;
+    int256 internal constant MAX_PRICE_RANGE = 9e17;
+    int256 internal constant MAX_VOL_SHIFT_BASE = 5e18;
+    uint256 internal constant MAX_VOL_TIME = 5 * YEAR;
+    int256 internal constant MAX_VOL_EXPONENT = 2e18;
+    int256 internal constant MIN_EXTENDED_MOVE = -99e16;
+    int256 internal constant MAX_EXTENDED_MOVE = 10e18;
+    int256 internal constant MAX_QUANTITY = 1e30;
+    int256 internal constant MAX_PRICE = 1e30;
+    int256 internal constant MIN_SPOT = 1e10;
+    int256 internal constant MAX_VOL = 10e18;
+    int256 internal constant MAX_COLLATERAL = 1e33;
+    int256 internal constant MAX_SCENARIO_VOL = 10e18;
+
+    uint8 internal constant FUTURE = 0;
+    uint8 internal constant CALL = 1;
+    uint8 internal constant PUT = 2;
+    uint8 internal constant VOL_DOWN = 0;
+    uint8 internal constant VOL_UNCHANGED = 1;
+    uint8 internal constant VOL_UP = 2;
+
+    // ------------------------------------------------------------------ validation
+
+    function validateParams(RiskParams memory p) internal pure {
+        if (p.correlationCredit < 0 || p.correlationCredit > MAX_CORRELATION_CREDIT) {
+            revert InvalidGlobalParameter(1);
+        }
+        if (p.imFactor <= WAD || p.imFactor > MAX_IM_FACTOR) revert InvalidGlobalParameter(2);
+        uint256 nU = p.underlyings.length;
+        if (nU == 0 || nU > MAX_UNDERLYINGS) revert InvalidUnderlyingCount(nU);
+        for (uint256 i; i < nU; ++i) {
+            _validateUnderlying(i, p.underlyings[i]);
+        }
+        if (p.assets.length > MAX_ASSETS) revert InvalidAssetCount(p.assets.length);
+        for (uint256 a; a < p.assets.length; ++a) {
+            AssetParams memory ap = p.assets[a];
+            if (ap.haircut < 0 || ap.haircut > WAD) revert InvalidAssetParameter(a, 1);
+            if (ap.underlying != STABLE && ap.underlying >= nU) revert InvalidAssetParameter(a, 2);
+        }
+    }
+
+    function _validateUnderlying(uint256 i, UnderlyingParams memory u) private pure {
+        if (u.priceRange <= 0 || u.priceRange > MAX_PRICE_RANGE) revert InvalidRiskParameter(i, 1);
+        if (u.moveSteps < 1 || u.moveSteps > MAX_MOVE_STEPS) revert InvalidRiskParameter(i, 2);
+        if (u.volShiftBase < 0 || u.volShiftBase > MAX_VOL_SHIFT_BASE) revert InvalidRiskParameter(i, 3);
+        if (u.volRefTime < 1 || u.volRefTime > MAX_VOL_TIME) revert InvalidRiskParameter(i, 4);
+        if (u.volMinTime < 1 || u.volMinTime > u.volRefTime) revert InvalidRiskParameter(i, 5);
+        if (u.volExponent < 0 || u.volExponent > MAX_VOL_EXPONENT) revert InvalidRiskParameter(i, 6);
+        if (u.volFloor < 0 || u.volFloor > WAD) revert InvalidRiskParameter(i, 7);
+        if (u.extended.length > MAX_EXTENDED) revert InvalidRiskParameter(i, 8);
+        for (uint256 e; e < u.extended.length; ++e) {
+            ExtendedMove memory x = u.extended[e];
+            if (x.move < MIN_EXTENDED_MOVE || x.move > MAX_EXTENDED_MOVE) revert InvalidRiskParameter(i, 9);
+            if (x.volState > VOL_UP) revert InvalidRiskParameter(i, 10);
+            if (x.weight < 0 || x.weight > WAD) revert InvalidRiskParameter(i, 11);
+        }
+        if (u.shortOptionCharge < 0 || u.shortOptionCharge > WAD) revert InvalidRiskParameter(i, 12);
+        if (u.calendarCharge < 0 || u.calendarCharge > WAD) revert InvalidRiskParameter(i, 13);
+        if (u.vegaCharge < 0 || u.vegaCharge > WAD) revert InvalidRiskParameter(i, 14);
+    }
+
+    function validateMarket(Market memory m, RiskParams memory p) internal pure {
+        uint256 nU = p.underlyings.length;
+        if (m.spots.length != nU) revert MarketLengthMismatch(nU, m.spots.length);
+        if (m.vols.length != nU) revert MarketLengthMismatch(nU, m.vols.length);
+        for (uint256 i; i < nU; ++i) {
+            if (m.spots[i] < MIN_SPOT || m.spots[i] > MAX_PRICE) revert MarketSpotOutOfRange(i, m.spots[i]);
+            if (m.vols[i] < 0 || m.vols[i] > MAX_VOL) revert MarketVolOutOfRange(i, m.vols[i]);
+        }
+    }
+
+    function validatePortfolio(Portfolio memory pf, RiskParams memory p) internal pure {
+        uint256 n = pf.positions.length;
+        if (n > MAX_POSITIONS) revert TooManyPositions(n);
+        if (pf.collateral.length != p.assets.length) {
+            revert CollateralLengthMismatch(p.assets.length, pf.collateral.length);
+        }
+        uint256 nU = p.underlyings.length;
+        for (uint256 i; i < n; ++i) {
+            Position memory q = pf.positions[i];
+            if (q.underlying >= nU) revert UnknownUnderlying(i, q.underlying);
+            if (q.kind > PUT) revert InvalidInstrumentKind(i, q.kind);
+            if (q.kind != FUTURE && (q.strike <= 0 || q.strike > MAX_PRICE)) revert InvalidOptionStrike(i, q.strike);
+            if (q.quantity < -MAX_QUANTITY || q.quantity > MAX_QUANTITY) revert QuantityOutOfRange(i, q.quantity);
+            if (q.entryPrice < -MAX_PRICE || q.entryPrice > MAX_PRICE) revert EntryPriceOutOfRange(i, q.entryPrice);
+        }
+        for (uint256 a; a < pf.collateral.length; ++a) {
+            int256 b = pf.collateral[a];
+            if (b < -MAX_COLLATERAL || b > MAX_COLLATERAL) revert CollateralOutOfRange(a, b);
+        }
+    }
+
+    // ------------------------------------------------------------------ scenarios
+
+    function scenarioCount(UnderlyingParams memory u) internal pure returns (uint256) {
+        return 3 * (2 * u.moveSteps + 1) + u.extended.length;
+    }
+
+    /// @notice Scenario j: (move, vol state, weight, extended?). Regular j: move index j / 3,
+    /// move mulDivDown(R, k - n, n), vol state j % 3, weight 1; then the extended moves.
+    function scenario(UnderlyingParams memory u, uint256 j)
+        internal
+        pure
+        returns (int256 move, uint8 volState, int256 weight, bool extended)
+    {
+        uint256 regular = 3 * (2 * u.moveSteps + 1);
+        if (j < regular) {
+            // k - n in [-10, 10]: the int casts are exact.
+            move = u.priceRange.mulDivDown(int256(j / 3) - int256(u.moveSteps), int256(u.moveSteps));
+            return (move, uint8(j % 3), WAD, false);
+        }
+        ExtendedMove memory e = u.extended[j - regular];
+        return (e.move, e.volState, e.weight, true);
+    }
+
+    /// @notice Absolute vol shift for tau seconds to expiry (rounded up):
+    /// base * exp(p * ln(Tref / max(tau, Tmin))).
+    function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256) {
+        uint256 tEff = tau > u.volMinTime ? tau : u.volMinTime;
+        // tEff < 2^64 (expiry is uint64) and Tref <= 5 years: the casts are exact.
+        int256 ratio = int256(u.volRefTime).mulDivDown(WAD, int256(tEff));
+        int256 factor = FixedPoint.expWad(u.volExponent.mulDown(FixedPoint.lnWad(ratio)));
+        return u.volShiftBase.mulUp(factor);
+    }
+
+    function _volFor(UnderlyingParams memory u, int256 vol, int256 shift, uint8 state) private pure returns (int256) {
+        if (state == VOL_UP) {
+            int256 up = vol + shift;
+            return up < MAX_SCENARIO_VOL ? up : MAX_SCENARIO_VOL;
+        }
+        if (state == VOL_DOWN) {
+            int256 lowest = vol < u.volFloor ? vol : u.volFloor;
+            int256 down = vol - shift;
+            return down > lowest ? down : lowest;
+        }
+        return vol;
+    }
+
+    // ------------------------------------------------------------------ full check
+
+    function fullCheck(Portfolio memory pf, Market memory m, RiskParams memory p)
+        internal
+        pure
+        returns (MarginResult memory r)
+    {
+        validateParams(p);
+        validateMarket(m, p);
+        validatePortfolio(pf, p);
+        uint256 nU = p.underlyings.length;
+
+        // Shocked spot per underlying and scenario; exact accumulators q * (V_j - V0).
+        int256[][] memory shocked = new int256[][](nU);
+        int256[][] memory acc = new int256[][](nU);
+        for (uint256 u; u < nU; ++u) {
+            UnderlyingParams memory up = p.underlyings[u];
+            uint256 count = scenarioCount(up);
+            shocked[u] = new int256[](count);
+            acc[u] = new int256[](count);
+            for (uint256 j; j < count; ++j) {
+                (int256 move,,,) = scenario(up, j);
+                shocked[u][j] = m.spots[u].mulDown(WAD + move);
+            }
+        }
+
+        int256 equity;
+        for (uint256 i; i < pf.positions.length; ++i) {
+            Position memory q = pf.positions[i];
+            int256 v0 = _accumulateFull(q, m, p.underlyings[q.underlying], shocked[q.underlying], acc[q.underlying]);
+            equity += q.quantity.mulDown(v0 - q.entryPrice);
+        }
+        equity += _collateralFull(pf, m, p, shocked, acc);
+
+        r.losses = new int256[](nU);
+        r.witness = new uint256[](nU);
+        for (uint256 u; u < nU; ++u) {
+            UnderlyingParams memory up = p.underlyings[u];
+            uint256 regular = 3 * (2 * up.moveSteps + 1);
+            int256[] memory a = acc[u];
+            int256 best = type(int256).min;
+            uint256 arg;
+            for (uint256 j; j < a.length; ++j) {
+                // Losses round up: ceil(-acc / 1e18), then ceil(loss * weight) when extended.
+                int256 loss = (-a[j]).mulUp(1);
+                if (j >= regular) loss = loss.mulUp(up.extended[j - regular].weight);
+                if (loss > best) {
+                    best = loss;
+                    arg = j;
+                }
+            }
+            r.losses[u] = best;
+            r.witness[u] = arg;
+        }
+        _finish(r, pf, m, p, equity);
+    }
+
+    /// @dev One position into the accumulators of its underlying; returns its mark V0.
+    function _accumulateFull(
+        Position memory q,
+        Market memory m,
+        UnderlyingParams memory up,
+        int256[] memory sh,
+        int256[] memory a
+    ) private pure returns (int256 v0) {
+        int256 spot = m.spots[q.underlying];
+        int256 qty = q.quantity;
+        uint256 count = a.length;
+        if (q.kind == FUTURE) {
+            for (uint256 j; j < count; ++j) {
+                a[j] += qty * (sh[j] - spot);
+            }
+            return spot;
+        }
+        OptionCtx memory c;
+        c.isCall = q.kind == CALL;
+        c.strike = q.strike;
+        c.tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+        c.rate = m.rate;
+        c.qty = qty;
+        // Order of work (mirrored for the errors): the shift, V0, then V_j by index.
+        int256 vol = m.vols[q.underlying];
+        int256 shift = volShift(up, c.tau);
+        int256[3] memory vols = [_volFor(up, vol, shift, VOL_DOWN), vol, _volFor(up, vol, shift, VOL_UP)];
+        v0 = OptionPricing.price(c.isCall, spot, c.strike, c.tau, vol, c.rate);
+        c.v0 = v0;
+        _optionScenarios(c, up, vols, sh, a);
+    }
+
+    /// @dev Per-option constants of the scenario loop (a struct keeps the stack shallow).
+    struct OptionCtx {
+        bool isCall;
+        int256 strike;
+        uint256 tau;
+        int256 rate;
+        int256 qty;
+        int256 v0;
+    }
+
+    function _optionScenarios(
+        OptionCtx memory c,
+        UnderlyingParams memory up,
+        int256[3] memory vols,
+        int256[] memory sh,
+        int256[] memory a
+    ) private pure {
+        uint256 center = 3 * up.moveSteps + 1;
+        uint256 regular = 2 * center - 1;
+        for (uint256 j; j < a.length; ++j) {
+            if (j == center) continue; // V_center == V0
+            uint8 state = j < regular ? uint8(j % 3) : up.extended[j - regular].volState;
+            int256 pj = OptionPricing.price(c.isCall, sh[j], c.strike, c.tau, vols[state], c.rate);
+            a[j] += c.qty * (pj - c.v0);
+        }
+    }
+
+    function _collateralFull(
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        int256[][] memory shocked,
+        int256[][] memory acc
+    ) private pure returns (int256 value) {
+        for (uint256 k; k < p.assets.length; ++k) {
+            AssetParams memory ap = p.assets[k];
+            int256 e = _haircut(pf.collateral[k], ap.haircut);
+            if (ap.underlying == STABLE) {
+                value += e;
+                continue;
+            }
+            int256 spot = m.spots[ap.underlying];
+            value += e.mulDown(spot);
+            int256[] memory sh = shocked[ap.underlying];
+            int256[] memory a = acc[ap.underlying];
+            for (uint256 j; j < sh.length; ++j) {
+                a[j] += e * (sh[j] - spot);
+            }
+        }
+    }
+
+    /// @dev Effective balance: a positive balance loses its haircut (rounded down); a debt counts in full.
+    function _haircut(int256 balance, int256 haircut) private pure returns (int256) {
+        return balance > 0 ? balance.mulDown(WAD - haircut) : balance;
+    }
+
+    // ------------------------------------------------------------------ witness check
+
+    function witnessCheck(Portfolio memory pf, Market memory m, RiskParams memory p, uint256[] memory witness)
+        internal
+        pure
+        returns (MarginResult memory r)
+    {
+        validateParams(p);
+        validateMarket(m, p);
+        validatePortfolio(pf, p);
+        uint256 nU = p.underlyings.length;
+        if (witness.length != nU) revert WitnessLengthMismatch(nU, witness.length);
+        int256[] memory shockedW = new int256[](nU);
+        for (uint256 u; u < nU; ++u) {
+            uint256 count = scenarioCount(p.underlyings[u]);
+            if (witness[u] >= count) revert WitnessOutOfRange(u, witness[u], count);
+            (int256 move,,,) = scenario(p.underlyings[u], witness[u]);
+            shockedW[u] = m.spots[u].mulDown(WAD + move);
+        }
+
+        int256[] memory acc = new int256[](nU);
+        int256 equity;
+        for (uint256 i; i < pf.positions.length; ++i) {
+            Position memory q = pf.positions[i];
+            uint256 u = q.underlying;
+            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], witness[u], shockedW[u], acc);
+            equity += q.quantity.mulDown(v0 - q.entryPrice);
+        }
+        for (uint256 k; k < p.assets.length; ++k) {
+            AssetParams memory ap = p.assets[k];
+            int256 e = _haircut(pf.collateral[k], ap.haircut);
+            if (ap.underlying == STABLE) {
+                equity += e;
+                continue;
+            }
+            int256 spot = m.spots[ap.underlying];
+            equity += e.mulDown(spot);
+            acc[ap.underlying] += e * (shockedW[ap.underlying] - spot);
+        }
+
+        r.losses = new int256[](nU);
+        for (uint256 u; u < nU; ++u) {
+            (,, int256 weight, bool extended) = scenario(p.underlyings[u], witness[u]);
+            int256 loss = (-acc[u]).mulUp(1);
+            if (extended) loss = loss.mulUp(weight);
+            r.losses[u] = loss > 0 ? loss : int256(0);
+        }
+        r.witness = witness;
+        _finish(r, pf, m, p, equity);
+    }
+
+    function _accumulateWitness(
+        Position memory q,
+        Market memory m,
+        UnderlyingParams memory up,
+        uint256 w,
+        int256 shockedSpot,
+        int256[] memory acc
+    ) private pure returns (int256 v0) {
+        int256 spot = m.spots[q.underlying];
+        if (q.kind == FUTURE) {
+            acc[q.underlying] += q.quantity * (shockedSpot - spot);
+            return spot;
+        }
+        uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+        // Same order of work as the full check: the shift (only if the state needs it), V0, V_w.
+        int256 volW = _witnessVol(up, m.vols[q.underlying], tau, w);
+        v0 = OptionPricing.price(q.kind == CALL, spot, q.strike, tau, m.vols[q.underlying], m.rate);
+        if (w == 3 * up.moveSteps + 1) return v0; // the center: no move, no loss
+        int256 pw = OptionPricing.price(q.kind == CALL, shockedSpot, q.strike, tau, volW, m.rate);
+        acc[q.underlying] += q.quantity * (pw - v0);
+    }
+
+    function _witnessVol(UnderlyingParams memory up, int256 vol, uint256 tau, uint256 w)
+        private
+        pure
+        returns (int256)
+    {
+        (, uint8 state,,) = scenario(up, w);
+        if (state == VOL_UNCHANGED) return vol;
+        return _volFor(up, vol, volShift(up, tau), state);
+    }
+
+    // ------------------------------------------------------------------ common tail
+
+    function _finish(MarginResult memory r, Portfolio memory pf, Market memory m, RiskParams memory p, int256 equity)
+        private
+        pure
+    {
+        int256 total;
+        int256 largest;
+        for (uint256 u; u < r.losses.length; ++u) {
+            total += r.losses[u];
+            if (r.losses[u] > largest) largest = r.losses[u];
+        }
+        // Less credit is the conservative side: rounded down.
+        r.credit = (total - largest).mulDown(p.correlationCredit);
+        r.contingencies = contingencies(pf, m, p);
+        r.requirement = total - r.credit + r.contingencies;
+        r.initialMargin = r.requirement.mulUp(p.imFactor);
+        r.equity = equity;
+        r.state = equity < r.requirement ? 2 : equity < r.initialMargin ? 1 : 0;
+    }
+
+    /// @notice Short-option, calendar-basis and vega-offset charges, summed over underlyings.
+    /// Groups are found by scanning earlier positions (n <= 40), so every group is summed once,
+    /// starting at its first position.
+    function contingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
+        internal
+        pure
+        returns (int256 total)
+    {
+        Position[] memory ps = pf.positions;
+        uint256 n = ps.length;
+        // Vega proxy per option: q * S * sqrt(tau in years), floored at each step.
+        int256[] memory vega = new int256[](n);
+        for (uint256 i; i < n; ++i) {
+            Position memory q = ps[i];
+            if (q.kind == FUTURE) continue;
+            uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+            int256 years_ = int256(tau).mulDivDown(WAD, int256(YEAR));
+            vega[i] = q.quantity.mulDown(m.spots[q.underlying].mulDown(FixedPoint.sqrtDown(years_)));
+        }
+        for (uint256 u; u < p.underlyings.length; ++u) {
+            total += _contingencies(ps, vega, u, m.spots[u], p.underlyings[u]);
+        }
+    }
+
+    function _contingencies(
+        Position[] memory ps,
+        int256[] memory vega,
+        uint256 u,
+        int256 spot,
+        UnderlyingParams memory up
+    ) private pure returns (int256 total) {
+        int256 fLong;
+        int256 fShort;
+        int256 vLong;
+        int256 vShort;
+        uint256 n = ps.length;
+        for (uint256 i; i < n; ++i) {
+            Position memory q = ps[i];
+            if (q.underlying != u) continue;
+            if (q.kind == FUTURE) {
+                if (_seenFuture(ps, i)) continue;
+                int256 net;
+                for (uint256 k = i; k < n; ++k) {
+                    Position memory o = ps[k];
+                    if (o.underlying == u && o.kind == FUTURE && o.expiry == q.expiry) net += o.quantity;
+                }
+                if (net > 0) fLong += net;
+                else fShort -= net;
+                continue;
+            }
+            if (!_seenStrike(ps, i)) {
+                int256 net;
+                for (uint256 k = i; k < n; ++k) {
+                    Position memory o = ps[k];
+                    if (o.underlying == u && o.kind == q.kind && o.strike == q.strike) net += o.quantity;
+                }
+                if (net < 0) total += (-net).mulUp(spot).mulUp(up.shortOptionCharge);
+            }
+            if (!_seenOptionExpiry(ps, i)) {
+                int256 net;
+                for (uint256 k = i; k < n; ++k) {
+                    Position memory o = ps[k];
+                    if (o.underlying == u && o.kind != FUTURE && o.expiry == q.expiry) net += vega[k];
+                }
+                if (net > 0) vLong += net;
+                else vShort -= net;
+            }
+        }
+        int256 offset = fLong < fShort ? fLong : fShort;
+        if (offset > 0) total += offset.mulUp(spot).mulUp(up.calendarCharge);
+        offset = vLong < vShort ? vLong : vShort;
+        if (offset > 0) total += offset.mulUp(up.vegaCharge);
+    }
+
+    function _seenFuture(Position[] memory ps, uint256 i) private pure returns (bool) {
+        Position memory q = ps[i];
+        for (uint256 k; k < i; ++k) {
+            Position memory o = ps[k];
+            if (o.underlying == q.underlying && o.kind == FUTURE && o.expiry == q.expiry) return true;
+        }
+        return false;
+    }
+
+    function _seenStrike(Position[] memory ps, uint256 i) private pure returns (bool) {
+        Position memory q = ps[i];
+        for (uint256 k; k < i; ++k) {
+            Position memory o = ps[k];
+            if (o.underlying == q.underlying && o.kind == q.kind && o.strike == q.strike) return true;
+        }
+        return false;
+    }
+
+    function _seenOptionExpiry(Position[] memory ps, uint256 i) private pure returns (bool) {
+        Position memory q = ps[i];
+        for (uint256 k; k < i; ++k) {
+            Position memory o = ps[k];
+            if (o.underlying == q.underlying && o.kind != FUTURE && o.expiry == q.expiry) return true;
+        }
+        return false;
+    }
+}
