@@ -531,103 +531,87 @@ library PortfolioMargin {
     }
 
     /// @notice Short-option, calendar-basis and vega-offset charges, summed over underlyings.
-    /// Groups are found by scanning earlier positions (n <= 40), so every group is summed once,
-    /// starting at its first position.
+    /// Each position joins the group of the first earlier position with the same key (n <= 40,
+    /// so a backward scan of packed keys is cheaper than any map); sums are exact, and each
+    /// group is rounded once, so the total does not depend on the order of the positions.
     function contingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
         internal
         pure
         returns (int256 total)
     {
         Position[] memory ps = pf.positions;
-        uint256 n = ps.length;
-        // Vega proxy per option: q * S * sqrt(tau in years), floored at each step.
-        int256[] memory vega = new int256[](n);
-        for (uint256 i; i < n; ++i) {
-            Position memory q = ps[i];
-            if (q.kind == FUTURE) continue;
-            uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
-            int256 years_ = int256(tau).mulDivDown(WAD, int256(YEAR));
-            vega[i] = q.quantity.mulDown(m.spots[q.underlying].mulDown(FixedPoint.sqrtDown(years_)));
-        }
-        for (uint256 u; u < p.underlyings.length; ++u) {
-            total += _contingencies(ps, vega, u, m.spots[u], p.underlyings[u]);
-        }
+        (int256[] memory netS, int256[] memory netE) = _groupNets(ps, m);
+        total = _charges(ps, netS, netE, m, p);
     }
 
-    function _contingencies(
-        Position[] memory ps,
-        int256[] memory vega,
-        uint256 u,
-        int256 spot,
-        UnderlyingParams memory up
-    ) private pure returns (int256 total) {
-        int256 fLong;
-        int256 fShort;
-        int256 vLong;
-        int256 vShort;
+    /// @dev Net per group, stored at the group's first position: netS over (underlying, kind,
+    /// strike) of options (quantities); netE over (underlying, future?, expiry) (quantities of
+    /// futures, vega proxies of options).
+    function _groupNets(Position[] memory ps, Market memory m)
+        private
+        pure
+        returns (int256[] memory netS, int256[] memory netE)
+    {
         uint256 n = ps.length;
+        // keyS: (underlying, kind, strike) of options; keyE: (underlying, future?, expiry).
+        // strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8, kind < 3: the packing is exact.
+        uint256[] memory keyS = new uint256[](n);
+        uint256[] memory keyE = new uint256[](n);
+        netS = new int256[](n);
+        netE = new int256[](n);
         for (uint256 i; i < n; ++i) {
             Position memory q = ps[i];
-            if (q.underlying != u) continue;
+            int256 amount = q.quantity;
             if (q.kind == FUTURE) {
-                if (_seenFuture(ps, i)) continue;
-                int256 net;
-                for (uint256 k = i; k < n; ++k) {
-                    Position memory o = ps[k];
-                    if (o.underlying == u && o.kind == FUTURE && o.expiry == q.expiry) net += o.quantity;
-                }
-                if (net > 0) fLong += net;
-                else fShort -= net;
-                continue;
+                keyE[i] = (q.underlying << 200) | (1 << 192) | uint256(q.expiry);
+            } else {
+                // forge-lint: disable-next-line(unsafe-typecast)
+                keyS[i] = (q.underlying << 200) | (uint256(q.kind) << 192) | uint256(q.strike);
+                keyE[i] = (q.underlying << 200) | (2 << 192) | uint256(q.expiry);
+                netS[_leader(keyS, i)] += amount;
+                // Vega proxy q * S * sqrt(tau in years), floored at each step.
+                uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+                // forge-lint: disable-next-line(unsafe-typecast)
+                int256 years_ = int256(tau).mulDivDown(WAD, int256(YEAR));
+                amount = amount.mulDown(m.spots[q.underlying].mulDown(FixedPoint.sqrtDown(years_)));
             }
-            if (!_seenStrike(ps, i)) {
-                int256 net;
-                for (uint256 k = i; k < n; ++k) {
-                    Position memory o = ps[k];
-                    if (o.underlying == u && o.kind == q.kind && o.strike == q.strike) net += o.quantity;
-                }
-                if (net < 0) total += (-net).mulUp(spot).mulUp(up.shortOptionCharge);
-            }
-            if (!_seenOptionExpiry(ps, i)) {
-                int256 net;
-                for (uint256 k = i; k < n; ++k) {
-                    Position memory o = ps[k];
-                    if (o.underlying == u && o.kind != FUTURE && o.expiry == q.expiry) net += vega[k];
-                }
-                if (net > 0) vLong += net;
-                else vShort -= net;
-            }
+            netE[_leader(keyE, i)] += amount;
         }
-        int256 offset = fLong < fShort ? fLong : fShort;
-        if (offset > 0) total += offset.mulUp(spot).mulUp(up.calendarCharge);
-        offset = vLong < vShort ? vLong : vShort;
-        if (offset > 0) total += offset.mulUp(up.vegaCharge);
     }
 
-    function _seenFuture(Position[] memory ps, uint256 i) private pure returns (bool) {
-        Position memory q = ps[i];
-        for (uint256 k; k < i; ++k) {
-            Position memory o = ps[k];
-            if (o.underlying == q.underlying && o.kind == FUTURE && o.expiry == q.expiry) return true;
+    function _charges(
+        Position[] memory ps,
+        int256[] memory netS,
+        int256[] memory netE,
+        Market memory m,
+        RiskParams memory p
+    ) private pure returns (int256 total) {
+        uint256 n = ps.length;
+        uint256 nU = p.underlyings.length;
+        // Per underlying u: [4u] long futures, [4u+1] short futures, [4u+2] long vega,
+        // [4u+3] short vega, each summed over the per-expiry nets.
+        int256[] memory sides = new int256[](4 * nU);
+        for (uint256 i; i < n; ++i) {
+            uint256 u = ps[i].underlying;
+            int256 e = netE[i]; // non-zero only on a group's first position (or a zero sum)
+            uint256 slot = ps[i].kind == FUTURE ? 4 * u : 4 * u + 2;
+            if (e > 0) sides[slot] += e;
+            else if (e < 0) sides[slot + 1] -= e;
+            if (netS[i] < 0) {
+                total += (-netS[i]).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
+            }
         }
-        return false;
+        for (uint256 u; u < nU; ++u) {
+            int256 offset = sides[4 * u] < sides[4 * u + 1] ? sides[4 * u] : sides[4 * u + 1];
+            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].calendarCharge);
+            offset = sides[4 * u + 2] < sides[4 * u + 3] ? sides[4 * u + 2] : sides[4 * u + 3];
+            if (offset > 0) total += offset.mulUp(p.underlyings[u].vegaCharge);
+        }
     }
 
-    function _seenStrike(Position[] memory ps, uint256 i) private pure returns (bool) {
-        Position memory q = ps[i];
-        for (uint256 k; k < i; ++k) {
-            Position memory o = ps[k];
-            if (o.underlying == q.underlying && o.kind == q.kind && o.strike == q.strike) return true;
-        }
-        return false;
-    }
-
-    function _seenOptionExpiry(Position[] memory ps, uint256 i) private pure returns (bool) {
-        Position memory q = ps[i];
-        for (uint256 k; k < i; ++k) {
-            Position memory o = ps[k];
-            if (o.underlying == q.underlying && o.kind != FUTURE && o.expiry == q.expiry) return true;
-        }
-        return false;
+    /// @dev Index of the first position whose key equals keys[i] (i itself if none).
+    function _leader(uint256[] memory keys, uint256 i) private pure returns (uint256 j) {
+        uint256 k = keys[i];
+        while (keys[j] != k) ++j;
     }
 }
