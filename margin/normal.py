@@ -1,6 +1,6 @@
 """Standard normal CDF Φ in WAD, mirrored integer for integer by contracts/src/math/NormalDist.sol.
 
-``cdf_wad(x)`` = Φ(x / 1e18) · 1e18, for every int256 ``x``; it never raises.
+``cdf_wad(x)`` = Φ(x / 1e18) · 1e18 for every int256 ``x``: no input in int256 raises.
 
 Domain, cut-off and accuracy
     The upper tail Q(z) = 1 − Φ(z) is computed for z = |x|, then reflected: Φ(x) = Q(|x|) for
@@ -8,10 +8,11 @@ Domain, cut-off and accuracy
     x ≠ int256.min, whose negation does not exist) and ``cdf_wad(0) == 5e17``.
     Q(z) := 0 for z ≥ ``CUT_WAD`` = 8.9e18, so Φ(x) is exactly 0 for x ≤ −8.9e18 and exactly 1e18
     for x ≥ 8.9e18 (the exact Q(8.9) ≈ 0.28 wei, so the correctly rounded answer is 0 / 1e18
-    there as well). Against exact mathematics (mpmath) the error is at most 0.5002 wei
-    everywhere (0.5 from the final rounding to nearest, ~2e-4 wei of approximation), so the
-    result is the correctly rounded value except within ~2e-4 wei of a rounding tie, where it
-    may be one wei off. The result is always in [0, 1e18] and non-decreasing in x.
+    there as well). Against exact mathematics (mpmath) the error is at most 0.501 wei
+    everywhere: 0.5 from the final rounding to nearest, < 0.001 wei of approximation (the
+    Chebyshev truncation bound; the largest seen by tests/test_normal_accuracy.py is 0.50047).
+    So the result is the correctly rounded value except within 0.001 wei of a rounding tie,
+    where it may be one wei off. The result is always in [0, 1e18] and non-decreasing in x.
 
 Method (fitted by scripts/fit_normal_cdf.py, which also proves the bounds below)
     One polynomial per piece z ∈ [0,2), [2,4), [4,6), [6,8), [8, 8.9): a truncated Chebyshev
@@ -25,11 +26,11 @@ Bounds (why nothing wraps in the EVM and the result is monotone)
     * z < 8.9e18 < 2^64 before the shift, so ``z << 96 < 2^160``; |t| ≤ 2^96.
     * every Horner product |acc·t| < 2^235 (checked by the fit script over each piece), so
       ``mul`` never wraps; acc > 0 at the end (P(z) ≥ Q(z) − 1e-21 > 0 on [0, 8.9)).
-    * Monotone: inside a piece P′(z) = −φ(z)·(1 + δ) with |δ| < 0.05; between adjacent wei the
-      tail falls by at least φ(8.9)·1e-18 ≈ 2.5e-18 wei while the Horner floor noise is below
-      25 · 2^-80 wei ≈ 2e-23 wei, so the computed accumulator is strictly decreasing in z
-      and its rounding is non-increasing; the pairs across piece edges and at the cut-off are
-      checked one by one by the fit script.
+    * Monotone: inside a piece P′(z) = −φ(z)·(1 + δ) with |δ| < 0.05, so from one wei of z to
+      the next the exact polynomial (in wei) falls by at least 0.95·φ(8.9) ≈ 2.4e-18 wei,
+      while the Horner floor noise is below 25 · 2^-80 wei ≈ 2e-23 wei: the computed
+      accumulator is strictly decreasing in z and its rounding is non-increasing; the pairs
+      across piece edges and at the cut-off are checked one by one by the fit script.
 """
 
 from __future__ import annotations

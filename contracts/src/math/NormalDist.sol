@@ -6,9 +6,11 @@ pragma solidity 0.8.30;
 /// integer by margin/normal.py (cdf_wad).
 /// - Cut-off: exactly 0 for x <= -8.9e18 and exactly 1e18 for x >= 8.9e18 (the exact tail at 8.9
 ///   is 0.28 wei, so that is also the correctly rounded answer).
-/// - Accuracy against exact mathematics (mpmath): |error| <= 0.5002 wei everywhere: 0.5 from the
-///   final rounding to nearest plus ~2e-4 wei of approximation (scripts/fit_normal_cdf.py and
-///   tests/test_normal_accuracy.py print the figure).
+/// - Accuracy against exact mathematics (mpmath): |error| <= 0.501 wei everywhere: 0.5 from the
+///   final rounding to nearest plus < 0.001 wei of approximation (largest seen: 0.50047 wei;
+///   scripts/fit_normal_cdf.py and tests/test_normal_accuracy.py print the figure).
+/// - Gas (internal call, contracts/snapshots/NormalDistGas.json): 779 for |x| < 2 (the worst
+///   piece, degree 24), less elsewhere, 178 beyond the cut-off.
 /// - Symmetry: cdf(-x) + cdf(x) == 1e18 exactly (x != type(int256).min); cdf(0) == 5e17.
 /// - Monotone non-decreasing in x, result always in [0, 1e18].
 /// @dev Method (fitted for this project by scripts/fit_normal_cdf.py, which also checks every
@@ -16,14 +18,16 @@ pragma solidity 0.8.30;
 /// z in [0,2), [2,4), [4,6), [6,8), [8,8.9) (truncated Chebyshev series of Q, degrees 24, 23, 21,
 /// 19, 10, truncation error < 1e-21), in the monomial basis of t = z - centre. t is Q96:
 /// zq = floor(z * 2^96 / 1e18), t = zq - centre. Coefficients and accumulator are in units of
-/// 2^-80 wei; one Horner step is acc = c + sar(96, acc * t). Output q = sar(80, acc + 2^79),
-/// i.e. rounded half up; Phi(x) = q for x < 0, 1e18 - q for x >= 0.
+/// 2^-80 wei; one Horner step is acc = c + sar(96, acc * t), written as one nested expression
+/// (negative coefficients as two's complement literals: add wraps like a signed addition).
+/// Output q = sar(80, acc + 2^79), i.e. rounded half up; Phi(x) = q for x < 0, 1e18 - q for x >= 0.
 /// Bounds: z < 8.9e18 < 2^64 so shl(96, z) < 2^160; |t| <= 2^96; every Horner product
 /// |acc * t| < 2^235, so mul never wraps; the final acc is > 0 (P >= Q - 1e-21 > 0).
-/// Monotonicity: inside a piece P'(z) = -phi(z) * (1 + d) with |d| < 0.05, and between adjacent
-/// wei inputs the tail falls by >= phi(8.9) * 1e-18 ~ 2.5e-18 wei, far above the Horner floor
-/// noise (< 25 * 2^-80 wei), so the rounded result is monotone inside each piece; the pairs
-/// across piece edges and at the cut-off are checked one by one by the fit script.
+/// Monotonicity: inside a piece P'(z) = -phi(z) * (1 + d) with |d| < 0.05, so from one wei of x
+/// to the next the exact polynomial (in wei) falls by >= 0.95 * phi(8.9) ~ 2.4e-18 wei, far
+/// above the Horner floor noise (< 25 * 2^-80 ~ 2e-23 wei): the accumulator is strictly
+/// monotone inside each piece, hence so is its rounding; the pairs across piece edges and at
+/// the cut-off are checked one by one by the fit script (and the tests).
 library NormalDist {
     /// @notice |x| at or beyond this gives exactly 0 (x < 0) or 1e18 (x > 0).
     int256 internal constant CUT_WAD = 8_900_000_000_000_000_000;
@@ -45,125 +49,130 @@ library NormalDist {
                     switch lt(z, 2000000000000000000)
                     case 1 {
                         let t := sub(zq, 0x1000000000000000000000000)
-                        acc := 0x65d50a0156acbfdf6fd975f9
-                        acc := sub(sar(96, mul(acc, t)), 0xd5db7e1ba76c47039a028a9)
-                        acc := sub(sar(96, mul(acc, t)), 0xc3cfdb1d0037380bcdd8dd04a)
-                        acc := add(sar(96, mul(acc, t)), 0xbfb1c5dd8d1cf884d5144eb96)
-                        acc := add(sar(96, mul(acc, t)), 0x11400e735d41bf5eb274726129e)
-                        acc := sub(sar(96, mul(acc, t)), 0x22611768bfc7078749b25dbc580)
-                        acc := sub(sar(96, mul(acc, t)), 0x1486b52a5f0a21490f9382012403)
-                        acc := add(sar(96, mul(acc, t)), 0x40ee31987fea9c02206cb440d528)
-                        acc := add(sar(96, mul(acc, t)), 0x1439b2d8e8717f9650d2d3a3c4039)
-                        acc := sub(sar(96, mul(acc, t)), 0x5f28ec372b9a57db7677876507efe)
-                        acc := sub(sar(96, mul(acc, t)), 0xf4c3dd84c52151a1cbddd460cad84)
-                        acc := add(sar(96, mul(acc, t)), 0x708ca2f2c70786d9dd7b39a861165f)
-                        acc := add(sar(96, mul(acc, t)), 0x6e16a622a34f8419c5ec05e97a3542)
-                        acc := sub(sar(96, mul(acc, t)), 0x6b4404609b3ad5408423d701f3357c4)
-                        acc := add(sar(96, mul(acc, t)), 0x1b2b5551b2bfebb6d6d9d26d204a4ac)
-                        acc := add(sar(96, mul(acc, t)), 0x500d6487367e12abf3e9e3ccdb046284)
-                        acc := sub(sar(96, mul(acc, t)), 0x6d2989157655855a9ce5cf1a5c69f20e)
-                        acc := sub(sar(96, mul(acc, t)), 0x2baa36d56272f70deacf19607b72b6663)
-                        acc := add(sar(96, mul(acc, t)), 0x729ecff022637126aab252ed0e75e1aad)
-                        acc := add(sar(96, mul(acc, t)), 0xe53d9fe044c69aec900c9dbe0d9fc1217)
-                        acc := sub(sar(96, mul(acc, t)), 0x47a341f6157df9f6509d9f0d2dfd27e52d)
-                        acc := sub(sar(96, mul(acc, t)), 0x25803918dda8f788db63)
-                        acc := add(sar(96, mul(acc, t)), 0x1add38bc480f3dae67b12c5f74dee64a9ec)
-                        acc := sub(sar(96, mul(acc, t)), 0x35ba7178901e7b5cbe25af8e6b321c7bbfe)
-                        acc := add(sar(96, mul(acc, t)), 0x233a81ce4557a1b6a2e332bf4a03374215d)
+                        acc := add(0x233a81ce4557a1b6a2e332bf4a03374215d, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffca458e876fe184a341da507194cde384402, sar(96, mul(t,
+                            add(0x1add38bc480f3dae67b12c5f74dee64a9ec, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffffffffffffffda7fc6e722570877249d, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffb85cbe09ea820609af6260f2d202d81ad3, sar(96, mul(t,
+                            add(0xe53d9fe044c69aec900c9dbe0d9fc1217, sar(96, mul(t,
+                            add(0x729ecff022637126aab252ed0e75e1aad, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffd455c92a9d8d08f21530e69f848d4999d, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffff92d676ea89aa7aa5631a30e5a3960df2, sar(96, mul(t,
+                            add(0x500d6487367e12abf3e9e3ccdb046284, sar(96, mul(t,
+                            add(0x1b2b5551b2bfebb6d6d9d26d204a4ac, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffff94bbfb9f64c52abf7bdc28fe0cca83c, sar(96, mul(t,
+                            add(0x6e16a622a34f8419c5ec05e97a3542, sar(96, mul(t,
+                            add(0x708ca2f2c70786d9dd7b39a861165f, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffff0b3c227b3adeae5e34222b9f3527c, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffffa0d713c8d465a8248988789af8102, sar(96, mul(t,
+                            add(0x1439b2d8e8717f9650d2d3a3c4039, sar(96, mul(t,
+                            add(0x40ee31987fea9c02206cb440d528, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffffffeb794ad5a0f5deb6f06c7dfedbfd, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffffffdd9ee8974038f878b64da243a80, sar(96, mul(t,
+                            add(0x11400e735d41bf5eb274726129e, sar(96, mul(t,
+                            add(0xbfb1c5dd8d1cf884d5144eb96, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffffffff3c3024e2ffc8c7f4322722fb6, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffffffffff2a2481e45893b8fc65fd757, sar(96, mul(t,
+                            0x65d50a0156acbfdf6fd975f9
+                            ))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))
                     }
                     default {
                         let t := sub(zq, 0x3000000000000000000000000)
-                        acc := 0x149984f47a96aef87196be20
-                        acc := add(sar(96, mul(acc, t)), 0x12d42e9ae126cc9d3a8f58e56)
-                        acc := sub(sar(96, mul(acc, t)), 0x62b5a5a850b3a0172b4350b50)
-                        acc := sub(sar(96, mul(acc, t)), 0xfa69ffca49d7ee654b4818ca1)
-                        acc := add(sar(96, mul(acc, t)), 0xbb53a3419e9c4304304f8614be)
-                        acc := sub(sar(96, mul(acc, t)), 0xf3d3a780d897e4ec31c96f6021)
-                        acc := sub(sar(96, mul(acc, t)), 0xbb4923c9379dc65d34200c9b403)
-                        acc := add(sar(96, mul(acc, t)), 0x376cd35fb00ba57ae10c1ab6c838)
-                        acc := add(sar(96, mul(acc, t)), 0x22e82e74d8d34d3dda59d17528c8)
-                        acc := sub(sar(96, mul(acc, t)), 0x42642342817f585f6d86e6401bba5)
-                        acc := add(sar(96, mul(acc, t)), 0xb34061b3d5dd217cd529560fd1611)
-                        acc := add(sar(96, mul(acc, t)), 0x1a85cbccb00de871561cbcc3757edd)
-                        acc := sub(sar(96, mul(acc, t)), 0xf5aef0c5dce4f46dee218194d0dab1)
-                        acc := add(sar(96, mul(acc, t)), 0x1cca8035d5b90f3bc319e90aad05579)
-                        acc := add(sar(96, mul(acc, t)), 0x5bb468fc436d5b1c1e0325eb84ff477)
-                        acc := sub(sar(96, mul(acc, t)), 0x2796704c2542371239d2f812e7ff6fe0)
-                        acc := add(sar(96, mul(acc, t)), 0x4cc6ab3e6046a6c22ff5a116eccd2287)
-                        acc := add(sar(96, mul(acc, t)), 0x64c4c0c1ddde6674823b889bc00fe711)
-                        acc := sub(sar(96, mul(acc, t)), 0x3efaf8792af36392e6f8665632ec277f9)
-                        acc := add(sar(96, mul(acc, t)), 0xbcf0e96b80da7940a5e44aa47f45694a0)
-                        acc := sub(sar(96, mul(acc, t)), 0x14fe52d30e511ee44d6faf8a2603949386)
-                        acc := add(sar(96, mul(acc, t)), 0x179e1d2d701b42a22b3002b6f868e2d3ea)
-                        acc := sub(sar(96, mul(acc, t)), 0xfbebe1e4abcd72cf65289431f8e8a1576)
-                        acc := add(sar(96, mul(acc, t)), 0x4cbb9a0a8870e86f037941b1661aa3b30)
+                        acc := add(0x4cbb9a0a8870e86f037941b1661aa3b30, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffff04141e1b54328d309ad76bce07175ea8a, sar(96, mul(t,
+                            add(0x179e1d2d701b42a22b3002b6f868e2d3ea, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffeb01ad2cf1aee11bb2905075d9fc6b6c7a, sar(96, mul(t,
+                            add(0xbcf0e96b80da7940a5e44aa47f45694a0, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffc1050786d50c9c6d190799a9cd13d8807, sar(96, mul(t,
+                            add(0x64c4c0c1ddde6674823b889bc00fe711, sar(96, mul(t,
+                            add(0x4cc6ab3e6046a6c22ff5a116eccd2287, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffd8698fb3dabdc8edc62d07ed18009020, sar(96, mul(t,
+                            add(0x5bb468fc436d5b1c1e0325eb84ff477, sar(96, mul(t,
+                            add(0x1cca8035d5b90f3bc319e90aad05579, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffff0a510f3a231b0b9211de7e6b2f254f, sar(96, mul(t,
+                            add(0x1a85cbccb00de871561cbcc3757edd, sar(96, mul(t,
+                            add(0xb34061b3d5dd217cd529560fd1611, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffffbd9bdcbd7e80a7a0927919bfe445b, sar(96, mul(t,
+                            add(0x22e82e74d8d34d3dda59d17528c8, sar(96, mul(t,
+                            add(0x376cd35fb00ba57ae10c1ab6c838, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffffff44b6dc36c86239a2cbdff364bfd, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffffffff0c2c587f27681b13ce36909fdf, sar(96, mul(t,
+                            add(0xbb53a3419e9c4304304f8614be, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffffffff05960035b628119ab4b7e735f, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffffffff9d4a5a57af4c5fe8d4bcaf4b0, sar(96, mul(t,
+                            add(0x12d42e9ae126cc9d3a8f58e56, sar(96, mul(t,
+                            0x149984f47a96aef87196be20
+                            )))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))
                     }
                 }
                 default {
                     switch lt(z, 6000000000000000000)
                     case 1 {
                         let t := sub(zq, 0x5000000000000000000000000)
-                        acc := 0x1bd49cf54f406d3d37cc6e66
-                        acc := sub(sar(96, mul(acc, t)), 0xb43b11a38f0fe01a358010bd)
-                        acc := add(sar(96, mul(acc, t)), 0xc4560f9aec59c124b2fab5ef)
-                        acc := add(sar(96, mul(acc, t)), 0xb7b762ae0cb4783a1dd3c8859)
-                        acc := sub(sar(96, mul(acc, t)), 0x4b184ff07d37e85f70202b27ec)
-                        acc := add(sar(96, mul(acc, t)), 0xb1ea1b4434a2ac8c028ce9a5c8)
-                        acc := add(sar(96, mul(acc, t)), 0x19b89e687fab9bf4aaf1980bb2e)
-                        acc := sub(sar(96, mul(acc, t)), 0x1484ec6427dfb3c889dcd214025a)
-                        acc := add(sar(96, mul(acc, t)), 0x5485f5f51e589e3ebc69533cb1cc)
-                        acc := sub(sar(96, mul(acc, t)), 0x92a1895b5bd547d4cf85312f298e)
-                        acc := sub(sar(96, mul(acc, t)), 0x18ee3d43a68b40aa9d1c7e350c96b)
-                        acc := add(sar(96, mul(acc, t)), 0x10216d1f5cd3c98797be70d9da2b2f)
-                        acc := sub(sar(96, mul(acc, t)), 0x4691ef546f84909e7e9d8279e14d6d)
-                        acc := add(sar(96, mul(acc, t)), 0xd77cd66ee8089fb76aa3209f70009a)
-                        acc := sub(sar(96, mul(acc, t)), 0x1f97e99628e740ab738079c0f150bb7)
-                        acc := add(sar(96, mul(acc, t)), 0x3a98002bb6769db1b29784484dcebb4)
-                        acc := sub(sar(96, mul(acc, t)), 0x562d8a18ea7ffff7d433bb171b2daae)
-                        acc := add(sar(96, mul(acc, t)), 0x63289dd3d5074b2f1e073571fca510e)
-                        acc := sub(sar(96, mul(acc, t)), 0x5689d8de1b925e218f02e83835604e7)
-                        acc := add(sar(96, mul(acc, t)), 0x3616278ad13b44ef76041f435c740b5)
-                        acc := sub(sar(96, mul(acc, t)), 0x15a2763786e4c42308cc6f0d34f98ec)
-                        acc := add(sar(96, mul(acc, t)), 0x42bdc3dea731af0518d354c3663296)
+                        acc := add(0x42bdc3dea731af0518d354c3663296, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffea5d89c8791b3bdcf73390f2cb06714, sar(96, mul(t,
+                            add(0x3616278ad13b44ef76041f435c740b5, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffa9762721e46da1de70fd17c7ca9fb19, sar(96, mul(t,
+                            add(0x63289dd3d5074b2f1e073571fca510e, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffa9d275e7158000082bcc44e8e4d2552, sar(96, mul(t,
+                            add(0x3a98002bb6769db1b29784484dcebb4, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffe0681669d718bf548c7f863f0eaf449, sar(96, mul(t,
+                            add(0xd77cd66ee8089fb76aa3209f70009a, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffffb96e10ab907b6f6181627d861eb293, sar(96, mul(t,
+                            add(0x10216d1f5cd3c98797be70d9da2b2f, sar(96, mul(t,
+                            add(0xfffffffffffffffffffffffffffffffffffe711c2bc5974bf5562e381caf3695, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffffff6d5e76a4a42ab82b307aced0d672, sar(96, mul(t,
+                            add(0x5485f5f51e589e3ebc69533cb1cc, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffffffeb7b139bd8204c3776232debfda6, sar(96, mul(t,
+                            add(0x19b89e687fab9bf4aaf1980bb2e, sar(96, mul(t,
+                            add(0xb1ea1b4434a2ac8c028ce9a5c8, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffffffffb4e7b00f82c817a08fdfd4d814, sar(96, mul(t,
+                            add(0xb7b762ae0cb4783a1dd3c8859, sar(96, mul(t,
+                            add(0xc4560f9aec59c124b2fab5ef, sar(96, mul(t,
+                            add(0xffffffffffffffffffffffffffffffffffffffff4bc4ee5c70f01fe5ca7fef43, sar(96, mul(t,
+                            0x1bd49cf54f406d3d37cc6e66
+                            )))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))
                     }
                     default {
                         switch lt(z, 8000000000000000000)
                         case 1 {
                             let t := sub(zq, 0x7000000000000000000000000)
-                            acc := 0x186d50f4c60a05df7ca0bb6
-                            acc := add(sar(96, mul(acc, t)), 0xafbe42fbd8d9dfb22e9dab)
-                            acc := sub(sar(96, mul(acc, t)), 0x2cb887215600f5911679616b)
-                            acc := add(sar(96, mul(acc, t)), 0x1094e61e54f72f063650c018b)
-                            acc := sub(sar(96, mul(acc, t)), 0x47c43a65adb844b672145e087)
-                            acc := add(sar(96, mul(acc, t)), 0x104700bfbcaf45d5f916e08164)
-                            acc := sub(sar(96, mul(acc, t)), 0x325ce675b976e67adb6c40bdcc)
-                            acc := add(sar(96, mul(acc, t)), 0x86a05a1a61b1a221b075e7443b)
-                            acc := sub(sar(96, mul(acc, t)), 0x139ba66fe5ff30de362b76ea292)
-                            acc := add(sar(96, mul(acc, t)), 0x27ee5c49c60fbd21fd2b2f85a7f)
-                            acc := sub(sar(96, mul(acc, t)), 0x46ecae5bce123f82ae3b62d5077)
-                            acc := add(sar(96, mul(acc, t)), 0x6d4cc14d734a1bb49a4b6c7b0da)
-                            acc := sub(sar(96, mul(acc, t)), 0x90e36490b300f54fcab4bb4ea9d)
-                            acc := add(sar(96, mul(acc, t)), 0xa31fac09ad18e375fc59c0ddda4)
-                            acc := sub(sar(96, mul(acc, t)), 0x992d9523a02822a9077e9756cea)
-                            acc := add(sar(96, mul(acc, t)), 0x74e143c9d4dab544fca17f60e77)
-                            acc := sub(sar(96, mul(acc, t)), 0x45b140341630e3ca6dc14fcad51)
-                            acc := add(sar(96, mul(acc, t)), 0x1e7d8c15fe7b28f50fcf861f843)
-                            acc := sub(sar(96, mul(acc, t)), 0x8b6280688e5991dc7d4661e85b)
-                            acc := add(sar(96, mul(acc, t)), 0x1387448b4e02cda4a04749915e)
+                            acc := add(0x1387448b4e02cda4a04749915e, sar(96, mul(t,
+                                add(0xffffffffffffffffffffffffffffffffffffff749d7f9771a66e2382b99e17a5, sar(96, mul(t,
+                                add(0x1e7d8c15fe7b28f50fcf861f843, sar(96, mul(t,
+                                add(0xfffffffffffffffffffffffffffffffffffffba4ebfcbe9cf1c35923eb0352af, sar(96, mul(t,
+                                add(0x74e143c9d4dab544fca17f60e77, sar(96, mul(t,
+                                add(0xfffffffffffffffffffffffffffffffffffff66d26adc5fd7dd56f88168a9316, sar(96, mul(t,
+                                add(0xa31fac09ad18e375fc59c0ddda4, sar(96, mul(t,
+                                add(0xfffffffffffffffffffffffffffffffffffff6f1c9b6f4cff0ab0354b44b1563, sar(96, mul(t,
+                                add(0x6d4cc14d734a1bb49a4b6c7b0da, sar(96, mul(t,
+                                add(0xfffffffffffffffffffffffffffffffffffffb91351a431edc07d51c49d2af89, sar(96, mul(t,
+                                add(0x27ee5c49c60fbd21fd2b2f85a7f, sar(96, mul(t,
+                                add(0xfffffffffffffffffffffffffffffffffffffec6459901a00cf21c9d48915d6e, sar(96, mul(t,
+                                add(0x86a05a1a61b1a221b075e7443b, sar(96, mul(t,
+                                add(0xffffffffffffffffffffffffffffffffffffffcda3198a468919852493bf4234, sar(96, mul(t,
+                                add(0x104700bfbcaf45d5f916e08164, sar(96, mul(t,
+                                add(0xfffffffffffffffffffffffffffffffffffffffb83bc59a5247bb498deba1f79, sar(96, mul(t,
+                                add(0x1094e61e54f72f063650c018b, sar(96, mul(t,
+                                add(0xffffffffffffffffffffffffffffffffffffffffd34778dea9ff0a6ee9869e95, sar(96, mul(t,
+                                add(0xafbe42fbd8d9dfb22e9dab, sar(96, mul(t,
+                                0x186d50f4c60a05df7ca0bb6
+                                )))))))))))))))))))))))))))))))))))))))))))))))))))))))))
                         }
                         default {
                             let t := sub(zq, 0x8733333333333333333333333)
-                            acc := 0x14a78e17aeec4c3326236cb1
-                            acc := sub(sar(96, mul(acc, t)), 0x1d73fba48a808f22d2a426de)
-                            acc := add(sar(96, mul(acc, t)), 0x1a2d722f604038da6edb8dd7)
-                            acc := sub(sar(96, mul(acc, t)), 0x1aae3c8f1a8f668e6bee7e0c)
-                            acc := add(sar(96, mul(acc, t)), 0x193bfc96a1fc94f75bcda2de)
-                            acc := sub(sar(96, mul(acc, t)), 0x131b07381027465b3cf7be66)
-                            acc := add(sar(96, mul(acc, t)), 0xbbbcf324242580f86d4af99)
-                            acc := sub(sar(96, mul(acc, t)), 0x5b6a0ea3c80f4c5ce466662)
-                            acc := add(sar(96, mul(acc, t)), 0x20f179f36c96704d2a2cf13)
-                            acc := sub(sar(96, mul(acc, t)), 0x7cc42138725eb078e6556c)
-                            acc := add(sar(96, mul(acc, t)), 0xe90ad16bd67bac6e7d117)
+                            acc := add(0xe90ad16bd67bac6e7d117, sar(96, mul(t,
+                                add(0xffffffffffffffffffffffffffffffffffffffffff833bdec78da14f8719aa94, sar(96, mul(t,
+                                add(0x20f179f36c96704d2a2cf13, sar(96, mul(t,
+                                add(0xfffffffffffffffffffffffffffffffffffffffffa495f15c37f0b3a31b9999e, sar(96, mul(t,
+                                add(0xbbbcf324242580f86d4af99, sar(96, mul(t,
+                                add(0xffffffffffffffffffffffffffffffffffffffffece4f8c7efd8b9a4c308419a, sar(96, mul(t,
+                                add(0x193bfc96a1fc94f75bcda2de, sar(96, mul(t,
+                                add(0xffffffffffffffffffffffffffffffffffffffffe551c370e5709971941181f4, sar(96, mul(t,
+                                add(0x1a2d722f604038da6edb8dd7, sar(96, mul(t,
+                                add(0xffffffffffffffffffffffffffffffffffffffffe28c045b757f70dd2d5bd922, sar(96, mul(t,
+                                0x14a78e17aeec4c3326236cb1
+                                ))))))))))))))))))))))))))))))
                         }
                     }
                 }
