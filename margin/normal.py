@@ -19,8 +19,9 @@ Method (fitted by scripts/fit_normal_cdf.py, which also proves the bounds below)
     series of Q (degrees 24, 23, 21, 19, 10; truncation error < 1e-21 absolute) written in
     the monomial basis of t = z − centre. t is binary fixed point Q96 (``zq = floor(z·2^96 /
     1e18)``, then ``t = zq − centre``); the coefficients and the accumulator are in units of
-    2^-80 wei; one Horner step is ``acc = c + (acc·t >> 96)`` (``>>`` floors, as the EVM
-    ``sar``). The output rounds half up: ``q = (acc + 2^79) >> 80``.
+    2^-80 wei; one Horner step is ``acc = |c| ± (acc·t >> 96)`` (``>>`` floors, as the EVM
+    ``sar``; acc carries sign(c_k)·v_k so every Solidity literal is a short positive push).
+    The output rounds half up: ``q = (acc + 2^79) >> 80``.
 
 Bounds (why nothing wraps in the EVM and the result is monotone)
     * z < 8.9e18 < 2^64 before the shift, so ``z << 96 < 2^160``; |t| ≤ 2^96.
@@ -172,9 +173,14 @@ def tail_wad(z: int) -> int:
     for hi, centre, coeffs in _PIECES:
         if z < hi:
             t = zq - centre
-            acc = coeffs[-1]
+            # Horner on v_k = c_k + t·v_(k+1), carrying acc = sign(c_k)·v_k so that the
+            # Solidity literals are all |c_k|: add when c_k and c_(k+1) have the same sign,
+            # subtract otherwise (c_0 > 0, so the last acc is v_0 itself).
+            acc, neg_prev = abs(coeffs[-1]), coeffs[-1] < 0
             for c in reversed(coeffs[:-1]):
-                acc = c + ((acc * t) >> _T_BITS)  # ``>>`` floors, as the EVM ``sar``
+                s = (acc * t) >> _T_BITS  # ``>>`` floors, as the EVM ``sar``
+                acc = abs(c) + s if (c < 0) == neg_prev else abs(c) - s
+                neg_prev = c < 0
             return (acc + _HALF) >> _ACC_BITS
     raise AssertionError("unreachable: the last piece ends at CUT_WAD")
 

@@ -12,7 +12,8 @@ Method (written for this project):
   series of Q (near-minimax), truncated at the lowest degree whose dropped tail sums below
   TARGET (absolute, in units of 1), then rewritten in the monomial basis of t = z - centre.
 - Fixed point: t is Q96 (t·2^96, from the WAD input, floor), the coefficients and the
-  accumulator are in units of 2^-80 wei (Q(z)·1e18·2^80), Horner step `acc = c + (acc·t >> 96)`.
+  accumulator are in units of 2^-80 wei (Q(z)·1e18·2^80); Horner step
+  `acc = |c| ± (acc·t >> 96)` where acc carries sign(c_k)·v_k (see solidity_block).
 - Output q = round-half-up(acc / 2^80) wei; Φ(x) = q for x < 0 and 1e18 - q for x >= 0,
   so Φ(-x) + Φ(x) == 1e18 exactly for every x but 0... and for x = 0 as well (q(0) = 5e17).
 
@@ -121,9 +122,12 @@ def tail_wad(z: int, pieces: list[tuple[int, int, int, list[int]]]) -> int:
     for lo, hi, centre, coeffs in pieces:
         if lo <= z < hi:
             t = zq - centre
-            acc = coeffs[-1]
+            # acc holds sign(c_k)·v_k (see solidity_block): every literal is |c_k|.
+            acc, neg_prev = abs(coeffs[-1]), coeffs[-1] < 0
             for c in reversed(coeffs[:-1]):
-                acc = c + ((acc * t) >> T_BITS)
+                s = (acc * t) >> T_BITS
+                acc = abs(c) + s if (c < 0) == neg_prev else abs(c) - s
+                neg_prev = c < 0
             return (acc + (1 << (ACC_BITS - 1))) >> ACC_BITS
     raise AssertionError("unreachable")
 
@@ -225,15 +229,19 @@ def solidity_block(pieces: list[tuple[int, int, int, list[int]]], indent: str) -
     def horner(piece: tuple[int, int, int, list[int]], ind: str) -> list[str]:
         # One nested expression, constant on the left and the inner step on the right: Yul
         # evaluates arguments right to left, so the stack depth stays constant and no
-        # assignment (swap/pop) is paid per step: dup t, mul, push 96, sar, push c, add.
-        # Negative coefficients are written in two's complement (add wraps exactly like a
-        # signed addition; the sum itself never leaves int256, see the bounds).
+        # assignment (swap/pop) is paid per step: dup t, mul, push 96, sar, push |c|, add/sub.
+        # Sign trick, so that every literal is |c_k| (short pushes): the value carried out of
+        # step k is sign(c_k)·v_k, v_k = c_k + t·v_(k+1); hence
+        #   sign(c_k)·v_k = |c_k| + (sign(c_k)·sign(c_(k+1))) · (t · sign(c_(k+1))·v_(k+1)),
+        # i.e. add when the signs of c_k and c_(k+1) agree, sub when they differ. c_0 > 0.
         _lo, _hi, centre, coeffs = piece
+        assert coeffs[0] > 0
         out = [f"{ind}let t := sub(zq, {hex(centre)})"]
         for k, c in enumerate(coeffs[:-1]):
+            op = "add" if (c < 0) == (coeffs[k + 1] < 0) else "sub"
             head = f"{ind}acc := " if k == 0 else f"{ind}    "
-            out.append(f"{head}add({hex(c % 2**256)}, sar(96, mul(t,")
-        out.append(f"{ind}    {hex(coeffs[-1] % 2**256)}")
+            out.append(f"{head}{op}({hex(abs(c))}, sar(96, mul(t,")
+        out.append(f"{ind}    {hex(abs(coeffs[-1]))}")
         out.append(f"{ind}    " + ")))" * (len(coeffs) - 1))
         return out
 

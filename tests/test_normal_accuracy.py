@@ -139,12 +139,16 @@ def test_solidity_constants_match_python_table() -> None:
     chunks = re.split(r"let t := sub\(zq, (0x[0-9a-f]+)\)", block)[1:]
     pieces = []
     for centre_hex, body in zip(chunks[0::2], chunks[1::2], strict=True):
-        # acc := add(c_0, sar(96, mul(t, add(c_1, ... c_n))...), two's complement literals
-        words = [int(v, 16) for v in re.findall(r"add\((0x[0-9a-f]+), sar\(96, mul\(t,", body)]
+        # acc := op_0(|c_0|, sar(96, mul(t, op_1(|c_1|, ... |c_n|))...)); op_k is add when c_k
+        # and c_(k+1) have the same sign, sub otherwise, and c_0 > 0: recover the signs.
+        steps = re.findall(r"(add|sub)\((0x[0-9a-f]+), sar\(96, mul\(t,", body)
         top = re.search(r"mul\(t,\s*(0x[0-9a-f]+)\s*\)", body)
         assert top is not None
-        words.append(int(top.group(1), 16))
-        coeffs = tuple(w - 2**256 if w >= 2**255 else w for w in words)
+        mags = [int(v, 16) for _, v in steps] + [int(top.group(1), 16)]
+        signs = [1]
+        for op, _ in steps:
+            signs.append(signs[-1] if op == "add" else -signs[-1])
+        coeffs = tuple(sg * m for sg, m in zip(signs, mags, strict=True))
         pieces.append((int(centre_hex, 16), coeffs))
     edges = [int(v) for v in re.findall(r"switch lt\(z, (\d+)\)", block)]
     assert sorted(edges) == [hi for hi, _, _ in _PIECES[:-1]]
