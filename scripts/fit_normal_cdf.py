@@ -245,17 +245,19 @@ def solidity_block(pieces: list[tuple[int, int, int, list[int]]], indent: str) -
         out.append(f"{ind}    " + ")))" * (len(coeffs) - 1))
         return out
 
-    i1, i2, i3 = indent + "    ", indent + "        ", indent + "            "
-    p = pieces
-    lines = [f"{indent}switch lt(z, {EDGES_WAD[2]})", f"{indent}case 1 {{"]
-    lines += [f"{i1}switch lt(z, {EDGES_WAD[1]})", f"{i1}case 1 {{"]
-    lines += [*horner(p[0], i2), f"{i1}}}", f"{i1}default {{", *horner(p[1], i2), f"{i1}}}"]
-    lines += [f"{indent}}}", f"{indent}default {{"]
-    lines += [f"{i1}switch lt(z, {EDGES_WAD[3]})", f"{i1}case 1 {{"]
-    lines += [*horner(p[2], i2), f"{i1}}}", f"{i1}default {{"]
-    lines += [f"{i2}switch lt(z, {EDGES_WAD[4]})", f"{i2}case 1 {{"]
-    lines += [*horner(p[3], i3), f"{i2}}}", f"{i2}default {{", *horner(p[4], i3)]
-    lines += [f"{i2}}}", f"{i1}}}", f"{indent}}}"]
+    # Linear chain, lowest piece first: the pieces with the highest degree (small |x|, the
+    # common case for option pricing) pay the fewest comparisons.
+    lines: list[str] = []
+    ind = indent
+    for k, piece in enumerate(pieces):
+        if k == len(pieces) - 1:
+            lines += horner(piece, ind)
+            break
+        lines += [f"{ind}switch lt(z, {piece[1]})", f"{ind}case 1 {{"]
+        lines += [*horner(piece, ind + "    "), f"{ind}}}", f"{ind}default {{"]
+        ind += "    "
+    for k in range(len(pieces) - 1, 0, -1):
+        lines.append(f"{indent}{'    ' * (k - 1)}}}")
     return "\n".join(lines)
 
 
