@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+/// @notice An intermediate product or a quotient does not fit in int256.
+error MulDivOverflow();
+/// @notice A fixed-point division by zero (a named error rather than Panic(0x12)).
+error DivisionByZero();
+/// @notice exp(x) would not fit in int256: x > FixedPoint.EXP_MAX_WAD.
+error ExpOverflow(int256 x);
+/// @notice ln(x) with x <= 0.
+error LnOfNonPositive(int256 x);
+/// @notice sqrt(x) with x < 0.
+error SqrtOfNegative(int256 x);
+/// @notice sqrt(x) with x > FixedPoint.SQRT_MAX_WAD (x * 1e18 does not fit in int256).
+error SqrtOverflow(int256 x);
+
+/// @title Signed WAD fixed-point core
+/// @notice Mirrored integer for integer by margin/fixed_point.py. `Down` rounds toward -infinity,
+/// `Up` toward +infinity. expWad and lnWad are approximations with the error bounds documented
+/// on each function (tested against mpmath); everything else is exact.
+/// @dev Written in Yul for gas. Inside each documented domain no intermediate wraps modulo 2**256
+/// (the bound is stated at each step), which is what lets the Python mirror use plain integers.
+library FixedPoint {
+    int256 internal constant WAD = 1e18;
+    int256 internal constant EXP_MAX_WAD = 135_305_999_368_893_231_588;
+    int256 internal constant EXP_MIN_WAD = -41_446_531_673_892_822_312;
+    int256 internal constant SQRT_MAX_WAD = 57896044618658097711785492504343953926634992332820282019728; // type(int256).max / 1e18
+
+    // Selectors of the errors above, for reverts from assembly.
+    uint256 private constant MUL_DIV_OVERFLOW = 0x49248f77;
+    uint256 private constant DIVISION_BY_ZERO = 0x23d359a3;
+    uint256 private constant EXP_OVERFLOW = 0x6628f7ca;
+    uint256 private constant LN_OF_NON_POSITIVE = 0x3559bd25;
+    uint256 private constant SQRT_OF_NEGATIVE = 0x2f982d4f;
+    uint256 private constant SQRT_OVERFLOW = 0x1280b343;
+
+    uint256 private constant INT256_MIN = 1 << 255;
+
+    /// @notice floor(a * b / 1e18). Reverts MulDivOverflow if a * b does not fit int256.
+    function mulDown(int256 a, int256 b) internal pure returns (int256 z) {
+        assembly ("memory-safe") {
+            z := mul(a, b)
+            // a*b fits iff a == 0, or (z / a == b and not (a == -1 and b == MIN)).
+            if iszero(or(iszero(a), and(eq(sdiv(z, a), b), iszero(and(eq(a, not(0)), eq(b, INT256_MIN)))))) {
+                mstore(0x00, MUL_DIV_OVERFLOW)
+                revert(0x1c, 0x04)
+            }
+            // sdiv truncates toward zero; step down once when z is negative and inexact.
+            z := sub(sdiv(z, 1000000000000000000), and(slt(z, 0), iszero(iszero(smod(z, 1000000000000000000)))))
+        }
+    }
+
+    /// @notice ceil(a * b / 1e18). Reverts MulDivOverflow if a * b does not fit int256.
+    function mulUp(int256 a, int256 b) internal pure returns (int256 z) {
+        assembly ("memory-safe") {
+            z := mul(a, b)
+            if iszero(or(iszero(a), and(eq(sdiv(z, a), b), iszero(and(eq(a, not(0)), eq(b, INT256_MIN)))))) {
+                mstore(0x00, MUL_DIV_OVERFLOW)
+                revert(0x1c, 0x04)
+            }
+            z := add(sdiv(z, 1000000000000000000), and(sgt(z, 0), iszero(iszero(smod(z, 1000000000000000000)))))
+        }
+    }
+
+    /// @notice floor(a * b / c). Reverts MulDivOverflow (a * b or the quotient leaves int256),
+    /// then DivisionByZero, in that order.
+    function mulDivDown(int256 a, int256 b, int256 c) internal pure returns (int256 z) {
+        assembly ("memory-safe") {
+            z := mul(a, b)
+            if iszero(or(iszero(a), and(eq(sdiv(z, a), b), iszero(and(eq(a, not(0)), eq(b, INT256_MIN)))))) {
+                mstore(0x00, MUL_DIV_OVERFLOW)
+                revert(0x1c, 0x04)
+            }
+            if iszero(c) {
+                mstore(0x00, DIVISION_BY_ZERO)
+                revert(0x1c, 0x04)
+            }
+            // MIN / -1 = 2**255 is the only quotient that leaves int256.
+            if and(eq(c, not(0)), eq(z, INT256_MIN)) {
+                mstore(0x00, MUL_DIV_OVERFLOW)
+                revert(0x1c, 0x04)
+            }
+            // Inexact with operands of opposite signs: truncation went up, step down.
+            z := sub(sdiv(z, c), and(iszero(iszero(smod(z, c))), slt(xor(z, c), 0)))
+        }
+    }
+
+    /// @notice ceil(a * b / c). Same errors, same order, as mulDivDown.
+    function mulDivUp(int256 a, int256 b, int256 c) internal pure returns (int256 z) {
+        assembly ("memory-safe") {
+            z := mul(a, b)
+            if iszero(or(iszero(a), and(eq(sdiv(z, a), b), iszero(and(eq(a, not(0)), eq(b, INT256_MIN)))))) {
+                mstore(0x00, MUL_DIV_OVERFLOW)
+                revert(0x1c, 0x04)
+            }
+            if iszero(c) {
+                mstore(0x00, DIVISION_BY_ZERO)
+                revert(0x1c, 0x04)
+            }
+            if and(eq(c, not(0)), eq(z, INT256_MIN)) {
+                mstore(0x00, MUL_DIV_OVERFLOW)
+                revert(0x1c, 0x04)
+            }
+            // Inexact with operands of the same sign: truncation went down, step up.
+            z := add(sdiv(z, c), and(iszero(iszero(smod(z, c))), iszero(slt(xor(z, c), 0))))
+        }
+    }
+
+    /// @notice floor(a * 1e18 / b). Reverts MulDivOverflow, then DivisionByZero.
+    function divDown(int256 a, int256 b) internal pure returns (int256) {
+        return mulDivDown(a, WAD, b);
+    }
+
+    /// @notice ceil(a * 1e18 / b). Reverts MulDivOverflow, then DivisionByZero.
+    function divUp(int256 a, int256 b) internal pure returns (int256) {
+        return mulDivUp(a, WAD, b);
+    }
+
+    /// @notice e^(x / 1e18) * 1e18.
+    /// @dev Domain: x <= EXP_MAX_WAD, else ExpOverflow(x); returns 0 for x < EXP_MIN_WAD (the exact
+    /// value is below one wei). x = k ln2 + r with |r| <= ln2/2 in Q96; e^r by the [6/6] Pade
+    /// approximant (integer coefficients 665280, 332640, 75600, 10080, 840, 42, 1; relative error
+    /// < 2e-19); the final shift floors. Measured error: <= 1e-18 relative above 1 WAD and
+    /// <= 1.07 wei below.
+    function expWad(int256 x) internal pure returns (int256 z) {
+        assembly ("memory-safe") {
+            if sgt(x, EXP_MAX_WAD) {
+                mstore(0x00, EXP_OVERFLOW)
+                mstore(0x20, x)
+                revert(0x1c, 0x24)
+            }
+            if iszero(slt(x, EXP_MIN_WAD)) {
+                // x in Q96, truncated toward zero: |x| < 2**68, so x * 2**78 < 2**146.
+                let xq := sdiv(shl(78, x), 3814697265625) // 5**18; 1e18 = 2**18 * 5**18
+                // k = round(x / ln2) in [-60, 195]; |xq * 2**96.53| < 2**200.
+                let k := sar(192, add(mul(xq, 114302077158074026402637675937), shl(191, 1)))
+                let r := sub(xq, mul(k, 54916777467707473351141471128)) // |r| <= 0.347 * 2**96
+                let r2 := sar(96, mul(r, r))
+                // Even and odd parts of the Pade numerator (scaled by 665280): E, O < 2**116.
+                let e := add(r2, 66551656511982043578576918282240) // 840 * 2**96
+                e := add(sar(96, mul(e, r2)), 5989649086078383922071922645401600) // 75600 * 2**96
+                e := add(sar(96, mul(e, r2)), 52708911957489778514232919279534080) // 665280 * 2**96
+                let o := add(mul(42, r2), 798619878143784522942923019386880) // 10080 * 2**96
+                o := add(sar(96, mul(o, r2)), 26354455978744889257116459639767040) // 332640 * 2**96
+                o := sar(96, mul(o, r))
+                // e^r in Q96 (< 1.42 * 2**96); E - O > 0 and E + O > 0.
+                let q := sdiv(shl(96, add(e, o)), sub(e, o))
+                // q * 1e18 * 2**(k - 96) = (q * 1e18 * 2**99) >> (195 - k); product < 2**256.
+                z := shr(sub(195, k), mul(q, 633825300114114700748351602688000000000000000000))
+            }
+        }
+    }
+
+    /// @notice ln(x / 1e18) * 1e18 for x > 0, else LnOfNonPositive(x).
+    /// @dev x = m * 2**(k - 96) with m in [2**96, 2**97); b = 2**96, or 2**97 when m > sqrt2 * 2**96;
+    /// s = (m - b) / (m + b), |s| <= 0.1716; ln(m / b) = 2 atanh(s) = 2s P(s^2) / Q(s^2), the [4/4]
+    /// Pade approximant (absolute error < 4e-20). Floored from Q96; measured error <= 1.03 wei.
+    function lnWad(int256 x) internal pure returns (int256 z) {
+        assembly ("memory-safe") {
+            if iszero(sgt(x, 0)) {
+                mstore(0x00, LN_OF_NON_POSITIVE)
+                mstore(0x20, x)
+                revert(0x1c, 0x24)
+            }
+            // k = floor(log2 x) by binary search on the top bit.
+            let k := shl(7, lt(0xffffffffffffffffffffffffffffffff, x))
+            k := or(k, shl(6, lt(0xffffffffffffffff, shr(k, x))))
+            k := or(k, shl(5, lt(0xffffffff, shr(k, x))))
+            k := or(k, shl(4, lt(0xffff, shr(k, x))))
+            k := or(k, shl(3, lt(0xff, shr(k, x))))
+            k := or(k, shl(2, lt(0xf, shr(k, x))))
+            k := or(k, shl(1, lt(0x3, shr(k, x))))
+            k := or(k, lt(0x1, shr(k, x)))
+            let m := x
+            switch lt(k, 96)
+            case 1 { m := shl(sub(96, k), x) }
+            default { m := shr(sub(k, 96), x) }
+            let b := shl(96, 1)
+            if gt(m, 112045541949572279837463876454) {
+                // floor(sqrt2 * 2**96)
+                b := shl(97, 1)
+                k := add(k, 1)
+            }
+            let s := sdiv(shl(96, sub(m, b)), add(m, b)) // |s| <= 0.1716 * 2**96
+            let t := sar(96, mul(s, s))
+            // Horner in Q96: accumulators < 2**119, products < 2**210.
+            let p := sub(sar(96, mul(1298074214633706907132624082305024, t)), 50551925233038931923248685231636480) // 16384, 638055
+            p := add(sar(96, mul(p, t)), 296213104177768078212798541159464960) // 3738735
+            p := sub(sar(96, mul(p, t)), 541272941369013958180013398504243200) // 6831825
+            p := add(sar(96, mul(p, t)), 303350769338678152386600915645235200) // 3828825
+            let qq := sub(sar(96, mul(7861414425477878897719398472089600, t)), 115300744907008890499884510923980800) // 99225, 1455300
+            qq := add(sar(96, mul(qq, t)), 449672905137334672949549592603525120) // 5675670
+            qq := sub(sar(96, mul(qq, t)), 642389864481906675642213703719321600) // 8108100
+            qq := add(sar(96, mul(qq, t)), 303350769338678152386600915645235200) // 3828825
+            let lnm := sdiv(mul(mul(2, s), p), qq)
+            // k ln2 + ln m - ln 1e18, in Q96 (|v| < 2**104), to WAD with a flooring shift.
+            let v := sub(add(mul(k, 54916777467707473351141471128), lnm), 3283732547111784853622338894909)
+            z := sar(96, mul(v, 1000000000000000000))
+        }
+    }
+
+    /// @notice floor(sqrt(x / 1e18) * 1e18) = floor(sqrt(x * 1e18)).
+    /// @dev SqrtOfNegative(x) for x < 0; SqrtOverflow(x) for x > SQRT_MAX_WAD.
+    function sqrtDown(int256 x) internal pure returns (int256 z) {
+        assembly ("memory-safe") {
+            if slt(x, 0) {
+                mstore(0x00, SQRT_OF_NEGATIVE)
+                mstore(0x20, x)
+                revert(0x1c, 0x24)
+            }
+            if sgt(x, SQRT_MAX_WAD) {
+                mstore(0x00, SQRT_OVERFLOW)
+                mstore(0x20, x)
+                revert(0x1c, 0x24)
+            }
+            z := _isqrtFloor(mul(x, 1000000000000000000))
+
+            /// floor(sqrt(n)) for n < 2**255: Newton's method from above.
+            function _isqrtFloor(n) -> y {
+                // Start at 2**ceil(bits/2) >= sqrt(n): within a factor 2 of the root.
+                let r := shl(7, lt(0xffffffffffffffffffffffffffffffff, n))
+                r := or(r, shl(6, lt(0xffffffffffffffff, shr(r, n))))
+                r := or(r, shl(5, lt(0xffffffff, shr(r, n))))
+                r := or(r, shl(4, lt(0xffff, shr(r, n))))
+                r := or(r, shl(3, lt(0xff, shr(r, n))))
+                r := or(r, shl(2, lt(0xf, shr(r, n))))
+                r := or(r, shl(1, lt(0x3, shr(r, n))))
+                r := or(r, lt(0x1, shr(r, n)))
+                y := shl(shr(1, add(r, 2)), 1)
+                // Each step squares the relative error (from <= 1): seven steps reach < 1 wei
+                // for n < 2**256. The iterates never go below floor(sqrt(n)).
+                y := shr(1, add(y, div(n, y)))
+                y := shr(1, add(y, div(n, y)))
+                y := shr(1, add(y, div(n, y)))
+                y := shr(1, add(y, div(n, y)))
+                y := shr(1, add(y, div(n, y)))
+                y := shr(1, add(y, div(n, y)))
+                y := shr(1, add(y, div(n, y)))
+                // Newton from above may stop at floor + 1 when n + 1 is a perfect square.
+                y := sub(y, lt(div(n, y), y))
+            }
+        }
+    }
+
+    /// @notice ceil(sqrt(x / 1e18) * 1e18). Same domain and errors as sqrtDown.
+    function sqrtUp(int256 x) internal pure returns (int256 z) {
+        z = sqrtDown(x);
+        assembly ("memory-safe") {
+            z := add(z, lt(mul(z, z), mul(x, 1000000000000000000)))
+        }
+    }
+}
