@@ -14,7 +14,7 @@ Method (no put-call parity; both sides are computed directly)::
     rt   = r·τ                                    (WAD, truncated toward zero)
     D    = e^(−rt)                                (exp_wad; exactly 1e18 when rt == 0)
     KD   = K·D                                    (floored)
-    s    = σ√τ  = isqrt(σ²·τ / year)              (floored at 1e-36 scale, then isqrt: floor)
+    s    = σ√τ  = isqrt(σ²·τ / year)              (σ²τ floored at 1e-36, then isqrt: floor)
     h    = σ²τ/2                                  (floored)
     m    = ln(F/K) = ln(S/K) + rt                 (ln of the ratio >= 1, see _ln_ratio)
     d1   = (m + h)/s  (truncated toward zero),    d2 = d1 − s (exact)
@@ -48,8 +48,6 @@ Accuracy (tests/test_pricing_accuracy.py, against mpmath): within 1e-9 · spot o
 
 from __future__ import annotations
 
-from math import isqrt
-
 from margin.errors import (
     ForwardOutOfRange,
     MoneynessOutOfRange,
@@ -60,7 +58,7 @@ from margin.errors import (
     VolOutOfRange,
     ZeroSigmaSqrtTau,
 )
-from margin.fixed_point import exp_wad, ln_wad, sdiv
+from margin.fixed_point import exp_wad, ln_wad, sdiv, sqrt_down
 from margin.normal import cdf_wad
 
 WAD = 10**18
@@ -99,15 +97,12 @@ def _check_tau_vol_rate(tau: int, vol: int, rate: int) -> None:
         raise RateOutOfRange(rate)
 
 
-def _isqrt(x: int) -> int:
-    """floor(sqrt(x)) of an integer; the Solidity side computes it exactly (Newton + correction)."""
-    return isqrt(x)
-
-
 def _sigma_sqrt_tau_half_var(tau: int, vol: int) -> tuple[int, int]:
     """(σ√τ, σ²τ/2) in WAD, both floored. In domain: vol² <= 1e38, ·tau <= 1.6e46."""
     var36 = vol * vol * tau // YEAR  # σ²τ scaled by 1e36, floored (all terms >= 0)
-    return _isqrt(var36), var36 // (2 * WAD)
+    # sqrt_down(v) = isqrt(v·1e18) = σ√τ at 1e27 scale; floor(floor(y)/1e9) = floor(y/1e9), so
+    # this is exactly isqrt(var36). v <= 1.6e46 is far below SQRT_MAX_WAD (5.7e58).
+    return sqrt_down(var36) // 10**9, var36 // (2 * WAD)
 
 
 def _rate_time(tau: int, rate: int) -> int:
