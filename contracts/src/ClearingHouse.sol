@@ -141,15 +141,17 @@ contract ClearingHouse is ClearingHouseBase {
         emit Deposit(account, asset, msg.sender, received, nonce);
     }
 
-    /// @notice Withdraws `amount` token units to the account's owner. The balance may not go
-    /// negative, and the account must pass the full IM check afterwards (no oracle is needed
-    /// when it holds no position and no debt).
+    /// @notice Withdraws `amount` token units to the account's owner. A volatile asset's
+    /// balance may not go negative; the account must pass the full IM check afterwards (no
+    /// oracle is needed when it then holds no position and no debt).
     function withdraw(uint256 account, uint256 asset, uint256 amount) external whenNotPaused {
         _onlyAuthorized(account);
         AssetConfig memory a = _asset(asset);
         int256 wad = _toWad(a, amount);
         int256 bal = balanceOf[account][asset];
-        if (bal < wad) revert InsufficientBalance(account, asset, bal, wad);
+        // The settlement asset may go negative (cash is borrowed against positions' value, the
+        // full check decides); a volatile asset cannot be borrowed.
+        if (asset != 0 && bal < wad) revert InsufficientBalance(account, asset, bal, wad);
         balanceOf[account][asset] = bal - wad;
         _requireHealthyAfter(account);
         uint64 nonce = _bump(account);
@@ -166,7 +168,7 @@ contract ClearingHouse is ClearingHouseBase {
         _asset(asset);
         if (amount <= 0) revert ZeroAmount();
         int256 bal = balanceOf[from][asset];
-        if (bal < amount) revert InsufficientBalance(from, asset, bal, amount);
+        if (asset != 0 && bal < amount) revert InsufficientBalance(from, asset, bal, amount);
         balanceOf[from][asset] = bal - amount;
         balanceOf[to][asset] += amount;
         _requireHealthyAfter(from);
