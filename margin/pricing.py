@@ -48,6 +48,8 @@ Accuracy (tests/test_pricing_accuracy.py, against mpmath): within 1e-9 · spot o
 
 from __future__ import annotations
 
+from math import isqrt
+
 from margin.errors import (
     ForwardOutOfRange,
     MoneynessOutOfRange,
@@ -58,7 +60,7 @@ from margin.errors import (
     VolOutOfRange,
     ZeroSigmaSqrtTau,
 )
-from margin.fixed_point import exp_wad, ln_wad, sdiv, sqrt_down
+from margin.fixed_point import exp_wad, ln_wad, sdiv
 from margin.normal import cdf_wad
 
 WAD = 10**18
@@ -100,9 +102,8 @@ def _check_tau_vol_rate(tau: int, vol: int, rate: int) -> None:
 def _sigma_sqrt_tau_half_var(tau: int, vol: int) -> tuple[int, int]:
     """(σ√τ, σ²τ/2) in WAD, both floored. In domain: vol² <= 1e38, ·tau <= 1.6e46."""
     var36 = vol * vol * tau // YEAR  # σ²τ scaled by 1e36, floored (all terms >= 0)
-    # sqrt_down(v) = isqrt(v·1e18) = σ√τ at 1e27 scale; floor(floor(y)/1e9) = floor(y/1e9), so
-    # this is exactly isqrt(var36). v <= 1.6e46 is far below SQRT_MAX_WAD (5.7e58).
-    return sqrt_down(var36) // 10**9, var36 // (2 * WAD)
+    # Exact integer square root (the Solidity side: Newton from above + correction, proven there).
+    return isqrt(var36), var36 // (2 * WAD)
 
 
 def _rate_time(tau: int, rate: int) -> int:
