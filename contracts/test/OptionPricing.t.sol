@@ -125,6 +125,16 @@ contract OptionPricingTest is TestBase {
         return (s, k, bound(t, 0, 5 * YEAR), bound(v, 0, 10e18), bound(r, -0.5e18, 0.5e18));
     }
 
+    function testFuzz_sigmaSqrtTau_is_floor_root(uint256 t, int256 v) public pure {
+        t = bound(t, 0, 5 * YEAR);
+        v = bound(v, 0, 10e18);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        uint256 var36 = uint256(v) * uint256(v) * t / YEAR;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        uint256 s = uint256(OptionPricing.sigmaSqrtTau(t, v));
+        assertTrue(s * s <= var36 && (s + 1) * (s + 1) > var36, "isqrt is the floor root");
+    }
+
     function testFuzz_bounds_and_parity(int256 s0, int256 k0, uint256 t0, int256 v0, int256 r0) public pure {
         (int256 s, int256 k, uint256 t, int256 v, int256 r) = _inputs(s0, k0, t0, v0, r0);
         int256 call = OptionPricing.price(true, s, k, t, v, r);
