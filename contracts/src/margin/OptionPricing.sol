@@ -30,8 +30,11 @@ error ZeroSigmaSqrtTau(uint256 tau, int256 vol);
 /// Domain (named errors, checked in this order): spot (forward) and strike in
 /// [MIN_PRICE, MAX_PRICE] = [1e-8, 1e12]; strike <= MAX_STRIKE_RATIO (1e7) * spot (forward);
 /// tau <= MAX_TAU (5 years); vol in [0, MAX_VOL] (0..1000%); |rate| <= MAX_RATE (50%).
-/// Accuracy against mpmath: within 1e-9 * spot (forward) over that whole domain
-/// (tests/test_pricing_accuracy.py).
+/// Accuracy against mpmath: within 1e-9 * spot (forward) over that whole domain; largest error
+/// found 1.6e-10 * spot (tests/test_pricing_accuracy.py).
+/// Gas of one price as an internal call (contracts/snapshots/OptionPricingGas.json): ~4,000 ATM
+/// (one exp, one ln, one isqrt, two cdf), ~3,550 with rate 0 (no exp), ~2,800 far from the money
+/// (cdf cut-offs), ~1,200-1,600 expired or zero vol.
 /// @dev Method, both sides computed directly (no put-call parity):
 ///   rt = r*tau (truncated), D = e^-rt (exactly 1e18 when rt == 0), KD = K*D (floored),
 ///   s = sigma*sqrt(tau) = isqrt(sigma^2*tau) (floored), h = sigma^2*tau/2 (floored),
