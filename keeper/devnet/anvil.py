@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -28,7 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -206,6 +207,8 @@ class Anvil:
         self._log_file = log
         try:
             # Own session = own process group: stop() signals the wrapper and the native binary.
+            # Being in its own session, anvil would outlive a parent killed by a signal (atexit
+            # does not run then), so on Linux it also gets SIGTERM when its parent dies.
             self._proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -213,6 +216,7 @@ class Anvil:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=REPO_ROOT,
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             log.close()
@@ -315,6 +319,25 @@ class Anvil:
             f"anvil did not answer eth_chainId within {self.startup_timeout:.0f} s "
             f"(log {self.log_path}):\n{self.log_tail()}"
         )
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec hook: prctl(PR_SET_PDEATHSIG, SIGTERM) on Linux; None elsewhere."""
+    if os.uname().sysname != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 def _fmt_seconds(value: float) -> str:
