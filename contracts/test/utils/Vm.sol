@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+/// @notice The subset of forge's cheatcodes this project uses (no forge-std: nothing is fetched).
+/// Signatures follow forge 1.7's cheatcode interface.
+interface Vm {
+    function assume(bool condition) external pure;
+    function expectRevert(bytes calldata revertData) external;
+    function expectRevert(bytes4 revertData) external;
+    function expectRevert() external;
+    function prank(address sender) external;
+    function startPrank(address sender) external;
+    function stopPrank() external;
+    function warp(uint256 newTimestamp) external;
+    function roll(uint256 newHeight) external;
+    function deal(address account, uint256 newBalance) external;
+    function label(address account, string calldata newLabel) external;
+    function addr(uint256 privateKey) external pure returns (address);
+    function expectEmit(bool checkTopic1, bool checkTopic2, bool checkTopic3, bool checkData) external;
+    function expectEmit() external;
+    /// Records `value` under `name` in the gas snapshot file of the calling test contract
+    /// (contracts/snapshots/<Contract>.json), committed and diffed like `forge snapshot`.
+    function snapshotValue(string calldata name, uint256 value) external;
+    function snapshotGasLastCall(string calldata name) external returns (uint256 gasUsed);
+    function startSnapshotGas(string calldata name) external;
+    function stopSnapshotGas() external returns (uint256 gasUsed);
+    function toString(int256 value) external pure returns (string memory);
+    function toString(uint256 value) external pure returns (string memory);
+    function envOr(string calldata name, uint256 defaultValue) external view returns (uint256);
+}
