@@ -17,6 +17,7 @@ from keeper.artifacts import ArtifactError, deploy, ensure_built
 from keeper.batchcall import Outcome, batch_call, python_outcome, revert_name
 from keeper.devnet import Anvil, AnvilError
 from margin import fixed_point as fp
+from margin.normal import cdf_wad
 
 WAD = fp.WAD
 
@@ -38,6 +39,9 @@ SAMPLES: list[tuple[str, Callable[..., int], tuple[int, ...]]] = [
     ("sqrtDown", fp.sqrt_down, (2 * WAD,)),
     ("sqrtUp", fp.sqrt_up, (2 * WAD,)),
     ("sqrtDown", fp.sqrt_down, (-1,)),
+    ("cdf", cdf_wad, (0,)),
+    ("cdf", cdf_wad, (1_959_963_984_540_054_000,)),
+    ("cdf", cdf_wad, (-9 * WAD,)),
 ]
 
 

@@ -4,9 +4,14 @@ where a primitive starts to fail (overflowing products, exp/sqrt limits, zero di
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
+from web3.contract import Contract
 
 from margin.fixed_point import EXP_MAX_WAD, EXP_MIN_WAD, SQRT_MAX_WAD, WAD
+from tests.parity import check_parity
 
 INT_MIN = -(2**255)
 INT_MAX = 2**255 - 1
@@ -135,3 +140,50 @@ def sqrt_inputs() -> st.SearchStrategy[int]:
         st.integers(-(10**6), -1),
         int256_mixed(),
     )
+
+
+#: Where NormalDist changes polynomial piece, and its cut-off (margin/normal.py).
+CDF_EDGES: list[int] = [0, 2 * WAD, 4 * WAD, 6 * WAD, 8 * WAD, 8_900_000_000_000_000_000]
+
+
+def cdf_inputs() -> st.SearchStrategy[int]:
+    edge_near = st.tuples(st.sampled_from(CDF_EDGES), st.integers(-1000, 1000), st.booleans())
+    return st.one_of(
+        st.integers(-10 * WAD, 10 * WAD),  # every piece, both signs, and just past the cut-off
+        st.integers(-3 * WAD, 3 * WAD),  # where the CDF is steep
+        edge_near.map(lambda t: -(t[0] + t[1]) if t[2] else t[0] + t[1]),  # piece edges ± wei
+        int256_mixed(),  # far tails and int256 extremes
+    )
+
+
+# --- batched Hypothesis runs: one example = one list of inputs = one eth_call ------------
+
+BATCH = 500
+RANDOM = settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,  # the same inputs on every run and every machine
+    # One example is a whole batch of 500 inputs: large by design.
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+    database=None,
+    # No shrinking: a failure already lists the first mismatching inputs, and shrinking a list
+    # of 500 inputs through eth_calls would take minutes.
+    phases=[Phase.explicit, Phase.generate],
+)
+
+
+def batch_of(strategy: st.SearchStrategy, size: int = BATCH) -> st.SearchStrategy[list]:
+    # unique: a batch spends its calls on distinct inputs (Hypothesis likes to repeat values).
+    return st.lists(strategy, min_size=size, max_size=size, unique=True)
+
+
+def check_batch(contract: Contract, name: str, fn: Callable[..., int], inputs: list) -> None:
+    tally = check_parity(contract, name, fn, inputs)
+    # `pytest --hypothesis-show-statistics` shows which regions the random batches reached.
+    for kind in tally:
+        event(f"batch reached: {kind}")
+    event(f"distinct inputs per batch: {len(set(inputs)) // 100 * 100}+")

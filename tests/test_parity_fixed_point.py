@@ -1,7 +1,8 @@
 """Python margin/fixed_point.py vs Solidity FixedPoint.sol (through MathHarness), to the wei.
 
-Each Hypothesis example is a list of 500 inputs checked in ONE batched eth_call; 12 examples
-give 6,000 random inputs per primitive, plus explicit edge lists. Outcome equality means: equal
+Each Hypothesis example is a list of 500 distinct inputs checked in ONE batched eth_call; 15
+examples give 7,500 random inputs per primitive (mulDiv: 30 x 250 triples), of which > 5,500 are
+distinct across batches, plus explicit edge lists. Outcome equality means: equal
 values, or a revert on-chain <=> the mirror raising the error with identical revert data.
 """
 
@@ -11,35 +12,15 @@ import itertools
 from collections.abc import Callable
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings
 from web3.contract import Contract
 
 from margin import fixed_point as fp
 from tests import strategies as S
 from tests.parity import check_parity
+from tests.strategies import BATCH, RANDOM, batch_of, check_batch
 
 pytestmark = pytest.mark.anvil
-
-BATCH = 500
-RANDOM = settings(
-    max_examples=15,
-    deadline=None,
-    derandomize=True,  # the same 6,000 inputs on every run and every machine
-    # One example is a whole batch of 500 inputs: large by design.
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
-    database=None,
-    # No shrinking: a failure already lists the first mismatching inputs, and shrinking a list
-    # of 500 inputs through eth_calls would take minutes.
-    phases=[Phase.explicit, Phase.generate],
-)
-
-# 500 unique triples overrun Hypothesis's per-example data budget: half-size batches, twice as many.
-RANDOM_TRIPLES = settings(RANDOM, max_examples=2 * RANDOM.max_examples)
 
 BINARY: dict[str, Callable[[int, int], int]] = {
     "mulDown": fp.mul_down,
@@ -52,19 +33,6 @@ TERNARY: dict[str, Callable[[int, int, int], int]] = {
     "mulDivUp": fp.mul_div_up,
 }
 SQRT: dict[str, Callable[[int], int]] = {"sqrtDown": fp.sqrt_down, "sqrtUp": fp.sqrt_up}
-
-
-def batch_of(strategy: st.SearchStrategy, size: int = BATCH) -> st.SearchStrategy[list]:
-    # unique: a batch spends its calls on distinct inputs (Hypothesis likes to repeat values).
-    return st.lists(strategy, min_size=size, max_size=size, unique=True)
-
-
-def check_batch(contract: Contract, name: str, fn: Callable[..., int], inputs: list) -> None:
-    tally = check_parity(contract, name, fn, inputs)
-    # `pytest --hypothesis-show-statistics` shows which regions the random batches reached.
-    for kind in tally:
-        event(f"batch reached: {kind}")
-    event(f"distinct inputs per batch: {len(set(inputs)) // 100 * 100}+")
 
 
 # --- random batches ----------------------------------------------------------------------
@@ -85,7 +53,7 @@ def test_div_random(math_harness: Contract, name: str, pairs: list[tuple[int, in
 
 
 @pytest.mark.parametrize("name", list(TERNARY))
-@RANDOM_TRIPLES
+@settings(RANDOM, max_examples=2 * RANDOM.max_examples)  # half-size batches, twice as many
 @given(batch_of(S.mul_div_triples(), size=BATCH // 2))
 def test_mul_div_random(
     math_harness: Contract, name: str, triples: list[tuple[int, int, int]]

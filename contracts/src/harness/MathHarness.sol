@@ -3,6 +3,7 @@ pragma solidity 0.8.30;
 
 import {Batchable} from "./Batchable.sol";
 import {FixedPoint} from "../math/FixedPoint.sol";
+import {NormalDist} from "../math/NormalDist.sol";
 
 /// @title MathHarness
 /// @notice Exposes every math primitive of the verifier as an external pure function, so the
@@ -10,9 +11,6 @@ import {FixedPoint} from "../math/FixedPoint.sol";
 ///         Test/devnet harness only; no state, no privileges.
 /// @dev Each function only forwards: the library's revert data (custom errors) reaches the
 ///      caller unchanged.
-// TODO(lead): add `cdf(int256 x)` forwarding to NormalDist.cdf once
-// contracts/src/math/NormalDist.sol is on main (and its parity test in
-// tests/test_parity_fixed_point.py). Deliberately not stubbed.
 contract MathHarness is Batchable {
     function mulDown(int256 a, int256 b) external pure returns (int256) {
         return FixedPoint.mulDown(a, b);
@@ -52,5 +50,9 @@ contract MathHarness is Batchable {
 
     function sqrtUp(int256 x) external pure returns (int256) {
         return FixedPoint.sqrtUp(x);
+    }
+
+    function cdf(int256 x) external pure returns (int256) {
+        return NormalDist.cdf(x);
     }
 }
