@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ANVIL = REPO_ROOT / "tools" / "node_modules" / ".bin" / "anvil"
@@ -128,7 +129,8 @@ class Anvil:
             code_size_limit: ``--code-size-limit`` in bytes (EIP-170 default 0x6000 otherwise).
             disable_code_size_limit: ``--disable-code-size-limit`` (large test harnesses).
             timestamp: genesis timestamp (``--timestamp``), for reproducible chains.
-            log_path: where anvil's output goes; a temporary file if None.
+            log_path: where anvil's output goes (kept); if None, a temporary file that stop()
+                deletes.
             binary: explicit anvil path; otherwise ANVIL_BIN or the repo's pinned binary.
             startup_timeout: seconds to wait for ``eth_chainId`` to answer.
             extra_args: further anvil flags, passed through verbatim.
@@ -149,7 +151,7 @@ class Anvil:
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: object | None = None
+        self._log_file: IO[bytes] | None = None
         self.host = "127.0.0.1"
         self.port: int | None = None
 
@@ -253,8 +255,12 @@ class Anvil:
         self._proc = None
         self.port = None
         if self._log_file is not None:
-            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file.close()
             self._log_file = None
+        if self._log_given is None and self.log_path is not None:
+            # Our own temporary log: gone with the process (start errors quote its tail).
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
         _LIVE.discard(self)
 
     def rpc(self, method: str, params: list[object] | None = None, timeout: float = 5.0) -> object:
