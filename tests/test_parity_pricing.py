@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from web3 import Web3
 from web3.contract import Contract
@@ -32,6 +32,7 @@ from margin.pricing import (
     sigma_sqrt_tau,
 )
 from tests.parity import check_parity
+from tests.strategies import RANDOM
 
 pytestmark = pytest.mark.anvil
 
@@ -148,13 +149,8 @@ def _in_domain(case: tuple[bool, int, int, int, int, int]) -> bool:
         and 0 <= vol <= MAX_VOL
         and -MAX_RATE <= rate <= MAX_RATE
     )
-SETTINGS = settings(
-    max_examples=10,
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example
-    ],
-)
+#: The shared batched-run settings (derandomized, no shrinking): 10 batches of 300 per test.
+SETTINGS = settings(RANDOM, max_examples=10)
 
 
 # --- property tests: one eth_call per example --------------------------------------------
