@@ -94,6 +94,8 @@ def _check_underlying(underlying: int, strike: int, is_forward: bool) -> None:
 
 
 def _check_tau_vol_rate(tau: int, vol: int, rate: int) -> None:
+    if tau < 0:  # Solidity's uint256 cannot carry it: a caller bug, not a domain error
+        raise ValueError(f"tau must be a uint256 (pass 0 once expired), got {tau}")
     if tau > MAX_TAU:
         raise TauOutOfRange(tau)
     if vol < 0 or vol > MAX_VOL:

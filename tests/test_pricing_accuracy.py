@@ -318,6 +318,11 @@ def _expected_args(error: type[Exception], args: tuple[int, ...]) -> tuple[int, 
     }[error]
 
 
+def test_negative_tau_is_a_caller_bug() -> None:
+    with pytest.raises(ValueError, match="uint256"):
+        option_price(True, WAD, WAD, -1, WAD, 0)
+
+
 def test_domain_edges_are_accepted() -> None:
     for args in [
         (MIN_PRICE, MIN_PRICE * MAX_STRIKE_RATIO, MAX_TAU, MAX_VOL, MAX_RATE),

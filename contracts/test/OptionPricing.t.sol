@@ -18,7 +18,8 @@ import {
 /// are inlined), plus an identity of the same shape as the gas baseline.
 contract OptionPricingProbe {
     function id6(bool c, int256 s, int256 k, uint256 t, int256 v, int256 r) external pure returns (int256) {
-        return (c ? s : k) ^ int256(t) ^ v ^ r;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return (c ? s : k) ^ int256(t) ^ v ^ r; // a baseline of the same shape, value irrelevant
     }
 
     function price(bool c, int256 s, int256 k, uint256 t, int256 v, int256 r) external pure returns (int256) {
@@ -119,7 +120,8 @@ contract OptionPricingTest is TestBase {
     {
         s = bound(s, 1e10, 1e30);
         // strike within [1e-6, 1e7] * spot, clipped to the price range
-        int256 k = s / 1e6 + (s / 1e6) * bound(kRatio, 0, 1e13 - 1);
+        // forge-lint: disable-next-line(divide-before-multiply)
+        int256 k = s / 1e6 + (s / 1e6) * bound(kRatio, 0, 1e13 - 1); // a grid of s/1e6 steps
         if (k < 1e10) k = 1e10;
         if (k > 1e30) k = 1e30;
         return (s, k, bound(t, 0, 5 * YEAR), bound(v, 0, 10e18), bound(r, -0.5e18, 0.5e18));
