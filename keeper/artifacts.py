@@ -7,7 +7,10 @@ contract living elsewhere is found by searching ``out/*/<Contract>.json``.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,10 +124,6 @@ def ensure_built(*, force: bool = False, timeout: float = 600.0) -> bool:
     Safe to call from parallel processes (pytest-xdist workers): an exclusive file lock makes
     one build and lets the others find it fresh. FORGE_BIN overrides the pinned forge.
     """
-    import fcntl
-    import os
-    import subprocess
-
     if not force and not build_is_stale():
         return False
     _BUILD_LOCK.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ Method (no put-call parity; both sides are computed directly)::
     rt   = r·τ                                    (WAD, truncated toward zero)
     D    = e^(−rt)                                (exp_wad; exactly 1e18 when rt == 0)
     KD   = K·D                                    (floored)
-    s    = σ√τ  = isqrt(σ²·τ / year)              (σ²τ floored at 1e-36, then isqrt: floor)
+    s    = σ√τ  = isqrt(vol²·τ / year)            (σ²τ·1e36 floored, then the floor root)
     h    = σ²τ/2                                  (floored)
     m    = ln(F/K) = ln(S/K) + rt                 (ln of the ratio >= 1, see _ln_ratio)
     d1   = (m + h)/s  (truncated toward zero),    d2 = d1 − s (exact)
@@ -28,7 +28,8 @@ price insensitive to it to first order (S·φ(d1) = KD·φ(d2)).
 
 Degenerate case: when s == 0 (τ == 0, σ == 0, or σ²τ below 1e-36) the distribution collapses
 and the price is the discounted intrinsic value max(F−K, 0)·D = max(S − KD, 0) for a call and
-max(KD − S, 0) for a put (exactly S − K undiscounted when τ == 0, since then D == 1e18).
+max(KD − S, 0) for a put (undiscounted max(S − K, 0) / max(K − S, 0) when τ == 0, where
+D == 1e18 exactly).
 
 Results are clamped at 0: the exact price is positive, a negative integer can only come from
 rounding (both terms floored) or from the Φ approximation in the far tail. A call never exceeds
@@ -43,10 +44,14 @@ carries an error of order KD·1e-18 whatever the formula (a deep in-the-money pu
 leg of a far out-of-the-money call); with K/S <= 1e7 and D <= e^2.5 that is KD/S <= 1.3e8, i.e.
 ~1e-10·S per wei of Φ error. A deep in-the-money call (K << S) has no such problem, so spot/strike
 is not capped (beyond the price range).
-Accuracy (tests/test_pricing_accuracy.py, against mpmath): within 1e-9 · spot over that domain.
+Accuracy (tests/test_pricing_accuracy.py, against mpmath): within 1e-9 · spot over that domain;
+the largest error found is 1.6e-10 · spot, i.e. 1.6 wei at the smallest spot (1e10 wei), where
+the few wei of rounding dominate (``python tests/test_pricing_accuracy.py`` prints it).
 """
 
 from __future__ import annotations
+
+from math import isqrt
 
 from margin.errors import (
     ForwardOutOfRange,
@@ -58,7 +63,7 @@ from margin.errors import (
     VolOutOfRange,
     ZeroSigmaSqrtTau,
 )
-from margin.fixed_point import exp_wad, ln_wad, sdiv, sqrt_down
+from margin.fixed_point import exp_wad, ln_wad, sdiv
 from margin.normal import cdf_wad
 
 WAD = 10**18
@@ -89,6 +94,8 @@ def _check_underlying(underlying: int, strike: int, is_forward: bool) -> None:
 
 
 def _check_tau_vol_rate(tau: int, vol: int, rate: int) -> None:
+    if tau < 0:  # Solidity's uint256 cannot carry it: a caller bug, not a domain error
+        raise ValueError(f"tau must be a uint256 (pass 0 once expired), got {tau}")
     if tau > MAX_TAU:
         raise TauOutOfRange(tau)
     if vol < 0 or vol > MAX_VOL:
@@ -100,9 +107,8 @@ def _check_tau_vol_rate(tau: int, vol: int, rate: int) -> None:
 def _sigma_sqrt_tau_half_var(tau: int, vol: int) -> tuple[int, int]:
     """(σ√τ, σ²τ/2) in WAD, both floored. In domain: vol² <= 1e38, ·tau <= 1.6e46."""
     var36 = vol * vol * tau // YEAR  # σ²τ scaled by 1e36, floored (all terms >= 0)
-    # sqrt_down(v) = isqrt(v·1e18) = σ√τ at 1e27 scale; floor(floor(y)/1e9) = floor(y/1e9), so
-    # this is exactly isqrt(var36). v <= 1.6e46 is far below SQRT_MAX_WAD (5.7e58).
-    return sqrt_down(var36) // 10**9, var36 // (2 * WAD)
+    # Exact integer square root (the Solidity side: Newton from above + correction, proven there).
+    return isqrt(var36), var36 // (2 * WAD)
 
 
 def _rate_time(tau: int, rate: int) -> int:

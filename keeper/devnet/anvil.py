@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -28,9 +29,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ANVIL = REPO_ROOT / "tools" / "node_modules" / ".bin" / "anvil"
@@ -127,7 +129,8 @@ class Anvil:
             code_size_limit: ``--code-size-limit`` in bytes (EIP-170 default 0x6000 otherwise).
             disable_code_size_limit: ``--disable-code-size-limit`` (large test harnesses).
             timestamp: genesis timestamp (``--timestamp``), for reproducible chains.
-            log_path: where anvil's output goes; a temporary file if None.
+            log_path: where anvil's output goes (kept); if None, a temporary file that stop()
+                deletes.
             binary: explicit anvil path; otherwise ANVIL_BIN or the repo's pinned binary.
             startup_timeout: seconds to wait for ``eth_chainId`` to answer.
             extra_args: further anvil flags, passed through verbatim.
@@ -148,7 +151,7 @@ class Anvil:
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: object | None = None
+        self._log_file: IO[bytes] | None = None
         self.host = "127.0.0.1"
         self.port: int | None = None
 
@@ -206,6 +209,8 @@ class Anvil:
         self._log_file = log
         try:
             # Own session = own process group: stop() signals the wrapper and the native binary.
+            # Being in its own session, anvil would outlive a parent killed by a signal (atexit
+            # does not run then), so on Linux it also gets SIGTERM when its parent dies.
             self._proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -213,6 +218,7 @@ class Anvil:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=REPO_ROOT,
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             log.close()
@@ -249,8 +255,12 @@ class Anvil:
         self._proc = None
         self.port = None
         if self._log_file is not None:
-            self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file.close()
             self._log_file = None
+        if self._log_given is None and self.log_path is not None:
+            # Our own temporary log: gone with the process (start errors quote its tail).
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
         _LIVE.discard(self)
 
     def rpc(self, method: str, params: list[object] | None = None, timeout: float = 5.0) -> object:
@@ -315,6 +325,25 @@ class Anvil:
             f"anvil did not answer eth_chainId within {self.startup_timeout:.0f} s "
             f"(log {self.log_path}):\n{self.log_tail()}"
         )
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec hook: prctl(PR_SET_PDEATHSIG, SIGTERM) on Linux; None elsewhere."""
+    if os.uname().sysname != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 def _fmt_seconds(value: float) -> str:
