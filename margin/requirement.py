@@ -23,8 +23,9 @@ Steps and rounding (identical in Solidity):
    short options: per (call/put, strike) group, net quantity n < 0 charges
    ``mul_up(mul_up(−n, S), short_option_charge)``;
    calendar: futures netted per expiry, ``mul_up(mul_up(min(long, short), S), calendar_charge)``;
-   vega: options' proxy ``v = mul_down(q, mul_down(S, sqrt_down(mul_div_down(tau, 1e18, YEAR))))``
-   netted per expiry, ``mul_up(min(Σ positive, Σ −negative), vega_charge)``.
+   vega: options' proxy ``v = mul_down(q, sqrt_down(mul_div_down(tau, 1e18, YEAR)))`` netted per
+   expiry, ``mul_up(mul_up(min(Σ positive, Σ −negative), S), vega_charge)`` (q·S·√T, the spot
+   applied once per underlying).
 5. ``sum = Σ loss_u``, ``credit = mul_down(sum − max_u loss_u, correlation_credit)`` (rounded
    down: less credit), ``MM = sum − credit + Σ contingencies``, ``IM = mul_up(MM, im_factor)``.
 6. Equity (rounded down): Σ assets (stable ``e``; volatile ``mul_down(e, S)``, with
@@ -115,7 +116,7 @@ class _Row:
     shift: Outcome  # options only (0 for futures)
     v0: Outcome
     prices: list[Outcome]  # V_j per scenario index (center = v0)
-    vega_base: int  # mul_down(S, sqrt_down(tau in years)), options only
+    vega_base: int  # sqrt_down(tau in years), options only
 
 
 class ScenarioTable:
@@ -165,7 +166,7 @@ class ScenarioTable:
                 if sc.vol_state != VOL_UNCHANGED:
                     v = vol_for_state(up, vol, shift, sc.vol_state)  # type: ignore[arg-type]
                 prices.append(_capture(option_price, is_call, shocked[j], pos.strike, tau, v, rate))
-        vega_base = mul_down(spot, sqrt_down(mul_div_down(tau, WAD, YEAR)))
+        vega_base = sqrt_down(mul_div_down(tau, WAD, YEAR))
         return _Row(shift, v0, prices, vega_base)
 
     # --- per account ---------------------------------------------------------------------
@@ -302,7 +303,7 @@ class ScenarioTable:
             v_short = -sum(x for x in vega.values() if x < 0)
             offset = min(v_long, v_short)
             if offset > 0:
-                total += mul_up(offset, up.vega_charge)
+                total += mul_up(mul_up(offset, spot), up.vega_charge)
         return total
 
 

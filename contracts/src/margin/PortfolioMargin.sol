@@ -592,90 +592,88 @@ library PortfolioMargin {
     /// Each position joins the group of the first earlier position with the same key (n <= 40,
     /// so a backward scan of packed keys is cheaper than any map); sums are exact, and each
     /// group is rounded once, so the total does not depend on the order of the positions.
+    /// Groups: (underlying, call/put, strike) of options for the net short charge;
+    /// (underlying, future/option, expiry) for the calendar nets (futures: quantities) and the
+    /// vega nets (options: q * sqrt(tau in years), floored; spot applied per underlying).
     function contingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
         internal
         pure
         returns (int256 total)
     {
         Position[] memory ps = pf.positions;
-        (int256[] memory netS, int256[] memory netE) = _groupNets(ps, m);
-        total = _charges(ps, netS, netE, m, p);
-    }
-
-    /// @dev Net per group, stored at the group's first position: netS over (underlying, kind,
-    /// strike) of options (quantities); netE over (underlying, future?, expiry) (quantities of
-    /// futures, vega proxies of options).
-    function _groupNets(Position[] memory ps, Market memory m)
-        private
-        pure
-        returns (int256[] memory netS, int256[] memory netE)
-    {
-        // keyS: (underlying, kind, strike) of options (0 for futures); keyE: (underlying,
-        // 1 future / 2 option, expiry). strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8,
-        // kind < 3 (validated): the packing is exact and an option key is never 0.
-        uint256[] memory keyS = new uint256[](ps.length);
-        uint256[] memory keyE = new uint256[](ps.length);
-        netS = new int256[](ps.length);
-        netE = new int256[](ps.length);
-        for (uint256 i; i < ps.length; ++i) {
-            uint256 u;
-            uint256 tau;
+        uint256 n = ps.length;
+        // Scratch, 4n words: keyS | netS | keyE | netE. Keys pack (underlying << 200 |
+        // tag << 192 | strike or expiry): strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8
+        // (validated), so packing is exact; an option's keyS is never 0.
+        uint256 keyS;
+        assembly ("memory-safe") {
+            keyS := mload(0x40)
+            let size := shl(7, n)
+            calldatacopy(keyS, calldatasize(), size) // zero it: memory past the pointer may be dirty
+            mstore(0x40, add(keyS, size))
+        }
+        for (uint256 i; i < n; ++i) {
             int256 amount;
+            uint256 tau;
             bool isOption;
-            // Field reads in assembly: the positions were validated, i < length.
             assembly ("memory-safe") {
                 let q := mload(add(add(ps, 0x20), shl(5, i)))
-                u := mload(q)
+                let u := shl(200, mload(q))
                 let kind := mload(add(q, 0x20))
                 let expiry := mload(add(q, 0x60))
                 amount := mload(add(q, 0x80))
-                let slot := shl(5, add(i, 1))
                 isOption := iszero(iszero(kind))
-                switch isOption
-                case 0 { mstore(add(keyE, slot), or(or(shl(200, u), shl(192, 1)), expiry)) }
-                default {
-                    mstore(add(keyS, slot), or(or(shl(200, u), shl(192, kind)), mload(add(q, 0x40))))
-                    mstore(add(keyE, slot), or(or(shl(200, u), shl(192, 2)), expiry))
+                let keyE := add(keyS, shl(6, n))
+                let kE := or(or(u, shl(192, add(1, isOption))), expiry)
+                mstore(add(keyE, shl(5, i)), kE)
+                if isOption {
                     let ts := mload(m)
                     if gt(expiry, ts) { tau := sub(expiry, ts) }
+                    let kS := or(or(u, shl(192, kind)), mload(add(q, 0x40)))
+                    mstore(add(keyS, shl(5, i)), kS)
+                    let j := 0
+                    for {} iszero(eq(mload(add(keyS, shl(5, j))), kS)) {} { j := add(j, 1) }
+                    // netS[j] += q: at most 40 quantities of <= 1e30, no wrap.
+                    let slot := add(add(keyS, shl(5, n)), shl(5, j))
+                    mstore(slot, add(mload(slot), amount))
                 }
             }
             if (isOption) {
-                unchecked {
-                    netS[_leader(keyS, i)] += amount; // <= 40 * 1e30: no wrap
-                }
-                // Vega proxy q * S * sqrt(tau in years), floored at each step.
                 // forge-lint: disable-next-line(unsafe-typecast)
-                int256 years_ = int256(tau).mulDivDown(WAD, int256(YEAR));
-                amount = amount.mulDown(m.spots[u].mulDown(FixedPoint.sqrtDown(years_)));
+                amount = amount.mulDown(FixedPoint.sqrtDown(int256(tau).mulDivDown(WAD, int256(YEAR))));
             }
-            unchecked {
-                netE[_leader(keyE, i)] += amount; // <= 40 * max(1e30, 1e30 * 1e30 * 2.3 / 1e18): no wrap
+            assembly ("memory-safe") {
+                let keyE := add(keyS, shl(6, n))
+                let kE := mload(add(keyE, shl(5, i)))
+                let j := 0
+                for {} iszero(eq(mload(add(keyE, shl(5, j))), kE)) {} { j := add(j, 1) }
+                // netE[j] += amount: at most 40 terms of <= 1e30 * 2.3: no wrap.
+                let slot := add(add(keyE, shl(5, n)), shl(5, j))
+                mstore(slot, add(mload(slot), amount))
             }
         }
+        total = _charges(ps, keyS, m, p);
     }
 
-    function _charges(
-        Position[] memory ps,
-        int256[] memory netS,
-        int256[] memory netE,
-        Market memory m,
-        RiskParams memory p
-    ) private pure returns (int256 total) {
-        uint256 n = ps.length;
+    /// @dev Charges from the group nets stored in the scratch block at `keyS` (see above).
+    function _charges(Position[] memory ps, uint256 keyS, Market memory m, RiskParams memory p)
+        private
+        pure
+        returns (int256 total)
+    {
         uint256 nU = p.underlyings.length;
         // Per underlying u: [4u] long futures, [4u+1] short futures, [4u+2] long vega,
         // [4u+3] short vega, each summed over the per-expiry nets.
         int256[] memory sides = new int256[](4 * nU);
-        for (uint256 i; i < n; ++i) {
+        for (uint256 i; i < ps.length; ++i) {
             uint256 u;
             int256 shortNet;
-            // i < n = netE.length = netS.length, u < nU (validated); the sums are of at most 40
-            // bounded nets: nothing wraps.
+            // The sums are of at most 40 bounded nets: nothing wraps.
             assembly ("memory-safe") {
+                let n := mload(ps)
                 let q := mload(add(add(ps, 0x20), shl(5, i)))
                 u := mload(q)
-                let e := mload(add(add(netE, 0x20), shl(5, i)))
+                let e := mload(add(keyS, shl(5, add(i, mul(3, n))))) // netE[i]
                 let isOption := iszero(iszero(mload(add(q, 0x20))))
                 let slot := add(add(sides, 0x20), shl(5, add(shl(2, u), shl(1, isOption))))
                 if sgt(e, 0) { mstore(slot, add(mload(slot), e)) }
@@ -683,7 +681,7 @@ library PortfolioMargin {
                     slot := add(slot, 0x20)
                     mstore(slot, sub(mload(slot), e))
                 }
-                shortNet := mload(add(add(netS, 0x20), shl(5, i)))
+                shortNet := mload(add(keyS, shl(5, add(i, n)))) // netS[i]
             }
             if (shortNet < 0) {
                 total += (-shortNet).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
@@ -693,17 +691,7 @@ library PortfolioMargin {
             int256 offset = sides[4 * u] < sides[4 * u + 1] ? sides[4 * u] : sides[4 * u + 1];
             if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].calendarCharge);
             offset = sides[4 * u + 2] < sides[4 * u + 3] ? sides[4 * u + 2] : sides[4 * u + 3];
-            if (offset > 0) total += offset.mulUp(p.underlyings[u].vegaCharge);
-        }
-    }
-
-    /// @dev Index of the first position whose key equals keys[i] (i itself if none).
-    function _leader(uint256[] memory keys, uint256 i) private pure returns (uint256 j) {
-        // i < keys.length and keys[i] == k, so the scan stops at or before i: no bounds to check.
-        assembly ("memory-safe") {
-            let base := add(keys, 0x20)
-            let k := mload(add(base, shl(5, i)))
-            for {} iszero(eq(mload(add(base, shl(5, j))), k)) {} { j := add(j, 1) }
+            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].vegaCharge);
         }
     }
 }
