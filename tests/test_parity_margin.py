@@ -148,7 +148,7 @@ def market_params(draw: st.DrawFn) -> tuple[Market, RiskParams]:
                 vol_exponent=draw(st.integers(0, WAD)),
             )
         )
-    assets = [AssetParams(draw(st.integers(0, 5 * 10**16)), STABLE)]
+    assets = [AssetParams(draw(st.one_of(st.just(0), st.integers(0, 5 * 10**16))), STABLE)]
     assets += [AssetParams(draw(st.integers(0, WAD // 2)), u) for u in range(n_u)]
     params = RiskParams(
         tuple(ups),
@@ -237,7 +237,29 @@ def test_parity_random_portfolios(harness: Contract, case, rng: random.Random) -
     market, params = case
     pool = _pool(rng, market)
     portfolios = [_portfolio(rng, market, params, pool) for _ in range(PORTFOLIOS_PER_EXAMPLE)]
+    table = _table(market, params)
+    portfolios = [_near_boundary(rng, table, params, pf) for pf in portfolios]
     TALLY.update(run_batch(harness, market, params, portfolios, rng))
+
+
+def _near_boundary(
+    rng: random.Random, table: ScenarioTable | Exception, params: RiskParams, pf: Portfolio
+) -> Portfolio:
+    """One portfolio in three gets stable collateral that puts its equity right around MM or
+    IM (within a few wei, or a few percent), where the health decision flips. The engine only
+    picks the inputs; the verifier still computes everything on its own."""
+    if rng.random() > 1 / 3 or isinstance(table, Exception):
+        return pf
+    try:
+        r = table.full_check(pf)
+    except Exception:
+        return pf
+    target = rng.choice([r.requirement, r.initial_margin])
+    target += rng.choice([-1, 0, 1, rng.randrange(-target // 20 - 1, target // 20 + 2)])
+    stable = pf.collateral[0] + (target - r.equity)
+    if (params.assets[0].haircut and stable > 0) or abs(stable) > 10**33:
+        return pf  # a haircut would blur the target; keep the ones that land exactly
+    return Portfolio(pf.positions, (stable, *pf.collateral[1:]))
 
 
 def test_parity_tally_reached_the_regions() -> None:
