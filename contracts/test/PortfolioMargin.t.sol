@@ -91,6 +91,7 @@ abstract contract MarginFixtures is TestBase {
             uint8 kind = uint8((i + 1) % 3); // 1 call, 2 put, 0 future
             int256 strike = kind == 0 ? int256(0) : spot * int256(80 + (i * 7) % 45) / 100;
             uint64 expiry = kind == 0 && i % 2 == 0 ? 0 : T0 + uint64(1 + (i * 13) % 60) * 1 days;
+            // forge-lint: disable-next-line(unsafe-typecast)
             int256 q = (i % 2 == 0 ? int256(1) : int256(-1)) * int256(1 + i % 5) * 1e18;
             pf.positions[i] = Position(u, kind, strike, expiry, q, kind == 0 ? spot : int256(0));
         }
@@ -148,6 +149,7 @@ contract PortfolioMarginTest is MarginFixtures {
         // Scramble sides and sizes from the seed so the fuzzer explores many books.
         for (uint256 i; i < n; ++i) {
             uint256 r = uint256(keccak256(abi.encode(seed, i)));
+            // forge-lint: disable-next-line(unsafe-typecast)
             pf.positions[i].quantity = (r & 1 == 0 ? int256(1) : int256(-1)) * int256(r % 1000 + 1) * 1e16;
         }
         pf.collateral[0] = bound(cash, -1e22, 1e24);

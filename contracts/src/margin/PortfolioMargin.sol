@@ -251,7 +251,9 @@ library PortfolioMargin {
         uint256 regular = 3 * (2 * u.moveSteps + 1);
         if (j < regular) {
             // k - n in [-10, 10]: the int casts are exact.
+            // forge-lint: disable-next-line(unsafe-typecast)
             move = u.priceRange.mulDivDown(int256(j / 3) - int256(u.moveSteps), int256(u.moveSteps));
+            // forge-lint: disable-next-line(unsafe-typecast)
             return (move, uint8(j % 3), WAD, false);
         }
         ExtendedMove memory e = u.extended[j - regular];
@@ -267,6 +269,7 @@ library PortfolioMargin {
         sh = new int256[](regular + ext.length);
         // k - n in [-10, 10]: the casts are exact; 3k + 2 < regular.
         for (uint256 k; k <= 2 * n; ++k) {
+            // forge-lint: disable-next-line(unsafe-typecast)
             int256 s = spot.mulDown(WAD + u.priceRange.mulDivDown(int256(k) - int256(n), int256(n)));
             sh[3 * k] = s;
             sh[3 * k + 1] = s;
@@ -282,6 +285,7 @@ library PortfolioMargin {
     function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256) {
         uint256 tEff = tau > u.volMinTime ? tau : u.volMinTime;
         // tEff < 2^64 (expiry is uint64) and Tref <= 5 years: the casts are exact.
+        // forge-lint: disable-next-line(unsafe-typecast)
         int256 ratio = int256(u.volRefTime).mulDivDown(WAD, int256(tEff));
         int256 factor = FixedPoint.expWad(u.volExponent.mulDown(FixedPoint.lnWad(ratio)));
         return u.volShiftBase.mulUp(factor);
