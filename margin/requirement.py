@@ -23,8 +23,9 @@ Steps and rounding (identical in Solidity):
    short options: per (call/put, strike) group, net quantity n < 0 charges
    ``mul_up(mul_up(−n, S), short_option_charge)``;
    calendar: futures netted per expiry, ``mul_up(mul_up(min(long, short), S), calendar_charge)``;
-   vega: options' proxy ``v = mul_down(q, mul_down(S, sqrt_down(mul_div_down(tau, 1e18, YEAR))))``
-   netted per expiry, ``mul_up(min(Σ positive, Σ −negative), vega_charge)``.
+   vega: options' proxy ``v = mul_down(q, sqrt_down(mul_div_down(tau, 1e18, YEAR)))`` netted per
+   expiry, ``mul_up(mul_up(min(Σ positive, Σ −negative), S), vega_charge)`` (q·S·√T, the spot
+   applied once per underlying).
 5. ``sum = Σ loss_u``, ``credit = mul_down(sum − max_u loss_u, correlation_credit)`` (rounded
    down: less credit), ``MM = sum − credit + Σ contingencies``, ``IM = mul_up(MM, im_factor)``.
 6. Equity (rounded down): Σ assets (stable ``e``; volatile ``mul_down(e, S)``, with
@@ -115,7 +116,7 @@ class _Row:
     shift: Outcome  # options only (0 for futures)
     v0: Outcome
     prices: list[Outcome]  # V_j per scenario index (center = v0)
-    vega_base: int  # mul_down(S, sqrt_down(tau in years)), options only
+    vega_base: int  # sqrt_down(tau in years), options only
 
 
 class ScenarioTable:
@@ -165,7 +166,7 @@ class ScenarioTable:
                 if sc.vol_state != VOL_UNCHANGED:
                     v = vol_for_state(up, vol, shift, sc.vol_state)  # type: ignore[arg-type]
                 prices.append(_capture(option_price, is_call, shocked[j], pos.strike, tau, v, rate))
-        vega_base = mul_down(spot, sqrt_down(mul_div_down(tau, WAD, YEAR)))
+        vega_base = sqrt_down(mul_div_down(tau, WAD, YEAR))
         return _Row(shift, v0, prices, vega_base)
 
     # --- per account ---------------------------------------------------------------------
@@ -212,7 +213,7 @@ class ScenarioTable:
             raise WitnessLengthMismatch(n_u, len(witness))
         for u, w in enumerate(witness):
             count = len(self.scenarios[u])
-            if w >= count:
+            if not 0 <= w < count:  # (a negative index cannot even be ABI-encoded)
                 raise WitnessOutOfRange(u, w, count)
         acc = [0] * n_u
         equity = 0
@@ -302,7 +303,7 @@ class ScenarioTable:
             v_short = -sum(x for x in vega.values() if x < 0)
             offset = min(v_long, v_short)
             if offset > 0:
-                total += mul_up(offset, up.vega_charge)
+                total += mul_up(mul_up(offset, spot), up.vega_charge)
         return total
 
 
@@ -315,3 +316,46 @@ def witness_check(
     pf: Portfolio, market: Market, params: RiskParams, witness: list[int]
 ) -> MarginResult:
     return ScenarioTable(market, params).witness_check(pf, witness)
+
+
+_VOL_STATE_NAMES = ("down", "unchanged", "up")
+
+
+def explain(table: ScenarioTable, pf: Portfolio) -> dict[str, object]:
+    """The full check of one account as plain data (integers in wei) for people and audit
+    reports: totals, state, and per underlying the whole scenario matrix with its witness."""
+    res = table.full_check(pf)
+    underlyings = []
+    for u, scs in enumerate(table.scenarios):
+        underlyings.append(
+            {
+                "index": u,
+                "spot": table.market.spots[u],
+                "vol": table.market.vols[u],
+                "loss": res.losses[u],
+                "witness": res.witness[u],
+                "scenarios": [
+                    {
+                        "index": j,
+                        "move": sc.move,
+                        "vol_state": _VOL_STATE_NAMES[sc.vol_state],
+                        "weight": sc.weight,
+                        "extended": sc.extended,
+                        "shocked_spot": table.shocked[u][j],
+                        "loss": res.scenario_losses[u][j],
+                    }
+                    for j, sc in enumerate(scs)
+                ],
+            }
+        )
+    return {
+        "equity": res.equity,
+        "requirement": res.requirement,
+        "maintenance_margin": res.requirement,
+        "initial_margin": res.initial_margin,
+        "contingencies": res.contingencies,
+        "credit": res.credit,
+        "state": STATE_NAMES[res.state],
+        "witness": res.witness,
+        "underlyings": underlyings,
+    }

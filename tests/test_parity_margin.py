@@ -37,7 +37,7 @@ from tests.parity import Outcome, assert_parity, batch_call, outcome_kind, pytho
 pytestmark = pytest.mark.anvil
 
 PORTFOLIOS_PER_EXAMPLE = 30
-EXAMPLES = 100  # 3,000 portfolios, each checked fully and with two witnesses
+EXAMPLES = 120  # 3,600 portfolios (about 2,800 valid), each checked fully and with two witnesses
 TALLY: Counter[str] = Counter()
 
 
@@ -91,7 +91,10 @@ def run_batch(
     for pf, out in zip(portfolios, full_py, strict=True):
         counts = [u.scenario_count for u in params.underlyings]
         best = list(out.value[7]) if out.ok else [0] * n_u
-        wrong = [rng.randrange(c + (1 if rng.random() < 0.03 else 0)) for c in counts]
+        wrong = [rng.randrange(c) for c in counts]
+        if rng.random() < 0.05:  # one witness in 20 names a scenario that does not exist
+            u = rng.randrange(n_u)
+            wrong[u] = counts[u] + rng.randrange(3)
         for w in (best, wrong):
             w_in.append((pf.to_abi(), m, p, w))
             w_py.append(python_outcome(_py_witness, table, pf, w))
@@ -148,7 +151,7 @@ def market_params(draw: st.DrawFn) -> tuple[Market, RiskParams]:
                 vol_exponent=draw(st.integers(0, WAD)),
             )
         )
-    assets = [AssetParams(draw(st.integers(0, 5 * 10**16)), STABLE)]
+    assets = [AssetParams(draw(st.one_of(st.just(0), st.integers(0, 5 * 10**16))), STABLE)]
     assets += [AssetParams(draw(st.integers(0, WAD // 2)), u) for u in range(n_u)]
     params = RiskParams(
         tuple(ups),
@@ -232,12 +235,37 @@ def _portfolio(rng: random.Random, market: Market, params: RiskParams, pool: lis
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-@given(case=market_params(), rng=st.randoms(use_true_random=False))
-def test_parity_random_portfolios(harness: Contract, case, rng: random.Random) -> None:
+@given(case=market_params(), seed=st.integers(0, 2**64 - 1))
+def test_parity_random_portfolios(harness: Contract, case, seed: int) -> None:
+    # Hypothesis draws the market and the parameters; the bulk of each batch comes from a
+    # seeded PRNG (uniform draws: st.randoms() favours small values), reproducible by the seed.
+    rng = random.Random(seed)
     market, params = case
     pool = _pool(rng, market)
     portfolios = [_portfolio(rng, market, params, pool) for _ in range(PORTFOLIOS_PER_EXAMPLE)]
+    table = _table(market, params)
+    portfolios = [_near_boundary(rng, table, params, pf) for pf in portfolios]
     TALLY.update(run_batch(harness, market, params, portfolios, rng))
+
+
+def _near_boundary(
+    rng: random.Random, table: ScenarioTable | Exception, params: RiskParams, pf: Portfolio
+) -> Portfolio:
+    """One portfolio in three gets stable collateral that puts its equity right around MM or
+    IM (within a few wei, or a few percent), where the health decision flips. The engine only
+    picks the inputs; the verifier still computes everything on its own."""
+    if rng.random() > 1 / 3 or isinstance(table, Exception):
+        return pf
+    try:
+        r = table.full_check(pf)
+    except Exception:
+        return pf
+    target = rng.choice([r.requirement, r.initial_margin])
+    target += rng.choice([-1, 0, 1, rng.randrange(-target // 20 - 1, target // 20 + 2)])
+    stable = pf.collateral[0] + (target - r.equity)
+    if (params.assets[0].haircut and stable > 0) or abs(stable) > 10**33:
+        return pf  # a haircut would blur the target; keep the ones that land exactly
+    return Portfolio(pf.positions, (stable, *pf.collateral[1:]))
 
 
 def test_parity_tally_reached_the_regions() -> None:
@@ -245,7 +273,7 @@ def test_parity_tally_reached_the_regions() -> None:
     health state, and reverts (pricing-domain and witness errors)."""
     if not TALLY:
         pytest.skip("random parity test did not run in this process")
-    assert TALLY["full:ok"] > 1000, TALLY
+    assert TALLY["full:ok"] >= 2000, TALLY
     for state in ("state:0", "state:1", "state:2"):
         assert TALLY[state] > 0, TALLY
     assert any(k.startswith("witness:WitnessOutOfRange") for k in TALLY), TALLY

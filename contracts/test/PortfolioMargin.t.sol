@@ -91,6 +91,7 @@ abstract contract MarginFixtures is TestBase {
             uint8 kind = uint8((i + 1) % 3); // 1 call, 2 put, 0 future
             int256 strike = kind == 0 ? int256(0) : spot * int256(80 + (i * 7) % 45) / 100;
             uint64 expiry = kind == 0 && i % 2 == 0 ? 0 : T0 + uint64(1 + (i * 13) % 60) * 1 days;
+            // forge-lint: disable-next-line(unsafe-typecast)
             int256 q = (i % 2 == 0 ? int256(1) : int256(-1)) * int256(1 + i % 5) * 1e18;
             pf.positions[i] = Position(u, kind, strike, expiry, q, kind == 0 ? spot : int256(0));
         }
@@ -148,6 +149,7 @@ contract PortfolioMarginTest is MarginFixtures {
         // Scramble sides and sizes from the seed so the fuzzer explores many books.
         for (uint256 i; i < n; ++i) {
             uint256 r = uint256(keccak256(abi.encode(seed, i)));
+            // forge-lint: disable-next-line(unsafe-typecast)
             pf.positions[i].quantity = (r & 1 == 0 ? int256(1) : int256(-1)) * int256(r % 1000 + 1) * 1e16;
         }
         pf.collateral[0] = bound(cash, -1e22, 1e24);
@@ -174,6 +176,41 @@ contract PortfolioMarginTest is MarginFixtures {
 contract PortfolioMarginGas is MarginFixtures {
     function bestWitness(uint256 n) external pure returns (uint256[] memory) {
         return PortfolioMargin.fullCheck(mixed(n), market2(), params2()).witness;
+    }
+
+    /// @dev n options only (calls and puts around the money, 1-60 days, both sides).
+    function optionsOnly(uint256 n) internal pure returns (Portfolio memory pf) {
+        pf = mixed(n);
+        for (uint256 i; i < n; ++i) {
+            Position memory q = pf.positions[i];
+            if (q.kind == 0) {
+                q.kind = 2;
+                q.strike = (q.underlying == 0 ? int256(3000e18) : int256(60_000e18)) * 95 / 100;
+                q.expiry = T0 + uint64(1 + (i * 17) % 60) * 1 days;
+                q.entryPrice = 0;
+            }
+        }
+    }
+
+    function bestWitnessOptions(uint256 n) external pure returns (uint256[] memory) {
+        return PortfolioMargin.fullCheck(optionsOnly(n), market2(), params2()).witness;
+    }
+
+    function test_gas_options_10() public {
+        uint256[] memory w = this.bestWitnessOptions(10);
+        Portfolio memory pf = optionsOnly(10);
+        Market memory m = market2();
+        RiskParams memory p = params2();
+        uint256 g = gasleft();
+        MarginResult memory full = PortfolioMargin.fullCheck(pf, m, p);
+        uint256 fullGas = g - gasleft();
+        vm.snapshotValue("fullCheck_10_optionsOnly", fullGas);
+        pf = optionsOnly(10);
+        g = gasleft();
+        MarginResult memory r = PortfolioMargin.witnessCheck(pf, m, p, w);
+        uint256 witnessGas = g - gasleft();
+        assertEq(r.requirement, full.requirement, "best witness");
+        vm.snapshotValue("witnessCheck_10_optionsOnly", witnessGas);
     }
 
     function _full(uint256 n) private {

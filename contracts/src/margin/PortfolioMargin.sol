@@ -251,7 +251,9 @@ library PortfolioMargin {
         uint256 regular = 3 * (2 * u.moveSteps + 1);
         if (j < regular) {
             // k - n in [-10, 10]: the int casts are exact.
+            // forge-lint: disable-next-line(unsafe-typecast)
             move = u.priceRange.mulDivDown(int256(j / 3) - int256(u.moveSteps), int256(u.moveSteps));
+            // forge-lint: disable-next-line(unsafe-typecast)
             return (move, uint8(j % 3), WAD, false);
         }
         ExtendedMove memory e = u.extended[j - regular];
@@ -267,6 +269,7 @@ library PortfolioMargin {
         sh = new int256[](regular + ext.length);
         // k - n in [-10, 10]: the casts are exact; 3k + 2 < regular.
         for (uint256 k; k <= 2 * n; ++k) {
+            // forge-lint: disable-next-line(unsafe-typecast)
             int256 s = spot.mulDown(WAD + u.priceRange.mulDivDown(int256(k) - int256(n), int256(n)));
             sh[3 * k] = s;
             sh[3 * k + 1] = s;
@@ -282,6 +285,7 @@ library PortfolioMargin {
     function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256) {
         uint256 tEff = tau > u.volMinTime ? tau : u.volMinTime;
         // tEff < 2^64 (expiry is uint64) and Tref <= 5 years: the casts are exact.
+        // forge-lint: disable-next-line(unsafe-typecast)
         int256 ratio = int256(u.volRefTime).mulDivDown(WAD, int256(tEff));
         int256 factor = FixedPoint.expWad(u.volExponent.mulDown(FixedPoint.lnWad(ratio)));
         return u.volShiftBase.mulUp(factor);
@@ -592,95 +596,106 @@ library PortfolioMargin {
     /// Each position joins the group of the first earlier position with the same key (n <= 40,
     /// so a backward scan of packed keys is cheaper than any map); sums are exact, and each
     /// group is rounded once, so the total does not depend on the order of the positions.
+    /// Groups: (underlying, call/put, strike) of options for the net short charge;
+    /// (underlying, future/option, expiry) for the calendar nets (futures: quantities) and the
+    /// vega nets (options: q * sqrt(tau in years), floored; spot applied per underlying).
     function contingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
         internal
         pure
         returns (int256 total)
     {
         Position[] memory ps = pf.positions;
-        (int256[] memory netS, int256[] memory netE) = _groupNets(ps, m);
-        total = _charges(ps, netS, netE, m, p);
-    }
-
-    /// @dev Net per group, stored at the group's first position: netS over (underlying, kind,
-    /// strike) of options (quantities); netE over (underlying, future?, expiry) (quantities of
-    /// futures, vega proxies of options).
-    function _groupNets(Position[] memory ps, Market memory m)
-        private
-        pure
-        returns (int256[] memory netS, int256[] memory netE)
-    {
         uint256 n = ps.length;
-        // keyS: (underlying, kind, strike) of options; keyE: (underlying, future?, expiry).
-        // strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8, kind < 3: the packing is exact.
-        uint256[] memory keyS = new uint256[](n);
-        uint256[] memory keyE = new uint256[](n);
-        netS = new int256[](n);
-        netE = new int256[](n);
+        // Scratch, 4n words: keyS | netS | keyE | netE. Keys pack (underlying << 200 |
+        // tag << 192 | strike or expiry): strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8
+        // (validated), so packing is exact; an option's keyS is never 0.
+        uint256 keyS;
+        assembly ("memory-safe") {
+            keyS := mload(0x40)
+            let size := shl(7, n)
+            calldatacopy(keyS, calldatasize(), size) // zero it: memory past the pointer may be dirty
+            mstore(0x40, add(keyS, size))
+        }
         for (uint256 i; i < n; ++i) {
-            Position memory q = ps[i];
-            int256 amount = q.quantity;
-            if (q.kind == FUTURE) {
-                keyE[i] = (q.underlying << 200) | (1 << 192) | uint256(q.expiry);
-            } else {
-                // forge-lint: disable-next-line(unsafe-typecast)
-                keyS[i] = (q.underlying << 200) | (uint256(q.kind) << 192) | uint256(q.strike);
-                keyE[i] = (q.underlying << 200) | (2 << 192) | uint256(q.expiry);
-                unchecked {
-                    netS[_leader(keyS, i)] += amount; // <= 40 * 1e30: no wrap
+            int256 amount;
+            uint256 tau;
+            bool isOption;
+            assembly ("memory-safe") {
+                let q := mload(add(add(ps, 0x20), shl(5, i)))
+                let u := shl(200, mload(q))
+                let kind := mload(add(q, 0x20))
+                let expiry := mload(add(q, 0x60))
+                amount := mload(add(q, 0x80))
+                isOption := iszero(iszero(kind))
+                let keyE := add(keyS, shl(6, n))
+                let kE := or(or(u, shl(192, add(1, isOption))), expiry)
+                mstore(add(keyE, shl(5, i)), kE)
+                if isOption {
+                    let ts := mload(m)
+                    if gt(expiry, ts) { tau := sub(expiry, ts) }
+                    let kS := or(or(u, shl(192, kind)), mload(add(q, 0x40)))
+                    mstore(add(keyS, shl(5, i)), kS)
+                    let j := 0
+                    for {} iszero(eq(mload(add(keyS, shl(5, j))), kS)) {} { j := add(j, 1) }
+                    // netS[j] += q: at most 40 quantities of <= 1e30, no wrap.
+                    let slot := add(add(keyS, shl(5, n)), shl(5, j))
+                    mstore(slot, add(mload(slot), amount))
                 }
-                // Vega proxy q * S * sqrt(tau in years), floored at each step.
-                uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
-                // forge-lint: disable-next-line(unsafe-typecast)
-                int256 years_ = int256(tau).mulDivDown(WAD, int256(YEAR));
-                amount = amount.mulDown(m.spots[q.underlying].mulDown(FixedPoint.sqrtDown(years_)));
             }
-            unchecked {
-                netE[_leader(keyE, i)] += amount; // <= 40 * max(1e30, 1e30 * 1e30 * 2.3 / 1e18): no wrap
+            if (isOption) {
+                // forge-lint: disable-next-line(unsafe-typecast)
+                amount = amount.mulDown(FixedPoint.sqrtDown(int256(tau).mulDivDown(WAD, int256(YEAR))));
+            }
+            assembly ("memory-safe") {
+                let keyE := add(keyS, shl(6, n))
+                let kE := mload(add(keyE, shl(5, i)))
+                let j := 0
+                for {} iszero(eq(mload(add(keyE, shl(5, j))), kE)) {} { j := add(j, 1) }
+                // netE[j] += amount: at most 40 terms of <= 1e30 * 2.3: no wrap.
+                let slot := add(add(keyE, shl(5, n)), shl(5, j))
+                mstore(slot, add(mload(slot), amount))
             }
         }
+        total = _charges(ps, keyS, m, p);
     }
 
-    function _charges(
-        Position[] memory ps,
-        int256[] memory netS,
-        int256[] memory netE,
-        Market memory m,
-        RiskParams memory p
-    ) private pure returns (int256 total) {
-        uint256 n = ps.length;
+    /// @dev Charges from the group nets stored in the scratch block at `keyS` (see above).
+    function _charges(Position[] memory ps, uint256 keyS, Market memory m, RiskParams memory p)
+        private
+        pure
+        returns (int256 total)
+    {
         uint256 nU = p.underlyings.length;
         // Per underlying u: [4u] long futures, [4u+1] short futures, [4u+2] long vega,
         // [4u+3] short vega, each summed over the per-expiry nets.
         int256[] memory sides = new int256[](4 * nU);
-        for (uint256 i; i < n; ++i) {
-            uint256 u = ps[i].underlying;
-            int256 e = netE[i]; // non-zero only on a group's first position (or a zero sum)
-            // Sums of at most 40 bounded nets, u < 8: nothing wraps.
-            unchecked {
-                uint256 slot = ps[i].kind == FUTURE ? 4 * u : 4 * u + 2;
-                if (e > 0) sides[slot] += e;
-                else if (e < 0) sides[slot + 1] -= e;
+        for (uint256 i; i < ps.length; ++i) {
+            uint256 u;
+            int256 shortNet;
+            // The sums are of at most 40 bounded nets: nothing wraps.
+            assembly ("memory-safe") {
+                let n := mload(ps)
+                let q := mload(add(add(ps, 0x20), shl(5, i)))
+                u := mload(q)
+                let e := mload(add(keyS, shl(5, add(i, mul(3, n))))) // netE[i]
+                let isOption := iszero(iszero(mload(add(q, 0x20))))
+                let slot := add(add(sides, 0x20), shl(5, add(shl(2, u), shl(1, isOption))))
+                if sgt(e, 0) { mstore(slot, add(mload(slot), e)) }
+                if slt(e, 0) {
+                    slot := add(slot, 0x20)
+                    mstore(slot, sub(mload(slot), e))
+                }
+                shortNet := mload(add(keyS, shl(5, add(i, n)))) // netS[i]
             }
-            if (netS[i] < 0) {
-                total += (-netS[i]).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
+            if (shortNet < 0) {
+                total += (-shortNet).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
             }
         }
         for (uint256 u; u < nU; ++u) {
             int256 offset = sides[4 * u] < sides[4 * u + 1] ? sides[4 * u] : sides[4 * u + 1];
             if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].calendarCharge);
             offset = sides[4 * u + 2] < sides[4 * u + 3] ? sides[4 * u + 2] : sides[4 * u + 3];
-            if (offset > 0) total += offset.mulUp(p.underlyings[u].vegaCharge);
-        }
-    }
-
-    /// @dev Index of the first position whose key equals keys[i] (i itself if none).
-    function _leader(uint256[] memory keys, uint256 i) private pure returns (uint256 j) {
-        // i < keys.length and keys[i] == k, so the scan stops at or before i: no bounds to check.
-        assembly ("memory-safe") {
-            let base := add(keys, 0x20)
-            let k := mload(add(base, shl(5, i)))
-            for {} iszero(eq(mload(add(base, shl(5, j))), k)) {} { j := add(j, 1) }
+            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].vegaCharge);
         }
     }
 }
