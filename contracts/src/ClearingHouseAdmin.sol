@@ -84,6 +84,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     /// @notice The risk operator recalibrates an underlying's price range and vol shift,
     /// only within the governance bounds (and the model's own bounds, checked on store).
     function adjustRisk(uint256 u, int256 priceRange, int256 volShiftBase) external onlyRole(RISK_OPERATOR) {
+        if (u >= _underlyings.length) revert UnderlyingNotConfigured(u);
         RiskBounds memory b = riskBounds[u];
         if (priceRange < b.minRange || priceRange > b.maxRange) revert ParamOutOfBounds(6, priceRange, b.minRange, b.maxRange);
         if (volShiftBase < b.minVolShift || volShiftBase > b.maxVolShift) {

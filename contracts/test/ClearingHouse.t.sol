@@ -2,10 +2,12 @@
 pragma solidity 0.8.30;
 
 import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
-import {IClearingHouseErrors} from "../src/interfaces/IClearingHouse.sol";
+import {IClearingHouseErrors, IClearingHouseEvents} from "../src/interfaces/IClearingHouse.sol";
+import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
+import {MockERC20} from "../src/token/MockERC20.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {StalePrice, NonPositivePrice, IncompleteRound} from "../src/oracle/OracleLib.sol";
-import {MarginResult, Portfolio} from "../src/margin/PortfolioMargin.sol";
+import {MarginResult, Portfolio, Market, RiskParams, InvalidRiskParameter} from "../src/margin/PortfolioMargin.sol";
 
 /// @notice Unit tests of every entry point of the clearing house and its named errors.
 contract ClearingHouseTest is ClearingHouseFixture {
@@ -498,6 +500,9 @@ contract ClearingHouseTest is ClearingHouseFixture {
         vm.prank(RISKOP);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 7, int256(3e17), int256(5e16), int256(2e17)));
         adm.adjustRisk(0, 2e17, 3e17);
+        vm.prank(RISKOP);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.UnderlyingNotConfigured.selector, 2));
+        adm.adjustRisk(2, 0, 0);
     }
 
     function test_setRiskParamsMustMatchConfig() public {
@@ -528,5 +533,175 @@ contract ClearingHouseTest is ClearingHouseFixture {
 
     function _ceilDiv(int256 a, int256 b) internal pure returns (int256) {
         return a % b == 0 ? a / b : a / b + 1;
+    }
+}
+
+/// @notice A token whose transfers report failure instead of reverting.
+contract FalseToken {
+    uint8 public constant decimals = 6;
+    mapping(address => uint256) public balanceOf;
+
+    function mint(address to, uint256 amount) external {
+        balanceOf[to] += amount;
+    }
+
+    function transfer(address, uint256) external pure returns (bool) {
+        return false;
+    }
+
+    function transferFrom(address, address, uint256) external pure returns (bool) {
+        return false;
+    }
+}
+
+/// @notice The remaining errors, the configuration checks, rounding against the liquidated
+/// account and the events the keeper indexes.
+contract ClearingHouseMoreTest is ClearingHouseFixture {
+    uint256 internal alice;
+    uint256 internal bob;
+
+    function setUp() public override {
+        super.setUp();
+        alice = fund(ALICE, 0, 400e6);
+        bob = fund(BOB, 0, 100_000e6);
+    }
+
+    function test_backstopNotSet() public {
+        vm.prank(GOV);
+        adm.setBackstop(0);
+        uint256[] memory w = new uint256[](2);
+        vm.expectRevert(IClearingHouseErrors.BackstopNotSet.selector);
+        ch.liquidate(alice, 1, w, 1e18);
+        vm.expectRevert(IClearingHouseErrors.BackstopNotSet.selector);
+        ch.resolveBadDebt(alice);
+    }
+
+    function test_tokenReportingFailure() public {
+        FalseToken t = new FalseToken();
+        vm.startPrank(GOV);
+        adm.addCollateral(address(t));
+        vm.stopPrank();
+        vm.prank(ALICE);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.TokenTransferFailed.selector, address(t)));
+        ch.deposit(alice, 2, 1);
+    }
+
+    function test_configurationChecks() public {
+        vm.startPrank(GOV);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ConfigMismatch.selector, 1, 2, 5));
+        adm.setUnderlying(5, ethFeed, ethVol, 1 hours, 1 days);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 2, int256(10), int256(20), int256(type(int32).max)));
+        adm.setUnderlying(0, ethFeed, ethVol, 20, 10);
+        MockERC20 big = new MockERC20("Big", "BIG", 19);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 3, int256(19), int256(0), int256(18)));
+        adm.addCollateral(address(big));
+        // Asset count must match the parameters; asset 0 must be the stablecoin.
+        adm.addCollateral(address(weth));
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ConfigMismatch.selector, 4, 3, 2));
+        adm.setRiskParams(abi.encode(defaultParams()));
+        vm.stopPrank();
+    }
+
+    function test_stableFirstAndBoundsChecks() public {
+        RiskParams memory p = defaultParams();
+        (p.assets[0], p.assets[1]) = (p.assets[1], p.assets[0]);
+        vm.startPrank(GOV);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ConfigMismatch.selector, 5, 0, 2));
+        adm.setRiskParams(abi.encode(p));
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 4, int256(2), type(int256).min, int256(1)));
+        adm.setRiskBounds(0, ClearingHouseBase.RiskBounds(2, 1, 0, 0));
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 5, int256(2), type(int256).min, int256(1)));
+        adm.setRiskBounds(0, ClearingHouseBase.RiskBounds(0, 0, 2, 1));
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.UnderlyingNotConfigured.selector, 9));
+        adm.setRiskBounds(9, ClearingHouseBase.RiskBounds(0, 0, 0, 0));
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 9, int256(2e18), int256(0), int256(1e18)));
+        adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(0, 2e18, 0, 0, 0));
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 10, int256(2), int256(0), int256(1)));
+        adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(0, 0, 0, 2, 1));
+        vm.stopPrank();
+        // The model's own bounds apply to the operator too (its window may be wider).
+        vm.prank(GOV);
+        adm.setRiskBounds(0, ClearingHouseBase.RiskBounds(1e17, 2e18, 0, 1e17));
+        vm.prank(RISKOP);
+        vm.expectRevert(abi.encodeWithSelector(InvalidRiskParameter.selector, 0, 1));
+        adm.adjustRisk(0, 1e18, 1e16);
+    }
+
+    function test_ownerAndRoles() public {
+        vm.prank(GOV);
+        adm.setOwner(CAROL);
+        assertTrue(ch.owner() == CAROL, "owner moved");
+        vm.prank(GOV);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotOwner.selector, GOV));
+        adm.setRate(1e16);
+        vm.startPrank(CAROL);
+        adm.setRate(1e16);
+        adm.setRole(ch.MATCHER(), MATCH, false);
+        vm.stopPrank();
+        assertEq(ch.rate(), 1e16, "rate");
+        vm.prank(MATCH);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotMatcher.selector, MATCH));
+        ch.trade(alice, bob, ethPerp, 1e18, 2000e18);
+    }
+
+    function test_adminModuleCalledDirectlyTouchesNothing() public {
+        ClearingHouseAdmin direct = ClearingHouseAdmin(ch.admin());
+        vm.prank(GOV);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotOwner.selector, GOV));
+        direct.setBackstop(1); // its own storage has no owner
+        assertEq(ch.backstop(), bk, "clearing house unchanged");
+    }
+
+    /// Positions go to the backstop at marks rounded to TICK against the account: a short
+    /// option is bought back at the ceiling of its (non-tick) mark.
+    function test_takeoverRoundsAgainstTheAccount() public {
+        uint256 carol = fund(CAROL, 0, 1_600e6);
+        doTrade(bob, carol, ethCall, 5e18, 40e18); // carol short 5 calls
+        setEth(2500e8);
+        MarginResult memory r = fullCheckNow(carol);
+        assertEq(uint256(r.state), 2, "below MM");
+        (, int256[] memory marks) = verifier.witnessCheck(ch.portfolioOf(carol), marketNow(), ch.riskParams(), r.witness);
+        assertTrue(marks[0] % 1e10 != 0, "the mark is not on a tick");
+        int256 price = marks[0] - (marks[0] % 1e10) + 1e10;
+        int256 before = ch.balanceOf(carol, 0);
+        uint64 n = nonceOf(carol);
+        vm.prank(LIQ);
+        ch.liquidate(carol, n, r.witness, 1e18);
+        int256 penalty = ch.insuranceFund() + ch.bounties(LIQ);
+        assertEq(ch.balanceOf(carol, 0), before - 5 * price - penalty, "bought back at the ceiling tick");
+    }
+
+    function test_eventsForTheKeeper() public {
+        vm.expectEmit(true, true, true, true);
+        emit IClearingHouseEvents.Trade(1, alice, bob, ethPerp, 1e18, 2000e18, nonceOf(alice) + 1, nonceOf(bob) + 1);
+        doTrade(alice, bob, ethPerp, 1e18, 2000e18);
+        setEth(1850e8);
+        MarginResult memory r = fullCheckNow(alice);
+        uint64 n = nonceOf(alice);
+        vm.expectEmit(true, true, true, true);
+        emit IClearingHouseEvents.PositionTakenOver(alice, ethPerp, 1e18, 1850e18);
+        vm.prank(LIQ);
+        ch.liquidate(alice, n, r.witness, 1e18);
+        usdc.mint(ALICE, 5e6);
+        vm.startPrank(ALICE);
+        usdc.approve(address(ch), 5e6);
+        vm.expectEmit(true, true, true, true);
+        emit IClearingHouseEvents.Deposit(alice, 0, ALICE, 5e18, nonceOf(alice) + 1);
+        ch.deposit(alice, 0, 5e6);
+        vm.stopPrank();
+    }
+
+    function test_viewsDescribeTheAccount() public {
+        doTrade(alice, bob, ethPerp, 1e18, 2000e18);
+        Market memory m = ch.marketOf(alice);
+        assertEq(m.spots[0], 2000e18, "ETH spot in WAD");
+        assertEq(m.spots[1], 1e18, "unused underlying: placeholder");
+        assertEq(m.vols[0], 6e17, "ETH vol in WAD");
+        Portfolio memory pf = ch.portfolioOf(alice);
+        assertEq(pf.positions[0].quantity, 1e18, "quantity");
+        assertEq(pf.collateral[0], 400e18 - 2000e18, "cash");
+        MarginResult memory r = ch.marginOf(alice);
+        MarginResult memory r2 = fullCheckNow(alice);
+        assertEq(r.requirement, r2.requirement, "same check");
     }
 }
