@@ -37,6 +37,8 @@ contract Handler is TestBase {
     uint256 public liquidations;
     uint256 public trades;
     int256 public bountiesClaimed;
+    uint256 public badDebtsResolved;
+    uint256 public settlements;
 
     constructor(
         ClearingHouse ch_,
@@ -217,6 +219,33 @@ contract Handler is TestBase {
         if (ok) ++unauthorisedSucceeded;
     }
 
+    /// Resolves the bad debt of an actor when it has any (insurance first, then the backstop).
+    function resolveBadDebt(uint256 who) external {
+        try ch.resolveBadDebt(actorAccount(who % 3)) {
+            ++badDebtsResolved;
+        } catch {}
+    }
+
+    /// Rarely (1 in 8): jump to the dated instruments' expiry, settle them and every account.
+    function expireAndSettle(uint256 seed) external {
+        if (seed % 8 != 0) return;
+        (,,,, uint64 exp,) = ch.instruments(instruments[1]);
+        if (block.timestamp < exp) vm.warp(exp);
+        ethFeed.setAnswer(ethFeed.answer());
+        btcFeed.setAnswer(btcFeed.answer());
+        ethVol.setAnswer(ethVol.answer());
+        btcVol.setAnswer(btcVol.answer());
+        for (uint256 i = 1; i < instruments.length; ++i) {
+            try ch.settleInstrument(instruments[i]) {} catch {}
+        }
+        for (uint256 i; i < 4; ++i) {
+            uint256 acct = i < 3 ? actorAccount(i) : ch.backstop();
+            try ch.settleAccount(acct) {
+                ++settlements;
+            } catch {}
+        }
+    }
+
     function actorCount() external pure returns (uint256) {
         return 3;
     }
@@ -237,7 +266,7 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
             fund(address(uint160(0xA1 + i)), 0, 20_000e6);
         }
         targetContract(address(handler));
-        bytes4[] memory sel = new bytes4[](10);
+        bytes4[] memory sel = new bytes4[](12);
         sel[0] = Handler.deposit.selector;
         sel[1] = Handler.withdraw.selector;
         sel[2] = Handler.trade.selector;
@@ -248,6 +277,8 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
         sel[7] = Handler.attackHealthy.selector;
         sel[8] = Handler.claim.selector;
         sel[9] = Handler.stranger.selector;
+        sel[10] = Handler.resolveBadDebt.selector;
+        sel[11] = Handler.expireAndSettle.selector;
         targetSelector(FuzzSelector(address(handler), sel));
     }
 
@@ -266,6 +297,23 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
         handler.claim();
         invariant_collateralConserved();
         invariant_liquidationWithinModel();
+        invariant_openInterestZeroSum();
+    }
+
+    /// Bad debt and settlement are reachable too.
+    function test_handlerReachesBadDebtAndSettlement() public {
+        handler.trade(0, 1, 0, 1999, 10); // actor 0 long 20 ETH perp
+        handler.trade(0, 1, 0, 1999, 10);
+        handler.trade(2, 1, 2, 99, 100); // actor 2 buys 1 call
+        for (uint256 i; i < 6; ++i) {
+            handler.movePrices(0, 80, 50); // ETH -8% each, no liquidation in between
+        }
+        handler.liquidate(0, 99e16); // TestBase.bound maps 0.99e18 to a fraction of 1e18: everything
+        handler.resolveBadDebt(0);
+        assertEq(handler.badDebtsResolved(), 1, "bad debt resolved");
+        handler.expireAndSettle(0);
+        assertTrue(handler.settlements() >= 2, "accounts settled");
+        invariant_collateralConserved();
         invariant_openInterestZeroSum();
     }
 
