@@ -24,9 +24,11 @@ from keeper.deployment import (
     account_id,
     bind,
     deploy_protocol,
+    encode_risk_params,
     load_deployment,
 )
 from keeper.devnet import Anvil
+from margin.params import STABLE, AssetParams, RiskParams, span_like
 
 WAD = 10**18
 
@@ -61,6 +63,14 @@ def test_deployment_file(deployment: Deployment, w3: Web3, tmp_path: Path) -> No
     ch = bind(w3, deployment, "ClearingHouse")
     assert ch.functions.backstop().call() == deployment.backstop_account
     assert ch.functions.insuranceFund().call() == 100_000 * WAD
+    # The stored parameters are exactly what the Python model encodes.
+    params = RiskParams(
+        underlyings=(span_like(), span_like()),
+        assets=(AssetParams(0, STABLE), AssetParams(10**17, 0)),
+        correlation_credit=3 * 10**17,
+        im_factor=125 * 10**16,
+    )
+    assert ch.functions.riskParams().call() == encode_risk_params(params)
 
 
 def test_deposit_trade_price_move_liquidation(deployment: Deployment, w3: Web3) -> None:
