@@ -78,6 +78,57 @@ class SqrtOverflow(MarginError):
     signature = "SqrtOverflow(int256)"
 
 
+# --- option pricing (contracts/src/margin/OptionPricing.sol) ----------------------------
+
+
+class SpotOutOfRange(MarginError):
+    """Spot outside [MIN_PRICE, MAX_PRICE] of margin.pricing."""
+
+    signature = "SpotOutOfRange(int256)"
+
+
+class ForwardOutOfRange(MarginError):
+    """Black-76 forward outside [MIN_PRICE, MAX_PRICE] of margin.pricing."""
+
+    signature = "ForwardOutOfRange(int256)"
+
+
+class StrikeOutOfRange(MarginError):
+    """Strike outside [MIN_PRICE, MAX_PRICE] of margin.pricing."""
+
+    signature = "StrikeOutOfRange(int256)"
+
+
+class MoneynessOutOfRange(MarginError):
+    """strike > MAX_STRIKE_RATIO x underlying (spot or forward): the price would lose accuracy."""
+
+    signature = "MoneynessOutOfRange(int256,int256)"
+
+
+class TauOutOfRange(MarginError):
+    """Time to expiry (seconds) above MAX_TAU."""
+
+    signature = "TauOutOfRange(uint256)"
+
+
+class VolOutOfRange(MarginError):
+    """Implied volatility outside [0, MAX_VOL]."""
+
+    signature = "VolOutOfRange(int256)"
+
+
+class RateOutOfRange(MarginError):
+    """|rate| above MAX_RATE."""
+
+    signature = "RateOutOfRange(int256)"
+
+
+class ZeroSigmaSqrtTau(MarginError):
+    """d1/d2 asked for while sigma*sqrt(tau) floors to 0 (expired or zero vol)."""
+
+    signature = "ZeroSigmaSqrtTau(uint256,int256)"
+
+
 # --- Solidity panics (checked arithmetic in high-level Solidity code) -------------------
 
 

@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {FixedPoint} from "../math/FixedPoint.sol";
+import {NormalDist} from "../math/NormalDist.sol";
+
+/// @notice Spot outside [OptionPricing.MIN_PRICE, OptionPricing.MAX_PRICE].
+error SpotOutOfRange(int256 spot);
+/// @notice Black-76 forward outside [OptionPricing.MIN_PRICE, OptionPricing.MAX_PRICE].
+error ForwardOutOfRange(int256 forward);
+/// @notice Strike outside [OptionPricing.MIN_PRICE, OptionPricing.MAX_PRICE].
+error StrikeOutOfRange(int256 strike);
+/// @notice strike > OptionPricing.MAX_STRIKE_RATIO * underlying (spot or forward).
+error MoneynessOutOfRange(int256 underlying, int256 strike);
+/// @notice Time to expiry (seconds) above OptionPricing.MAX_TAU.
+error TauOutOfRange(uint256 tau);
+/// @notice Volatility outside [0, OptionPricing.MAX_VOL].
+error VolOutOfRange(int256 vol);
+/// @notice |rate| above OptionPricing.MAX_RATE.
+error RateOutOfRange(int256 rate);
+/// @notice d1/d2 asked for while sigma * sqrt(tau) floors to 0 (expired or zero vol).
+error ZeroSigmaSqrtTau(uint256 tau, int256 vol);
+
+/// @title Black-Scholes / Black-76 prices of European calls and puts, in WAD
+/// @notice Mirrored integer for integer by margin/pricing.py (same operations, same order, same
+/// rounding, same errors in the same order of checks).
+/// Units: spot, forward, strike, vol (annualised, 1e18 = 100%) and rate (annual, continuous) are
+/// signed WADs; tau = seconds to expiry (the caller passes expiry - block.timestamp, 0 once
+/// expired); a year is 365 days.
+/// Domain (named errors, checked in this order): spot (forward) and strike in
+/// [MIN_PRICE, MAX_PRICE] = [1e-8, 1e12]; strike <= MAX_STRIKE_RATIO (1e7) * spot (forward);
+/// tau <= MAX_TAU (5 years); vol in [0, MAX_VOL] (0..1000%); |rate| <= MAX_RATE (50%).
+/// Accuracy against mpmath: within 1e-9 * spot (forward) over that whole domain; largest error
+/// found 1.6e-10 * spot (tests/test_pricing_accuracy.py).
+/// Gas of one price as an internal call (contracts/snapshots/OptionPricingGas.json): ~4,000 ATM
+/// (one exp, one ln, one isqrt, two cdf), ~3,550 with rate 0 (no exp), ~2,800 far from the money
+/// (cdf cut-offs), ~1,200-1,600 expired or zero vol.
+/// @dev Method, both sides computed directly (no put-call parity):
+///   rt = r*tau (truncated), D = e^-rt (exactly 1e18 when rt == 0), KD = K*D (floored),
+///   s = sigma*sqrt(tau) = isqrt(sigma^2*tau) (floored), h = sigma^2*tau/2 (floored),
+///   m = ln(F/K) = ln(S/K) + rt, d1 = (m + h)/s (truncated), d2 = d1 - s (exact),
+///   call = S*Phi(d1) - KD*Phi(d2), put = KD*Phi(-d2) - S*Phi(-d1), each product floored.
+/// Sharing d1's truncation with d2 makes the price insensitive to it to first order
+/// (S*phi(d1) = KD*phi(d2)). Rounding is not directed: the model wants accurate marks.
+/// s == 0 (tau == 0, vol == 0 or sigma^2*tau < 1e-36): discounted intrinsic value
+/// max(F - K, 0) * D = max(S - KD, 0) (call), max(KD - S, 0) (put); exactly max(S - K, 0) at
+/// tau == 0. Prices are clamped at 0 (a negative integer can only be rounding: the exact price is
+/// positive); a call never exceeds S (Phi <= 1e18 and the subtracted term is >= 0), a put never
+/// exceeds KD. Why the caps on K/S and |r|: Phi has 1e-18 resolution, so KD*Phi carries ~KD*1e-18
+/// of error; KD/S <= 1e7 * e^2.5 keeps that near 1e-10 * S.
+library OptionPricing {
+    int256 internal constant WAD = 1e18;
+    /// @notice Seconds in a year (365 days).
+    int256 internal constant YEAR = 31_536_000;
+    int256 internal constant MIN_PRICE = 1e10;
+    int256 internal constant MAX_PRICE = 1e30;
+    int256 internal constant MAX_STRIKE_RATIO = 1e7;
+    uint256 internal constant MAX_TAU = 5 * 31_536_000;
+    int256 internal constant MAX_VOL = 10e18;
+    int256 internal constant MAX_RATE = 0.5e18;
+
+    /// @notice Black-Scholes price (WAD) of a European call (isCall) or put on a spot.
+    function price(bool isCall, int256 spot, int256 strike, uint256 tau, int256 vol, int256 rate)
+        internal
+        pure
+        returns (int256)
+    {
+        _checkUnderlying(spot, strike, false);
+        _checkTauVolRate(tau, vol, rate);
+        unchecked {
+            int256 rt = _rateTime(tau, rate);
+            // strike <= 1e30, D <= e^2.5: the product < 1.3e49.
+            int256 kd = (strike * _discount(rt)) / WAD;
+            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+            if (sst == 0) return _intrinsic(isCall, spot, kd);
+            return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
+        }
+    }
+
+    /// @notice Black-76 price (WAD): D * (F * Phi(d1) - K * Phi(d2)) (call) on a forward F,
+    /// D = e^(-rate * tau).
+    function priceBlack76(bool isCall, int256 forward, int256 strike, uint256 tau, int256 vol, int256 rate)
+        internal
+        pure
+        returns (int256)
+    {
+        _checkUnderlying(forward, strike, true);
+        _checkTauVolRate(tau, vol, rate);
+        unchecked {
+            int256 disc = _discount(_rateTime(tau, rate));
+            int256 fd = (forward * disc) / WAD; // < 1.3e49 before the division
+            int256 kd = (strike * disc) / WAD;
+            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+            if (sst == 0) return _intrinsic(isCall, fd, kd);
+            return _core(isCall, fd, kd, _lnRatio(forward, strike), sst, halfVar);
+        }
+    }
+
+    /// @notice sigma * sqrt(tau) in WAD (floored); tau and vol checked as in price.
+    function sigmaSqrtTau(uint256 tau, int256 vol) internal pure returns (int256 sst) {
+        _checkTauVolRate(tau, vol, 0);
+        (sst,) = _sigmaSqrtTauHalfVar(tau, vol);
+    }
+
+    /// @notice D = e^(-rate * tau) in WAD, as the prices use it; tau and rate checked.
+    function discountFactor(uint256 tau, int256 rate) internal pure returns (int256) {
+        _checkTauVolRate(tau, 0, rate);
+        return _discount(_rateTime(tau, rate));
+    }
+
+    /// @notice (d1, d2) in WAD exactly as price uses them; ZeroSigmaSqrtTau when sigma * sqrt(tau)
+    /// floors to 0.
+    function d1d2(int256 spot, int256 strike, uint256 tau, int256 vol, int256 rate)
+        internal
+        pure
+        returns (int256 d1, int256 d2)
+    {
+        _checkUnderlying(spot, strike, false);
+        _checkTauVolRate(tau, vol, rate);
+        unchecked {
+            int256 rt = _rateTime(tau, rate);
+            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+            if (sst == 0) revert ZeroSigmaSqrtTau(tau, vol);
+            // |ln ratio + rt + h| < 300e18: the product < 3e38.
+            d1 = ((_lnRatio(spot, strike) + rt + halfVar) * WAD) / sst;
+            d2 = d1 - sst;
+        }
+    }
+
+    // ---- internals -------------------------------------------------------------------------
+
+    function _checkUnderlying(int256 underlying, int256 strike, bool isForward) private pure {
+        if (underlying < MIN_PRICE || underlying > MAX_PRICE) {
+            if (isForward) revert ForwardOutOfRange(underlying);
+            revert SpotOutOfRange(underlying);
+        }
+        if (strike < MIN_PRICE || strike > MAX_PRICE) revert StrikeOutOfRange(strike);
+        // underlying <= 1e30: the product < 1e37.
+        unchecked {
+            if (strike > underlying * MAX_STRIKE_RATIO) revert MoneynessOutOfRange(underlying, strike);
+        }
+    }
+
+    function _checkTauVolRate(uint256 tau, int256 vol, int256 rate) private pure {
+        if (tau > MAX_TAU) revert TauOutOfRange(tau);
+        if (vol < 0 || vol > MAX_VOL) revert VolOutOfRange(vol);
+        if (rate < -MAX_RATE || rate > MAX_RATE) revert RateOutOfRange(rate);
+    }
+
+    /// @dev r * tau in WAD, truncated toward zero (sdiv): |rate * tau| <= 0.5e18 * 1.6e8.
+    function _rateTime(uint256 tau, int256 rate) private pure returns (int256) {
+        unchecked {
+            // casting to 'int256' is safe because tau <= MAX_TAU was checked
+            // forge-lint: disable-next-line(unsafe-typecast)
+            return (rate * int256(tau)) / YEAR;
+        }
+    }
+
+    /// @dev e^-rt in WAD; exactly 1e18 without an exp call when rt == 0. |rt| <= 2.5e18.
+    function _discount(int256 rt) private pure returns (int256) {
+        return rt == 0 ? WAD : FixedPoint.expWad(-rt);
+    }
+
+    /// @dev (sigma*sqrt(tau), sigma^2*tau/2) in WAD, both floored (all terms >= 0).
+    /// var36 = sigma^2*tau at 1e36 scale: vol^2 <= 1e38, * tau <= 1.6e46 < 2^154.
+    function _sigmaSqrtTauHalfVar(uint256 tau, int256 vol) private pure returns (int256 sst, int256 halfVar) {
+        unchecked {
+            // casting to 'int256' is safe because tau <= MAX_TAU was checked
+            // forge-lint: disable-next-line(unsafe-typecast)
+            int256 var36 = (vol * vol * int256(tau)) / YEAR;
+            sst = _isqrt(var36);
+            halfVar = var36 / (2 * WAD);
+        }
+    }
+
+    /// @dev floor(sqrt(x)) for 0 <= x < 2^154 (Python: math.isqrt). Cheaper than
+    /// FixedPoint.sqrtDown(x) / 1e9 (same value), which must first scale x by 1e18.
+    /// Newton's method from y0 = 2^ceil((b+1)/2) >= sqrt(x), b = floor(log2 x), so
+    /// y0 / sqrt(x) is in [1, 2]. With e = y / sqrt(x) - 1, one step gives e' = e^2 / (2(1 + e)):
+    /// e <= 1, 0.25, 0.025, 3.1e-4, 4.6e-8, 1.1e-15, 6e-31 after 0..6 steps; sqrt(x) < 2^77, so
+    /// after 6 steps y is floor(sqrt(x)) or floor + 1 (integer Newton from above never drops
+    /// below the floor), and the last line removes the + 1. x = 0 gives 0 (EVM div by 0 is 0).
+    function _isqrt(int256 x) private pure returns (int256 y) {
+        assembly ("memory-safe") {
+            let b := shl(7, lt(0xffffffffffffffffffffffffffffffff, x))
+            b := or(b, shl(6, lt(0xffffffffffffffff, shr(b, x))))
+            b := or(b, shl(5, lt(0xffffffff, shr(b, x))))
+            b := or(b, shl(4, lt(0xffff, shr(b, x))))
+            b := or(b, shl(3, lt(0xff, shr(b, x))))
+            b := or(b, shl(2, lt(0xf, shr(b, x))))
+            b := or(b, shl(1, lt(0x3, shr(b, x))))
+            b := or(b, lt(0x1, shr(b, x)))
+            y := shl(shr(1, add(b, 2)), 1)
+            y := shr(1, add(y, div(x, y)))
+            y := shr(1, add(y, div(x, y)))
+            y := shr(1, add(y, div(x, y)))
+            y := shr(1, add(y, div(x, y)))
+            y := shr(1, add(y, div(x, y)))
+            y := shr(1, add(y, div(x, y)))
+            y := sub(y, lt(div(x, y), y))
+        }
+    }
+
+    /// @dev ln(a / b) in WAD for a, b in [MIN_PRICE, MAX_PRICE]: the quotient is max/min >= 1e18
+    /// so its flooring costs < 1e-18 relative; a * 1e18 <= 1e48.
+    function _lnRatio(int256 a, int256 b) private pure returns (int256) {
+        unchecked {
+            if (a >= b) return FixedPoint.lnWad((a * WAD) / b);
+            return -FixedPoint.lnWad((b * WAD) / a);
+        }
+    }
+
+    function _intrinsic(bool isCall, int256 sd, int256 kd) private pure returns (int256 v) {
+        unchecked {
+            v = isCall ? sd - kd : kd - sd; // both < 1.3e31
+        }
+        if (v < 0) v = 0;
+    }
+
+    /// @dev Bounds: |m| <= ln(1e20) + 2.5 < 49e18 and h <= 250e18, so (m + h) * 1e18 < 3e38;
+    /// sd, kd < 1.3e31 and Phi in [0, 1e18], so each product < 1.3e49 (all >= 0: / floors).
+    /// sst > 0 here. |d1| < 3e38 so -d1, -d2 exist.
+    function _core(bool isCall, int256 sd, int256 kd, int256 m, int256 sst, int256 halfVar)
+        private
+        pure
+        returns (int256 v)
+    {
+        unchecked {
+            int256 d1 = ((m + halfVar) * WAD) / sst;
+            int256 d2 = d1 - sst;
+            if (isCall) {
+                v = (sd * NormalDist.cdf(d1)) / WAD - (kd * NormalDist.cdf(d2)) / WAD;
+            } else {
+                v = (kd * NormalDist.cdf(-d2)) / WAD - (sd * NormalDist.cdf(-d1)) / WAD;
+            }
+        }
+        // The exact price is > 0; a negative integer is rounding only.
+        if (v < 0) v = 0;
+    }
+}
