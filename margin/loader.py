@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from margin.params import (
@@ -150,7 +150,11 @@ def _wad(v: Any, path: str) -> int:
         raise InvalidNumberError(path, f"not a decimal number: {v!r}") from None
     if not d.is_finite():
         raise InvalidNumberError(path, f"not a finite number: {v!r}")
-    scaled = d.scaleb(18)
+    if d and not -40 <= d.adjusted() <= 40:  # far outside every bound; keeps the ints small
+        raise InvalidNumberError(path, f"out of range: {v!r}")
+    # Exact: the default context (28 digits) would round long values; 100 digits cannot.
+    with localcontext(Context(prec=100)):
+        scaled = d.scaleb(18)
     if scaled != scaled.to_integral_value():
         raise InvalidNumberError(path, f"more than 18 decimals: {v!r}")
     return int(scaled)
@@ -314,3 +318,84 @@ def _portfolio(p: dict[str, Any], names: list[str], assets: list[str]) -> Portfo
             raise UnknownNameError(f"portfolio.collateral.{k}", "not an asset of risk.assets")
     balances = tuple(_wad(coll[a], f"portfolio.collateral.{a}") if a in coll else 0 for a in assets)
     return Portfolio(tuple(positions), balances)
+
+
+# --- writer -------------------------------------------------------------------------------
+
+_VOL_STATE_NAMES = {v: k for k, v in VOL_STATES.items()}
+_KIND_BY_CODE = {v: k for k, v in KIND_NAMES.items()}
+
+
+def wad_to_decimal(x: int) -> str:
+    """Exact decimal string of a WAD ("1.5" for 1.5e18, "-0.000000000000000001" for -1)."""
+    sign = "-" if x < 0 else ""
+    whole, frac = divmod(abs(x), WAD)
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:018d}".rstrip("0")
+
+
+def dump_portfolio(
+    market: Market,
+    params: RiskParams,
+    portfolio: Portfolio,
+    underlying_names: tuple[str, ...] | list[str],
+    asset_names: tuple[str, ...] | list[str],
+) -> dict[str, Any]:
+    """The document that load_portfolio reads back to the same (market, params, portfolio):
+    every parameter written out in full (no preset), every number exact."""
+    names = list(underlying_names)
+    ups = {}
+    for name, u in zip(names, params.underlyings, strict=True):
+        d: dict[str, Any] = {k: wad_to_decimal(getattr(u, k)) for k in sorted(_WAD_FIELDS)}
+        d.update({k: getattr(u, k) for k in sorted(_INT_FIELDS)})
+        d["extended"] = [
+            {
+                "move": wad_to_decimal(e.move),
+                "vol": _VOL_STATE_NAMES[e.vol_state],
+                "weight": wad_to_decimal(e.weight),
+            }
+            for e in u.extended
+        ]
+        ups[name] = d
+    assets = []
+    for name, a in zip(asset_names, params.assets, strict=True):
+        entry: dict[str, Any] = {"name": name, "haircut": wad_to_decimal(a.haircut)}
+        if a.underlying != STABLE:
+            entry["underlying"] = names[a.underlying]
+        assets.append(entry)
+    positions = []
+    for p in portfolio.positions:
+        pos: dict[str, Any] = {
+            "underlying": names[p.underlying],
+            "kind": _KIND_BY_CODE[p.kind],
+            "quantity": wad_to_decimal(p.quantity),
+            "entry_price": wad_to_decimal(p.entry_price),
+            "expiry": p.expiry,
+        }
+        if p.kind != 0:
+            pos["strike"] = wad_to_decimal(p.strike)
+        positions.append(pos)
+    return {
+        "version": FORMAT_VERSION,
+        "market": {
+            "timestamp": market.timestamp,
+            "rate": wad_to_decimal(market.rate),
+            "underlyings": [
+                {"name": n, "spot": wad_to_decimal(s), "vol": wad_to_decimal(v)}
+                for n, s, v in zip(names, market.spots, market.vols, strict=True)
+            ],
+        },
+        "risk": {
+            "underlyings": ups,
+            "assets": assets,
+            "correlation_credit": wad_to_decimal(params.correlation_credit),
+            "im_factor": wad_to_decimal(params.im_factor),
+        },
+        "portfolio": {
+            "positions": positions,
+            "collateral": {
+                n: wad_to_decimal(b) for n, b in zip(asset_names, portfolio.collateral, strict=True)
+            },
+        },
+    }

@@ -389,7 +389,31 @@ def test_explain_carries_the_matrix_and_witness() -> None:
     assert out["requirement"] == full.requirement and out["witness"] == full.witness
     u0 = out["underlyings"][0]
     assert len(u0["scenarios"]) == 34
-    assert u0["scenarios"][u0["witness"]]["loss"] == u0["loss"] == max(
-        s["loss"] for s in u0["scenarios"]
+    assert (
+        u0["scenarios"][u0["witness"]]["loss"]
+        == u0["loss"]
+        == max(s["loss"] for s in u0["scenarios"])
     )
     assert json.loads(json.dumps(out)) == out  # plain JSON data
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(-(10**40), 10**40))
+def test_wad_decimal_roundtrip(x: int) -> None:
+    assert loader._wad(loader.wad_to_decimal(x), "x") == x
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(position_st, max_size=6), st.integers(-(10**22), 10**22))
+def test_dump_then_load_is_identity(positions, cash) -> None:
+    # Underlying 0 only (the document has one); a future's strike means nothing and is not written.
+    pos = tuple(
+        Position(0, p.kind, 0 if p.kind == FUTURE else p.strike, *_tail(p))
+        for p in positions
+        if p.underlying == 0
+    )
+    f = loader.load_portfolio(DOC)
+    pf = Portfolio(pos, (cash, 3 * WAD))
+    doc = loader.dump_portfolio(f.market, f.params, pf, f.underlying_names, f.asset_names)
+    back = loader.load_portfolio(json.dumps(doc))
+    assert back.market == f.market and back.params == f.params and back.portfolio == pf

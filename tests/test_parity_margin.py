@@ -437,3 +437,22 @@ def test_edges_reach_their_errors(harness: Contract) -> None:
     assert kinds["collateral length"] == "CollateralLengthMismatch"
     assert kinds["empty"] == kinds["max positions"] == kinds["expiry now"] == "ok"
     assert kinds["beyond 5 years"] == "TauOutOfRange"
+
+
+def test_every_verifier_error_has_its_python_class(contracts_built) -> None:  # type: ignore[no-untyped-def]
+    """Each custom error the verifier can revert with (the harness ABI lists those of the
+    library and of what it calls) has exactly one margin.errors class with that signature."""
+    from eth_utils.abi import collapse_if_tuple
+
+    from keeper.artifacts import load_artifact
+    from margin.errors import error_by_selector
+
+    by_sig = {cls.signature: cls for cls in error_by_selector().values()}
+    sigs = [
+        f"{e['name']}({','.join(collapse_if_tuple(i) for i in e['inputs'])})"
+        for e in load_artifact("MarginHarness").abi
+        if e.get("type") == "error"
+    ]
+    assert "WitnessOutOfRange(uint256,uint256,uint256)" in sigs
+    missing = [s for s in sigs if s not in by_sig]
+    assert not missing, missing

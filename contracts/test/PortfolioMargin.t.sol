@@ -213,6 +213,28 @@ contract PortfolioMarginGas is MarginFixtures {
         vm.snapshotValue("witnessCheck_10_optionsOnly", witnessGas);
     }
 
+    /// @dev The largest grid the bounds allow: 10 move steps (21 moves x 3 vol states) + 8
+    /// extended = 71 scenarios, on both underlyings; 40 options. Informs the protocol's gas ceiling.
+    function test_gas_full_40_worstGrid() public {
+        RiskParams memory p = params2();
+        for (uint256 u; u < 2; ++u) {
+            p.underlyings[u].moveSteps = 10;
+            ExtendedMove[] memory ext = new ExtendedMove[](8);
+            for (uint256 e; e < 8; ++e) {
+                ext[e] = ExtendedMove(e % 2 == 0 ? -int256(10 + 10 * e) * 1e16 : int256(20 * e) * 1e16, 2, 25e16);
+            }
+            p.underlyings[u].extended = ext;
+        }
+        Portfolio memory pf = optionsOnly(40);
+        Market memory m = market2();
+        uint256 g = gasleft();
+        MarginResult memory r = PortfolioMargin.fullCheck(pf, m, p);
+        uint256 used = g - gasleft();
+        assertTrue(r.requirement > 0, "requirement");
+        assertEq(PortfolioMargin.scenarioCount(p.underlyings[0]), 71, "71 scenarios");
+        vm.snapshotValue("fullCheck_40_optionsOnly_71scenarios", used);
+    }
+
     function _full(uint256 n) private {
         Portfolio memory pf = mixed(n);
         Market memory m = market2();
