@@ -164,3 +164,116 @@ def error_by_selector() -> dict[bytes, type[MarginError]]:
         if cls.signature and not issubclass(cls, Panic):
             out[cls.selector()] = cls
     return out
+
+
+# --- portfolio margin (contracts/src/margin/PortfolioMargin.sol) ------------------------
+# Input validation of the margin model. Indices are 0-based positions in the arrays the
+# verifier receives (positions, underlyings, assets); field codes are in margin/params.py.
+
+
+class InvalidUnderlyingCount(MarginError):
+    """The risk parameters name no underlying, or more than MAX_UNDERLYINGS."""
+
+    signature = "InvalidUnderlyingCount(uint256)"
+
+
+class InvalidAssetCount(MarginError):
+    """More collateral assets than MAX_ASSETS."""
+
+    signature = "InvalidAssetCount(uint256)"
+
+
+class InvalidRiskParameter(MarginError):
+    """A per-underlying risk parameter is outside its bounds (underlying, field code)."""
+
+    signature = "InvalidRiskParameter(uint256,uint256)"
+
+
+class InvalidAssetParameter(MarginError):
+    """A collateral asset parameter is outside its bounds (asset, field code)."""
+
+    signature = "InvalidAssetParameter(uint256,uint256)"
+
+
+class InvalidGlobalParameter(MarginError):
+    """A portfolio-wide parameter (correlation credit, IM factor) is out of bounds (field)."""
+
+    signature = "InvalidGlobalParameter(uint256)"
+
+
+class MarketLengthMismatch(MarginError):
+    """The market state does not carry one spot and one vol per underlying (expected, got)."""
+
+    signature = "MarketLengthMismatch(uint256,uint256)"
+
+
+class MarketSpotOutOfRange(MarginError):
+    """An underlying's spot is outside [MIN_SPOT, MAX_SPOT] (underlying, spot)."""
+
+    signature = "MarketSpotOutOfRange(uint256,int256)"
+
+
+class MarketVolOutOfRange(MarginError):
+    """An underlying's implied vol is outside [0, MAX_VOL] (underlying, vol)."""
+
+    signature = "MarketVolOutOfRange(uint256,int256)"
+
+
+class TooManyPositions(MarginError):
+    """More positions than MAX_POSITIONS (the gas ceiling of the full check)."""
+
+    signature = "TooManyPositions(uint256)"
+
+
+class CollateralLengthMismatch(MarginError):
+    """Not one collateral balance per asset (expected, got)."""
+
+    signature = "CollateralLengthMismatch(uint256,uint256)"
+
+
+class UnknownUnderlying(MarginError):
+    """A position names an underlying index that the parameters do not have (position, idx)."""
+
+    signature = "UnknownUnderlying(uint256,uint256)"
+
+
+class InvalidInstrumentKind(MarginError):
+    """A position's kind is not 0 (future), 1 (call) or 2 (put) (position, kind)."""
+
+    signature = "InvalidInstrumentKind(uint256,uint256)"
+
+
+class InvalidOptionStrike(MarginError):
+    """An option's strike is outside [1, MAX_PRICE] (position, strike)."""
+
+    signature = "InvalidOptionStrike(uint256,int256)"
+
+
+class QuantityOutOfRange(MarginError):
+    """|quantity| > MAX_QUANTITY (position, quantity)."""
+
+    signature = "QuantityOutOfRange(uint256,int256)"
+
+
+class EntryPriceOutOfRange(MarginError):
+    """|entry price| > MAX_PRICE (position, entry price)."""
+
+    signature = "EntryPriceOutOfRange(uint256,int256)"
+
+
+class CollateralOutOfRange(MarginError):
+    """|balance| > MAX_COLLATERAL (asset, balance)."""
+
+    signature = "CollateralOutOfRange(uint256,int256)"
+
+
+class WitnessLengthMismatch(MarginError):
+    """A witness must name one scenario per underlying (expected, got)."""
+
+    signature = "WitnessLengthMismatch(uint256,uint256)"
+
+
+class WitnessOutOfRange(MarginError):
+    """A witness names a scenario index the underlying does not have (underlying, idx, count)."""
+
+    signature = "WitnessOutOfRange(uint256,uint256,uint256)"

@@ -1,0 +1,701 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {FixedPoint} from "../math/FixedPoint.sol";
+import {OptionPricing} from "./OptionPricing.sol";
+
+// ---------------------------------------------------------------------------------------------
+// Errors (one Python class each in margin/errors.py, same signature). Indices are 0-based
+// positions in the arrays the verifier receives; field codes are listed in margin/params.py.
+// ---------------------------------------------------------------------------------------------
+
+/// @notice No underlying, or more than PortfolioMargin.MAX_UNDERLYINGS.
+error InvalidUnderlyingCount(uint256 count);
+/// @notice More collateral assets than PortfolioMargin.MAX_ASSETS.
+error InvalidAssetCount(uint256 count);
+/// @notice A per-underlying risk parameter is out of bounds.
+error InvalidRiskParameter(uint256 underlying, uint256 field);
+/// @notice A collateral asset parameter is out of bounds.
+error InvalidAssetParameter(uint256 asset, uint256 field);
+/// @notice The correlation credit or the IM factor is out of bounds.
+error InvalidGlobalParameter(uint256 field);
+/// @notice The market does not carry one spot and one vol per underlying.
+error MarketLengthMismatch(uint256 expected, uint256 got);
+/// @notice A spot outside [MIN_SPOT, MAX_PRICE].
+error MarketSpotOutOfRange(uint256 underlying, int256 spot);
+/// @notice An implied vol outside [0, MAX_VOL].
+error MarketVolOutOfRange(uint256 underlying, int256 vol);
+/// @notice More positions than MAX_POSITIONS (the gas ceiling of the full check).
+error TooManyPositions(uint256 count);
+/// @notice Not one collateral balance per asset.
+error CollateralLengthMismatch(uint256 expected, uint256 got);
+/// @notice A position names an underlying that the parameters do not have.
+error UnknownUnderlying(uint256 position, uint256 underlying);
+/// @notice A position's kind is not 0 (future), 1 (call) or 2 (put).
+error InvalidInstrumentKind(uint256 position, uint256 kind);
+/// @notice An option's strike outside [1, MAX_PRICE].
+error InvalidOptionStrike(uint256 position, int256 strike);
+/// @notice |quantity| > MAX_QUANTITY.
+error QuantityOutOfRange(uint256 position, int256 quantity);
+/// @notice |entry price| > MAX_PRICE.
+error EntryPriceOutOfRange(uint256 position, int256 entryPrice);
+/// @notice |collateral balance| > MAX_COLLATERAL.
+error CollateralOutOfRange(uint256 asset, int256 amount);
+/// @notice A witness must name one scenario per underlying.
+error WitnessLengthMismatch(uint256 expected, uint256 got);
+/// @notice A witness names a scenario index the underlying does not have.
+error WitnessOutOfRange(uint256 underlying, uint256 index, uint256 count);
+
+// ---------------------------------------------------------------------------------------------
+// Data (field order = the Python dataclasses' to_abi() order; all amounts signed WAD).
+// ---------------------------------------------------------------------------------------------
+
+/// @notice An extended (stress) scenario: relative price move, vol state (0 down, 1 unchanged,
+/// 2 up) and the fraction of its loss that counts.
+struct ExtendedMove {
+    int256 move;
+    uint8 volState;
+    int256 weight;
+}
+
+/// @notice Scenario grid and contingency charges of one underlying (see margin/params.py).
+struct UnderlyingParams {
+    int256 priceRange; // R: regular moves R*k/n, k = -n..n
+    uint256 moveSteps; // n
+    int256 volShiftBase; // shift at T = volRefTime
+    uint256 volRefTime; // seconds
+    uint256 volMinTime; // seconds; shorter expiries get the shift of volMinTime
+    int256 volExponent; // p: shift = base * (Tref / max(T, Tmin))^p
+    int256 volFloor; // down state >= min(vol, floor)
+    ExtendedMove[] extended;
+    int256 shortOptionCharge; // x spot per net short option contract, per (call/put, strike)
+    int256 calendarCharge; // x spot per offsetting future across expiries
+    int256 vegaCharge; // x offsetting vega proxy q*S*sqrt(T) across expiries
+}
+
+/// @notice A collateral asset: haircut, and the underlying whose price moves it
+/// (PortfolioMargin.STABLE for a stablecoin valued at 1).
+struct AssetParams {
+    int256 haircut;
+    uint256 underlying;
+}
+
+struct RiskParams {
+    UnderlyingParams[] underlyings;
+    AssetParams[] assets;
+    int256 correlationCredit; // in [0, 0.8]
+    int256 imFactor; // > 1
+}
+
+/// @notice A position with its instrument inline. kind 0 = linear future marked at spot
+/// (expiry 0 = perpetual), 1 = call, 2 = put (European, cash-settled). Value is futures-style:
+/// quantity * (mark - entryPrice) for every kind.
+struct Position {
+    uint256 underlying;
+    uint8 kind;
+    int256 strike;
+    uint64 expiry;
+    int256 quantity;
+    int256 entryPrice;
+}
+
+/// @notice Positions plus one signed balance per asset of RiskParams.assets.
+struct Portfolio {
+    Position[] positions;
+    int256[] collateral;
+}
+
+struct Market {
+    uint64 timestamp; // "now" for time to expiry
+    int256 rate;
+    int256[] spots; // per underlying
+    int256[] vols; // implied vol per underlying
+}
+
+/// @notice state: 0 healthy, 1 margin call (equity < IM), 2 liquidatable (equity < MM).
+struct MarginResult {
+    int256 equity;
+    int256 requirement;
+    int256 initialMargin;
+    int256 contingencies;
+    int256 credit;
+    uint8 state;
+    int256[] losses;
+    uint256[] witness;
+}
+
+/// @title Portfolio margin: scenario risk arrays, contingencies, witness verification
+/// @notice Mirrored integer for integer (and error for error) by margin/requirement.py; the
+/// steps, their rounding and the bounds that rule out overflow are documented there.
+/// fullCheck evaluates every scenario; witnessCheck only the named scenario per underlying
+/// (plus the same contingencies), so its requirement is never above fullCheck's and equals it
+/// for the witness that fullCheck returns.
+library PortfolioMargin {
+    using FixedPoint for int256;
+
+    int256 internal constant WAD = 1e18;
+    uint256 internal constant YEAR = 31_536_000;
+    uint256 internal constant STABLE = type(uint256).max;
+
+    uint256 internal constant MAX_UNDERLYINGS = 8;
+    uint256 internal constant MAX_ASSETS = 8;
+    uint256 internal constant MAX_POSITIONS = 40;
+    uint256 internal constant MAX_MOVE_STEPS = 10;
+    uint256 internal constant MAX_EXTENDED = 8;
+    int256 internal constant MAX_CORRELATION_CREDIT = 8e17;
+    int256 internal constant MAX_IM_FACTOR = 10e18;
+    int256 internal constant MAX_PRICE_RANGE = 9e17;
+    int256 internal constant MAX_VOL_SHIFT_BASE = 5e18;
+    uint256 internal constant MAX_VOL_TIME = 5 * YEAR;
+    int256 internal constant MAX_VOL_EXPONENT = 2e18;
+    int256 internal constant MIN_EXTENDED_MOVE = -99e16;
+    int256 internal constant MAX_EXTENDED_MOVE = 10e18;
+    int256 internal constant MAX_QUANTITY = 1e30;
+    int256 internal constant MAX_PRICE = 1e30;
+    int256 internal constant MIN_SPOT = 1e10;
+    int256 internal constant MAX_VOL = 10e18;
+    int256 internal constant MAX_COLLATERAL = 1e33;
+    int256 internal constant MAX_SCENARIO_VOL = 10e18;
+
+    uint8 internal constant FUTURE = 0;
+    uint8 internal constant CALL = 1;
+    uint8 internal constant PUT = 2;
+    uint8 internal constant VOL_DOWN = 0;
+    uint8 internal constant VOL_UNCHANGED = 1;
+    uint8 internal constant VOL_UP = 2;
+
+    // ------------------------------------------------------------------ validation
+
+    function validateParams(RiskParams memory p) internal pure {
+        if (p.correlationCredit < 0 || p.correlationCredit > MAX_CORRELATION_CREDIT) {
+            revert InvalidGlobalParameter(1);
+        }
+        if (p.imFactor <= WAD || p.imFactor > MAX_IM_FACTOR) revert InvalidGlobalParameter(2);
+        uint256 nU = p.underlyings.length;
+        if (nU == 0 || nU > MAX_UNDERLYINGS) revert InvalidUnderlyingCount(nU);
+        for (uint256 i; i < nU; ++i) {
+            _validateUnderlying(i, p.underlyings[i]);
+        }
+        if (p.assets.length > MAX_ASSETS) revert InvalidAssetCount(p.assets.length);
+        for (uint256 a; a < p.assets.length; ++a) {
+            AssetParams memory ap = p.assets[a];
+            if (ap.haircut < 0 || ap.haircut > WAD) revert InvalidAssetParameter(a, 1);
+            if (ap.underlying != STABLE && ap.underlying >= nU) revert InvalidAssetParameter(a, 2);
+        }
+    }
+
+    function _validateUnderlying(uint256 i, UnderlyingParams memory u) private pure {
+        if (u.priceRange <= 0 || u.priceRange > MAX_PRICE_RANGE) revert InvalidRiskParameter(i, 1);
+        if (u.moveSteps < 1 || u.moveSteps > MAX_MOVE_STEPS) revert InvalidRiskParameter(i, 2);
+        if (u.volShiftBase < 0 || u.volShiftBase > MAX_VOL_SHIFT_BASE) revert InvalidRiskParameter(i, 3);
+        if (u.volRefTime < 1 || u.volRefTime > MAX_VOL_TIME) revert InvalidRiskParameter(i, 4);
+        if (u.volMinTime < 1 || u.volMinTime > u.volRefTime) revert InvalidRiskParameter(i, 5);
+        if (u.volExponent < 0 || u.volExponent > MAX_VOL_EXPONENT) revert InvalidRiskParameter(i, 6);
+        if (u.volFloor < 0 || u.volFloor > WAD) revert InvalidRiskParameter(i, 7);
+        if (u.extended.length > MAX_EXTENDED) revert InvalidRiskParameter(i, 8);
+        for (uint256 e; e < u.extended.length; ++e) {
+            ExtendedMove memory x = u.extended[e];
+            if (x.move < MIN_EXTENDED_MOVE || x.move > MAX_EXTENDED_MOVE) revert InvalidRiskParameter(i, 9);
+            if (x.volState > VOL_UP) revert InvalidRiskParameter(i, 10);
+            if (x.weight < 0 || x.weight > WAD) revert InvalidRiskParameter(i, 11);
+        }
+        if (u.shortOptionCharge < 0 || u.shortOptionCharge > WAD) revert InvalidRiskParameter(i, 12);
+        if (u.calendarCharge < 0 || u.calendarCharge > WAD) revert InvalidRiskParameter(i, 13);
+        if (u.vegaCharge < 0 || u.vegaCharge > WAD) revert InvalidRiskParameter(i, 14);
+    }
+
+    function validateMarket(Market memory m, RiskParams memory p) internal pure {
+        uint256 nU = p.underlyings.length;
+        if (m.spots.length != nU) revert MarketLengthMismatch(nU, m.spots.length);
+        if (m.vols.length != nU) revert MarketLengthMismatch(nU, m.vols.length);
+        for (uint256 i; i < nU; ++i) {
+            if (m.spots[i] < MIN_SPOT || m.spots[i] > MAX_PRICE) revert MarketSpotOutOfRange(i, m.spots[i]);
+            if (m.vols[i] < 0 || m.vols[i] > MAX_VOL) revert MarketVolOutOfRange(i, m.vols[i]);
+        }
+    }
+
+    function validatePortfolio(Portfolio memory pf, RiskParams memory p) internal pure {
+        uint256 n = pf.positions.length;
+        if (n > MAX_POSITIONS) revert TooManyPositions(n);
+        if (pf.collateral.length != p.assets.length) {
+            revert CollateralLengthMismatch(p.assets.length, pf.collateral.length);
+        }
+        uint256 nU = p.underlyings.length;
+        for (uint256 i; i < n; ++i) {
+            Position memory q = pf.positions[i];
+            if (q.underlying >= nU) revert UnknownUnderlying(i, q.underlying);
+            if (q.kind > PUT) revert InvalidInstrumentKind(i, q.kind);
+            if (q.kind != FUTURE && (q.strike <= 0 || q.strike > MAX_PRICE)) revert InvalidOptionStrike(i, q.strike);
+            if (q.quantity < -MAX_QUANTITY || q.quantity > MAX_QUANTITY) revert QuantityOutOfRange(i, q.quantity);
+            if (q.entryPrice < -MAX_PRICE || q.entryPrice > MAX_PRICE) revert EntryPriceOutOfRange(i, q.entryPrice);
+        }
+        for (uint256 a; a < pf.collateral.length; ++a) {
+            int256 b = pf.collateral[a];
+            if (b < -MAX_COLLATERAL || b > MAX_COLLATERAL) revert CollateralOutOfRange(a, b);
+        }
+    }
+
+    // ------------------------------------------------------------------ scenarios
+
+    function scenarioCount(UnderlyingParams memory u) internal pure returns (uint256) {
+        return 3 * (2 * u.moveSteps + 1) + u.extended.length;
+    }
+
+    /// @notice Scenario j: (move, vol state, weight, extended?). Regular j: move index j / 3,
+    /// move mulDivDown(R, k - n, n), vol state j % 3, weight 1; then the extended moves.
+    function scenario(UnderlyingParams memory u, uint256 j)
+        internal
+        pure
+        returns (int256 move, uint8 volState, int256 weight, bool extended)
+    {
+        uint256 regular = 3 * (2 * u.moveSteps + 1);
+        if (j < regular) {
+            // k - n in [-10, 10]: the int casts are exact.
+            // forge-lint: disable-next-line(unsafe-typecast)
+            move = u.priceRange.mulDivDown(int256(j / 3) - int256(u.moveSteps), int256(u.moveSteps));
+            // forge-lint: disable-next-line(unsafe-typecast)
+            return (move, uint8(j % 3), WAD, false);
+        }
+        ExtendedMove memory e = u.extended[j - regular];
+        return (e.move, e.volState, e.weight, true);
+    }
+
+    /// @notice mulDown(spot, 1e18 + move_j) for every scenario j (the moves of `scenario`,
+    /// each regular move computed once for its three vol states).
+    function shockedSpots(UnderlyingParams memory u, int256 spot) internal pure returns (int256[] memory sh) {
+        uint256 n = u.moveSteps;
+        uint256 regular = 3 * (2 * n + 1);
+        ExtendedMove[] memory ext = u.extended;
+        sh = new int256[](regular + ext.length);
+        // k - n in [-10, 10]: the casts are exact; 3k + 2 < regular.
+        for (uint256 k; k <= 2 * n; ++k) {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            int256 s = spot.mulDown(WAD + u.priceRange.mulDivDown(int256(k) - int256(n), int256(n)));
+            sh[3 * k] = s;
+            sh[3 * k + 1] = s;
+            sh[3 * k + 2] = s;
+        }
+        for (uint256 e; e < ext.length; ++e) {
+            sh[regular + e] = spot.mulDown(WAD + ext[e].move);
+        }
+    }
+
+    /// @notice Absolute vol shift for tau seconds to expiry (rounded up):
+    /// base * exp(p * ln(Tref / max(tau, Tmin))).
+    function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256) {
+        uint256 tEff = tau > u.volMinTime ? tau : u.volMinTime;
+        // tEff < 2^64 (expiry is uint64) and Tref <= 5 years: the casts are exact.
+        // forge-lint: disable-next-line(unsafe-typecast)
+        int256 ratio = int256(u.volRefTime).mulDivDown(WAD, int256(tEff));
+        int256 factor = FixedPoint.expWad(u.volExponent.mulDown(FixedPoint.lnWad(ratio)));
+        return u.volShiftBase.mulUp(factor);
+    }
+
+    function _volFor(UnderlyingParams memory u, int256 vol, int256 shift, uint8 state) private pure returns (int256) {
+        if (state == VOL_UP) {
+            int256 up = vol + shift;
+            return up < MAX_SCENARIO_VOL ? up : MAX_SCENARIO_VOL;
+        }
+        if (state == VOL_DOWN) {
+            int256 lowest = vol < u.volFloor ? vol : u.volFloor;
+            int256 down = vol - shift;
+            return down > lowest ? down : lowest;
+        }
+        return vol;
+    }
+
+    // ------------------------------------------------------------------ full check
+
+    function fullCheck(Portfolio memory pf, Market memory m, RiskParams memory p)
+        internal
+        pure
+        returns (MarginResult memory r)
+    {
+        validateParams(p);
+        validateMarket(m, p);
+        validatePortfolio(pf, p);
+        uint256 nU = p.underlyings.length;
+
+        // Shocked spot per underlying and scenario; exact accumulators q * (V_j - V0).
+        int256[][] memory shocked = new int256[][](nU);
+        int256[][] memory acc = new int256[][](nU);
+        for (uint256 u; u < nU; ++u) {
+            shocked[u] = shockedSpots(p.underlyings[u], m.spots[u]);
+            acc[u] = new int256[](shocked[u].length);
+        }
+
+        int256 equity;
+        for (uint256 i; i < pf.positions.length; ++i) {
+            Position memory q = pf.positions[i];
+            int256 v0 = _accumulateFull(q, m, p.underlyings[q.underlying], shocked[q.underlying], acc[q.underlying]);
+            equity += q.quantity.mulDown(v0 - q.entryPrice);
+        }
+        equity += _collateralFull(pf, m, p, shocked, acc);
+
+        r.losses = new int256[](nU);
+        r.witness = new uint256[](nU);
+        for (uint256 u; u < nU; ++u) {
+            (r.losses[u], r.witness[u]) = _worst(acc[u], p.underlyings[u]);
+        }
+        _finish(r, pf, m, p, equity);
+    }
+
+    /// @dev The largest weighted scenario loss of one underlying and its lowest index.
+    function _worst(int256[] memory a, UnderlyingParams memory up) private pure returns (int256 best, uint256 arg) {
+        uint256 regular = 3 * (2 * up.moveSteps + 1);
+        ExtendedMove[] memory ext = up.extended;
+        best = type(int256).min;
+        for (uint256 j; j < a.length; ++j) {
+            // Losses round up: ceil(-acc / 1e18), then ceil(loss * weight) when extended.
+            // |acc| < 2^250 (bounds in margin/requirement.py): the negation cannot wrap.
+            int256 loss;
+            unchecked {
+                loss = (-a[j]).mulUp(1);
+            }
+            if (j >= regular) loss = loss.mulUp(ext[j - regular].weight);
+            if (loss > best) {
+                best = loss;
+                arg = j;
+            }
+        }
+    }
+
+    /// @dev One position into the accumulators of its underlying; returns its mark V0.
+    function _accumulateFull(
+        Position memory q,
+        Market memory m,
+        UnderlyingParams memory up,
+        int256[] memory sh,
+        int256[] memory a
+    ) private pure returns (int256 v0) {
+        int256 spot = m.spots[q.underlying];
+        int256 qty = q.quantity;
+        uint256 count = a.length;
+        if (q.kind == FUTURE) {
+            // |qty * (S'_j - S)| <= 1e30 * 1.1e31 and at most 48 such terms per scenario: no wrap.
+            unchecked {
+                for (uint256 j; j < count; ++j) {
+                    a[j] += qty * (sh[j] - spot);
+                }
+            }
+            return spot;
+        }
+        OptionCtx memory c;
+        c.isCall = q.kind == CALL;
+        c.strike = q.strike;
+        c.tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+        c.rate = m.rate;
+        c.qty = qty;
+        // Order of work (mirrored for the errors): the shift, V0, then V_j by index.
+        int256 vol = m.vols[q.underlying];
+        int256 shift = volShift(up, c.tau);
+        int256[3] memory vols = [_volFor(up, vol, shift, VOL_DOWN), vol, _volFor(up, vol, shift, VOL_UP)];
+        v0 = OptionPricing.price(c.isCall, spot, c.strike, c.tau, vol, c.rate);
+        c.v0 = v0;
+        _optionScenarios(c, up.extended, vols, sh, a);
+    }
+
+    /// @dev Per-option constants of the scenario loop (a struct keeps the stack shallow).
+    struct OptionCtx {
+        bool isCall;
+        int256 strike;
+        uint256 tau;
+        int256 rate;
+        int256 qty;
+        int256 v0;
+    }
+
+    function _optionScenarios(
+        OptionCtx memory c,
+        ExtendedMove[] memory ext,
+        int256[3] memory vols,
+        int256[] memory sh,
+        int256[] memory a
+    ) private pure {
+        uint256 regular = sh.length - ext.length;
+        uint256 center = regular / 2; // 3n + 1
+        for (uint256 j; j < a.length; ++j) {
+            if (j == center) continue; // V_center == V0
+            int256 pj = OptionPricing.price(
+                c.isCall, sh[j], c.strike, c.tau, vols[j < regular ? j % 3 : ext[j - regular].volState], c.rate
+            );
+            // Prices are within [0, 1e30] (the pricing domain), |qty| <= 1e30: no wrap.
+            unchecked {
+                a[j] += c.qty * (pj - c.v0);
+            }
+        }
+    }
+
+    function _collateralFull(
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        int256[][] memory shocked,
+        int256[][] memory acc
+    ) private pure returns (int256 value) {
+        for (uint256 k; k < p.assets.length; ++k) {
+            AssetParams memory ap = p.assets[k];
+            int256 e = _haircut(pf.collateral[k], ap.haircut);
+            if (ap.underlying == STABLE) {
+                value += e;
+                continue;
+            }
+            int256 spot = m.spots[ap.underlying];
+            value += e.mulDown(spot);
+            int256[] memory sh = shocked[ap.underlying];
+            int256[] memory a = acc[ap.underlying];
+            // |e| <= 1e33, |S'_j - S| <= 1.1e31: no wrap (see the bounds in margin/requirement.py).
+            unchecked {
+                for (uint256 j; j < sh.length; ++j) {
+                    a[j] += e * (sh[j] - spot);
+                }
+            }
+        }
+    }
+
+    /// @dev Effective balance: a positive balance loses its haircut (rounded down); a debt counts in full.
+    function _haircut(int256 balance, int256 haircut) private pure returns (int256) {
+        return balance > 0 ? balance.mulDown(WAD - haircut) : balance;
+    }
+
+    // ------------------------------------------------------------------ witness check
+
+    function witnessCheck(Portfolio memory pf, Market memory m, RiskParams memory p, uint256[] memory witness)
+        internal
+        pure
+        returns (MarginResult memory r)
+    {
+        validateParams(p);
+        validateMarket(m, p);
+        validatePortfolio(pf, p);
+        uint256 nU = p.underlyings.length;
+        if (witness.length != nU) revert WitnessLengthMismatch(nU, witness.length);
+        (int256[] memory shockedW, uint256[] memory stateW, int256[] memory weightW) = _plan(m, p, witness);
+        int256[] memory acc = new int256[](nU);
+        int256 equity;
+        for (uint256 i; i < pf.positions.length; ++i) {
+            Position memory q = pf.positions[i];
+            uint256 u = q.underlying;
+            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc);
+            equity += q.quantity.mulDown(v0 - q.entryPrice);
+        }
+        for (uint256 k; k < p.assets.length; ++k) {
+            AssetParams memory ap = p.assets[k];
+            int256 e = _haircut(pf.collateral[k], ap.haircut);
+            if (ap.underlying == STABLE) {
+                equity += e;
+                continue;
+            }
+            int256 spot = m.spots[ap.underlying];
+            equity += e.mulDown(spot);
+            acc[ap.underlying] += e * (shockedW[ap.underlying] - spot);
+        }
+
+        r.losses = new int256[](nU);
+        for (uint256 u; u < nU; ++u) {
+            int256 loss;
+            unchecked {
+                loss = (-acc[u]).mulUp(1); // |acc| < 2^250: no wrap
+            }
+            loss = loss.mulUp(weightW[u]);
+            r.losses[u] = loss > 0 ? loss : int256(0);
+        }
+        r.witness = witness;
+        _finish(r, pf, m, p, equity);
+    }
+
+    /// @dev The named scenario of each underlying: shocked spot, vol state (3 marks the center
+    /// scenario: no move, vol unchanged, nothing to reprice) and weight (1e18 for a regular
+    /// scenario: mulUp(loss, 1e18) == loss, so applying it changes nothing).
+    function _plan(Market memory m, RiskParams memory p, uint256[] memory witness)
+        private
+        pure
+        returns (int256[] memory shockedW, uint256[] memory stateW, int256[] memory weightW)
+    {
+        uint256 nU = p.underlyings.length;
+        shockedW = new int256[](nU);
+        stateW = new uint256[](nU);
+        weightW = new int256[](nU);
+        for (uint256 u; u < nU; ++u) {
+            uint256 count = scenarioCount(p.underlyings[u]);
+            if (witness[u] >= count) revert WitnessOutOfRange(u, witness[u], count);
+            (int256 move, uint8 state, int256 weight,) = scenario(p.underlyings[u], witness[u]);
+            shockedW[u] = m.spots[u].mulDown(WAD + move);
+            stateW[u] = witness[u] == 3 * p.underlyings[u].moveSteps + 1 ? 3 : state;
+            weightW[u] = weight;
+        }
+    }
+
+    /// @dev state: the named scenario's vol state, or 3 for the center scenario.
+    function _accumulateWitness(
+        Position memory q,
+        Market memory m,
+        UnderlyingParams memory up,
+        uint256 state,
+        int256 shockedSpot,
+        int256[] memory acc
+    ) private pure returns (int256 v0) {
+        int256 spot = m.spots[q.underlying];
+        if (q.kind == FUTURE) {
+            unchecked {
+                acc[q.underlying] += q.quantity * (shockedSpot - spot); // bounded: no wrap
+            }
+            return spot;
+        }
+        // Same order of work as the full check: the shift (only if the state needs it), V0, V_w.
+        (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state);
+        v0 = _price(q, m.spots[q.underlying], tau, m.vols[q.underlying], m.rate);
+        if (state == 3) return v0; // the center: no move, no loss
+        int256 pw = _price(q, shockedSpot, tau, volW, m.rate);
+        unchecked {
+            acc[q.underlying] += q.quantity * (pw - v0); // bounded: no wrap
+        }
+    }
+
+    function _witnessTauVol(Position memory q, Market memory m, UnderlyingParams memory up, uint256 state)
+        private
+        pure
+        returns (uint256 tau, int256 volW)
+    {
+        tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+        volW = m.vols[q.underlying];
+        // forge-lint: disable-next-line(unsafe-typecast)
+        if (state == VOL_UP || state == VOL_DOWN) volW = _volFor(up, volW, volShift(up, tau), uint8(state));
+    }
+
+    function _price(Position memory q, int256 spot, uint256 tau, int256 vol, int256 rate)
+        private
+        pure
+        returns (int256)
+    {
+        return OptionPricing.price(q.kind == CALL, spot, q.strike, tau, vol, rate);
+    }
+
+    // ------------------------------------------------------------------ common tail
+
+    function _finish(MarginResult memory r, Portfolio memory pf, Market memory m, RiskParams memory p, int256 equity)
+        private
+        pure
+    {
+        int256 total;
+        int256 largest;
+        for (uint256 u; u < r.losses.length; ++u) {
+            total += r.losses[u];
+            if (r.losses[u] > largest) largest = r.losses[u];
+        }
+        // Less credit is the conservative side: rounded down.
+        r.credit = (total - largest).mulDown(p.correlationCredit);
+        r.contingencies = contingencies(pf, m, p);
+        r.requirement = total - r.credit + r.contingencies;
+        r.initialMargin = r.requirement.mulUp(p.imFactor);
+        r.equity = equity;
+        r.state = equity < r.requirement ? 2 : equity < r.initialMargin ? 1 : 0;
+    }
+
+    /// @notice Short-option, calendar-basis and vega-offset charges, summed over underlyings.
+    /// Each position joins the group of the first earlier position with the same key (n <= 40,
+    /// so a backward scan of packed keys is cheaper than any map); sums are exact, and each
+    /// group is rounded once, so the total does not depend on the order of the positions.
+    /// Groups: (underlying, call/put, strike) of options for the net short charge;
+    /// (underlying, future/option, expiry) for the calendar nets (futures: quantities) and the
+    /// vega nets (options: q * sqrt(tau in years), floored; spot applied per underlying).
+    function contingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
+        internal
+        pure
+        returns (int256 total)
+    {
+        Position[] memory ps = pf.positions;
+        uint256 n = ps.length;
+        // Scratch, 4n words: keyS | netS | keyE | netE. Keys pack (underlying << 200 |
+        // tag << 192 | strike or expiry): strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8
+        // (validated), so packing is exact; an option's keyS is never 0.
+        uint256 keyS;
+        assembly ("memory-safe") {
+            keyS := mload(0x40)
+            let size := shl(7, n)
+            calldatacopy(keyS, calldatasize(), size) // zero it: memory past the pointer may be dirty
+            mstore(0x40, add(keyS, size))
+        }
+        for (uint256 i; i < n; ++i) {
+            int256 amount;
+            uint256 tau;
+            bool isOption;
+            assembly ("memory-safe") {
+                let q := mload(add(add(ps, 0x20), shl(5, i)))
+                let u := shl(200, mload(q))
+                let kind := mload(add(q, 0x20))
+                let expiry := mload(add(q, 0x60))
+                amount := mload(add(q, 0x80))
+                isOption := iszero(iszero(kind))
+                let keyE := add(keyS, shl(6, n))
+                let kE := or(or(u, shl(192, add(1, isOption))), expiry)
+                mstore(add(keyE, shl(5, i)), kE)
+                if isOption {
+                    let ts := mload(m)
+                    if gt(expiry, ts) { tau := sub(expiry, ts) }
+                    let kS := or(or(u, shl(192, kind)), mload(add(q, 0x40)))
+                    mstore(add(keyS, shl(5, i)), kS)
+                    let j := 0
+                    for {} iszero(eq(mload(add(keyS, shl(5, j))), kS)) {} { j := add(j, 1) }
+                    // netS[j] += q: at most 40 quantities of <= 1e30, no wrap.
+                    let slot := add(add(keyS, shl(5, n)), shl(5, j))
+                    mstore(slot, add(mload(slot), amount))
+                }
+            }
+            if (isOption) {
+                // forge-lint: disable-next-line(unsafe-typecast)
+                amount = amount.mulDown(FixedPoint.sqrtDown(int256(tau).mulDivDown(WAD, int256(YEAR))));
+            }
+            assembly ("memory-safe") {
+                let keyE := add(keyS, shl(6, n))
+                let kE := mload(add(keyE, shl(5, i)))
+                let j := 0
+                for {} iszero(eq(mload(add(keyE, shl(5, j))), kE)) {} { j := add(j, 1) }
+                // netE[j] += amount: at most 40 terms of <= 1e30 * 2.3: no wrap.
+                let slot := add(add(keyE, shl(5, n)), shl(5, j))
+                mstore(slot, add(mload(slot), amount))
+            }
+        }
+        total = _charges(ps, keyS, m, p);
+    }
+
+    /// @dev Charges from the group nets stored in the scratch block at `keyS` (see above).
+    function _charges(Position[] memory ps, uint256 keyS, Market memory m, RiskParams memory p)
+        private
+        pure
+        returns (int256 total)
+    {
+        uint256 nU = p.underlyings.length;
+        // Per underlying u: [4u] long futures, [4u+1] short futures, [4u+2] long vega,
+        // [4u+3] short vega, each summed over the per-expiry nets.
+        int256[] memory sides = new int256[](4 * nU);
+        for (uint256 i; i < ps.length; ++i) {
+            uint256 u;
+            int256 shortNet;
+            // The sums are of at most 40 bounded nets: nothing wraps.
+            assembly ("memory-safe") {
+                let n := mload(ps)
+                let q := mload(add(add(ps, 0x20), shl(5, i)))
+                u := mload(q)
+                let e := mload(add(keyS, shl(5, add(i, mul(3, n))))) // netE[i]
+                let isOption := iszero(iszero(mload(add(q, 0x20))))
+                let slot := add(add(sides, 0x20), shl(5, add(shl(2, u), shl(1, isOption))))
+                if sgt(e, 0) { mstore(slot, add(mload(slot), e)) }
+                if slt(e, 0) {
+                    slot := add(slot, 0x20)
+                    mstore(slot, sub(mload(slot), e))
+                }
+                shortNet := mload(add(keyS, shl(5, add(i, n)))) // netS[i]
+            }
+            if (shortNet < 0) {
+                total += (-shortNet).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
+            }
+        }
+        for (uint256 u; u < nU; ++u) {
+            int256 offset = sides[4 * u] < sides[4 * u + 1] ? sides[4 * u] : sides[4 * u + 1];
+            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].calendarCharge);
+            offset = sides[4 * u + 2] < sides[4 * u + 3] ? sides[4 * u + 2] : sides[4 * u + 3];
+            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].vegaCharge);
+        }
+    }
+}
