@@ -388,7 +388,7 @@ library PortfolioMargin {
         int256[] memory a
     ) private pure {
         uint256 center = 3 * up.moveSteps + 1;
-        uint256 regular = 2 * center - 1;
+        uint256 regular = 2 * center + 1; // 3 * (2n + 1)
         for (uint256 j; j < a.length; ++j) {
             if (j == center) continue; // V_center == V0
             uint8 state = j < regular ? uint8(j % 3) : up.extended[j - regular].volState;
