@@ -2,7 +2,7 @@
 
 The file I/O and the guards against hostile input live here; the explanation itself is
 :func:`margin.explain.explain` (pure). Every rejection is one named error on stderr and exit
-status 1 (2 is typer's usage error), never a traceback:
+status 1 (2 is typer's usage error; 70 an internal error, i.e. a bug), never a traceback:
 
 * the file: ``PortfolioFileNotFound``, ``PortfolioFileUnreadable``, ``PortfolioFileTooLarge``;
 * its syntax and shape: the loader's ``PortfolioFormatError`` subclasses (``InvalidJSONError``,
@@ -153,6 +153,13 @@ _GLOBAL_FIELDS = {"F_CORRELATION_CREDIT", "F_IM_FACTOR"}
 def run(path: Path, as_json: bool) -> int:
     """The command: 0 on success, 1 on a rejected input (after one line on stderr)."""
     try:
+        return _run(path, as_json)
+    except Exception as e:  # a bug, not an input error: still one line, no traceback
+        return _fail("InternalError", f"{type(e).__name__}: {e} (please report this bug)", 70)
+
+
+def _run(path: Path, as_json: bool) -> int:
+    try:
         data = read_portfolio_file(path)
         pfile = parse_portfolio(data)
     except InputError as e:
@@ -171,9 +178,9 @@ def run(path: Path, as_json: bool) -> int:
     return 0
 
 
-def _fail(name: str, message: str) -> int:
+def _fail(name: str, message: str, status: int = 1) -> int:
     sys.stderr.write(f"error: {printable(name)}: {printable(message)}\n")
-    return 1
+    return status
 
 
 # --- tables -------------------------------------------------------------------------------
