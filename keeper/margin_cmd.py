@@ -26,10 +26,18 @@ from rich.text import Text
 
 from margin import params as P
 from margin.errors import (
+    CollateralOutOfRange,
+    EntryPriceOutOfRange,
     InvalidAssetParameter,
     InvalidGlobalParameter,
+    InvalidInstrumentKind,
+    InvalidOptionStrike,
     InvalidRiskParameter,
     MarginError,
+    MarketSpotOutOfRange,
+    MarketVolOutOfRange,
+    QuantityOutOfRange,
+    UnknownUnderlying,
 )
 from margin.explain import explain
 from margin.loader import (
@@ -84,17 +92,19 @@ def read_portfolio_file(path: Path) -> bytes:
 def _guard(doc: Any) -> None:
     """Reject nesting deeper than the format's and number strings of absurd magnitude, before
     the loader sees them (iterative: a hostile document must not exhaust the stack here)."""
-    stack: list[tuple[Any, str, int]] = [(doc, "", 0)]
+    stack: list[tuple[Any, str, str, int]] = [(doc, "", "", 0)]
     while stack:
-        node, path, depth = stack.pop()
+        node, path, key, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise InvalidJSONError(path, f"nested deeper than {MAX_DEPTH} levels")
         if isinstance(node, dict):
             for k, v in node.items():
-                stack.append((v, f"{path}.{k}" if path else k, depth + 1))
+                stack.append((v, f"{path}.{k}" if path else k, k, depth + 1))
         elif isinstance(node, list):
             for i, v in enumerate(node):
-                stack.append((v, f"{path}[{i}]", depth + 1))
+                stack.append((v, f"{path}[{i}]", key, depth + 1))
+        elif key in _NAME_KEYS:
+            continue
         elif isinstance(node, str) and len(node) < 200:
             try:
                 d = Decimal(node.strip())
@@ -120,34 +130,49 @@ def parse_portfolio(data: bytes) -> PortfolioFile:
 
 
 def describe_margin_error(e: MarginError, pfile: PortfolioFile) -> str:
-    """The verifier's error with its indices and field codes in words."""
+    """The verifier's error with its indices and field codes in words (the JSON path)."""
     text = str(e)
     args = e.args_
-    fields = {
-        InvalidRiskParameter: {
-            v: k[2:].lower()
-            for k, v in vars(P).items()
-            if k.startswith("F_") and k not in _ASSET_FIELDS | _GLOBAL_FIELDS
-        },
-        InvalidAssetParameter: {getattr(P, k): k[2:].lower() for k in _ASSET_FIELDS},
-        InvalidGlobalParameter: {getattr(P, k): k[2:].lower() for k in _GLOBAL_FIELDS},
-    }
-    names = fields.get(type(e))
-    if names is None:
-        return text
     if isinstance(e, InvalidGlobalParameter):
-        return f"{text}: risk.{names.get(args[0], '?')} out of bounds"
-    idx, code = args
+        return f"{text}: risk.{_GLOBAL_FIELDS.get(args[0], '?')} out of bounds"
     if isinstance(e, InvalidRiskParameter):
-        owner = f"risk.underlyings.{pfile.underlying_names[idx]}"
-    else:
-        owner = f"risk.assets[{idx}]"
-    return f"{text}: {owner}.{names.get(code, '?')} out of bounds"
+        name = pfile.underlying_names[args[0]]
+        return f"{text}: risk.underlyings.{name}.{_RISK_FIELDS.get(args[1], '?')} out of bounds"
+    if isinstance(e, InvalidAssetParameter):
+        return f"{text}: risk.assets[{args[0]}].{_ASSET_FIELDS.get(args[1], '?')} out of bounds"
+    if isinstance(e, _POSITION_ERRORS):
+        return f"{text}: at portfolio.positions[{args[0]}]"
+    if isinstance(e, MarketSpotOutOfRange | MarketVolOutOfRange):
+        return f"{text}: at market.underlyings[{args[0]}]"
+    if isinstance(e, CollateralOutOfRange):
+        return f"{text}: at portfolio.collateral.{pfile.asset_names[args[0]]}"
+    return text
 
 
+def _field_names(*names: str) -> dict[int, str]:
+    return {getattr(P, n): n[2:].lower() for n in names}
+
+
+_GLOBAL_FIELDS = _field_names("F_CORRELATION_CREDIT", "F_IM_FACTOR")
+_ASSET_FIELDS = _field_names("F_HAIRCUT", "F_ASSET_UNDERLYING")
+_RISK_FIELDS = _field_names(
+    *(
+        n
+        for n in vars(P)
+        if n.startswith("F_")
+        and n[2:].lower() not in {*_GLOBAL_FIELDS.values(), *_ASSET_FIELDS.values()}
+    )
+)
+_POSITION_ERRORS = (
+    UnknownUnderlying,
+    InvalidInstrumentKind,
+    InvalidOptionStrike,
+    QuantityOutOfRange,
+    EntryPriceOutOfRange,
+)
 _NUMBER_STARTS = set("0123456789+-.")
-_ASSET_FIELDS = {"F_HAIRCUT", "F_ASSET_UNDERLYING"}
-_GLOBAL_FIELDS = {"F_CORRELATION_CREDIT", "F_IM_FACTOR"}
+#: String fields that hold names, not numbers: the number guard leaves them to the loader.
+_NAME_KEYS = {"name", "underlying", "kind", "preset", "comment"}
 
 
 def run(path: Path, as_json: bool) -> int:

@@ -96,6 +96,11 @@ def test_json_matches_engine(path: Path) -> None:
     for p, entry in zip(pf.portfolio.positions, out["positions"], strict=True):
         assert wei(entry["mark"]) == table.row(p).v0
         assert wei(entry["quantity"]) == p.quantity
+    # Equity splits exactly into the positions' values and the collateral's.
+    parts = [wei(p["value"]) for p in out["positions"]] + [
+        wei(c["value"]) for c in out["collateral"]
+    ]
+    assert sum(parts) == res.equity
 
 
 def test_hedged_book_saves_capital() -> None:
@@ -327,6 +332,27 @@ def test_engine_error_names_the_field(tmp_path: Path) -> None:
     r = run_cli(path)
     assert "InvalidRiskParameter(0, 1)" in r.stderr
     assert "risk.underlyings.ETH.price_range" in r.stderr
+
+
+def test_engine_error_names_the_position(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(BAD_FILES["engine_quantity"][0])
+    r = run_cli(path)
+    assert r.stderr.startswith("error: MarginError: rejected by the margin engine: ")
+    assert f"QuantityOutOfRange(0, {10**13 * WAD}): at portfolio.positions[0]" in r.stderr
+
+
+def test_number_like_names_are_names(tmp_path: Path) -> None:
+    """The guard against absurd exponents looks at numbers only: "1e99" may name a market."""
+    d = _doc()
+    d["market"]["underlyings"][0]["name"] = "1e99"
+    d["risk"]["underlyings"] = {"1e99": {"preset": "deribit"}}
+    for p in d["portfolio"]["positions"]:
+        p["underlying"] = "1e99"
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(d))
+    out = explain_json(path)
+    assert out["requirement"] == explain_json(HEDGED)["requirement"]
 
 
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
