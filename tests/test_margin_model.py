@@ -365,3 +365,16 @@ def test_loader_not_json() -> None:
         loader.load_portfolio("{not json")
     with pytest.raises(loader.FieldTypeError):
         loader.load_portfolio("[]")
+
+
+def test_documented_example_loads_and_evaluates() -> None:
+    """docs/examples/portfolio.json (the example of docs/portfolio-format.md) stays valid."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "examples" / "portfolio.json").read_text()
+    assert text.strip() in (root / "docs" / "portfolio-format.md").read_text()
+    f = loader.load_portfolio(text)
+    assert f.underlying_names == ("ETH", "BTC") and f.asset_names == ("USDC", "WETH")
+    r = ScenarioTable(f.market, f.params).full_check(f.portfolio)
+    assert r.requirement > 0 and len(r.witness) == 2

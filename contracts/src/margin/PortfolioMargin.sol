@@ -258,6 +258,25 @@ library PortfolioMargin {
         return (e.move, e.volState, e.weight, true);
     }
 
+    /// @notice mulDown(spot, 1e18 + move_j) for every scenario j (the moves of `scenario`,
+    /// each regular move computed once for its three vol states).
+    function shockedSpots(UnderlyingParams memory u, int256 spot) internal pure returns (int256[] memory sh) {
+        uint256 n = u.moveSteps;
+        uint256 regular = 3 * (2 * n + 1);
+        ExtendedMove[] memory ext = u.extended;
+        sh = new int256[](regular + ext.length);
+        // k - n in [-10, 10]: the casts are exact; 3k + 2 < regular.
+        for (uint256 k; k <= 2 * n; ++k) {
+            int256 s = spot.mulDown(WAD + u.priceRange.mulDivDown(int256(k) - int256(n), int256(n)));
+            sh[3 * k] = s;
+            sh[3 * k + 1] = s;
+            sh[3 * k + 2] = s;
+        }
+        for (uint256 e; e < ext.length; ++e) {
+            sh[regular + e] = spot.mulDown(WAD + ext[e].move);
+        }
+    }
+
     /// @notice Absolute vol shift for tau seconds to expiry (rounded up):
     /// base * exp(p * ln(Tref / max(tau, Tmin))).
     function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256) {
@@ -297,14 +316,8 @@ library PortfolioMargin {
         int256[][] memory shocked = new int256[][](nU);
         int256[][] memory acc = new int256[][](nU);
         for (uint256 u; u < nU; ++u) {
-            UnderlyingParams memory up = p.underlyings[u];
-            uint256 count = scenarioCount(up);
-            shocked[u] = new int256[](count);
-            acc[u] = new int256[](count);
-            for (uint256 j; j < count; ++j) {
-                (int256 move,,,) = scenario(up, j);
-                shocked[u][j] = m.spots[u].mulDown(WAD + move);
-            }
+            shocked[u] = shockedSpots(p.underlyings[u], m.spots[u]);
+            acc[u] = new int256[](shocked[u].length);
         }
 
         int256 equity;
@@ -318,24 +331,29 @@ library PortfolioMargin {
         r.losses = new int256[](nU);
         r.witness = new uint256[](nU);
         for (uint256 u; u < nU; ++u) {
-            UnderlyingParams memory up = p.underlyings[u];
-            uint256 regular = 3 * (2 * up.moveSteps + 1);
-            int256[] memory a = acc[u];
-            int256 best = type(int256).min;
-            uint256 arg;
-            for (uint256 j; j < a.length; ++j) {
-                // Losses round up: ceil(-acc / 1e18), then ceil(loss * weight) when extended.
-                int256 loss = (-a[j]).mulUp(1);
-                if (j >= regular) loss = loss.mulUp(up.extended[j - regular].weight);
-                if (loss > best) {
-                    best = loss;
-                    arg = j;
-                }
-            }
-            r.losses[u] = best;
-            r.witness[u] = arg;
+            (r.losses[u], r.witness[u]) = _worst(acc[u], p.underlyings[u]);
         }
         _finish(r, pf, m, p, equity);
+    }
+
+    /// @dev The largest weighted scenario loss of one underlying and its lowest index.
+    function _worst(int256[] memory a, UnderlyingParams memory up) private pure returns (int256 best, uint256 arg) {
+        uint256 regular = 3 * (2 * up.moveSteps + 1);
+        ExtendedMove[] memory ext = up.extended;
+        best = type(int256).min;
+        for (uint256 j; j < a.length; ++j) {
+            // Losses round up: ceil(-acc / 1e18), then ceil(loss * weight) when extended.
+            // |acc| < 2^250 (bounds in margin/requirement.py): the negation cannot wrap.
+            int256 loss;
+            unchecked {
+                loss = (-a[j]).mulUp(1);
+            }
+            if (j >= regular) loss = loss.mulUp(ext[j - regular].weight);
+            if (loss > best) {
+                best = loss;
+                arg = j;
+            }
+        }
     }
 
     /// @dev One position into the accumulators of its underlying; returns its mark V0.
@@ -350,8 +368,11 @@ library PortfolioMargin {
         int256 qty = q.quantity;
         uint256 count = a.length;
         if (q.kind == FUTURE) {
-            for (uint256 j; j < count; ++j) {
-                a[j] += qty * (sh[j] - spot);
+            // |qty * (S'_j - S)| <= 1e30 * 1.1e31 and at most 48 such terms per scenario: no wrap.
+            unchecked {
+                for (uint256 j; j < count; ++j) {
+                    a[j] += qty * (sh[j] - spot);
+                }
             }
             return spot;
         }
@@ -367,7 +388,7 @@ library PortfolioMargin {
         int256[3] memory vols = [_volFor(up, vol, shift, VOL_DOWN), vol, _volFor(up, vol, shift, VOL_UP)];
         v0 = OptionPricing.price(c.isCall, spot, c.strike, c.tau, vol, c.rate);
         c.v0 = v0;
-        _optionScenarios(c, up, vols, sh, a);
+        _optionScenarios(c, up.extended, vols, sh, a);
     }
 
     /// @dev Per-option constants of the scenario loop (a struct keeps the stack shallow).
@@ -382,18 +403,22 @@ library PortfolioMargin {
 
     function _optionScenarios(
         OptionCtx memory c,
-        UnderlyingParams memory up,
+        ExtendedMove[] memory ext,
         int256[3] memory vols,
         int256[] memory sh,
         int256[] memory a
     ) private pure {
-        uint256 center = 3 * up.moveSteps + 1;
-        uint256 regular = 2 * center + 1; // 3 * (2n + 1)
+        uint256 regular = sh.length - ext.length;
+        uint256 center = regular / 2; // 3n + 1
         for (uint256 j; j < a.length; ++j) {
             if (j == center) continue; // V_center == V0
-            uint8 state = j < regular ? uint8(j % 3) : up.extended[j - regular].volState;
-            int256 pj = OptionPricing.price(c.isCall, sh[j], c.strike, c.tau, vols[state], c.rate);
-            a[j] += c.qty * (pj - c.v0);
+            int256 pj = OptionPricing.price(
+                c.isCall, sh[j], c.strike, c.tau, vols[j < regular ? j % 3 : ext[j - regular].volState], c.rate
+            );
+            // Prices are within [0, 1e30] (the pricing domain), |qty| <= 1e30: no wrap.
+            unchecked {
+                a[j] += c.qty * (pj - c.v0);
+            }
         }
     }
 
@@ -415,8 +440,11 @@ library PortfolioMargin {
             value += e.mulDown(spot);
             int256[] memory sh = shocked[ap.underlying];
             int256[] memory a = acc[ap.underlying];
-            for (uint256 j; j < sh.length; ++j) {
-                a[j] += e * (sh[j] - spot);
+            // |e| <= 1e33, |S'_j - S| <= 1.1e31: no wrap (see the bounds in margin/requirement.py).
+            unchecked {
+                for (uint256 j; j < sh.length; ++j) {
+                    a[j] += e * (sh[j] - spot);
+                }
             }
         }
     }
@@ -438,20 +466,13 @@ library PortfolioMargin {
         validatePortfolio(pf, p);
         uint256 nU = p.underlyings.length;
         if (witness.length != nU) revert WitnessLengthMismatch(nU, witness.length);
-        int256[] memory shockedW = new int256[](nU);
-        for (uint256 u; u < nU; ++u) {
-            uint256 count = scenarioCount(p.underlyings[u]);
-            if (witness[u] >= count) revert WitnessOutOfRange(u, witness[u], count);
-            (int256 move,,,) = scenario(p.underlyings[u], witness[u]);
-            shockedW[u] = m.spots[u].mulDown(WAD + move);
-        }
-
+        (int256[] memory shockedW, uint256[] memory stateW, int256[] memory weightW) = _plan(m, p, witness);
         int256[] memory acc = new int256[](nU);
         int256 equity;
         for (uint256 i; i < pf.positions.length; ++i) {
             Position memory q = pf.positions[i];
             uint256 u = q.underlying;
-            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], witness[u], shockedW[u], acc);
+            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc);
             equity += q.quantity.mulDown(v0 - q.entryPrice);
         }
         for (uint256 k; k < p.assets.length; ++k) {
@@ -468,45 +489,82 @@ library PortfolioMargin {
 
         r.losses = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
-            (,, int256 weight, bool extended) = scenario(p.underlyings[u], witness[u]);
-            int256 loss = (-acc[u]).mulUp(1);
-            if (extended) loss = loss.mulUp(weight);
+            int256 loss;
+            unchecked {
+                loss = (-acc[u]).mulUp(1); // |acc| < 2^250: no wrap
+            }
+            loss = loss.mulUp(weightW[u]);
             r.losses[u] = loss > 0 ? loss : int256(0);
         }
         r.witness = witness;
         _finish(r, pf, m, p, equity);
     }
 
+    /// @dev The named scenario of each underlying: shocked spot, vol state (3 marks the center
+    /// scenario: no move, vol unchanged, nothing to reprice) and weight (1e18 for a regular
+    /// scenario: mulUp(loss, 1e18) == loss, so applying it changes nothing).
+    function _plan(Market memory m, RiskParams memory p, uint256[] memory witness)
+        private
+        pure
+        returns (int256[] memory shockedW, uint256[] memory stateW, int256[] memory weightW)
+    {
+        uint256 nU = p.underlyings.length;
+        shockedW = new int256[](nU);
+        stateW = new uint256[](nU);
+        weightW = new int256[](nU);
+        for (uint256 u; u < nU; ++u) {
+            uint256 count = scenarioCount(p.underlyings[u]);
+            if (witness[u] >= count) revert WitnessOutOfRange(u, witness[u], count);
+            (int256 move, uint8 state, int256 weight,) = scenario(p.underlyings[u], witness[u]);
+            shockedW[u] = m.spots[u].mulDown(WAD + move);
+            stateW[u] = witness[u] == 3 * p.underlyings[u].moveSteps + 1 ? 3 : state;
+            weightW[u] = weight;
+        }
+    }
+
+    /// @dev state: the named scenario's vol state, or 3 for the center scenario.
     function _accumulateWitness(
         Position memory q,
         Market memory m,
         UnderlyingParams memory up,
-        uint256 w,
+        uint256 state,
         int256 shockedSpot,
         int256[] memory acc
     ) private pure returns (int256 v0) {
         int256 spot = m.spots[q.underlying];
         if (q.kind == FUTURE) {
-            acc[q.underlying] += q.quantity * (shockedSpot - spot);
+            unchecked {
+                acc[q.underlying] += q.quantity * (shockedSpot - spot); // bounded: no wrap
+            }
             return spot;
         }
-        uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
         // Same order of work as the full check: the shift (only if the state needs it), V0, V_w.
-        int256 volW = _witnessVol(up, m.vols[q.underlying], tau, w);
-        v0 = OptionPricing.price(q.kind == CALL, spot, q.strike, tau, m.vols[q.underlying], m.rate);
-        if (w == 3 * up.moveSteps + 1) return v0; // the center: no move, no loss
-        int256 pw = OptionPricing.price(q.kind == CALL, shockedSpot, q.strike, tau, volW, m.rate);
-        acc[q.underlying] += q.quantity * (pw - v0);
+        (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state);
+        v0 = _price(q, m.spots[q.underlying], tau, m.vols[q.underlying], m.rate);
+        if (state == 3) return v0; // the center: no move, no loss
+        int256 pw = _price(q, shockedSpot, tau, volW, m.rate);
+        unchecked {
+            acc[q.underlying] += q.quantity * (pw - v0); // bounded: no wrap
+        }
     }
 
-    function _witnessVol(UnderlyingParams memory up, int256 vol, uint256 tau, uint256 w)
+    function _witnessTauVol(Position memory q, Market memory m, UnderlyingParams memory up, uint256 state)
+        private
+        pure
+        returns (uint256 tau, int256 volW)
+    {
+        tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+        volW = m.vols[q.underlying];
+        // forge-lint: disable-next-line(unsafe-typecast)
+        if (state == VOL_UP || state == VOL_DOWN) volW = _volFor(up, volW, volShift(up, tau), uint8(state));
+    }
+
+    function _price(Position memory q, int256 spot, uint256 tau, int256 vol, int256 rate)
         private
         pure
         returns (int256)
     {
-        (, uint8 state,,) = scenario(up, w);
-        if (state == VOL_UNCHANGED) return vol;
-        return _volFor(up, vol, volShift(up, tau), state);
+        return OptionPricing.price(q.kind == CALL, spot, q.strike, tau, vol, rate);
     }
 
     // ------------------------------------------------------------------ common tail
@@ -531,103 +589,98 @@ library PortfolioMargin {
     }
 
     /// @notice Short-option, calendar-basis and vega-offset charges, summed over underlyings.
-    /// Groups are found by scanning earlier positions (n <= 40), so every group is summed once,
-    /// starting at its first position.
+    /// Each position joins the group of the first earlier position with the same key (n <= 40,
+    /// so a backward scan of packed keys is cheaper than any map); sums are exact, and each
+    /// group is rounded once, so the total does not depend on the order of the positions.
     function contingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
         internal
         pure
         returns (int256 total)
     {
         Position[] memory ps = pf.positions;
-        uint256 n = ps.length;
-        // Vega proxy per option: q * S * sqrt(tau in years), floored at each step.
-        int256[] memory vega = new int256[](n);
-        for (uint256 i; i < n; ++i) {
-            Position memory q = ps[i];
-            if (q.kind == FUTURE) continue;
-            uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
-            int256 years_ = int256(tau).mulDivDown(WAD, int256(YEAR));
-            vega[i] = q.quantity.mulDown(m.spots[q.underlying].mulDown(FixedPoint.sqrtDown(years_)));
-        }
-        for (uint256 u; u < p.underlyings.length; ++u) {
-            total += _contingencies(ps, vega, u, m.spots[u], p.underlyings[u]);
-        }
+        (int256[] memory netS, int256[] memory netE) = _groupNets(ps, m);
+        total = _charges(ps, netS, netE, m, p);
     }
 
-    function _contingencies(
-        Position[] memory ps,
-        int256[] memory vega,
-        uint256 u,
-        int256 spot,
-        UnderlyingParams memory up
-    ) private pure returns (int256 total) {
-        int256 fLong;
-        int256 fShort;
-        int256 vLong;
-        int256 vShort;
+    /// @dev Net per group, stored at the group's first position: netS over (underlying, kind,
+    /// strike) of options (quantities); netE over (underlying, future?, expiry) (quantities of
+    /// futures, vega proxies of options).
+    function _groupNets(Position[] memory ps, Market memory m)
+        private
+        pure
+        returns (int256[] memory netS, int256[] memory netE)
+    {
         uint256 n = ps.length;
+        // keyS: (underlying, kind, strike) of options; keyE: (underlying, future?, expiry).
+        // strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8, kind < 3: the packing is exact.
+        uint256[] memory keyS = new uint256[](n);
+        uint256[] memory keyE = new uint256[](n);
+        netS = new int256[](n);
+        netE = new int256[](n);
         for (uint256 i; i < n; ++i) {
             Position memory q = ps[i];
-            if (q.underlying != u) continue;
+            int256 amount = q.quantity;
             if (q.kind == FUTURE) {
-                if (_seenFuture(ps, i)) continue;
-                int256 net;
-                for (uint256 k = i; k < n; ++k) {
-                    Position memory o = ps[k];
-                    if (o.underlying == u && o.kind == FUTURE && o.expiry == q.expiry) net += o.quantity;
+                keyE[i] = (q.underlying << 200) | (1 << 192) | uint256(q.expiry);
+            } else {
+                // forge-lint: disable-next-line(unsafe-typecast)
+                keyS[i] = (q.underlying << 200) | (uint256(q.kind) << 192) | uint256(q.strike);
+                keyE[i] = (q.underlying << 200) | (2 << 192) | uint256(q.expiry);
+                unchecked {
+                    netS[_leader(keyS, i)] += amount; // <= 40 * 1e30: no wrap
                 }
-                if (net > 0) fLong += net;
-                else fShort -= net;
-                continue;
+                // Vega proxy q * S * sqrt(tau in years), floored at each step.
+                uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+                // forge-lint: disable-next-line(unsafe-typecast)
+                int256 years_ = int256(tau).mulDivDown(WAD, int256(YEAR));
+                amount = amount.mulDown(m.spots[q.underlying].mulDown(FixedPoint.sqrtDown(years_)));
             }
-            if (!_seenStrike(ps, i)) {
-                int256 net;
-                for (uint256 k = i; k < n; ++k) {
-                    Position memory o = ps[k];
-                    if (o.underlying == u && o.kind == q.kind && o.strike == q.strike) net += o.quantity;
-                }
-                if (net < 0) total += (-net).mulUp(spot).mulUp(up.shortOptionCharge);
-            }
-            if (!_seenOptionExpiry(ps, i)) {
-                int256 net;
-                for (uint256 k = i; k < n; ++k) {
-                    Position memory o = ps[k];
-                    if (o.underlying == u && o.kind != FUTURE && o.expiry == q.expiry) net += vega[k];
-                }
-                if (net > 0) vLong += net;
-                else vShort -= net;
+            unchecked {
+                netE[_leader(keyE, i)] += amount; // <= 40 * max(1e30, 1e30 * 1e30 * 2.3 / 1e18): no wrap
             }
         }
-        int256 offset = fLong < fShort ? fLong : fShort;
-        if (offset > 0) total += offset.mulUp(spot).mulUp(up.calendarCharge);
-        offset = vLong < vShort ? vLong : vShort;
-        if (offset > 0) total += offset.mulUp(up.vegaCharge);
     }
 
-    function _seenFuture(Position[] memory ps, uint256 i) private pure returns (bool) {
-        Position memory q = ps[i];
-        for (uint256 k; k < i; ++k) {
-            Position memory o = ps[k];
-            if (o.underlying == q.underlying && o.kind == FUTURE && o.expiry == q.expiry) return true;
+    function _charges(
+        Position[] memory ps,
+        int256[] memory netS,
+        int256[] memory netE,
+        Market memory m,
+        RiskParams memory p
+    ) private pure returns (int256 total) {
+        uint256 n = ps.length;
+        uint256 nU = p.underlyings.length;
+        // Per underlying u: [4u] long futures, [4u+1] short futures, [4u+2] long vega,
+        // [4u+3] short vega, each summed over the per-expiry nets.
+        int256[] memory sides = new int256[](4 * nU);
+        for (uint256 i; i < n; ++i) {
+            uint256 u = ps[i].underlying;
+            int256 e = netE[i]; // non-zero only on a group's first position (or a zero sum)
+            // Sums of at most 40 bounded nets, u < 8: nothing wraps.
+            unchecked {
+                uint256 slot = ps[i].kind == FUTURE ? 4 * u : 4 * u + 2;
+                if (e > 0) sides[slot] += e;
+                else if (e < 0) sides[slot + 1] -= e;
+            }
+            if (netS[i] < 0) {
+                total += (-netS[i]).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
+            }
         }
-        return false;
+        for (uint256 u; u < nU; ++u) {
+            int256 offset = sides[4 * u] < sides[4 * u + 1] ? sides[4 * u] : sides[4 * u + 1];
+            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].calendarCharge);
+            offset = sides[4 * u + 2] < sides[4 * u + 3] ? sides[4 * u + 2] : sides[4 * u + 3];
+            if (offset > 0) total += offset.mulUp(p.underlyings[u].vegaCharge);
+        }
     }
 
-    function _seenStrike(Position[] memory ps, uint256 i) private pure returns (bool) {
-        Position memory q = ps[i];
-        for (uint256 k; k < i; ++k) {
-            Position memory o = ps[k];
-            if (o.underlying == q.underlying && o.kind == q.kind && o.strike == q.strike) return true;
+    /// @dev Index of the first position whose key equals keys[i] (i itself if none).
+    function _leader(uint256[] memory keys, uint256 i) private pure returns (uint256 j) {
+        // i < keys.length and keys[i] == k, so the scan stops at or before i: no bounds to check.
+        assembly ("memory-safe") {
+            let base := add(keys, 0x20)
+            let k := mload(add(base, shl(5, i)))
+            for {} iszero(eq(mload(add(base, shl(5, j))), k)) {} { j := add(j, 1) }
         }
-        return false;
-    }
-
-    function _seenOptionExpiry(Position[] memory ps, uint256 i) private pure returns (bool) {
-        Position memory q = ps[i];
-        for (uint256 k; k < i; ++k) {
-            Position memory o = ps[k];
-            if (o.underlying == q.underlying && o.kind != FUTURE && o.expiry == q.expiry) return true;
-        }
-        return false;
     }
 }
