@@ -273,7 +273,7 @@ def render(r: dict[str, Any], path: Path) -> None:
         left = col in ("underlying", "witness scenario")
         under.add_column(col, justify="left" if left else "right", no_wrap=True)
     for col in ("delta", "gamma", "vega /vol pt", "theta /day"):
-        under.add_column(col, justify="right")
+        under.add_column(col, justify="right", no_wrap=True)
     for u in r["underlyings"]:
         w = u["witness"]
         g = u["greeks"]
@@ -298,7 +298,7 @@ def render(r: dict[str, Any], path: Path) -> None:
         left = col in ("underlying", "instrument", "expiry")
         pos.add_column(col, justify="left" if left else "right", no_wrap=True)
     for col in ("delta", "gamma", "vega", "theta"):
-        pos.add_column(col, justify="right")
+        pos.add_column(col, justify="right", no_wrap=True)
     for p in r["positions"]:
         g = p["greeks"]
         inst = p["kind"] if p["strike"] is None else f"{p['kind']} {_plain(p['strike'])}"

@@ -27,7 +27,8 @@ from margin.requirement import STATE_NAMES, ScenarioTable
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "portfolios"
-EXAMPLE_FILES = sorted(EXAMPLES.glob("*.json"))
+# The CLI's examples, and the format's own example (docs/portfolio-format.md).
+EXAMPLE_FILES = [*sorted(EXAMPLES.glob("*.json")), ROOT / "docs" / "examples" / "portfolio.json"]
 HEDGED = EXAMPLES / "hedged_book.json"
 
 
@@ -54,7 +55,7 @@ def test_examples_exist() -> None:
     assert {"hedged_book", "call_spread", "naked_short_call", "covered_call"} <= names
 
 
-@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.parent.name + "/" + p.stem)
 def test_json_matches_engine(path: Path) -> None:
     out = explain_json(path)
     pf = load_portfolio(path.read_text())
@@ -124,7 +125,7 @@ def test_hedged_book_saves_capital() -> None:
     assert f"{Decimal(out['requirement']):,.2f}" in text
 
 
-@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.parent.name + "/" + p.stem)
 def test_table_output(path: Path) -> None:
     out = explain_json(path)
     r = run_cli(path)
@@ -209,7 +210,7 @@ def test_position_greeks(path: Path, index: int) -> None:
     assert per_unit["theta"] == pytest.approx(ref["theta"], rel=1e-4)
 
 
-@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.parent.name + "/" + p.stem)
 def test_underlying_greeks_are_sums(path: Path) -> None:
     """Per underlying: Σ position Greeks, plus the haircut balance of volatile collateral."""
     out = explain_json(path)
