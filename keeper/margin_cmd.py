@@ -355,9 +355,9 @@ def _sum(xs: list[str]) -> str:
 
 
 def _scenario_label(s: dict[str, Any]) -> str:
-    label = f"move {_pct(s['move'])}, vol {s['vol_state']}"
+    label = f"{_pct(s['move'])}, vol {s['vol_state']}"
     if s["extended"]:
-        label += f", weight {_pct(s['weight']).lstrip('+')}"
+        label += f", ×{_pct(s['weight']).lstrip('+')}"
     return label
 
 
