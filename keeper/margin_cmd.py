@@ -116,12 +116,43 @@ def _guard(doc: Any) -> None:
             raise InvalidNumberError(path, "number string longer than 200 characters")
 
 
+def _too_deep(text: str) -> bool:
+    """Whether arrays/objects nest deeper than MAX_DEPTH, by a linear scan *before* parsing:
+    the C JSON parser recurses once per level, and on a thread with a small stack a deep
+    document can crash the process before Python's recursion limit triggers."""
+    depth = 0
+    in_string = escaped = False
+    for c in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif c in "]}":
+            depth -= 1
+    return False
+
+
 def parse_portfolio(data: bytes) -> PortfolioFile:
     try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        text = data.decode(json.detect_encoding(data))
+    except UnicodeDecodeError as e:
         raise InvalidJSONError("", f"not valid JSON: {e}") from None
-    except RecursionError:
+    if _too_deep(text):
+        raise InvalidJSONError("", f"nested deeper than {MAX_DEPTH} levels")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidJSONError("", f"not valid JSON: {e}") from None
+    except RecursionError:  # unreachable after _too_deep; kept as the last line of defence
         raise InvalidJSONError("", "nested too deeply") from None
     except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
         raise InvalidJSONError("", f"not valid JSON: {e}") from None

@@ -356,6 +356,15 @@ def test_number_like_names_are_names(tmp_path: Path) -> None:
     assert out["requirement"] == explain_json(HEDGED)["requirement"]
 
 
+def test_brackets_inside_strings_do_not_nest(tmp_path: Path) -> None:
+    """The depth pre-scan skips string contents, escaped quotes included."""
+    d = _doc()
+    d["comment"] = '\\"' + "[{" * 50 + '\\"'
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(d))
+    assert explain_json(path)["requirement"] == explain_json(HEDGED)["requirement"]
+
+
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     r = run_cli(tmp_path / "absent.json")
     assert r.exit_code == 1 and r.stdout == ""
