@@ -180,6 +180,8 @@ def load_portfolio(source: str | bytes | dict[str, Any]) -> PortfolioFile:
 def _market(m: dict[str, Any]) -> tuple[Market, list[str]]:
     _only(m, {"timestamp", "rate", "underlyings"}, "market")
     ts = _uint(_get(m, "timestamp", "market"), "market.timestamp")
+    if ts >= 2**64:
+        raise InvalidNumberError("market.timestamp", "must fit in 64 bits")
     rate = _wad(_get(m, "rate", "market"), "market.rate")
     names: list[str] = []
     spots: list[int] = []

@@ -212,7 +212,7 @@ class ScenarioTable:
             raise WitnessLengthMismatch(n_u, len(witness))
         for u, w in enumerate(witness):
             count = len(self.scenarios[u])
-            if w >= count:
+            if not 0 <= w < count:  # (a negative index cannot even be ABI-encoded)
                 raise WitnessOutOfRange(u, w, count)
         acc = [0] * n_u
         equity = 0
@@ -315,3 +315,46 @@ def witness_check(
     pf: Portfolio, market: Market, params: RiskParams, witness: list[int]
 ) -> MarginResult:
     return ScenarioTable(market, params).witness_check(pf, witness)
+
+
+_VOL_STATE_NAMES = ("down", "unchanged", "up")
+
+
+def explain(table: ScenarioTable, pf: Portfolio) -> dict[str, object]:
+    """The full check of one account as plain data (integers in wei) for people and audit
+    reports: totals, state, and per underlying the whole scenario matrix with its witness."""
+    res = table.full_check(pf)
+    underlyings = []
+    for u, scs in enumerate(table.scenarios):
+        underlyings.append(
+            {
+                "index": u,
+                "spot": table.market.spots[u],
+                "vol": table.market.vols[u],
+                "loss": res.losses[u],
+                "witness": res.witness[u],
+                "scenarios": [
+                    {
+                        "index": j,
+                        "move": sc.move,
+                        "vol_state": _VOL_STATE_NAMES[sc.vol_state],
+                        "weight": sc.weight,
+                        "extended": sc.extended,
+                        "shocked_spot": table.shocked[u][j],
+                        "loss": res.scenario_losses[u][j],
+                    }
+                    for j, sc in enumerate(scs)
+                ],
+            }
+        )
+    return {
+        "equity": res.equity,
+        "requirement": res.requirement,
+        "maintenance_margin": res.requirement,
+        "initial_margin": res.initial_margin,
+        "contingencies": res.contingencies,
+        "credit": res.credit,
+        "state": STATE_NAMES[res.state],
+        "witness": res.witness,
+        "underlyings": underlyings,
+    }

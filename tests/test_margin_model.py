@@ -378,3 +378,18 @@ def test_documented_example_loads_and_evaluates() -> None:
     assert f.underlying_names == ("ETH", "BTC") and f.asset_names == ("USDC", "WETH")
     r = ScenarioTable(f.market, f.params).full_check(f.portfolio)
     assert r.requirement > 0 and len(r.witness) == 2
+
+
+def test_explain_carries_the_matrix_and_witness() -> None:
+    from margin.requirement import explain
+
+    pf = Portfolio((opt(CALL, 3000, 30, -1), fut(1, u=1, entry=60_000 * WAD)), (10**4 * WAD, 0))
+    out = explain(TABLE, pf)
+    full = TABLE.full_check(pf)
+    assert out["requirement"] == full.requirement and out["witness"] == full.witness
+    u0 = out["underlyings"][0]
+    assert len(u0["scenarios"]) == 34
+    assert u0["scenarios"][u0["witness"]]["loss"] == u0["loss"] == max(
+        s["loss"] for s in u0["scenarios"]
+    )
+    assert json.loads(json.dumps(out)) == out  # plain JSON data

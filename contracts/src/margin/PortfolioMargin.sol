@@ -610,30 +610,44 @@ library PortfolioMargin {
         pure
         returns (int256[] memory netS, int256[] memory netE)
     {
-        uint256 n = ps.length;
-        // keyS: (underlying, kind, strike) of options; keyE: (underlying, future?, expiry).
-        // strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8, kind < 3: the packing is exact.
-        uint256[] memory keyS = new uint256[](n);
-        uint256[] memory keyE = new uint256[](n);
-        netS = new int256[](n);
-        netE = new int256[](n);
-        for (uint256 i; i < n; ++i) {
-            Position memory q = ps[i];
-            int256 amount = q.quantity;
-            if (q.kind == FUTURE) {
-                keyE[i] = (q.underlying << 200) | (1 << 192) | uint256(q.expiry);
-            } else {
-                // forge-lint: disable-next-line(unsafe-typecast)
-                keyS[i] = (q.underlying << 200) | (uint256(q.kind) << 192) | uint256(q.strike);
-                keyE[i] = (q.underlying << 200) | (2 << 192) | uint256(q.expiry);
+        // keyS: (underlying, kind, strike) of options (0 for futures); keyE: (underlying,
+        // 1 future / 2 option, expiry). strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8,
+        // kind < 3 (validated): the packing is exact and an option key is never 0.
+        uint256[] memory keyS = new uint256[](ps.length);
+        uint256[] memory keyE = new uint256[](ps.length);
+        netS = new int256[](ps.length);
+        netE = new int256[](ps.length);
+        for (uint256 i; i < ps.length; ++i) {
+            uint256 u;
+            uint256 tau;
+            int256 amount;
+            bool isOption;
+            // Field reads in assembly: the positions were validated, i < length.
+            assembly ("memory-safe") {
+                let q := mload(add(add(ps, 0x20), shl(5, i)))
+                u := mload(q)
+                let kind := mload(add(q, 0x20))
+                let expiry := mload(add(q, 0x60))
+                amount := mload(add(q, 0x80))
+                let slot := shl(5, add(i, 1))
+                isOption := iszero(iszero(kind))
+                switch isOption
+                case 0 { mstore(add(keyE, slot), or(or(shl(200, u), shl(192, 1)), expiry)) }
+                default {
+                    mstore(add(keyS, slot), or(or(shl(200, u), shl(192, kind)), mload(add(q, 0x40))))
+                    mstore(add(keyE, slot), or(or(shl(200, u), shl(192, 2)), expiry))
+                    let ts := mload(m)
+                    if gt(expiry, ts) { tau := sub(expiry, ts) }
+                }
+            }
+            if (isOption) {
                 unchecked {
                     netS[_leader(keyS, i)] += amount; // <= 40 * 1e30: no wrap
                 }
                 // Vega proxy q * S * sqrt(tau in years), floored at each step.
-                uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
                 // forge-lint: disable-next-line(unsafe-typecast)
                 int256 years_ = int256(tau).mulDivDown(WAD, int256(YEAR));
-                amount = amount.mulDown(m.spots[q.underlying].mulDown(FixedPoint.sqrtDown(years_)));
+                amount = amount.mulDown(m.spots[u].mulDown(FixedPoint.sqrtDown(years_)));
             }
             unchecked {
                 netE[_leader(keyE, i)] += amount; // <= 40 * max(1e30, 1e30 * 1e30 * 2.3 / 1e18): no wrap
@@ -654,16 +668,25 @@ library PortfolioMargin {
         // [4u+3] short vega, each summed over the per-expiry nets.
         int256[] memory sides = new int256[](4 * nU);
         for (uint256 i; i < n; ++i) {
-            uint256 u = ps[i].underlying;
-            int256 e = netE[i]; // non-zero only on a group's first position (or a zero sum)
-            // Sums of at most 40 bounded nets, u < 8: nothing wraps.
-            unchecked {
-                uint256 slot = ps[i].kind == FUTURE ? 4 * u : 4 * u + 2;
-                if (e > 0) sides[slot] += e;
-                else if (e < 0) sides[slot + 1] -= e;
+            uint256 u;
+            int256 shortNet;
+            // i < n = netE.length = netS.length, u < nU (validated); the sums are of at most 40
+            // bounded nets: nothing wraps.
+            assembly ("memory-safe") {
+                let q := mload(add(add(ps, 0x20), shl(5, i)))
+                u := mload(q)
+                let e := mload(add(add(netE, 0x20), shl(5, i)))
+                let isOption := iszero(iszero(mload(add(q, 0x20))))
+                let slot := add(add(sides, 0x20), shl(5, add(shl(2, u), shl(1, isOption))))
+                if sgt(e, 0) { mstore(slot, add(mload(slot), e)) }
+                if slt(e, 0) {
+                    slot := add(slot, 0x20)
+                    mstore(slot, sub(mload(slot), e))
+                }
+                shortNet := mload(add(add(netS, 0x20), shl(5, i)))
             }
-            if (netS[i] < 0) {
-                total += (-netS[i]).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
+            if (shortNet < 0) {
+                total += (-shortNet).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
             }
         }
         for (uint256 u; u < nU; ++u) {
