@@ -40,10 +40,11 @@ def wad_str(x: int) -> str:
     return f"{sign}{whole}.{frac:018d}".rstrip("0")
 
 
-def scenario_dict(index: int, sc: Scenario, loss: int) -> dict[str, Any]:
+def scenario_dict(index: int, sc: Scenario, shocked_spot: int, loss: int) -> dict[str, Any]:
     return {
         "index": index,
         "move": wad_str(sc.move),
+        "spot": wad_str(shocked_spot),
         "vol_state": VOL_STATE_LABELS[sc.vol_state],
         "extended": sc.extended,
         "weight": wad_str(sc.weight),
@@ -97,6 +98,7 @@ def explain(pfile: PortfolioFile) -> dict[str, Any]:
     for u in range(n_u):
         scs = table.scenarios[u]
         losses = res.scenario_losses[u]
+        shocked = table.shocked[u]  # the scenario's spot, as the engine computed it
         w = res.witness[u]
         greeks = under_greeks[u].as_dict()
         if greeks["delta"] is not None:
@@ -108,11 +110,11 @@ def explain(pfile: PortfolioFile) -> dict[str, Any]:
                 "spot": wad_str(market.spots[u]),
                 "vol": wad_str(market.vols[u]),
                 "loss": wad_str(res.losses[u]),
-                "witness": scenario_dict(w, scs[w], losses[w]),
+                "witness": scenario_dict(w, scs[w], shocked[w], losses[w]),
                 "greeks": greeks,
                 "collateral_delta": coll_delta[u],
                 "scenarios": [
-                    scenario_dict(j, sc, loss)
+                    scenario_dict(j, sc, shocked[j], loss)
                     for j, (sc, loss) in enumerate(zip(scs, losses, strict=True))
                 ],
             }

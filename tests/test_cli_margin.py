@@ -24,6 +24,7 @@ from margin.loader import load_portfolio
 from margin.params import DAY, WAD, YEAR
 from margin.portfolio import CALL, FUTURE, MIN_SPOT, PUT, Market, Portfolio, Position
 from margin.requirement import STATE_NAMES, ScenarioTable
+from margin.requirement import explain as explain_plain
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "portfolios"
@@ -78,6 +79,20 @@ def test_json_matches_engine(path: Path) -> None:
         assert wei(entry["witness"]["loss"]) == res.losses[u]
         sc = table.scenarios[u][res.witness[u]]
         assert wei(entry["witness"]["move"]) == sc.move
+
+    # The same figures as the model's own plain-data explanation (integers in wei).
+    plain = explain_plain(table, pf.portfolio)
+    assert wei(out["requirement"]) == plain["requirement"]
+    assert out["witness"] == plain["witness"]
+    for mine, theirs in zip(out["underlyings"], plain["underlyings"], strict=True):
+        assert wei(mine["loss"]) == theirs["loss"]
+        assert [
+            (wei(s["move"]), s["vol_state"], wei(s["weight"]), wei(s["spot"]), wei(s["loss"]))
+            for s in mine["scenarios"]
+        ] == [
+            (s["move"], s["vol_state"], s["weight"], s["shocked_spot"], s["loss"])
+            for s in theirs["scenarios"]
+        ]
 
     # The witness reproduces the requirement through the verifier's cheap path.
     wit = table.witness_check(pf.portfolio, out["witness"])
