@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decentralized clearing keeper")
@@ -20,6 +23,17 @@ def demo() -> None:
     from keeper.demo import run_demo
 
     raise SystemExit(run_demo())
+
+
+@app.command()
+def margin(
+    portfolio: Annotated[Path, typer.Argument(help="Portfolio file (docs/portfolio-format.md)")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON")] = False,
+) -> None:
+    """Explain the margin of a portfolio file: scenario losses, requirement, witness, Greeks."""
+    from keeper.margin_cmd import run
+
+    raise SystemExit(run(portfolio, as_json))
 
 
 def main() -> None:

@@ -49,6 +49,18 @@ _LN2_Q96 = 54_916_777_467_707_473_351_141_471_128  # round(ln 2 · 2**96)
 _INV_LN2_Q96 = 114_302_077_158_074_026_402_637_675_937  # round(2**96 / ln 2)
 _LN_1E18_Q96 = 3_283_732_547_111_784_853_622_338_894_909  # round(ln 1e18 · 2**96)
 _SQRT2_Q96 = 112_045_541_949_572_279_837_463_876_454  # floor(sqrt 2 · 2**96)
+# ln: [4/4] Padé approximant of atanh(s)/s in t = s², P/99225 and Q/99225 in Q96 (rounded):
+# P = 3828825 - 6831825t + 3738735t² - 638055t³ + 16384t⁴,
+# Q = 3828825 - 8108100t + 5675670t² - 1455300t³ + 99225t⁴.
+_LN_P0 = 3_057_201_001_145_660_391_903_259_416_934
+_LN_P1 = -5_455_005_707_926_570_503_199_933_469_431
+_LN_P2 = 2_985_266_859_942_233_088_564_359_195_359
+_LN_P3 = -509_467_626_435_262_604_416_716_404_451
+_LN_P4 = 13_082_128_643_322_820_933_561_341_217
+_LN_Q0 = _LN_P0
+_LN_Q1 = -6_474_072_708_308_457_300_501_019_941_742
+_LN_Q2 = 4_531_850_895_815_920_110_350_713_959_219
+_LN_Q3 = -1_162_013_050_209_210_284_705_311_271_595
 _POW5_18 = 5**18  # 1e18 = 2**18 · 5**18
 _EXP_OUT_SCALE = WAD << 99  # 1e18 · 2**99: q·scale < 2**256 for q < 1.42·2**96
 
@@ -148,25 +160,24 @@ def ln_wad(x: int) -> int:
     if x <= 0:
         raise LnOfNonPositive(x)
     k = _log2_floor(x)
+    # The EVM side is branchless: shl/shr by 256 or more (a wrapped shift count) give 0.
     m = x >> (k - 96) if k >= 96 else x << (96 - k)
-    if m > _SQRT2_Q96:
-        b = 2 * _Q96
-        k += 1
-    else:
-        b = _Q96
+    big = 1 if m > _SQRT2_Q96 else 0
+    b = _Q96 << big
+    k += big
     s = sdiv((m - b) << 96, m + b)  # |s| <= 0.1716·2**96
     t = (s * s) >> 96
-    # Horner in Q96; every accumulator stays below 2**119 and every product below 2**210.
-    p = 16384 * _Q96
-    p = ((p * t) >> 96) - 638055 * _Q96
-    p = ((p * t) >> 96) + 3738735 * _Q96
-    p = ((p * t) >> 96) - 6831825 * _Q96
-    p = ((p * t) >> 96) + 3828825 * _Q96
-    q = 99225 * _Q96
-    q = ((q * t) >> 96) - 1455300 * _Q96
-    q = ((q * t) >> 96) + 5675670 * _Q96
-    q = ((q * t) >> 96) - 8108100 * _Q96
-    q = ((q * t) >> 96) + 3828825 * _Q96
+    # P and Q divided by Q's leading coefficient (99225) so Q is monic, coefficients rounded
+    # to Q96. Horner: every accumulator stays below 2**102 and every product below 2**194.
+    p = _LN_P4
+    p = ((p * t) >> 96) + _LN_P3
+    p = ((p * t) >> 96) + _LN_P2
+    p = ((p * t) >> 96) + _LN_P1
+    p = ((p * t) >> 96) + _LN_P0
+    q = t + _LN_Q3
+    q = ((q * t) >> 96) + _LN_Q2
+    q = ((q * t) >> 96) + _LN_Q1
+    q = ((q * t) >> 96) + _LN_Q0
     ln_m = sdiv(2 * s * p, q)  # Q96
     v = k * _LN2_Q96 + ln_m - _LN_1E18_Q96
     return (v * WAD) >> 96

@@ -10,6 +10,7 @@ verifier's named errors (margin.errors), raised when the engine validates its in
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, fields
 from decimal import Context, Decimal, InvalidOperation, localcontext
 from typing import Any
@@ -120,6 +121,9 @@ def _str(v: Any, path: str) -> str:
     return v
 
 
+_DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def _int(v: Any, path: str) -> int:
     """A JSON integer (bool excluded)."""
     if isinstance(v, bool) or not isinstance(v, int):
@@ -144,8 +148,11 @@ def _wad(v: Any, path: str) -> int:
         return v * WAD
     if not isinstance(v, str):
         raise FieldTypeError(path, f"expected a decimal string, got {type(v).__name__}")
+    # Plain ASCII decimals only: Decimal would also take "1_0", non-ASCII digits and "NaN".
+    if len(v) > 200 or not _DECIMAL_RE.fullmatch(v):
+        raise InvalidNumberError(path, f"not a decimal number: {v[:40]!r}")
     try:
-        d = Decimal(v.strip())
+        d = Decimal(v)
     except InvalidOperation:
         raise InvalidNumberError(path, f"not a decimal number: {v!r}") from None
     if not d.is_finite():
