@@ -5,6 +5,7 @@ import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
 import {IERC20} from "./interfaces/IERC20.sol";
 import {ClearingHouseBase} from "./ClearingHouseBase.sol";
 import {OracleLib} from "./oracle/OracleLib.sol";
+import {FixedPoint} from "./math/FixedPoint.sol";
 import {MarginVerifier} from "./MarginVerifier.sol";
 import {
     PortfolioMargin, Portfolio, Position, Market, MarginResult
@@ -46,6 +47,7 @@ import {
 /// `totalSocialisedLoss`. Nothing is silently lost.
 contract ClearingHouse is ClearingHouseBase {
     using OracleLib for AggregatorV3Interface;
+    using FixedPoint for int256;
 
     /// @notice The governance module (ClearingHouseAdmin) that unknown selectors go to.
     address public immutable admin;
@@ -299,9 +301,9 @@ contract ClearingHouse is ClearingHouseBase {
     /// @dev Penalty, bounty and insurance share of a liquidation, booked and emitted.
     function _chargePenalty(uint256 account, MarginResult memory r, int256 fraction) private returns (int256 bounty) {
         LiquidationConfig memory c = liquidationConfig;
-        int256 penalty = _mulUp(_mulUp(r.requirement, fraction), int256(uint256(c.penaltyRate)));
+        int256 penalty = r.requirement.mulUp(fraction).mulUp(int256(uint256(c.penaltyRate)));
         if (penalty > r.equity) penalty = r.equity > 0 ? r.equity : int256(0);
-        bounty = _mulDown(penalty, int256(uint256(c.bountyShare)));
+        bounty = penalty.mulDown(int256(uint256(c.bountyShare)));
         if (bounty < int256(uint256(c.minBounty))) bounty = int256(uint256(c.minBounty));
         if (bounty > int256(uint256(c.maxBounty))) bounty = int256(uint256(c.maxBounty));
         if (bounty > penalty) bounty = penalty;
@@ -360,11 +362,11 @@ contract ClearingHouse is ClearingHouseBase {
             if (amt <= 0) continue;
             int256 paid;
             if (a.underlying == NO_UNDERLYING) {
-                paid = _mulDown(amt, WAD - int256(uint256(a.haircut)));
+                paid = amt.mulDown(WAD - int256(uint256(a.haircut)));
             } else {
                 UnderlyingConfig memory uc = _underlyings[a.underlying];
                 (int256 spot,) = uc.priceFeed.read(uc.liquidationMaxAge);
-                paid = _mulDown(_mulDown(amt, spot), WAD - int256(uint256(a.haircut)));
+                paid = amt.mulDown(spot).mulDown(WAD - int256(uint256(a.haircut)));
             }
             balanceOf[account][k] = 0;
             balanceOf[bk][k] += amt;
@@ -603,18 +605,6 @@ contract ClearingHouse is ClearingHouseBase {
         uint256 got = IERC20(a.token).balanceOf(address(this)) - before;
         if (got == 0) revert ZeroAmount();
         return int256(got * a.scale);
-    }
-
-    function _mulDown(int256 a, int256 b) private pure returns (int256 r) {
-        int256 p = a * b;
-        r = p / WAD;
-        if (p % WAD != 0 && p < 0) r -= 1;
-    }
-
-    function _mulUp(int256 a, int256 b) private pure returns (int256 r) {
-        int256 p = a * b;
-        r = p / WAD;
-        if (p % WAD != 0 && p > 0) r += 1;
     }
 
     /// @dev |q| * f / 1e18 rounded down (f in (0, 1e18)).
