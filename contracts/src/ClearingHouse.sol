@@ -241,7 +241,7 @@ contract ClearingHouse is ClearingHouseBase {
         AccountState memory s = _checkNonce(account, nonce);
         if (s.flaggedAt != 0) revert AlreadyFlagged(account, s.flaggedAt);
         (Portfolio memory pf,) = _loadPortfolio(account);
-        (MarginResult memory r,) = verifier.witnessCheck(pf, _market(pf, true), riskParams(), witness);
+        MarginResult memory r = verifier.witnessCheck(pf, _market(pf, true), riskParams(), witness);
         if (r.state == 0) revert AccountNotBelowInitialMargin(account, r.equity, r.initialMargin);
         accountState[account].flaggedAt = uint64(block.timestamp);
         emit MarginCall(account, msg.sender, nonce, r.equity, r.initialMargin, block.timestamp + liquidationConfig.gracePeriod);
@@ -281,7 +281,7 @@ contract ClearingHouse is ClearingHouseBase {
         if (account == v.bk) revert BackstopAccount(account);
         (Portfolio memory pf, uint256[] memory ids) = _loadPortfolio(account);
         (MarginResult memory r, int256[] memory marks) =
-            verifier.witnessCheck(pf, _market(pf, true), riskParams(), witness);
+            verifier.witnessCheckWithMarks(pf, _market(pf, true), riskParams(), witness);
         {
             uint64 flaggedAt = accountState[account].flaggedAt;
             bool graceOver = flaggedAt != 0 && block.timestamp >= uint256(flaggedAt) + liquidationConfig.gracePeriod;

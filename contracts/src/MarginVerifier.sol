@@ -20,13 +20,23 @@ contract MarginVerifier {
         return PortfolioMargin.fullCheck(pf, m, abi.decode(params, (RiskParams)));
     }
 
-    /// @notice The witness check plus the mark (V0) of every position, which a liquidation
-    /// needs to hand positions over at mark.
     function witnessCheck(Portfolio memory pf, Market memory m, bytes calldata params, uint256[] memory witness)
         external
         pure
-        returns (MarginResult memory r, int256[] memory marks)
+        returns (MarginResult memory)
     {
+        return PortfolioMargin.witnessCheck(pf, m, abi.decode(params, (RiskParams)), witness);
+    }
+
+    /// @notice The witness check plus the mark (V0) of every position, which a liquidation
+    /// needs to hand positions over at mark (priced again here: the model's witness check does
+    /// not return its V0s).
+    function witnessCheckWithMarks(
+        Portfolio memory pf,
+        Market memory m,
+        bytes calldata params,
+        uint256[] memory witness
+    ) external pure returns (MarginResult memory r, int256[] memory marks) {
         r = PortfolioMargin.witnessCheck(pf, m, abi.decode(params, (RiskParams)), witness);
         marks = _marks(pf, m);
     }

@@ -528,7 +528,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
     }
 
     function _witnessR(uint256[] memory w) internal view returns (MarginResult memory r) {
-        (r,) = verifier.witnessCheck(ch.portfolioOf(alice), marketNow(), ch.riskParams(), w);
+        r = verifier.witnessCheck(ch.portfolioOf(alice), marketNow(), ch.riskParams(), w);
     }
 
     function _ceilDiv(int256 a, int256 b) internal pure returns (int256) {
@@ -660,7 +660,7 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         setEth(2500e8);
         MarginResult memory r = fullCheckNow(carol);
         assertEq(uint256(r.state), 2, "below MM");
-        (, int256[] memory marks) = verifier.witnessCheck(ch.portfolioOf(carol), marketNow(), ch.riskParams(), r.witness);
+        (, int256[] memory marks) = verifier.witnessCheckWithMarks(ch.portfolioOf(carol), marketNow(), ch.riskParams(), r.witness);
         assertTrue(marks[0] % 1e10 != 0, "the mark is not on a tick");
         int256 price = marks[0] - (marks[0] % 1e10) + 1e10;
         int256 before = ch.balanceOf(carol, 0);
