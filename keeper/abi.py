@@ -23,6 +23,7 @@ KEEPER_CONTRACTS: tuple[str, ...] = (
     "MarginVerifier",
     "MockAggregator",
     "MockERC20",
+    "Multicall3",
 )
 
 _TYPE_ORDER = {"constructor": 0, "function": 1, "event": 2, "error": 3, "fallback": 4, "receive": 5}

@@ -9,11 +9,17 @@ Layout of the file (JSON)::
 
     {"version": 1, "chain_id": 31337, "start_block": 1, "deployer": "0x..",
      "contracts": {"ClearingHouse": {"address": "0x..", "abi": "ClearingHouse",
-                                     "abi_sha256": ".."}, ...},
+                                     "abi_sha256": "..", "code_hash": "0x.."}, ...},
      "underlyings": [{"index": 0, "symbol": "ETH", "price_feed": "0x..", "vol_feed": "0x.."}, ...],
      "assets": [{"index": 0, "symbol": "USDC", "token": "0x..", "decimals": 6}, ...],
      "instruments": [{"id": 1, "underlying": 0, "kind": "future", "strike": 0, "expiry": 0}, ...],
      "backstop_account": 123..., "roles": {"matcher": "0x..", ...}}
+
+``code_hash`` is keccak256 of the runtime code read back from the chain after deployment (the
+EXTCODEHASH; immutables make it deployment-specific), so a keeper started against the wrong
+node or a redeployed address fails its start-up check (keeper.chain.verify_deployment).
+``Multicall3`` is the aggregator the keeper batches its reads through (the canonical address
+on public chains; deployed here for the devnet).
 """
 
 from __future__ import annotations
@@ -25,13 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
+from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 
 from keeper.abi import render_abi
 from keeper.artifacts import deploy, load_artifact
-from margin.params import STABLE, AssetParams, RiskParams, span_like
+from margin.params import (
+    STABLE,
+    AssetParams,
+    ExtendedMove,
+    RiskParams,
+    UnderlyingParams,
+    span_like,
+)
 
 WAD = 10**18
 DAY = 86_400
@@ -60,9 +75,41 @@ def encode_risk_params(params: RiskParams) -> bytes:
     return abi_encode([RISK_PARAMS_TYPE], [params.to_abi()])
 
 
+def decode_risk_params(data: bytes) -> RiskParams:
+    """Inverse of encode_risk_params: ClearingHouse.riskParams() bytes -> margin RiskParams."""
+    (raw,) = abi_decode([RISK_PARAMS_TYPE], bytes(data))
+    unders, assets, credit, im_factor = raw
+    return RiskParams(
+        underlyings=tuple(
+            UnderlyingParams(
+                price_range=u[0],
+                move_steps=u[1],
+                vol_shift_base=u[2],
+                vol_ref_time=u[3],
+                vol_min_time=u[4],
+                vol_exponent=u[5],
+                vol_floor=u[6],
+                extended=tuple(ExtendedMove(e[0], e[1], e[2]) for e in u[7]),
+                short_option_charge=u[8],
+                calendar_charge=u[9],
+                vega_charge=u[10],
+            )
+            for u in unders
+        ),
+        assets=tuple(AssetParams(haircut=a[0], underlying=a[1]) for a in assets),
+        correlation_credit=credit,
+        im_factor=im_factor,
+    )
+
+
 def abi_sha256(name: str) -> str:
     """SHA-256 of the canonical ABI text of a built contract."""
     return hashlib.sha256(render_abi(load_artifact(name).abi).encode()).hexdigest()
+
+
+def code_hash(code: bytes) -> str:
+    """keccak256 of runtime code as 0x-hex (what EXTCODEHASH returns for a contract)."""
+    return "0x" + keccak(bytes(code)).hex()
 
 
 def clearing_house_abi() -> list[dict[str, Any]]:
@@ -182,6 +229,7 @@ def deploy_protocol(
         contracts[f"MockAggregator:{m.symbol}/IV"] = vol
     contracts["MockERC20:USDC"] = usdc
     contracts["MockERC20:WETH"] = weth
+    contracts["Multicall3"] = deploy(w3, "Multicall3")
 
     _send(w3, ch.functions.addCollateral(usdc.address), deployer)
     _send(w3, ch.functions.addCollateral(weth.address), deployer)
@@ -246,7 +294,12 @@ def deploy_protocol(
     recorded = {}
     for key, c in contracts.items():
         name = abi_name.get(key.split(":")[0], key.split(":")[0])
-        recorded[key] = {"address": c.address, "abi": name, "abi_sha256": abi_sha256(name)}
+        recorded[key] = {
+            "address": c.address,
+            "abi": name,
+            "abi_sha256": abi_sha256(name),
+            "code_hash": code_hash(w3.eth.get_code(c.address)),
+        }
     return Deployment(
         chain_id=w3.eth.chain_id,
         start_block=start_block,

@@ -1,0 +1,133 @@
+"""Named errors of chain access, and URL redaction (RPC credentials never reach a message).
+
+Start-up verification raises exactly one of these per mismatch, and nothing else is done
+after it: a keeper pointed at the wrong chain or at redeployed contracts must not act.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+
+class ChainError(RuntimeError):
+    """Base of every error of keeper.chain."""
+
+
+class DeploymentMismatch(ChainError):
+    """The node does not serve the deployment the keeper was configured with."""
+
+
+class WrongChain(DeploymentMismatch):
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"node serves chain id {actual}, the deployment file says {expected}")
+        self.expected, self.actual = expected, actual
+
+
+class NoCodeAtAddress(DeploymentMismatch):
+    def __init__(self, name: str, address: str) -> None:
+        super().__init__(f"no contract code at {address} ({name}) on this node")
+        self.name, self.address = name, address
+
+
+class CodeHashMismatch(DeploymentMismatch):
+    def __init__(self, name: str, address: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"code at {address} ({name}) hashes to {actual}, the deployment file says {expected}"
+        )
+        self.name, self.address, self.expected, self.actual = name, address, expected, actual
+
+
+class AbiMismatch(DeploymentMismatch):
+    def __init__(self, name: str, abi: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"{name} was deployed with ABI {abi} sha256 {expected}, the keeper's abi/{abi}.json "
+            f"has sha256 {actual}"
+        )
+        self.name, self.abi, self.expected, self.actual = name, abi, expected, actual
+
+
+class MissingContract(DeploymentMismatch):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the deployment file records no {name}")
+        self.name = name
+
+
+class MissingCodeHash(DeploymentMismatch):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the deployment file records no code hash for {name} (written by an older "
+            "deployer: re-record it)"
+        )
+        self.name = name
+
+
+class RpcUnavailable(ChainError):
+    """The node did not answer (connection refused, timeout, HTTP error)."""
+
+
+class RpcError(ChainError):
+    """The node answered a JSON-RPC error."""
+
+    def __init__(self, method: str, error: object) -> None:
+        super().__init__(f"{method} failed: {error}")
+        self.method, self.error = method, error
+
+
+class BlockNotAvailable(ChainError):
+    """The pinned block is unknown to the node or no longer canonical (a reorg)."""
+
+    def __init__(self, number: int, block_hash: str, detail: object = "") -> None:
+        super().__init__(f"block {number} {block_hash} is not available on the node: {detail}")
+        self.number, self.block_hash = number, block_hash
+
+
+class BatchReadError(ChainError):
+    """A read the keeper cannot do without (a protocol view) reverted or did not decode."""
+
+
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+def redact_url(url: str) -> str:
+    """The URL with userinfo, path and query string replaced by ``***``: hosted RPCs put API
+    keys in any of them (``user:pass@``, ``/v3/<key>``, ``?apikey=``). Scheme, host and port
+    stay, which is what an operator needs to tell endpoints apart."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "<unparsable url>"
+    if not parts.scheme or not host:
+        return "<redacted url>"
+    netloc = host if ":" not in host else f"[{host}]"
+    try:
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError:
+        pass
+    if parts.username is not None or parts.password is not None:
+        netloc = "***@" + netloc
+    path = "/***" if parts.path not in ("", "/") else parts.path
+    query = "***" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
+
+
+def secret_fragments(url: str) -> list[str]:
+    """Parts of a URL that may carry credentials (to scrub from foreign messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    out = [url]
+    for piece in (parts.username, parts.password, parts.query, parts.path):
+        if piece and piece not in ("/",):
+            out.append(piece)
+    return sorted({p for p in out if len(p) >= 3}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with every credential-bearing fragment of ``url`` replaced by ``***``."""
+    for piece in secret_fragments(url):
+        text = text.replace(piece, "***")
+    return _USERINFO.sub("//***@", text)

@@ -1,0 +1,153 @@
+"""ABI encoding of the reads, and Multicall3.aggregate3 batching pinned to one block.
+
+Why Multicall3 *and* JSON-RPC batches: one ``aggregate3`` eth_call runs many view calls in one
+EVM execution, so they necessarily see one state; the node's per-call gas cap (geth 50M by
+default) bounds how many fit, so a large account list is split into several aggregate3 calls,
+and those go to the node as ONE JSON-RPC batch (one HTTP round trip), each pinned to the same
+block by hash (EIP-1898, ``requireCanonical``). Round trips per block therefore stay constant
+in the number of accounts, and per-call gas stays bounded. Hosted RPCs that count each batch
+element as a request are charged ceil(calls / calls_per_multicall) requests, not one per read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from eth_abi import decode, encode
+from eth_utils import function_signature_to_4byte_selector
+from eth_utils.abi import collapse_if_tuple
+
+from keeper.abi import ABI_DIR
+from keeper.chain.errors import BatchReadError, BlockNotAvailable, RpcError
+from keeper.chain.revert import decode_revert
+from keeper.chain.rpc import BlockRef, Rpc
+
+#: View calls per aggregate3 eth_call: 400 reads of at most ~90k gas (positionsOf of 40
+#: cold slots) stays far below geth's default 50M eth_call gas cap.
+CALLS_PER_MULTICALL = 400
+#: aggregate3 eth_calls per JSON-RPC batch (one HTTP request).
+MULTICALLS_PER_BATCH = 100
+
+AGGREGATE3 = function_signature_to_4byte_selector("aggregate3((address,bool,bytes)[])")
+
+
+@dataclass(frozen=True)
+class AbiFn:
+    name: str
+    selector: bytes
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def encode(self, *args: Any) -> bytes:
+        return self.selector + encode(list(self.inputs), list(args))
+
+    def decode(self, data: bytes) -> tuple[Any, ...]:
+        return tuple(decode(list(self.outputs), data))
+
+
+@cache
+def abi_functions(*abi_names: str) -> dict[str, AbiFn]:
+    """Functions of the named abi/ files by name (first file wins on a clash)."""
+    out: dict[str, AbiFn] = {}
+    for name in abi_names:
+        for e in json.loads((ABI_DIR / f"{name}.json").read_text()):
+            if e.get("type") != "function" or e["name"] in out:
+                continue
+            ins = tuple(collapse_if_tuple(p) for p in e.get("inputs", []))
+            outs = tuple(collapse_if_tuple(p) for p in e.get("outputs", []))
+            sel = function_signature_to_4byte_selector(f"{e['name']}({','.join(ins)})")
+            out[e["name"]] = AbiFn(e["name"], sel, ins, outs)
+    return out
+
+
+@dataclass(frozen=True)
+class Call:
+    target: str
+    fn: AbiFn
+    args: tuple[Any, ...] = ()
+    required: bool = True  # a failure is a BatchReadError (else it is returned)
+
+
+@dataclass(frozen=True)
+class CallResult:
+    call: Call
+    ok: bool
+    value: tuple[Any, ...] | None  # decoded outputs
+    revert: bytes  # revert data when not ok
+
+    def one(self) -> Any:
+        assert self.value is not None
+        return self.value[0] if len(self.value) == 1 else self.value
+
+
+def _is_block_error(error: Any) -> bool:
+    text = str(error).lower()
+    return any(
+        s in text
+        for s in (
+            "header not found",
+            "resource not found",
+            "canonical",
+            "unknown block",
+            "block not found",
+        )
+    )
+
+
+def multicall(
+    rpc: Rpc,
+    multicall_address: str,
+    block: BlockRef,
+    calls: Sequence[Call],
+    *,
+    calls_per_multicall: int = CALLS_PER_MULTICALL,
+    multicalls_per_batch: int = MULTICALLS_PER_BATCH,
+) -> list[CallResult]:
+    """Run every call at ``block``: ceil(len/calls_per_multicall) aggregate3 eth_calls, sent
+    in ceil(that/multicalls_per_batch) JSON-RPC batches (round trips)."""
+    chunks = [
+        list(calls[i : i + calls_per_multicall]) for i in range(0, len(calls), calls_per_multicall)
+    ]
+    requests = []
+    for chunk in chunks:
+        data = AGGREGATE3 + encode(
+            ["(address,bool,bytes)[]"], [[(c.target, True, c.fn.encode(*c.args)) for c in chunk]]
+        )
+        tx = {"to": multicall_address, "data": "0x" + data.hex()}
+        requests.append(("eth_call", [tx, block.rpc_param()]))
+    replies: list[dict[str, Any]] = []
+    for i in range(0, len(requests), multicalls_per_batch):
+        replies += rpc.batch(requests[i : i + multicalls_per_batch])
+    out: list[CallResult] = []
+    for chunk, reply in zip(chunks, replies, strict=True):
+        if "error" in reply:
+            if _is_block_error(reply["error"]):
+                raise BlockNotAvailable(block.number, block.hash, reply["error"])
+            raise RpcError("eth_call(aggregate3)", reply["error"])
+        raw = bytes.fromhex(reply["result"][2:])
+        (results,) = decode(["(bool,bytes)[]"], raw)
+        for call, (ok, ret) in zip(chunk, results, strict=True):
+            if not ok:
+                if call.required:
+                    raise BatchReadError(
+                        f"{call.fn.name}{call.args} at {call.target} reverted "
+                        f"{decode_revert(ret)} at block {block.number}"
+                    )
+                out.append(CallResult(call, False, None, bytes(ret)))
+                continue
+            try:
+                value = call.fn.decode(bytes(ret))
+            except Exception as exc:
+                if call.required:
+                    raise BatchReadError(
+                        f"{call.fn.name}{call.args} at {call.target}: undecodable return "
+                        f"0x{bytes(ret).hex()} ({exc})"
+                    ) from None
+                out.append(CallResult(call, False, None, bytes(ret)))
+                continue
+            out.append(CallResult(call, True, value, b""))
+    return out

@@ -1,0 +1,483 @@
+"""Consistent, batched reads of the protocol at one block, turned into the engine's inputs.
+
+``Chain.connect(url, deployment)`` verifies the node (keeper.chain.rpc.verify_deployment);
+``chain.view(block)`` pins a ``ChainView`` to one block (number AND hash); every read of one
+decision goes through that view, so a price of block N never meets positions of block N+1.
+``view.snapshot(accounts)`` reads, in one JSON-RPC round trip in the steady state:
+
+* globals: counts, riskParams, rate, backstop, paused, liquidationConfig, insurance fund,
+  and Multicall3's block number/timestamp (the block.timestamp the protocol's own checks see);
+* every underlying's config and its price/vol feeds' latestRoundData + decimals;
+* every asset's config, every instrument;
+* per account: accountState (nonce, flaggedAt), positionsOf, balanceOf for every asset.
+
+The layout (feed addresses, counts) is guessed from the previous snapshot (at first from the
+deployment file) so feeds can be read in the same call as their configs; the guess is checked
+against what the same call returned, and on a mismatch (a listing, a new feed) one layout read
+and one full re-read follow: still O(1) round trips, never one per account.
+
+``ProtocolSnapshot.inputs(account, lenient)`` builds margin Portfolio/Market/RiskParams exactly
+as ClearingHouse._loadPortfolio/_market do (positions in storage order, entryPrice 0, feeds of
+used underlyings only, placeholder spot 1e18 / vol 0 elsewhere), so margin.requirement's full
+check equals ClearingHouse.marginOf at that block to the wei. The oracle checks are a mirror of
+OracleLib.read, raising errors with OracleLib's signatures and revert data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from eth_abi import encode
+from eth_utils import keccak
+from web3 import Web3
+
+from keeper.chain.errors import BatchReadError, ChainError
+from keeper.chain.multicall import (
+    CALLS_PER_MULTICALL,
+    MULTICALLS_PER_BATCH,
+    AbiFn,
+    Call,
+    CallResult,
+    abi_functions,
+    multicall,
+)
+from keeper.chain.rpc import BlockRef, Rpc, make_web3, verify_deployment
+from keeper.deployment import Deployment, decode_risk_params
+from margin.params import RiskParams
+from margin.portfolio import Market, Portfolio, Position
+from margin.requirement import MarginResult, ScenarioTable
+
+WAD = 10**18
+NO_UNDERLYING = 255
+INT256_MAX = 2**255 - 1
+
+
+# --- OracleLib mirror ----------------------------------------------------------------------
+
+
+class OracleError(ChainError):
+    """An OracleLib.read failure, with the Solidity error's signature and arguments."""
+
+    signature: ClassVar[str] = ""
+
+    def __init__(self, *args: int | str) -> None:
+        super().__init__(f"{self.signature.split('(')[0]}({', '.join(map(str, args))})")
+        self.args_ = args
+
+    def revert_data(self) -> bytes:
+        types = [t for t in self.signature[self.signature.index("(") + 1 : -1].split(",") if t]
+        return keccak(text=self.signature)[:4] + encode(types, list(self.args_))
+
+
+class StalePrice(OracleError):
+    signature = "StalePrice(address,uint256,uint256)"
+
+
+class NonPositivePrice(OracleError):
+    signature = "NonPositivePrice(address,int256)"
+
+
+class IncompleteRound(OracleError):
+    signature = "IncompleteRound(address,uint80,uint80)"
+
+
+class UnsupportedFeed(OracleError):
+    signature = "UnsupportedFeed(address,uint8)"
+
+
+class FeedCallFailed(OracleError):
+    """The feed's latestRoundData/decimals call itself reverted (its data bubbles up as is)."""
+
+    def __init__(self, feed: str, data: bytes) -> None:
+        ChainError.__init__(self, f"feed {feed} reverted 0x{data.hex()}")
+        self.args_ = (feed,)
+        self.data = data
+
+    def revert_data(self) -> bytes:
+        return self.data
+
+
+@dataclass(frozen=True)
+class FeedRound:
+    """A feed's latestRoundData and decimals at the snapshot's block (or the revert data)."""
+
+    feed: str
+    round_id: int = 0
+    answer: int = 0
+    updated_at: int = 0
+    answered_in_round: int = 0
+    decimals: int | None = None
+    round_revert: bytes | None = None
+    decimals_revert: bytes | None = None
+
+    def read(self, max_age: int, now: int) -> tuple[int, int]:
+        """OracleLib.read(feed, maxAge) at block timestamp ``now``: (wad, updatedAt)."""
+        if self.round_revert is not None:
+            raise FeedCallFailed(self.feed, self.round_revert)
+        if self.updated_at == 0 or self.answered_in_round < self.round_id:
+            raise IncompleteRound(self.feed, self.round_id, self.answered_in_round)
+        if self.answer <= 0:
+            raise NonPositivePrice(self.feed, self.answer)
+        if self.updated_at < now and now - self.updated_at > max_age:
+            raise StalePrice(self.feed, self.updated_at, max_age)
+        if self.decimals_revert is not None or self.decimals is None:
+            raise FeedCallFailed(self.feed, self.decimals_revert or b"")
+        d = self.decimals
+        if d > 36:
+            raise UnsupportedFeed(self.feed, d)
+        if d <= 18:
+            scale = 10 ** (18 - d)
+            if self.answer > INT256_MAX // scale:
+                raise UnsupportedFeed(self.feed, d)
+            return self.answer * scale, self.updated_at
+        return self.answer // 10 ** (d - 18), self.updated_at  # answer > 0: floor == trunc
+
+
+# --- snapshot data -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instrument:
+    id: int
+    underlying: int
+    kind: int
+    listed: bool
+    settled: bool
+    expiry: int
+    strike: int
+
+
+@dataclass(frozen=True)
+class UnderlyingConfig:
+    index: int
+    price_feed: str
+    max_age: int
+    liquidation_max_age: int
+    vol_feed: str
+
+
+@dataclass(frozen=True)
+class AssetConfig:
+    index: int
+    token: str
+    decimals: int
+    underlying: int  # NO_UNDERLYING (255) for a stablecoin
+    haircut: int
+    scale: int
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    account: int
+    nonce: int
+    flagged_at: int
+    positions: tuple[tuple[int, int], ...]  # (instrument id, quantity), storage order
+    balances: tuple[int, ...]  # WAD per asset
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What must be known before one read can fetch everything: counts and feed addresses."""
+
+    feeds: tuple[tuple[str, str], ...]  # (price feed, vol feed) per underlying
+    assets: int
+    instruments: int
+
+
+@dataclass(frozen=True)
+class AccountInputs:
+    """The engine's inputs for one account, as the clearing house would build them."""
+
+    account: int
+    portfolio: Portfolio
+    market: Market
+
+
+@dataclass
+class ProtocolSnapshot:
+    block: BlockRef
+    timestamp: int  # block.timestamp inside the eth_call (what the protocol's checks see)
+    rate: int
+    backstop: int
+    paused: bool
+    insurance_fund: int
+    liquidation_config: tuple[int, int, int, int, int]
+    risk_params_bytes: bytes
+    risk_params: RiskParams
+    underlyings: tuple[UnderlyingConfig, ...]
+    assets: tuple[AssetConfig, ...]
+    instruments: dict[int, Instrument]
+    feeds: dict[str, FeedRound]
+    accounts: dict[int, AccountSnapshot]
+    round_trips: int = 0  # JSON-RPC round trips this snapshot took (header not included)
+    _tables: dict[Market, ScenarioTable] = field(default_factory=dict, repr=False)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(
+            tuple((u.price_feed, u.vol_feed) for u in self.underlyings),
+            len(self.assets),
+            len(self.instruments),
+        )
+
+    def portfolio(self, account: int) -> Portfolio:
+        """ClearingHouse._loadPortfolio: positions in storage order, entryPrice 0."""
+        a = self.accounts[account]
+        positions = []
+        for iid, q in a.positions:
+            ins = self.instruments[iid]
+            positions.append(Position(ins.underlying, ins.kind, ins.strike, ins.expiry, q, 0))
+        return Portfolio(tuple(positions), a.balances)
+
+    def market(self, portfolio: Portfolio, *, lenient: bool = False) -> Market:
+        """ClearingHouse._market: feeds of the used underlyings (positions, non-zero volatile
+        collateral), strict ``maxAge`` or, lenient, ``liquidationMaxAge`` (flag/liquidate);
+        raises the OracleLib error the contract would revert with."""
+        used = [False] * len(self.underlyings)
+        for p in portfolio.positions:
+            used[p.underlying] = True
+        for k, bal in enumerate(portfolio.collateral):
+            u = self.assets[k].underlying
+            if u != NO_UNDERLYING and bal != 0:
+                used[u] = True
+        spots, vols = [], []
+        for u, cfg in enumerate(self.underlyings):
+            if not used[u]:
+                spots.append(WAD)
+                vols.append(0)
+                continue
+            age = cfg.liquidation_max_age if lenient else cfg.max_age
+            spots.append(self.feeds[cfg.price_feed].read(age, self.timestamp)[0])
+            vols.append(self.feeds[cfg.vol_feed].read(age, self.timestamp)[0])
+        return Market(self.timestamp, self.rate, tuple(spots), tuple(vols))
+
+    def inputs(self, account: int, *, lenient: bool = False) -> AccountInputs:
+        pf = self.portfolio(account)
+        return AccountInputs(account, pf, self.market(pf, lenient=lenient))
+
+    def table(self, market: Market) -> ScenarioTable:
+        """A pricing table shared by every account with the same market (same used feeds)."""
+        t = self._tables.get(market)
+        if t is None:
+            t = self._tables[market] = ScenarioTable(market, self.risk_params)
+        return t
+
+    def full_check(self, account: int) -> MarginResult:
+        """margin's full check on the inputs the clearing house's marginOf uses (strict)."""
+        inp = self.inputs(account)
+        return self.table(inp.market).full_check(inp.portfolio)
+
+
+# --- chain and view ------------------------------------------------------------------------
+
+CH_ABIS = ("ClearingHouse", "ClearingHouseAdmin")
+
+
+class Chain:
+    """A verified connection to the node serving ``deployment``."""
+
+    def __init__(
+        self,
+        rpc: Rpc,
+        deployment: Deployment,
+        multicall_address: str,
+        *,
+        calls_per_multicall: int = CALLS_PER_MULTICALL,
+        multicalls_per_batch: int = MULTICALLS_PER_BATCH,
+    ) -> None:
+        self.rpc = rpc
+        self.deployment = deployment
+        self.multicall_address = multicall_address
+        self.clearing_house = Web3.to_checksum_address(deployment.address("ClearingHouse"))
+        self.calls_per_multicall = calls_per_multicall
+        self.multicalls_per_batch = multicalls_per_batch
+        self.layout = Layout(
+            tuple(
+                (Web3.to_checksum_address(u["price_feed"]), Web3.to_checksum_address(u["vol_feed"]))
+                for u in sorted(deployment.underlyings, key=lambda u: u["index"])
+            ),
+            len(deployment.assets),
+            len(deployment.instruments),
+        )
+
+    @classmethod
+    def connect(
+        cls, url: str, deployment: Deployment, *, timeout: float = 30.0, **kwargs: Any
+    ) -> Chain:
+        """Connect (HTTP or WebSocket) and verify the node against the deployment file."""
+        rpc = Rpc(make_web3(url, timeout=timeout), url)
+        return cls(rpc, deployment, verify_deployment(rpc, deployment), **kwargs)
+
+    @property
+    def w3(self) -> Web3:
+        return self.rpc.w3
+
+    def head(self) -> BlockRef:
+        return self.rpc.block("latest")
+
+    def view(self, block: BlockRef | int | str = "latest") -> ChainView:
+        ref = block if isinstance(block, BlockRef) else self.rpc.block(block)
+        return ChainView(self, ref)
+
+
+class ChainView:
+    """Every read at one block (number and hash). Obtain with ``Chain.view``."""
+
+    def __init__(self, chain: Chain, block: BlockRef) -> None:
+        self.chain = chain
+        self.block = block
+        self.round_trips = 0
+        self._ch = abi_functions(*CH_ABIS)
+        self._feed = abi_functions("MockAggregator")  # AggregatorV3Interface subset
+        self._mc = abi_functions("Multicall3")
+
+    def call_many(self, calls: Sequence[Call]) -> list[CallResult]:
+        c = self.chain
+        n_multicalls = -(-len(calls) // c.calls_per_multicall)
+        self.round_trips += -(-n_multicalls // c.multicalls_per_batch)
+        return multicall(
+            c.rpc,
+            c.multicall_address,
+            self.block,
+            calls,
+            calls_per_multicall=c.calls_per_multicall,
+            multicalls_per_batch=c.multicalls_per_batch,
+        )
+
+    def ch_call(self, fn: str, *args: Any, required: bool = True) -> Call:
+        return Call(self.chain.clearing_house, self._ch[fn], tuple(args), required)
+
+    def call(self, fn: str, *args: Any) -> Any:
+        """One clearing-house view at this block (one round trip; batch with call_many)."""
+        return self.call_many([self.ch_call(fn, *args)])[0].one()
+
+    def fn(self, name: str) -> AbiFn:
+        return self._ch[name]
+
+    def snapshot(self, accounts: Iterable[int]) -> ProtocolSnapshot:
+        accounts = list(dict.fromkeys(accounts))
+        layout = self.chain.layout
+        snap = self._read(accounts, layout)
+        if snap is None:  # the guessed layout was wrong: read the real one, then read again
+            layout = self._read_layout()
+            snap = self._read(accounts, layout)
+            if snap is None:
+                raise BatchReadError(f"protocol layout unstable within block {self.block}")
+        self.chain.layout = snap.layout
+        snap.round_trips = self.round_trips
+        return snap
+
+    def _read_layout(self) -> Layout:
+        counts = self.call_many(
+            [self.ch_call(n) for n in ("underlyingCount", "assetCount", "instrumentCount")]
+        )
+        n_u, n_a, n_i = (r.one() for r in counts)
+        cfgs = self.call_many([self.ch_call("underlyingConfig", u) for u in range(n_u)])
+        feeds = tuple(
+            (Web3.to_checksum_address(r.one()[0]), Web3.to_checksum_address(r.one()[3]))
+            for r in cfgs
+        )
+        return Layout(feeds, n_a, n_i)
+
+    def _read(self, accounts: list[int], layout: Layout) -> ProtocolSnapshot | None:
+        mc = self.chain.multicall_address
+        ch = self.ch_call
+        calls = [
+            Call(mc, self._mc["getBlockNumber"]),
+            Call(mc, self._mc["getCurrentBlockTimestamp"]),
+            ch("underlyingCount"),
+            ch("assetCount"),
+            ch("instrumentCount"),
+            ch("riskParams"),
+            ch("rate"),
+            ch("backstop"),
+            ch("paused"),
+            ch("insuranceFund"),
+            ch("liquidationConfig"),
+        ]
+        n_u, n_a, n_i = len(layout.feeds), layout.assets, layout.instruments
+        calls += [ch("underlyingConfig", u) for u in range(n_u)]
+        calls += [ch("assetConfig", k) for k in range(n_a)]
+        calls += [ch("instruments", i) for i in range(1, n_i + 1)]
+        feed_addrs = list(dict.fromkeys(a for pair in layout.feeds for a in pair))
+        for f in feed_addrs:
+            calls.append(Call(f, self._feed["latestRoundData"], (), required=False))
+            calls.append(Call(f, self._feed["decimals"], (), required=False))
+        for a in accounts:
+            calls.append(ch("accountState", a))
+            calls.append(ch("positionsOf", a))
+            calls += [ch("balanceOf", a, k) for k in range(n_a)]
+        res = iter(self.call_many(calls))
+
+        number = next(res).one()
+        if number != self.block.number:
+            raise BatchReadError(f"eth_call ran at block {number}, pinned {self.block.number}")
+        timestamp = next(res).one()
+        counts = (next(res).one(), next(res).one(), next(res).one())
+        risk_bytes, rate, backstop, paused, insurance = (next(res).one() for _ in range(5))
+        liq = next(res).value
+        assert liq is not None
+        unders = []
+        for u in range(n_u):
+            p, max_age, liq_age, v = next(res).one()
+            unders.append(
+                UnderlyingConfig(
+                    u, Web3.to_checksum_address(p), max_age, liq_age, Web3.to_checksum_address(v)
+                )
+            )
+        assets = [
+            AssetConfig(k, Web3.to_checksum_address(r[0]), *r[1:])
+            for k, r in ((k, next(res).one()) for k in range(n_a))
+        ]
+        instruments = {}
+        for i in range(1, n_i + 1):
+            v = next(res).value
+            assert v is not None
+            instruments[i] = Instrument(i, *v)
+        feeds = {}
+        for f in feed_addrs:
+            rd, dec = next(res), next(res)
+            if rd.ok:
+                assert rd.value is not None
+                rid, ans, _, upd, air = rd.value
+                feeds[f] = FeedRound(
+                    f,
+                    rid,
+                    ans,
+                    upd,
+                    air,
+                    dec.one() if dec.ok else None,
+                    None,
+                    None if dec.ok else dec.revert,
+                )
+            else:
+                feeds[f] = FeedRound(f, round_revert=rd.revert)
+        accts = {}
+        for a in accounts:
+            nonce, flagged = next(res).value or (0, 0)
+            ids, qs = next(res).value or ((), ())
+            bals = tuple(next(res).one() for _ in range(n_a))
+            accts[a] = AccountSnapshot(a, nonce, flagged, tuple(zip(ids, qs, strict=True)), bals)
+
+        if counts != (n_u, n_a, n_i) or tuple((u.price_feed, u.vol_feed) for u in unders) != (
+            layout.feeds
+        ):
+            return None
+        return ProtocolSnapshot(
+            block=self.block,
+            timestamp=timestamp,
+            rate=rate,
+            backstop=backstop,
+            paused=paused,
+            insurance_fund=insurance,
+            liquidation_config=tuple(liq),  # type: ignore[arg-type]
+            risk_params_bytes=bytes(risk_bytes),
+            risk_params=decode_risk_params(risk_bytes),
+            underlyings=tuple(unders),
+            assets=tuple(assets),
+            instruments=instruments,
+            feeds=feeds,
+            accounts=accts,
+        )

@@ -1,0 +1,414 @@
+"""keeper.chain on a real anvil with the real deployed protocol.
+
+Start-up verification (one named error per mismatch), credentials never in messages or logs,
+block-pinned reads (a view at block N keeps answering for N; a reorged block is refused),
+round trips constant in the number of accounts (counted by an HTTP proxy), the engine's inputs
+built from the reads equal the clearing house's own full check to the wei, and revert decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from web3 import Web3
+
+from keeper.chain import (
+    AbiMismatch,
+    BlockNotAvailable,
+    Chain,
+    CodeHashMismatch,
+    MissingCodeHash,
+    NoCodeAtAddress,
+    RpcUnavailable,
+    WrongChain,
+    decode_revert,
+    redact_url,
+    revert_data_of,
+)
+from keeper.chain.multicall import Call, abi_functions
+from keeper.chain.view import StalePrice
+from keeper.deployment import Deployment, account_id, bind, deploy_protocol
+from keeper.devnet import Anvil
+from margin.errors import MarketLengthMismatch
+from tests.rpc_proxy import CountingProxy
+
+WAD = 10**18
+USDC = 10**6
+
+
+def _send(w3: Web3, fn: Any, sender: str) -> None:
+    receipt = w3.eth.wait_for_transaction_receipt(fn.transact({"from": sender}))
+    assert receipt["status"] == 1
+
+
+def _instrument(d: Deployment, u: int, kind: str, strike: int = 0, dated: bool = True) -> int:
+    for i in d.instruments:
+        if (
+            i["underlying"] == u
+            and i["kind"] == kind
+            and i["strike"] == strike * WAD
+            and (i["expiry"] != 0) == dated
+        ):
+            return int(i["id"])
+    raise LookupError((u, kind, strike, dated))
+
+
+@dataclasses.dataclass
+class Seeded:
+    d: Deployment
+    accounts: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def seeded(w3: Web3, contracts_built: None) -> Seeded:
+    """Accounts of every shape: hedged, naked short options on two underlyings, an isolated
+    sub-account, volatile (WETH) collateral with borrowed cash, cash only, the counterparty."""
+    d = deploy_protocol(w3)
+    ch = bind(w3, d, "ClearingHouse")
+    usdc, weth = bind(w3, d, "MockERC20:USDC"), bind(w3, d, "MockERC20:WETH")
+    matcher = w3.eth.accounts[0]
+    bob, hedged, naked, iso, vol, flat = w3.eth.accounts[2:8]
+    for who in (bob, hedged, naked, iso, vol, flat):
+        _send(w3, usdc.functions.mint(who, 10**9 * USDC), who)
+        _send(w3, usdc.functions.approve(ch.address, 10**9 * USDC), who)
+    _send(w3, weth.functions.mint(vol, 10 * WAD), vol)
+    _send(w3, weth.functions.approve(ch.address, 10 * WAD), vol)
+    b = account_id(bob)
+    _send(w3, ch.functions.deposit(b, 0, 5_000_000 * USDC), bob)
+
+    def trade(buyer: int, seller: int, iid: int, q: int, p: int) -> None:
+        _send(w3, ch.functions.trade(buyer, seller, iid, q, p), matcher)
+
+    a_h = account_id(hedged)
+    _send(w3, ch.functions.deposit(a_h, 0, 2_000 * USDC), hedged)
+    trade(a_h, b, _instrument(d, 0, "future", dated=False), WAD, 3000 * WAD)
+    trade(a_h, b, _instrument(d, 0, "put", 3000), WAD, 150 * WAD)
+
+    a_n = account_id(naked)
+    _send(w3, ch.functions.deposit(a_n, 0, 6_000 * USDC), naked)
+    trade(b, a_n, _instrument(d, 0, "call", 3250), 2 * WAD, 100 * WAD)
+    trade(b, a_n, _instrument(d, 1, "put", 55_000), WAD // 10, 800 * WAD)
+
+    a_i0, a_i3 = account_id(iso), account_id(iso, 3)
+    _send(w3, ch.functions.deposit(a_i0, 0, 10_000 * USDC), iso)
+    _send(w3, ch.functions.transferCollateral(a_i0, a_i3, 0, 7_000 * WAD), iso)
+    trade(a_i3, b, _instrument(d, 1, "future"), WAD // 2, 60_000 * WAD)
+
+    a_v = account_id(vol)
+    _send(w3, ch.functions.deposit(a_v, 1, 2 * WAD), vol)
+    trade(a_v, b, _instrument(d, 0, "call", 3000), WAD, 200 * WAD)  # cash goes to -200
+
+    a_f = account_id(flat)
+    _send(w3, ch.functions.deposit(a_f, 0, 100 * USDC), flat)
+    accounts = {
+        "bob": b,
+        "hedged": a_h,
+        "naked": a_n,
+        "iso_main": a_i0,
+        "iso_sub": a_i3,
+        "volatile": a_v,
+        "flat": a_f,
+        "backstop": d.backstop_account,
+        "empty": account_id(flat, 7),
+    }
+    return Seeded(d, accounts)
+
+
+@pytest.fixture(scope="module")
+def proxy(anvil: Anvil) -> Iterator[CountingProxy]:
+    with CountingProxy(anvil.url) as p:
+        yield p
+
+
+@pytest.fixture()
+def chain(seeded: Seeded, proxy: CountingProxy) -> Chain:
+    return Chain.connect(proxy.url, seeded.d)
+
+
+@pytest.fixture()
+def evm_snapshot(anvil: Anvil) -> Iterator[None]:
+    """Tests that move time or mine blocks they later discard leave the chain as they found it."""
+    snap = anvil.rpc("evm_snapshot")
+    yield
+    anvil.rpc("evm_revert", [snap])
+
+
+def _refresh_feeds(w3: Web3, d: Deployment, moves: dict[str, int] | None = None) -> None:
+    """A new round on every feed (answer optionally replaced), so prices are fresh."""
+    for key in d.contracts:
+        if key.startswith("MockAggregator:"):
+            feed = bind(w3, d, key)
+            value = (moves or {}).get(key, feed.functions.answer().call())
+            _send(w3, feed.functions.setAnswer(value), w3.eth.accounts[0])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+# --- start-up verification --------------------------------------------------------------
+
+
+def test_connect_verifies_and_records_code_hashes(chain: Chain, seeded: Seeded) -> None:
+    assert chain.multicall_address == Web3.to_checksum_address(seeded.d.address("Multicall3"))
+    for entry in seeded.d.contracts.values():
+        assert entry["code_hash"].startswith("0x") and len(entry["code_hash"]) == 66
+
+
+def _altered(d: Deployment, name: str, **changes: str) -> Deployment:
+    contracts = {k: dict(v) for k, v in d.contracts.items()}
+    contracts[name].update(changes)
+    return dataclasses.replace(d, contracts=contracts)
+
+
+def test_each_mismatch_has_its_named_error(seeded: Seeded, anvil: Anvil) -> None:
+    d = seeded.d
+    with pytest.raises(WrongChain) as e:
+        Chain.connect(anvil.url, dataclasses.replace(d, chain_id=1))
+    assert (e.value.expected, e.value.actual) == (1, anvil.chain_id)
+
+    nowhere = "0x000000000000000000000000000000000000dEaD"
+    with pytest.raises(NoCodeAtAddress) as e2:
+        Chain.connect(anvil.url, _altered(d, "MockERC20:WETH", address=nowhere))
+    assert e2.value.name == "MockERC20:WETH"
+
+    # Another contract's code at the recorded address: same ABI name, wrong code.
+    other = d.address("MockERC20:USDC")
+    with pytest.raises(CodeHashMismatch) as e3:
+        Chain.connect(anvil.url, _altered(d, "MockERC20:WETH", address=other))
+    assert e3.value.name == "MockERC20:WETH"
+
+    with pytest.raises(AbiMismatch) as e4:
+        Chain.connect(anvil.url, _altered(d, "ClearingHouse", abi_sha256="00" * 32))
+    assert e4.value.abi == "ClearingHouse"
+
+    no_hash = _altered(d, "MarginVerifier")
+    del no_hash.contracts["MarginVerifier"]["code_hash"]
+    with pytest.raises(MissingCodeHash):
+        Chain.connect(anvil.url, no_hash)
+
+
+# --- credentials ------------------------------------------------------------------------
+
+
+def test_redact_url() -> None:
+    assert redact_url("https://u:pw@rpc.example.com:8545/v3/KEY?apikey=S") == (
+        "https://***@rpc.example.com:8545/***?***"
+    )
+    assert redact_url("wss://eth.example.org/") == "wss://eth.example.org/"
+    assert redact_url("not a url") == "<redacted url>"
+
+
+def test_credentials_never_in_errors_or_logs(
+    seeded: Seeded, proxy: CountingProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    secrets = ("hunter2", "SEKRETKEY", "apikey", "alice")
+    dead = "http://alice:hunter2@127.0.0.1:9/v3/SEKRETKEY?apikey=SEKRETKEY"
+    with pytest.raises(RpcUnavailable) as e:
+        Chain.connect(dead, seeded.d, timeout=2)
+    text = str(e.value)
+    assert "127.0.0.1:9" in text and not any(s in text for s in secrets)
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+    # A working endpoint with credentials in the URL (the proxy ignores them): web3's debug
+    # logs name the endpoint; the records that reach handlers are scrubbed.
+    host = proxy.url.removeprefix("http://")
+    url = f"http://alice:hunter2@{host}/v3/SEKRETKEY?apikey=SEKRETKEY"
+    with caplog.at_level(logging.DEBUG):
+        chain = Chain.connect(url, seeded.d)
+        chain.view().snapshot([seeded.accounts["hedged"]])
+    assert proxy.paths and "SEKRETKEY" in proxy.paths[-1]  # the credential did reach the node
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Making" in logged  # web3 did log its requests...
+    leaked = [
+        r.name + ": " + r.getMessage()
+        for r in caplog.records
+        if any(s in r.getMessage() for s in secrets)
+    ]
+    assert not leaked  # ...without the credentials
+
+
+# --- consistent, batched reads ----------------------------------------------------------
+
+
+def test_full_check_from_chain_reads_equals_margin_of_to_the_wei(
+    seeded: Seeded, chain: Chain, w3: Web3, evm_snapshot: None
+) -> None:
+    d = seeded.d
+    accounts = list(seeded.accounts.values())
+    for moves in (
+        None,
+        {
+            "MockAggregator:ETH/USD": 2760 * 10**8,
+            "MockAggregator:ETH/IV": 85 * 10**6,
+            "MockAggregator:BTC/USD": 51_000 * 10**8,
+        },
+    ):
+        _refresh_feeds(w3, d, moves)
+        view = chain.view()
+        snap = view.snapshot(accounts)
+        onchain = view.call_many([view.ch_call("marginOf", a) for a in accounts])
+        states = set()
+        for (name, a), r in zip(seeded.accounts.items(), onchain, strict=True):
+            mine = snap.full_check(a)
+            assert _as_tuple(mine.to_abi()) == _as_tuple(r.one()), name
+            states.add(mine.state)
+        # The same portfolio/market the contract builds (portfolioOf, marketOf).
+        for a in accounts:
+            pf, mk = view.call_many([view.ch_call("portfolioOf", a), view.ch_call("marketOf", a)])
+            inp = snap.inputs(a)
+            assert _as_tuple(inp.portfolio.to_abi()) == _as_tuple(pf.one())
+            assert _as_tuple(inp.market.to_abi()) == _as_tuple(mk.one())
+    assert 2 in states, "after the move some account must be liquidatable"
+
+
+def test_stale_feed_raises_oracle_libs_error(
+    seeded: Seeded, chain: Chain, anvil: Anvil, w3: Web3, evm_snapshot: None
+) -> None:
+    _refresh_feeds(w3, seeded.d)
+    anvil.rpc("evm_increaseTime", [3601])
+    anvil.rpc("evm_mine")
+    view = chain.view()
+    a = seeded.accounts["naked"]
+    snap = view.snapshot([a])
+    (r,) = view.call_many([view.ch_call("marginOf", a, required=False)])
+    assert not r.ok
+    with pytest.raises(StalePrice) as e:
+        snap.inputs(a)
+    assert e.value.revert_data() == r.revert
+    assert decode_revert(r.revert).name == "StalePrice"
+    # The liquidation age still accepts the price (flag/liquidate use it).
+    lenient = snap.inputs(a, lenient=True).market
+    assert lenient.spots[0] == 3000 * WAD
+    # Cash-only accounts read no oracle at all, as on chain.
+    f = seeded.accounts["flat"]
+    assert view.snapshot([f]).full_check(f).state == 0
+
+
+def test_view_stays_pinned_to_its_block(seeded: Seeded, chain: Chain, w3: Web3) -> None:
+    d = seeded.d
+    a = seeded.accounts["hedged"]
+    view = chain.view()
+    before = view.snapshot([a])
+    ch = bind(w3, d, "ClearingHouse")
+    _send(
+        w3,
+        ch.functions.trade(
+            a, seeded.accounts["bob"], _instrument(d, 0, "future", dated=False), WAD, 3000 * WAD
+        ),
+        w3.eth.accounts[0],
+    )
+    _refresh_feeds(w3, d, {"MockAggregator:ETH/USD": 3100 * 10**8})
+    again = view.snapshot([a])  # the same view: block N, whatever was mined since
+    assert again.block == before.block
+    assert again.accounts == before.accounts and again.feeds == before.feeds
+    now = chain.view().snapshot([a])
+    assert now.block.number > before.block.number
+    assert now.accounts[a].nonce == before.accounts[a].nonce + 1
+    assert now.accounts[a].positions != before.accounts[a].positions
+
+
+def test_reorged_block_is_refused(seeded: Seeded, chain: Chain, anvil: Anvil, w3: Web3) -> None:
+    snap_id = anvil.rpc("evm_snapshot")
+    anvil.rpc("evm_mine")
+    view = chain.view()  # pinned to the block just mined
+    anvil.rpc("evm_revert", [snap_id])
+    anvil.rpc("evm_mine", [{"timestamp": view.block.timestamp + 7}])  # same height, new hash
+    assert chain.head().number == view.block.number and chain.head().hash != view.block.hash
+    with pytest.raises(BlockNotAvailable):
+        view.snapshot([seeded.accounts["hedged"]])
+
+
+def test_round_trips_constant_in_number_of_accounts(
+    seeded: Seeded, chain: Chain, proxy: CountingProxy, w3: Web3, evm_snapshot: None
+) -> None:
+    d = seeded.d
+    ch, usdc = bind(w3, d, "ClearingHouse"), bind(w3, d, "MockERC20:USDC")
+    owner, matcher = w3.eth.accounts[8], w3.eth.accounts[0]
+    usdc.functions.mint(owner, 10**12).transact({"from": owner})
+    usdc.functions.approve(ch.address, 10**12).transact({"from": owner})
+    perp = _instrument(d, 0, "future", dated=False)
+    many = [account_id(owner, s) for s in range(1, 201)]
+    for a in many:  # automine: each transaction is mined before the call returns
+        ch.functions.deposit(a, 0, 1000 * USDC).transact({"from": owner, "gas": 300_000})
+        ch.functions.trade(a, seeded.accounts["bob"], perp, WAD // 10, 3000 * WAD).transact(
+            {"from": matcher, "gas": 3_000_000}
+        )
+    _refresh_feeds(w3, d)
+    chain.view().snapshot(many[:1])  # learn the layout once
+    counts = {}
+    for n in (10, 200):
+        proxy.reset()
+        view = chain.view()
+        snap = view.snapshot(many[:n])
+        counts[n] = proxy.requests
+        assert len(snap.accounts) == n
+        assert all(s.positions == ((perp, WAD // 10),) for s in snap.accounts.values())
+        assert snap.round_trips == proxy.requests - 1  # the header fetch, then the reads
+    assert counts[10] == counts[200] == 2
+
+
+def test_layout_change_costs_round_trips_not_correctness(
+    seeded: Seeded, chain: Chain, proxy: CountingProxy, w3: Web3, evm_snapshot: None
+) -> None:
+    """A newly listed instrument (unknown to the layout guess): one layout read and one
+    re-read, and the snapshot has it."""
+    ch = bind(w3, seeded.d, "ClearingHouse")
+    expiry = seeded.d.instruments[-1]["expiry"]
+    _send(w3, ch.functions.listInstrument(0, 1, 4000 * WAD, expiry), w3.eth.accounts[0])
+    view = chain.view()
+    snap = view.snapshot([seeded.accounts["naked"]])
+    assert len(snap.instruments) == len(seeded.d.instruments) + 1
+    assert snap.round_trips == 4  # guess, counts, configs, re-read
+    assert chain.view().snapshot([]).round_trips == 1
+
+
+def test_websocket_connection_reads_the_same(seeded: Seeded, anvil: Anvil, chain: Chain) -> None:
+    ws = Chain.connect(anvil.url.replace("http://", "ws://"), seeded.d)
+    block = chain.head()
+    accounts = list(seeded.accounts.values())
+    assert (
+        ws.view(block).snapshot(accounts).accounts == chain.view(block).snapshot(accounts).accounts
+    )
+
+
+# --- revert decoding --------------------------------------------------------------------
+
+
+def test_decode_protocol_reverts(seeded: Seeded, chain: Chain, w3: Web3) -> None:
+    d = seeded.d
+    ch = bind(w3, d, "ClearingHouse")
+    a = seeded.accounts["hedged"]
+    nonce = chain.view().snapshot([a]).accounts[a].nonce
+    try:
+        ch.functions.liquidate(a, nonce + 5, [0, 0], WAD).call()
+    except Exception as exc:  # web3's ContractCustomError carries the data
+        dec = decode_revert(revert_data_of(exc))
+    assert dec.name == "StaleAccountNonce"
+    assert dec.args == (a, nonce + 5, nonce)
+    assert dec.as_dict()["args"] == {"account": a, "expected": nonce + 5, "actual": nonce}
+    assert str(dec) == f"StaleAccountNonce(account={a}, expected={nonce + 5}, actual={nonce})"
+
+    # The verifier's own errors map to margin.errors' classes, revert data identical.
+    verifier = bind(w3, d, "MarginVerifier")
+    params = ch.functions.riskParams().call()
+    view = chain.view()
+    full_check = abi_functions("MarginVerifier")["fullCheck"]
+    bad_market = (0, 0, [WAD], [0])  # one underlying where the parameters have two
+    call = Call(verifier.address, full_check, (([], [0, 0]), bad_market, params), required=False)
+    (r,) = view.call_many([call])
+    dec = decode_revert(r.revert)
+    assert dec.name == "MarketLengthMismatch"
+    err = dec.margin_error()
+    assert isinstance(err, MarketLengthMismatch) and err.revert_data() == r.revert
+
+    assert str(decode_revert(bytes.fromhex("4e487b71" + "11".rjust(64, "0")))) == (
+        "Panic(code=17) [arithmetic overflow]"
+    )
+    assert decode_revert(b"").name == "<empty>"
+    assert decode_revert("0xdeadbeef").name == "<unknown>"
+    assert decode_revert(bytes.fromhex("08c379a0") + b"\x00" * 3).name == "<unknown>"
