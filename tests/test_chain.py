@@ -33,8 +33,8 @@ from keeper.chain.multicall import Call, abi_functions
 from keeper.chain.view import StalePrice
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
+from keeper.devnet.rpc_proxy import CountingProxy
 from margin.errors import MarketLengthMismatch
-from tests.rpc_proxy import CountingProxy
 
 WAD = 10**18
 USDC = 10**6
