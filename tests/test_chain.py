@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from web3 import Web3
+from web3.exceptions import ContractCustomError
 
 from keeper.chain import (
     AbiMismatch,
@@ -35,6 +36,7 @@ from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.rpc_proxy import CountingProxy
 from margin.errors import MarketLengthMismatch
+from margin.fixed_point import mul_down, mul_up
 
 WAD = 10**18
 USDC = 10**6
@@ -384,10 +386,9 @@ def test_decode_protocol_reverts(seeded: Seeded, chain: Chain, w3: Web3) -> None
     ch = bind(w3, d, "ClearingHouse")
     a = seeded.accounts["hedged"]
     nonce = chain.view().snapshot([a]).accounts[a].nonce
-    try:
+    with pytest.raises(ContractCustomError) as reverted:  # it carries the revert data
         ch.functions.liquidate(a, nonce + 5, [0, 0], WAD).call()
-    except Exception as exc:  # web3's ContractCustomError carries the data
-        dec = decode_revert(revert_data_of(exc))
+    dec = decode_revert(revert_data_of(reverted.value))
     assert dec.name == "StaleAccountNonce"
     assert dec.args == (a, nonce + 5, nonce)
     assert dec.as_dict()["args"] == {"account": a, "expected": nonce + 5, "actual": nonce}
@@ -412,3 +413,75 @@ def test_decode_protocol_reverts(seeded: Seeded, chain: Chain, w3: Web3) -> None
     assert decode_revert(b"").name == "<empty>"
     assert decode_revert("0xdeadbeef").name == "<unknown>"
     assert decode_revert(bytes.fromhex("08c379a0") + b"\x00" * 3).name == "<unknown>"
+
+
+def test_lenient_market_matches_flag_and_liquidate_on_stale_prices(
+    seeded: Seeded, chain: Chain, anvil: Anvil, w3: Web3, evm_snapshot: None
+) -> None:
+    """Past maxAge but within liquidationMaxAge the strict check reverts and the liquidation
+    path still runs: the lenient inputs give the bounty `liquidate` returns, to the wei; past
+    liquidationMaxAge both sides fail with the same StalePrice."""
+    d = seeded.d
+    _refresh_feeds(w3, d, {"MockAggregator:BTC/USD": 51_000 * 10**8})
+    anvil.rpc("evm_increaseTime", [3601])
+    anvil.rpc("evm_mine")
+    a = seeded.accounts["iso_sub"]
+    ch = bind(w3, d, "ClearingHouse")
+    liquidator = w3.eth.accounts[9]
+
+    view = chain.view()
+    snap = view.snapshot([a])
+    with pytest.raises(StalePrice):
+        snap.inputs(a)
+    inp = snap.inputs(a, lenient=True)
+    table = snap.table(inp.market)
+    witness = table.full_check(inp.portfolio).witness
+    r = table.witness_check(inp.portfolio, witness)
+    assert r.state == 2
+    penalty_rate, bounty_share, _, min_bounty, max_bounty = snap.liquidation_config
+    penalty = min(mul_up(mul_up(r.requirement, WAD), penalty_rate), max(r.equity, 0))
+    bounty = min(max(mul_down(penalty, bounty_share), min_bounty), max_bounty, penalty)
+    nonce = snap.accounts[a].nonce
+    onchain = ch.functions.liquidate(a, nonce, witness, WAD).call(
+        {"from": liquidator}, block_identifier=view.block.number
+    )
+    assert onchain == bounty > 0
+
+    anvil.rpc("evm_increaseTime", [86_400])
+    anvil.rpc("evm_mine")
+    view = chain.view()
+    snap = view.snapshot([a])
+    with pytest.raises(StalePrice) as e:
+        snap.inputs(a, lenient=True)
+    with pytest.raises(ContractCustomError) as reverted:
+        ch.functions.flag(a, nonce, witness).call(block_identifier=view.block.number)
+    assert revert_data_of(reverted.value) == e.value.revert_data()
+
+
+def test_node_without_batch_support_still_reads_per_chunk(seeded: Seeded, anvil: Anvil) -> None:
+    with CountingProxy(anvil.url, reject_batches=True) as refusing:
+        chain = Chain.connect(refusing.url, seeded.d, calls_per_multicall=10)
+        block = chain.head()
+        accounts = list(seeded.accounts.values())
+        snap = chain.view(block).snapshot(accounts)
+        # 11 globals + 2 + 2 + 2 x 24 instruments + 8 feed reads + 9 accounts x 4 = 107 calls.
+        assert snap.round_trips == 1 + 11  # the refused batch, then one per aggregate3 chunk
+        assert not chain.rpc.batching
+    with CountingProxy(anvil.url) as ok:
+        reference = Chain.connect(ok.url, seeded.d).view(block).snapshot(accounts)
+    assert snap.accounts == reference.accounts and snap.feeds == reference.feeds
+
+
+def test_settled_instrument_and_its_price_are_read(
+    seeded: Seeded, chain: Chain, anvil: Anvil, w3: Web3, evm_snapshot: None
+) -> None:
+    d = seeded.d
+    iid = _instrument(d, 0, "call", 3000)
+    expiry = next(i["expiry"] for i in d.instruments if i["id"] == iid)
+    anvil.rpc("evm_setNextBlockTimestamp", [expiry + 60])
+    anvil.rpc("evm_mine")
+    _refresh_feeds(w3, d, {"MockAggregator:ETH/USD": 3123_45678901})
+    _send(w3, bind(w3, d, "ClearingHouse").functions.settleInstrument(iid), w3.eth.accounts[0])
+    snap = chain.view().snapshot([seeded.accounts["volatile"]])
+    assert snap.instruments[iid].settled
+    assert snap.settlement_prices == {iid: 3123_45678901 * 10**10}  # 8 decimals -> WAD

@@ -197,6 +197,7 @@ class Rpc:
         self.w3 = w3
         self.url = url
         self.redacted = redact_url(url)
+        self.batching = True  # cleared when the node refuses JSON-RPC batches
 
     def _guard(self, fn: Any, *args: Any) -> Any:
         try:
@@ -222,12 +223,26 @@ class Rpc:
         if not calls:
             return []
         reqs = [(RPCEndpoint(m), list(p)) for m, p in calls]
+        if not self.batching:
+            return self._one_by_one(reqs)
         replies = self._guard(self.w3.provider.make_batch_request, reqs)
-        if not isinstance(replies, list):  # the node refused the whole batch
-            raise RpcError("batch", scrub(str(replies.get("error", replies)), self.url))
+        if not isinstance(replies, list):
+            # The node refused the batch as such (no batch support, or a size cap): fall back
+            # to one request per element from now on -- more round trips (one per aggregate3
+            # chunk, still not one per account) rather than no reads at all.
+            log.warning(
+                "%s refused a JSON-RPC batch (%s); sending requests one by one",
+                self.redacted,
+                scrub(str(replies.get("error", replies)), self.url),
+            )
+            self.batching = False
+            return self._one_by_one(reqs)
         if len(replies) != len(calls):
             raise RpcError("batch", f"{len(calls)} requests, {len(replies)} replies")
         return [dict(r) for r in replies]
+
+    def _one_by_one(self, reqs: list[tuple[RPCEndpoint, Any]]) -> list[dict[str, Any]]:
+        return [dict(self._guard(self.w3.provider.make_request, m, p)) for m, p in reqs]
 
     def block(self, ident: int | str = "latest") -> BlockRef:
         tag = hex(ident) if isinstance(ident, int) else ident

@@ -8,7 +8,7 @@ decision goes through that view, so a price of block N never meets positions of 
 * globals: counts, riskParams, rate, backstop, paused, liquidationConfig, insurance fund,
   and Multicall3's block number/timestamp (the block.timestamp the protocol's own checks see);
 * every underlying's config and its price/vol feeds' latestRoundData + decimals;
-* every asset's config, every instrument;
+* every asset's config, every instrument and its settlement price;
 * per account: accountState (nonce, flaggedAt), positionsOf, balanceOf for every asset.
 
 The layout (feed addresses, counts) is guessed from the previous snapshot (at first from the
@@ -209,6 +209,7 @@ class ProtocolSnapshot:
     underlyings: tuple[UnderlyingConfig, ...]
     assets: tuple[AssetConfig, ...]
     instruments: dict[int, Instrument]
+    settlement_prices: dict[int, int]  # settled instruments only
     feeds: dict[str, FeedRound]
     accounts: dict[int, AccountSnapshot]
     round_trips: int = 0  # JSON-RPC round trips this snapshot took (header not included)
@@ -336,8 +337,9 @@ class ChainView:
     def call_many(self, calls: Sequence[Call]) -> list[CallResult]:
         c = self.chain
         n_multicalls = -(-len(calls) // c.calls_per_multicall)
-        self.round_trips += -(-n_multicalls // c.multicalls_per_batch)
-        return multicall(
+        if c.rpc.batching:
+            self.round_trips += -(-n_multicalls // c.multicalls_per_batch)
+        out = multicall(
             c.rpc,
             c.multicall_address,
             self.block,
@@ -345,6 +347,9 @@ class ChainView:
             calls_per_multicall=c.calls_per_multicall,
             multicalls_per_batch=c.multicalls_per_batch,
         )
+        if not c.rpc.batching:  # counted after the call: batching may just have been refused
+            self.round_trips += n_multicalls
+        return out
 
     def ch_call(self, fn: str, *args: Any, required: bool = True) -> Call:
         return Call(self.chain.clearing_house, self._ch[fn], tuple(args), required)
@@ -401,6 +406,7 @@ class ChainView:
         calls += [ch("underlyingConfig", u) for u in range(n_u)]
         calls += [ch("assetConfig", k) for k in range(n_a)]
         calls += [ch("instruments", i) for i in range(1, n_i + 1)]
+        calls += [ch("settlementPrice", i) for i in range(1, n_i + 1)]
         feed_addrs = list(dict.fromkeys(a for pair in layout.feeds for a in pair))
         for f in feed_addrs:
             calls.append(Call(f, self._feed["latestRoundData"], (), required=False))
@@ -436,6 +442,7 @@ class ChainView:
             v = next(res).value
             assert v is not None
             instruments[i] = Instrument(i, *v)
+        settlement_prices = {i: next(res).one() for i in range(1, n_i + 1)}
         feeds = {}
         for f in feed_addrs:
             rd, dec = next(res), next(res)
@@ -478,6 +485,9 @@ class ChainView:
             underlyings=tuple(unders),
             assets=tuple(assets),
             instruments=instruments,
+            settlement_prices={
+                i: p for i, p in settlement_prices.items() if instruments[i].settled
+            },
             feeds=feeds,
             accounts=accts,
         )

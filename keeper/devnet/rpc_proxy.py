@@ -12,8 +12,10 @@ from types import TracebackType
 
 
 class CountingProxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, reject_batches: bool = False) -> None:
         self.upstream = upstream
+        #: Answer every batch with one JSON-RPC error, as nodes without batch support do.
+        self.reject_batches = reject_batches
         self.requests = 0  # HTTP round trips
         self.calls = 0  # JSON-RPC calls inside them (a batch counts each element)
         self.methods: list[str] = []
@@ -31,11 +33,21 @@ class CountingProxy:
                     proxy.calls += len(items)
                     proxy.methods += [i.get("method", "?") for i in items]
                     proxy.paths.append(self.path)
+                if proxy.reject_batches and isinstance(msg, list):
+                    refusal = {
+                        "jsonrpc": "2.0",
+                        "id": None,
+                        "error": {"code": -32600, "message": "batch requests are not supported"},
+                    }
+                    self._reply(json.dumps(refusal).encode())
+                    return
                 req = urllib.request.Request(
                     proxy.upstream, data=body, headers={"Content-Type": "application/json"}
                 )
                 with urllib.request.urlopen(req, timeout=120) as resp:
-                    out = resp.read()
+                    self._reply(resp.read())
+
+            def _reply(self, out: bytes) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
