@@ -31,7 +31,7 @@ def main() -> None:
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 120}))
         d = deploy_protocol(w3)
         ch, usdc = bind(w3, d, "ClearingHouse"), bind(w3, d, "MockERC20:USDC")
-        matcher, owner, bob = w3.eth.accounts[0], w3.eth.accounts[1], w3.eth.accounts[2]
+        matcher, owner, bob = list(w3.eth.accounts)[:3]
         for who in (owner, bob):
             usdc.functions.mint(who, 10**15).transact({"from": who})
             usdc.functions.approve(ch.address, 10**15).transact({"from": who})

@@ -73,7 +73,7 @@ def seeded(w3: Web3, contracts_built: None) -> Seeded:
     ch = bind(w3, d, "ClearingHouse")
     usdc, weth = bind(w3, d, "MockERC20:USDC"), bind(w3, d, "MockERC20:WETH")
     matcher = w3.eth.accounts[0]
-    bob, hedged, naked, iso, vol, flat = w3.eth.accounts[2:8]
+    bob, hedged, naked, iso, vol, flat = list(w3.eth.accounts)[2:8]
     for who in (bob, hedged, naked, iso, vol, flat):
         _send(w3, usdc.functions.mint(who, 10**9 * USDC), who)
         _send(w3, usdc.functions.approve(ch.address, 10**9 * USDC), who)
@@ -330,7 +330,8 @@ def test_round_trips_constant_in_number_of_accounts(
 ) -> None:
     d = seeded.d
     ch, usdc = bind(w3, d, "ClearingHouse"), bind(w3, d, "MockERC20:USDC")
-    owner, matcher = w3.eth.accounts[8], w3.eth.accounts[0]
+    dev = list(w3.eth.accounts)
+    owner, matcher = dev[8], dev[0]
     usdc.functions.mint(owner, 10**12).transact({"from": owner})
     usdc.functions.approve(ch.address, 10**12).transact({"from": owner})
     perp = _instrument(d, 0, "future", dated=False)
@@ -427,7 +428,7 @@ def test_lenient_market_matches_flag_and_liquidate_on_stale_prices(
     anvil.rpc("evm_mine")
     a = seeded.accounts["iso_sub"]
     ch = bind(w3, d, "ClearingHouse")
-    liquidator = w3.eth.accounts[9]
+    liquidator = list(w3.eth.accounts)[9]
 
     view = chain.view()
     snap = view.snapshot([a])

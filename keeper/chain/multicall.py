@@ -85,17 +85,11 @@ class CallResult:
 
 
 def _is_block_error(error: Any) -> bool:
+    """Node wordings for an unknown or non-canonical pinned block: anvil "Resource not found",
+    geth "header for hash not found" / "... is not currently canonical", erigon "block not
+    found". (aggregate3 with allowFailure never reverts, so "not found" is about the block.)"""
     text = str(error).lower()
-    return any(
-        s in text
-        for s in (
-            "header not found",
-            "resource not found",
-            "canonical",
-            "unknown block",
-            "block not found",
-        )
-    )
+    return any(s in text for s in ("not found", "canonical", "unknown block"))
 
 
 def multicall(

@@ -68,11 +68,11 @@ class DecodedRevert:
         """The margin engine's exception for the same failure, when there is one."""
         if self.name == "Panic":
             for cls in _panic_classes():
-                if self.args and cls.code == self.args[0]:
+                if self.args and getattr(cls, "code", None) == self.args[0]:
                     return cls()
             return None
-        cls = error_by_selector().get(self.selector)
-        return cls(*self.args) if cls is not None else None
+        custom = error_by_selector().get(self.selector)
+        return custom(*self.args) if custom is not None else None
 
     def __str__(self) -> str:
         if self.name in ("<unknown>", "<empty>"):
@@ -92,8 +92,8 @@ def _show(a: Any) -> str:
     return str(a)
 
 
-def _panic_classes() -> list[Any]:
-    out: list[Any] = []
+def _panic_classes() -> list[type[Panic]]:
+    out: list[type[Panic]] = []
     stack: list[type[Panic]] = [Panic]
     while stack:
         cls = stack.pop()

@@ -225,7 +225,8 @@ class Rpc:
         reqs = [(RPCEndpoint(m), list(p)) for m, p in calls]
         if not self.batching:
             return self._one_by_one(reqs)
-        replies = self._guard(self.w3.provider.make_batch_request, reqs)
+        provider = cast(JSONBaseProvider, self.w3.provider)
+        replies = self._guard(provider.make_batch_request, reqs)
         if not isinstance(replies, list):
             # The node refused the batch as such (no batch support, or a size cap): fall back
             # to one request per element from now on -- more round trips (one per aggregate3

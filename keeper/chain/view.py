@@ -433,10 +433,14 @@ class ChainView:
                     u, Web3.to_checksum_address(p), max_age, liq_age, Web3.to_checksum_address(v)
                 )
             )
-        assets = [
-            AssetConfig(k, Web3.to_checksum_address(r[0]), *r[1:])
-            for k, r in ((k, next(res).one()) for k in range(n_a))
-        ]
+        assets = []
+        for k in range(n_a):
+            token, decimals, underlying, haircut, scale = next(res).one()
+            assets.append(
+                AssetConfig(
+                    k, Web3.to_checksum_address(token), decimals, underlying, haircut, scale
+                )
+            )
         instruments = {}
         for i in range(1, n_i + 1):
             v = next(res).value
@@ -479,7 +483,7 @@ class ChainView:
             backstop=backstop,
             paused=paused,
             insurance_fund=insurance,
-            liquidation_config=tuple(liq),  # type: ignore[arg-type]
+            liquidation_config=(liq[0], liq[1], liq[2], liq[3], liq[4]),
             risk_params_bytes=bytes(risk_bytes),
             risk_params=decode_risk_params(risk_bytes),
             underlyings=tuple(unders),

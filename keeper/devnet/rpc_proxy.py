@@ -62,8 +62,7 @@ class CountingProxy:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_port}"
 
     def reset(self) -> None:
         with self._lock:
