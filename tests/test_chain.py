@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,6 +90,11 @@ def seeded(w3: Web3, contracts_built: None) -> Seeded:
     _send(w3, ch.functions.deposit(a_h, 0, 2_000 * USDC), hedged)
     trade(a_h, b, _instrument(d, 0, "future", dated=False), WAD, 3000 * WAD)
     trade(a_h, b, _instrument(d, 0, "put", 3000), WAD, 150 * WAD)
+    trade(a_h, b, _instrument(d, 0, "call", 3500), WAD, 40 * WAD)
+    # Closing the first position swaps the last one into its slot: storage order is now
+    # [call 3500, put 3000, future], and the engine must see that order (portfolioOf checks).
+    trade(b, a_h, _instrument(d, 0, "future", dated=False), WAD, 3000 * WAD)
+    trade(a_h, b, _instrument(d, 0, "future"), WAD, 3000 * WAD)
 
     a_n = account_id(naked)
     _send(w3, ch.functions.deposit(a_n, 0, 6_000 * USDC), naked)
@@ -374,9 +380,12 @@ def test_websocket_connection_reads_the_same(seeded: Seeded, anvil: Anvil, chain
     ws = Chain.connect(anvil.url.replace("http://", "ws://"), seeded.d)
     block = chain.head()
     accounts = list(seeded.accounts.values())
-    assert (
-        ws.view(block).snapshot(accounts).accounts == chain.view(block).snapshot(accounts).accounts
-    )
+    try:
+        over_ws = ws.view(block).snapshot(accounts)
+    finally:
+        ws.close()
+    over_http = chain.view(block).snapshot(accounts)
+    assert over_ws.accounts == over_http.accounts and over_ws.feeds == over_http.feeds
 
 
 # --- revert decoding --------------------------------------------------------------------
@@ -486,3 +495,40 @@ def test_settled_instrument_and_its_price_are_read(
     snap = chain.view().snapshot([seeded.accounts["volatile"]])
     assert snap.instruments[iid].settled
     assert snap.settlement_prices == {iid: 3123_45678901 * 10**10}  # 8 decimals -> WAD
+
+
+def test_random_books_match_margin_of(
+    seeded: Seeded, chain: Chain, w3: Web3, evm_snapshot: None
+) -> None:
+    """Deterministic random books over every listed instrument (both underlyings, futures and
+    options, long and short, partial closes): the full check from the snapshot equals
+    marginOf for each, to the wei."""
+    rng = random.Random(2024)
+    d = seeded.d
+    ch, usdc = bind(w3, d, "ClearingHouse"), bind(w3, d, "MockERC20:USDC")
+    dev = list(w3.eth.accounts)
+    owner, matcher, b = dev[9], dev[0], seeded.accounts["bob"]
+    _send(w3, usdc.functions.mint(owner, 10**9 * USDC), owner)
+    _send(w3, usdc.functions.approve(ch.address, 10**9 * USDC), owner)
+    books = [account_id(owner, s) for s in range(10, 16)]
+    marks = {0: 3000, 1: 60_000}
+    for a in books:
+        _send(w3, ch.functions.deposit(a, 0, 200_000 * USDC), owner)
+        for _ in range(6):
+            ins = rng.choice(d.instruments)
+            q = rng.randrange(1, 30) * WAD // 10
+            spot = marks[ins["underlying"]]
+            price = (
+                spot * WAD if ins["kind"] == "future" else rng.randrange(1, 5) * spot * WAD // 100
+            )
+            if rng.random() < 0.5:
+                buyer, seller = a, b
+            else:
+                buyer, seller = b, a
+            ch.functions.trade(buyer, seller, ins["id"], q, price).transact({"from": matcher})
+    view = chain.view()
+    snap = view.snapshot(books)
+    onchain = view.call_many([view.ch_call("marginOf", a) for a in books])
+    assert sum(len(s.positions) for s in snap.accounts.values()) >= 20
+    for a, r in zip(books, onchain, strict=True):
+        assert _as_tuple(snap.full_check(a).to_abi()) == _as_tuple(r.one())

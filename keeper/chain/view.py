@@ -315,6 +315,12 @@ class Chain:
     def w3(self) -> Web3:
         return self.rpc.w3
 
+    def close(self) -> None:
+        """Closes a WebSocket connection (HTTP holds none worth closing)."""
+        close = getattr(self.rpc.w3.provider, "close", None)
+        if callable(close):
+            close()
+
     def head(self) -> BlockRef:
         return self.rpc.block("latest")
 
