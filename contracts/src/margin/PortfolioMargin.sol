@@ -544,9 +544,9 @@ library PortfolioMargin {
         }
         // Same order of work as the full check: the shift (only if the state needs it), V0, V_w.
         (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state);
-        v0 = _price(q, m.spots[q.underlying], tau, m.vols[q.underlying], m.rate);
-        if (state == 3) return v0; // the center: no move, no loss
-        int256 pw = _price(q, shockedSpot, tau, volW, m.rate);
+        if (state == 3) return _price(q, spot, tau, volW, m.rate); // the center: no move, no loss
+        int256 pw;
+        (v0, pw) = _pricePair(q, m, shockedSpot, tau, volW);
         unchecked {
             acc[q.underlying] += q.quantity * (pw - v0); // bounded: no wrap
         }
@@ -561,6 +561,16 @@ library PortfolioMargin {
         volW = m.vols[q.underlying];
         // forge-lint: disable-next-line(unsafe-typecast)
         if (state == VOL_UP || state == VOL_DOWN) volW = _volFor(up, volW, volShift(up, tau), uint8(state));
+    }
+
+    /// @dev (V0, V_w) of an option: its mark, then its price in the named scenario.
+    function _pricePair(Position memory q, Market memory m, int256 shockedSpot, uint256 tau, int256 volW)
+        private
+        pure
+        returns (int256, int256)
+    {
+        uint256 u = q.underlying;
+        return OptionPricing.pricePair(q.kind == CALL, m.spots[u], shockedSpot, q.strike, tau, m.vols[u], volW, m.rate);
     }
 
     function _price(Position memory q, int256 spot, uint256 tau, int256 vol, int256 rate)
