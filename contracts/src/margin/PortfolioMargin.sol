@@ -609,103 +609,126 @@ library PortfolioMargin {
     /// Groups: (underlying, call/put, strike) of options for the net short charge;
     /// (underlying, future/option, expiry) for the calendar nets (futures: quantities) and the
     /// vega nets (options: q * sqrt(tau in years), floored; spot applied per underlying).
+    /// The same integers as margin/requirement.py (ScenarioTable.contingencies), with the
+    /// FixedPoint steps written out for their operands' signs and bounds:
+    /// mulDivDown(tau, 1e18, YEAR) = floor(tau * 1e18 / YEAR) (tau >= 0); sqrtDown(x) = the floor
+    /// root of x * 1e18; mulDown(q, r) floors toward -inf; each mulUp has operands >= 0.
+    /// Called after validation and after every option was priced, so: u < nU <= 8, kind <= 2,
+    /// 0 < strike <= 1e30 < 2^100, expiry < 2^64, |q| <= 1e30, tau <= 5 years (an option with a
+    /// longer tau reverted TauOutOfRange in pricing). Then sqrt(tau in years) <= 2.3e18, each
+    /// vega term <= 2.3e30, a group or side sum of 40 terms <= 1e32, times spot (<= 1e30) and a
+    /// charge (<= 1e18) < 1e80 / 1e18: every product below fits int256 and nothing wraps.
     function contingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
         internal
         pure
         returns (int256 total)
     {
         Position[] memory ps = pf.positions;
-        uint256 n = ps.length;
-        // Scratch, 4n words: keyS | netS | keyE | netE. Keys pack (underlying << 200 |
-        // tag << 192 | strike or expiry): strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8
-        // (validated), so packing is exact; an option's keyS is never 0.
-        uint256 keyS;
+        RiskParams memory params = p; // (named for the assembly block)
         assembly ("memory-safe") {
-            keyS := mload(0x40)
-            let size := shl(7, n)
-            calldatacopy(keyS, calldatasize(), size) // zero it: memory past the pointer may be dirty
+            let n := mload(ps)
+            // Scratch: keyS | netS | keyE | netE (n words each), then 4 sides per underlying:
+            // long futures, short futures, long vega, short vega (sums of per-expiry nets).
+            // Keys pack (underlying << 200 | tag << 192 | strike or expiry): exact by the bounds
+            // above; an option's keyS is never 0, a keyE never 0 (tag 1 future, 2 option).
+            let keyS := mload(0x40)
+            let netS := add(keyS, shl(5, n))
+            let keyE := add(netS, shl(5, n))
+            let netE := add(keyE, shl(5, n))
+            let sides := add(netE, shl(5, n))
+            let size := add(shl(7, n), 0x400) // 4n words + 4 * 8 sides
+            calldatacopy(keyS, calldatasize(), size) // zeroed: memory past the pointer may be dirty
             mstore(0x40, add(keyS, size))
-        }
-        for (uint256 i; i < n; ++i) {
-            int256 amount;
-            uint256 tau;
-            bool isOption;
-            assembly ("memory-safe") {
+            let ts := mload(m)
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
                 let q := mload(add(add(ps, 0x20), shl(5, i)))
-                let u := shl(200, mload(q))
                 let kind := mload(add(q, 0x20))
-                let expiry := mload(add(q, 0x60))
-                amount := mload(add(q, 0x80))
-                isOption := iszero(iszero(kind))
-                let keyE := add(keyS, shl(6, n))
-                let kE := or(or(u, shl(192, add(1, isOption))), expiry)
-                mstore(add(keyE, shl(5, i)), kE)
-                if isOption {
-                    let ts := mload(m)
-                    if gt(expiry, ts) { tau := sub(expiry, ts) }
-                    let kS := or(or(u, shl(192, kind)), mload(add(q, 0x40)))
-                    mstore(add(keyS, shl(5, i)), kS)
-                    let j := 0
-                    for {} iszero(eq(mload(add(keyS, shl(5, j))), kS)) {} { j := add(j, 1) }
-                    // netS[j] += q: at most 40 quantities of <= 1e30, no wrap.
-                    let slot := add(add(keyS, shl(5, n)), shl(5, j))
-                    mstore(slot, add(mload(slot), amount))
+                let amount := mload(add(q, 0x80))
+                if kind {
+                    _group(keyS, i, or(or(shl(200, mload(q)), shl(192, kind)), mload(add(q, 0x40))), netS, amount)
+                    amount := _vega(amount, mload(add(q, 0x60)), ts)
                 }
+                _group(keyE, i, or(or(shl(200, mload(q)), shl(192, add(1, iszero(iszero(kind))))), mload(add(q, 0x60))), netE, amount)
             }
-            if (isOption) {
-                // forge-lint: disable-next-line(unsafe-typecast)
-                amount = amount.mulDown(FixedPoint.sqrtDown(int256(tau).mulDivDown(WAD, int256(YEAR))));
-            }
-            assembly ("memory-safe") {
-                let keyE := add(keyS, shl(6, n))
-                let kE := mload(add(keyE, shl(5, i)))
-                let j := 0
-                for {} iszero(eq(mload(add(keyE, shl(5, j))), kE)) {} { j := add(j, 1) }
-                // netE[j] += amount: at most 40 terms of <= 1e30 * 2.3: no wrap.
-                let slot := add(add(keyE, shl(5, n)), shl(5, j))
-                mstore(slot, add(mload(slot), amount))
-            }
-        }
-        total = _charges(ps, keyS, m, p);
-    }
-
-    /// @dev Charges from the group nets stored in the scratch block at `keyS` (see above).
-    function _charges(Position[] memory ps, uint256 keyS, Market memory m, RiskParams memory p)
-        private
-        pure
-        returns (int256 total)
-    {
-        uint256 nU = p.underlyings.length;
-        // Per underlying u: [4u] long futures, [4u+1] short futures, [4u+2] long vega,
-        // [4u+3] short vega, each summed over the per-expiry nets.
-        int256[] memory sides = new int256[](4 * nU);
-        for (uint256 i; i < ps.length; ++i) {
-            uint256 u;
-            int256 shortNet;
-            // The sums are of at most 40 bounded nets: nothing wraps.
-            assembly ("memory-safe") {
-                let n := mload(ps)
+            let spots := add(mload(add(m, 0x40)), 0x20)
+            let ups := add(mload(params), 0x20)
+            // Per group (its first position): the net short charge and the sides of its net.
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
                 let q := mload(add(add(ps, 0x20), shl(5, i)))
-                u := mload(q)
-                let e := mload(add(keyS, shl(5, add(i, mul(3, n))))) // netE[i]
-                let isOption := iszero(iszero(mload(add(q, 0x20))))
-                let slot := add(add(sides, 0x20), shl(5, add(shl(2, u), shl(1, isOption))))
+                let u := mload(q)
+                let e := mload(add(netE, shl(5, i)))
+                let slot := add(sides, shl(5, add(shl(2, u), shl(1, iszero(iszero(mload(add(q, 0x20))))))))
                 if sgt(e, 0) { mstore(slot, add(mload(slot), e)) }
                 if slt(e, 0) {
                     slot := add(slot, 0x20)
                     mstore(slot, sub(mload(slot), e))
                 }
-                shortNet := mload(add(keyS, shl(5, add(i, n)))) // netS[i]
+                let shortNet := mload(add(netS, shl(5, i)))
+                if slt(shortNet, 0) {
+                    let spot := mload(add(spots, shl(5, u)))
+                    let charge := mload(add(mload(add(ups, shl(5, u))), 0x100)) // shortOptionCharge
+                    total := add(total, _mulUp(_mulUp(sub(0, shortNet), spot), charge))
+                }
             }
-            if (shortNet < 0) {
-                total += (-shortNet).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
+            // Per underlying: calendar (futures) and vega offsets, min(long, short).
+            for { let u := 0 } lt(u, mload(mload(params))) { u := add(u, 1) } {
+                let side := add(sides, shl(7, u))
+                let up := mload(add(ups, shl(5, u)))
+                let spot := mload(add(spots, shl(5, u)))
+                let offset := _min(mload(side), mload(add(side, 0x20)))
+                if offset { total := add(total, _mulUp(_mulUp(offset, spot), mload(add(up, 0x120)))) } // calendarCharge
+                offset := _min(mload(add(side, 0x40)), mload(add(side, 0x60)))
+                if offset { total := add(total, _mulUp(_mulUp(offset, spot), mload(add(up, 0x140)))) } // vegaCharge
             }
-        }
-        for (uint256 u; u < nU; ++u) {
-            int256 offset = sides[4 * u] < sides[4 * u + 1] ? sides[4 * u] : sides[4 * u + 1];
-            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].calendarCharge);
-            offset = sides[4 * u + 2] < sides[4 * u + 3] ? sides[4 * u + 2] : sides[4 * u + 3];
-            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].vegaCharge);
+
+            /// keys[i] = key, then nets[j] += amount for the first j with keys[j] == key (j <= i).
+            function _group(keys, i, key, nets, amount) {
+                mstore(add(keys, shl(5, i)), key)
+                let j := 0
+                for {} iszero(eq(mload(add(keys, shl(5, j))), key)) {} { j := add(j, 1) }
+                let slot := add(nets, shl(5, j))
+                mstore(slot, add(mload(slot), amount))
+            }
+
+            /// mulDown(q, sqrtDown(mulDivDown(tau, 1e18, YEAR))), tau = max(expiry - now, 0).
+            function _vega(q, expiry, now) -> v {
+                let tau := 0
+                if gt(expiry, now) { tau := sub(expiry, now) }
+                let z := mul(q, _isqrtFloor(mul(div(mul(tau, 1000000000000000000), 31536000), 1000000000000000000)))
+                v := sub(sdiv(z, 1000000000000000000), and(slt(z, 0), iszero(iszero(smod(z, 1000000000000000000)))))
+            }
+
+            /// ceil(a * b / 1e18) for a, b >= 0 with a * b < 2^255 (FixedPoint.mulUp there).
+            function _mulUp(a, b) -> z {
+                z := mul(a, b)
+                z := add(div(z, 1000000000000000000), iszero(iszero(mod(z, 1000000000000000000))))
+            }
+
+            function _min(a, b) -> z {
+                z := a
+                if lt(b, a) { z := b }
+            }
+
+            /// floor(sqrt(x)) for x < 2^256: FixedPoint.sqrtDown's root (Newton from above).
+            function _isqrtFloor(x) -> y {
+                let b := shl(7, lt(0xffffffffffffffffffffffffffffffff, x))
+                b := or(b, shl(6, lt(0xffffffffffffffff, shr(b, x))))
+                b := or(b, shl(5, lt(0xffffffff, shr(b, x))))
+                b := or(b, shl(4, lt(0xffff, shr(b, x))))
+                b := or(b, shl(3, lt(0xff, shr(b, x))))
+                b := or(b, shl(2, lt(0xf, shr(b, x))))
+                b := or(b, shl(1, lt(0x3, shr(b, x))))
+                b := or(b, lt(0x1, shr(b, x)))
+                y := shl(shr(1, add(b, 2)), 1)
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := sub(y, lt(div(x, y), y))
+            }
         }
     }
 }
