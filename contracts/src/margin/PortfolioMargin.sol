@@ -166,7 +166,64 @@ library PortfolioMargin {
 
     // ------------------------------------------------------------------ validation
 
+    /// @notice Reverts with the first violated bound (the order of validateParamsInOrder); one
+    /// assembly pass decides, and only failing parameters take the slow path (see
+    /// validatePortfolio).
     function validateParams(RiskParams memory p) internal pure {
+        if (!_paramsInBounds(p)) validateParamsInOrder(p);
+    }
+
+    /// @dev True iff validateParamsInOrder passes. lo <= x <= hi is sub(x, lo) <= hi - lo as
+    /// unsigned: x < lo wraps above 2^255, and no x in int256 wraps past 2^256 for these lo.
+    function _paramsInBounds(RiskParams memory p) private pure returns (bool ok) {
+        // (Constants that are expressions: assembly reads them from the stack.)
+        uint256 maxVolTime = MAX_VOL_TIME;
+        int256 minExtendedMove = MIN_EXTENDED_MOVE;
+        uint256 stable = STABLE;
+        assembly ("memory-safe") {
+            let us := mload(p)
+            let nU := mload(us)
+            ok := iszero(gt(mload(add(p, 0x40)), MAX_CORRELATION_CREDIT))
+            ok := and(ok, iszero(gt(sub(mload(add(p, 0x60)), add(WAD, 1)), sub(MAX_IM_FACTOR, add(WAD, 1)))))
+            ok := and(ok, lt(sub(nU, 1), MAX_UNDERLYINGS))
+            for { let i := 0 } lt(i, nU) { i := add(i, 1) } {
+                let u := mload(add(add(us, 0x20), shl(5, i)))
+                ok := and(ok, lt(sub(mload(u), 1), MAX_PRICE_RANGE))
+                ok := and(ok, lt(sub(mload(add(u, 0x20)), 1), MAX_MOVE_STEPS))
+                ok := and(ok, iszero(gt(mload(add(u, 0x40)), MAX_VOL_SHIFT_BASE)))
+                let ref := mload(add(u, 0x60))
+                ok := and(ok, lt(sub(ref, 1), maxVolTime))
+                ok := and(ok, lt(sub(mload(add(u, 0x80)), 1), ref))
+                ok := and(ok, iszero(gt(mload(add(u, 0xa0)), MAX_VOL_EXPONENT)))
+                ok := and(ok, iszero(gt(mload(add(u, 0xc0)), WAD)))
+                let ext := mload(add(u, 0xe0))
+                ok := and(ok, iszero(gt(mload(ext), MAX_EXTENDED)))
+                let end := add(add(ext, 0x20), shl(5, mload(ext)))
+                for { let it := add(ext, 0x20) } lt(it, end) { it := add(it, 0x20) } {
+                    let e := mload(it)
+                    ok := and(ok, iszero(gt(sub(mload(e), minExtendedMove), sub(MAX_EXTENDED_MOVE, minExtendedMove))))
+                    ok := and(ok, lt(mload(add(e, 0x20)), 3))
+                    ok := and(ok, iszero(gt(mload(add(e, 0x40)), WAD)))
+                }
+                ok := and(ok, iszero(gt(mload(add(u, 0x100)), WAD)))
+                ok := and(ok, iszero(gt(mload(add(u, 0x120)), WAD)))
+                ok := and(ok, iszero(gt(mload(add(u, 0x140)), WAD)))
+            }
+            let as := mload(add(p, 0x20))
+            ok := and(ok, iszero(gt(mload(as), MAX_ASSETS)))
+            let end := add(add(as, 0x20), shl(5, mload(as)))
+            for { let it := add(as, 0x20) } lt(it, end) { it := add(it, 0x20) } {
+                let a := mload(it)
+                let au := mload(add(a, 0x20))
+                ok := and(ok, iszero(gt(mload(a), WAD)))
+                ok := and(ok, or(eq(au, stable), lt(au, nU)))
+            }
+        }
+    }
+
+    /// @notice The reference: each bound in the documented order, reverting with the first
+    /// violated one (margin/params.py, margin/portfolio.py check the same order).
+    function validateParamsInOrder(RiskParams memory p) internal pure {
         if (p.correlationCredit < 0 || p.correlationCredit > MAX_CORRELATION_CREDIT) {
             revert InvalidGlobalParameter(1);
         }
@@ -204,7 +261,27 @@ library PortfolioMargin {
         if (u.vegaCharge < 0 || u.vegaCharge > WAD) revert InvalidRiskParameter(i, 14);
     }
 
+    /// @notice Reverts with the first violated bound (the order of validateMarketInOrder).
     function validateMarket(Market memory m, RiskParams memory p) internal pure {
+        if (!_marketInBounds(m, p.underlyings.length)) validateMarketInOrder(m, p);
+    }
+
+    function _marketInBounds(Market memory m, uint256 nU) private pure returns (bool ok) {
+        assembly ("memory-safe") {
+            let spots := mload(add(m, 0x40))
+            let vols := mload(add(m, 0x60))
+            ok := and(eq(mload(spots), nU), eq(mload(vols), nU))
+            for { let i := 0 } lt(i, nU) { i := add(i, 1) } {
+                let o := shl(5, add(i, 1))
+                ok := and(ok, iszero(gt(sub(mload(add(spots, o)), MIN_SPOT), sub(MAX_PRICE, MIN_SPOT))))
+                ok := and(ok, iszero(gt(mload(add(vols, o)), MAX_VOL)))
+            }
+        }
+    }
+
+    /// @notice The reference: each bound in the documented order, reverting with the first
+    /// violated one (margin/params.py, margin/portfolio.py check the same order).
+    function validateMarketInOrder(Market memory m, RiskParams memory p) internal pure {
         uint256 nU = p.underlyings.length;
         if (m.spots.length != nU) revert MarketLengthMismatch(nU, m.spots.length);
         if (m.vols.length != nU) revert MarketLengthMismatch(nU, m.vols.length);
@@ -214,7 +291,42 @@ library PortfolioMargin {
         }
     }
 
+    /// @notice Reverts with the first violated bound (the order of validatePortfolioInOrder). A
+    /// single assembly pass tests every bound; only a failing portfolio takes the slow path,
+    /// which finds and reverts with the first error.
     function validatePortfolio(Portfolio memory pf, RiskParams memory p) internal pure {
+        if (!_portfolioInBounds(pf, p.underlyings.length, p.assets.length)) validatePortfolioInOrder(pf, p);
+    }
+
+    /// @dev True iff validatePortfolioInOrder passes. |x| <= M for M < 2^254 is
+    /// add(x, M) <= 2M as unsigned (x < -M wraps above 2^255).
+    function _portfolioInBounds(Portfolio memory pf, uint256 nU, uint256 nA) private pure returns (bool ok) {
+        Position[] memory ps = pf.positions;
+        int256[] memory col = pf.collateral;
+        assembly ("memory-safe") {
+            let n := mload(ps)
+            ok := and(iszero(gt(n, MAX_POSITIONS)), eq(mload(col), nA))
+            let end := add(add(ps, 0x20), shl(5, n))
+            for { let it := add(ps, 0x20) } lt(it, end) { it := add(it, 0x20) } {
+                let q := mload(it)
+                let kind := mload(add(q, 0x20))
+                let strike := mload(add(q, 0x40))
+                ok := and(ok, and(lt(mload(q), nU), lt(kind, 3)))
+                // options: 0 < strike <= MAX_PRICE, i.e. strike - 1 < MAX_PRICE as unsigned
+                ok := and(ok, or(iszero(kind), lt(sub(strike, 1), MAX_PRICE)))
+                ok := and(ok, iszero(gt(add(mload(add(q, 0x80)), MAX_QUANTITY), mul(2, MAX_QUANTITY))))
+                ok := and(ok, iszero(gt(add(mload(add(q, 0xa0)), MAX_PRICE), mul(2, MAX_PRICE))))
+            }
+            end := add(add(col, 0x20), shl(5, mload(col)))
+            for { let it := add(col, 0x20) } lt(it, end) { it := add(it, 0x20) } {
+                ok := and(ok, iszero(gt(add(mload(it), MAX_COLLATERAL), mul(2, MAX_COLLATERAL))))
+            }
+        }
+    }
+
+    /// @notice The reference: each bound in the documented order, reverting with the first
+    /// violated one (margin/params.py, margin/portfolio.py check the same order).
+    function validatePortfolioInOrder(Portfolio memory pf, RiskParams memory p) internal pure {
         uint256 n = pf.positions.length;
         if (n > MAX_POSITIONS) revert TooManyPositions(n);
         if (pf.collateral.length != p.assets.length) {
