@@ -394,13 +394,30 @@ library PortfolioMargin {
 
     /// @notice Absolute vol shift for tau seconds to expiry (rounded up):
     /// base * exp(p * ln(Tref / max(tau, Tmin))).
-    function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256) {
+    function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256 shift) {
         uint256 tEff = tau > u.volMinTime ? tau : u.volMinTime;
-        // tEff < 2^64 (expiry is uint64) and Tref <= 5 years: the casts are exact.
-        // forge-lint: disable-next-line(unsafe-typecast)
-        int256 ratio = int256(u.volRefTime).mulDivDown(WAD, int256(tEff));
-        int256 factor = FixedPoint.expWad(u.volExponent.mulDown(FixedPoint.lnWad(ratio)));
-        return u.volShiftBase.mulUp(factor);
+        uint256 ref = u.volRefTime;
+        int256 p = u.volExponent;
+        int256 base = u.volShiftBase;
+        // The FixedPoint steps written out for their operands (validated: 1 <= Tmin <= tEff <
+        // 2^64, Tref <= 5 years, 0 <= p <= 2e18, 0 <= base <= 5e18):
+        // ratio = mulDivDown(Tref, 1e18, tEff): both > 0, so floor is div (may be 0: lnWad reverts);
+        // x = mulDown(p, ln ratio): |ln ratio| < 42e18, floored toward -inf;
+        // mulUp(base, e^x): e^x <= e^38 * 1e18 (ratio <= 1.6e26), product < 2^255, ceil.
+        int256 ratio;
+        assembly ("memory-safe") {
+            ratio := div(mul(ref, WAD), tEff)
+        }
+        int256 x = FixedPoint.lnWad(ratio);
+        assembly ("memory-safe") {
+            let z := mul(p, x)
+            x := sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD)))))
+        }
+        int256 factor = FixedPoint.expWad(x);
+        assembly ("memory-safe") {
+            let z := mul(base, factor)
+            shift := add(div(z, WAD), iszero(iszero(mod(z, WAD))))
+        }
     }
 
     function _volFor(UnderlyingParams memory u, int256 vol, int256 shift, uint8 state) private pure returns (int256) {
@@ -629,12 +646,38 @@ library PortfolioMargin {
         stateW = new uint256[](nU);
         weightW = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
-            uint256 count = scenarioCount(p.underlyings[u]);
-            if (witness[u] >= count) revert WitnessOutOfRange(u, witness[u], count);
-            (int256 move, uint8 state, int256 weight,) = scenario(p.underlyings[u], witness[u]);
-            shockedW[u] = m.spots[u].mulDown(WAD + move);
-            stateW[u] = witness[u] == 3 * p.underlyings[u].moveSteps + 1 ? 3 : state;
-            weightW[u] = weight;
+            (shockedW[u], stateW[u], weightW[u]) = _planOne(p.underlyings[u], u, witness[u], m.spots[u]);
+        }
+    }
+
+    /// @dev scenarioCount and scenario(up, w) written out (validated: 1 <= n <= 10, at most 8
+    /// extended moves, so nothing below wraps), then the shocked spot.
+    function _planOne(UnderlyingParams memory up, uint256 u, uint256 w, int256 spot)
+        private
+        pure
+        returns (int256 sw, uint256 state, int256 weight)
+    {
+        ExtendedMove[] memory ext = up.extended;
+        uint256 n = up.moveSteps;
+        uint256 regular;
+        unchecked {
+            regular = 3 * (2 * n + 1);
+            if (w >= regular + ext.length) revert WitnessOutOfRange(u, w, regular + ext.length);
+        }
+        int256 move;
+        weight = WAD;
+        if (w < regular) {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            move = up.priceRange.mulDivDown(int256(w / 3) - int256(n), int256(n)); // k - n in [-10, 10]
+            state = w == regular / 2 ? 3 : w % 3; // regular / 2 = 3n + 1, the center
+        } else {
+            ExtendedMove memory e = ext[w - regular];
+            (move, state, weight) = (e.move, e.volState, e.weight);
+        }
+        // mulDown(spot, 1e18 + move): spot <= 1e30 and 1e18 + move in (0, 11e18], so the
+        // product is positive and < 2^255: floor is div.
+        assembly ("memory-safe") {
+            sw := div(mul(spot, add(WAD, move)), WAD)
         }
     }
 
