@@ -99,21 +99,22 @@ library OptionPricing {
         _checkUnderlying(spotW, strike, false);
         if (volW < 0 || volW > MAX_VOL) revert VolOutOfRange(volW);
         unchecked {
-            int256 rt = _rateTime(tau, rate);
-            int256 kd = (strike * _discount(rt)) / WAD; // < 1.3e49 before the division
-            v0 = _priceFrom(isCall, spot, strike, kd, rt, tau, vol);
-            vw = _priceFrom(isCall, spotW, strike, kd, rt, tau, volW);
+            rate = _rateTime(tau, rate); // rt from here on (the slot is reused: stack depth)
+            int256 kd = (strike * _discount(rate)) / WAD; // < 1.3e49 before the division
+            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+            v0 = _priceFrom(isCall, spot, strike, kd, rate, sst, halfVar);
+            if (volW != vol) (sst, halfVar) = _sigmaSqrtTauHalfVar(tau, volW);
+            vw = _priceFrom(isCall, spotW, strike, kd, rate, sst, halfVar);
         }
     }
 
-    /// @dev price's computation after its checks, from rt and kd.
-    function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 rt, uint256 tau, int256 vol)
+    /// @dev price's computation after its checks, from rt, kd, sigma*sqrt(tau) and sigma^2*tau/2.
+    function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 rt, int256 sst, int256 halfVar)
         private
         pure
         returns (int256)
     {
         unchecked {
-            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
             if (sst == 0) return _intrinsic(isCall, spot, kd);
             return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
         }

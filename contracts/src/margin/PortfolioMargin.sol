@@ -582,6 +582,16 @@ library PortfolioMargin {
         }
     }
 
+    /// @dev mulDown(a, b) for |a * b| < 2^255 (here |q| <= 1e30, |mark - entry| < 1.3e31: a
+    /// mark is a spot <= 1e30, a call <= spot or a put <= K * D <= 1e30 * e^2.5; |entry| <= 1e30):
+    /// floor toward -inf without the overflow check.
+    function _mulDownBounded(int256 a, int256 b) private pure returns (int256 z) {
+        assembly ("memory-safe") {
+            z := mul(a, b)
+            z := sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD)))))
+        }
+    }
+
     /// @dev Effective balance: a positive balance loses its haircut (rounded down); a debt counts in full.
     function _haircut(int256 balance, int256 haircut) private pure returns (int256) {
         return balance > 0 ? balance.mulDown(WAD - haircut) : balance;
@@ -606,7 +616,7 @@ library PortfolioMargin {
             Position memory q = pf.positions[i];
             uint256 u = q.underlying;
             int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc);
-            equity += q.quantity.mulDown(v0 - q.entryPrice);
+            equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
         }
         for (uint256 k; k < p.assets.length; ++k) {
             AssetParams memory ap = p.assets[k];
