@@ -2,6 +2,7 @@
 pragma solidity 0.8.30;
 
 import {TestBase} from "./utils/TestBase.sol";
+import {FixedPoint} from "../src/math/FixedPoint.sol";
 import {
     PortfolioMargin,
     Portfolio,
@@ -123,6 +124,86 @@ contract PortfolioMarginTest is MarginFixtures {
         this.witnessExternal(pf, w);
         vm.expectRevert(abi.encodeWithSelector(TooManyPositions.selector, uint256(41)));
         this.fullExternal(mixed(41));
+    }
+
+    /// @notice Contingencies group by key, not by position order: reversed and rotated books of
+    /// 40 positions with repeated strikes and expiries give the same charges, equal to the plain
+    /// O(n^2) definition.
+    function test_contingenciesIndependentOfOrder() public pure {
+        Portfolio memory pf = mixed(40);
+        for (uint256 i; i < 40; ++i) {
+            pf.positions[i].strike = pf.positions[i].kind == 0 ? int256(0) : int256(2500e18 + (i % 4) * 250e18);
+            pf.positions[i].expiry = T0 + uint64(1 + i % 3) * 7 days;
+            pf.positions[i].underlying = 0;
+        }
+        Market memory m = market2();
+        RiskParams memory p = params2();
+        int256 base = PortfolioMargin.contingencies(pf, m, p);
+        assertTrue(base > 0, "charges");
+        Portfolio memory rev = mixed(40);
+        Portfolio memory rot = mixed(40);
+        for (uint256 i; i < 40; ++i) {
+            rev.positions[i] = pf.positions[39 - i];
+            rot.positions[i] = pf.positions[(i + 17) % 40];
+        }
+        assertEq(PortfolioMargin.contingencies(rev, m, p), base, "reversed");
+        assertEq(PortfolioMargin.contingencies(rot, m, p), base, "rotated");
+        assertEq(base, _referenceContingencies(pf, m, p), "the plain definition");
+        assertEq(PortfolioMargin.contingencies(mixed(40), m, p), _referenceContingencies(mixed(40), m, p), "mixed");
+    }
+
+    /// @dev The definition in plain O(n^2) Solidity (margin/requirement.py, contingencies).
+    function _referenceContingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
+        internal
+        pure
+        returns (int256 total)
+    {
+        Position[] memory ps = pf.positions;
+        for (uint256 u; u < p.underlyings.length; ++u) {
+            int256[4] memory sides; // long/short futures, long/short vega
+            for (uint256 i; i < ps.length; ++i) {
+                if (ps[i].underlying != u) continue;
+                int256 net;
+                if (!_seenBefore(ps, i, false)) {
+                    for (uint256 k = i; k < ps.length; ++k) {
+                        if (_sameGroup(ps[i], ps[k], false)) net += _vegaOrQty(ps[k], m);
+                    }
+                    uint256 side = ps[i].kind == 0 ? 0 : 2;
+                    if (net > 0) sides[side] += net;
+                    if (net < 0) sides[side + 1] -= net;
+                }
+                if (ps[i].kind == 0 || _seenBefore(ps, i, true)) continue;
+                net = 0;
+                for (uint256 k = i; k < ps.length; ++k) {
+                    if (_sameGroup(ps[i], ps[k], true)) net += ps[k].quantity;
+                }
+                if (net < 0) total += FixedPoint.mulUp(FixedPoint.mulUp(-net, m.spots[u]), p.underlyings[u].shortOptionCharge);
+            }
+            int256 off = sides[0] < sides[1] ? sides[0] : sides[1];
+            if (off > 0) total += FixedPoint.mulUp(FixedPoint.mulUp(off, m.spots[u]), p.underlyings[u].calendarCharge);
+            off = sides[2] < sides[3] ? sides[2] : sides[3];
+            if (off > 0) total += FixedPoint.mulUp(FixedPoint.mulUp(off, m.spots[u]), p.underlyings[u].vegaCharge);
+        }
+    }
+
+    function _sameGroup(Position memory a, Position memory b, bool byStrike) internal pure returns (bool) {
+        if (a.underlying != b.underlying) return false;
+        if (byStrike) return b.kind == a.kind && b.strike == a.strike;
+        return (a.kind == 0) == (b.kind == 0) && a.expiry == b.expiry;
+    }
+
+    function _seenBefore(Position[] memory ps, uint256 i, bool byStrike) internal pure returns (bool) {
+        for (uint256 j; j < i; ++j) {
+            if (_sameGroup(ps[j], ps[i], byStrike)) return true;
+        }
+        return false;
+    }
+
+    function _vegaOrQty(Position memory q, Market memory m) internal pure returns (int256) {
+        if (q.kind == 0) return q.quantity;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        int256 tau = q.expiry > m.timestamp ? int256(uint256(q.expiry - m.timestamp)) : int256(0);
+        return FixedPoint.mulDown(q.quantity, FixedPoint.sqrtDown(FixedPoint.mulDivDown(tau, WAD, 31_536_000)));
     }
 
     function witnessExternal(Portfolio memory pf, uint256[] memory w) external pure returns (MarginResult memory) {

@@ -768,9 +768,9 @@ library PortfolioMargin {
     }
 
     /// @notice Short-option, calendar-basis and vega-offset charges, summed over underlyings.
-    /// Each position joins the group of the first earlier position with the same key (n <= 40,
-    /// so a backward scan of packed keys is cheaper than any map); sums are exact, and each
-    /// group is rounded once, so the total does not depend on the order of the positions.
+    /// Positions are grouped by packed keys in two small hash tables (one pass, no sort); sums
+    /// are exact, and each group is rounded once, so the total does not depend on the order of
+    /// the positions or of the groups.
     /// Groups: (underlying, call/put, strike) of options for the net short charge;
     /// (underlying, future/option, expiry) for the calendar nets (futures: quantities) and the
     /// vega nets (options: q * sqrt(tau in years), floored; spot applied per underlying).
@@ -792,47 +792,60 @@ library PortfolioMargin {
         RiskParams memory params = p; // (named for the assembly block)
         assembly ("memory-safe") {
             let n := mload(ps)
-            // Scratch: keyS | netS | keyE | netE (n words each), then 4 sides per underlying:
-            // long futures, short futures, long vega, short vega (sums of per-expiry nets).
-            // Keys pack (underlying << 200 | tag << 192 | strike or expiry): exact by the bounds
-            // above; an option's keyS is never 0, a keyE never 0 (tag 1 future, 2 option).
-            let keyS := mload(0x40)
-            let netS := add(keyS, shl(5, n))
-            let keyE := add(netS, shl(5, n))
-            let netE := add(keyE, shl(5, n))
-            let sides := add(netE, shl(5, n))
-            let size := add(shl(7, n), 0x400) // 4n words + 4 * 8 sides
-            calldatacopy(keyS, calldatasize(), size) // zeroed: memory past the pointer may be dirty
-            mstore(0x40, add(keyS, size))
+            // Two open-addressing hash tables of 2^bits >= 2n slots (key, net), so a table is at
+            // most half full and a probe sequence always ends: S groups options by (underlying,
+            // call/put, strike) for the short charge, E groups by (underlying, future/option,
+            // expiry) for the calendar and vega nets. Keys pack (underlying << 200 | tag << 192 |
+            // strike or expiry): exact by the bounds above, never 0 (tag: kind 1/2 for S; 1
+            // future, 2 option for E), so 0 marks an empty slot. Each table is followed by its
+            // list [count, slot...] of groups in order of creation (sums are exact, so the
+            // order does not matter), then 4 sides per underlying: long futures, short futures,
+            // long vega, short vega (sums of per-expiry nets).
+            let bits := 3
+            for {} lt(shl(bits, 1), shl(1, n)) {} { bits := add(bits, 1) }
+            let tabS := mload(0x40)
+            let tabE := add(tabS, add(shl(add(bits, 6), 1), shl(5, add(n, 1)))) // 2^bits * 64 + list
+            let sides := add(tabE, add(shl(add(bits, 6), 1), shl(5, add(n, 1))))
+            let size := add(sub(sides, tabS), 0x400) // + 4 * 8 sides
+            calldatacopy(tabS, calldatasize(), size) // zeroed: memory past the pointer may be dirty
+            mstore(0x40, add(tabS, size))
             let ts := mload(m)
             for { let i := 0 } lt(i, n) { i := add(i, 1) } {
                 let q := mload(add(add(ps, 0x20), shl(5, i)))
                 let kind := mload(add(q, 0x20))
                 let amount := mload(add(q, 0x80))
                 if kind {
-                    _group(keyS, i, or(or(shl(200, mload(q)), shl(192, kind)), mload(add(q, 0x40))), netS, amount)
+                    _insert(tabS, bits, or(or(shl(200, mload(q)), shl(192, kind)), mload(add(q, 0x40))), amount)
                     amount := _vega(amount, mload(add(q, 0x60)), ts)
                 }
-                _group(keyE, i, or(or(shl(200, mload(q)), shl(192, add(1, iszero(iszero(kind))))), mload(add(q, 0x60))), netE, amount)
+                _insert(tabE, bits, or(or(shl(200, mload(q)), shl(192, add(1, iszero(iszero(kind))))), mload(add(q, 0x60))), amount)
             }
             let spots := add(mload(add(m, 0x40)), 0x20)
             let ups := add(mload(params), 0x20)
-            // Per group (its first position): the net short charge and the sides of its net.
-            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
-                let q := mload(add(add(ps, 0x20), shl(5, i)))
-                let u := mload(q)
-                let e := mload(add(netE, shl(5, i)))
-                let slot := add(sides, shl(5, add(shl(2, u), shl(1, iszero(iszero(mload(add(q, 0x20))))))))
-                if sgt(e, 0) { mstore(slot, add(mload(slot), e)) }
-                if slt(e, 0) {
-                    slot := add(slot, 0x20)
-                    mstore(slot, sub(mload(slot), e))
-                }
-                let shortNet := mload(add(netS, shl(5, i)))
+            // The short charge of each S group with a net short position.
+            let list := add(tabS, shl(add(bits, 6), 1))
+            for { let g := 0 } lt(g, mload(list)) { g := add(g, 1) } {
+                let slot := mload(add(list, shl(5, add(g, 1))))
+                let shortNet := mload(add(slot, 0x20))
                 if slt(shortNet, 0) {
+                    let u := shr(200, mload(slot))
                     let spot := mload(add(spots, shl(5, u)))
                     let charge := mload(add(mload(add(ups, shl(5, u))), 0x100)) // shortOptionCharge
                     total := add(total, _mulUp(_mulUp(sub(0, shortNet), spot), charge))
+                }
+            }
+            // The net of each E group into the long or short side of its underlying and kind.
+            list := add(tabE, shl(add(bits, 6), 1))
+            for { let g := 0 } lt(g, mload(list)) { g := add(g, 1) } {
+                let slot := mload(add(list, shl(5, add(g, 1))))
+                let key := mload(slot)
+                let e := mload(add(slot, 0x20))
+                // shr(192, key) = underlying << 8 | tag, tag 2 for options
+                let side := add(sides, shl(5, add(shl(2, shr(200, key)), shl(1, eq(and(shr(192, key), 0xff), 2)))))
+                if sgt(e, 0) { mstore(side, add(mload(side), e)) }
+                if slt(e, 0) {
+                    side := add(side, 0x20)
+                    mstore(side, sub(mload(side), e))
                 }
             }
             // Per underlying: calendar (futures) and vega offsets, min(long, short).
@@ -846,13 +859,30 @@ library PortfolioMargin {
                 if offset { total := add(total, _mulUp(_mulUp(offset, spot), mload(add(up, 0x140)))) } // vegaCharge
             }
 
-            /// keys[i] = key, then nets[j] += amount for the first j with keys[j] == key (j <= i).
-            function _group(keys, i, key, nets, amount) {
-                mstore(add(keys, shl(5, i)), key)
-                let j := 0
-                for {} iszero(eq(mload(add(keys, shl(5, j))), key)) {} { j := add(j, 1) }
-                let slot := add(nets, shl(5, j))
-                mstore(slot, add(mload(slot), amount))
+            /// net[key] += amount in the table at tab (2^bits slots of (key, net), then the list of
+            /// groups [count, slot...]): multiplicative hashing (the top bits of key * an odd
+            /// constant depend on every bit of key), linear probing.
+            function _insert(tab, logT, key, amount) {
+                let mask := sub(shl(logT, 1), 1)
+                let h := shr(sub(256, logT), mul(key, 0x9e3779b97f4a7c15f39cc0605cedc8341082276bf3a27251f86c6a11d0c18e95))
+                for {} 1 {} {
+                    let slot := add(tab, shl(6, h))
+                    let k := mload(slot)
+                    if eq(k, key) {
+                        mstore(add(slot, 0x20), add(mload(add(slot, 0x20)), amount))
+                        break
+                    }
+                    if iszero(k) {
+                        mstore(slot, key)
+                        mstore(add(slot, 0x20), amount)
+                        let groups := add(tab, shl(add(logT, 6), 1))
+                        let c := add(mload(groups), 1)
+                        mstore(groups, c)
+                        mstore(add(groups, shl(5, c)), slot)
+                        break
+                    }
+                    h := and(add(h, 1), mask)
+                }
             }
 
             /// mulDown(q, sqrtDown(mulDivDown(tau, 1e18, YEAR))), tau = max(expiry - now, 0).
