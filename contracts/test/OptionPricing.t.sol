@@ -149,6 +149,7 @@ contract OptionPricingTest is TestBase {
     /// the revert data of the first failing call. Inputs in the domain, or (from `mode`) raw.
     function testFuzz_pricePair_is_two_prices(bool isCall, int256[7] memory x, uint8 mode) public view {
         if (mode & 1 == 0) _pairInputs(x, mode & 2 == 0);
+        // forge-lint: disable-next-line(unsafe-typecast)
         else if (mode & 2 == 0) x[3] = x[3] % int256(6 * YEAR); // tau near the bound, else mostly out of range
         (bool ok0, bytes memory r0) = _price(isCall, x[0], x[2], x[3], x[4], x[6]);
         (bool okW, bytes memory rW) = _price(isCall, x[1], x[2], x[3], x[5], x[6]);
@@ -168,6 +169,7 @@ contract OptionPricingTest is TestBase {
         (int256 s, int256 k,, int256 v, int256 r) = _inputs(x[0], x[2], 0, x[4], x[6]);
         (x[0], x[2], x[4], x[6]) = (s, k, v, r);
         x[1] = bound(x[1], s / 3, s * 11);
+        // forge-lint: disable-next-line(unsafe-typecast)
         x[3] = bound(x[3], 0, int256(5 * YEAR));
         x[5] = sameVol ? v : bound(x[5], 0, 10e18);
     }

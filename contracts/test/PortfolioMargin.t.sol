@@ -133,6 +133,7 @@ contract PortfolioMarginTest is MarginFixtures {
         Portfolio memory pf = mixed(40);
         for (uint256 i; i < 40; ++i) {
             pf.positions[i].strike = pf.positions[i].kind == 0 ? int256(0) : int256(2500e18 + (i % 4) * 250e18);
+            // forge-lint: disable-next-line(unsafe-typecast)
             pf.positions[i].expiry = T0 + uint64(1 + i % 3) * 7 days;
             pf.positions[i].underlying = 0;
         }
@@ -500,6 +501,7 @@ contract ValidationFastPathTest is MarginFixtures {
         uint256 f = field % 9;
         if (f < 6) {
             Position memory q = pf.positions[field / 9 % 6];
+            // forge-lint: disable-next-line(unsafe-typecast)
             if (f == 1) value = int256(uint256(uint8(uint256(value)))); // kind is a uint8
             _set(_ptrQ(q), f, value);
         }
