@@ -142,7 +142,7 @@ def test_nonces_are_taken_in_order_and_never_twice(store: Store) -> None:
     assert [t2.nonce, t3.nonce, t4.nonce] == [6, 7, 8]
     assert store.transaction_for_decision(d1.id).id == t1.id  # type: ignore[arg-type,union-attr]
     assert [t.nonce for t in store.open_transactions(SENDER)] == [5, 6, 7, 8]
-    store.update_transaction(t1.id, status=TxStatus.FINAL)  # type: ignore[arg-type]
+    store.update_transaction(t1.id, status=TxStatus.FINAL, final=True)  # type: ignore[arg-type]
     assert store.max_open_nonce(SENDER) == 8
     assert [t.nonce for t in store.open_transactions(SENDER)] == [6, 7, 8]
 

@@ -33,8 +33,6 @@ from keeper.store.types import utcnow
 Migration = Callable[[Connection], None]
 MIGRATIONS: dict[int, Migration] = {}
 
-#: Transactions not yet settled: their nonce is in use and their hashes must be watched.
-OPEN_STATUSES = (TxStatus.PENDING, TxStatus.MINED, TxStatus.REVERTED)
 
 
 class StoreError(RuntimeError):
@@ -260,6 +258,27 @@ class Store:
             s.refresh(tx)
             return tx
 
+    def renonce_transaction(self, tx_id: int) -> Transaction:
+        """Give a transaction that never reached the chain the signer's next nonce (its own was
+        taken by another sender). Same atomic ``UPDATE ... RETURNING`` as ``insert_transaction``.
+        """
+        with self.session() as s:
+            row = s.get(Transaction, tx_id)
+            if row is None:
+                raise StoreError(f"no transaction {tx_id}")
+            taken = s.exec(  # type: ignore[call-overload]
+                update(NonceState)
+                .where(col(NonceState.sender) == row.sender)
+                .values(next_nonce=NonceState.next_nonce + 1, updated_at=utcnow())
+                .returning(NonceState.next_nonce)
+            ).scalar_one_or_none()
+            if taken is None:
+                raise NonceNotInitialised(f"no nonce state for {row.sender}: reconcile first")
+            row.nonce = int(taken) - 1
+            row.status = TxStatus.PENDING
+            row.updated_at = utcnow()
+            return row
+
     def transaction(self, tx_id: int) -> Transaction | None:
         with self.session() as s:
             return s.get(Transaction, tx_id)
@@ -275,7 +294,7 @@ class Store:
                 s.exec(
                     select(Transaction)
                     .where(Transaction.sender == sender.lower())
-                    .where(col(Transaction.status).in_([st.value for st in OPEN_STATUSES]))
+                    .where(col(Transaction.final).is_(False))
                     .order_by(col(Transaction.nonce))
                 )
             )

@@ -26,7 +26,7 @@ class TxStatus(StrEnum):
     PENDING = "pending"  # signed (and normally broadcast), no receipt yet
     MINED = "mined"  # one of its hashes has a successful receipt, not yet final
     REVERTED = "reverted"  # one of its hashes mined with status 0 (the nonce is consumed)
-    FINAL = "final"  # mined and ``confirmations`` deep
+    FINAL = "final"  # mined successfully and ``confirmations`` deep
     DROPPED = "dropped"  # the nonce was consumed by a transaction that is not ours
 
 
@@ -118,6 +118,9 @@ class Transaction(SQLModel, table=True):
     gas_limit: int = Field(sa_type=BigInteger)
     chain_id: int = Field(sa_type=BigInteger)
     status: str = Field(default=TxStatus.PENDING, max_length=16, index=True)
+    #: Settled for good: mined (or reverted) ``confirmations`` deep, or its nonce consumed by a
+    #: transaction that is not ours. Open transactions are watched; final ones never again.
+    final: bool = Field(default=False, index=True)
     #: The hash that mined (one of the attempts), once known.
     mined_hash: str | None = Field(default=None, max_length=66)
     block_number: int | None = Field(default=None, sa_type=BigInteger)
