@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
-from keeper.store import Store, TxStatus
+from keeper.store import AttemptStatus, Store, TxStatus
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ class Reconciliation:
     chain_latest: int
     chain_pending: int
     dropped: tuple[int, ...]  # store ids of transactions whose nonce another sender took
+    #: Store ids of transactions that never reached a node and whose nonce is now used: they
+    #: need a fresh nonce (``Store.renonce_transaction``), not a verdict.
+    unsent_stale: tuple[int, ...] = ()
 
 
 class NonceManager:
@@ -59,11 +62,15 @@ class NonceManager:
         latest = self.w3.eth.get_transaction_count(self.address, "latest")
         pending = self.w3.eth.get_transaction_count(self.address, "pending")
         dropped: list[int] = []
+        unsent: list[int] = []
         highest_open: int | None = None
         for tx in self.store.open_transactions(self.address):
             assert tx.id is not None
             if tx.nonce < latest:
-                if tx.status == TxStatus.PENDING and self.find_receipt_hash(tx.id) is None:
+                reached = any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id))
+                if tx.status == TxStatus.PENDING and not reached:
+                    unsent.append(tx.id)
+                elif tx.status == TxStatus.PENDING and self.find_receipt_hash(tx.id) is None:
                     self.store.update_transaction(tx.id, status=TxStatus.DROPPED, final=True)
                     dropped.append(tx.id)
                     log.warning(
@@ -86,10 +93,15 @@ class NonceManager:
         if previous != next_nonce:
             log.info(
                 "nonce reconciled",
-                extra={"sender": self.address, "previous": previous, "next_nonce": next_nonce,
-                       "latest": latest, "pending": pending},
-            )  # fmt: skip
-        return Reconciliation(next_nonce, latest, pending, tuple(dropped))
+                extra={
+                    "sender": self.address,
+                    "previous": previous,
+                    "next_nonce": next_nonce,
+                    "latest": latest,
+                    "pending": pending,
+                },
+            )
+        return Reconciliation(next_nonce, latest, pending, tuple(dropped), tuple(unsent))
 
     def peek(self) -> int | None:
         """The next nonce the store will hand out (None before the first reconcile)."""

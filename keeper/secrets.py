@@ -34,9 +34,24 @@ MIN_SCRUB_LENGTH = 4
 
 #: Query parameter names whose value is a credential (compared lower-case, without - and _).
 _SECRET_QUERY_KEYS = frozenset(
-    {"key", "apikey", "apitoken", "token", "accesstoken", "secret", "password", "pass",
-     "auth", "authorization", "sig", "signature", "projectid", "projectsecret", "clientsecret"}
-)  # fmt: skip
+    {
+        "key",
+        "apikey",
+        "apitoken",
+        "token",
+        "accesstoken",
+        "secret",
+        "password",
+        "pass",
+        "auth",
+        "authorization",
+        "sig",
+        "signature",
+        "projectid",
+        "projectsecret",
+        "clientsecret",
+    }
+)
 
 #: A path segment that looks like an API key: 16+ URL-safe characters with both letters and
 #: digits (Infura ``/v3/<32 hex>``, Alchemy ``/v2/<key>``, QuickNode ``/<token>/``). Ordinary
@@ -98,8 +113,11 @@ def url_secret_parts(url: str) -> list[str]:
         # "https://<token>@host": a bare userinfo is a token (e.g. a basic-auth API key).
         found.append(parts.username)
     found += [seg for seg in parts.path.split("/") if _KEYLIKE_SEGMENT.match(seg)]
-    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if v and (
-        _is_secret_query_key(k) or _KEYLIKE_SEGMENT.match(v))]  # fmt: skip
+    found += [
+        v
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if v and (_is_secret_query_key(k) or _KEYLIKE_SEGMENT.match(v))
+    ]
     return found
 
 
@@ -121,10 +139,12 @@ def redact_url(url: str) -> str:
         netloc = f"{MASK}@{netloc}"
     path = "/".join(MASK if _KEYLIKE_SEGMENT.match(s) else s for s in parts.path.split("/"))
     query = urlencode(
-        [(k, MASK if v and (_is_secret_query_key(k) or _KEYLIKE_SEGMENT.match(v)) else v)
-         for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        [
+            (k, MASK if v and (_is_secret_query_key(k) or _KEYLIKE_SEGMENT.match(v)) else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
         safe="*",
-    )  # fmt: skip
+    )
     return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 

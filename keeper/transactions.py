@@ -68,7 +68,9 @@ class TxManager:
 
     def start(self) -> None:
         """Reconcile nonces with the chain, then (re)send what a previous run left unsent."""
-        self.nonces.reconcile()
+        rec = self.nonces.reconcile()
+        for tx_id in rec.unsent_stale:
+            self.store.renonce_transaction(tx_id)
         for tx in self.store.open_transactions(self.signer.address):
             assert tx.id is not None
             live = [a for a in self.store.attempts(tx.id) if a.status == AttemptStatus.SENT]
@@ -128,16 +130,24 @@ class TxManager:
         assert tx.id is not None
         tx_hash, raw = self._sign(tx, fees)
         attempt = self.store.add_attempt(
-            TxAttempt(tx_id=tx.id, hash=tx_hash, raw="0x" + raw.hex(),
-                      max_fee_per_gas=fees.max_fee_per_gas,
-                      max_priority_fee_per_gas=fees.max_priority_fee_per_gas)
-        )  # fmt: skip
+            TxAttempt(
+                tx_id=tx.id,
+                hash=tx_hash,
+                raw="0x" + raw.hex(),
+                max_fee_per_gas=fees.max_fee_per_gas,
+                max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            )
+        )
         log.info(
             "transaction sent",
-            extra={"tx_id": tx.id, "nonce": tx.nonce, "hash": tx_hash,
-                   "max_fee_per_gas": fees.max_fee_per_gas,
-                   "max_priority_fee_per_gas": fees.max_priority_fee_per_gas},
-        )  # fmt: skip
+            extra={
+                "tx_id": tx.id,
+                "nonce": tx.nonce,
+                "hash": tx_hash,
+                "max_fee_per_gas": fees.max_fee_per_gas,
+                "max_priority_fee_per_gas": fees.max_priority_fee_per_gas,
+            },
+        )
         return self._broadcast(tx, attempt)
 
     def _broadcast(self, tx: Transaction, attempt: TxAttempt) -> Transaction:
@@ -165,8 +175,10 @@ class TxManager:
             return tx
         self.nonces.reconcile(trust_pending=True)
         moved = self.store.renonce_transaction(tx.id)
-        log.info("transaction moved to a fresh nonce",
-                 extra={"tx_id": tx.id, "old_nonce": tx.nonce, "nonce": moved.nonce})  # fmt: skip
+        log.info(
+            "transaction moved to a fresh nonce",
+            extra={"tx_id": tx.id, "old_nonce": tx.nonce, "nonce": moved.nonce},
+        )
         return self._send_attempt(moved, self.fees.initial(self._base_fee()))
 
     # --- following ---------------------------------------------------------------------------
@@ -214,16 +226,28 @@ class TxManager:
                 # Only now are the other hashes settled as replaced: before finality, a reorg
                 # could still bring any of them in instead.
                 self.store.settle_attempts(tx.id, attempt.hash)
-                log.info("transaction final", extra={"tx_id": tx.id, "hash": attempt.hash,
-                                                     "status": status})  # fmt: skip
+                log.info(
+                    "transaction final",
+                    extra={"tx_id": tx.id, "hash": attempt.hash, "status": status},
+                )
             return tx
         if tx.status in (TxStatus.MINED, TxStatus.REVERTED):
             log.warning("receipt vanished (reorg): back to pending", extra={"tx_id": tx.id})
             tx = self.store.update_transaction(
-                tx.id, status=TxStatus.PENDING, mined_hash=None, block_number=None,
-                block_hash=None, gas_used=None, effective_gas_price=None,
-            )  # fmt: skip
+                tx.id,
+                status=TxStatus.PENDING,
+                mined_hash=None,
+                block_number=None,
+                block_hash=None,
+                gas_used=None,
+                effective_gas_price=None,
+            )
         if tx.nonce < latest_count:
+            if not any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id)):
+                # It never reached a node: nothing of ours can mine, so it needs a fresh nonce.
+                self.nonces.reconcile(trust_pending=True)
+                moved = self.store.renonce_transaction(tx.id)
+                return self._send_attempt(moved, self.fees.initial(self._base_fee()))
             # The chain used this nonce and none of our hashes has a receipt.
             log.warning("nonce taken by another sender", extra={"tx_id": tx.id, "nonce": tx.nonce})
             return self.store.update_transaction(tx.id, status=TxStatus.DROPPED, final=True)
@@ -244,8 +268,13 @@ class TxManager:
     def _revert_reason(self, tx: Transaction, block_number: int) -> str:
         """Best effort: replay the call on the parent block's state and quote the revert data
         (``Error(string)`` decoded; custom errors as their raw data, for the caller's ABI)."""
-        call = {"from": self.signer.address, "to": Web3.to_checksum_address(tx.to or ""),
-                "data": tx.data, "value": tx.value, "gas": tx.gas_limit}  # fmt: skip
+        call = {
+            "from": self.signer.address,
+            "to": Web3.to_checksum_address(tx.to or ""),
+            "data": tx.data,
+            "value": tx.value,
+            "gas": tx.gas_limit,
+        }
         try:
             self.w3.eth.call(call, block_number - 1)  # type: ignore[arg-type]
         except Exception as exc:

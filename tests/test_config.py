@@ -105,23 +105,32 @@ def test_bad_env_override_names_the_key(tmp_path: Path, env: dict[str, str], key
     [
         ("[fees]\nbump_percent = 9\n", "fees.bump_percent", "greater than or equal to 10"),
         ("[fees]\nmax_fee_per_gas = 1.5\n", "fees.max_fee_per_gas", "integer of wei"),
-        ("[fees]\nmax_fee_per_gas = \"1.5 wei\"\n", "fees.max_fee_per_gas", "whole number"),
-        ("[fees]\npriority_fee = \"3 parsecs\"\n", "fees.priority_fee", "unknown unit"),
-        ("[fees]\nmax_fee_per_gas = \"1 gwei\"\npriority_fee = \"2 gwei\"\n", "fees",
-         "priority_fee exceeds"),
+        ('[fees]\nmax_fee_per_gas = "1.5 wei"\n', "fees.max_fee_per_gas", "whole number"),
+        ('[fees]\npriority_fee = "3 parsecs"\n', "fees.priority_fee", "unknown unit"),
+        (
+            '[fees]\nmax_fee_per_gas = "1 gwei"\npriority_fee = "2 gwei"\n',
+            "fees",
+            "priority_fee exceeds",
+        ),
         ("[fees]\nbumpp = 20\n", "fees.bumpp", "unknown key"),
         ("[decisions]\nconfirmations = -1\n", "decisions.confirmations", "greater than"),
-        ("[decisions]\nsweep_interval_seconds = 0\n", "decisions.sweep_interval_seconds",
-         "greater than 0"),
-        ("[metrics]\nbind = \"localhost\"\n", "metrics.bind", "host:port"),
-        ("[metrics]\nbind = \"localhost:70000\"\n", "metrics.bind", "host:port"),
-        ("[store]\nurl = \"mysql://x\"\n", "store.url", "sqlite:///"),
-        ("[signer]\nkey_env = \"K\"\nkeystore = \"k.json\"\npassword_env = \"P\"\n", "signer",
-         "exactly one of keystore or key_env"),
-        ("[signer]\nkeystore = \"k.json\"\n", "signer", "password_file or password_env"),
+        (
+            "[decisions]\nsweep_interval_seconds = 0\n",
+            "decisions.sweep_interval_seconds",
+            "greater than 0",
+        ),
+        ('[metrics]\nbind = "localhost"\n', "metrics.bind", "host:port"),
+        ('[metrics]\nbind = "localhost:70000"\n', "metrics.bind", "host:port"),
+        ('[store]\nurl = "mysql://x"\n', "store.url", "sqlite:///"),
+        (
+            '[signer]\nkey_env = "K"\nkeystore = "k.json"\npassword_env = "P"\n',
+            "signer",
+            "exactly one of keystore or key_env",
+        ),
+        ('[signer]\nkeystore = "k.json"\n', "signer", "password_file or password_env"),
         ("[surprise]\nx = 1\n", "surprise", "unknown key"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_name_the_key(tmp_path: Path, extra: str, key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, MINIMAL + extra), environ={})

@@ -56,15 +56,17 @@ def test_secret_wrapper_never_prints() -> None:
     [
         (RPC_URL, "https://***@mainnet.example.io/v3/***?apikey=***&chain=1"),
         ("http://127.0.0.1:8545", "http://127.0.0.1:8545"),
-        ("https://eth-mainnet.g.alchemy.com/v2/abcDEF123ghiJKL456mno",
-         "https://eth-mainnet.g.alchemy.com/v2/***"),
+        (
+            "https://eth-mainnet.g.alchemy.com/v2/abcDEF123ghiJKL456mno",
+            "https://eth-mainnet.g.alchemy.com/v2/***",
+        ),
         ("wss://tok3nonlyxxxxxx@node.example/ws", "wss://***@node.example/ws"),
         ("postgresql://keeper:pw@db:5432/keeper", "postgresql://***@db:5432/keeper"),
         ("https://rpc.example/path?token=abc&x=y", "https://rpc.example/path?token=***&x=y"),
         ("http://[::1]:8545/rpc", "http://[::1]:8545/rpc"),
         ("http://host:notaport/x", "***"),
     ],
-)  # fmt: skip
+)
 def test_redact_url(url: str, expected: str) -> None:
     assert redact_url(url) == expected
 
@@ -99,8 +101,10 @@ def test_logs_and_errors_never_hold_secrets(captured: io.StringIO) -> None:
     log.info("connecting to %s", RPC_URL)
     log.info(f"key is {KEY} and password {PASSWORD}")
     log.warning("wrapper %s %r", key, password)
-    log.info("extra fields", extra={"rpc": RPC_URL, "nested": {"pw": PASSWORD, "k": [KEY]},
-                                    "wad": 10**30})  # fmt: skip
+    log.info(
+        "extra fields",
+        extra={"rpc": RPC_URL, "nested": {"pw": PASSWORD, "k": [KEY]}, "wad": 10**30},
+    )
     try:
         raise ValueError(f"bad key {KEY} for {RPC_URL}")
     except ValueError:

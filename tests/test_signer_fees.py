@@ -91,8 +91,16 @@ def test_missing_password_sources(keystore: Path, tmp_path: Path) -> None:
 
 def test_signs_eip1559_recoverably() -> None:
     signer = Signer.from_env("K", {"K": KEY})
-    tx = {"chainId": 31337, "nonce": 7, "to": ADDRESS, "value": 1, "data": "0x1234",
-          "gas": 50_000, "maxFeePerGas": 3 * GWEI, "maxPriorityFeePerGas": GWEI}  # fmt: skip
+    tx = {
+        "chainId": 31337,
+        "nonce": 7,
+        "to": ADDRESS,
+        "value": 1,
+        "data": "0x1234",
+        "gas": 50_000,
+        "maxFeePerGas": 3 * GWEI,
+        "maxPriorityFeePerGas": GWEI,
+    }
     signed = signer.sign(tx)
     assert signed.raw[0] == 2  # typed envelope, EIP-1559
     assert signed.hash == "0x" + keccak(signed.raw).hex()
@@ -110,8 +118,11 @@ def test_signs_eip1559_recoverably() -> None:
 
 
 def policy(**over: object) -> FeePolicy:
-    return FeePolicy(FeesConfig(**{"max_fee_per_gas": 100 * GWEI, "priority_fee": 2 * GWEI,
-                                   "bump_percent": 10, **over}))  # fmt: skip
+    return FeePolicy(
+        FeesConfig(
+            **{"max_fee_per_gas": 100 * GWEI, "priority_fee": 2 * GWEI, "bump_percent": 10, **over}
+        )
+    )
 
 
 def test_initial_fees() -> None:

@@ -176,15 +176,23 @@ def test_attempts_keep_every_hash(store: Store) -> None:
     assert tx.id is not None
     fees = [(10**9, 10**8), (12 * 10**8, 12 * 10**7), (2**70, 2**65)]
     for i, (mf, tip) in enumerate(fees):
-        store.add_attempt(TxAttempt(tx_id=tx.id, hash=h(1000 + i), raw="0x02",
-                                    max_fee_per_gas=mf, max_priority_fee_per_gas=tip))  # fmt: skip
+        store.add_attempt(
+            TxAttempt(
+                tx_id=tx.id,
+                hash=h(1000 + i),
+                raw="0x02",
+                max_fee_per_gas=mf,
+                max_priority_fee_per_gas=tip,
+            )
+        )
     got = store.attempts(tx.id)
     assert [a.hash for a in got] == [h(1000), h(1001), h(1002)]
     assert got[2].max_fee_per_gas == 2**70
     store.settle_attempts(tx.id, h(1000))  # the original mined after all
     assert [a.status for a in store.attempts(tx.id)] == ["mined", "replaced", "replaced"]
-    done = store.update_transaction(tx.id, status=TxStatus.FINAL, mined_hash=h(1000),
-                                    effective_gas_price=2**66, gas_used=21000)  # fmt: skip
+    done = store.update_transaction(
+        tx.id, status=TxStatus.FINAL, mined_hash=h(1000), effective_gas_price=2**66, gas_used=21000
+    )
     assert store.transaction(tx.id).effective_gas_price == 2**66  # type: ignore[union-attr]
     assert done.status == TxStatus.FINAL
 
@@ -221,8 +229,9 @@ def test_failed_migration_leaves_the_old_version(store_url: str) -> None:
         raise RuntimeError("migration bug")
 
     with pytest.raises(RuntimeError, match="migration bug"):
-        Store.open(store_url, expected_version=SCHEMA_VERSION + 1,
-                   migrations={SCHEMA_VERSION: broken})  # fmt: skip
+        Store.open(
+            store_url, expected_version=SCHEMA_VERSION + 1, migrations={SCHEMA_VERSION: broken}
+        )
     with Store.open(store_url) as st:
         assert st.schema_version() == SCHEMA_VERSION
 

@@ -34,7 +34,6 @@ Migration = Callable[[Connection], None]
 MIGRATIONS: dict[int, Migration] = {}
 
 
-
 class StoreError(RuntimeError):
     """Base of every store failure."""
 
@@ -116,8 +115,9 @@ class Store:
         with redacting_errors(StoreError):
             engine = make_engine(url)
             try:
-                _prepare_schema(engine, expected_version, MIGRATIONS if migrations is None
-                                else migrations)  # fmt: skip
+                _prepare_schema(
+                    engine, expected_version, MIGRATIONS if migrations is None else migrations
+                )
             except BaseException:
                 engine.dispose()
                 raise
@@ -167,7 +167,10 @@ class Store:
                 s.add(IndexCursor(stream=stream, block_number=block_number, block_hash=block_hash))
             else:
                 row.block_number, row.block_hash, row.updated_at = (
-                    block_number, block_hash, utcnow())  # fmt: skip
+                    block_number,
+                    block_hash,
+                    utcnow(),
+                )
 
     def record_blocks(self, blocks: Sequence[IndexedBlock]) -> None:
         """Insert or overwrite blocks (by number)."""
@@ -276,6 +279,7 @@ class Store:
                 raise NonceNotInitialised(f"no nonce state for {row.sender}: reconcile first")
             row.nonce = int(taken) - 1
             row.status = TxStatus.PENDING
+            row.final = False
             row.updated_at = utcnow()
             return row
 

@@ -86,7 +86,7 @@ class Decision(SQLModel, table=True):
     requirement: int = Field(sa_type=BigInt)
     initial_margin: int = Field(sa_type=BigInt)
     equity: int = Field(sa_type=BigInt)
-    witness: Any = Field(default=None, sa_type=ExactJSON)
+    witness: Any = Field(default=None, sa_column=Column(ExactJSON, nullable=True))
     state: str = Field(max_length=32)  # healthy / margin_call / liquidatable / settleable
     action: str = Field(max_length=32)  # none / flag / liquidate / settle / clear
     fraction: int | None = Field(default=None, sa_type=BigInt)  # WAD

@@ -1,0 +1,255 @@
+"""Nonce manager and transaction manager on a real anvil chain and a real store.
+
+Each test uses its own dev account, so the tests share one anvil (module scope) without sharing
+nonces. Automine is switched off only inside the tests that need a mempool, and back on after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from keeper.config import FeesConfig
+from keeper.devnet import Anvil
+from keeper.fees import FeePolicy
+from keeper.secrets import clear_registry
+from keeper.signer import Signer
+from keeper.store import AttemptStatus, Decision, DuplicateSubmission, Store, TxStatus
+from keeper.store.types import utcnow
+from keeper.transactions import TxManager
+from tests.conftest import LOG_DIR
+
+MNEMONIC = "test test test test test test test test test test test junk"
+GWEI = 10**9
+Account.enable_unaudited_hdwallet_features()
+
+
+def dev_key(index: int) -> str:
+    acct = Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return "0x" + bytes(acct.key).hex()
+
+
+@pytest.fixture(scope="module")
+def chain() -> Iterator[Anvil]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with Anvil(log_path=LOG_DIR / f"anvil-tx-{worker}.log") as node:
+        yield node
+
+
+@pytest.fixture(scope="module")
+def w3(chain: Anvil) -> Web3:
+    return Web3(Web3.HTTPProvider(chain.url, request_kwargs={"timeout": 30}))
+
+
+@pytest.fixture
+def manual_mining(chain: Anvil) -> Iterator[None]:
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        yield
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+        clear_registry()
+
+
+def manager(store: Store, w3: Web3, key: str, *, confirmations: int = 1) -> TxManager:
+    fees = FeePolicy(FeesConfig(max_fee_per_gas=50 * GWEI, priority_fee=GWEI, bump_percent=12))
+    return TxManager(
+        store,
+        w3,
+        Signer.from_env("K", {"K": key}),
+        fees,
+        chain_id=31337,
+        confirmations=confirmations,
+        stuck_after_seconds=30,
+    )
+
+
+def decision(store: Store, n: int) -> int:
+    d = store.add_decision(
+        Decision(
+            block_number=n,
+            block_hash="0x" + "00" * 32,
+            account="0x" + "11" * 20,
+            inputs_digest="0x" + "00" * 32,
+            loss_matrix=[],
+            requirement=0,
+            initial_margin=0,
+            equity=0,
+            state="healthy",
+            action="none",
+        )
+    )
+    assert d.id is not None
+    return d.id
+
+
+def test_send_restart_continue_without_gaps(store_url: str, w3: Web3) -> None:
+    key = dev_key(1)
+    me = Account.from_key(key).address
+    base = w3.eth.get_transaction_count(me)
+    with Store.open(store_url) as store:
+        m = manager(store, w3, key)
+        m.start()
+        ids = [decision(store, i) for i in range(4)]
+        for d in ids[:3]:
+            m.submit(to=me, gas_limit=21_000, decision_id=d)
+        # A crash between taking the nonce and signing: the row exists, no hash was ever sent.
+        from keeper.store import Transaction
+
+        store.insert_transaction(
+            Transaction(
+                decision_id=ids[3], sender=me, to=me.lower(), gas_limit=21_000, chain_id=31337
+            )
+        )
+    with Store.open(store_url) as store:  # restart: new store, new manager, same database
+        m = manager(store, w3, key)
+        with pytest.raises(DuplicateSubmission):
+            m.submit(to=me, gas_limit=21_000, decision_id=ids[0])
+        m.start()  # reconciles, and sends the transaction the crash left unsent
+        for _ in range(2):
+            m.submit(to=me, gas_limit=21_000)
+        m.poll()
+        txs = store.transactions(me)
+        assert [t.nonce for t in txs] == list(range(base, base + 6))
+        assert all(t.status == TxStatus.FINAL and t.final for t in txs)
+        assert all(t.gas_used == 21_000 and t.effective_gas_price for t in txs)
+        assert w3.eth.get_transaction_count(me) == base + 6
+        assert store.next_nonce(me) == base + 6
+        # Every transaction mined exactly one of its hashes, and that hash is on chain.
+        for t in txs:
+            assert w3.eth.get_transaction(t.mined_hash)["nonce"] == t.nonce  # type: ignore[arg-type]
+    clear_registry()
+
+
+def test_nonce_taken_by_another_sender(w3: Web3, tmp_path: object) -> None:
+    key = dev_key(2)
+    other = Account.from_key(key)  # the same key, used by something that is not this keeper
+    me = other.address
+    with Store.open(f"sqlite:///{tmp_path}/k.db") as store:
+        m = manager(store, w3, key)
+        m.start()
+        first = m.submit(to=me, gas_limit=21_000)
+
+        def foreign(nonce: int) -> None:
+            raw = other.sign_transaction(
+                dict(
+                    type=2,
+                    chainId=31337,
+                    nonce=nonce,
+                    to=me,
+                    value=0,
+                    gas=21_000,
+                    maxFeePerGas=5 * GWEI,
+                    maxPriorityFeePerGas=GWEI,
+                )
+            ).raw_transaction
+            w3.eth.send_raw_transaction(raw)
+
+        # 1. While the keeper runs: its next nonce is taken behind its back.
+        foreign(first.nonce + 1)
+        moved = m.submit(to=me, gas_limit=21_000)
+        assert moved.nonce == first.nonce + 2
+        attempts = store.attempts(moved.id)  # type: ignore[arg-type]
+        assert [a.status for a in attempts] == [AttemptStatus.FAILED, AttemptStatus.SENT]
+        assert "nonce too low" in (attempts[0].error or "")
+        # 2. While the keeper is down: reconcile at start-up moves the next nonce past it.
+        foreign(first.nonce + 3)
+        rec = m.nonces.reconcile()
+        assert rec.next_nonce == first.nonce + 4 == rec.chain_latest
+        m.poll()
+        assert [t.status for t in store.transactions(me)] == [TxStatus.FINAL, TxStatus.FINAL]
+        assert w3.eth.get_transaction_count(me) == first.nonce + 4
+    clear_registry()
+
+
+def test_pending_transaction_displaced_is_dropped(
+    w3: Web3, chain: Anvil, manual_mining: None, tmp_path: object
+) -> None:
+    key = dev_key(3)
+    other = Account.from_key(key)
+    with Store.open(f"sqlite:///{tmp_path}/k.db") as store:
+        m = manager(store, w3, key)
+        m.start()
+        tx = m.submit(to=other.address, gas_limit=21_000)
+        # Someone with the same key replaces our pending transaction in the mempool.
+        raw = other.sign_transaction(
+            dict(
+                type=2,
+                chainId=31337,
+                nonce=tx.nonce,
+                to=other.address,
+                value=1,
+                gas=21_000,
+                maxFeePerGas=80 * GWEI,
+                maxPriorityFeePerGas=20 * GWEI,
+            )
+        ).raw_transaction
+        w3.eth.send_raw_transaction(raw)
+        chain.rpc("evm_mine")
+        (after,) = m.poll()
+        assert after.status == TxStatus.DROPPED and after.final
+        assert m.nonces.reconcile().next_nonce == tx.nonce + 1
+
+
+def test_stuck_transaction_is_replaced_and_every_hash_kept(
+    w3: Web3, chain: Anvil, manual_mining: None, tmp_path: object
+) -> None:
+    key = dev_key(4)
+    me = Account.from_key(key).address
+    with Store.open(f"sqlite:///{tmp_path}/k.db") as store:
+        m = manager(store, w3, key, confirmations=2)
+        m.start()
+        tx = m.submit(to=me, gas_limit=21_000)
+        assert tx.id is not None
+        m.poll()  # not stuck yet: nothing happens
+        assert len(store.attempts(tx.id)) == 1
+        later = utcnow() + timedelta(seconds=31)
+        m.poll(now=later)  # stuck: replaced with bumped fees
+        m.poll(now=later + timedelta(seconds=31))  # still stuck: bumped again
+        attempts = store.attempts(tx.id)
+        assert len(attempts) == 3 and len({a.hash for a in attempts}) == 3
+        for old, new in itertools.pairwise(attempts):
+            assert new.max_fee_per_gas >= old.max_fee_per_gas * 112 // 100
+            assert new.max_priority_fee_per_gas >= old.max_priority_fee_per_gas * 112 // 100
+        assert all(a.max_fee_per_gas <= 50 * GWEI for a in attempts)
+        assert (
+            w3.eth.get_transaction(attempts[-1].hash)["maxFeePerGas"]
+            == attempts[-1].max_fee_per_gas
+        )  # type: ignore[arg-type]
+        chain.rpc("evm_mine")
+        (mined,) = m.poll(now=later)
+        assert (mined.status, mined.final, mined.mined_hash) == ("mined", False, attempts[-1].hash)
+        # Until final, no hash is written off: the others stay "sent".
+        assert [a.status for a in store.attempts(tx.id)] == ["sent", "sent", "sent"]
+        chain.rpc("evm_mine")
+        (final,) = m.poll(now=later)
+        assert final.status == TxStatus.FINAL and final.final
+        assert [a.status for a in store.attempts(tx.id)] == ["replaced", "replaced", "mined"]
+
+
+def test_replaced_original_that_mines_is_recognised(
+    w3: Web3, chain: Anvil, manual_mining: None, tmp_path: object
+) -> None:
+    key = dev_key(5)
+    me = Account.from_key(key).address
+    with Store.open(f"sqlite:///{tmp_path}/k.db") as store:
+        m = manager(store, w3, key)
+        m.start()
+        tx = m.submit(to=me, gas_limit=21_000)
+        assert tx.id is not None
+        m.poll(now=utcnow() + timedelta(seconds=31))
+        original, replacement = store.attempts(tx.id)
+        # The network ends up mining the original (e.g. a builder saw it first): drop the
+        # replacement from anvil's pool and put the original back.
+        chain.rpc("anvil_dropTransaction", [replacement.hash])
+        w3.eth.send_raw_transaction(original.raw)
+        chain.rpc("evm_mine")
+        (done,) = m.poll()
+        assert done.status == TxStatus.FINAL and done.mined_hash == original.hash
+        assert [a.status for a in store.attempts(tx.id)] == ["mined", "replaced"]
