@@ -129,6 +129,12 @@ class TxManager:
     def _send_attempt(self, tx: Transaction, fees: Fees) -> Transaction:
         assert tx.id is not None
         tx_hash, raw = self._sign(tx, fees)
+        known = self.store.attempt_by_hash(tx_hash)
+        if known is not None:
+            # Same nonce and fees sign to the same hash: re-broadcast it, never record it twice.
+            assert known.id is not None
+            self.store.update_attempt(known.id, status=AttemptStatus.SENT, error=None)
+            return self._broadcast(tx, known)
         attempt = self.store.add_attempt(
             TxAttempt(
                 tx_id=tx.id,
@@ -162,6 +168,14 @@ class TxManager:
             self.store.update_attempt(attempt.id, status=AttemptStatus.FAILED, error=message)
             if any(s in lowered for s in _NONCE_CONFLICT):
                 return self._resolve_nonce_conflict(tx, message)
+            if not any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id)):
+                # Refused for good (bad gas, insufficient funds ...) and no earlier hash of it
+                # can mine: it is FAILED and its nonce released (``reconcile`` hands it out
+                # again when it was the highest; ``poll`` fills it when it was not).
+                self.store.update_transaction(
+                    tx.id, status=TxStatus.FAILED, final=True, revert_reason=message
+                )
+                self.nonces.reconcile()
             raise SendError(f"transaction {tx.id} (nonce {tx.nonce}) refused: {message}") from None
         return tx
 
@@ -188,10 +202,32 @@ class TxManager:
         now = now or utcnow()
         head = self.w3.eth.block_number
         latest_count = self.w3.eth.get_transaction_count(self.signer.address, "latest")
-        out = []
-        for tx in self.store.open_transactions(self.signer.address):
-            out.append(self._follow(tx, head, latest_count, now))
+        out = [
+            self._follow(tx, head, latest_count, now)
+            for tx in self.store.open_transactions(self.signer.address)
+        ]
+        out += self._fill_gaps(latest_count)
         return out
+
+    def _fill_gaps(self, latest_count: int) -> list[Transaction]:
+        """Cancel-style fillers (0-value self-transfers) for nonces below an open transaction
+        that nothing of ours will ever mine: without them, one refused transaction would block
+        every later one of this signer."""
+        open_nonces = {t.nonce for t in self.store.open_transactions(self.signer.address)}
+        if not open_nonces:
+            return []
+        filled = []
+        for nonce in range(latest_count, max(open_nonces)):
+            if nonce in open_nonces:
+                continue
+            log.warning("filling a nonce gap", extra={"nonce": nonce})
+            filler = self.store.insert_gap_filler(
+                Transaction(sender=self.signer.address, nonce=nonce,
+                            to=self.signer.address.lower(), gas_limit=21_000,
+                            chain_id=self.chain_id)
+            )  # fmt: skip
+            filled.append(self._send_attempt(filler, self.fees.initial(self._base_fee())))
+        return filled
 
     def _receipt(self, tx_id: int) -> tuple[TxAttempt, Any] | None:
         for attempt in self.store.attempts(tx_id):

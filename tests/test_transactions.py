@@ -20,9 +20,16 @@ from keeper.devnet import Anvil
 from keeper.fees import FeePolicy
 from keeper.secrets import clear_registry
 from keeper.signer import Signer
-from keeper.store import AttemptStatus, Decision, DuplicateSubmission, Store, TxStatus
+from keeper.store import (
+    AttemptStatus,
+    Decision,
+    DuplicateSubmission,
+    Store,
+    Transaction,
+    TxStatus,
+)
 from keeper.store.types import utcnow
-from keeper.transactions import TxManager
+from keeper.transactions import SendError, TxManager
 from tests.conftest import LOG_DIR
 
 MNEMONIC = "test test test test test test test test test test test junk"
@@ -100,8 +107,6 @@ def test_send_restart_continue_without_gaps(store_url: str, w3: Web3) -> None:
         for d in ids[:3]:
             m.submit(to=me, gas_limit=21_000, decision_id=d)
         # A crash between taking the nonce and signing: the row exists, no hash was ever sent.
-        from keeper.store import Transaction
-
         store.insert_transaction(
             Transaction(
                 decision_id=ids[3], sender=me, to=me.lower(), gas_limit=21_000, chain_id=31337
@@ -253,3 +258,37 @@ def test_replaced_original_that_mines_is_recognised(
         (done,) = m.poll()
         assert done.status == TxStatus.FINAL and done.mined_hash == original.hash
         assert [a.status for a in store.attempts(tx.id)] == ["mined", "replaced"]
+
+
+def test_refused_transaction_releases_its_nonce_and_gaps_are_filled(
+    w3: Web3, tmp_path: object
+) -> None:
+    key = dev_key(6)
+    me = Account.from_key(key).address
+    with Store.open(f"sqlite:///{tmp_path}/k.db") as store:
+        m = manager(store, w3, key)
+        m.start()
+        base = w3.eth.get_transaction_count(me)
+        # Refused by the node (gas below the intrinsic 21,000): FAILED, and its nonce reused.
+        with pytest.raises(SendError, match="intrinsic gas too low"):
+            m.submit(to=me, gas_limit=1_000)
+        (failed,) = store.transactions(me)
+        assert (failed.status, failed.final, failed.nonce) == (TxStatus.FAILED, True, base)
+        ok = m.submit(to=me, gas_limit=21_000)
+        assert ok.nonce == base
+        # A gap: three nonces handed out, the middle one refused after the later was taken.
+        rows = [
+            store.insert_transaction(
+                Transaction(sender=me, to=me.lower(), gas_limit=21_000, chain_id=31337)
+            )
+            for _ in range(3)
+        ]
+        store.update_transaction(rows[1].id, status=TxStatus.FAILED, final=True)  # type: ignore[arg-type]
+        m.start()  # sends rows 0 and 2; row 2 waits behind the hole
+        m.poll()  # fills the hole with a 0-value self-transfer
+        m.poll()
+        assert w3.eth.get_transaction_count(me) == base + 4
+        txs = [t for t in store.transactions(me) if t.status != TxStatus.FAILED]
+        assert sorted(t.nonce for t in txs) == list(range(base, base + 4))
+        assert all(t.status == TxStatus.FINAL for t in txs)
+    clear_registry()

@@ -261,6 +261,21 @@ class Store:
             s.refresh(tx)
             return tx
 
+    def insert_gap_filler(self, tx: Transaction) -> Transaction:
+        """Insert ``tx`` at the nonce it already carries, without taking one from the nonce row:
+        a filler for a nonce that was handed out but never reached the chain (its transaction
+        was refused), which would otherwise block every later nonce of the signer."""
+        tx.sender = tx.sender.lower()
+        with self.session() as s:
+            s.add(tx)
+            s.flush()
+            s.refresh(tx)
+            return tx
+
+    def attempt_by_hash(self, tx_hash: str) -> TxAttempt | None:
+        with self.session() as s:
+            return s.exec(select(TxAttempt).where(TxAttempt.hash == tx_hash)).first()
+
     def renonce_transaction(self, tx_id: int) -> Transaction:
         """Give a transaction that never reached the chain the signer's next nonce (its own was
         taken by another sender). Same atomic ``UPDATE ... RETURNING`` as ``insert_transaction``.

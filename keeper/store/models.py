@@ -28,6 +28,7 @@ class TxStatus(StrEnum):
     REVERTED = "reverted"  # one of its hashes mined with status 0 (the nonce is consumed)
     FINAL = "final"  # mined successfully and ``confirmations`` deep
     DROPPED = "dropped"  # the nonce was consumed by a transaction that is not ours
+    FAILED = "failed"  # refused by the node at broadcast: never on chain, its nonce released
 
 
 class AttemptStatus(StrEnum):
