@@ -28,9 +28,10 @@ from web3.exceptions import TransactionNotFound, Web3RPCError
 
 from keeper.fees import FeePolicy, Fees
 from keeper.nonces import NonceManager
-from keeper.secrets import redacting_errors, scrub
+from keeper.reverts import decode_revert
+from keeper.secrets import RedactedError, redacting_errors, scrub
 from keeper.signer import Signer
-from keeper.store import AttemptStatus, Store, Transaction, TxAttempt, TxStatus
+from keeper.store import AttemptStatus, Store, StoreError, Transaction, TxAttempt, TxStatus
 from keeper.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ _ALREADY_KNOWN = ("already known", "known transaction", "already imported")
 
 class SendError(RuntimeError):
     """The node refused a transaction for a reason other than a nonce conflict."""
+
+
+#: Exceptions whose messages we build ourselves (no secrets): they pass ``redacting_errors``.
+_OWN_ERRORS: tuple[type[BaseException], ...] = (SendError, RedactedError, StoreError)
 
 
 class TxManager:
@@ -63,11 +68,17 @@ class TxManager:
         self.confirmations = confirmations
         self.stuck_after = timedelta(seconds=stuck_after_seconds)
         self.nonces = NonceManager(store, w3, signer.address)
+        #: Selector -> signature of protocol custom errors, for revert reasons.
+        self.known_errors: dict[bytes, str] = {}
 
     # --- start-up ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Reconcile nonces with the chain, then (re)send what a previous run left unsent."""
+        with redacting_errors(*_OWN_ERRORS):
+            self._start()
+
+    def _start(self) -> None:
         rec = self.nonces.reconcile()
         for tx_id in rec.unsent_stale:
             self.store.renonce_transaction(tx_id)
@@ -91,7 +102,14 @@ class TxManager:
         decision_id: int | None = None,
     ) -> Transaction:
         """Store, sign and broadcast a new transaction. Raises ``DuplicateSubmission`` when the
-        decision already has one."""
+        decision already has one, ``SendError`` when the node refuses it, ``RedactedError`` (the
+        message scrubbed of credentials) on a transport failure."""
+        with redacting_errors(*_OWN_ERRORS):
+            return self._submit(to, data, gas_limit, value, decision_id)
+
+    def _submit(
+        self, to: str, data: str, gas_limit: int, value: int, decision_id: int | None
+    ) -> Transaction:
         tx = self.store.insert_transaction(
             Transaction(
                 decision_id=decision_id,
@@ -177,6 +195,12 @@ class TxManager:
                 )
                 self.nonces.reconcile()
             raise SendError(f"transaction {tx.id} (nonce {tx.nonce}) refused: {message}") from None
+        except Exception as exc:
+            # Transport failure: the node may or may not have it. The attempt stays SENT, so its
+            # hash is watched and ``poll`` replaces it once it counts as stuck.
+            message = scrub(str(exc))
+            log.warning("broadcast failed", extra={"tx_id": tx.id, "error": message})
+            raise RedactedError(type(exc).__name__, message) from None
         return tx
 
     def _resolve_nonce_conflict(self, tx: Transaction, message: str) -> Transaction:
@@ -199,7 +223,10 @@ class TxManager:
 
     def poll(self, now: datetime | None = None) -> list[Transaction]:
         """One pass over the open transactions; returns them as updated."""
-        now = now or utcnow()
+        with redacting_errors(*_OWN_ERRORS):
+            return self._poll(now or utcnow())
+
+    def _poll(self, now: datetime) -> list[Transaction]:
         head = self.w3.eth.block_number
         latest_count = self.w3.eth.get_transaction_count(self.signer.address, "latest")
         out = [
@@ -244,7 +271,8 @@ class TxManager:
         if found is not None:
             attempt, receipt = found
             ok = receipt["status"] == 1
-            depth = head - receipt["blockNumber"] + 1
+            # The head was read before the receipt: a block mined in between is still depth 1.
+            depth = max(head, receipt["blockNumber"]) - receipt["blockNumber"] + 1
             final = depth >= max(self.confirmations, 1)
             status = (TxStatus.FINAL if final else TxStatus.MINED) if ok else TxStatus.REVERTED
             tx = self.store.update_transaction(
@@ -302,8 +330,9 @@ class TxManager:
         return self._send_attempt(tx, bumped)
 
     def _revert_reason(self, tx: Transaction, block_number: int) -> str:
-        """Best effort: replay the call on the parent block's state and quote the revert data
-        (``Error(string)`` decoded; custom errors as their raw data, for the caller's ABI)."""
+        """Best effort: replay the call on the parent block's state and decode the revert data
+        (``keeper.reverts``; ``self.known_errors`` adds the custom errors of the protocol's ABI).
+        Exact when the revert does not depend on earlier transactions of the same block."""
         call = {
             "from": self.signer.address,
             "to": Web3.to_checksum_address(tx.to or ""),
@@ -315,6 +344,7 @@ class TxManager:
             self.w3.eth.call(call, block_number - 1)  # type: ignore[arg-type]
         except Exception as exc:
             data = getattr(exc, "data", None)
-            text = getattr(exc, "message", None) or str(exc)
-            return scrub(f"{text} data={data}" if data and data not in text else str(text))
+            if isinstance(data, str | bytes):
+                return scrub(f"{decode_revert(data, self.known_errors)} (replayed)")
+            return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
         return "reverted (the replay on the parent block succeeded: state-dependent revert)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -18,7 +19,7 @@ from web3 import Web3
 from keeper.config import FeesConfig
 from keeper.devnet import Anvil
 from keeper.fees import FeePolicy
-from keeper.secrets import clear_registry
+from keeper.secrets import RedactedError, clear_registry, register_url
 from keeper.signer import Signer
 from keeper.store import (
     AttemptStatus,
@@ -77,6 +78,16 @@ def manager(store: Store, w3: Web3, key: str, *, confirmations: int = 1) -> TxMa
     )
 
 
+def settle(m: TxManager, timeout: float = 20.0) -> None:
+    """Poll until no transaction of the signer is open (automine mines asynchronously, so one
+    poll right after a send may not see the last receipt yet)."""
+    deadline = time.monotonic() + timeout
+    while m.store.open_transactions(m.signer.address):
+        assert time.monotonic() < deadline, "transactions did not settle"
+        m.poll()
+        time.sleep(0.05)
+
+
 def decision(store: Store, n: int) -> int:
     d = store.add_decision(
         Decision(
@@ -119,10 +130,10 @@ def test_send_restart_continue_without_gaps(store_url: str, w3: Web3) -> None:
         m.start()  # reconciles, and sends the transaction the crash left unsent
         for _ in range(2):
             m.submit(to=me, gas_limit=21_000)
-        m.poll()
+        settle(m)
         txs = store.transactions(me)
         assert [t.nonce for t in txs] == list(range(base, base + 6))
-        assert all(t.status == TxStatus.FINAL and t.final for t in txs)
+        assert [(t.status, t.final) for t in txs] == [(TxStatus.FINAL, True)] * 6
         assert all(t.gas_used == 21_000 and t.effective_gas_price for t in txs)
         assert w3.eth.get_transaction_count(me) == base + 6
         assert store.next_nonce(me) == base + 6
@@ -167,7 +178,7 @@ def test_nonce_taken_by_another_sender(w3: Web3, tmp_path: object) -> None:
         foreign(first.nonce + 3)
         rec = m.nonces.reconcile()
         assert rec.next_nonce == first.nonce + 4 == rec.chain_latest
-        m.poll()
+        settle(m)
         assert [t.status for t in store.transactions(me)] == [TxStatus.FINAL, TxStatus.FINAL]
         assert w3.eth.get_transaction_count(me) == first.nonce + 4
     clear_registry()
@@ -285,10 +296,23 @@ def test_refused_transaction_releases_its_nonce_and_gaps_are_filled(
         ]
         store.update_transaction(rows[1].id, status=TxStatus.FAILED, final=True)  # type: ignore[arg-type]
         m.start()  # sends rows 0 and 2; row 2 waits behind the hole
-        m.poll()  # fills the hole with a 0-value self-transfer
-        m.poll()
+        settle(m)  # the first poll fills the hole with a 0-value self-transfer
         assert w3.eth.get_transaction_count(me) == base + 4
         txs = [t for t in store.transactions(me) if t.status != TxStatus.FAILED]
         assert sorted(t.nonce for t in txs) == list(range(base, base + 4))
         assert all(t.status == TxStatus.FINAL for t in txs)
+    clear_registry()
+
+
+def test_transport_failure_is_redacted(tmp_path: object) -> None:
+    token = "a1b2c3d4e5f6a7b8c9d0a1b2c3d4e5f6"
+    url = f"http://127.0.0.1:9/v3/{token}"  # nothing listens on port 9: connection refused
+    register_url(url)
+    dead = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 2}))
+    with Store.open(f"sqlite:///{tmp_path}/k.db") as store:
+        m = manager(store, dead, dev_key(8))
+        with pytest.raises(RedactedError) as info:
+            m.start()
+        assert "ConnectionError" in str(info.value) and token not in str(info.value)
+        assert info.value.__cause__ is None and info.value.__suppress_context__
     clear_registry()
