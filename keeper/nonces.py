@@ -67,10 +67,12 @@ class NonceManager:
         for tx in self.store.open_transactions(self.address):
             assert tx.id is not None
             if tx.nonce < latest:
+                if tx.status != TxStatus.PENDING or self.find_receipt_hash(tx.id) is not None:
+                    continue  # mined: the transaction manager records the receipt
                 reached = any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id))
-                if tx.status == TxStatus.PENDING and not reached:
+                if not reached:
                     unsent.append(tx.id)
-                elif tx.status == TxStatus.PENDING and self.find_receipt_hash(tx.id) is None:
+                else:
                     self.store.update_transaction(tx.id, status=TxStatus.DROPPED, final=True)
                     dropped.append(tx.id)
                     log.warning(

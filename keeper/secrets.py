@@ -17,6 +17,7 @@ Three layers, because any single one can be bypassed by accident:
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -205,7 +206,13 @@ def register_secret(value: str | bytes | Secret[str] | Secret[bytes]) -> None:
     # A password with characters that JSON or URLs escape could leak in its escaped form.
     from urllib.parse import quote
 
-    for variant in (quote(raw, safe=""), raw.encode("unicode_escape").decode("ascii")):
+    escaped = (
+        quote(raw, safe=""),
+        raw.encode("unicode_escape").decode("ascii"),
+        json.dumps(raw)[1:-1],
+        json.dumps(raw, ensure_ascii=False)[1:-1],
+    )
+    for variant in escaped:
         if variant != raw:
             _REGISTRY.add(variant)
 

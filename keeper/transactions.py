@@ -88,7 +88,7 @@ class TxManager:
             if tx.status == TxStatus.PENDING and not live:
                 self._send_attempt(tx, self.fees.initial(self._base_fee()))
             elif tx.status == TxStatus.PENDING:
-                self._broadcast(tx, live[-1])  # the node may have lost it while we were down
+                self._broadcast(tx, live[-1], rebroadcast=True)  # the node may have lost it
 
     # --- submission --------------------------------------------------------------------------
 
@@ -174,7 +174,11 @@ class TxManager:
         )
         return self._broadcast(tx, attempt)
 
-    def _broadcast(self, tx: Transaction, attempt: TxAttempt) -> Transaction:
+    def _broadcast(
+        self, tx: Transaction, attempt: TxAttempt, *, rebroadcast: bool = False
+    ) -> Transaction:
+        """Send ``attempt``; ``rebroadcast`` when the node may already have (or have mined) it:
+        a refusal then proves nothing about the attempt, so its status is left alone."""
         assert tx.id is not None and attempt.id is not None
         try:
             self.w3.eth.send_raw_transaction(attempt.raw)
@@ -182,6 +186,10 @@ class TxManager:
             message = scrub(str(exc))
             lowered = message.lower()
             if any(s in lowered for s in _ALREADY_KNOWN):
+                return tx
+            if rebroadcast:
+                # "nonce too low" here usually means this very hash mined: poll will see it.
+                log.info("re-broadcast refused", extra={"tx_id": tx.id, "error": message})
                 return tx
             self.store.update_attempt(attempt.id, status=AttemptStatus.FAILED, error=message)
             if any(s in lowered for s in _NONCE_CONFLICT):
@@ -325,7 +333,7 @@ class TxManager:
         bumped = self.fees.bump(old, self._base_fee())
         if bumped is None:
             log.warning("stuck at the fee cap: re-broadcasting", extra={"tx_id": tx.id})
-            return self._broadcast(tx, last)
+            return self._broadcast(tx, last, rebroadcast=True)
         log.info("replacing a stuck transaction", extra={"tx_id": tx.id, "replaces": last.hash})
         return self._send_attempt(tx, bumped)
 

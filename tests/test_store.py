@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from keeper.secrets import clear_registry, register_secret
 from keeper.store import (
@@ -265,3 +265,10 @@ def test_free_text_is_scrubbed_before_it_is_written(store: Store) -> None:
         assert "5e5e5e5e" not in dump and "***" in dump
     finally:
         clear_registry()
+
+
+def test_unknown_decision_is_not_a_duplicate(store: Store) -> None:
+    store.set_next_nonce(SENDER, 3)
+    with pytest.raises(IntegrityError):
+        store.insert_transaction(a_tx(987654))
+    assert store.next_nonce(SENDER) == 3  # rolled back with the failed insert

@@ -316,3 +316,27 @@ def test_transport_failure_is_redacted(tmp_path: object) -> None:
         assert "ConnectionError" in str(info.value) and token not in str(info.value)
         assert info.value.__cause__ is None and info.value.__suppress_context__
     clear_registry()
+
+
+def test_restart_after_an_unpolled_mine_sends_nothing_twice(w3: Web3, tmp_path: object) -> None:
+    key = dev_key(9)
+    me = Account.from_key(key).address
+    url = f"sqlite:///{tmp_path}/k.db"
+    with Store.open(url) as store:
+        m = manager(store, w3, key)
+        m.start()
+        tx = m.submit(to=me, gas_limit=21_000)
+    deadline = time.monotonic() + 20
+    while w3.eth.get_transaction_count(me) <= tx.nonce:  # mined, but the keeper never polled
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    count = w3.eth.get_transaction_count(me)
+    with Store.open(url) as store:  # restart: the re-broadcast is refused ("nonce too low")
+        m = manager(store, w3, key)
+        m.start()
+        settle(m)
+        (again,) = store.transactions(me)
+        assert again.status == TxStatus.FINAL and again.nonce == tx.nonce
+        assert [a.status for a in store.attempts(again.id)] == ["mined"]  # type: ignore[arg-type]
+        assert w3.eth.get_transaction_count(me) == count  # nothing was sent twice
+    clear_registry()

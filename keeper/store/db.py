@@ -255,9 +255,9 @@ class Store:
                 s.flush()
             except IntegrityError:
                 s.rollback()
-                if tx.decision_id is not None:
+                if tx.decision_id is not None and self.transaction_for_decision(tx.decision_id):
                     raise DuplicateSubmission(tx.decision_id) from None
-                raise
+                raise  # another constraint (an unknown decision id): not a duplicate
             s.refresh(tx)
             return tx
 
