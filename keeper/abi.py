@@ -16,7 +16,14 @@ from keeper.artifacts import OUT_DIR, REPO_ROOT, ArtifactError, load_artifact
 ABI_DIR = REPO_ROOT / "abi"
 
 #: Every contract whose ABI the keeper (or its demo) uses. Add the protocol contracts here.
-KEEPER_CONTRACTS: tuple[str, ...] = ("MathHarness",)
+KEEPER_CONTRACTS: tuple[str, ...] = (
+    "MathHarness",
+    "ClearingHouse",
+    "ClearingHouseAdmin",
+    "MarginVerifier",
+    "MockAggregator",
+    "MockERC20",
+)
 
 _TYPE_ORDER = {"constructor": 0, "function": 1, "event": 2, "error": 3, "fallback": 4, "receive": 5}
 

@@ -11,7 +11,16 @@ ruff check .
 echo "== forge build + test"
 # FORGE_SNAPSHOT_CHECK: a gas figure that differs from the committed contracts/snapshots/ fails
 # the run, so gas changes are always deliberate (re-record with plain `forge test --offline`).
-(cd contracts && forge build --offline >/dev/null && FORGE_SNAPSHOT_CHECK=true forge test --offline)
+# forge 1.7 prints "Failed to match snapshots" but still exits 0, so the output is checked too.
+forge_log="$(mktemp)"
+trap 'rm -f "$forge_log"' EXIT
+(cd contracts && forge build --offline >/dev/null && FORGE_SNAPSHOT_CHECK=true forge test --offline) 2>&1 \
+  | tee "$forge_log"
+if grep -q "Failed to match snapshots" "$forge_log"; then
+  echo "gas snapshots differ from contracts/snapshots/ (see above): re-record with" \
+    "'cd contracts && forge test --offline' and commit them if the change is intended" >&2
+  exit 1
+fi
 echo "== pytest"
 # pytest exits 5 when it collects nothing; that is a failure here, as any non-zero status is.
 pytest -n 2 --dist loadfile "$@"

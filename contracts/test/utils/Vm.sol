@@ -27,4 +27,7 @@ interface Vm {
     function toString(int256 value) external pure returns (string memory);
     function toString(uint256 value) external pure returns (string memory);
     function envOr(string calldata name, uint256 defaultValue) external view returns (uint256);
+    /// Deploys the creation code of a build artifact (e.g. "out/X.sol/X.json"): the code the
+    /// deployment scripts ship, whatever profile the calling test was compiled with.
+    function deployCode(string calldata artifactPath) external returns (address deployedAddress);
 }

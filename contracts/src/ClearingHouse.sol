@@ -1,0 +1,630 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
+import {IERC20} from "./interfaces/IERC20.sol";
+import {ClearingHouseBase} from "./ClearingHouseBase.sol";
+import {OracleLib} from "./oracle/OracleLib.sol";
+import {FixedPoint} from "./math/FixedPoint.sol";
+import {MarginVerifier} from "./MarginVerifier.sol";
+import {
+    PortfolioMargin, Portfolio, Position, Market, MarginResult
+} from "./margin/PortfolioMargin.sol";
+
+/// @title ClearingHouse
+/// @notice Portfolio-margined clearing of cash-settled futures and European options.
+///
+/// Accounts. An account id packs (owner, sub): `owner << 96 | sub`. Sub 0 is the owner's
+/// cross-margin account, subs 1.. are isolated sub-accounts; every account is margined on its
+/// own. The owner may authorise operators per account (deposit, withdraw to the owner,
+/// transfer between the owner's accounts, clear a flag).
+///
+/// Cash model. Asset 0 is the settlement stablecoin. A trade of q at price p moves exactly
+/// q*p/1e18 of asset 0 from buyer to seller; positions carry no entry price (entryPrice 0 in
+/// the model, so equity = collateral + sum q*mark). Quantities are multiples of LOT (1e8) and
+/// prices/strikes/settlement prices multiples of TICK (1e10), so q*p/1e18 is an integer: every
+/// cash flow is exact and zero-sum, and `tokens held * scale == sum of balances + insurance
+/// fund + unclaimed bounties` holds to the wei for every asset (tested as an invariant).
+///
+/// Rounding in the protocol's favour: deposits credit what actually arrived; withdrawals debit
+/// exactly amount*scale; bounty claims pay floor(bounty/scale) tokens; marks used to hand
+/// positions to the backstop are rounded to TICK against the liquidated account; the penalty
+/// rounds up; settlement prices round down to TICK (symmetric between longs and shorts).
+///
+/// Oracle policy (liveness versus safety). Non-positive answers and incomplete rounds always
+/// revert. A price older than `maxAge` blocks everything that needs a healthy full check
+/// (risk-increasing trades, withdrawals, transfers out, clearing a flag, settlement). Flags and
+/// liquidations accept prices up to `liquidationMaxAge` old: the scenario grid already stresses
+/// the last good price by +-R, the liquidator must prove a loss beyond equity in one scenario,
+/// and positions go to the backstop at the model mark rounded against the account. Beyond
+/// `liquidationMaxAge` nothing that needs the price proceeds. Risk-reducing trades and deposits
+/// never need an oracle.
+///
+/// Bad debt. An account without positions whose settlement balance is negative is resolved by
+/// `resolveBadDebt`: volatile collateral is sold to the backstop at spot after haircut, the
+/// insurance fund covers what it can, and the rest is socialised to the backstop account
+/// (the protocol's own book, whose equity is the pool that absorbs losses), recorded in
+/// `totalSocialisedLoss`. Nothing is silently lost.
+contract ClearingHouse is ClearingHouseBase {
+    using OracleLib for AggregatorV3Interface;
+    using FixedPoint for int256;
+
+    /// @notice The governance module (ClearingHouseAdmin) that unknown selectors go to.
+    address public immutable admin;
+
+    constructor(address owner_, MarginVerifier verifier_, address admin_) ClearingHouseBase(verifier_) {
+        owner = owner_;
+        admin = admin_;
+        emit OwnerChanged(owner_);
+    }
+
+    /// @dev Governance calls (ClearingHouseAdmin's functions) run on this storage.
+    fallback() external {
+        address target = admin;
+        assembly {
+            calldatacopy(0, 0, calldatasize())
+            let ok := delegatecall(gas(), target, 0, calldatasize(), 0, 0)
+            returndatacopy(0, 0, returndatasize())
+            if iszero(ok) { revert(0, returndatasize()) }
+            return(0, returndatasize())
+        }
+    }
+
+    // ============================================================== account ids and views
+
+    function accountId(address who, uint256 sub) public pure returns (uint256) {
+        if (sub >= 1 << 96) revert InvalidSubAccount(sub);
+        return (uint256(uint160(who)) << 96) | sub;
+    }
+
+    function accountOwner(uint256 account) public pure returns (address) {
+        return address(uint160(account >> 96));
+    }
+
+    function underlyingCount() external view returns (uint256) {
+        return _underlyings.length;
+    }
+
+    function underlyingConfig(uint256 u) external view returns (UnderlyingConfig memory) {
+        return _underlyings[u];
+    }
+
+    function assetCount() external view returns (uint256) {
+        return _assets.length;
+    }
+
+    function assetConfig(uint256 a) external view returns (AssetConfig memory) {
+        return _assets[a];
+    }
+
+    /// @notice Instrument ids and quantities of an account (storage order).
+    function positionsOf(uint256 account) external view returns (uint256[] memory ids, int256[] memory quantities) {
+        uint256[] storage slots = _positions[account];
+        uint256 n = slots.length;
+        ids = new uint256[](n);
+        quantities = new int256[](n);
+        for (uint256 i; i < n; ++i) {
+            (ids[i], quantities[i]) = _unpack(slots[i]);
+        }
+    }
+
+    /// @notice The account as the verifier sees it (positions in storage order, entryPrice 0).
+    function portfolioOf(uint256 account) external view returns (Portfolio memory pf) {
+        (pf,) = _loadPortfolio(account);
+    }
+
+    /// @notice The market the protocol uses for this account now (strict: reverts on a stale feed).
+    function marketOf(uint256 account) external view returns (Market memory) {
+        (Portfolio memory pf,) = _loadPortfolio(account);
+        return _market(pf, false);
+    }
+
+    /// @notice The full check of an account now (strict oracles).
+    function marginOf(uint256 account) external view returns (MarginResult memory) {
+        (Portfolio memory pf,) = _loadPortfolio(account);
+        return verifier.fullCheck(pf, _market(pf, false), riskParams());
+    }
+    // ============================================================== collateral
+
+    function setOperator(uint256 account, address operator, bool allowed) external {
+        if (accountOwner(account) != msg.sender) revert NotAuthorized(account, msg.sender);
+        isOperator[account][operator] = allowed;
+        emit OperatorSet(account, operator, allowed);
+    }
+
+    /// @notice Deposits `amount` token units from the caller (owner or operator) into the
+    /// account; credits what actually arrived.
+    function deposit(uint256 account, uint256 asset, uint256 amount) external whenNotPaused {
+        _onlyAuthorized(account);
+        AssetConfig memory a = _asset(asset);
+        int256 received = _pull(a, amount);
+        balanceOf[account][asset] += received;
+        uint64 nonce = _bump(account);
+        emit Deposit(account, asset, msg.sender, received, nonce);
+    }
+
+    /// @notice Withdraws `amount` token units to the account's owner. A volatile asset's
+    /// balance may not go negative; the account must pass the full IM check afterwards (no
+    /// oracle is needed when it then holds no position and no debt).
+    function withdraw(uint256 account, uint256 asset, uint256 amount) external whenNotPaused {
+        _onlyAuthorized(account);
+        AssetConfig memory a = _asset(asset);
+        int256 wad = _toWad(a, amount);
+        int256 bal = balanceOf[account][asset];
+        // The settlement asset may go negative (cash is borrowed against positions' value, the
+        // full check decides); a volatile asset cannot be borrowed.
+        if (asset != 0 && bal < wad) revert InsufficientBalance(account, asset, bal, wad);
+        balanceOf[account][asset] = bal - wad;
+        _requireHealthyAfter(account);
+        uint64 nonce = _bump(account);
+        address to = accountOwner(account);
+        if (!IERC20(a.token).transfer(to, amount)) revert TokenTransferFailed(a.token);
+        emit Withdrawal(account, asset, to, wad, nonce);
+    }
+
+    /// @notice Moves collateral (WAD) between two accounts of the same owner, e.g. to fund an
+    /// isolated sub-account; the source must pass the full IM check afterwards.
+    function transferCollateral(uint256 from, uint256 to, uint256 asset, int256 amount) external whenNotPaused {
+        _onlyAuthorized(from);
+        if (accountOwner(from) != accountOwner(to) || from == to) revert NotSameOwner(from, to);
+        _asset(asset);
+        if (amount <= 0) revert ZeroAmount();
+        int256 bal = balanceOf[from][asset];
+        if (asset != 0 && bal < amount) revert InsufficientBalance(from, asset, bal, amount);
+        balanceOf[from][asset] = bal - amount;
+        balanceOf[to][asset] += amount;
+        _requireHealthyAfter(from);
+        emit CollateralTransfer(from, to, asset, amount, _bump(from), _bump(to));
+    }
+
+    /// @notice Anyone may add settlement-currency tokens to the insurance fund.
+    function depositInsurance(uint256 amount) external {
+        AssetConfig memory a = _asset(0);
+        int256 received = _pull(a, amount);
+        insuranceFund += received;
+        emit InsuranceDeposit(msg.sender, received, insuranceFund);
+    }
+
+    /// @notice Pays the caller's bounties in whole token units (the sub-unit rest stays).
+    function claimBounty() external {
+        AssetConfig memory a = _asset(0);
+        int256 b = bounties[msg.sender];
+        int256 scale = int256(uint256(a.scale));
+        int256 units = b / scale; // b >= 0: floor
+        if (units == 0) revert NothingToClaim(msg.sender);
+        int256 paid = units * scale;
+        bounties[msg.sender] = b - paid;
+        totalBounties -= paid;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        if (!IERC20(a.token).transfer(msg.sender, uint256(units))) revert TokenTransferFailed(a.token);
+        emit BountyClaimed(msg.sender, paid);
+    }
+
+    // ============================================================== trading
+
+    /// @notice Settles a matched trade: `buyer` buys `quantity` (> 0, multiple of LOT) of the
+    /// instrument from `seller` at `price` (multiple of TICK; > 0 for futures). Each side must
+    /// pass the full IM check afterwards unless the trade strictly reduces its position
+    /// (same instrument, opposite sign, no flip).
+    function trade(uint256 buyer, uint256 seller, uint256 instrument, int256 quantity, int256 price)
+        external
+        whenNotPaused
+        onlyRole(MATCHER)
+    {
+        if (buyer == seller) revert SelfTrade(buyer);
+        _checkTrade(instrument, quantity, price);
+        int256 cash = (quantity * price) / WAD; // exact: LOT * TICK == 1e18
+        _tradeSide(buyer, instrument, quantity, -cash);
+        _tradeSide(seller, instrument, -quantity, cash);
+        emit Trade(++tradeCount, buyer, seller, instrument, quantity, price, _bump(buyer), _bump(seller));
+    }
+
+    function _checkTrade(uint256 instrument, int256 quantity, int256 price) private view {
+        Instrument memory ins = _liveInstrument(instrument);
+        if (quantity <= 0 || quantity > MAX_QUANTITY || quantity % LOT != 0) revert InvalidQuantity(quantity);
+        if (price < 0 || price > MAX_PRICE || price % TICK != 0 || (price == 0 && ins.kind == PortfolioMargin.FUTURE)) {
+            revert InvalidPrice(price);
+        }
+    }
+
+    function _tradeSide(uint256 account, uint256 instrument, int256 delta, int256 cash) private {
+        bool reduces = _applyPosition(account, instrument, delta);
+        balanceOf[account][0] += cash;
+        if (!reduces) _requireHealthyAfter(account);
+    }
+
+    // ============================================================== margin calls
+
+    /// @notice Flags an account below IM, proven by one scenario per underlying. `nonce` is the
+    /// account's state nonce the caller computed against.
+    function flag(uint256 account, uint64 nonce, uint256[] calldata witness) external {
+        AccountState memory s = _checkNonce(account, nonce);
+        if (s.flaggedAt != 0) revert AlreadyFlagged(account, s.flaggedAt);
+        (Portfolio memory pf,) = _loadPortfolio(account);
+        MarginResult memory r = verifier.witnessCheck(pf, _market(pf, true), riskParams(), witness);
+        if (r.state == 0) revert AccountNotBelowInitialMargin(account, r.equity, r.initialMargin);
+        accountState[account].flaggedAt = uint64(block.timestamp);
+        emit MarginCall(account, msg.sender, nonce, r.equity, r.initialMargin, block.timestamp + liquidationConfig.gracePeriod);
+    }
+
+    /// @notice Clears a flag by a full check at IM (owner, operator or anyone: the check decides).
+    function clearFlag(uint256 account) external {
+        if (accountState[account].flaggedAt == 0) revert NotFlagged(account);
+        MarginResult memory r = _fullCheck(account, false);
+        if (r.state != 0) revert InsufficientMargin(account, r.equity, r.initialMargin);
+        accountState[account].flaggedAt = 0;
+        emit MarginCallCleared(account, r.equity, r.initialMargin);
+    }
+
+    // ============================================================== liquidation
+
+    struct LiqVars {
+        int256 cash;
+        uint256 bk;
+    }
+
+    /// @notice Partially liquidates an account below MM (or below IM after its grace period):
+    /// `fraction` (WAD, (0, 1]) of every position goes to the backstop at the model mark
+    /// (rounded to TICK against the account), quantities rounded down to LOT (all of it at 1).
+    /// Penalty = fraction * MM requirement * penaltyRate (rounded up), capped at the account's
+    /// positive equity; the liquidator's bounty = clamp(penalty * bountyShare, min, max),
+    /// never above the penalty; the rest goes to the insurance fund.
+    function liquidate(uint256 account, uint64 nonce, uint256[] calldata witness, int256 fraction)
+        external
+        returns (int256 bounty)
+    {
+        _checkNonce(account, nonce);
+        if (fraction <= 0 || fraction > WAD) revert InvalidFraction(fraction);
+        LiqVars memory v;
+        v.bk = backstop;
+        if (v.bk == 0) revert BackstopNotSet();
+        if (account == v.bk) revert BackstopAccount(account);
+        (Portfolio memory pf, uint256[] memory ids) = _loadPortfolio(account);
+        (MarginResult memory r, int256[] memory marks) =
+            verifier.witnessCheckWithMarks(pf, _market(pf, true), riskParams(), witness);
+        {
+            uint64 flaggedAt = accountState[account].flaggedAt;
+            bool graceOver = flaggedAt != 0 && block.timestamp >= uint256(flaggedAt) + liquidationConfig.gracePeriod;
+            if (!(r.state == 2 || (r.state == 1 && graceOver))) {
+                revert NotLiquidatable(account, r.equity, r.requirement, r.initialMargin);
+            }
+        }
+        v.cash = _handOver(account, v.bk, pf, ids, marks, fraction);
+        balanceOf[account][0] += v.cash;
+        balanceOf[v.bk][0] -= v.cash;
+
+        accountState[account].flaggedAt = 0;
+        _bump(v.bk);
+        return _chargePenalty(account, r, fraction);
+    }
+
+    /// @dev Penalty, bounty and insurance share of a liquidation, booked and emitted.
+    function _chargePenalty(uint256 account, MarginResult memory r, int256 fraction) private returns (int256 bounty) {
+        LiquidationConfig memory c = liquidationConfig;
+        int256 penalty = r.requirement.mulUp(fraction).mulUp(int256(uint256(c.penaltyRate)));
+        if (penalty > r.equity) penalty = r.equity > 0 ? r.equity : int256(0);
+        bounty = penalty.mulDown(int256(uint256(c.bountyShare)));
+        if (bounty < int256(uint256(c.minBounty))) bounty = int256(uint256(c.minBounty));
+        if (bounty > int256(uint256(c.maxBounty))) bounty = int256(uint256(c.maxBounty));
+        if (bounty > penalty) bounty = penalty;
+        balanceOf[account][0] -= penalty;
+        insuranceFund += penalty - bounty;
+        bounties[msg.sender] += bounty;
+        totalBounties += bounty;
+        emit Liquidation(
+            account, msg.sender, _bump(account), fraction, r.equity, r.requirement, penalty, bounty, penalty - bounty
+        );
+        if (bounty > 0) emit BountyCredited(msg.sender, bounty);
+    }
+
+    /// @dev Moves fraction of each position to the backstop; returns the cash the account
+    /// receives (sum of q_closed * price). Goes backwards so swap-and-pop never skips a slot.
+    function _handOver(
+        uint256 account,
+        uint256 bk,
+        Portfolio memory pf,
+        uint256[] memory ids,
+        int256[] memory marks,
+        int256 fraction
+    ) private returns (int256 cash) {
+        uint256 n = ids.length;
+        bool any;
+        for (uint256 k = n; k > 0; --k) {
+            uint256 i = k - 1;
+            int256 q = pf.positions[i].quantity;
+            int256 closeQty = fraction == WAD ? q : _towardZeroLot(_mulDownAbs(q, fraction), q);
+            if (closeQty == 0) continue;
+            any = true;
+            // Against the account: it sells longs at the mark rounded down, buys back shorts rounded up.
+            int256 price = q > 0 ? _floorTick(marks[i]) : _ceilTick(marks[i]);
+            cash += (closeQty * price) / WAD; // exact
+            _setQuantityAt(account, i, ids[i], q - closeQty);
+            _applyPosition(bk, ids[i], closeQty);
+            emit PositionTakenOver(account, ids[i], closeQty, price);
+        }
+        if (!any) revert NothingToLiquidate(account);
+    }
+
+    /// @notice Resolves the debt of an account without positions: volatile collateral is sold
+    /// to the backstop at spot after haircut (rounded down), the insurance fund covers what it
+    /// can of the remaining negative settlement balance, the backstop absorbs the rest.
+    function resolveBadDebt(uint256 account) external {
+        uint256 bk = backstop;
+        if (bk == 0) revert BackstopNotSet();
+        if (account == bk) revert BackstopAccount(account);
+        uint256 n = _positions[account].length;
+        if (n != 0) revert HasOpenPositions(account, n);
+        int256 bal = balanceOf[account][0];
+        if (bal >= 0) revert NoBadDebt(account, bal);
+        for (uint256 k = 1; k < _assets.length; ++k) {
+            AssetConfig memory a = _assets[k];
+            int256 amt = balanceOf[account][k];
+            if (amt <= 0) continue;
+            int256 paid;
+            if (a.underlying == NO_UNDERLYING) {
+                paid = amt.mulDown(WAD - int256(uint256(a.haircut)));
+            } else {
+                UnderlyingConfig memory uc = _underlyings[a.underlying];
+                (int256 spot,) = uc.priceFeed.read(uc.liquidationMaxAge);
+                paid = amt.mulDown(spot).mulDown(WAD - int256(uint256(a.haircut)));
+            }
+            balanceOf[account][k] = 0;
+            balanceOf[bk][k] += amt;
+            balanceOf[bk][0] -= paid;
+            bal += paid;
+            emit CollateralSeized(account, k, amt, paid);
+        }
+        int256 fromInsurance;
+        int256 socialised;
+        if (bal < 0) {
+            int256 debt = -bal;
+            fromInsurance = debt < insuranceFund ? debt : insuranceFund;
+            socialised = debt - fromInsurance;
+            insuranceFund -= fromInsurance;
+            balanceOf[bk][0] -= socialised;
+            totalSocialisedLoss += socialised;
+            bal = 0;
+        }
+        balanceOf[account][0] = bal;
+        _bump(account);
+        _bump(bk);
+        emit BadDebtResolved(account, fromInsurance + socialised, fromInsurance, socialised);
+    }
+
+    // ============================================================== settlement
+
+    /// @notice Records an expired instrument's settlement price: the oracle price (fresh, and
+    /// published at or after expiry) rounded down to TICK.
+    function settleInstrument(uint256 instrument) external {
+        Instrument memory ins = instruments[instrument];
+        if (!ins.listed) revert UnknownInstrument(instrument);
+        if (ins.expiry == 0 || block.timestamp < ins.expiry) revert InstrumentNotExpired(instrument, ins.expiry);
+        if (ins.settled) revert InstrumentAlreadySettled(instrument);
+        UnderlyingConfig memory uc = _underlyings[ins.underlying];
+        (int256 spot, uint256 updatedAt) = uc.priceFeed.read(uc.maxAge);
+        if (updatedAt < ins.expiry) revert PriceBeforeExpiry(instrument, updatedAt, ins.expiry);
+        int256 p = _floorTick(spot);
+        instruments[instrument].settled = true;
+        settlementPrice[instrument] = p;
+        emit InstrumentSettled(instrument, p);
+    }
+
+    /// @notice Pays out every position of the account in a settled instrument (exact cash:
+    /// q * payoff / 1e18 with payoff a multiple of TICK) and removes it.
+    function settleAccount(uint256 account) external returns (uint256 settled) {
+        uint256[] storage slots = _positions[account];
+        int256 cash;
+        for (uint256 k = slots.length; k > 0; --k) {
+            (uint256 id, int256 q) = _unpack(slots[k - 1]);
+            Instrument memory ins = instruments[id];
+            if (!ins.settled) continue;
+            int256 c = (q * _payoff(ins, settlementPrice[id])) / WAD; // exact: LOT * TICK == 1e18
+            cash += c;
+            _setQuantityAt(account, k - 1, id, 0);
+            ++settled;
+            emit PositionSettled(account, id, q, c, accountState[account].nonce + 1);
+        }
+        if (settled == 0) revert NothingToSettle(account);
+        balanceOf[account][0] += cash;
+        _bump(account);
+    }
+
+    function _payoff(Instrument memory ins, int256 s) private pure returns (int256) {
+        if (ins.kind == PortfolioMargin.FUTURE) return s;
+        int256 k = int256(uint256(ins.strike));
+        if (ins.kind == PortfolioMargin.CALL) return s > k ? s - k : int256(0);
+        return k > s ? k - s : int256(0);
+    }
+
+    // ============================================================== internals: accounts
+
+    function _onlyAuthorized(uint256 account) private view {
+        if (accountOwner(account) != msg.sender && !isOperator[account][msg.sender]) {
+            revert NotAuthorized(account, msg.sender);
+        }
+    }
+
+    function _bump(uint256 account) private returns (uint64 n) {
+        n = accountState[account].nonce + 1;
+        accountState[account].nonce = n;
+    }
+
+    function _checkNonce(uint256 account, uint64 nonce) private view returns (AccountState memory s) {
+        s = accountState[account];
+        if (s.nonce != nonce) revert StaleAccountNonce(account, nonce, s.nonce);
+        if (account == backstop) revert BackstopAccount(account);
+    }
+
+    /// @dev Full IM check after a change; a passing check also clears a margin-call flag.
+    /// The backstop is the protocol's own book and is not margined. An account with no
+    /// positions and no negative balance is healthy without reading any oracle.
+    function _requireHealthyAfter(uint256 account) private {
+        if (account == backstop) return;
+        if (_positions[account].length == 0 && !_hasDebt(account)) {
+            if (accountState[account].flaggedAt != 0) accountState[account].flaggedAt = 0;
+            return;
+        }
+        MarginResult memory r = _fullCheck(account, false);
+        if (r.state != 0) revert InsufficientMargin(account, r.equity, r.initialMargin);
+        if (accountState[account].flaggedAt != 0) {
+            accountState[account].flaggedAt = 0;
+            emit MarginCallCleared(account, r.equity, r.initialMargin);
+        }
+    }
+
+    function _hasDebt(uint256 account) private view returns (bool) {
+        for (uint256 k; k < _assets.length; ++k) {
+            if (balanceOf[account][k] < 0) return true;
+        }
+        return false;
+    }
+
+    function _fullCheck(uint256 account, bool lenient) private view returns (MarginResult memory) {
+        (Portfolio memory pf,) = _loadPortfolio(account);
+        return verifier.fullCheck(pf, _market(pf, lenient), riskParams());
+    }
+
+    // ============================================================== internals: positions
+
+    function _unpack(uint256 slot) private pure returns (uint256 id, int256 q) {
+        id = slot >> 128;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        q = int256(int128(uint128(slot)));
+    }
+
+    function _pack(uint256 id, int256 q) private pure returns (uint256) {
+        // |q| <= 2 * MAX_QUANTITY < 2^127 (checked by callers' bounds): the cast is exact.
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return (id << 128) | uint256(uint128(int128(q)));
+    }
+
+    /// @dev Adds delta to the account's position; returns whether this strictly reduced an
+    /// existing position without flipping it. Enforces MAX_POSITIONS (not for the backstop).
+    function _applyPosition(uint256 account, uint256 id, int256 delta) private returns (bool reduces) {
+        uint256 idx = _positionIndex[account][id];
+        if (idx == 0) {
+            uint256 n = _positions[account].length + 1;
+            if (n > MAX_POSITIONS && account != backstop) revert PositionLimitExceeded(account, n, MAX_POSITIONS);
+            _positions[account].push(_pack(id, delta));
+            _positionIndex[account][id] = n;
+            return false;
+        }
+        (, int256 q) = _unpack(_positions[account][idx - 1]);
+        int256 nq = q + delta;
+        if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
+        reduces = (q > 0 && delta < 0 && nq >= 0) || (q < 0 && delta > 0 && nq <= 0);
+        _setQuantityAt(account, idx - 1, id, nq);
+    }
+
+    /// @dev Writes quantity q at index i (removes the slot by swap-and-pop when q == 0).
+    function _setQuantityAt(uint256 account, uint256 i, uint256 id, int256 q) private {
+        uint256[] storage slots = _positions[account];
+        if (q != 0) {
+            slots[i] = _pack(id, q);
+            return;
+        }
+        uint256 last = slots.length - 1;
+        if (i != last) {
+            uint256 moved = slots[last];
+            slots[i] = moved;
+            _positionIndex[account][moved >> 128] = i + 1;
+        }
+        slots.pop();
+        delete _positionIndex[account][id];
+    }
+
+    function _loadPortfolio(uint256 account) private view returns (Portfolio memory pf, uint256[] memory ids) {
+        uint256[] storage slots = _positions[account];
+        uint256 n = slots.length;
+        pf.positions = new Position[](n);
+        ids = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            (uint256 id, int256 q) = _unpack(slots[i]);
+            Instrument memory ins = instruments[id];
+            ids[i] = id;
+            pf.positions[i] = Position(ins.underlying, ins.kind, int256(uint256(ins.strike)), ins.expiry, q, 0);
+        }
+        uint256 nA = _assets.length;
+        pf.collateral = new int256[](nA);
+        for (uint256 k; k < nA; ++k) {
+            pf.collateral[k] = balanceOf[account][k];
+        }
+    }
+
+    /// @dev Reads the feeds of the underlyings the portfolio uses (positions and non-zero
+    /// volatile collateral); the others get a placeholder spot of 1 and vol 0, which the
+    /// model never uses for them. `lenient`: the liquidation age bound instead of maxAge.
+    function _market(Portfolio memory pf, bool lenient) private view returns (Market memory m) {
+        uint256 nU = _underlyings.length;
+        bool[] memory used = new bool[](nU);
+        for (uint256 i; i < pf.positions.length; ++i) {
+            used[pf.positions[i].underlying] = true;
+        }
+        for (uint256 k; k < pf.collateral.length; ++k) {
+            uint8 u = _assets[k].underlying;
+            if (u != NO_UNDERLYING && pf.collateral[k] != 0) used[u] = true;
+        }
+        m.timestamp = uint64(block.timestamp);
+        m.rate = rate;
+        m.spots = new int256[](nU);
+        m.vols = new int256[](nU);
+        for (uint256 u; u < nU; ++u) {
+            if (!used[u]) {
+                m.spots[u] = WAD;
+                continue;
+            }
+            UnderlyingConfig memory uc = _underlyings[u];
+            uint256 age = lenient ? uc.liquidationMaxAge : uc.maxAge;
+            (m.spots[u],) = uc.priceFeed.read(age);
+            (m.vols[u],) = uc.volFeed.read(age);
+        }
+    }
+
+    function _liveInstrument(uint256 id) private view returns (Instrument memory ins) {
+        ins = instruments[id];
+        if (!ins.listed) revert UnknownInstrument(id);
+        if (ins.expiry != 0 && block.timestamp >= ins.expiry) revert InstrumentExpired(id, ins.expiry);
+    }
+
+    // ============================================================== internals: params, tokens, math
+    function _asset(uint256 asset) private view returns (AssetConfig memory) {
+        if (asset >= _assets.length) revert UnknownAsset(asset);
+        return _assets[asset];
+    }
+
+    function _toWad(AssetConfig memory a, uint256 amount) private pure returns (int256) {
+        if (amount == 0) revert ZeroAmount();
+        if (amount > uint256(PortfolioMargin.MAX_COLLATERAL) / a.scale) revert AmountTooLarge(amount);
+        return int256(amount * a.scale);
+    }
+
+    function _pull(AssetConfig memory a, uint256 amount) private returns (int256) {
+        _toWad(a, amount); // bounds
+        uint256 before = IERC20(a.token).balanceOf(address(this));
+        if (!IERC20(a.token).transferFrom(msg.sender, address(this), amount)) revert TokenTransferFailed(a.token);
+        uint256 got = IERC20(a.token).balanceOf(address(this)) - before;
+        if (got == 0) revert ZeroAmount();
+        return int256(got * a.scale);
+    }
+
+    /// @dev |q| * f / 1e18 rounded down (f in (0, 1e18)).
+    function _mulDownAbs(int256 q, int256 f) private pure returns (int256) {
+        int256 a = q < 0 ? -q : q;
+        return (a * f) / WAD;
+    }
+
+    /// @dev The magnitude rounded down to LOT, with q's sign.
+    function _towardZeroLot(int256 magnitude, int256 q) private pure returns (int256) {
+        int256 m = magnitude - (magnitude % LOT);
+        return q < 0 ? -m : m;
+    }
+
+    function _floorTick(int256 p) private pure returns (int256) {
+        return p - (p % TICK); // p >= 0
+    }
+
+    function _ceilTick(int256 p) private pure returns (int256) {
+        int256 r = p % TICK;
+        return r == 0 ? p : p + (TICK - r);
+    }
+}

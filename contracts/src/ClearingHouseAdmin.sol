@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
+import {IERC20} from "./interfaces/IERC20.sol";
+import {ClearingHouseBase} from "./ClearingHouseBase.sol";
+import {MarginVerifier} from "./MarginVerifier.sol";
+import {PortfolioMargin} from "./margin/PortfolioMargin.sol";
+
+/// @title ClearingHouseAdmin
+/// @notice Governance, risk-operator and guardian entry points of the clearing house. Only
+/// ever executed by ClearingHouse's fallback through DELEGATECALL (on the clearing house's
+/// storage); calling it directly changes nothing of the protocol's.
+contract ClearingHouseAdmin is ClearingHouseBase {
+    constructor(MarginVerifier verifier_) ClearingHouseBase(verifier_) {}
+
+
+    function setOwner(address owner_) external onlyOwner {
+        owner = owner_;
+        emit OwnerChanged(owner_);
+    }
+
+    function setRole(bytes32 role, address who, bool allowed) external onlyOwner {
+        hasRole[role][who] = allowed;
+        emit RoleSet(role, who, allowed);
+    }
+
+    function setBackstop(uint256 account) external onlyOwner {
+        backstop = account;
+        emit BackstopSet(account);
+    }
+
+    function setRate(int256 rate_) external onlyOwner {
+        if (rate_ < -MAX_RATE || rate_ > MAX_RATE) revert ParamOutOfBounds(1, rate_, -MAX_RATE, MAX_RATE);
+        rate = rate_;
+        emit RateSet(rate_);
+    }
+
+    /// @notice Adds (u == count) or replaces (u < count) an underlying's feeds.
+    function setUnderlying(
+        uint256 u,
+        AggregatorV3Interface priceFeed,
+        AggregatorV3Interface volFeed,
+        uint32 maxAge,
+        uint32 liquidationMaxAge
+    ) external onlyOwner {
+        if (u > _underlyings.length || u >= PortfolioMargin.MAX_UNDERLYINGS) {
+            revert ConfigMismatch(1, _underlyings.length, u);
+        }
+        if (maxAge == 0 || liquidationMaxAge < maxAge) {
+            revert ParamOutOfBounds(2, int256(uint256(liquidationMaxAge)), int256(uint256(maxAge)), type(int32).max);
+        }
+        UnderlyingConfig memory c = UnderlyingConfig(priceFeed, maxAge, liquidationMaxAge, volFeed);
+        if (u == _underlyings.length) _underlyings.push(c);
+        else _underlyings[u] = c;
+        emit UnderlyingConfigured(u, address(priceFeed), address(volFeed), maxAge, liquidationMaxAge);
+    }
+
+    /// @notice Appends a collateral token (asset index = previous count). Asset 0 must be the
+    /// settlement stablecoin (checked when risk parameters are set).
+    function addCollateral(address token) external onlyOwner {
+        if (_assets.length >= PortfolioMargin.MAX_ASSETS) revert ConfigMismatch(2, PortfolioMargin.MAX_ASSETS, _assets.length + 1);
+        uint8 d = IERC20(token).decimals();
+        if (d > 18) revert ParamOutOfBounds(3, int256(uint256(d)), 0, 18);
+        _assets.push(AssetConfig(token, d, NO_UNDERLYING, 0, uint64(10 ** (18 - d))));
+        emit CollateralConfigured(_assets.length - 1, token, d);
+    }
+
+    /// @notice Governance sets the whole parameter set; it must match the configured
+    /// underlyings and assets, asset 0 must be STABLE, and the verifier must accept it.
+    /// `params` = abi.encode(RiskParams) (the struct of PortfolioMargin.sol).
+    function setRiskParams(bytes calldata params) external onlyOwner {
+        _storeParams(params);
+    }
+
+    function setRiskBounds(uint256 u, RiskBounds calldata b) external onlyOwner {
+        if (u >= _underlyings.length) revert UnderlyingNotConfigured(u);
+        if (b.minRange > b.maxRange) revert ParamOutOfBounds(4, b.minRange, type(int256).min, b.maxRange);
+        if (b.minVolShift > b.maxVolShift) revert ParamOutOfBounds(5, b.minVolShift, type(int256).min, b.maxVolShift);
+        riskBounds[u] = b;
+        emit RiskBoundsSet(u, b.minRange, b.maxRange, b.minVolShift, b.maxVolShift);
+    }
+
+    /// @notice The risk operator recalibrates an underlying's price range and vol shift,
+    /// only within the governance bounds (and the model's own bounds, checked on store).
+    function adjustRisk(uint256 u, int256 priceRange, int256 volShiftBase) external onlyRole(RISK_OPERATOR) {
+        if (u >= _underlyings.length) revert UnderlyingNotConfigured(u);
+        RiskBounds memory b = riskBounds[u];
+        if (priceRange < b.minRange || priceRange > b.maxRange) revert ParamOutOfBounds(6, priceRange, b.minRange, b.maxRange);
+        if (volShiftBase < b.minVolShift || volShiftBase > b.maxVolShift) {
+            revert ParamOutOfBounds(7, volShiftBase, b.minVolShift, b.maxVolShift);
+        }
+        _storeParams(verifier.withRiskAdjusted(riskParams(), u, priceRange, volShiftBase));
+        emit RiskAdjusted(u, priceRange, volShiftBase, msg.sender);
+    }
+
+    function setLiquidationConfig(LiquidationConfig calldata c) external onlyOwner {
+        if (int256(uint256(c.penaltyRate)) > MAX_PENALTY_RATE) {
+            revert ParamOutOfBounds(8, int256(uint256(c.penaltyRate)), 0, MAX_PENALTY_RATE);
+        }
+        if (c.bountyShare > uint64(uint256(WAD))) revert ParamOutOfBounds(9, int256(uint256(c.bountyShare)), 0, WAD);
+        if (c.minBounty > c.maxBounty) revert ParamOutOfBounds(10, int256(uint256(c.minBounty)), 0, int256(uint256(c.maxBounty)));
+        liquidationConfig = c;
+        emit LiquidationConfigSet(
+            int256(uint256(c.penaltyRate)),
+            int256(uint256(c.bountyShare)),
+            int256(uint256(c.minBounty)),
+            int256(uint256(c.maxBounty)),
+            c.gracePeriod
+        );
+    }
+
+    /// @notice Lists an instrument: a future (strike 0; expiry 0 = perpetual, else in the
+    /// future) or a European call/put (strike a positive multiple of TICK, expiry in the future).
+    function listInstrument(uint256 underlying, uint8 kind, int256 strike, uint64 expiry)
+        external
+        onlyOwner
+        returns (uint256 id)
+    {
+        if (underlying >= _underlyings.length) revert UnderlyingNotConfigured(underlying);
+        if (kind > PortfolioMargin.PUT) revert InvalidInstrument(1);
+        if (kind == PortfolioMargin.FUTURE) {
+            if (strike != 0) revert InvalidInstrument(2);
+            if (expiry != 0 && expiry <= block.timestamp) revert InvalidInstrument(3);
+        } else {
+            if (strike <= 0 || strike > MAX_PRICE || strike % TICK != 0) revert InvalidInstrument(2);
+            if (expiry <= block.timestamp) revert InvalidInstrument(3);
+        }
+        id = ++instrumentCount;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        instruments[id] = Instrument(uint8(underlying), kind, true, false, expiry, uint128(uint256(strike)));
+        emit InstrumentListed(id, underlying, kind, strike, expiry);
+    }
+
+    function pause() external onlyRole(GUARDIAN) {
+        paused = true;
+        emit PausedSet(true, msg.sender);
+    }
+
+    function unpause() external onlyRole(GUARDIAN) {
+        paused = false;
+        emit PausedSet(false, msg.sender);
+    }
+
+    function _storeParams(bytes memory data) private {
+        (uint256 nU, uint256[] memory assetU, int256[] memory haircuts) = verifier.validateParams(data);
+        uint256 nA = assetU.length;
+        if (nU != _underlyings.length) revert ConfigMismatch(3, _underlyings.length, nU);
+        if (nA != _assets.length) revert ConfigMismatch(4, _assets.length, nA);
+        if (nA == 0 || assetU[0] != PortfolioMargin.STABLE) revert ConfigMismatch(5, 0, nA);
+        for (uint256 k; k < nA; ++k) {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            _assets[k].underlying = assetU[k] == PortfolioMargin.STABLE ? NO_UNDERLYING : uint8(assetU[k]);
+            // forge-lint: disable-next-line(unsafe-typecast)
+            _assets[k].haircut = uint64(uint256(haircuts[k]));
+        }
+        address ptr = _writeBlob(data);
+        riskParamsPointer = ptr;
+        emit RiskParamsSet(ptr, keccak256(data));
+    }
+
+    /// @dev Deploys a contract whose code is 0x00 ++ data (a STOP first: it cannot be called).
+    function _writeBlob(bytes memory data) private returns (address ptr) {
+        bytes memory init = abi.encodePacked(hex"61", uint16(data.length + 1), hex"80600a3d393df300", data);
+        assembly ("memory-safe") {
+            ptr := create(0, add(init, 0x20), mload(init))
+        }
+        if (ptr == address(0)) revert ConfigMismatch(6, 0, data.length);
+    }
+}

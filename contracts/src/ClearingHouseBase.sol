@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
+import {IClearingHouseEvents, IClearingHouseErrors} from "./interfaces/IClearingHouse.sol";
+import {MarginVerifier} from "./MarginVerifier.sol";
+
+/// @title ClearingHouseBase
+/// @notice Constants, storage layout and role checks shared by ClearingHouse and the
+/// governance module it delegates to (ClearingHouseAdmin): one layout, two code bodies, so the
+/// clearing house fits EIP-170. See ClearingHouse.sol for the protocol's rules.
+abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseErrors {
+    int256 internal constant WAD = 1e18;
+    int256 public constant LOT = 1e8;
+    int256 public constant TICK = 1e10;
+    int256 public constant MAX_QUANTITY = 1e30;
+    int256 public constant MAX_PRICE = 1e30;
+    /// @notice Positions per account: the full check of 40 options fits the stated ceiling
+    /// (contracts/test/ClearingHouseGas.t.sol measures it at the bound).
+    uint256 public constant MAX_POSITIONS = 40;
+    int256 public constant MAX_PENALTY_RATE = 0.5e18;
+    int256 public constant MAX_RATE = 0.5e18;
+    uint8 internal constant NO_UNDERLYING = type(uint8).max;
+
+    bytes32 public constant GUARDIAN = "GUARDIAN";
+    bytes32 public constant MATCHER = "MATCHER";
+    bytes32 public constant RISK_OPERATOR = "RISK_OPERATOR";
+
+    struct Instrument {
+        uint8 underlying;
+        uint8 kind; // 0 future, 1 call, 2 put
+        bool listed;
+        bool settled;
+        uint64 expiry; // 0: perpetual future
+        uint128 strike; // options only
+    }
+
+    struct UnderlyingConfig {
+        AggregatorV3Interface priceFeed;
+        uint32 maxAge;
+        uint32 liquidationMaxAge;
+        AggregatorV3Interface volFeed;
+    }
+
+    struct AssetConfig {
+        address token;
+        uint8 decimals;
+        uint8 underlying; // NO_UNDERLYING for a stablecoin (mirrors RiskParams.assets)
+        uint64 haircut; // mirrors RiskParams.assets[i].haircut
+        uint64 scale; // 10 ** (18 - decimals)
+    }
+
+    struct AccountState {
+        uint64 nonce;
+        uint64 flaggedAt; // 0: not flagged
+    }
+
+    struct LiquidationConfig {
+        uint64 penaltyRate; // WAD, x maintenance requirement x fraction
+        uint64 bountyShare; // WAD, x penalty
+        uint32 gracePeriod; // seconds a flagged account has to cure
+        uint128 minBounty; // WAD of asset 0
+        uint128 maxBounty;
+    }
+
+    struct RiskBounds {
+        int256 minRange;
+        int256 maxRange;
+        int256 minVolShift;
+        int256 maxVolShift;
+    }
+
+    MarginVerifier public immutable verifier;
+    address public owner;
+    bool public paused;
+    uint256 public backstop; // account id; 0 = unset
+    int256 public rate; // risk-free rate of the option model
+    address public riskParamsPointer; // code = 0x00 ++ abi.encode(RiskParams)
+    uint256 public tradeCount;
+    uint256 public instrumentCount;
+    int256 public insuranceFund;
+    int256 public totalSocialisedLoss;
+    int256 public totalBounties; // unclaimed
+    LiquidationConfig public liquidationConfig;
+
+    UnderlyingConfig[] internal _underlyings;
+    AssetConfig[] internal _assets;
+    mapping(bytes32 => mapping(address => bool)) public hasRole;
+    mapping(uint256 => RiskBounds) public riskBounds;
+    mapping(uint256 => Instrument) public instruments;
+    mapping(uint256 => int256) public settlementPrice;
+    mapping(uint256 => AccountState) public accountState;
+    mapping(uint256 => mapping(address => bool)) public isOperator;
+    mapping(uint256 => mapping(uint256 => int256)) public balanceOf; // account => asset => WAD
+    mapping(address => int256) public bounties;
+    /// @dev Positions: packed (instrument << 128 | uint128(int128 quantity)), one slot each.
+    mapping(uint256 => uint256[]) internal _positions;
+    mapping(uint256 => mapping(uint256 => uint256)) internal _positionIndex; // index + 1
+
+    // Modifiers call functions so their code exists once (the contract is size-bound).
+    modifier onlyOwner() {
+        _onlyOwner();
+        _;
+    }
+
+    modifier onlyRole(bytes32 role) {
+        _onlyRole(role);
+        _;
+    }
+
+    modifier whenNotPaused() {
+        _whenNotPaused();
+        _;
+    }
+
+    function _onlyOwner() internal view {
+        if (msg.sender != owner) revert NotOwner(msg.sender);
+    }
+
+    function _onlyRole(bytes32 role) internal view {
+        if (!hasRole[role][msg.sender]) {
+            if (role == MATCHER) revert NotMatcher(msg.sender);
+            if (role == GUARDIAN) revert NotGuardian(msg.sender);
+            revert NotRiskOperator(msg.sender);
+        }
+    }
+
+    function _whenNotPaused() internal view {
+        if (paused) revert ProtocolPaused();
+    }
+
+    constructor(MarginVerifier verifier_) {
+        verifier = verifier_;
+    }
+
+    /// @notice The risk parameters, abi.encode(RiskParams).
+    function riskParams() public view returns (bytes memory data) {
+        address ptr = riskParamsPointer;
+        uint256 size = ptr.code.length;
+        if (size == 0) return data;
+        data = new bytes(size - 1);
+        assembly ("memory-safe") {
+            extcodecopy(ptr, add(data, 0x20), 1, sub(size, 1))
+        }
+    }
+}

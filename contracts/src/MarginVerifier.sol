@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {
+    PortfolioMargin, Portfolio, Position, Market, RiskParams, MarginResult
+} from "./margin/PortfolioMargin.sol";
+import {OptionPricing} from "./margin/OptionPricing.sol";
+
+/// @title MarginVerifier
+/// @notice The portfolio-margin verifier as a stateless contract, so the clearing house stays
+/// under the code-size limit and the keeper can eth_call the very code that rules. Risk
+/// parameters travel ABI-encoded (`abi.encode(RiskParams)`), the form the clearing house keeps
+/// them in (one code read instead of ~70 storage reads).
+contract MarginVerifier {
+    function fullCheck(Portfolio memory pf, Market memory m, bytes calldata params)
+        external
+        pure
+        returns (MarginResult memory)
+    {
+        return PortfolioMargin.fullCheck(pf, m, abi.decode(params, (RiskParams)));
+    }
+
+    function witnessCheck(Portfolio memory pf, Market memory m, bytes calldata params, uint256[] memory witness)
+        external
+        pure
+        returns (MarginResult memory)
+    {
+        return PortfolioMargin.witnessCheck(pf, m, abi.decode(params, (RiskParams)), witness);
+    }
+
+    /// @notice The witness check plus the mark (V0) of every position, which a liquidation
+    /// needs to hand positions over at mark (priced again here: the model's witness check does
+    /// not return its V0s).
+    function witnessCheckWithMarks(
+        Portfolio memory pf,
+        Market memory m,
+        bytes calldata params,
+        uint256[] memory witness
+    ) external pure returns (MarginResult memory r, int256[] memory marks) {
+        r = PortfolioMargin.witnessCheck(pf, m, abi.decode(params, (RiskParams)), witness);
+        marks = _marks(pf, m);
+    }
+
+    /// @notice Reverts with the model's named error unless `params` is a valid parameter set;
+    /// returns its number of underlyings and, per collateral asset, the underlying that moves
+    /// it (PortfolioMargin.STABLE for none) and its haircut.
+    function validateParams(bytes calldata params)
+        external
+        pure
+        returns (uint256 underlyings, uint256[] memory assetUnderlyings, int256[] memory haircuts)
+    {
+        RiskParams memory p = abi.decode(params, (RiskParams));
+        PortfolioMargin.validateParams(p);
+        uint256 nA = p.assets.length;
+        assetUnderlyings = new uint256[](nA);
+        haircuts = new int256[](nA);
+        for (uint256 k; k < nA; ++k) {
+            assetUnderlyings[k] = p.assets[k].underlying;
+            haircuts[k] = p.assets[k].haircut;
+        }
+        return (p.underlyings.length, assetUnderlyings, haircuts);
+    }
+
+    /// @notice `params` with underlying u's price range and vol-shift base replaced (the risk
+    /// operator's recalibration), re-encoded. Validation is the caller's next step.
+    function withRiskAdjusted(bytes calldata params, uint256 u, int256 priceRange, int256 volShiftBase)
+        external
+        pure
+        returns (bytes memory)
+    {
+        RiskParams memory p = abi.decode(params, (RiskParams));
+        p.underlyings[u].priceRange = priceRange;
+        p.underlyings[u].volShiftBase = volShiftBase;
+        return abi.encode(p);
+    }
+
+    function _marks(Portfolio memory pf, Market memory m) private pure returns (int256[] memory marks) {
+        uint256 n = pf.positions.length;
+        marks = new int256[](n);
+        for (uint256 i; i < n; ++i) {
+            Position memory q = pf.positions[i];
+            int256 spot = m.spots[q.underlying];
+            if (q.kind == PortfolioMargin.FUTURE) {
+                marks[i] = spot;
+            } else {
+                uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+                marks[i] = OptionPricing.price(q.kind == PortfolioMargin.CALL, spot, q.strike, tau, m.vols[q.underlying], m.rate);
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+/// @title Events and errors of the clearing house (the keeper-facing vocabulary).
+/// @notice Amounts are signed WAD unless stated: collateral in units of the asset (18 decimals
+/// whatever the token's), cash and prices in the settlement currency (asset 0, a stablecoin).
+/// `nonce` is the account's state nonce after the change (see ClearingHouse.accountNonce).
+interface IClearingHouseEvents {
+    event Deposit(uint256 indexed account, uint256 indexed asset, address from, int256 amount, uint64 nonce);
+    event Withdrawal(uint256 indexed account, uint256 indexed asset, address to, int256 amount, uint64 nonce);
+    event CollateralTransfer(
+        uint256 indexed from, uint256 indexed to, uint256 indexed asset, int256 amount, uint64 fromNonce, uint64 toNonce
+    );
+    event Trade(
+        uint256 indexed tradeId,
+        uint256 indexed buyer,
+        uint256 indexed seller,
+        uint256 instrument,
+        int256 quantity,
+        int256 price,
+        uint64 buyerNonce,
+        uint64 sellerNonce
+    );
+    event MarginCall(
+        uint256 indexed account, address indexed flagger, uint64 nonce, int256 equity, int256 initialMargin, uint256 deadline
+    );
+    event MarginCallCleared(uint256 indexed account, int256 equity, int256 initialMargin);
+    /// @notice One position handed to the backstop during a liquidation (quantity as seen by
+    /// the liquidated account: it loses `quantity`, the backstop gains it, at `price`).
+    event PositionTakenOver(uint256 indexed account, uint256 indexed instrument, int256 quantity, int256 price);
+    event Liquidation(
+        uint256 indexed account,
+        address indexed liquidator,
+        uint64 nonce,
+        int256 fraction,
+        int256 equity,
+        int256 requirement,
+        int256 penalty,
+        int256 bounty,
+        int256 toInsurance
+    );
+    event BadDebtResolved(uint256 indexed account, int256 debt, int256 fromInsurance, int256 socialised);
+    event CollateralSeized(uint256 indexed account, uint256 indexed asset, int256 amount, int256 paid);
+    event InstrumentListed(uint256 indexed instrument, uint256 underlying, uint8 kind, int256 strike, uint64 expiry);
+    event InstrumentSettled(uint256 indexed instrument, int256 price);
+    event PositionSettled(uint256 indexed account, uint256 indexed instrument, int256 quantity, int256 cash, uint64 nonce);
+    event InsuranceDeposit(address indexed from, int256 amount, int256 fund);
+    event BountyCredited(address indexed liquidator, int256 amount);
+    event BountyClaimed(address indexed liquidator, int256 amount);
+    event OperatorSet(uint256 indexed account, address indexed operator, bool allowed);
+    event RoleSet(bytes32 indexed role, address indexed who, bool allowed);
+    event OwnerChanged(address indexed owner);
+    event BackstopSet(uint256 indexed account);
+    event UnderlyingConfigured(uint256 indexed underlying, address priceFeed, address volFeed, uint32 maxAge, uint32 liquidationMaxAge);
+    event CollateralConfigured(uint256 indexed asset, address token, uint8 decimals);
+    event RiskParamsSet(address pointer, bytes32 paramsHash);
+    event RiskBoundsSet(uint256 indexed underlying, int256 minRange, int256 maxRange, int256 minVolShift, int256 maxVolShift);
+    event RiskAdjusted(uint256 indexed underlying, int256 priceRange, int256 volShiftBase, address operator);
+    event LiquidationConfigSet(int256 penaltyRate, int256 bountyShare, int256 minBounty, int256 maxBounty, uint32 gracePeriod);
+    event RateSet(int256 rate);
+    event PausedSet(bool paused, address by);
+}
+
+interface IClearingHouseErrors {
+    error NotOwner(address caller);
+    error NotGuardian(address caller);
+    error NotMatcher(address caller);
+    error NotRiskOperator(address caller);
+    error NotAuthorized(uint256 account, address caller);
+    error ProtocolPaused();
+    error InvalidSubAccount(uint256 sub);
+    error UnknownAsset(uint256 asset);
+    error ZeroAmount();
+    error AmountTooLarge(uint256 amount);
+    error InsufficientBalance(uint256 account, uint256 asset, int256 balance, int256 amount);
+    error TokenTransferFailed(address token);
+    error UnknownInstrument(uint256 instrument);
+    error InvalidInstrument(uint256 field);
+    error InstrumentExpired(uint256 instrument, uint64 expiry);
+    error InstrumentNotExpired(uint256 instrument, uint64 expiry);
+    error InstrumentAlreadySettled(uint256 instrument);
+    error PriceBeforeExpiry(uint256 instrument, uint256 updatedAt, uint64 expiry);
+    error InvalidQuantity(int256 quantity);
+    error InvalidPrice(int256 price);
+    error SelfTrade(uint256 account);
+    error PositionLimitExceeded(uint256 account, uint256 count, uint256 max);
+    error InsufficientMargin(uint256 account, int256 equity, int256 initialMargin);
+    error StaleAccountNonce(uint256 account, uint64 expected, uint64 actual);
+    error AccountNotBelowInitialMargin(uint256 account, int256 equity, int256 initialMargin);
+    error AlreadyFlagged(uint256 account, uint64 flaggedAt);
+    error NotFlagged(uint256 account);
+    error NotLiquidatable(uint256 account, int256 equity, int256 requirement, int256 initialMargin);
+    error InvalidFraction(int256 fraction);
+    error NothingToLiquidate(uint256 account);
+    error BackstopAccount(uint256 account);
+    error BackstopNotSet();
+    error HasOpenPositions(uint256 account, uint256 count);
+    error NoBadDebt(uint256 account, int256 balance);
+    error NothingToSettle(uint256 account);
+    error NotSameOwner(uint256 from, uint256 to);
+    error ConfigMismatch(uint256 field, uint256 expected, uint256 got);
+    error ParamOutOfBounds(uint256 field, int256 value, int256 min, int256 max);
+    error UnderlyingNotConfigured(uint256 underlying);
+    error NothingToClaim(address liquidator);
+}

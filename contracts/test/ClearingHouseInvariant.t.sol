@@ -1,0 +1,364 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
+import {InvariantBase} from "./utils/InvariantBase.sol";
+import {TestBase} from "./utils/TestBase.sol";
+import {ClearingHouse} from "../src/ClearingHouse.sol";
+import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
+import {MarginVerifier} from "../src/MarginVerifier.sol";
+import {MockERC20} from "../src/token/MockERC20.sol";
+import {MockAggregator} from "../src/oracle/MockAggregator.sol";
+import {MarginResult, Market} from "../src/margin/PortfolioMargin.sol";
+
+/// @notice Random actions on a live clearing house: deposits, withdrawals, matched trades,
+/// price and time moves, flags, liquidations, bounty claims and calls from strangers. It keeps
+/// ghost counters of every property violation it observes; the invariant test asserts them.
+contract Handler is TestBase {
+    ClearingHouse internal ch;
+    ClearingHouseAdmin internal adm;
+    MarginVerifier internal verifier;
+    MockERC20 internal usdc;
+    MockERC20 internal weth;
+    MockAggregator internal ethFeed;
+    MockAggregator internal btcFeed;
+    MockAggregator internal ethVol;
+    MockAggregator internal btcVol;
+    address internal matcher;
+    uint256[] internal instruments;
+    address[3] internal actors = [address(0xA1), address(0xA2), address(0xA3)];
+    address internal constant LIQUIDATOR = address(0x1D0);
+    address internal constant STRANGER = address(0x5757);
+
+    // Ghosts.
+    uint256 public healthyLiquidated; // a liquidation or flag of an account passing the full check
+    uint256 public liquidationWorseThanModel;
+    uint256 public unauthorisedSucceeded;
+    uint256 public liquidations;
+    uint256 public trades;
+    int256 public bountiesClaimed;
+    uint256 public badDebtsResolved;
+    uint256 public settlements;
+
+    constructor(
+        ClearingHouse ch_,
+        MockERC20 usdc_,
+        MockERC20 weth_,
+        MockAggregator[4] memory feeds,
+        address matcher_,
+        uint256[] memory instruments_
+    ) {
+        ch = ch_;
+        adm = ClearingHouseAdmin(address(ch_));
+        verifier = ch_.verifier();
+        usdc = usdc_;
+        weth = weth_;
+        (ethFeed, btcFeed, ethVol, btcVol) = (feeds[0], feeds[1], feeds[2], feeds[3]);
+        matcher = matcher_;
+        instruments = instruments_;
+    }
+
+    function actorAccount(uint256 i) public view returns (uint256) {
+        return ch.accountId(actors[i], 0);
+    }
+
+    // ------------------------------------------------------------------ actions
+
+    function deposit(uint256 who, bool volatileAsset, uint256 amount) external {
+        address a = actors[who % 3];
+        uint256 asset = volatileAsset ? 1 : 0;
+        amount = volatileAsset ? bound(amount, 1e15, 20e18) : bound(amount, 1e6, 50_000e6);
+        MockERC20 t = volatileAsset ? weth : usdc;
+        t.mint(a, amount);
+        vm.startPrank(a);
+        t.approve(address(ch), amount);
+        ch.deposit(ch.accountId(a, 0), asset, amount);
+        vm.stopPrank();
+    }
+
+    function withdraw(uint256 who, bool volatileAsset, uint256 amount) external {
+        address a = actors[who % 3];
+        uint256 acct = ch.accountId(a, 0);
+        amount = volatileAsset ? bound(amount, 1, 10e18) : bound(amount, 1, 20_000e6);
+        vm.prank(a);
+        try ch.withdraw(acct, volatileAsset ? 1 : 0, amount) {} catch {}
+    }
+
+    function trade(uint256 buyer, uint256 seller, uint256 inst, uint256 qty, uint256 priceSeed) external {
+        uint256 b = actorAccount(buyer % 3);
+        uint256 s = actorAccount(seller % 3);
+        if (b == s) s = actorAccount((seller + 1) % 3);
+        uint256 id = instruments[inst % instruments.length];
+        int256 q = int256(bound(qty, 1, 2000)) * 1e16;
+        (,uint8 kind,,,,) = ch.instruments(id);
+        int256 price;
+        if (kind == 0) {
+            int256 spot = (id == instruments[1] ? btcFeed.answer() : ethFeed.answer()) * 1e10;
+            price = spot - spot % 1e10 + int256(bound(priceSeed, 0, 20)) * 1e18 - 10e18;
+        } else {
+            price = int256(bound(priceSeed, 0, 400)) * 1e18;
+        }
+        vm.prank(matcher);
+        try ch.trade(b, s, id, q, price) {
+            ++trades;
+        } catch {}
+    }
+
+    /// Moves ETH and BTC by up to +-8% each (within [200, 20000] and [5000, 400000]), and the
+    /// vols within [20%, 150%]; refreshes every feed.
+    function movePrices(uint256 ethMove, uint256 btcMove, uint256 volMove) external {
+        int256 e = ethFeed.answer();
+        int256 b = btcFeed.answer();
+        e = e + e * (int256(bound(ethMove, 0, 160)) - 80) / 1000;
+        b = b + b * (int256(bound(btcMove, 0, 160)) - 80) / 1000;
+        e = e < 200e8 ? int256(200e8) : e > 20_000e8 ? int256(20_000e8) : e;
+        b = b < 5000e8 ? int256(5000e8) : b > 400_000e8 ? int256(400_000e8) : b;
+        ethFeed.setAnswer(e);
+        btcFeed.setAnswer(b);
+        int256 v = int256(bound(volMove, 20, 150)) * 1e6;
+        ethVol.setAnswer(v);
+        btcVol.setAnswer(v);
+    }
+
+    function passTime(uint256 secs) external {
+        vm.warp(block.timestamp + bound(secs, 1, 3 hours));
+        ethFeed.setAnswer(ethFeed.answer());
+        btcFeed.setAnswer(btcFeed.answer());
+        ethVol.setAnswer(ethVol.answer());
+        btcVol.setAnswer(btcVol.answer());
+    }
+
+    /// Tries to liquidate with the best witness; checks the model's promises around it.
+    function liquidate(uint256 who, uint256 fractionSeed) external {
+        uint256 acct = actorAccount(who % 3);
+        MarginResult memory r;
+        try ch.marginOf(acct) returns (MarginResult memory res) {
+            r = res;
+        } catch {
+            return;
+        }
+        int256 fraction = int256(bound(fractionSeed, 1e16, 1e18));
+        (uint64 nonce,) = ch.accountState(acct);
+        int256 equityBefore = r.equity;
+        int256 insuranceBefore = ch.insuranceFund();
+        int256 bountiesBefore = ch.totalBounties();
+        vm.prank(LIQUIDATOR);
+        try ch.liquidate(acct, nonce, r.witness, fraction) returns (int256) {
+            ++liquidations;
+            if (r.state == 0) ++healthyLiquidated;
+            // The account loses at most the penalty plus the TICK rounding of the marks.
+            int256 penalty = ch.insuranceFund() - insuranceBefore + ch.totalBounties() - bountiesBefore;
+            (uint256[] memory ids,) = ch.positionsOf(acct);
+            int256 slack = int256(ids.length + 40) * 1e10;
+            try ch.marginOf(acct) returns (MarginResult memory after_) {
+                if (after_.equity < equityBefore - penalty - slack) ++liquidationWorseThanModel;
+            } catch {}
+        } catch {}
+    }
+
+    /// Flag and liquidation attempts on an account that passes the full check, with every
+    /// witness index of ETH: none may succeed.
+    function attackHealthy(uint256 who, uint256 scenarioSeed) external {
+        uint256 acct = actorAccount(who % 3);
+        MarginResult memory r;
+        try ch.marginOf(acct) returns (MarginResult memory res) {
+            r = res;
+        } catch {
+            return;
+        }
+        if (r.state != 0) return;
+        (uint64 nonce,) = ch.accountState(acct);
+        uint256[] memory w = new uint256[](2);
+        w[0] = bound(scenarioSeed, 0, 22);
+        w[1] = bound(scenarioSeed >> 8, 0, 22);
+        vm.prank(LIQUIDATOR);
+        try ch.flag(acct, nonce, w) {
+            ++healthyLiquidated;
+        } catch {}
+        vm.prank(LIQUIDATOR);
+        try ch.liquidate(acct, nonce, w, 1e18) {
+            ++healthyLiquidated;
+        } catch {}
+    }
+
+    function flag(uint256 who) external {
+        uint256 acct = actorAccount(who % 3);
+        try ch.marginOf(acct) returns (MarginResult memory r) {
+            (uint64 nonce,) = ch.accountState(acct);
+            try ch.flag(acct, nonce, r.witness) {
+                if (r.state == 0) ++healthyLiquidated;
+            } catch {}
+        } catch {}
+    }
+
+    function claim() external {
+        int256 before = ch.bounties(LIQUIDATOR);
+        vm.prank(LIQUIDATOR);
+        try ch.claimBounty() {
+            bountiesClaimed += before - ch.bounties(LIQUIDATOR);
+        } catch {}
+    }
+
+    /// A stranger calls a state-changing entry point; any success is a violation.
+    function stranger(uint256 which, uint256 arg) external {
+        uint256 victim = actorAccount(arg % 3);
+        bytes memory data;
+        uint256 k = which % 10;
+        if (k == 0) data = abi.encodeCall(ch.withdraw, (victim, 0, 1));
+        else if (k == 1) data = abi.encodeCall(ch.trade, (victim, actorAccount((arg + 1) % 3), instruments[0], 1e16, 1e18));
+        else if (k == 2) data = abi.encodeCall(ch.transferCollateral, (victim, victim + 1, 0, 1));
+        else if (k == 3) data = abi.encodeCall(ch.setOperator, (victim, STRANGER, true));
+        else if (k == 4) data = abi.encodeCall(adm.setBackstop, (victim));
+        else if (k == 5) data = abi.encodeCall(adm.pause, ());
+        else if (k == 6) data = abi.encodeCall(adm.setRiskParams, (ch.riskParams()));
+        else if (k == 7) data = abi.encodeCall(adm.adjustRisk, (0, 15e16, 8e16));
+        else if (k == 8) data = abi.encodeCall(adm.listInstrument, (0, 0, 0, 0));
+        else data = abi.encodeCall(adm.setRole, (ch.MATCHER(), STRANGER, true));
+        vm.prank(STRANGER);
+        (bool ok,) = address(ch).call(data);
+        if (ok) ++unauthorisedSucceeded;
+    }
+
+    /// Resolves the bad debt of an actor when it has any (insurance first, then the backstop).
+    function resolveBadDebt(uint256 who) external {
+        try ch.resolveBadDebt(actorAccount(who % 3)) {
+            ++badDebtsResolved;
+        } catch {}
+    }
+
+    /// Rarely (1 in 8): jump to the dated instruments' expiry, settle them and every account.
+    function expireAndSettle(uint256 seed) external {
+        if (seed % 8 != 0) return;
+        (,,,, uint64 exp,) = ch.instruments(instruments[1]);
+        if (block.timestamp < exp) vm.warp(exp);
+        ethFeed.setAnswer(ethFeed.answer());
+        btcFeed.setAnswer(btcFeed.answer());
+        ethVol.setAnswer(ethVol.answer());
+        btcVol.setAnswer(btcVol.answer());
+        for (uint256 i = 1; i < instruments.length; ++i) {
+            try ch.settleInstrument(instruments[i]) {} catch {}
+        }
+        for (uint256 i; i < 4; ++i) {
+            uint256 acct = i < 3 ? actorAccount(i) : ch.backstop();
+            try ch.settleAccount(acct) {
+                ++settlements;
+            } catch {}
+        }
+    }
+
+    function actorCount() external pure returns (uint256) {
+        return 3;
+    }
+}
+
+/// @notice Invariants of the clearing house under the Handler's random actions (runs and depth
+/// in contracts/foundry.toml, [invariant]).
+contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
+    Handler internal handler;
+
+    function setUp() public override {
+        super.setUp();
+        uint256[] memory ids = new uint256[](4);
+        (ids[0], ids[1], ids[2], ids[3]) = (ethPerp, btcFut, ethCall, ethPut);
+        handler = new Handler(ch, usdc, weth, [ethFeed, btcFeed, ethVol, btcVol], MATCH, ids);
+        // Seed the actors so trades can happen from the first call.
+        for (uint256 i; i < 3; ++i) {
+            fund(address(uint160(0xA1 + i)), 0, 20_000e6);
+        }
+        targetContract(address(handler));
+        bytes4[] memory sel = new bytes4[](12);
+        sel[0] = Handler.deposit.selector;
+        sel[1] = Handler.withdraw.selector;
+        sel[2] = Handler.trade.selector;
+        sel[3] = Handler.trade.selector; // trades twice as likely
+        sel[4] = Handler.movePrices.selector;
+        sel[5] = Handler.passTime.selector;
+        sel[6] = Handler.liquidate.selector;
+        sel[7] = Handler.attackHealthy.selector;
+        sel[8] = Handler.claim.selector;
+        sel[9] = Handler.stranger.selector;
+        sel[10] = Handler.resolveBadDebt.selector;
+        sel[11] = Handler.expireAndSettle.selector;
+        targetSelector(FuzzSelector(address(handler), sel));
+    }
+
+    /// The handler reaches the interesting states: trades settle and liquidations happen (so
+    /// the invariants below are not vacuous).
+    function test_handlerReachesLiquidation() public {
+        handler.trade(0, 1, 0, 1999, 10); // actor 0 buys 20 ETH perp (TestBase.bound maps 1999 to 2000 lots) at spot from actor 1
+        handler.trade(0, 1, 0, 1999, 10);
+        handler.trade(0, 1, 0, 1999, 10);
+        assertEq(handler.trades(), 2, "trades settle (the third fails the IM check)");
+        for (uint256 i; i < 12 && handler.liquidations() == 0; ++i) {
+            handler.movePrices(0, 80, 50); // ETH -8%
+            handler.liquidate(0, 5e17);
+        }
+        assertTrue(handler.liquidations() > 0, "a liquidation happened");
+        handler.claim();
+        invariant_collateralConserved();
+        invariant_liquidationWithinModel();
+        invariant_openInterestZeroSum();
+    }
+
+    /// Bad debt and settlement are reachable too.
+    function test_handlerReachesBadDebtAndSettlement() public {
+        handler.trade(0, 1, 0, 1999, 10); // actor 0 long 20 ETH perp
+        handler.trade(0, 1, 0, 1999, 10);
+        handler.trade(2, 1, 2, 99, 100); // actor 2 buys 1 call
+        for (uint256 i; i < 6; ++i) {
+            handler.movePrices(0, 80, 50); // ETH -8% each, no liquidation in between
+        }
+        handler.liquidate(0, 99e16); // TestBase.bound maps 0.99e18 to a fraction of 1e18: everything
+        handler.resolveBadDebt(0);
+        assertEq(handler.badDebtsResolved(), 1, "bad debt resolved");
+        handler.expireAndSettle(0);
+        assertTrue(handler.settlements() >= 2, "accounts settled");
+        invariant_collateralConserved();
+        invariant_openInterestZeroSum();
+    }
+
+    /// tokens held (in WAD) == sum of balances + insurance fund + unclaimed bounties, per asset.
+    function invariant_collateralConserved() public view {
+        int256 sumUsdc = ch.balanceOf(bk, 0) + ch.insuranceFund() + ch.totalBounties();
+        int256 sumWeth = ch.balanceOf(bk, 1);
+        for (uint256 i; i < 3; ++i) {
+            uint256 a = handler.actorAccount(i);
+            sumUsdc += ch.balanceOf(a, 0);
+            sumWeth += ch.balanceOf(a, 1);
+        }
+        assertEq(heldWad(0), sumUsdc, "USDC held == balances + insurance + bounties");
+        assertEq(heldWad(1), sumWeth, "WETH held == balances");
+        assertGe(ch.insuranceFund(), 0, "insurance fund never negative");
+    }
+
+    function invariant_healthyNeverFlaggedOrLiquidated() public view {
+        assertEq(handler.healthyLiquidated(), 0, "a healthy account was flagged or liquidated");
+    }
+
+    function invariant_liquidationWithinModel() public view {
+        assertEq(handler.liquidationWorseThanModel(), 0, "liquidation cost more than penalty + rounding");
+    }
+
+    function invariant_unauthorisedCallsChangeNothing() public view {
+        assertEq(handler.unauthorisedSucceeded(), 0, "a stranger's call succeeded");
+    }
+
+    /// Positions are zero-sum per instrument (every trade and takeover is matched).
+    function invariant_openInterestZeroSum() public view {
+        for (uint256 id = 1; id <= 4; ++id) {
+            int256 net = _qty(bk, id);
+            for (uint256 i; i < 3; ++i) {
+                net += _qty(handler.actorAccount(i), id);
+            }
+            assertEq(net, 0, "net open interest");
+        }
+    }
+
+    function _qty(uint256 a, uint256 id) internal view returns (int256) {
+        (uint256[] memory ids, int256[] memory q) = ch.positionsOf(a);
+        for (uint256 i; i < ids.length; ++i) {
+            if (ids[i] == id) return q[i];
+        }
+        return 0;
+    }
+}
