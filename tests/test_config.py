@@ -199,3 +199,13 @@ def test_parse_wei_is_exact() -> None:
     for bad in (-1, True, 0.5, "1e18", "-3 gwei", None):
         with pytest.raises(ValueError):
             parse_wei(bad)
+
+
+def test_a_rejected_config_has_no_side_effects(tmp_path: Path) -> None:
+    key = "feedfacefeedface0123456789abcdef"
+    text = MINIMAL.replace("http://127.0.0.1:8545", f"http://127.0.0.1:8545/v3/{key}")
+    text += '[store]\nurl = "sqlite:///sub/dir/k.db"\n[fees]\nbump_percent = 1\n'
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, text), environ={})
+    assert scrub(key) == key  # nothing registered
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keeper.toml"]  # nothing created
