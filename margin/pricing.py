@@ -167,6 +167,18 @@ def option_price(is_call: bool, spot: int, strike: int, tau: int, vol: int, rate
     return _core(is_call, spot, kd, m, sst, half_var)
 
 
+def option_price_pair(
+    is_call: bool, spot: int, spot_w: int, strike: int, tau: int, vol: int, vol_w: int, rate: int
+) -> tuple[int, int]:
+    """(price at (spot, vol), price at (spot_w, vol_w)) of one option, and the first error of the
+    two calls in that order: OptionPricing.pricePair, which shares r·τ and the discounted strike
+    between them (gas only; the integers are those of two option_price calls)."""
+    return (
+        option_price(is_call, spot, strike, tau, vol, rate),
+        option_price(is_call, spot_w, strike, tau, vol_w, rate),
+    )
+
+
 def option_price_black76(
     is_call: bool, forward: int, strike: int, tau: int, vol: int, rate: int
 ) -> int:

@@ -8,6 +8,7 @@ under a file lock shared by all xdist workers.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +50,35 @@ def math_harness(w3: Web3, contracts_built: None) -> Contract:
 @pytest.fixture(scope="session")
 def batch_probe(w3: Web3, contracts_built: None) -> Contract:
     return deploy(w3, "BatchProbe")
+
+
+#: The PostgreSQL server of the test machines (trust auth); override with KEEPER_TEST_PG_URL.
+PG_URL = os.environ.get("KEEPER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty store: a fresh SQLite file, or a fresh PostgreSQL schema (dropped after).
+
+    Without a reachable server the PostgreSQL case is skipped (shown by ``-ra``), unless
+    KEEPER_TEST_REQUIRE_PG=1, which makes it fail instead.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'keeper.db'}"
+        return
+    import psycopg
+
+    schema = f"keeper_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("KEEPER_TEST_REQUIRE_PG") == "1":
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            # search_path confines every table of this test to its own schema.
+            yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -33,6 +33,14 @@ contract OptionPricingProbe {
     function d1d2(int256 s, int256 k, uint256 t, int256 v, int256 r) external pure returns (int256, int256) {
         return OptionPricing.d1d2(s, k, t, v, r);
     }
+
+    function pricePair(bool c, int256 s, int256 sw, int256 k, uint256 t, int256 v, int256 vw, int256 r)
+        external
+        pure
+        returns (int256, int256)
+    {
+        return OptionPricing.pricePair(c, s, sw, k, t, v, vw, r);
+    }
 }
 
 contract OptionPricingTest is TestBase {
@@ -135,6 +143,50 @@ contract OptionPricingTest is TestBase {
         // forge-lint: disable-next-line(unsafe-typecast)
         uint256 s = uint256(OptionPricing.sigmaSqrtTau(t, v));
         assertTrue(s * s <= var36 && (s + 1) * (s + 1) > var36, "isqrt is the floor root");
+    }
+
+    /// @notice pricePair == (price(spot, vol), price(spotW, volW)): same integers, and on failure
+    /// the revert data of the first failing call. Inputs in the domain, or (from `mode`) raw.
+    function testFuzz_pricePair_is_two_prices(bool isCall, int256[7] memory x, uint8 mode) public view {
+        if (mode & 1 == 0) _pairInputs(x, mode & 2 == 0);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        else if (mode & 2 == 0) x[3] = x[3] % int256(6 * YEAR); // tau near the bound, else mostly out of range
+        (bool ok0, bytes memory r0) = _price(isCall, x[0], x[2], x[3], x[4], x[6]);
+        (bool okW, bytes memory rW) = _price(isCall, x[1], x[2], x[3], x[5], x[6]);
+        (bool ok, bytes memory rp) = _pair(isCall, x);
+        assertTrue(ok == (ok0 && okW), "fails iff one of the prices fails");
+        if (!ok0) {
+            assertTrue(keccak256(rp) == keccak256(r0), "the first price's error");
+        } else if (!okW) {
+            assertTrue(keccak256(rp) == keccak256(rW), "the second price's error");
+        } else {
+            assertTrue(keccak256(rp) == keccak256(bytes.concat(r0, rW)), "the same two prices");
+        }
+    }
+
+    /// @dev x = [spot, spotW, strike, tau, vol, volW, rate] into the domain; spotW a scenario spot.
+    function _pairInputs(int256[7] memory x, bool sameVol) private pure {
+        (int256 s, int256 k,, int256 v, int256 r) = _inputs(x[0], x[2], 0, x[4], x[6]);
+        (x[0], x[2], x[4], x[6]) = (s, k, v, r);
+        x[1] = bound(x[1], s / 3, s * 11);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        x[3] = bound(x[3], 0, int256(5 * YEAR));
+        x[5] = sameVol ? v : bound(x[5], 0, 10e18);
+    }
+
+    function _price(bool isCall, int256 s, int256 k, int256 t, int256 v, int256 r)
+        private
+        view
+        returns (bool, bytes memory)
+    {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return address(c).staticcall(abi.encodeCall(c.price, (isCall, s, k, uint256(t), v, r)));
+    }
+
+    function _pair(bool isCall, int256[7] memory x) private view returns (bool, bytes memory) {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        bytes memory head = abi.encode(isCall, x[0], x[1], x[2], uint256(x[3]));
+        return address(c).staticcall(bytes.concat(c.pricePair.selector, head, abi.encode(x[4], x[5], x[6])));
     }
 
     function testFuzz_bounds_and_parity(int256 s0, int256 k0, uint256 t0, int256 v0, int256 r0) public pure {

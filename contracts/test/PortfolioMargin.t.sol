@@ -2,6 +2,7 @@
 pragma solidity 0.8.30;
 
 import {TestBase} from "./utils/TestBase.sol";
+import {FixedPoint} from "../src/math/FixedPoint.sol";
 import {
     PortfolioMargin,
     Portfolio,
@@ -123,6 +124,87 @@ contract PortfolioMarginTest is MarginFixtures {
         this.witnessExternal(pf, w);
         vm.expectRevert(abi.encodeWithSelector(TooManyPositions.selector, uint256(41)));
         this.fullExternal(mixed(41));
+    }
+
+    /// @notice Contingencies group by key, not by position order: reversed and rotated books of
+    /// 40 positions with repeated strikes and expiries give the same charges, equal to the plain
+    /// O(n^2) definition.
+    function test_contingenciesIndependentOfOrder() public pure {
+        Portfolio memory pf = mixed(40);
+        for (uint256 i; i < 40; ++i) {
+            pf.positions[i].strike = pf.positions[i].kind == 0 ? int256(0) : int256(2500e18 + (i % 4) * 250e18);
+            // forge-lint: disable-next-line(unsafe-typecast)
+            pf.positions[i].expiry = T0 + uint64(1 + i % 3) * 7 days;
+            pf.positions[i].underlying = 0;
+        }
+        Market memory m = market2();
+        RiskParams memory p = params2();
+        int256 base = PortfolioMargin.contingencies(pf, m, p);
+        assertTrue(base > 0, "charges");
+        Portfolio memory rev = mixed(40);
+        Portfolio memory rot = mixed(40);
+        for (uint256 i; i < 40; ++i) {
+            rev.positions[i] = pf.positions[39 - i];
+            rot.positions[i] = pf.positions[(i + 17) % 40];
+        }
+        assertEq(PortfolioMargin.contingencies(rev, m, p), base, "reversed");
+        assertEq(PortfolioMargin.contingencies(rot, m, p), base, "rotated");
+        assertEq(base, _referenceContingencies(pf, m, p), "the plain definition");
+        assertEq(PortfolioMargin.contingencies(mixed(40), m, p), _referenceContingencies(mixed(40), m, p), "mixed");
+    }
+
+    /// @dev The definition in plain O(n^2) Solidity (margin/requirement.py, contingencies).
+    function _referenceContingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
+        internal
+        pure
+        returns (int256 total)
+    {
+        Position[] memory ps = pf.positions;
+        for (uint256 u; u < p.underlyings.length; ++u) {
+            int256[4] memory sides; // long/short futures, long/short vega
+            for (uint256 i; i < ps.length; ++i) {
+                if (ps[i].underlying != u) continue;
+                int256 net;
+                if (!_seenBefore(ps, i, false)) {
+                    for (uint256 k = i; k < ps.length; ++k) {
+                        if (_sameGroup(ps[i], ps[k], false)) net += _vegaOrQty(ps[k], m);
+                    }
+                    uint256 side = ps[i].kind == 0 ? 0 : 2;
+                    if (net > 0) sides[side] += net;
+                    if (net < 0) sides[side + 1] -= net;
+                }
+                if (ps[i].kind == 0 || _seenBefore(ps, i, true)) continue;
+                net = 0;
+                for (uint256 k = i; k < ps.length; ++k) {
+                    if (_sameGroup(ps[i], ps[k], true)) net += ps[k].quantity;
+                }
+                if (net < 0) total += FixedPoint.mulUp(FixedPoint.mulUp(-net, m.spots[u]), p.underlyings[u].shortOptionCharge);
+            }
+            int256 off = sides[0] < sides[1] ? sides[0] : sides[1];
+            if (off > 0) total += FixedPoint.mulUp(FixedPoint.mulUp(off, m.spots[u]), p.underlyings[u].calendarCharge);
+            off = sides[2] < sides[3] ? sides[2] : sides[3];
+            if (off > 0) total += FixedPoint.mulUp(FixedPoint.mulUp(off, m.spots[u]), p.underlyings[u].vegaCharge);
+        }
+    }
+
+    function _sameGroup(Position memory a, Position memory b, bool byStrike) internal pure returns (bool) {
+        if (a.underlying != b.underlying) return false;
+        if (byStrike) return b.kind == a.kind && b.strike == a.strike;
+        return (a.kind == 0) == (b.kind == 0) && a.expiry == b.expiry;
+    }
+
+    function _seenBefore(Position[] memory ps, uint256 i, bool byStrike) internal pure returns (bool) {
+        for (uint256 j; j < i; ++j) {
+            if (_sameGroup(ps[j], ps[i], byStrike)) return true;
+        }
+        return false;
+    }
+
+    function _vegaOrQty(Position memory q, Market memory m) internal pure returns (int256) {
+        if (q.kind == 0) return q.quantity;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        int256 tau = q.expiry > m.timestamp ? int256(uint256(q.expiry - m.timestamp)) : int256(0);
+        return FixedPoint.mulDown(q.quantity, FixedPoint.sqrtDown(FixedPoint.mulDivDown(tau, WAD, 31_536_000)));
     }
 
     function witnessExternal(Portfolio memory pf, uint256[] memory w) external pure returns (MarginResult memory) {
@@ -280,5 +362,179 @@ contract PortfolioMarginGas is MarginFixtures {
 
     function test_gas_witness_40() public {
         _witness(40);
+    }
+}
+
+/// @notice The validators' one-pass fast paths against the in-order reference checks: for
+/// fields set to values at, inside and outside every bound (or raw fuzz values), both succeed,
+/// or both revert with the same data.
+contract ValidationFastPathTest is MarginFixtures {
+    function fastParams(RiskParams memory p) external pure {
+        PortfolioMargin.validateParams(p);
+    }
+
+    function refParams(RiskParams memory p) external pure {
+        PortfolioMargin.validateParamsInOrder(p);
+    }
+
+    function fastMarket(Market memory m, RiskParams memory p) external pure {
+        PortfolioMargin.validateMarket(m, p);
+    }
+
+    function refMarket(Market memory m, RiskParams memory p) external pure {
+        PortfolioMargin.validateMarketInOrder(m, p);
+    }
+
+    function fastPortfolio(Portfolio memory pf, RiskParams memory p) external pure {
+        PortfolioMargin.validatePortfolio(pf, p);
+    }
+
+    function refPortfolio(Portfolio memory pf, RiskParams memory p) external pure {
+        PortfolioMargin.validatePortfolioInOrder(pf, p);
+    }
+
+    uint256 internal reverts;
+
+    function _same(bytes memory fast, bytes memory ref) internal {
+        (bool ok1, bytes memory r1) = address(this).call(fast);
+        (bool ok2, bytes memory r2) = address(this).call(ref);
+        assertTrue(ok1 == ok2, "fast path and reference agree on success");
+        assertTrue(keccak256(r1) == keccak256(r2), "same revert data");
+        if (!ok1) ++reverts;
+    }
+
+    /// @dev Values at and around every bound of the three validators, and extremes.
+    function _value(uint256 pick, int256 raw) internal pure returns (int256) {
+        int256[40] memory v = [
+            int256(0), 1, -1, WAD, WAD + 1, type(int256).max, type(int256).min, 9e17, 9e17 + 1, 5e18,
+            5e18 + 1, 2e18, 2e18 + 1, 10e18, 10e18 + 1, -99e16, -99e16 - 1, 157_680_000, 157_680_001, 10,
+            11, 8, 9, 3, 2, 1e30, 1e30 + 1, -1e30, -1e30 - 1, 1e33, 1e33 + 1, -1e33 - 1, 1e10, 1e10 - 1,
+            8e17, 8e17 + 1, 2_592_000, 2_592_001, -1e33, 7
+        ];
+        return pick < 40 ? v[pick] : raw;
+    }
+
+    function _set(uint256 ptr, uint256 word, int256 value) internal pure {
+        assembly ("memory-safe") {
+            mstore(add(ptr, shl(5, word)), value)
+        }
+    }
+
+    function _ptr(RiskParams memory p) internal pure returns (uint256 a) {
+        assembly ("memory-safe") {
+            a := p
+        }
+    }
+
+    function _ptrU(UnderlyingParams memory u) internal pure returns (uint256 a) {
+        assembly ("memory-safe") {
+            a := u
+        }
+    }
+
+    function _ptrE(ExtendedMove memory e) internal pure returns (uint256 a) {
+        assembly ("memory-safe") {
+            a := e
+        }
+    }
+
+    function _ptrA(AssetParams memory x) internal pure returns (uint256 a) {
+        assembly ("memory-safe") {
+            a := x
+        }
+    }
+
+    function _ptrQ(Position memory q) internal pure returns (uint256 a) {
+        assembly ("memory-safe") {
+            a := q
+        }
+    }
+
+    function _ptrI(int256[] memory x) internal pure returns (uint256 a) {
+        assembly ("memory-safe") {
+            a := x
+        }
+    }
+
+    /// forge-config: default.fuzz.runs = 3000
+    function testFuzz_paramsFastPathIsTheReference(uint256 target, uint256 field, uint256 pick, int256 raw) public {
+        RiskParams memory p = params2();
+        int256 value = _value(pick % 48, raw);
+        target %= 5;
+        if (target == 0) {
+            _set(_ptr(p), 2 + field % 2, value); // correlationCredit, imFactor
+        } else if (target == 1) {
+            uint256 f = field % 11;
+            if (f == 7) f = 8; // (the extended array pointer)
+            _set(_ptrU(p.underlyings[field / 11 % 2]), f, value);
+        } else if (target == 2) {
+            _set(_ptrE(p.underlyings[0].extended[field / 3 % 7]), field % 3, value);
+        } else if (target == 3) {
+            _set(_ptrA(p.assets[field / 2 % 2]), field % 2, value);
+        } else {
+            uint256 c = field % 4; // counts
+            if (c == 0) p.underlyings = new UnderlyingParams[](0);
+            if (c == 1) p.underlyings[1].extended = new ExtendedMove[](9);
+            if (c == 2) p.assets = new AssetParams[](9);
+            if (c == 3) p.underlyings = new UnderlyingParams[](9);
+        }
+        _same(abi.encodeCall(this.fastParams, (p)), abi.encodeCall(this.refParams, (p)));
+    }
+
+    /// forge-config: default.fuzz.runs = 2000
+    function testFuzz_marketFastPathIsTheReference(uint256 field, uint256 pick, int256 raw) public {
+        RiskParams memory p = params2();
+        Market memory m = market2();
+        int256 value = _value(pick % 48, raw);
+        uint256 f = field % 6;
+        if (f < 4) _set(_ptrI(f < 2 ? m.spots : m.vols), 1 + f % 2, value);
+        if (f == 4) m.spots = new int256[](3);
+        if (f == 5) m.vols = new int256[](1);
+        _same(abi.encodeCall(this.fastMarket, (m, p)), abi.encodeCall(this.refMarket, (m, p)));
+    }
+
+    /// forge-config: default.fuzz.runs = 3000
+    function testFuzz_portfolioFastPathIsTheReference(uint256 field, uint256 pick, int256 raw) public {
+        RiskParams memory p = params2();
+        Portfolio memory pf = mixed(6);
+        int256 value = _value(pick % 48, raw);
+        uint256 f = field % 9;
+        if (f < 6) {
+            Position memory q = pf.positions[field / 9 % 6];
+            // forge-lint: disable-next-line(unsafe-typecast)
+            if (f == 1) value = int256(uint256(uint8(uint256(value)))); // kind is a uint8
+            _set(_ptrQ(q), f, value);
+        }
+        if (f == 6) _set(_ptrI(pf.collateral), 1 + field / 9 % 2, value);
+        if (f == 7) pf = mixed(41 + field % 2);
+        if (f == 8) pf.collateral = new int256[](field % 2 == 0 ? 1 : 3);
+        _same(abi.encodeCall(this.fastPortfolio, (pf, p)), abi.encodeCall(this.refPortfolio, (pf, p)));
+    }
+
+    /// @notice The deterministic sweep: every boundary value in every field reaches both sides
+    /// (one call frame per value, so memory starts afresh).
+    function test_boundarySweepRevertsAndPasses() public {
+        for (uint256 pick; pick < 40; ++pick) {
+            this.sweep(pick);
+        }
+        assertTrue(reverts > 1000, "the sweep reaches the errors");
+    }
+
+    function sweep(uint256 pick) external {
+        for (uint256 field; field < 22; ++field) {
+            testFuzz_paramsFastPathIsTheReference(1, field, pick, 0);
+            testFuzz_paramsFastPathIsTheReference(2, field, pick, 0);
+        }
+        for (uint256 field; field < 4; ++field) {
+            testFuzz_paramsFastPathIsTheReference(0, field, pick, 0);
+            testFuzz_paramsFastPathIsTheReference(3, field, pick, 0);
+            testFuzz_paramsFastPathIsTheReference(4, field, pick, 0);
+        }
+        for (uint256 field; field < 6; ++field) {
+            testFuzz_marketFastPathIsTheReference(field, pick, 0);
+        }
+        for (uint256 field; field < 54; ++field) {
+            testFuzz_portfolioFastPathIsTheReference(field, pick, 0);
+        }
     }
 }

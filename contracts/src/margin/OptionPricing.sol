@@ -77,6 +77,49 @@ library OptionPricing {
         }
     }
 
+    /// @notice (price(isCall, spot, strike, tau, vol, rate), price(isCall, spotW, strike, tau,
+    /// volW, rate)): the same two integers and, on failure, the same first error as the two calls
+    /// in that order, for less gas. The second price shares the checks of strike, tau and rate,
+    /// r*tau and the discounted strike (one exp instead of two). The first
+    /// price cannot fail once its checks pass, so checking spotW and volW after computing it or
+    /// before gives the same first error. (margin/pricing.py: option_price_pair.)
+    function pricePair(
+        bool isCall,
+        int256 spot,
+        int256 spotW,
+        int256 strike,
+        uint256 tau,
+        int256 vol,
+        int256 volW,
+        int256 rate
+    ) internal pure returns (int256 v0, int256 vw) {
+        _checkUnderlying(spot, strike, false);
+        _checkTauVolRate(tau, vol, rate);
+        // The second call's checks, in its order; those of strike, tau and rate passed above.
+        _checkUnderlying(spotW, strike, false);
+        if (volW < 0 || volW > MAX_VOL) revert VolOutOfRange(volW);
+        unchecked {
+            rate = _rateTime(tau, rate); // rt from here on (the slot is reused: stack depth)
+            int256 kd = (strike * _discount(rate)) / WAD; // < 1.3e49 before the division
+            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+            v0 = _priceFrom(isCall, spot, strike, kd, rate, sst, halfVar);
+            if (volW != vol) (sst, halfVar) = _sigmaSqrtTauHalfVar(tau, volW);
+            vw = _priceFrom(isCall, spotW, strike, kd, rate, sst, halfVar);
+        }
+    }
+
+    /// @dev price's computation after its checks, from rt, kd, sigma*sqrt(tau) and sigma^2*tau/2.
+    function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 rt, int256 sst, int256 halfVar)
+        private
+        pure
+        returns (int256)
+    {
+        unchecked {
+            if (sst == 0) return _intrinsic(isCall, spot, kd);
+            return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
+        }
+    }
+
     /// @notice Black-76 price (WAD): D * (F * Phi(d1) - K * Phi(d2)) (call) on a forward F,
     /// D = e^(-rate * tau).
     function priceBlack76(bool isCall, int256 forward, int256 strike, uint256 tau, int256 vol, int256 rate)

@@ -166,7 +166,64 @@ library PortfolioMargin {
 
     // ------------------------------------------------------------------ validation
 
+    /// @notice Reverts with the first violated bound (the order of validateParamsInOrder); one
+    /// assembly pass decides, and only failing parameters take the slow path (see
+    /// validatePortfolio).
     function validateParams(RiskParams memory p) internal pure {
+        if (!_paramsInBounds(p)) validateParamsInOrder(p);
+    }
+
+    /// @dev True iff validateParamsInOrder passes. lo <= x <= hi is sub(x, lo) <= hi - lo as
+    /// unsigned: x < lo wraps above 2^255, and no x in int256 wraps past 2^256 for these lo.
+    function _paramsInBounds(RiskParams memory p) private pure returns (bool ok) {
+        // (Constants that are expressions: assembly reads them from the stack.)
+        uint256 maxVolTime = MAX_VOL_TIME;
+        int256 minExtendedMove = MIN_EXTENDED_MOVE;
+        uint256 stable = STABLE;
+        assembly ("memory-safe") {
+            let us := mload(p)
+            let nU := mload(us)
+            ok := iszero(gt(mload(add(p, 0x40)), MAX_CORRELATION_CREDIT))
+            ok := and(ok, iszero(gt(sub(mload(add(p, 0x60)), add(WAD, 1)), sub(MAX_IM_FACTOR, add(WAD, 1)))))
+            ok := and(ok, lt(sub(nU, 1), MAX_UNDERLYINGS))
+            for { let i := 0 } lt(i, nU) { i := add(i, 1) } {
+                let u := mload(add(add(us, 0x20), shl(5, i)))
+                ok := and(ok, lt(sub(mload(u), 1), MAX_PRICE_RANGE))
+                ok := and(ok, lt(sub(mload(add(u, 0x20)), 1), MAX_MOVE_STEPS))
+                ok := and(ok, iszero(gt(mload(add(u, 0x40)), MAX_VOL_SHIFT_BASE)))
+                let ref := mload(add(u, 0x60))
+                ok := and(ok, lt(sub(ref, 1), maxVolTime))
+                ok := and(ok, lt(sub(mload(add(u, 0x80)), 1), ref))
+                ok := and(ok, iszero(gt(mload(add(u, 0xa0)), MAX_VOL_EXPONENT)))
+                ok := and(ok, iszero(gt(mload(add(u, 0xc0)), WAD)))
+                let ext := mload(add(u, 0xe0))
+                ok := and(ok, iszero(gt(mload(ext), MAX_EXTENDED)))
+                let end := add(add(ext, 0x20), shl(5, mload(ext)))
+                for { let it := add(ext, 0x20) } lt(it, end) { it := add(it, 0x20) } {
+                    let e := mload(it)
+                    ok := and(ok, iszero(gt(sub(mload(e), minExtendedMove), sub(MAX_EXTENDED_MOVE, minExtendedMove))))
+                    ok := and(ok, lt(mload(add(e, 0x20)), 3))
+                    ok := and(ok, iszero(gt(mload(add(e, 0x40)), WAD)))
+                }
+                ok := and(ok, iszero(gt(mload(add(u, 0x100)), WAD)))
+                ok := and(ok, iszero(gt(mload(add(u, 0x120)), WAD)))
+                ok := and(ok, iszero(gt(mload(add(u, 0x140)), WAD)))
+            }
+            let as := mload(add(p, 0x20))
+            ok := and(ok, iszero(gt(mload(as), MAX_ASSETS)))
+            let end := add(add(as, 0x20), shl(5, mload(as)))
+            for { let it := add(as, 0x20) } lt(it, end) { it := add(it, 0x20) } {
+                let a := mload(it)
+                let au := mload(add(a, 0x20))
+                ok := and(ok, iszero(gt(mload(a), WAD)))
+                ok := and(ok, or(eq(au, stable), lt(au, nU)))
+            }
+        }
+    }
+
+    /// @notice The reference: each bound in the documented order, reverting with the first
+    /// violated one (margin/params.py, margin/portfolio.py check the same order).
+    function validateParamsInOrder(RiskParams memory p) internal pure {
         if (p.correlationCredit < 0 || p.correlationCredit > MAX_CORRELATION_CREDIT) {
             revert InvalidGlobalParameter(1);
         }
@@ -204,7 +261,27 @@ library PortfolioMargin {
         if (u.vegaCharge < 0 || u.vegaCharge > WAD) revert InvalidRiskParameter(i, 14);
     }
 
+    /// @notice Reverts with the first violated bound (the order of validateMarketInOrder).
     function validateMarket(Market memory m, RiskParams memory p) internal pure {
+        if (!_marketInBounds(m, p.underlyings.length)) validateMarketInOrder(m, p);
+    }
+
+    function _marketInBounds(Market memory m, uint256 nU) private pure returns (bool ok) {
+        assembly ("memory-safe") {
+            let spots := mload(add(m, 0x40))
+            let vols := mload(add(m, 0x60))
+            ok := and(eq(mload(spots), nU), eq(mload(vols), nU))
+            for { let i := 0 } lt(i, nU) { i := add(i, 1) } {
+                let o := shl(5, add(i, 1))
+                ok := and(ok, iszero(gt(sub(mload(add(spots, o)), MIN_SPOT), sub(MAX_PRICE, MIN_SPOT))))
+                ok := and(ok, iszero(gt(mload(add(vols, o)), MAX_VOL)))
+            }
+        }
+    }
+
+    /// @notice The reference: each bound in the documented order, reverting with the first
+    /// violated one (margin/params.py, margin/portfolio.py check the same order).
+    function validateMarketInOrder(Market memory m, RiskParams memory p) internal pure {
         uint256 nU = p.underlyings.length;
         if (m.spots.length != nU) revert MarketLengthMismatch(nU, m.spots.length);
         if (m.vols.length != nU) revert MarketLengthMismatch(nU, m.vols.length);
@@ -214,7 +291,42 @@ library PortfolioMargin {
         }
     }
 
+    /// @notice Reverts with the first violated bound (the order of validatePortfolioInOrder). A
+    /// single assembly pass tests every bound; only a failing portfolio takes the slow path,
+    /// which finds and reverts with the first error.
     function validatePortfolio(Portfolio memory pf, RiskParams memory p) internal pure {
+        if (!_portfolioInBounds(pf, p.underlyings.length, p.assets.length)) validatePortfolioInOrder(pf, p);
+    }
+
+    /// @dev True iff validatePortfolioInOrder passes. |x| <= M for M < 2^254 is
+    /// add(x, M) <= 2M as unsigned (x < -M wraps above 2^255).
+    function _portfolioInBounds(Portfolio memory pf, uint256 nU, uint256 nA) private pure returns (bool ok) {
+        Position[] memory ps = pf.positions;
+        int256[] memory col = pf.collateral;
+        assembly ("memory-safe") {
+            let n := mload(ps)
+            ok := and(iszero(gt(n, MAX_POSITIONS)), eq(mload(col), nA))
+            let end := add(add(ps, 0x20), shl(5, n))
+            for { let it := add(ps, 0x20) } lt(it, end) { it := add(it, 0x20) } {
+                let q := mload(it)
+                let kind := mload(add(q, 0x20))
+                let strike := mload(add(q, 0x40))
+                ok := and(ok, and(lt(mload(q), nU), lt(kind, 3)))
+                // options: 0 < strike <= MAX_PRICE, i.e. strike - 1 < MAX_PRICE as unsigned
+                ok := and(ok, or(iszero(kind), lt(sub(strike, 1), MAX_PRICE)))
+                ok := and(ok, iszero(gt(add(mload(add(q, 0x80)), MAX_QUANTITY), mul(2, MAX_QUANTITY))))
+                ok := and(ok, iszero(gt(add(mload(add(q, 0xa0)), MAX_PRICE), mul(2, MAX_PRICE))))
+            }
+            end := add(add(col, 0x20), shl(5, mload(col)))
+            for { let it := add(col, 0x20) } lt(it, end) { it := add(it, 0x20) } {
+                ok := and(ok, iszero(gt(add(mload(it), MAX_COLLATERAL), mul(2, MAX_COLLATERAL))))
+            }
+        }
+    }
+
+    /// @notice The reference: each bound in the documented order, reverting with the first
+    /// violated one (margin/params.py, margin/portfolio.py check the same order).
+    function validatePortfolioInOrder(Portfolio memory pf, RiskParams memory p) internal pure {
         uint256 n = pf.positions.length;
         if (n > MAX_POSITIONS) revert TooManyPositions(n);
         if (pf.collateral.length != p.assets.length) {
@@ -282,13 +394,30 @@ library PortfolioMargin {
 
     /// @notice Absolute vol shift for tau seconds to expiry (rounded up):
     /// base * exp(p * ln(Tref / max(tau, Tmin))).
-    function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256) {
+    function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256 shift) {
         uint256 tEff = tau > u.volMinTime ? tau : u.volMinTime;
-        // tEff < 2^64 (expiry is uint64) and Tref <= 5 years: the casts are exact.
-        // forge-lint: disable-next-line(unsafe-typecast)
-        int256 ratio = int256(u.volRefTime).mulDivDown(WAD, int256(tEff));
-        int256 factor = FixedPoint.expWad(u.volExponent.mulDown(FixedPoint.lnWad(ratio)));
-        return u.volShiftBase.mulUp(factor);
+        uint256 ref = u.volRefTime;
+        int256 p = u.volExponent;
+        int256 base = u.volShiftBase;
+        // The FixedPoint steps written out for their operands (validated: 1 <= Tmin <= tEff <
+        // 2^64, Tref <= 5 years, 0 <= p <= 2e18, 0 <= base <= 5e18):
+        // ratio = mulDivDown(Tref, 1e18, tEff): both > 0, so floor is div (may be 0: lnWad reverts);
+        // x = mulDown(p, ln ratio): |ln ratio| < 42e18, floored toward -inf;
+        // mulUp(base, e^x): e^x <= e^38 * 1e18 (ratio <= 1.6e26), product < 2^255, ceil.
+        int256 ratio;
+        assembly ("memory-safe") {
+            ratio := div(mul(ref, WAD), tEff)
+        }
+        int256 x = FixedPoint.lnWad(ratio);
+        assembly ("memory-safe") {
+            let z := mul(p, x)
+            x := sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD)))))
+        }
+        int256 factor = FixedPoint.expWad(x);
+        assembly ("memory-safe") {
+            let z := mul(base, factor)
+            shift := add(div(z, WAD), iszero(iszero(mod(z, WAD))))
+        }
     }
 
     function _volFor(UnderlyingParams memory u, int256 vol, int256 shift, uint8 state) private pure returns (int256) {
@@ -453,6 +582,16 @@ library PortfolioMargin {
         }
     }
 
+    /// @dev mulDown(a, b) for |a * b| < 2^255 (here |q| <= 1e30, |mark - entry| < 1.3e31: a
+    /// mark is a spot <= 1e30, a call <= spot or a put <= K * D <= 1e30 * e^2.5; |entry| <= 1e30):
+    /// floor toward -inf without the overflow check.
+    function _mulDownBounded(int256 a, int256 b) private pure returns (int256 z) {
+        assembly ("memory-safe") {
+            z := mul(a, b)
+            z := sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD)))))
+        }
+    }
+
     /// @dev Effective balance: a positive balance loses its haircut (rounded down); a debt counts in full.
     function _haircut(int256 balance, int256 haircut) private pure returns (int256) {
         return balance > 0 ? balance.mulDown(WAD - haircut) : balance;
@@ -477,7 +616,7 @@ library PortfolioMargin {
             Position memory q = pf.positions[i];
             uint256 u = q.underlying;
             int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc);
-            equity += q.quantity.mulDown(v0 - q.entryPrice);
+            equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
         }
         for (uint256 k; k < p.assets.length; ++k) {
             AssetParams memory ap = p.assets[k];
@@ -517,12 +656,38 @@ library PortfolioMargin {
         stateW = new uint256[](nU);
         weightW = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
-            uint256 count = scenarioCount(p.underlyings[u]);
-            if (witness[u] >= count) revert WitnessOutOfRange(u, witness[u], count);
-            (int256 move, uint8 state, int256 weight,) = scenario(p.underlyings[u], witness[u]);
-            shockedW[u] = m.spots[u].mulDown(WAD + move);
-            stateW[u] = witness[u] == 3 * p.underlyings[u].moveSteps + 1 ? 3 : state;
-            weightW[u] = weight;
+            (shockedW[u], stateW[u], weightW[u]) = _planOne(p.underlyings[u], u, witness[u], m.spots[u]);
+        }
+    }
+
+    /// @dev scenarioCount and scenario(up, w) written out (validated: 1 <= n <= 10, at most 8
+    /// extended moves, so nothing below wraps), then the shocked spot.
+    function _planOne(UnderlyingParams memory up, uint256 u, uint256 w, int256 spot)
+        private
+        pure
+        returns (int256 sw, uint256 state, int256 weight)
+    {
+        ExtendedMove[] memory ext = up.extended;
+        uint256 n = up.moveSteps;
+        uint256 regular;
+        unchecked {
+            regular = 3 * (2 * n + 1);
+            if (w >= regular + ext.length) revert WitnessOutOfRange(u, w, regular + ext.length);
+        }
+        int256 move;
+        weight = WAD;
+        if (w < regular) {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            move = up.priceRange.mulDivDown(int256(w / 3) - int256(n), int256(n)); // k - n in [-10, 10]
+            state = w == regular / 2 ? 3 : w % 3; // regular / 2 = 3n + 1, the center
+        } else {
+            ExtendedMove memory e = ext[w - regular];
+            (move, state, weight) = (e.move, e.volState, e.weight);
+        }
+        // mulDown(spot, 1e18 + move): spot <= 1e30 and 1e18 + move in (0, 11e18], so the
+        // product is positive and < 2^255: floor is div.
+        assembly ("memory-safe") {
+            sw := div(mul(spot, add(WAD, move)), WAD)
         }
     }
 
@@ -544,9 +709,9 @@ library PortfolioMargin {
         }
         // Same order of work as the full check: the shift (only if the state needs it), V0, V_w.
         (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state);
-        v0 = _price(q, m.spots[q.underlying], tau, m.vols[q.underlying], m.rate);
-        if (state == 3) return v0; // the center: no move, no loss
-        int256 pw = _price(q, shockedSpot, tau, volW, m.rate);
+        if (state == 3) return _price(q, spot, tau, volW, m.rate); // the center: no move, no loss
+        int256 pw;
+        (v0, pw) = _pricePair(q, m, shockedSpot, tau, volW);
         unchecked {
             acc[q.underlying] += q.quantity * (pw - v0); // bounded: no wrap
         }
@@ -561,6 +726,16 @@ library PortfolioMargin {
         volW = m.vols[q.underlying];
         // forge-lint: disable-next-line(unsafe-typecast)
         if (state == VOL_UP || state == VOL_DOWN) volW = _volFor(up, volW, volShift(up, tau), uint8(state));
+    }
+
+    /// @dev (V0, V_w) of an option: its mark, then its price in the named scenario.
+    function _pricePair(Position memory q, Market memory m, int256 shockedSpot, uint256 tau, int256 volW)
+        private
+        pure
+        returns (int256, int256)
+    {
+        uint256 u = q.underlying;
+        return OptionPricing.pricePair(q.kind == CALL, m.spots[u], shockedSpot, q.strike, tau, m.vols[u], volW, m.rate);
     }
 
     function _price(Position memory q, int256 spot, uint256 tau, int256 vol, int256 rate)
@@ -593,109 +768,162 @@ library PortfolioMargin {
     }
 
     /// @notice Short-option, calendar-basis and vega-offset charges, summed over underlyings.
-    /// Each position joins the group of the first earlier position with the same key (n <= 40,
-    /// so a backward scan of packed keys is cheaper than any map); sums are exact, and each
-    /// group is rounded once, so the total does not depend on the order of the positions.
+    /// Positions are grouped by packed keys in two small hash tables (one pass, no sort); sums
+    /// are exact, and each group is rounded once, so the total does not depend on the order of
+    /// the positions or of the groups.
     /// Groups: (underlying, call/put, strike) of options for the net short charge;
     /// (underlying, future/option, expiry) for the calendar nets (futures: quantities) and the
     /// vega nets (options: q * sqrt(tau in years), floored; spot applied per underlying).
+    /// The same integers as margin/requirement.py (ScenarioTable.contingencies), with the
+    /// FixedPoint steps written out for their operands' signs and bounds:
+    /// mulDivDown(tau, 1e18, YEAR) = floor(tau * 1e18 / YEAR) (tau >= 0); sqrtDown(x) = the floor
+    /// root of x * 1e18; mulDown(q, r) floors toward -inf; each mulUp has operands >= 0.
+    /// Called after validation and after every option was priced, so: u < nU <= 8, kind <= 2,
+    /// 0 < strike <= 1e30 < 2^100, expiry < 2^64, |q| <= 1e30, tau <= 5 years (an option with a
+    /// longer tau reverted TauOutOfRange in pricing). Then sqrt(tau in years) <= 2.3e18, each
+    /// vega term <= 2.3e30, a group or side sum of 40 terms <= 1e32, times spot (<= 1e30) and a
+    /// charge (<= 1e18) < 1e80 / 1e18: every product below fits int256 and nothing wraps.
     function contingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
         internal
         pure
         returns (int256 total)
     {
         Position[] memory ps = pf.positions;
-        uint256 n = ps.length;
-        // Scratch, 4n words: keyS | netS | keyE | netE. Keys pack (underlying << 200 |
-        // tag << 192 | strike or expiry): strike <= 1e30 < 2^100, expiry < 2^64, underlying < 8
-        // (validated), so packing is exact; an option's keyS is never 0.
-        uint256 keyS;
+        RiskParams memory params = p; // (named for the assembly block)
         assembly ("memory-safe") {
-            keyS := mload(0x40)
-            let size := shl(7, n)
-            calldatacopy(keyS, calldatasize(), size) // zero it: memory past the pointer may be dirty
-            mstore(0x40, add(keyS, size))
-        }
-        for (uint256 i; i < n; ++i) {
-            int256 amount;
-            uint256 tau;
-            bool isOption;
-            assembly ("memory-safe") {
+            let n := mload(ps)
+            // Two open-addressing hash tables of 2^bits >= 2n slots (key, net), so a table is at
+            // most half full and a probe sequence always ends: S groups options by (underlying,
+            // call/put, strike) for the short charge, E groups by (underlying, future/option,
+            // expiry) for the calendar and vega nets. Keys pack (underlying << 200 | tag << 192 |
+            // strike or expiry): exact by the bounds above, never 0 (tag: kind 1/2 for S; 1
+            // future, 2 option for E), so 0 marks an empty slot. Each table is followed by its
+            // list [count, slot...] of groups in order of creation (sums are exact, so the
+            // order does not matter), then 4 sides per underlying: long futures, short futures,
+            // long vega, short vega (sums of per-expiry nets).
+            let bits := 3
+            for {} lt(shl(bits, 1), shl(1, n)) {} { bits := add(bits, 1) }
+            let tabS := mload(0x40)
+            let tabE := add(tabS, add(shl(add(bits, 6), 1), shl(5, add(n, 1)))) // 2^bits * 64 + list
+            let sides := add(tabE, add(shl(add(bits, 6), 1), shl(5, add(n, 1))))
+            let size := add(sub(sides, tabS), 0x400) // + 4 * 8 sides
+            calldatacopy(tabS, calldatasize(), size) // zeroed: memory past the pointer may be dirty
+            mstore(0x40, add(tabS, size))
+            let ts := mload(m)
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
                 let q := mload(add(add(ps, 0x20), shl(5, i)))
-                let u := shl(200, mload(q))
                 let kind := mload(add(q, 0x20))
-                let expiry := mload(add(q, 0x60))
-                amount := mload(add(q, 0x80))
-                isOption := iszero(iszero(kind))
-                let keyE := add(keyS, shl(6, n))
-                let kE := or(or(u, shl(192, add(1, isOption))), expiry)
-                mstore(add(keyE, shl(5, i)), kE)
-                if isOption {
-                    let ts := mload(m)
-                    if gt(expiry, ts) { tau := sub(expiry, ts) }
-                    let kS := or(or(u, shl(192, kind)), mload(add(q, 0x40)))
-                    mstore(add(keyS, shl(5, i)), kS)
-                    let j := 0
-                    for {} iszero(eq(mload(add(keyS, shl(5, j))), kS)) {} { j := add(j, 1) }
-                    // netS[j] += q: at most 40 quantities of <= 1e30, no wrap.
-                    let slot := add(add(keyS, shl(5, n)), shl(5, j))
-                    mstore(slot, add(mload(slot), amount))
+                let amount := mload(add(q, 0x80))
+                if kind {
+                    _insert(tabS, bits, or(or(shl(200, mload(q)), shl(192, kind)), mload(add(q, 0x40))), amount)
+                    amount := _vega(amount, mload(add(q, 0x60)), ts)
+                }
+                _insert(tabE, bits, or(or(shl(200, mload(q)), shl(192, add(1, iszero(iszero(kind))))), mload(add(q, 0x60))), amount)
+            }
+            let spots := add(mload(add(m, 0x40)), 0x20)
+            let ups := add(mload(params), 0x20)
+            // The short charge of each S group with a net short position.
+            let list := add(tabS, shl(add(bits, 6), 1))
+            for { let g := 0 } lt(g, mload(list)) { g := add(g, 1) } {
+                let slot := mload(add(list, shl(5, add(g, 1))))
+                let shortNet := mload(add(slot, 0x20))
+                if slt(shortNet, 0) {
+                    let u := shr(200, mload(slot))
+                    let spot := mload(add(spots, shl(5, u)))
+                    let charge := mload(add(mload(add(ups, shl(5, u))), 0x100)) // shortOptionCharge
+                    total := add(total, _mulUp(_mulUp(sub(0, shortNet), spot), charge))
                 }
             }
-            if (isOption) {
-                // forge-lint: disable-next-line(unsafe-typecast)
-                amount = amount.mulDown(FixedPoint.sqrtDown(int256(tau).mulDivDown(WAD, int256(YEAR))));
-            }
-            assembly ("memory-safe") {
-                let keyE := add(keyS, shl(6, n))
-                let kE := mload(add(keyE, shl(5, i)))
-                let j := 0
-                for {} iszero(eq(mload(add(keyE, shl(5, j))), kE)) {} { j := add(j, 1) }
-                // netE[j] += amount: at most 40 terms of <= 1e30 * 2.3: no wrap.
-                let slot := add(add(keyE, shl(5, n)), shl(5, j))
-                mstore(slot, add(mload(slot), amount))
-            }
-        }
-        total = _charges(ps, keyS, m, p);
-    }
-
-    /// @dev Charges from the group nets stored in the scratch block at `keyS` (see above).
-    function _charges(Position[] memory ps, uint256 keyS, Market memory m, RiskParams memory p)
-        private
-        pure
-        returns (int256 total)
-    {
-        uint256 nU = p.underlyings.length;
-        // Per underlying u: [4u] long futures, [4u+1] short futures, [4u+2] long vega,
-        // [4u+3] short vega, each summed over the per-expiry nets.
-        int256[] memory sides = new int256[](4 * nU);
-        for (uint256 i; i < ps.length; ++i) {
-            uint256 u;
-            int256 shortNet;
-            // The sums are of at most 40 bounded nets: nothing wraps.
-            assembly ("memory-safe") {
-                let n := mload(ps)
-                let q := mload(add(add(ps, 0x20), shl(5, i)))
-                u := mload(q)
-                let e := mload(add(keyS, shl(5, add(i, mul(3, n))))) // netE[i]
-                let isOption := iszero(iszero(mload(add(q, 0x20))))
-                let slot := add(add(sides, 0x20), shl(5, add(shl(2, u), shl(1, isOption))))
-                if sgt(e, 0) { mstore(slot, add(mload(slot), e)) }
+            // The net of each E group into the long or short side of its underlying and kind.
+            list := add(tabE, shl(add(bits, 6), 1))
+            for { let g := 0 } lt(g, mload(list)) { g := add(g, 1) } {
+                let slot := mload(add(list, shl(5, add(g, 1))))
+                let key := mload(slot)
+                let e := mload(add(slot, 0x20))
+                // shr(192, key) = underlying << 8 | tag, tag 2 for options
+                let side := add(sides, shl(5, add(shl(2, shr(200, key)), shl(1, eq(and(shr(192, key), 0xff), 2)))))
+                if sgt(e, 0) { mstore(side, add(mload(side), e)) }
                 if slt(e, 0) {
-                    slot := add(slot, 0x20)
-                    mstore(slot, sub(mload(slot), e))
+                    side := add(side, 0x20)
+                    mstore(side, sub(mload(side), e))
                 }
-                shortNet := mload(add(keyS, shl(5, add(i, n)))) // netS[i]
             }
-            if (shortNet < 0) {
-                total += (-shortNet).mulUp(m.spots[u]).mulUp(p.underlyings[u].shortOptionCharge);
+            // Per underlying: calendar (futures) and vega offsets, min(long, short).
+            for { let u := 0 } lt(u, mload(mload(params))) { u := add(u, 1) } {
+                let side := add(sides, shl(7, u))
+                let up := mload(add(ups, shl(5, u)))
+                let spot := mload(add(spots, shl(5, u)))
+                let offset := _min(mload(side), mload(add(side, 0x20)))
+                if offset { total := add(total, _mulUp(_mulUp(offset, spot), mload(add(up, 0x120)))) } // calendarCharge
+                offset := _min(mload(add(side, 0x40)), mload(add(side, 0x60)))
+                if offset { total := add(total, _mulUp(_mulUp(offset, spot), mload(add(up, 0x140)))) } // vegaCharge
             }
-        }
-        for (uint256 u; u < nU; ++u) {
-            int256 offset = sides[4 * u] < sides[4 * u + 1] ? sides[4 * u] : sides[4 * u + 1];
-            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].calendarCharge);
-            offset = sides[4 * u + 2] < sides[4 * u + 3] ? sides[4 * u + 2] : sides[4 * u + 3];
-            if (offset > 0) total += offset.mulUp(m.spots[u]).mulUp(p.underlyings[u].vegaCharge);
+
+            /// net[key] += amount in the table at tab (2^bits slots of (key, net), then the list of
+            /// groups [count, slot...]): multiplicative hashing (the top bits of key * an odd
+            /// constant depend on every bit of key), linear probing.
+            function _insert(tab, logT, key, amount) {
+                let mask := sub(shl(logT, 1), 1)
+                let h := shr(sub(256, logT), mul(key, 0x9e3779b97f4a7c15f39cc0605cedc8341082276bf3a27251f86c6a11d0c18e95))
+                for {} 1 {} {
+                    let slot := add(tab, shl(6, h))
+                    let k := mload(slot)
+                    if eq(k, key) {
+                        mstore(add(slot, 0x20), add(mload(add(slot, 0x20)), amount))
+                        break
+                    }
+                    if iszero(k) {
+                        mstore(slot, key)
+                        mstore(add(slot, 0x20), amount)
+                        let groups := add(tab, shl(add(logT, 6), 1))
+                        let c := add(mload(groups), 1)
+                        mstore(groups, c)
+                        mstore(add(groups, shl(5, c)), slot)
+                        break
+                    }
+                    h := and(add(h, 1), mask)
+                }
+            }
+
+            /// mulDown(q, sqrtDown(mulDivDown(tau, 1e18, YEAR))), tau = max(expiry - now, 0).
+            function _vega(q, expiry, now) -> v {
+                let tau := 0
+                if gt(expiry, now) { tau := sub(expiry, now) }
+                let z := mul(q, _isqrtFloor(mul(div(mul(tau, 1000000000000000000), 31536000), 1000000000000000000)))
+                v := sub(sdiv(z, 1000000000000000000), and(slt(z, 0), iszero(iszero(smod(z, 1000000000000000000)))))
+            }
+
+            /// ceil(a * b / 1e18) for a, b >= 0 with a * b < 2^255 (FixedPoint.mulUp there).
+            function _mulUp(a, b) -> z {
+                z := mul(a, b)
+                z := add(div(z, 1000000000000000000), iszero(iszero(mod(z, 1000000000000000000))))
+            }
+
+            function _min(a, b) -> z {
+                z := a
+                if lt(b, a) { z := b }
+            }
+
+            /// floor(sqrt(x)) for x < 2^256: FixedPoint.sqrtDown's root (Newton from above).
+            function _isqrtFloor(x) -> y {
+                let b := shl(7, lt(0xffffffffffffffffffffffffffffffff, x))
+                b := or(b, shl(6, lt(0xffffffffffffffff, shr(b, x))))
+                b := or(b, shl(5, lt(0xffffffff, shr(b, x))))
+                b := or(b, shl(4, lt(0xffff, shr(b, x))))
+                b := or(b, shl(3, lt(0xff, shr(b, x))))
+                b := or(b, shl(2, lt(0xf, shr(b, x))))
+                b := or(b, shl(1, lt(0x3, shr(b, x))))
+                b := or(b, lt(0x1, shr(b, x)))
+                y := shl(shr(1, add(b, 2)), 1)
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := shr(1, add(y, div(x, y)))
+                y := sub(y, lt(div(x, y), y))
+            }
         }
     }
 }

@@ -1,0 +1,351 @@
+"""Keeper configuration: a TOML file, then environment overrides, validated into typed models.
+
+Environment overrides
+---------------------
+``KEEPER__<SECTION>__<KEY>=value`` sets ``[section] key`` (case-insensitive, double underscore
+between levels), e.g. ``KEEPER__RPC__URL=https://...``, ``KEEPER__FEES__BUMP_PERCENT=15``.
+The value is parsed like a TOML value when it is one (``15``, ``true``, ``"text"``) and taken as
+a plain string otherwise, then validated like the file. An override naming an unknown section or
+key is an error (a typo must not be silently ignored). Overrides are applied after the file, so
+a deployment can keep the file in version control and the credentials in the environment.
+
+Amounts of ether (fees, profit) are integers of wei or strings with a unit: ``"30 gwei"``,
+``"0.01 ether"``, ``"1500000000 wei"``; they are exact (``decimal``), never floats.
+
+Errors
+------
+Every problem raises ``ConfigError`` naming the key (``fees.bump_percent: ...``). Error messages
+never quote the offending value: a mistyped key may sit next to a secret in the same line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from keeper.secrets import redact_url, register_url
+
+ENV_PREFIX = "KEEPER__"
+DEFAULT_STORE_URL = "sqlite:///var/keeper.db"
+
+#: Largest config file accepted: a config is a few kB; a huge file is a mistake or an attack.
+MAX_CONFIG_BYTES = 1 << 20
+
+_UNITS = {"wei": 0, "gwei": 9, "ether": 18, "eth": 18}
+_AMOUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]+)?\s*$")
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; ``key`` is the dotted key at fault (or None)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+def parse_wei(value: object) -> int:
+    """An amount in wei from an int or a ``"<decimal> <unit>"`` string (exact; no floats)."""
+    if isinstance(value, (bool, float)):
+        # A float cannot hold 0.1 ether exactly; refuse rather than round silently.
+        raise ValueError("an amount must be an integer of wei or a string like '30 gwei'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("an amount cannot be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("an amount must be an integer of wei or a string like '30 gwei'")
+    match = _AMOUNT.match(value)
+    if not match:
+        raise ValueError("an amount must look like '30 gwei', '0.5 ether' or '1000 wei'")
+    number, unit = match.group(1), (match.group(2) or "wei").lower()
+    if unit not in _UNITS:
+        raise ValueError(f"unknown unit (use one of {', '.join(sorted(_UNITS))})")
+    try:
+        scaled = Decimal(number).scaleb(_UNITS[unit])
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
+        raise ValueError("not a decimal number") from exc
+    if scaled != scaled.to_integral_value():
+        raise ValueError("an amount must be a whole number of wei")
+    return int(scaled)
+
+
+Wei = Annotated[int, BeforeValidator(parse_wei)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400 * 7)]
+
+
+class _Section(BaseModel):
+    # extra="forbid": an unknown key is a typo until proven otherwise.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise ValueError("not a valid URL") from exc
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"must be a URL with scheme {' or '.join(schemes)} and a host")
+    return value
+
+
+class RpcConfig(_Section):
+    url: str
+    ws_url: str | None = None
+    chain_id: int = Field(gt=0)
+    timeout_seconds: PositiveSeconds = 10.0
+    #: Retries of a read after a transport error, with exponential back-off.
+    max_retries: int = Field(default=3, ge=0, le=20)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        return _check_url(v, ("http", "https"))
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws(cls, v: str | None) -> str | None:
+        return None if v in (None, "") else _check_url(v, ("ws", "wss"))
+
+    def __repr_args__(self) -> Any:
+        # The URLs hold API keys: the model's repr shows them redacted.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in ("url", "ws_url") and value else value
+
+
+class DeploymentConfig(_Section):
+    file: Path
+
+
+class StoreConfig(_Section):
+    url: str = DEFAULT_STORE_URL
+
+    @field_validator("url")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if not v.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return v
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "url" else value
+
+
+class SignerConfig(_Section):
+    """Exactly one source: a keystore (with a password file or env var) or a key env var."""
+
+    keystore: Path | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.keystore is None) == (self.key_env is None):
+            raise ValueError("set exactly one of keystore or key_env")
+        if self.keystore is not None and (self.password_file is None) == (
+            self.password_env is None
+        ):
+            raise ValueError("a keystore needs exactly one of password_file or password_env")
+        if self.key_env is not None and (self.password_file or self.password_env):
+            raise ValueError("key_env takes no password")
+        return self
+
+
+class FeesConfig(_Section):
+    #: Hard cap on maxFeePerGas, replacements included: the keeper never pays more per gas.
+    max_fee_per_gas: Wei = parse_wei("200 gwei")
+    priority_fee: Wei = parse_wei("1 gwei")
+    #: maxFeePerGas = base fee x this / 100 + tip (headroom for rising base fees), then capped.
+    base_fee_multiplier_percent: int = Field(default=200, ge=100, le=1000)
+    #: Replacement bump of both fees. Nodes reject a replacement below +10 %.
+    bump_percent: int = Field(default=15, ge=10, le=500)
+    stuck_after_seconds: PositiveSeconds = 30.0
+
+    @model_validator(mode="after")
+    def _tip_under_cap(self) -> Self:
+        if self.priority_fee > self.max_fee_per_gas:
+            raise ValueError("priority_fee exceeds max_fee_per_gas")
+        return self
+
+
+class DecisionsConfig(_Section):
+    min_profit: Wei = 0
+    #: Blocks on top of a block before it is treated as final (reorg horizon).
+    confirmations: int = Field(default=12, ge=0, le=10_000)
+    sweep_interval_seconds: PositiveSeconds = 300.0
+    block_poll_interval_seconds: PositiveSeconds = 2.0
+
+
+class MetricsConfig(_Section):
+    bind: str = "127.0.0.1:9108"
+
+    @field_validator("bind")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port with a port in 1..65535")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.bind.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rpartition(":")[2])
+
+
+class KeeperConfig(_Section):
+    rpc: RpcConfig
+    deployment: DeploymentConfig
+    store: StoreConfig = StoreConfig()
+    signer: SignerConfig | None = None
+    fees: FeesConfig = FeesConfig()
+    decisions: DecisionsConfig = DecisionsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _env_value(raw: str) -> Any:
+    """A TOML scalar when ``raw`` is one (15, true, "x", [1, 2]); the plain string otherwise."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return raw
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of ``data`` with every ``KEEPER__SECTION__KEY`` variable applied."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        dotted = ".".join(path)
+        if len(path) != 2 or not all(path):
+            raise ConfigError(f"environment variable {name} must be KEEPER__SECTION__KEY", dotted)
+        section, key = path
+        field = KeeperConfig.model_fields.get(section)
+        if field is None:
+            raise ConfigError(f"unknown section (from environment variable {name})", dotted)
+        model = _section_model(section)
+        if key not in model.model_fields:
+            raise ConfigError(f"unknown key (from environment variable {name})", dotted)
+        target = merged.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError("must be a table", section)
+        target[key] = _env_value(environ[name])
+    return merged
+
+
+def _section_model(section: str) -> type[BaseModel]:
+    annotation = KeeperConfig.model_fields[section].annotation
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    raise AssertionError(section)  # pragma: no cover - every section is a model
+
+
+def _validation_to_config_error(err: ValidationError) -> ConfigError:
+    """The first error, as ``ConfigError`` naming the key; never quotes the input value."""
+    lines = []
+    first_key = None
+    for item in err.errors(include_input=False, include_url=False):
+        key = ".".join(str(p) for p in item["loc"]) or None
+        first_key = first_key or key
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            msg = "required key is missing"
+        elif item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}" if key else msg)
+    error = ConfigError("; ".join(lines))
+    error.key = first_key
+    return error
+
+
+def load_config_data(
+    data: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> KeeperConfig:
+    """Validate already-parsed TOML data (plus environment overrides)."""
+    merged = apply_env_overrides(dict(data), os.environ if environ is None else environ)
+    try:
+        config = KeeperConfig.model_validate(merged)
+    except ValidationError as err:
+        raise _validation_to_config_error(err) from None
+    # From here on the RPC and store credentials are masked in every log line and error.
+    for url in (config.rpc.url, config.rpc.ws_url, config.store.url):
+        if url:
+            register_url(url)
+    return config
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> KeeperConfig:
+    """Read, parse and validate the TOML file at ``path``; raises ConfigError on any problem.
+
+    Relative paths inside the file (deployment file, keystore, password file) are resolved
+    against the file's directory, so the keeper behaves the same from any working directory.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message names line and column, never the content.
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib recurses per nesting level: a hostile file of deeply nested arrays.
+        raise ConfigError(f"config file {path} nests too deeply") from None
+    config = load_config_data(data, environ)
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: KeeperConfig, base: Path) -> KeeperConfig:
+    def rel(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else base / p
+
+    deployment = config.deployment.model_copy(update={"file": rel(config.deployment.file)})
+    signer = config.signer
+    if signer is not None:
+        signer = signer.model_copy(
+            update={"keystore": rel(signer.keystore), "password_file": rel(signer.password_file)}
+        )
+    store = config.store
+    prefix = "sqlite:///"
+    if store.url.startswith(prefix) and store.url != prefix + ":memory:":
+        db = Path(store.url[len(prefix) :])
+        if not db.is_absolute():
+            store = store.model_copy(update={"url": prefix + str(base / db)})
+    return config.model_copy(update={"deployment": deployment, "signer": signer, "store": store})

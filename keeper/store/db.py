@@ -1,0 +1,406 @@
+"""Opening the store (SQLite or PostgreSQL by URL), the schema-version check, and the queries
+the keeper needs. Everything that must be atomic (a nonce and the transaction that uses it, a
+reorg rollback) happens in one database transaction here, never across calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, col, delete, select, update
+
+from keeper.secrets import redact_url, redacting_errors, register_url
+from keeper.store.models import (
+    SCHEMA_VERSION,
+    AttemptStatus,
+    Decision,
+    IndexCursor,
+    IndexedBlock,
+    NonceState,
+    SchemaVersion,
+    Transaction,
+    TxAttempt,
+    TxStatus,
+)
+from keeper.store.types import utcnow
+
+#: A migration turns schema version ``v`` into ``v + 1``; keyed by ``v``.
+Migration = Callable[[Connection], None]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+class StoreError(RuntimeError):
+    """Base of every store failure."""
+
+
+class SchemaVersionMismatch(StoreError):
+    def __init__(self, found: int | None, expected: int) -> None:
+        what = "an unversioned schema" if found is None else f"schema version {found}"
+        super().__init__(
+            f"the database holds {what}, this keeper needs version {expected} "
+            "and has no migration for it (use a fresh database or upgrade the keeper)"
+        )
+        self.found = found
+        self.expected = expected
+
+
+class DuplicateSubmission(StoreError):
+    """A transaction for this decision already exists (possibly from before a restart)."""
+
+    def __init__(self, decision_id: int) -> None:
+        super().__init__(f"decision {decision_id} already has a transaction")
+        self.decision_id = decision_id
+
+
+class NonceNotInitialised(StoreError):
+    """No nonce row for a signer: the nonce manager must reconcile with the chain first."""
+
+
+def normalise_url(url: str) -> str:
+    """SQLAlchemy URL with the psycopg 3 driver for ``postgresql://``."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url[len("postgres://") :]
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: readers (status, metrics) never block the writer; NORMAL sync is durable in WAL mode
+    # except for the last transactions on power loss, which reconciliation with the chain heals.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("postgresql+psycopg://"):
+        return create_engine(url, pool_pre_ping=True)
+    raise StoreError(f"unsupported store URL {redact_url(url)}")
+
+
+class Store:
+    """The keeper's database. Open with ``Store.open(url)``; close with ``close()``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        expected_version: int = SCHEMA_VERSION,
+        migrations: Mapping[int, Migration] | None = None,
+    ) -> Store:
+        """Connect, create the schema in an empty database, or check (and migrate) an existing
+        one. Raises ``SchemaVersionMismatch`` when the versions differ without a migration."""
+        register_url(url)  # a password in the URL never shows in a log or an error
+        with redacting_errors(StoreError):
+            engine = make_engine(url)
+            try:
+                _prepare_schema(
+                    engine, expected_version, MIGRATIONS if migrations is None else migrations
+                )
+            except BaseException:
+                engine.dispose()
+                raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on any exception."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    # --- schema ------------------------------------------------------------------------------
+
+    def schema_version(self) -> int | None:
+        with self.session() as s:
+            row = s.get(SchemaVersion, 1)
+            return row.version if row else None
+
+    # --- index cursor and blocks -------------------------------------------------------------
+
+    def cursor(self, stream: str) -> IndexCursor | None:
+        with self.session() as s:
+            return s.get(IndexCursor, stream)
+
+    def set_cursor(self, stream: str, block_number: int, block_hash: str) -> None:
+        with self.session() as s:
+            row = s.get(IndexCursor, stream)
+            if row is None:
+                s.add(IndexCursor(stream=stream, block_number=block_number, block_hash=block_hash))
+            else:
+                row.block_number, row.block_hash, row.updated_at = (
+                    block_number,
+                    block_hash,
+                    utcnow(),
+                )
+
+    def record_blocks(self, blocks: Sequence[IndexedBlock]) -> None:
+        """Insert or overwrite blocks (by number)."""
+        with self.session() as s:
+            for block in blocks:
+                s.merge(IndexedBlock.model_validate(block.model_dump()))
+
+    def block(self, number: int) -> IndexedBlock | None:
+        with self.session() as s:
+            return s.get(IndexedBlock, number)
+
+    def latest_block(self) -> IndexedBlock | None:
+        with self.session() as s:
+            return s.exec(
+                select(IndexedBlock).order_by(col(IndexedBlock.number).desc()).limit(1)
+            ).first()
+
+    def rollback_after(self, number: int) -> int:
+        """Forget every block above ``number`` (a reorg's common ancestor) and move every cursor
+        beyond it back to it, in one transaction. Returns the number of blocks removed."""
+        with self.session() as s:
+            keep = s.get(IndexedBlock, number)
+            removed = s.exec(  # type: ignore[call-overload]
+                delete(IndexedBlock).where(col(IndexedBlock.number) > number)
+            ).rowcount
+            for cur in s.exec(select(IndexCursor).where(col(IndexCursor.block_number) > number)):
+                cur.block_number = number
+                cur.block_hash = keep.hash if keep else ""
+                cur.updated_at = utcnow()
+            return int(removed or 0)
+
+    # --- decisions ---------------------------------------------------------------------------
+
+    def add_decision(self, decision: Decision) -> Decision:
+        with self.session() as s:
+            s.add(decision)
+            s.flush()
+            s.refresh(decision)
+            return decision
+
+    def decision(self, decision_id: int) -> Decision | None:
+        with self.session() as s:
+            return s.get(Decision, decision_id)
+
+    # --- nonces and transactions -------------------------------------------------------------
+
+    def next_nonce(self, sender: str) -> int | None:
+        with self.session() as s:
+            row = s.get(NonceState, sender.lower())
+            return row.next_nonce if row else None
+
+    def set_next_nonce(self, sender: str, nonce: int) -> None:
+        with self.session() as s:
+            row = s.get(NonceState, sender.lower())
+            if row is None:
+                s.add(NonceState(sender=sender.lower(), next_nonce=nonce))
+            else:
+                row.next_nonce, row.updated_at = nonce, utcnow()
+
+    def insert_transaction(self, tx: Transaction) -> Transaction:
+        """Take the signer's next nonce and insert ``tx`` with it, atomically.
+
+        The nonce row is updated first (``UPDATE ... RETURNING``): that write locks the row on
+        PostgreSQL and the database on SQLite, so two keepers sharing the store never take the
+        same nonce. If the insert fails (a duplicate decision), the nonce increment is rolled
+        back with it: no gap.
+        """
+        sender = tx.sender.lower()
+        with self.session() as s:
+            taken = s.exec(  # type: ignore[call-overload]
+                update(NonceState)
+                .where(col(NonceState.sender) == sender)
+                .values(next_nonce=NonceState.next_nonce + 1, updated_at=utcnow())
+                .returning(NonceState.next_nonce)
+            ).scalar_one_or_none()
+            if taken is None:
+                raise NonceNotInitialised(f"no nonce state for {sender}: reconcile first")
+            tx.sender = sender
+            tx.nonce = int(taken) - 1
+            s.add(tx)
+            try:
+                s.flush()
+            except IntegrityError:
+                s.rollback()
+                if tx.decision_id is not None and self.transaction_for_decision(tx.decision_id):
+                    raise DuplicateSubmission(tx.decision_id) from None
+                raise  # another constraint (an unknown decision id): not a duplicate
+            s.refresh(tx)
+            return tx
+
+    def insert_gap_filler(self, tx: Transaction) -> Transaction:
+        """Insert ``tx`` at the nonce it already carries, without taking one from the nonce row:
+        a filler for a nonce that was handed out but never reached the chain (its transaction
+        was refused), which would otherwise block every later nonce of the signer."""
+        tx.sender = tx.sender.lower()
+        with self.session() as s:
+            s.add(tx)
+            s.flush()
+            s.refresh(tx)
+            return tx
+
+    def attempt_by_hash(self, tx_hash: str) -> TxAttempt | None:
+        with self.session() as s:
+            return s.exec(select(TxAttempt).where(TxAttempt.hash == tx_hash)).first()
+
+    def renonce_transaction(self, tx_id: int) -> Transaction:
+        """Give a transaction that never reached the chain the signer's next nonce (its own was
+        taken by another sender). Same atomic ``UPDATE ... RETURNING`` as ``insert_transaction``.
+        """
+        with self.session() as s:
+            row = s.get(Transaction, tx_id)
+            if row is None:
+                raise StoreError(f"no transaction {tx_id}")
+            taken = s.exec(  # type: ignore[call-overload]
+                update(NonceState)
+                .where(col(NonceState.sender) == row.sender)
+                .values(next_nonce=NonceState.next_nonce + 1, updated_at=utcnow())
+                .returning(NonceState.next_nonce)
+            ).scalar_one_or_none()
+            if taken is None:
+                raise NonceNotInitialised(f"no nonce state for {row.sender}: reconcile first")
+            row.nonce = int(taken) - 1
+            row.status = TxStatus.PENDING
+            row.final = False
+            row.updated_at = utcnow()
+            return row
+
+    def transaction(self, tx_id: int) -> Transaction | None:
+        with self.session() as s:
+            return s.get(Transaction, tx_id)
+
+    def transaction_for_decision(self, decision_id: int) -> Transaction | None:
+        with self.session() as s:
+            return s.exec(select(Transaction).where(Transaction.decision_id == decision_id)).first()
+
+    def open_transactions(self, sender: str) -> list[Transaction]:
+        """Unsettled transactions of ``sender``, by nonce."""
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(Transaction)
+                    .where(Transaction.sender == sender.lower())
+                    .where(col(Transaction.final).is_(False))
+                    .order_by(col(Transaction.nonce))
+                )
+            )
+
+    def transactions(self, sender: str) -> list[Transaction]:
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(Transaction)
+                    .where(Transaction.sender == sender.lower())
+                    .order_by(col(Transaction.nonce), col(Transaction.id))
+                )
+            )
+
+    def max_open_nonce(self, sender: str) -> int | None:
+        txs = self.open_transactions(sender)
+        return max((t.nonce for t in txs), default=None)
+
+    def update_transaction(self, tx_id: int, **fields: Any) -> Transaction:
+        with self.session() as s:
+            row = s.get(Transaction, tx_id)
+            if row is None:
+                raise StoreError(f"no transaction {tx_id}")
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            return row
+
+    def add_attempt(self, attempt: TxAttempt) -> TxAttempt:
+        with self.session() as s:
+            s.add(attempt)
+            s.flush()
+            s.refresh(attempt)
+            return attempt
+
+    def attempts(self, tx_id: int) -> list[TxAttempt]:
+        with self.session() as s:
+            query = select(TxAttempt).where(TxAttempt.tx_id == tx_id).order_by(col(TxAttempt.id))
+            return list(s.exec(query))
+
+    def update_attempt(self, attempt_id: int, **fields: Any) -> TxAttempt:
+        with self.session() as s:
+            row = s.get(TxAttempt, attempt_id)
+            if row is None:
+                raise StoreError(f"no attempt {attempt_id}")
+            for name, value in fields.items():
+                setattr(row, name, value)
+            return row
+
+    def settle_attempts(self, tx_id: int, mined_hash: str | None) -> None:
+        """At finality: the mined hash is MINED, every other sent hash REPLACED."""
+        with self.session() as s:
+            for a in s.exec(select(TxAttempt).where(TxAttempt.tx_id == tx_id)):
+                if a.hash == mined_hash:
+                    a.status = AttemptStatus.MINED
+                elif a.status == AttemptStatus.SENT:
+                    a.status = AttemptStatus.REPLACED
+
+
+def _prepare_schema(engine: Engine, expected: int, migrations: Mapping[int, Migration]) -> None:
+    tables = set(inspect(engine).get_table_names())
+    if not tables:
+        SQLModel.metadata.create_all(engine)
+        with Session(engine) as s:
+            s.add(SchemaVersion(version=expected))
+            s.commit()
+        return
+    if SchemaVersion.__tablename__ not in tables:
+        raise SchemaVersionMismatch(None, expected)
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT version FROM schema_version WHERE id = 1")).scalar()
+    if found is None:
+        raise SchemaVersionMismatch(None, expected)
+    found = int(found)
+    if found > expected or any(v not in migrations for v in range(found, expected)):
+        raise SchemaVersionMismatch(found, expected)
+    for version in range(found, expected):
+        # One transaction per step: a failed step leaves the database at the previous version.
+        with engine.begin() as conn:
+            migrations[version](conn)
+            conn.execute(
+                text("UPDATE schema_version SET version = :v, applied_at = :t WHERE id = 1"),
+                {"v": version + 1, "t": _ts_for(engine, utcnow())},
+            )
+    # Tables added since (a migration may rely on create_all for brand-new tables).
+    SQLModel.metadata.create_all(engine)
+
+
+def _ts_for(engine: Engine, moment: datetime) -> datetime:
+    return moment.replace(tzinfo=None) if engine.dialect.name == "sqlite" else moment

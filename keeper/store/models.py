@@ -1,0 +1,159 @@
+"""The keeper's tables (SQLModel). Addresses and hashes are 0x-prefixed lower-case hex strings.
+
+Every integer that can exceed 64 bits (WADs, wei amounts, fees) is a ``BigInt`` column (a
+decimal string underneath): exact on SQLite and PostgreSQL alike. Block numbers, nonces and gas
+amounts fit in 64 bits and use native integers (so they can be compared and sorted in SQL).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from keeper.store.types import BigInt, ExactJSON, ScrubbedText, UTCDateTime, utcnow
+
+#: Bumped whenever a table changes; ``Store.open`` compares it with the database's.
+SCHEMA_VERSION = 1
+
+
+class TxStatus(StrEnum):
+    """Life of one intended transaction (one nonce of one signer)."""
+
+    PENDING = "pending"  # signed (and normally broadcast), no receipt yet
+    MINED = "mined"  # one of its hashes has a successful receipt, not yet final
+    REVERTED = "reverted"  # one of its hashes mined with status 0 (the nonce is consumed)
+    FINAL = "final"  # mined successfully and ``confirmations`` deep
+    DROPPED = "dropped"  # the nonce was consumed by a transaction that is not ours
+    FAILED = "failed"  # refused by the node at broadcast: never on chain, its nonce released
+
+
+class AttemptStatus(StrEnum):
+    """One signed variant (hash) of a transaction: the original or a fee-bumped replacement."""
+
+    SENT = "sent"  # broadcast (or about to be); may still mine
+    MINED = "mined"  # this hash is the one in the chain
+    REPLACED = "replaced"  # another hash of the same nonce mined (settled only at finality)
+    FAILED = "failed"  # the node refused it at broadcast
+
+
+class SchemaVersion(SQLModel, table=True):
+    __tablename__ = "schema_version"
+
+    id: int = Field(default=1, primary_key=True)
+    version: int
+    applied_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class IndexCursor(SQLModel, table=True):
+    """How far one event stream is indexed: the last block fully processed, with its hash."""
+
+    __tablename__ = "index_cursor"
+
+    stream: str = Field(primary_key=True, max_length=64)
+    block_number: int = Field(sa_type=BigInteger)
+    block_hash: str = Field(max_length=66)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class IndexedBlock(SQLModel, table=True):
+    """A block the indexer has seen: the parent hash chain is how a reorg is detected."""
+
+    __tablename__ = "indexed_block"
+
+    number: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: str = Field(max_length=66)
+    parent_hash: str = Field(max_length=66)
+    timestamp: int = Field(default=0, sa_type=BigInteger)
+
+
+class Decision(SQLModel, table=True):
+    """One margin decision about one account at one block, with everything needed to audit it."""
+
+    __tablename__ = "decision"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    block_number: int = Field(sa_type=BigInteger, index=True)
+    block_hash: str = Field(max_length=66)
+    account: str = Field(max_length=42, index=True)
+    #: keccak of the canonical encoding of every input read at ``block_number``.
+    inputs_digest: str = Field(max_length=66)
+    #: Scenario losses per underlying, as integers (WAD).
+    loss_matrix: Any = Field(sa_type=ExactJSON)
+    requirement: int = Field(sa_type=BigInt)
+    initial_margin: int = Field(sa_type=BigInt)
+    equity: int = Field(sa_type=BigInt)
+    witness: Any = Field(default=None, sa_column=Column(ExactJSON, nullable=True))
+    state: str = Field(max_length=32)  # healthy / margin_call / liquidatable / settleable
+    action: str = Field(max_length=32)  # none / flag / liquidate / settle / clear
+    fraction: int | None = Field(default=None, sa_type=BigInt)  # WAD
+    expected_bounty: int | None = Field(default=None, sa_type=BigInt)  # wei
+    outcome: str | None = Field(default=None, sa_type=ScrubbedText)
+
+
+class Transaction(SQLModel, table=True):
+    """One intended transaction: a nonce of a signer, for at most one decision.
+
+    ``decision_id`` is unique: a decision is submitted once, across restarts and across keepers
+    sharing the database (the insert of a second row fails in the database itself).
+    """
+
+    __tablename__ = "tx"
+    __table_args__ = (UniqueConstraint("decision_id", name="uq_tx_decision"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    decision_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("decision.id"), nullable=True)
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sender: str = Field(max_length=42, index=True)
+    nonce: int = Field(default=-1, sa_type=BigInteger, index=True)  # set by insert_transaction
+    to: str | None = Field(default=None, max_length=42)
+    value: int = Field(default=0, sa_type=BigInt)
+    data: str = Field(default="0x")
+    gas_limit: int = Field(sa_type=BigInteger)
+    chain_id: int = Field(sa_type=BigInteger)
+    status: str = Field(default=TxStatus.PENDING, max_length=16, index=True)
+    #: Settled for good: mined (or reverted) ``confirmations`` deep, or its nonce consumed by a
+    #: transaction that is not ours. Open transactions are watched; final ones never again.
+    final: bool = Field(default=False, index=True)
+    #: The hash that mined (one of the attempts), once known.
+    mined_hash: str | None = Field(default=None, max_length=66)
+    block_number: int | None = Field(default=None, sa_type=BigInteger)
+    block_hash: str | None = Field(default=None, max_length=66)
+    gas_used: int | None = Field(default=None, sa_type=BigInteger)
+    effective_gas_price: int | None = Field(default=None, sa_type=BigInt)
+    revert_reason: str | None = Field(default=None, sa_type=ScrubbedText)
+
+
+class TxAttempt(SQLModel, table=True):
+    """Every hash ever signed for a transaction, kept until the transaction is final: a bumped
+    replacement must never make the keeper forget the original, which may still be the one that
+    mines."""
+
+    __tablename__ = "tx_attempt"
+
+    id: int | None = Field(default=None, primary_key=True)
+    tx_id: int = Field(sa_column=Column(Integer, ForeignKey("tx.id"), nullable=False, index=True))
+    hash: str = Field(max_length=66, unique=True)
+    raw: str  # the signed transaction, hex: re-broadcast after a node lost it
+    max_fee_per_gas: int = Field(sa_type=BigInt)
+    max_priority_fee_per_gas: int = Field(sa_type=BigInt)
+    sent_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    status: str = Field(default=AttemptStatus.SENT, max_length=16)
+    error: str | None = Field(default=None, sa_type=ScrubbedText)
+
+
+class NonceState(SQLModel, table=True):
+    """The next nonce to use, per signer (a cache of ``max(chain, our transactions)``)."""
+
+    __tablename__ = "nonce_state"
+
+    sender: str = Field(primary_key=True, max_length=42)
+    next_nonce: int = Field(sa_type=BigInteger)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

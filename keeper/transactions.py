@@ -1,0 +1,358 @@
+"""Submitting transactions and following them to finality, with fee-bumped replacement.
+
+Order of operations on every send (the why): the transaction row and its nonce are stored first
+(``Store.insert_transaction``), then the signed bytes and hash (``TxAttempt``), and only then is
+the transaction broadcast. A crash at any point leaves a record to resume from: a row without an
+attempt is signed and sent at the next start; an attempt that may or may not have reached the
+node is simply re-broadcast ("already known" is fine). The unique ``decision_id`` makes a second
+submission of the same decision fail in the database, whatever the process history.
+
+``poll()`` walks the open transactions of the signer:
+- a receipt for *any* of its hashes settles which one mined (every hash is kept: a replaced
+  original that mines after all is recognised, never logged as dropped);
+- a mined transaction becomes final ``confirmations`` blocks deep; a receipt that vanished
+  (reorg) puts it back to pending;
+- no receipt and the chain's nonce moved past it: another sender took the nonce (DROPPED);
+- no receipt for ``stuck_after_seconds``: a replacement with bumped fees (``FeePolicy.bump``),
+  or a re-broadcast of the last hash when the cap leaves no room.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from web3 import Web3
+from web3.exceptions import TransactionNotFound, Web3RPCError
+
+from keeper.fees import FeePolicy, Fees
+from keeper.nonces import NonceManager
+from keeper.reverts import decode_revert
+from keeper.secrets import RedactedError, redacting_errors, scrub
+from keeper.signer import Signer
+from keeper.store import AttemptStatus, Store, StoreError, Transaction, TxAttempt, TxStatus
+from keeper.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+_NONCE_CONFLICT = ("nonce too low", "replacement transaction underpriced", "nonce too high")
+_ALREADY_KNOWN = ("already known", "known transaction", "already imported")
+
+
+class SendError(RuntimeError):
+    """The node refused a transaction for a reason other than a nonce conflict."""
+
+
+#: Exceptions whose messages we build ourselves (no secrets): they pass ``redacting_errors``.
+_OWN_ERRORS: tuple[type[BaseException], ...] = (SendError, RedactedError, StoreError)
+
+
+class TxManager:
+    def __init__(
+        self,
+        store: Store,
+        w3: Web3,
+        signer: Signer,
+        fees: FeePolicy,
+        *,
+        chain_id: int,
+        confirmations: int,
+        stuck_after_seconds: float,
+    ) -> None:
+        self.store = store
+        self.w3 = w3
+        self.signer = signer
+        self.fees = fees
+        self.chain_id = chain_id
+        self.confirmations = confirmations
+        self.stuck_after = timedelta(seconds=stuck_after_seconds)
+        self.nonces = NonceManager(store, w3, signer.address)
+        #: Selector -> signature of protocol custom errors, for revert reasons.
+        self.known_errors: dict[bytes, str] = {}
+
+    # --- start-up ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reconcile nonces with the chain, then (re)send what a previous run left unsent."""
+        with redacting_errors(*_OWN_ERRORS):
+            self._start()
+
+    def _start(self) -> None:
+        rec = self.nonces.reconcile()
+        for tx_id in rec.unsent_stale:
+            self.store.renonce_transaction(tx_id)
+        for tx in self.store.open_transactions(self.signer.address):
+            assert tx.id is not None
+            live = [a for a in self.store.attempts(tx.id) if a.status == AttemptStatus.SENT]
+            if tx.status == TxStatus.PENDING and not live:
+                self._send_attempt(tx, self.fees.initial(self._base_fee()))
+            elif tx.status == TxStatus.PENDING:
+                self._broadcast(tx, live[-1], rebroadcast=True)  # the node may have lost it
+
+    # --- submission --------------------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        to: str,
+        data: str = "0x",
+        gas_limit: int,
+        value: int = 0,
+        decision_id: int | None = None,
+    ) -> Transaction:
+        """Store, sign and broadcast a new transaction. Raises ``DuplicateSubmission`` when the
+        decision already has one, ``SendError`` when the node refuses it, ``RedactedError`` (the
+        message scrubbed of credentials) on a transport failure."""
+        with redacting_errors(*_OWN_ERRORS):
+            return self._submit(to, data, gas_limit, value, decision_id)
+
+    def _submit(
+        self, to: str, data: str, gas_limit: int, value: int, decision_id: int | None
+    ) -> Transaction:
+        tx = self.store.insert_transaction(
+            Transaction(
+                decision_id=decision_id,
+                sender=self.signer.address,
+                to=Web3.to_checksum_address(to).lower(),
+                value=value,
+                data=data,
+                gas_limit=gas_limit,
+                chain_id=self.chain_id,
+            )
+        )
+        return self._send_attempt(tx, self.fees.initial(self._base_fee()))
+
+    def _base_fee(self) -> int:
+        with redacting_errors():
+            block = self.w3.eth.get_block("latest")
+        return int(block.get("baseFeePerGas", 0))
+
+    def _sign(self, tx: Transaction, fees: Fees) -> tuple[str, bytes]:
+        signed = self.signer.sign(
+            {
+                "type": 2,
+                "chainId": tx.chain_id,
+                "nonce": tx.nonce,
+                "to": Web3.to_checksum_address(tx.to) if tx.to else None,
+                "value": tx.value,
+                "data": tx.data,
+                "gas": tx.gas_limit,
+                "maxFeePerGas": fees.max_fee_per_gas,
+                "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
+            }
+        )
+        return signed.hash, signed.raw
+
+    def _send_attempt(self, tx: Transaction, fees: Fees) -> Transaction:
+        assert tx.id is not None
+        tx_hash, raw = self._sign(tx, fees)
+        known = self.store.attempt_by_hash(tx_hash)
+        if known is not None:
+            # Same nonce and fees sign to the same hash: re-broadcast it, never record it twice.
+            assert known.id is not None
+            self.store.update_attempt(known.id, status=AttemptStatus.SENT, error=None)
+            return self._broadcast(tx, known)
+        attempt = self.store.add_attempt(
+            TxAttempt(
+                tx_id=tx.id,
+                hash=tx_hash,
+                raw="0x" + raw.hex(),
+                max_fee_per_gas=fees.max_fee_per_gas,
+                max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            )
+        )
+        log.info(
+            "transaction sent",
+            extra={
+                "tx_id": tx.id,
+                "nonce": tx.nonce,
+                "hash": tx_hash,
+                "max_fee_per_gas": fees.max_fee_per_gas,
+                "max_priority_fee_per_gas": fees.max_priority_fee_per_gas,
+            },
+        )
+        return self._broadcast(tx, attempt)
+
+    def _broadcast(
+        self, tx: Transaction, attempt: TxAttempt, *, rebroadcast: bool = False
+    ) -> Transaction:
+        """Send ``attempt``; ``rebroadcast`` when the node may already have (or have mined) it:
+        a refusal then proves nothing about the attempt, so its status is left alone."""
+        assert tx.id is not None and attempt.id is not None
+        try:
+            self.w3.eth.send_raw_transaction(attempt.raw)
+        except Web3RPCError as exc:
+            message = scrub(str(exc))
+            lowered = message.lower()
+            if any(s in lowered for s in _ALREADY_KNOWN):
+                return tx
+            if rebroadcast:
+                # "nonce too low" here usually means this very hash mined: poll will see it.
+                log.info("re-broadcast refused", extra={"tx_id": tx.id, "error": message})
+                return tx
+            self.store.update_attempt(attempt.id, status=AttemptStatus.FAILED, error=message)
+            if any(s in lowered for s in _NONCE_CONFLICT):
+                return self._resolve_nonce_conflict(tx, message)
+            if not any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id)):
+                # Refused for good (bad gas, insufficient funds ...) and no earlier hash of it
+                # can mine: it is FAILED and its nonce released (``reconcile`` hands it out
+                # again when it was the highest; ``poll`` fills it when it was not).
+                self.store.update_transaction(
+                    tx.id, status=TxStatus.FAILED, final=True, revert_reason=message
+                )
+                self.nonces.reconcile()
+            raise SendError(f"transaction {tx.id} (nonce {tx.nonce}) refused: {message}") from None
+        except Exception as exc:
+            # Transport failure: the node may or may not have it. The attempt stays SENT, so its
+            # hash is watched and ``poll`` replaces it once it counts as stuck.
+            message = scrub(str(exc))
+            log.warning("broadcast failed", extra={"tx_id": tx.id, "error": message})
+            raise RedactedError(type(exc).__name__, message) from None
+        return tx
+
+    def _resolve_nonce_conflict(self, tx: Transaction, message: str) -> Transaction:
+        """Our nonce is taken (by a mined or pending transaction not in our store)."""
+        assert tx.id is not None
+        log.warning("nonce conflict", extra={"tx_id": tx.id, "nonce": tx.nonce, "error": message})
+        live = [a for a in self.store.attempts(tx.id) if a.status == AttemptStatus.SENT]
+        if live or self.nonces.find_receipt_hash(tx.id) is not None:
+            # An earlier hash of ours holds this nonce (a replacement was refused): keep waiting.
+            return tx
+        self.nonces.reconcile(trust_pending=True)
+        moved = self.store.renonce_transaction(tx.id)
+        log.info(
+            "transaction moved to a fresh nonce",
+            extra={"tx_id": tx.id, "old_nonce": tx.nonce, "nonce": moved.nonce},
+        )
+        return self._send_attempt(moved, self.fees.initial(self._base_fee()))
+
+    # --- following ---------------------------------------------------------------------------
+
+    def poll(self, now: datetime | None = None) -> list[Transaction]:
+        """One pass over the open transactions; returns them as updated."""
+        with redacting_errors(*_OWN_ERRORS):
+            return self._poll(now or utcnow())
+
+    def _poll(self, now: datetime) -> list[Transaction]:
+        head = self.w3.eth.block_number
+        latest_count = self.w3.eth.get_transaction_count(self.signer.address, "latest")
+        out = [
+            self._follow(tx, head, latest_count, now)
+            for tx in self.store.open_transactions(self.signer.address)
+        ]
+        out += self._fill_gaps(latest_count)
+        return out
+
+    def _fill_gaps(self, latest_count: int) -> list[Transaction]:
+        """Cancel-style fillers (0-value self-transfers) for nonces below an open transaction
+        that nothing of ours will ever mine: without them, one refused transaction would block
+        every later one of this signer."""
+        open_nonces = {t.nonce for t in self.store.open_transactions(self.signer.address)}
+        if not open_nonces:
+            return []
+        filled = []
+        for nonce in range(latest_count, max(open_nonces)):
+            if nonce in open_nonces:
+                continue
+            log.warning("filling a nonce gap", extra={"nonce": nonce})
+            filler = self.store.insert_gap_filler(
+                Transaction(sender=self.signer.address, nonce=nonce,
+                            to=self.signer.address.lower(), gas_limit=21_000,
+                            chain_id=self.chain_id)
+            )  # fmt: skip
+            filled.append(self._send_attempt(filler, self.fees.initial(self._base_fee())))
+        return filled
+
+    def _receipt(self, tx_id: int) -> tuple[TxAttempt, Any] | None:
+        for attempt in self.store.attempts(tx_id):
+            try:
+                receipt = self.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                continue
+            return attempt, receipt
+        return None
+
+    def _follow(self, tx: Transaction, head: int, latest_count: int, now: datetime) -> Transaction:
+        assert tx.id is not None
+        found = self._receipt(tx.id)
+        if found is not None:
+            attempt, receipt = found
+            ok = receipt["status"] == 1
+            # The head was read before the receipt: a block mined in between is still depth 1.
+            depth = max(head, receipt["blockNumber"]) - receipt["blockNumber"] + 1
+            final = depth >= max(self.confirmations, 1)
+            status = (TxStatus.FINAL if final else TxStatus.MINED) if ok else TxStatus.REVERTED
+            tx = self.store.update_transaction(
+                tx.id,
+                status=status,
+                final=final,
+                mined_hash=attempt.hash,
+                block_number=receipt["blockNumber"],
+                block_hash="0x" + bytes(receipt["blockHash"]).hex(),
+                gas_used=receipt["gasUsed"],
+                effective_gas_price=receipt["effectiveGasPrice"],
+                revert_reason=None if ok else self._revert_reason(tx, receipt["blockNumber"]),
+            )
+            if final:
+                # Only now are the other hashes settled as replaced: before finality, a reorg
+                # could still bring any of them in instead.
+                self.store.settle_attempts(tx.id, attempt.hash)
+                log.info(
+                    "transaction final",
+                    extra={"tx_id": tx.id, "hash": attempt.hash, "status": status},
+                )
+            return tx
+        if tx.status in (TxStatus.MINED, TxStatus.REVERTED):
+            log.warning("receipt vanished (reorg): back to pending", extra={"tx_id": tx.id})
+            tx = self.store.update_transaction(
+                tx.id,
+                status=TxStatus.PENDING,
+                mined_hash=None,
+                block_number=None,
+                block_hash=None,
+                gas_used=None,
+                effective_gas_price=None,
+            )
+        if tx.nonce < latest_count:
+            if not any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id)):
+                # It never reached a node: nothing of ours can mine, so it needs a fresh nonce.
+                self.nonces.reconcile(trust_pending=True)
+                moved = self.store.renonce_transaction(tx.id)
+                return self._send_attempt(moved, self.fees.initial(self._base_fee()))
+            # The chain used this nonce and none of our hashes has a receipt.
+            log.warning("nonce taken by another sender", extra={"tx_id": tx.id, "nonce": tx.nonce})
+            return self.store.update_transaction(tx.id, status=TxStatus.DROPPED, final=True)
+        live = [a for a in self.store.attempts(tx.id) if a.status == AttemptStatus.SENT]
+        if not live:
+            return self._send_attempt(tx, self.fees.initial(self._base_fee()))
+        last = live[-1]
+        if now - last.sent_at < self.stuck_after:
+            return tx
+        old = Fees(last.max_fee_per_gas, last.max_priority_fee_per_gas)
+        bumped = self.fees.bump(old, self._base_fee())
+        if bumped is None:
+            log.warning("stuck at the fee cap: re-broadcasting", extra={"tx_id": tx.id})
+            return self._broadcast(tx, last, rebroadcast=True)
+        log.info("replacing a stuck transaction", extra={"tx_id": tx.id, "replaces": last.hash})
+        return self._send_attempt(tx, bumped)
+
+    def _revert_reason(self, tx: Transaction, block_number: int) -> str:
+        """Best effort: replay the call on the parent block's state and decode the revert data
+        (``keeper.reverts``; ``self.known_errors`` adds the custom errors of the protocol's ABI).
+        Exact when the revert does not depend on earlier transactions of the same block."""
+        call = {
+            "from": self.signer.address,
+            "to": Web3.to_checksum_address(tx.to or ""),
+            "data": tx.data,
+            "value": tx.value,
+            "gas": tx.gas_limit,
+        }
+        try:
+            self.w3.eth.call(call, block_number - 1)  # type: ignore[arg-type]
+        except Exception as exc:
+            data = getattr(exc, "data", None)
+            if isinstance(data, str | bytes):
+                return scrub(f"{decode_revert(data, self.known_errors)} (replayed)")
+            return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
+        return "reverted (the replay on the parent block succeeded: state-dependent revert)"
