@@ -33,6 +33,7 @@ from keeper.chain import (
 )
 from keeper.chain.multicall import Call, abi_functions
 from keeper.chain.view import StalePrice
+from keeper.config import RpcConfig
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.rpc_proxy import CountingProxy
@@ -200,6 +201,19 @@ def test_each_mismatch_has_its_named_error(seeded: Seeded, anvil: Anvil) -> None
         Chain.connect(anvil.url, no_hash)
 
 
+def test_from_config(seeded: Seeded, proxy: CountingProxy, anvil: Anvil) -> None:
+    ws = anvil.url.replace("http://", "ws://")
+    rpc = RpcConfig(url=proxy.url, ws_url=ws, chain_id=anvil.chain_id)
+    chain = Chain.from_config(rpc, seeded.d)
+    assert chain.rpc.url == proxy.url
+    over_ws = Chain.from_config(rpc, seeded.d, websocket=True)
+    assert over_ws.head().number == chain.head().number
+    over_ws.close()
+    with pytest.raises(WrongChain) as e:
+        Chain.from_config(rpc.model_copy(update={"chain_id": 5}), seeded.d)
+    assert e.value.source == "the [rpc] configuration" and e.value.actual == 5
+
+
 # --- credentials ------------------------------------------------------------------------
 
 
@@ -214,7 +228,7 @@ def test_redact_url() -> None:
 def test_credentials_never_in_errors_or_logs(
     seeded: Seeded, proxy: CountingProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    secrets = ("hunter2", "SEKRETKEY", "apikey", "alice")
+    secrets = ("hunter2", "SEKRETKEY", "alice")
     dead = "http://alice:hunter2@127.0.0.1:9/v3/SEKRETKEY?apikey=SEKRETKEY"
     with pytest.raises(RpcUnavailable) as e:
         Chain.connect(dead, seeded.d, timeout=2)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+from keeper.secrets import scrub as registry_scrub
+
 
 class ChainError(RuntimeError):
     """Base of every error of keeper.chain."""
@@ -19,9 +21,9 @@ class DeploymentMismatch(ChainError):
 
 
 class WrongChain(DeploymentMismatch):
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"node serves chain id {actual}, the deployment file says {expected}")
-        self.expected, self.actual = expected, actual
+    def __init__(self, expected: int, actual: int, source: str = "the node") -> None:
+        super().__init__(f"{source} says chain id {actual}, the deployment file says {expected}")
+        self.expected, self.actual, self.source = expected, actual, source
 
 
 class NoCodeAtAddress(DeploymentMismatch):
@@ -92,7 +94,9 @@ _USERINFO = re.compile(r"//[^/@\s]*@")
 def redact_url(url: str) -> str:
     """The URL with userinfo, path and query string replaced by ``***``: hosted RPCs put API
     keys in any of them (``user:pass@``, ``/v3/<key>``, ``?apikey=``). Scheme, host and port
-    stay, which is what an operator needs to tell endpoints apart."""
+    stay, which is what an operator needs to tell endpoints apart. Stricter than
+    keeper.secrets.redact_url (which masks only key-like segments and credential parameters):
+    a chain error names the node, never its path."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -127,7 +131,8 @@ def secret_fragments(url: str) -> list[str]:
 
 
 def scrub(text: str, url: str) -> str:
-    """``text`` with every credential-bearing fragment of ``url`` replaced by ``***``."""
+    """``text`` with every credential-bearing fragment of ``url`` replaced by ``***``, and
+    every secret of the keeper's registry (keeper.secrets) masked too."""
     for piece in secret_fragments(url):
         text = text.replace(piece, "***")
-    return _USERINFO.sub("//***@", text)
+    return registry_scrub(_USERINFO.sub("//***@", text))

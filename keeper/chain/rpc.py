@@ -38,6 +38,7 @@ from keeper.chain.errors import (
     scrub,
 )
 from keeper.deployment import Deployment, code_hash
+from keeper.secrets import register_url
 
 #: The canonical Multicall3 address (deterministic deployment on most public chains).
 CANONICAL_MULTICALL3 = "0xcA11bde05977b3631167028862bE2a173976CA11"
@@ -74,6 +75,9 @@ _SCRUBBED_LOGGERS = (
 
 
 def _install_log_scrub(url: str) -> None:
+    # The keeper-wide registry (keeper.secrets) learns the URL's credentials too, so the
+    # handler-level RedactingFilter of keeper.logs and redacting_errors mask them everywhere.
+    register_url(url)
     _SCRUB.urls.add(url)
     for name in _SCRUBBED_LOGGERS:
         logger = logging.getLogger(name)

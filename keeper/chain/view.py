@@ -33,7 +33,7 @@ from eth_abi import encode
 from eth_utils import keccak
 from web3 import Web3
 
-from keeper.chain.errors import BatchReadError, ChainError
+from keeper.chain.errors import BatchReadError, ChainError, WrongChain
 from keeper.chain.multicall import (
     CALLS_PER_MULTICALL,
     MULTICALLS_PER_BATCH,
@@ -44,6 +44,7 @@ from keeper.chain.multicall import (
     multicall,
 )
 from keeper.chain.rpc import BlockRef, Rpc, make_web3, verify_deployment
+from keeper.config import RpcConfig
 from keeper.deployment import Deployment, decode_risk_params
 from margin.params import RiskParams
 from margin.portfolio import Market, Portfolio, Position
@@ -310,6 +311,17 @@ class Chain:
         """Connect (HTTP or WebSocket) and verify the node against the deployment file."""
         rpc = Rpc(make_web3(url, timeout=timeout), url)
         return cls(rpc, deployment, verify_deployment(rpc, deployment), **kwargs)
+
+    @classmethod
+    def from_config(
+        cls, rpc: RpcConfig, deployment: Deployment, *, websocket: bool = False, **kwargs: Any
+    ) -> Chain:
+        """Connect as keeper.config's ``[rpc]`` section says (``ws_url`` when ``websocket``
+        and one is configured). The configured chain id must be the deployment's."""
+        if rpc.chain_id != deployment.chain_id:
+            raise WrongChain(deployment.chain_id, rpc.chain_id, "the [rpc] configuration")
+        url = rpc.ws_url if websocket and rpc.ws_url else rpc.url
+        return cls.connect(url, deployment, timeout=float(rpc.timeout_seconds), **kwargs)
 
     @property
     def w3(self) -> Web3:
