@@ -388,6 +388,15 @@ def test_layout_change_costs_round_trips_not_correctness(
     assert len(snap.instruments) == len(seeded.d.instruments) + 1
     assert snap.round_trips == 4  # guess, counts, configs, re-read
     assert chain.view().snapshot([]).round_trips == 1
+    # A guess larger than the chain (an asset and an underlying that do not exist) is a wrong
+    # guess too, not a failed read.
+    chain.layout = dataclasses.replace(
+        chain.layout,
+        assets=chain.layout.assets + 1,
+        feeds=(*chain.layout.feeds, ("0x" + "11" * 20,) * 2),
+    )
+    again = chain.view().snapshot([seeded.accounts["naked"]])
+    assert again.round_trips == 4 and again.accounts == snap.accounts
 
 
 def test_websocket_connection_reads_the_same(seeded: Seeded, anvil: Anvil, chain: Chain) -> None:

@@ -380,6 +380,8 @@ class ChainView:
         return self._ch[name]
 
     def snapshot(self, accounts: Iterable[int]) -> ProtocolSnapshot:
+        """Everything about the protocol and ``accounts`` at this view's block."""
+        start = self.round_trips
         accounts = list(dict.fromkeys(accounts))
         layout = self.chain.layout
         snap = self._read(accounts, layout)
@@ -389,7 +391,7 @@ class ChainView:
             if snap is None:
                 raise BatchReadError(f"protocol layout unstable within block {self.block}")
         self.chain.layout = snap.layout
-        snap.round_trips = self.round_trips
+        snap.round_trips = self.round_trips - start
         return snap
 
     def _read_layout(self) -> Layout:
@@ -421,8 +423,9 @@ class ChainView:
             ch("liquidationConfig"),
         ]
         n_u, n_a, n_i = len(layout.feeds), layout.assets, layout.instruments
-        calls += [ch("underlyingConfig", u) for u in range(n_u)]
-        calls += [ch("assetConfig", k) for k in range(n_a)]
+        # Past the real count these revert (array index): a wrong guess, not a failure.
+        calls += [ch("underlyingConfig", u, required=False) for u in range(n_u)]
+        calls += [ch("assetConfig", k, required=False) for k in range(n_a)]
         calls += [ch("instruments", i) for i in range(1, n_i + 1)]
         calls += [ch("settlementPrice", i) for i in range(1, n_i + 1)]
         feed_addrs = list(dict.fromkeys(a for pair in layout.feeds for a in pair))
@@ -443,9 +446,12 @@ class ChainView:
         risk_bytes, rate, backstop, paused, insurance = (next(res).one() for _ in range(5))
         liq = next(res).value
         assert liq is not None
+        config_results = [next(res) for _ in range(n_u + n_a)]
+        if counts != (n_u, n_a, n_i) or not all(r.ok for r in config_results):
+            return None  # the guessed layout is not this block's (checked again below)
         unders = []
         for u in range(n_u):
-            p, max_age, liq_age, v = next(res).one()
+            p, max_age, liq_age, v = config_results[u].one()
             unders.append(
                 UnderlyingConfig(
                     u, Web3.to_checksum_address(p), max_age, liq_age, Web3.to_checksum_address(v)
@@ -453,7 +459,7 @@ class ChainView:
             )
         assets = []
         for k in range(n_a):
-            token, decimals, underlying, haircut, scale = next(res).one()
+            token, decimals, underlying, haircut, scale = config_results[n_u + k].one()
             assets.append(
                 AssetConfig(
                     k, Web3.to_checksum_address(token), decimals, underlying, haircut, scale
@@ -490,9 +496,7 @@ class ChainView:
             bals = tuple(next(res).one() for _ in range(n_a))
             accts[a] = AccountSnapshot(a, nonce, flagged, tuple(zip(ids, qs, strict=True)), bals)
 
-        if counts != (n_u, n_a, n_i) or tuple((u.price_feed, u.vol_feed) for u in unders) != (
-            layout.feeds
-        ):
+        if tuple((u.price_feed, u.vol_feed) for u in unders) != layout.feeds:
             return None
         return ProtocolSnapshot(
             block=self.block,
