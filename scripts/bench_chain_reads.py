@@ -59,6 +59,9 @@ def main() -> None:
             snap = chain.view().snapshot(accounts[:n])
             dt = time.perf_counter() - t
             rt, calls = proxy.requests, proxy.calls
+            # Transactions were sent with explicit gas (no estimate, so no exception on a
+            # revert): check that every account really holds its three positions.
+            assert all(len(snap.accounts[a].positions) == 3 for a in accounts[:n])
             t = time.perf_counter()
             for a in accounts[:n]:
                 snap.full_check(a)
