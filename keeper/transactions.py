@@ -26,9 +26,9 @@ from typing import Any
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 
+from keeper.chain.revert import decode_revert, revert_data_of
 from keeper.fees import FeePolicy, Fees
 from keeper.nonces import NonceManager
-from keeper.reverts import decode_revert
 from keeper.secrets import RedactedError, redacting_errors, scrub
 from keeper.signer import Signer
 from keeper.store import AttemptStatus, Store, StoreError, Transaction, TxAttempt, TxStatus
@@ -68,8 +68,6 @@ class TxManager:
         self.confirmations = confirmations
         self.stuck_after = timedelta(seconds=stuck_after_seconds)
         self.nonces = NonceManager(store, w3, signer.address)
-        #: Selector -> signature of protocol custom errors, for revert reasons.
-        self.known_errors: dict[bytes, str] = {}
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -339,7 +337,7 @@ class TxManager:
 
     def _revert_reason(self, tx: Transaction, block_number: int) -> str:
         """Best effort: replay the call on the parent block's state and decode the revert data
-        (``keeper.reverts``; ``self.known_errors`` adds the custom errors of the protocol's ABI).
+        (``keeper.chain.revert``: every error of abi/ and margin.errors).
         Exact when the revert does not depend on earlier transactions of the same block."""
         call = {
             "from": self.signer.address,
@@ -351,8 +349,8 @@ class TxManager:
         try:
             self.w3.eth.call(call, block_number - 1)  # type: ignore[arg-type]
         except Exception as exc:
-            data = getattr(exc, "data", None)
-            if isinstance(data, str | bytes):
-                return scrub(f"{decode_revert(data, self.known_errors)} (replayed)")
+            data = revert_data_of(exc)
+            if data is not None:
+                return scrub(f"{decode_revert(data)} (replayed)")
             return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
         return "reverted (the replay on the parent block succeeded: state-dependent revert)"
