@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Generic, NoReturn, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 T = TypeVar("T")
 
@@ -123,9 +123,11 @@ def url_secret_parts(url: str) -> list[str]:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with userinfo, key-like path segments and credential query values masked.
+    """``url`` with userinfo, the whole path and the query string masked.
 
-    Unparseable input is masked whole: a string that is not a URL may still hold a secret.
+    Hosted RPCs put API keys in any of the three (``user:pass@``, ``/v3/<key>``, ``?apikey=``)
+    and no pattern recognises every key, so nothing of them is shown: scheme, host and port are
+    what an operator needs to tell endpoints apart. Unparseable input is masked whole.
     """
     try:
         parts = urlsplit(url)
@@ -133,19 +135,15 @@ def redact_url(url: str) -> str:
     except ValueError:
         return MASK
     host = parts.hostname or ""
+    if not parts.scheme or not host:
+        return MASK
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = host + (f":{port}" if port is not None else "")
-    if parts.username or parts.password:
+    if parts.username is not None or parts.password is not None:
         netloc = f"{MASK}@{netloc}"
-    path = "/".join(MASK if _KEYLIKE_SEGMENT.match(s) else s for s in parts.path.split("/"))
-    query = urlencode(
-        [
-            (k, MASK if v and (_is_secret_query_key(k) or _KEYLIKE_SEGMENT.match(v)) else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
+    path = f"/{MASK}" if parts.path not in ("", "/") else parts.path
+    query = MASK if parts.query else ""
     return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 

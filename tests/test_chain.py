@@ -222,7 +222,7 @@ def test_redact_url() -> None:
         "https://***@rpc.example.com:8545/***?***"
     )
     assert redact_url("wss://eth.example.org/") == "wss://eth.example.org/"
-    assert redact_url("not a url") == "<redacted url>"
+    assert redact_url("not a url") == "***"
 
 
 def test_credentials_never_in_errors_or_logs(

@@ -17,7 +17,6 @@ from keeper.chain.errors import (
     RpcError,
     RpcUnavailable,
     WrongChain,
-    redact_url,
 )
 from keeper.chain.revert import DecodedRevert, decode_revert, revert_data_of
 from keeper.chain.rpc import BlockRef, Rpc, make_web3, verify_deployment
@@ -30,6 +29,7 @@ from keeper.chain.view import (
     OracleError,
     ProtocolSnapshot,
 )
+from keeper.secrets import redact_url
 
 __all__ = [
     "AbiMismatch",

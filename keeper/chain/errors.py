@@ -7,7 +7,7 @@ after it: a keeper pointed at the wrong chain or at redeployed contracts must no
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from keeper.secrets import scrub as registry_scrub
 
@@ -89,32 +89,6 @@ class BatchReadError(ChainError):
 
 
 _USERINFO = re.compile(r"//[^/@\s]*@")
-
-
-def redact_url(url: str) -> str:
-    """The URL with userinfo, path and query string replaced by ``***``: hosted RPCs put API
-    keys in any of them (``user:pass@``, ``/v3/<key>``, ``?apikey=``). Scheme, host and port
-    stay, which is what an operator needs to tell endpoints apart. Stricter than
-    keeper.secrets.redact_url (which masks only key-like segments and credential parameters):
-    a chain error names the node, never its path."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        return "<unparsable url>"
-    if not parts.scheme or not host:
-        return "<redacted url>"
-    netloc = host if ":" not in host else f"[{host}]"
-    try:
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-    except ValueError:
-        pass
-    if parts.username is not None or parts.password is not None:
-        netloc = "***@" + netloc
-    path = "/***" if parts.path not in ("", "/") else parts.path
-    query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 def secret_fragments(url: str) -> list[str]:

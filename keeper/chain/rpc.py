@@ -34,11 +34,10 @@ from keeper.chain.errors import (
     RpcError,
     RpcUnavailable,
     WrongChain,
-    redact_url,
     scrub,
 )
 from keeper.deployment import Deployment, code_hash
-from keeper.secrets import register_url
+from keeper.secrets import redact_url, register_url
 
 #: The canonical Multicall3 address (deterministic deployment on most public chains).
 CANONICAL_MULTICALL3 = "0xcA11bde05977b3631167028862bE2a173976CA11"
