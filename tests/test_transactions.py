@@ -165,7 +165,9 @@ def test_nonce_taken_by_another_sender(w3: Web3, tmp_path: object) -> None:
                     maxPriorityFeePerGas=GWEI,
                 )
             ).raw_transaction
-            w3.eth.send_raw_transaction(raw)
+            # Mined (not just pooled) before the keeper looks: the scenario is a nonce already
+            # used on chain, and anvil's automine can lag the send by a moment.
+            w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(raw))
 
         # 1. While the keeper runs: its next nonce is taken behind its back.
         foreign(first.nonce + 1)
