@@ -472,8 +472,12 @@ def test_lenient_market_matches_flag_and_liquidate_on_stale_prices(
     r = table.witness_check(inp.portfolio, witness)
     assert r.state == 2
     penalty_rate, bounty_share, _, min_bounty, max_bounty = snap.liquidation_config
-    penalty = min(mul_up(mul_up(r.requirement, WAD), penalty_rate), max(r.equity, 0))
+    full_penalty = mul_up(mul_up(r.requirement, WAD), penalty_rate)
+    penalty = min(full_penalty, max(r.equity, 0))
     bounty = min(max(mul_down(penalty, bounty_share), min_bounty), max_bounty, penalty)
+    if full_penalty > r.equity:  # a full close of a book that cannot pay: the fund tops up
+        fund = ch.functions.insuranceFund().call(block_identifier=view.block.number)
+        bounty += max(0, min(min_bounty - bounty, fund))
     nonce = snap.accounts[a].nonce
     onchain = ch.functions.liquidate(a, nonce, witness, WAD).call(
         {"from": liquidator}, block_identifier=view.block.number

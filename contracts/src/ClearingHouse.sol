@@ -268,7 +268,10 @@ contract ClearingHouse is ClearingHouseBase {
     /// (rounded to TICK against the account), quantities rounded down to LOT (all of it at 1).
     /// Penalty = fraction * MM requirement * penaltyRate (rounded up), capped at the account's
     /// positive equity; the liquidator's bounty = clamp(penalty * bountyShare, min, max),
-    /// never above the penalty; the rest goes to the insurance fund.
+    /// never above the penalty; the rest goes to the insurance fund. A full close (fraction 1)
+    /// of a book that cannot pay its penalty gets its bounty topped up to minBounty from the
+    /// insurance fund, as far as the fund holds (`InsuranceBountyPaid`). Returns the whole
+    /// bounty credited (penalty share + top-up).
     function liquidate(uint256 account, uint64 nonce, uint256[] calldata witness, int256 fraction)
         external
         returns (int256 bounty)
@@ -299,21 +302,40 @@ contract ClearingHouse is ClearingHouseBase {
     }
 
     /// @dev Penalty, bounty and insurance share of a liquidation, booked and emitted.
+    /// Insurance top-up: when the account cannot pay its full penalty (equity below it, so the
+    /// penalty is capped at max(equity, 0)) and the bounty out of that penalty is below
+    /// minBounty, the fund adds the difference, as far as it holds, but only for a call that
+    /// closes the whole book (fraction == 1: any smaller fraction rounds every position down and
+    /// leaves it open). So one top-up per insolvent book, at most minBounty: splitting the
+    /// liquidation into many calls cannot drain the fund, and a partial close of a book whose
+    /// equity is under its own penalty does not restore it anyway.
     function _chargePenalty(uint256 account, MarginResult memory r, int256 fraction) private returns (int256 bounty) {
         LiquidationConfig memory c = liquidationConfig;
+        int256 minBounty = int256(uint256(c.minBounty));
         int256 penalty = r.requirement.mulUp(fraction).mulUp(int256(uint256(c.penaltyRate)));
-        if (penalty > r.equity) penalty = r.equity > 0 ? r.equity : int256(0);
+        bool capped = penalty > r.equity;
+        if (capped) penalty = r.equity > 0 ? r.equity : int256(0);
         bounty = penalty.mulDown(int256(uint256(c.bountyShare)));
-        if (bounty < int256(uint256(c.minBounty))) bounty = int256(uint256(c.minBounty));
+        if (bounty < minBounty) bounty = minBounty;
         if (bounty > int256(uint256(c.maxBounty))) bounty = int256(uint256(c.maxBounty));
         if (bounty > penalty) bounty = penalty;
         balanceOf[account][0] -= penalty;
-        insuranceFund += penalty - bounty;
-        bounties[msg.sender] += bounty;
-        totalBounties += bounty;
+        // bounty < minBounty implies bounty == penalty (minBounty <= maxBounty), so the fund
+        // gains nothing from this penalty in exactly the case where it may pay a top-up.
+        int256 fundAfter = insuranceFund + (penalty - bounty);
         emit Liquidation(
             account, msg.sender, _bump(account), fraction, r.equity, r.requirement, penalty, bounty, penalty - bounty
         );
+        if (capped && fraction == WAD && bounty < minBounty && fundAfter > 0) {
+            int256 topUp = minBounty - bounty;
+            if (topUp > fundAfter) topUp = fundAfter;
+            fundAfter -= topUp;
+            bounty += topUp;
+            emit InsuranceBountyPaid(account, msg.sender, topUp, fundAfter);
+        }
+        insuranceFund = fundAfter;
+        bounties[msg.sender] += bounty;
+        totalBounties += bounty;
         if (bounty > 0) emit BountyCredited(msg.sender, bounty);
     }
 

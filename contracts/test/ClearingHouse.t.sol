@@ -414,6 +414,8 @@ contract ClearingHouseTest is ClearingHouseFixture {
         ch.resolveBadDebt(alice);
         uint64 nn401 = nonceOf(alice);
         ch.liquidate(alice, nn401, r.witness, 1e18);
+        // The insolvent full close took minBounty (1) from the fund for its liquidator.
+        assertEq(ch.insuranceFund(), 9e18, "bounty top-up from insurance");
         int256 debt = -ch.balanceOf(alice, 0);
         int256 wethValue = 1e17 * 1000 * 9 / 10; // 0.1 WETH at 1000 after a 10% haircut, in WAD
         int256 bkBefore = ch.balanceOf(bk, 0);
@@ -422,11 +424,124 @@ contract ClearingHouseTest is ClearingHouseFixture {
         assertEq(ch.balanceOf(alice, 1), 0, "collateral seized");
         assertEq(ch.balanceOf(bk, 1), 1e17, "backstop got the WETH");
         assertEq(ch.insuranceFund(), 0, "insurance used first");
-        int256 socialised = debt - wethValue - 10e18;
+        int256 socialised = debt - wethValue - 9e18;
         assertEq(ch.totalSocialisedLoss(), socialised, "rest socialised");
         assertEq(ch.balanceOf(bk, 0), bkBefore - wethValue - socialised, "backstop absorbs");
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NoBadDebt.selector, alice, int256(0)));
         ch.resolveBadDebt(alice);
+    }
+
+    /// Funds the insurance with `usdc6` (6-decimal units) from CAROL.
+    function _insure(uint256 usdc6) internal {
+        vm.startPrank(CAROL);
+        usdc.mint(CAROL, usdc6);
+        usdc.approve(address(ch), usdc6);
+        ch.depositInsurance(usdc6);
+        vm.stopPrank();
+    }
+
+    function test_insolventLiquidationBountyFromInsurance() public {
+        _aliceLong();
+        _insure(10e6);
+        setEth(1000e8); // equity 400 - 1000 < 0: no penalty to share
+        MarginResult memory r = fullCheckNow(alice);
+        assertTrue(r.equity < 0, "insolvent");
+        int256 aliceBefore = ch.balanceOf(alice, 0);
+        uint64 n = nonceOf(alice);
+        vm.expectEmit(true, true, true, true);
+        emit IClearingHouseEvents.Liquidation(alice, LIQ, n + 1, 1e18, r.equity, r.requirement, 0, 0, 0);
+        vm.expectEmit(true, true, true, true);
+        emit IClearingHouseEvents.InsuranceBountyPaid(alice, LIQ, 1e18, 9e18);
+        vm.expectEmit(true, true, true, true);
+        emit IClearingHouseEvents.BountyCredited(LIQ, 1e18);
+        vm.prank(LIQ);
+        int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
+        assertEq(bounty, 1e18, "minBounty");
+        assertEq(ch.bounties(LIQ), 1e18, "credited");
+        assertEq(ch.totalBounties(), 1e18, "total bounties");
+        assertEq(ch.insuranceFund(), 9e18, "paid by the fund");
+        assertEq(ch.balanceOf(alice, 0), aliceBefore + 1000e18, "account paid no penalty (sold at 1000)");
+        assertEq(heldWad(0), _sumUsdc(), "tokens held == balances + insurance + bounties");
+    }
+
+    function test_insolventLiquidationEmptyFundPaysNothing() public {
+        _aliceLong();
+        setEth(1000e8);
+        MarginResult memory r = fullCheckNow(alice);
+        uint64 n = nonceOf(alice);
+        vm.prank(LIQ);
+        int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
+        assertEq(bounty, 0, "nothing to pay from");
+        assertEq(ch.bounties(LIQ), 0, "nothing credited");
+        assertEq(ch.insuranceFund(), 0, "fund stays at zero");
+        (uint256[] memory ids,) = ch.positionsOf(alice);
+        assertEq(ids.length, 0, "the liquidation still closed the book");
+        assertEq(nonceOf(alice), n + 1, "and bumped the nonce");
+    }
+
+    function test_insolventLiquidationFundPaysWhatItHolds() public {
+        _aliceLong();
+        _insure(0.4e6);
+        setEth(1000e8);
+        MarginResult memory r = fullCheckNow(alice);
+        uint64 n = nonceOf(alice);
+        vm.prank(LIQ);
+        int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
+        assertEq(bounty, 0.4e18, "the whole fund, no more");
+        assertEq(ch.insuranceFund(), 0, "never below zero");
+        assertEq(heldWad(0), _sumUsdc(), "tokens held == balances + insurance + bounties");
+    }
+
+    /// Equity positive but below the penalty: the penalty is the whole equity, the fund tops
+    /// the bounty up to minBounty (bounty = penalty share first, then the fund the rest).
+    function test_cappedPenaltyTopUpToMinBounty() public {
+        vm.prank(GOV);
+        adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(5e17, 5e17, 1 hours, 50e18, 60e18));
+        _aliceLong();
+        _insure(100e6);
+        setEth(1620e8); // equity ~ 20 < MM * 50%
+        MarginResult memory r = fullCheckNow(alice);
+        assertTrue(r.equity > 0, "solvent");
+        assertTrue(r.equity < 50e18, "equity below minBounty");
+        uint64 n = nonceOf(alice);
+        vm.prank(LIQ);
+        int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
+        assertEq(bounty, 50e18, "topped up to minBounty");
+        assertEq(ch.insuranceFund(), 100e18 - (50e18 - r.equity), "fund paid minBounty - equity");
+        assertEq(heldWad(0), _sumUsdc(), "tokens held == balances + insurance + bounties");
+    }
+
+    /// Splitting: partial calls earn no top-up, only the call that closes the book does, once;
+    /// the fund pays at most minBounty for the whole book.
+    function test_splitLiquidationTopUpBounded() public {
+        _aliceLong();
+        _insure(10e6);
+        setEth(1000e8);
+        int256 total;
+        for (uint256 i; i < 5; ++i) {
+            MarginResult memory ri = fullCheckNow(alice);
+            uint64 ni = nonceOf(alice);
+            vm.prank(LIQ);
+            total += ch.liquidate(alice, ni, ri.witness, 5e17);
+        }
+        assertEq(total, 0, "partial calls on an insolvent book earn nothing");
+        assertEq(ch.insuranceFund(), 10e18, "fund untouched by partial calls");
+        MarginResult memory r = fullCheckNow(alice);
+        uint64 n = nonceOf(alice);
+        vm.prank(LIQ);
+        total += ch.liquidate(alice, n, r.witness, 1e18);
+        assertEq(total, 1e18, "one minBounty for the whole book");
+        assertEq(ch.insuranceFund(), 9e18, "fund paid once");
+        n = nonceOf(alice);
+        vm.prank(LIQ);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NothingToLiquidate.selector, alice));
+        ch.liquidate(alice, n, r.witness, 1e18);
+    }
+
+    /// The settlement token held, in WAD, against what the books owe (USDC: 12 decimals short).
+    function _sumUsdc() internal view returns (int256 s) {
+        s = ch.balanceOf(alice, 0) + ch.balanceOf(bob, 0) + ch.balanceOf(bk, 0) + ch.insuranceFund()
+            + ch.totalBounties();
     }
 
     // ================================================================== settlement

@@ -33,6 +33,7 @@ contract Handler is TestBase {
     // Ghosts.
     uint256 public healthyLiquidated; // a liquidation or flag of an account passing the full check
     uint256 public liquidationWorseThanModel;
+    uint256 public topUpOutOfBounds; // the fund paid a bounty beyond minBounty, or on a partial close
     uint256 public unauthorisedSucceeded;
     uint256 public liquidations;
     uint256 public trades;
@@ -146,6 +147,10 @@ contract Handler is TestBase {
         try ch.liquidate(acct, nonce, r.witness, fraction) returns (int256) {
             ++liquidations;
             if (r.state == 0) ++healthyLiquidated;
+            // The fund only ever gives on a full close, at most minBounty per call.
+            int256 fromFund = insuranceBefore - ch.insuranceFund();
+            (,,, uint128 minBounty,) = ch.liquidationConfig();
+            if (fromFund > 0 && (fraction != 1e18 || fromFund > int256(uint256(minBounty)))) ++topUpOutOfBounds;
             // The account loses at most the penalty plus the TICK rounding of the marks.
             int256 penalty = ch.insuranceFund() - insuranceBefore + ch.totalBounties() - bountiesBefore;
             (uint256[] memory ids,) = ch.positionsOf(acct);
@@ -337,6 +342,10 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
 
     function invariant_liquidationWithinModel() public view {
         assertEq(handler.liquidationWorseThanModel(), 0, "liquidation cost more than penalty + rounding");
+    }
+
+    function invariant_insuranceTopUpBounded() public view {
+        assertEq(handler.topUpOutOfBounds(), 0, "insurance paid a bounty beyond the bound");
     }
 
     function invariant_unauthorisedCallsChangeNothing() public view {

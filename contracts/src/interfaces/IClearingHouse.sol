@@ -39,6 +39,11 @@ interface IClearingHouseEvents {
         int256 bounty,
         int256 toInsurance
     );
+    /// @notice The insurance fund topped up a liquidator's bounty to minBounty (full close of
+    /// a book that could not pay its penalty); `fund` is the insurance fund left. Comes after
+    /// `Liquidation` (whose `bounty` is the penalty share only) and before `BountyCredited`
+    /// (the whole amount credited).
+    event InsuranceBountyPaid(uint256 indexed account, address indexed liquidator, int256 amount, int256 fund);
     event BadDebtResolved(uint256 indexed account, int256 debt, int256 fromInsurance, int256 socialised);
     event CollateralSeized(uint256 indexed account, uint256 indexed asset, int256 amount, int256 paid);
     event InstrumentListed(uint256 indexed instrument, uint256 underlying, uint8 kind, int256 strike, uint64 expiry);
