@@ -178,31 +178,16 @@ contract FixedPointGasProbe {
 contract FixedPointGas is TestBase {
     FixedPointGasProbe internal p = new FixedPointGasProbe();
 
-    function _g1(bytes4 sel, int256 x) private view returns (uint256 used) {
-        bytes memory data = abi.encodeWithSelector(sel, x);
-        address target = address(p);
-        uint256 g = gasleft();
-        (bool ok,) = target.staticcall(data);
-        used = g - gasleft();
-        require(ok, "probe reverted");
+    function _g1(bytes4 sel, int256 x) private view returns (uint256) {
+        return staticcallGas(address(p), abi.encodeWithSelector(sel, x));
     }
 
-    function _g2(bytes4 sel, int256 a, int256 b) private view returns (uint256 used) {
-        bytes memory data = abi.encodeWithSelector(sel, a, b);
-        address target = address(p);
-        uint256 g = gasleft();
-        (bool ok,) = target.staticcall(data);
-        used = g - gasleft();
-        require(ok, "probe reverted");
+    function _g2(bytes4 sel, int256 a, int256 b) private view returns (uint256) {
+        return staticcallGas(address(p), abi.encodeWithSelector(sel, a, b));
     }
 
-    function _g3(bytes4 sel, int256 a, int256 b, int256 c) private view returns (uint256 used) {
-        bytes memory data = abi.encodeWithSelector(sel, a, b, c);
-        address target = address(p);
-        uint256 g = gasleft();
-        (bool ok,) = target.staticcall(data);
-        used = g - gasleft();
-        require(ok, "probe reverted");
+    function _g3(bytes4 sel, int256 a, int256 b, int256 c) private view returns (uint256) {
+        return staticcallGas(address(p), abi.encodeWithSelector(sel, a, b, c));
     }
 
     function _rec1(string memory name, bytes4 sel, int256 x) private {

@@ -116,13 +116,8 @@ contract NormalDistGasProbe {
 contract NormalDistGas is TestBase {
     NormalDistGasProbe internal p = new NormalDistGasProbe();
 
-    function _g(bytes4 sel, int256 x) private view returns (uint256 used) {
-        bytes memory data = abi.encodeWithSelector(sel, x);
-        address target = address(p);
-        uint256 g = gasleft();
-        (bool ok,) = target.staticcall(data);
-        used = g - gasleft();
-        require(ok, "probe reverted");
+    function _g(bytes4 sel, int256 x) private view returns (uint256) {
+        return staticcallGas(address(p), abi.encodeWithSelector(sel, x));
     }
 
     function _cost(int256 x) private view returns (uint256) {

@@ -219,12 +219,7 @@ contract OptionPricingGas is TestBase {
         view
         returns (uint256 used)
     {
-        bytes memory data = abi.encodeWithSelector(sel, isCall, s, k, t, v, r);
-        address target = address(p);
-        uint256 g = gasleft();
-        (bool ok,) = target.staticcall(data);
-        used = g - gasleft();
-        require(ok, "probe reverted");
+        used = staticcallGas(address(p), abi.encodeWithSelector(sel, isCall, s, k, t, v, r));
     }
 
     function _rec(string memory name, bytes4 sel, bool isCall, int256 s, int256 k, uint256 t, int256 v, int256 r)

@@ -2,6 +2,7 @@
 pragma solidity 0.8.30;
 
 import {TestBase} from "./TestBase.sol";
+import {MarginPresets} from "./MarginPresets.sol";
 import {ClearingHouse} from "../../src/ClearingHouse.sol";
 import {ClearingHouseAdmin} from "../../src/ClearingHouseAdmin.sol";
 import {ClearingHouseBase} from "../../src/ClearingHouseBase.sol";
@@ -54,26 +55,10 @@ abstract contract ClearingHouseFixture is TestBase {
     uint256 internal ethPut;
     uint64 internal expiry;
 
-    function spanLike() internal pure returns (UnderlyingParams memory u) {
-        u.priceRange = 15e16;
-        u.moveSteps = 3;
-        u.volShiftBase = 8e16;
-        u.volRefTime = 30 days;
-        u.volMinTime = 1 days;
-        u.volExponent = 5e17;
-        u.volFloor = 1e16;
-        u.extended = new ExtendedMove[](2);
-        u.extended[0] = ExtendedMove(45e16, 1, 35e16);
-        u.extended[1] = ExtendedMove(-45e16, 1, 35e16);
-        u.shortOptionCharge = 5e15;
-        u.calendarCharge = 5e15;
-        u.vegaCharge = 1e16;
-    }
-
     function defaultParams() internal pure returns (RiskParams memory p) {
         p.underlyings = new UnderlyingParams[](2);
-        p.underlyings[0] = spanLike();
-        p.underlyings[1] = spanLike();
+        p.underlyings[0] = MarginPresets.spanLike();
+        p.underlyings[1] = MarginPresets.spanLike();
         p.assets = new AssetParams[](2);
         p.assets[0] = AssetParams(0, PortfolioMargin.STABLE);
         p.assets[1] = AssetParams(1e17, 0);

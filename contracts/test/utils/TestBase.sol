@@ -34,6 +34,15 @@ abstract contract TestBase {
         if (a < b) revert AssertLe(what, b, a);
     }
 
+    /// @dev Gas of one staticcall of `data` to `target` (call, ABI and dispatch included): the
+    /// gas probes subtract an identity wrapper's figure to get a function's internal cost.
+    function staticcallGas(address target, bytes memory data) internal view returns (uint256 used) {
+        uint256 g = gasleft();
+        (bool ok,) = target.staticcall(data);
+        used = g - gasleft();
+        require(ok, "probe reverted");
+    }
+
     /// @dev Maps x into [lo, hi] (inclusive), uniformly enough for fuzzing.
     function bound(int256 x, int256 lo, int256 hi) internal pure returns (int256) {
         unchecked {
