@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Keeper TOML configuration")]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Decentralized clearing keeper")
 
@@ -27,13 +30,54 @@ def demo() -> None:
 
 @app.command()
 def margin(
-    portfolio: Annotated[Path, typer.Argument(help="Portfolio file (docs/portfolio-format.md)")],
+    portfolio: Annotated[
+        Path | None, typer.Argument(help="Portfolio file (docs/portfolio-format.md)")
+    ] = None,
+    account: Annotated[
+        str | None, typer.Option("--account", help="On-chain account id (decimal or 0x-hex)")
+    ] = None,
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Keeper TOML configuration (with --account)")
+    ] = Path("keeper.toml"),
+    block: Annotated[str, typer.Option("--block", help="Block number or tag")] = "latest",
     as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON")] = False,
 ) -> None:
-    """Explain the margin of a portfolio file: scenario losses, requirement, witness, Greeks."""
+    """Explain the margin of a portfolio file, or of an on-chain account (--account) checked
+    against the on-chain verifier at the same block."""
+    if (portfolio is None) == (account is None):
+        sys.stderr.write("error: UsageError: give a portfolio file or --account, not both\n")
+        raise SystemExit(2)
+    if account is not None:
+        from keeper.margin_account import run as run_account
+
+        raise SystemExit(run_account(config, account, block, as_json))
     from keeper.margin_cmd import run
 
+    assert portfolio is not None
     raise SystemExit(run(portfolio, as_json))
+
+
+@app.command()
+def run(
+    config: ConfigOption = Path("keeper.toml"),
+    progress: Annotated[bool, typer.Option(help="Progress bar during the backfill")] = True,
+    log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")] = "INFO",
+) -> None:
+    """Run the keeper: index, margin, decide and submit until SIGTERM/SIGINT."""
+    from keeper.run_cmd import run_keeper
+
+    raise SystemExit(run_keeper(config, progress=progress, log_level=log_level))
+
+
+@app.command()
+def status(
+    config: ConfigOption = Path("keeper.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """What the keeper sees: accounts by health, open transactions, lag, bounty and gas."""
+    from keeper.run_cmd import show_status
+
+    raise SystemExit(show_status(config, as_json=as_json))
 
 
 def main() -> None:

@@ -195,8 +195,31 @@ class DecisionsConfig(_Section):
     block_poll_interval_seconds: PositiveSeconds = 2.0
 
 
+class IndexerConfig(_Section):
+    #: Blocks per eth_getLogs request (halved on a node's range/result cap, down to 1).
+    chunk_blocks: int = Field(default=2_000, ge=1, le=1_000_000)
+
+
+class ServiceConfig(_Section):
+    #: No new block processed for this long: unhealthy, then the keeper exits non-zero so a
+    #: supervisor restarts it (a dead filter or a stalled node must not go unnoticed).
+    watchdog_seconds: PositiveSeconds = 120.0
+    #: Start-up and periodic check of the indexed state against the chain (0 disables the
+    #: periodic one; the start-up check always runs).
+    consistency_interval_seconds: float = Field(default=600.0, ge=0, le=86_400 * 7)
+    #: Catch-up pass for expired instruments (settlement also runs when a block passes an
+    #: expiry).
+    settle_interval_seconds: PositiveSeconds = 60.0
+    #: Risk-parameter recalibration hook (0 = off): calls the configured recalibrator.
+    recalibrate_interval_seconds: float = Field(default=0.0, ge=0, le=86_400 * 7)
+    #: Read-only mode: assess and record, never send (no signer needed).
+    dry_run: bool = False
+
+
 class MetricsConfig(_Section):
     bind: str = "127.0.0.1:9108"
+    #: Serve /metrics and /health at all.
+    enabled: bool = True
 
     @field_validator("bind")
     @classmethod
@@ -223,6 +246,8 @@ class KeeperConfig(_Section):
     fees: FeesConfig = FeesConfig()
     decisions: DecisionsConfig = DecisionsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    indexer: IndexerConfig = IndexerConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 # --- loading ---------------------------------------------------------------------------------

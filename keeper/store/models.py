@@ -129,6 +129,8 @@ class Transaction(SQLModel, table=True):
     gas_used: int | None = Field(default=None, sa_type=BigInteger)
     effective_gas_price: int | None = Field(default=None, sa_type=BigInt)
     revert_reason: str | None = Field(default=None, sa_type=ScrubbedText)
+    #: Bounty credited to the sender by the final receipt (asset-0 WAD; BountyCredited events).
+    bounty: int | None = Field(default=None, sa_type=BigInt)
 
 
 class TxAttempt(SQLModel, table=True):

@@ -1,0 +1,176 @@
+"""Prometheus metrics and the health endpoint of a running keeper.
+
+One registry per service (never the process-global one: tests run several keepers in one
+process). ``MetricsServer`` serves ``/metrics`` (Prometheus text format) and ``/health`` (JSON,
+HTTP 200 when healthy, 503 otherwise) from a daemon thread on ``metrics.bind``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+ACCOUNT_STATES = (
+    "healthy",
+    "margin_call",
+    "flagged_grace",
+    "liquidatable",
+    "settleable",
+    "bad_debt",
+    "no_price",
+    "empty",
+)
+
+
+class KeeperMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.accounts = Gauge("keeper_accounts", "Accounts by margin state", ["state"], registry=r)
+        self.known_accounts = Gauge("keeper_known_accounts", "Accounts indexed", registry=r)
+        self.decisions = Counter(
+            "keeper_decisions", "Decisions recorded, by action", ["action"], registry=r
+        )
+        self.skipped = Counter(
+            "keeper_actions_skipped", "Actions not sent, by reason", ["reason"], registry=r
+        )
+        self.transactions = Counter(
+            "keeper_transactions", "Transactions sent or settled, by status", ["status"], registry=r
+        )
+        self.bounty = Counter(
+            "keeper_bounty_earned_wad",
+            "Liquidation bounty credited to this keeper (asset-0 WAD)",
+            registry=r,
+        )
+        self.gas_spent = Counter(
+            "keeper_gas_spent_wei", "Gas fees paid by mined transactions (wei)", registry=r
+        )
+        self.gas_used = Counter("keeper_gas_used", "Gas used by mined transactions", registry=r)
+        self.head = Gauge("keeper_chain_head_block", "Latest block seen on the chain", registry=r)
+        self.indexed = Gauge("keeper_indexed_block", "Last block indexed and margined", registry=r)
+        self.lag = Gauge("keeper_lag_blocks", "Chain head minus last processed block", registry=r)
+        self.rpc_errors = Counter(
+            "keeper_rpc_errors",
+            "RPC failures seen by the keeper loop, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.oracle_rejections = Counter(
+            "keeper_oracle_rejections",
+            "Accounts not acted on because an oracle answer was rejected",
+            registry=r,
+        )
+        self.block_seconds = Histogram(
+            "keeper_block_seconds",
+            "Time to process one block (index, margin, decide, submit)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.pending_tx = Gauge("keeper_pending_transactions", "Open transactions", registry=r)
+        self.reorgs = Counter("keeper_reorgs", "Reorganisations rolled back", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass
+class Health:
+    """What /health reports; updated by the service loop, read by the HTTP thread."""
+
+    started_at: float = field(default_factory=time.time)
+    last_block: int | None = None
+    last_block_at: float | None = None
+    lag_blocks: int = 0
+    last_error: str | None = None
+    stalled: bool = False
+    stopping: bool = False
+    max_block_age: float = 60.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def block(self, number: int, lag: int) -> None:
+        with self._lock:
+            if number != self.last_block:
+                self.last_block_at = time.time()
+            self.last_block = number
+            self.lag_blocks = lag
+            self.last_error = None
+
+    def error(self, message: str) -> None:
+        with self._lock:
+            self.last_error = message
+
+    def snapshot(self) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            now = time.time()
+            since = None if self.last_block_at is None else now - self.last_block_at
+            ok = (
+                not self.stalled
+                and not self.stopping
+                and self.last_block is not None
+                and (since is None or since <= self.max_block_age)
+            )
+            return ok, {
+                "status": "ok" if ok else "unhealthy",
+                "last_block": self.last_block,
+                "seconds_since_new_block": None if since is None else round(since, 3),
+                "lag_blocks": self.lag_blocks,
+                "last_error": self.last_error,
+                "stalled": self.stalled,
+                "stopping": self.stopping,
+                "uptime_seconds": round(now - self.started_at, 3),
+            }
+
+
+class MetricsServer:
+    """``/metrics`` and ``/health`` on a daemon thread; ``port`` 0 picks a free port."""
+
+    def __init__(
+        self, metrics: KeeperMetrics, health: Health | Callable[[], Health], host: str, port: int
+    ) -> None:
+        get_health = health if callable(health) else (lambda: health)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, CONTENT_TYPE_LATEST, metrics.render())
+                elif path in ("/health", "/healthz"):
+                    ok, body = get_health().snapshot()
+                    self._reply(200 if ok else 503, "application/json", json.dumps(body).encode())
+                else:
+                    self._reply(404, "text/plain", b"not found\n")
+
+            def _reply(self, status: int, ctype: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:  # keep scrapes out of the logs
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="keeper-metrics", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,437 @@
+"""The long-running keeper: index, margin, decide, submit (SPEC §6).
+
+``KeeperService`` wires the parts together — verified chain connection, store, signer and
+transaction manager, indexer, decision core, metrics — and runs them as APScheduler jobs:
+
+- **block loop** (every ``decisions.block_poll_interval_seconds``): poll the head *by number*
+  (no server-side filter that can silently disappear), index the new blocks (reorgs rolled
+  back), re-margin the accounts they affect, act, follow open transactions; settle instruments
+  when a block passes an expiry;
+- **full sweep** (``decisions.sweep_interval_seconds``): every indexed account re-margined;
+- **consistency check** (``service.consistency_interval_seconds``): indexed state vs chain;
+- **settlement catch-up** (``service.settle_interval_seconds``);
+- **recalibration hook** (``service.recalibrate_interval_seconds``, off by default).
+
+All jobs run on one worker thread, so they never interleave their reads and writes. SIGTERM or
+SIGINT stops the scheduler after the job in progress (every job's writes are transactional, so
+nothing is half-recorded) and closes the store. A **watchdog** turns the keeper unhealthy and
+stops it with exit status 3 when no new block has been processed for
+``service.watchdog_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from web3.logs import DISCARD
+
+from keeper.chain import Chain, ChainError
+from keeper.chain.rpc import BlockRef
+from keeper.config import KeeperConfig
+from keeper.deployment import clearing_house_abi, load_deployment
+from keeper.metrics import ACCOUNT_STATES, Health, KeeperMetrics, MetricsServer
+from keeper.secrets import scrub
+from keeper.store import Store
+
+log = logging.getLogger("keeper.service")
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_STALLED = 3
+
+Recalibrator = Callable[["KeeperService"], None]
+
+
+@dataclass
+class TickReport:
+    head: int
+    processed: bool
+    touched: int = 0
+    assessed: int = 0
+    actions: list[str] = field(default_factory=list)
+    reorg_from: int | None = None
+    seconds: float = 0.0
+
+
+class KeeperService:
+    def __init__(
+        self,
+        config: KeeperConfig,
+        *,
+        progress: bool = False,
+        recalibrator: Recalibrator | None = None,
+    ) -> None:
+        self.config = config
+        self.progress = progress
+        self.recalibrator = recalibrator
+        self.metrics = KeeperMetrics()
+        self.health = Health(max_block_age=config.service.watchdog_seconds)
+        self.exit_status = EXIT_OK
+        self._stop = threading.Event()
+        self._last_processed: int | None = None
+        self._last_progress_at = time.monotonic()
+        self._accounted: set[int] = set()
+        self._server: MetricsServer | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self.store: Store | None = None
+        self.chain: Chain | None = None
+        self.txm: Any = None
+        self.indexer: Any = None
+        self.core: Any = None
+        self.address: str | None = None
+
+    # --- start-up ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect and verify everything, catch up with the chain; raises on any mismatch
+        before a single transaction is sent."""
+        from keeper.core import KeeperCore
+        from keeper.indexer import Indexer
+
+        cfg = self.config
+        deployment = load_deployment(cfg.deployment.file)
+        self.chain = Chain.from_config(cfg.rpc, deployment)
+        self.store = Store.open(cfg.store.url)
+        if cfg.service.dry_run or cfg.signer is None:
+            if not cfg.service.dry_run:
+                log.warning("no [signer] configured: running read-only (assess and record)")
+            self.txm = None
+            self.address = None
+        else:
+            self.txm, self.address = self._make_txm()
+        self.indexer = Indexer(
+            self.chain,
+            self.store,
+            confirmations=cfg.decisions.confirmations,
+            chunk_blocks=cfg.indexer.chunk_blocks,
+            progress=self.progress,
+        )
+        self.core = KeeperCore(
+            self.chain,
+            self.store,
+            self.txm,
+            policy_from_config(cfg),
+            liquidator=self.address or "0x0000000000000000000000000000000000000000",
+        )
+        if self.txm is not None:
+            self.txm.start()
+        head = self.chain.head()
+        log.info("backfill", extra={"to_block": head.number})
+        self.indexer.sync(head)
+        self.consistency()
+        self._process(head, sweep=True)
+
+    def _make_txm(self) -> tuple[Any, str]:
+        from keeper.fees import FeePolicy
+        from keeper.signer import load_signer
+        from keeper.transactions import TxManager
+
+        cfg = self.config
+        assert cfg.signer is not None and self.chain is not None and self.store is not None
+        signer = load_signer(cfg.signer)
+        txm = TxManager(
+            self.store,
+            self.chain.w3,
+            signer,
+            FeePolicy(cfg.fees),
+            chain_id=cfg.rpc.chain_id,
+            confirmations=cfg.decisions.confirmations,
+            stuck_after_seconds=cfg.fees.stuck_after_seconds,
+        )
+        return txm, signer.address
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def tick(self) -> TickReport | None:
+        """The block loop: one poll of the head; processes it when it is new."""
+        return self._guard("block", self._tick)
+
+    def _tick(self) -> TickReport:
+        assert self.chain is not None
+        head = self.chain.head()
+        self.metrics.head.set(head.number)
+        if self._last_processed is not None and head.number == self._last_processed:
+            if self.txm is not None:
+                self._follow_transactions()
+            self._watch(head)
+            return TickReport(head.number, processed=False)
+        return self._process(head)
+
+    def _process(self, head: BlockRef, *, sweep: bool = False) -> TickReport:
+        assert self.chain is not None and self.indexer is not None and self.core is not None
+        t0 = time.perf_counter()
+        synced = self.indexer.sync(head)
+        if synced.reorg_from is not None:
+            self.metrics.reorgs.inc()
+            log.warning("reorg rolled back", extra={"from_block": synced.reorg_from})
+        view = self.chain.view(head)
+        known = self.indexer.known_accounts()
+        report = self.core.on_block(
+            view,
+            set(synced.touched_accounts),
+            known,
+            bool(synced.market_changed),
+            sweep=sweep,
+        )
+        actions = list(report.actions_sent)
+        if self._expiry_due(head) or synced.listed_instruments or synced.settled_instruments:
+            settled = self.core.settle_expired(view)
+            actions += list(settled.actions_sent)
+            self._record(settled)
+        self._record(report)
+        if self.txm is not None:
+            self._follow_transactions()
+        self._last_processed = head.number
+        self._last_progress_at = time.monotonic()
+        self.metrics.known_accounts.set(len(known))
+        self.metrics.indexed.set(head.number)
+        self.metrics.lag.set(0)
+        self.health.block(head.number, 0)
+        seconds = time.perf_counter() - t0
+        self.metrics.block_seconds.observe(seconds)
+        out = TickReport(
+            head.number,
+            processed=True,
+            touched=len(synced.touched_accounts),
+            assessed=report.accounts_assessed,
+            actions=actions,
+            reorg_from=synced.reorg_from,
+            seconds=seconds,
+        )
+        log.info(
+            "block",
+            extra={
+                "block": head.number,
+                "touched": out.touched,
+                "assessed": out.assessed,
+                "actions": actions,
+                "by_state": dict(report.by_state),
+                "ms": round(seconds * 1000, 1),
+            },
+        )
+        return out
+
+    def sweep(self) -> TickReport | None:
+        """Every indexed account re-margined at the head."""
+        assert self.chain is not None
+        return self._guard("sweep", lambda: self._process(self.chain.head(), sweep=True))
+
+    def settle(self) -> None:
+        def run() -> None:
+            assert self.chain is not None and self.core is not None
+            self._record(self.core.settle_expired(self.chain.view()))
+
+        self._guard("settle", run)
+
+    def consistency(self) -> None:
+        """Indexed state against on-chain state (batched); mismatching accounts are re-margined
+        from the chain at once, and a re-index is forced when whole events are missing."""
+
+        def run() -> None:
+            assert self.chain is not None and self.indexer is not None and self.core is not None
+            view = self.chain.view()
+            report = self.indexer.check_consistency(view)
+            if getattr(report, "ok", True):
+                return
+            log.error("indexed state disagrees with the chain", extra={"report": str(report)})
+            accounts = set(_mismatched_accounts(report))
+            self.core.on_block(view, accounts, self.indexer.known_accounts(), True, sweep=True)
+
+        self._guard("consistency", run)
+
+    def recalibrate(self) -> None:
+        def run() -> None:
+            if self.recalibrator is None:
+                log.info("recalibration hook: no recalibrator configured")
+                return
+            self.recalibrator(self)
+
+        self._guard("recalibrate", run)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _follow_transactions(self) -> None:
+        """Follow open transactions; a transaction that became final is accounted once: gas
+        paid, status, and the bounty its receipt credited to us (recorded on the row)."""
+        assert self.txm is not None and self.store is not None
+        for tx in self.txm.poll():
+            if not tx.final or tx.id is None or tx.id in self._accounted:
+                continue
+            self._accounted.add(tx.id)
+            self.metrics.transactions.labels(str(tx.status)).inc()
+            if tx.gas_used is not None and tx.effective_gas_price is not None:
+                self.metrics.gas_used.inc(tx.gas_used)
+                self.metrics.gas_spent.inc(tx.gas_used * tx.effective_gas_price)
+            if tx.mined_hash and str(tx.status) == "final":
+                bounty = self._bounty_of(tx.mined_hash)
+                self.store.update_transaction(tx.id, bounty=bounty)
+                if bounty:
+                    self.metrics.bounty.inc(bounty)
+        self.metrics.pending_tx.set(len(self.store.open_transactions(self.txm.signer.address)))
+
+    def _bounty_of(self, tx_hash: str) -> int:
+        """Σ BountyCredited(us, amount) in the receipt: what the chain actually paid."""
+        assert self.chain is not None and self.address is not None
+        receipt = self.chain.w3.eth.get_transaction_receipt(tx_hash)
+        event = self.chain.w3.eth.contract(
+            address=self.chain.clearing_house, abi=clearing_house_abi()
+        ).events.BountyCredited()
+        total = 0
+        for entry in event.process_receipt(receipt, errors=DISCARD):
+            if entry["args"]["liquidator"].lower() == self.address.lower():
+                total += int(entry["args"]["amount"])
+        return total
+
+    def _record(self, report: Any) -> None:
+        for state in ACCOUNT_STATES:
+            if state in report.by_state or report.accounts_assessed:
+                self.metrics.accounts.labels(state).set(report.by_state.get(state, 0))
+        for action in report.actions_sent:
+            self.metrics.decisions.labels(action.split(":", 1)[0]).inc()
+        for reason, n in report.skipped.items():
+            self.metrics.skipped.labels(reason).inc(n)
+
+    def _expiry_due(self, head: BlockRef) -> bool:
+        nxt = getattr(self.core, "next_expiry", None)
+        return nxt is not None and nxt <= head.timestamp
+
+    def _watch(self, head: BlockRef) -> None:
+        idle = time.monotonic() - self._last_progress_at
+        if idle > self.config.service.watchdog_seconds:
+            self._stall(f"no new block for {idle:.0f} s (head {head.number})")
+
+    def _stall(self, why: str) -> None:
+        log.error("watchdog: keeper stalled, stopping", extra={"reason": why})
+        self.health.stalled = True
+        self.exit_status = EXIT_STALLED
+        self._stop.set()
+
+    def _guard(self, job: str, fn: Callable[[], Any]) -> Any:
+        """Run one job; a chain fault is counted, logged and retried at the next run (the
+        watchdog catches one that never heals); nothing escapes into the scheduler."""
+        try:
+            return fn()
+        except ChainError as exc:
+            self.metrics.rpc_errors.labels(type(exc).__name__).inc()
+            self.health.error(scrub(f"{type(exc).__name__}: {exc}"))
+            log.warning("chain fault in job", extra={"job": job, "error": scrub(str(exc))})
+        except Exception as exc:
+            self.metrics.rpc_errors.labels(type(exc).__name__).inc()
+            self.health.error(scrub(f"{type(exc).__name__}: {exc}"))
+            log.exception("job failed", extra={"job": job})
+        if time.monotonic() - self._last_progress_at > self.config.service.watchdog_seconds:
+            self._stall(f"job {job} keeps failing")
+        return None
+
+    # --- running -----------------------------------------------------------------------------
+
+    def start_metrics(self) -> int | None:
+        m = self.config.metrics
+        if not m.enabled:
+            return None
+        self._server = MetricsServer(self.metrics, self.health, m.host, m.port).start()
+        return self._server.port
+
+    def schedule(self) -> BackgroundScheduler:
+        cfg = self.config
+        sched = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+        sched.add_job(
+            self.tick,
+            "interval",
+            seconds=cfg.decisions.block_poll_interval_seconds,
+            id="block",
+        )
+        sched.add_job(
+            self.sweep, "interval", seconds=cfg.decisions.sweep_interval_seconds, id="sweep"
+        )
+        sched.add_job(
+            self.settle, "interval", seconds=cfg.service.settle_interval_seconds, id="settle"
+        )
+        if cfg.service.consistency_interval_seconds > 0:
+            sched.add_job(
+                self.consistency,
+                "interval",
+                seconds=cfg.service.consistency_interval_seconds,
+                id="consistency",
+            )
+        if cfg.service.recalibrate_interval_seconds > 0:
+            sched.add_job(
+                self.recalibrate,
+                "interval",
+                seconds=cfg.service.recalibrate_interval_seconds,
+                id="recalibrate",
+            )
+        self._scheduler = sched
+        return sched
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, *, install_signals: bool = True) -> int:
+        """Open, schedule, serve until SIGTERM/SIGINT (or ``stop()``, or the watchdog);
+        returns the exit status."""
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
+        self.start_metrics()
+        try:
+            self.open()
+        except Exception:
+            self.close()
+            raise
+        sched = self.schedule()
+        sched.start()
+        log.info("keeper running", extra={"address": self.address})
+        try:
+            while not self._stop.wait(0.5):
+                if time.monotonic() - self._last_progress_at > self.config.service.watchdog_seconds:
+                    # A job stuck inside an RPC call never returns to _guard: check here too.
+                    self._stall("block loop made no progress")
+        finally:
+            self.health.stopping = True
+            log.info("stopping: waiting for the job in progress")
+            sched.shutdown(wait=True)
+            self.close()
+        return self.exit_status
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("signal received, stopping", extra={"signal": signal.Signals(signum).name})
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self.chain is not None:
+            self.chain.close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+def _mismatched_accounts(report: Any) -> list[int]:
+    items = getattr(report, "mismatched_accounts", None) or getattr(report, "mismatches", [])
+    out = []
+    for m in items:
+        acct = m if isinstance(m, int) else getattr(m, "account", None)
+        if isinstance(acct, int):
+            out.append(acct)
+    return out
+
+
+def policy_from_config(config: KeeperConfig) -> Any:
+    from keeper.decisions import DecisionPolicy
+
+    return DecisionPolicy.from_config(config.decisions)
