@@ -21,9 +21,29 @@ def _root() -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    accounts: Annotated[int, typer.Option(help="Accounts to seed", min=1, max=5000)] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the books and of the market path")] = 7,
+    duration: Annotated[
+        float, typer.Option(help="Seconds of scripted market (1-second blocks)", min=5)
+    ] = 120.0,
+    out: Annotated[Path, typer.Option(help="Folder for the state dump, database, summary")] = Path(
+        "var/demo"
+    ),
+    live: Annotated[bool, typer.Option(help="Live terminal view")] = True,
+) -> None:
+    """The keeper on a local devnet: deploy, seed a market, play drift / vol spike / crash /
+    recovery / expiry, and watch the keeper flag, liquidate and settle."""
+    from keeper.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(accounts=accounts, seed=seed, duration=duration, out=out, live=live)
+    raise SystemExit(run_demo(opts))
+
+
+@app.command("parity-demo")
+def parity_demo() -> None:
     """Start anvil, deploy the math harness and print primitives computed both ways."""
-    from keeper.demo import run_demo
+    from keeper.parity_demo import run_demo
 
     raise SystemExit(run_demo())
 

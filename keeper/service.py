@@ -25,6 +25,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,9 @@ class KeeperService:
         self._last_processed: int | None = None
         self._last_progress_at = time.monotonic()
         self._accounted: set[int] = set()
+        #: Latest state of every assessed account (for status views), and actions sent so far.
+        self.states: dict[int, str] = {}
+        self.actions: Counter[str] = Counter()
         self._server: MetricsServer | None = None
         self._scheduler: BackgroundScheduler | None = None
         self.store: Store | None = None
@@ -294,10 +298,17 @@ class KeeperService:
         for state in ACCOUNT_STATES:
             if state in report.by_state or report.accounts_assessed:
                 self.metrics.accounts.labels(state).set(report.by_state.get(state, 0))
+        self.states.update(getattr(report, "states", {}) or {})
         for action in report.actions_sent:
-            self.metrics.decisions.labels(action.split(":", 1)[0]).inc()
+            kind = action.split(":", 1)[0]
+            self.actions[kind] += 1
+            self.metrics.decisions.labels(kind).inc()
         for reason, n in report.skipped.items():
             self.metrics.skipped.labels(reason).inc(n)
+
+    @property
+    def last_by_state(self) -> dict[str, int]:
+        return dict(Counter(self.states.values()))
 
     def _expiry_due(self, head: BlockRef) -> bool:
         nxt = getattr(self.core, "next_expiry", None)

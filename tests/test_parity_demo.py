@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from keeper import demo
+from keeper import parity_demo as demo
 from keeper.cli import app
 from margin import fixed_point as fp
 
@@ -36,6 +36,6 @@ def test_demo_fails_on_a_difference(
 
 
 def test_cli_runs_the_demo(contracts_built: None) -> None:
-    result = CliRunner().invoke(app, ["demo"])
+    result = CliRunner().invoke(app, ["parity-demo"])
     assert result.exit_code == 0, result.output
     assert "equal to the wei" in result.output

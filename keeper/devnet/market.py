@@ -1,0 +1,279 @@
+"""A seeded devnet market: accounts with realistic books against a market maker.
+
+Used by the demo, the end-to-end tests, benchmarks and the soak run. Every book is sized with
+the margin engine itself: the collateral is the book's initial margin (computed exactly at the
+current chain state) times a leverage factor, so some books start comfortably healthy and
+others sit just above their requirement, where a crash makes them margin calls or
+liquidatable. Trades are matched at the engine's mark rounded to the protocol's tick, so an
+account's equity starts equal to its collateral.
+
+Owners are deterministic addresses driven by anvil's auto-impersonation (no keys needed);
+transactions go out in bulk with explicit gas and are mined together, then every receipt is
+checked (a reverted setup transaction is an error, never silently dropped).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_utils import keccak
+from web3 import Web3
+
+from keeper.chain import Chain
+from keeper.deployment import Deployment, account_id, bind
+from margin.portfolio import CALL, FUTURE, PUT, Portfolio, Position
+
+WAD = 10**18
+LOT = 10**8
+TICK = 10**10
+KIND = {"future": FUTURE, "call": CALL, "put": PUT}
+
+#: Book kinds and how often each appears (weights), with the leverage range: collateral =
+#: initial margin × leverage (< 1.3 sits close to the maintenance line under a crash).
+BOOKS: dict[str, tuple[int, tuple[float, float]]] = {
+    "call_spread": (3, (1.2, 3.0)),
+    "covered_call": (2, (1.05, 2.0)),
+    "naked_short_call": (3, (1.02, 1.6)),
+    "naked_short_put": (3, (1.02, 1.6)),
+    "future_protective_put": (2, (1.05, 2.5)),
+    "levered_perp": (3, (1.01, 1.5)),
+    "calendar": (1, (1.1, 2.0)),
+    "isolated_perp": (2, (1.01, 1.4)),
+    "weth_collateral_short": (1, (1.05, 1.8)),
+}
+
+
+class SeedError(RuntimeError):
+    """A setup transaction reverted or a book could not be priced."""
+
+
+@dataclass
+class SeededAccount:
+    account: int
+    owner: str
+    book: str
+    leverage: float
+    positions: list[tuple[int, int]] = field(default_factory=list)  # (instrument id, qty)
+    usdc: int = 0  # token units (6 decimals)
+    weth: int = 0  # wei
+
+
+@dataclass
+class SeededMarket:
+    maker: int
+    accounts: list[SeededAccount]
+    trades: int
+    blocks: tuple[int, int]
+
+
+def owner_address(seed: int, i: int) -> str:
+    return Web3.to_checksum_address(keccak(f"keeper-demo:{seed}:{i}".encode())[-20:])
+
+
+def _instruments(deployment: Deployment) -> dict[tuple[int, str, int, int], int]:
+    return {
+        (i["underlying"], i["kind"], int(i["strike"]), int(i["expiry"])): int(i["id"])
+        for i in deployment.instruments
+    }
+
+
+def _books_for(
+    rng: random.Random, deployment: Deployment, kind: str
+) -> tuple[list[tuple[int, int]], int]:
+    """Positions (instrument id, quantity in WAD) and WETH collateral (wei) of one book."""
+    by = _instruments(deployment)
+    u = rng.randrange(len(deployment.underlyings))
+    und = deployment.underlyings[u]
+    options = sorted(
+        {int(i["strike"]) for i in deployment.instruments if i["underlying"] == u and i["strike"]}
+    )
+    expiry = max(int(i["expiry"]) for i in deployment.instruments if i["underlying"] == u)
+    perp = by[(u, "future", 0, 0)]
+    dated = by[(u, "future", 0, expiry)]
+    size = LOT * rng.randint(10, 200) * (10 if und["symbol"] == "ETH" else 1)
+    lo, mid, hi = options[0], options[len(options) // 2], options[-1]
+    otm_call = options[min(len(options) - 1, len(options) // 2 + rng.randint(0, 2))]
+    otm_put = options[max(0, len(options) // 2 - rng.randint(0, 2))]
+    weth = 0
+    if kind == "call_spread":
+        pos = [(by[(u, "call", mid, expiry)], size), (by[(u, "call", hi, expiry)], -size)]
+    elif kind == "covered_call":
+        eth = next(i for i, x in enumerate(deployment.underlyings) if x["symbol"] == "ETH")
+        u = eth
+        options = sorted(
+            {
+                int(i["strike"])
+                for i in deployment.instruments
+                if i["underlying"] == u and i["strike"]
+            }
+        )
+        expiry = max(int(i["expiry"]) for i in deployment.instruments if i["underlying"] == u)
+        size = LOT * rng.randint(10, 300)
+        pos = [(by[(u, "call", options[-2], expiry)], -size)]
+        weth = size  # one WETH per call sold
+    elif kind == "naked_short_call":
+        pos = [(by[(u, "call", otm_call, expiry)], -size)]
+    elif kind == "naked_short_put":
+        pos = [(by[(u, "put", otm_put, expiry)], -size)]
+    elif kind == "future_protective_put":
+        pos = [(perp, size), (by[(u, "put", lo, expiry)], size)]
+    elif kind in ("levered_perp", "isolated_perp"):
+        pos = [(perp, size if rng.random() < 0.7 else -size)]
+    elif kind == "calendar":
+        pos = [(dated, size), (perp, -size)]
+    elif kind == "weth_collateral_short":
+        eth = next(i for i, x in enumerate(deployment.underlyings) if x["symbol"] == "ETH")
+        eth_perp = by[(eth, "future", 0, 0)]
+        size = LOT * rng.randint(10, 300)
+        pos = [(eth_perp, -(size // (2 * LOT)) * LOT)]
+        weth = size
+    else:  # pragma: no cover - BOOKS and this function list the same kinds
+        raise SeedError(f"unknown book kind {kind}")
+    return pos, weth
+
+
+class _Sender:
+    """Bulk sender: explicit gas (no estimation against a state that is not mined yet)."""
+
+    def __init__(self, w3: Web3) -> None:
+        self.w3 = w3
+        self.hashes: list[tuple[str, Any]] = []
+
+    def send(self, what: str, fn: Any, sender: str, gas: int = 6_000_000) -> None:
+        self.hashes.append((what, fn.transact({"from": sender, "gas": gas})))
+
+    def mine(self) -> None:
+        self.w3.provider.make_request("evm_mine", [])
+        failed = []
+        for what, h in self.hashes:
+            r = self.w3.eth.wait_for_transaction_receipt(h, timeout=120)
+            if r["status"] != 1:
+                failed.append(what)
+        self.hashes.clear()
+        if failed:
+            raise SeedError(f"{len(failed)} setup transaction(s) reverted: {failed[:5]}")
+
+
+def seed_market(
+    w3: Web3,
+    deployment: Deployment,
+    chain: Chain,
+    n: int,
+    *,
+    seed: int = 7,
+    maker_usdc: int = 200_000_000,
+    kinds: Sequence[str] | None = None,
+) -> SeededMarket:
+    """Create ``n`` accounts with books sized by the engine, against one market maker (the
+    deployer's sub-account 2). Leaves automine as it found it."""
+    rng = random.Random(seed)
+    first = w3.eth.block_number + 1
+    deployer = deployment.deployer
+    ch = bind(w3, deployment, "ClearingHouse")
+    usdc = bind(w3, deployment, "MockERC20:USDC")
+    weth = bind(w3, deployment, "MockERC20:WETH")
+    w3.provider.make_request("anvil_autoImpersonateAccount", [True])
+    automine = bool(w3.provider.make_request("anvil_getAutomine", []).get("result", True))
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        return _seed(
+            w3, deployment, chain, n, rng, first, deployer, ch, usdc, weth, maker_usdc, kinds
+        )
+    finally:
+        w3.provider.make_request("evm_setAutomine", [automine])
+
+
+def _seed(
+    w3: Web3,
+    deployment: Deployment,
+    chain: Chain,
+    n: int,
+    rng: random.Random,
+    first: int,
+    deployer: str,
+    ch: Any,
+    usdc: Any,
+    weth: Any,
+    maker_usdc: int,
+    kinds: Sequence[str] | None,
+) -> SeededMarket:
+    s = _Sender(w3)
+    maker = account_id(deployer, 2)
+    amount = maker_usdc * 10**6
+    s.send("maker mint", usdc.functions.mint(deployer, amount), deployer)
+    s.send("maker approve", usdc.functions.approve(ch.address, 2**255), deployer)
+    s.send("maker deposit", ch.functions.deposit(maker, 0, amount), deployer)
+    s.mine()
+
+    names = list(kinds) if kinds else list(BOOKS)
+    weights = [BOOKS[k][0] for k in names]
+    view = chain.view()
+    snap = view.snapshot([])
+    instruments = {int(i["id"]): i for i in deployment.instruments}
+    accounts: list[SeededAccount] = []
+    for i in range(n):
+        kind = names[i % len(names)] if i < len(names) else rng.choices(names, weights)[0]
+        owner = owner_address(rng.randrange(2**32), i)
+        sub = 1 if kind == "isolated_perp" else 0
+        pos, weth_wei = _books_for(rng, deployment, kind)
+        lev = rng.uniform(*BOOKS[kind][1])
+        positions = tuple(
+            Position(
+                int(instruments[iid]["underlying"]),
+                KIND[instruments[iid]["kind"]],
+                int(instruments[iid]["strike"]),
+                int(instruments[iid]["expiry"]),
+                q,
+                0,
+            )
+            for iid, q in pos
+        )
+        weth_bal = weth_wei  # WAD balance = wei for an 18-decimal token
+        pf0 = Portfolio(positions, (0, weth_bal))
+        market = snap.market(pf0)
+        table = snap.table(market)
+        im = table.full_check(pf0).initial_margin
+        value_of_weth = table.full_check(Portfolio((), (0, weth_bal))).equity
+        need = max(0, im - value_of_weth)
+        usdc_wad = int(max(need * lev, 100 * WAD))  # at least 100 USDC
+        usdc_units = -(-usdc_wad // 10**12)
+        acct = account_id(owner, sub)
+        prices = []
+        for p in positions:
+            v0 = table.row(p).v0
+            assert isinstance(v0, int)
+            prices.append(max(TICK, v0 // TICK * TICK))
+        accounts.append(
+            SeededAccount(acct, owner, kind, round(lev, 3), list(pos), usdc_units, weth_wei)
+        )
+        w3.provider.make_request("anvil_setBalance", [owner, hex(10 * WAD)])
+        s.send("mint", usdc.functions.mint(owner, usdc_units), owner)
+        s.send("approve", usdc.functions.approve(ch.address, 2**255), owner)
+        s.send("deposit", ch.functions.deposit(acct, 0, usdc_units), owner)
+        if weth_wei:
+            s.send("mint weth", weth.functions.mint(owner, weth_wei), owner)
+            s.send("approve weth", weth.functions.approve(ch.address, 2**255), owner)
+            s.send("deposit weth", ch.functions.deposit(acct, 1, weth_wei), owner)
+        accounts[-1].positions = [(iid, q) for iid, q in pos]
+        accounts[-1]._prices = prices  # type: ignore[attr-defined]
+    s.mine()
+    trades = 0
+    for a in accounts:
+        for (iid, q), price in zip(a.positions, a._prices, strict=True):  # type: ignore[attr-defined]
+            buyer, seller = (a.account, maker) if q > 0 else (maker, a.account)
+            s.send(
+                f"trade {a.book}",
+                ch.functions.trade(buyer, seller, iid, abs(q), price),
+                deployer,
+                12_000_000,
+            )
+            trades += 1
+        if len(s.hashes) >= 50:
+            s.mine()
+    s.mine()
+    for a in accounts:
+        del a._prices  # type: ignore[attr-defined]
+    return SeededMarket(maker, accounts, trades, (first, w3.eth.block_number))
