@@ -1,0 +1,5 @@
+"""`python -m keeper` = the `keeper` command."""
+
+from keeper.cli import main
+
+main()
