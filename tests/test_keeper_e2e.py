@@ -158,7 +158,7 @@ def test_crash_liquidations_restart_and_settlement(devnet: Devnet, store_url: st
         assert len({t.decision_id for t in txs}) == len(txs)
         # Liquidated books are smaller or gone; positions went to the backstop at mark.
         for a in liquidated:
-            ids, qty = net.ch.functions.positionsOf(a).call()
+            _ids, qty = net.ch.functions.positionsOf(a).call()
             seeded = next(x for x in net.market.accounts if x.account == a)
             assert sum(abs(q) for q in qty) < sum(abs(q) for _, q in seeded.positions)
 
@@ -177,7 +177,7 @@ def test_crash_liquidations_restart_and_settlement(devnet: Devnet, store_url: st
     service.open()
     try:
         _drive(service, net, 3)
-        decisions2, txs2 = _rows(store_url)
+        _decisions2, txs2 = _rows(store_url)
         assert len(txs2) == n_tx, "a restart re-sent a decision"
 
         # Expiry: past the dated instruments, with fresh rounds; the keeper settles them.
