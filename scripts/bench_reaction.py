@@ -1,0 +1,182 @@
+"""Reaction benchmark: blocks and milliseconds from an oracle crash being mined to the keeper's
+liquidation being mined, on anvil with interval mining (1-second blocks by default).
+
+Each round seeds one fresh under-water-on-crash account (a naked short put sized just above its
+initial margin), crashes the price in one transaction, waits for the keeper's Liquidation of
+that account, then restores the price. The keeper runs as the real service (KeeperService in a
+thread, SQLite store), polling the head by number.
+
+    .venv/bin/python scripts/bench_reaction.py --rounds 50 --block-time 1
+Prints p50/p99/max in blocks and milliseconds, plus RPC calls per processed block (the keeper
+talks to anvil through a counting proxy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from web3 import Web3
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from keeper.artifacts import ensure_built
+from keeper.chain import Chain
+from keeper.config import load_config_data
+from keeper.deployment import bind, deploy_protocol
+from keeper.devnet import Anvil
+from keeper.devnet.market import seed_market
+from keeper.devnet.rpc_proxy import CountingProxy
+from keeper.service import KeeperService
+
+KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--block-time", type=float, default=1.0)
+    ap.add_argument("--accounts", type=int, default=50, help="background accounts")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    ensure_built()
+    os.environ["KEEPER_BENCH_KEY"] = KEY
+    tmp = Path(tempfile.mkdtemp(prefix="bench-reaction-"))
+    with Anvil() as anvil:
+        w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 120}))
+        d = deploy_protocol(w3)
+        d.write(tmp / "deployment.json")
+        chain = Chain.connect(anvil.url, d)
+        seed_market(w3, d, chain, args.accounts, seed=5)
+        proxy = CountingProxy(anvil.url)
+        proxy.__enter__()
+        cfg = load_config_data(
+            {
+                "rpc": {"url": proxy.url, "chain_id": anvil.chain_id},
+                "deployment": {"file": str(tmp / "deployment.json")},
+                "store": {"url": f"sqlite:///{tmp / 'keeper.db'}"},
+                "signer": {"key_env": "KEEPER_BENCH_KEY"},
+                "fees": {"max_fee_per_gas": "500 gwei", "priority_fee": "2 gwei"},
+                "decisions": {
+                    "min_profit": 0,
+                    "confirmations": 1,
+                    "block_poll_interval_seconds": 0.05,
+                    "sweep_interval_seconds": 3600,
+                },
+                "metrics": {"bind": f"127.0.0.1:{_port()}", "enabled": False},
+                "service": {"watchdog_seconds": 120, "settle_interval_seconds": 3600},
+            }
+        )
+        service = KeeperService(cfg)
+        thread = threading.Thread(target=lambda: service.run(install_signals=False), daemon=True)
+        ch = bind(w3, d, "ClearingHouse")
+        feed = bind(w3, d, "MockAggregator:ETH/USD")
+        vol = bind(w3, d, "MockAggregator:ETH/IV")
+        base = int(feed.functions.answer().call())
+        w3.provider.make_request("evm_setIntervalMining", [args.block_time])
+        thread.start()
+        while service.health.last_block is None:
+            time.sleep(0.1)
+        blocks: list[int] = []
+        millis: list[float] = []
+        proxy.reset()
+        ticks_before = _count(service)
+        for r in range(args.rounds):
+            # A fresh victim at today's price (automine for the setup, then back to interval).
+            w3.provider.make_request("evm_setIntervalMining", [0])
+            w3.provider.make_request("evm_setAutomine", [True])
+            victim = seed_market(
+                w3, d, chain, 1, seed=1000 + r, maker_usdc=1, kinds=["levered_perp"]
+            ).accounts[0]
+            w3.provider.make_request("evm_setAutomine", [False])
+            w3.provider.make_request("evm_setIntervalMining", [args.block_time])
+            q = victim.positions[0][1]
+            crash = round(base * (0.8 if q > 0 else 1.25))
+            h = feed.functions.setAnswer(crash).transact({"from": w3.eth.accounts[0]})
+            vol.functions.setAnswer(int(vol.functions.answer().call())).transact(
+                {"from": w3.eth.accounts[0]}
+            )
+            rc = w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.01)
+            t_crash = time.perf_counter()
+            crash_block = rc["blockNumber"]
+            event = ch.events.Liquidation()
+            found = None
+            deadline = time.monotonic() + 30
+            while found is None and time.monotonic() < deadline:
+                logs = event.get_logs(
+                    from_block=crash_block, argument_filters={"account": victim.account}
+                )
+                if logs:
+                    found = logs[0]
+                    break
+                time.sleep(0.01)
+            if found is None:
+                print(f"round {r}: no liquidation within 30 s", file=sys.stderr)
+                continue
+            t_liq = time.perf_counter()
+            blocks.append(found["blockNumber"] - crash_block)
+            millis.append((t_liq - t_crash) * 1000)
+            h = feed.functions.setAnswer(base).transact({"from": w3.eth.accounts[0]})
+            w3.eth.wait_for_transaction_receipt(h, timeout=60)
+        service.stop()
+        thread.join(60)
+        ticks = _count(service) - ticks_before
+        requests, calls = proxy.requests, proxy.calls
+        methods: dict[str, int] = {}
+        for m in proxy.methods:
+            methods[m] = methods.get(m, 0) + 1
+        proxy.__exit__(None, None, None)
+        chain.close()
+    res = {
+        "rounds": args.rounds,
+        "liquidated": len(blocks),
+        "block_time_s": args.block_time,
+        "blocks_p50": percentile(blocks, 50) if blocks else None,
+        "blocks_p99": percentile(blocks, 99) if blocks else None,
+        "blocks_max": max(blocks) if blocks else None,
+        "ms_p50": round(percentile(millis, 50), 1) if millis else None,
+        "ms_p99": round(percentile(millis, 99), 1) if millis else None,
+        "mean_blocks": round(statistics.mean(blocks), 3) if blocks else None,
+        "blocks_processed": ticks,
+        "http_requests_per_processed_block": round(requests / ticks, 2) if ticks else None,
+        "jsonrpc_calls_per_processed_block": round(calls / ticks, 2) if ticks else None,
+        "methods": dict(sorted(methods.items(), key=lambda kv: -kv[1])[:8]),
+    }
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:34} {v}")
+    return 0 if len(blocks) == args.rounds else 1
+
+
+def _count(service: KeeperService) -> int:
+    for fam in service.metrics.block_seconds.collect():
+        for s in fam.samples:
+            if s.name.endswith("_count"):
+                return int(s.value)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
