@@ -223,7 +223,11 @@ class KeeperCore:
         if simulated is not None and simulated != action.expected_bounty:
             log.warning(
                 "simulated bounty differs from the model's",
-                extra={"key": action.key, "simulated": simulated, "expected": action.expected_bounty},
+                extra={
+                    "key": action.key,
+                    "simulated": simulated,
+                    "expected": action.expected_bounty,
+                },
             )
         if self.txm is None:
             self._record(snap, a, action, report, outcome="dry_run", gas_cost=cost, target=target)

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from keeper.chain.rpc import BlockRef
-from keeper.config import DecisionsConfig
 from keeper.chain.view import NO_UNDERLYING, OracleError, ProtocolSnapshot
+from keeper.config import DecisionsConfig
 from keeper.digest import inputs_digest
 from margin.errors import MarginError
 from margin.fixed_point import mul_down, mul_up
@@ -73,7 +73,9 @@ class DecisionPolicy:
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # flag | liquidate | settle_account | resolve_bad_debt | settle_instrument | clear_flag
+    kind: (
+        str  # flag | liquidate | settle_account | resolve_bad_debt | settle_instrument | clear_flag
+    )
     account: int | None
     instrument: int | None
     nonce: int | None
@@ -266,15 +268,22 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         )
 
     def simple(kind: str) -> Action:
-        return Action(kind, account, None, acc.nonce, None, None, 0, f"{kind}:{account}:{acc.nonce}")
+        return Action(
+            kind, account, None, acc.nonce, None, None, 0, f"{kind}:{account}:{acc.nonce}"
+        )
 
     if any(snap.instruments[iid].settled for iid, _ in acc.positions):
-        return make("settleable", action=simple("settle_account") if policy.allow_settlement else None)
+        return make(
+            "settleable", action=simple("settle_account") if policy.allow_settlement else None
+        )
     if not acc.positions:
         if acc.balances and acc.balances[0] < 0:
-            return make("bad_debt", action=simple("resolve_bad_debt") if policy.allow_bad_debt else None)
+            return make(
+                "bad_debt", action=simple("resolve_bad_debt") if policy.allow_bad_debt else None
+            )
         volatile = any(
-            b != 0 and snap.assets[k].underlying != NO_UNDERLYING for k, b in enumerate(acc.balances)
+            b != 0 and snap.assets[k].underlying != NO_UNDERLYING
+            for k, b in enumerate(acc.balances)
         )
         if not volatile:
             state = "empty" if not any(acc.balances) else "healthy"

@@ -102,7 +102,9 @@ def world(contracts_built: None) -> Iterator[World]:
         for name in ("naked", "thin", "healthy", "hedged"):
             _send(w3, ch.functions.trade(accounts[name], lp, perp, WAD, 3000 * WAD), matcher)
         _send(w3, ch.functions.trade(lp, accounts["hedged"], fut, WAD, 3000 * WAD), matcher)
-        _send(w3, ch.functions.trade(lp, accounts["option"], call["id"], 2 * WAD, 50 * WAD), matcher)
+        _send(
+            w3, ch.functions.trade(lp, accounts["option"], call["id"], 2 * WAD, 50 * WAD), matcher
+        )
         _send(w3, ch.functions.trade(accounts["option"], lp, perp, WAD, 3000 * WAD), matcher)
         world.snapshot_id = str(node.rpc("evm_snapshot"))
         yield world
@@ -188,9 +190,7 @@ def test_crash_flags_liquidates_and_spares_the_healthy(fresh: World, tmp_path: P
     assert ch.functions.accountState(acc["thin"]).call()[1] != 0
     for name in ("healthy", "hedged", "option", "lp", "thin"):
         assert n[name] == before[name], name
-    liq_row = next(
-        d for d in store.decisions_for(str(acc["naked"])) if d.action == "liquidate"
-    )
+    liq_row = next(d for d in store.decisions_for(str(acc["naked"])) if d.action == "liquidate")
     assert liq_row.fraction is not None and 0 < liq_row.fraction < WAD  # partial
     tx = store.transaction_for_decision(liq_row.id or 0)
     assert tx is not None and tx.status == TxStatus.FINAL
@@ -204,6 +204,12 @@ def test_crash_flags_liquidates_and_spares_the_healthy(fresh: World, tmp_path: P
     # Nothing changed: the next block sends nothing and records nothing.
     again = core.on_block(chain.view(), set(), acc.values(), market_changed=False)
     assert again.actions_sent == [] and again.decisions_recorded == 0
+    # A BTC round moves no ETH-only book: nothing is re-margined.
+    btc = bind(fresh.w3, fresh.dep, "MockAggregator:BTC/USD")
+    _send(fresh.w3, btc.functions.setAnswer(61_000 * 10**8), fresh.w3.eth.accounts[0])
+    quiet = core.on_block(chain.view(), set(), acc.values(), market_changed=False)
+    assert quiet.accounts_assessed == 0 and quiet.rpc_round_trips == 1
+    bounty_before = ch.functions.bounties(txm.signer.address).call()
 
     # Deep crash: the naked book is under water -> full close with the insurance top-up,
     # then its debt is resolved.
@@ -213,6 +219,11 @@ def test_crash_flags_liquidates_and_spares_the_healthy(fresh: World, tmp_path: P
     settle(fresh, txm, store)
     full = store.decision_by_key(f"liquidate:{acc['naked']}:{n['naked']}")
     assert full is not None and full.fraction == WAD
+    assert full.expected_bounty == WAD  # minBounty, via the insurance top-up
+    # Every bounty credited is what the model expected (the thin book went under MM too).
+    rows = [store.decision_by_key(k) for k in deep.actions_sent if k.startswith("liquidate")]
+    gained = ch.functions.bounties(txm.signer.address).call() - bounty_before
+    assert gained == sum(r.expected_bounty or 0 for r in rows if r is not None)
     assert ch.functions.positionsOf(acc["naked"]).call() == [[], []]
     assert ch.functions.balanceOf(acc["naked"], 0).call() < 0
     view = chain.view()
@@ -334,3 +345,34 @@ def test_expired_instruments_and_holders_are_settled(fresh: World, tmp_path: Pat
     rows: list[Decision] = store.decisions_for(f"instrument:{eth_expiring[0]}")
     assert rows and rows[0].action == "settle_instrument"
     assert w3.eth.get_block("latest")["timestamp"] > expiry
+
+
+def test_migration_from_v1_adds_the_action_columns(store_url: str) -> None:
+    from sqlalchemy import text
+
+    from keeper.store import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION == 2
+    Store.open(store_url).close()
+    # Turn the fresh database back into a v1 one (the columns and index of v2 removed).
+    st = Store.open(store_url)
+    with st.engine.begin() as conn:
+        conn.execute(text("DROP INDEX uq_decision_action_key"))
+        for name in ("action_key", "account_nonce", "instrument", "lenient", "backoff_until",
+                     "expected_gas_cost"):  # fmt: skip
+            conn.execute(text(f"ALTER TABLE decision DROP COLUMN {name}"))
+        conn.execute(text("UPDATE schema_version SET version = 1"))
+    st.close()
+    with Store.open(store_url) as st:
+        assert st.schema_version() == 2
+
+        def row() -> Decision:
+            return Decision(
+                block_number=1, block_hash="0x", account=str(2**255), inputs_digest="0x",
+                loss_matrix=[], requirement=0, initial_margin=0, equity=0, state="liquidatable",
+                action="liquidate", action_key="liquidate:1:1", backoff_until=5,
+            )  # fmt: skip
+
+        assert st.add_action_decision(row()) is not None
+        assert st.add_action_decision(row()) is None  # the unique index refuses the key
+        assert st.backoffs(0) == {str(2**255): 5}
