@@ -54,6 +54,7 @@ class BlockReport:
     actions_sent: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     rpc_round_trips: int = 0
+    states: dict[int, str] = field(default_factory=dict)  # account -> state, assessed ones
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -100,6 +101,9 @@ class KeeperCore:
         self._backoff_until: dict[str, int] = store.backoffs(0)
         self._backoff_level: dict[str, int] = {}
         self._extra_trips = 0
+        self._last_snap: ProtocolSnapshot | None = None
+        self._settle_tried_at = -1  # snapshot timestamp of the last settle_expired
+        self._settle_rounds: dict[int, int] = {}  # instrument -> price round at that try
 
     # --- the per-block step ------------------------------------------------------------------
 
@@ -129,9 +133,31 @@ class KeeperCore:
             self._uses[a.account] = _used_underlyings(snap, a.account)
             report.accounts_assessed += 1
             report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
+            report.states[a.account] = a.state
             self._handle(snap, a, report)
+        self._last_snap = snap
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report
+
+    @property
+    def next_expiry(self) -> int | None:
+        """When ``settle_expired`` is next worth running (a block timestamp; None: never):
+        the earliest unsettled expiry not yet tried, or now for an expired instrument whose
+        price feed has a new round since the last try (its settlement may now succeed)."""
+        snap = self._last_snap
+        if snap is None:
+            return None
+        due = []
+        for ins in snap.instruments.values():
+            if not ins.listed or ins.settled or ins.expiry == 0:
+                continue
+            if ins.expiry > self._settle_tried_at:
+                due.append(ins.expiry)
+                continue
+            feed = snap.feeds.get(snap.underlyings[ins.underlying].price_feed)
+            if feed is not None and self._settle_rounds.get(ins.id) != feed.round_id:
+                due.append(ins.expiry)
+        return min(due, default=None)
 
     def settle_expired(self, view: ChainView) -> BlockReport:
         """Expiry job: settleInstrument for expired instruments with a post-expiry price, and
@@ -141,6 +167,11 @@ class KeeperCore:
         self._extra_trips = 0
         report = BlockReport(view.block.number)
         snap = view.snapshot(sorted(self._known))
+        self._last_snap = snap
+        self._settle_tried_at = snap.timestamp
+        for ins in snap.instruments.values():
+            feed = snap.feeds.get(snap.underlyings[ins.underlying].price_feed)
+            self._settle_rounds[ins.id] = feed.round_id if feed is not None else -1
         for action in expired_unsettled(snap):
             self._act(snap, action, None, report)
         holders = [
@@ -151,6 +182,7 @@ class KeeperCore:
         for a in assess(snap, holders, self.policy):
             report.accounts_assessed += 1
             report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
+            report.states[a.account] = a.state
             self._handle(snap, a, report)
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report

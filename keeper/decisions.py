@@ -70,6 +70,11 @@ class DecisionPolicy:
     gas_price_underlying: int | None = 0
     native_price: int | None = None
 
+    @classmethod
+    def from_config(cls, cfg: DecisionsConfig) -> DecisionPolicy:
+        """``config.decisions`` -> DecisionPolicy (``min_profit`` read in asset-0 WAD)."""
+        return policy_from_config(cfg)
+
 
 @dataclass(frozen=True)
 class Action:

@@ -320,6 +320,7 @@ def test_expired_instruments_and_holders_are_settled(fresh: World, tmp_path: Pat
     acc, ch, w3 = fresh.accounts, fresh.ch, fresh.w3
     expiry = max(i["expiry"] for i in fresh.dep.instruments)
     core.on_block(chain.view(), set(), acc.values(), market_changed=False)
+    assert core.next_expiry == expiry
     # Before expiry: nothing to settle.
     assert core.settle_expired(chain.view()).actions_sent == []
     fresh.node.rpc("evm_setNextBlockTimestamp", [expiry + 60])
@@ -342,6 +343,13 @@ def test_expired_instruments_and_holders_are_settled(fresh: World, tmp_path: Pat
     for name in ("hedged", "option", "lp"):
         ids, _ = ch.functions.positionsOf(acc[name]).call()
         assert not fut_ids & set(ids), name
+    # BTC's dated instruments wait for a post-expiry BTC round: not due until one comes.
+    core.on_block(chain.view(), set(), acc.values(), market_changed=False)
+    assert core.next_expiry is None
+    btc = bind(w3, fresh.dep, "MockAggregator:BTC/USD")
+    _send(w3, btc.functions.setAnswer(btc.functions.answer().call()), w3.eth.accounts[0])
+    core.on_block(chain.view(), set(), acc.values(), market_changed=False)
+    assert core.next_expiry == expiry
     rows: list[Decision] = store.decisions_for(f"instrument:{eth_expiring[0]}")
     assert rows and rows[0].action == "settle_instrument"
     assert w3.eth.get_block("latest")["timestamp"] > expiry

@@ -223,6 +223,7 @@ def test_policy_from_config() -> None:
 
     p = policy_from_config(DecisionsConfig(min_profit=5, clear_flags=True))
     assert p == replace(DecisionPolicy(), min_profit=5, clear_flags=True)
+    assert DecisionPolicy.from_config(DecisionsConfig(min_profit=5, clear_flags=True)) == p
 
 
 @pytest.mark.parametrize("fraction", [WAD // 3, WAD // 2, WAD - 1])
