@@ -38,10 +38,12 @@ from keeper.decisions import (
 from keeper.deployment import clearing_house_abi
 from keeper.secrets import scrub
 from keeper.store import Decision, Store
-from keeper.transactions import TxManager
+from keeper.transactions import SendError, TxManager
 
 log = logging.getLogger(__name__)
 
+#: States re-assessed at every block until they leave them, touched or not.
+WATCH_STATES = frozenset({"margin_call", "liquidatable", "flagged_grace", "bad_debt", "settleable"})
 SKIP_REASONS = ("unprofitable", "backoff", "duplicate", "simulation_reverted", "send_failed")
 
 
@@ -93,6 +95,7 @@ class KeeperCore:
         self._rounds: dict[str, tuple[int, int, int]] = {}  # feed -> (round, answer, updatedAt)
         self._uses: dict[int, frozenset[int]] = {}  # account -> underlyings it uses
         self._known: set[int] = set()
+        self._watch: set[int] = set()  # accounts re-assessed every block (WATCH_STATES)
         # What was last recorded per account, and back-offs: restored from the store.
         self._last: dict[str, tuple[str, str, str | None]] = {
             a: (d.inputs_digest, d.state, _tag(d.outcome))
@@ -120,7 +123,9 @@ class KeeperCore:
         report = BlockReport(view.block.number)
         self._known |= set(known) | set(touched)
         everything = self._first or market_changed or sweep
-        targets = set(self._known) if everything else set(touched)
+        # Besides the touched ones: accounts still waiting for an action (a grace period runs
+        # out with time alone; a back-off ends; gas may become cheap enough).
+        targets = set(self._known) if everything else set(touched) | self._watch
         snap = view.snapshot(sorted(targets))
         moved = self._moved_underlyings(snap)
         if not everything and moved:
@@ -131,6 +136,10 @@ class KeeperCore:
         self._first = False
         for a in assess(snap, sorted(targets), self.policy):
             self._uses[a.account] = _used_underlyings(snap, a.account)
+            if a.state in WATCH_STATES:
+                self._watch.add(a.account)
+            else:
+                self._watch.discard(a.account)
             report.accounts_assessed += 1
             report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
             report.states[a.account] = a.state
@@ -261,8 +270,11 @@ class KeeperCore:
                     "expected": action.expected_bounty,
                 },
             )
-        if self.txm is None:
-            self._record(snap, a, action, report, outcome="dry_run", gas_cost=cost, target=target)
+        if self.txm is None:  # read-only: one record per change, not one per block
+            if changed or self._last.get(target, (None, None, None))[2] != "dry_run":
+                self._record(
+                    snap, a, action, report, outcome="dry_run", gas_cost=cost, target=target
+                )
             return
         row = self._record(
             snap, a, action, report, outcome="sent", gas_cost=cost, key=action.key, target=target
@@ -277,9 +289,16 @@ class KeeperCore:
             )
         except Exception as exc:  # SendError / RedactedError / DuplicateSubmission: all named
             until = self._back_off(target, block)
-            self.store.update_decision(
-                row.id, outcome=f"send_failed: {type(exc).__name__}: {exc}", backoff_until=until
-            )
+            fields: dict[str, Any] = {
+                "outcome": f"send_failed: {type(exc).__name__}: {exc}",
+                "backoff_until": until,
+            }
+            if isinstance(exc, SendError):
+                # Refused by the node: never on chain, so the key is released for a retry
+                # after the back-off. (A transport failure may have reached the node: the
+                # key stays taken and TxManager.poll follows the transaction.)
+                fields["action_key"] = None
+            self.store.update_decision(row.id, **fields)
             report.skip("send_failed")
             log.warning("send failed", extra={"key": action.key, "error": scrub(str(exc))})
             return

@@ -281,15 +281,15 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         return make(
             "settleable", action=simple("settle_account") if policy.allow_settlement else None
         )
+    bad_debt_action = simple("resolve_bad_debt") if policy.allow_bad_debt else None
+    in_debt = not acc.positions and bool(acc.balances) and acc.balances[0] < 0
     if not acc.positions:
-        if acc.balances and acc.balances[0] < 0:
-            return make(
-                "bad_debt", action=simple("resolve_bad_debt") if policy.allow_bad_debt else None
-            )
         volatile = any(
             b != 0 and snap.assets[k].underlying != NO_UNDERLYING
             for k, b in enumerate(acc.balances)
         )
+        if in_debt and not volatile:
+            return make("bad_debt", action=bad_debt_action)
         if not volatile:
             state = "empty" if not any(acc.balances) else "healthy"
             return make(state)
@@ -310,6 +310,10 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
     except MarginError as exc:
         return make("invalid", lenient=lenient, digest=digest, note=repr(exc))
 
+    if in_debt and res.state == LIQUIDATABLE:
+        # Debt against volatile collateral only, below MM: nothing to liquidate, so it is
+        # resolved (collateral sold to the backstop). A debt the collateral covers is a loan.
+        return make("bad_debt", res, lenient, digest, bad_debt_action)
     grace = snap.liquidation_config[2]
     flagged = acc.flagged_at != 0
     grace_over = flagged and snap.timestamp >= acc.flagged_at + grace
@@ -345,6 +349,8 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
             "flag", account, None, acc.nonce, witness, None, 0, f"flag:{account}:{acc.nonce}"
         )
         return make(state, res, lenient, digest, action)
+    if not acc.positions:
+        return make(state, res, lenient, digest, note="no position to liquidate")
     if not (wres.state == LIQUIDATABLE or (wres.state == MARGIN_CALL and grace_over)):
         return make(state, res, lenient, digest, note="witness check shows not liquidatable")
     # Below MM: restore above MM. Flagged past grace: restore above IM (else it is re-flagged).

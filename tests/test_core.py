@@ -201,14 +201,20 @@ def test_crash_flags_liquidates_and_spares_the_healthy(fresh: World, tmp_path: P
     # Restored above maintenance by the chosen fraction.
     assert ch.functions.marginOf(acc["naked"]).call()[5] < 2
 
-    # Nothing changed: the next block sends nothing and records nothing.
+    # Restored above MM, not IM, and the liquidation cleared no flag it had: a margin call.
     again = core.on_block(chain.view(), set(), acc.values(), market_changed=False)
-    assert again.actions_sent == [] and again.decisions_recorded == 0
-    # A BTC round moves no ETH-only book: nothing is re-margined.
+    assert again.actions_sent == [f"flag:{acc['naked']}:{n['naked']}"]
+    settle(fresh, txm, store)
+    core.on_block(chain.view(), {acc["naked"]}, acc.values(), market_changed=False)
+    # Nothing changed: the next block sends nothing and records nothing.
+    calm = core.on_block(chain.view(), set(), acc.values(), market_changed=False)
+    assert calm.actions_sent == [] and calm.decisions_recorded == 0
+    assert calm.states == {acc["naked"]: "flagged_grace", acc["thin"]: "flagged_grace"}
+    # A BTC round moves no ETH-only book: only the watched (flagged) books are re-margined.
     btc = bind(fresh.w3, fresh.dep, "MockAggregator:BTC/USD")
     _send(fresh.w3, btc.functions.setAnswer(61_000 * 10**8), fresh.w3.eth.accounts[0])
     quiet = core.on_block(chain.view(), set(), acc.values(), market_changed=False)
-    assert quiet.accounts_assessed == 0 and quiet.rpc_round_trips == 1
+    assert quiet.accounts_assessed == 2 and quiet.rpc_round_trips == 1
     bounty_before = ch.functions.bounties(txm.signer.address).call()
 
     # Deep crash: the naked book is under water -> full close with the insurance top-up,
@@ -239,8 +245,12 @@ def test_grace_period_then_liquidation(fresh: World, tmp_path: Path) -> None:
     set_eth(fresh, 2800)
     core.on_block(chain.view(), set(), acc.values(), market_changed=False)
     settle(fresh, txm, store)
-    grace = core.on_block(chain.view(), {acc["thin"]}, acc.values(), market_changed=False)
-    assert grace.by_state.get("flagged_grace") == 1 and grace.actions_sent == []
+    # The partially liquidated book is in margin call now: flagged at the next block.
+    touched = {acc["thin"], acc["naked"]}
+    core.on_block(chain.view(), touched, acc.values(), market_changed=False)
+    settle(fresh, txm, store)
+    grace = core.on_block(chain.view(), touched, acc.values(), market_changed=False)
+    assert grace.by_state.get("flagged_grace") == 2 and grace.actions_sent == []
     fresh.node.rpc("evm_increaseTime", [3601])
     set_eth(fresh, 2800)  # fresh rounds after the jump
     thin_nonce = ch.functions.accountState(acc["thin"]).call()[0]
@@ -295,6 +305,44 @@ def test_simulation_revert_is_recorded_and_backs_off(fresh: World, tmp_path: Pat
     # The back-off is recorded: a restarted keeper keeps it.
     core2, _, _, _ = keeper(fresh, f"sqlite:///{tmp_path / 'k.db'}")
     assert core2.on_block(stale, set(), [acc["naked"]], False).skipped == {"backoff": 1}
+
+
+def test_refused_send_releases_the_key_and_retries_after_backoff(
+    fresh: World, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    store = Store.open(url)
+    chain = Chain.connect(fresh.node.url, fresh.dep)
+    broke = Account.create()  # no ether: the node refuses its transactions
+    fees = FeePolicy(FeesConfig(max_fee_per_gas=50 * 10**9, priority_fee=10**6))
+    txm = TxManager(
+        store,
+        fresh.w3,
+        Signer.from_env("K", {"K": "0x" + bytes(broke.key).hex()}),
+        fees,
+        chain_id=fresh.node.chain_id,
+        confirmations=1,
+        stuck_after_seconds=600,
+    )
+    txm.start()
+    core = KeeperCore(chain, store, txm, DecisionPolicy(), liquidator=broke.address)
+    acc = fresh.accounts
+    set_eth(fresh, 2800)
+    view = chain.view()
+    report = core.on_block(view, set(), [acc["naked"]], market_changed=False)
+    assert report.skipped == {"send_failed": 1} and report.actions_sent == []
+    (row,) = [d for d in store.decisions_for(str(acc["naked"])) if d.action == "liquidate"]
+    assert row.action_key is None and row.outcome and row.outcome.startswith("send_failed")
+    assert row.backoff_until == view.block.number + 2
+    # Funded, and past the back-off: the same action goes out.
+    fresh.w3.eth.wait_for_transaction_receipt(
+        fresh.w3.eth.send_transaction(
+            {"from": fresh.w3.eth.accounts[0], "to": broke.address, "value": 10**18}
+        )
+    )
+    fresh.node.rpc("evm_mine")
+    later = core.on_block(chain.view(), set(), [acc["naked"]], market_changed=False)
+    assert later.actions_sent == [f"liquidate:{acc['naked']}:{row.account_nonce}"]
 
 
 def test_unprofitable_is_skipped_and_recorded(fresh: World, tmp_path: Path) -> None:

@@ -211,6 +211,15 @@ def test_settlement_and_policy_switches() -> None:
     assert expired_unsettled(before) == []  # PriceBeforeExpiry otherwise
 
 
+def test_debt_against_collateral_is_a_loan_until_below_maintenance() -> None:
+    snap = snapshot({10: ((), (-100 * WAD, WAD), 0), 11: ((), (-5000 * WAD, WAD), 0)})
+    loan = assess_account(snap, 10, DecisionPolicy())
+    assert loan.state == "healthy" and loan.action is None
+    debt = assess_account(snap, 11, DecisionPolicy())
+    assert debt.state == "bad_debt" and debt.action is not None
+    assert debt.action.kind == "resolve_bad_debt" and debt.result is not None
+
+
 def test_clear_flag_is_opt_in() -> None:
     snap = snapshot({1: book(5000, flagged=NOW - 10)})
     assert assess_account(snap, 1, DecisionPolicy()).action is None
