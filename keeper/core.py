@@ -98,7 +98,7 @@ class KeeperCore:
         self._watch: set[int] = set()  # accounts re-assessed every block (WATCH_STATES)
         # What was last recorded per account, and back-offs: restored from the store.
         self._last: dict[str, tuple[str, str, str | None]] = {
-            a: (d.inputs_digest, d.state, _tag(d.outcome))
+            a: (d.change_digest or d.inputs_digest, d.state, _tag(d.outcome))
             for a, d in store.latest_decisions().items()
         }
         self._backoff_until: dict[str, int] = store.backoffs(0)
@@ -200,7 +200,7 @@ class KeeperCore:
 
     def _handle(self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport) -> None:
         acct = str(a.account)
-        changed = self._last.get(acct, (None, None, None))[:2] != (a.inputs_digest, a.state)
+        changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
         if a.action is None:
             if changed:
                 self._record(snap, a, None, report, outcome=a.note)
@@ -359,6 +359,7 @@ class KeeperCore:
             block_hash=snap.block.hash,
             account=account,
             inputs_digest=a.inputs_digest if a is not None else "",
+            change_digest=a.change_digest if a is not None else None,
             loss_matrix=res.scenario_losses if res is not None else [],
             requirement=res.requirement if res is not None else 0,
             initial_margin=res.initial_margin if res is not None else 0,
@@ -380,7 +381,7 @@ class KeeperCore:
         if saved is None:
             return None
         report.decisions_recorded += 1
-        self._last[account] = (row.inputs_digest, row.state, _tag(outcome))
+        self._last[account] = (row.change_digest or "", row.state, _tag(outcome))
         return saved
 
     # --- which accounts a block affects ------------------------------------------------------

@@ -118,6 +118,9 @@ class Assessment:
     action: Action | None
     flagged_at: int = 0
     note: str | None = None  # why no action where one might be expected (kept on the record)
+    #: ``inputs_digest`` with the market's timestamp set to 0: what decides whether a new
+    #: record is due (the timestamp moves every block; the book, prices and parameters don't).
+    change_digest: str = ""
 
 
 # --- the contract's liquidation arithmetic -------------------------------------------------
@@ -270,7 +273,10 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
             action,
             acc.flagged_at,
             note,
+            change or _no_price_digest(snap, pf),
         )
+
+    change: str | None = None
 
     def simple(kind: str) -> Action:
         return Action(
@@ -304,6 +310,9 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         except OracleError as exc:
             return make("no_price", lenient=True, note=str(exc))
     digest = inputs_digest(inp.portfolio, inp.market, snap.risk_params_bytes, lenient=lenient)
+    change = inputs_digest(
+        inp.portfolio, replace(inp.market, timestamp=0), snap.risk_params_bytes, lenient=lenient
+    )
     try:
         table = snap.table(inp.market)
         res = table.full_check(inp.portfolio)

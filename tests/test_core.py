@@ -415,7 +415,7 @@ def test_migration_from_v1_adds_the_action_columns(store_url: str) -> None:
     with st.engine.begin() as conn:
         conn.execute(text("DROP INDEX uq_decision_action_key"))
         for name in ("action_key", "account_nonce", "instrument", "lenient", "backoff_until",
-                     "expected_gas_cost"):  # fmt: skip
+                     "expected_gas_cost", "change_digest"):  # fmt: skip
             conn.execute(text(f"ALTER TABLE decision DROP COLUMN {name}"))
         conn.execute(text("UPDATE schema_version SET version = 1"))
     st.close()

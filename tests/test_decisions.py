@@ -244,3 +244,12 @@ def test_partial_close_rounds_down_to_lot(fraction: int) -> None:
     q = post.positions[0].quantity
     closed = 3 * WAD + 10**8 - q
     assert closed % 10**8 == 0 and closed <= (3 * WAD + 10**8) * fraction // WAD
+
+
+def test_change_digest_ignores_the_passing_of_time() -> None:
+    a = assess_account(snapshot({1: book(5000)}), 1, DecisionPolicy())
+    later = replace(snapshot({1: book(5000)}), timestamp=NOW + 12)
+    b = assess_account(later, 1, DecisionPolicy())
+    assert a.inputs_digest != b.inputs_digest and a.change_digest == b.change_digest
+    moved = assess_account(snapshot({1: book(5000)}, spot=2900), 1, DecisionPolicy())
+    assert moved.change_digest != a.change_digest

@@ -46,6 +46,7 @@ def migrate_v1_decision_actions(conn: Connection) -> None:
         ("lenient", "BOOLEAN"),
         ("backoff_until", big),
         ("expected_gas_cost", "VARCHAR(80)"),
+        ("change_digest", "VARCHAR(66)"),
     ):
         conn.execute(text(f"ALTER TABLE decision ADD COLUMN {name} {sql_type}"))
     conn.execute(text("CREATE UNIQUE INDEX uq_decision_action_key ON decision (action_key)"))

@@ -106,6 +106,9 @@ class Decision(SQLModel, table=True):
     lenient: bool | None = Field(default=None)  # oracle ages: liquidationMaxAge (True) / maxAge
     backoff_until: int | None = Field(default=None, sa_type=BigInteger)  # block number
     expected_gas_cost: int | None = Field(default=None, sa_type=BigInt)  # asset-0 WAD
+    #: ``inputs_digest`` with the market timestamp zeroed: a new record is due when it (or
+    #: the state) changes, not merely because a block passed.
+    change_digest: str | None = Field(default=None, max_length=66)
 
 
 class Transaction(SQLModel, table=True):
