@@ -206,7 +206,9 @@ def test_crash_flags_liquidates_and_spares_the_healthy(fresh: World, tmp_path: P
     assert again.actions_sent == [f"flag:{acc['naked']}:{n['naked']}"]
     settle(fresh, txm, store)
     core.on_block(chain.view(), {acc["naked"]}, acc.values(), market_changed=False)
-    # Nothing changed: the next block sends nothing and records nothing.
+    # Nothing changed but the time: the next block sends nothing and records nothing.
+    fresh.node.rpc("evm_increaseTime", [7])
+    fresh.node.rpc("evm_mine")
     calm = core.on_block(chain.view(), set(), acc.values(), market_changed=False)
     assert calm.actions_sent == [] and calm.decisions_recorded == 0
     assert calm.states == {acc["naked"]: "flagged_grace", acc["thin"]: "flagged_grace"}
