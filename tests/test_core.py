@@ -434,3 +434,21 @@ def test_migration_from_v1_adds_the_action_columns(store_url: str) -> None:
         assert st.add_action_decision(row()) is not None
         assert st.add_action_decision(row()) is None  # the unique index refuses the key
         assert st.backoffs(0) == {str(2**255): 5}
+
+
+def test_dry_run_decides_and_records_but_never_sends(fresh: World, tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'k.db'}")
+    chain = Chain.connect(fresh.node.url, fresh.dep)
+    liquidator = fresh.w3.eth.accounts[LIQUIDATOR_INDEX]
+    core = KeeperCore(chain, store, None, DecisionPolicy(), liquidator=liquidator)
+    acc = fresh.accounts
+    set_eth(fresh, 2800)
+    before = nonces(fresh)
+    report = core.on_block(chain.view(), set(), acc.values(), market_changed=False)
+    assert report.actions_sent == [] and nonces(fresh) == before
+    outcomes = {d.action: d.outcome for d in store.decisions_for(str(acc["naked"]))}
+    assert outcomes["liquidate"] == "dry_run"
+    # Once per change, not once per block.
+    again = core.on_block(chain.view(), set(), acc.values(), market_changed=True)
+    assert again.decisions_recorded == 0
+    store.close()
