@@ -193,6 +193,20 @@ class DecisionsConfig(_Section):
     confirmations: int = Field(default=12, ge=0, le=10_000)
     sweep_interval_seconds: PositiveSeconds = 300.0
     block_poll_interval_seconds: PositiveSeconds = 2.0
+    # --- decision policy (keeper.decisions.DecisionPolicy; ``min_profit`` above is read in
+    # asset-0 WAD: the bounty's unit, so "1 ether" = 1e18 = one unit of the settlement asset).
+    allow_flags: bool = True
+    allow_settlement: bool = True
+    allow_bad_debt: bool = True
+    clear_flags: bool = False
+    gas_margin_percent: int = Field(default=20, ge=0, le=1000)
+    backoff_blocks: int = Field(default=2, ge=1, le=100_000)
+    max_backoff_blocks: int = Field(default=256, ge=1, le=1_000_000)
+    fraction_steps: int = Field(default=100, ge=2, le=100_000)
+    #: Underlying whose spot converts gas (native wei) into asset 0; None: ``native_price``.
+    gas_price_underlying: int | None = Field(default=0, ge=0, le=254)
+    #: Fixed asset-0 WAD per 1e18 wei of the native coin (overrides the feed when set).
+    native_price: Wei | None = None
 
 
 class IndexerConfig(_Section):

@@ -7,6 +7,7 @@ from keeper.store.db import (
     SchemaVersionMismatch,
     Store,
     StoreError,
+    migrate_v1_decision_actions,
     normalise_url,
 )
 from keeper.store.models import (
@@ -39,5 +40,6 @@ __all__ = [
     "Transaction",
     "TxAttempt",
     "TxStatus",
+    "migrate_v1_decision_actions",
     "normalise_url",
 ]

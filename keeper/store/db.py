@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, delete, select, update
 
@@ -32,6 +32,29 @@ from keeper.store.types import utcnow
 #: A migration turns schema version ``v`` into ``v + 1``; keyed by ``v``.
 Migration = Callable[[Connection], None]
 MIGRATIONS: dict[int, Migration] = {}
+
+
+# --- schema v1 -> v2: the decision loop's action columns (keeper/core.py) ---------------------
+def migrate_v1_decision_actions(conn: Connection) -> None:
+    """Adds the action columns of ``Decision`` (all nullable) and the unique index on
+    ``action_key``; widens ``decision.account`` for account ids (PostgreSQL enforces lengths)."""
+    big = "BIGINT"
+    for name, sql_type in (
+        ("action_key", "VARCHAR(160)"),
+        ("account_nonce", big),
+        ("instrument", big),
+        ("lenient", "BOOLEAN"),
+        ("backoff_until", big),
+        ("expected_gas_cost", "VARCHAR(80)"),
+        ("change_digest", "VARCHAR(66)"),
+    ):
+        conn.execute(text(f"ALTER TABLE decision ADD COLUMN {name} {sql_type}"))
+    conn.execute(text("CREATE UNIQUE INDEX uq_decision_action_key ON decision (action_key)"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE decision ALTER COLUMN account TYPE VARCHAR(80)"))
+
+
+MIGRATIONS[1] = migrate_v1_decision_actions
 
 
 class StoreError(RuntimeError):
@@ -214,6 +237,60 @@ class Store:
     def decision(self, decision_id: int) -> Decision | None:
         with self.session() as s:
             return s.get(Decision, decision_id)
+
+    # --- decisions: the decision loop's queries (schema v2) ------------------------------
+
+    def add_action_decision(self, decision: Decision) -> Decision | None:
+        """Insert a decision carrying an ``action_key``; None when the key is already taken
+        (the unique index decides, so two keepers or a restarted one never both get it)."""
+        try:
+            return self.add_decision(decision)
+        except IntegrityError:
+            if decision.action_key and self.decision_by_key(decision.action_key) is not None:
+                return None
+            raise
+
+    def decision_by_key(self, action_key: str) -> Decision | None:
+        with self.session() as s:
+            return s.exec(select(Decision).where(Decision.action_key == action_key)).first()
+
+    def update_decision(self, decision_id: int, **fields: Any) -> Decision:
+        with self.session() as s:
+            row = s.get(Decision, decision_id)
+            if row is None:
+                raise StoreError(f"no decision {decision_id}")
+            for name, value in fields.items():
+                setattr(row, name, value)
+            return row
+
+    def latest_decisions(self) -> dict[str, Decision]:
+        """The most recent decision per account (by id)."""
+        with self.session() as s:
+            latest = (
+                select(Decision.account, func.max(Decision.id).label("id"))
+                .group_by(col(Decision.account))
+                .subquery()
+            )
+            rows = s.exec(select(Decision).join(latest, col(Decision.id) == latest.c.id))
+            return {d.account: d for d in rows}
+
+    def backoffs(self, from_block: int) -> dict[str, int]:
+        """Per account, the furthest recorded back-off that ends after ``from_block``."""
+        with self.session() as s:
+            rows = s.exec(
+                select(Decision.account, func.max(Decision.backoff_until))
+                .where(col(Decision.backoff_until) > from_block)
+                .group_by(col(Decision.account))
+            )
+            return {a: int(b) for a, b in rows}
+
+    def decisions_for(self, account: str) -> list[Decision]:
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(Decision).where(Decision.account == account).order_by(col(Decision.id))
+                )
+            )
 
     # --- nonces and transactions -------------------------------------------------------------
 

@@ -11,13 +11,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Integer, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from keeper.store.types import BigInt, ExactJSON, ScrubbedText, UTCDateTime, utcnow
 
 #: Bumped whenever a table changes; ``Store.open`` compares it with the database's.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: decision action columns (keeper/core.py)
 
 
 class TxStatus(StrEnum):
@@ -74,12 +74,14 @@ class Decision(SQLModel, table=True):
     """One margin decision about one account at one block, with everything needed to audit it."""
 
     __tablename__ = "decision"
+    __table_args__ = (Index("uq_decision_action_key", "action_key", unique=True),)
 
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     block_number: int = Field(sa_type=BigInteger, index=True)
     block_hash: str = Field(max_length=66)
-    account: str = Field(max_length=42, index=True)
+    #: An address, or a clearing-house account id as a decimal string (up to 78 digits).
+    account: str = Field(max_length=80, index=True)
     #: keccak of the canonical encoding of every input read at ``block_number``.
     inputs_digest: str = Field(max_length=66)
     #: Scenario losses per underlying, as integers (WAD).
@@ -93,6 +95,20 @@ class Decision(SQLModel, table=True):
     fraction: int | None = Field(default=None, sa_type=BigInt)  # WAD
     expected_bounty: int | None = Field(default=None, sa_type=BigInt)  # wei
     outcome: str | None = Field(default=None, sa_type=ScrubbedText)
+
+    # --- schema v2: the decision loop's action records (keeper/core.py) ---------------------
+    # Added by ``keeper.store.db.migrate_v1_decision_actions``. ``action_key`` is the
+    # idempotency key of a sent action (``flag:<account>:<nonce>``...): unique in the database,
+    # so the same action is never sent twice, across restarts and keepers sharing the store.
+    action_key: str | None = Field(default=None, max_length=160)
+    account_nonce: int | None = Field(default=None, sa_type=BigInteger)
+    instrument: int | None = Field(default=None, sa_type=BigInteger)
+    lenient: bool | None = Field(default=None)  # oracle ages: liquidationMaxAge (True) / maxAge
+    backoff_until: int | None = Field(default=None, sa_type=BigInteger)  # block number
+    expected_gas_cost: int | None = Field(default=None, sa_type=BigInt)  # asset-0 WAD
+    #: ``inputs_digest`` with the market timestamp zeroed: a new record is due when it (or
+    #: the state) changes, not merely because a block passed.
+    change_digest: str | None = Field(default=None, max_length=66)
 
 
 class Transaction(SQLModel, table=True):

@@ -1,0 +1,426 @@
+"""The keeper's per-block step: read, assess, record, simulate, send.
+
+``KeeperCore.on_block`` is called by the service loop (scheduler/indexer) once per new block:
+one batched snapshot pinned to the view's block (two when a feed moved and the accounts using
+it were not already in the first), ``keeper.decisions.assess``, a ``Decision`` row whenever an
+account's state or inputs digest changed (and for every action), then for each action:
+back-off and idempotency gates, ``eth_call`` simulation and ``eth_estimateGas`` against the
+latest block from the liquidator's address, the profitability rule, and ``TxManager.submit``.
+
+Never twice (why two locks): the action's idempotency key (``flag:<account>:<nonce>``...) is a
+unique column of ``decision`` (the database refuses a second row, whichever process inserts it)
+and ``TxManager`` refuses a second transaction for one decision id. A key contains the
+account's state nonce, so an action whose transaction reverted on-chain is retried only once
+the account changed. A simulation revert is recorded with its decoded reason and backs the
+account off exponentially (in blocks; the end block is recorded, so a restart keeps it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from web3 import Web3
+
+from keeper.chain.revert import decode_revert, revert_data_of
+from keeper.chain.view import NO_UNDERLYING, Chain, ChainView, ProtocolSnapshot
+from keeper.decisions import (
+    MAINTENANCE,
+    Action,
+    Assessment,
+    DecisionPolicy,
+    assess,
+    expired_unsettled,
+    gas_cost_in_asset0,
+)
+from keeper.deployment import clearing_house_abi
+from keeper.secrets import scrub
+from keeper.store import Decision, Store
+from keeper.transactions import SendError, TxManager
+
+log = logging.getLogger(__name__)
+
+#: States re-assessed at every block until they leave them, touched or not.
+WATCH_STATES = frozenset({"margin_call", "liquidatable", "flagged_grace", "bad_debt", "settleable"})
+SKIP_REASONS = ("unprofitable", "backoff", "duplicate", "simulation_reverted", "send_failed")
+
+
+@dataclass
+class BlockReport:
+    block: int
+    accounts_assessed: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+    decisions_recorded: int = 0
+    actions_sent: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    rpc_round_trips: int = 0
+    states: dict[int, str] = field(default_factory=dict)  # account -> state, assessed ones
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+class _Reverted(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _target(action: Action) -> str:
+    """The ``decision.account`` value an action is recorded (and backed off) under."""
+    if action.account is not None:
+        return str(action.account)
+    return f"instrument:{action.instrument}"
+
+
+class KeeperCore:
+    def __init__(
+        self,
+        chain: Chain,
+        store: Store,
+        txm: TxManager | None,
+        policy: DecisionPolicy,
+        *,
+        liquidator: str,
+    ) -> None:
+        self.chain = chain
+        self.store = store
+        self.txm = txm  # None: dry run (decide, simulate and record; never send)
+        self.policy = policy
+        self.liquidator = Web3.to_checksum_address(liquidator)
+        self._ch = chain.w3.eth.contract(address=chain.clearing_house, abi=clearing_house_abi())
+        self._first = True
+        self._rounds: dict[str, tuple[int, int, int]] = {}  # feed -> (round, answer, updatedAt)
+        self._uses: dict[int, frozenset[int]] = {}  # account -> underlyings it uses
+        self._known: set[int] = set()
+        self._watch: set[int] = set()  # accounts re-assessed every block (WATCH_STATES)
+        # What was last recorded per account, and back-offs: restored from the store.
+        self._last: dict[str, tuple[str, str, str | None]] = {
+            a: (d.change_digest or d.inputs_digest, d.state, _tag(d.outcome))
+            for a, d in store.latest_decisions().items()
+        }
+        self._backoff_until: dict[str, int] = store.backoffs(0)
+        self._backoff_level: dict[str, int] = {}
+        self._extra_trips = 0
+        self._last_snap: ProtocolSnapshot | None = None
+        self._settle_tried_at = -1  # snapshot timestamp of the last settle_expired
+        self._settle_rounds: dict[int, int] = {}  # instrument -> price round at that try
+
+    # --- the per-block step ------------------------------------------------------------------
+
+    def on_block(
+        self,
+        view: ChainView,
+        touched: set[int],
+        known: Iterable[int],
+        market_changed: bool,
+        sweep: bool = False,
+    ) -> BlockReport:
+        start = view.round_trips
+        self._extra_trips = 0
+        report = BlockReport(view.block.number)
+        self._known |= set(known) | set(touched)
+        everything = self._first or market_changed or sweep
+        # Besides the touched ones: accounts still waiting for an action (a grace period runs
+        # out with time alone; a back-off ends; gas may become cheap enough).
+        targets = set(self._known) if everything else set(touched) | self._watch
+        snap = view.snapshot(sorted(targets))
+        moved = self._moved_underlyings(snap)
+        if not everything and moved:
+            extra = {a for a in self._known - targets if self._uses.get(a, frozenset()) & moved}
+            if extra:
+                targets |= extra
+                snap = view.snapshot(sorted(targets))
+        self._first = False
+        for a in assess(snap, sorted(targets), self.policy):
+            self._uses[a.account] = _used_underlyings(snap, a.account)
+            if a.state in WATCH_STATES:
+                self._watch.add(a.account)
+            else:
+                self._watch.discard(a.account)
+            report.accounts_assessed += 1
+            report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
+            report.states[a.account] = a.state
+            self._handle(snap, a, report)
+        self._last_snap = snap
+        report.rpc_round_trips = view.round_trips - start + self._extra_trips
+        return report
+
+    @property
+    def next_expiry(self) -> int | None:
+        """When ``settle_expired`` is next worth running (a block timestamp; None: never):
+        the earliest unsettled expiry not yet tried, or now for an expired instrument whose
+        price feed has a new round since the last try (its settlement may now succeed)."""
+        snap = self._last_snap
+        if snap is None:
+            return None
+        due = []
+        for ins in snap.instruments.values():
+            if not ins.listed or ins.settled or ins.expiry == 0:
+                continue
+            if ins.expiry > self._settle_tried_at:
+                due.append(ins.expiry)
+                continue
+            feed = snap.feeds.get(snap.underlyings[ins.underlying].price_feed)
+            if feed is not None and self._settle_rounds.get(ins.id) != feed.round_id:
+                due.append(ins.expiry)
+        return min(due, default=None)
+
+    def settle_expired(self, view: ChainView) -> BlockReport:
+        """Expiry job: settleInstrument for expired instruments with a post-expiry price, and
+        settleAccount for the known holders of instruments already settled at this block (the
+        holders of an instrument settled now are paid at the next call or block)."""
+        start = view.round_trips
+        self._extra_trips = 0
+        report = BlockReport(view.block.number)
+        snap = view.snapshot(sorted(self._known))
+        self._last_snap = snap
+        self._settle_tried_at = snap.timestamp
+        for ins in snap.instruments.values():
+            feed = snap.feeds.get(snap.underlyings[ins.underlying].price_feed)
+            self._settle_rounds[ins.id] = feed.round_id if feed is not None else -1
+        for action in expired_unsettled(snap):
+            self._act(snap, action, None, report)
+        holders = [
+            a
+            for a, acc in snap.accounts.items()
+            if any(snap.instruments[i].settled for i, _ in acc.positions)
+        ]
+        for a in assess(snap, holders, self.policy):
+            report.accounts_assessed += 1
+            report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
+            report.states[a.account] = a.state
+            self._handle(snap, a, report)
+        report.rpc_round_trips = view.round_trips - start + self._extra_trips
+        return report
+
+    # --- gates, simulation, sending ----------------------------------------------------------
+
+    def _handle(self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport) -> None:
+        acct = str(a.account)
+        changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
+        if a.action is None:
+            if changed:
+                self._record(snap, a, None, report, outcome=a.note)
+            return
+        self._act(snap, a.action, a, report, changed=changed)
+
+    def _act(
+        self,
+        snap: ProtocolSnapshot,
+        action: Action,
+        a: Assessment | None,
+        report: BlockReport,
+        *,
+        changed: bool = True,
+    ) -> None:
+        target = _target(action)
+        block = snap.block.number
+        if self._backoff_until.get(target, -1) > block:
+            report.skip("backoff")
+            if changed and a is not None:
+                self._record(snap, a, action, report, outcome="backoff: skipped")
+            return
+        if self.store.decision_by_key(action.key) is not None:
+            report.skip("duplicate")
+            if changed and a is not None:
+                self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
+            return
+        fn, args = action.call()
+        data = self._ch.encode_abi(fn, args=list(args))
+        try:
+            returned = self._simulate(data)
+            gas = self._estimate(data)
+        except _Reverted as exc:
+            until = self._back_off(target, block)
+            report.skip("simulation_reverted")
+            log.warning(
+                "simulation reverted",
+                extra={"key": action.key, "reason": exc.reason, "backoff_until": until},
+            )
+            self._record(
+                snap, a, action, report,
+                outcome=f"simulation_reverted: {exc.reason}", backoff_until=until, target=target,
+            )  # fmt: skip
+            return
+        gas_limit = gas * (100 + self.policy.gas_margin_percent) // 100
+        max_fee = self._max_fee()
+        cost = gas_cost_in_asset0(snap, gas * max_fee, self.policy)
+        if action.kind not in MAINTENANCE:
+            profit = None if cost is None else action.expected_bounty - cost
+            if profit is None or profit < self.policy.min_profit:
+                report.skip("unprofitable")
+                last_tag = self._last.get(target, (None, None, None))[2]
+                if changed or last_tag != "unprofitable":
+                    why = "no gas price" if cost is None else f"profit {profit}"
+                    self._record(
+                        snap, a, action, report, outcome=f"unprofitable: {why} < "
+                        f"min_profit {self.policy.min_profit}", gas_cost=cost, target=target,
+                    )  # fmt: skip
+                return
+        simulated = _returned_bounty(action, returned)
+        if simulated is not None and simulated != action.expected_bounty:
+            log.warning(
+                "simulated bounty differs from the model's",
+                extra={
+                    "key": action.key,
+                    "simulated": simulated,
+                    "expected": action.expected_bounty,
+                },
+            )
+        if self.txm is None:  # read-only: one record per change, not one per block
+            if changed or self._last.get(target, (None, None, None))[2] != "dry_run":
+                self._record(
+                    snap, a, action, report, outcome="dry_run", gas_cost=cost, target=target
+                )
+            return
+        row = self._record(
+            snap, a, action, report, outcome="sent", gas_cost=cost, key=action.key, target=target
+        )
+        if row is None:  # another process (or an earlier run) took the key just now
+            report.skip("duplicate")
+            return
+        assert row.id is not None
+        try:
+            self.txm.submit(
+                to=self.chain.clearing_house, data=data, gas_limit=gas_limit, decision_id=row.id
+            )
+        except Exception as exc:  # SendError / RedactedError / DuplicateSubmission: all named
+            until = self._back_off(target, block)
+            fields: dict[str, Any] = {
+                "outcome": f"send_failed: {type(exc).__name__}: {exc}",
+                "backoff_until": until,
+            }
+            if isinstance(exc, SendError):
+                # Refused by the node: never on chain, so the key is released for a retry
+                # after the back-off. (A transport failure may have reached the node: the
+                # key stays taken and TxManager.poll follows the transaction.)
+                fields["action_key"] = None
+            self.store.update_decision(row.id, **fields)
+            report.skip("send_failed")
+            log.warning("send failed", extra={"key": action.key, "error": scrub(str(exc))})
+            return
+        report.actions_sent.append(action.key)
+        log.info("action sent", extra={"key": action.key, "decision_id": row.id})
+
+    def _tx(self, data: str) -> dict[str, Any]:
+        return {"from": self.liquidator, "to": self.chain.clearing_house, "data": data}
+
+    def _simulate(self, data: str) -> bytes:
+        self._extra_trips += 1
+        try:
+            return bytes(self.chain.w3.eth.call(self._tx(data), "latest"))  # type: ignore[arg-type]
+        except Exception as exc:
+            raise _Reverted(_reason(exc)) from None
+
+    def _estimate(self, data: str) -> int:
+        self._extra_trips += 1
+        try:
+            return int(self.chain.w3.eth.estimate_gas(self._tx(data), "latest"))  # type: ignore[arg-type]
+        except Exception as exc:
+            raise _Reverted(_reason(exc)) from None
+
+    def _max_fee(self) -> int:
+        self._extra_trips += 1
+        base = int(self.chain.w3.eth.get_block("latest").get("baseFeePerGas", 0))
+        if self.txm is not None:
+            return self.txm.fees.initial(base).max_fee_per_gas
+        return 2 * base + 1
+
+    def _back_off(self, target: str, block: int) -> int:
+        level = self._backoff_level.get(target, 0)
+        span = min(self.policy.backoff_blocks * 2**level, self.policy.max_backoff_blocks)
+        self._backoff_level[target] = level + 1
+        until = block + span
+        self._backoff_until[target] = until
+        return until
+
+    # --- recording ---------------------------------------------------------------------------
+
+    def _record(
+        self,
+        snap: ProtocolSnapshot,
+        a: Assessment | None,
+        action: Action | None,
+        report: BlockReport,
+        *,
+        outcome: str | None = None,
+        backoff_until: int | None = None,
+        gas_cost: int | None = None,
+        key: str | None = None,
+        target: str | None = None,
+    ) -> Decision | None:
+        res = a.result if a is not None else None
+        account = target or (str(a.account) if a is not None else "")
+        row = Decision(
+            block_number=snap.block.number,
+            block_hash=snap.block.hash,
+            account=account,
+            inputs_digest=a.inputs_digest if a is not None else "",
+            change_digest=a.change_digest if a is not None else None,
+            loss_matrix=res.scenario_losses if res is not None else [],
+            requirement=res.requirement if res is not None else 0,
+            initial_margin=res.initial_margin if res is not None else 0,
+            equity=res.equity if res is not None else 0,
+            witness=list(res.witness) if res is not None else None,
+            state=a.state if a is not None else "expired",
+            action=action.kind if action is not None else "none",
+            fraction=action.fraction if action is not None else None,
+            expected_bounty=action.expected_bounty if action is not None else None,
+            outcome=outcome,
+            action_key=key,
+            account_nonce=a.nonce if a is not None else None,
+            instrument=action.instrument if action is not None else None,
+            lenient=a.lenient if a is not None else None,
+            backoff_until=backoff_until,
+            expected_gas_cost=gas_cost,
+        )
+        saved = self.store.add_action_decision(row) if key else self.store.add_decision(row)
+        if saved is None:
+            return None
+        report.decisions_recorded += 1
+        self._last[account] = (row.change_digest or "", row.state, _tag(outcome))
+        return saved
+
+    # --- which accounts a block affects ------------------------------------------------------
+
+    def _moved_underlyings(self, snap: ProtocolSnapshot) -> frozenset[int]:
+        """Underlyings whose price or vol feed round changed since the previous call."""
+        rounds = {f: (r.round_id, r.answer, r.updated_at) for f, r in snap.feeds.items()}
+        moved = frozenset(
+            u.index
+            for u in snap.underlyings
+            if any(rounds.get(f) != self._rounds.get(f) for f in (u.price_feed, u.vol_feed))
+        )
+        self._rounds = rounds
+        return moved
+
+
+def _used_underlyings(snap: ProtocolSnapshot, account: int) -> frozenset[int]:
+    acc = snap.accounts[account]
+    used = {snap.instruments[i].underlying for i, _ in acc.positions}
+    for k, bal in enumerate(acc.balances):
+        u = snap.assets[k].underlying
+        if bal != 0 and u != NO_UNDERLYING:
+            used.add(u)
+    return frozenset(used)
+
+
+def _tag(outcome: str | None) -> str | None:
+    return outcome.split(":", 1)[0] if outcome else None
+
+
+def _reason(exc: BaseException) -> str:
+    data = revert_data_of(exc)
+    if data is not None:
+        return scrub(str(decode_revert(data)))
+    return scrub(f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}")
+
+
+def _returned_bounty(action: Action, returned: bytes) -> int | None:
+    """``liquidate`` returns the whole bounty credited: a check of the model's expectation."""
+    if action.kind != "liquidate" or len(returned) != 32:
+        return None
+    return int.from_bytes(returned, "big", signed=True)
