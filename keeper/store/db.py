@@ -17,8 +17,11 @@ from sqlmodel import Session, SQLModel, col, delete, select, update
 from keeper.secrets import redact_url, redacting_errors, register_url
 from keeper.store.models import (
     SCHEMA_VERSION,
+    Account,
     AttemptStatus,
     Decision,
+    EventAccount,
+    EventLog,
     IndexCursor,
     IndexedBlock,
     NonceState,
@@ -32,6 +35,15 @@ from keeper.store.types import utcnow
 #: A migration turns schema version ``v`` into ``v + 1``; keyed by ``v``.
 Migration = Callable[[Connection], None]
 MIGRATIONS: dict[int, Migration] = {}
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Version 2 adds the event index (keeper/indexer): event_log, event_account, account."""
+    tables = [m.__table__ for m in (EventLog, EventAccount, Account)]  # type: ignore[attr-defined]
+    SQLModel.metadata.create_all(conn, tables=tables)
+
+
+MIGRATIONS[1] = _v1_to_v2
 
 
 class StoreError(RuntimeError):
