@@ -4,7 +4,7 @@ path and userinfo, so URLs carrying fake credentials reach the real node.
 
 It can also play a hosted node's limits and faults: ``max_log_range`` refuses eth_getLogs over
 more blocks (JSON-RPC -32005, Infura's wording), ``outage_after_logs`` makes every request
-fail with HTTP 503 once that many eth_getLogs were answered (and ``outage`` does so now)."""
+fail with HTTP 503 after that many eth_getLogs were answered (and ``outage`` does so now)."""
 
 from __future__ import annotations
 
@@ -62,9 +62,6 @@ class CountingProxy:
                     self._reply(json.dumps(refusal).encode())
                     return
                 refused = {id(i): e for i in items if (e := proxy._refusal(i)) is not None}
-                if proxy.outage:
-                    self._unavailable()
-                    return
                 if not refused:
                     self._reply(proxy._forward(body))
                     return
@@ -109,18 +106,15 @@ class CountingProxy:
         except (KeyError, TypeError, ValueError):  # tags ("latest"), block hashes
             rng = (0, 0)
         with self._lock:
-            if (
-                self.outage_after_logs is not None
-                and len(self.log_ranges) >= self.outage_after_logs
-            ):
-                self.outage = True
-                return None
             if self.max_log_range is not None and rng[1] - rng[0] + 1 > self.max_log_range:
                 self.refused_log_ranges.append(rng)
                 message = f"query exceeds max block range {self.max_log_range}"
                 error = {"code": -32005, "message": message}
                 return {"jsonrpc": "2.0", "id": item.get("id"), "error": error}
             self.log_ranges.append(rng)
+            cap = self.outage_after_logs
+            if cap is not None and len(self.log_ranges) >= cap:
+                self.outage = True  # from the next request on: this one is still answered
         return None
 
     @property
