@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -22,7 +23,7 @@ from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.activity import Activity, build_history, send
 from keeper.devnet.rpc_proxy import CountingProxy
-from keeper.indexer import STREAM, Indexer, ReorgTooDeep, is_range_refusal
+from keeper.indexer import STREAM, ChainMoved, Indexer, ReorgTooDeep, is_range_refusal
 from keeper.indexer.decode import UNKNOWN, decode_log
 from keeper.store import (
     SCHEMA_VERSION,
@@ -182,6 +183,35 @@ def test_rpc_outage_stores_no_partial_chunk(net: Net, store: Store) -> None:
         res = ix.sync(head)
         assert res.from_block == cursor.block_number + 1
     assert stored_logs(store) == chain_logs(net, head.number)
+
+
+def test_log_from_a_reorged_block_is_not_stored(net: Net, store: Store) -> None:
+    """A lagging node answers eth_getLogs with a log whose blockHash is not the block's: the
+    chunk is refused (ChainMoved), the sync starts over and stores the canonical answer."""
+    stale = "0x" + "ee" * 32
+    lies = {"left": 1}
+
+    def lagging(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if logs and lies["left"]:
+            lies["left"] -= 1
+            logs[0]["blockHash"] = stale
+        return logs
+
+    with CountingProxy(net.node.url) as proxy:
+        chain = Chain.connect(proxy.url, net.d)
+        head = chain.head()
+        proxy.logs_hook = lagging
+        ix = Indexer(chain, store, confirmations=5, chunk_blocks=1000)
+        res = ix.sync(head)
+        assert lies["left"] == 0 and res.to_block == head.number
+        assert stored_logs(store) == chain_logs(net, head.number)
+        # A node that keeps lying: the sync gives up with the named error, nothing stored.
+        lies["left"] = 10**6
+        fresh = Indexer(chain, store, confirmations=5, chunk_blocks=1000)
+        index_store.rollback_index_after(store, STREAM, net.d.start_block - 1)
+        with pytest.raises(ChainMoved):
+            fresh.sync(head)
+        assert not stored_logs(store) and store.cursor(STREAM).block_number < net.d.start_block  # type: ignore[union-attr]
 
 
 def _trade(net: Net) -> int:

@@ -4,13 +4,15 @@ path and userinfo, so URLs carrying fake credentials reach the real node.
 
 It can also play a hosted node's limits and faults: ``max_log_range`` refuses eth_getLogs over
 more blocks (JSON-RPC -32005, Infura's wording), ``outage_after_logs`` makes every request
-fail with HTTP 503 after that many eth_getLogs were answered (and ``outage`` does so now)."""
+fail with HTTP 503 after that many eth_getLogs were answered (and ``outage`` does so now),
+``logs_hook`` rewrites eth_getLogs results (a lagging node answering from a reorged block)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -29,6 +31,8 @@ class CountingProxy:
         self.max_log_range = max_log_range
         self.outage_after_logs = outage_after_logs
         self.outage = False
+        #: Applied to every eth_getLogs result before it is returned.
+        self.logs_hook: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
         self.log_ranges: list[tuple[int, int]] = []  # eth_getLogs (from, to) answered
         self.refused_log_ranges: list[tuple[int, int]] = []
         #: Answer every batch with one JSON-RPC error, as nodes without batch support do.
@@ -62,12 +66,19 @@ class CountingProxy:
                     self._reply(json.dumps(refusal).encode())
                     return
                 refused = {id(i): e for i in items if (e := proxy._refusal(i)) is not None}
-                if not refused:
+                hooked = proxy.logs_hook is not None and any(
+                    i.get("method") == "eth_getLogs" for i in items
+                )
+                if not refused and not hooked:
                     self._reply(proxy._forward(body))
                     return
                 passed = [i for i in items if id(i) not in refused]
                 answers = json.loads(proxy._forward(json.dumps(passed).encode())) if passed else []
                 by_id = {a.get("id"): a for a in answers}
+                for i in items:
+                    a = by_id.get(i.get("id"))
+                    if proxy.logs_hook and i.get("method") == "eth_getLogs" and a and "result" in a:
+                        a["result"] = proxy.logs_hook(a["result"])
                 out = [refused.get(id(i)) or by_id[i.get("id")] for i in items]
                 self._reply(json.dumps(out if isinstance(msg, list) else out[0]).encode())
 
