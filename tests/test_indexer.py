@@ -24,6 +24,7 @@ from keeper.devnet import Anvil
 from keeper.devnet.activity import Activity, build_history, send
 from keeper.devnet.rpc_proxy import CountingProxy
 from keeper.indexer import STREAM, ChainMoved, Indexer, ReorgTooDeep, is_range_refusal
+from keeper.indexer.core import bloom_has
 from keeper.indexer.decode import UNKNOWN, decode_log
 from keeper.store import (
     SCHEMA_VERSION,
@@ -212,6 +213,43 @@ def test_log_from_a_reorged_block_is_not_stored(net: Net, store: Store) -> None:
         with pytest.raises(ChainMoved):
             fresh.sync(head)
         assert not stored_logs(store) and store.cursor(STREAM).block_number < net.d.start_block  # type: ignore[union-attr]
+
+
+def test_logs_omitted_in_the_window_are_caught(net: Net, store: Store) -> None:
+    """A node answers the range query without the head block's logs (its bloom names the
+    clearing house): the chunk is refused and re-fetched, nothing is lost."""
+    block = _trade(net)
+    dropped = {"left": 1}
+
+    def omitting(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if dropped["left"] and any(int(r["blockNumber"], 16) == block for r in logs):
+            dropped["left"] -= 1
+            return [r for r in logs if int(r["blockNumber"], 16) != block]
+        return logs
+
+    with CountingProxy(net.node.url) as proxy:
+        chain = Chain.connect(proxy.url, net.d)
+        head = chain.head()
+        assert head.number == block
+        proxy.logs_hook = omitting
+        Indexer(chain, store, confirmations=5, chunk_blocks=1000).sync(head)
+        assert dropped["left"] == 0
+    assert stored_logs(store) == chain_logs(net, block)
+    assert block in {b for b, _, _ in stored_logs(store)}
+
+
+def test_bloom_membership_on_real_headers(net: Net, chain: Chain) -> None:
+    block = _trade(net)
+    raw = net.node.rpc("eth_getBlockByNumber", [hex(block), False])
+    assert isinstance(raw, dict)
+    bloom = bytes.fromhex(raw["logsBloom"][2:])
+    assert bloom_has(bloom, bytes.fromhex(net.d.address("ClearingHouse")[2:]))
+    assert not bloom_has(bloom, bytes.fromhex(net.d.address("MockERC20:WETH")[2:]))
+    net.node.rpc("anvil_mine", ["0x1"])
+    empty = net.node.rpc("eth_getBlockByNumber", ["latest", False])
+    assert isinstance(empty, dict)
+    address = bytes.fromhex(net.d.address("ClearingHouse")[2:])
+    assert not bloom_has(bytes.fromhex(empty["logsBloom"][2:]), address)
 
 
 def _trade(net: Net) -> int:

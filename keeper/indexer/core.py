@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from eth_utils import keccak
+
 from keeper.chain.errors import ChainError, RpcError
 from keeper.chain.rpc import BlockRef, _block_ref
 from keeper.chain.view import Chain, ChainView
@@ -274,8 +276,11 @@ class Indexer:
         ref = self._node_headers([number]).get(number)
         return ref.hash if ref else None
 
-    def _node_headers(self, numbers: list[int]) -> dict[int, BlockRef]:
-        """Headers by number in one JSON-RPC batch; numbers the node does not have are absent."""
+    def _node_headers(
+        self, numbers: list[int], blooms: dict[int, bytes] | None = None
+    ) -> dict[int, BlockRef]:
+        """Headers by number in one JSON-RPC batch; numbers the node does not have are absent.
+        ``blooms`` (if given) receives each header's logsBloom."""
         replies = self.chain.rpc.batch([("eth_getBlockByNumber", [hex(n), False]) for n in numbers])
         out = {}
         for n, reply in zip(numbers, replies, strict=True):
@@ -283,6 +288,8 @@ class Indexer:
                 raise RpcError("eth_getBlockByNumber", reply["error"])
             if reply.get("result"):
                 out[n] = _block_ref(reply["result"])
+                if blooms is not None and reply["result"].get("logsBloom"):
+                    blooms[n] = bytes.fromhex(reply["result"]["logsBloom"][2:])
         return out
 
     # --- one chunk -----------------------------------------------------------------------------
@@ -310,11 +317,34 @@ class Indexer:
         want.update(range(max(start, head.number - self.confirmations), end + 1))
         want.update(int(r["blockNumber"], 16) for r in raw)
         numbers = sorted(want)
-        got = self._node_headers(numbers)
+        blooms: dict[int, bytes] = {}
+        got = self._node_headers(numbers, blooms)
         missing = [n for n in numbers if n not in got]
         if missing:
             raise ChainMoved(f"the node no longer has block(s) {missing[:5]}")
+        self._check_omissions(start, end, head, got, blooms, raw)
         return got
+
+    def _check_omissions(
+        self,
+        start: int,
+        end: int,
+        head: BlockRef,
+        headers: dict[int, BlockRef],
+        blooms: dict[int, bytes],
+        raw: list[dict[str, Any]],
+    ) -> None:
+        """A window block whose logsBloom names the clearing house but that came back without
+        logs: ask for that block's logs by hash (EIP-234), exact; any answer means the range
+        query omitted them (a node behind a load balancer answering from another view)."""
+        with_logs = {int(r["blockNumber"], 16) for r in raw}
+        address = bytes.fromhex(self.address[2:])
+        for n in range(max(start, head.number - self.confirmations), end + 1):
+            if n in with_logs or not bloom_has(blooms.get(n, b""), address):
+                continue
+            flt = {"address": self.chain.clearing_house, "blockHash": headers[n].hash}
+            if self.chain.rpc.request("eth_getLogs", [flt]):
+                raise ChainMoved(f"eth_getLogs omitted the logs of block {n}")
 
     def _check(
         self,
@@ -370,6 +400,19 @@ class Indexer:
             yield advance
 
 
+def bloom_has(bloom: bytes, item: bytes) -> bool:
+    """The 2048-bit logsBloom may contain ``item`` (an address or topic): its three bits,
+    from the first three byte pairs of keccak(item), are set. An absent bloom says yes."""
+    if len(bloom) != 256:
+        return True
+    h = keccak(item)
+    for i in (0, 2, 4):
+        bit = ((h[i] << 8) | h[i + 1]) & 2047
+        if not bloom[255 - bit // 8] & (1 << (bit % 8)):
+            return False
+    return True
+
+
 def _row(ref: BlockRef) -> IndexedBlock:
     return IndexedBlock(
         number=ref.number, hash=ref.hash, parent_hash=ref.parent_hash, timestamp=ref.timestamp
@@ -386,5 +429,6 @@ __all__ = [
     "LogRangeRefused",
     "ReorgTooDeep",
     "SyncResult",
+    "bloom_has",
     "is_range_refusal",
 ]
