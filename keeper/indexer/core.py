@@ -143,10 +143,11 @@ class Indexer:
         If the chain moves under the sync (``ChainMoved``), it starts over from reorg detection
         against the node's new head, so ``to_block`` may then exceed ``head.number``."""
         head = head or self.chain.head()
-        result: SyncResult | None = None
+        # One result across attempts: chunks stored before a ChainMoved count as well.
+        result = SyncResult(from_block=-1, to_block=-1, logs=0, reorg_from=None)
         for attempt in range(ATTEMPTS):
             try:
-                result = self._sync_once(head, result)
+                self._sync_once(head, result)
                 return result
             except ChainMoved as exc:
                 if attempt == ATTEMPTS - 1:
@@ -194,8 +195,7 @@ class Indexer:
 
     # --- one pass ------------------------------------------------------------------------------
 
-    def _sync_once(self, head: BlockRef, prev: SyncResult | None) -> SyncResult:
-        res = prev or SyncResult(from_block=0, to_block=0, logs=0, reorg_from=None)
+    def _sync_once(self, head: BlockRef, res: SyncResult) -> None:
         fork = self._find_fork()
         if fork is not None:
             rolled = index_store.rollback_index_after(self.store, STREAM, fork)
@@ -206,12 +206,10 @@ class Indexer:
         cur = self.store.cursor(STREAM)
         start = cur.block_number + 1 if cur else self.start_block
         prev_hash = cur.block_hash if cur else None
-        if prev is None or fork is not None:
-            res.from_block = start
+        res.from_block = start if res.from_block < 0 else min(res.from_block, start)
         res.to_block = max(start - 1, head.number)
         if start > head.number:
-            res.to_block = start - 1
-            return res
+            return
         backstop = index_store.latest_backstop(self.store)
         with self._progress(head.number - start + 1) as advance:
             while start <= head.number:
@@ -237,7 +235,6 @@ class Indexer:
                 self._fold(res, logs)
                 advance(end - start + 1, len(logs))
                 start, prev_hash = end + 1, headers[end].hash
-        return res
 
     @staticmethod
     def _fold(res: SyncResult, logs: list[DecodedLog]) -> None:
