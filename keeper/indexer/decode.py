@@ -122,6 +122,12 @@ class DecodedLog:
         return list(dict.fromkeys(a for a, _, _ in self.effects))
 
 
+def _static(abi_type: str) -> bool:
+    return (
+        abi_type not in ("string", "bytes") and not abi_type.endswith("]") and "(" not in abi_type
+    )
+
+
 def _hex_int(x: Any) -> int:
     return int(x, 16) if isinstance(x, str) else int(x)
 
@@ -143,9 +149,14 @@ def decode_log(raw: dict[str, Any], backstop: int | None) -> DecodedLog:
         indexed = [(n, t) for n, t, i in ev.inputs if i]
         if len(topics) != 1 + len(indexed):
             raise ValueError("topic count")
-        args: dict[str, Any] = {}
-        for (n, t), topic in zip(indexed, topics[1:], strict=True):
-            args[n] = _plain(decode([t], bytes.fromhex(topic[2:]))[0])
+        # One decode for all topics: a topic is the 32-byte word of a static value (a dynamic
+        # value's topic is its keccak, kept as bytes32).
+        words = b"".join(bytes.fromhex(t[2:]) for t in topics[1:])
+        if len(words) != 32 * len(indexed):
+            raise ValueError("topic size")
+        types = [t if _static(t) else "bytes32" for _, t in indexed]
+        values = decode(types, words)
+        args = {n: _plain(v) for (n, _), v in zip(indexed, values, strict=True)}
         rest = [(n, t) for n, t, i in ev.inputs if not i]
         values = decode([t for _, t in rest], bytes.fromhex(data[2:]))
         for (n, _), v in zip(rest, values, strict=True):

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func
+from sqlalchemy import func, insert
 from sqlmodel import Session, col, delete, select
 
 from keeper.store.models import Account, EventAccount, EventLog, IndexCursor, IndexedBlock
@@ -33,22 +33,24 @@ class RolledBack:
     names: set[str] = field(default_factory=set)
 
 
-def _account_row(s: Session, cache: dict[int, Account], account: int, block: int) -> Account:
-    row = cache.get(account)
-    if row is None:
-        row = s.get(Account, account)
-        if row is None:
-            row = Account(
-                id=account,
-                owner="0x" + f"{account >> SUB_BITS:040x}",
-                sub=account & ((1 << SUB_BITS) - 1),
-                nonce=0,
-                first_block=block,
-                last_block=block,
-            )
-            s.add(row)
-        cache[account] = row
-    return row
+def _new_account(account: int, block: int) -> Account:
+    return Account(
+        id=account,
+        owner="0x" + f"{account >> SUB_BITS:040x}",
+        sub=account & ((1 << SUB_BITS) - 1),
+        nonce=0,
+        first_block=block,
+        last_block=block,
+    )
+
+
+def _load_accounts(s: Session, ids: set[int]) -> dict[int, Account]:
+    out: dict[int, Account] = {}
+    todo = sorted(ids)
+    for i in range(0, len(todo), 500):  # bounded IN lists
+        q = select(Account).where(col(Account.id).in_(todo[i : i + 500]))
+        out.update((int(a.id), a) for a in s.exec(q))
+    return out
 
 
 def store_chunk(
@@ -60,39 +62,50 @@ def store_chunk(
     prune_below: int,
 ) -> None:
     """Logs with their account effects, the blocks of the unconfirmed window, the cursor, and
-    the pruning of final blocks: all or nothing."""
+    the pruning of final blocks: all or nothing. Logs and links go in as executemany inserts
+    (the ORM's per-object bookkeeping cost more than the database itself)."""
     with store.session() as s:
-        accounts: dict[int, Account] = {}
+        accounts = _load_accounts(s, {a for log in logs for a, _, _ in log.effects})
+        new: dict[int, Account] = {}
+        log_rows: list[dict[str, object]] = []
+        link_rows: list[dict[str, object]] = []
         for log in logs:
-            s.add(
-                EventLog(
-                    block_number=log.block_number,
-                    log_index=log.log_index,
-                    block_hash=log.block_hash,
-                    tx_hash=log.tx_hash,
-                    name=log.name,
-                    args=log.args,
-                    accounts=log.accounts,
-                )
+            log_rows.append(
+                {
+                    "block_number": log.block_number,
+                    "log_index": log.log_index,
+                    "block_hash": log.block_hash,
+                    "tx_hash": log.tx_hash,
+                    "name": log.name,
+                    "args": log.args,
+                    "accounts": log.accounts,
+                }
             )
             after: dict[int, int] = {}
             for account, kind, value in log.effects:
-                row = _account_row(s, accounts, account, log.block_number)
+                row = accounts.get(account)
+                if row is None:
+                    row = accounts[account] = new[account] = _new_account(account, log.block_number)
                 if kind == "set":
                     row.nonce = value
                 elif kind == "bump":
                     row.nonce += 1
                 row.last_block = log.block_number
                 after[account] = row.nonce
-            for account, nonce in after.items():
-                s.add(
-                    EventAccount(
-                        block_number=log.block_number,
-                        log_index=log.log_index,
-                        account=account,
-                        nonce=nonce,
-                    )
-                )
+            link_rows += [
+                {
+                    "block_number": log.block_number,
+                    "log_index": log.log_index,
+                    "account": account,
+                    "nonce": nonce,
+                }
+                for account, nonce in after.items()
+            ]
+        if log_rows:
+            s.exec(insert(EventLog), params=log_rows)  # type: ignore[call-overload]
+        if link_rows:
+            s.exec(insert(EventAccount), params=link_rows)  # type: ignore[call-overload]
+        s.add_all(new.values())
         for b in [*blocks, cursor]:
             s.merge(IndexedBlock.model_validate(b.model_dump()))
         s.flush()
@@ -155,14 +168,7 @@ def recompute_accounts(s: Session, accounts: Iterable[int]) -> None:
                 s.delete(row)
             continue
         if row is None:
-            row = Account(
-                id=account,
-                owner="0x" + f"{account >> SUB_BITS:040x}",
-                sub=account & ((1 << SUB_BITS) - 1),
-                nonce=0,
-                first_block=rows[0].block_number,
-                last_block=rows[-1].block_number,
-            )
+            row = _new_account(account, rows[0].block_number)
             s.add(row)
         row.nonce = rows[-1].nonce
         row.first_block, row.last_block = rows[0].block_number, rows[-1].block_number
