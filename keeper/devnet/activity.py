@@ -32,9 +32,23 @@ def send(w3: Web3, fn: Any, sender: str) -> Any:
 def send_all(w3: Web3, calls: list[tuple[Any, str]]) -> None:
     """Send every call, then wait for every receipt (one block each under automine)."""
     hashes = [fn.transact({"from": who}) for fn, who in calls]
-    for h in hashes:
-        if w3.eth.wait_for_transaction_receipt(h, timeout=60)["status"] != 1:
-            raise RuntimeError(f"transaction {h.hex()} reverted")
+    for (fn, who), h in zip(calls, hashes, strict=True):
+        receipt = w3.eth.wait_for_transaction_receipt(h, timeout=60)
+        if receipt["status"] != 1:
+            raise RuntimeError(f"{fn.fn_name}{fn.args} from {who} reverted: {_reason(w3, h)}")
+
+
+def _reason(w3: Web3, tx_hash: Any) -> str:
+    """The decoded revert of a mined transaction (replayed at its block's parent state)."""
+    from keeper.chain.revert import decode_revert, revert_data_of
+
+    tx = w3.eth.get_transaction(tx_hash)
+    call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
+    try:
+        w3.eth.call(call, tx["blockNumber"] - 1)  # type: ignore[arg-type]
+    except Exception as exc:
+        return str(decode_revert(revert_data_of(exc) or b""))
+    return "no revert when replayed"
 
 
 def fund(w3: Web3, d: Deployment, traders: list[str], usdc_each: int = 100_000) -> Activity:
