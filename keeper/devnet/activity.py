@@ -13,6 +13,7 @@ from keeper.deployment import Deployment, account_id, bind
 
 WAD = 10**18
 USDC = 10**6
+GAS = 5_000_000
 
 
 @dataclass
@@ -23,7 +24,8 @@ class Activity:
 
 
 def send(w3: Web3, fn: Any, sender: str) -> Any:
-    receipt = w3.eth.wait_for_transaction_receipt(fn.transact({"from": sender}), timeout=60)
+    tx_hash = fn.transact({"from": sender, "gas": GAS})
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
     if receipt["status"] != 1:
         raise RuntimeError(f"{fn.fn_name} reverted")
     return receipt
@@ -31,7 +33,9 @@ def send(w3: Web3, fn: Any, sender: str) -> Any:
 
 def send_all(w3: Web3, calls: list[tuple[Any, str]]) -> None:
     """Send every call, then wait for every receipt (one block each under automine)."""
-    hashes = [fn.transact({"from": who}) for fn, who in calls]
+    # An explicit gas limit: an estimate made while earlier calls are still pending can be
+    # short when they change the state (a first position slot costs a fresh SSTORE).
+    hashes = [fn.transact({"from": who, "gas": GAS}) for fn, who in calls]
     for (fn, who), h in zip(calls, hashes, strict=True):
         receipt = w3.eth.wait_for_transaction_receipt(h, timeout=60)
         if receipt["status"] != 1:
