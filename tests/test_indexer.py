@@ -424,6 +424,29 @@ def test_progress_bar_only_when_asked(
     assert out == "" and "blocks" in err and "logs" in err
 
 
+def test_settlement_after_expiry(net: Net, chain: Chain, store: Store) -> None:
+    """Last of the chain tests: it moves time past the instruments' expiry."""
+    ix = Indexer(chain, store, confirmations=5)
+    ix.sync()
+    expiry = max(i["expiry"] for i in net.d.instruments)
+    now = int(net.w3.eth.get_block("latest")["timestamp"])
+    if now <= expiry:
+        net.node.rpc("evm_increaseTime", [expiry - now + 60])
+        net.node.rpc("evm_mine")
+    _set_prices(net, 3000 * 10**8)  # a price published after expiry
+    ch = bind(net.w3, net.d, "ClearingHouse")
+    iid = next(
+        i["id"]
+        for i in net.d.instruments
+        if i["expiry"] and i["underlying"] == 0 and not ch.functions.instruments(i["id"]).call()[3]
+    )
+    send(net.w3, ch.functions.settleInstrument(iid), net.d.deployer)
+    res = ix.sync()
+    assert res.settled_instruments == {iid} and res.market_changed and not res.listed_instruments
+    settled = index_store.events(store, "InstrumentSettled")[-1]
+    assert settled.args == {"instrument": iid, "price": 3000 * WAD}
+
+
 # --- without a chain ---------------------------------------------------------------------
 
 
