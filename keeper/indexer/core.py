@@ -107,12 +107,24 @@ class ConsistencyReport:
 
     @property
     def ok(self) -> bool:
+        return self.indexed_to >= self.block and not self.mismatched and not self.missing_events
+
+    @property
+    def missing_events(self) -> bool:
+        """The counts disagree: whole logs are missing (or extra), so the index must be
+        rebuilt (``Indexer.rewind``), not only the mismatching accounts re-read."""
         return (
-            self.indexed_to >= self.block
-            and not self.mismatched
-            and self.trade_count[0] == self.trade_count[1]
-            and self.instrument_count[0] == self.instrument_count[1]
+            self.trade_count[0] != self.trade_count[1]
+            or self.instrument_count[0] != self.instrument_count[1]
         )
+
+    @property
+    def mismatched_accounts(self) -> list[int]:
+        return [m.account for m in self.mismatched]
+
+    @property
+    def mismatches(self) -> list[AccountMismatch]:  # the name the service reads
+        return self.mismatched
 
 
 class Indexer:
@@ -155,6 +167,15 @@ class Indexer:
                 log.warning("chain moved during sync (%s); starting over", exc)
                 head = self.chain.head()
         raise AssertionError("unreachable")
+
+    def rewind(self, to_block: int | None = None) -> None:
+        """Forget everything indexed above ``to_block`` (default: everything), in one
+        transaction; the next ``sync`` re-indexes from there (after a consistency failure
+        with missing events, or a ``ReorgTooDeep``)."""
+        floor = self.start_block - 1
+        index_store.rollback_index_after(
+            self.store, STREAM, floor if to_block is None else max(to_block, floor)
+        )
 
     def known_accounts(self) -> list[int]:
         return index_store.known_accounts(self.store)
