@@ -37,13 +37,14 @@ Migration = Callable[[Connection], None]
 MIGRATIONS: dict[int, Migration] = {}
 
 
-def _v1_to_v2(conn: Connection) -> None:
-    """Version 2 adds the event index (keeper/indexer): event_log, event_account, account."""
+def migrate_add_event_index(conn: Connection) -> None:
+    """v1 -> v2: the event index (keeper/indexer): event_log, event_account, account. Only
+    creates tables (if absent), so it stays correct whatever step number it ends up at."""
     tables = [m.__table__ for m in (EventLog, EventAccount, Account)]  # type: ignore[attr-defined]
     SQLModel.metadata.create_all(conn, tables=tables)
 
 
-MIGRATIONS[1] = _v1_to_v2
+MIGRATIONS[1] = migrate_add_event_index
 
 
 class StoreError(RuntimeError):
