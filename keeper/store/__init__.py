@@ -12,8 +12,11 @@ from keeper.store.db import (
 )
 from keeper.store.models import (
     SCHEMA_VERSION,
+    Account,
     AttemptStatus,
     Decision,
+    EventAccount,
+    EventLog,
     IndexCursor,
     IndexedBlock,
     NonceState,
@@ -26,9 +29,12 @@ from keeper.store.models import (
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "Account",
     "AttemptStatus",
     "Decision",
     "DuplicateSubmission",
+    "EventAccount",
+    "EventLog",
     "IndexCursor",
     "IndexedBlock",
     "NonceNotInitialised",

@@ -17,8 +17,11 @@ from sqlmodel import Session, SQLModel, col, delete, select, update
 from keeper.secrets import redact_url, redacting_errors, register_url
 from keeper.store.models import (
     SCHEMA_VERSION,
+    Account,
     AttemptStatus,
     Decision,
+    EventAccount,
+    EventLog,
     IndexCursor,
     IndexedBlock,
     NonceState,
@@ -54,7 +57,25 @@ def migrate_v1_decision_actions(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE decision ALTER COLUMN account TYPE VARCHAR(80)"))
 
 
+
+def migrate_add_event_index(conn: Connection) -> None:
+    """v1 -> v2: the event index (keeper/indexer): event_log, event_account, account. Only
+    creates tables (if absent), so it stays correct whatever step number it ends up at."""
+    tables = [m.__table__ for m in (EventLog, EventAccount, Account)]  # type: ignore[attr-defined]
+    SQLModel.metadata.create_all(conn, tables=tables)
+
+
+
+
+def migrate_v3_tx_bounty(conn: Connection) -> None:
+    """v3 -> v4: the bounty a final receipt credited (``tx.bounty``). Idempotent."""
+    if "bounty" not in {c["name"] for c in inspect(conn).get_columns("tx")}:
+        conn.execute(text("ALTER TABLE tx ADD COLUMN bounty VARCHAR(80)"))
+
+
 MIGRATIONS[1] = migrate_v1_decision_actions
+MIGRATIONS[2] = migrate_add_event_index
+MIGRATIONS[3] = migrate_v3_tx_bounty
 
 
 class StoreError(RuntimeError):

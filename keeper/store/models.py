@@ -17,7 +17,7 @@ from sqlmodel import Field, SQLModel
 from keeper.store.types import BigInt, ExactJSON, ScrubbedText, UTCDateTime, utcnow
 
 #: Bumped whenever a table changes; ``Store.open`` compares it with the database's.
-SCHEMA_VERSION = 2  # 2: decision action columns (keeper/core.py)
+SCHEMA_VERSION = 4  # 2: decision action columns; 3: event index; 4: tx.bounty
 
 
 class TxStatus(StrEnum):
@@ -175,3 +175,48 @@ class NonceState(SQLModel, table=True):
     sender: str = Field(primary_key=True, max_length=42)
     next_nonce: int = Field(sa_type=BigInteger)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- event index (schema version 2, keeper/indexer) -----------------------------------------
+
+
+class EventLog(SQLModel, table=True):
+    """One ClearingHouse log, decoded (``name`` "unknown" with raw topics/data otherwise)."""
+
+    __tablename__ = "event_log"
+    __table_args__ = (Index("ix_event_log_name_block", "name", "block_number"),)
+
+    block_number: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    log_index: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    block_hash: str = Field(max_length=66)
+    tx_hash: str = Field(max_length=66)
+    name: str = Field(max_length=64)
+    #: Decoded arguments by name: integers exact (any size), addresses/bytes as 0x-hex.
+    args: Any = Field(sa_type=ExactJSON)
+    #: Account ids this log names (including the backstop it implicitly changes).
+    accounts: Any = Field(sa_type=ExactJSON)
+
+
+class EventAccount(SQLModel, table=True):
+    """An account named by a log, with the account's nonce after that log: the latest row of
+    an account is its indexed state, which makes a reorg rollback a plain delete."""
+
+    __tablename__ = "event_account"
+
+    block_number: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    log_index: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    account: int = Field(sa_column=Column(BigInt, primary_key=True, index=True))
+    nonce: int = Field(sa_type=BigInteger)
+
+
+class Account(SQLModel, table=True):
+    """An account ever named by an event: id = owner << 96 | sub (up to 2^256, so BigInt)."""
+
+    __tablename__ = "account"
+
+    id: int = Field(sa_column=Column(BigInt, primary_key=True))
+    owner: str = Field(max_length=42, index=True)
+    sub: int = Field(sa_type=BigInt)
+    nonce: int = Field(default=0, sa_type=BigInteger)  # the nonce after its latest event
+    first_block: int = Field(sa_type=BigInteger)
+    last_block: int = Field(sa_type=BigInteger, index=True)
