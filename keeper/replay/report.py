@@ -251,7 +251,7 @@ def plot_svg(
     values = [v[k] for _, v in points for k, _c in series if k in v]
     if not values:
         return "<p>no margin result to plot</p>"
-    lo, hi = min(values + [0]), max(values + [0])
+    lo, hi = min([*values, 0]), max([*values, 0])
     if hi == lo:
         hi = lo + WAD
     pad = (hi - lo) // 10
@@ -308,7 +308,8 @@ def plot_svg(
             name, name
         )
         out.append(
-            f'<line x1="{left + pw + 10}" x2="{left + pw + 30}" y1="{ly - 4}" y2="{ly - 4}" stroke="{color}" stroke-width="2"/>'
+            f'<line x1="{left + pw + 10}" x2="{left + pw + 30}" y1="{ly - 4}" y2="{ly - 4}" '
+            f'stroke="{color}" stroke-width="2"/>'
         )
         out.append(f'<text x="{left + pw + 34}" y="{ly}">{label}</text>')
     out.append("</svg>")
@@ -336,7 +337,8 @@ def matrix_html(d: Derivation) -> str:
                     for v in _VOL_STATES
                 )
                 rows.append(
-                    f"<tr><td>{_pct(s['move'])} (ext)</td>{cells}<td>{_pct(s['weight']).lstrip('+')}</td></tr>"
+                    f"<tr><td>{_pct(s['move'])} (ext)</td>{cells}"
+                    f"<td>{_pct(s['weight']).lstrip('+')}</td></tr>"
                 )
         parts.append(
             f"<table><caption>underlying {m['underlying']}: spot {_wad(m['spot'])}, vol "
@@ -379,7 +381,8 @@ def to_html(r: ReplayResult) -> str:
     ok = r.clean
     h = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>Replay {r.first}..{r.last} chain {r.chain_id}</title><style>{_CSS}</style></head><body>",
+        f"<title>Replay {r.first}..{r.last} chain {r.chain_id}</title>",
+        f"<style>{_CSS}</style></head><body>",
         f"<h1>Audit replay: blocks {r.first}..{r.last}, chain {r.chain_id}</h1>",
         f"<p>source: {_e(r.source)}; head {r.head}</p>",
         f'<p class="verdict {"ok" if ok else "bad"}">{_e(r.verdict_line())}</p>',
@@ -397,7 +400,8 @@ def to_html(r: ReplayResult) -> str:
             )
             acct = "-" if m.account is None else _short(m.account)
             h.append(
-                f"<tr><td>{m.block}</td><td class=l>{_e(m.kind)}</td><td>{m.decision_id or '-'}</td>"
+                f"<tr><td>{m.block}</td><td class=l>{_e(m.kind)}</td>"
+                f"<td>{m.decision_id or '-'}</td>"
                 f"<td class=l>{acct}</td><td class=l>{_e(m.message)}{fields}</td></tr>"
             )
         h.append("</table>")
@@ -433,7 +437,10 @@ def to_html(r: ReplayResult) -> str:
             for cl in r.claims
             if cl.account == account
         ]
-        h.append(plot_svg(points, r.first, r.last, marks))
+        # The x axis starts at the account's first decision: a range that begins at the
+        # deployment would otherwise squeeze every point to the right.
+        start = min([b for b, _ in points] + [b for b, _c, _l in marks], default=r.first)
+        h.append(plot_svg(points, start, r.last, marks))
         h.append(
             "<table><tr><th>block</th><th class=l>why</th><th class=l>state</th><th>equity</th>"
             "<th>maintenance</th><th>initial</th><th class=l>oracle ages</th>"
@@ -447,17 +454,20 @@ def to_html(r: ReplayResult) -> str:
             cls = d.state or "bad"
             verdicts = [c.verdict.full_check, c.verdict.margin_of]
             vcls = ["bad" if v == "disagrees" else "ok" for v in verdicts]
+            ages = f"lenient ({_e(d.strict_error)})" if d.lenient else "strict"
             h.append(
                 f"<tr><td>{d.block.number}</td><td class=l>{_e(', '.join(d.reasons))}</td>"
                 f"<td class='l {cls}'>{_e(state)}</td>"
                 f"<td>{_wad(res.equity if res else None)}</td>"
                 f"<td>{_wad(res.requirement if res else None)}</td>"
                 f"<td>{_wad(res.initial_margin if res else None)}</td>"
-                f"<td class=l>{'lenient (' + _e(d.strict_error) + ')' if d.lenient else 'strict'}</td>"
-                f"<td class='l {vcls[0]}'>{_e(verdicts[0])}</td><td class='l {vcls[1]}'>{_e(verdicts[1])}</td>"
+                f"<td class=l>{ages}</td>"
+                f"<td class='l {vcls[0]}'>{_e(verdicts[0])}</td>"
+                f"<td class='l {vcls[1]}'>{_e(verdicts[1])}</td>"
                 f"<td class=l>{', '.join(map(str, c.decision_ids)) or '-'}</td>"
                 f"<td class=l><details><summary>witness {res.witness if res else '-'}, digest "
-                f"{_e((d.inputs_digest or '-')[:12])}…</summary>{matrix_html(d)}</details></td></tr>"
+                f"{_e((d.inputs_digest or '-')[:12])}…</summary>{matrix_html(d)}</details>"
+                "</td></tr>"
             )
         h.append("</table>")
     h.append(

@@ -250,7 +250,7 @@ def check_claim(
         )
     elif diffs:
         c.mismatches.append(
-            Mismatch(kind, block, account, f"the event disagrees with the re-derivation", diffs)
+            Mismatch(kind, block, account, "the event disagrees with the re-derivation", diffs)
         )
     return c
 
