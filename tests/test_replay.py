@@ -299,6 +299,7 @@ def test_bad_input(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
         ({"rpc": node.url, "first": 0}, "BadBlockRange"),
         ({"state_dump": tmp_path / "missing.json"}, "StateDumpNotFound"),
         ({"rpc": node.url, "accounts": ["alice"]}, "ReplayInputError"),
+        ({"rpc": node.url, "db": f"sqlite:///{tmp_path / 'none.db'}"}, "StoreUnavailable"),
     ]
     garbage = tmp_path / "garbage.json"
     garbage.write_text("not json")
@@ -313,7 +314,7 @@ def test_bad_input(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
         status, out, err = replay(run, capsys=capsys, json_out=json_out, **kw)
         assert status == 2, (kw, out, err)
         assert err.startswith(f"error: {name}: "), (kw, err)
-        assert not json_out.exists()
+        assert not json_out.exists() and not (tmp_path / "none.db").exists()
         assert "hunter2secret" not in out + err and "abcdef0123456789abcdef" not in out + err
 
 

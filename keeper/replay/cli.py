@@ -98,8 +98,8 @@ def run(
         msg = f"{type(exc).__name__}: {exc} (please report this bug)"
         return _fail("InternalError", msg, EXIT_BUG, rpc, db)
     for m in result.mismatches:
-        sys.stdout.write(m.line() + "\n")
-    sys.stdout.write(result.verdict_line() + "\n")
+        sys.stdout.write(scrub(m.line()) + "\n")
+    sys.stdout.write(scrub(result.verdict_line()) + "\n")
     if json_out is not None:
         write_json(result, json_out)
     if html_out is not None:

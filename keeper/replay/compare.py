@@ -10,6 +10,7 @@ mismatch too. ``account`` is read as a decimal string or as 0x-hex.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlmodel import col, select
 
@@ -36,6 +37,9 @@ def parse_account(text: str) -> int | None:
 def load_decisions(
     url: str, first: int, last: int, accounts: Sequence[int] | None = None
 ) -> list[Decision]:
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        # Store.open would create an empty database: an audit must not write anything.
+        raise StoreUnavailable(f"no such database file: {url[len('sqlite:///') :]}")
     try:
         with Store.open(url) as store, store.session() as s:
             q = (
