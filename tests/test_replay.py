@@ -28,7 +28,10 @@ from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.digest import inputs_digest
 from keeper.replay.cli import run as run_cli
+from keeper.replay.derive import derive
+from keeper.replay.verify import verify_block
 from keeper.store import Decision, Store
+from margin.portfolio import Market
 from margin.requirement import STATE_NAMES
 
 WAD = 10**18
@@ -44,7 +47,28 @@ def _send(w3: Web3, fn: Any, sender: str) -> int:
 
 def keeper_decision(snap: ProtocolSnapshot, account: int, action: str = "none") -> dict[str, Any]:
     """A decision row as the keeper records it: the full check at the snapshot's block (strict
-    ages; lenient when the strict market raises an oracle error) and its inputs digest."""
+    ages; lenient when the strict market raises an oracle error) and its inputs digest. An
+    account with no position and only stable, non-negative cash is recorded without a result
+    (no market read: zeros and the digest of the book alone), as keeper/decisions.py does."""
+    acc = snap.accounts[account]
+    volatile = any(b != 0 and snap.assets[k].underlying != 255 for k, b in enumerate(acc.balances))
+    if not acc.positions and not volatile and acc.balances[0] >= 0:
+        book = Market(0, snap.rate, (), ())
+        return {
+            "block_number": snap.block.number,
+            "block_hash": snap.block.hash,
+            "account": str(account),
+            "inputs_digest": inputs_digest(
+                snap.portfolio(account), book, snap.risk_params_bytes, lenient=True
+            ),
+            "loss_matrix": [],
+            "requirement": 0,
+            "initial_margin": 0,
+            "equity": 0,
+            "witness": None,
+            "state": "healthy" if any(acc.balances) else "empty",
+            "action": action,
+        }
     lenient = False
     try:
         inp = snap.inputs(account)
@@ -100,8 +124,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Run:
             bind(w3, dep, "MockAggregator:ETH/IV"),
         )
         matcher, alice, bob, carol, liquidator = w3.eth.accounts[0], *w3.eth.accounts[2:6]
-        a, b, c = account_id(alice), account_id(bob), account_id(carol, 1)
-        accts = {"alice": a, "bob": b, "carol": c}
+        dave = w3.eth.accounts[6]
+        a, b, c, dv = account_id(alice), account_id(bob), account_id(carol, 1), account_id(dave)
+        accts = {"alice": a, "bob": b, "carol": c, "dave": dv}
         perp = next(i["id"] for i in dep.instruments if i["underlying"] == 0 and i["expiry"] == 0)
         call = next(
             i["id"] for i in dep.instruments if i["kind"] == "call" and i["strike"] == 3000 * WAD
@@ -114,7 +139,8 @@ def run(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Run:
                 records.append(keeper_decision(snap, acct, actions.get(name, "none")))
             return snap
 
-        for who, acct, amount in ((alice, a, 600), (bob, b, 100_000), (carol, c, 5_000)):
+        deposits = ((alice, a, 600), (bob, b, 100_000), (carol, c, 5_000), (dave, dv, 1_000))
+        for who, acct, amount in deposits:
             _send(w3, usdc.functions.mint(who, amount * USDC), who)
             _send(w3, usdc.functions.approve(ch.address, amount * USDC), who)
             _send(w3, ch.functions.deposit(acct, 0, amount * USDC), who)
@@ -126,18 +152,21 @@ def run(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Run:
         record()
         _send(w3, ch.functions.trade(c, b, call, WAD, 250 * WAD), matcher)
         record()
+        btc = bind(w3, dep, "MockAggregator:BTC/USD")
+        _send(w3, btc.functions.setAnswer(61_000 * 10**8), matcher)  # nobody uses BTC
+        record()
         _send(w3, eth.functions.setAnswer(2950 * 10**8), matcher)  # alice: below IM
         snap = record(alice="flag")
-        witness = records[-3]["witness"]
-        assert records[-3]["state"] == "margin_call"
+        witness = records[-4]["witness"]
+        assert records[-4]["state"] == "margin_call"
         nonce = snap.accounts[a].nonce
         flag_block = _send(w3, ch.functions.flag(a, nonce, witness), liquidator)
         record()
         _send(w3, eth.functions.setAnswer(2700 * 10**8), matcher)  # alice: below MM
         _send(w3, eth_iv.functions.setAnswer(eth_iv.functions.answer().call()), matcher)
         snap = record(alice="liquidate")
-        assert records[-3]["state"] == "liquidatable"
-        witness = records[-3]["witness"]
+        assert records[-4]["state"] == "liquidatable"
+        witness = records[-4]["witness"]
         nonce = snap.accounts[a].nonce
         liq_block = _send(w3, ch.functions.liquidate(a, nonce, witness, WAD // 2), liquidator)
         record()
@@ -145,7 +174,10 @@ def run(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Run:
         node.rpc("evm_increaseTime", [7200])
         _send(w3, ch.functions.deposit(c, 1, WAD // 10), carol)
         record()
-        assert records[-1]["state"] == "healthy"
+        assert records[-2]["state"] == "healthy"
+        # An instrument-level row (the keeper's expiry settlement): not an account decision.
+        records.append({**records[-1], "account": "instrument:3", "state": "expired",
+                        "inputs_digest": "", "action": "settle_instrument"})  # fmt: skip
         last = w3.eth.block_number
     assert dump.stat().st_size > 0
     return Run(d, dep, d / "deployment.json", dump, records, accts, flag_block, liq_block, last)
@@ -217,7 +249,8 @@ def test_replay_of_the_run_is_clean(run: Run, node: Anvil, tmp_path: Path, capsy
     assert out.strip().endswith("0 mismatches -- CLEAN")
     report = json.loads(out_json.read_text())
     assert report["verdict"] == "clean" and report["mismatches"] == []
-    assert report["decisions_compared"] == len(run.records)
+    assert report["decisions_compared"] == len(run.records) - 1
+    assert report["records_skipped"] == [len(run.records)]  # the instrument-level row
     decisions = report["decisions"]
     assert {d["verifier"]["fullCheck"] for d in decisions} == {"agrees"}
     assert {d["verifier"]["marginOf"] for d in decisions} == {"agrees", "reverts as expected"}
@@ -226,7 +259,11 @@ def test_replay_of_the_run_is_clean(run: Run, node: Anvil, tmp_path: Path, capsy
     assert all(d["verifier"]["marginOf"] == "reverts as expected" for d in lenient)
     # Every recorded decision was matched with a re-derivation.
     ids = sorted(i for d in decisions for i in d["decision_ids"])
-    assert ids == list(range(1, len(run.records) + 1))
+    assert ids == list(range(1, len(run.records)))
+    # A feed round is a decision point only for the accounts that use its underlying.
+    assert not any("round of BTC/USD" in d["reasons"] for d in decisions)
+    dave = [d for d in decisions if d["account"] == str(run.accounts["dave"])]
+    assert dave and all(d["inputs"]["market"]["vols"] == ["0", "0"] for d in dave)
     (liq,) = report["liquidations"]
     assert liq["block"] == run.liquidation_block and liq["proven"]
     assert liq["witness_source"].startswith("decision ")
@@ -247,14 +284,24 @@ def test_replay_of_the_run_is_clean(run: Run, node: Anvil, tmp_path: Path, capsy
 
 
 @pytest.mark.parametrize(
-    "tamper",
-    [{"equity": 1}, {"inputs_digest": "0x" + "ab" * 32}],
-    ids=["equity", "inputs_digest"],
+    ("who", "tamper"),
+    [
+        ("liquidate", {"equity": 1}),
+        ("liquidate", {"inputs_digest": "0x" + "ab" * 32}),
+        ("liquidate", {"block_hash": "0x" + "00" * 32}),
+        ("dave", {"equity": 5}),
+        ("dave", {"inputs_digest": "0x" + "cd" * 32}),
+    ],
+    ids=["equity", "inputs_digest", "block_hash", "resultless_equity", "resultless_digest"],
 )
 def test_tampered_record_is_exactly_one_mismatch(
-    run: Run, node: Anvil, tmp_path: Path, capsys, tamper: dict[str, Any]
+    run: Run, node: Anvil, tmp_path: Path, capsys, who: str, tamper: dict[str, Any]
 ) -> None:
-    index = next(i for i, r in enumerate(run.records) if r["action"] == "liquidate")
+    if who == "liquidate":
+        index = next(i for i, r in enumerate(run.records) if r["action"] == "liquidate")
+    else:
+        dave = str(run.accounts["dave"])
+        index = [i for i, r in enumerate(run.records) if r["account"] == dave][-1]
     db = write_store(run, tmp_path / "keeper.db", tamper, index)
     out_json = tmp_path / "r.json"
     status, out, _ = replay(run, capsys=capsys, rpc=node.url, db=db, json_out=out_json)
@@ -275,7 +322,8 @@ def test_replay_from_state_dump(run: Run, tmp_path: Path, capsys) -> None:
     assert status == 0, out + err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["range"] == {"from": first, "to": run.last}
-    assert len(report["liquidations"]) == 1 and report["liquidations"][0]["proven"]
+    (liq,) = report["liquidations"]
+    assert liq["proven"] and liq["witness_source"] == "full check"  # no records: no witness
     assert "anvil --load-state" in report["source"]
 
 
@@ -335,3 +383,20 @@ def test_cli_wiring(run: Run, node: Anvil, tmp_path: Path) -> None:
     )
     assert res.exit_code == 2
     assert "BadBlockRange" in res.output
+
+
+def test_verifier_disagreement_is_reported(run: Run, node: Anvil) -> None:
+    """The on-chain re-check can fail: a result that is not the chain's is a mismatch for
+    both the verifier (same inputs) and marginOf (the protocol's own inputs)."""
+    chain = Chain.connect(node.url, run.deployment)
+    a = run.accounts["alice"]
+    snap = chain.view(run.liquidation_block - 1).snapshot([a])
+    good = derive(snap, a)
+    bad = derive(snap, a)
+    assert bad.result is not None
+    bad.result = dataclasses.replace(bad.result, requirement=bad.result.requirement + 1)
+    ok, wrong = verify_block(chain, snap.block, [good, bad])
+    assert (ok.full_check, ok.margin_of, ok.mismatches) == ("agrees", "agrees", [])
+    assert (wrong.full_check, wrong.margin_of) == ("disagrees", "disagrees")
+    assert [m.kind for m in wrong.mismatches] == ["verifier", "marginOf"]
+    assert all([f.field for f in m.fields] == ["requirement"] for m in wrong.mismatches)

@@ -21,9 +21,10 @@ from keeper.secrets import redact_url
 from keeper.store import Decision, Store, StoreError
 
 #: Keeper state names that refine a full-check state (the full check decides the rest).
-STATE_ALIASES = {"flagged_grace": "margin_call", "empty": "healthy"}
-#: Recorded states of a decision without a margin result.
-NO_RESULT_STATES = frozenset({"no_price", "invalid"})
+STATE_ALIASES = {"flagged_grace": "margin_call"}
+#: States the keeper records without a margin result (zeros, no loss matrix, no witness),
+#: each with the chain fact it claims (checked on the re-derivation).
+RESULTLESS_STATES = frozenset({"settleable", "bad_debt", "no_price", "empty", "invalid"})
 
 
 def parse_account(text: str) -> int | None:
@@ -58,6 +59,40 @@ def load_decisions(
     return rows
 
 
+def not_about_an_account(rec: Decision) -> bool:
+    """A row the keeper records about something else (``instrument:<id>`` for an expiry
+    settlement): nothing margin-related to re-derive."""
+    return ":" in (rec.account or "") and not rec.account.lower().startswith("0x")
+
+
+def _resultless(rec: Decision) -> bool:
+    if rec.state in RESULTLESS_STATES:
+        return True
+    # An account without positions or volatile collateral: no market is read, no result kept.
+    return rec.state in ("healthy", "empty") and not rec.loss_matrix and rec.witness is None
+
+
+def _resultless_claim(state: str, d: Derivation) -> str | None:
+    """Why the chain contradicts a result-less record's state (None: it agrees)."""
+    flat = not d.portfolio.positions
+    cash = d.portfolio.collateral[0] if d.portfolio.collateral else 0
+    if state == "settleable":
+        ok = d.holds_settled
+    elif state == "bad_debt":
+        ok = flat and cash < 0
+    elif state == "empty":
+        ok = flat and not any(d.portfolio.collateral)
+    elif state == "healthy":
+        ok = flat and not d.volatile_collateral and cash >= 0
+    elif state == "no_price":
+        ok = d.market is None
+    elif state == "invalid":
+        ok = d.engine_error is not None
+    else:
+        ok = False
+    return None if ok else f"not {state} at this block"
+
+
 def compare(rec: Decision, d: Derivation) -> Mismatch | None:
     """The recorded decision against the re-derivation at its block and account."""
     diffs: list[FieldDiff] = []
@@ -67,19 +102,31 @@ def compare(rec: Decision, d: Derivation) -> Mismatch | None:
             diffs.append(FieldDiff(name, normalise(expected), normalise(found)))
 
     check("block_hash", d.block.hash.lower(), (rec.block_hash or "").lower())
-    check("inputs_digest", d.inputs_digest, rec.inputs_digest)
-    state = STATE_ALIASES.get(rec.state, rec.state)
+    recorded_lenient = getattr(rec, "lenient", None)  # a column of later schema versions
     r = d.result
-    if r is None:
-        if state not in NO_RESULT_STATES:
-            diffs.append(FieldDiff("state", f"no result ({d.error})", rec.state))
+    if _resultless(rec):
+        why = _resultless_claim(rec.state, d)
+        if why is not None:
+            diffs.append(FieldDiff("state", why, rec.state))
+        expected_digest = d.inputs_digest if rec.state == "invalid" else d.book_digest()
+        check("inputs_digest", expected_digest, rec.inputs_digest)
+        check("equity", 0, rec.equity)
+        check("requirement", 0, rec.requirement)
+        check("initial_margin", 0, rec.initial_margin)
+        check("witness", None, rec.witness)
+        check("loss_matrix", [], rec.loss_matrix or [])
+    elif r is None:
+        diffs.append(FieldDiff("state", f"no result ({d.error})", rec.state))
     else:
-        check("state", d.state, state)
+        check("inputs_digest", d.inputs_digest, rec.inputs_digest)
+        check("state", d.state, STATE_ALIASES.get(rec.state, rec.state))
         check("equity", r.equity, rec.equity)
         check("requirement", r.requirement, rec.requirement)
         check("initial_margin", r.initial_margin, rec.initial_margin)
         check("witness", r.witness, rec.witness)
         check("loss_matrix", r.scenario_losses, rec.loss_matrix)
+        if recorded_lenient is not None:
+            check("lenient", d.lenient, recorded_lenient)
     if not diffs:
         return None
     names = ", ".join(x.field for x in diffs)

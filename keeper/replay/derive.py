@@ -47,6 +47,16 @@ class Derivation:
     engine_error: MarginError | None = None
     reasons: list[str] = field(default_factory=list)
     table: ScenarioTable | None = field(default=None, repr=False)
+    rate: int = 0
+    #: Facts the keeper's result-less classifications rest on (keeper/replay/compare.py).
+    holds_settled: bool = False  # a position in a settled instrument
+    volatile_collateral: bool = False  # a non-zero balance of a non-stable asset
+
+    def book_digest(self) -> str:
+        """The digest of a decision taken without a market (no position priced): the book and
+        the parameters only, ``Market(0, rate, (), ())`` under lenient ages."""
+        empty = Market(0, self.rate, (), ())
+        return inputs_digest(self.portfolio, empty, self.risk_params, lenient=True)
 
     @property
     def state(self) -> str | None:
@@ -64,6 +74,12 @@ def derive(snap: ProtocolSnapshot, account: int, reasons: Iterable[str] = ()) ->
         snap.portfolio(account),
         snap.risk_params_bytes,
         reasons=list(reasons),
+        rate=snap.rate,
+        holds_settled=any(snap.instruments[iid].settled for iid, _ in acc.positions),
+        volatile_collateral=any(
+            b != 0 and snap.assets[k].underlying != NO_UNDERLYING
+            for k, b in enumerate(acc.balances)
+        ),
     )
     try:
         inp = snap.inputs(account)

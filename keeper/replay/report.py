@@ -194,6 +194,7 @@ def to_json(r: ReplayResult) -> dict[str, Any]:
         "liquidations": [_claim(c) for c in r.claims if c.kind == "liquidation"],
         "margin_calls": [_claim(c) for c in r.claims if c.kind == "margin_call"],
         "decisions_compared": r.decisions_compared if r.with_db else None,
+        "records_skipped": r.records_skipped if r.with_db else None,
     }
 
 

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keeper.chain import BlockNotAvailable, BlockRef, Chain, ChainError, ProtocolSnapshot
-from keeper.replay.compare import compare, load_decisions, parse_account, unreplayable
+from keeper.replay.compare import (
+    compare,
+    load_decisions,
+    not_about_an_account,
+    parse_account,
+    unreplayable,
+)
 from keeper.replay.derive import BlockPlan, Derivation, decision_accounts, derive, plan
 from keeper.replay.errors import BadBlockRange, StateDumpWithoutHistory
 from keeper.replay.events import Event, read_history
@@ -55,6 +61,8 @@ class ReplayResult:
     checked: list[Checked] = field(default_factory=list)
     claims: list[ClaimCheck] = field(default_factory=list)
     decisions_compared: int = 0
+    #: Recorded rows that are not about an account (instrument-level actions): not compared.
+    records_skipped: list[int] = field(default_factory=list)
     with_db: bool = False
     mismatches: list[Mismatch] = field(default_factory=list)
 
@@ -68,7 +76,11 @@ class ReplayResult:
         mo = sum(c.verdict.margin_of != "not run" for c in self.checked)
         liq = sum(c.kind == "liquidation" for c in self.claims)
         flags = sum(c.kind == "margin_call" for c in self.claims)
-        db = f", {self.decisions_compared} recorded decisions compared" if self.with_db else ""
+        db = ""
+        if self.with_db:
+            db = f", {self.decisions_compared} recorded decisions compared"
+            if self.records_skipped:
+                db += f" ({len(self.records_skipped)} instrument-level rows skipped)"
         status = "CLEAN" if self.clean else "MISMATCH"
         return (
             f"replay of blocks {self.first}..{self.last} (chain {self.chain_id}, {self.source}): "
@@ -182,6 +194,9 @@ class _Replay:
         recorded: dict[int, list[Decision]] = {}
         for rec in records:
             a = parse_account(rec.account)
+            if a is None and not_about_an_account(rec):
+                r.records_skipped.append(rec.id or 0)
+                continue
             if a is None:
                 r.mismatches.append(unreplayable(rec, f"unreadable account {rec.account!r}"))
                 continue
