@@ -158,6 +158,9 @@ class _Replay:
             self.chain, r.first, r.last, progress=lambda n: self.progress("logs", n, None)
         )
         self.history = history
+        self.by_tx: dict[str, list[Event]] = {}
+        for ev in history.in_range(r.first, r.last):
+            self.by_tx.setdefault(ev.tx_hash, []).append(ev)
         plans = {p.block: p for p in plan(history, r.first, r.last)}
         by_block: dict[int, list[Decision]] = {}
         for rec in self.records:
@@ -190,7 +193,10 @@ class _Replay:
 
     def _block(self, number: int, p: BlockPlan | None, records: list[Decision]) -> None:
         r = self.result
-        wanted = [a for a in self.history.accounts_at(number) if self._wanted(a)]
+        if p is not None and (p.feeds or p.market_wide):
+            wanted = [a for a in self.history.accounts_at(number) if self._wanted(a)]
+        else:  # only the accounts named at this block can have a decision point here
+            wanted = [a for a in (p.named if p is not None else {}) if self._wanted(a)]
         recorded: dict[int, list[Decision]] = {}
         for rec in records:
             a = parse_account(rec.account)
@@ -252,7 +258,7 @@ class _Replay:
             ):
                 witness, source = [int(w) for w in rec.witness], f"decision {rec.id}"
                 break
-        same_tx = [x for x in self.history.events if x.tx_hash == e.tx_hash]
+        same_tx = self.by_tx.get(e.tx_hash, [])
         try:
             parent = self._snapshot(e.block - 1, [account])
             ts = self.chain.rpc.block(e.block).timestamp
