@@ -352,9 +352,15 @@ def test_bad_input(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
     garbage = tmp_path / "garbage.json"
     garbage.write_text("not json")
     cases.append(({"state_dump": garbage}, "StateDumpUnusable"))
+    no_history = tmp_path / "no-history.json"
+    data = json.loads(run.dump.read_text())
+    data["historical_states"] = None  # what anvil_dumpState (the RPC) writes
+    no_history.write_text(json.dumps(data))
+    cases.append(({"state_dump": no_history}, "StateDumpWithoutHistory"))
     wrong = dataclasses.replace(run.deployment, chain_id=run.deployment.chain_id + 1)
     wrong.write(tmp_path / "wrong.json")
     cases.append(({"rpc": node.url, "deployment": tmp_path / "wrong.json"}, "ChainMismatch"))
+    cases.append(({"state_dump": run.dump, "deployment": tmp_path / "wrong.json"}, "ChainMismatch"))
     secret = "http://auditor:hunter2secret@127.0.0.1:9/v3/abcdef0123456789abcdef"
     cases.append(({"rpc": secret}, "NodeUnavailable"))
     for kw, name in cases:
@@ -400,3 +406,11 @@ def test_verifier_disagreement_is_reported(run: Run, node: Anvil) -> None:
     assert (wrong.full_check, wrong.margin_of) == ("disagrees", "disagrees")
     assert [m.kind for m in wrong.mismatches] == ["verifier", "marginOf"]
     assert all([f.field for f in m.fields] == ["requirement"] for m in wrong.mismatches)
+
+
+def test_unwritable_report_is_a_named_error(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    status, out, err = replay(run, capsys=capsys, rpc=node.url, json_out=blocker / "r.json")
+    assert status == 2 and err.startswith("error: ReportNotWritable: ")
+    assert "CLEAN" in out  # the verdict was printed before the report failed

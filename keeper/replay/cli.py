@@ -100,10 +100,13 @@ def run(
     for m in result.mismatches:
         sys.stdout.write(scrub(m.line()) + "\n")
     sys.stdout.write(scrub(result.verdict_line()) + "\n")
-    if json_out is not None:
-        write_json(result, json_out)
-    if html_out is not None:
-        write_html(result, html_out)
+    try:
+        if json_out is not None:
+            write_json(result, json_out)
+        if html_out is not None:
+            write_html(result, html_out)
+    except OSError as exc:
+        return _fail("ReportNotWritable", f"{exc.filename}: {exc.strerror}", EXIT_BAD_INPUT)
     return EXIT_CLEAN if result.clean else EXIT_MISMATCH
 
 

@@ -49,16 +49,33 @@ def read_deployment(path: Path) -> Deployment:
         raise DeploymentFileUnusable(str(exc)) from None
 
 
-def _dump_history(path: Path) -> int:
-    """Best block of a dump without historical states (0 when it has them)."""
+@dataclass(frozen=True)
+class DumpInfo:
+    oldest_state: int  # 0 with historical states, else the dump's best block
+    chain_id: int | None  # from its signed transactions (None: no transaction carries one)
+
+
+def read_dump(path: Path) -> DumpInfo:
+    """What the dump says about itself. anvil started with ``--chain-id X --load-state`` serves
+    the dump under chain id X whatever chain it came from, so the chain id is taken from the
+    dump's own signed transactions (EIP-155 / typed transactions carry it)."""
     if not path.is_file():
         raise StateDumpNotFound(f"no such file: {path}")
     try:
         data = json.loads(path.read_bytes())
         best = int(str(data.get("best_block_number", "0")), 0)
-    except (OSError, ValueError, AttributeError) as exc:
+        chain_id = None
+        for block in data.get("blocks") or []:
+            for tx in block.get("transactions") or []:
+                cid = (tx.get("transaction") or {}).get("chainId")
+                if cid is not None:
+                    chain_id = int(str(cid), 0)
+                    break
+            if chain_id is not None:
+                break
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise StateDumpUnusable(f"{path}: not an anvil state dump ({exc})") from None
-    return 0 if data.get("historical_states") else best
+    return DumpInfo(0 if data.get("historical_states") else best, chain_id)
 
 
 def _connect(url: str, deployment: Deployment) -> Chain:
@@ -87,7 +104,12 @@ def open_source(
             chain.close()
         return
     assert state_dump is not None
-    oldest = _dump_history(state_dump)
+    info = read_dump(state_dump)
+    if info.chain_id is not None and info.chain_id != deployment.chain_id:
+        raise ChainMismatch(
+            f"{state_dump} holds chain {info.chain_id}, the deployment file is for chain "
+            f"{deployment.chain_id}"
+        )
     node = Anvil(chain_id=deployment.chain_id, extra_args=["--load-state", str(state_dump)])
     try:
         node.start()
@@ -99,7 +121,7 @@ def open_source(
         raise NodeUnavailable(str(exc)) from None
     try:
         chain = _connect(node.url, deployment)
-        yield Source(chain, f"anvil --load-state {state_dump}", oldest)
+        yield Source(chain, f"anvil --load-state {state_dump}", info.oldest_state)
     finally:
         node.stop()
 
