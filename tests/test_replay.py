@@ -76,6 +76,10 @@ def keeper_decision(snap: ProtocolSnapshot, account: int, action: str = "none") 
         lenient = True
         inp = snap.inputs(account, lenient=True)
     res = snap.table(inp.market).full_check(inp.portfolio)
+    state = STATE_NAMES[res.state]
+    if state == "margin_call" and acc.flagged_at:  # the keeper's refinement of a flagged book
+        grace_over = snap.timestamp >= acc.flagged_at + snap.liquidation_config[2]
+        state = "liquidatable" if grace_over else "flagged_grace"
     return {
         "block_number": snap.block.number,
         "block_hash": snap.block.hash,
@@ -88,7 +92,7 @@ def keeper_decision(snap: ProtocolSnapshot, account: int, action: str = "none") 
         "initial_margin": res.initial_margin,
         "equity": res.equity,
         "witness": list(res.witness),
-        "state": STATE_NAMES[res.state],
+        "state": state,
         "action": action,
     }
 
@@ -251,6 +255,7 @@ def test_replay_of_the_run_is_clean(run: Run, node: Anvil, tmp_path: Path, capsy
     assert report["verdict"] == "clean" and report["mismatches"] == []
     assert report["decisions_compared"] == len(run.records) - 1
     assert report["records_skipped"] == [len(run.records)]  # the instrument-level row
+    assert any(r["state"] == "flagged_grace" for r in run.records)
     decisions = report["decisions"]
     assert {d["verifier"]["fullCheck"] for d in decisions} == {"agrees"}
     assert {d["verifier"]["marginOf"] for d in decisions} == {"agrees", "reverts as expected"}

@@ -20,8 +20,6 @@ from keeper.replay.mismatch import FieldDiff, Mismatch, normalise
 from keeper.secrets import redact_url
 from keeper.store import Decision, Store, StoreError
 
-#: Keeper state names that refine a full-check state (the full check decides the rest).
-STATE_ALIASES = {"flagged_grace": "margin_call"}
 #: States the keeper records without a margin result (zeros, no loss matrix, no witness),
 #: each with the chain fact it claims (checked on the re-derivation).
 RESULTLESS_STATES = frozenset({"settleable", "bad_debt", "no_price", "empty", "invalid"})
@@ -93,6 +91,16 @@ def _resultless_claim(state: str, d: Derivation) -> str | None:
     return None if ok else f"not {state} at this block"
 
 
+def accepted_states(d: Derivation) -> tuple[str, ...]:
+    """Recorded state names that agree with the re-derivation. The full check's state, refined
+    as the keeper refines it: below IM and flagged is ``flagged_grace`` until the grace period
+    runs out, then ``liquidatable`` (the contract liquidates it at state 1 then)."""
+    state = d.state
+    if state != "margin_call" or not d.flagged_at:
+        return (state,) if state else ()
+    return ("liquidatable", state) if d.grace_over else ("flagged_grace", state)
+
+
 def compare(rec: Decision, d: Derivation) -> Mismatch | None:
     """The recorded decision against the re-derivation at its block and account."""
     diffs: list[FieldDiff] = []
@@ -119,7 +127,9 @@ def compare(rec: Decision, d: Derivation) -> Mismatch | None:
         diffs.append(FieldDiff("state", f"no result ({d.error})", rec.state))
     else:
         check("inputs_digest", d.inputs_digest, rec.inputs_digest)
-        check("state", d.state, STATE_ALIASES.get(rec.state, rec.state))
+        accepted = accepted_states(d)
+        if rec.state not in accepted:
+            diffs.append(FieldDiff("state", " or ".join(accepted), rec.state))
         check("equity", r.equity, rec.equity)
         check("requirement", r.requirement, rec.requirement)
         check("initial_margin", r.initial_margin, rec.initial_margin)

@@ -50,6 +50,7 @@ class Derivation:
     rate: int = 0
     #: Facts the keeper's result-less classifications rest on (keeper/replay/compare.py).
     holds_settled: bool = False  # a position in a settled instrument
+    grace_over: bool = False  # flagged, and the grace period has run out at this block
     volatile_collateral: bool = False  # a non-zero balance of a non-stable asset
 
     def book_digest(self) -> str:
@@ -75,6 +76,8 @@ def derive(snap: ProtocolSnapshot, account: int, reasons: Iterable[str] = ()) ->
         snap.risk_params_bytes,
         reasons=list(reasons),
         rate=snap.rate,
+        grace_over=acc.flagged_at != 0
+        and snap.timestamp >= acc.flagged_at + snap.liquidation_config[2],
         holds_settled=any(snap.instruments[iid].settled for iid, _ in acc.positions),
         volatile_collateral=any(
             b != 0 and snap.assets[k].underlying != NO_UNDERLYING

@@ -256,7 +256,7 @@ def plot_svg(
     if hi == lo:
         hi = lo + WAD
     pad = (hi - lo) // 10
-    lo, hi = lo - pad, hi + pad
+    lo, hi = (lo - pad if lo < 0 else lo), hi + pad
     left, right, top, bottom = 80, 140, 10, 30
     pw, ph = width - left - right, height - top - bottom
     span = max(last - first, 1)
