@@ -419,3 +419,16 @@ def test_unwritable_report_is_a_named_error(run: Run, node: Anvil, tmp_path: Pat
     status, out, err = replay(run, capsys=capsys, rpc=node.url, json_out=blocker / "r.json")
     assert status == 2 and err.startswith("error: ReportNotWritable: ")
     assert "CLEAN" in out  # the verdict was printed before the report failed
+
+
+def test_rpc_credentials_never_in_output(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
+    url = node.url.replace("http://", "http://auditor:hunter2secret@") + "/?apikey=zzzzsecret"
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    status, out, err = replay(
+        run, capsys=capsys, rpc=url, first=run.liquidation_block, json_out=out_json,
+        html_out=out_html,
+    )  # fmt: skip
+    assert status == 0, out + err
+    assert "http://***@127.0.0.1" in out
+    for text in (out, err, out_json.read_text(), out_html.read_text()):
+        assert "hunter2secret" not in text and "zzzzsecret" not in text
