@@ -432,3 +432,18 @@ def test_rpc_credentials_never_in_output(run: Run, node: Anvil, tmp_path: Path, 
     assert "http://***@127.0.0.1" in out
     for text in (out, err, out_json.read_text(), out_html.read_text()):
         assert "hunter2secret" not in text and "zzzzsecret" not in text
+
+
+def test_liquidation_witness_from_a_record_before_the_range(
+    run: Run, node: Anvil, tmp_path: Path, capsys
+) -> None:
+    db = write_store(run, tmp_path / "keeper.db")
+    out_json = tmp_path / "r.json"
+    first = run.liquidation_block  # the liquidate decision is one block earlier
+    status, out, err = replay(
+        run, capsys=capsys, rpc=node.url, db=db, first=first, json_out=out_json
+    )
+    assert status == 0, out + err
+    (liq,) = json.loads(out_json.read_text())["liquidations"]
+    liquidate = next(i for i, r in enumerate(run.records) if r["action"] == "liquidate")
+    assert liq["witness_source"] == f"decision {liquidate + 1}" and liq["proven"]

@@ -33,9 +33,15 @@ def parse_account(text: str) -> int | None:
         return None
 
 
+#: Actions whose recorded witness is the one sent with a flag / liquidation.
+WITNESS_ACTIONS = ("flag", "liquidate")
+
+
 def load_decisions(
     url: str, first: int, last: int, accounts: Sequence[int] | None = None
-) -> list[Decision]:
+) -> tuple[list[Decision], list[Decision]]:
+    """(rows in [first, last], rows with a flag/liquidate action up to ``last`` -- also before
+    the range: a liquidation early in the range may rest on an earlier decision's witness)."""
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
         # Store.open would create an empty database: an audit must not write anything.
         raise StoreUnavailable(f"no such database file: {url[len('sqlite:///') :]}")
@@ -47,6 +53,15 @@ def load_decisions(
                 .order_by(col(Decision.block_number), col(Decision.id))
             )
             rows = list(s.exec(q).all())
+            q = (
+                select(Decision)
+                .where(
+                    col(Decision.block_number) <= last,
+                    col(Decision.action).in_(WITNESS_ACTIONS),
+                )
+                .order_by(col(Decision.block_number), col(Decision.id))
+            )
+            actions = list(s.exec(q).all())
     except (StoreError, OSError) as exc:
         raise StoreUnavailable(f"{redact_url(url)}: {exc}") from None
     except Exception as exc:  # SQLAlchemy's errors: an unreachable server, a foreign schema
@@ -54,7 +69,7 @@ def load_decisions(
     if accounts:
         wanted = set(accounts)
         rows = [r for r in rows if parse_account(r.account) in wanted]
-    return rows
+    return rows, actions
 
 
 def not_about_an_account(rec: Decision) -> bool:

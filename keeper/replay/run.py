@@ -107,8 +107,12 @@ def replay(opts: ReplayOptions, progress: Progress = _noop) -> ReplayResult:
                 f"the dump holds the state of block {src.oldest_state} only; write it on exit "
                 "from an anvil started with --preserve-historical-states (docs/replay.md)"
             )
-        records = load_decisions(opts.db_url, first, last, opts.accounts) if opts.db_url else []
-        return _Replay(chain, src.description, first, last, head, opts, records, progress).run()
+        records, actions = (
+            load_decisions(opts.db_url, first, last, opts.accounts) if opts.db_url else ([], [])
+        )
+        return _Replay(
+            chain, src.description, first, last, head, opts, records, actions, progress
+        ).run()
 
 
 def _check_range(first: int, last: int, head: int, start: int) -> None:
@@ -132,11 +136,13 @@ class _Replay:
         head: int,
         opts: ReplayOptions,
         records: list[Decision],
+        actions: list[Decision],
         progress: Progress,
     ) -> None:
         self.chain = chain
         self.opts = opts
         self.records = records
+        self.actions = actions  # flag/liquidate decisions up to the range's end (witnesses)
         self.progress = progress
         self.selected = set(opts.accounts)
         self.result = ReplayResult(
@@ -249,7 +255,7 @@ class _Replay:
         kind, action = CLAIM_EVENTS[e.name]
         account = int(e.args["account"])
         witness, source = None, "none"
-        for rec in reversed(self.records):
+        for rec in reversed(self.actions):
             if (
                 rec.block_number < e.block
                 and rec.action == action
