@@ -25,9 +25,7 @@ def test_demo_table_agrees(contracts_built: None) -> None:
     assert "revert ExpOverflow" in text and "revert DivisionByZero" in text
 
 
-def test_demo_fails_on_a_difference(
-    contracts_built: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_demo_fails_on_a_difference(contracts_built: None, monkeypatch: pytest.MonkeyPatch) -> None:
     wrong = [(n, fp.mul_down if n == "mulUp" else f, a) for n, f, a in demo.SAMPLES]
     monkeypatch.setattr(demo, "SAMPLES", wrong)
     out = io.StringIO()

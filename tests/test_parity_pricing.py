@@ -149,11 +149,14 @@ def _in_domain(case: tuple[bool, int, int, int, int, int]) -> bool:
         and 0 <= vol <= MAX_VOL
         and -MAX_RATE <= rate <= MAX_RATE
     )
+
+
 #: The shared batched-run settings (derandomized, no shrinking): 10 batches of 300 per test.
 SETTINGS = settings(RANDOM, max_examples=10)
 
 
 # --- property tests: one eth_call per example --------------------------------------------
+
 
 @SETTINGS
 @given(batches)
@@ -182,13 +185,20 @@ def test_helpers_parity(pricing: Contract, batch: list[tuple]) -> None:
 
 # --- edges --------------------------------------------------------------------------------
 
+
 def _edge_cases() -> Iterator[tuple[bool, int, int, int, int, int]]:
     month = 30 * 86_400
     spots = [MIN_PRICE, WAD, 3_000 * WAD, MAX_PRICE]
     for is_call in (True, False):
         for s in spots:
-            for k in {MIN_PRICE, s // 2 or 1, s, 2 * s, min(s * MAX_STRIKE_RATIO, MAX_PRICE),
-                      MAX_PRICE}:
+            for k in {
+                MIN_PRICE,
+                s // 2 or 1,
+                s,
+                2 * s,
+                min(s * MAX_STRIKE_RATIO, MAX_PRICE),
+                MAX_PRICE,
+            }:
                 for tau in (0, 1, 60, month, MAX_TAU):  # expiry now .. max tau
                     for vol in (0, 1, WAD // 100, WAD, MAX_VOL):  # zero .. max vol
                         for rate in (-MAX_RATE, 0, MAX_RATE):
@@ -217,8 +227,14 @@ def test_price_edges_parity(pricing: Contract) -> None:
     tally = check_parity(pricing, "price", option_price, EDGES)
     TALLY.update(tally)
     # Every named error is reached, and the in-domain corners all price.
-    for name in ("SpotOutOfRange", "StrikeOutOfRange", "MoneynessOutOfRange", "TauOutOfRange",
-                 "VolOutOfRange", "RateOutOfRange"):
+    for name in (
+        "SpotOutOfRange",
+        "StrikeOutOfRange",
+        "MoneynessOutOfRange",
+        "TauOutOfRange",
+        "VolOutOfRange",
+        "RateOutOfRange",
+    ):
         assert tally[name] > 0, (name, tally)
     assert tally["ok"] == sum(map(_in_domain, EDGES)) > 2_000
 
@@ -240,6 +256,11 @@ def test_generated_cases_reached_every_region() -> None:
     if TALLY["ok"] == 0:
         pytest.skip("runs after the parity tests of this module (not selected)")
     assert TALLY["ok"] >= 3_000, TALLY
-    for name in ("SpotOutOfRange", "StrikeOutOfRange", "TauOutOfRange", "VolOutOfRange",
-                 "RateOutOfRange"):
+    for name in (
+        "SpotOutOfRange",
+        "StrikeOutOfRange",
+        "TauOutOfRange",
+        "VolOutOfRange",
+        "RateOutOfRange",
+    ):
         assert TALLY[name] > 0, (name, TALLY)

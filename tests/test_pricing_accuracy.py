@@ -70,8 +70,9 @@ def exact_price(
         return disc * (k * mp.ncdf(-d2) - f * mp.ncdf(-d1))
 
 
-def rel_error(is_call: bool, under: int, strike: int, tau: int, vol: int, rate: int,
-              forward: bool = False) -> float:
+def rel_error(
+    is_call: bool, under: int, strike: int, tau: int, vol: int, rate: int, forward: bool = False
+) -> float:
     """|engine − exact| / underlying."""
     fn = option_price_black76 if forward else option_price
     got = fn(is_call, under, strike, tau, vol, rate)
@@ -86,8 +87,15 @@ TOL = 1e-9
 # Grid over the domain: corners and interior points of every input.
 SPOTS = [MIN_PRICE, 10**17, WAD, 42 * WAD, 3_000 * WAD, 10**9 * WAD, MAX_PRICE]
 RATIOS = [  # strike / spot (clipped into [MIN_PRICE, MAX_PRICE])
-    Fraction(1, 10**20), Fraction(1, 10**6), Fraction(1, 2), Fraction(9, 10), Fraction(1),
-    Fraction(11, 10), Fraction(3), Fraction(10**4), Fraction(MAX_STRIKE_RATIO),
+    Fraction(1, 10**20),
+    Fraction(1, 10**6),
+    Fraction(1, 2),
+    Fraction(9, 10),
+    Fraction(1),
+    Fraction(11, 10),
+    Fraction(3),
+    Fraction(10**4),
+    Fraction(MAX_STRIKE_RATIO),
 ]
 TAUS = [1, 60, 3_600, DAY, 30 * DAY, YEAR, MAX_TAU]
 VOLS = [0, 1, 10**16, WAD // 5, WAD, 3 * WAD, MAX_VOL]
@@ -152,8 +160,13 @@ def test_black76_within_1e9_of_forward() -> None:
 
 @pytest.mark.parametrize("is_call", [True, False])
 def test_expired_is_exact_intrinsic(is_call: bool) -> None:
-    for spot, strike in [(42 * WAD, 40 * WAD), (40 * WAD, 42 * WAD), (7 * WAD, 7 * WAD),
-                         (MIN_PRICE, MAX_PRICE // 10**13), (MAX_PRICE, MIN_PRICE)]:
+    for spot, strike in [
+        (42 * WAD, 40 * WAD),
+        (40 * WAD, 42 * WAD),
+        (7 * WAD, 7 * WAD),
+        (MIN_PRICE, MAX_PRICE // 10**13),
+        (MAX_PRICE, MIN_PRICE),
+    ]:
         for vol, rate in [(0, 0), (WAD, MAX_RATE), (MAX_VOL, -MAX_RATE)]:
             want = max(spot - strike if is_call else strike - spot, 0)
             assert option_price(is_call, spot, strike, 0, vol, rate) == want

@@ -1,0 +1,281 @@
+"""The replay itself: read the range's logs, re-derive and verify every decision point, check
+liquidations and margin calls, compare the keeper's records. Returns a ``ReplayResult``;
+``keeper.replay.cli`` prints and writes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keeper.chain import BlockNotAvailable, BlockRef, Chain, ChainError, ProtocolSnapshot
+from keeper.replay.compare import (
+    compare,
+    load_decisions,
+    not_about_an_account,
+    parse_account,
+    unreplayable,
+)
+from keeper.replay.derive import BlockPlan, Derivation, decision_accounts, derive, plan
+from keeper.replay.errors import BadBlockRange, StateDumpWithoutHistory
+from keeper.replay.events import Event, read_history
+from keeper.replay.mismatch import Mismatch
+from keeper.replay.source import open_source, read_deployment
+from keeper.replay.verify import ClaimCheck, Verdict, check_claim, verify_block
+from keeper.store import Decision
+
+#: Progress callback: (task, advance, total or None).
+Progress = Callable[[str, int, int | None], None]
+
+CLAIM_EVENTS = {"Liquidation": ("liquidation", "liquidate"), "MarginCall": ("margin_call", "flag")}
+
+
+@dataclass
+class ReplayOptions:
+    deployment: Path
+    rpc_url: str | None = None
+    state_dump: Path | None = None
+    first: int | None = None
+    last: int | None = None
+    db_url: str | None = None
+    accounts: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Checked:
+    """A re-derived decision with the chain's verdict (and the record it was compared with)."""
+
+    derivation: Derivation
+    verdict: Verdict
+    decision_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ReplayResult:
+    source: str
+    chain_id: int
+    first: int
+    last: int
+    head: int
+    accounts: list[int]
+    checked: list[Checked] = field(default_factory=list)
+    claims: list[ClaimCheck] = field(default_factory=list)
+    decisions_compared: int = 0
+    #: Recorded rows that are not about an account (instrument-level actions): not compared.
+    records_skipped: list[int] = field(default_factory=list)
+    with_db: bool = False
+    mismatches: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.mismatches
+
+    def verdict_line(self) -> str:
+        n = len(self.checked)
+        fc = sum(c.verdict.full_check != "not run" for c in self.checked)
+        mo = sum(c.verdict.margin_of != "not run" for c in self.checked)
+        liq = sum(c.kind == "liquidation" for c in self.claims)
+        flags = sum(c.kind == "margin_call" for c in self.claims)
+        db = ""
+        if self.with_db:
+            db = f", {self.decisions_compared} recorded decisions compared"
+            if self.records_skipped:
+                db += f" ({len(self.records_skipped)} instrument-level rows skipped)"
+        status = "CLEAN" if self.clean else "MISMATCH"
+        return (
+            f"replay of blocks {self.first}..{self.last} (chain {self.chain_id}, {self.source}): "
+            f"{len(self.accounts)} accounts, {n} decisions re-derived, verified on-chain "
+            f"(fullCheck {fc}, marginOf {mo}), {liq} liquidations and {flags} margin calls "
+            f"re-checked{db}: {len(self.mismatches)} mismatches -- {status}"
+        )
+
+
+def _noop(task: str, advance: int, total: int | None) -> None:
+    return None
+
+
+def replay(opts: ReplayOptions, progress: Progress = _noop) -> ReplayResult:
+    deployment = read_deployment(opts.deployment)
+    with open_source(deployment, rpc_url=opts.rpc_url, state_dump=opts.state_dump) as src:
+        chain = src.chain
+        head = chain.head().number
+        first = deployment.start_block if opts.first is None else opts.first
+        last = head if opts.last is None else opts.last
+        _check_range(first, last, head, deployment.start_block)
+        if first < src.oldest_state:
+            raise StateDumpWithoutHistory(
+                f"the dump holds the state of block {src.oldest_state} only; write it on exit "
+                "from an anvil started with --preserve-historical-states (docs/replay.md)"
+            )
+        records, actions = (
+            load_decisions(opts.db_url, first, last, opts.accounts) if opts.db_url else ([], [])
+        )
+        return _Replay(
+            chain, src.description, first, last, head, opts, records, actions, progress
+        ).run()
+
+
+def _check_range(first: int, last: int, head: int, start: int) -> None:
+    if first < 0 or last < 0:
+        raise BadBlockRange(f"negative block number ({first}..{last})")
+    if last < first:
+        raise BadBlockRange(f"--to {last} is before --from {first}")
+    if last > head:
+        raise BadBlockRange(f"--to {last} is beyond the chain's head {head}")
+    if first < start:
+        raise BadBlockRange(f"--from {first} is before the deployment's start block {start}")
+
+
+class _Replay:
+    def __init__(
+        self,
+        chain: Chain,
+        source: str,
+        first: int,
+        last: int,
+        head: int,
+        opts: ReplayOptions,
+        records: list[Decision],
+        actions: list[Decision],
+        progress: Progress,
+    ) -> None:
+        self.chain = chain
+        self.opts = opts
+        self.records = records
+        self.actions = actions  # flag/liquidate decisions up to the range's end (witnesses)
+        self.progress = progress
+        self.selected = set(opts.accounts)
+        self.result = ReplayResult(
+            source, chain.deployment.chain_id, first, last, head, [], with_db=bool(opts.db_url)
+        )
+        self.feed_names = {}
+        for u in chain.deployment.underlyings:
+            self.feed_names[u["price_feed"].lower()] = f"{u['symbol']}/USD"
+            self.feed_names[u["vol_feed"].lower()] = f"{u['symbol']}/IV"
+
+    def _wanted(self, account: int) -> bool:
+        return not self.selected or account in self.selected
+
+    def run(self) -> ReplayResult:
+        r = self.result
+        span = r.last - min(self.chain.deployment.start_block, r.first) + 1
+        self.progress("logs", 0, span)
+        history = read_history(
+            self.chain, r.first, r.last, progress=lambda n: self.progress("logs", n, None)
+        )
+        self.history = history
+        self.by_tx: dict[str, list[Event]] = {}
+        for ev in history.in_range(r.first, r.last):
+            self.by_tx.setdefault(ev.tx_hash, []).append(ev)
+        plans = {p.block: p for p in plan(history, r.first, r.last)}
+        by_block: dict[int, list[Decision]] = {}
+        for rec in self.records:
+            by_block.setdefault(rec.block_number, []).append(rec)
+        blocks = sorted(set(plans) | set(by_block))
+        self.progress("blocks", 0, len(blocks))
+        for b in blocks:
+            self._block(b, plans.get(b), by_block.get(b, []))
+            self.progress("blocks", 1, None)
+        claims = [e for e in history.in_range(r.first, r.last) if e.name in CLAIM_EVENTS]
+        claims = [e for e in claims if self._wanted(int(e.args["account"]))]
+        self.progress("claims", 0, len(claims))
+        for e in claims:
+            self._claim(e)
+            self.progress("claims", 1, None)
+        seen = {c.derivation.account for c in r.checked}
+        r.accounts = sorted(seen)
+        for c in r.checked:
+            r.mismatches += c.verdict.mismatches
+        for cl in r.claims:
+            r.mismatches += cl.mismatches
+        r.mismatches.sort(key=lambda m: (m.block, m.decision_id or 0, m.kind))
+        return r
+
+    # --- one block ---------------------------------------------------------------------
+
+    def _snapshot(self, number: int, accounts: list[int]) -> ProtocolSnapshot:
+        ref = self.chain.rpc.block(number)
+        return self.chain.view(ref).snapshot(accounts)
+
+    def _block(self, number: int, p: BlockPlan | None, records: list[Decision]) -> None:
+        r = self.result
+        if p is not None and (p.feeds or p.market_wide):
+            wanted = [a for a in self.history.accounts_at(number) if self._wanted(a)]
+        else:  # only the accounts named at this block can have a decision point here
+            wanted = [a for a in (p.named if p is not None else {}) if self._wanted(a)]
+        recorded: dict[int, list[Decision]] = {}
+        for rec in records:
+            a = parse_account(rec.account)
+            if a is None and not_about_an_account(rec):
+                r.records_skipped.append(rec.id or 0)
+                continue
+            if a is None:
+                r.mismatches.append(unreplayable(rec, f"unreadable account {rec.account!r}"))
+                continue
+            recorded.setdefault(a, []).append(rec)
+        to_read = list(dict.fromkeys(wanted + list(recorded)))
+        if not to_read:
+            return  # nobody to decide about yet (e.g. the deployment's own blocks)
+        try:
+            snap = self._snapshot(number, to_read)
+        except (BlockNotAvailable, ChainError) as exc:
+            for recs in recorded.values():
+                r.mismatches += [unreplayable(rec, str(exc)) for rec in recs]
+            if p is not None:
+                r.mismatches.append(
+                    Mismatch("derivation", number, None, f"no state at block {number}: {exc}")
+                )
+            r.decisions_compared += sum(len(v) for v in recorded.values())
+            return
+        points: dict[int, list[str]] = {}
+        if p is not None:
+            points = {
+                a: why
+                for a, why in decision_accounts(p, snap, self.feed_names).items()
+                if self._wanted(a)
+            }
+        for a in recorded:
+            if a not in points:
+                points[a] = ["recorded decision"]
+        derivations = [derive(snap, a, why) for a, why in points.items()]
+        verdicts = verify_block(self.chain, snap.block, derivations) if derivations else []
+        for d, v in zip(derivations, verdicts, strict=True):
+            checked = Checked(d, v)
+            for rec in recorded.get(d.account, []):
+                r.decisions_compared += 1
+                checked.decision_ids.append(rec.id or 0)
+                mm = compare(rec, d)
+                if mm is not None:
+                    r.mismatches.append(mm)
+            r.checked.append(checked)
+
+    # --- liquidations and margin calls -------------------------------------------------
+
+    def _claim(self, e: Event) -> None:
+        kind, action = CLAIM_EVENTS[e.name]
+        account = int(e.args["account"])
+        witness, source = None, "none"
+        for rec in reversed(self.actions):
+            if (
+                rec.block_number < e.block
+                and rec.action == action
+                and parse_account(rec.account) == account
+                and rec.witness is not None
+            ):
+                witness, source = [int(w) for w in rec.witness], f"decision {rec.id}"
+                break
+        same_tx = self.by_tx.get(e.tx_hash, [])
+        try:
+            parent = self._snapshot(e.block - 1, [account])
+            ts = self.chain.rpc.block(e.block).timestamp
+        except (BlockNotAvailable, ChainError) as exc:
+            c = ClaimCheck(kind, e, account, witness, source)
+            c.mismatches.append(
+                Mismatch(kind, e.block, account, f"no state at parent block {e.block - 1}: {exc}")
+            )
+            self.result.claims.append(c)
+            return
+        self.result.claims.append(check_claim(kind, e, parent, ts, witness, source, same_tx))
+
+
+__all__ = ["BlockRef", "Checked", "ReplayOptions", "ReplayResult", "replay"]
