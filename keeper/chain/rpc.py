@@ -32,10 +32,12 @@ from keeper.chain.errors import (
     MissingContract,
     NoCodeAtAddress,
     RpcError,
+    RpcMalformedReply,
     RpcUnavailable,
     WrongChain,
     scrub,
 )
+from keeper.chain.transport import RetryingHTTPProvider, RetryPolicy
 from keeper.deployment import Deployment, code_hash
 from keeper.secrets import redact_url, register_url
 
@@ -167,14 +169,15 @@ class SyncWebSocketProvider(JSONBaseProvider):
                 self._ws = None
 
 
-def make_web3(url: str, *, timeout: float = 30.0) -> Web3:
-    """A Web3 client for ``http(s)://`` or ``ws(s)://`` (nothing is requested yet)."""
+def make_web3(url: str, *, timeout: float = 30.0, retry: RetryPolicy | None = None) -> Web3:
+    """A Web3 client for ``http(s)://`` or ``ws(s)://`` (nothing is requested yet). HTTP
+    retries transient faults as ``retry`` says (keeper.chain.transport; default 3 retries)."""
     _install_log_scrub(url)
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("ws", "wss"):
         return Web3(SyncWebSocketProvider(url, timeout=timeout))
     if scheme in ("http", "https"):
-        return Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+        return Web3(RetryingHTTPProvider(url, timeout=timeout, policy=retry))
     raise RpcUnavailable(f"unsupported RPC URL scheme {scheme!r} ({redact_url(url)})")
 
 
@@ -241,8 +244,10 @@ class Rpc:
             )
             self.batching = False
             return self._one_by_one(reqs)
-        if len(replies) != len(calls):
-            raise RpcError("batch", f"{len(calls)} requests, {len(replies)} replies")
+        if len(replies) != len(calls):  # the retrying provider checks this; others may not
+            raise RpcMalformedReply(
+                f"{self.redacted}: batch of {len(calls)} requests, {len(replies)} replies"
+            )
         return [dict(r) for r in replies]
 
     def _one_by_one(self, reqs: list[tuple[RPCEndpoint, Any]]) -> list[dict[str, Any]]:
