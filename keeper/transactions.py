@@ -125,7 +125,7 @@ class TxManager:
         return self._send_attempt(tx, self.fees.initial(self._base_fee()))
 
     def _base_fee(self) -> int:
-        with redacting_errors():
+        with redacting_errors(*_OWN_ERRORS):
             block = self.w3.eth.get_block("latest")
         return int(block.get("baseFeePerGas", 0))
 
@@ -267,10 +267,19 @@ class TxManager:
         open_nonces = {t.nonce for t in self.store.open_transactions(self.signer.address)}
         if not open_nonces:
             return []
+        candidates = set(range(latest_count, max(open_nonces))) - open_nonces
+        if candidates:
+            # ``latest_count`` was read before this pass followed the receipts: a transaction
+            # that mined (and went final) since holds its nonce too. Only a nonce that no
+            # transaction of ours holds any more (FAILED, or moved to a fresh nonce) is a gap.
+            held = {
+                t.nonce
+                for t in self.store.transactions(self.signer.address)
+                if t.status != TxStatus.FAILED
+            }
+            candidates -= held
         filled = []
-        for nonce in range(latest_count, max(open_nonces)):
-            if nonce in open_nonces:
-                continue
+        for nonce in sorted(candidates):
             log.warning("filling a nonce gap", extra={"nonce": nonce})
             filler = self.store.insert_gap_filler(
                 Transaction(sender=self.signer.address, nonce=nonce,

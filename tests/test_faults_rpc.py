@@ -112,7 +112,8 @@ def net(contracts_built: None) -> Iterator[Net]:
 
 @pytest.fixture
 def proxy(net: Net) -> Iterator[FaultProxy]:
-    with FaultProxy(net.node.url, seed=1234) as p:
+    # KEEPER_FAULT_SEED replays (or varies) the random fault runs.
+    with FaultProxy(net.node.url, seed=int(os.environ.get("KEEPER_FAULT_SEED", "1234"))) as p:
         yield p
 
 
@@ -378,3 +379,29 @@ def test_priced_out_transaction_is_replaced_as_the_base_fee_rises(net: Net, tmp_
     finally:
         node.rpc("evm_setAutomine", [True])
         clear_registry()
+
+
+def test_gap_filling_ignores_a_nonce_that_mined_during_the_pass(net: Net, tmp_path: Path) -> None:
+    """Found by the flaky-RPC run: the chain's count is read at the start of a poll; a
+    transaction that mines and goes final during the pass left a 'gap' below the next open one,
+    and a filler was sent for a nonce our own transaction had just used."""
+    key = dev_key(8)
+    me = Account.from_key(key).address
+    w3 = make_web3(net.node.url)
+    with Store.open(f"sqlite:///{tmp_path}/k.db") as store:
+        m = tx_manager(store, w3, key)
+        m.start()
+        stale_count = w3.eth.get_transaction_count(me)
+        for _ in range(2):
+            m.submit(to=me, gas_limit=21_000)
+        settle_through_faults(m)  # both final
+        net.node.rpc("evm_setAutomine", [False])
+        try:
+            m.submit(to=me, gas_limit=21_000)  # open, above the two final ones
+            assert m._fill_gaps(stale_count) == []
+            assert [t.decision_id for t in store.transactions(me)] == [None] * 3
+        finally:
+            net.node.rpc("evm_setAutomine", [True])
+        settle_through_faults(m)
+        assert w3.eth.get_transaction_count(me) == stale_count + 3
+    clear_registry()
