@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from keeper.chain import (
     RpcUnavailable,
     make_web3,
 )
+from keeper.chain.rpc import SyncWebSocketProvider
 from keeper.chain.transport import RetryingHTTPProvider
 from keeper.config import FeesConfig
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
@@ -170,15 +172,17 @@ def test_one_fault_of_each_kind_gives_the_fault_free_snapshot(
 
 @pytest.mark.parametrize("kind", sorted(NAMED))
 def test_a_fault_that_does_not_stop_is_a_named_scrubbed_error(
-    net: Net, proxy: FaultProxy, kind: str
+    net: Net, proxy: FaultProxy, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     host = proxy.url.removeprefix("http://")
     secrets = ("alice", "hunter2", "SEKRETKEY")
     chain = faulty_chain(f"http://alice:hunter2@{host}/v3/SEKRETKEY?key=SEKRETKEY", net.d, 1)
     head = chain.head()
     proxy.add(kind, methods=["eth_call"], hang_seconds=HANG, retry_after=0)
-    with pytest.raises(RpcUnavailable) as info:
+    with caplog.at_level(logging.DEBUG), pytest.raises(RpcUnavailable) as info:
         chain.view(head).snapshot(net.accounts)
+    logged = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    assert "retrying" in logged and not any(s in logged for s in secrets)
     assert type(info.value) is NAMED[kind]
     text = str(info.value)
     assert host in text and not any(s in text for s in secrets)
@@ -222,6 +226,18 @@ def test_random_faults_never_give_a_wrong_snapshot(net: Net, proxy: FaultProxy) 
     assert ok > 0 and proxy.injected > 5
     stats = provider(chain).stats
     assert stats.gave_up == failed and stats.retries + stats.gave_up == proxy.injected
+
+
+def test_websocket_reconnects_after_a_dropped_connection(net: Net) -> None:
+    ws = net.node.url.replace("http://", "ws://")
+    chain = Chain.connect(ws, net.d, retry=RetryPolicy(max_retries=2, **FAST))
+    want = reference(net)
+    provider = chain.w3.provider
+    assert isinstance(provider, SyncWebSocketProvider)
+    provider._socket().close()  # the connection drops (node restart, idle timeout, proxy)
+    assert fields(chain.view(want.block).snapshot(net.accounts)) == fields(want)
+    assert provider.retries == 1
+    chain.close()
 
 
 def test_lagging_head_is_consistent_and_refused_on_request(net: Net, proxy: FaultProxy) -> None:

@@ -90,13 +90,16 @@ class SyncWebSocketProvider(JSONBaseProvider):
     """A blocking JSON-RPC client over one WebSocket (web3 8 ships only an async one).
 
     Requests and batches only; subscriptions belong to the block loop. One lock serialises
-    the socket; a dropped connection is reopened on the next request.
+    the socket; a dropped connection is reopened and the request retried, with the bounded
+    back-off of ``policy`` (keeper.chain.transport.RetryPolicy).
     """
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, policy: RetryPolicy | None = None) -> None:
         super().__init__()
         self._url = url
         self._timeout = timeout
+        self.policy = policy or RetryPolicy()
+        self.retries = 0
         self._lock = threading.Lock()
         self._ws: Any = None
         self._ids = itertools.count(1)
@@ -119,6 +122,18 @@ class SyncWebSocketProvider(JSONBaseProvider):
         return self._ws
 
     def _exchange(self, payload: Any, ids: set[int]) -> list[dict[str, Any]]:
+        retry = 0
+        while True:
+            try:
+                return self._exchange_once(payload, set(ids))
+            except RpcUnavailable:
+                if retry >= self.policy.max_retries:
+                    raise
+                retry += 1
+                self.retries += 1
+                self.policy.sleep(self.policy.delay(retry))
+
+    def _exchange_once(self, payload: Any, ids: set[int]) -> list[dict[str, Any]]:
         with self._lock:
             ws = self._socket()
             try:
@@ -175,7 +190,7 @@ def make_web3(url: str, *, timeout: float = 30.0, retry: RetryPolicy | None = No
     _install_log_scrub(url)
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("ws", "wss"):
-        return Web3(SyncWebSocketProvider(url, timeout=timeout))
+        return Web3(SyncWebSocketProvider(url, timeout=timeout, policy=retry))
     if scheme in ("http", "https"):
         return Web3(RetryingHTTPProvider(url, timeout=timeout, policy=retry))
     raise RpcUnavailable(f"unsupported RPC URL scheme {scheme!r} ({redact_url(url)})")
