@@ -139,5 +139,14 @@ def replay(
     )
 
 
+@app.command()
+def check(config: ConfigOption = Path("keeper.toml")) -> None:
+    """Run every start-up check (config, deployment file, signer, chain id, code and ABI
+    hashes) and exit: 0 when the keeper could start, 1 with one named error otherwise."""
+    from keeper.preflight import run as run_check
+
+    raise SystemExit(run_check(config))
+
+
 def main() -> None:
     app()

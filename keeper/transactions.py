@@ -26,6 +26,7 @@ from typing import Any
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 
+from keeper.chain.errors import ChainError
 from keeper.chain.revert import decode_revert, revert_data_of
 from keeper.fees import FeePolicy, Fees
 from keeper.nonces import NonceManager
@@ -45,7 +46,9 @@ class SendError(RuntimeError):
 
 
 #: Exceptions whose messages we build ourselves (no secrets): they pass ``redacting_errors``.
-_OWN_ERRORS: tuple[type[BaseException], ...] = (SendError, RedactedError, StoreError)
+#: keeper.chain's named errors (``RpcUnavailable`` ... from the retrying provider) are scrubbed
+#: where they are built.
+_OWN_ERRORS: tuple[type[BaseException], ...] = (SendError, RedactedError, StoreError, ChainError)
 
 
 class TxManager:
@@ -122,7 +125,7 @@ class TxManager:
         return self._send_attempt(tx, self.fees.initial(self._base_fee()))
 
     def _base_fee(self) -> int:
-        with redacting_errors():
+        with redacting_errors(*_OWN_ERRORS):
             block = self.w3.eth.get_block("latest")
         return int(block.get("baseFeePerGas", 0))
 
@@ -189,6 +192,11 @@ class TxManager:
                 # "nonce too low" here usually means this very hash mined: poll will see it.
                 log.info("re-broadcast refused", extra={"tx_id": tx.id, "error": message})
                 return tx
+            if any(s in lowered for s in _NONCE_CONFLICT) and self._node_has(attempt.hash):
+                # Our own bytes hold the nonce: a send retried after its answer was lost (a
+                # timeout, a dropped connection) reached the node the first time.
+                log.info("send answered late: already with the node", extra={"tx_id": tx.id})
+                return tx
             self.store.update_attempt(attempt.id, status=AttemptStatus.FAILED, error=message)
             if any(s in lowered for s in _NONCE_CONFLICT):
                 return self._resolve_nonce_conflict(tx, message)
@@ -205,9 +213,19 @@ class TxManager:
             # Transport failure: the node may or may not have it. The attempt stays SENT, so its
             # hash is watched and ``poll`` replaces it once it counts as stuck.
             message = scrub(str(exc))
+            if isinstance(exc, ChainError):  # named and scrubbed already (keeper.chain)
+                log.warning("broadcast failed", extra={"tx_id": tx.id, "error": message})
+                raise
             log.warning("broadcast failed", extra={"tx_id": tx.id, "error": message})
             raise RedactedError(type(exc).__name__, message) from None
         return tx
+
+    def _node_has(self, tx_hash: str) -> bool:
+        try:
+            self.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+        return True
 
     def _resolve_nonce_conflict(self, tx: Transaction, message: str) -> Transaction:
         """Our nonce is taken (by a mined or pending transaction not in our store)."""
@@ -249,10 +267,19 @@ class TxManager:
         open_nonces = {t.nonce for t in self.store.open_transactions(self.signer.address)}
         if not open_nonces:
             return []
+        candidates = set(range(latest_count, max(open_nonces))) - open_nonces
+        if candidates:
+            # ``latest_count`` was read before this pass followed the receipts: a transaction
+            # that mined (and went final) since holds its nonce too. Only a nonce that no
+            # transaction of ours holds any more (FAILED, or moved to a fresh nonce) is a gap.
+            held = {
+                t.nonce
+                for t in self.store.transactions(self.signer.address)
+                if t.status != TxStatus.FAILED
+            }
+            candidates -= held
         filled = []
-        for nonce in range(latest_count, max(open_nonces)):
-            if nonce in open_nonces:
-                continue
+        for nonce in sorted(candidates):
             log.warning("filling a nonce gap", extra={"nonce": nonce})
             filler = self.store.insert_gap_filler(
                 Transaction(sender=self.signer.address, nonce=nonce,

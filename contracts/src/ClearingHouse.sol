@@ -52,6 +52,12 @@ contract ClearingHouse is ClearingHouseBase {
     /// @notice The governance module (ClearingHouseAdmin) that unknown selectors go to.
     address public immutable admin;
 
+    /// @dev Set while tokens are pulled in (EIP-1153 transient storage: gone after the call).
+    /// `_pull` credits the balance difference around transferFrom; a token that calls the
+    /// sender back (ERC-777 tokensToSend) would otherwise let a nested deposit's tokens be
+    /// counted twice, by the nested call and again by the outer one.
+    bool private transient _pulling;
+
     constructor(address owner_, MarginVerifier verifier_, address admin_) ClearingHouseBase(verifier_) {
         owner = owner_;
         admin = admin_;
@@ -622,9 +628,12 @@ contract ClearingHouse is ClearingHouseBase {
 
     function _pull(AssetConfig memory a, uint256 amount) private returns (int256) {
         _toWad(a, amount); // bounds
+        if (_pulling) revert ReentrantTransfer();
+        _pulling = true;
         uint256 before = IERC20(a.token).balanceOf(address(this));
         if (!IERC20(a.token).transferFrom(msg.sender, address(this), amount)) revert TokenTransferFailed(a.token);
         uint256 got = IERC20(a.token).balanceOf(address(this)) - before;
+        _pulling = false;
         if (got == 0) revert ZeroAmount();
         return int256(got * a.scale);
     }

@@ -68,6 +68,20 @@ class RpcUnavailable(ChainError):
     """The node did not answer (connection refused, timeout, HTTP error)."""
 
 
+class RpcTimeout(RpcUnavailable):
+    """The node did not answer within the configured timeout (every retry)."""
+
+
+class RpcRateLimited(RpcUnavailable):
+    """The node kept answering HTTP 429; ``retry_after`` is its last Retry-After (seconds)."""
+
+    retry_after: float | None = None
+
+
+class RpcMalformedReply(RpcUnavailable):
+    """The node's answer was cut short, not JSON, or a batch answer with elements missing."""
+
+
 class RpcError(ChainError):
     """The node answered a JSON-RPC error."""
 
@@ -82,6 +96,14 @@ class BlockNotAvailable(ChainError):
     def __init__(self, number: int, block_hash: str, detail: object = "") -> None:
         super().__init__(f"block {number} {block_hash} is not available on the node: {detail}")
         self.number, self.block_hash = number, block_hash
+
+
+class HeadBehind(ChainError):
+    """The node's head is below a block the keeper has already seen (a lagging RPC)."""
+
+    def __init__(self, head: int, seen: int) -> None:
+        super().__init__(f"the node's head {head} is behind block {seen}, already seen")
+        self.head, self.seen = head, seen
 
 
 class BatchReadError(ChainError):

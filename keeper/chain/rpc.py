@@ -32,10 +32,12 @@ from keeper.chain.errors import (
     MissingContract,
     NoCodeAtAddress,
     RpcError,
+    RpcMalformedReply,
     RpcUnavailable,
     WrongChain,
     scrub,
 )
+from keeper.chain.transport import RetryingHTTPProvider, RetryPolicy
 from keeper.deployment import Deployment, code_hash
 from keeper.secrets import redact_url, register_url
 
@@ -88,13 +90,16 @@ class SyncWebSocketProvider(JSONBaseProvider):
     """A blocking JSON-RPC client over one WebSocket (web3 8 ships only an async one).
 
     Requests and batches only; subscriptions belong to the block loop. One lock serialises
-    the socket; a dropped connection is reopened on the next request.
+    the socket; a dropped connection is reopened and the request retried, with the bounded
+    back-off of ``policy`` (keeper.chain.transport.RetryPolicy).
     """
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, policy: RetryPolicy | None = None) -> None:
         super().__init__()
         self._url = url
         self._timeout = timeout
+        self.policy = policy or RetryPolicy()
+        self.retries = 0
         self._lock = threading.Lock()
         self._ws: Any = None
         self._ids = itertools.count(1)
@@ -117,6 +122,18 @@ class SyncWebSocketProvider(JSONBaseProvider):
         return self._ws
 
     def _exchange(self, payload: Any, ids: set[int]) -> list[dict[str, Any]]:
+        retry = 0
+        while True:
+            try:
+                return self._exchange_once(payload, set(ids))
+            except RpcUnavailable:
+                if retry >= self.policy.max_retries:
+                    raise
+                retry += 1
+                self.retries += 1
+                self.policy.sleep(self.policy.delay(retry))
+
+    def _exchange_once(self, payload: Any, ids: set[int]) -> list[dict[str, Any]]:
         with self._lock:
             ws = self._socket()
             try:
@@ -167,14 +184,15 @@ class SyncWebSocketProvider(JSONBaseProvider):
                 self._ws = None
 
 
-def make_web3(url: str, *, timeout: float = 30.0) -> Web3:
-    """A Web3 client for ``http(s)://`` or ``ws(s)://`` (nothing is requested yet)."""
+def make_web3(url: str, *, timeout: float = 30.0, retry: RetryPolicy | None = None) -> Web3:
+    """A Web3 client for ``http(s)://`` or ``ws(s)://`` (nothing is requested yet). HTTP
+    retries transient faults as ``retry`` says (keeper.chain.transport; default 3 retries)."""
     _install_log_scrub(url)
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("ws", "wss"):
-        return Web3(SyncWebSocketProvider(url, timeout=timeout))
+        return Web3(SyncWebSocketProvider(url, timeout=timeout, policy=retry))
     if scheme in ("http", "https"):
-        return Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
+        return Web3(RetryingHTTPProvider(url, timeout=timeout, policy=retry))
     raise RpcUnavailable(f"unsupported RPC URL scheme {scheme!r} ({redact_url(url)})")
 
 
@@ -241,8 +259,10 @@ class Rpc:
             )
             self.batching = False
             return self._one_by_one(reqs)
-        if len(replies) != len(calls):
-            raise RpcError("batch", f"{len(calls)} requests, {len(replies)} replies")
+        if len(replies) != len(calls):  # the retrying provider checks this; others may not
+            raise RpcMalformedReply(
+                f"{self.redacted}: batch of {len(calls)} requests, {len(replies)} replies"
+            )
         return [dict(r) for r in replies]
 
     def _one_by_one(self, reqs: list[tuple[RPCEndpoint, Any]]) -> list[dict[str, Any]]:

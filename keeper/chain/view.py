@@ -33,7 +33,7 @@ from eth_abi import encode
 from eth_utils import keccak
 from web3 import Web3
 
-from keeper.chain.errors import BatchReadError, ChainError, WrongChain
+from keeper.chain.errors import BatchReadError, ChainError, HeadBehind, WrongChain
 from keeper.chain.multicall import (
     CALLS_PER_MULTICALL,
     MULTICALLS_PER_BATCH,
@@ -44,6 +44,7 @@ from keeper.chain.multicall import (
     multicall,
 )
 from keeper.chain.rpc import BlockRef, Rpc, make_web3, verify_deployment
+from keeper.chain.transport import RetryPolicy
 from keeper.config import RpcConfig
 from keeper.deployment import Deployment, decode_risk_params
 from margin.params import RiskParams
@@ -306,10 +307,17 @@ class Chain:
 
     @classmethod
     def connect(
-        cls, url: str, deployment: Deployment, *, timeout: float = 30.0, **kwargs: Any
+        cls,
+        url: str,
+        deployment: Deployment,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
     ) -> Chain:
-        """Connect (HTTP or WebSocket) and verify the node against the deployment file."""
-        rpc = Rpc(make_web3(url, timeout=timeout), url)
+        """Connect (HTTP or WebSocket) and verify the node against the deployment file.
+        Transient faults are retried as ``retry`` says (keeper.chain.transport)."""
+        rpc = Rpc(make_web3(url, timeout=timeout, retry=retry), url)
         return cls(rpc, deployment, verify_deployment(rpc, deployment), **kwargs)
 
     @classmethod
@@ -321,6 +329,7 @@ class Chain:
         if rpc.chain_id != deployment.chain_id:
             raise WrongChain(deployment.chain_id, rpc.chain_id, "the [rpc] configuration")
         url = rpc.ws_url if websocket and rpc.ws_url else rpc.url
+        kwargs.setdefault("retry", RetryPolicy(max_retries=rpc.max_retries))
         return cls.connect(url, deployment, timeout=float(rpc.timeout_seconds), **kwargs)
 
     @property
@@ -333,8 +342,15 @@ class Chain:
         if callable(close):
             close()
 
-    def head(self) -> BlockRef:
-        return self.rpc.block("latest")
+    def head(self, *, not_before: int | None = None) -> BlockRef:
+        """The node's latest block. With ``not_before`` (the highest block already seen), a
+        head below it raises ``HeadBehind``: a lagging RPC behind a load balancer must not
+        send the keeper back in time (a reorg that shortens the chain by more than a block or
+        two is not a thing on the chains it runs on)."""
+        head = self.rpc.block("latest")
+        if not_before is not None and head.number < not_before:
+            raise HeadBehind(head.number, not_before)
+        return head
 
     def view(self, block: BlockRef | int | str = "latest") -> ChainView:
         ref = block if isinstance(block, BlockRef) else self.rpc.block(block)

@@ -263,6 +263,13 @@ class Anvil:
             self.log_path = None
         _LIVE.discard(self)
 
+    def restart(self) -> Anvil:
+        """Stop (SIGTERM: a ``--state`` file is dumped) and start again with the same flags, so
+        the chain continues from the dump. The port is new (kernel-chosen): a proxy in front
+        (keeper.devnet.fault_proxy) gives clients a stable URL across the restart."""
+        self.stop()
+        return self.start()
+
     def rpc(self, method: str, params: list[object] | None = None, timeout: float = 5.0) -> object:
         """A raw JSON-RPC call (no web3 needed); raises AnvilError on an RPC error."""
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})

@@ -107,4 +107,5 @@ interface IClearingHouseErrors {
     error ParamOutOfBounds(uint256 field, int256 value, int256 min, int256 max);
     error UnderlyingNotConfigured(uint256 underlying);
     error NothingToClaim(address liquidator);
+    error ReentrantTransfer();
 }

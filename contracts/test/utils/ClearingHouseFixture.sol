@@ -73,7 +73,7 @@ abstract contract ClearingHouseFixture is TestBase {
         verifier = MarginVerifier(vm.deployCode("out/MarginVerifier.sol/MarginVerifier.json"));
         ch = new ClearingHouse(GOV, verifier, address(new ClearingHouseAdmin(verifier)));
         adm = ClearingHouseAdmin(address(ch));
-        usdc = new MockERC20("USD Coin", "USDC", 6);
+        usdc = MockERC20(settlementToken());
         weth = new MockERC20("Wrapped Ether", "WETH", 18);
         ethFeed = new MockAggregator(8, "ETH / USD", 2000e8);
         btcFeed = new MockAggregator(8, "BTC / USD", 60_000e8);
@@ -99,6 +99,12 @@ abstract contract ClearingHouseFixture is TestBase {
         vm.stopPrank();
         // The backstop is funded like any account.
         fund(BACKSTOP_OWNER, 0, 1_000_000e6);
+    }
+
+    /// @dev The settlement stablecoin (asset 0, 6 decimals). Tests of token callbacks deploy a
+    /// token with hooks instead (same interface: it is called through MockERC20's ABI).
+    function settlementToken() internal virtual returns (address) {
+        return address(new MockERC20("USD Coin", "USDC", 6));
     }
 
     // ------------------------------------------------------------------ helpers
