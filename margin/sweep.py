@@ -374,9 +374,12 @@ class Sweep:
     def _settle(self, idx: np.ndarray, exact_unhealthy: bool) -> None:
         st = self.states[idx]
         need = idx[(st == UNDECIDED) | ((st > HEALTHY) if exact_unhealthy else False)]
+        affected = np.zeros(self.book.n_accounts, dtype=bool)
+        affected[idx] = True
+        for cache in (self.exact, self.errors):  # results of the old market state
+            for a in [a for a in cache if affected[a]]:
+                del cache[a]
         for a in need.tolist():
-            self.exact.pop(a, None)
-            self.errors.pop(a, None)
             try:
                 res = exact_account(self.prep, a)
             except MarginError as e:
