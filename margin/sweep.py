@@ -18,6 +18,7 @@ read back after adding a bias of 2^255 per field (|acc_j| < 1e64 < 2^255: no fie
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from dataclasses import dataclass
@@ -26,8 +27,7 @@ import numpy as np
 
 from margin.book import Book
 from margin.errors import MarginError
-from margin.fixed_point import mul_div_down, sqrt_down
-from margin.params import WAD, YEAR
+from margin.params import WAD
 from margin.portfolio import Market, Position
 from margin.requirement import HEALTHY, LIQUIDATABLE, MARGIN_CALL, MarginResult, ScenarioTable
 
@@ -128,9 +128,23 @@ class MarketPrep:
         )
 
 
-def vega_base(market: Market, expiry: int) -> int:
-    tau = expiry - market.timestamp if expiry > market.timestamp else 0
-    return sqrt_down(mul_div_down(tau, WAD, YEAR))
+def reprice_table(old: ScenarioTable, market: Market) -> ScenarioTable:
+    """A table for `market` that keeps the already priced rows of every underlying whose
+    pricing inputs (its spot and vol, the rate, the time) did not change: a row is a pure
+    function of those, so the kept rows are the integers a fresh table would compute."""
+    new = ScenarioTable(market, old.params)
+    if market.rate != old.market.rate or market.timestamp != old.market.timestamp:
+        return new
+    same = [
+        s == s0 and v == v0
+        for s, s0, v, v0 in zip(
+            market.spots, old.market.spots, market.vols, old.market.vols, strict=True
+        )
+    ]
+    for key, r in old._rows.items():  # the table's own cache (same package)
+        if same[key[0]]:
+            new._rows[key] = r
+    return new
 
 
 # --- exact engine --------------------------------------------------------------------------
@@ -466,11 +480,16 @@ def exact_sweep(prep: MarketPrep, workers: int | None = None, chunk: int = 2000)
         finally:
             _SHARED = None
     _SHARED = prep  # inherited by the forked workers, never pickled
+    # Frozen objects are skipped by the collector: the workers neither scan the book nor
+    # touch (and so copy) its pages for it; the workers run without the cyclic collector
+    # (they allocate no cycles, and a full collection would walk millions of book objects).
+    gc.freeze()
     try:
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=gc.disable) as pool:
             parts = pool.map(_exact_range, ranges, chunksize=1)
     finally:
+        gc.unfreeze()
         _SHARED = None
     return [x for part in parts for x in part]
 
@@ -483,5 +502,6 @@ __all__ = [
     "exact_account",
     "exact_sweep",
     "float_baseline",
+    "reprice_table",
     "segment_floats",
 ]

@@ -82,8 +82,8 @@ def book(n_accounts: int, seed: int = 7, avg_positions: int = 10) -> SyntheticBo
                 entry = SPOTS[u] * rng.randrange(95, 106) // 100
             positions.append(Position(*ins, quantity=q, entry_price=entry))
             notional += abs(q) * SPOTS[u] // WAD
-        # Collateral: 32% .. 250% of notional (log-uniform), part in volatile assets.
-        margin = int(notional * 10 ** rng.uniform(-0.5, 0.4))
+        # Collateral: 50% .. 316% of notional (log-uniform), part in volatile assets.
+        margin = int(notional * 10 ** rng.uniform(-0.3, 0.5))
         eth = rng.choice((0, 0, 1)) * margin // 4 * WAD // SPOTS[0]
         btc = rng.choice((0, 0, 1)) * margin // 4 * WAD // SPOTS[1]
         portfolios.append(Portfolio(tuple(positions), (margin, eth, btc)))

@@ -47,7 +47,15 @@ from margin.portfolio import (
     Position,
 )
 from margin.requirement import ScenarioTable
-from margin.sweep import ERROR, UNDECIDED, MarketPrep, Sweep, exact_account, exact_sweep
+from margin.sweep import (
+    ERROR,
+    UNDECIDED,
+    MarketPrep,
+    Sweep,
+    exact_account,
+    exact_sweep,
+    reprice_table,
+)
 
 T0 = 1_800_000_000
 
@@ -238,7 +246,8 @@ def test_incremental_equals_fresh_sweep() -> None:
         spots[u] = spots[u] * factor // 100
         market = replace(sweep.prep.table.market, spots=tuple(spots))
         new_table = ScenarioTable(market, sb.params)
-        states = sweep.remargin(MarketPrep(book, new_table), [u]).copy()
+        kept = reprice_table(sweep.prep.table, market)  # other underlyings' rows reused
+        states = sweep.remargin(MarketPrep(book, kept), [u]).copy()
         fresh = Sweep(book, MarketPrep(book, new_table))
         assert states.tolist() == fresh.classify().tolist()
         assert states.tolist() == _exact_states(new_table, sb.portfolios)
