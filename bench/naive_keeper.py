@@ -30,7 +30,8 @@ from keeper.chain import Chain
 from keeper.deployment import account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from margin.book import Book
-from margin.sweep import MarketPrep, exact_account
+from margin.requirement import ScenarioTable
+from margin.sweep import MarketPrep, Sweep, exact_account
 
 WAD = 10**18
 
@@ -42,6 +43,7 @@ class NaiveKeeperResult:
     snapshot_s: float
     full_check_s: float  # shared table + ScenarioTable.full_check per account
     packed_s: float  # book + market prep + packed exact engine per account
+    classify_s: float  # book + market prep + bounded float states, exact for unhealthy ones
     table_s: float
     seed_s: float
 
@@ -114,12 +116,25 @@ def run(n_accounts: int = 1000, seed: int = 1) -> NaiveKeeperResult:
                     buyer, seller = (a, b) if rng.random() < 0.5 else (b, a)
                     data = ch.encode_abi("trade", [buyer, seller, ins["id"], q, price * WAD])
                     trades.append(tx(matcher, data))
-        for sends in (deposits, trades):  # deposits land before any trade
+        # Automine off: queue everything, then mine until the pool is empty (a block holds
+        # thousands of these: the devnet's block gas limit is 1e10). Deposits land first.
+        node.rpc("evm_setAutomine", [False])
+        for sends in (deposits, trades):
             hashes: list[str] = []
             for i in range(0, len(sends), 250):
                 hashes += _batch(node.url, sends[i : i + 250])
-            for h in hashes:
-                assert w3.eth.wait_for_transaction_receipt(h)["status"] == 1
+            while True:
+                node.rpc("evm_mine", [], timeout=600)
+                pool = node.rpc("txpool_status", [])
+                assert isinstance(pool, dict)
+                if int(pool["pending"], 16) == 0 and int(pool["queued"], 16) == 0:
+                    break
+            for i in range(0, len(hashes), 500):
+                chunk = hashes[i : i + 500]
+                calls = [{"method": "eth_getTransactionReceipt", "params": [h]} for h in chunk]
+                receipts = _batch(node.url, calls)
+                assert all(r is not None and r["status"] == "0x1" for r in receipts)
+        node.rpc("evm_setAutomine", [True])
         seed_s = time.perf_counter() - t0
 
         chain = Chain.connect(node.url, d)
@@ -156,11 +171,27 @@ def run(n_accounts: int = 1000, seed: int = 1) -> NaiveKeeperResult:
         packed = [exact_account(prep, k) for k in range(len(accounts))]
         packed_s = time.perf_counter() - t
 
+        # Engine 3: provably exact states (floats with bounds; exact engine where undecided and
+        # for every unhealthy account), from a fresh table as a new block would need.
+        t = time.perf_counter()
+        book = Book(table.params, [i.portfolio for i in inputs])
+        sweep = Sweep(book, MarketPrep(book, ScenarioTable(market, table.params)))
+        states = sweep.classify()
+        classify_s = time.perf_counter() - t
+        assert states.tolist() == [r.state for r in results]
+
         for got, alt, want in zip(results, packed, chain_results, strict=True):
             assert list(got.to_abi()) == _plain(want), (got.to_abi(), want)
             assert alt.to_abi() == got.to_abi()
         return NaiveKeeperResult(
-            n_accounts, eth_call_s, snapshot_s, full_check_s, packed_s, table_s, seed_s
+            n_accounts,
+            eth_call_s,
+            snapshot_s,
+            full_check_s,
+            packed_s,
+            classify_s,
+            table_s,
+            seed_s,
         )
 
 
