@@ -164,10 +164,11 @@ def run(n_accounts: int = 1000, seed: int = 1) -> NaiveKeeperResult:
         results = [table.full_check(i.portfolio) for i in inputs]
         full_check_s = time.perf_counter() - t
 
-        # Engine 2: packed exact engine (the book built from the same snapshot).
+        # Engine 2: packed exact engine (the book built from the same snapshot; a fresh
+        # table, priced here, as a new block needs).
         t = time.perf_counter()
         book = Book(table.params, [i.portfolio for i in inputs])
-        prep = MarketPrep(book, snap.table(market))
+        prep = MarketPrep(book, ScenarioTable(market, table.params))
         packed = [exact_account(prep, k) for k in range(len(accounts))]
         packed_s = time.perf_counter() - t
 

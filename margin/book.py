@@ -51,6 +51,9 @@ class UnderlyingLegs:
     short_groups: np.ndarray  # how many such groups (each rounds up by < 2 wei)
     calendar_offset: np.ndarray  # min(Σ long futures, Σ short futures) after netting by expiry
     seg_legs_exact: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+    # Segments grouped by leg count c: (segment ids, (segments, c) leg indices). The float
+    # pass sums a bucket's legs column by column: whole-array operations, no per-segment loop.
+    buckets: list[tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -88,6 +91,8 @@ class Book:
             validate_portfolio(pf, params)
             self.accounts.append(self._account(a, pf, rows, legs))
         self.n_accounts = len(portfolios)
+        #: Stable collateral after haircuts per account, float64 of the exact integer.
+        self.stable = np.array([float(acc.stable) for acc in self.accounts])
         self.legs = [self._columns(u, rows[u], legs[u]) for u in range(n_u)]
 
     # --- construction --------------------------------------------------------------------
@@ -191,6 +196,10 @@ class Book:
         else:
             opt_group = np.zeros(0, np.int64)
             group_seg = np.zeros(0, np.int64)
+        buckets = []
+        for c in np.unique(seg_len):
+            ids = np.flatnonzero(seg_len == c)
+            buckets.append((ids, seg_start[ids][:, None] + np.arange(c)[None, :]))
         return UnderlyingLegs(
             underlying=u,
             row_keys=row_keys,
@@ -208,6 +217,7 @@ class Book:
             short_groups=short_groups,
             calendar_offset=calendar,
             seg_legs_exact=[(s[1], s[2], s[3]) for s in segs],
+            buckets=buckets,
         )
 
     def instruments(self) -> list[InstrumentKey]:

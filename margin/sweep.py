@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,7 +222,7 @@ def _mul_up(a: int, b: int) -> int:
 
 # --- float pass with proven bounds -----------------------------------------------------------
 
-_CHUNK_LEGS = 1 << 16
+_CHUNK_SEGS = 1 << 14  # segments per block: a few MiB of scenario sums at a time
 
 
 @dataclass
@@ -249,20 +250,23 @@ def segment_floats(book: Book, prep: MarketPrep, u: int, bounds: bool = True) ->
     if n_seg == 0:
         z = np.zeros(0)
         return SegmentFloats(z, z, z, z, z, z, z, np.zeros(0, dtype=bool))
-    # Scenario losses: A = Σ q·D per segment, L = −A/1e18 (× w/1e18 when extended).
+    # Scenario losses: A = Σ q·D per segment (its legs summed in order, bucket by bucket),
+    # L = −A/1e18 (× w/1e18 when extended).
     loss = np.empty(n_seg)
-    lo = 0
-    while lo < n_seg:
-        hi = int(np.searchsorted(starts, starts[lo] + _CHUNK_LEGS, side="left"))
-        hi = max(hi, lo + 1)
-        a0 = int(starts[lo])
-        a1 = int(starts[hi]) if hi < n_seg else n_legs
-        prod = p.d[lg.leg_row[a0:a1]]
-        prod *= q[a0:a1, None]
-        acc = np.add.reduceat(prod, starts[lo:hi] - a0, axis=0)
-        acc *= p.weight * (-1.0 / _W)
-        loss[lo:hi] = acc.max(axis=1)
-        lo = hi
+    factor = p.weight * (-1.0 / _W)
+    for segs, legs in lg.buckets:
+        for lo in range(0, len(segs), _CHUNK_SEGS):
+            cols = legs[lo : lo + _CHUNK_SEGS]
+            first = cols[:, 0]
+            acc = p.d[lg.leg_row[first]]
+            acc *= q[first, None]
+            for k in range(1, cols.shape[1]):
+                leg = cols[:, k]
+                term = p.d[lg.leg_row[leg]]
+                term *= q[leg, None]
+                acc += term
+            acc *= factor
+            loss[segs[lo : lo + _CHUNK_SEGS]] = acc.max(axis=1)
     equity = np.add.reduceat(q * (p.v0[lg.leg_row] - lg.leg_entry), starts) / _W
     spot = float(p.spot)
     c_s, c_c, c_v = (float(c) * spot / _W2 for c in p.charges)
@@ -307,7 +311,7 @@ def segment_floats(book: Book, prep: MarketPrep, u: int, bounds: bool = True) ->
 class Sweep:
     """Per-account float state of a book in one market state; classification; incremental."""
 
-    def __init__(self, book: Book, prep: MarketPrep) -> None:
+    def __init__(self, book: Book, prep: MarketPrep, threads: int = 1) -> None:
         self.book = book
         self.prep = prep
         n_a = book.n_accounts
@@ -321,17 +325,28 @@ class Sweep:
         self.cont = np.zeros(shape)
         self.cont_eps = np.zeros(shape)
         self.bad = np.zeros(shape, dtype=bool)
-        stable = [acc.stable for acc in book.accounts]
-        self.stable = np.array([float(x) for x in stable])
+        self.stable = book.stable
         self.held = [lg.seg_account for lg in book.legs]
         p = book.params
         self.rho = float(p.correlation_credit) / _W
         self.im_factor = float(p.im_factor) / _W
-        for u in range(n_u):
-            self._store(u, segment_floats(book, prep, u))
+        self.threads = threads
+        self._compute(list(range(n_u)))
         self.states = np.full(n_a, UNDECIDED, dtype=np.int8)
         self.exact: dict[int, MarginResult] = {}
         self.errors: dict[int, MarginError] = {}
+
+    def _compute(self, unders: list[int]) -> None:
+        """The float pass of these underlyings; numpy releases the GIL in its array loops, so
+        threads run underlyings on several cores (largest first, for balance)."""
+        unders = sorted(unders, key=lambda u: -len(self.book.legs[u].leg_row))
+        if self.threads > 1 and len(unders) > 1:
+            with ThreadPoolExecutor(self.threads) as pool:
+                done = list(pool.map(lambda u: segment_floats(self.book, self.prep, u), unders))
+        else:
+            done = [segment_floats(self.book, self.prep, u) for u in unders]
+        for u, s in zip(unders, done, strict=True):
+            self._store(u, s)
 
     def _store(self, u: int, s: SegmentFloats) -> None:
         idx = self.held[u]
@@ -413,8 +428,7 @@ class Sweep:
         """New states after the underlyings `moved` changed price (every other input equal):
         recompute only their segments and re-decide only the accounts holding them."""
         self.prep = prep
-        for u in moved:
-            self._store(u, segment_floats(self.book, prep, u))
+        self._compute(list(moved))
         if len(moved) == 1:
             idx = self.held[moved[0]]
         else:
@@ -442,7 +456,7 @@ def float_baseline(book: Book, prep: MarketPrep) -> np.ndarray:
     tot = loss.sum(axis=1)
     mm = tot - (tot - loss.max(axis=1)) * (p.correlation_credit / _W) + cont.sum(axis=1)
     im = mm * (p.im_factor / _W)
-    e = eq.sum(axis=1) + np.array([float(acc.stable) for acc in book.accounts])
+    e = eq.sum(axis=1) + book.stable
     return np.where(e < mm, LIQUIDATABLE, np.where(e < im, MARGIN_CALL, HEALTHY))
 
 
@@ -480,16 +494,14 @@ def exact_sweep(prep: MarketPrep, workers: int | None = None, chunk: int = 2000)
         finally:
             _SHARED = None
     _SHARED = prep  # inherited by the forked workers, never pickled
-    # Frozen objects are skipped by the collector: the workers neither scan the book nor
-    # touch (and so copy) its pages for it; the workers run without the cyclic collector
-    # (they allocate no cycles, and a full collection would walk millions of book objects).
-    gc.freeze()
+    # The workers run without the cyclic collector: they allocate no cycles, and a full
+    # collection would walk (and copy the pages of) millions of inherited book objects.
+    # (Callers holding a big book should gc.freeze() it once, as bench/run_all.py does.)
     try:
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(workers, initializer=gc.disable) as pool:
             parts = pool.map(_exact_range, ranges, chunksize=1)
     finally:
-        gc.unfreeze()
         _SHARED = None
     return [x for part in parts for x in part]
 
