@@ -67,6 +67,7 @@ class UnderlyingPrep:
     ext: list[tuple[int, int]]  # (scenario index, weight) of the extended scenarios
     bias: int
     n_bytes: int
+    regular_bytes: int  # the regular scenarios' fields (the extended ones follow them)
     charges: tuple[int, int, int]  # short option, calendar, vega
 
 
@@ -125,6 +126,7 @@ class MarketPrep:
             ext=ext,
             bias=sum(FIELD_BIAS << (FIELD * j) for j in range(n_s)),
             n_bytes=FIELD_BYTES * n_s,
+            regular_bytes=FIELD_BYTES * up.regular_count,
             charges=(up.short_option_charge, up.calendar_charge, up.vega_charge),
         )
 
@@ -177,17 +179,37 @@ def exact_account(prep: MarketPrep, a: int, want_matrix: bool = False) -> Margin
             x += q * packed[r]
             equity += (q * (v0[r] - en)) // WAD
         b = (x + p.bias).to_bytes(p.n_bytes, "little")
-        row = [
-            QUOTIENT_BIAS - from_bytes(b[i : i + FIELD_BYTES], "little") // WAD
-            for i in range(0, p.n_bytes, FIELD_BYTES)
-        ]
-        for j, w in p.ext:
-            row[j] = -((-row[j] * w) // WAD)
-        worst = max(row)
-        losses[u] = worst
-        witness[u] = row.index(worst)  # the lowest index of the worst loss
         if want_matrix:
+            row = [
+                QUOTIENT_BIAS - from_bytes(b[i : i + FIELD_BYTES], "little") // WAD
+                for i in range(0, p.n_bytes, FIELD_BYTES)
+            ]
+            for j, w in p.ext:
+                row[j] = -((-row[j] * w) // WAD)
+            worst = max(row)
+            losses[u] = worst
+            witness[u] = row.index(worst)  # the lowest index of the worst loss
             matrix[u] = row
+        else:
+            # Only the worst loss and its lowest index: the regular losses 2^195 − F_j // W
+            # are non-increasing in F_j, so the worst one is that of min F, and its lowest
+            # index the first F_j below the next multiple of W. Extended scenarios (all after
+            # the regular ones) are weighted one by one; a tie keeps the lower index.
+            fields = [
+                from_bytes(b[i : i + FIELD_BYTES], "little")
+                for i in range(0, p.regular_bytes, FIELD_BYTES)
+            ]
+            quotient = min(fields) // WAD
+            worst = QUOTIENT_BIAS - quotient
+            limit = (quotient + 1) * WAD
+            best = next(j for j, f in enumerate(fields) if f < limit)
+            for j, w in p.ext:
+                f = from_bytes(b[FIELD_BYTES * j : FIELD_BYTES * (j + 1)], "little")
+                loss = -((-(QUOTIENT_BIAS - f // WAD) * w) // WAD)
+                if loss > worst:
+                    worst, best = loss, j
+            losses[u] = worst
+            witness[u] = best
         spot = p.spot
         c_short, c_cal, c_vega = p.charges
         for n in neg:

@@ -152,6 +152,7 @@ def _check_case(market: Market, params: RiskParams, portfolios: list[Portfolio])
                 continue
             raise AssertionError("exact engine did not fail like full_check") from e
         assert exact_account(prep, a, want_matrix=True) == want
+        assert exact_account(prep, a).to_abi() == want.to_abi()
     sweep = Sweep(book, prep)
     states = sweep.classify()
     assert states.tolist() == _exact_states(table, portfolios)
