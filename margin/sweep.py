@@ -178,8 +178,8 @@ def exact_account(prep: MarketPrep, a: int, want_matrix: bool = False) -> Margin
         for r, q, en in zip(rows, qs, entries, strict=True):
             x += q * packed[r]
             equity += (q * (v0[r] - en)) // WAD
-        b = (x + p.bias).to_bytes(p.n_bytes, "little")
         if want_matrix:
+            b = (x + p.bias).to_bytes(p.n_bytes, "little")
             row = [
                 QUOTIENT_BIAS - from_bytes(b[i : i + FIELD_BYTES], "little") // WAD
                 for i in range(0, p.n_bytes, FIELD_BYTES)
@@ -192,19 +192,22 @@ def exact_account(prep: MarketPrep, a: int, want_matrix: bool = False) -> Margin
             matrix[u] = row
         else:
             # Only the worst loss and its lowest index: the regular losses 2^195 − F_j // W
-            # are non-increasing in F_j, so the worst one is that of min F, and its lowest
-            # index the first F_j below the next multiple of W. Extended scenarios (all after
-            # the regular ones) are weighted one by one; a tie keeps the lower index.
+            # are non-increasing in F_j, so the worst is that of min F, and its lowest index
+            # the first F_j below the next multiple of W. Big-endian fields of equal length
+            # compare as bytes like the numbers they encode: no conversion per scenario.
+            # Extended scenarios (all after the regular ones) are weighted one by one; a tie
+            # keeps the lower index.
+            b = (x + p.bias).to_bytes(p.n_bytes, "big")
+            top = p.n_bytes
             fields = [
-                from_bytes(b[i : i + FIELD_BYTES], "little")
-                for i in range(0, p.regular_bytes, FIELD_BYTES)
+                b[top - i - FIELD_BYTES : top - i] for i in range(0, p.regular_bytes, FIELD_BYTES)
             ]
-            quotient = min(fields) // WAD
+            quotient = from_bytes(min(fields), "big") // WAD
             worst = QUOTIENT_BIAS - quotient
-            limit = (quotient + 1) * WAD
+            limit = ((quotient + 1) * WAD).to_bytes(FIELD_BYTES, "big")
             best = next(j for j, f in enumerate(fields) if f < limit)
             for j, w in p.ext:
-                f = from_bytes(b[FIELD_BYTES * j : FIELD_BYTES * (j + 1)], "little")
+                f = from_bytes(b[top - FIELD_BYTES * (j + 1) : top - FIELD_BYTES * j], "big")
                 loss = -((-(QUOTIENT_BIAS - f // WAD) * w) // WAD)
                 if loss > worst:
                     worst, best = loss, j
@@ -212,8 +215,8 @@ def exact_account(prep: MarketPrep, a: int, want_matrix: bool = False) -> Margin
             witness[u] = best
         spot = p.spot
         c_short, c_cal, c_vega = p.charges
-        for n in neg:
-            cont += _mul_up(_mul_up(n, spot), c_short)
+        for n in neg:  # += mul_up(mul_up(n, S), c), inlined: mul_up(a, b) = −((−a·b) // W)
+            cont -= (((-n * spot) // WAD) * c_short) // WAD
         if offset > 0:
             cont += _mul_up(_mul_up(offset, spot), c_cal)
         if opts:
