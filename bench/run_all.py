@@ -87,7 +87,7 @@ def book_section(n: int, incremental_sizes: list[int]) -> None:
     book = Book(sb.params, sb.portfolios)
     t_book = time.perf_counter() - t
     n_pos = sum(len(pf.positions) for pf in sb.portfolios)
-    n_rows = sum(len(lg.row_keys) for lg in book.legs)
+    n_rows = sum(len(keys) for keys in book.row_keys)
     scen = [len(s) for s in ScenarioTable(sb.market, sb.params).scenarios]
     print(
         f"book: {n:,} accounts, {n_pos:,} positions, {n_rows} instrument rows "

@@ -79,7 +79,11 @@ class AccountLegs:
 class Book:
     """Validated portfolios of one set of risk parameters, as columns per underlying."""
 
-    def __init__(self, params: RiskParams, portfolios: list[Portfolio]) -> None:
+    def __init__(
+        self, params: RiskParams, portfolios: list[Portfolio], columns: bool = True
+    ) -> None:
+        """columns=False keeps only what the exact engine needs (no float columns: a Sweep
+        cannot run on such a book)."""
         self.params = params
         self.portfolios = portfolios
         n_u = len(params.underlyings)
@@ -93,7 +97,16 @@ class Book:
         self.n_accounts = len(portfolios)
         #: Stable collateral after haircuts per account, float64 of the exact integer.
         self.stable = np.array([float(acc.stable) for acc in self.accounts])
-        self.legs = [self._columns(u, rows[u], legs[u]) for u in range(n_u)]
+        #: Per underlying, the instrument of each scenario-matrix row (row 0: spot, None).
+        self.row_keys: list[list[InstrumentKey | None]] = []
+        for index in rows:
+            keys: list[InstrumentKey | None] = [None] * len(index)
+            for key, r in index.items():
+                keys[r] = key
+            self.row_keys.append(keys)
+        self.legs = (
+            [self._columns(u, self.row_keys[u], legs[u]) for u in range(n_u)] if columns else []
+        )
 
     # --- construction --------------------------------------------------------------------
 
@@ -156,12 +169,9 @@ class Book:
     def _columns(
         self,
         u: int,
-        row_index: dict[InstrumentKey | None, int],
+        row_keys: list[InstrumentKey | None],
         legs: list[tuple[int, int, int, int]],
     ) -> UnderlyingLegs:
-        row_keys: list[InstrumentKey | None] = [None] * len(row_index)
-        for key, r in row_index.items():
-            row_keys[r] = key
         n = len(legs)
         acct = np.fromiter((x[0] for x in legs), np.int64, n)
         leg_row = np.fromiter((x[1] for x in legs), np.int64, n)
@@ -222,4 +232,4 @@ class Book:
 
     def instruments(self) -> list[InstrumentKey]:
         """Every option instrument of the book (futures price as the spot row)."""
-        return [k for legs in self.legs for k in legs.row_keys if k is not None]
+        return [k for keys in self.row_keys for k in keys if k is not None]

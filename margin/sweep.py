@@ -77,7 +77,7 @@ class MarketPrep:
     def __init__(self, book: Book, table: ScenarioTable) -> None:
         self.book = book
         self.table = table
-        self.units = [self._underlying(book, table, u) for u in range(len(book.legs))]
+        self.units = [self._underlying(book, table, u) for u in range(len(book.row_keys))]
 
     @staticmethod
     def _underlying(book: Book, table: ScenarioTable, u: int) -> UnderlyingPrep:
@@ -86,7 +86,7 @@ class MarketPrep:
         shocked = table.shocked[u]
         scs = table.scenarios[u]
         n_s = len(scs)
-        keys = book.legs[u].row_keys
+        keys = book.row_keys[u]
         rows_d: list[list[int]] = [[s - spot for s in shocked]]
         v0s = [spot]
         vegas = [0]
