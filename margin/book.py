@@ -90,6 +90,9 @@ class Book:
         rows: list[dict[InstrumentKey | None, int]] = [{None: 0} for _ in range(n_u)]
         # Per underlying, per leg: account, row, q, entry (exact), seg key.
         legs: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_u)]
+        #: Per underlying, the largest Σ|q| of a segment (exact): with the largest |D| of a
+        #: market state it bounds every scenario sum, which sizes the exact engine's fields.
+        self.max_qsum = [0] * n_u
         self.accounts: list[AccountLegs] = []
         for a, pf in enumerate(portfolios):
             validate_portfolio(pf, params)
@@ -161,6 +164,9 @@ class Book:
             offset = min(f_long, f_short)
             for r, q, en in zip(r_list, q_list, e_list, strict=True):
                 legs[u].append((a, r, q, en))
+            qsum = sum(abs(q) for q in q_list)
+            if qsum > self.max_qsum[u]:
+                self.max_qsum[u] = qsum
             segments.append(
                 (u, tuple(r_list), tuple(q_list), tuple(e_list), tuple(opts), neg, offset)
             )

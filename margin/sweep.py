@@ -38,13 +38,9 @@ U = 2.0**-53  # unit roundoff of float64
 R = 32 * U
 UNDECIDED = -2
 ERROR = -1
-FIELD = 256
-FIELD_BYTES = FIELD // 8
-#: Per-field bias, a multiple of 1e18: field = acc + 1e18·2^195 lies in [0, 2^256) since
-#: |acc| < 1e64 < 2^213, and floor(field / 1e18) = floor(acc / 1e18) + 2^195, so a scenario
-#: loss ceil(−acc / 1e18) is 2^195 − field // 1e18: one division, no sign handling.
-QUOTIENT_BIAS = 1 << 195
-FIELD_BIAS = WAD * QUOTIENT_BIAS
+#: The exact engine's fields are sized per underlying and market state (``field_layout``):
+#: every scenario sum A of the book satisfies |A| <= max Σ|q| · max |D| < W·2^k, and a field
+#: holds A + W·2^k (non-negative, below 2·W·2^k), so floor(field / W) = floor(A / W) + 2^k.
 _W = float(WAD)
 _W2 = _W * _W
 
@@ -65,7 +61,9 @@ class UnderlyingPrep:
     v0_exact: list[int]
     vega_exact: list[int]
     ext: list[tuple[int, int]]  # (scenario index, weight) of the extended scenarios
-    bias: int
+    bias: int  # W·2^k in every field
+    quotient_bias: int  # 2^k
+    field_bytes: int
     n_bytes: int
     regular_bytes: int  # the regular scenarios' fields (the extended ones follow them)
     charges: tuple[int, int, int]  # short option, calendar, vega
@@ -105,7 +103,10 @@ class MarketPrep:
                 v0s.append(v0)  # type: ignore[arg-type]
                 bad.append(False)
             vegas.append(r.vega_base)
-        packed = [sum(dj << (FIELD * j) for j, dj in enumerate(row)) for row in rows_d]
+        d_abs_max = max(max(abs(x) for x in row) for row in rows_d)
+        k, field_bytes = field_layout(book.max_qsum[u] * d_abs_max)
+        field = 8 * field_bytes
+        packed = [sum(dj << (field * j) for j, dj in enumerate(row)) for row in rows_d]
         ext = [(j, sc.weight) for j, sc in enumerate(scs) if sc.extended]
         weight = np.ones(n_s)
         for j, w in ext:
@@ -124,11 +125,20 @@ class MarketPrep:
             v0_exact=v0s,
             vega_exact=vegas,
             ext=ext,
-            bias=sum(FIELD_BIAS << (FIELD * j) for j in range(n_s)),
-            n_bytes=FIELD_BYTES * n_s,
-            regular_bytes=FIELD_BYTES * up.regular_count,
+            bias=sum((WAD << k) << (field * j) for j in range(n_s)),
+            quotient_bias=1 << k,
+            field_bytes=field_bytes,
+            n_bytes=field_bytes * n_s,
+            regular_bytes=field_bytes * up.regular_count,
             charges=(up.short_option_charge, up.calendar_charge, up.vega_charge),
         )
+
+
+def field_layout(bound: int) -> tuple[int, int]:
+    """(k, bytes per field) for scenario sums |A| <= bound: W·2^k > bound + W, and the field
+    holds values up to 2·W·2^k."""
+    k = max(1, (bound + WAD).bit_length() - WAD.bit_length() + 1)
+    return k, ((WAD << (k + 1)).bit_length() + 7) // 8
 
 
 def reprice_table(old: ScenarioTable, market: Market) -> ScenarioTable:
@@ -178,11 +188,12 @@ def exact_account(prep: MarketPrep, a: int, want_matrix: bool = False) -> Margin
         for r, q, en in zip(rows, qs, entries, strict=True):
             x += q * packed[r]
             equity += (q * (v0[r] - en)) // WAD
+        fb = p.field_bytes
+        qbias = p.quotient_bias
         if want_matrix:
             b = (x + p.bias).to_bytes(p.n_bytes, "little")
             row = [
-                QUOTIENT_BIAS - from_bytes(b[i : i + FIELD_BYTES], "little") // WAD
-                for i in range(0, p.n_bytes, FIELD_BYTES)
+                qbias - from_bytes(b[i : i + fb], "little") // WAD for i in range(0, p.n_bytes, fb)
             ]
             for j, w in p.ext:
                 row[j] = -((-row[j] * w) // WAD)
@@ -199,16 +210,14 @@ def exact_account(prep: MarketPrep, a: int, want_matrix: bool = False) -> Margin
             # keeps the lower index.
             b = (x + p.bias).to_bytes(p.n_bytes, "big")
             top = p.n_bytes
-            fields = [
-                b[top - i - FIELD_BYTES : top - i] for i in range(0, p.regular_bytes, FIELD_BYTES)
-            ]
+            fields = [b[top - i - fb : top - i] for i in range(0, p.regular_bytes, fb)]
             quotient = from_bytes(min(fields), "big") // WAD
-            worst = QUOTIENT_BIAS - quotient
-            limit = ((quotient + 1) * WAD).to_bytes(FIELD_BYTES, "big")
+            worst = qbias - quotient
+            limit = ((quotient + 1) * WAD).to_bytes(fb, "big")
             best = next(j for j, f in enumerate(fields) if f < limit)
             for j, w in p.ext:
-                f = from_bytes(b[top - FIELD_BYTES * (j + 1) : top - FIELD_BYTES * j], "big")
-                loss = -((-(QUOTIENT_BIAS - f // WAD) * w) // WAD)
+                f = from_bytes(b[top - fb * (j + 1) : top - fb * j], "big")
+                loss = -((-(qbias - f // WAD) * w) // WAD)
                 if loss > worst:
                     worst, best = loss, j
             losses[u] = worst
