@@ -342,6 +342,14 @@ def segment_floats(book: Book, prep: MarketPrep, u: int, bounds: bool = True) ->
     return SegmentFloats(loss, loss_eps, equity, equity_eps, mag, cont, cont_eps, bad)
 
 
+class IncrementalMismatch(ValueError):
+    """remargin was given a market that differs from the swept one beyond the moved
+    underlyings (another book, parameters, rate, time, or an unlisted spot or vol)."""
+
+    def __init__(self, moved: list[int]) -> None:
+        super().__init__(f"market changed beyond the moved underlyings {moved}: sweep afresh")
+
+
 class Sweep:
     """Per-account float state of a book in one market state; classification; incremental."""
 
@@ -461,6 +469,23 @@ class Sweep:
     ) -> np.ndarray:
         """New states after the underlyings `moved` changed price (every other input equal):
         recompute only their segments and re-decide only the accounts holding them."""
+        old, new = self.prep.table, prep.table
+        same = (
+            prep.book is self.book
+            and new.params == old.params
+            and new.market.rate == old.market.rate
+            and new.market.timestamp == old.market.timestamp
+            and all(
+                u in moved
+                or (
+                    new.market.spots[u] == old.market.spots[u]
+                    and new.market.vols[u] == old.market.vols[u]
+                )
+                for u in range(len(old.market.spots))
+            )
+        )
+        if not same:
+            raise IncrementalMismatch(moved)
         self.prep = prep
         self._compute(list(moved))
         if len(moved) == 1:
@@ -543,6 +568,7 @@ def exact_sweep(prep: MarketPrep, workers: int | None = None, chunk: int = 2000)
 __all__ = [
     "ERROR",
     "UNDECIDED",
+    "IncrementalMismatch",
     "MarketPrep",
     "Sweep",
     "exact_account",

@@ -17,6 +17,7 @@ import math
 import random
 from dataclasses import replace
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +51,7 @@ from margin.requirement import ScenarioTable
 from margin.sweep import (
     ERROR,
     UNDECIDED,
+    IncrementalMismatch,
     MarketPrep,
     Sweep,
     exact_account,
@@ -254,3 +256,9 @@ def test_incremental_equals_fresh_sweep() -> None:
         assert states.tolist() == _exact_states(new_table, sb.portfolios)
         for a, res in sweep.exact.items():
             assert res.to_abi() == new_table.full_check(sb.portfolios[a]).to_abi()
+    # A market that moved elsewhere too (here: the time) is refused, nothing changed.
+    before = sweep.states.copy()
+    later = replace(sweep.prep.table.market, timestamp=sweep.prep.table.market.timestamp + 60)
+    with pytest.raises(IncrementalMismatch):
+        sweep.remargin(MarketPrep(book, ScenarioTable(later, sb.params)), [0])
+    assert (sweep.states == before).all()
