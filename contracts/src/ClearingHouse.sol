@@ -531,7 +531,7 @@ contract ClearingHouse is ClearingHouseBase {
             _positionIndex[account][id] = n;
             return false;
         }
-        (, int256 q) = _unpack(_positions[account][idx - 1]);
+        (, int256 q) = _unpack(_slotRead(_positions[account], idx - 1));
         int256 nq = q + delta;
         if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
         reduces = (q > 0 && delta < 0 && nq >= 0) || (q < 0 && delta > 0 && nq <= 0);
@@ -542,7 +542,7 @@ contract ClearingHouse is ClearingHouseBase {
     function _setQuantityAt(uint256 account, uint256 i, uint256 id, int256 q) private {
         uint256[] storage slots = _positions[account];
         if (q != 0) {
-            slots[i] = _pack(id, q);
+            _slotWrite(slots, i, _pack(id, q));
             return;
         }
         uint256 last = slots.length - 1;
@@ -553,6 +553,23 @@ contract ClearingHouse is ClearingHouseBase {
         }
         slots.pop();
         delete _positionIndex[account][id];
+    }
+
+    /// @dev slots[i] without the length check (an SLOAD): callers pass i < slots.length, which
+    /// _positionIndex (index + 1 of a present instrument) and the loops' bounds guarantee.
+    function _slotRead(uint256[] storage slots, uint256 i) private view returns (uint256 v) {
+        assembly ("memory-safe") {
+            mstore(0, slots.slot)
+            v := sload(add(keccak256(0, 0x20), i))
+        }
+    }
+
+    /// @dev slots[i] = v without the length check (i < slots.length, as for _slotRead).
+    function _slotWrite(uint256[] storage slots, uint256 i, uint256 v) private {
+        assembly ("memory-safe") {
+            mstore(0, slots.slot)
+            sstore(add(keccak256(0, 0x20), i), v)
+        }
     }
 
     function _loadPortfolio(uint256 account) private view returns (Portfolio memory pf, uint256[] memory ids) {

@@ -420,6 +420,31 @@ library PortfolioMargin {
         }
     }
 
+    /// @dev volShift(up, tau) through a one-entry cache per underlying (cache[2u] = tau + 1, 0 when
+    /// empty; cache[2u + 1] = the shift, >= 0): options of one expiry share tau, so a book of one
+    /// expiry pays one ln and one exp per underlying. The same integer (a pure function of up and
+    /// tau) and the same first error (a cached tau already computed without one).
+    function _cachedShift(UnderlyingParams memory up, uint256 u, uint256 tau, uint256[] memory cache)
+        private
+        pure
+        returns (int256 shift)
+    {
+        // u < nU (validated) and cache has 2 * nU words: the entry at 0x20 + 64u is in bounds.
+        bool hit;
+        assembly ("memory-safe") {
+            let e := add(add(cache, 0x20), shl(6, u))
+            hit := eq(mload(e), add(tau, 1))
+            shift := mload(add(e, 0x20))
+        }
+        if (hit) return shift;
+        shift = volShift(up, tau);
+        assembly ("memory-safe") {
+            let e := add(add(cache, 0x20), shl(6, u))
+            mstore(e, add(tau, 1))
+            mstore(add(e, 0x20), shift)
+        }
+    }
+
     function _volFor(UnderlyingParams memory u, int256 vol, int256 shift, uint8 state) private pure returns (int256) {
         if (state == VOL_UP) {
             int256 up = vol + shift;
@@ -454,9 +479,10 @@ library PortfolioMargin {
         }
 
         int256 equity;
+        uint256[] memory shiftCache = new uint256[](2 * nU);
         for (uint256 i; i < pf.positions.length; ++i) {
             Position memory q = pf.positions[i];
-            int256 v0 = _accumulateFull(q, m, p.underlyings[q.underlying], shocked[q.underlying], acc[q.underlying]);
+            int256 v0 = _accumulateFull(q, m, p.underlyings[q.underlying], shocked[q.underlying], acc[q.underlying], shiftCache);
             equity += q.quantity.mulDown(v0 - q.entryPrice);
         }
         equity += _collateralFull(pf, m, p, shocked, acc);
@@ -495,7 +521,8 @@ library PortfolioMargin {
         Market memory m,
         UnderlyingParams memory up,
         int256[] memory sh,
-        int256[] memory a
+        int256[] memory a,
+        uint256[] memory shiftCache
     ) private pure returns (int256 v0) {
         int256 spot = m.spots[q.underlying];
         int256 qty = q.quantity;
@@ -517,7 +544,7 @@ library PortfolioMargin {
         c.qty = qty;
         // Order of work (mirrored for the errors): the shift, V0, then V_j by index.
         int256 vol = m.vols[q.underlying];
-        int256 shift = volShift(up, c.tau);
+        int256 shift = _cachedShift(up, q.underlying, c.tau, shiftCache);
         int256[3] memory vols = [_volFor(up, vol, shift, VOL_DOWN), vol, _volFor(up, vol, shift, VOL_UP)];
         v0 = OptionPricing.price(c.isCall, spot, c.strike, c.tau, vol, c.rate);
         c.v0 = v0;
@@ -604,6 +631,28 @@ library PortfolioMargin {
         pure
         returns (MarginResult memory r)
     {
+        (r,) = _witnessCheck(pf, m, p, witness, false);
+    }
+
+    /// @notice witnessCheck, plus the mark V0 of every position (spot for a future, the option's
+    /// Black-Scholes price at the market) as its equity term used it: one pricing pass serves the
+    /// check and a liquidation's hand-over prices.
+    function witnessCheckWithMarks(Portfolio memory pf, Market memory m, RiskParams memory p, uint256[] memory witness)
+        internal
+        pure
+        returns (MarginResult memory r, int256[] memory marks)
+    {
+        return _witnessCheck(pf, m, p, witness, true);
+    }
+
+    /// @dev The witness check; the marks only when asked (empty otherwise).
+    function _witnessCheck(
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        uint256[] memory witness,
+        bool withMarks
+    ) private pure returns (MarginResult memory r, int256[] memory marks) {
         validateParams(p);
         validateMarket(m, p);
         validatePortfolio(pf, p);
@@ -611,24 +660,9 @@ library PortfolioMargin {
         if (witness.length != nU) revert WitnessLengthMismatch(nU, witness.length);
         (int256[] memory shockedW, uint256[] memory stateW, int256[] memory weightW) = _plan(m, p, witness);
         int256[] memory acc = new int256[](nU);
-        int256 equity;
-        for (uint256 i; i < pf.positions.length; ++i) {
-            Position memory q = pf.positions[i];
-            uint256 u = q.underlying;
-            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc);
-            equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
-        }
-        for (uint256 k; k < p.assets.length; ++k) {
-            AssetParams memory ap = p.assets[k];
-            int256 e = _haircut(pf.collateral[k], ap.haircut);
-            if (ap.underlying == STABLE) {
-                equity += e;
-                continue;
-            }
-            int256 spot = m.spots[ap.underlying];
-            equity += e.mulDown(spot);
-            acc[ap.underlying] += e * (shockedW[ap.underlying] - spot);
-        }
+        marks = new int256[](withMarks ? pf.positions.length : 0);
+        int256 equity = _witnessPositions(pf, m, p, stateW, shockedW, acc, marks);
+        equity += _witnessCollateral(pf, m, p, shockedW, acc);
 
         r.losses = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
@@ -641,6 +675,51 @@ library PortfolioMargin {
         }
         r.witness = witness;
         _finish(r, pf, m, p, equity);
+    }
+
+    /// @dev The collateral's equity (after haircuts) and, for volatile assets, their move in the
+    /// named scenario into acc.
+    function _witnessCollateral(
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        int256[] memory shockedW,
+        int256[] memory acc
+    ) private pure returns (int256 equity) {
+        for (uint256 k; k < p.assets.length; ++k) {
+            AssetParams memory ap = p.assets[k];
+            int256 e = _haircut(pf.collateral[k], ap.haircut);
+            if (ap.underlying == STABLE) {
+                equity += e;
+                continue;
+            }
+            int256 spot = m.spots[ap.underlying];
+            equity += e.mulDown(spot);
+            acc[ap.underlying] += e * (shockedW[ap.underlying] - spot);
+        }
+    }
+
+    /// @dev Every position into acc (its named scenario's q * (V_w - V0)); returns the
+    /// positions' equity and writes their marks V0 into marks unless it is empty.
+    function _witnessPositions(
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        uint256[] memory stateW,
+        int256[] memory shockedW,
+        int256[] memory acc,
+        int256[] memory marks
+    ) private pure returns (int256 equity) {
+        uint256 n = pf.positions.length;
+        bool withMarks = marks.length != 0;
+        uint256[] memory shiftCache = new uint256[](2 * stateW.length);
+        for (uint256 i; i < n; ++i) {
+            Position memory q = pf.positions[i];
+            uint256 u = q.underlying;
+            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc, shiftCache);
+            if (withMarks) marks[i] = v0;
+            equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
+        }
     }
 
     /// @dev The named scenario of each underlying: shocked spot, vol state (3 marks the center
@@ -698,7 +777,8 @@ library PortfolioMargin {
         UnderlyingParams memory up,
         uint256 state,
         int256 shockedSpot,
-        int256[] memory acc
+        int256[] memory acc,
+        uint256[] memory shiftCache
     ) private pure returns (int256 v0) {
         int256 spot = m.spots[q.underlying];
         if (q.kind == FUTURE) {
@@ -708,7 +788,7 @@ library PortfolioMargin {
             return spot;
         }
         // Same order of work as the full check: the shift (only if the state needs it), V0, V_w.
-        (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state);
+        (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state, shiftCache);
         if (state == 3) return _price(q, spot, tau, volW, m.rate); // the center: no move, no loss
         int256 pw;
         (v0, pw) = _pricePair(q, m, shockedSpot, tau, volW);
@@ -717,7 +797,13 @@ library PortfolioMargin {
         }
     }
 
-    function _witnessTauVol(Position memory q, Market memory m, UnderlyingParams memory up, uint256 state)
+    function _witnessTauVol(
+        Position memory q,
+        Market memory m,
+        UnderlyingParams memory up,
+        uint256 state,
+        uint256[] memory shiftCache
+    )
         private
         pure
         returns (uint256 tau, int256 volW)
@@ -725,7 +811,9 @@ library PortfolioMargin {
         tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
         volW = m.vols[q.underlying];
         // forge-lint: disable-next-line(unsafe-typecast)
-        if (state == VOL_UP || state == VOL_DOWN) volW = _volFor(up, volW, volShift(up, tau), uint8(state));
+        if (state == VOL_UP || state == VOL_DOWN) {
+            volW = _volFor(up, volW, _cachedShift(up, q.underlying, tau, shiftCache), uint8(state));
+        }
     }
 
     /// @dev (V0, V_w) of an option: its mark, then its price in the named scenario.
