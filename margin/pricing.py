@@ -167,15 +167,37 @@ def option_price(is_call: bool, spot: int, strike: int, tau: int, vol: int, rate
     return _core(is_call, spot, kd, m, sst, half_var)
 
 
+def option_model_price(is_call: bool, spot: int, strike: int, tau: int, vol: int, rate: int) -> int:
+    """The margin model's price (OptionPricing.modelPrice): option_price inside its domain, and a
+    defined value, never an error, when the underlying alone leaves the accuracy domain (a crash
+    can do that to any book): for 0 < spot < MIN_PRICE or strike > MAX_STRIKE_RATIO·spot, the
+    discounted intrinsic value max(S − KD, 0) (call), max(KD − S, 0) (put), i.e. the zero-vol
+    limit. Any arbitrage-free price is within S of it (call in [0, S], put in [KD − S, KD]),
+    and there S < 1e-8 or S < 1e-7·K. Errors in this order: SpotOutOfRange (spot <= 0 or above
+    MAX_PRICE), StrikeOutOfRange, then tau, vol and rate as in option_price."""
+    if spot <= 0 or spot > MAX_PRICE:
+        raise SpotOutOfRange(spot)
+    if strike < MIN_PRICE or strike > MAX_PRICE:
+        raise StrikeOutOfRange(strike)
+    _check_tau_vol_rate(tau, vol, rate)
+    rt = _rate_time(tau, rate)
+    kd = strike * _discount(rt) // WAD
+    sst, half_var = _sigma_sqrt_tau_half_var(tau, vol)
+    if sst == 0 or spot < MIN_PRICE or strike > spot * MAX_STRIKE_RATIO:
+        return _intrinsic(is_call, spot, kd)
+    return _core(is_call, spot, kd, _ln_ratio(spot, strike) + rt, sst, half_var)
+
+
 def option_price_pair(
     is_call: bool, spot: int, spot_w: int, strike: int, tau: int, vol: int, vol_w: int, rate: int
 ) -> tuple[int, int]:
-    """(price at (spot, vol), price at (spot_w, vol_w)) of one option, and the first error of the
-    two calls in that order: OptionPricing.pricePair, which shares r·τ and the discounted strike
-    between them (gas only; the integers are those of two option_price calls)."""
+    """(model price at (spot, vol), model price at (spot_w, vol_w)) of one option, and the first
+    error of the two calls in that order: OptionPricing.pricePair, which shares r·τ and the
+    discounted strike between them (gas only; the integers are those of two option_model_price
+    calls)."""
     return (
-        option_price(is_call, spot, strike, tau, vol, rate),
-        option_price(is_call, spot_w, strike, tau, vol_w, rate),
+        option_model_price(is_call, spot, strike, tau, vol, rate),
+        option_model_price(is_call, spot_w, strike, tau, vol_w, rate),
     )
 
 

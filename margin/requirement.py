@@ -59,7 +59,7 @@ from margin.portfolio import (
     validate_market,
     validate_portfolio,
 )
-from margin.pricing import option_price
+from margin.pricing import option_model_price
 from margin.scenarios import Scenario, scenarios, shocked_spot, vol_for_state, vol_shift
 
 HEALTHY, MARGIN_CALL, LIQUIDATABLE = 0, 1, 2
@@ -153,7 +153,7 @@ class ScenarioTable:
         tau = pos.expiry - self.market.timestamp if pos.expiry > self.market.timestamp else 0
         is_call = pos.kind == CALL
         shift = _capture(vol_shift, up, tau)
-        v0 = _capture(option_price, is_call, spot, pos.strike, tau, vol, rate)
+        v0 = _capture(option_model_price, is_call, spot, pos.strike, tau, vol, rate)
         prices: list[Outcome] = []
         center = up.center_index
         for j, sc in enumerate(self.scenarios[u]):
@@ -165,7 +165,9 @@ class ScenarioTable:
                 v = vol
                 if sc.vol_state != VOL_UNCHANGED:
                     v = vol_for_state(up, vol, shift, sc.vol_state)  # type: ignore[arg-type]
-                prices.append(_capture(option_price, is_call, shocked[j], pos.strike, tau, v, rate))
+                prices.append(
+                    _capture(option_model_price, is_call, shocked[j], pos.strike, tau, v, rate)
+                )
         vega_base = sqrt_down(mul_div_down(tau, WAD, YEAR))
         return _Row(shift, v0, prices, vega_base)
 

@@ -27,8 +27,10 @@ from margin.pricing import (
     MIN_PRICE,
     d1_d2,
     discount_factor,
+    option_model_price,
     option_price,
     option_price_black76,
+    option_price_pair,
     sigma_sqrt_tau,
 )
 from tests.parity import check_parity
@@ -149,11 +151,36 @@ def _in_domain(case: tuple[bool, int, int, int, int, int]) -> bool:
         and 0 <= vol <= MAX_VOL
         and -MAX_RATE <= rate <= MAX_RATE
     )
+
+
+def _in_model_domain(case: tuple[bool, int, int, int, int, int]) -> bool:
+    """option_model_price's domain: the price's, except that any spot in (0, MAX_PRICE] prices
+    (the intrinsic value where the spot alone leaves the accuracy domain)."""
+    _, under, strike, tau, vol, rate = case
+    return (
+        0 < under <= MAX_PRICE
+        and MIN_PRICE <= strike <= MAX_PRICE
+        and tau <= MAX_TAU
+        and 0 <= vol <= MAX_VOL
+        and -MAX_RATE <= rate <= MAX_RATE
+    )
+
+
+def _pair_cases(batch: list[tuple]) -> list[tuple]:
+    """pricePair inputs from consecutive cases: the second case's spot and vol as the scenario's."""
+    out = []
+    for a, b in zip(batch, batch[1:] + batch[:1], strict=True):
+        is_call, spot, strike, tau, vol, rate = a
+        out.append((is_call, spot, b[1], strike, tau, vol, b[4], rate))
+    return out
+
+
 #: The shared batched-run settings (derandomized, no shrinking): 10 batches of 300 per test.
 SETTINGS = settings(RANDOM, max_examples=10)
 
 
 # --- property tests: one eth_call per example --------------------------------------------
+
 
 @SETTINGS
 @given(batches)
@@ -161,6 +188,20 @@ def test_price_parity(pricing: Contract, batch: list[tuple]) -> None:
     tally = check_parity(pricing, "price", option_price, batch)
     assert tally["ok"] == sum(map(_in_domain, batch)), tally  # prices <=> in domain
     TALLY.update(tally)
+
+
+@settings(SETTINGS, max_examples=5)
+@given(batches)
+def test_model_price_parity(pricing: Contract, batch: list[tuple]) -> None:
+    tally = check_parity(pricing, "modelPrice", option_model_price, batch)
+    assert tally["ok"] == sum(map(_in_model_domain, batch)), tally
+    assert tally["MoneynessOutOfRange"] == 0, tally
+
+
+@settings(SETTINGS, max_examples=3)
+@given(batches)
+def test_price_pair_parity(pricing: Contract, batch: list[tuple]) -> None:
+    check_parity(pricing, "pricePair", option_price_pair, _pair_cases(batch))
 
 
 @settings(SETTINGS, max_examples=5)
@@ -182,13 +223,20 @@ def test_helpers_parity(pricing: Contract, batch: list[tuple]) -> None:
 
 # --- edges --------------------------------------------------------------------------------
 
+
 def _edge_cases() -> Iterator[tuple[bool, int, int, int, int, int]]:
     month = 30 * 86_400
     spots = [MIN_PRICE, WAD, 3_000 * WAD, MAX_PRICE]
     for is_call in (True, False):
         for s in spots:
-            for k in {MIN_PRICE, s // 2 or 1, s, 2 * s, min(s * MAX_STRIKE_RATIO, MAX_PRICE),
-                      MAX_PRICE}:
+            for k in {
+                MIN_PRICE,
+                s // 2 or 1,
+                s,
+                2 * s,
+                min(s * MAX_STRIKE_RATIO, MAX_PRICE),
+                MAX_PRICE,
+            }:
                 for tau in (0, 1, 60, month, MAX_TAU):  # expiry now .. max tau
                     for vol in (0, 1, WAD // 100, WAD, MAX_VOL):  # zero .. max vol
                         for rate in (-MAX_RATE, 0, MAX_RATE):
@@ -217,10 +265,30 @@ def test_price_edges_parity(pricing: Contract) -> None:
     tally = check_parity(pricing, "price", option_price, EDGES)
     TALLY.update(tally)
     # Every named error is reached, and the in-domain corners all price.
-    for name in ("SpotOutOfRange", "StrikeOutOfRange", "MoneynessOutOfRange", "TauOutOfRange",
-                 "VolOutOfRange", "RateOutOfRange"):
+    for name in (
+        "SpotOutOfRange",
+        "StrikeOutOfRange",
+        "MoneynessOutOfRange",
+        "TauOutOfRange",
+        "VolOutOfRange",
+        "RateOutOfRange",
+    ):
         assert tally[name] > 0, (name, tally)
     assert tally["ok"] == sum(map(_in_domain, EDGES)) > 2_000
+
+
+def test_model_price_edges_parity(pricing: Contract) -> None:
+    tally = check_parity(pricing, "modelPrice", option_model_price, EDGES)
+    assert tally["ok"] == sum(map(_in_model_domain, EDGES)) > sum(map(_in_domain, EDGES)), tally
+    for name in (
+        "SpotOutOfRange",
+        "StrikeOutOfRange",
+        "TauOutOfRange",
+        "VolOutOfRange",
+        "RateOutOfRange",
+    ):
+        assert tally[name] > 0, (name, tally)
+    check_parity(pricing, "pricePair", option_price_pair, _pair_cases(EDGES))
 
 
 def test_black76_edges_parity(pricing: Contract) -> None:
@@ -240,6 +308,11 @@ def test_generated_cases_reached_every_region() -> None:
     if TALLY["ok"] == 0:
         pytest.skip("runs after the parity tests of this module (not selected)")
     assert TALLY["ok"] >= 3_000, TALLY
-    for name in ("SpotOutOfRange", "StrikeOutOfRange", "TauOutOfRange", "VolOutOfRange",
-                 "RateOutOfRange"):
+    for name in (
+        "SpotOutOfRange",
+        "StrikeOutOfRange",
+        "TauOutOfRange",
+        "VolOutOfRange",
+        "RateOutOfRange",
+    ):
         assert TALLY[name] > 0, (name, TALLY)

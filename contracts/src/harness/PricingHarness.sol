@@ -16,6 +16,27 @@ contract PricingHarness is Batchable {
         return OptionPricing.price(isCall, spot, strike, tau, vol, rate);
     }
 
+    function modelPrice(bool isCall, int256 spot, int256 strike, uint256 tau, int256 vol, int256 rate)
+        external
+        pure
+        returns (int256)
+    {
+        return OptionPricing.modelPrice(isCall, spot, strike, tau, vol, rate);
+    }
+
+    function pricePair(
+        bool isCall,
+        int256 spot,
+        int256 spotW,
+        int256 strike,
+        uint256 tau,
+        int256 vol,
+        int256 volW,
+        int256 rate
+    ) external pure returns (int256, int256) {
+        return OptionPricing.pricePair(isCall, spot, spotW, strike, tau, vol, volW, rate);
+    }
+
     function priceBlack76(bool isCall, int256 forward, int256 strike, uint256 tau, int256 vol, int256 rate)
         external
         pure

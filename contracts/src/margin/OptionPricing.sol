@@ -77,9 +77,33 @@ library OptionPricing {
         }
     }
 
-    /// @notice (price(isCall, spot, strike, tau, vol, rate), price(isCall, spotW, strike, tau,
-    /// volW, rate)): the same two integers and, on failure, the same first error as the two calls
-    /// in that order, for less gas. The second price shares the checks of strike, tau and rate,
+    /// @notice The margin model's price: `price` inside its domain, and a defined value (never a
+    /// revert) when the underlying alone leaves the accuracy domain, which a crash can do to any
+    /// book: for 0 < spot < MIN_PRICE or strike > MAX_STRIKE_RATIO * spot, the discounted
+    /// intrinsic value max(S - KD, 0) (call), max(KD - S, 0) (put), the zero-vol limit the
+    /// degenerate case already uses. Any arbitrage-free price lies within S of it (a call in
+    /// [0, S], a put in [KD - S, KD]), and there S < 1e-8 (absolute, in WAD units 1e10) or
+    /// S < K * 1e-7. Errors, in this order: SpotOutOfRange (spot <= 0 or > MAX_PRICE),
+    /// StrikeOutOfRange, then tau, vol and rate as in price. (margin/pricing.py:
+    /// option_model_price.)
+    function modelPrice(bool isCall, int256 spot, int256 strike, uint256 tau, int256 vol, int256 rate)
+        internal
+        pure
+        returns (int256)
+    {
+        _checkModelUnderlying(spot, strike);
+        _checkTauVolRate(tau, vol, rate);
+        unchecked {
+            int256 rt = _rateTime(tau, rate);
+            int256 kd = (strike * _discount(rt)) / WAD; // < 1.3e49 before the division
+            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+            return _priceFrom(isCall, spot, strike, kd, rt, sst, halfVar);
+        }
+    }
+
+    /// @notice (modelPrice(isCall, spot, strike, tau, vol, rate), modelPrice(isCall, spotW,
+    /// strike, tau, volW, rate)): the same two integers and, on failure, the same first error as
+    /// the two calls in that order, for less gas. The second price shares the checks of strike, tau and rate,
     /// r*tau and the discounted strike (one exp instead of two). The first
     /// price cannot fail once its checks pass, so checking spotW and volW after computing it or
     /// before gives the same first error. (margin/pricing.py: option_price_pair.)
@@ -93,10 +117,10 @@ library OptionPricing {
         int256 volW,
         int256 rate
     ) internal pure returns (int256 v0, int256 vw) {
-        _checkUnderlying(spot, strike, false);
+        _checkModelUnderlying(spot, strike);
         _checkTauVolRate(tau, vol, rate);
         // The second call's checks, in its order; those of strike, tau and rate passed above.
-        _checkUnderlying(spotW, strike, false);
+        _checkModelUnderlying(spotW, strike);
         if (volW < 0 || volW > MAX_VOL) revert VolOutOfRange(volW);
         unchecked {
             rate = _rateTime(tau, rate); // rt from here on (the slot is reused: stack depth)
@@ -108,14 +132,16 @@ library OptionPricing {
         }
     }
 
-    /// @dev price's computation after its checks, from rt, kd, sigma*sqrt(tau) and sigma^2*tau/2.
+    /// @dev modelPrice's computation after its checks, from rt, kd, sigma*sqrt(tau) and
+    /// sigma^2*tau/2: the intrinsic value outside the accuracy domain (spot below MIN_PRICE, or
+    /// strike above MAX_STRIKE_RATIO * spot; spot <= 1e30, so the product < 1e37), else price's.
     function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 rt, int256 sst, int256 halfVar)
         private
         pure
         returns (int256)
     {
         unchecked {
-            if (sst == 0) return _intrinsic(isCall, spot, kd);
+            if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
             return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
         }
     }
@@ -182,6 +208,12 @@ library OptionPricing {
         unchecked {
             if (strike > underlying * MAX_STRIKE_RATIO) revert MoneynessOutOfRange(underlying, strike);
         }
+    }
+
+    /// @dev modelPrice's domain: 0 < spot <= MAX_PRICE, strike in [MIN_PRICE, MAX_PRICE].
+    function _checkModelUnderlying(int256 spot, int256 strike) private pure {
+        if (spot <= 0 || spot > MAX_PRICE) revert SpotOutOfRange(spot);
+        if (strike < MIN_PRICE || strike > MAX_PRICE) revert StrikeOutOfRange(strike);
     }
 
     function _checkTauVolRate(uint256 tau, int256 vol, int256 rate) private pure {

@@ -482,7 +482,8 @@ library PortfolioMargin {
         uint256[] memory shiftCache = new uint256[](2 * nU);
         for (uint256 i; i < pf.positions.length; ++i) {
             Position memory q = pf.positions[i];
-            int256 v0 = _accumulateFull(q, m, p.underlyings[q.underlying], shocked[q.underlying], acc[q.underlying], shiftCache);
+            uint256 u = q.underlying;
+            int256 v0 = _accumulateFull(q, m, p.underlyings[u], shocked[u], acc[u], shiftCache);
             equity += q.quantity.mulDown(v0 - q.entryPrice);
         }
         equity += _collateralFull(pf, m, p, shocked, acc);
@@ -546,7 +547,7 @@ library PortfolioMargin {
         int256 vol = m.vols[q.underlying];
         int256 shift = _cachedShift(up, q.underlying, c.tau, shiftCache);
         int256[3] memory vols = [_volFor(up, vol, shift, VOL_DOWN), vol, _volFor(up, vol, shift, VOL_UP)];
-        v0 = OptionPricing.price(c.isCall, spot, c.strike, c.tau, vol, c.rate);
+        v0 = OptionPricing.modelPrice(c.isCall, spot, c.strike, c.tau, vol, c.rate);
         c.v0 = v0;
         _optionScenarios(c, up.extended, vols, sh, a);
     }
@@ -572,7 +573,7 @@ library PortfolioMargin {
         uint256 center = regular / 2; // 3n + 1
         for (uint256 j; j < a.length; ++j) {
             if (j == center) continue; // V_center == V0
-            int256 pj = OptionPricing.price(
+            int256 pj = OptionPricing.modelPrice(
                 c.isCall, sh[j], c.strike, c.tau, vols[j < regular ? j % 3 : ext[j - regular].volState], c.rate
             );
             // Prices are within [0, 1e30] (the pricing domain), |qty| <= 1e30: no wrap.
@@ -831,7 +832,7 @@ library PortfolioMargin {
         pure
         returns (int256)
     {
-        return OptionPricing.price(q.kind == CALL, spot, q.strike, tau, vol, rate);
+        return OptionPricing.modelPrice(q.kind == CALL, spot, q.strike, tau, vol, rate);
     }
 
     // ------------------------------------------------------------------ common tail
