@@ -97,7 +97,9 @@ library OptionPricing {
             int256 rt = _rateTime(tau, rate);
             int256 kd = (strike * _discount(rt)) / WAD; // < 1.3e49 before the division
             (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
-            return _priceFrom(isCall, spot, strike, kd, rt, sst, halfVar);
+            // _priceFrom written out (one call frame less per scenario price of a full check)
+            if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
+            return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
         }
     }
 

@@ -899,13 +899,22 @@ library PortfolioMargin {
             calldatacopy(tabS, calldatasize(), size) // zeroed: memory past the pointer may be dirty
             mstore(0x40, add(tabS, size))
             let ts := mload(m)
+            // sqrt(tau in years) of the last option's expiry: a book's options share few expiries,
+            // so most options reuse it (the same integer: a function of expiry and ts only).
+            let lastExpiry := not(0) // no expiry is 2^256 - 1 (expiry < 2^64)
+            let lastRoot := 0
             for { let i := 0 } lt(i, n) { i := add(i, 1) } {
                 let q := mload(add(add(ps, 0x20), shl(5, i)))
                 let kind := mload(add(q, 0x20))
                 let amount := mload(add(q, 0x80))
                 if kind {
                     _insert(tabS, bits, or(or(shl(200, mload(q)), shl(192, kind)), mload(add(q, 0x40))), amount)
-                    amount := _vega(amount, mload(add(q, 0x60)), ts)
+                    let expiry := mload(add(q, 0x60))
+                    if iszero(eq(expiry, lastExpiry)) {
+                        lastExpiry := expiry
+                        lastRoot := _rootYears(expiry, ts)
+                    }
+                    amount := _mulDownWad(amount, lastRoot)
                 }
                 _insert(tabE, bits, or(or(shl(200, mload(q)), shl(192, add(1, iszero(iszero(kind))))), mload(add(q, 0x60))), amount)
             }
@@ -974,11 +983,16 @@ library PortfolioMargin {
                 }
             }
 
-            /// mulDown(q, sqrtDown(mulDivDown(tau, 1e18, YEAR))), tau = max(expiry - now, 0).
-            function _vega(q, expiry, now) -> v {
+            /// sqrtDown(mulDivDown(tau, 1e18, YEAR)), tau = max(expiry - now, 0).
+            function _rootYears(expiry, now) -> root {
                 let tau := 0
                 if gt(expiry, now) { tau := sub(expiry, now) }
-                let z := mul(q, _isqrtFloor(mul(div(mul(tau, 1000000000000000000), 31536000), 1000000000000000000)))
+                root := _isqrtFloor(mul(div(mul(tau, 1000000000000000000), 31536000), 1000000000000000000))
+            }
+
+            /// mulDown(q, root): floor(q * root / 1e18) toward -inf.
+            function _mulDownWad(q, root) -> v {
+                let z := mul(q, root)
                 v := sub(sdiv(z, 1000000000000000000), and(slt(z, 0), iszero(iszero(smod(z, 1000000000000000000)))))
             }
 
