@@ -44,6 +44,10 @@ carries an error of order KD·1e-18 whatever the formula (a deep in-the-money pu
 leg of a far out-of-the-money call); with K/S <= 1e7 and D <= e^2.5 that is KD/S <= 1.3e8, i.e.
 ~1e-10·S per wei of Φ error. A deep in-the-money call (K << S) has no such problem, so spot/strike
 is not capped (beyond the price range).
+The margin model prices with ``option_model_price`` (and ``option_price_pair``): the same integers
+inside that domain, and the discounted intrinsic value where the spot alone leaves it
+(0 < spot < MIN_PRICE, or strike > MAX_STRIKE_RATIO · spot), so a crash cannot make a margin
+check fail (docs/margin-model.md).
 Accuracy (tests/test_pricing_accuracy.py, against mpmath): within 1e-9 · spot over that domain;
 the largest error found is 1.6e-10 · spot, i.e. 1.6 wei at the smallest spot (1e10 wei), where
 the few wei of rounding dominate (``python tests/test_pricing_accuracy.py`` prints it).

@@ -32,6 +32,9 @@ error ZeroSigmaSqrtTau(uint256 tau, int256 vol);
 /// tau <= MAX_TAU (5 years); vol in [0, MAX_VOL] (0..1000%); |rate| <= MAX_RATE (50%).
 /// Accuracy against mpmath: within 1e-9 * spot (forward) over that whole domain; largest error
 /// found 1.6e-10 * spot (tests/test_pricing_accuracy.py).
+/// The margin model prices with modelPrice (and pricePair): price's integers inside that domain,
+/// the discounted intrinsic value where the spot alone leaves it (0 < spot < MIN_PRICE, or
+/// strike > MAX_STRIKE_RATIO * spot), so a crash cannot make a margin check revert.
 /// Gas of one price as an internal call (contracts/snapshots/OptionPricingGas.json): ~4,000 ATM
 /// (one exp, one ln, one isqrt, two cdf), ~3,550 with rate 0 (no exp), ~2,800 far from the money
 /// (cdf cut-offs), ~1,200-1,600 expired or zero vol.
