@@ -373,7 +373,7 @@ contract ClearingHouse is ClearingHouseBase {
             any = true;
             cash += (closeQty * price) / WAD; // exact
             _setQuantityAt(account, i, ids[i], q - closeQty);
-            _applyPosition(bk, ids[i], closeQty);
+            _addToBackstop(bk, ids[i], closeQty);
             emit PositionTakenOver(account, ids[i], closeQty, price);
         }
         if (!any) revert NothingToLiquidate(account);
@@ -548,6 +548,23 @@ contract ClearingHouse is ClearingHouseBase {
         if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
         reduces = (q > 0 && delta < 0 && nq >= 0) || (q < 0 && delta > 0 && nq <= 0);
         _setQuantityAt(account, idx - 1, id, nq);
+    }
+
+    /// @dev _applyPosition for the backstop's side of a hand-over: no position limit (the backstop
+    /// is exempt) and no reduce flag to compute, one storage reference for the read and the write.
+    function _addToBackstop(uint256 bk, uint256 id, int256 delta) private {
+        uint256 idx = _positionIndex[bk][id];
+        uint256[] storage slots = _positions[bk];
+        if (idx == 0) {
+            slots.push(_pack(id, delta));
+            _positionIndex[bk][id] = slots.length;
+            return;
+        }
+        (, int256 q) = _unpack(_slotRead(slots, idx - 1));
+        int256 nq = q + delta;
+        if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
+        if (nq == 0) _setQuantityAt(bk, idx - 1, id, 0);
+        else _slotWrite(slots, idx - 1, _pack(id, nq));
     }
 
     /// @dev Writes quantity q at index i (removes the slot by swap-and-pop when q == 0).
