@@ -619,9 +619,8 @@ contract ClearingHouse is ClearingHouseBase {
             // listed, settled, expiry (32-95), strike (96-223).
             uint256 w = _instrumentWord(id);
             ids[i] = id;
-            pf.positions[i] = Position(
-                w & 0xff, uint8(w >> 8), int256((w >> 96) & type(uint128).max), uint64(w >> 32), q, 0
-            );
+            pf.positions[i] =
+                Position(w & 0xff, uint8(w >> 8), int256((w >> 96) & type(uint128).max), uint64(w >> 32), q, 0);
         }
         uint256 nA = _assets.length;
         pf.collateral = new int256[](nA);

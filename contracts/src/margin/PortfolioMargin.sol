@@ -804,11 +804,7 @@ library PortfolioMargin {
         UnderlyingParams memory up,
         uint256 state,
         uint256[] memory shiftCache
-    )
-        private
-        pure
-        returns (uint256 tau, int256 volW)
-    {
+    ) private pure returns (uint256 tau, int256 volW) {
         tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
         volW = m.vols[q.underlying];
         // forge-lint: disable-next-line(unsafe-typecast)
