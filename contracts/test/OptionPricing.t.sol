@@ -38,12 +38,31 @@ contract OptionPricingProbe {
         return OptionPricing.d1d2(s, k, t, v, r);
     }
 
-    function pricePair(bool c, int256 s, int256 sw, int256 k, uint256 t, int256 v, int256 vw, int256 r)
+    function pricePair(bool c, int256 s, int256 sw, int256 k, uint256 t, int256 v, int256 vw, int256 r, int256 ln)
         external
         pure
         returns (int256, int256)
     {
-        return OptionPricing.pricePair(c, s, sw, k, t, v, vw, r);
+        return OptionPricing.pricePair(c, s, sw, k, t, v, vw, r, ln);
+    }
+
+    /// lnRatio(a, b), or 0 where it is undefined (a pair or price fails on its inputs before
+    /// using it there).
+    function ln(int256 a, int256 b) external pure returns (int256) {
+        return _ln(a, b);
+    }
+
+    /// The pair's second price: modelPriceLn at sw with ln(sw/k) = lnRatio(s, k) + lnRatio(sw, s).
+    function movedPrice(bool c, int256 s, int256 sw, int256 k, uint256 t, int256 vw, int256 r)
+        external
+        pure
+        returns (int256)
+    {
+        return OptionPricing.modelPriceLn(c, sw, k, t, vw, r, _ln(s, k) + _ln(sw, s));
+    }
+
+    function _ln(int256 a, int256 b) private pure returns (int256) {
+        return a > 0 && b > 0 && a <= 2e31 && b <= 2e31 ? OptionPricing.lnRatio(a, b) : int256(0);
     }
 }
 
@@ -149,14 +168,15 @@ contract OptionPricingTest is TestBase {
         assertTrue(s * s <= var36 && (s + 1) * (s + 1) > var36, "isqrt is the floor root");
     }
 
-    /// @notice pricePair == (modelPrice(spot, vol), modelPrice(spotW, volW)): same integers, and on failure
+    /// @notice pricePair == (modelPrice(spot, vol), modelPriceLn(spotW, volW, ln(spot/K) + ln(spotW/spot))):
+    /// same integers, and on failure
     /// the revert data of the first failing call. Inputs in the domain, or (from `mode`) raw.
     function testFuzz_pricePair_is_two_prices(bool isCall, int256[7] memory x, uint8 mode) public view {
         if (mode & 1 == 0) _pairInputs(x, mode & 2 == 0);
         // forge-lint: disable-next-line(unsafe-typecast)
         else if (mode & 2 == 0) x[3] = x[3] % int256(6 * YEAR); // tau near the bound, else mostly out of range
         (bool ok0, bytes memory r0) = _modelPrice(isCall, x[0], x[2], x[3], x[4], x[6]);
-        (bool okW, bytes memory rW) = _modelPrice(isCall, x[1], x[2], x[3], x[5], x[6]);
+        (bool okW, bytes memory rW) = _movedPrice(isCall, x);
         (bool ok, bytes memory rp) = _pair(isCall, x);
         assertTrue(ok == (ok0 && okW), "fails iff one of the prices fails");
         if (!ok0) {
@@ -245,10 +265,18 @@ contract OptionPricingTest is TestBase {
         assertTrue(!ok, "spot 0 still fails");
     }
 
+    function _movedPrice(bool isCall, int256[7] memory x) private view returns (bool, bytes memory) {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        bytes memory head = abi.encode(isCall, x[0], x[1], x[2], uint256(x[3]));
+        return address(c).staticcall(bytes.concat(c.movedPrice.selector, head, abi.encode(x[5], x[6])));
+    }
+
     function _pair(bool isCall, int256[7] memory x) private view returns (bool, bytes memory) {
         // forge-lint: disable-next-line(unsafe-typecast)
         bytes memory head = abi.encode(isCall, x[0], x[1], x[2], uint256(x[3]));
-        return address(c).staticcall(bytes.concat(c.pricePair.selector, head, abi.encode(x[4], x[5], x[6])));
+        // the caller's lnMove = lnRatio(spotW, spot), computed once per underlying by the model
+        int256 lnMove = c.ln(x[1], x[0]);
+        return address(c).staticcall(bytes.concat(c.pricePair.selector, head, abi.encode(x[4], x[5], x[6], lnMove)));
     }
 
     function testFuzz_bounds_and_parity(int256 s0, int256 k0, uint256 t0, int256 v0, int256 r0) public pure {

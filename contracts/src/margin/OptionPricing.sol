@@ -106,9 +106,43 @@ library OptionPricing {
         }
     }
 
-    /// @notice (modelPrice(isCall, spot, strike, tau, vol, rate), modelPrice(isCall, spotW,
-    /// strike, tau, volW, rate)): the same two integers and, on failure, the same first error as
-    /// the two calls in that order, for less gas. The second price shares the checks of strike, tau and rate,
+    /// @notice modelPrice with ln(spot / strike) supplied as lnSK, which replaces the price's own
+    /// lnRatio(spot, strike) (used only inside the accuracy domain; checks, errors and the
+    /// intrinsic branch unchanged). The margin model prices a scenario spot S' of a market spot S
+    /// with lnSK = lnRatio(S, K) + lnRatio(S', S): one ln per option and one per scenario of an
+    /// underlying, instead of one per option and scenario. (margin/pricing.py:
+    /// option_model_price with ln_sk.)
+    function modelPriceLn(
+        bool isCall,
+        int256 spot,
+        int256 strike,
+        uint256 tau,
+        int256 vol,
+        int256 rate,
+        int256 lnSK
+    ) internal pure returns (int256) {
+        _checkModelUnderlying(spot, strike);
+        _checkTauVolRate(tau, vol, rate);
+        unchecked {
+            int256 rt = _rateTime(tau, rate);
+            int256 kd = (strike * _discount(rt)) / WAD; // < 1.3e49 before the division
+            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+            if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
+            // |lnSK| < 2 * ln(1.1e31 / 1e8) < 110e18 (the model's spots and strikes): m + h < 400e18.
+            return _core(isCall, spot, kd, lnSK + rt, sst, halfVar);
+        }
+    }
+
+    /// @notice ln(a / b) in WAD exactly as the prices compute it, for 0 < a, b <= 1.1e31 (the
+    /// quotient max/min >= 1e18 is floored, then lnWad): never reverts there.
+    function lnRatio(int256 a, int256 b) internal pure returns (int256) {
+        return _lnRatio(a, b);
+    }
+
+    /// @notice (modelPrice(isCall, spot, strike, tau, vol, rate), modelPriceLn(isCall, spotW,
+    /// strike, tau, volW, rate, lnRatio(spot, strike) + lnMove)): the same two integers and, on
+    /// failure, the same first error as the two calls in that order, for less gas. lnMove is
+    /// lnRatio(spotW, spot), computed once per underlying by the caller. The second price shares the checks of strike, tau and rate,
     /// r*tau and the discounted strike (one exp instead of two). The first
     /// price cannot fail once its checks pass, so checking spotW and volW after computing it or
     /// before gives the same first error. (margin/pricing.py: option_price_pair.)
@@ -120,7 +154,8 @@ library OptionPricing {
         uint256 tau,
         int256 vol,
         int256 volW,
-        int256 rate
+        int256 rate,
+        int256 lnMove
     ) internal pure returns (int256 v0, int256 vw) {
         _checkModelUnderlying(spot, strike);
         _checkTauVolRate(tau, vol, rate);
@@ -128,26 +163,29 @@ library OptionPricing {
         _checkModelUnderlying(spotW, strike);
         if (volW < 0 || volW > MAX_VOL) revert VolOutOfRange(volW);
         unchecked {
-            rate = _rateTime(tau, rate); // rt from here on (the slot is reused: stack depth)
-            int256 kd = (strike * _discount(rate)) / WAD; // < 1.3e49 before the division
+            // m = ln(F/K) = ln(S/K) + rt from here on (the slot is reused: stack depth)
+            int256 kd = _rateTime(tau, rate);
+            rate = _lnRatio(spot, strike) + kd;
+            kd = (strike * _discount(kd)) / WAD; // < 1.3e49 before the division
             (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
             v0 = _priceFrom(isCall, spot, strike, kd, rate, sst, halfVar);
             if (volW != vol) (sst, halfVar) = _sigmaSqrtTauHalfVar(tau, volW);
-            vw = _priceFrom(isCall, spotW, strike, kd, rate, sst, halfVar);
+            vw = _priceFrom(isCall, spotW, strike, kd, rate + lnMove, sst, halfVar);
         }
     }
 
-    /// @dev modelPrice's computation after its checks, from rt, kd, sigma*sqrt(tau) and
-    /// sigma^2*tau/2: the intrinsic value outside the accuracy domain (spot below MIN_PRICE, or
-    /// strike above MAX_STRIKE_RATIO * spot; spot <= 1e30, so the product < 1e37), else price's.
-    function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 rt, int256 sst, int256 halfVar)
+    /// @dev modelPriceLn's computation after its checks, from kd, m = ln(spot/strike) + rt,
+    /// sigma*sqrt(tau) and sigma^2*tau/2: the intrinsic value outside the accuracy domain (spot
+    /// below MIN_PRICE, or strike above MAX_STRIKE_RATIO * spot; spot <= 1.1e31, so the product
+    /// < 1.1e38), else price's.
+    function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 m, int256 sst, int256 halfVar)
         private
         pure
         returns (int256)
     {
         unchecked {
             if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
-            return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
+            return _core(isCall, spot, kd, m, sst, halfVar);
         }
     }
 

@@ -420,8 +420,8 @@ library PortfolioMargin {
         }
     }
 
-    /// @dev volShift(up, tau) through a one-entry cache per underlying (cache[2u] = tau + 1, 0 when
-    /// empty; cache[2u + 1] = the shift, >= 0): options of one expiry share tau, so a book of one
+    /// @dev volShift(up, tau) through a one-entry cache per underlying (cache[4u] = tau + 1, 0 when
+    /// empty; cache[4u + 1] = the shift, >= 0; words 4u + 2, 4u + 3 are _cachedLnMove's): options of one expiry share tau, so a book of one
     /// expiry pays one ln and one exp per underlying. The same integer (a pure function of up and
     /// tau) and the same first error (a cached tau already computed without one).
     function _cachedShift(UnderlyingParams memory up, uint256 u, uint256 tau, uint256[] memory cache)
@@ -429,19 +429,41 @@ library PortfolioMargin {
         pure
         returns (int256 shift)
     {
-        // u < nU (validated) and cache has 2 * nU words: the entry at 0x20 + 64u is in bounds.
+        // u < nU (validated) and cache has 4 * nU words: the entry at 0x20 + 128u is in bounds.
         bool hit;
         assembly ("memory-safe") {
-            let e := add(add(cache, 0x20), shl(6, u))
+            let e := add(add(cache, 0x20), shl(7, u))
             hit := eq(mload(e), add(tau, 1))
             shift := mload(add(e, 0x20))
         }
         if (hit) return shift;
         shift = volShift(up, tau);
         assembly ("memory-safe") {
-            let e := add(add(cache, 0x20), shl(6, u))
+            let e := add(add(cache, 0x20), shl(7, u))
             mstore(e, add(tau, 1))
             mstore(add(e, 0x20), shift)
+        }
+    }
+
+    /// @dev OptionPricing.lnRatio(shocked, spot) of underlying u, computed once (cache[4u + 2] = 1
+    /// once set, cache[4u + 3] = the value): the witness names one scenario per underlying.
+    function _cachedLnMove(int256 shocked, int256 spot, uint256 u, uint256[] memory cache)
+        private
+        pure
+        returns (int256 lnMove)
+    {
+        bool hit;
+        assembly ("memory-safe") {
+            let e := add(add(cache, 0x60), shl(7, u))
+            hit := mload(e)
+            lnMove := mload(add(e, 0x20))
+        }
+        if (hit) return lnMove;
+        lnMove = OptionPricing.lnRatio(shocked, spot);
+        assembly ("memory-safe") {
+            let e := add(add(cache, 0x60), shl(7, u))
+            mstore(e, 1)
+            mstore(add(e, 0x20), lnMove)
         }
     }
 
@@ -479,11 +501,12 @@ library PortfolioMargin {
         }
 
         int256 equity;
-        uint256[] memory shiftCache = new uint256[](2 * nU);
+        uint256[] memory shiftCache = new uint256[](4 * nU);
+        int256[][] memory lnMoves = _lnMoves(pf, m, shocked);
         for (uint256 i; i < pf.positions.length; ++i) {
             Position memory q = pf.positions[i];
             uint256 u = q.underlying;
-            int256 v0 = _accumulateFull(q, m, p.underlyings[u], shocked[u], acc[u], shiftCache);
+            int256 v0 = _accumulateFull(q, m, p.underlyings[u], shocked[u], acc[u], shiftCache, lnMoves[u]);
             equity += q.quantity.mulDown(v0 - q.entryPrice);
         }
         equity += _collateralFull(pf, m, p, shocked, acc);
@@ -494,6 +517,28 @@ library PortfolioMargin {
             (r.losses[u], r.witness[u]) = _worst(acc[u], p.underlyings[u]);
         }
         _finish(r, pf, m, p, equity);
+    }
+
+    /// @dev lnRatio(S'_j, S) for every scenario j of each underlying that has an option (empty
+    /// for the others): the scenario prices take ln(S'_j / K) as ln(S/K) + this. S'_j >= S / 100
+    /// >= 1e8 and <= 1.1e31: never reverts.
+    function _lnMoves(Portfolio memory pf, Market memory m, int256[][] memory shocked)
+        private
+        pure
+        returns (int256[][] memory ln)
+    {
+        ln = new int256[][](shocked.length);
+        for (uint256 i; i < pf.positions.length; ++i) {
+            Position memory q = pf.positions[i];
+            uint256 u = q.underlying;
+            if (q.kind == FUTURE || ln[u].length != 0) continue;
+            int256[] memory sh = shocked[u];
+            int256[] memory l = new int256[](sh.length);
+            for (uint256 j; j < sh.length; ++j) {
+                l[j] = OptionPricing.lnRatio(sh[j], m.spots[u]);
+            }
+            ln[u] = l;
+        }
     }
 
     /// @dev The largest weighted scenario loss of one underlying and its lowest index.
@@ -523,7 +568,8 @@ library PortfolioMargin {
         UnderlyingParams memory up,
         int256[] memory sh,
         int256[] memory a,
-        uint256[] memory shiftCache
+        uint256[] memory shiftCache,
+        int256[] memory lnMoves
     ) private pure returns (int256 v0) {
         int256 spot = m.spots[q.underlying];
         int256 qty = q.quantity;
@@ -547,9 +593,11 @@ library PortfolioMargin {
         int256 vol = m.vols[q.underlying];
         int256 shift = _cachedShift(up, q.underlying, c.tau, shiftCache);
         int256[3] memory vols = [_volFor(up, vol, shift, VOL_DOWN), vol, _volFor(up, vol, shift, VOL_UP)];
-        v0 = OptionPricing.modelPrice(c.isCall, spot, c.strike, c.tau, vol, c.rate);
+        // ln(S/K) once per option (strike in (0, 1e30], spot >= 1e10: cannot revert), V0 with it.
+        c.lnSK = OptionPricing.lnRatio(spot, c.strike);
+        v0 = OptionPricing.modelPriceLn(c.isCall, spot, c.strike, c.tau, vol, c.rate, c.lnSK);
         c.v0 = v0;
-        _optionScenarios(c, up.extended, vols, sh, a);
+        _optionScenarios(c, up.extended, vols, sh, a, lnMoves);
     }
 
     /// @dev Per-option constants of the scenario loop (a struct keeps the stack shallow).
@@ -560,6 +608,7 @@ library PortfolioMargin {
         int256 rate;
         int256 qty;
         int256 v0;
+        int256 lnSK;
     }
 
     function _optionScenarios(
@@ -567,20 +616,24 @@ library PortfolioMargin {
         ExtendedMove[] memory ext,
         int256[3] memory vols,
         int256[] memory sh,
-        int256[] memory a
+        int256[] memory a,
+        int256[] memory lnMoves
     ) private pure {
         uint256 regular = sh.length - ext.length;
         uint256 center = regular / 2; // 3n + 1
         for (uint256 j; j < a.length; ++j) {
             if (j == center) continue; // V_center == V0
-            int256 pj = OptionPricing.modelPrice(
-                c.isCall, sh[j], c.strike, c.tau, vols[j < regular ? j % 3 : ext[j - regular].volState], c.rate
-            );
+            int256 pj = _scenarioPrice(c, sh[j], vols[j < regular ? j % 3 : ext[j - regular].volState], lnMoves[j]);
             // Prices are within [0, 1e30] (the pricing domain), |qty| <= 1e30: no wrap.
             unchecked {
                 a[j] += c.qty * (pj - c.v0);
             }
         }
+    }
+
+    /// @dev The option's price at scenario spot sj and vol: ln(sj / K) = ln(S/K) + ln(sj / S).
+    function _scenarioPrice(OptionCtx memory c, int256 sj, int256 vol, int256 lnMove) private pure returns (int256) {
+        return OptionPricing.modelPriceLn(c.isCall, sj, c.strike, c.tau, vol, c.rate, c.lnSK + lnMove);
     }
 
     function _collateralFull(
@@ -713,7 +766,7 @@ library PortfolioMargin {
     ) private pure returns (int256 equity) {
         uint256 n = pf.positions.length;
         bool withMarks = marks.length != 0;
-        uint256[] memory shiftCache = new uint256[](2 * stateW.length);
+        uint256[] memory shiftCache = new uint256[](4 * stateW.length);
         for (uint256 i; i < n; ++i) {
             Position memory q = pf.positions[i];
             uint256 u = q.underlying;
@@ -792,7 +845,7 @@ library PortfolioMargin {
         (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state, shiftCache);
         if (state == 3) return _price(q, spot, tau, volW, m.rate); // the center: no move, no loss
         int256 pw;
-        (v0, pw) = _pricePair(q, m, shockedSpot, tau, volW);
+        (v0, pw) = _pricePair(q, m, shockedSpot, tau, volW, shiftCache);
         unchecked {
             acc[q.underlying] += q.quantity * (pw - v0); // bounded: no wrap
         }
@@ -814,13 +867,26 @@ library PortfolioMargin {
     }
 
     /// @dev (V0, V_w) of an option: its mark, then its price in the named scenario.
-    function _pricePair(Position memory q, Market memory m, int256 shockedSpot, uint256 tau, int256 volW)
-        private
-        pure
-        returns (int256, int256)
-    {
-        uint256 u = q.underlying;
-        return OptionPricing.pricePair(q.kind == CALL, m.spots[u], shockedSpot, q.strike, tau, m.vols[u], volW, m.rate);
+    function _pricePair(
+        Position memory q,
+        Market memory m,
+        int256 shockedSpot,
+        uint256 tau,
+        int256 volW,
+        uint256[] memory shiftCache
+    ) private pure returns (int256, int256) {
+        int256 lnMove = _cachedLnMove(shockedSpot, m.spots[q.underlying], q.underlying, shiftCache);
+        return OptionPricing.pricePair(
+            q.kind == CALL,
+            m.spots[q.underlying],
+            shockedSpot,
+            q.strike,
+            tau,
+            m.vols[q.underlying],
+            volW,
+            m.rate,
+            lnMove
+        );
     }
 
     function _price(Position memory q, int256 spot, uint256 tau, int256 vol, int256 rate)
