@@ -502,7 +502,7 @@ library PortfolioMargin {
 
         int256 equity;
         uint256[] memory shiftCache = new uint256[](4 * nU);
-        int256[][] memory lnMoves = _lnMoves(pf, m, shocked);
+        int256[][] memory lnMoves = _lnMoves(pf, m, p, shocked);
         for (uint256 i; i < pf.positions.length; ++i) {
             Position memory q = pf.positions[i];
             uint256 u = q.underlying;
@@ -522,7 +522,7 @@ library PortfolioMargin {
     /// @dev lnRatio(S'_j, S) for every scenario j of each underlying that has an option (empty
     /// for the others): the scenario prices take ln(S'_j / K) as ln(S/K) + this. S'_j >= S / 100
     /// >= 1e8 and <= 1.1e31: never reverts.
-    function _lnMoves(Portfolio memory pf, Market memory m, int256[][] memory shocked)
+    function _lnMoves(Portfolio memory pf, Market memory m, RiskParams memory p, int256[][] memory shocked)
         private
         pure
         returns (int256[][] memory ln)
@@ -534,8 +534,10 @@ library PortfolioMargin {
             if (q.kind == FUTURE || ln[u].length != 0) continue;
             int256[] memory sh = shocked[u];
             int256[] memory l = new int256[](sh.length);
+            uint256 regular = sh.length - p.underlyings[u].extended.length;
             for (uint256 j; j < sh.length; ++j) {
-                l[j] = OptionPricing.lnRatio(sh[j], m.spots[u]);
+                // the three vol states of a regular move share its spot (shockedSpots): one ln
+                l[j] = j < regular && j % 3 != 0 ? l[j - 1] : OptionPricing.lnRatio(sh[j], m.spots[u]);
             }
             ln[u] = l;
         }
