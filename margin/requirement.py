@@ -12,7 +12,10 @@ Steps and rounding (identical in Solidity):
 2. Per position, in order (the verifier's loop): options compute the vol shift (full check
    always; witness check only if the named scenario's vol state is not "unchanged"), then
    the mark V0 = price(S, vol, tau), then each scenario price V_j in index order (the center
-   scenario is V0 itself, never repriced). Futures: V0 = S, V_j = S'_j.
+   scenario is V0 itself, never repriced). Prices are ``option_model_price`` (the intrinsic
+   value where the spot alone leaves the pricing domain); V_j takes ln(S'_j/K) as
+   ``ln_ratio(S, K) + ln_ratio(S'_j, S)`` (OptionPricing.modelPriceLn). Futures: V0 = S,
+   V_j = S'_j.
    Exact accumulation per underlying and scenario: ``acc_j += q · (V_j − V0)``.
    Volatile collateral of the underlying: ``acc_j += e · (S'_j − S)``, e its haircut balance.
 3. Scenario loss ``L_j = mul_up(−acc_j, 1)`` = ceil(−acc_j / 1e18) (losses round up);
