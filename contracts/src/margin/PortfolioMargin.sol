@@ -862,8 +862,8 @@ library PortfolioMargin {
     ) private pure returns (uint256 tau, int256 volW) {
         tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
         volW = m.vols[q.underlying];
-        // forge-lint: disable-next-line(unsafe-typecast)
         if (state == VOL_UP || state == VOL_DOWN) {
+            // forge-lint: disable-next-line(unsafe-typecast)
             volW = _volFor(up, volW, _cachedShift(up, q.underlying, tau, shiftCache), uint8(state));
         }
     }
