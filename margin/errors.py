@@ -82,7 +82,8 @@ class SqrtOverflow(MarginError):
 
 
 class SpotOutOfRange(MarginError):
-    """Spot outside [MIN_PRICE, MAX_PRICE] of margin.pricing."""
+    """Spot outside [MIN_PRICE, MAX_PRICE] of margin.pricing (option_price); for the model's
+    option_model_price, a spot <= 0 or above MAX_PRICE."""
 
     signature = "SpotOutOfRange(int256)"
 

@@ -44,6 +44,10 @@ carries an error of order KD·1e-18 whatever the formula (a deep in-the-money pu
 leg of a far out-of-the-money call); with K/S <= 1e7 and D <= e^2.5 that is KD/S <= 1.3e8, i.e.
 ~1e-10·S per wei of Φ error. A deep in-the-money call (K << S) has no such problem, so spot/strike
 is not capped (beyond the price range).
+The margin model prices with ``option_model_price`` (and ``option_price_pair``): the same integers
+inside that domain, and the discounted intrinsic value where the spot alone leaves it
+(0 < spot < MIN_PRICE, or strike > MAX_STRIKE_RATIO · spot), so a crash cannot make a margin
+check fail (docs/margin-model.md).
 Accuracy (tests/test_pricing_accuracy.py, against mpmath): within 1e-9 · spot over that domain;
 the largest error found is 1.6e-10 · spot, i.e. 1.6 wei at the smallest spot (1e10 wei), where
 the few wei of rounding dominate (``python tests/test_pricing_accuracy.py`` prints it).
@@ -167,16 +171,58 @@ def option_price(is_call: bool, spot: int, strike: int, tau: int, vol: int, rate
     return _core(is_call, spot, kd, m, sst, half_var)
 
 
+def ln_ratio(a: int, b: int) -> int:
+    """ln(a/b) in WAD exactly as the prices compute it (OptionPricing.lnRatio), 0 < a, b."""
+    return _ln_ratio(a, b)
+
+
+def option_model_price(
+    is_call: bool, spot: int, strike: int, tau: int, vol: int, rate: int, ln_sk: int | None = None
+) -> int:
+    """The margin model's price (OptionPricing.modelPrice): option_price inside its domain, and a
+    defined value, never an error, when the underlying alone leaves the accuracy domain (a crash
+    can do that to any book): for 0 < spot < MIN_PRICE or strike > MAX_STRIKE_RATIO·spot, the
+    discounted intrinsic value max(S − KD, 0) (call), max(KD − S, 0) (put), i.e. the zero-vol
+    limit. Any arbitrage-free price is within S of it (call in [0, S], put in [KD − S, KD]),
+    and there S < 1e-8 or S < 1e-7·K. Errors in this order: SpotOutOfRange (spot <= 0 or above
+    MAX_PRICE), StrikeOutOfRange, then tau, vol and rate as in option_price.
+
+    ``ln_sk`` (OptionPricing.modelPriceLn), when given, replaces ln(spot/strike) inside the
+    domain: the model prices a scenario spot S' of a market spot S with ln_ratio(S, K) +
+    ln_ratio(S', S), one ln per option and one per scenario instead of one per pair."""
+    if spot <= 0 or spot > MAX_PRICE:
+        raise SpotOutOfRange(spot)
+    if strike < MIN_PRICE or strike > MAX_PRICE:
+        raise StrikeOutOfRange(strike)
+    _check_tau_vol_rate(tau, vol, rate)
+    rt = _rate_time(tau, rate)
+    kd = strike * _discount(rt) // WAD
+    sst, half_var = _sigma_sqrt_tau_half_var(tau, vol)
+    if sst == 0 or spot < MIN_PRICE or strike > spot * MAX_STRIKE_RATIO:
+        return _intrinsic(is_call, spot, kd)
+    m = (_ln_ratio(spot, strike) if ln_sk is None else ln_sk) + rt
+    return _core(is_call, spot, kd, m, sst, half_var)
+
+
 def option_price_pair(
-    is_call: bool, spot: int, spot_w: int, strike: int, tau: int, vol: int, vol_w: int, rate: int
+    is_call: bool,
+    spot: int,
+    spot_w: int,
+    strike: int,
+    tau: int,
+    vol: int,
+    vol_w: int,
+    rate: int,
+    ln_move: int,
 ) -> tuple[int, int]:
-    """(price at (spot, vol), price at (spot_w, vol_w)) of one option, and the first error of the
-    two calls in that order: OptionPricing.pricePair, which shares r·τ and the discounted strike
-    between them (gas only; the integers are those of two option_price calls)."""
-    return (
-        option_price(is_call, spot, strike, tau, vol, rate),
-        option_price(is_call, spot_w, strike, tau, vol_w, rate),
-    )
+    """(model price at (spot, vol), model price at (spot_w, vol_w) with ln(spot_w/K) taken as
+    ln_ratio(spot, K) + ln_move) of one option, and the first error of the two calls in that
+    order: OptionPricing.pricePair (ln_move = ln_ratio(spot_w, spot), computed once per
+    underlying by the caller), which shares r·τ, the discounted strike and ln(spot/K)."""
+    v0 = option_model_price(is_call, spot, strike, tau, vol, rate)
+    # The first price passed its checks: spot and strike are in range, so the ln is defined.
+    ln_sk = _ln_ratio(spot, strike) + ln_move
+    return v0, option_model_price(is_call, spot_w, strike, tau, vol_w, rate, ln_sk)
 
 
 def option_price_black76(

@@ -12,7 +12,10 @@ Steps and rounding (identical in Solidity):
 2. Per position, in order (the verifier's loop): options compute the vol shift (full check
    always; witness check only if the named scenario's vol state is not "unchanged"), then
    the mark V0 = price(S, vol, tau), then each scenario price V_j in index order (the center
-   scenario is V0 itself, never repriced). Futures: V0 = S, V_j = S'_j.
+   scenario is V0 itself, never repriced). Prices are ``option_model_price`` (the intrinsic
+   value where the spot alone leaves the pricing domain); V_j takes ln(S'_j/K) as
+   ``ln_ratio(S, K) + ln_ratio(S'_j, S)`` (OptionPricing.modelPriceLn). Futures: V0 = S,
+   V_j = S'_j.
    Exact accumulation per underlying and scenario: ``acc_j += q · (V_j − V0)``.
    Volatile collateral of the underlying: ``acc_j += e · (S'_j − S)``, e its haircut balance.
 3. Scenario loss ``L_j = mul_up(−acc_j, 1)`` = ceil(−acc_j / 1e18) (losses round up);
@@ -59,7 +62,7 @@ from margin.portfolio import (
     validate_market,
     validate_portfolio,
 )
-from margin.pricing import option_price
+from margin.pricing import ln_ratio, option_model_price
 from margin.scenarios import Scenario, scenarios, shocked_spot, vol_for_state, vol_shift
 
 HEALTHY, MARGIN_CALL, LIQUIDATABLE = 0, 1, 2
@@ -133,6 +136,15 @@ class ScenarioTable:
             for i, sc in enumerate(self.scenarios)
         ]
         self._rows: dict[tuple[int, int, int, int], _Row] = {}
+        self._ln_move_cache: dict[int, list[int]] = {}
+
+    def _ln_moves(self, u: int) -> list[int]:
+        """ln_ratio(S'_j, S) per scenario j of underlying u (PortfolioMargin._lnMoves)."""
+        ln = self._ln_move_cache.get(u)
+        if ln is None:
+            spot = self.market.spots[u]
+            ln = self._ln_move_cache[u] = [ln_ratio(s, spot) for s in self.shocked[u]]
+        return ln
 
     def row(self, pos: Position) -> _Row:
         key = pos.instrument
@@ -153,7 +165,11 @@ class ScenarioTable:
         tau = pos.expiry - self.market.timestamp if pos.expiry > self.market.timestamp else 0
         is_call = pos.kind == CALL
         shift = _capture(vol_shift, up, tau)
-        v0 = _capture(option_price, is_call, spot, pos.strike, tau, vol, rate)
+        v0 = _capture(option_model_price, is_call, spot, pos.strike, tau, vol, rate)
+        # ln(S_j/K) = ln(S/K) + ln(S_j/S), as the verifier shares them (OptionPricing.modelPriceLn);
+        # only when V0 priced (spot and strike in range; otherwise V0's error comes first).
+        ln_sk = None if isinstance(v0, MarginError) else ln_ratio(spot, pos.strike)
+        ln_moves = None if ln_sk is None else self._ln_moves(u)
         prices: list[Outcome] = []
         center = up.center_index
         for j, sc in enumerate(self.scenarios[u]):
@@ -165,7 +181,9 @@ class ScenarioTable:
                 v = vol
                 if sc.vol_state != VOL_UNCHANGED:
                     v = vol_for_state(up, vol, shift, sc.vol_state)  # type: ignore[arg-type]
-                prices.append(_capture(option_price, is_call, shocked[j], pos.strike, tau, v, rate))
+                ln_j = None if ln_sk is None or ln_moves is None else ln_sk + ln_moves[j]
+                args = (is_call, shocked[j], pos.strike, tau, v, rate, ln_j)
+                prices.append(_capture(option_model_price, *args))
         vega_base = sqrt_down(mul_div_down(tau, WAD, YEAR))
         return _Row(shift, v0, prices, vega_base)
 

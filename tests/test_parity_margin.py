@@ -377,6 +377,8 @@ EDGE_MARKETS: list[tuple[str, Market, RiskParams]] = [
     ("max vol", _edge_market(vols=(10 * WAD, 4 * WAD)), _edge_params()),
     ("tiny spot", _edge_market(spots=(10**10, 60_000 * WAD)), _edge_params()),
     ("huge spot", _edge_market(spots=(10**30, 60_000 * WAD)), _edge_params()),
+    # ETH at 1e-4 USD: strikes beyond 1e7 x spot, the -99% scenario spots below 1e-8
+    ("crash", _edge_market(spots=(10**14, 60_000 * WAD)), _edge_params()),
     ("spot too small", _edge_market(spots=(10**10 - 1, ETH)), _edge_params()),
     ("vol too big", _edge_market(vols=(10 * WAD + 1, 0)), _edge_params()),
     ("market length", _edge_market(spots=(ETH,)), _edge_params()),
@@ -417,6 +419,22 @@ def test_parity_edges(harness: Contract, label: str, market: Market, params: Ris
     portfolios = [pf for _, pf in EDGE_PORTFOLIOS]
     tally = run_batch(harness, market, params, portfolios, random.Random(label))
     assert sum(v for k, v in tally.items() if not k.startswith("state:")) == 3 * len(portfolios)
+
+
+def test_crashed_market_prices_every_book() -> None:
+    """A crash past the pricing library's accuracy domain (strike > 1e7 x spot; scenario spots
+    below MIN_PRICE) still gives every book a full check and a witness check (the intrinsic value
+    there, OptionPricing.modelPrice): no price move can block a liquidation. Parity: the "crash"
+    and "tiny spot" markets of test_parity_edges."""
+    book = dict(EDGE_PORTFOLIOS)
+    for spot in (10**14, 10**10):
+        table = ScenarioTable(_edge_market(spots=(spot, 60_000 * WAD)), _edge_params())
+        for label in ("max positions", "deep itm/otm", "expiry now"):
+            full = table.full_check(book[label])
+            center = [table.params.underlyings[u].center_index for u in range(2)]
+            named = table.witness_check(book[label], list(full.witness))
+            assert named.requirement == full.requirement
+            assert table.witness_check(book[label], center).equity == full.equity
 
 
 def test_edges_reach_their_errors(harness: Contract) -> None:

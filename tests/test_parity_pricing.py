@@ -27,8 +27,11 @@ from margin.pricing import (
     MIN_PRICE,
     d1_d2,
     discount_factor,
+    ln_ratio,
+    option_model_price,
     option_price,
     option_price_black76,
+    option_price_pair,
     sigma_sqrt_tau,
 )
 from tests.parity import check_parity
@@ -151,6 +154,34 @@ def _in_domain(case: tuple[bool, int, int, int, int, int]) -> bool:
     )
 
 
+def _in_model_domain(case: tuple[bool, int, int, int, int, int]) -> bool:
+    """option_model_price's domain: the price's, except that any spot in (0, MAX_PRICE] prices
+    (the intrinsic value where the spot alone leaves the accuracy domain)."""
+    _, under, strike, tau, vol, rate = case
+    return (
+        0 < under <= MAX_PRICE
+        and MIN_PRICE <= strike <= MAX_PRICE
+        and tau <= MAX_TAU
+        and 0 <= vol <= MAX_VOL
+        and -MAX_RATE <= rate <= MAX_RATE
+    )
+
+
+def _ln(a: int, b: int) -> int:
+    """ln_ratio(a, b), or 0 where undefined (the pair fails on its spots before using it)."""
+    return ln_ratio(a, b) if 0 < a <= 2 * 10**31 and 0 < b <= 2 * 10**31 else 0
+
+
+def _pair_cases(batch: list[tuple]) -> list[tuple]:
+    """pricePair inputs from consecutive cases: the second case's spot and vol as the scenario's,
+    and the caller's ln_move = ln_ratio(spot_w, spot)."""
+    out = []
+    for a, b in zip(batch, batch[1:] + batch[:1], strict=True):
+        is_call, spot, strike, tau, vol, rate = a
+        out.append((is_call, spot, b[1], strike, tau, vol, b[4], rate, _ln(b[1], spot)))
+    return out
+
+
 #: The shared batched-run settings (derandomized, no shrinking): 10 batches of 300 per test.
 SETTINGS = settings(RANDOM, max_examples=10)
 
@@ -164,6 +195,26 @@ def test_price_parity(pricing: Contract, batch: list[tuple]) -> None:
     tally = check_parity(pricing, "price", option_price, batch)
     assert tally["ok"] == sum(map(_in_domain, batch)), tally  # prices <=> in domain
     TALLY.update(tally)
+
+
+@settings(SETTINGS, max_examples=5)
+@given(batches)
+def test_model_price_parity(pricing: Contract, batch: list[tuple]) -> None:
+    tally = check_parity(pricing, "modelPrice", option_model_price, batch)
+    assert tally["ok"] == sum(map(_in_model_domain, batch)), tally
+    assert tally["MoneynessOutOfRange"] == 0, tally
+
+
+@settings(SETTINGS, max_examples=3)
+@given(batches)
+def test_price_pair_parity(pricing: Contract, batch: list[tuple]) -> None:
+    check_parity(pricing, "pricePair", option_price_pair, _pair_cases(batch))
+    # ln(S/K) as the model shares it, and a price taking it (any ln_sk: the checks come first)
+    pairs = [(c[1], c[2]) for c in batch if 0 < c[1] <= MAX_PRICE and 0 < c[2] <= MAX_PRICE]
+    check_parity(pricing, "lnRatio", ln_ratio, pairs)
+    moved = [(*c, _ln(c[1], c[2]) + (i % 3 - 1)) for i, c in enumerate(batch)]
+    tally = check_parity(pricing, "modelPriceLn", option_model_price, moved)
+    assert tally["ok"] == sum(map(_in_model_domain, batch)), tally
 
 
 @settings(SETTINGS, max_examples=5)
@@ -237,6 +288,20 @@ def test_price_edges_parity(pricing: Contract) -> None:
     ):
         assert tally[name] > 0, (name, tally)
     assert tally["ok"] == sum(map(_in_domain, EDGES)) > 2_000
+
+
+def test_model_price_edges_parity(pricing: Contract) -> None:
+    tally = check_parity(pricing, "modelPrice", option_model_price, EDGES)
+    assert tally["ok"] == sum(map(_in_model_domain, EDGES)) > sum(map(_in_domain, EDGES)), tally
+    for name in (
+        "SpotOutOfRange",
+        "StrikeOutOfRange",
+        "TauOutOfRange",
+        "VolOutOfRange",
+        "RateOutOfRange",
+    ):
+        assert tally[name] > 0, (name, tally)
+    check_parity(pricing, "pricePair", option_price_pair, _pair_cases(EDGES))
 
 
 def test_black76_edges_parity(pricing: Contract) -> None:

@@ -360,14 +360,26 @@ contract ClearingHouse is ClearingHouseBase {
         for (uint256 k = n; k > 0; --k) {
             uint256 i = k - 1;
             int256 q = pf.positions[i].quantity;
-            int256 closeQty = fraction == WAD ? q : _towardZeroLot(_mulDownAbs(q, fraction), q);
+            int256 closeQty = q;
+            int256 price = marks[i];
+            // The rounding helpers written out (this loop runs per position): |q| <= 1e30 and
+            // fraction <= 1e18, so |q| * fraction < 2^256 / 2; marks are in [0, 1.3e31].
+            unchecked {
+                if (fraction != WAD) {
+                    int256 mag = ((q < 0 ? -q : q) * fraction) / WAD; // |q| * fraction, rounded down
+                    mag -= mag % LOT; // toward zero to LOT
+                    closeQty = q < 0 ? -mag : mag;
+                }
+                // Against the account: it sells longs at the mark rounded down to TICK, buys back
+                // shorts rounded up.
+                int256 r = price % TICK;
+                if (r != 0) price = q > 0 ? price - r : price + (TICK - r);
+            }
             if (closeQty == 0) continue;
             any = true;
-            // Against the account: it sells longs at the mark rounded down, buys back shorts rounded up.
-            int256 price = q > 0 ? _floorTick(marks[i]) : _ceilTick(marks[i]);
             cash += (closeQty * price) / WAD; // exact
             _setQuantityAt(account, i, ids[i], q - closeQty);
-            _applyPosition(bk, ids[i], closeQty);
+            _addToBackstop(bk, ids[i], closeQty);
             emit PositionTakenOver(account, ids[i], closeQty, price);
         }
         if (!any) revert NothingToLiquidate(account);
@@ -537,18 +549,35 @@ contract ClearingHouse is ClearingHouseBase {
             _positionIndex[account][id] = n;
             return false;
         }
-        (, int256 q) = _unpack(_positions[account][idx - 1]);
+        (, int256 q) = _unpack(_slotRead(_positions[account], idx - 1));
         int256 nq = q + delta;
         if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
         reduces = (q > 0 && delta < 0 && nq >= 0) || (q < 0 && delta > 0 && nq <= 0);
         _setQuantityAt(account, idx - 1, id, nq);
     }
 
+    /// @dev _applyPosition for the backstop's side of a hand-over: no position limit (the backstop
+    /// is exempt) and no reduce flag to compute, one storage reference for the read and the write.
+    function _addToBackstop(uint256 bk, uint256 id, int256 delta) private {
+        uint256 idx = _positionIndex[bk][id];
+        uint256[] storage slots = _positions[bk];
+        if (idx == 0) {
+            slots.push(_pack(id, delta));
+            _positionIndex[bk][id] = slots.length;
+            return;
+        }
+        (, int256 q) = _unpack(_slotRead(slots, idx - 1));
+        int256 nq = q + delta;
+        if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
+        if (nq == 0) _setQuantityAt(bk, idx - 1, id, 0);
+        else _slotWrite(slots, idx - 1, _pack(id, nq));
+    }
+
     /// @dev Writes quantity q at index i (removes the slot by swap-and-pop when q == 0).
     function _setQuantityAt(uint256 account, uint256 i, uint256 id, int256 q) private {
         uint256[] storage slots = _positions[account];
         if (q != 0) {
-            slots[i] = _pack(id, q);
+            _slotWrite(slots, i, _pack(id, q));
             return;
         }
         uint256 last = slots.length - 1;
@@ -561,16 +590,43 @@ contract ClearingHouse is ClearingHouseBase {
         delete _positionIndex[account][id];
     }
 
+    /// @dev slots[i] without the length check (an SLOAD): callers pass i < slots.length, which
+    /// _positionIndex (index + 1 of a present instrument) and the loops' bounds guarantee.
+    function _slotRead(uint256[] storage slots, uint256 i) private view returns (uint256 v) {
+        assembly ("memory-safe") {
+            mstore(0, slots.slot)
+            v := sload(add(keccak256(0, 0x20), i))
+        }
+    }
+
+    /// @dev slots[i] = v without the length check (i < slots.length, as for _slotRead).
+    function _slotWrite(uint256[] storage slots, uint256 i, uint256 v) private {
+        assembly ("memory-safe") {
+            mstore(0, slots.slot)
+            sstore(add(keccak256(0, 0x20), i), v)
+        }
+    }
+
+    function _instrumentWord(uint256 id) private view returns (uint256 w) {
+        Instrument storage ins = instruments[id];
+        assembly ("memory-safe") {
+            w := sload(ins.slot)
+        }
+    }
+
     function _loadPortfolio(uint256 account) private view returns (Portfolio memory pf, uint256[] memory ids) {
         uint256[] storage slots = _positions[account];
         uint256 n = slots.length;
         pf.positions = new Position[](n);
         ids = new uint256[](n);
         for (uint256 i; i < n; ++i) {
-            (uint256 id, int256 q) = _unpack(slots[i]);
-            Instrument memory ins = instruments[id];
+            (uint256 id, int256 q) = _unpack(_slotRead(slots, i));
+            // The instrument's one packed slot, read once: underlying (bits 0-7), kind (8-15),
+            // listed, settled, expiry (32-95), strike (96-223).
+            uint256 w = _instrumentWord(id);
             ids[i] = id;
-            pf.positions[i] = Position(ins.underlying, ins.kind, int256(uint256(ins.strike)), ins.expiry, q, 0);
+            pf.positions[i] =
+                Position(w & 0xff, uint8(w >> 8), int256((w >> 96) & type(uint128).max), uint64(w >> 32), q, 0);
         }
         uint256 nA = _assets.length;
         pf.collateral = new int256[](nA);
@@ -589,8 +645,9 @@ contract ClearingHouse is ClearingHouseBase {
             used[pf.positions[i].underlying] = true;
         }
         for (uint256 k; k < pf.collateral.length; ++k) {
+            if (pf.collateral[k] == 0) continue; // (no config read for an empty balance)
             uint8 u = _assets[k].underlying;
-            if (u != NO_UNDERLYING && pf.collateral[k] != 0) used[u] = true;
+            if (u != NO_UNDERLYING) used[u] = true;
         }
         m.timestamp = uint64(block.timestamp);
         m.rate = rate;
@@ -638,24 +695,7 @@ contract ClearingHouse is ClearingHouseBase {
         return int256(got * a.scale);
     }
 
-    /// @dev |q| * f / 1e18 rounded down (f in (0, 1e18)).
-    function _mulDownAbs(int256 q, int256 f) private pure returns (int256) {
-        int256 a = q < 0 ? -q : q;
-        return (a * f) / WAD;
-    }
-
-    /// @dev The magnitude rounded down to LOT, with q's sign.
-    function _towardZeroLot(int256 magnitude, int256 q) private pure returns (int256) {
-        int256 m = magnitude - (magnitude % LOT);
-        return q < 0 ? -m : m;
-    }
-
     function _floorTick(int256 p) private pure returns (int256) {
         return p - (p % TICK); // p >= 0
-    }
-
-    function _ceilTick(int256 p) private pure returns (int256) {
-        int256 r = p % TICK;
-        return r == 0 ? p : p + (TICK - r);
     }
 }

@@ -4,7 +4,6 @@ pragma solidity 0.8.30;
 import {
     PortfolioMargin, Portfolio, Position, Market, RiskParams, MarginResult
 } from "./margin/PortfolioMargin.sol";
-import {OptionPricing} from "./margin/OptionPricing.sol";
 
 /// @title MarginVerifier
 /// @notice The portfolio-margin verifier as a stateless contract, so the clearing house stays
@@ -29,16 +28,14 @@ contract MarginVerifier {
     }
 
     /// @notice The witness check plus the mark (V0) of every position, which a liquidation
-    /// needs to hand positions over at mark (priced again here: the model's witness check does
-    /// not return its V0s).
+    /// needs to hand positions over at mark: the V0s the witness pass priced (one pass).
     function witnessCheckWithMarks(
         Portfolio memory pf,
         Market memory m,
         bytes calldata params,
         uint256[] memory witness
     ) external pure returns (MarginResult memory r, int256[] memory marks) {
-        r = PortfolioMargin.witnessCheck(pf, m, abi.decode(params, (RiskParams)), witness);
-        marks = _marks(pf, m);
+        return PortfolioMargin.witnessCheckWithMarks(pf, m, abi.decode(params, (RiskParams)), witness);
     }
 
     /// @notice Reverts with the model's named error unless `params` is a valid parameter set;
@@ -72,20 +69,5 @@ contract MarginVerifier {
         p.underlyings[u].priceRange = priceRange;
         p.underlyings[u].volShiftBase = volShiftBase;
         return abi.encode(p);
-    }
-
-    function _marks(Portfolio memory pf, Market memory m) private pure returns (int256[] memory marks) {
-        uint256 n = pf.positions.length;
-        marks = new int256[](n);
-        for (uint256 i; i < n; ++i) {
-            Position memory q = pf.positions[i];
-            int256 spot = m.spots[q.underlying];
-            if (q.kind == PortfolioMargin.FUTURE) {
-                marks[i] = spot;
-            } else {
-                uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
-                marks[i] = OptionPricing.price(q.kind == PortfolioMargin.CALL, spot, q.strike, tau, m.vols[q.underlying], m.rate);
-            }
-        }
     }
 }

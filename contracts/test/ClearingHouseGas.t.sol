@@ -113,6 +113,29 @@ abstract contract ClearingHouseGasBase is ClearingHouseFixture {
         _record("liquidate", g - gasleft());
     }
 
+    /// The same liquidation as a running protocol pays it in its own transaction: the account's,
+    /// the backstop's and the feeds' storage cold (test_gas_liquidate reads the account's
+    /// portfolio first, which warms it), and the insurance fund, the liquidator's bounty and
+    /// totalBounties already non-zero (a first liquidation of 2% made them so; a fresh
+    /// deployment pays ~17k more for each of those three zero -> non-zero writes).
+    function test_gas_liquidate_steadyCold() public {
+        uint64 nonce = _underwater();
+        uint256[] memory wit = w;
+        usdc.mint(address(this), 1000e6);
+        usdc.approve(address(ch), 1000e6);
+        ch.depositInsurance(1000e6);
+        vm.prank(LIQ);
+        ch.liquidate(x, nonce, wit, 2e16); // (1% would empty the backstop's +1% and re-create the slots)
+        nonce = nonceOf(x);
+        vm.cool(address(ch));
+        vm.cool(address(ethFeed));
+        vm.cool(address(ethVol));
+        vm.prank(LIQ);
+        uint256 g = gasleft();
+        ch.liquidate(x, nonce, wit, 5e17);
+        _record("liquidate_steadyCold", g - gasleft());
+    }
+
     function test_gas_settle() public {
         vm.warp(expiry);
         refreshFeeds();

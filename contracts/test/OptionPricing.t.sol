@@ -26,6 +26,10 @@ contract OptionPricingProbe {
         return OptionPricing.price(c, s, k, t, v, r);
     }
 
+    function modelPrice(bool c, int256 s, int256 k, uint256 t, int256 v, int256 r) external pure returns (int256) {
+        return OptionPricing.modelPrice(c, s, k, t, v, r);
+    }
+
     function priceBlack76(bool c, int256 f, int256 k, uint256 t, int256 v, int256 r) external pure returns (int256) {
         return OptionPricing.priceBlack76(c, f, k, t, v, r);
     }
@@ -34,12 +38,31 @@ contract OptionPricingProbe {
         return OptionPricing.d1d2(s, k, t, v, r);
     }
 
-    function pricePair(bool c, int256 s, int256 sw, int256 k, uint256 t, int256 v, int256 vw, int256 r)
+    function pricePair(bool c, int256 s, int256 sw, int256 k, uint256 t, int256 v, int256 vw, int256 r, int256 ln)
         external
         pure
         returns (int256, int256)
     {
-        return OptionPricing.pricePair(c, s, sw, k, t, v, vw, r);
+        return OptionPricing.pricePair(c, s, sw, k, t, v, vw, r, ln);
+    }
+
+    /// lnRatio(a, b), or 0 where it is undefined (a pair or price fails on its inputs before
+    /// using it there).
+    function ln(int256 a, int256 b) external pure returns (int256) {
+        return _ln(a, b);
+    }
+
+    /// The pair's second price: modelPriceLn at sw with ln(sw/k) = lnRatio(s, k) + lnRatio(sw, s).
+    function movedPrice(bool c, int256 s, int256 sw, int256 k, uint256 t, int256 vw, int256 r)
+        external
+        pure
+        returns (int256)
+    {
+        return OptionPricing.modelPriceLn(c, sw, k, t, vw, r, _ln(s, k) + _ln(sw, s));
+    }
+
+    function _ln(int256 a, int256 b) private pure returns (int256) {
+        return a > 0 && b > 0 && a <= 2e31 && b <= 2e31 ? OptionPricing.lnRatio(a, b) : int256(0);
     }
 }
 
@@ -145,14 +168,15 @@ contract OptionPricingTest is TestBase {
         assertTrue(s * s <= var36 && (s + 1) * (s + 1) > var36, "isqrt is the floor root");
     }
 
-    /// @notice pricePair == (price(spot, vol), price(spotW, volW)): same integers, and on failure
+    /// @notice pricePair == (modelPrice(spot, vol), modelPriceLn(spotW, volW, ln(spot/K) + ln(spotW/spot))):
+    /// same integers, and on failure
     /// the revert data of the first failing call. Inputs in the domain, or (from `mode`) raw.
     function testFuzz_pricePair_is_two_prices(bool isCall, int256[7] memory x, uint8 mode) public view {
         if (mode & 1 == 0) _pairInputs(x, mode & 2 == 0);
         // forge-lint: disable-next-line(unsafe-typecast)
         else if (mode & 2 == 0) x[3] = x[3] % int256(6 * YEAR); // tau near the bound, else mostly out of range
-        (bool ok0, bytes memory r0) = _price(isCall, x[0], x[2], x[3], x[4], x[6]);
-        (bool okW, bytes memory rW) = _price(isCall, x[1], x[2], x[3], x[5], x[6]);
+        (bool ok0, bytes memory r0) = _modelPrice(isCall, x[0], x[2], x[3], x[4], x[6]);
+        (bool okW, bytes memory rW) = _movedPrice(isCall, x);
         (bool ok, bytes memory rp) = _pair(isCall, x);
         assertTrue(ok == (ok0 && okW), "fails iff one of the prices fails");
         if (!ok0) {
@@ -183,10 +207,76 @@ contract OptionPricingTest is TestBase {
         return address(c).staticcall(abi.encodeCall(c.price, (isCall, s, k, uint256(t), v, r)));
     }
 
+    function _modelPrice(bool isCall, int256 s, int256 k, int256 t, int256 v, int256 r)
+        private
+        view
+        returns (bool, bytes memory)
+    {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return address(c).staticcall(abi.encodeCall(c.modelPrice, (isCall, s, k, uint256(t), v, r)));
+    }
+
+    /// @notice modelPrice is price wherever price prices; where the underlying alone leaves the
+    /// accuracy domain (0 < spot < MIN_PRICE or strike > 1e7 * spot) it is the discounted
+    /// intrinsic value, and every other input fails with price's error.
+    function testFuzz_modelPrice(bool isCall, int256 s0, int256 k0, uint256 t0, int256 v0, int256 r0, uint8 mode)
+        public
+        view
+    {
+        (int256 s, int256 k, uint256 t, int256 v, int256 r) = _inputs(s0, k0, t0, v0, r0);
+        // mode 1: a crashed spot, below MIN_PRICE or beyond the moneyness cap
+        if (mode % 3 == 1) s = bound(s0, 1, k / 1e7 > 1 ? k / 1e7 - 1 : int256(1));
+        // forge-lint: disable-next-line(unsafe-typecast)
+        if (mode % 3 == 2) (s, k, t) = (s0, k0, t0 % (6 * YEAR)); // raw
+        _checkModel(isCall, s, k, t, v, r);
+    }
+
+    function _checkModel(bool isCall, int256 s, int256 k, uint256 t, int256 v, int256 r) private view {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        (bool okP, bytes memory rP) = _price(isCall, s, k, int256(t), v, r);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        (bool okM, bytes memory rM) = _modelPrice(isCall, s, k, int256(t), v, r);
+        if (okP) {
+            assertTrue(okM && keccak256(rM) == keccak256(rP), "price inside the domain");
+            return;
+        }
+        bool crashed = s > 0 && s <= 1e30 && k >= 1e10 && k <= 1e30 && (s < 1e10 || k > s * 1e7);
+        bool restOk = t <= 5 * YEAR && v >= 0 && v <= 10e18 && r >= -0.5e18 && r <= 0.5e18;
+        if (!(crashed && restOk)) {
+            assertTrue(!okM, "fails outside");
+            return;
+        }
+        assertTrue(okM, "defined where only the underlying left the domain");
+        int256 kd = k * OptionPricing.discountFactor(t, r) / WAD;
+        int256 intrinsic = isCall ? s - kd : kd - s;
+        assertEq(abi.decode(rM, (int256)), intrinsic > 0 ? intrinsic : int256(0), "intrinsic");
+    }
+
+    function test_modelPrice_crash_values() public view {
+        // strike 1800, spot 1e-4 (K/S = 1.8e7): price reverts, the model prices intrinsic.
+        (bool ok,) = _price(true, 1e14, 1800e18, 30 days, 1e18, 0);
+        assertTrue(!ok, "price: MoneynessOutOfRange");
+        assertEq(OptionPricing.modelPrice(true, 1e14, 1800e18, 30 days, 1e18, 0), 0, "call");
+        assertEq(OptionPricing.modelPrice(false, 1e14, 1800e18, 30 days, 1e18, 0), 1800e18 - 1e14, "put");
+        // a scenario spot below MIN_PRICE (1e-8)
+        assertEq(OptionPricing.modelPrice(false, 5e9, 1e10, 30 days, 1e18, 0), 5e9, "put, spot < MIN_PRICE");
+        assertEq(OptionPricing.modelPrice(true, 5e9, 1e10, 0, 1e18, 0), 0, "call, spot < MIN_PRICE");
+        (ok,) = _modelPrice(true, 0, 1e10, 30 days, 1e18, 0);
+        assertTrue(!ok, "spot 0 still fails");
+    }
+
+    function _movedPrice(bool isCall, int256[7] memory x) private view returns (bool, bytes memory) {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        bytes memory head = abi.encode(isCall, x[0], x[1], x[2], uint256(x[3]));
+        return address(c).staticcall(bytes.concat(c.movedPrice.selector, head, abi.encode(x[5], x[6])));
+    }
+
     function _pair(bool isCall, int256[7] memory x) private view returns (bool, bytes memory) {
         // forge-lint: disable-next-line(unsafe-typecast)
         bytes memory head = abi.encode(isCall, x[0], x[1], x[2], uint256(x[3]));
-        return address(c).staticcall(bytes.concat(c.pricePair.selector, head, abi.encode(x[4], x[5], x[6])));
+        // the caller's lnMove = lnRatio(spotW, spot), computed once per underlying by the model
+        int256 lnMove = c.ln(x[1], x[0]);
+        return address(c).staticcall(bytes.concat(c.pricePair.selector, head, abi.encode(x[4], x[5], x[6], lnMove)));
     }
 
     function testFuzz_bounds_and_parity(int256 s0, int256 k0, uint256 t0, int256 v0, int256 r0) public pure {

@@ -16,6 +16,44 @@ contract PricingHarness is Batchable {
         return OptionPricing.price(isCall, spot, strike, tau, vol, rate);
     }
 
+    function modelPrice(bool isCall, int256 spot, int256 strike, uint256 tau, int256 vol, int256 rate)
+        external
+        pure
+        returns (int256)
+    {
+        return OptionPricing.modelPrice(isCall, spot, strike, tau, vol, rate);
+    }
+
+    function pricePair(
+        bool isCall,
+        int256 spot,
+        int256 spotW,
+        int256 strike,
+        uint256 tau,
+        int256 vol,
+        int256 volW,
+        int256 rate,
+        int256 lnMove
+    ) external pure returns (int256, int256) {
+        return OptionPricing.pricePair(isCall, spot, spotW, strike, tau, vol, volW, rate, lnMove);
+    }
+
+    function modelPriceLn(
+        bool isCall,
+        int256 spot,
+        int256 strike,
+        uint256 tau,
+        int256 vol,
+        int256 rate,
+        int256 lnSK
+    ) external pure returns (int256) {
+        return OptionPricing.modelPriceLn(isCall, spot, strike, tau, vol, rate, lnSK);
+    }
+
+    function lnRatio(int256 a, int256 b) external pure returns (int256) {
+        return OptionPricing.lnRatio(a, b);
+    }
+
     function priceBlack76(bool isCall, int256 forward, int256 strike, uint256 tau, int256 vol, int256 rate)
         external
         pure

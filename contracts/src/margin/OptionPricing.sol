@@ -32,6 +32,9 @@ error ZeroSigmaSqrtTau(uint256 tau, int256 vol);
 /// tau <= MAX_TAU (5 years); vol in [0, MAX_VOL] (0..1000%); |rate| <= MAX_RATE (50%).
 /// Accuracy against mpmath: within 1e-9 * spot (forward) over that whole domain; largest error
 /// found 1.6e-10 * spot (tests/test_pricing_accuracy.py).
+/// The margin model prices with modelPrice (and pricePair): price's integers inside that domain,
+/// the discounted intrinsic value where the spot alone leaves it (0 < spot < MIN_PRICE, or
+/// strike > MAX_STRIKE_RATIO * spot), so a crash cannot make a margin check revert.
 /// Gas of one price as an internal call (contracts/snapshots/OptionPricingGas.json): ~4,000 ATM
 /// (one exp, one ln, one isqrt, two cdf), ~3,550 with rate 0 (no exp), ~2,800 far from the money
 /// (cdf cut-offs), ~1,200-1,600 expired or zero vol.
@@ -77,9 +80,69 @@ library OptionPricing {
         }
     }
 
-    /// @notice (price(isCall, spot, strike, tau, vol, rate), price(isCall, spotW, strike, tau,
-    /// volW, rate)): the same two integers and, on failure, the same first error as the two calls
-    /// in that order, for less gas. The second price shares the checks of strike, tau and rate,
+    /// @notice The margin model's price: `price` inside its domain, and a defined value (never a
+    /// revert) when the underlying alone leaves the accuracy domain, which a crash can do to any
+    /// book: for 0 < spot < MIN_PRICE or strike > MAX_STRIKE_RATIO * spot, the discounted
+    /// intrinsic value max(S - KD, 0) (call), max(KD - S, 0) (put), the zero-vol limit the
+    /// degenerate case already uses. Any arbitrage-free price lies within S of it (a call in
+    /// [0, S], a put in [KD - S, KD]), and there S < 1e-8 (absolute, in WAD units 1e10) or
+    /// S < K * 1e-7. Errors, in this order: SpotOutOfRange (spot <= 0 or > MAX_PRICE),
+    /// StrikeOutOfRange, then tau, vol and rate as in price. (margin/pricing.py:
+    /// option_model_price.)
+    function modelPrice(bool isCall, int256 spot, int256 strike, uint256 tau, int256 vol, int256 rate)
+        internal
+        pure
+        returns (int256)
+    {
+        _checkModelUnderlying(spot, strike);
+        _checkTauVolRate(tau, vol, rate);
+        unchecked {
+            int256 rt = _rateTime(tau, rate);
+            int256 kd = (strike * _discount(rt)) / WAD; // < 1.3e49 before the division
+            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+            // _priceFrom written out (one call frame less per scenario price of a full check)
+            if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
+            return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
+        }
+    }
+
+    /// @notice modelPrice with ln(spot / strike) supplied as lnSK, which replaces the price's own
+    /// lnRatio(spot, strike) (used only inside the accuracy domain; checks, errors and the
+    /// intrinsic branch unchanged). The margin model prices a scenario spot S' of a market spot S
+    /// with lnSK = lnRatio(S, K) + lnRatio(S', S): one ln per option and one per scenario of an
+    /// underlying, instead of one per option and scenario. (margin/pricing.py:
+    /// option_model_price with ln_sk.)
+    function modelPriceLn(
+        bool isCall,
+        int256 spot,
+        int256 strike,
+        uint256 tau,
+        int256 vol,
+        int256 rate,
+        int256 lnSK
+    ) internal pure returns (int256) {
+        _checkModelUnderlying(spot, strike);
+        _checkTauVolRate(tau, vol, rate);
+        unchecked {
+            int256 rt = _rateTime(tau, rate);
+            int256 kd = (strike * _discount(rt)) / WAD; // < 1.3e49 before the division
+            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+            if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
+            // |lnSK| < 2 * ln(1.1e31 / 1e8) < 110e18 (the model's spots and strikes): m + h < 400e18.
+            return _core(isCall, spot, kd, lnSK + rt, sst, halfVar);
+        }
+    }
+
+    /// @notice ln(a / b) in WAD exactly as the prices compute it, for 0 < a, b <= 1.1e31 (the
+    /// quotient max/min >= 1e18 is floored, then lnWad): never reverts there.
+    function lnRatio(int256 a, int256 b) internal pure returns (int256) {
+        return _lnRatio(a, b);
+    }
+
+    /// @notice (modelPrice(isCall, spot, strike, tau, vol, rate), modelPriceLn(isCall, spotW,
+    /// strike, tau, volW, rate, lnRatio(spot, strike) + lnMove)): the same two integers and, on
+    /// failure, the same first error as the two calls in that order, for less gas. lnMove is
+    /// lnRatio(spotW, spot), computed once per underlying by the caller. The second price shares the checks of strike, tau and rate,
     /// r*tau and the discounted strike (one exp instead of two). The first
     /// price cannot fail once its checks pass, so checking spotW and volW after computing it or
     /// before gives the same first error. (margin/pricing.py: option_price_pair.)
@@ -91,32 +154,38 @@ library OptionPricing {
         uint256 tau,
         int256 vol,
         int256 volW,
-        int256 rate
+        int256 rate,
+        int256 lnMove
     ) internal pure returns (int256 v0, int256 vw) {
-        _checkUnderlying(spot, strike, false);
+        _checkModelUnderlying(spot, strike);
         _checkTauVolRate(tau, vol, rate);
         // The second call's checks, in its order; those of strike, tau and rate passed above.
-        _checkUnderlying(spotW, strike, false);
+        _checkModelUnderlying(spotW, strike);
         if (volW < 0 || volW > MAX_VOL) revert VolOutOfRange(volW);
         unchecked {
-            rate = _rateTime(tau, rate); // rt from here on (the slot is reused: stack depth)
-            int256 kd = (strike * _discount(rate)) / WAD; // < 1.3e49 before the division
+            // m = ln(F/K) = ln(S/K) + rt from here on (the slot is reused: stack depth)
+            int256 kd = _rateTime(tau, rate);
+            rate = _lnRatio(spot, strike) + kd;
+            kd = (strike * _discount(kd)) / WAD; // < 1.3e49 before the division
             (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
             v0 = _priceFrom(isCall, spot, strike, kd, rate, sst, halfVar);
             if (volW != vol) (sst, halfVar) = _sigmaSqrtTauHalfVar(tau, volW);
-            vw = _priceFrom(isCall, spotW, strike, kd, rate, sst, halfVar);
+            vw = _priceFrom(isCall, spotW, strike, kd, rate + lnMove, sst, halfVar);
         }
     }
 
-    /// @dev price's computation after its checks, from rt, kd, sigma*sqrt(tau) and sigma^2*tau/2.
-    function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 rt, int256 sst, int256 halfVar)
+    /// @dev modelPriceLn's computation after its checks, from kd, m = ln(spot/strike) + rt,
+    /// sigma*sqrt(tau) and sigma^2*tau/2: the intrinsic value outside the accuracy domain (spot
+    /// below MIN_PRICE, or strike above MAX_STRIKE_RATIO * spot; spot <= 1.1e31, so the product
+    /// < 1.1e38), else price's.
+    function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 m, int256 sst, int256 halfVar)
         private
         pure
         returns (int256)
     {
         unchecked {
-            if (sst == 0) return _intrinsic(isCall, spot, kd);
-            return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
+            if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
+            return _core(isCall, spot, kd, m, sst, halfVar);
         }
     }
 
@@ -182,6 +251,12 @@ library OptionPricing {
         unchecked {
             if (strike > underlying * MAX_STRIKE_RATIO) revert MoneynessOutOfRange(underlying, strike);
         }
+    }
+
+    /// @dev modelPrice's domain: 0 < spot <= MAX_PRICE, strike in [MIN_PRICE, MAX_PRICE].
+    function _checkModelUnderlying(int256 spot, int256 strike) private pure {
+        if (spot <= 0 || spot > MAX_PRICE) revert SpotOutOfRange(spot);
+        if (strike < MIN_PRICE || strike > MAX_PRICE) revert StrikeOutOfRange(strike);
     }
 
     function _checkTauVolRate(uint256 tau, int256 vol, int256 rate) private pure {

@@ -420,6 +420,53 @@ library PortfolioMargin {
         }
     }
 
+    /// @dev volShift(up, tau) through a one-entry cache per underlying (cache[4u] = tau + 1, 0 when
+    /// empty; cache[4u + 1] = the shift, >= 0; words 4u + 2, 4u + 3 are _cachedLnMove's): options of one expiry share tau, so a book of one
+    /// expiry pays one ln and one exp per underlying. The same integer (a pure function of up and
+    /// tau) and the same first error (a cached tau already computed without one).
+    function _cachedShift(UnderlyingParams memory up, uint256 u, uint256 tau, uint256[] memory cache)
+        private
+        pure
+        returns (int256 shift)
+    {
+        // u < nU (validated) and cache has 4 * nU words: the entry at 0x20 + 128u is in bounds.
+        bool hit;
+        assembly ("memory-safe") {
+            let e := add(add(cache, 0x20), shl(7, u))
+            hit := eq(mload(e), add(tau, 1))
+            shift := mload(add(e, 0x20))
+        }
+        if (hit) return shift;
+        shift = volShift(up, tau);
+        assembly ("memory-safe") {
+            let e := add(add(cache, 0x20), shl(7, u))
+            mstore(e, add(tau, 1))
+            mstore(add(e, 0x20), shift)
+        }
+    }
+
+    /// @dev OptionPricing.lnRatio(shocked, spot) of underlying u, computed once (cache[4u + 2] = 1
+    /// once set, cache[4u + 3] = the value): the witness names one scenario per underlying.
+    function _cachedLnMove(int256 shocked, int256 spot, uint256 u, uint256[] memory cache)
+        private
+        pure
+        returns (int256 lnMove)
+    {
+        bool hit;
+        assembly ("memory-safe") {
+            let e := add(add(cache, 0x60), shl(7, u))
+            hit := mload(e)
+            lnMove := mload(add(e, 0x20))
+        }
+        if (hit) return lnMove;
+        lnMove = OptionPricing.lnRatio(shocked, spot);
+        assembly ("memory-safe") {
+            let e := add(add(cache, 0x60), shl(7, u))
+            mstore(e, 1)
+            mstore(add(e, 0x20), lnMove)
+        }
+    }
+
     function _volFor(UnderlyingParams memory u, int256 vol, int256 shift, uint8 state) private pure returns (int256) {
         if (state == VOL_UP) {
             int256 up = vol + shift;
@@ -454,9 +501,12 @@ library PortfolioMargin {
         }
 
         int256 equity;
+        uint256[] memory shiftCache = new uint256[](4 * nU);
+        int256[][] memory lnMoves = _lnMoves(pf, m, p, shocked);
         for (uint256 i; i < pf.positions.length; ++i) {
             Position memory q = pf.positions[i];
-            int256 v0 = _accumulateFull(q, m, p.underlyings[q.underlying], shocked[q.underlying], acc[q.underlying]);
+            uint256 u = q.underlying;
+            int256 v0 = _accumulateFull(q, m, p.underlyings[u], shocked[u], acc[u], shiftCache, lnMoves[u]);
             equity += q.quantity.mulDown(v0 - q.entryPrice);
         }
         equity += _collateralFull(pf, m, p, shocked, acc);
@@ -467,6 +517,30 @@ library PortfolioMargin {
             (r.losses[u], r.witness[u]) = _worst(acc[u], p.underlyings[u]);
         }
         _finish(r, pf, m, p, equity);
+    }
+
+    /// @dev lnRatio(S'_j, S) for every scenario j of each underlying that has an option (empty
+    /// for the others): the scenario prices take ln(S'_j / K) as ln(S/K) + this. S'_j >= S / 100
+    /// >= 1e8 and <= 1.1e31: never reverts.
+    function _lnMoves(Portfolio memory pf, Market memory m, RiskParams memory p, int256[][] memory shocked)
+        private
+        pure
+        returns (int256[][] memory ln)
+    {
+        ln = new int256[][](shocked.length);
+        for (uint256 i; i < pf.positions.length; ++i) {
+            Position memory q = pf.positions[i];
+            uint256 u = q.underlying;
+            if (q.kind == FUTURE || ln[u].length != 0) continue;
+            int256[] memory sh = shocked[u];
+            int256[] memory l = new int256[](sh.length);
+            uint256 regular = sh.length - p.underlyings[u].extended.length;
+            for (uint256 j; j < sh.length; ++j) {
+                // the three vol states of a regular move share its spot (shockedSpots): one ln
+                l[j] = j < regular && j % 3 != 0 ? l[j - 1] : OptionPricing.lnRatio(sh[j], m.spots[u]);
+            }
+            ln[u] = l;
+        }
     }
 
     /// @dev The largest weighted scenario loss of one underlying and its lowest index.
@@ -495,7 +569,9 @@ library PortfolioMargin {
         Market memory m,
         UnderlyingParams memory up,
         int256[] memory sh,
-        int256[] memory a
+        int256[] memory a,
+        uint256[] memory shiftCache,
+        int256[] memory lnMoves
     ) private pure returns (int256 v0) {
         int256 spot = m.spots[q.underlying];
         int256 qty = q.quantity;
@@ -517,11 +593,13 @@ library PortfolioMargin {
         c.qty = qty;
         // Order of work (mirrored for the errors): the shift, V0, then V_j by index.
         int256 vol = m.vols[q.underlying];
-        int256 shift = volShift(up, c.tau);
+        int256 shift = _cachedShift(up, q.underlying, c.tau, shiftCache);
         int256[3] memory vols = [_volFor(up, vol, shift, VOL_DOWN), vol, _volFor(up, vol, shift, VOL_UP)];
-        v0 = OptionPricing.price(c.isCall, spot, c.strike, c.tau, vol, c.rate);
+        // ln(S/K) once per option (strike in (0, 1e30], spot >= 1e10: cannot revert), V0 with it.
+        c.lnSK = OptionPricing.lnRatio(spot, c.strike);
+        v0 = OptionPricing.modelPriceLn(c.isCall, spot, c.strike, c.tau, vol, c.rate, c.lnSK);
         c.v0 = v0;
-        _optionScenarios(c, up.extended, vols, sh, a);
+        _optionScenarios(c, up.extended, vols, sh, a, lnMoves);
     }
 
     /// @dev Per-option constants of the scenario loop (a struct keeps the stack shallow).
@@ -532,6 +610,7 @@ library PortfolioMargin {
         int256 rate;
         int256 qty;
         int256 v0;
+        int256 lnSK;
     }
 
     function _optionScenarios(
@@ -539,20 +618,24 @@ library PortfolioMargin {
         ExtendedMove[] memory ext,
         int256[3] memory vols,
         int256[] memory sh,
-        int256[] memory a
+        int256[] memory a,
+        int256[] memory lnMoves
     ) private pure {
         uint256 regular = sh.length - ext.length;
         uint256 center = regular / 2; // 3n + 1
         for (uint256 j; j < a.length; ++j) {
             if (j == center) continue; // V_center == V0
-            int256 pj = OptionPricing.price(
-                c.isCall, sh[j], c.strike, c.tau, vols[j < regular ? j % 3 : ext[j - regular].volState], c.rate
-            );
+            int256 pj = _scenarioPrice(c, sh[j], vols[j < regular ? j % 3 : ext[j - regular].volState], lnMoves[j]);
             // Prices are within [0, 1e30] (the pricing domain), |qty| <= 1e30: no wrap.
             unchecked {
                 a[j] += c.qty * (pj - c.v0);
             }
         }
+    }
+
+    /// @dev The option's price at scenario spot sj and vol: ln(sj / K) = ln(S/K) + ln(sj / S).
+    function _scenarioPrice(OptionCtx memory c, int256 sj, int256 vol, int256 lnMove) private pure returns (int256) {
+        return OptionPricing.modelPriceLn(c.isCall, sj, c.strike, c.tau, vol, c.rate, c.lnSK + lnMove);
     }
 
     function _collateralFull(
@@ -604,6 +687,28 @@ library PortfolioMargin {
         pure
         returns (MarginResult memory r)
     {
+        (r,) = _witnessCheck(pf, m, p, witness, false);
+    }
+
+    /// @notice witnessCheck, plus the mark V0 of every position (spot for a future, the option's
+    /// Black-Scholes price at the market) as its equity term used it: one pricing pass serves the
+    /// check and a liquidation's hand-over prices.
+    function witnessCheckWithMarks(Portfolio memory pf, Market memory m, RiskParams memory p, uint256[] memory witness)
+        internal
+        pure
+        returns (MarginResult memory r, int256[] memory marks)
+    {
+        return _witnessCheck(pf, m, p, witness, true);
+    }
+
+    /// @dev The witness check; the marks only when asked (empty otherwise).
+    function _witnessCheck(
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        uint256[] memory witness,
+        bool withMarks
+    ) private pure returns (MarginResult memory r, int256[] memory marks) {
         validateParams(p);
         validateMarket(m, p);
         validatePortfolio(pf, p);
@@ -611,24 +716,9 @@ library PortfolioMargin {
         if (witness.length != nU) revert WitnessLengthMismatch(nU, witness.length);
         (int256[] memory shockedW, uint256[] memory stateW, int256[] memory weightW) = _plan(m, p, witness);
         int256[] memory acc = new int256[](nU);
-        int256 equity;
-        for (uint256 i; i < pf.positions.length; ++i) {
-            Position memory q = pf.positions[i];
-            uint256 u = q.underlying;
-            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc);
-            equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
-        }
-        for (uint256 k; k < p.assets.length; ++k) {
-            AssetParams memory ap = p.assets[k];
-            int256 e = _haircut(pf.collateral[k], ap.haircut);
-            if (ap.underlying == STABLE) {
-                equity += e;
-                continue;
-            }
-            int256 spot = m.spots[ap.underlying];
-            equity += e.mulDown(spot);
-            acc[ap.underlying] += e * (shockedW[ap.underlying] - spot);
-        }
+        marks = new int256[](withMarks ? pf.positions.length : 0);
+        int256 equity = _witnessPositions(pf, m, p, stateW, shockedW, acc, marks);
+        equity += _witnessCollateral(pf, m, p, shockedW, acc);
 
         r.losses = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
@@ -641,6 +731,51 @@ library PortfolioMargin {
         }
         r.witness = witness;
         _finish(r, pf, m, p, equity);
+    }
+
+    /// @dev The collateral's equity (after haircuts) and, for volatile assets, their move in the
+    /// named scenario into acc.
+    function _witnessCollateral(
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        int256[] memory shockedW,
+        int256[] memory acc
+    ) private pure returns (int256 equity) {
+        for (uint256 k; k < p.assets.length; ++k) {
+            AssetParams memory ap = p.assets[k];
+            int256 e = _haircut(pf.collateral[k], ap.haircut);
+            if (ap.underlying == STABLE) {
+                equity += e;
+                continue;
+            }
+            int256 spot = m.spots[ap.underlying];
+            equity += e.mulDown(spot);
+            acc[ap.underlying] += e * (shockedW[ap.underlying] - spot);
+        }
+    }
+
+    /// @dev Every position into acc (its named scenario's q * (V_w - V0)); returns the
+    /// positions' equity and writes their marks V0 into marks unless it is empty.
+    function _witnessPositions(
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        uint256[] memory stateW,
+        int256[] memory shockedW,
+        int256[] memory acc,
+        int256[] memory marks
+    ) private pure returns (int256 equity) {
+        uint256 n = pf.positions.length;
+        bool withMarks = marks.length != 0;
+        uint256[] memory shiftCache = new uint256[](4 * stateW.length);
+        for (uint256 i; i < n; ++i) {
+            Position memory q = pf.positions[i];
+            uint256 u = q.underlying;
+            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc, shiftCache);
+            if (withMarks) marks[i] = v0;
+            equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
+        }
     }
 
     /// @dev The named scenario of each underlying: shocked spot, vol state (3 marks the center
@@ -698,7 +833,8 @@ library PortfolioMargin {
         UnderlyingParams memory up,
         uint256 state,
         int256 shockedSpot,
-        int256[] memory acc
+        int256[] memory acc,
+        uint256[] memory shiftCache
     ) private pure returns (int256 v0) {
         int256 spot = m.spots[q.underlying];
         if (q.kind == FUTURE) {
@@ -708,34 +844,51 @@ library PortfolioMargin {
             return spot;
         }
         // Same order of work as the full check: the shift (only if the state needs it), V0, V_w.
-        (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state);
+        (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state, shiftCache);
         if (state == 3) return _price(q, spot, tau, volW, m.rate); // the center: no move, no loss
         int256 pw;
-        (v0, pw) = _pricePair(q, m, shockedSpot, tau, volW);
+        (v0, pw) = _pricePair(q, m, shockedSpot, tau, volW, shiftCache);
         unchecked {
             acc[q.underlying] += q.quantity * (pw - v0); // bounded: no wrap
         }
     }
 
-    function _witnessTauVol(Position memory q, Market memory m, UnderlyingParams memory up, uint256 state)
-        private
-        pure
-        returns (uint256 tau, int256 volW)
-    {
+    function _witnessTauVol(
+        Position memory q,
+        Market memory m,
+        UnderlyingParams memory up,
+        uint256 state,
+        uint256[] memory shiftCache
+    ) private pure returns (uint256 tau, int256 volW) {
         tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
         volW = m.vols[q.underlying];
-        // forge-lint: disable-next-line(unsafe-typecast)
-        if (state == VOL_UP || state == VOL_DOWN) volW = _volFor(up, volW, volShift(up, tau), uint8(state));
+        if (state == VOL_UP || state == VOL_DOWN) {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            volW = _volFor(up, volW, _cachedShift(up, q.underlying, tau, shiftCache), uint8(state));
+        }
     }
 
     /// @dev (V0, V_w) of an option: its mark, then its price in the named scenario.
-    function _pricePair(Position memory q, Market memory m, int256 shockedSpot, uint256 tau, int256 volW)
-        private
-        pure
-        returns (int256, int256)
-    {
-        uint256 u = q.underlying;
-        return OptionPricing.pricePair(q.kind == CALL, m.spots[u], shockedSpot, q.strike, tau, m.vols[u], volW, m.rate);
+    function _pricePair(
+        Position memory q,
+        Market memory m,
+        int256 shockedSpot,
+        uint256 tau,
+        int256 volW,
+        uint256[] memory shiftCache
+    ) private pure returns (int256, int256) {
+        int256 lnMove = _cachedLnMove(shockedSpot, m.spots[q.underlying], q.underlying, shiftCache);
+        return OptionPricing.pricePair(
+            q.kind == CALL,
+            m.spots[q.underlying],
+            shockedSpot,
+            q.strike,
+            tau,
+            m.vols[q.underlying],
+            volW,
+            m.rate,
+            lnMove
+        );
     }
 
     function _price(Position memory q, int256 spot, uint256 tau, int256 vol, int256 rate)
@@ -743,7 +896,7 @@ library PortfolioMargin {
         pure
         returns (int256)
     {
-        return OptionPricing.price(q.kind == CALL, spot, q.strike, tau, vol, rate);
+        return OptionPricing.modelPrice(q.kind == CALL, spot, q.strike, tau, vol, rate);
     }
 
     // ------------------------------------------------------------------ common tail
@@ -810,13 +963,22 @@ library PortfolioMargin {
             calldatacopy(tabS, calldatasize(), size) // zeroed: memory past the pointer may be dirty
             mstore(0x40, add(tabS, size))
             let ts := mload(m)
+            // sqrt(tau in years) of the last option's expiry: a book's options share few expiries,
+            // so most options reuse it (the same integer: a function of expiry and ts only).
+            let lastExpiry := not(0) // no expiry is 2^256 - 1 (expiry < 2^64)
+            let lastRoot := 0
             for { let i := 0 } lt(i, n) { i := add(i, 1) } {
                 let q := mload(add(add(ps, 0x20), shl(5, i)))
                 let kind := mload(add(q, 0x20))
                 let amount := mload(add(q, 0x80))
                 if kind {
                     _insert(tabS, bits, or(or(shl(200, mload(q)), shl(192, kind)), mload(add(q, 0x40))), amount)
-                    amount := _vega(amount, mload(add(q, 0x60)), ts)
+                    let expiry := mload(add(q, 0x60))
+                    if iszero(eq(expiry, lastExpiry)) {
+                        lastExpiry := expiry
+                        lastRoot := _rootYears(expiry, ts)
+                    }
+                    amount := _mulDownWad(amount, lastRoot)
                 }
                 _insert(tabE, bits, or(or(shl(200, mload(q)), shl(192, add(1, iszero(iszero(kind))))), mload(add(q, 0x60))), amount)
             }
@@ -885,11 +1047,16 @@ library PortfolioMargin {
                 }
             }
 
-            /// mulDown(q, sqrtDown(mulDivDown(tau, 1e18, YEAR))), tau = max(expiry - now, 0).
-            function _vega(q, expiry, now) -> v {
+            /// sqrtDown(mulDivDown(tau, 1e18, YEAR)), tau = max(expiry - now, 0).
+            function _rootYears(expiry, now) -> root {
                 let tau := 0
                 if gt(expiry, now) { tau := sub(expiry, now) }
-                let z := mul(q, _isqrtFloor(mul(div(mul(tau, 1000000000000000000), 31536000), 1000000000000000000)))
+                root := _isqrtFloor(mul(div(mul(tau, 1000000000000000000), 31536000), 1000000000000000000))
+            }
+
+            /// mulDown(q, root): floor(q * root / 1e18) toward -inf.
+            function _mulDownWad(q, root) -> v {
+                let z := mul(q, root)
                 v := sub(sdiv(z, 1000000000000000000), and(slt(z, 0), iszero(iszero(smod(z, 1000000000000000000)))))
             }
 

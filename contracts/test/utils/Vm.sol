@@ -30,4 +30,6 @@ interface Vm {
     /// Deploys the creation code of a build artifact (e.g. "out/X.sol/X.json"): the code the
     /// deployment scripts ship, whatever profile the calling test was compiled with.
     function deployCode(string calldata artifactPath) external returns (address deployedAddress);
+    /// Marks every storage slot of `target` cold again (EIP-2929), as at the start of a transaction.
+    function cool(address target) external;
 }
