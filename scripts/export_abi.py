@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write abi/<Contract>.json for every keeper-facing contract (keeper.abi.KEEPER_CONTRACTS).
 
-    python scripts/export_abi.py            # build if stale, then (re)write abi/
-    python scripts/export_abi.py --check    # exit 1 and list the drift; writes nothing
+python scripts/export_abi.py            # build if stale, then (re)write abi/
+python scripts/export_abi.py --check    # exit 1 and list the drift; writes nothing
 """
 
 from __future__ import annotations

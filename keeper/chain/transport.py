@@ -49,6 +49,16 @@ from keeper.secrets import redact_url
 log = logging.getLogger(__name__)
 
 #: JSON-RPC error codes that mean "overloaded / try again" on common nodes and RPC providers.
+_RANGE_REFUSAL_WORDS = (
+    "block range",
+    "range too large",
+    "range is too",
+    "too many results",
+    "more than 10000 results",
+    "query returned more than",
+    "response size",
+    "log response size",
+)
 TRANSIENT_RPC_CODES = frozenset({-32005, -32603, -32002, 429})
 _CUT_SHORT = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)
 _TRANSIENT_WORDS = ("rate limit", "too many requests", "limit exceeded", "try again", "timeout")
@@ -123,6 +133,10 @@ def is_transient_rpc_error(error: Any) -> bool:
     text = str(error.get("message", "")).lower()
     if "revert" in text:
         return False  # a revert is an answer, whatever code the node gave it
+    if any(w in text for w in _RANGE_REFUSAL_WORDS):
+        # An eth_getLogs range/result cap (Infura, Alchemy: -32005 too): retrying the same
+        # range can never succeed; the indexer shrinks its chunk instead.
+        return False
     return error.get("code") in TRANSIENT_RPC_CODES or any(w in text for w in _TRANSIENT_WORDS)
 
 

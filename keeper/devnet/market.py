@@ -93,7 +93,8 @@ def _books_for(
     expiry = max(int(i["expiry"]) for i in deployment.instruments if i["underlying"] == u)
     perp = by[(u, "future", 0, 0)]
     dated = by[(u, "future", 0, expiry)]
-    size = LOT * rng.randint(10, 200) * (10 if und["symbol"] == "ETH" else 1)
+    # 0.1-8 ETH or 0.01-0.4 BTC per leg (quantities are WAD; LOT is only the granularity)
+    size = rng.randint(1, 80) * (10**17 if und["symbol"] == "ETH" else 10**16)
     lo, mid, hi = options[0], options[len(options) // 2], options[-1]
     otm_call = options[min(len(options) - 1, len(options) // 2 + rng.randint(0, 2))]
     otm_put = options[max(0, len(options) // 2 - rng.randint(0, 2))]
@@ -111,7 +112,7 @@ def _books_for(
             }
         )
         expiry = max(int(i["expiry"]) for i in deployment.instruments if i["underlying"] == u)
-        size = LOT * rng.randint(10, 300)
+        size = rng.randint(1, 80) * 10**17
         pos = [(by[(u, "call", options[-2], expiry)], -size)]
         weth = size  # one WETH per call sold
     elif kind == "naked_short_call":
@@ -127,7 +128,7 @@ def _books_for(
     elif kind == "weth_collateral_short":
         eth = next(i for i, x in enumerate(deployment.underlyings) if x["symbol"] == "ETH")
         eth_perp = by[(eth, "future", 0, 0)]
-        size = LOT * rng.randint(10, 300)
+        size = rng.randint(1, 80) * 10**17
         pos = [(eth_perp, -(size // (2 * LOT)) * LOT)]
         weth = size
     else:  # pragma: no cover - BOOKS and this function list the same kinds
@@ -235,7 +236,12 @@ def _seed(
         pf0 = Portfolio(positions, (0, weth_bal))
         market = snap.market(pf0)
         table = snap.table(market)
-        im = table.full_check(pf0).initial_margin
+        # Trades land one leg at a time and each intermediate book must pass its own IM
+        # check: size the deposit for the most demanding prefix.
+        im = max(
+            table.full_check(Portfolio(positions[:k], (0, weth_bal))).initial_margin
+            for k in range(1, len(positions) + 1)
+        )
         value_of_weth = table.full_check(Portfolio((), (0, weth_bal))).equity
         need = max(0, im - value_of_weth)
         usdc_wad = int(max(need * lev, 100 * WAD))  # at least 100 USDC

@@ -57,14 +57,11 @@ def migrate_v1_decision_actions(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE decision ALTER COLUMN account TYPE VARCHAR(80)"))
 
 
-
 def migrate_add_event_index(conn: Connection) -> None:
     """v1 -> v2: the event index (keeper/indexer): event_log, event_account, account. Only
     creates tables (if absent), so it stays correct whatever step number it ends up at."""
     tables = [m.__table__ for m in (EventLog, EventAccount, Account)]  # type: ignore[attr-defined]
     SQLModel.metadata.create_all(conn, tables=tables)
-
-
 
 
 def migrate_v3_tx_bounty(conn: Connection) -> None:
