@@ -243,10 +243,14 @@ class KeeperService:
             assert self.chain is not None and self.indexer is not None and self.core is not None
             view = self.chain.view()
             report = self.indexer.check_consistency(view)
-            if getattr(report, "ok", True):
+            if report.ok:
                 return
             log.error("indexed state disagrees with the chain", extra={"report": str(report)})
-            accounts = set(_mismatched_accounts(report))
+            if report.missing_events:
+                # Whole logs are missing: rebuild the index (the next block loop re-syncs).
+                self.indexer.rewind()
+                self.indexer.sync(view.block)
+            accounts = set(report.mismatched_accounts)
             self.core.on_block(view, accounts, self.indexer.known_accounts(), True, sweep=True)
 
         self._guard("consistency", run)
@@ -295,10 +299,12 @@ class KeeperService:
         return total
 
     def _record(self, report: Any) -> None:
+        # A block report covers the accounts it re-margined; the gauge covers every account.
+        self.states.update(report.states)
+        by_state = self.last_by_state
         for state in ACCOUNT_STATES:
-            if state in report.by_state or report.accounts_assessed:
-                self.metrics.accounts.labels(state).set(report.by_state.get(state, 0))
-        self.states.update(getattr(report, "states", {}) or {})
+            self.metrics.accounts.labels(state).set(by_state.get(state, 0))
+        self.metrics.oracle_rejections.inc(report.by_state.get("no_price", 0))
         for action in report.actions_sent:
             kind = action.split(":", 1)[0]
             self.actions[kind] += 1
@@ -311,7 +317,8 @@ class KeeperService:
         return dict(Counter(self.states.values()))
 
     def _expiry_due(self, head: BlockRef) -> bool:
-        nxt = getattr(self.core, "next_expiry", None)
+        assert self.core is not None
+        nxt = self.core.next_expiry
         return nxt is not None and nxt <= head.timestamp
 
     def _watch(self, head: BlockRef) -> None:
@@ -430,16 +437,6 @@ class KeeperService:
         if self.store is not None:
             self.store.close()
             self.store = None
-
-
-def _mismatched_accounts(report: Any) -> list[int]:
-    items = getattr(report, "mismatched_accounts", None) or getattr(report, "mismatches", [])
-    out = []
-    for m in items:
-        acct = m if isinstance(m, int) else getattr(m, "account", None)
-        if isinstance(acct, int):
-            out.append(acct)
-    return out
 
 
 def policy_from_config(config: KeeperConfig) -> Any:

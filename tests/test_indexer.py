@@ -340,7 +340,7 @@ def test_consistency_detects_lost_row_and_wrong_nonce(net: Net, chain: Chain, st
         s.delete(last)
     report = ix.check_consistency(view)
     assert report.trade_count[0] == report.trade_count[1] - 1 and report.missing_events
-    assert set(report.mismatched_accounts) == {lost, wrong} and report.mismatches
+    assert set(report.mismatched_accounts) == {lost, wrong} and report.mismatched
     # The remedy: rewind and re-index; everything agrees again.
     ix.rewind()
     assert store.cursor(STREAM).block_number == net.d.start_block - 1  # type: ignore[union-attr]

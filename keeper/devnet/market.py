@@ -215,6 +215,7 @@ def _seed(
     snap = view.snapshot([])
     instruments = {int(i["id"]): i for i in deployment.instruments}
     accounts: list[SeededAccount] = []
+    trade_prices: dict[int, list[int]] = {}  # per account, the price of each leg
     for i in range(n):
         kind = names[i % len(names)] if i < len(names) else rng.choices(names, weights)[0]
         owner = owner_address(rng.randrange(2**32), i)
@@ -264,11 +265,11 @@ def _seed(
             s.send("approve weth", weth.functions.approve(ch.address, 2**255), owner)
             s.send("deposit weth", ch.functions.deposit(acct, 1, weth_wei), owner)
         accounts[-1].positions = [(iid, q) for iid, q in pos]
-        accounts[-1]._prices = prices  # type: ignore[attr-defined]
+        trade_prices[acct] = prices
     s.mine()
     trades = 0
     for a in accounts:
-        for (iid, q), price in zip(a.positions, a._prices, strict=True):  # type: ignore[attr-defined]
+        for (iid, q), price in zip(a.positions, trade_prices[a.account], strict=True):
             buyer, seller = (a.account, maker) if q > 0 else (maker, a.account)
             s.send(
                 f"trade {a.book}",
@@ -280,6 +281,4 @@ def _seed(
         if len(s.hashes) >= 50:
             s.mine()
     s.mine()
-    for a in accounts:
-        del a._prices  # type: ignore[attr-defined]
     return SeededMarket(maker, accounts, trades, (first, w3.eth.block_number))

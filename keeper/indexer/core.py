@@ -122,10 +122,6 @@ class ConsistencyReport:
     def mismatched_accounts(self) -> list[int]:
         return [m.account for m in self.mismatched]
 
-    @property
-    def mismatches(self) -> list[AccountMismatch]:  # the name the service reads
-        return self.mismatched
-
 
 class Indexer:
     def __init__(
