@@ -24,6 +24,7 @@ from typing import Any
 
 from web3 import Web3
 
+from keeper.chain.errors import ChainError
 from keeper.chain.revert import decode_revert, revert_data_of
 from keeper.chain.view import NO_UNDERLYING, Chain, ChainView, ProtocolSnapshot
 from keeper.decisions import (
@@ -44,7 +45,14 @@ log = logging.getLogger(__name__)
 
 #: States re-assessed at every block until they leave them, touched or not.
 WATCH_STATES = frozenset({"margin_call", "liquidatable", "flagged_grace", "bad_debt", "settleable"})
-SKIP_REASONS = ("unprofitable", "backoff", "duplicate", "simulation_reverted", "send_failed")
+SKIP_REASONS = (
+    "unprofitable",
+    "backoff",
+    "duplicate",
+    "in_flight",
+    "simulation_reverted",
+    "send_failed",
+)
 
 
 @dataclass
@@ -228,6 +236,16 @@ class KeeperCore:
             if changed and a is not None:
                 self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
             return
+        pending = self.store.in_flight(target)
+        if pending is not None:
+            # One transaction per target without a receipt: a second one is decided on a state
+            # the first is about to change (another round's settlement of the same instrument,
+            # a liquidation at the nonce a pending flag moves) and reverts (found by the soak).
+            report.skip("in_flight")
+            if changed and a is not None:
+                why = f"in_flight: transaction {pending.id} has no receipt yet"
+                self._record(snap, a, None, report, outcome=why)
+            return
         fn, args = action.call()
         data = self._ch.encode_abi(fn, args=list(args))
         try:
@@ -312,6 +330,10 @@ class KeeperCore:
         self._extra_trips += 1
         try:
             return bytes(self.chain.w3.eth.call(self._tx(data), "latest"))  # type: ignore[arg-type]
+        except ChainError:
+            # The RPC failed (retries spent): no verdict on the call, so no back-off; the
+            # block job fails and the next run simulates again (found by the soak run).
+            raise
         except Exception as exc:
             raise _Reverted(_reason(exc)) from None
 
@@ -319,6 +341,8 @@ class KeeperCore:
         self._extra_trips += 1
         try:
             return int(self.chain.w3.eth.estimate_gas(self._tx(data), "latest"))  # type: ignore[arg-type]
+        except ChainError:
+            raise  # as in _simulate: a transport fault is not a revert
         except Exception as exc:
             raise _Reverted(_reason(exc)) from None
 
