@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import select
+from web3 import Web3
 
 from keeper.devnet.soak import SoakChain, SoakOptions, run_soak
 from keeper.devnet.soak_audit import Audit, audit
@@ -88,9 +89,8 @@ def _tampering_is_caught(c: SoakChain, tmp: Path) -> None:
     # account's nonce moved) and attached to the same decision: a duplicate.
     url = _copy(c.store_url, tmp / "dup.db")
     w3 = c.w3
-    h = w3.eth.send_transaction(
-        {"from": c.keeper, "to": tx.to, "data": tx.data, "gas": tx.gas_limit}  # type: ignore[typeddict-item]
-    )
+    to = Web3.to_checksum_address(tx.to or "")
+    h = w3.eth.send_transaction({"from": c.keeper, "to": to, "data": tx.data, "gas": tx.gas_limit})
     w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     w3.eth.wait_for_transaction_receipt(h, timeout=60)
     store = Store.open(url)
@@ -100,13 +100,15 @@ def _tampering_is_caught(c: SoakChain, tmp: Path) -> None:
     store.close()
     got = _audit(c, url, w3.eth.block_number)
     assert got.duplicates["mined_per_decision"] == 1
+    # ... and, reverted, it was decided before the first one mined: sent while in flight.
+    assert got.duplicates["sent_while_in_flight"] == 1
     assert got.lost["hash_mismatch"] == 1  # the row names the other hash as the mined one
 
 
 def test_short_soak_has_no_duplicates_and_no_lost_records(
     tmp_path: Path, contracts_built: None
 ) -> None:
-    opts = SoakOptions(duration=45, accounts=12, fault_rate=0.03, seed=3, out=tmp_path / "soak")
+    opts = SoakOptions(duration=40, accounts=12, fault_rate=0.03, seed=3, out=tmp_path / "soak")
     checked: list[bool] = []
 
     def after_audit(c: SoakChain) -> None:
