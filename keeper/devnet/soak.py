@@ -163,11 +163,13 @@ class _Sampler:
         self.proxy = proxy
         self.lags: list[int] = []
         self.survived = 0
+        self.rss_max = 0.0  # MiB, sampled once a block
         self._seen_block: int | None = None
         self._injected_before = 0
 
     def sample(self) -> None:
         head = self.w3.eth.block_number
+        self.rss_max = max(self.rss_max, rss_mb())
         last = self.keeper.service.health.last_block
         injected = self.proxy.injected
         if last is not None:
@@ -423,7 +425,8 @@ def _report(
         head_at_stop=last_block,
         decisions=result.decisions,
         decisions_acted_on=result.decisions_acted_on,
-        actions_sent=dict(service.actions),
+        actions_sent=result.actions_sent,
+        actions_counted=dict(service.actions),
         transactions=result.transactions,
         keeper_txs_onchain=result.keeper_txs_onchain,
         keeper_txs_reverted=result.keeper_txs_reverted,
@@ -439,7 +442,8 @@ def _report(
         rss_start_mb=round(rss_start, 1),
         rss_end_mb=round(rss_end, 1),
         rss_growth_mb=round(rss_end - rss_start, 1),
-        rss_peak_mb=round(_peak_rss_mb(), 1),
+        rss_max_mb=round(sampler.rss_max, 1),
+        rss_peak_process_mb=round(_peak_rss_mb(), 1),
         rss_by_cycle_mb=rss_cycles,
         lag_blocks=lag_stats(sampler.lags),
         warnings=dict(counter.by_message.most_common(15)),

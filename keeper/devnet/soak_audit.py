@@ -91,6 +91,7 @@ class Audit:
     effects: dict[str, int] = field(default_factory=dict)  # keeper-caused events by name
     decisions: dict[str, int] = field(default_factory=dict)  # by action
     decisions_acted_on: int = 0  # with an action key: a transaction was (or is) due
+    actions_sent: dict[str, int] = field(default_factory=dict)  # transaction rows by action
     transactions: dict[str, int] = field(default_factory=dict)  # rows by status
     gap_fillers: int = 0
     open_at_end: int = 0  # rows not final when the keeper stopped
@@ -191,6 +192,9 @@ def _count_store(
     out.decisions = dict(Counter(d.action for d in decisions.values()))
     out.decisions_acted_on = sum(1 for d in decisions.values() if d.action_key is not None)
     out.transactions = dict(Counter(str(t.status) for t in txs.values()))
+    out.actions_sent = dict(
+        Counter(decisions[t.decision_id].action for t in txs.values() if t.decision_id in decisions)
+    )
     out.gap_fillers = sum(1 for t in txs.values() if _is_gap_filler(t))
     out.open_at_end = sum(1 for t in txs.values() if not t.final)
 

@@ -31,7 +31,8 @@ class SoakReport:
     head_at_stop: int
     decisions: dict[str, int]
     decisions_acted_on: int
-    actions_sent: dict[str, int]
+    actions_sent: dict[str, int]  # transaction rows by decision action (the store)
+    actions_counted: dict[str, int]  # the keeper's count of sends that went through at once
     transactions: dict[str, int]
     keeper_txs_onchain: int
     keeper_txs_reverted: int
@@ -47,7 +48,8 @@ class SoakReport:
     rss_start_mb: float
     rss_end_mb: float
     rss_growth_mb: float
-    rss_peak_mb: float
+    rss_max_mb: float  # the highest of the per-block samples while the market played
+    rss_peak_process_mb: float  # ru_maxrss: the whole process, setup and audit included
     rss_by_cycle_mb: list[float]
     lag_blocks: dict[str, float]
     warnings: dict[str, int] = field(default_factory=dict)
@@ -90,7 +92,8 @@ def format_report(r: SoakReport) -> str:
         f"{r.keeper_exit_status}, last block {r.keeper_last_block} (head {r.head_at_stop})",
         f"  decisions      {sum(r.decisions.values())} ({kv(r.decisions)}); "
         f"{r.decisions_acted_on} acted on",
-        f"  actions sent   {kv(r.actions_sent)}",
+        f"  actions sent   {kv(r.actions_sent)} (transactions by action; through at the first "
+        f"try: {kv(r.actions_counted)})",
         f"  transactions   {kv(r.transactions)}; on chain {r.keeper_txs_onchain} "
         f"({r.keeper_txs_reverted} reverted); gap fillers {r.gap_fillers}; "
         f"open at end {r.open_at_end}",
@@ -98,7 +101,8 @@ def format_report(r: SoakReport) -> str:
         f"  duplicates     {r.duplicates_total} ({kv({k: v for k, v in r.duplicates.items()})})",
         f"  lost records   {r.lost_records_total} ({kv(r.lost_records)})",
         f"  memory (RSS)   start {r.rss_start_mb} MiB, end {r.rss_end_mb} MiB, growth "
-        f"{r.rss_growth_mb:+} MiB, peak {r.rss_peak_mb} MiB; by cycle {r.rss_by_cycle_mb}",
+        f"{r.rss_growth_mb:+} MiB, max {r.rss_max_mb} MiB (sampled each block); by cycle "
+        f"{r.rss_by_cycle_mb}; process peak {r.rss_peak_process_mb} MiB (setup and audit too)",
         f"  lag (blocks)   p50 {r.lag_blocks['p50']}, p99 {r.lag_blocks['p99']}, "
         f"max {r.lag_blocks['max']}, mean {r.lag_blocks['mean']}",
         f"  verdict        {'OK' if r.ok else 'FAILED'}",
