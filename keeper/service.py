@@ -44,6 +44,20 @@ from keeper.store import Store
 
 log = logging.getLogger("keeper.service")
 
+
+class _SkippedRunFilter(logging.Filter):
+    """Drops APScheduler's "skipped: maximum number of running instances" warning.
+
+    With one worker, a block poll that finds a sweep or a slow block still running is skipped
+    by design (the next poll catches up, the watchdog covers a real stall); logged at WARNING
+    every 50 ms it would drown the log an operator reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in record.getMessage()
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
+
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_STALLED = 3
@@ -79,6 +93,7 @@ class KeeperService:
         self._stop = threading.Event()
         self._last_processed: int | None = None
         self._last_progress_at = time.monotonic()
+        self._last_follow = 0.0
         self._accounted: set[int] = set()
         #: Latest state of every assessed account (for status views), and actions sent so far.
         self.states: dict[int, str] = {}
@@ -102,7 +117,11 @@ class KeeperService:
 
         cfg = self.config
         deployment = load_deployment(cfg.deployment.file)
-        self.chain = Chain.from_config(cfg.rpc, deployment)
+        # A configured WebSocket endpoint carries every read and send (one persistent
+        # connection, no HTTP handshake per poll); otherwise HTTP.
+        websocket = cfg.rpc.ws_url is not None
+        self.chain = Chain.from_config(cfg.rpc, deployment, websocket=websocket)
+        log.info("connected", extra={"transport": "websocket" if websocket else "http"})
         self.store = Store.open(cfg.store.url)
         if cfg.service.dry_run or cfg.signer is None:
             if not cfg.service.dry_run:
@@ -163,8 +182,10 @@ class KeeperService:
         head = self.chain.head()
         self.metrics.head.set(head.number)
         if self._last_processed is not None and head.number == self._last_processed:
-            if self.txm is not None:
-                self._follow_transactions()
+            # No new block, no new receipt: between blocks only the clock moves (a stuck
+            # transaction's replacement), so open transactions are followed once a second.
+            if self.txm is not None and time.monotonic() - self._last_follow >= 1.0:
+                self._follow_transactions(head.number)
             self._watch(head)
             return TickReport(head.number, processed=False)
         return self._process(head)
@@ -192,7 +213,7 @@ class KeeperService:
             self._record(settled)
         self._record(report)
         if self.txm is not None:
-            self._follow_transactions()
+            self._follow_transactions(head.number)
         self._last_processed = head.number
         self._last_progress_at = time.monotonic()
         self.metrics.known_accounts.set(len(known))
@@ -266,11 +287,12 @@ class KeeperService:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _follow_transactions(self) -> None:
+    def _follow_transactions(self, head: int | None = None) -> None:
         """Follow open transactions; a transaction that became final is accounted once: gas
         paid, status, and the bounty its receipt credited to us (recorded on the row)."""
         assert self.txm is not None and self.store is not None
-        for tx in self.txm.poll():
+        self._last_follow = time.monotonic()
+        for tx in self.txm.poll(head=head):
             if not tx.final or tx.id is None or tx.id in self._accounted:
                 continue
             self._accounted.add(tx.id)

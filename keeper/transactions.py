@@ -245,18 +245,21 @@ class TxManager:
 
     # --- following ---------------------------------------------------------------------------
 
-    def poll(self, now: datetime | None = None) -> list[Transaction]:
-        """One pass over the open transactions; returns them as updated."""
+    def poll(self, now: datetime | None = None, *, head: int | None = None) -> list[Transaction]:
+        """One pass over the open transactions; returns them as updated. ``head``: the latest
+        block number when the caller has just read it (saves a round trip)."""
         with redacting_errors(*_OWN_ERRORS):
-            return self._poll(now or utcnow())
+            return self._poll(now or utcnow(), head)
 
-    def _poll(self, now: datetime) -> list[Transaction]:
-        head = self.w3.eth.block_number
+    def _poll(self, now: datetime, known_head: int | None = None) -> list[Transaction]:
+        open_txs = self.store.open_transactions(self.signer.address)
+        if not open_txs:
+            # Nothing to follow and no nonce above a gap: the block loop polls this several
+            # times a block, so an idle keeper asks the node nothing here.
+            return []
+        head = self.w3.eth.block_number if known_head is None else known_head
         latest_count = self.w3.eth.get_transaction_count(self.signer.address, "latest")
-        out = [
-            self._follow(tx, head, latest_count, now)
-            for tx in self.store.open_transactions(self.signer.address)
-        ]
+        out = [self._follow(tx, head, latest_count, now) for tx in open_txs]
         out += self._fill_gaps(latest_count)
         return out
 
