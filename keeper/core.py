@@ -95,6 +95,7 @@ class KeeperCore:
         self._rounds: dict[str, tuple[int, int, int]] = {}  # feed -> (round, answer, updatedAt)
         self._uses: dict[int, frozenset[int]] = {}  # account -> underlyings it uses
         self._known: set[int] = set()
+        self._batch: list[Decision] = []  # no-action rows of the block in progress
         self._watch: set[int] = set()  # accounts re-assessed every block (WATCH_STATES)
         # What was last recorded per account, and back-offs: restored from the store.
         self._last: dict[str, tuple[str, str, str | None]] = {
@@ -134,16 +135,19 @@ class KeeperCore:
                 targets |= extra
                 snap = view.snapshot(sorted(targets))
         self._first = False
-        for a in assess(snap, sorted(targets), self.policy):
-            self._uses[a.account] = _used_underlyings(snap, a.account)
-            if a.state in WATCH_STATES:
-                self._watch.add(a.account)
-            else:
-                self._watch.discard(a.account)
-            report.accounts_assessed += 1
-            report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
-            report.states[a.account] = a.state
-            self._handle(snap, a, report)
+        try:
+            for a in assess(snap, sorted(targets), self.policy):
+                self._uses[a.account] = _used_underlyings(snap, a.account)
+                if a.state in WATCH_STATES:
+                    self._watch.add(a.account)
+                else:
+                    self._watch.discard(a.account)
+                report.accounts_assessed += 1
+                report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
+                report.states[a.account] = a.state
+                self._handle(snap, a, report)
+        finally:
+            self._flush()  # what was decided is recorded even when a later send fails
         self._last_snap = snap
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report
@@ -188,11 +192,14 @@ class KeeperCore:
             for a, acc in snap.accounts.items()
             if any(snap.instruments[i].settled for i, _ in acc.positions)
         ]
-        for a in assess(snap, holders, self.policy):
-            report.accounts_assessed += 1
-            report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
-            report.states[a.account] = a.state
-            self._handle(snap, a, report)
+        try:
+            for a in assess(snap, holders, self.policy):
+                report.accounts_assessed += 1
+                report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
+                report.states[a.account] = a.state
+                self._handle(snap, a, report)
+        finally:
+            self._flush()
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report
 
@@ -203,7 +210,7 @@ class KeeperCore:
         changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
         if a.action is None:
             if changed:
-                self._record(snap, a, None, report, outcome=a.note)
+                self._record(snap, a, None, report, outcome=a.note, batch=True)
             return
         self._act(snap, a.action, a, report, changed=changed)
 
@@ -351,7 +358,10 @@ class KeeperCore:
         gas_cost: int | None = None,
         key: str | None = None,
         target: str | None = None,
+        batch: bool = False,
     ) -> Decision | None:
+        """Record one decision. ``batch``: a no-action row, written with the block's other
+        such rows in one transaction (``_flush``) instead of one transaction each."""
         res = a.result if a is not None else None
         account = target or (str(a.account) if a is not None else "")
         row = Decision(
@@ -377,7 +387,11 @@ class KeeperCore:
             backoff_until=backoff_until,
             expected_gas_cost=gas_cost,
         )
-        saved = self.store.add_action_decision(row) if key else self.store.add_decision(row)
+        if batch and not key:
+            self._batch.append(row)
+            saved: Decision | None = row
+        else:
+            saved = self.store.add_action_decision(row) if key else self.store.add_decision(row)
         if saved is None:
             return None
         report.decisions_recorded += 1
@@ -385,6 +399,10 @@ class KeeperCore:
         return saved
 
     # --- which accounts a block affects ------------------------------------------------------
+
+    def _flush(self) -> None:
+        rows, self._batch = self._batch, []
+        self.store.add_decisions(rows)
 
     def _moved_underlyings(self, snap: ProtocolSnapshot) -> frozenset[int]:
         """Underlyings whose price or vol feed round changed since the previous call."""

@@ -38,6 +38,11 @@ class KeeperMetrics:
         self.decisions = Counter(
             "keeper_decisions", "Decisions recorded, by action", ["action"], registry=r
         )
+        self.assessed = Counter(
+            "keeper_accounts_assessed",
+            "Accounts re-margined with the exact engine (block loop, sweeps, settlement)",
+            registry=r,
+        )
         self.skipped = Counter(
             "keeper_actions_skipped", "Actions not sent, by reason", ["reason"], registry=r
         )

@@ -327,6 +327,7 @@ class KeeperService:
         for state in ACCOUNT_STATES:
             self.metrics.accounts.labels(state).set(by_state.get(state, 0))
         self.metrics.oracle_rejections.inc(report.by_state.get("no_price", 0))
+        self.metrics.assessed.inc(report.accounts_assessed)
         for action in report.actions_sent:
             kind = action.split(":", 1)[0]
             self.actions[kind] += 1

@@ -207,8 +207,9 @@ def feeds_of(chain: Chain, account: int) -> tuple[str, str]:
 
 def crash_answer(chain: Chain, account: int, base: int) -> int:
     """The mildest price move (in 0.5% steps, against the position) that leaves ``account``
-    liquidatable with its equity still at least a quarter of its requirement: a solvent
-    liquidation with a bounty worth the gas, the case the keeper races other keepers for.
+    with its equity below 60% of its requirement and above 20%: a solvent liquidation with a
+    bounty worth the gas (just under the requirement, the penalty on the small fraction that
+    restores it would not pay for the gas), the case the keeper races other keepers for.
     Evaluated with the exact engine at the current block."""
     snap = chain.view().snapshot([account])
     inp = snap.inputs(account)
@@ -222,8 +223,8 @@ def crash_answer(chain: Chain, account: int, base: int) -> int:
         spots[u] = answer * scale
         m = Market(inp.market.timestamp, inp.market.rate, tuple(spots), inp.market.vols)
         r = ScenarioTable(m, snap.risk_params).full_check(inp.portfolio)
-        if r.equity < r.requirement:
-            if 4 * r.equity < r.requirement:
+        if 10 * r.equity < 6 * r.requirement:
+            if 5 * r.equity < r.requirement:
                 raise RuntimeError(f"account {account}: no solvent liquidatable price found")
             return answer
     raise RuntimeError(f"account {account}: still healthy after a 50% move")
