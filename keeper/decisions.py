@@ -121,6 +121,8 @@ class Assessment:
     #: ``inputs_digest`` with the market's timestamp set to 0: what decides whether a new
     #: record is due (the timestamp moves every block; the book, prices and parameters don't).
     change_digest: str = ""
+    #: ``no_price``: the name of the oracle check that failed (``StalePrice``, ...).
+    oracle_error: str | None = None
 
 
 # --- the contract's liquidation arithmetic -------------------------------------------------
@@ -308,7 +310,8 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         try:
             inp = snap.inputs(account, lenient=True)
         except OracleError as exc:
-            return make("no_price", lenient=True, note=str(exc))
+            rejected = make("no_price", lenient=True, note=str(exc))
+            return replace(rejected, oracle_error=type(exc).__name__)
     digest = inputs_digest(inp.portfolio, inp.market, snap.risk_params_bytes, lenient=lenient)
     change = inputs_digest(
         inp.portfolio, replace(inp.market, timestamp=0), snap.risk_params_bytes, lenient=lenient

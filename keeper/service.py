@@ -40,7 +40,7 @@ from keeper.config import KeeperConfig
 from keeper.deployment import clearing_house_abi, load_deployment
 from keeper.metrics import ACCOUNT_STATES, Health, KeeperMetrics, MetricsServer
 from keeper.secrets import scrub
-from keeper.store import Store
+from keeper.store import Store, TxStatus
 
 log = logging.getLogger("keeper.service")
 
@@ -77,7 +77,7 @@ class KeeperService:
         self.health = Health(max_block_age=config.service.watchdog_seconds)
         self.exit_status = EXIT_OK
         self._stop = threading.Event()
-        self._last_processed: int | None = None
+        self._last_processed: BlockRef | None = None
         self._last_progress_at = time.monotonic()
         self._accounted: set[int] = set()
         #: Latest state of every assessed account (for status views), and actions sent so far.
@@ -127,6 +127,10 @@ class KeeperService:
         )
         if self.txm is not None:
             self.txm.start()
+            # Reverts recorded by an earlier run that died before giving the key back.
+            for tx in self.store.transactions(self.txm.signer.address):
+                if tx.status == TxStatus.REVERTED:
+                    self._release_reverted(tx)
         head = self.chain.head()
         log.info("backfill", extra={"to_block": head.number})
         self.indexer.sync(head)
@@ -162,7 +166,9 @@ class KeeperService:
         assert self.chain is not None
         head = self.chain.head()
         self.metrics.head.set(head.number)
-        if self._last_processed is not None and head.number == self._last_processed:
+        # By hash, not number: a reorg to a chain of the same height is a new head too.
+        last = self._last_processed
+        if last is not None and (head.number, head.hash) == (last.number, last.hash):
             if self.txm is not None:
                 self._follow_transactions()
             self._watch(head)
@@ -193,7 +199,7 @@ class KeeperService:
         self._record(report)
         if self.txm is not None:
             self._follow_transactions()
-        self._last_processed = head.number
+        self._last_processed = head
         self._last_progress_at = time.monotonic()
         self.metrics.known_accounts.set(len(known))
         self.metrics.indexed.set(head.number)
@@ -271,6 +277,8 @@ class KeeperService:
         paid, status, and the bounty its receipt credited to us (recorded on the row)."""
         assert self.txm is not None and self.store is not None
         for tx in self.txm.poll():
+            if tx.status == TxStatus.REVERTED:
+                self._release_reverted(tx)
             if not tx.final or tx.id is None or tx.id in self._accounted:
                 continue
             self._accounted.add(tx.id)
@@ -284,6 +292,14 @@ class KeeperService:
                 if bounty:
                     self.metrics.bounty.inc(bounty)
         self.metrics.pending_tx.set(len(self.store.open_transactions(self.txm.signer.address)))
+
+    def _release_reverted(self, tx: Any) -> None:
+        """A reverted transaction gives its decision's action key back (``KeeperCore.
+        release_reverted``: idempotent, so every poll pass may ask)."""
+        assert self.core is not None and self.chain is not None
+        if tx.decision_id is not None:
+            block = tx.block_number if tx.block_number is not None else self.chain.head().number
+            self.core.release_reverted(tx.decision_id, tx.revert_reason, block)
 
     def _bounty_of(self, tx_hash: str) -> int:
         """Σ BountyCredited(us, amount) in the receipt: what the chain actually paid."""
@@ -304,7 +320,8 @@ class KeeperService:
         by_state = self.last_by_state
         for state in ACCOUNT_STATES:
             self.metrics.accounts.labels(state).set(by_state.get(state, 0))
-        self.metrics.oracle_rejections.inc(report.by_state.get("no_price", 0))
+        for reason, n in report.oracle_rejections.items():
+            self.metrics.oracle_rejections.labels(reason).inc(n)
         for action in report.actions_sent:
             kind = action.split(":", 1)[0]
             self.actions[kind] += 1
