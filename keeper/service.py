@@ -133,7 +133,7 @@ class KeeperService:
                     self._release_reverted(tx)
         head = self.chain.head()
         log.info("backfill", extra={"to_block": head.number})
-        self.indexer.sync(head)
+        self._sync(head)
         self.consistency()
         self._process(head, sweep=True)
 
@@ -178,7 +178,7 @@ class KeeperService:
     def _process(self, head: BlockRef, *, sweep: bool = False) -> TickReport:
         assert self.chain is not None and self.indexer is not None and self.core is not None
         t0 = time.perf_counter()
-        synced = self.indexer.sync(head)
+        synced = self._sync(head)
         if synced.reorg_from is not None:
             self.metrics.reorgs.inc()
             log.warning("reorg rolled back", extra={"from_block": synced.reorg_from})
@@ -228,6 +228,27 @@ class KeeperService:
             },
         )
         return out
+
+    def _sync(self, head: BlockRef) -> Any:
+        """``Indexer.sync``; a reorg deeper than the stored window (``ReorgTooDeep``: none of
+        the last ``confirmations`` block hashes is canonical) rebuilds the index from the
+        deployment block: failing instead would repeat at every block until the watchdog
+        stopped the keeper, and again at every restart. Every account is then re-margined
+        (all of them are touched by the re-index)."""
+        from keeper.indexer import ReorgTooDeep
+
+        assert self.indexer is not None and self.chain is not None
+        try:
+            return self.indexer.sync(head)
+        except ReorgTooDeep as exc:
+            log.error(
+                "reorg deeper than confirmations: re-indexing from the deployment block",
+                extra={"error": scrub(str(exc))},
+            )
+            self.indexer.rewind()
+            synced = self.indexer.sync(head)
+            synced.reorg_from = self.chain.deployment.start_block
+            return synced
 
     def sweep(self) -> TickReport | None:
         """Every indexed account re-margined at the head."""

@@ -272,7 +272,7 @@ def test_reorg_orphans_the_liquidations_they_land_once(
         block = w.w3.eth.block_number
         first = w.events("Liquidation", block)
         assert len(first) == sum(s == 2 for s in verdict.values())
-        drive(svc, w, depth - 1)  # receipts recorded (mined, not final); flags sent and mined
+        drive(svc, w, depth - 1)  # receipts recorded (mined, not final); follow-ups sent
         orphaned = {
             t.id: (t.block_number, t.block_hash)
             for t in rows(url).txs
@@ -289,7 +289,7 @@ def test_reorg_orphans_the_liquidations_they_land_once(
         got = audit(w, url, verdict, since)
         for t in got.txs:
             if t.id not in orphaned:
-                continue  # sent after the reorg (a flag of a book the liquidation left short)
+                continue  # a follow-up (the bad-debt resolution of a book closed in full)
             number, orphan = orphaned[t.id]
             assert t.block_hash != orphan and (t.block_number or 0) > block
             (attempt,) = got.attempts_of(t)  # the same signed bytes, mined again
@@ -344,6 +344,42 @@ def test_reorg_that_orphans_the_crash_itself(fresh: World, tmp_path: Path) -> No
         drive(svc, w, 14)
         got = audit(w, url, verdict, since)
         assert len(got.txs) > len(sent)  # the same actions decided again, sent anew
+    finally:
+        svc.close()
+
+
+def test_reorg_deeper_than_confirmations_rebuilds_the_index(fresh: World, tmp_path: Path) -> None:
+    """A reorg of 6 blocks under ``confirmations = 2``: none of the stored block hashes is
+    canonical any more (``ReorgTooDeep``). The keeper rebuilds its index from the deployment
+    block instead of failing every block until the watchdog stops it (and again at every
+    restart); the owner's deposit that the reorg took away is gone from the index too, and the
+    keeper acts on the next crash as usual."""
+    w = fresh
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    svc = service(w, url, confirmations=2)
+    try:
+        drive(svc, w, 2)
+        base = w.w3.eth.block_number
+        book = w.market.accounts[0]
+        usdc = bind(w.w3, w.dep, "MockERC20:USDC")
+        w.send(usdc.functions.mint(book.owner, 10**9), book.owner)
+        w.send(usdc.functions.approve(w.ch.address, 10**9), book.owner)
+        nonce = w.nonces()[book.account]
+        w.send(w.ch.functions.deposit(book.account, 0, 10**9), book.owner)
+        drive(svc, w, 2)
+        assert svc.indexer.check_consistency(w.chain.view()).ok
+        assert w.nonces()[book.account] == nonce + 1
+
+        w.rpc("anvil_reorg", [w.w3.eth.block_number - base, []])
+        assert w.nonces()[book.account] == nonce
+        report = svc.tick()
+        assert report is not None and report.reorg_from == w.dep.start_block
+        assert svc.indexer.check_consistency(w.chain.view()).ok  # the deposit is gone
+        assert svc.metrics.rpc_errors._metrics == {}
+
+        since, verdict = w.crash(0.7)
+        drive(svc, w, 4)
+        audit(w, url, verdict, since)
     finally:
         svc.close()
 
@@ -467,7 +503,7 @@ def test_bad_oracle_answer_is_refused_by_keeper_and_contract(
         drive(svc, w, 3)
         assert rows(url).txs == [] and w.w3.eth.get_transaction_count(KEEPER) == 0
         assert set(svc.states.values()) == {"no_price"}
-        assert svc.metrics.oracle_rejections.labels(error)._value.get() >= len(w.accounts)
+        assert svc.metrics.oracle_rejections.labels(error)._value.get() >= len(svc.states)
         logged = [r for r in caplog.records if r.getMessage().startswith("oracle answer rejected")]
         assert set(svc.states) >= set(w.accounts)  # the seeded books and the market maker
         assert {r.account for r in logged} == {str(a) for a in svc.states}  # type: ignore[attr-defined]
