@@ -185,7 +185,6 @@ class TxManager:
         assert tx.id is not None and attempt.id is not None
         try:
             self.w3.eth.send_raw_transaction(attempt.raw)
-            crash_point("after_send")
         except Web3RPCError as exc:
             message = scrub(str(exc))
             lowered = message.lower()
@@ -221,6 +220,7 @@ class TxManager:
                 raise
             log.warning("broadcast failed", extra={"tx_id": tx.id, "error": message})
             raise RedactedError(type(exc).__name__, message) from None
+        crash_point("after_send")
         return tx
 
     def _node_has(self, tx_hash: str) -> bool:

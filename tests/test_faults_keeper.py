@@ -722,3 +722,16 @@ def test_sigkill_at_each_step_then_restart(fresh: World, tmp_path: Path) -> None
         assert all(len(got.attempts_of(t)) == 1 for t in got.txs), "a transaction re-signed"
     finally:
         svc.close()
+
+
+def test_crash_points_are_inert_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from keeper.fault_points import ENV, crash_point
+
+    monkeypatch.delenv(ENV, raising=False)
+    crash_point("before_sign")  # unset: nothing happens
+    monkeypatch.setenv(ENV, "after_send")
+    crash_point("before_sign")  # another point: nothing happens
+    for bad in ("before_sing", "after_send:x"):
+        monkeypatch.setenv(ENV, bad)
+        with pytest.raises(ValueError, match=ENV):
+            crash_point("before_sign")  # a typo is loud, not a test that silently never kills
