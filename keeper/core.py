@@ -10,9 +10,20 @@ latest block from the liquidator's address, the profitability rule, and ``TxMana
 Never twice (why two locks): the action's idempotency key (``flag:<account>:<nonce>``...) is a
 unique column of ``decision`` (the database refuses a second row, whichever process inserts it)
 and ``TxManager`` refuses a second transaction for one decision id. A key contains the
-account's state nonce, so an action whose transaction reverted on-chain is retried only once
-the account changed. A simulation revert is recorded with its decoded reason and backs the
+account's state nonce. A simulation revert is recorded with its decoded reason and backs the
 account off exponentially (in blocks; the end block is recorded, so a restart keeps it).
+
+A key is given back (the decision keeps its row, its outcome says why) in two cases, both
+found by the keeper-level fault tests (tests/test_faults_keeper.py):
+- its transaction reverted on-chain (``release_reverted``, with a back-off): the account may
+  still need the same action at the same nonce (the price moved back between simulation and
+  block, or the block the action was decided on was reorged away); a kept key would block it
+  until the owner touches the account. Simulation before every send and the back-off keep this
+  from becoming a retry storm; the contract's nonce check makes a second success impossible;
+- it never got a transaction (``_abandoned``): the process died, or the store refused the
+  row, between recording the decision and submitting it. A live submitter takes milliseconds
+  between the two; a decision at least ``ABANDONED_AFTER_BLOCKS`` old without a transaction
+  has none coming.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from keeper.decisions import (
     gas_cost_in_asset0,
 )
 from keeper.deployment import clearing_house_abi
+from keeper.fault_points import crash_point
 from keeper.secrets import scrub
 from keeper.store import Decision, Store
 from keeper.transactions import SendError, TxManager
@@ -44,6 +56,8 @@ log = logging.getLogger(__name__)
 
 #: States re-assessed at every block until they leave them, touched or not.
 WATCH_STATES = frozenset({"margin_call", "liquidatable", "flagged_grace", "bad_debt", "settleable"})
+#: A decision this many blocks old without a transaction lost its submitter (``_abandoned``).
+ABANDONED_AFTER_BLOCKS = 2
 SKIP_REASONS = ("unprofitable", "backoff", "duplicate", "simulation_reverted", "send_failed")
 
 
@@ -57,6 +71,8 @@ class BlockReport:
     skipped: dict[str, int] = field(default_factory=dict)
     rpc_round_trips: int = 0
     states: dict[int, str] = field(default_factory=dict)  # account -> state, assessed ones
+    #: Accounts not acted on because an oracle answer was rejected, by the error's name.
+    oracle_rejections: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -208,6 +224,15 @@ class KeeperCore:
     def _handle(self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport) -> None:
         acct = str(a.account)
         changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
+        if a.state == "no_price":
+            # The same checks as OracleLib: the contract would revert with this error too.
+            name = a.oracle_error or "unknown"
+            report.oracle_rejections[name] = report.oracle_rejections.get(name, 0) + 1
+            if changed:
+                log.warning(
+                    "oracle answer rejected: not acting on the account",
+                    extra={"account": acct, "error": a.note},
+                )
         if a.action is None:
             if changed:
                 self._record(snap, a, None, report, outcome=a.note, batch=True)
@@ -230,7 +255,8 @@ class KeeperCore:
             if changed and a is not None:
                 self._record(snap, a, action, report, outcome="backoff: skipped")
             return
-        if self.store.decision_by_key(action.key) is not None:
+        taken = self.store.decision_by_key(action.key)
+        if taken is not None and not self._abandoned(taken, block):
             report.skip("duplicate")
             if changed and a is not None:
                 self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
@@ -290,6 +316,7 @@ class KeeperCore:
             report.skip("duplicate")
             return
         assert row.id is not None
+        crash_point("after_decision")
         try:
             self.txm.submit(
                 to=self.chain.clearing_house, data=data, gas_limit=gas_limit, decision_id=row.id
@@ -335,6 +362,46 @@ class KeeperCore:
         if self.txm is not None:
             return self.txm.fees.initial(base).max_fee_per_gas
         return 2 * base + 1
+
+    def _abandoned(self, decision: Decision, block: int) -> bool:
+        """True (and the key released) when ``decision`` took its action key but no transaction
+        was ever stored for it, and it is old enough that none is still coming."""
+        if self.txm is None or decision.id is None:
+            return False
+        if block - decision.block_number < ABANDONED_AFTER_BLOCKS:
+            return False
+        if self.store.transaction_for_decision(decision.id) is not None:
+            return False
+        log.warning(
+            "decision without a transaction: key released",
+            extra={"key": decision.action_key, "decision_id": decision.id},
+        )
+        self.store.update_decision(
+            decision.id,
+            action_key=None,
+            outcome=f"abandoned: no transaction was stored (was: {decision.outcome})",
+        )
+        return True
+
+    def release_reverted(self, decision_id: int, reason: str | None, block: int) -> bool:
+        """A transaction of ours reverted on-chain: its decision gives the action key back and
+        the target backs off, so the action can be decided again (see the module docstring).
+        Idempotent; False when there was nothing to release."""
+        decision = self.store.decision(decision_id)
+        if decision is None or decision.action_key is None:
+            return False
+        until = self._back_off(decision.account, block)
+        self.store.update_decision(
+            decision_id,
+            action_key=None,
+            outcome=f"reverted: {reason or 'no reason'}",
+            backoff_until=until,
+        )
+        log.warning(
+            "transaction reverted on-chain: action key released",
+            extra={"key": decision.action_key, "reason": reason, "backoff_until": until},
+        )
+        return True
 
     def _back_off(self, target: str, block: int) -> int:
         level = self._backoff_level.get(target, 0)

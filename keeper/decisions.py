@@ -121,6 +121,8 @@ class Assessment:
     #: ``inputs_digest`` of the account's own inputs with an empty market: what decides
     #: whether a new record is due (prices and time move every block; the book does not).
     change_digest: str = ""
+    #: ``no_price``: the name of the oracle check that failed (``StalePrice``, ...).
+    oracle_error: str | None = None
 
 
 # --- the contract's liquidation arithmetic -------------------------------------------------
@@ -311,7 +313,8 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         try:
             inp = snap.inputs(account, lenient=True)
         except OracleError as exc:
-            return make("no_price", lenient=True, note=str(exc))
+            rejected = make("no_price", lenient=True, note=str(exc))
+            return replace(rejected, oracle_error=type(exc).__name__)
     digest = inputs_digest(inp.portfolio, inp.market, snap.risk_params_bytes, lenient=lenient)
     # The account's own inputs only: a price round alone is no reason for a new record
     # (docs/keeper-decisions.md, "Records").

@@ -69,7 +69,9 @@ class KeeperMetrics:
         )
         self.oracle_rejections = Counter(
             "keeper_oracle_rejections",
-            "Accounts not acted on because an oracle answer was rejected",
+            "Accounts not acted on because an oracle answer was rejected, by the error "
+            "(StalePrice, NonPositivePrice, IncompleteRound, UnsupportedFeed, FeedCallFailed)",
+            ["reason"],
             registry=r,
         )
         self.block_seconds = Histogram(
