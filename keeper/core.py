@@ -36,7 +36,13 @@ from typing import Any
 from web3 import Web3
 
 from keeper.chain.revert import decode_revert, revert_data_of
-from keeper.chain.view import NO_UNDERLYING, Chain, ChainView, ProtocolSnapshot
+from keeper.chain.view import (
+    NO_UNDERLYING,
+    AccountSnapshot,
+    Chain,
+    ChainView,
+    ProtocolSnapshot,
+)
 from keeper.decisions import (
     MAINTENANCE,
     Action,
@@ -65,6 +71,7 @@ SKIP_REASONS = ("unprofitable", "backoff", "duplicate", "simulation_reverted", "
 class BlockReport:
     block: int
     accounts_assessed: int = 0
+    accounts_reused: int = 0  # books not re-read (nonce and flag unchanged since last read)
     by_state: dict[str, int] = field(default_factory=dict)
     decisions_recorded: int = 0
     actions_sent: list[str] = field(default_factory=list)
@@ -122,6 +129,10 @@ class KeeperCore:
         self._backoff_level: dict[str, int] = {}
         self._extra_trips = 0
         self._last_snap: ProtocolSnapshot | None = None
+        #: Account data of earlier blocks, reused when the account's nonce and flag have not
+        #: moved (ChainView.snapshot ``reuse``): a price round re-margins every holder without
+        #: re-reading every book. A sweep reads everything again.
+        self._accounts: dict[int, AccountSnapshot] = {}
         self._settle_tried_at = -1  # snapshot timestamp of the last settle_expired
         self._settle_rounds: dict[int, int] = {}  # instrument -> price round at that try
 
@@ -143,13 +154,19 @@ class KeeperCore:
         # Besides the touched ones: accounts still waiting for an action (a grace period runs
         # out with time alone; a back-off ends; gas may become cheap enough).
         targets = set(self._known) if everything else set(touched) | self._watch
-        snap = view.snapshot(sorted(targets))
+        if sweep or self._first:
+            self._accounts.clear()
+        for a in touched:
+            self._accounts.pop(a, None)
+        snap = view.snapshot(sorted(targets), reuse=self._accounts)
         moved = self._moved_underlyings(snap)
         if not everything and moved:
             extra = {a for a in self._known - targets if self._uses.get(a, frozenset()) & moved}
             if extra:
                 targets |= extra
-                snap = view.snapshot(sorted(targets))
+                snap = view.snapshot(sorted(targets), reuse=self._accounts)
+        self._accounts.update(snap.accounts)
+        report.accounts_reused = snap.reused_accounts
         self._first = False
         try:
             for a in assess(snap, sorted(targets), self.policy):
@@ -195,7 +212,8 @@ class KeeperCore:
         start = view.round_trips
         self._extra_trips = 0
         report = BlockReport(view.block.number)
-        snap = view.snapshot(sorted(self._known))
+        snap = view.snapshot(sorted(self._known), reuse=self._accounts)
+        self._accounts.update(snap.accounts)
         self._last_snap = snap
         self._settle_tried_at = snap.timestamp
         for ins in snap.instruments.values():
@@ -466,6 +484,10 @@ class KeeperCore:
         return saved
 
     # --- which accounts a block affects ------------------------------------------------------
+
+    def forget_accounts(self) -> None:
+        """Drop the reused account data (after a reorg: read every book again)."""
+        self._accounts.clear()
 
     def _flush(self) -> None:
         rows, self._batch = self._batch, []

@@ -15,7 +15,7 @@ sends. What mirrors the contract (and why it must match it):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from keeper.chain.rpc import BlockRef
@@ -114,7 +114,9 @@ class Assessment:
     state: str
     result: MarginResult | None
     lenient: bool
-    inputs_digest: str
+    #: The inputs digest, or how to compute it: most assessments are never recorded (a healthy
+    #: account whose book did not change), so the hash is computed on first use.
+    digest_source: str | Callable[[], str]
     action: Action | None
     flagged_at: int = 0
     note: str | None = None  # why no action where one might be expected (kept on the record)
@@ -123,6 +125,14 @@ class Assessment:
     change_digest: str = ""
     #: ``no_price``: the name of the oracle check that failed (``StalePrice``, ...).
     oracle_error: str | None = None
+
+    @property
+    def inputs_digest(self) -> str:
+        d = self.digest_source
+        if not isinstance(d, str):
+            d = d()
+            object.__setattr__(self, "digest_source", d)  # computed once
+        return d
 
 
 # --- the contract's liquidation arithmetic -------------------------------------------------
@@ -263,7 +273,7 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         state: str,
         result: MarginResult | None = None,
         lenient: bool = False,
-        digest: str | None = None,
+        digest: str | Callable[[], str] | None = None,
         action: Action | None = None,
         note: str | None = None,
     ) -> Assessment:
@@ -274,7 +284,7 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
             state,
             result,
             lenient,
-            digest or _no_price_digest(snap, pf),
+            digest or (lambda: _no_price_digest(snap, pf)),
             action,
             acc.flagged_at,
             note,
@@ -315,7 +325,10 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         except OracleError as exc:
             rejected = make("no_price", lenient=True, note=str(exc))
             return replace(rejected, oracle_error=type(exc).__name__)
-    digest = inputs_digest(inp.portfolio, inp.market, snap.risk_params_bytes, lenient=lenient)
+
+    def digest() -> str:
+        return inputs_digest(inp.portfolio, inp.market, snap.risk_params_bytes, lenient=lenient)
+
     # The account's own inputs only: a price round alone is no reason for a new record
     # (docs/keeper-decisions.md, "Records").
     change = inputs_digest(inp.portfolio, _NO_MARKET, snap.risk_params_bytes, lenient=lenient)

@@ -203,6 +203,7 @@ class KeeperService:
         t0 = time.perf_counter()
         synced = self._sync(head)
         if synced.reorg_from is not None:
+            self.core.forget_accounts()
             self.metrics.reorgs.inc()
             log.warning("reorg rolled back", extra={"from_block": synced.reorg_from})
         view = self.chain.view(head)
