@@ -184,8 +184,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             name="keeper",
             daemon=True,
         )
-        # One block per second from here: the keeper polls the head by number.
-        w3.provider.make_request("evm_setIntervalMining", [opts.block_time])
+        # One block per second from here: the keeper polls the head by number. anvil takes
+        # whole seconds (a float is refused with "invalid number") and must not fail silently:
+        # on automine every feed round and keeper transaction would be a block of its own.
+        anvil.rpc("evm_setIntervalMining", [max(1, round(opts.block_time))])
         thread.start()
         first_block = w3.eth.block_number
         feeds = _Feeds(w3, deployment, deployment.deployer)
