@@ -91,6 +91,7 @@ class DemoSummary:
     seconds: float
     out: str
     files: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False  # Ctrl-C: the keeper was stopped before the script's end
 
 
 class _Feeds:
@@ -147,7 +148,9 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     t0 = time.monotonic()
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("keeper.db", "keeper.db-wal", "keeper.db-shm", "state.json"):
+    # A previous run's outputs go first: an interrupted run must not leave its partial state
+    # next to an older summary.
+    for stale in ("keeper.db", "keeper.db-wal", "keeper.db-shm", "state.json", "summary.json"):
         (out / stale).unlink(missing_ok=True)
     logging.getLogger().handlers.clear()
     log_file = (out / "keeper.log").open("w")
@@ -208,6 +211,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         )
         chain.close()
     log_file.close()
+    summary.interrupted = interrupted
     summary.files = {
         "state_dump": str(out / "state.json"),
         "database": str(out / "keeper.db"),
