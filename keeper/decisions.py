@@ -118,9 +118,11 @@ class Assessment:
     action: Action | None
     flagged_at: int = 0
     note: str | None = None  # why no action where one might be expected (kept on the record)
-    #: ``inputs_digest`` with the market's timestamp set to 0: what decides whether a new
-    #: record is due (the timestamp moves every block; the book, prices and parameters don't).
+    #: ``inputs_digest`` of the account's own inputs with an empty market: what decides
+    #: whether a new record is due (prices and time move every block; the book does not).
     change_digest: str = ""
+    #: ``no_price``: the name of the oracle check that failed (``StalePrice``, ...).
+    oracle_error: str | None = None
 
 
 # --- the contract's liquidation arithmetic -------------------------------------------------
@@ -233,6 +235,9 @@ def choose_fraction(
 # --- assessment ----------------------------------------------------------------------------
 
 
+_NO_MARKET = Market(0, 0, (), ())
+
+
 def _no_price_digest(snap: ProtocolSnapshot, pf: Portfolio) -> str:
     # No market could be built: the digest covers the book and parameters only.
     return inputs_digest(pf, Market(0, snap.rate, (), ()), snap.risk_params_bytes, lenient=True)
@@ -308,11 +313,12 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         try:
             inp = snap.inputs(account, lenient=True)
         except OracleError as exc:
-            return make("no_price", lenient=True, note=str(exc))
+            rejected = make("no_price", lenient=True, note=str(exc))
+            return replace(rejected, oracle_error=type(exc).__name__)
     digest = inputs_digest(inp.portfolio, inp.market, snap.risk_params_bytes, lenient=lenient)
-    change = inputs_digest(
-        inp.portfolio, replace(inp.market, timestamp=0), snap.risk_params_bytes, lenient=lenient
-    )
+    # The account's own inputs only: a price round alone is no reason for a new record
+    # (docs/keeper-decisions.md, "Records").
+    change = inputs_digest(inp.portfolio, _NO_MARKET, snap.risk_params_bytes, lenient=lenient)
     try:
         table = snap.table(inp.market)
         res = table.full_check(inp.portfolio)

@@ -252,6 +252,13 @@ class Store:
             s.refresh(decision)
             return decision
 
+    def add_decisions(self, decisions: list[Decision]) -> None:
+        """Insert many decisions in one transaction (a block's no-action records)."""
+        if not decisions:
+            return
+        with self.session() as s:
+            s.add_all(decisions)
+
     def decision(self, decision_id: int) -> Decision | None:
         with self.session() as s:
             return s.get(Decision, decision_id)
