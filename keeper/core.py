@@ -219,7 +219,16 @@ class KeeperCore:
         for ins in snap.instruments.values():
             feed = snap.feeds.get(snap.underlyings[ins.underlying].price_feed)
             self._settle_rounds[ins.id] = feed.round_id if feed is not None else -1
+        # The key carries the feed's round (a reverted settlement may be retried on a later
+        # round): without this a round published while the first settlement is pending would
+        # send a second one, which reverts InstrumentAlreadySettled once the first is mined.
+        in_flight = (
+            self.store.instruments_being_settled(self.txm.signer.address) if self.txm else set()
+        )
         for action in expired_unsettled(snap):
+            if action.instrument in in_flight:
+                report.skip("in_flight")
+                continue
             self._act(snap, action, None, report)
         holders = [
             a

@@ -420,6 +420,18 @@ class Store:
                 )
             )
 
+    def instruments_being_settled(self, sender: str) -> set[int]:
+        """Instruments with a ``settle_instrument`` transaction of ``sender`` not yet final."""
+        with self.session() as s:
+            rows = s.exec(
+                select(Decision.instrument)
+                .join(Transaction, col(Transaction.decision_id) == col(Decision.id))
+                .where(Transaction.sender == sender.lower())
+                .where(col(Transaction.final).is_(False))
+                .where(Decision.action == "settle_instrument")
+            ).all()
+        return {int(i) for i in rows if i is not None}
+
     def transactions(self, sender: str) -> list[Transaction]:
         with self.session() as s:
             return list(
