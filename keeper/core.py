@@ -169,7 +169,8 @@ class KeeperCore:
         report.accounts_reused = snap.reused_accounts
         self._first = False
         try:
-            for a in assess(snap, sorted(targets), self.policy):
+            assessed = assess(snap, sorted(targets), self.policy)
+            for a in assessed:
                 self._uses[a.account] = _used_underlyings(snap, a.account)
                 if a.state in WATCH_STATES:
                     self._watch.add(a.account)
@@ -178,6 +179,9 @@ class KeeperCore:
                 report.accounts_assessed += 1
                 report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
                 report.states[a.account] = a.state
+            # Each action costs a simulation, an estimate and a send: the ones that matter most
+            # go first, to reach the next block (liquidations by bounty, then the rest).
+            for a in sorted(assessed, key=_urgency):
                 self._handle(snap, a, report)
         finally:
             self._flush()  # what was decided is recorded even when a later send fails
@@ -540,3 +544,13 @@ def _returned_bounty(action: Action, returned: bytes) -> int | None:
     if action.kind != "liquidate" or len(returned) != 32:
         return None
     return int.from_bytes(returned, "big", signed=True)
+
+
+_ACTION_ORDER = {"liquidate": 0, "resolve_bad_debt": 1, "flag": 2}
+
+
+def _urgency(a: Assessment) -> tuple[int, int, int]:
+    """Sort key: liquidations first, largest expected bounty first; no-action rows last."""
+    if a.action is None:
+        return (9, 0, a.account)
+    return (_ACTION_ORDER.get(a.action.kind, 3), -a.action.expected_bounty, a.account)
