@@ -28,7 +28,7 @@ from web3 import Web3
 
 from keeper.artifacts import ensure_built
 from keeper.chain import Chain
-from keeper.deployment import account_id, bind, deploy_protocol
+from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from margin.book import Book
 from margin.requirement import ScenarioTable
@@ -70,72 +70,81 @@ def _tx(frm: str, to: str, data: str, nonce: int, gas: int = 6_000_000) -> dict[
     return {"method": "eth_sendTransaction", "params": [tx]}
 
 
+def seed_accounts(
+    node: Anvil, w3: Web3, d: Deployment, n_accounts: int, seed: int = 1
+) -> list[int]:
+    """``n_accounts`` sub-accounts of one owner, 20,000 USDC each and six positions (perp, call,
+    put on both underlyings) against one counterparty; sent in JSON-RPC batches with automine
+    off, every receipt checked. Returns the account ids (automine is back on)."""
+    rng = random.Random(seed)
+    ch, usdc = bind(w3, d, "ClearingHouse"), bind(w3, d, "MockERC20:USDC")
+    matcher, owner, bob = list(w3.eth.accounts)[:3]
+    for who in (owner, bob):
+        w3.eth.wait_for_transaction_receipt(
+            usdc.functions.mint(who, 10**17).transact({"from": who})
+        )
+        w3.eth.wait_for_transaction_receipt(
+            usdc.functions.approve(ch.address, 10**17).transact({"from": who})
+        )
+    b = account_id(bob)
+    w3.eth.wait_for_transaction_receipt(ch.functions.deposit(b, 0, 10**16).transact({"from": bob}))
+    by_u: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for ins in d.instruments:
+        by_u.setdefault(ins["underlying"], {}).setdefault(ins["kind"], []).append(ins)
+    spots = {0: 3000, 1: 60_000}
+    accounts = [account_id(owner, s) for s in range(1, n_accounts + 1)]
+    addr = ch.address
+    nonces = {x: w3.eth.get_transaction_count(x, "pending") for x in (owner, matcher)}
+
+    def tx(frm: str, data: str) -> dict[str, Any]:
+        nonce = nonces[frm]
+        nonces[frm] += 1
+        return _tx(frm, addr, data, nonce)
+
+    deposits = [tx(owner, ch.encode_abi("deposit", [a, 0, 20_000 * 10**6])) for a in accounts]
+    trades: list[dict[str, Any]] = []
+    for a in accounts:
+        for u, lot in ((0, WAD // 10), (1, WAD // 200)):
+            legs = [
+                (rng.choice(by_u[u]["future"]), spots[u]),
+                (rng.choice(by_u[u]["call"]), spots[u] // 20),
+                (rng.choice(by_u[u]["put"]), spots[u] // 25),
+            ]
+            for ins, price in legs:
+                q = lot * rng.randint(1, 5)
+                buyer, seller = (a, b) if rng.random() < 0.5 else (b, a)
+                data = ch.encode_abi("trade", [buyer, seller, ins["id"], q, price * WAD])
+                trades.append(tx(matcher, data))
+    # Automine off: queue everything, then mine until the pool is empty (a block holds
+    # thousands of these: the devnet's block gas limit is 1e10). Deposits land first.
+    node.rpc("evm_setAutomine", [False])
+    for sends in (deposits, trades):
+        hashes: list[str] = []
+        for i in range(0, len(sends), 250):
+            hashes += _batch(node.url, sends[i : i + 250])
+        while True:
+            node.rpc("evm_mine", [], timeout=600)
+            pool = node.rpc("txpool_status", [])
+            assert isinstance(pool, dict)
+            if int(pool["pending"], 16) == 0 and int(pool["queued"], 16) == 0:
+                break
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i : i + 500]
+            calls = [{"method": "eth_getTransactionReceipt", "params": [h]} for h in chunk]
+            receipts = _batch(node.url, calls)
+            assert all(r is not None and r["status"] == "0x1" for r in receipts)
+    node.rpc("evm_setAutomine", [True])
+    return accounts
+
+
 def run(n_accounts: int = 1000, seed: int = 1) -> NaiveKeeperResult:
     ensure_built()
-    rng = random.Random(seed)
     with Anvil() as node:
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
         d = deploy_protocol(w3)
-        ch, usdc = bind(w3, d, "ClearingHouse"), bind(w3, d, "MockERC20:USDC")
-        matcher, owner, bob = list(w3.eth.accounts)[:3]
-        for who in (owner, bob):
-            w3.eth.wait_for_transaction_receipt(
-                usdc.functions.mint(who, 10**17).transact({"from": who})
-            )
-            w3.eth.wait_for_transaction_receipt(
-                usdc.functions.approve(ch.address, 10**17).transact({"from": who})
-            )
-        b = account_id(bob)
-        w3.eth.wait_for_transaction_receipt(
-            ch.functions.deposit(b, 0, 10**16).transact({"from": bob})
-        )
-        by_u: dict[int, dict[str, list[dict[str, Any]]]] = {}
-        for ins in d.instruments:
-            by_u.setdefault(ins["underlying"], {}).setdefault(ins["kind"], []).append(ins)
-        spots = {0: 3000, 1: 60_000}
-        accounts = [account_id(owner, s) for s in range(1, n_accounts + 1)]
+        ch = bind(w3, d, "ClearingHouse")
         t0 = time.perf_counter()
-        addr = ch.address
-        nonces = {x: w3.eth.get_transaction_count(x, "pending") for x in (owner, matcher)}
-
-        def tx(frm: str, data: str) -> dict[str, Any]:
-            nonce = nonces[frm]
-            nonces[frm] += 1
-            return _tx(frm, addr, data, nonce)
-
-        deposits = [tx(owner, ch.encode_abi("deposit", [a, 0, 20_000 * 10**6])) for a in accounts]
-        trades: list[dict[str, Any]] = []
-        for a in accounts:
-            for u, lot in ((0, WAD // 10), (1, WAD // 200)):
-                legs = [
-                    (rng.choice(by_u[u]["future"]), spots[u]),
-                    (rng.choice(by_u[u]["call"]), spots[u] // 20),
-                    (rng.choice(by_u[u]["put"]), spots[u] // 25),
-                ]
-                for ins, price in legs:
-                    q = lot * rng.randint(1, 5)
-                    buyer, seller = (a, b) if rng.random() < 0.5 else (b, a)
-                    data = ch.encode_abi("trade", [buyer, seller, ins["id"], q, price * WAD])
-                    trades.append(tx(matcher, data))
-        # Automine off: queue everything, then mine until the pool is empty (a block holds
-        # thousands of these: the devnet's block gas limit is 1e10). Deposits land first.
-        node.rpc("evm_setAutomine", [False])
-        for sends in (deposits, trades):
-            hashes: list[str] = []
-            for i in range(0, len(sends), 250):
-                hashes += _batch(node.url, sends[i : i + 250])
-            while True:
-                node.rpc("evm_mine", [], timeout=600)
-                pool = node.rpc("txpool_status", [])
-                assert isinstance(pool, dict)
-                if int(pool["pending"], 16) == 0 and int(pool["queued"], 16) == 0:
-                    break
-            for i in range(0, len(hashes), 500):
-                chunk = hashes[i : i + 500]
-                calls = [{"method": "eth_getTransactionReceipt", "params": [h]} for h in chunk]
-                receipts = _batch(node.url, calls)
-                assert all(r is not None and r["status"] == "0x1" for r in receipts)
-        node.rpc("evm_setAutomine", [True])
+        accounts = seed_accounts(node, w3, d, n_accounts, seed)
         seed_s = time.perf_counter() - t0
 
         chain = Chain.connect(node.url, d)

@@ -37,7 +37,12 @@ def demo(
     from keeper.demo import DemoOptions, run_demo
 
     opts = DemoOptions(accounts=accounts, seed=seed, duration=duration, out=out, live=live)
-    raise SystemExit(run_demo(opts))
+    try:
+        status = run_demo(opts)
+    except KeyboardInterrupt:  # during set-up (or a second Ctrl-C while stopping)
+        sys.stderr.write(f"interrupted: stopped without a summary ({out} holds a partial run)\n")
+        status = 130
+    raise SystemExit(status)
 
 
 @app.command("parity-demo")

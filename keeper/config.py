@@ -192,7 +192,9 @@ class DecisionsConfig(_Section):
     #: Blocks on top of a block before it is treated as final (reorg horizon).
     confirmations: int = Field(default=12, ge=0, le=10_000)
     sweep_interval_seconds: PositiveSeconds = 300.0
-    block_poll_interval_seconds: PositiveSeconds = 2.0
+    #: How often the head is polled. An idle poll is one ``eth_getBlockByNumber``; the keeper
+    #: reacts to a block at most this late, so keep it well under the block time.
+    block_poll_interval_seconds: PositiveSeconds = 0.5
     # --- decision policy (keeper.decisions.DecisionPolicy; ``min_profit`` above is read in
     # asset-0 WAD: the bounty's unit, so "1 ether" = 1e18 = one unit of the settlement asset).
     allow_flags: bool = True

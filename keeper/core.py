@@ -10,9 +10,20 @@ latest block from the liquidator's address, the profitability rule, and ``TxMana
 Never twice (why two locks): the action's idempotency key (``flag:<account>:<nonce>``...) is a
 unique column of ``decision`` (the database refuses a second row, whichever process inserts it)
 and ``TxManager`` refuses a second transaction for one decision id. A key contains the
-account's state nonce, so an action whose transaction reverted on-chain is retried only once
-the account changed. A simulation revert is recorded with its decoded reason and backs the
+account's state nonce. A simulation revert is recorded with its decoded reason and backs the
 account off exponentially (in blocks; the end block is recorded, so a restart keeps it).
+
+A key is given back (the decision keeps its row, its outcome says why) in two cases, both
+found by the keeper-level fault tests (tests/test_faults_keeper.py):
+- its transaction reverted on-chain (``release_reverted``, with a back-off): the account may
+  still need the same action at the same nonce (the price moved back between simulation and
+  block, or the block the action was decided on was reorged away); a kept key would block it
+  until the owner touches the account. Simulation before every send and the back-off keep this
+  from becoming a retry storm; the contract's nonce check makes a second success impossible;
+- it never got a transaction (``_abandoned``): the process died, or the store refused the
+  row, between recording the decision and submitting it. A live submitter takes milliseconds
+  between the two; a decision at least ``ABANDONED_AFTER_BLOCKS`` old without a transaction
+  has none coming.
 """
 
 from __future__ import annotations
@@ -26,7 +37,13 @@ from web3 import Web3
 
 from keeper.chain.errors import ChainError
 from keeper.chain.revert import decode_revert, revert_data_of
-from keeper.chain.view import NO_UNDERLYING, Chain, ChainView, ProtocolSnapshot
+from keeper.chain.view import (
+    NO_UNDERLYING,
+    AccountSnapshot,
+    Chain,
+    ChainView,
+    ProtocolSnapshot,
+)
 from keeper.decisions import (
     MAINTENANCE,
     Action,
@@ -37,6 +54,7 @@ from keeper.decisions import (
     gas_cost_in_asset0,
 )
 from keeper.deployment import clearing_house_abi
+from keeper.fault_points import crash_point
 from keeper.secrets import scrub
 from keeper.store import Decision, Store
 from keeper.transactions import SendError, TxManager
@@ -45,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: States re-assessed at every block until they leave them, touched or not.
 WATCH_STATES = frozenset({"margin_call", "liquidatable", "flagged_grace", "bad_debt", "settleable"})
+#: A decision this many blocks old without a transaction lost its submitter (``_abandoned``).
+ABANDONED_AFTER_BLOCKS = 2
 SKIP_REASONS = (
     "unprofitable",
     "backoff",
@@ -59,12 +79,15 @@ SKIP_REASONS = (
 class BlockReport:
     block: int
     accounts_assessed: int = 0
+    accounts_reused: int = 0  # books not re-read (nonce and flag unchanged since last read)
     by_state: dict[str, int] = field(default_factory=dict)
     decisions_recorded: int = 0
     actions_sent: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     rpc_round_trips: int = 0
     states: dict[int, str] = field(default_factory=dict)  # account -> state, assessed ones
+    #: Accounts not acted on because an oracle answer was rejected, by the error's name.
+    oracle_rejections: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -103,6 +126,7 @@ class KeeperCore:
         self._rounds: dict[str, tuple[int, int, int]] = {}  # feed -> (round, answer, updatedAt)
         self._uses: dict[int, frozenset[int]] = {}  # account -> underlyings it uses
         self._known: set[int] = set()
+        self._batch: list[Decision] = []  # no-action rows of the block in progress
         self._watch: set[int] = set()  # accounts re-assessed every block (WATCH_STATES)
         # What was last recorded per account, and back-offs: restored from the store.
         self._last: dict[str, tuple[str, str, str | None]] = {
@@ -113,6 +137,10 @@ class KeeperCore:
         self._backoff_level: dict[str, int] = {}
         self._extra_trips = 0
         self._last_snap: ProtocolSnapshot | None = None
+        #: Account data of earlier blocks, reused when the account's nonce and flag have not
+        #: moved (ChainView.snapshot ``reuse``): a price round re-margins every holder without
+        #: re-reading every book. A sweep reads everything again.
+        self._accounts: dict[int, AccountSnapshot] = {}
         self._settle_tried_at = -1  # snapshot timestamp of the last settle_expired
         self._settle_rounds: dict[int, int] = {}  # instrument -> price round at that try
 
@@ -134,24 +162,37 @@ class KeeperCore:
         # Besides the touched ones: accounts still waiting for an action (a grace period runs
         # out with time alone; a back-off ends; gas may become cheap enough).
         targets = set(self._known) if everything else set(touched) | self._watch
-        snap = view.snapshot(sorted(targets))
+        if sweep or self._first:
+            self._accounts.clear()
+        for a in touched:
+            self._accounts.pop(a, None)
+        snap = view.snapshot(sorted(targets), reuse=self._accounts)
         moved = self._moved_underlyings(snap)
         if not everything and moved:
             extra = {a for a in self._known - targets if self._uses.get(a, frozenset()) & moved}
             if extra:
                 targets |= extra
-                snap = view.snapshot(sorted(targets))
+                snap = view.snapshot(sorted(targets), reuse=self._accounts)
+        self._accounts.update(snap.accounts)
+        report.accounts_reused = snap.reused_accounts
         self._first = False
-        for a in assess(snap, sorted(targets), self.policy):
-            self._uses[a.account] = _used_underlyings(snap, a.account)
-            if a.state in WATCH_STATES:
-                self._watch.add(a.account)
-            else:
-                self._watch.discard(a.account)
-            report.accounts_assessed += 1
-            report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
-            report.states[a.account] = a.state
-            self._handle(snap, a, report)
+        try:
+            assessed = assess(snap, sorted(targets), self.policy)
+            for a in assessed:
+                self._uses[a.account] = _used_underlyings(snap, a.account)
+                if a.state in WATCH_STATES:
+                    self._watch.add(a.account)
+                else:
+                    self._watch.discard(a.account)
+                report.accounts_assessed += 1
+                report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
+                report.states[a.account] = a.state
+            # Each action costs a simulation, an estimate and a send: the ones that matter most
+            # go first, to reach the next block (liquidations by bounty, then the rest).
+            for a in sorted(assessed, key=_urgency):
+                self._handle(snap, a, report)
+        finally:
+            self._flush()  # what was decided is recorded even when a later send fails
         self._last_snap = snap
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report
@@ -183,24 +224,37 @@ class KeeperCore:
         start = view.round_trips
         self._extra_trips = 0
         report = BlockReport(view.block.number)
-        snap = view.snapshot(sorted(self._known))
+        snap = view.snapshot(sorted(self._known), reuse=self._accounts)
+        self._accounts.update(snap.accounts)
         self._last_snap = snap
         self._settle_tried_at = snap.timestamp
         for ins in snap.instruments.values():
             feed = snap.feeds.get(snap.underlyings[ins.underlying].price_feed)
             self._settle_rounds[ins.id] = feed.round_id if feed is not None else -1
+        # The key carries the feed's round (a reverted settlement may be retried on a later
+        # round): without this a round published while the first settlement is pending would
+        # send a second one, which reverts InstrumentAlreadySettled once the first is mined.
+        in_flight = (
+            self.store.instruments_being_settled(self.txm.signer.address) if self.txm else set()
+        )
         for action in expired_unsettled(snap):
+            if action.instrument in in_flight:
+                report.skip("in_flight")
+                continue
             self._act(snap, action, None, report)
         holders = [
             a
             for a, acc in snap.accounts.items()
             if any(snap.instruments[i].settled for i, _ in acc.positions)
         ]
-        for a in assess(snap, holders, self.policy):
-            report.accounts_assessed += 1
-            report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
-            report.states[a.account] = a.state
-            self._handle(snap, a, report)
+        try:
+            for a in assess(snap, holders, self.policy):
+                report.accounts_assessed += 1
+                report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
+                report.states[a.account] = a.state
+                self._handle(snap, a, report)
+        finally:
+            self._flush()
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report
 
@@ -209,9 +263,18 @@ class KeeperCore:
     def _handle(self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport) -> None:
         acct = str(a.account)
         changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
+        if a.state == "no_price":
+            # The same checks as OracleLib: the contract would revert with this error too.
+            name = a.oracle_error or "unknown"
+            report.oracle_rejections[name] = report.oracle_rejections.get(name, 0) + 1
+            if changed:
+                log.warning(
+                    "oracle answer rejected: not acting on the account",
+                    extra={"account": acct, "error": a.note},
+                )
         if a.action is None:
             if changed:
-                self._record(snap, a, None, report, outcome=a.note)
+                self._record(snap, a, None, report, outcome=a.note, batch=True)
             return
         self._act(snap, a.action, a, report, changed=changed)
 
@@ -231,7 +294,8 @@ class KeeperCore:
             if changed and a is not None:
                 self._record(snap, a, action, report, outcome="backoff: skipped")
             return
-        if self.store.decision_by_key(action.key) is not None:
+        taken = self.store.decision_by_key(action.key)
+        if taken is not None and not self._abandoned(taken, block):
             report.skip("duplicate")
             if changed and a is not None:
                 self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
@@ -301,6 +365,7 @@ class KeeperCore:
             report.skip("duplicate")
             return
         assert row.id is not None
+        crash_point("after_decision")
         try:
             self.txm.submit(
                 to=self.chain.clearing_house, data=data, gas_limit=gas_limit, decision_id=row.id
@@ -353,6 +418,46 @@ class KeeperCore:
             return self.txm.fees.initial(base).max_fee_per_gas
         return 2 * base + 1
 
+    def _abandoned(self, decision: Decision, block: int) -> bool:
+        """True (and the key released) when ``decision`` took its action key but no transaction
+        was ever stored for it, and it is old enough that none is still coming."""
+        if self.txm is None or decision.id is None:
+            return False
+        if block - decision.block_number < ABANDONED_AFTER_BLOCKS:
+            return False
+        if self.store.transaction_for_decision(decision.id) is not None:
+            return False
+        log.warning(
+            "decision without a transaction: key released",
+            extra={"key": decision.action_key, "decision_id": decision.id},
+        )
+        self.store.update_decision(
+            decision.id,
+            action_key=None,
+            outcome=f"abandoned: no transaction was stored (was: {decision.outcome})",
+        )
+        return True
+
+    def release_reverted(self, decision_id: int, reason: str | None, block: int) -> bool:
+        """A transaction of ours reverted on-chain: its decision gives the action key back and
+        the target backs off, so the action can be decided again (see the module docstring).
+        Idempotent; False when there was nothing to release."""
+        decision = self.store.decision(decision_id)
+        if decision is None or decision.action_key is None:
+            return False
+        until = self._back_off(decision.account, block)
+        self.store.update_decision(
+            decision_id,
+            action_key=None,
+            outcome=f"reverted: {reason or 'no reason'}",
+            backoff_until=until,
+        )
+        log.warning(
+            "transaction reverted on-chain: action key released",
+            extra={"key": decision.action_key, "reason": reason, "backoff_until": until},
+        )
+        return True
+
     def _back_off(self, target: str, block: int) -> int:
         level = self._backoff_level.get(target, 0)
         span = min(self.policy.backoff_blocks * 2**level, self.policy.max_backoff_blocks)
@@ -375,7 +480,10 @@ class KeeperCore:
         gas_cost: int | None = None,
         key: str | None = None,
         target: str | None = None,
+        batch: bool = False,
     ) -> Decision | None:
+        """Record one decision. ``batch``: a no-action row, written with the block's other
+        such rows in one transaction (``_flush``) instead of one transaction each."""
         res = a.result if a is not None else None
         account = target or (str(a.account) if a is not None else "")
         row = Decision(
@@ -401,7 +509,11 @@ class KeeperCore:
             backoff_until=backoff_until,
             expected_gas_cost=gas_cost,
         )
-        saved = self.store.add_action_decision(row) if key else self.store.add_decision(row)
+        if batch and not key:
+            self._batch.append(row)
+            saved: Decision | None = row
+        else:
+            saved = self.store.add_action_decision(row) if key else self.store.add_decision(row)
         if saved is None:
             return None
         report.decisions_recorded += 1
@@ -409,6 +521,14 @@ class KeeperCore:
         return saved
 
     # --- which accounts a block affects ------------------------------------------------------
+
+    def forget_accounts(self) -> None:
+        """Drop the reused account data (after a reorg: read every book again)."""
+        self._accounts.clear()
+
+    def _flush(self) -> None:
+        rows, self._batch = self._batch, []
+        self.store.add_decisions(rows)
 
     def _moved_underlyings(self, snap: ProtocolSnapshot) -> frozenset[int]:
         """Underlyings whose price or vol feed round changed since the previous call."""
@@ -448,3 +568,13 @@ def _returned_bounty(action: Action, returned: bytes) -> int | None:
     if action.kind != "liquidate" or len(returned) != 32:
         return None
     return int.from_bytes(returned, "big", signed=True)
+
+
+_ACTION_ORDER = {"liquidate": 0, "resolve_bad_debt": 1, "flag": 2}
+
+
+def _urgency(a: Assessment) -> tuple[int, int, int]:
+    """Sort key: liquidations first, largest expected bounty first; no-action rows last."""
+    if a.action is None:
+        return (9, 0, a.account)
+    return (_ACTION_ORDER.get(a.action.kind, 3), -a.action.expected_bounty, a.account)

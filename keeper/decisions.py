@@ -15,7 +15,7 @@ sends. What mirrors the contract (and why it must match it):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from keeper.chain.rpc import BlockRef
@@ -114,13 +114,25 @@ class Assessment:
     state: str
     result: MarginResult | None
     lenient: bool
-    inputs_digest: str
+    #: The inputs digest, or how to compute it: most assessments are never recorded (a healthy
+    #: account whose book did not change), so the hash is computed on first use.
+    digest_source: str | Callable[[], str]
     action: Action | None
     flagged_at: int = 0
     note: str | None = None  # why no action where one might be expected (kept on the record)
-    #: ``inputs_digest`` with the market's timestamp set to 0: what decides whether a new
-    #: record is due (the timestamp moves every block; the book, prices and parameters don't).
+    #: ``inputs_digest`` of the account's own inputs with an empty market: what decides
+    #: whether a new record is due (prices and time move every block; the book does not).
     change_digest: str = ""
+    #: ``no_price``: the name of the oracle check that failed (``StalePrice``, ...).
+    oracle_error: str | None = None
+
+    @property
+    def inputs_digest(self) -> str:
+        d = self.digest_source
+        if not isinstance(d, str):
+            d = d()
+            object.__setattr__(self, "digest_source", d)  # computed once
+        return d
 
 
 # --- the contract's liquidation arithmetic -------------------------------------------------
@@ -233,6 +245,9 @@ def choose_fraction(
 # --- assessment ----------------------------------------------------------------------------
 
 
+_NO_MARKET = Market(0, 0, (), ())
+
+
 def _no_price_digest(snap: ProtocolSnapshot, pf: Portfolio) -> str:
     # No market could be built: the digest covers the book and parameters only.
     return inputs_digest(pf, Market(0, snap.rate, (), ()), snap.risk_params_bytes, lenient=True)
@@ -258,7 +273,7 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         state: str,
         result: MarginResult | None = None,
         lenient: bool = False,
-        digest: str | None = None,
+        digest: str | Callable[[], str] | None = None,
         action: Action | None = None,
         note: str | None = None,
     ) -> Assessment:
@@ -269,7 +284,7 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
             state,
             result,
             lenient,
-            digest or _no_price_digest(snap, pf),
+            digest or (lambda: _no_price_digest(snap, pf)),
             action,
             acc.flagged_at,
             note,
@@ -308,11 +323,15 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         try:
             inp = snap.inputs(account, lenient=True)
         except OracleError as exc:
-            return make("no_price", lenient=True, note=str(exc))
-    digest = inputs_digest(inp.portfolio, inp.market, snap.risk_params_bytes, lenient=lenient)
-    change = inputs_digest(
-        inp.portfolio, replace(inp.market, timestamp=0), snap.risk_params_bytes, lenient=lenient
-    )
+            rejected = make("no_price", lenient=True, note=str(exc))
+            return replace(rejected, oracle_error=type(exc).__name__)
+
+    def digest() -> str:
+        return inputs_digest(inp.portfolio, inp.market, snap.risk_params_bytes, lenient=lenient)
+
+    # The account's own inputs only: a price round alone is no reason for a new record
+    # (docs/keeper-decisions.md, "Records").
+    change = inputs_digest(inp.portfolio, _NO_MARKET, snap.risk_params_bytes, lenient=lenient)
     try:
         table = snap.table(inp.market)
         res = table.full_check(inp.portfolio)

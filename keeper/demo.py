@@ -83,6 +83,7 @@ class DemoSummary:
     seconds: float
     out: str
     files: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False  # Ctrl-C: the keeper was stopped before the script's end
 
 
 def _free_port() -> int:
@@ -116,7 +117,9 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     t0 = time.monotonic()
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("keeper.db", "keeper.db-wal", "keeper.db-shm", "state.json"):
+    # A previous run's outputs go first: an interrupted run must not leave its partial state
+    # next to an older summary.
+    for stale in ("keeper.db", "keeper.db-wal", "keeper.db-shm", "state.json", "summary.json"):
         (out / stale).unlink(missing_ok=True)
     logging.getLogger().handlers.clear()
     log_file = (out / "keeper.log").open("w")
@@ -153,8 +156,10 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             name="keeper",
             daemon=True,
         )
-        # One block per second from here: the keeper polls the head by number.
-        w3.provider.make_request("evm_setIntervalMining", [opts.block_time])
+        # One block per second from here: the keeper polls the head by number. anvil takes
+        # whole seconds (a float is refused with "invalid number") and must not fail silently:
+        # on automine every feed round and keeper transaction would be a block of its own.
+        anvil.rpc("evm_setIntervalMining", [max(1, round(opts.block_time))])
         thread.start()
         first_block = w3.eth.block_number
         feeds = ScriptedFeeds(w3, deployment, deployment.deployer)
@@ -175,6 +180,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         )
         chain.close()
     log_file.close()
+    summary.interrupted = interrupted
     summary.files = {
         "state_dump": str(out / "state.json"),
         "database": str(out / "keeper.db"),

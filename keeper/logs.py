@@ -102,4 +102,9 @@ def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) 
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # APScheduler logs every run of every job at INFO ("Running job ...", "executed
+    # successfully"): twice per block poll. Only its warnings reach the keeper's log, unless
+    # the operator asked for DEBUG.
+    debug = logging.getLevelName(level) == "DEBUG" if isinstance(level, str) else level <= 10
+    logging.getLogger("apscheduler").setLevel(logging.DEBUG if debug else logging.WARNING)
     return handler

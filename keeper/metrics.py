@@ -38,6 +38,11 @@ class KeeperMetrics:
         self.decisions = Counter(
             "keeper_decisions", "Decisions recorded, by action", ["action"], registry=r
         )
+        self.assessed = Counter(
+            "keeper_accounts_assessed",
+            "Accounts re-margined with the exact engine (block loop, sweeps, settlement)",
+            registry=r,
+        )
         self.skipped = Counter(
             "keeper_actions_skipped", "Actions not sent, by reason", ["reason"], registry=r
         )
@@ -64,7 +69,9 @@ class KeeperMetrics:
         )
         self.oracle_rejections = Counter(
             "keeper_oracle_rejections",
-            "Accounts not acted on because an oracle answer was rejected",
+            "Accounts not acted on because an oracle answer was rejected, by the error "
+            "(StalePrice, NonPositivePrice, IncompleteRound, UnsupportedFeed, FeedCallFailed)",
+            ["reason"],
             registry=r,
         )
         self.block_seconds = Histogram(

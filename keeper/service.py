@@ -41,9 +41,23 @@ from keeper.config import KeeperConfig
 from keeper.deployment import clearing_house_abi, load_deployment
 from keeper.metrics import ACCOUNT_STATES, Health, KeeperMetrics, MetricsServer
 from keeper.secrets import scrub
-from keeper.store import Store
+from keeper.store import Store, TxStatus
 
 log = logging.getLogger("keeper.service")
+
+
+class _SkippedRunFilter(logging.Filter):
+    """Drops APScheduler's "skipped: maximum number of running instances" warning.
+
+    With one worker, a block poll that finds a sweep or a slow block still running is skipped
+    by design (the next poll catches up, the watchdog covers a real stall); logged at WARNING
+    every 50 ms it would drown the log an operator reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in record.getMessage()
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -78,8 +92,9 @@ class KeeperService:
         self.health = Health(max_block_age=config.service.watchdog_seconds)
         self.exit_status = EXIT_OK
         self._stop = threading.Event()
-        self._last_processed: int | None = None
+        self._last_processed: BlockRef | None = None
         self._last_progress_at = time.monotonic()
+        self._last_follow = 0.0
         self._accounted: set[int] = set()
         #: Latest state of every assessed account (for status views), and actions sent so far.
         self.states: dict[int, str] = {}
@@ -103,7 +118,11 @@ class KeeperService:
 
         cfg = self.config
         deployment = load_deployment(cfg.deployment.file)
-        self.chain = Chain.from_config(cfg.rpc, deployment)
+        # A configured WebSocket endpoint carries every read and send (one persistent
+        # connection, no HTTP handshake per poll); otherwise HTTP.
+        websocket = cfg.rpc.ws_url is not None
+        self.chain = Chain.from_config(cfg.rpc, deployment, websocket=websocket)
+        log.info("connected", extra={"transport": "websocket" if websocket else "http"})
         self.store = Store.open(cfg.store.url)
         if cfg.service.dry_run or cfg.signer is None:
             if not cfg.service.dry_run:
@@ -128,9 +147,13 @@ class KeeperService:
         )
         if self.txm is not None:
             self.txm.start()
+            # Reverts recorded by an earlier run that died before giving the key back.
+            for tx in self.store.transactions(self.txm.signer.address):
+                if tx.status == TxStatus.REVERTED:
+                    self._release_reverted(tx)
         head = self.chain.head()
         log.info("backfill", extra={"to_block": head.number})
-        self.indexer.sync(head)
+        self._sync(head)
         self.consistency()
         self._process(head, sweep=True)
 
@@ -163,9 +186,15 @@ class KeeperService:
         assert self.chain is not None
         head = self.chain.head()
         self.metrics.head.set(head.number)
-        if self._last_processed is not None and head.number == self._last_processed:
-            if self.txm is not None:
-                self._follow_transactions()
+        # By hash, not number: a reorg to a chain of the same height is a new head too.
+        last = self._last_processed
+        if last is not None and (head.number, head.hash) == (last.number, last.hash):
+            # No new block, no new receipt: between blocks only the clock moves (a stuck
+            # transaction's replacement), so open transactions are followed once a second
+            # (more often only when the stuck threshold itself is that short).
+            every = min(1.0, float(self.config.fees.stuck_after_seconds) / 2)
+            if self.txm is not None and time.monotonic() - self._last_follow >= every:
+                self._follow_transactions(head.number)
             self._watch(head)
             return TickReport(head.number, processed=False)
         return self._process(head)
@@ -173,8 +202,9 @@ class KeeperService:
     def _process(self, head: BlockRef, *, sweep: bool = False) -> TickReport:
         assert self.chain is not None and self.indexer is not None and self.core is not None
         t0 = time.perf_counter()
-        synced = self.indexer.sync(head)
+        synced = self._sync(head)
         if synced.reorg_from is not None:
+            self.core.forget_accounts()
             self.metrics.reorgs.inc()
             log.warning("reorg rolled back", extra={"from_block": synced.reorg_from})
         view = self.chain.view(head)
@@ -193,8 +223,8 @@ class KeeperService:
             self._record(settled)
         self._record(report)
         if self.txm is not None:
-            self._follow_transactions()
-        self._last_processed = head.number
+            self._follow_transactions(head.number)
+        self._last_processed = head
         self._last_progress_at = time.monotonic()
         self.metrics.known_accounts.set(len(known))
         self.metrics.indexed.set(head.number)
@@ -223,6 +253,27 @@ class KeeperService:
             },
         )
         return out
+
+    def _sync(self, head: BlockRef) -> Any:
+        """``Indexer.sync``; a reorg deeper than the stored window (``ReorgTooDeep``: none of
+        the last ``confirmations`` block hashes is canonical) rebuilds the index from the
+        deployment block: failing instead would repeat at every block until the watchdog
+        stopped the keeper, and again at every restart. Every account is then re-margined
+        (all of them are touched by the re-index)."""
+        from keeper.indexer import ReorgTooDeep
+
+        assert self.indexer is not None and self.chain is not None
+        try:
+            return self.indexer.sync(head)
+        except ReorgTooDeep as exc:
+            log.error(
+                "reorg deeper than confirmations: re-indexing from the deployment block",
+                extra={"error": scrub(str(exc))},
+            )
+            self.indexer.rewind()
+            synced = self.indexer.sync(head)
+            synced.reorg_from = self.chain.deployment.start_block
+            return synced
 
     def sweep(self) -> TickReport | None:
         """Every indexed account re-margined at the head."""
@@ -271,11 +322,14 @@ class KeeperService:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _follow_transactions(self) -> None:
+    def _follow_transactions(self, head: int | None = None) -> None:
         """Follow open transactions; a transaction that became final is accounted once: gas
         paid, status, and the bounty its receipt credited to us (recorded on the row)."""
         assert self.txm is not None and self.store is not None
-        for tx in self.txm.poll():
+        self._last_follow = time.monotonic()
+        for tx in self.txm.poll(head=head):
+            if tx.status == TxStatus.REVERTED:
+                self._release_reverted(tx)
             if not tx.final or tx.id is None or tx.id in self._accounted:
                 continue
             self._accounted.add(tx.id)
@@ -298,6 +352,14 @@ class KeeperService:
                 self.metrics.bounty.inc(bounty)
         self.metrics.pending_tx.set(len(self.store.open_transactions(self.txm.signer.address)))
 
+    def _release_reverted(self, tx: Any) -> None:
+        """A reverted transaction gives its decision's action key back (``KeeperCore.
+        release_reverted``: idempotent, so every poll pass may ask)."""
+        assert self.core is not None and self.chain is not None
+        if tx.decision_id is not None:
+            block = tx.block_number if tx.block_number is not None else self.chain.head().number
+            self.core.release_reverted(tx.decision_id, tx.revert_reason, block)
+
     def _bounty_of(self, tx_hash: str) -> int:
         """Σ BountyCredited(us, amount) in the receipt: what the chain actually paid."""
         assert self.chain is not None and self.address is not None
@@ -317,7 +379,9 @@ class KeeperService:
         by_state = self.last_by_state
         for state in ACCOUNT_STATES:
             self.metrics.accounts.labels(state).set(by_state.get(state, 0))
-        self.metrics.oracle_rejections.inc(report.by_state.get("no_price", 0))
+        for reason, n in report.oracle_rejections.items():
+            self.metrics.oracle_rejections.labels(reason).inc(n)
+        self.metrics.assessed.inc(report.accounts_assessed)
         for action in report.actions_sent:
             kind = action.split(":", 1)[0]
             self.actions[kind] += 1

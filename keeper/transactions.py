@@ -28,6 +28,7 @@ from web3.exceptions import TransactionNotFound, Web3RPCError
 
 from keeper.chain.errors import ChainError
 from keeper.chain.revert import decode_revert, revert_data_of
+from keeper.fault_points import crash_point
 from keeper.fees import FeePolicy, Fees
 from keeper.nonces import NonceManager
 from keeper.secrets import RedactedError, redacting_errors, scrub
@@ -147,6 +148,7 @@ class TxManager:
 
     def _send_attempt(self, tx: Transaction, fees: Fees) -> Transaction:
         assert tx.id is not None
+        crash_point("before_sign")
         tx_hash, raw = self._sign(tx, fees)
         known = self.store.attempt_by_hash(tx_hash)
         if known is not None:
@@ -218,6 +220,7 @@ class TxManager:
                 raise
             log.warning("broadcast failed", extra={"tx_id": tx.id, "error": message})
             raise RedactedError(type(exc).__name__, message) from None
+        crash_point("after_send")
         return tx
 
     def _node_has(self, tx_hash: str) -> bool:
@@ -245,18 +248,21 @@ class TxManager:
 
     # --- following ---------------------------------------------------------------------------
 
-    def poll(self, now: datetime | None = None) -> list[Transaction]:
-        """One pass over the open transactions; returns them as updated."""
+    def poll(self, now: datetime | None = None, *, head: int | None = None) -> list[Transaction]:
+        """One pass over the open transactions; returns them as updated. ``head``: the latest
+        block number when the caller has just read it (saves a round trip)."""
         with redacting_errors(*_OWN_ERRORS):
-            return self._poll(now or utcnow())
+            return self._poll(now or utcnow(), head)
 
-    def _poll(self, now: datetime) -> list[Transaction]:
-        head = self.w3.eth.block_number
+    def _poll(self, now: datetime, known_head: int | None = None) -> list[Transaction]:
+        open_txs = self.store.open_transactions(self.signer.address)
+        if not open_txs:
+            # Nothing to follow and no nonce above a gap: the block loop polls this several
+            # times a block, so an idle keeper asks the node nothing here.
+            return []
+        head = self.w3.eth.block_number if known_head is None else known_head
         latest_count = self.w3.eth.get_transaction_count(self.signer.address, "latest")
-        out = [
-            self._follow(tx, head, latest_count, now)
-            for tx in self.store.open_transactions(self.signer.address)
-        ]
+        out = [self._follow(tx, head, latest_count, now) for tx in open_txs]
         out += self._fill_gaps(latest_count)
         return out
 
@@ -300,6 +306,7 @@ class TxManager:
 
     def _follow(self, tx: Transaction, head: int, latest_count: int, now: datetime) -> Transaction:
         assert tx.id is not None
+        crash_point("before_receipt")
         found = self._receipt(tx.id)
         if found is not None:
             attempt, receipt = found
@@ -329,7 +336,12 @@ class TxManager:
                 )
             return tx
         if tx.status in (TxStatus.MINED, TxStatus.REVERTED):
-            log.warning("receipt vanished (reorg): back to pending", extra={"tx_id": tx.id})
+            log.warning(
+                "receipt vanished (reorg): back to pending, re-broadcast",
+                extra={"tx_id": tx.id, "block": tx.block_number, "hash": tx.mined_hash},
+            )
+            orphaned = self.store.attempt_by_hash(tx.mined_hash) if tx.mined_hash else None
+            orphaned_in = (tx.block_number, tx.block_hash)
             tx = self.store.update_transaction(
                 tx.id,
                 status=TxStatus.PENDING,
@@ -339,6 +351,15 @@ class TxManager:
                 gas_used=None,
                 effective_gas_price=None,
             )
+            if orphaned is not None and orphaned.id is not None:
+                note = f"reorged out of block {orphaned_in[0]} ({orphaned_in[1]}); re-broadcast"
+                orphaned = self.store.update_attempt(orphaned.id, error=note)
+                # Nodes drop the transactions of orphaned blocks or keep them in their pool:
+                # the same bytes go out again now ("already known" is fine), not after
+                # ``stuck_after``. The nonce is judged at the next pass: ``latest_count`` was
+                # read before the receipt vanished and may still count this transaction.
+                return self._broadcast(tx, orphaned, rebroadcast=True)
+            return tx
         if tx.nonce < latest_count:
             if not any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id)):
                 # It never reached a node: nothing of ours can mine, so it needs a fresh nonce.
@@ -363,9 +384,11 @@ class TxManager:
         return self._send_attempt(tx, bumped)
 
     def _revert_reason(self, tx: Transaction, block_number: int) -> str:
-        """Best effort: replay the call on the parent block's state and decode the revert data
-        (``keeper.chain.revert``: every error of abi/ and margin.errors).
-        Exact when the revert does not depend on earlier transactions of the same block."""
+        """Best effort: replay the call and decode the revert data (``keeper.chain.revert``:
+        every error of abi/ and margin.errors). First on the parent block's state: exact when
+        nothing earlier in the same block mattered. When that replay succeeds, an earlier
+        transaction of the same block made the difference (typically a competitor's liquidation
+        ordered first): replayed again on the block's own final state, which includes it."""
         call = {
             "from": self.signer.address,
             "to": Web3.to_checksum_address(tx.to or ""),
@@ -373,11 +396,15 @@ class TxManager:
             "value": tx.value,
             "gas": tx.gas_limit,
         }
-        try:
-            self.w3.eth.call(call, block_number - 1)  # type: ignore[arg-type]
-        except Exception as exc:
-            data = revert_data_of(exc)
-            if data is not None:
-                return scrub(f"{decode_revert(data)} (replayed)")
-            return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
-        return "reverted (the replay on the parent block succeeded: state-dependent revert)"
+        for at, label in (
+            (block_number - 1, "replayed"),
+            (block_number, "replayed after its block"),
+        ):
+            try:
+                self.w3.eth.call(call, at)  # type: ignore[arg-type]
+            except Exception as exc:
+                data = revert_data_of(exc)
+                if data is not None:
+                    return scrub(f"{decode_revert(data)} ({label})")
+                return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
+        return "reverted (replays before and after its block succeed: state-dependent revert)"

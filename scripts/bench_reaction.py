@@ -36,6 +36,8 @@ from keeper.devnet import Anvil
 from keeper.devnet.market import seed_market
 from keeper.devnet.rpc_proxy import CountingProxy
 from keeper.service import KeeperService
+from margin.portfolio import Market
+from margin.requirement import ScenarioTable
 
 KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 
@@ -52,13 +54,25 @@ def percentile(xs: list[float], p: float) -> float:
     return s[k]
 
 
+def _anvil(w3: Web3, method: str, *params: object) -> object:
+    """An anvil control call; an error answer is an error here, not a silently ignored dict."""
+    reply = w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+    if "error" in reply:
+        raise RuntimeError(f"{method}{list(params)}: {reply['error']}")
+    return reply.get("result")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=50)
-    ap.add_argument("--block-time", type=float, default=1.0)
+    ap.add_argument("--block-time", type=int, default=1, help="seconds (anvil takes whole seconds)")
     ap.add_argument("--accounts", type=int, default=50, help="background accounts")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if os.environ.get("BENCH_LOG"):
+        from keeper.logs import configure_logging
+
+        configure_logging("INFO", open(os.environ["BENCH_LOG"], "w"))  # noqa: SIM115
     ensure_built()
     os.environ["KEEPER_BENCH_KEY"] = KEY
     tmp = Path(tempfile.mkdtemp(prefix="bench-reaction-"))
@@ -90,10 +104,8 @@ def main() -> int:
         service = KeeperService(cfg)
         thread = threading.Thread(target=lambda: service.run(install_signals=False), daemon=True)
         ch = bind(w3, d, "ClearingHouse")
-        feed = bind(w3, d, "MockAggregator:ETH/USD")
-        vol = bind(w3, d, "MockAggregator:ETH/IV")
-        base = int(feed.functions.answer().call())
-        w3.provider.make_request("evm_setIntervalMining", [args.block_time])
+        feed_abi = bind(w3, d, "MockAggregator:ETH/USD").abi
+        _anvil(w3, "evm_setIntervalMining", args.block_time)
         thread.start()
         while service.health.last_block is None:
             time.sleep(0.1)
@@ -103,15 +115,20 @@ def main() -> int:
         ticks_before = _count(service)
         for r in range(args.rounds):
             # A fresh victim at today's price (automine for the setup, then back to interval).
-            w3.provider.make_request("evm_setIntervalMining", [0])
-            w3.provider.make_request("evm_setAutomine", [True])
+            _anvil(w3, "evm_setIntervalMining", 0)
+            _anvil(w3, "evm_setAutomine", True)
             victim = seed_market(
                 w3, d, chain, 1, seed=1000 + r, maker_usdc=1, kinds=["levered_perp"]
             ).accounts[0]
-            w3.provider.make_request("evm_setAutomine", [False])
-            w3.provider.make_request("evm_setIntervalMining", [args.block_time])
-            q = victim.positions[0][1]
-            crash = round(base * (0.8 if q > 0 else 1.25))
+            _anvil(w3, "evm_setAutomine", False)
+            _anvil(w3, "evm_setIntervalMining", args.block_time)
+            # The victim's underlying (ETH or BTC): its price feed crashes, its vol feed gets
+            # a fresh round at the same value (both must be fresh for the checks).
+            price_feed, vol_feed = feeds_of(chain, victim.account)
+            feed = w3.eth.contract(address=price_feed, abi=feed_abi)
+            vol = w3.eth.contract(address=vol_feed, abi=feed_abi)
+            base = int(feed.functions.answer().call())
+            crash = crash_answer(chain, victim.account, base)
             h = feed.functions.setAnswer(crash).transact({"from": w3.eth.accounts[0]})
             vol.functions.setAnswer(int(vol.functions.answer().call())).transact(
                 {"from": w3.eth.accounts[0]}
@@ -131,7 +148,17 @@ def main() -> int:
                     break
                 time.sleep(0.01)
             if found is None:
-                print(f"round {r}: no liquidation within 30 s", file=sys.stderr)
+                print(
+                    f"round {r}: no liquidation within 30 s (crash block {crash_block})",
+                    file=sys.stderr,
+                )
+                assert service.store is not None
+                for dec in service.store.decisions_for(str(victim.account))[-6:]:
+                    print(
+                        f"  block {dec.block_number} {dec.state} {dec.action} "
+                        f"eq={dec.equity} req={dec.requirement} outcome={dec.outcome}",
+                        file=sys.stderr,
+                    )
                 continue
             t_liq = time.perf_counter()
             blocks.append(found["blockNumber"] - crash_block)
@@ -168,6 +195,39 @@ def main() -> int:
         for k, v in res.items():
             print(f"{k:34} {v}")
     return 0 if len(blocks) == args.rounds else 1
+
+
+def feeds_of(chain: Chain, account: int) -> tuple[str, str]:
+    """Price and vol feed addresses of the underlying of the account's first position."""
+    snap = chain.view().snapshot([account])
+    u = snap.inputs(account).portfolio.positions[0].underlying
+    cfg = snap.underlyings[u]
+    return Web3.to_checksum_address(cfg.price_feed), Web3.to_checksum_address(cfg.vol_feed)
+
+
+def crash_answer(chain: Chain, account: int, base: int) -> int:
+    """The mildest price move (in 0.5% steps, against the position) that leaves ``account``
+    with its equity below 60% of its requirement and above 20%: a solvent liquidation with a
+    bounty worth the gas (just under the requirement, the penalty on the small fraction that
+    restores it would not pay for the gas), the case the keeper races other keepers for.
+    Evaluated with the exact engine at the current block."""
+    snap = chain.view().snapshot([account])
+    inp = snap.inputs(account)
+    pos = inp.portfolio.positions[0]
+    u = pos.underlying
+    scale = inp.market.spots[u] // base  # feed answer -> WAD spot
+    for step in range(1, 100):
+        f = 1 - step / 200 if pos.quantity > 0 else 1 + step / 200
+        answer = round(base * f)
+        spots = list(inp.market.spots)
+        spots[u] = answer * scale
+        m = Market(inp.market.timestamp, inp.market.rate, tuple(spots), inp.market.vols)
+        r = ScenarioTable(m, snap.risk_params).full_check(inp.portfolio)
+        if 10 * r.equity < 6 * r.requirement:
+            if 5 * r.equity < r.requirement:
+                raise RuntimeError(f"account {account}: no solvent liquidatable price found")
+            return answer
+    raise RuntimeError(f"account {account}: still healthy after a 50% move")
 
 
 def _count(service: KeeperService) -> int:

@@ -561,3 +561,24 @@ def test_random_books_match_margin_of(
     assert sum(len(s.positions) for s in snap.accounts.values()) >= 20
     for a, r in zip(books, onchain, strict=True):
         assert _as_tuple(snap.full_check(a).to_abi()) == _as_tuple(r.one())
+
+
+def test_snapshot_reuses_books_whose_nonce_did_not_move(
+    seeded: Seeded, chain: Chain, w3: Web3, evm_snapshot: None
+) -> None:
+    """A later snapshot given the earlier account data reads only nonce and flag of the books
+    that did not change, reads in full the one a deposit changed, and equals a fresh read."""
+    accounts = sorted(seeded.accounts.values())
+    before = chain.view().snapshot(accounts)
+    ch, usdc = bind(w3, seeded.d, "ClearingHouse"), bind(w3, seeded.d, "MockERC20:USDC")
+    flat = seeded.accounts["flat"]
+    owner = ch.functions.accountOwner(flat).call()
+    _send(w3, usdc.functions.approve(ch.address, 10**9 * USDC), owner)
+    _send(w3, ch.functions.deposit(flat, 0, 7 * USDC), owner)
+    view = chain.view()
+    reused = view.snapshot(accounts, reuse=before.accounts)
+    fresh = view.snapshot(accounts)
+    assert reused.accounts == fresh.accounts
+    assert reused.accounts[flat].balances[0] == before.accounts[flat].balances[0] + 7 * WAD
+    assert reused.reused_accounts == len(accounts) - 1
+    assert fresh.reused_accounts == 0

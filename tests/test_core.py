@@ -452,3 +452,33 @@ def test_dry_run_decides_and_records_but_never_sends(fresh: World, tmp_path: Pat
     again = core.on_block(chain.view(), set(), acc.values(), market_changed=True)
     assert again.decisions_recorded == 0
     store.close()
+
+
+def test_pending_settlement_is_not_sent_again_on_a_new_round(fresh: World, store_url: str) -> None:
+    """The settle key carries the feed round; a round published while the settlement is still
+    pending must not send a second settleInstrument (it would revert InstrumentAlreadySettled
+    once the first is mined: gas for nothing). Seen in `keeper demo`, where feeds move every
+    block."""
+    core, txm, store, chain = keeper(fresh, store_url)
+    acc, w3, node = fresh.accounts, fresh.w3, fresh.node
+    expiry = max(i["expiry"] for i in fresh.dep.instruments)
+    core.on_block(chain.view(), set(), acc.values(), market_changed=False)
+    node.rpc("evm_setNextBlockTimestamp", [expiry + 60])
+    set_eth(fresh, 3100)
+    node.rpc("evm_setAutomine", [False])
+    try:
+        first = core.settle_expired(chain.view())
+        assert first.actions_sent and all(
+            k.startswith("settle_instrument:") for k in first.actions_sent
+        )
+        # Not mined yet: out of the pool, as if still waiting for a block. A new round lands.
+        node.rpc("anvil_dropAllTransactions")
+        fresh.eth_feed.functions.setAnswer(3105 * 10**8).transact({"from": w3.eth.accounts[0]})
+        node.rpc("evm_mine")
+        again = core.settle_expired(chain.view())
+    finally:
+        node.rpc("evm_setAutomine", [True])
+    assert not any(k.startswith("settle_instrument:") for k in again.actions_sent)
+    assert again.skipped.get("in_flight") == len(first.actions_sent)
+    assert len(store.transactions(txm.signer.address)) == len(first.actions_sent)
+    store.close()

@@ -246,10 +246,14 @@ def test_partial_close_rounds_down_to_lot(fraction: int) -> None:
     assert closed % 10**8 == 0 and closed <= (3 * WAD + 10**8) * fraction // WAD
 
 
-def test_change_digest_ignores_the_passing_of_time() -> None:
+def test_change_digest_follows_the_book_not_the_market() -> None:
     a = assess_account(snapshot({1: book(5000)}), 1, DecisionPolicy())
     later = replace(snapshot({1: book(5000)}), timestamp=NOW + 12)
     b = assess_account(later, 1, DecisionPolicy())
     assert a.inputs_digest != b.inputs_digest and a.change_digest == b.change_digest
     moved = assess_account(snapshot({1: book(5000)}, spot=2900), 1, DecisionPolicy())
-    assert moved.change_digest != a.change_digest
+    assert moved.inputs_digest != a.inputs_digest and moved.change_digest == a.change_digest
+    deposit = assess_account(snapshot({1: book(5100)}), 1, DecisionPolicy())
+    assert deposit.change_digest != a.change_digest
+    bigger = assess_account(snapshot({1: book(5000, ((1, 2 * WAD),))}), 1, DecisionPolicy())
+    assert bigger.change_digest != a.change_digest

@@ -195,9 +195,15 @@ def test_crash_liquidations_restart_and_settlement(devnet: Devnet, store_url: st
         service.close()
 
 
-def test_keeper_run_process_stops_cleanly_on_sigterm(devnet: Devnet, tmp_path: Path) -> None:
+def test_keeper_run_process_over_websocket_liquidates_and_stops_on_sigterm(
+    devnet: Devnet, tmp_path: Path
+) -> None:
+    """`keeper run` as an operator runs it, with a WebSocket endpoint configured (every read and
+    every send then goes over the one WebSocket): it liquidates after a crash, then SIGTERM
+    stops it with exit status 0."""
     net = devnet
     data = net.config(f"sqlite:///{tmp_path / 'k.db'}")
+    data["rpc"]["ws_url"] = net.anvil.url.replace("http://", "ws://")
     path = tmp_path / "keeper.toml"
     lines = []
     for section, values in data.items():
@@ -225,11 +231,21 @@ def test_keeper_run_process_stops_cleanly_on_sigterm(devnet: Devnet, tmp_path: P
                 pass
             time.sleep(0.3)
         assert healthy, proc.stderr.read().decode() if proc.poll() is not None else "no health"
+        crash_block = net.w3.eth.block_number + 1
+        net.move(0.70, 0.75, 1.3)
+        liquidations: list[Any] = []
+        while not liquidations and time.monotonic() < deadline and proc.poll() is None:
+            net.w3.provider.make_request("evm_mine", [])
+            liquidations = net.events("Liquidation", crash_block)
+            time.sleep(0.3)
+        assert liquidations, "the keeper process did not liquidate after the crash"
+        assert {e["args"]["liquidator"] for e in liquidations} == {net.keeper}
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()[-2000:]
         logs = [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
         assert any(x["msg"] == "signal received, stopping" for x in logs)
+        assert any(x.get("transport") == "websocket" for x in logs), "the keeper used HTTP"
         assert ANVIL_KEY_1[2:] not in err.decode() + out.decode()
     finally:
         if proc.poll() is None:

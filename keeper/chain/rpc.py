@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from web3 import Web3
+from web3.middleware import Web3Middleware
 from web3.providers.base import JSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
@@ -190,10 +191,39 @@ def make_web3(url: str, *, timeout: float = 30.0, retry: RetryPolicy | None = No
     _install_log_scrub(url)
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("ws", "wss"):
-        return Web3(SyncWebSocketProvider(url, timeout=timeout, policy=retry))
-    if scheme in ("http", "https"):
-        return Web3(RetryingHTTPProvider(url, timeout=timeout, policy=retry))
-    raise RpcUnavailable(f"unsupported RPC URL scheme {scheme!r} ({redact_url(url)})")
+        w3 = Web3(SyncWebSocketProvider(url, timeout=timeout, policy=retry))
+    elif scheme in ("http", "https"):
+        w3 = Web3(RetryingHTTPProvider(url, timeout=timeout, policy=retry))
+    else:
+        raise RpcUnavailable(f"unsupported RPC URL scheme {scheme!r} ({redact_url(url)})")
+    w3.middleware_onion.add(ChainIdCache, name="chain_id_cache")
+    return w3
+
+
+class ChainIdCache(Web3Middleware):
+    """Answers ``eth_chainId`` from memory after the first successful answer.
+
+    web3's validation middleware asks the node for the chain id before every ``eth_call``,
+    ``eth_estimateGas`` and ``eth_sendRawTransaction``: four round trips a block for nothing.
+    The id is checked against the deployment at start-up; a node that later answers for another
+    chain refuses our signed transactions (EIP-155) anyway."""
+
+    def __init__(self, w3: Any) -> None:
+        super().__init__(w3)
+        self._answer: RPCResponse | None = None
+
+    def wrap_make_request(self, make_request: Any) -> Any:
+        def middleware(method: RPCEndpoint, params: Any) -> RPCResponse:
+            if method != "eth_chainId":
+                return cast(RPCResponse, make_request(method, params))
+            if self._answer is None:
+                reply = cast(RPCResponse, make_request(method, params))
+                if "result" not in reply:
+                    return reply
+                self._answer = reply
+            return self._answer
+
+        return middleware
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ OracleLib.read, raising errors with OracleLib's signatures and revert data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -215,6 +215,7 @@ class ProtocolSnapshot:
     feeds: dict[str, FeedRound]
     accounts: dict[int, AccountSnapshot]
     round_trips: int = 0  # JSON-RPC round trips this snapshot took (header not included)
+    reused_accounts: int = 0  # accounts whose positions and balances came from ``reuse``
     _tables: dict[Market, ScenarioTable] = field(default_factory=dict, repr=False)
 
     @property
@@ -395,20 +396,55 @@ class ChainView:
     def fn(self, name: str) -> AbiFn:
         return self._ch[name]
 
-    def snapshot(self, accounts: Iterable[int]) -> ProtocolSnapshot:
-        """Everything about the protocol and ``accounts`` at this view's block."""
+    def snapshot(
+        self, accounts: Iterable[int], *, reuse: Mapping[int, AccountSnapshot] | None = None
+    ) -> ProtocolSnapshot:
+        """Everything about the protocol and ``accounts`` at this view's block.
+
+        ``reuse``: account data read at an earlier block. For those accounts only
+        ``accountState`` (nonce, flag) is read; the contract bumps the nonce on every change to
+        an account's positions or balances (ClearingHouse._bump), so an equal nonce and flag
+        prove the earlier positions and balances are this block's too. Accounts whose nonce
+        or flag moved are read in full, at this same block, in one more round trip."""
         start = self.round_trips
         accounts = list(dict.fromkeys(accounts))
+        reuse = reuse or {}
         layout = self.chain.layout
-        snap = self._read(accounts, layout)
+        snap = self._read(accounts, layout, reuse)
         if snap is None:  # the guessed layout was wrong: read the real one, then read again
             layout = self._read_layout()
-            snap = self._read(accounts, layout)
+            snap = self._read(accounts, layout, reuse)
             if snap is None:
                 raise BatchReadError(f"protocol layout unstable within block {self.block}")
+        stale = [
+            a
+            for a, acc in snap.accounts.items()
+            if a in reuse and (acc.nonce, acc.flagged_at) != (reuse[a].nonce, reuse[a].flagged_at)
+        ]
+        if stale:
+            snap.accounts.update(self._read_accounts(stale, len(snap.assets)))
+        snap.reused_accounts = len(reuse.keys() & snap.accounts.keys()) - len(stale)
         self.chain.layout = snap.layout
         snap.round_trips = self.round_trips - start
         return snap
+
+    def _account_calls(self, a: int, n_assets: int) -> list[Call]:
+        ch = self.ch_call
+        return [ch("accountState", a), ch("positionsOf", a)] + [
+            ch("balanceOf", a, k) for k in range(n_assets)
+        ]
+
+    @staticmethod
+    def _account_from(a: int, res: Iterator[CallResult], n_assets: int) -> AccountSnapshot:
+        nonce, flagged = next(res).value or (0, 0)
+        ids, qs = next(res).value or ((), ())
+        bals = tuple(next(res).one() for _ in range(n_assets))
+        return AccountSnapshot(a, nonce, flagged, tuple(zip(ids, qs, strict=True)), bals)
+
+    def _read_accounts(self, accounts: list[int], n_assets: int) -> dict[int, AccountSnapshot]:
+        calls = [c for a in accounts for c in self._account_calls(a, n_assets)]
+        res = iter(self.call_many(calls))
+        return {a: self._account_from(a, res, n_assets) for a in accounts}
 
     def _read_layout(self) -> Layout:
         counts = self.call_many(
@@ -422,7 +458,9 @@ class ChainView:
         )
         return Layout(feeds, n_a, n_i)
 
-    def _read(self, accounts: list[int], layout: Layout) -> ProtocolSnapshot | None:
+    def _read(
+        self, accounts: list[int], layout: Layout, reuse: Mapping[int, AccountSnapshot]
+    ) -> ProtocolSnapshot | None:
         mc = self.chain.multicall_address
         ch = self.ch_call
         calls = [
@@ -449,9 +487,10 @@ class ChainView:
             calls.append(Call(f, self._feed["latestRoundData"], (), required=False))
             calls.append(Call(f, self._feed["decimals"], (), required=False))
         for a in accounts:
-            calls.append(ch("accountState", a))
-            calls.append(ch("positionsOf", a))
-            calls += [ch("balanceOf", a, k) for k in range(n_a)]
+            if a in reuse:
+                calls.append(ch("accountState", a))
+            else:
+                calls += self._account_calls(a, n_a)
         res = iter(self.call_many(calls))
 
         number = next(res).one()
@@ -507,10 +546,13 @@ class ChainView:
                 feeds[f] = FeedRound(f, round_revert=rd.revert)
         accts = {}
         for a in accounts:
-            nonce, flagged = next(res).value or (0, 0)
-            ids, qs = next(res).value or ((), ())
-            bals = tuple(next(res).one() for _ in range(n_a))
-            accts[a] = AccountSnapshot(a, nonce, flagged, tuple(zip(ids, qs, strict=True)), bals)
+            if a in reuse:
+                nonce, flagged = next(res).value or (0, 0)
+                old = reuse[a]
+                # Checked by the caller: equal nonce and flag, or read again in full.
+                accts[a] = AccountSnapshot(a, nonce, flagged, old.positions, old.balances)
+            else:
+                accts[a] = self._account_from(a, res, n_a)
 
         if tuple((u.price_feed, u.vol_feed) for u in unders) != layout.feeds:
             return None

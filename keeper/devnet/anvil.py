@@ -26,10 +26,11 @@ import re
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -207,24 +208,29 @@ class Anvil:
             self.log_path = Path(name)
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self._log_file = log
+        interrupted: list[int] = []
         try:
-            # Own session = own process group: stop() signals the wrapper and the native binary.
-            # Being in its own session, anvil would outlive a parent killed by a signal (atexit
-            # does not run then), so on Linux it also gets SIGTERM when its parent dies.
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=REPO_ROOT,
-                preexec_fn=_die_with_parent(),
-            )
+            with _sigint_noted(interrupted):
+                # Own session = own process group: stop() signals the wrapper and the native
+                # binary. Being in its own session, anvil would outlive a parent killed by a
+                # signal (atexit does not run then), so on Linux it also gets SIGTERM when its
+                # parent dies.
+                self._proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=REPO_ROOT,
+                    preexec_fn=_die_with_parent(),
+                )
         except OSError as exc:
             log.close()
             raise AnvilStartError(f"cannot execute {cmd[0]}: {exc}") from exc
         _LIVE.add(self)
         try:
+            if interrupted:  # the Ctrl-C that came during the fork, now that stop() can run
+                signal.raise_signal(signal.SIGINT)
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -332,6 +338,25 @@ class Anvil:
             f"anvil did not answer eth_chainId within {self.startup_timeout:.0f} s "
             f"(log {self.log_path}):\n{self.log_tail()}"
         )
+
+
+@contextlib.contextmanager
+def _sigint_noted(noted: list[int]) -> Iterator[None]:
+    """SIGINT only noted, not raised, for the duration (main thread only: Python runs signal
+    handlers there). A fork with a preexec hook runs Python's at-fork hooks; a KeyboardInterrupt
+    raised inside one is swallowed ("Exception ignored") and leaves logging's lock held, so
+    the Ctrl-C is lost and the next log call of another thread deadlocks."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None  # a handler not set from Python: left alone
+    ):
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _die_with_parent() -> Callable[[], None] | None:

@@ -252,6 +252,13 @@ class Store:
             s.refresh(decision)
             return decision
 
+    def add_decisions(self, decisions: list[Decision]) -> None:
+        """Insert many decisions in one transaction (a block's no-action records)."""
+        if not decisions:
+            return
+        with self.session() as s:
+            s.add_all(decisions)
+
     def decision(self, decision_id: int) -> Decision | None:
         with self.session() as s:
             return s.get(Decision, decision_id)
@@ -412,6 +419,18 @@ class Store:
                     .order_by(col(Transaction.nonce))
                 )
             )
+
+    def instruments_being_settled(self, sender: str) -> set[int]:
+        """Instruments with a ``settle_instrument`` transaction of ``sender`` not yet final."""
+        with self.session() as s:
+            rows = s.exec(
+                select(Decision.instrument)
+                .join(Transaction, col(Transaction.decision_id) == col(Decision.id))
+                .where(Transaction.sender == sender.lower())
+                .where(col(Transaction.final).is_(False))
+                .where(Decision.action == "settle_instrument")
+            ).all()
+        return {int(i) for i in rows if i is not None}
 
     def transactions(self, sender: str) -> list[Transaction]:
         with self.session() as s:

@@ -1,0 +1,201 @@
+"""Steady state of the real keeper over many accounts: RPC calls and accounts re-margined per block.
+
+A fresh anvil with the protocol and ``n`` accounts (six positions each, both underlyings,
+bench.naive_keeper.seed_accounts); the keeper runs as the real service (KeeperService in a
+thread, SQLite store, signer configured) and reaches the node through a counting proxy. The
+chain then mines one block a second (interval mining) and every block carries what a live
+market carries: a new round of both price feeds and both vol feeds (a small random walk, so
+every account's margin changes every block) and deposits into a few random accounts. Nothing
+becomes liquidatable: this is the keeper's cost when there is nothing to do but watch.
+
+Baseline (same run, same block): one ``eth_call`` of ``ClearingHouse.marginOf`` per account,
+the naive keeper's cost per block. Prints figures only; nothing is asserted.
+
+    .venv/bin/python -m bench.rpc_per_block [--accounts 1000] [--blocks 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from web3 import Web3
+
+from bench.naive_keeper import seed_accounts
+from keeper.artifacts import ensure_built
+from keeper.config import load_config_data
+from keeper.deployment import bind, deploy_protocol
+from keeper.devnet import Anvil
+from keeper.devnet.rpc_proxy import CountingProxy
+from keeper.service import KeeperService
+
+KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil #1
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _metric(service: KeeperService, attr: str, suffix: str = "_total") -> float:
+    for fam in getattr(service.metrics, attr).collect():
+        for s in fam.samples:
+            if s.name.endswith(suffix):
+                return float(s.value)
+    return 0.0
+
+
+def _wait_block(w3: Web3, after: int, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = w3.eth.block_number
+        if n > after:
+            return int(n)
+        time.sleep(0.02)
+    raise TimeoutError(f"no block after {after} in {timeout} s")
+
+
+def run(
+    n_accounts: int = 1000, blocks: int = 30, poll: float = 0.5, seed: int = 3
+) -> dict[str, Any]:
+    ensure_built()
+    rng = random.Random(seed)
+    os.environ["KEEPER_BENCH_KEY"] = KEY
+    tmp = Path(tempfile.mkdtemp(prefix="bench-rpc-"))
+    with Anvil() as node:
+        w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
+        d = deploy_protocol(w3)
+        d.write(tmp / "deployment.json")
+        accounts = seed_accounts(node, w3, d, n_accounts, seed)
+        ch = bind(w3, d, "ClearingHouse")
+        usdc = bind(w3, d, "MockERC20:USDC")
+        owner = w3.eth.accounts[1]
+        feeds = [
+            bind(w3, d, f"MockAggregator:{u['symbol']}/{kind}")
+            for u in d.underlyings
+            for kind in ("USD", "IV")
+        ]
+        with CountingProxy(node.url) as proxy:
+            cfg = load_config_data(
+                {
+                    "rpc": {"url": proxy.url, "chain_id": node.chain_id},
+                    "deployment": {"file": str(tmp / "deployment.json")},
+                    "store": {"url": f"sqlite:///{tmp / 'keeper.db'}"},
+                    "signer": {"key_env": "KEEPER_BENCH_KEY"},
+                    "fees": {"max_fee_per_gas": "500 gwei", "priority_fee": "2 gwei"},
+                    "decisions": {
+                        "min_profit": 0,
+                        "confirmations": 2,
+                        "block_poll_interval_seconds": poll,
+                        "sweep_interval_seconds": 3600,
+                    },
+                    "metrics": {"bind": f"127.0.0.1:{_port()}", "enabled": False},
+                    "service": {"watchdog_seconds": 300, "settle_interval_seconds": 3600},
+                }
+            )
+            service = KeeperService(cfg)
+            thread = threading.Thread(
+                target=lambda: service.run(install_signals=False), daemon=True
+            )
+            t_open = time.perf_counter()
+            thread.start()
+            while service.health.last_block is None:
+                if not thread.is_alive():
+                    raise RuntimeError("the keeper stopped during start-up")
+                time.sleep(0.05)
+            startup_s = time.perf_counter() - t_open
+            node.rpc("evm_setIntervalMining", [1])
+
+            def market_block(after: int) -> int:
+                """Wait for the next block, then queue what the following one carries."""
+                n = _wait_block(w3, after)
+                for f in feeds:
+                    v = int(f.functions.answer().call())
+                    f.functions.setAnswer(round(v * (1 + rng.uniform(-0.001, 0.001)))).transact(
+                        {"from": w3.eth.accounts[0]}
+                    )
+                for a in rng.sample(accounts, 3):
+                    ch.functions.deposit(a, 0, 10**6).transact({"from": owner})
+                return n
+
+            usdc.functions.approve(ch.address, 2**255).transact({"from": owner})
+            head = w3.eth.block_number
+            for _ in range(3):  # warm-up: the keeper's caches and the first market rounds
+                head = market_block(head)
+            _wait_block(w3, head)
+            time.sleep(0.5)
+            proxy.reset()
+            processed0 = _metric(service, "block_seconds", "_count")
+            assessed0 = _metric(service, "assessed")
+            seconds0 = _metric(service, "block_seconds", "_sum")
+            first = w3.eth.block_number
+            for _ in range(blocks):
+                head = market_block(head)
+            last = _wait_block(w3, head)
+            deadline = time.monotonic() + 60
+            while service.health.last_block is not None and service.health.last_block < last:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            calls, requests = proxy.calls, proxy.requests
+            methods = Counter(proxy.methods)
+            processed = _metric(service, "block_seconds", "_count") - processed0
+            assessed = _metric(service, "assessed") - assessed0
+            busy = _metric(service, "block_seconds", "_sum") - seconds0
+            lag = last - (service.health.last_block or 0)
+            service.stop()
+            thread.join(120)
+
+            # The naive keeper at the last block: one marginOf eth_call per account.
+            t = time.perf_counter()
+            for a in accounts:
+                ch.functions.marginOf(a).call(block_identifier=last)
+            naive_s = time.perf_counter() - t
+    chain_blocks = last - first
+    return {
+        "accounts": n_accounts,
+        "chain_blocks": chain_blocks,
+        "blocks_processed": int(processed),
+        "keeper_lag_at_end_blocks": lag,
+        "startup_s": round(startup_s, 1),
+        "jsonrpc_calls_per_chain_block": round(calls / chain_blocks, 1),
+        "http_requests_per_chain_block": round(requests / chain_blocks, 1),
+        "accounts_assessed_per_processed_block": round(assessed / processed, 1) if processed else 0,
+        "processing_ms_per_block": round(1000 * busy / processed, 1) if processed else None,
+        "naive_calls_per_block": n_accounts,
+        "naive_eth_call_s_per_block": round(naive_s, 2),
+        "methods_per_chain_block": {
+            m: round(c / chain_blocks, 2) for m, c in methods.most_common()
+        },
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--accounts", type=int, default=1000)
+    ap.add_argument("--blocks", type=int, default=30)
+    ap.add_argument("--poll", type=float, default=0.5, help="keeper head poll interval (s)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    res = run(args.accounts, args.blocks, args.poll)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:40} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
