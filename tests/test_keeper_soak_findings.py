@@ -4,8 +4,9 @@ the real protocol and a real anvil (the e2e devnet of tests/test_keeper_e2e.py):
 - a lost record: the bounty of a final transaction was read in the one pass that saw it become
   final; a fault (or a kill) there left the row without its bounty for good;
 - a duplicate send: an instrument's settlement sent again at the next price round while the
-  first transaction had no receipt yet (the second reverts); one transaction per target
-  without a receipt now;
+  first transaction had no receipt yet (the second reverts; main fixed this case for
+  settlements too), and the same for an account (a liquidation decided while its flag is
+  pending, at the nonce the flag moves); one transaction per target without a receipt now;
 - an RPC fault during the simulation was taken for a revert and backed the account off;
 - the periodic consistency check compared the index (at its cursor) with the head, so every
   change in between was an error (and a trade in between a whole re-index).
@@ -113,6 +114,35 @@ def test_one_transaction_in_flight_per_target(devnet: Devnet, url: str) -> None:
         assert again == first, "a second transaction for a target with one in flight"
         skipped = service.metrics.skipped.labels("in_flight")._value.get()
         assert skipped >= sum(first.values())
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        service.close()
+
+
+def test_no_second_transaction_for_an_account_with_one_in_flight(devnet: Devnet, url: str) -> None:
+    net = devnet
+    w3 = net.w3
+    service = _service(net, url)
+    try:
+        _drive(service, net, 1)
+        net.move(0.85, 0.88, 1.2)  # margin calls: flags
+        w3.provider.make_request("evm_setAutomine", [False])
+        service.tick()  # sent, none mined
+        first = Counter(_targets(url).values())
+        assert first, "the move must call some accounts"
+        # Lost by the node (in flight for the keeper); the market falls further, mined.
+        w3.provider.make_request("anvil_dropAllTransactions", [])
+        for u, f in zip(net.deployment.underlyings, (0.8, 0.8), strict=False):
+            c = bind(w3, net.deployment, f"MockAggregator:{u['symbol']}/USD")
+            c.functions.setAnswer(round(int(c.functions.answer().call()) * f)).transact(
+                {"from": w3.eth.accounts[0], "gas": 200_000}
+            )
+        w3.provider.make_request("evm_mine", [])
+        service.tick()
+        # A flagged-in-flight account now liquidatable: another key, the same account.
+        again = Counter(_targets(url).values())
+        assert all(again[t] == 1 for t in first), "a second transaction for an account"
+        assert service.metrics.skipped.labels("in_flight")._value.get() >= 1
     finally:
         w3.provider.make_request("evm_setAutomine", [True])
         service.close()
