@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from web3 import Web3
+from web3.exceptions import TransactionNotFound
 
 from keeper.chain.errors import ChainError
 from keeper.chain.revert import decode_revert, revert_data_of
@@ -56,7 +57,7 @@ from keeper.decisions import (
 from keeper.deployment import clearing_house_abi
 from keeper.fault_points import crash_point
 from keeper.secrets import scrub
-from keeper.store import Decision, Store
+from keeper.store import Decision, Store, Transaction
 from keeper.transactions import SendError, TxManager
 
 log = logging.getLogger(__name__)
@@ -301,7 +302,7 @@ class KeeperCore:
                 self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
             return
         pending = self.store.in_flight(target)
-        if pending is not None:
+        if pending is not None and not self._landed(pending, block):
             # One transaction per target without a receipt: a second one is decided on a state
             # the first is about to change (another round's settlement of the same instrument,
             # a liquidation at the nonce a pending flag moves) and reverts (found by the soak).
@@ -387,6 +388,20 @@ class KeeperCore:
             return
         report.actions_sent.append(action.key)
         log.info("action sent", extra={"key": action.key, "decision_id": row.id})
+
+    def _landed(self, tx: Transaction, block: int) -> bool:
+        """Whether one of ``tx``'s hashes mined at or below ``block`` (the snapshot's): its
+        receipt is not recorded yet (the service follows transactions after deciding), but
+        the state decided on already holds its effect."""
+        assert tx.id is not None
+        for attempt in self.store.attempts(tx.id):
+            self._extra_trips += 1
+            try:
+                receipt = self.chain.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                continue
+            return int(receipt["blockNumber"]) <= block
+        return False
 
     def _tx(self, data: str) -> dict[str, Any]:
         return {"from": self.liquidator, "to": self.chain.clearing_house, "data": data}
