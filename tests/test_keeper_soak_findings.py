@@ -100,15 +100,7 @@ def test_one_transaction_in_flight_per_target(devnet: Devnet, url: str) -> None:
         _, txs = _rows(url)
         first = Counter(_targets(url).values())
         assert first and all(t.status == "pending" for t in txs)
-        # Lost by the node (they stay in flight for the keeper); a new price round is mined.
-        w3.provider.make_request("anvil_dropAllTransactions", [])
-        for u in net.deployment.underlyings:
-            for feed in (f"MockAggregator:{u['symbol']}/USD", f"MockAggregator:{u['symbol']}/IV"):
-                c = bind(w3, net.deployment, feed)
-                c.functions.setAnswer(int(c.functions.answer().call())).transact(
-                    {"from": w3.eth.accounts[0], "gas": 200_000}
-                )
-        w3.provider.make_request("evm_mine", [])
+        _drop_then_new_round(net)
         service.tick()
         again = Counter(_targets(url).values())
         assert again == first, "a second transaction for a target with one in flight"
@@ -130,14 +122,7 @@ def test_no_second_transaction_for_an_account_with_one_in_flight(devnet: Devnet,
         service.tick()  # sent, none mined
         first = Counter(_targets(url).values())
         assert first, "the move must call some accounts"
-        # Lost by the node (in flight for the keeper); the market falls further, mined.
-        w3.provider.make_request("anvil_dropAllTransactions", [])
-        for u, f in zip(net.deployment.underlyings, (0.8, 0.8), strict=False):
-            c = bind(w3, net.deployment, f"MockAggregator:{u['symbol']}/USD")
-            c.functions.setAnswer(round(int(c.functions.answer().call()) * f)).transact(
-                {"from": w3.eth.accounts[0], "gas": 200_000}
-            )
-        w3.provider.make_request("evm_mine", [])
+        _drop_then_new_round(net, 0.8)  # the market falls further
         service.tick()
         # A flagged-in-flight account now liquidatable: another key, the same account.
         again = Counter(_targets(url).values())
@@ -146,6 +131,21 @@ def test_no_second_transaction_for_an_account_with_one_in_flight(devnet: Devnet,
     finally:
         w3.provider.make_request("evm_setAutomine", [True])
         service.close()
+
+
+def _drop_then_new_round(net: Devnet, price_factor: float = 1.0) -> None:
+    """The node loses the keeper's pending transactions (they stay in flight for the keeper);
+    a new round of every feed (prices times ``price_factor``) is mined."""
+    w3 = net.w3
+    w3.provider.make_request("anvil_dropAllTransactions", [])
+    for u in net.deployment.underlyings:
+        sym = u["symbol"]
+        for feed, f in ((f"{sym}/USD", price_factor), (f"{sym}/IV", 1)):
+            c = bind(w3, net.deployment, f"MockAggregator:{feed}")
+            c.functions.setAnswer(round(int(c.functions.answer().call()) * f)).transact(
+                {"from": w3.eth.accounts[0], "gas": 200_000}
+            )
+    w3.provider.make_request("evm_mine", [])
 
 
 def _targets(url: str) -> dict[int, str]:
