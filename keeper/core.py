@@ -328,7 +328,8 @@ class KeeperCore:
         if simulated is not None and simulated != action.expected_bounty:
             # The simulation runs on `latest` (later timestamp, maybe newer rounds), the model
             # at the snapshot's block: a drift of a few parts per billion is time, not a fault.
-            beyond_ppm = abs(simulated - action.expected_bounty) * 10**6 > abs(action.expected_bounty)
+            gap = abs(simulated - action.expected_bounty)
+            beyond_ppm = gap * 10**6 > abs(action.expected_bounty)
             log.log(
                 logging.WARNING if beyond_ppm else logging.INFO,
                 "simulated bounty differs from the model's",
