@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from web3 import Web3
+from web3.exceptions import TransactionNotFound
 
+from keeper.chain.errors import ChainError
 from keeper.chain.revert import decode_revert, revert_data_of
 from keeper.chain.view import (
     NO_UNDERLYING,
@@ -55,7 +57,7 @@ from keeper.decisions import (
 from keeper.deployment import clearing_house_abi
 from keeper.fault_points import crash_point
 from keeper.secrets import scrub
-from keeper.store import Decision, Store
+from keeper.store import Decision, Store, Transaction
 from keeper.transactions import SendError, TxManager
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,14 @@ log = logging.getLogger(__name__)
 WATCH_STATES = frozenset({"margin_call", "liquidatable", "flagged_grace", "bad_debt", "settleable"})
 #: A decision this many blocks old without a transaction lost its submitter (``_abandoned``).
 ABANDONED_AFTER_BLOCKS = 2
-SKIP_REASONS = ("unprofitable", "backoff", "duplicate", "simulation_reverted", "send_failed")
+SKIP_REASONS = (
+    "unprofitable",
+    "backoff",
+    "duplicate",
+    "in_flight",
+    "simulation_reverted",
+    "send_failed",
+)
 
 
 @dataclass
@@ -292,6 +301,16 @@ class KeeperCore:
             if changed and a is not None:
                 self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
             return
+        pending = self.store.in_flight(target)
+        if pending is not None and not self._landed(pending, block):
+            # One transaction per target without a receipt: a second one is decided on a state
+            # the first is about to change (another round's settlement of the same instrument,
+            # a liquidation at the nonce a pending flag moves) and reverts (found by the soak).
+            report.skip("in_flight")
+            if changed and a is not None:
+                why = f"in_flight: transaction {pending.id} has no receipt yet"
+                self._record(snap, a, None, report, outcome=why)
+            return
         fn, args = action.call()
         data = self._ch.encode_abi(fn, args=list(args))
         try:
@@ -375,6 +394,20 @@ class KeeperCore:
         report.actions_sent.append(action.key)
         log.info("action sent", extra={"key": action.key, "decision_id": row.id})
 
+    def _landed(self, tx: Transaction, block: int) -> bool:
+        """Whether one of ``tx``'s hashes mined at or below ``block`` (the snapshot's): its
+        receipt is not recorded yet (the service follows transactions after deciding), but
+        the state decided on already holds its effect."""
+        assert tx.id is not None
+        for attempt in self.store.attempts(tx.id):
+            self._extra_trips += 1
+            try:
+                receipt = self.chain.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                continue
+            return int(receipt["blockNumber"]) <= block
+        return False
+
     def _tx(self, data: str) -> dict[str, Any]:
         return {"from": self.liquidator, "to": self.chain.clearing_house, "data": data}
 
@@ -382,6 +415,10 @@ class KeeperCore:
         self._extra_trips += 1
         try:
             return bytes(self.chain.w3.eth.call(self._tx(data), "latest"))  # type: ignore[arg-type]
+        except ChainError:
+            # The RPC failed (retries spent): no verdict on the call, so no back-off; the
+            # block job fails and the next run simulates again (found by the soak run).
+            raise
         except Exception as exc:
             raise _Reverted(_reason(exc)) from None
 
@@ -389,6 +426,8 @@ class KeeperCore:
         self._extra_trips += 1
         try:
             return int(self.chain.w3.eth.estimate_gas(self._tx(data), "latest"))  # type: ignore[arg-type]
+        except ChainError:
+            raise  # as in _simulate: a transport fault is not a revert
         except Exception as exc:
             raise _Reverted(_reason(exc)) from None
 

@@ -37,6 +37,7 @@ from keeper.config import load_config_data
 from keeper.deployment import Deployment, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.market import SeededMarket, seed_market
+from keeper.devnet.market_script import PHASES, ScriptedFeeds, apply_phase, phase_plan
 from keeper.logs import configure_logging
 from keeper.secrets import register_secret
 from keeper.service import KeeperService
@@ -46,15 +47,6 @@ WAD = 10**18
 #: anvil's dev account #1 (public, devnet only): the keeper's signer in the demo.
 DEMO_KEY_ENV = "KEEPER_DEMO_KEY"
 ANVIL_KEY_1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
-
-#: (name, share of the duration)
-PHASES: tuple[tuple[str, float], ...] = (
-    ("drift", 0.25),
-    ("vol spike", 0.15),
-    ("crash", 0.2),
-    ("recovery", 0.2),
-    ("expiry", 0.2),
-)
 
 
 @dataclass
@@ -94,37 +86,14 @@ class DemoSummary:
     interrupted: bool = False  # Ctrl-C: the keeper was stopped before the script's end
 
 
-class _Feeds:
-    """The scripted oracle: spot and implied-vol answers per underlying (8 decimals)."""
-
-    def __init__(self, w3: Web3, deployment: Deployment, sender: str) -> None:
-        self.w3 = w3
-        self.sender = sender
-        self.price = []
-        self.vol = []
-        for u in deployment.underlyings:
-            sym = u["symbol"]
-            self.price.append(bind(w3, deployment, f"MockAggregator:{sym}/USD"))
-            self.vol.append(bind(w3, deployment, f"MockAggregator:{sym}/IV"))
-        self.spot = [int(c.functions.answer().call()) for c in self.price]
-        self.iv = [int(c.functions.answer().call()) for c in self.vol]
-        self.base_spot = list(self.spot)
-
-    def push(self) -> None:
-        """One new round for every feed (fresh updatedAt), mined in the next block."""
-        for c, v in zip(self.price, self.spot, strict=True):
-            c.functions.setAnswer(v).transact({"from": self.sender, "gas": 200_000})
-        for c, v in zip(self.vol, self.iv, strict=True):
-            c.functions.setAnswer(v).transact({"from": self.sender, "gas": 200_000})
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _keeper_config(anvil: Anvil, out: Path, deployment_file: Path) -> dict[str, Any]:
+def keeper_config(anvil: Anvil, out: Path, deployment_file: Path) -> dict[str, Any]:
+    """The demo keeper's configuration (the soak run starts from it too)."""
     return {
         "rpc": {"url": anvil.url, "chain_id": anvil.chain_id, "timeout_seconds": 30},
         "deployment": {"file": str(deployment_file)},
@@ -177,7 +146,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         )
         os.environ[DEMO_KEY_ENV] = ANVIL_KEY_1
         register_secret(ANVIL_KEY_1)
-        cfg_data = _keeper_config(anvil, out, deployment_file)
+        cfg_data = keeper_config(anvil, out, deployment_file)
         _write_toml(out / "keeper.toml", cfg_data)
         config = load_config_data(cfg_data)
         service = KeeperService(config)
@@ -193,7 +162,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         anvil.rpc("evm_setIntervalMining", [max(1, round(opts.block_time))])
         thread.start()
         first_block = w3.eth.block_number
-        feeds = _Feeds(w3, deployment, deployment.deployer)
+        feeds = ScriptedFeeds(w3, deployment, deployment.deployer)
         phases_done: list[str] = []
         interrupted = False
         try:
@@ -250,7 +219,7 @@ def _play(
     opts: DemoOptions,
     w3: Web3,
     deployment: Deployment,
-    feeds: _Feeds,
+    feeds: ScriptedFeeds,
     service: KeeperService,
     market: SeededMarket,
     console: Console,
@@ -258,28 +227,11 @@ def _play(
 ) -> None:
     rng = random.Random(opts.seed)
     steps = max(len(PHASES), int(opts.duration / opts.block_time))
-    plan: list[str] = []
-    for name, share in PHASES:
-        plan += [name] * max(1, round(steps * share))
+    plan = phase_plan(steps)
     expiry = max(int(i["expiry"]) for i in deployment.instruments)
 
     def step(phase: str, first: bool) -> None:
-        if phase == "drift":
-            feeds.spot = [max(1, round(s * (1 + rng.gauss(0, 0.003)))) for s in feeds.spot]
-        elif phase == "vol spike" and first:
-            feeds.iv = [round(v * 1.6) for v in feeds.iv]
-        elif phase == "crash" and first:
-            feeds.spot = [
-                round(s * (1 - opts.crash * (1 if i == 0 else 5 / 6)))
-                for i, s in enumerate(feeds.spot)
-            ]
-        elif phase == "recovery":
-            feeds.spot = [round(s * 1.006) for s in feeds.spot]
-            feeds.iv = [max(1, round(v * 0.99)) for v in feeds.iv]
-        elif phase == "expiry" and first:
-            # Jump past the dated instruments' expiry: the next block carries fresh rounds.
-            w3.provider.make_request("evm_setNextBlockTimestamp", [expiry + 60])
-        feeds.push()
+        apply_phase(phase, first, feeds, rng, crash=opts.crash, expiry=expiry)
 
     view = _LiveView(service, market, feeds, deployment)
     with Live(
@@ -322,7 +274,7 @@ def _settle_quietly(service: KeeperService, w3: Web3, opts: DemoOptions) -> None
 
 class _LiveView:
     def __init__(
-        self, service: KeeperService, market: SeededMarket, feeds: _Feeds, d: Deployment
+        self, service: KeeperService, market: SeededMarket, feeds: ScriptedFeeds, d: Deployment
     ) -> None:
         self.service = service
         self.market = market

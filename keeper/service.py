@@ -32,6 +32,7 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from web3.exceptions import TransactionNotFound
 from web3.logs import DISCARD
 
 from keeper.chain import Chain, ChainError
@@ -292,7 +293,11 @@ class KeeperService:
 
         def run() -> None:
             assert self.chain is not None and self.indexer is not None and self.core is not None
-            view = self.chain.view()
+            # At the indexed block, not the head: between two block runs the head is ahead of
+            # the index, and every account or trade in between showed as a mismatch (and a
+            # trade as missing logs: a whole re-index) -- found by the soak run.
+            cursor = self.indexer.cursor()
+            view = self.chain.view(cursor) if cursor is not None else self.chain.view()
             report = self.indexer.check_consistency(view)
             if report.ok:
                 return
@@ -332,11 +337,19 @@ class KeeperService:
             if tx.gas_used is not None and tx.effective_gas_price is not None:
                 self.metrics.gas_used.inc(tx.gas_used)
                 self.metrics.gas_spent.inc(tx.gas_used * tx.effective_gas_price)
-            if tx.mined_hash and str(tx.status) == "final":
+        # From the store, not from this pass: a final transaction is returned by one poll only,
+        # and a fault (or a kill) between that poll and the receipt read below must not lose
+        # its bounty for good (found by the soak run).
+        for tx in self.store.final_without_bounty(self.txm.signer.address):
+            assert tx.id is not None and tx.mined_hash is not None
+            try:
                 bounty = self._bounty_of(tx.mined_hash)
-                self.store.update_transaction(tx.id, bounty=bounty)
-                if bounty:
-                    self.metrics.bounty.inc(bounty)
+            except TransactionNotFound:  # a node without it (pruned): the others go on
+                log.warning("receipt of a final transaction not found", extra={"tx_id": tx.id})
+                continue
+            self.store.update_transaction(tx.id, bounty=bounty)
+            if bounty:
+                self.metrics.bounty.inc(bounty)
         self.metrics.pending_tx.set(len(self.store.open_transactions(self.txm.signer.address)))
 
     def _release_reverted(self, tx: Any) -> None:

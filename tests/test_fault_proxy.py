@@ -114,6 +114,21 @@ def test_short_batch_loses_its_last_answer(proxy: FaultProxy) -> None:
     assert [r["id"] for r in replies] == [0, 1]
 
 
+def test_short_batch_passes_single_requests_by(proxy: FaultProxy, node: Anvil) -> None:
+    # A single request has nothing to cut short: not hit, not counted as a fault.
+    proxy.add("short_batch")
+    assert call(proxy.url, "eth_chainId").json()["result"] == hex(node.chain_id)
+    assert proxy.counts["short_batch"] == 0
+    assert len(batch(proxy.url, "eth_chainId", "eth_blockNumber").json()) == 1
+    assert proxy.counts["short_batch"] == 1
+
+
+def test_methods_not_recorded_on_request(node: Anvil) -> None:
+    with FaultProxy(node.url, record_methods=False) as p:
+        call(p.url, "eth_chainId")
+        assert p.requests == 1 and p.methods == []
+
+
 def test_lagging_head(proxy: FaultProxy, node: Anvil) -> None:
     node.rpc("anvil_mine", ["0x5"])
     now = head(node)

@@ -147,6 +147,29 @@ def test_nonces_are_taken_in_order_and_never_twice(store: Store) -> None:
     assert [t.nonce for t in store.open_transactions(SENDER)] == [6, 7, 8]
 
 
+def test_in_flight_and_final_without_bounty(store: Store) -> None:
+    """The keeper's two soak-found queries: one transaction without a receipt per target, and
+    final transactions whose bounty is still to be read."""
+    store.set_next_nonce(SENDER, 0)
+    target = "0x" + "11" * 20
+    d1 = store.add_decision(a_decision(account=target))
+    d2 = store.add_decision(a_decision(account="instrument:3"))
+    assert store.in_flight(target) is None
+    t1 = store.insert_transaction(a_tx(d1.id))
+    t2 = store.insert_transaction(a_tx(d2.id))
+    assert t1.id is not None and t2.id is not None
+    assert store.in_flight(target).id == t1.id  # type: ignore[union-attr]
+    assert store.in_flight("instrument:3").id == t2.id  # type: ignore[union-attr]
+    store.update_transaction(t1.id, status=TxStatus.MINED, mined_hash=h(1))
+    assert store.in_flight(target) is None  # its receipt is there: the next decision sees it
+    assert store.final_without_bounty(SENDER) == []
+    store.update_transaction(t1.id, status=TxStatus.FINAL, final=True)
+    store.update_transaction(t2.id, status=TxStatus.REVERTED, final=True, mined_hash=h(2))
+    assert [t.id for t in store.final_without_bounty(SENDER)] == [t1.id]
+    store.update_transaction(t1.id, bounty=0)
+    assert store.final_without_bounty(SENDER) == []
+
+
 def test_concurrent_nonce_allocation(store_url: str) -> None:
     """Two stores on one database (two keepers) take nonces concurrently: all distinct, no gap."""
     stores = [Store.open(store_url), Store.open(store_url)]

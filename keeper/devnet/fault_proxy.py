@@ -12,6 +12,7 @@ Every way a hosted RPC misbehaves in production, on demand and reproducibly:
 * ``truncate``: the full ``Content-Length`` is announced and half the body sent, then closed;
 * ``malformed``: a 200 answer whose body is not JSON;
 * ``short_batch``: a batch answer with its last element missing (valid JSON, incomplete);
+  it hits batches only (a single request does not match the rule and is not counted);
 * lag: with ``lag_blocks = N``, ``eth_blockNumber`` and ``eth_getBlockByNumber("latest")``
   answer for the block N below the node's head (a load-balanced RPC behind the others).
 
@@ -63,17 +64,28 @@ class FaultRule:
     error_message: str = "limit exceeded"
     fired: int = 0
 
-    def matches(self, methods: list[str]) -> bool:
+    def matches(self, methods: list[str], *, batch: bool = True) -> bool:
         if self.times is not None and self.fired >= self.times:
             return False
+        if self.kind == "short_batch" and not batch:
+            return False  # nothing to cut short: not a fault, so not counted as one
         return self.methods is None or any(m in self.methods for m in methods)
 
 
 class FaultProxy:
     """A threaded HTTP proxy on 127.0.0.1 (kernel-chosen port). Use as a context manager."""
 
-    def __init__(self, upstream: str, *, seed: int = 0, upstream_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int = 0,
+        upstream_timeout: float = 60.0,
+        record_methods: bool = True,
+    ) -> None:
         self.upstream = upstream
+        #: Off for long runs (the soak): ``methods`` would grow with every request.
+        self.record_methods = record_methods
         self.upstream_timeout = upstream_timeout
         self.lag_blocks = 0
         self.rules: list[FaultRule] = []
@@ -148,12 +160,13 @@ class FaultProxy:
 
     # --- serving ------------------------------------------------------------------------
 
-    def _pick(self, methods: list[str]) -> FaultRule | None:
+    def _pick(self, methods: list[str], *, batch: bool) -> FaultRule | None:
         with self._lock:
             self.requests += 1
-            self.methods += methods
+            if self.record_methods:
+                self.methods += methods
             for rule in self.rules:
-                if rule.matches(methods) and self._rng.random() < rule.rate:
+                if rule.matches(methods, batch=batch) and self._rng.random() < rule.rate:
                     rule.fired += 1
                     self.counts[rule.kind] += 1
                     return rule
@@ -167,7 +180,7 @@ class FaultProxy:
             msg = None
         items = msg if isinstance(msg, list) else [msg] if isinstance(msg, dict) else []
         methods = [str(i.get("method", "?")) for i in items if isinstance(i, dict)]
-        rule = self._pick(methods)
+        rule = self._pick(methods, batch=isinstance(msg, list))
         kind = rule.kind if rule else None
         if kind == "drop":
             return _close(h)

@@ -14,6 +14,7 @@ checked (a reverted setup transaction is an error, never silently dropped).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from eth_utils import keccak
 from web3 import Web3
 
 from keeper.chain import Chain
-from keeper.deployment import Deployment, account_id, bind
+from keeper.deployment import DAY, Deployment, account_id, bind
 from margin.portfolio import CALL, FUTURE, PUT, Portfolio, Position
 
 WAD = 10**18
@@ -282,3 +283,38 @@ def _seed(
             s.mine()
     s.mine()
     return SeededMarket(maker, accounts, trades, (first, w3.eth.block_number))
+
+
+def list_next_expiry(w3: Web3, deployment: Deployment, *, days: int = 30) -> Deployment:
+    """List a new dated strip (a future and the same calls and puts per underlying) expiring
+    ``days`` after the current block, so a market that went through an expiry can be seeded
+    again; returns the deployment with them added (the perpetuals stay). Waits for every
+    receipt: the instrument ids are read back, never guessed."""
+    ch = bind(w3, deployment, "ClearingHouse")
+    now = int(w3.eth.get_block("latest")["timestamp"])
+    expiry = (now // DAY + days) * DAY + 8 * 3600  # 08:00 UTC, as deploy_protocol does
+    listed: list[dict[str, Any]] = []
+    for u in deployment.underlyings:
+        strikes = sorted(
+            {int(i["strike"]) for i in deployment.instruments if i["underlying"] == u["index"]}
+            - {0}
+        )
+        legs = [("future", 0)] + [(k, s) for s in strikes for k in ("call", "put")]
+        for kind, strike in legs:
+            h = ch.functions.listInstrument(u["index"], KIND[kind], strike, expiry).transact(
+                {"from": deployment.deployer}
+            )
+            receipt = w3.eth.wait_for_transaction_receipt(h, timeout=120)
+            if receipt["status"] != 1:
+                raise SeedError(f"listInstrument({u['symbol']} {kind} {strike}) reverted")
+            (event,) = ch.events.InstrumentListed().process_receipt(receipt)
+            listed.append(
+                {
+                    "id": int(event["args"]["instrument"]),
+                    "underlying": u["index"],
+                    "kind": kind,
+                    "strike": strike,
+                    "expiry": expiry,
+                }
+            )
+    return dataclasses.replace(deployment, instruments=[*deployment.instruments, *listed])

@@ -442,6 +442,31 @@ class Store:
                 )
             )
 
+    def final_without_bounty(self, sender: str) -> list[Transaction]:
+        """Successful final transactions of ``sender`` whose bounty is not recorded yet (the
+        pass that saw them become final was interrupted: an RPC fault, a kill)."""
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(Transaction)
+                    .where(Transaction.sender == sender.lower())
+                    .where(Transaction.status == TxStatus.FINAL)
+                    .where(col(Transaction.bounty).is_(None))
+                    .order_by(col(Transaction.id))
+                )
+            )
+
+    def in_flight(self, target: str) -> Transaction | None:
+        """A transaction without a receipt yet for a decision about ``target`` (an account id,
+        or ``instrument:<id>``): its effect is not on chain, so no decision has seen it."""
+        with self.session() as s:
+            return s.exec(
+                select(Transaction)
+                .join(Decision, col(Decision.id) == col(Transaction.decision_id))
+                .where(Decision.account == target)
+                .where(Transaction.status == TxStatus.PENDING)
+            ).first()
+
     def max_open_nonce(self, sender: str) -> int | None:
         txs = self.open_transactions(sender)
         return max((t.nonce for t in txs), default=None)
