@@ -1,8 +1,8 @@
 """Every benchmark of issue 7 in one run, printed as one table.
 
-    .venv/bin/python bench/run_all.py            # full sizes (~5 min, anvil included)
-    .venv/bin/python bench/run_all.py --quick    # small sizes (~1 min)
-    .venv/bin/python bench/run_all.py --no-anvil # skip the on-chain comparison
+    .venv/bin/python bench/run_all.py            # full sizes (~10-12 min, anvil included)
+    .venv/bin/python bench/run_all.py --quick    # small sizes
+    .venv/bin/python bench/run_all.py --no-anvil # engine only (no anvil, no keeper service)
 
 Each figure is reported with the baseline measured in the same run and the ratio. Times are
 wall clock, best of a few runs where a run is cheap (the machine may be shared). Nothing here
