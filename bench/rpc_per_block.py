@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -31,21 +29,13 @@ from typing import Any
 
 from web3 import Web3
 
+from bench.keeper_setup import bench_keeper_config
 from bench.naive_keeper import seed_accounts
 from keeper.artifacts import ensure_built
-from keeper.config import load_config_data
 from keeper.deployment import bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.rpc_proxy import CountingProxy
 from keeper.service import KeeperService
-
-KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil #1
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _metric(service: KeeperService, attr: str, suffix: str = "_total") -> float:
@@ -71,7 +61,6 @@ def run(
 ) -> dict[str, Any]:
     ensure_built()
     rng = random.Random(seed)
-    os.environ["KEEPER_BENCH_KEY"] = KEY
     tmp = Path(tempfile.mkdtemp(prefix="bench-rpc-"))
     with Anvil() as node:
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
@@ -87,22 +76,8 @@ def run(
             for kind in ("USD", "IV")
         ]
         with CountingProxy(node.url) as proxy:
-            cfg = load_config_data(
-                {
-                    "rpc": {"url": proxy.url, "chain_id": node.chain_id},
-                    "deployment": {"file": str(tmp / "deployment.json")},
-                    "store": {"url": f"sqlite:///{tmp / 'keeper.db'}"},
-                    "signer": {"key_env": "KEEPER_BENCH_KEY"},
-                    "fees": {"max_fee_per_gas": "500 gwei", "priority_fee": "2 gwei"},
-                    "decisions": {
-                        "min_profit": 0,
-                        "confirmations": 2,
-                        "block_poll_interval_seconds": poll,
-                        "sweep_interval_seconds": 3600,
-                    },
-                    "metrics": {"bind": f"127.0.0.1:{_port()}", "enabled": False},
-                    "service": {"watchdog_seconds": 300, "settle_interval_seconds": 3600},
-                }
+            cfg = bench_keeper_config(
+                proxy.url, node.chain_id, tmp, poll=poll, confirmations=2, watchdog=300
             )
             service = KeeperService(cfg)
             thread = threading.Thread(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,9 +27,9 @@ from web3 import Web3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.keeper_setup import bench_keeper_config
 from keeper.artifacts import ensure_built
 from keeper.chain import Chain
-from keeper.config import load_config_data
 from keeper.deployment import bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.market import seed_market
@@ -38,14 +37,6 @@ from keeper.devnet.rpc_proxy import CountingProxy
 from keeper.service import KeeperService
 from margin.portfolio import Market
 from margin.requirement import ScenarioTable
-
-KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -74,7 +65,6 @@ def main() -> int:
 
         configure_logging("INFO", open(os.environ["BENCH_LOG"], "w"))  # noqa: SIM115
     ensure_built()
-    os.environ["KEEPER_BENCH_KEY"] = KEY
     tmp = Path(tempfile.mkdtemp(prefix="bench-reaction-"))
     with Anvil() as anvil:
         w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 120}))
@@ -84,22 +74,8 @@ def main() -> int:
         seed_market(w3, d, chain, args.accounts, seed=5)
         proxy = CountingProxy(anvil.url)
         proxy.__enter__()
-        cfg = load_config_data(
-            {
-                "rpc": {"url": proxy.url, "chain_id": anvil.chain_id},
-                "deployment": {"file": str(tmp / "deployment.json")},
-                "store": {"url": f"sqlite:///{tmp / 'keeper.db'}"},
-                "signer": {"key_env": "KEEPER_BENCH_KEY"},
-                "fees": {"max_fee_per_gas": "500 gwei", "priority_fee": "2 gwei"},
-                "decisions": {
-                    "min_profit": 0,
-                    "confirmations": 1,
-                    "block_poll_interval_seconds": 0.05,
-                    "sweep_interval_seconds": 3600,
-                },
-                "metrics": {"bind": f"127.0.0.1:{_port()}", "enabled": False},
-                "service": {"watchdog_seconds": 120, "settle_interval_seconds": 3600},
-            }
+        cfg = bench_keeper_config(
+            proxy.url, anvil.chain_id, tmp, poll=0.05, confirmations=1, watchdog=120
         )
         service = KeeperService(cfg)
         thread = threading.Thread(target=lambda: service.run(install_signals=False), daemon=True)
