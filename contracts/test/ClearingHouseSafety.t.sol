@@ -81,6 +81,8 @@ contract ClearingHouseSafetyTest is ClearingHouseFixture {
         assertEq(r.equity, 11_900e18, "equity = deposit + settled payoff - price paid");
         assertEq(r.requirement, 0, "no scenario risk");
         assertEq(ch.portfolioOf(alice).positions.length, 0, "folded out of the portfolio");
+        (uint256[] memory ids,) = ch.positionsOf(alice);
+        assertEq(ids.length, 1, "storage unchanged until settleAccount");
         uint64 n = nonceOf(alice);
         uint256[] memory w = fullCheckNow(alice).witness;
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.AccountNotBelowInitialMargin.selector, alice, r.equity, int256(0)));
@@ -276,6 +278,22 @@ contract ClearingHouseSafetyTest is ClearingHouseFixture {
         vm.prank(BACKSTOP_OWNER);
         ch.withdraw(bk, 0, allowed);
         assertEq(uint256(fullCheckNow(bk).state), 0, "left at IM");
+    }
+
+    /// The backstop's own trades are margin-checked too.
+    function test_backstopTradeIsMarginChecked() public {
+        // What the backstop's book would be after buying 10,000 ETH perp at 2000.
+        Portfolio memory after_;
+        after_.positions = new Position[](1);
+        after_.positions[0] = Position(0, 0, 0, 0, 10_000e18, 0);
+        after_.collateral = new int256[](2);
+        after_.collateral[0] = 1_000_000e18 - 20_000_000e18;
+        MarginResult memory r = verifier.fullCheck(after_, marketNow(), ch.riskParams());
+        assertTrue(r.state != 0, "1M USDC cannot carry 10,000 ETH");
+        vm.prank(MATCH);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.InsufficientMargin.selector, bk, r.equity, r.initialMargin));
+        ch.trade(bk, bob, ethPerp, 10_000e18, 2000e18);
+        doTrade(bk, bob, ethPerp, 1e18, 2000e18); // within its margin
     }
 
     /// Only an empty account can be named the backstop (before: any account, which then
