@@ -142,6 +142,55 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         emit PausedSet(false, msg.sender);
     }
 
+    /// @notice Bounds the trade price around the model mark: |price - mark| <= band x spot.
+    function setPriceBand(int256 band) external onlyOwner {
+        if (band < MIN_PRICE_BAND || band > MAX_PRICE_BAND) revert ParamOutOfBounds(20, band, MIN_PRICE_BAND, MAX_PRICE_BAND);
+        _priceBand = band;
+        emit PriceBandSet(band);
+    }
+
+    // ------------------------------------------------------------------ signed orders
+    // (Rarely called: kept here, off the size-bound clearing house, on its storage.)
+
+    /// @notice Cancels every order of `account` signed with `nonce` (owner or operator).
+    function cancelOrder(uint256 account, uint256 nonce) external {
+        if (address(uint160(account >> 96)) != msg.sender && !isOperator[account][msg.sender]) {
+            revert NotAuthorized(account, msg.sender);
+        }
+        if (_orderCancelled[account][nonce]) revert OrderIsCancelled(account, nonce);
+        _orderCancelled[account][nonce] = true;
+        emit OrderCancelled(account, nonce);
+    }
+
+    /// @notice Magnitude of the order's quantity filled so far.
+    function orderFilled(bytes32 orderDigest) external view returns (uint256) {
+        return _orderFilled[orderDigest];
+    }
+
+    function orderCancelled(uint256 account, uint256 nonce) external view returns (bool) {
+        return _orderCancelled[account][nonce];
+    }
+
+    /// @notice The EIP-712 digest the order's signer signs.
+    function hashOrder(Order calldata o) external view returns (bytes32) {
+        return _hashOrder(o);
+    }
+
+    // forge-lint: disable-next-line(mixed-case-function)
+    function DOMAIN_SEPARATOR() external view returns (bytes32) {
+        return _domainSeparator();
+    }
+
+    // forge-lint: disable-next-line(mixed-case-function)
+    function ORDER_TYPEHASH() external pure returns (bytes32) {
+        return _ORDER_TYPEHASH;
+    }
+
+    /// @notice WAD fraction of spot: the widest distance of a trade price from the model mark.
+    function priceBand() external view returns (int256) {
+        return _priceBand;
+    }
+
     function _storeParams(bytes memory data) private {
         (uint256 nU, uint256[] memory assetU, int256[] memory haircuts) = verifier.validateParams(data);
         uint256 nA = assetU.length;

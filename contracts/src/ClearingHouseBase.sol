@@ -21,6 +21,14 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     int256 public constant MAX_PENALTY_RATE = 0.5e18;
     int256 public constant MAX_RATE = 0.5e18;
     uint8 internal constant NO_UNDERLYING = type(uint8).max;
+    int256 internal constant MIN_PRICE_BAND = 0.001e18;
+    int256 internal constant MAX_PRICE_BAND = 0.5e18;
+
+    bytes32 internal constant _ORDER_TYPEHASH = keccak256(
+        "Order(uint256 account,uint256 instrument,int256 quantity,int256 limitPrice,uint256 nonce,uint64 deadline)"
+    );
+    bytes32 private constant _DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
 
     bytes32 public constant GUARDIAN = "GUARDIAN";
     bytes32 public constant MATCHER = "MATCHER";
@@ -63,6 +71,19 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         uint128 maxBounty;
     }
 
+    /// @notice An order as its account's owner (or an operator) signs it (EIP-712, see
+    /// _hashOrder). quantity: > 0 buy, < 0 sell; limitPrice: a buy's highest price, a sell's
+    /// lowest; nonce: chosen by the signer, cancels by (account, nonce); valid while
+    /// block.timestamp <= deadline.
+    struct Order {
+        uint256 account;
+        uint256 instrument;
+        int256 quantity;
+        int256 limitPrice;
+        uint256 nonce;
+        uint64 deadline;
+    }
+
     struct RiskBounds {
         int256 minRange;
         int256 maxRange;
@@ -96,6 +117,18 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     /// @dev Positions: packed (instrument << 128 | uint128(int128 quantity)), one slot each.
     mapping(uint256 => uint256[]) internal _positions;
     mapping(uint256 => mapping(uint256 => uint256)) internal _positionIndex; // index + 1
+    /// @dev Signed orders (internal: their getters live in ClearingHouseAdmin, off the size-bound
+    /// clearing house). Magnitude filled per order digest; cancelled (account, nonce) pairs.
+    int256 internal _priceBand;
+    mapping(bytes32 => uint256) internal _orderFilled;
+    mapping(uint256 => mapping(uint256 => bool)) internal _orderCancelled;
+
+    // The EIP-712 domain separator of the contract being constructed, valid while this code
+    // runs at that address on that chain (ClearingHouseAdmin runs it for the clearing house by
+    // DELEGATECALL, and a fork changes the chain id: both recompute).
+    address private immutable _cachedThis;
+    uint256 private immutable _cachedChainId;
+    bytes32 private immutable _cachedDomainSeparator;
 
     // Modifiers call functions so their code exists once (the contract is size-bound).
     modifier onlyOwner() {
@@ -131,6 +164,26 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
 
     constructor(MarginVerifier verifier_) {
         verifier = verifier_;
+        _cachedThis = address(this);
+        _cachedChainId = block.chainid;
+        _cachedDomainSeparator = _buildDomainSeparator();
+    }
+
+    function _domainSeparator() internal view returns (bytes32) {
+        if (address(this) == _cachedThis && block.chainid == _cachedChainId) return _cachedDomainSeparator;
+        return _buildDomainSeparator();
+    }
+
+    function _buildDomainSeparator() private view returns (bytes32) {
+        return keccak256(
+            abi.encode(_DOMAIN_TYPEHASH, keccak256("ClearingHouse"), keccak256("1"), block.chainid, address(this))
+        );
+    }
+
+    /// @dev The EIP-712 digest of an order: every field is a static type, so the struct hash is
+    /// keccak256(typehash ++ the six fields as 32-byte words).
+    function _hashOrder(Order calldata o) internal view returns (bytes32) {
+        return keccak256(abi.encodePacked(hex"1901", _domainSeparator(), keccak256(abi.encode(_ORDER_TYPEHASH, o))));
     }
 
     /// @notice The risk parameters, abi.encode(RiskParams).
