@@ -52,11 +52,6 @@ contract ClearingHouse is ClearingHouseBase {
     /// @notice The governance module (ClearingHouseAdmin) that unknown selectors go to.
     address public immutable admin;
 
-    /// @dev Set while tokens are pulled in (EIP-1153 transient storage: gone after the call).
-    /// `_pull` credits the balance difference around transferFrom; a token that calls the
-    /// sender back (ERC-777 tokensToSend) would otherwise let a nested deposit's tokens be
-    /// counted twice, by the nested call and again by the outer one.
-    bool private transient _pulling;
 
     constructor(address owner_, MarginVerifier verifier_, address admin_) ClearingHouseBase(verifier_) {
         owner = owner_;
@@ -89,33 +84,6 @@ contract ClearingHouse is ClearingHouseBase {
         return address(uint160(account >> 96));
     }
 
-    function underlyingCount() external view returns (uint256) {
-        return _underlyings.length;
-    }
-
-    function underlyingConfig(uint256 u) external view returns (UnderlyingConfig memory) {
-        return _underlyings[u];
-    }
-
-    function assetCount() external view returns (uint256) {
-        return _assets.length;
-    }
-
-    function assetConfig(uint256 a) external view returns (AssetConfig memory) {
-        return _assets[a];
-    }
-
-    /// @notice Instrument ids and quantities of an account (storage order).
-    function positionsOf(uint256 account) external view returns (uint256[] memory ids, int256[] memory quantities) {
-        uint256[] storage slots = _positions[account];
-        uint256 n = slots.length;
-        ids = new uint256[](n);
-        quantities = new int256[](n);
-        for (uint256 i; i < n; ++i) {
-            (ids[i], quantities[i]) = _unpack(slots[i]);
-        }
-    }
-
     /// @notice The account as the verifier sees it (positions in storage order, entryPrice 0).
     function portfolioOf(uint256 account) external view returns (Portfolio memory pf) {
         (pf,) = _loadPortfolio(account);
@@ -133,12 +101,6 @@ contract ClearingHouse is ClearingHouseBase {
         return verifier.fullCheck(pf, _market(pf, false), riskParams());
     }
     // ============================================================== collateral
-
-    function setOperator(uint256 account, address operator, bool allowed) external {
-        if (accountOwner(account) != msg.sender) revert NotAuthorized(account, msg.sender);
-        isOperator[account][operator] = allowed;
-        emit OperatorSet(account, operator, allowed);
-    }
 
     /// @notice Deposits `amount` token units from the caller (owner or operator) into the
     /// account; credits what actually arrived.
@@ -183,29 +145,6 @@ contract ClearingHouse is ClearingHouseBase {
         balanceOf[to][asset] += amount;
         _requireHealthyAfter(from);
         emit CollateralTransfer(from, to, asset, amount, _bump(from), _bump(to));
-    }
-
-    /// @notice Anyone may add settlement-currency tokens to the insurance fund.
-    function depositInsurance(uint256 amount) external {
-        AssetConfig memory a = _asset(0);
-        int256 received = _pull(a, amount);
-        insuranceFund += received;
-        emit InsuranceDeposit(msg.sender, received, insuranceFund);
-    }
-
-    /// @notice Pays the caller's bounties in whole token units (the sub-unit rest stays).
-    function claimBounty() external {
-        AssetConfig memory a = _asset(0);
-        int256 b = bounties[msg.sender];
-        int256 scale = int256(uint256(a.scale));
-        int256 units = b / scale; // b >= 0: floor
-        if (units == 0) revert NothingToClaim(msg.sender);
-        int256 paid = units * scale;
-        bounties[msg.sender] = b - paid;
-        totalBounties -= paid;
-        // forge-lint: disable-next-line(unsafe-typecast)
-        if (!IERC20(a.token).transfer(msg.sender, uint256(units))) revert TokenTransferFailed(a.token);
-        emit BountyClaimed(msg.sender, paid);
     }
 
     // ============================================================== trading
@@ -267,13 +206,18 @@ contract ClearingHouse is ClearingHouseBase {
     /// accepted (one valid encoding per signature: no malleated twin), and never address(0).
     function _recover(bytes32 digest, bytes calldata sig, uint256 account) private pure returns (address signer) {
         if (sig.length != 65) revert InvalidSignature(account);
-        bytes32 r = bytes32(sig[0:32]);
-        bytes32 s = bytes32(sig[32:64]);
-        uint8 v = uint8(sig[64]);
+        bytes32 r;
+        bytes32 s;
+        uint256 v;
+        assembly ("memory-safe") {
+            r := calldataload(sig.offset)
+            s := calldataload(add(sig.offset, 0x20))
+            v := byte(0, calldataload(add(sig.offset, 0x40)))
+        }
         if (uint256(s) > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0 || (v != 27 && v != 28)) {
             revert InvalidSignature(account);
         }
-        signer = ecrecover(digest, v, r, s);
+        signer = ecrecover(digest, uint8(v), r, s);
         if (signer == address(0)) revert InvalidSignature(account);
     }
 
@@ -318,14 +262,16 @@ contract ClearingHouse is ClearingHouseBase {
     function _tradeMargin(uint256 account, Portfolio memory before) private {
         (Portfolio memory pf,) = _loadPortfolio(account);
         bool open = !paused;
-        if (open && pf.positions.length == 0 && !_hasDebt(account)) {
-            if (accountState[account].flaggedAt != 0) accountState[account].flaggedAt = 0;
-            return;
+        MarginResult memory r;
+        bool stale;
+        bool healthy = open && pf.positions.length == 0 && !_hasDebt(account);
+        if (!healthy) {
+            Market memory m;
+            (m, stale) = _readMarket(pf, true);
+            r = _verify(pf, m);
+            healthy = open && !stale && r.state == 0;
         }
-        bytes memory params = riskParams();
-        (Market memory m, bool stale) = _readMarket(pf, true);
-        MarginResult memory r = verifier.fullCheck(pf, m, params);
-        if (open && !stale && r.state == 0) {
+        if (healthy) {
             if (accountState[account].flaggedAt != 0) {
                 accountState[account].flaggedAt = 0;
                 emit MarginCallCleared(account, r.equity, r.initialMargin);
@@ -333,7 +279,7 @@ contract ClearingHouse is ClearingHouseBase {
             return;
         }
         // (b), only when (a) failed: the before check costs a second full check.
-        MarginResult memory r0 = verifier.fullCheck(before, _market(before, true), params);
+        MarginResult memory r0 = _verify(before, _market(before, true));
         if (r.requirement > r0.requirement || r.equity - r.initialMargin < r0.equity - r0.initialMargin) {
             if (!open) revert ProtocolPaused();
             if (stale) _market(pf, false); // reverts with the stale feed's named error
@@ -623,7 +569,11 @@ contract ClearingHouse is ClearingHouseBase {
 
     function _fullCheck(uint256 account, bool lenient) private view returns (MarginResult memory) {
         (Portfolio memory pf,) = _loadPortfolio(account);
-        return verifier.fullCheck(pf, _market(pf, lenient), riskParams());
+        return _verify(pf, _market(pf, lenient));
+    }
+
+    function _verify(Portfolio memory pf, Market memory m) private view returns (MarginResult memory) {
+        return verifier.fullCheck(pf, m, riskParams());
     }
 
     // ============================================================== internals: positions
@@ -786,24 +736,6 @@ contract ClearingHouse is ClearingHouseBase {
     function _asset(uint256 asset) private view returns (AssetConfig memory) {
         if (asset >= _assets.length) revert UnknownAsset(asset);
         return _assets[asset];
-    }
-
-    function _toWad(AssetConfig memory a, uint256 amount) private pure returns (int256) {
-        if (amount == 0) revert ZeroAmount();
-        if (amount > uint256(PortfolioMargin.MAX_COLLATERAL) / a.scale) revert AmountTooLarge(amount);
-        return int256(amount * a.scale);
-    }
-
-    function _pull(AssetConfig memory a, uint256 amount) private returns (int256) {
-        _toWad(a, amount); // bounds
-        if (_pulling) revert ReentrantTransfer();
-        _pulling = true;
-        uint256 before = IERC20(a.token).balanceOf(address(this));
-        if (!IERC20(a.token).transferFrom(msg.sender, address(this), amount)) revert TokenTransferFailed(a.token);
-        uint256 got = IERC20(a.token).balanceOf(address(this)) - before;
-        _pulling = false;
-        if (got == 0) revert ZeroAmount();
-        return int256(got * a.scale);
     }
 
     function _floorTick(int256 p) private pure returns (int256) {

@@ -4,6 +4,8 @@ pragma solidity 0.8.30;
 import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
 import {IClearingHouseEvents, IClearingHouseErrors} from "./interfaces/IClearingHouse.sol";
 import {MarginVerifier} from "./MarginVerifier.sol";
+import {IERC20} from "./interfaces/IERC20.sol";
+import {PortfolioMargin} from "./margin/PortfolioMargin.sol";
 
 /// @title ClearingHouseBase
 /// @notice Constants, storage layout and role checks shared by ClearingHouse and the
@@ -90,6 +92,12 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         int256 minVolShift;
         int256 maxVolShift;
     }
+
+    /// @dev Set while tokens are pulled in (EIP-1153 transient storage: gone after the call).
+    /// `_pull` credits the balance difference around transferFrom; a token that calls the
+    /// sender back (ERC-777 tokensToSend) would otherwise let a nested deposit's tokens be
+    /// counted twice, by the nested call and again by the outer one.
+    bool internal transient _pulling;
 
     MarginVerifier public immutable verifier;
     address public owner;
@@ -184,6 +192,24 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     /// keccak256(typehash ++ the six fields as 32-byte words).
     function _hashOrder(Order calldata o) internal view returns (bytes32) {
         return keccak256(abi.encodePacked(hex"1901", _domainSeparator(), keccak256(abi.encode(_ORDER_TYPEHASH, o))));
+    }
+
+    function _toWad(AssetConfig memory a, uint256 amount) internal pure returns (int256) {
+        if (amount == 0) revert ZeroAmount();
+        if (amount > uint256(PortfolioMargin.MAX_COLLATERAL) / a.scale) revert AmountTooLarge(amount);
+        return int256(amount * a.scale);
+    }
+
+    function _pull(AssetConfig memory a, uint256 amount) internal returns (int256) {
+        _toWad(a, amount); // bounds
+        if (_pulling) revert ReentrantTransfer();
+        _pulling = true;
+        uint256 before = IERC20(a.token).balanceOf(address(this));
+        if (!IERC20(a.token).transferFrom(msg.sender, address(this), amount)) revert TokenTransferFailed(a.token);
+        uint256 got = IERC20(a.token).balanceOf(address(this)) - before;
+        _pulling = false;
+        if (got == 0) revert ZeroAmount();
+        return int256(got * a.scale);
     }
 
     /// @notice The risk parameters, abi.encode(RiskParams).

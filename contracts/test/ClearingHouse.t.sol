@@ -57,14 +57,14 @@ contract ClearingHouseTest is ClearingHouseFixture {
 
     function test_operatorDepositsAndWithdrawsToOwner() public {
         vm.prank(ALICE);
-        ch.setOperator(alice, CAROL, true);
+        adm.setOperator(alice, CAROL, true);
         depositTo(CAROL, alice, 0, 10e6);
         vm.prank(CAROL);
         ch.withdraw(alice, 0, 5e6);
         assertEq(usdc.balanceOf(ALICE), 5e6, "withdrawal goes to the owner");
         vm.prank(BOB);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotAuthorized.selector, alice, BOB));
-        ch.setOperator(alice, BOB, true);
+        adm.setOperator(alice, BOB, true);
     }
 
     function test_withdrawWithoutPositionsNeedsNoOracle() public {
@@ -119,7 +119,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
 
     function test_tradeMovesExactCashAndPositions() public {
         _aliceLong();
-        (uint256[] memory ids, int256[] memory q) = ch.positionsOf(alice);
+        (uint256[] memory ids, int256[] memory q) = adm.positionsOf(alice);
         assertEq(ids.length, 1, "one position");
         assertEq(q[0], 1e18, "long 1");
         assertEq(ch.balanceOf(alice, 0), 400e18 - 2000e18, "paid notional");
@@ -127,7 +127,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         assertEq(ch.tradeCount(), 1, "trade id");
         // Closing flat removes the slot.
         doTrade(bob, alice, ethPerp, 1e18, 2010e18);
-        (ids,) = ch.positionsOf(alice);
+        (ids,) = adm.positionsOf(alice);
         assertEq(ids.length, 0, "flat");
         assertEq(ch.balanceOf(alice, 0), 410e18, "pnl realised exactly");
     }
@@ -151,7 +151,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         doTrade(alice, bob, ethPerp, 1e8, 1950e18);
         // ... reducing at the mark lowers the requirement and raises the surplus: allowed.
         doTrade(bob, alice, ethPerp, 5e17, 1950e18);
-        (, int256[] memory q) = ch.positionsOf(alice);
+        (, int256[] memory q) = adm.positionsOf(alice);
         assertEq(q[0], 5e17, "halved");
         // Flipping through zero is not a reduction.
         vm.expectPartialRevert(IClearingHouseErrors.InsufficientMargin.selector);
@@ -312,19 +312,19 @@ contract ClearingHouseTest is ClearingHouseFixture {
         assertEq(bounty, penalty / 2, "bounty = penalty * share");
         assertEq(ch.bounties(LIQ), bounty, "credited");
         assertEq(ch.insuranceFund(), penalty - bounty, "insurance share");
-        (, int256[] memory q) = ch.positionsOf(alice);
+        (, int256[] memory q) = adm.positionsOf(alice);
         assertEq(q[0], 5e17, "half closed");
-        (, int256[] memory qb) = ch.positionsOf(bk);
+        (, int256[] memory qb) = adm.positionsOf(bk);
         assertEq(qb[0], 5e17, "backstop took over");
         assertEq(ch.balanceOf(bk, 0), bkCashBefore - 925e18, "at mark 1850");
         assertEq(ch.balanceOf(alice, 0), 400e18 - 2000e18 + 925e18 - penalty, "account paid the penalty");
         // Claim pays whole token units.
         vm.prank(LIQ);
-        ch.claimBounty();
+        adm.claimBounty();
         assertEq(int256(usdc.balanceOf(LIQ)) * 1e12 + ch.bounties(LIQ), bounty, "claimed");
         vm.prank(LIQ);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NothingToClaim.selector, LIQ));
-        ch.claimBounty();
+        adm.claimBounty();
     }
 
     function test_bountyMinAndCapNeverAbovePenalty() public {
@@ -399,7 +399,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         usdc.mint(CAROL, 10e6);
         vm.startPrank(CAROL);
         usdc.approve(address(ch), 10e6);
-        ch.depositInsurance(10e6);
+        adm.depositInsurance(10e6);
         vm.stopPrank();
         setEth(1000e8); // crash: equity deeply negative
         MarginResult memory r = fullCheckNow(alice);
@@ -429,7 +429,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         vm.startPrank(CAROL);
         usdc.mint(CAROL, usdc6);
         usdc.approve(address(ch), usdc6);
-        ch.depositInsurance(usdc6);
+        adm.depositInsurance(usdc6);
         vm.stopPrank();
     }
 
@@ -467,7 +467,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         assertEq(bounty, 0, "nothing to pay from");
         assertEq(ch.bounties(LIQ), 0, "nothing credited");
         assertEq(ch.insuranceFund(), 0, "fund stays at zero");
-        (uint256[] memory ids,) = ch.positionsOf(alice);
+        (uint256[] memory ids,) = adm.positionsOf(alice);
         assertEq(ids.length, 0, "the liquidation still closed the book");
         assertEq(nonceOf(alice), n + 1, "and bumped the nonce");
     }

@@ -38,8 +38,11 @@ abstract contract ClearingHouseGasBase is ClearingHouseFixture {
         }
         // carol: a 1-position counterparty; the backstop already holds every option (steady
         // state: a first-time takeover also creates its slots, about 44k gas per instrument).
+        // The backstop is margin-checked on its trades like any account, so it holds no more
+        // than MAX_POSITIONS: carol's perp comes from erin.
         uint256 dave = fund(registerKey(0xDA7E), 0, 1_000_000e6);
-        doTrade(carol, bk, ethPerp, 1e18, 2000e18);
+        uint256 erin = fund(registerKey(0xE1217), 0, 1_000_000e6);
+        doTrade(carol, erin, ethPerp, 1e18, 2000e18);
         for (uint256 i; i < n(); ++i) {
             doTrade(bk, dave, firstOption + i, 1e16, markPrice(firstOption + i));
         }
@@ -130,7 +133,7 @@ abstract contract ClearingHouseGasBase is ClearingHouseFixture {
         uint256[] memory wit = w;
         usdc.mint(address(this), 1000e6);
         usdc.approve(address(ch), 1000e6);
-        ch.depositInsurance(1000e6);
+        adm.depositInsurance(1000e6);
         vm.prank(LIQ);
         ch.liquidate(x, nonce, wit, 2e16); // (1% would empty the backstop's +1% and re-create the slots)
         nonce = nonceOf(x);
