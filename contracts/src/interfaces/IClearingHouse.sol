@@ -24,6 +24,8 @@ interface IClearingHouseEvents {
     event MarginCall(
         uint256 indexed account, address indexed flagger, uint64 nonce, int256 equity, int256 initialMargin, uint256 deadline
     );
+    /// @notice equity and initialMargin are 0 when the flag lapses on an account left without
+    /// positions and debt by a trade (healthy without a check).
     event MarginCallCleared(uint256 indexed account, int256 equity, int256 initialMargin);
     /// @notice One position handed to the backstop during a liquidation (quantity as seen by
     /// the liquidated account: it loses `quantity`, the backstop gains it, at `price`).
