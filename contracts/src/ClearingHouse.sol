@@ -190,6 +190,7 @@ contract ClearingHouse is ClearingHouseBase {
         if (fill > 0 ? (q <= 0 || q > MAX_QUANTITY) : (q >= 0 || q < -MAX_QUANTITY)) {
             revert InvalidOrderQuantity(account, q);
         }
+        // forge-lint: disable-next-line(block-timestamp)
         if (block.timestamp > o.deadline) revert OrderExpired(account, o.nonce, o.deadline);
         if (_orderCancelled[account][o.nonce]) revert OrderIsCancelled(account, o.nonce);
         bytes32 digest = _hashOrder(o);
@@ -217,7 +218,8 @@ contract ClearingHouse is ClearingHouseBase {
         if (uint256(s) > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0 || (v != 27 && v != 28)) {
             revert InvalidSignature(account);
         }
-        signer = ecrecover(digest, uint8(v), r, s);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        signer = ecrecover(digest, uint8(v), r, s); // v is one byte
         if (signer == address(0)) revert InvalidSignature(account);
     }
 

@@ -18,6 +18,8 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     // (Rarely called: kept here, off the size-bound clearing house, on its storage.)
 
     function setOperator(uint256 account, address operator, bool allowed) external {
+        // The owner is the account id's top 160 bits (accountOwner): the cast is exact.
+        // forge-lint: disable-next-line(unsafe-typecast)
         if (address(uint160(account >> 96)) != msg.sender) revert NotAuthorized(account, msg.sender);
         isOperator[account][operator] = allowed;
         emit OperatorSet(account, operator, allowed);
@@ -215,6 +217,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
 
     /// @notice Cancels every order of `account` signed with `nonce` (owner or operator).
     function cancelOrder(uint256 account, uint256 nonce) external {
+        // forge-lint: disable-next-line(unsafe-typecast)
         if (address(uint160(account >> 96)) != msg.sender && !isOperator[account][msg.sender]) {
             revert NotAuthorized(account, msg.sender);
         }
