@@ -8,6 +8,7 @@ import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {AggregatorV3Interface} from "../src/interfaces/AggregatorV3Interface.sol";
 import {MarginResult, Portfolio, Position} from "../src/margin/PortfolioMargin.sol";
+import {StalePrice} from "../src/oracle/OracleLib.sol";
 
 /// @notice The trade path: only what an account's owner (or operator) signed settles, within
 /// its limits, inside the price band around the model mark, and each side passes the IM check
@@ -152,6 +153,17 @@ contract ClearingHouseTradingTest is ClearingHouseFixture {
         emit IClearingHouseEvents.MarginCallCleared(alice, 0, 0);
         doTrade(bob, alice, ethPerp, 5e17, 1950e18); // healthy after: (a), flag cleared
         assertEq(flaggedAt(alice), 0, "flag cleared");
+    }
+
+    /// With feeds older than maxAge (but within liquidationMaxAge) no side can pass the IM
+    /// check, yet a trade that does not add risk settles; one that adds risk names the feed.
+    function test_reductionSettlesOnAFeedOlderThanMaxAge() public {
+        doTrade(alice, bob, ethPerp, 1e18, 2000e18);
+        vm.warp(block.timestamp + 2 hours); // maxAge 1 h, liquidationMaxAge 1 day
+        doTrade(bob, alice, ethPerp, 5e17, 2000e18);
+        assertEq(_qty(alice, ethPerp), 5e17, "reduced on the lenient price");
+        vm.expectRevert(abi.encodeWithSelector(StalePrice.selector, address(ethFeed), T0, 1 hours));
+        doTrade(alice, bob, ethPerp, 1e17, 2000e18);
     }
 
     // ================================================================== pause
