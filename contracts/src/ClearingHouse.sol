@@ -33,12 +33,12 @@ import {
 ///
 /// Oracle policy (liveness versus safety). Non-positive answers and incomplete rounds always
 /// revert. A price older than `maxAge` blocks everything that needs a healthy full check
-/// (risk-increasing trades, withdrawals, transfers out, clearing a flag). Flags and
-/// liquidations accept prices up to `liquidationMaxAge` old: the scenario grid already stresses
-/// the last good price by +-R, the liquidator must prove a loss beyond equity in one scenario,
-/// and positions go to the backstop at the model mark rounded against the account. Beyond
-/// `liquidationMaxAge` nothing that needs the price proceeds. Risk-reducing trades, deposits and
-/// settlement (a named past round) never need a fresh price.
+/// (trades that add risk, withdrawals, transfers out, clearing a flag). Flags, liquidations,
+/// the trade price band and the "risk does not grow" rule of trades accept prices up to
+/// `liquidationMaxAge` old: the scenario grid already stresses the last good price by +-R, the
+/// liquidator must prove a loss beyond equity in one scenario, and positions go to the backstop
+/// at the model mark rounded against the account. Beyond `liquidationMaxAge` nothing that needs
+/// the price proceeds. Deposits and settlement (a named past round) never need a fresh price.
 ///
 /// Settlement. An expired instrument is settled at the first oracle round at or after its
 /// expiry (`settleInstrument`, in ClearingHouseAdmin). From then on every check values a
@@ -62,16 +62,13 @@ contract ClearingHouse is ClearingHouseBase {
     /// @notice The governance module (ClearingHouseAdmin) that unknown selectors go to.
     address public immutable admin;
 
-    /// @dev Set while tokens are pulled in (EIP-1153 transient storage: gone after the call).
-    /// `_pull` credits the balance difference around transferFrom; a token that calls the
-    /// sender back (ERC-777 tokensToSend) would otherwise let a nested deposit's tokens be
-    /// counted twice, by the nested call and again by the outer one.
-    bool private transient _pulling;
 
     constructor(address owner_, MarginVerifier verifier_, address admin_) ClearingHouseBase(verifier_) {
         owner = owner_;
         admin = admin_;
+        _priceBand = 0.05e18;
         emit OwnerChanged(owner_);
+        emit PriceBandSet(0.05e18);
     }
 
     /// @dev Governance calls (ClearingHouseAdmin's functions) run on this storage.
@@ -97,33 +94,6 @@ contract ClearingHouse is ClearingHouseBase {
         return address(uint160(account >> 96));
     }
 
-    function underlyingCount() external view returns (uint256) {
-        return _underlyings.length;
-    }
-
-    function underlyingConfig(uint256 u) external view returns (UnderlyingConfig memory) {
-        return _underlyings[u];
-    }
-
-    function assetCount() external view returns (uint256) {
-        return _assets.length;
-    }
-
-    function assetConfig(uint256 a) external view returns (AssetConfig memory) {
-        return _assets[a];
-    }
-
-    /// @notice Instrument ids and quantities of an account (storage order).
-    function positionsOf(uint256 account) external view returns (uint256[] memory ids, int256[] memory quantities) {
-        uint256[] storage slots = _positions[account];
-        uint256 n = slots.length;
-        ids = new uint256[](n);
-        quantities = new int256[](n);
-        for (uint256 i; i < n; ++i) {
-            (ids[i], quantities[i]) = _unpack(slots[i]);
-        }
-    }
-
     /// @notice The account as the verifier sees it (positions in storage order, entryPrice 0).
     function portfolioOf(uint256 account) external view returns (Portfolio memory pf) {
         (pf,) = _loadPortfolio(account);
@@ -141,12 +111,6 @@ contract ClearingHouse is ClearingHouseBase {
         return verifier.fullCheck(pf, _market(pf, false), riskParams());
     }
     // ============================================================== collateral
-
-    function setOperator(uint256 account, address operator, bool allowed) external {
-        if (accountOwner(account) != msg.sender) revert NotAuthorized(account, msg.sender);
-        isOperator[account][operator] = allowed;
-        emit OperatorSet(account, operator, allowed);
-    }
 
     /// @notice Deposits `amount` token units from the caller (owner or operator) into the
     /// account; credits what actually arrived. Open while paused (a cure must always be
@@ -196,60 +160,167 @@ contract ClearingHouse is ClearingHouseBase {
         _tryClearFlag(to);
     }
 
-    /// @notice Anyone may add settlement-currency tokens to the insurance fund.
-    function depositInsurance(uint256 amount) external {
-        AssetConfig memory a = _asset(0);
-        int256 received = _pull(a, amount);
-        insuranceFund += received;
-        emit InsuranceDeposit(msg.sender, received, insuranceFund);
-    }
-
-    /// @notice Pays the caller's bounties in whole token units (the sub-unit rest stays).
-    function claimBounty() external {
-        AssetConfig memory a = _asset(0);
-        int256 b = bounties[msg.sender];
-        int256 scale = int256(uint256(a.scale));
-        int256 units = b / scale; // b >= 0: floor
-        if (units == 0) revert NothingToClaim(msg.sender);
-        int256 paid = units * scale;
-        bounties[msg.sender] = b - paid;
-        totalBounties -= paid;
-        // forge-lint: disable-next-line(unsafe-typecast)
-        if (!IERC20(a.token).transfer(msg.sender, uint256(units))) revert TokenTransferFailed(a.token);
-        emit BountyClaimed(msg.sender, paid);
-    }
-
     // ============================================================== trading
 
-    /// @notice Settles a matched trade: `buyer` buys `quantity` (> 0, multiple of LOT) of the
-    /// instrument from `seller` at `price` (multiple of TICK; > 0 for futures). Each side must
-    /// pass the full IM check afterwards unless the trade strictly reduces its position
-    /// (same instrument, opposite sign, no flip).
-    function trade(uint256 buyer, uint256 seller, uint256 instrument, int256 quantity, int256 price)
-        external
-        whenNotPaused
-        onlyRole(MATCHER)
+    /// @notice Settles a match of two signed orders: `buy.account` buys `quantity` (> 0,
+    /// multiple of LOT) of the orders' instrument from `sell.account` at `price` (multiple of
+    /// TICK; > 0 for futures). The matcher can fill only what was signed: each signature must
+    /// be the account owner's or an operator's, each order live (deadline, not cancelled), its
+    /// limit respected and its filled magnitude stay within its signed quantity. The price must
+    /// lie within priceBand x spot of the model mark. Each side then passes the margin rule of
+    /// _tradeMargin (so a pause leaves only trades that do not add risk).
+    function trade(
+        Order calldata buy,
+        bytes calldata buySig,
+        Order calldata sell,
+        bytes calldata sellSig,
+        int256 quantity,
+        int256 price
+    ) external onlyRole(MATCHER) {
+        uint256 instrument = buy.instrument;
+        if (sell.instrument != instrument) revert OrderMismatch(instrument, sell.instrument);
+        if (buy.account == sell.account) revert SelfTrade(buy.account);
+        int256 mark = _checkTrade(instrument, quantity, price);
+        if (price > buy.limitPrice) revert LimitPriceViolated(buy.account, price, buy.limitPrice);
+        if (price < sell.limitPrice) revert LimitPriceViolated(sell.account, price, sell.limitPrice);
+        _fill(buy, buySig, quantity);
+        _fill(sell, sellSig, -quantity);
+        _settle(buy.account, sell.account, instrument, quantity, price, mark);
+    }
+
+    function _settle(uint256 buyer, uint256 seller, uint256 instrument, int256 quantity, int256 price, int256 mark)
+        private
     {
-        if (buyer == seller) revert SelfTrade(buyer);
-        _checkTrade(instrument, quantity, price);
         int256 cash = (quantity * price) / WAD; // exact: LOT * TICK == 1e18
-        _tradeSide(buyer, instrument, quantity, -cash);
-        _tradeSide(seller, instrument, -quantity, cash);
+        _tradeSide(buyer, instrument, quantity, -cash, price > mark);
+        _tradeSide(seller, instrument, -quantity, cash, price < mark);
         emit Trade(++tradeCount, buyer, seller, instrument, quantity, price, _bump(buyer), _bump(seller));
     }
 
-    function _checkTrade(uint256 instrument, int256 quantity, int256 price) private view {
+    /// @dev Checks one order for a fill of `fill` (signed as the account sees it) and books it.
+    function _fill(Order calldata o, bytes calldata sig, int256 fill) private {
+        uint256 account = o.account;
+        int256 q = o.quantity;
+        // The order's side must be the fill's; |q| bounded so its magnitude cannot overflow.
+        if (fill > 0 ? (q <= 0 || q > MAX_QUANTITY) : (q >= 0 || q < -MAX_QUANTITY)) {
+            revert InvalidOrderQuantity(account, q);
+        }
+        // forge-lint: disable-next-line(block-timestamp)
+        if (block.timestamp > o.deadline) revert OrderExpired(account, o.nonce, o.deadline);
+        if (_orderCancelled[account][o.nonce]) revert OrderIsCancelled(account, o.nonce);
+        bytes32 digest = _hashOrder(o);
+        address signer = _recover(digest, sig, account);
+        if (signer != accountOwner(account) && !isOperator[account][signer]) revert UnauthorizedSigner(account, signer);
+        uint256 signed = uint256(q < 0 ? -q : q);
+        uint256 filled = _orderFilled[digest] + uint256(fill < 0 ? -fill : fill);
+        if (filled > signed) revert OrderOverfilled(digest, filled, signed);
+        _orderFilled[digest] = filled;
+        emit OrderFilled(digest, account, fill, filled);
+    }
+
+    /// @dev ecrecover of a 65-byte r||s||v signature. Only the low-s form with v 27/28 is
+    /// accepted (one valid encoding per signature: no malleated twin), and never address(0).
+    function _recover(bytes32 digest, bytes calldata sig, uint256 account) private pure returns (address signer) {
+        if (sig.length != 65) revert InvalidSignature(account);
+        bytes32 r;
+        bytes32 s;
+        uint256 v;
+        assembly ("memory-safe") {
+            r := calldataload(sig.offset)
+            s := calldataload(add(sig.offset, 0x20))
+            v := byte(0, calldataload(add(sig.offset, 0x40)))
+        }
+        if (uint256(s) > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0 || (v != 27 && v != 28)) {
+            revert InvalidSignature(account);
+        }
+        // forge-lint: disable-next-line(unsafe-typecast)
+        signer = ecrecover(digest, uint8(v), r, s); // v is one byte
+        if (signer == address(0)) revert InvalidSignature(account);
+    }
+
+    /// @dev Quantity and price form, and the price band: |price - mark| <= priceBand x spot,
+    /// mark = spot for a future, the model price for an option (what every check values it
+    /// at), oracle at the liquidation age (a band needs no fresher price than a liquidation).
+    function _checkTrade(uint256 instrument, int256 quantity, int256 price) private view returns (int256 mark) {
         Instrument memory ins = _liveInstrument(instrument);
         if (quantity <= 0 || quantity > MAX_QUANTITY || quantity % LOT != 0) revert InvalidQuantity(quantity);
         if (price < 0 || price > MAX_PRICE || price % TICK != 0 || (price == 0 && ins.kind == PortfolioMargin.FUTURE)) {
             revert InvalidPrice(price);
         }
+        UnderlyingConfig memory uc = _underlyings[ins.underlying];
+        (int256 spot,) = uc.priceFeed.read(uc.liquidationMaxAge);
+        mark = spot;
+        if (ins.kind != PortfolioMargin.FUTURE) {
+            (int256 vol,) = uc.volFeed.read(uc.liquidationMaxAge);
+            mark = verifier.modelPrice(
+                ins.kind == PortfolioMargin.CALL, spot, int256(uint256(ins.strike)), ins.expiry - block.timestamp, vol, rate
+            );
+        }
+        int256 band = spot.mulDown(_priceBand);
+        if (price > mark + band || price < mark - band) revert PriceOutsideBand(price, mark, band);
     }
 
-    function _tradeSide(uint256 account, uint256 instrument, int256 delta, int256 cash) private {
-        bool reduces = _applyPosition(account, instrument, delta);
+    /// @dev One side of a trade; `worseThanMark`: the price is worse than the model mark for this
+    /// side. A book with more live positions than the model checks (MAX_POSITIONS: only the
+    /// backstop, or a former backstop, exempt from the position limit in hand-overs, has one)
+    /// cannot pass either margin rule; it may only unwind: strictly reduce a position, without
+    /// flipping it, at the mark or better for itself. Its model value cannot fall and its
+    /// positions cannot grow, so no value leaves it and the book shrinks back into checkable size.
+    function _tradeSide(uint256 account, uint256 instrument, int256 delta, int256 cash, bool worseThanMark)
+        private
+    {
+        (Portfolio memory before,) = _loadPortfolio(account);
+        int256 q = _applyPosition(account, instrument, delta);
         balanceOf[account][0] += cash;
-        if (!reduces) _requireHealthyAfter(account);
+        if (before.positions.length > MAX_POSITIONS) {
+            bool reduces = (q > 0 && delta < 0 && q + delta >= 0) || (q < 0 && delta > 0 && q + delta <= 0);
+            if (!reduces || worseThanMark) revert UnwindOnly(account, before.positions.length);
+            return;
+        }
+        _tradeMargin(account, before);
+    }
+
+    /// @dev The margin rule of one side of a trade (`before`: its portfolio before the trade).
+    /// It passes (a) unpaused, if the full IM check after the trade is healthy with every feed
+    /// within maxAge (an account left without positions and debt is healthy without an oracle),
+    /// which also clears a margin-call flag; or (b) if its risk does not grow at the portfolio
+    /// level: with the same market (liquidation age), requirement_after <= requirement_before
+    /// and equity_after - IM_after >= equity_before - IM_before, and equity_after >=
+    /// min(equity_before, 0): IM falls faster than MM as risk is cut, so without that floor an
+    /// account below IM could close at a band-edge price into negative equity and hand its
+    /// deficit to the insurance fund (a trade never creates or deepens bad debt). A per-position test would not
+    /// do: closing one leg of a hedge reduces a position and leaves the other leg naked, and a
+    /// reducing trade at a price far from the mark moves value out of the account. The rule
+    /// binds the backstop too: value leaves it through a trade like any other account.
+    function _tradeMargin(uint256 account, Portfolio memory before) private {
+        (Portfolio memory pf,) = _loadPortfolio(account);
+        bool open = !paused;
+        MarginResult memory r;
+        bool stale;
+        bool healthy = open && pf.positions.length == 0 && !_hasDebt(account);
+        if (!healthy) {
+            Market memory m;
+            (m, stale) = _readMarket(pf, true);
+            r = _verify(pf, m);
+            healthy = open && !stale && r.state == 0;
+        }
+        if (healthy) {
+            if (accountState[account].flaggedAt != 0) {
+                accountState[account].flaggedAt = 0;
+                emit MarginCallCleared(account, r.equity, r.initialMargin);
+            }
+            return;
+        }
+        // (b), only when (a) failed: the before check costs a second full check.
+        MarginResult memory r0 = _verify(before, _market(before, true));
+        if (
+            r.requirement > r0.requirement || r.equity - r.initialMargin < r0.equity - r0.initialMargin
+                || r.equity < (r0.equity < 0 ? r0.equity : int256(0))
+        ) {
+            if (!open) revert ProtocolPaused();
+            if (stale) _market(pf, false); // reverts with the stale feed's named error
+            revert InsufficientMargin(account, r.equity, r.initialMargin);
+        }
     }
 
     // ============================================================== margin calls
@@ -523,7 +594,11 @@ contract ClearingHouse is ClearingHouseBase {
 
     function _fullCheck(uint256 account, bool lenient) private view returns (MarginResult memory) {
         (Portfolio memory pf,) = _loadPortfolio(account);
-        return verifier.fullCheck(pf, _market(pf, lenient), riskParams());
+        return _verify(pf, _market(pf, lenient));
+    }
+
+    function _verify(Portfolio memory pf, Market memory m) private view returns (MarginResult memory) {
+        return verifier.fullCheck(pf, m, riskParams());
     }
 
     // ============================================================== internals: positions
@@ -540,21 +615,20 @@ contract ClearingHouse is ClearingHouseBase {
         return (id << 128) | uint256(uint128(int128(q)));
     }
 
-    /// @dev Adds delta to the account's position; returns whether this strictly reduced an
-    /// existing position without flipping it. Enforces MAX_POSITIONS (not for the backstop).
-    function _applyPosition(uint256 account, uint256 id, int256 delta) private returns (bool reduces) {
+    /// @dev Adds delta to the account's position; returns the quantity before (0 for a new slot).
+    /// Enforces MAX_POSITIONS (not for the backstop).
+    function _applyPosition(uint256 account, uint256 id, int256 delta) private returns (int256 q) {
         uint256 idx = _positionIndex[account][id];
         if (idx == 0) {
             uint256 n = _positions[account].length + 1;
             if (n > MAX_POSITIONS && account != backstop) revert PositionLimitExceeded(account, n, MAX_POSITIONS);
             _positions[account].push(_pack(id, delta));
             _positionIndex[account][id] = n;
-            return false;
+            return 0;
         }
-        (, int256 q) = _unpack(_slotRead(_positions[account], idx - 1));
+        (, q) = _unpack(_slotRead(_positions[account], idx - 1));
         int256 nq = q + delta;
         if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
-        reduces = (q > 0 && delta < 0 && nq >= 0) || (q < 0 && delta > 0 && nq <= 0);
         _setQuantityAt(account, idx - 1, id, nq);
     }
 
@@ -659,6 +733,12 @@ contract ClearingHouse is ClearingHouseBase {
     /// volatile collateral); the others get a placeholder spot of 1 and vol 0, which the
     /// model never uses for them. `lenient`: the liquidation age bound instead of maxAge.
     function _market(Portfolio memory pf, bool lenient) private view returns (Market memory m) {
+        (m,) = _readMarket(pf, lenient);
+    }
+
+    /// @dev _market, and whether a feed read is older than its strict maxAge (`stale`: only
+    /// possible when lenient), so one read serves both the strict and the lenient rule.
+    function _readMarket(Portfolio memory pf, bool lenient) private view returns (Market memory m, bool stale) {
         uint256 nU = _underlyings.length;
         bool[] memory used = new bool[](nU);
         for (uint256 i; i < pf.positions.length; ++i) {
@@ -680,8 +760,13 @@ contract ClearingHouse is ClearingHouseBase {
             }
             UnderlyingConfig memory uc = _underlyings[u];
             uint256 age = lenient ? uc.liquidationMaxAge : uc.maxAge;
-            (m.spots[u],) = uc.priceFeed.read(age);
-            (m.vols[u],) = uc.volFeed.read(age);
+            uint256 t0;
+            uint256 t1;
+            (m.spots[u], t0) = uc.priceFeed.read(age);
+            (m.vols[u], t1) = uc.volFeed.read(age);
+            if (t1 < t0) t0 = t1;
+            // As OracleLib: a future timestamp counts as fresh.
+            if (t0 < block.timestamp && block.timestamp - t0 > uc.maxAge) stale = true;
         }
     }
 
@@ -697,21 +782,4 @@ contract ClearingHouse is ClearingHouseBase {
         return _assets[asset];
     }
 
-    function _toWad(AssetConfig memory a, uint256 amount) private pure returns (int256) {
-        if (amount == 0) revert ZeroAmount();
-        if (amount > uint256(PortfolioMargin.MAX_COLLATERAL) / a.scale) revert AmountTooLarge(amount);
-        return int256(amount * a.scale);
-    }
-
-    function _pull(AssetConfig memory a, uint256 amount) private returns (int256) {
-        _toWad(a, amount); // bounds
-        if (_pulling) revert ReentrantTransfer();
-        _pulling = true;
-        uint256 before = IERC20(a.token).balanceOf(address(this));
-        if (!IERC20(a.token).transferFrom(msg.sender, address(this), amount)) revert TokenTransferFailed(a.token);
-        uint256 got = IERC20(a.token).balanceOf(address(this)) - before;
-        _pulling = false;
-        if (got == 0) revert ZeroAmount();
-        return int256(got * a.scale);
-    }
 }

@@ -24,6 +24,70 @@ contract ClearingHouseAdmin is ClearingHouseBase {
 
     constructor(MarginVerifier verifier_) ClearingHouseBase(verifier_) {}
 
+    // ------------------------------------------------------------------ account entry points and views
+    // (Rarely called: kept here, off the size-bound clearing house, on its storage.)
+
+    function setOperator(uint256 account, address operator, bool allowed) external {
+        // The owner is the account id's top 160 bits (accountOwner): the cast is exact.
+        // forge-lint: disable-next-line(unsafe-typecast)
+        if (address(uint160(account >> 96)) != msg.sender) revert NotAuthorized(account, msg.sender);
+        isOperator[account][operator] = allowed;
+        emit OperatorSet(account, operator, allowed);
+    }
+
+    /// @notice Pays the caller's bounties in whole token units (the sub-unit rest stays).
+    function claimBounty() external {
+        AssetConfig memory a = _assets[0];
+        int256 b = bounties[msg.sender];
+        int256 scale = int256(uint256(a.scale));
+        int256 units = b / scale; // b >= 0: floor
+        if (units == 0) revert NothingToClaim(msg.sender);
+        int256 paid = units * scale;
+        bounties[msg.sender] = b - paid;
+        totalBounties -= paid;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        if (!IERC20(a.token).transfer(msg.sender, uint256(units))) revert TokenTransferFailed(a.token);
+        emit BountyClaimed(msg.sender, paid);
+    }
+
+    /// @notice Anyone may add settlement-currency tokens to the insurance fund.
+    function depositInsurance(uint256 amount) external {
+        int256 received = _pull(_assets[0], amount);
+        insuranceFund += received;
+        emit InsuranceDeposit(msg.sender, received, insuranceFund);
+    }
+
+    function underlyingCount() external view returns (uint256) {
+        return _underlyings.length;
+    }
+
+    function underlyingConfig(uint256 u) external view returns (UnderlyingConfig memory) {
+        return _underlyings[u];
+    }
+
+    function assetCount() external view returns (uint256) {
+        return _assets.length;
+    }
+
+    function assetConfig(uint256 a) external view returns (AssetConfig memory) {
+        return _assets[a];
+    }
+
+    /// @notice Instrument ids and quantities of an account (storage order).
+    function positionsOf(uint256 account) external view returns (uint256[] memory ids, int256[] memory quantities) {
+        uint256[] storage slots = _positions[account];
+        uint256 n = slots.length;
+        ids = new uint256[](n);
+        quantities = new int256[](n);
+        for (uint256 i; i < n; ++i) {
+            uint256 slot = slots[i];
+            ids[i] = slot >> 128;
+            // forge-lint: disable-next-line(unsafe-typecast)
+            quantities[i] = int256(int128(uint128(slot)));
+        }
+    }
+
+
     function setOwner(address owner_) external onlyOwner {
         owner = owner_;
         emit OwnerChanged(owner_);
@@ -212,6 +276,56 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     function unpause() external onlyRole(GUARDIAN) {
         paused = false;
         emit PausedSet(false, msg.sender);
+    }
+
+    /// @notice Bounds the trade price around the model mark: |price - mark| <= band x spot.
+    function setPriceBand(int256 band) external onlyOwner {
+        if (band < MIN_PRICE_BAND || band > MAX_PRICE_BAND) revert ParamOutOfBounds(20, band, MIN_PRICE_BAND, MAX_PRICE_BAND);
+        _priceBand = band;
+        emit PriceBandSet(band);
+    }
+
+    // ------------------------------------------------------------------ signed orders
+    // (Rarely called: kept here, off the size-bound clearing house, on its storage.)
+
+    /// @notice Cancels every order of `account` signed with `nonce` (owner or operator).
+    function cancelOrder(uint256 account, uint256 nonce) external {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        if (address(uint160(account >> 96)) != msg.sender && !isOperator[account][msg.sender]) {
+            revert NotAuthorized(account, msg.sender);
+        }
+        if (_orderCancelled[account][nonce]) revert OrderIsCancelled(account, nonce);
+        _orderCancelled[account][nonce] = true;
+        emit OrderCancelled(account, nonce);
+    }
+
+    /// @notice Magnitude of the order's quantity filled so far.
+    function orderFilled(bytes32 orderDigest) external view returns (uint256) {
+        return _orderFilled[orderDigest];
+    }
+
+    function orderCancelled(uint256 account, uint256 nonce) external view returns (bool) {
+        return _orderCancelled[account][nonce];
+    }
+
+    /// @notice The EIP-712 digest the order's signer signs.
+    function hashOrder(Order calldata o) external view returns (bytes32) {
+        return _hashOrder(o);
+    }
+
+    // forge-lint: disable-next-line(mixed-case-function)
+    function DOMAIN_SEPARATOR() external view returns (bytes32) {
+        return _domainSeparator();
+    }
+
+    // forge-lint: disable-next-line(mixed-case-function)
+    function ORDER_TYPEHASH() external pure returns (bytes32) {
+        return _ORDER_TYPEHASH;
+    }
+
+    /// @notice WAD fraction of spot: the widest distance of a trade price from the model mark.
+    function priceBand() external view returns (int256) {
+        return _priceBand;
     }
 
     function _storeParams(bytes memory data) private {

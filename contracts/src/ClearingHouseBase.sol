@@ -4,6 +4,8 @@ pragma solidity 0.8.30;
 import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
 import {IClearingHouseEvents, IClearingHouseErrors} from "./interfaces/IClearingHouse.sol";
 import {MarginVerifier} from "./MarginVerifier.sol";
+import {IERC20} from "./interfaces/IERC20.sol";
+import {PortfolioMargin} from "./margin/PortfolioMargin.sol";
 
 /// @title ClearingHouseBase
 /// @notice Constants, storage layout and role checks shared by ClearingHouse and the
@@ -21,6 +23,14 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     int256 public constant MAX_PENALTY_RATE = 0.5e18;
     int256 public constant MAX_RATE = 0.5e18;
     uint8 internal constant NO_UNDERLYING = type(uint8).max;
+    int256 internal constant MIN_PRICE_BAND = 0.001e18;
+    int256 internal constant MAX_PRICE_BAND = 0.5e18;
+
+    bytes32 internal constant _ORDER_TYPEHASH = keccak256(
+        "Order(uint256 account,uint256 instrument,int256 quantity,int256 limitPrice,uint256 nonce,uint64 deadline)"
+    );
+    bytes32 private constant _DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
 
     bytes32 public constant GUARDIAN = "GUARDIAN";
     bytes32 public constant MATCHER = "MATCHER";
@@ -63,12 +73,31 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         uint128 maxBounty;
     }
 
+    /// @notice An order as its account's owner (or an operator) signs it (EIP-712, see
+    /// _hashOrder). quantity: > 0 buy, < 0 sell; limitPrice: a buy's highest price, a sell's
+    /// lowest; nonce: chosen by the signer, cancels by (account, nonce); valid while
+    /// block.timestamp <= deadline.
+    struct Order {
+        uint256 account;
+        uint256 instrument;
+        int256 quantity;
+        int256 limitPrice;
+        uint256 nonce;
+        uint64 deadline;
+    }
+
     struct RiskBounds {
         int256 minRange;
         int256 maxRange;
         int256 minVolShift;
         int256 maxVolShift;
     }
+
+    /// @dev Set while tokens are pulled in (EIP-1153 transient storage: gone after the call).
+    /// `_pull` credits the balance difference around transferFrom; a token that calls the
+    /// sender back (ERC-777 tokensToSend) would otherwise let a nested deposit's tokens be
+    /// counted twice, by the nested call and again by the outer one.
+    bool internal transient _pulling;
 
     MarginVerifier public immutable verifier;
     address public owner;
@@ -96,6 +125,18 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     /// @dev Positions: packed (instrument << 128 | uint128(int128 quantity)), one slot each.
     mapping(uint256 => uint256[]) internal _positions;
     mapping(uint256 => mapping(uint256 => uint256)) internal _positionIndex; // index + 1
+    /// @dev Signed orders (internal: their getters live in ClearingHouseAdmin, off the size-bound
+    /// clearing house). Magnitude filled per order digest; cancelled (account, nonce) pairs.
+    int256 internal _priceBand;
+    mapping(bytes32 => uint256) internal _orderFilled;
+    mapping(uint256 => mapping(uint256 => bool)) internal _orderCancelled;
+
+    // The EIP-712 domain separator of the contract being constructed, valid while this code
+    // runs at that address on that chain (ClearingHouseAdmin runs it for the clearing house by
+    // DELEGATECALL, and a fork changes the chain id: both recompute).
+    address private immutable _cachedThis;
+    uint256 private immutable _cachedChainId;
+    bytes32 private immutable _cachedDomainSeparator;
 
     // Modifiers call functions so their code exists once (the contract is size-bound).
     modifier onlyOwner() {
@@ -131,6 +172,44 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
 
     constructor(MarginVerifier verifier_) {
         verifier = verifier_;
+        _cachedThis = address(this);
+        _cachedChainId = block.chainid;
+        _cachedDomainSeparator = _buildDomainSeparator();
+    }
+
+    function _domainSeparator() internal view returns (bytes32) {
+        if (address(this) == _cachedThis && block.chainid == _cachedChainId) return _cachedDomainSeparator;
+        return _buildDomainSeparator();
+    }
+
+    function _buildDomainSeparator() private view returns (bytes32) {
+        return keccak256(
+            abi.encode(_DOMAIN_TYPEHASH, keccak256("ClearingHouse"), keccak256("1"), block.chainid, address(this))
+        );
+    }
+
+    /// @dev The EIP-712 digest of an order: every field is a static type, so the struct hash is
+    /// keccak256(typehash ++ the six fields as 32-byte words).
+    function _hashOrder(Order calldata o) internal view returns (bytes32) {
+        return keccak256(abi.encodePacked(hex"1901", _domainSeparator(), keccak256(abi.encode(_ORDER_TYPEHASH, o))));
+    }
+
+    function _toWad(AssetConfig memory a, uint256 amount) internal pure returns (int256) {
+        if (amount == 0) revert ZeroAmount();
+        if (amount > uint256(PortfolioMargin.MAX_COLLATERAL) / a.scale) revert AmountTooLarge(amount);
+        return int256(amount * a.scale);
+    }
+
+    function _pull(AssetConfig memory a, uint256 amount) internal returns (int256) {
+        _toWad(a, amount); // bounds
+        if (_pulling) revert ReentrantTransfer();
+        _pulling = true;
+        uint256 before = IERC20(a.token).balanceOf(address(this));
+        if (!IERC20(a.token).transferFrom(msg.sender, address(this), amount)) revert TokenTransferFailed(a.token);
+        uint256 got = IERC20(a.token).balanceOf(address(this)) - before;
+        _pulling = false;
+        if (got == 0) revert ZeroAmount();
+        return int256(got * a.scale);
     }
 
     /// @notice The risk parameters, abi.encode(RiskParams).

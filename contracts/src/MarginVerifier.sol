@@ -4,6 +4,7 @@ pragma solidity 0.8.30;
 import {
     PortfolioMargin, Portfolio, Position, Market, RiskParams, MarginResult
 } from "./margin/PortfolioMargin.sol";
+import {OptionPricing} from "./margin/OptionPricing.sol";
 
 /// @title MarginVerifier
 /// @notice The portfolio-margin verifier as a stateless contract, so the clearing house stays
@@ -36,6 +37,16 @@ contract MarginVerifier {
         uint256[] memory witness
     ) external pure returns (MarginResult memory r, int256[] memory marks) {
         return PortfolioMargin.witnessCheckWithMarks(pf, m, abi.decode(params, (RiskParams)), witness);
+    }
+
+    /// @notice The model's mark of an option (the V0 every check uses), for the clearing
+    /// house's trade price band.
+    function modelPrice(bool isCall, int256 spot, int256 strike, uint256 tau, int256 vol, int256 rate)
+        external
+        pure
+        returns (int256)
+    {
+        return OptionPricing.modelPrice(isCall, spot, strike, tau, vol, rate);
     }
 
     /// @notice Reverts with the model's named error unless `params` is a valid parameter set;

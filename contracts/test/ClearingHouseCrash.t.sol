@@ -52,7 +52,7 @@ contract ClearingHouseCrashTest is ClearingHouseFixture {
         uint64 nonce = nonceOf(alice);
         vm.prank(LIQ);
         ch.liquidate(alice, nonce, w, 1e18);
-        (uint256[] memory ids,) = ch.positionsOf(alice);
+        (uint256[] memory ids,) = adm.positionsOf(alice);
         assertEq(ids.length, 0, "book closed");
     }
 
@@ -67,7 +67,7 @@ contract ClearingHouseCrashTest is ClearingHouseFixture {
         uint64 nonce = nonceOf(alice);
         vm.prank(LIQ);
         ch.liquidate(alice, nonce, r.witness, 1e18);
-        (uint256[] memory ids,) = ch.positionsOf(alice);
+        (uint256[] memory ids,) = adm.positionsOf(alice);
         assertEq(ids.length, 0, "book closed");
         // alice bought the puts back at their mark rounded up: at least K - S each (rate 0).
         int256 spot = usd8 * 1e10;

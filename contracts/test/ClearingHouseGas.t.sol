@@ -3,6 +3,7 @@ pragma solidity 0.8.30;
 
 import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
 import {MarginResult, RiskParams, ExtendedMove} from "../src/margin/PortfolioMargin.sol";
+import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 
 /// @notice Gas of every keeper-relevant entry point for an account of n option positions
 /// (short calls on ETH, strikes 1500 + 50i, 30 days), measured in a fresh transaction after
@@ -33,15 +34,17 @@ abstract contract ClearingHouseGasBase is ClearingHouseFixture {
         }
         vm.stopPrank();
         for (uint256 i; i < n(); ++i) {
-            doTrade(bob, x, firstOption + i, 1e18, 100e18);
+            doTrade(bob, x, firstOption + i, 1e18, markPrice(firstOption + i));
         }
         // carol: a 1-position counterparty; the backstop already holds every option (steady
         // state: a first-time takeover also creates its slots, about 44k gas per instrument).
-        // The backstop's own trades are margin-checked, so it holds at most MAX_POSITIONS.
-        uint256 dave = fund(address(0xDA7E), 0, 1_000_000e6);
-        doTrade(carol, fund(address(0xE41), 0, 1_000_000e6), ethPerp, 1e18, 2000e18);
+        // The backstop is margin-checked on its trades like any account, so it holds no more
+        // than MAX_POSITIONS: carol's perp comes from erin.
+        uint256 dave = fund(registerKey(0xDA7E), 0, 1_000_000e6);
+        uint256 erin = fund(registerKey(0xE1217), 0, 1_000_000e6);
+        doTrade(carol, erin, ethPerp, 1e18, 2000e18);
         for (uint256 i; i < n(); ++i) {
-            doTrade(bk, dave, firstOption + i, 1e16, 100e18);
+            doTrade(bk, dave, firstOption + i, 1e16, markPrice(firstOption + i));
         }
         // Bring x down to IM + 1 USDC.
         MarginResult memory r = fullCheckNow(x);
@@ -71,13 +74,19 @@ abstract contract ClearingHouseGasBase is ClearingHouseFixture {
         _record("withdraw", g - gasleft());
     }
 
-    /// x (n positions) sells one more lot of its first option to carol (1 position): both
-    /// sides risk-increasing, two full checks.
+    /// x (n positions) sells one more lot of its first option to carol (1 position) at its
+    /// mark: both sides risk-increasing and healthy, two full checks, two signatures, two first
+    /// fills (the orders' filled magnitudes go from zero to non-zero).
     function test_gas_trade() public {
         depositTo(ALICE, x, 0, 1000e6);
+        int256 p = markPrice(firstOption);
+        ClearingHouseBase.Order memory b = newOrder(carol, firstOption, 1e16, p);
+        ClearingHouseBase.Order memory s = newOrder(x, firstOption, -1e16, p);
+        bytes memory bs = signFor(address(ch), b);
+        bytes memory ss = signFor(address(ch), s);
         vm.prank(MATCH);
         uint256 g = gasleft();
-        ch.trade(carol, x, firstOption, 1e16, 100e18);
+        ch.trade(b, bs, s, ss, 1e16, p);
         _record("trade", g - gasleft());
     }
 
@@ -124,7 +133,7 @@ abstract contract ClearingHouseGasBase is ClearingHouseFixture {
         uint256[] memory wit = w;
         usdc.mint(address(this), 1000e6);
         usdc.approve(address(ch), 1000e6);
-        ch.depositInsurance(1000e6);
+        adm.depositInsurance(1000e6);
         vm.prank(LIQ);
         ch.liquidate(x, nonce, wit, 2e16); // (1% would empty the backstop's +1% and re-create the slots)
         nonce = nonceOf(x);

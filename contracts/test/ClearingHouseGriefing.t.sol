@@ -36,7 +36,7 @@ contract ClearingHouseGriefingTest is ClearingHouseFixture {
         vm.prank(LIQ);
         int256 bounty = ch.liquidate(alice, nonceOf(alice), again.witness, 1e18);
         assertTrue(bounty > 0, "liquidated, bounty paid");
-        (uint256[] memory ids,) = ch.positionsOf(alice);
+        (uint256[] memory ids,) = adm.positionsOf(alice);
         assertEq(ids.length, 0, "book closed");
     }
 

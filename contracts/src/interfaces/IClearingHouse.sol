@@ -24,6 +24,8 @@ interface IClearingHouseEvents {
     event MarginCall(
         uint256 indexed account, address indexed flagger, uint64 nonce, int256 equity, int256 initialMargin, uint256 deadline
     );
+    /// @notice equity and initialMargin are 0 when the flag lapses on an account left without
+    /// positions and debt by a trade (healthy without a check).
     event MarginCallCleared(uint256 indexed account, int256 equity, int256 initialMargin);
     /// @notice One position handed to the backstop during a liquidation (quantity as seen by
     /// the liquidated account: it loses `quantity`, the backstop gains it, at `price`).
@@ -59,6 +61,13 @@ interface IClearingHouseEvents {
     event LiquidationConfigSet(int256 penaltyRate, int256 bountyShare, int256 minBounty, int256 maxBounty, uint32 gracePeriod);
     event RateSet(int256 rate);
     event PausedSet(bool paused, address by);
+    /// @notice A signed order was (partly) filled: `quantity` is this fill as seen by the
+    /// account (> 0 bought, < 0 sold), `filled` the order's total filled magnitude after it.
+    event OrderFilled(bytes32 indexed digest, uint256 indexed account, int256 quantity, uint256 filled);
+    /// @notice Every order of `account` signed with `nonce` can no longer be filled.
+    event OrderCancelled(uint256 indexed account, uint256 nonce);
+    /// @notice Trades settle only within `band` (WAD fraction of spot) of the model mark.
+    event PriceBandSet(int256 band);
 }
 
 interface IClearingHouseErrors {
@@ -102,6 +111,9 @@ interface IClearingHouseErrors {
     error BackstopNotSet();
     /// @notice A new backstop account must hold no position and no balance of any asset.
     error BackstopNotEmpty(uint256 account);
+    /// @notice A book too large for the model's check (more than MAX_POSITIONS live positions)
+    /// may only strictly reduce a position at the mark or better for itself.
+    error UnwindOnly(uint256 account, uint256 positions);
     error HasOpenPositions(uint256 account, uint256 count);
     /// @notice Only an account whose model equity is below zero has bad debt (a debt backed by
     /// collateral is a loan, governed by the margin check).
@@ -113,4 +125,19 @@ interface IClearingHouseErrors {
     error UnderlyingNotConfigured(uint256 underlying);
     error NothingToClaim(address liquidator);
     error ReentrantTransfer();
+    /// @notice Not a 65-byte r||s||v signature with v 27/28 and low s, or it recovers no address.
+    error InvalidSignature(uint256 account);
+    /// @notice The order was signed by neither the account's owner nor one of its operators.
+    error UnauthorizedSigner(uint256 account, address signer);
+    error OrderExpired(uint256 account, uint256 nonce, uint64 deadline);
+    error OrderIsCancelled(uint256 account, uint256 nonce);
+    /// @notice The fill would take the order's filled magnitude to `filled`, above `quantity` signed.
+    error OrderOverfilled(bytes32 digest, uint256 filled, uint256 quantity);
+    error LimitPriceViolated(uint256 account, int256 price, int256 limitPrice);
+    /// @notice The two orders name different instruments.
+    error OrderMismatch(uint256 buyInstrument, uint256 sellInstrument);
+    /// @notice A buy order must have quantity in (0, MAX_QUANTITY], a sell order in [-MAX_QUANTITY, 0).
+    error InvalidOrderQuantity(uint256 account, int256 quantity);
+    /// @notice |price - mark| exceeds `band` (= priceBand x spot).
+    error PriceOutsideBand(int256 price, int256 mark, int256 band);
 }

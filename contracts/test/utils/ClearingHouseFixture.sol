@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.30;
 
-import {TestBase} from "./TestBase.sol";
+import {OrderSigner} from "./OrderSigner.sol";
 import {MarginPresets} from "./MarginPresets.sol";
 import {ClearingHouse} from "../../src/ClearingHouse.sol";
 import {ClearingHouseAdmin} from "../../src/ClearingHouseAdmin.sol";
@@ -24,7 +24,7 @@ import {
 /// @notice A configured clearing house: ETH (underlying 0) and BTC (1), USDC (6 decimals,
 /// asset 0) and WETH (18 decimals, asset 1, haircut 10%, moves with ETH), 8-decimal price and
 /// vol feeds, SPAN-like scenarios, a backstop account and roles held by this contract's actors.
-abstract contract ClearingHouseFixture is TestBase {
+abstract contract ClearingHouseFixture is OrderSigner {
     int256 internal constant WAD = 1e18;
     uint256 internal constant T0 = 1_800_000_000;
 
@@ -32,11 +32,17 @@ abstract contract ClearingHouseFixture is TestBase {
     address internal constant GUARD = address(0x6A4D);
     address internal constant MATCH = address(0x3A7C);
     address internal constant RISKOP = address(0x415C);
-    address internal constant ALICE = address(0xA11CE);
-    address internal constant BOB = address(0xB0B);
-    address internal constant CAROL = address(0xCA401);
+    // Account owners sign orders: their addresses are those of these private keys (checked
+    // in setUp, and registered there for signing).
+    uint256 internal constant ALICE_PK = 0xA11CE;
+    uint256 internal constant BOB_PK = 0xB0B;
+    uint256 internal constant CAROL_PK = 0xCA401;
+    uint256 internal constant BACKSTOP_PK = 0xBAC;
+    address internal constant ALICE = 0xe05fcC23807536bEe418f142D19fa0d21BB0cfF7;
+    address internal constant BOB = 0x0376AAc07Ad725E01357B1725B5ceC61aE10473c;
+    address internal constant CAROL = 0x0F89F1868aF3b14a5eca86ed9a5404A742a11454;
     address internal constant LIQ = address(0x11D8);
-    address internal constant BACKSTOP_OWNER = address(0xBAC);
+    address internal constant BACKSTOP_OWNER = 0x097D9BDda97aF457Ef75388803e9c282e15e6b9a;
 
     ClearingHouse internal ch;
     ClearingHouseAdmin internal adm; // the clearing house's address, the admin ABI
@@ -68,6 +74,8 @@ abstract contract ClearingHouseFixture is TestBase {
 
     function setUp() public virtual {
         vm.warp(T0);
+        require(registerKey(ALICE_PK) == ALICE && registerKey(BOB_PK) == BOB, "actor keys");
+        require(registerKey(CAROL_PK) == CAROL && registerKey(BACKSTOP_PK) == BACKSTOP_OWNER, "actor keys");
         // The shipped verifier (optimizer runs 1e6): tests that import the clearing house are
         // compiled in its size profile (runs 1), and so would a `new MarginVerifier()` be.
         verifier = MarginVerifier(vm.deployCode("out/MarginVerifier.sol/MarginVerifier.json"));
@@ -161,9 +169,19 @@ abstract contract ClearingHouseFixture is TestBase {
         vm.stopPrank();
     }
 
+    /// @dev The matcher settles two orders signed by the accounts' owners, exactly at (q, p).
     function doTrade(uint256 buyer, uint256 seller, uint256 id, int256 q, int256 p) internal {
-        vm.prank(MATCH);
-        ch.trade(buyer, seller, id, q, p);
+        signedTrade(ch, MATCH, buyer, seller, id, q, p);
+    }
+
+    /// @dev The model mark of an instrument now (spot for a future), rounded down to TICK: a
+    /// price inside the band.
+    function markPrice(uint256 id) internal view returns (int256 p) {
+        (uint8 u, uint8 kind,,, uint64 exp, uint128 strike) = ch.instruments(id);
+        Market memory m = marketNow();
+        p = m.spots[u];
+        if (kind != 0) p = verifier.modelPrice(kind == 1, p, int256(uint256(strike)), exp - block.timestamp, m.vols[u], m.rate);
+        p -= p % 1e10;
     }
 
     function setEth(int256 usd8) internal {

@@ -8,6 +8,8 @@ interface Vm {
     function expectRevert(bytes calldata revertData) external;
     function expectRevert(bytes4 revertData) external;
     function expectRevert() external;
+    /// Expects a revert with this custom error selector, whatever its arguments.
+    function expectPartialRevert(bytes4 revertData) external;
     function prank(address sender) external;
     function startPrank(address sender) external;
     function stopPrank() external;
@@ -16,6 +18,9 @@ interface Vm {
     function deal(address account, uint256 newBalance) external;
     function label(address account, string calldata newLabel) external;
     function addr(uint256 privateKey) external pure returns (address);
+    /// Signs `digest` with `privateKey` (secp256k1; low-s, v 27/28).
+    function sign(uint256 privateKey, bytes32 digest) external pure returns (uint8 v, bytes32 r, bytes32 s);
+    function chainId(uint256 newChainId) external;
     function expectEmit(bool checkTopic1, bool checkTopic2, bool checkTopic3, bool checkData) external;
     function expectEmit() external;
     /// Records `value` under `name` in the gas snapshot file of the calling test contract
