@@ -282,22 +282,8 @@ class KeeperCore:
     def _settlement_round(
         self, view: ChainView, snap: ProtocolSnapshot, ins: Instrument
     ) -> RoundChoice:
-        """The round to name for ``ins`` (keeper.decisions.settlement_round), reading the rounds
-        it asks for with getRoundData, in chunks that double (rounds are cached: a published
-        round never changes)."""
-        latest = latest_round(snap, ins)
-        if latest is None:
-            return RoundChoice(None, reason="latestRoundData reverted")
         feed = snap.underlyings[ins.underlying].price_feed
-        known = self._feed_rounds.setdefault(feed, {})
-        chunk = ROUND_SCAN_CHUNK
-        while True:
-            choice = settlement_round(ins.expiry, latest, known)
-            if choice.need is None:
-                return choice
-            low = max(choice.need - chunk + 1, (choice.need & ~PHASE_MASK) + 1)
-            known.update(view.feed_rounds(feed, list(range(choice.need, low - 1, -1))))
-            chunk = min(2 * chunk, ROUND_SCAN_MAX)
+        return find_settlement_round(view, snap, ins, self._feed_rounds.setdefault(feed, {}))
 
     # --- gates, simulation, sending ----------------------------------------------------------
 
@@ -600,6 +586,31 @@ class KeeperCore:
         )
         self._rounds = rounds
         return moved
+
+
+def find_settlement_round(
+    view: ChainView,
+    snap: ProtocolSnapshot,
+    ins: Instrument,
+    known: dict[int, RoundData | None] | None = None,
+) -> RoundChoice:
+    """The round to name in ``settleInstrument`` for ``ins`` (keeper.decisions.settlement_round)
+    at the view's block, reading the rounds it asks for with getRoundData in chunks that double.
+    ``known``: the rounds of the instrument's price feed read before, updated in place (a
+    published round never changes)."""
+    latest = latest_round(snap, ins)
+    if latest is None:
+        return RoundChoice(None, reason="latestRoundData reverted")
+    feed = snap.underlyings[ins.underlying].price_feed
+    known = {} if known is None else known
+    chunk = ROUND_SCAN_CHUNK
+    while True:
+        choice = settlement_round(ins.expiry, latest, known)
+        if choice.need is None:
+            return choice
+        low = max(choice.need - chunk + 1, (choice.need & ~PHASE_MASK) + 1)
+        known.update(view.feed_rounds(feed, list(range(choice.need, low - 1, -1))))
+        chunk = min(2 * chunk, ROUND_SCAN_MAX)
 
 
 def _used_underlyings(snap: ProtocolSnapshot, account: int) -> frozenset[int]:
