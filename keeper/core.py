@@ -64,7 +64,7 @@ from keeper.decisions import (
 from keeper.deployment import clearing_house_abi
 from keeper.fault_points import crash_point
 from keeper.secrets import scrub
-from keeper.store import Decision, Store, Transaction
+from keeper.store import Decision, Store, Transaction, TxStatus
 from keeper.transactions import SendError, TxManager
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,11 @@ class KeeperCore:
                 self._record(snap, a, action, report, outcome="backoff: skipped")
             return
         taken = self.store.decision_by_key(action.key)
-        if taken is not None and not self._abandoned(taken, block):
+        if (
+            taken is not None
+            and not self._abandoned(taken, block)
+            and not self._flag_cleared_since(taken, snap, action)
+        ):
             report.skip("duplicate")
             if changed and a is not None:
                 self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
@@ -481,6 +485,30 @@ class KeeperCore:
             decision.id,
             action_key=None,
             outcome=f"abandoned: no transaction was stored (was: {decision.outcome})",
+        )
+        return True
+
+    def _flag_cleared_since(
+        self, decision: Decision, snap: ProtocolSnapshot, action: Action
+    ) -> bool:
+        """True (and the key released) when ``decision`` is our flag at this nonce, its
+        transaction landed at or before the snapshot's block, and the account is not flagged
+        at that block: the flag was cleared since (``clearFlag`` keeps the nonce), so the
+        account may be flagged again at the same nonce."""
+        if action.kind != "flag" or decision.id is None or action.account is None:
+            return False
+        if snap.accounts[action.account].flagged_at != 0:
+            return False
+        tx = self.store.transaction_for_decision(decision.id)
+        if tx is None or tx.status not in (TxStatus.MINED, TxStatus.FINAL):
+            return False
+        if not self._landed(tx, snap.block.number):
+            return False
+        log.info("flag cleared since it was set: key released", extra={"key": action.key})
+        self.store.update_decision(
+            decision.id,
+            action_key=None,
+            outcome=f"{decision.outcome}; the flag was cleared since: key released",
         )
         return True
 

@@ -442,6 +442,12 @@ def test_cured_flag_is_cleared_on_chain(fresh: World, tmp_path: Path) -> None:
     assert ch.events.MarginCallCleared().process_receipt(receipt, errors=DISCARD)
     # Nothing left to do for it.
     assert core.on_block(chain.view(), {thin}, [thin], market_changed=False).actions_sent == []
+    # Below IM again at the same nonce (clearFlag does not bump it): flagged again.
+    set_eth(fresh, 2800)
+    again = core.on_block(chain.view(), {thin}, [thin], market_changed=False)
+    assert again.actions_sent == [f"flag:{thin}:{nonce}"]
+    settle(fresh, txm, store)
+    assert ch.functions.accountState(thin).call()[1] != 0
 
 
 def test_solvent_loan_gets_nothing_and_bad_debt_is_resolved(fresh: World, tmp_path: Path) -> None:
