@@ -72,9 +72,8 @@ def fold_settled(
     if not folded:
         return portfolio
     collateral = list(portfolio.collateral)
-    if not collateral:
-        raise ValueError("a portfolio with settled positions needs the settlement asset")
-    collateral[0] = _checked(collateral[0] + cash)
+    if collateral:  # (no asset configured: the contract has no balance to add it to either)
+        collateral[0] = _checked(collateral[0] + cash)
     return Portfolio(tuple(kept), tuple(collateral))
 
 

@@ -80,6 +80,9 @@ def test_nothing_settled_is_the_same_portfolio() -> None:
     assert fold_settled(pf, [4], {5: 3000 * WAD}) is pf
     with pytest.raises(ValueError):
         fold_settled(pf, [], {})
+    # No asset at all (no risk parameters yet): the position leaves, its cash has nowhere to go.
+    bare = Portfolio(pf.positions, ())
+    assert fold_settled(bare, [5], {5: 3100 * WAD}) == Portfolio((), ())
 
 
 def test_settled_at_zero_price_still_folds() -> None:
