@@ -33,18 +33,28 @@ import {
 ///
 /// Oracle policy (liveness versus safety). Non-positive answers and incomplete rounds always
 /// revert. A price older than `maxAge` blocks everything that needs a healthy full check
-/// (risk-increasing trades, withdrawals, transfers out, clearing a flag, settlement). Flags and
+/// (risk-increasing trades, withdrawals, transfers out, clearing a flag). Flags and
 /// liquidations accept prices up to `liquidationMaxAge` old: the scenario grid already stresses
 /// the last good price by +-R, the liquidator must prove a loss beyond equity in one scenario,
 /// and positions go to the backstop at the model mark rounded against the account. Beyond
-/// `liquidationMaxAge` nothing that needs the price proceeds. Risk-reducing trades and deposits
-/// never need an oracle.
+/// `liquidationMaxAge` nothing that needs the price proceeds. Risk-reducing trades, deposits and
+/// settlement (a named past round) never need a fresh price.
 ///
-/// Bad debt. An account without positions whose settlement balance is negative is resolved by
-/// `resolveBadDebt`: volatile collateral is sold to the backstop at spot after haircut, the
-/// insurance fund covers what it can, and the rest is socialised to the backstop account
-/// (the protocol's own book, whose equity is the pool that absorbs losses), recorded in
-/// `totalSocialisedLoss`. Nothing is silently lost.
+/// Settlement. An expired instrument is settled at the first oracle round at or after its
+/// expiry (`settleInstrument`, in ClearingHouseAdmin). From then on every check values a
+/// position in it at its settled payoff, with no scenario risk (folded into the cash balance
+/// when the portfolio is loaded), whether or not `settleAccount` has realised it yet.
+///
+/// Bad debt. Only an account whose model equity is below zero has bad debt (negative cash
+/// backed by collateral is a loan, which the margin check governs). It is resolved by
+/// `resolveBadDebt` once it has no live position: volatile collateral is sold to the backstop
+/// at spot after haircut, the insurance fund covers what it can, and the rest is socialised to
+/// the backstop account (the protocol's own book, whose equity is the pool that absorbs
+/// losses), recorded in `totalSocialisedLoss`. The insurance fund falls only by bad debt
+/// absorbed. Nothing is silently lost.
+///
+/// Pause. Deposits, clearing a flag, insurance deposits, settlement, flags and liquidations
+/// stay open (an owner can always cure, solvency goes on); withdrawals and transfers revert.
 contract ClearingHouse is ClearingHouseBase {
     using OracleLib for AggregatorV3Interface;
     using FixedPoint for int256;
@@ -139,14 +149,16 @@ contract ClearingHouse is ClearingHouseBase {
     }
 
     /// @notice Deposits `amount` token units from the caller (owner or operator) into the
-    /// account; credits what actually arrived.
-    function deposit(uint256 account, uint256 asset, uint256 amount) external whenNotPaused {
+    /// account; credits what actually arrived. Open while paused (a cure must always be
+    /// possible); clears a margin-call flag if the account now passes the full check.
+    function deposit(uint256 account, uint256 asset, uint256 amount) external {
         _onlyAuthorized(account);
         AssetConfig memory a = _asset(asset);
         int256 received = _pull(a, amount);
         balanceOf[account][asset] += received;
         uint64 nonce = _bump(account);
         emit Deposit(account, asset, msg.sender, received, nonce);
+        _tryClearFlag(account);
     }
 
     /// @notice Withdraws `amount` token units to the account's owner. A volatile asset's
@@ -181,6 +193,7 @@ contract ClearingHouse is ClearingHouseBase {
         balanceOf[to][asset] += amount;
         _requireHealthyAfter(from);
         emit CollateralTransfer(from, to, asset, amount, _bump(from), _bump(to));
+        _tryClearFlag(to);
     }
 
     /// @notice Anyone may add settlement-currency tokens to the insurance fund.
@@ -262,6 +275,15 @@ contract ClearingHouse is ClearingHouseBase {
         emit MarginCallCleared(account, r.equity, r.initialMargin);
     }
 
+    /// @dev After money came in: clears a cured flag, so that a later dip needs a new flag and
+    /// a new grace period. A self-call caught whatever happens (still below IM, stale oracle,
+    /// out of gas): it never blocks the deposit.
+    function _tryClearFlag(uint256 account) private {
+        if (accountState[account].flaggedAt != 0) {
+            try this.clearFlag(account) {} catch {}
+        }
+    }
+
     // ============================================================== liquidation
 
     struct LiqVars {
@@ -274,10 +296,8 @@ contract ClearingHouse is ClearingHouseBase {
     /// (rounded to TICK against the account), quantities rounded down to LOT (all of it at 1).
     /// Penalty = fraction * MM requirement * penaltyRate (rounded up), capped at the account's
     /// positive equity; the liquidator's bounty = clamp(penalty * bountyShare, min, max),
-    /// never above the penalty; the rest goes to the insurance fund. A full close (fraction 1)
-    /// of a book that cannot pay its penalty gets its bounty topped up to minBounty from the
-    /// insurance fund, as far as the fund holds (`InsuranceBountyPaid`). Returns the whole
-    /// bounty credited (penalty share + top-up).
+    /// never above the penalty; the rest goes to the insurance fund. Positions in settled
+    /// instruments are realised first (`PositionSettled`). Returns the bounty credited.
     function liquidate(uint256 account, uint64 nonce, uint256[] calldata witness, int256 fraction)
         external
         returns (int256 bounty)
@@ -289,6 +309,12 @@ contract ClearingHouse is ClearingHouseBase {
         if (v.bk == 0) revert BackstopNotSet();
         if (account == v.bk) revert BackstopAccount(account);
         (Portfolio memory pf, uint256[] memory ids) = _loadPortfolio(account);
+        if (ids.length != _positions[account].length) {
+            // Settled positions were folded out of the portfolio: realise them first, so that
+            // the portfolio's indices are the storage slots the hand-over writes.
+            _realiseSettled(account);
+            (pf, ids) = _loadPortfolio(account);
+        }
         (MarginResult memory r, int256[] memory marks) =
             verifier.witnessCheckWithMarks(pf, _market(pf, true), riskParams(), witness);
         {
@@ -307,39 +333,22 @@ contract ClearingHouse is ClearingHouseBase {
         return _chargePenalty(account, r, fraction);
     }
 
-    /// @dev Penalty, bounty and insurance share of a liquidation, booked and emitted.
-    /// Insurance top-up: when the account cannot pay its full penalty (equity below it, so the
-    /// penalty is capped at max(equity, 0)) and the bounty out of that penalty is below
-    /// minBounty, the fund adds the difference, as far as it holds, but only for a call that
-    /// closes the whole book (fraction == 1: any smaller fraction rounds every position down and
-    /// leaves it open). So one top-up per insolvent book, at most minBounty: splitting the
-    /// liquidation into many calls cannot drain the fund, and a partial close of a book whose
-    /// equity is under its own penalty does not restore it anyway.
+    /// @dev Penalty, bounty and insurance share of a liquidation, booked and emitted. The
+    /// bounty only ever comes out of the penalty: the insurance fund never pays a liquidator
+    /// (a top-up could be farmed by one owner on both sides of a dust book).
     function _chargePenalty(uint256 account, MarginResult memory r, int256 fraction) private returns (int256 bounty) {
         LiquidationConfig memory c = liquidationConfig;
-        int256 minBounty = int256(uint256(c.minBounty));
         int256 penalty = r.requirement.mulUp(fraction).mulUp(int256(uint256(c.penaltyRate)));
-        bool capped = penalty > r.equity;
-        if (capped) penalty = r.equity > 0 ? r.equity : int256(0);
+        if (penalty > r.equity) penalty = r.equity > 0 ? r.equity : int256(0);
         bounty = penalty.mulDown(int256(uint256(c.bountyShare)));
-        if (bounty < minBounty) bounty = minBounty;
+        if (bounty < int256(uint256(c.minBounty))) bounty = int256(uint256(c.minBounty));
         if (bounty > int256(uint256(c.maxBounty))) bounty = int256(uint256(c.maxBounty));
         if (bounty > penalty) bounty = penalty;
         balanceOf[account][0] -= penalty;
-        // bounty < minBounty implies bounty == penalty (minBounty <= maxBounty), so the fund
-        // gains nothing from this penalty in exactly the case where it may pay a top-up.
-        int256 fundAfter = insuranceFund + (penalty - bounty);
+        insuranceFund += penalty - bounty;
         emit Liquidation(
             account, msg.sender, _bump(account), fraction, r.equity, r.requirement, penalty, bounty, penalty - bounty
         );
-        if (capped && fraction == WAD && bounty < minBounty && fundAfter > 0) {
-            int256 topUp = minBounty - bounty;
-            if (topUp > fundAfter) topUp = fundAfter;
-            fundAfter -= topUp;
-            bounty += topUp;
-            emit InsuranceBountyPaid(account, msg.sender, topUp, fundAfter);
-        }
-        insuranceFund = fundAfter;
         bounties[msg.sender] += bounty;
         totalBounties += bounty;
         if (bounty > 0) emit BountyCredited(msg.sender, bounty);
@@ -385,17 +394,23 @@ contract ClearingHouse is ClearingHouseBase {
         if (!any) revert NothingToLiquidate(account);
     }
 
-    /// @notice Resolves the debt of an account without positions: volatile collateral is sold
-    /// to the backstop at spot after haircut (rounded down), the insurance fund covers what it
-    /// can of the remaining negative settlement balance, the backstop absorbs the rest.
+    /// @notice Resolves the bad debt of an account with no live position whose model equity
+    /// (full check, lenient oracle ages) is below zero. Its settled positions are realised
+    /// first. Volatile collateral is sold to the backstop at spot after haircut (rounded down),
+    /// the insurance fund covers what it can of the remaining negative settlement balance, the
+    /// backstop absorbs the rest. Negative cash that the collateral covers is not bad debt.
     function resolveBadDebt(uint256 account) external {
         uint256 bk = backstop;
         if (bk == 0) revert BackstopNotSet();
         if (account == bk) revert BackstopAccount(account);
+        _realiseSettled(account);
         uint256 n = _positions[account].length;
         if (n != 0) revert HasOpenPositions(account, n);
+        {
+            int256 equity = _fullCheck(account, true).equity;
+            if (equity >= 0) revert NoBadDebt(account, equity);
+        }
         int256 bal = balanceOf[account][0];
-        if (bal >= 0) revert NoBadDebt(account, bal);
         for (uint256 k = 1; k < _assets.length; ++k) {
             AssetConfig memory a = _assets[k];
             int256 amt = balanceOf[account][k];
@@ -433,46 +448,36 @@ contract ClearingHouse is ClearingHouseBase {
 
     // ============================================================== settlement
 
-    /// @notice Records an expired instrument's settlement price: the oracle price (fresh, and
-    /// published at or after expiry) rounded down to TICK.
-    function settleInstrument(uint256 instrument) external {
-        Instrument memory ins = instruments[instrument];
-        if (!ins.listed) revert UnknownInstrument(instrument);
-        if (ins.expiry == 0 || block.timestamp < ins.expiry) revert InstrumentNotExpired(instrument, ins.expiry);
-        if (ins.settled) revert InstrumentAlreadySettled(instrument);
-        UnderlyingConfig memory uc = _underlyings[ins.underlying];
-        (int256 spot, uint256 updatedAt) = uc.priceFeed.read(uc.maxAge);
-        if (updatedAt < ins.expiry) revert PriceBeforeExpiry(instrument, updatedAt, ins.expiry);
-        int256 p = _floorTick(spot);
-        instruments[instrument].settled = true;
-        settlementPrice[instrument] = p;
-        emit InstrumentSettled(instrument, p);
-    }
-
     /// @notice Pays out every position of the account in a settled instrument (exact cash:
     /// q * payoff / 1e18 with payoff a multiple of TICK) and removes it.
     function settleAccount(uint256 account) external returns (uint256 settled) {
+        settled = _realiseSettled(account);
+        if (settled == 0) revert NothingToSettle(account);
+    }
+
+    /// @dev settleAccount's work (nonce bumped only when something was settled).
+    function _realiseSettled(uint256 account) private returns (uint256 settled) {
         uint256[] storage slots = _positions[account];
         int256 cash;
         for (uint256 k = slots.length; k > 0; --k) {
             (uint256 id, int256 q) = _unpack(slots[k - 1]);
             Instrument memory ins = instruments[id];
             if (!ins.settled) continue;
-            int256 c = (q * _payoff(ins, settlementPrice[id])) / WAD; // exact: LOT * TICK == 1e18
+            int256 c = (q * _payoff(ins.kind, int256(uint256(ins.strike)), settlementPrice[id])) / WAD; // exact
             cash += c;
             _setQuantityAt(account, k - 1, id, 0);
             ++settled;
             emit PositionSettled(account, id, q, c, accountState[account].nonce + 1);
         }
-        if (settled == 0) revert NothingToSettle(account);
+        if (settled == 0) return 0;
         balanceOf[account][0] += cash;
         _bump(account);
     }
 
-    function _payoff(Instrument memory ins, int256 s) private pure returns (int256) {
-        if (ins.kind == PortfolioMargin.FUTURE) return s;
-        int256 k = int256(uint256(ins.strike));
-        if (ins.kind == PortfolioMargin.CALL) return s > k ? s - k : int256(0);
+    /// @dev Payoff per unit at settlement price s (a multiple of TICK, as strikes are).
+    function _payoff(uint256 kind, int256 k, int256 s) private pure returns (int256) {
+        if (kind == PortfolioMargin.FUTURE) return s;
+        if (kind == PortfolioMargin.CALL) return s > k ? s - k : int256(0);
         return k > s ? k - s : int256(0);
     }
 
@@ -496,14 +501,11 @@ contract ClearingHouse is ClearingHouseBase {
     }
 
     /// @dev Full IM check after a change; a passing check also clears a margin-call flag.
-    /// The backstop is the protocol's own book and is not margined. An account with no
-    /// positions and no negative balance is healthy without reading any oracle.
+    /// The backstop is checked like any account (value leaving it must leave it healthy). An
+    /// unflagged account with no positions and no negative balance is healthy without reading
+    /// any oracle (a flagged one takes the full check, so that its clearing is announced).
     function _requireHealthyAfter(uint256 account) private {
-        if (account == backstop) return;
-        if (_positions[account].length == 0 && !_hasDebt(account)) {
-            if (accountState[account].flaggedAt != 0) accountState[account].flaggedAt = 0;
-            return;
-        }
+        if (_positions[account].length == 0 && !_hasDebt(account) && accountState[account].flaggedAt == 0) return;
         MarginResult memory r = _fullCheck(account, false);
         if (r.state != 0) revert InsufficientMargin(account, r.equity, r.initialMargin);
         if (accountState[account].flaggedAt != 0) {
@@ -614,25 +616,43 @@ contract ClearingHouse is ClearingHouseBase {
         }
     }
 
+    /// @dev The account as the verifier sees it. A position in a settled instrument is worth
+    /// exactly q * payoff / 1e18 (the cash settleAccount would pay) and carries no risk: it is
+    /// left out of the positions and added to the settlement balance, so no check values it at
+    /// the live spot. `ids[i]` is the instrument of `pf.positions[i]`; both are shorter than the
+    /// storage list exactly when something was folded.
     function _loadPortfolio(uint256 account) private view returns (Portfolio memory pf, uint256[] memory ids) {
         uint256[] storage slots = _positions[account];
         uint256 n = slots.length;
-        pf.positions = new Position[](n);
+        Position[] memory ps = new Position[](n);
         ids = new uint256[](n);
+        uint256 live;
+        int256 settledCash;
         for (uint256 i; i < n; ++i) {
             (uint256 id, int256 q) = _unpack(_slotRead(slots, i));
             // The instrument's one packed slot, read once: underlying (bits 0-7), kind (8-15),
-            // listed, settled, expiry (32-95), strike (96-223).
+            // listed (16-23), settled (24-31), expiry (32-95), strike (96-223).
             uint256 w = _instrumentWord(id);
-            ids[i] = id;
-            pf.positions[i] =
-                Position(w & 0xff, uint8(w >> 8), int256((w >> 96) & type(uint128).max), uint64(w >> 32), q, 0);
+            int256 strike = int256((w >> 96) & type(uint128).max);
+            if ((w >> 24) & 0xff != 0) {
+                settledCash += (q * _payoff(uint8(w >> 8), strike, settlementPrice[id])) / WAD; // exact
+                continue;
+            }
+            ids[live] = id;
+            ps[live++] = Position(w & 0xff, uint8(w >> 8), strike, uint64(w >> 32), q, 0);
         }
+        assembly ("memory-safe") {
+            // Shrink to the live positions (live <= n: the arrays only get shorter).
+            mstore(ps, live)
+            mstore(ids, live)
+        }
+        pf.positions = ps;
         uint256 nA = _assets.length;
         pf.collateral = new int256[](nA);
         for (uint256 k; k < nA; ++k) {
             pf.collateral[k] = balanceOf[account][k];
         }
+        if (nA != 0) pf.collateral[0] += settledCash;
     }
 
     /// @dev Reads the feeds of the underlyings the portfolio uses (positions and non-zero
@@ -693,9 +713,5 @@ contract ClearingHouse is ClearingHouseBase {
         _pulling = false;
         if (got == 0) revert ZeroAmount();
         return int256(got * a.scale);
-    }
-
-    function _floorTick(int256 p) private pure returns (int256) {
-        return p - (p % TICK); // p >= 0
     }
 }

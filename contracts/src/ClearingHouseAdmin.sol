@@ -5,6 +5,7 @@ import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
 import {IERC20} from "./interfaces/IERC20.sol";
 import {ClearingHouseBase} from "./ClearingHouseBase.sol";
 import {MarginVerifier} from "./MarginVerifier.sol";
+import {OracleLib} from "./oracle/OracleLib.sol";
 import {PortfolioMargin} from "./margin/PortfolioMargin.sol";
 
 /// @title ClearingHouseAdmin
@@ -12,8 +13,16 @@ import {PortfolioMargin} from "./margin/PortfolioMargin.sol";
 /// ever executed by ClearingHouse's fallback through DELEGATECALL (on the clearing house's
 /// storage); calling it directly changes nothing of the protocol's.
 contract ClearingHouseAdmin is ClearingHouseBase {
-    constructor(MarginVerifier verifier_) ClearingHouseBase(verifier_) {}
+    using OracleLib for AggregatorV3Interface;
 
+    /// @notice Upper bound of maxBounty (WAD of asset 0: 10,000 USDC).
+    uint256 public constant MAX_BOUNTY = 1e22;
+    /// @notice Bounds of the grace period of a margin call: long enough to cure, short enough
+    /// that a flagged account cannot sit below IM for long.
+    uint32 public constant MIN_GRACE = 60;
+    uint32 public constant MAX_GRACE = 7 days;
+
+    constructor(MarginVerifier verifier_) ClearingHouseBase(verifier_) {}
 
     function setOwner(address owner_) external onlyOwner {
         owner = owner_;
@@ -25,7 +34,14 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         emit RoleSet(role, who, allowed);
     }
 
+    /// @notice The backstop takes over liquidated positions and absorbs what the insurance fund
+    /// cannot. Only an empty account can become it: an account with positions or a debt would
+    /// otherwise escape flags and liquidation by being named the backstop.
     function setBackstop(uint256 account) external onlyOwner {
+        if (_positions[account].length != 0) revert BackstopNotEmpty(account);
+        for (uint256 k; k < _assets.length; ++k) {
+            if (balanceOf[account][k] != 0) revert BackstopNotEmpty(account);
+        }
         backstop = account;
         emit BackstopSet(account);
     }
@@ -36,7 +52,8 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         emit RateSet(rate_);
     }
 
-    /// @notice Adds (u == count) or replaces (u < count) an underlying's feeds.
+    /// @notice Replaces the feeds and ages of an existing underlying (new underlyings come with
+    /// their risk parameters through `configureMarkets`).
     function setUnderlying(
         uint256 u,
         AggregatorV3Interface priceFeed,
@@ -44,26 +61,44 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         uint32 maxAge,
         uint32 liquidationMaxAge
     ) external onlyOwner {
-        if (u > _underlyings.length || u >= PortfolioMargin.MAX_UNDERLYINGS) {
-            revert ConfigMismatch(1, _underlyings.length, u);
-        }
-        if (maxAge == 0 || liquidationMaxAge < maxAge) {
-            revert ParamOutOfBounds(2, int256(uint256(liquidationMaxAge)), int256(uint256(maxAge)), type(int32).max);
-        }
-        UnderlyingConfig memory c = UnderlyingConfig(priceFeed, maxAge, liquidationMaxAge, volFeed);
-        if (u == _underlyings.length) _underlyings.push(c);
-        else _underlyings[u] = c;
-        emit UnderlyingConfigured(u, address(priceFeed), address(volFeed), maxAge, liquidationMaxAge);
+        if (u >= _underlyings.length) revert UnderlyingNotConfigured(u);
+        _underlyings[u] = _checkedUnderlying(UnderlyingConfig(priceFeed, maxAge, liquidationMaxAge, volFeed), u);
     }
 
-    /// @notice Appends a collateral token (asset index = previous count). Asset 0 must be the
-    /// settlement stablecoin (checked when risk parameters are set).
-    function addCollateral(address token) external onlyOwner {
-        if (_assets.length >= PortfolioMargin.MAX_ASSETS) revert ConfigMismatch(2, PortfolioMargin.MAX_ASSETS, _assets.length + 1);
-        uint8 d = IERC20(token).decimals();
-        if (d > 18) revert ParamOutOfBounds(3, int256(uint256(d)), 0, 18);
-        _assets.push(AssetConfig(token, d, NO_UNDERLYING, 0, uint64(10 ** (18 - d))));
-        emit CollateralConfigured(_assets.length - 1, token, d);
+    /// @notice Appends underlyings (indices from the current count), then collateral tokens
+    /// (asset indices from the current count; asset 0 must be the settlement stablecoin), then
+    /// stores `params` (abi.encode(RiskParams)), which must match the new counts: one call, so
+    /// there is no moment where a new underlying or token exists without its parameters (checks
+    /// would revert and a new token would be valued without its haircut).
+    function configureMarkets(
+        UnderlyingConfig[] calldata newUnderlyings,
+        address[] calldata newTokens,
+        bytes calldata params
+    ) external onlyOwner {
+        for (uint256 i; i < newUnderlyings.length; ++i) {
+            uint256 u = _underlyings.length;
+            if (u >= PortfolioMargin.MAX_UNDERLYINGS) revert ConfigMismatch(1, PortfolioMargin.MAX_UNDERLYINGS, u + 1);
+            _underlyings.push(_checkedUnderlying(newUnderlyings[i], u));
+        }
+        for (uint256 i; i < newTokens.length; ++i) {
+            address token = newTokens[i];
+            if (_assets.length >= PortfolioMargin.MAX_ASSETS) {
+                revert ConfigMismatch(2, PortfolioMargin.MAX_ASSETS, _assets.length + 1);
+            }
+            uint8 d = IERC20(token).decimals();
+            if (d > 18) revert ParamOutOfBounds(3, int256(uint256(d)), 0, 18);
+            _assets.push(AssetConfig(token, d, NO_UNDERLYING, 0, uint64(10 ** (18 - d))));
+            emit CollateralConfigured(_assets.length - 1, token, d);
+        }
+        _storeParams(params);
+    }
+
+    function _checkedUnderlying(UnderlyingConfig memory c, uint256 u) private returns (UnderlyingConfig memory) {
+        if (c.maxAge == 0 || c.liquidationMaxAge < c.maxAge) {
+            revert ParamOutOfBounds(2, int256(uint256(c.liquidationMaxAge)), int256(uint256(c.maxAge)), type(int32).max);
+        }
+        emit UnderlyingConfigured(u, address(c.priceFeed), address(c.volFeed), c.maxAge, c.liquidationMaxAge);
+        return c;
     }
 
     /// @notice Governance sets the whole parameter set; it must match the configured
@@ -94,12 +129,20 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         emit RiskAdjusted(u, priceRange, volShiftBase, msg.sender);
     }
 
+    /// @notice 0 < penaltyRate <= MAX_PENALTY_RATE, bountyShare <= 1, minBounty <= maxBounty
+    /// <= MAX_BOUNTY, MIN_GRACE <= gracePeriod <= MAX_GRACE.
     function setLiquidationConfig(LiquidationConfig calldata c) external onlyOwner {
-        if (int256(uint256(c.penaltyRate)) > MAX_PENALTY_RATE) {
-            revert ParamOutOfBounds(8, int256(uint256(c.penaltyRate)), 0, MAX_PENALTY_RATE);
+        if (c.penaltyRate == 0 || int256(uint256(c.penaltyRate)) > MAX_PENALTY_RATE) {
+            revert ParamOutOfBounds(8, int256(uint256(c.penaltyRate)), 1, MAX_PENALTY_RATE);
         }
         if (c.bountyShare > uint64(uint256(WAD))) revert ParamOutOfBounds(9, int256(uint256(c.bountyShare)), 0, WAD);
         if (c.minBounty > c.maxBounty) revert ParamOutOfBounds(10, int256(uint256(c.minBounty)), 0, int256(uint256(c.maxBounty)));
+        if (c.maxBounty > MAX_BOUNTY) {
+            revert ParamOutOfBounds(11, int256(uint256(c.maxBounty)), int256(uint256(c.minBounty)), int256(MAX_BOUNTY));
+        }
+        if (c.gracePeriod < MIN_GRACE || c.gracePeriod > MAX_GRACE) {
+            revert ParamOutOfBounds(12, int256(uint256(c.gracePeriod)), int256(uint256(MIN_GRACE)), int256(uint256(MAX_GRACE)));
+        }
         liquidationConfig = c;
         emit LiquidationConfigSet(
             int256(uint256(c.penaltyRate)),
@@ -130,6 +173,32 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         // forge-lint: disable-next-line(unsafe-typecast)
         instruments[id] = Instrument(uint8(underlying), kind, true, false, expiry, uint128(uint256(strike)));
         emit InstrumentListed(id, underlying, kind, strike, expiry);
+    }
+
+    /// @notice Records an expired instrument's settlement price from round `roundId` of its
+    /// underlying's price feed: the first round published at or after expiry (valid, updatedAt
+    /// >= expiry, and its predecessor published before expiry; a missing predecessor is
+    /// accepted only for the first round of a phase). The round is checked, not chosen: a
+    /// caller cannot pick a moment after expiry. Price = the answer in WAD, rounded down to TICK.
+    /// Anyone, also while paused (settlement lets accounts out of expired risk).
+    function settleInstrument(uint256 instrument, uint80 roundId) external {
+        Instrument memory ins = instruments[instrument];
+        if (!ins.listed) revert UnknownInstrument(instrument);
+        if (ins.expiry == 0 || block.timestamp < ins.expiry) revert InstrumentNotExpired(instrument, ins.expiry);
+        if (ins.settled) revert InstrumentAlreadySettled(instrument);
+        AggregatorV3Interface feed = _underlyings[ins.underlying].priceFeed;
+        (int256 spot, uint256 updatedAt) = feed.readRound(roundId);
+        if (updatedAt < ins.expiry) revert PriceBeforeExpiry(instrument, updatedAt, ins.expiry);
+        if (uint64(roundId) != 1) {
+            // (roundId 0 has no predecessor: reported missing, not underflowed.)
+            uint256 prev = roundId == 0 ? 0 : feed.updatedAtOf(roundId - 1);
+            if (prev == 0) revert PreviousRoundMissing(instrument, roundId);
+            if (prev >= ins.expiry) revert NotFirstRoundAfterExpiry(instrument, roundId, prev);
+        }
+        int256 p = spot - (spot % TICK); // spot > 0: floor
+        instruments[instrument].settled = true;
+        settlementPrice[instrument] = p;
+        emit InstrumentSettled(instrument, p);
     }
 
     function pause() external onlyRole(GUARDIAN) {

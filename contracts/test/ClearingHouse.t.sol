@@ -7,7 +7,9 @@ import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
 import {MockERC20} from "../src/token/MockERC20.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {StalePrice, NonPositivePrice, IncompleteRound} from "../src/oracle/OracleLib.sol";
-import {MarginResult, Portfolio, Market, RiskParams, InvalidRiskParameter} from "../src/margin/PortfolioMargin.sol";
+import {
+    MarginResult, Portfolio, Market, RiskParams, AssetParams, PortfolioMargin, InvalidRiskParameter
+} from "../src/margin/PortfolioMargin.sol";
 
 /// @notice Unit tests of every entry point of the clearing house and its named errors.
 contract ClearingHouseTest is ClearingHouseFixture {
@@ -48,11 +50,11 @@ contract ClearingHouseTest is ClearingHouseFixture {
         vm.prank(ALICE);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.AmountTooLarge.selector, 1e28));
         ch.deposit(alice, 0, 1e28);
+        // A pause never blocks a deposit (an owner can always cure).
         vm.prank(GUARD);
         adm.pause();
-        vm.prank(ALICE);
-        vm.expectRevert(IClearingHouseErrors.ProtocolPaused.selector);
-        ch.deposit(alice, 0, 1);
+        depositTo(ALICE, alice, 0, 1);
+        assertEq(ch.balanceOf(alice, 0), 400e18 + 1e12, "deposit while paused");
     }
 
     function test_operatorDepositsAndWithdrawsToOwner() public {
@@ -414,8 +416,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         ch.resolveBadDebt(alice);
         uint64 nn401 = nonceOf(alice);
         ch.liquidate(alice, nn401, r.witness, 1e18);
-        // The insolvent full close took minBounty (1) from the fund for its liquidator.
-        assertEq(ch.insuranceFund(), 9e18, "bounty top-up from insurance");
+        assertEq(ch.insuranceFund(), 10e18, "the fund pays no liquidator");
         int256 debt = -ch.balanceOf(alice, 0);
         int256 wethValue = 1e17 * 1000 * 9 / 10; // 0.1 WETH at 1000 after a 10% haircut, in WAD
         int256 bkBefore = ch.balanceOf(bk, 0);
@@ -424,7 +425,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         assertEq(ch.balanceOf(alice, 1), 0, "collateral seized");
         assertEq(ch.balanceOf(bk, 1), 1e17, "backstop got the WETH");
         assertEq(ch.insuranceFund(), 0, "insurance used first");
-        int256 socialised = debt - wethValue - 9e18;
+        int256 socialised = debt - wethValue - 10e18;
         assertEq(ch.totalSocialisedLoss(), socialised, "rest socialised");
         assertEq(ch.balanceOf(bk, 0), bkBefore - wethValue - socialised, "backstop absorbs");
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NoBadDebt.selector, alice, int256(0)));
@@ -440,7 +441,9 @@ contract ClearingHouseTest is ClearingHouseFixture {
         vm.stopPrank();
     }
 
-    function test_insolventLiquidationBountyFromInsurance() public {
+    /// An insolvent book pays no penalty, so its liquidator earns nothing, and the insurance
+    /// fund pays no bounty: it only ever absorbs bad debt.
+    function test_insolventLiquidationNoBountyFromInsurance() public {
         _aliceLong();
         _insure(10e6);
         setEth(1000e8); // equity 400 - 1000 < 0: no penalty to share
@@ -450,16 +453,11 @@ contract ClearingHouseTest is ClearingHouseFixture {
         uint64 n = nonceOf(alice);
         vm.expectEmit(true, true, true, true);
         emit IClearingHouseEvents.Liquidation(alice, LIQ, n + 1, 1e18, r.equity, r.requirement, 0, 0, 0);
-        vm.expectEmit(true, true, true, true);
-        emit IClearingHouseEvents.InsuranceBountyPaid(alice, LIQ, 1e18, 9e18);
-        vm.expectEmit(true, true, true, true);
-        emit IClearingHouseEvents.BountyCredited(LIQ, 1e18);
         vm.prank(LIQ);
         int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
-        assertEq(bounty, 1e18, "minBounty");
-        assertEq(ch.bounties(LIQ), 1e18, "credited");
-        assertEq(ch.totalBounties(), 1e18, "total bounties");
-        assertEq(ch.insuranceFund(), 9e18, "paid by the fund");
+        assertEq(bounty, 0, "no penalty, no bounty");
+        assertEq(ch.bounties(LIQ), 0, "nothing credited");
+        assertEq(ch.insuranceFund(), 10e18, "the fund is untouched");
         assertEq(ch.balanceOf(alice, 0), aliceBefore + 1000e18, "account paid no penalty (sold at 1000)");
         assertEq(heldWad(0), _sumUsdc(), "tokens held == balances + insurance + bounties");
     }
@@ -479,22 +477,9 @@ contract ClearingHouseTest is ClearingHouseFixture {
         assertEq(nonceOf(alice), n + 1, "and bumped the nonce");
     }
 
-    function test_insolventLiquidationFundPaysWhatItHolds() public {
-        _aliceLong();
-        _insure(0.4e6);
-        setEth(1000e8);
-        MarginResult memory r = fullCheckNow(alice);
-        uint64 n = nonceOf(alice);
-        vm.prank(LIQ);
-        int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
-        assertEq(bounty, 0.4e18, "the whole fund, no more");
-        assertEq(ch.insuranceFund(), 0, "never below zero");
-        assertEq(heldWad(0), _sumUsdc(), "tokens held == balances + insurance + bounties");
-    }
-
-    /// Equity positive but below the penalty: the penalty is the whole equity, the fund tops
-    /// the bounty up to minBounty (bounty = penalty share first, then the fund the rest).
-    function test_cappedPenaltyTopUpToMinBounty() public {
+    /// Equity positive but below the penalty: the penalty is the whole equity and the bounty
+    /// (minBounty, capped at the penalty) is all of it; the fund gets nothing and pays nothing.
+    function test_cappedPenaltyBountyIsTheWholeEquity() public {
         vm.prank(GOV);
         adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(5e17, 5e17, 1 hours, 50e18, 60e18));
         _aliceLong();
@@ -506,14 +491,13 @@ contract ClearingHouseTest is ClearingHouseFixture {
         uint64 n = nonceOf(alice);
         vm.prank(LIQ);
         int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
-        assertEq(bounty, 50e18, "topped up to minBounty");
-        assertEq(ch.insuranceFund(), 100e18 - (50e18 - r.equity), "fund paid minBounty - equity");
+        assertEq(bounty, r.equity, "bounty = penalty = equity");
+        assertEq(ch.insuranceFund(), 100e18, "fund unchanged");
         assertEq(heldWad(0), _sumUsdc(), "tokens held == balances + insurance + bounties");
     }
 
-    /// Splitting: partial calls earn no top-up, only the call that closes the book does, once;
-    /// the fund pays at most minBounty for the whole book.
-    function test_splitLiquidationTopUpBounded() public {
+    /// Splitting the liquidation of an insolvent book earns nothing, in parts or whole.
+    function test_splitLiquidationOfInsolventBookEarnsNothing() public {
         _aliceLong();
         _insure(10e6);
         setEth(1000e8);
@@ -524,14 +508,12 @@ contract ClearingHouseTest is ClearingHouseFixture {
             vm.prank(LIQ);
             total += ch.liquidate(alice, ni, ri.witness, 5e17);
         }
-        assertEq(total, 0, "partial calls on an insolvent book earn nothing");
-        assertEq(ch.insuranceFund(), 10e18, "fund untouched by partial calls");
         MarginResult memory r = fullCheckNow(alice);
         uint64 n = nonceOf(alice);
         vm.prank(LIQ);
         total += ch.liquidate(alice, n, r.witness, 1e18);
-        assertEq(total, 1e18, "one minBounty for the whole book");
-        assertEq(ch.insuranceFund(), 9e18, "fund paid once");
+        assertEq(total, 0, "no bounty for an insolvent book");
+        assertEq(ch.insuranceFund(), 10e18, "fund untouched");
         n = nonceOf(alice);
         vm.prank(LIQ);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NothingToLiquidate.selector, alice));
@@ -551,23 +533,23 @@ contract ClearingHouseTest is ClearingHouseFixture {
         doTrade(carol, bob, ethCall, 2e18, 50e18); // carol long 2 calls K=2200
         doTrade(carol, bob, btcFut, 1e17, 60_000e18);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.InstrumentNotExpired.selector, ethCall, expiry));
-        ch.settleInstrument(ethCall);
+        adm.settleInstrument(ethCall, 1);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.InstrumentNotExpired.selector, ethPerp, uint64(0)));
-        ch.settleInstrument(ethPerp);
+        adm.settleInstrument(ethPerp, 1);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.UnknownInstrument.selector, 77));
-        ch.settleInstrument(77);
+        adm.settleInstrument(77, 1);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NothingToSettle.selector, carol));
         ch.settleAccount(carol);
         vm.warp(expiry);
         ethFeed.setRound(99, 2300e8, expiry - 1, expiry - 1, 99);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.PriceBeforeExpiry.selector, ethCall, expiry - 1, expiry));
-        ch.settleInstrument(ethCall);
-        setEth(2300e8);
+        adm.settleInstrument(ethCall, 99);
+        setEth(2300e8); // round 100, at expiry
         setBtc(61_000e8);
-        ch.settleInstrument(ethCall);
-        ch.settleInstrument(btcFut);
+        adm.settleInstrument(ethCall, 100);
+        settle(btcFut);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.InstrumentAlreadySettled.selector, ethCall));
-        ch.settleInstrument(ethCall);
+        adm.settleInstrument(ethCall, 100);
         int256 before = ch.balanceOf(carol, 0);
         assertEq(ch.settleAccount(carol), 2, "two positions");
         assertEq(ch.balanceOf(carol, 0), before + 2 * 100e18 + 6100e18, "call payoff + future value");
@@ -597,7 +579,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         adm.listInstrument(0, 1, 1000e18, uint64(block.timestamp));
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 1, int256(6e17), -int256(5e17), int256(5e17)));
         adm.setRate(6e17);
-        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 8, int256(6e17), int256(0), int256(5e17)));
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 8, int256(6e17), int256(1), int256(5e17)));
         adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(6e17, 0, 0, 0, 0));
         vm.stopPrank();
     }
@@ -623,10 +605,12 @@ contract ClearingHouseTest is ClearingHouseFixture {
     function test_setRiskParamsMustMatchConfig() public {
         vm.startPrank(GOV);
         bytes memory bad = abi.encode(defaultParams());
-        adm.setUnderlying(2, btcFeed, btcVol, 1 hours, 1 days); // now 3 underlyings
+        ClearingHouseBase.UnderlyingConfig[] memory us = new ClearingHouseBase.UnderlyingConfig[](1);
+        us[0] = underlyingCfg(btcFeed, btcVol); // 3 underlyings, parameters for 2
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ConfigMismatch.selector, 3, 3, 2));
-        adm.setRiskParams(bad);
+        adm.configureMarkets(us, new address[](0), bad);
         vm.stopPrank();
+        assertEq(ch.underlyingCount(), 2, "nothing appended");
     }
 
     function test_pauseByGuardian() public {
@@ -693,9 +677,8 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
 
     function test_tokenReportingFailure() public {
         FalseToken t = new FalseToken();
-        vm.startPrank(GOV);
-        adm.addCollateral(address(t));
-        vm.stopPrank();
+        vm.prank(GOV);
+        adm.configureMarkets(new ClearingHouseBase.UnderlyingConfig[](0), _one(address(t)), abi.encode(_threeAssets()));
         vm.prank(ALICE);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.TokenTransferFailed.selector, address(t)));
         ch.deposit(alice, 2, 1);
@@ -703,18 +686,20 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
 
     function test_configurationChecks() public {
         vm.startPrank(GOV);
-        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ConfigMismatch.selector, 1, 2, 5));
-        adm.setUnderlying(5, ethFeed, ethVol, 1 hours, 1 days);
+        // setUnderlying only replaces an existing underlying's feeds.
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.UnderlyingNotConfigured.selector, 2));
+        adm.setUnderlying(2, ethFeed, ethVol, 1 hours, 1 days);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 2, int256(10), int256(20), int256(type(int32).max)));
         adm.setUnderlying(0, ethFeed, ethVol, 20, 10);
+        ClearingHouseBase.UnderlyingConfig[] memory none = new ClearingHouseBase.UnderlyingConfig[](0);
         MockERC20 big = new MockERC20("Big", "BIG", 19);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 3, int256(19), int256(0), int256(18)));
-        adm.addCollateral(address(big));
+        adm.configureMarkets(none, _one(address(big)), abi.encode(_threeAssets()));
         // Asset count must match the parameters; asset 0 must be the stablecoin.
-        adm.addCollateral(address(weth));
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ConfigMismatch.selector, 4, 3, 2));
-        adm.setRiskParams(abi.encode(defaultParams()));
+        adm.configureMarkets(none, _one(address(weth)), abi.encode(defaultParams()));
         vm.stopPrank();
+        assertEq(ch.assetCount(), 2, "nothing appended");
     }
 
     function test_stableFirstAndBoundsChecks() public {
@@ -730,9 +715,9 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.UnderlyingNotConfigured.selector, 9));
         adm.setRiskBounds(9, ClearingHouseBase.RiskBounds(0, 0, 0, 0));
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 9, int256(2e18), int256(0), int256(1e18)));
-        adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(0, 2e18, 0, 0, 0));
+        adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(5e16, 2e18, 1 hours, 0, 0));
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 10, int256(2), int256(0), int256(1)));
-        adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(0, 0, 0, 2, 1));
+        adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(5e16, 0, 1 hours, 2, 1));
         vm.stopPrank();
         // The model's own bounds apply to the operator too (its window may be wider).
         vm.prank(GOV);
@@ -740,6 +725,20 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         vm.prank(RISKOP);
         vm.expectRevert(abi.encodeWithSelector(InvalidRiskParameter.selector, 0, 1));
         adm.adjustRisk(0, 1e18, 1e16);
+    }
+
+    function _one(address token) internal pure returns (address[] memory a) {
+        a = new address[](1);
+        a[0] = token;
+    }
+
+    /// The fixture's parameters with a third, stable asset.
+    function _threeAssets() internal pure returns (RiskParams memory p) {
+        p = defaultParams();
+        AssetParams[] memory assets = new AssetParams[](3);
+        (assets[0], assets[1]) = (p.assets[0], p.assets[1]);
+        assets[2] = AssetParams(0, PortfolioMargin.STABLE);
+        p.assets = assets;
     }
 
     function test_ownerAndRoles() public {

@@ -113,7 +113,7 @@ contract ClearingHouseFuzzTest is ClearingHouseFixture {
         uint256 drop
     ) public {
         ClearingHouseBase.LiquidationConfig memory c;
-        c.penaltyRate = uint64(bound(rate, 0, 5e17));
+        c.penaltyRate = uint64(bound(rate, 1, 5e17));
         c.bountyShare = uint64(bound(share, 0, 1e18));
         c.minBounty = uint128(bound(minB, 0, 100e18));
         c.maxBounty = uint128(bound(maxB, c.minBounty, 1000e18));

@@ -33,7 +33,8 @@ contract Handler is TestBase {
     // Ghosts.
     uint256 public healthyLiquidated; // a liquidation or flag of an account passing the full check
     uint256 public liquidationWorseThanModel;
-    uint256 public topUpOutOfBounds; // the fund paid a bounty beyond minBounty, or on a partial close
+    uint256 public insurancePaidLiquidator; // the fund fell during a liquidation (it only absorbs bad debt)
+    uint256 public badDebtOfSolventAccount; // resolveBadDebt succeeded on an account with equity >= 0
     uint256 public unauthorisedSucceeded;
     uint256 public liquidations;
     uint256 public trades;
@@ -147,10 +148,8 @@ contract Handler is TestBase {
         try ch.liquidate(acct, nonce, r.witness, fraction) returns (int256) {
             ++liquidations;
             if (r.state == 0) ++healthyLiquidated;
-            // The fund only ever gives on a full close, at most minBounty per call.
-            int256 fromFund = insuranceBefore - ch.insuranceFund();
-            (,,, uint128 minBounty,) = ch.liquidationConfig();
-            if (fromFund > 0 && (fraction != 1e18 || fromFund > int256(uint256(minBounty)))) ++topUpOutOfBounds;
+            // The fund never pays a liquidator: it only gains from penalties here.
+            if (ch.insuranceFund() < insuranceBefore) ++insurancePaidLiquidator;
             // The account loses at most the penalty plus the TICK rounding of the marks.
             int256 penalty = ch.insuranceFund() - insuranceBefore + ch.totalBounties() - bountiesBefore;
             (uint256[] memory ids,) = ch.positionsOf(acct);
@@ -224,11 +223,42 @@ contract Handler is TestBase {
         if (ok) ++unauthorisedSucceeded;
     }
 
-    /// Resolves the bad debt of an actor when it has any (insurance first, then the backstop).
+    /// Resolves the bad debt of an actor when it has any (insurance first, then the backstop);
+    /// only an account whose model equity (lenient market, settled positions folded) is below
+    /// zero may be resolved.
     function resolveBadDebt(uint256 who) external {
-        try ch.resolveBadDebt(actorAccount(who % 3)) {
-            ++badDebtsResolved;
+        uint256 acct = actorAccount(who % 3);
+        int256 equity;
+        bool known;
+        try verifier.fullCheck(ch.portfolioOf(acct), _market(), ch.riskParams()) returns (MarginResult memory r) {
+            (equity, known) = (r.equity, true);
         } catch {}
+        try ch.resolveBadDebt(acct) {
+            ++badDebtsResolved;
+            if (known && equity >= 0) ++badDebtOfSolventAccount;
+        } catch {}
+    }
+
+    /// The feeds' latest answers in WAD, whatever their age (the resolution reads them leniently).
+    function _market() internal view returns (Market memory m) {
+        m.timestamp = uint64(block.timestamp);
+        m.rate = ch.rate();
+        m.spots = new int256[](2);
+        m.vols = new int256[](2);
+        m.spots[0] = ethFeed.answer() * 1e10;
+        m.spots[1] = btcFeed.answer() * 1e10;
+        m.vols[0] = ethVol.answer() * 1e10;
+        m.vols[1] = btcVol.answer() * 1e10;
+    }
+
+    /// The first round of `feed` published at or after `t` (the round settlement must name).
+    function _firstRoundAtOrAfter(MockAggregator feed, uint256 t) internal view returns (uint80 r) {
+        r = feed.roundId();
+        while (r > 1) {
+            (,,, uint256 upd,) = feed.getRoundData(r - 1);
+            if (upd < t) break;
+            --r;
+        }
     }
 
     /// Rarely (1 in 8): jump to the dated instruments' expiry, settle them and every account.
@@ -241,7 +271,8 @@ contract Handler is TestBase {
         ethVol.setAnswer(ethVol.answer());
         btcVol.setAnswer(btcVol.answer());
         for (uint256 i = 1; i < instruments.length; ++i) {
-            try ch.settleInstrument(instruments[i]) {} catch {}
+            (uint8 u,,,, uint64 e,) = ch.instruments(instruments[i]);
+            try adm.settleInstrument(instruments[i], _firstRoundAtOrAfter(u == 0 ? ethFeed : btcFeed, e)) {} catch {}
         }
         for (uint256 i; i < 4; ++i) {
             uint256 acct = i < 3 ? actorAccount(i) : ch.backstop();
@@ -344,8 +375,9 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
         assertEq(handler.liquidationWorseThanModel(), 0, "liquidation cost more than penalty + rounding");
     }
 
-    function invariant_insuranceTopUpBounded() public view {
-        assertEq(handler.topUpOutOfBounds(), 0, "insurance paid a bounty beyond the bound");
+    function invariant_insuranceOnlyAbsorbsBadDebt() public view {
+        assertEq(handler.insurancePaidLiquidator(), 0, "insurance fund fell during a liquidation");
+        assertEq(handler.badDebtOfSolventAccount(), 0, "bad debt resolved on an account with equity >= 0");
     }
 
     function invariant_unauthorisedCallsChangeNothing() public view {

@@ -9,6 +9,13 @@ interface AggregatorV3Interface {
 
     function version() external view returns (uint256);
 
+    /// @notice A past round (roundId = phaseId << 64 | aggregator round). Chainlink reverts or
+    /// returns zeros for a round that does not exist.
+    function getRoundData(uint80 roundId)
+        external
+        view
+        returns (uint80 roundId_, int256 answer, uint256 startedAt, uint256 updatedAt, uint80 answeredInRound);
+
     function latestRoundData()
         external
         view

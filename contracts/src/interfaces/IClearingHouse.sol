@@ -39,11 +39,6 @@ interface IClearingHouseEvents {
         int256 bounty,
         int256 toInsurance
     );
-    /// @notice The insurance fund topped up a liquidator's bounty to minBounty (full close of
-    /// a book that could not pay its penalty); `fund` is the insurance fund left. Comes after
-    /// `Liquidation` (whose `bounty` is the penalty share only) and before `BountyCredited`
-    /// (the whole amount credited).
-    event InsuranceBountyPaid(uint256 indexed account, address indexed liquidator, int256 amount, int256 fund);
     event BadDebtResolved(uint256 indexed account, int256 debt, int256 fromInsurance, int256 socialised);
     event CollateralSeized(uint256 indexed account, uint256 indexed asset, int256 amount, int256 paid);
     event InstrumentListed(uint256 indexed instrument, uint256 underlying, uint8 kind, int256 strike, uint64 expiry);
@@ -85,6 +80,12 @@ interface IClearingHouseErrors {
     error InstrumentNotExpired(uint256 instrument, uint64 expiry);
     error InstrumentAlreadySettled(uint256 instrument);
     error PriceBeforeExpiry(uint256 instrument, uint256 updatedAt, uint64 expiry);
+    /// @notice The named round's predecessor was also published at or after expiry: the
+    /// settlement price is the first round at or after expiry, not one the caller picks.
+    error NotFirstRoundAfterExpiry(uint256 instrument, uint80 roundId, uint256 previousUpdatedAt);
+    /// @notice The named round's predecessor does not exist and the round is not the first of
+    /// its phase, so it cannot be shown to be the first round at or after expiry.
+    error PreviousRoundMissing(uint256 instrument, uint80 roundId);
     error InvalidQuantity(int256 quantity);
     error InvalidPrice(int256 price);
     error SelfTrade(uint256 account);
@@ -99,8 +100,12 @@ interface IClearingHouseErrors {
     error NothingToLiquidate(uint256 account);
     error BackstopAccount(uint256 account);
     error BackstopNotSet();
+    /// @notice A new backstop account must hold no position and no balance of any asset.
+    error BackstopNotEmpty(uint256 account);
     error HasOpenPositions(uint256 account, uint256 count);
-    error NoBadDebt(uint256 account, int256 balance);
+    /// @notice Only an account whose model equity is below zero has bad debt (a debt backed by
+    /// collateral is a loan, governed by the margin check).
+    error NoBadDebt(uint256 account, int256 equity);
     error NothingToSettle(uint256 account);
     error NotSameOwner(uint256 from, uint256 to);
     error ConfigMismatch(uint256 field, uint256 expected, uint256 got);

@@ -80,11 +80,12 @@ abstract contract ClearingHouseFixture is TestBase {
         ethVol = new MockAggregator(8, "ETH IV", 6e7);
         btcVol = new MockAggregator(8, "BTC IV", 5e7);
         vm.startPrank(GOV);
-        adm.setUnderlying(0, AggregatorV3Interface(address(ethFeed)), AggregatorV3Interface(address(ethVol)), 1 hours, 1 days);
-        adm.setUnderlying(1, AggregatorV3Interface(address(btcFeed)), AggregatorV3Interface(address(btcVol)), 1 hours, 1 days);
-        adm.addCollateral(address(usdc));
-        adm.addCollateral(address(weth));
-        adm.setRiskParams(abi.encode(defaultParams()));
+        ClearingHouseBase.UnderlyingConfig[] memory us = new ClearingHouseBase.UnderlyingConfig[](2);
+        us[0] = underlyingCfg(ethFeed, ethVol);
+        us[1] = underlyingCfg(btcFeed, btcVol);
+        address[] memory tokens = new address[](2);
+        (tokens[0], tokens[1]) = (address(usdc), address(weth));
+        adm.configureMarkets(us, tokens, abi.encode(defaultParams()));
         adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(5e16, 5e17, 1 hours, 1e18, 1000e18));
         adm.setRole(ch.MATCHER(), MATCH, true);
         adm.setRole(ch.GUARDIAN(), GUARD, true);
@@ -108,6 +109,38 @@ abstract contract ClearingHouseFixture is TestBase {
     }
 
     // ------------------------------------------------------------------ helpers
+
+    /// @dev An underlying's feeds with the fixture's ages (1 hour strict, 1 day lenient).
+    function underlyingCfg(MockAggregator price, MockAggregator vol)
+        internal
+        pure
+        returns (ClearingHouseBase.UnderlyingConfig memory)
+    {
+        return ClearingHouseBase.UnderlyingConfig(
+            AggregatorV3Interface(address(price)), 1 hours, 1 days, AggregatorV3Interface(address(vol))
+        );
+    }
+
+    /// @dev The first round of `feed` published at or after `t`, found from the latest round
+    /// backwards (what a keeper does); the latest round must be at or after t.
+    function firstRoundAtOrAfter(MockAggregator feed, uint256 t) internal view returns (uint80 r) {
+        r = feed.roundId();
+        while (r > 1) {
+            try feed.getRoundData(r - 1) returns (uint80, int256, uint256, uint256 upd, uint80) {
+                if (upd < t) break;
+            } catch {
+                break;
+            }
+            --r;
+        }
+    }
+
+    /// @dev settleInstrument at the first round of the instrument's price feed at or after expiry.
+    function settle(uint256 id) internal {
+        (uint8 u,,,, uint64 exp,) = ch.instruments(id);
+        MockAggregator feed = u == 0 ? ethFeed : btcFeed;
+        adm.settleInstrument(id, firstRoundAtOrAfter(feed, exp));
+    }
 
     function acct(address who) internal view returns (uint256) {
         return ch.accountId(who, 0);
