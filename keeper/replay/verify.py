@@ -184,6 +184,8 @@ def check_claim(
     including block's timestamp (what the transaction saw, when it was first in its block)."""
     account = int(event.args["account"])
     c = ClaimCheck(kind, event, account, witness, witness_source)
+    if kind == "liquidation":
+        c.bounty_credited = 0  # BountyCredited is only emitted for a bounty above zero
     block = event.block
     for e in same_tx:
         if e.name == "PositionTakenOver" and int(e.args["account"]) == account:
