@@ -534,6 +534,53 @@ def _latest_round(w3: Web3, d: Deployment, key: str) -> int:
     return int(bind(w3, d, key).functions.latestRoundData().call()[0])
 
 
+def test_settlement_round_scan_against_the_contract(
+    seeded: Seeded, chain: Chain, anvil: Anvil, w3: Web3, evm_snapshot: None
+) -> None:
+    """Feeds with holes in their round ids (MockAggregator.setRound; getRoundData reverts for a
+    round never written) and many rounds after expiry: the keeper names the round the contract
+    accepts, and finds none where the contract accepts none."""
+    d = seeded.d
+    ch = bind(w3, d, "ClearingHouse")
+    dev0 = w3.eth.accounts[0]
+    eth_call = _instrument(d, 0, "call", 3000)
+    btc_fut = _instrument(d, 1, "future")
+    expiry = next(i["expiry"] for i in d.instruments if i["id"] == eth_call)
+    anvil.rpc("evm_setNextBlockTimestamp", [expiry + 5000])
+    anvil.rpc("evm_mine")
+
+    def write(key: str, rid: int, answer: int, updated: int) -> None:
+        _send(w3, bind(w3, d, key).functions.setRound(rid, answer, updated, updated, rid), dev0)
+
+    # ETH: last pre-expiry round r+1, then a hole (r+2), then rounds after expiry.
+    r = _latest_round(w3, d, "MockAggregator:ETH/USD")
+    write("MockAggregator:ETH/USD", r + 1, 3000 * 10**8, expiry - 10)
+    for k in (3, 4):
+        write("MockAggregator:ETH/USD", r + k, 3100 * 10**8, expiry + 10 * k)
+    # BTC: the first round after expiry r+1, a hole above it, then 40 more rounds.
+    b = _latest_round(w3, d, "MockAggregator:BTC/USD")
+    write("MockAggregator:BTC/USD", b + 1, 61_234_56789012, expiry + 1)
+    for k in range(3, 43):
+        write("MockAggregator:BTC/USD", b + k, 62_000 * 10**8, expiry + 100 + k)
+    view = chain.view()
+    snap = view.snapshot([])
+    eth = find_settlement_round(view, snap, snap.instruments[eth_call])
+    assert eth.round_id is None and str(r + 2) in eth.reason
+    for rid, error in ((r + 3, "PreviousRoundMissing"), (r + 1, "PriceBeforeExpiry")):
+        with pytest.raises(ContractCustomError) as exc:
+            ch.functions.settleInstrument(eth_call, rid).call()
+        assert decode_revert(revert_data_of(exc.value) or b"").name == error
+    start = view.round_trips
+    btc = find_settlement_round(view, snap, snap.instruments[btc_fut])
+    assert btc.round_id == b + 1
+    assert view.round_trips - start == 2  # 16 rounds in the first read, 32 in the second
+    with pytest.raises(ContractCustomError) as exc:
+        ch.functions.settleInstrument(btc_fut, b + 3).call()  # above the hole: refused
+    assert decode_revert(revert_data_of(exc.value) or b"").name == "PreviousRoundMissing"
+    _send(w3, ch.functions.settleInstrument(btc_fut, btc.round_id), dev0)
+    assert ch.functions.settlementPrice(btc_fut).call() == 61_234_56789012 * 10**10
+
+
 def test_settled_and_expired_books_match_portfolio_of(
     seeded: Seeded, chain: Chain, anvil: Anvil, w3: Web3, evm_snapshot: None
 ) -> None:
