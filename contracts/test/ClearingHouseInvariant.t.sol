@@ -41,6 +41,7 @@ contract Handler is TestBase {
     int256 public bountiesClaimed;
     uint256 public badDebtsResolved;
     uint256 public settlements;
+    uint256 public settlementMovedEquity; // realising settled positions changed the model equity
 
     constructor(
         ClearingHouse ch_,
@@ -239,6 +240,12 @@ contract Handler is TestBase {
         } catch {}
     }
 
+    function _equity(uint256 acct) internal view returns (bool known, int256 equity) {
+        try verifier.fullCheck(ch.portfolioOf(acct), _market(), ch.riskParams()) returns (MarginResult memory r) {
+            return (true, r.equity);
+        } catch {}
+    }
+
     /// The feeds' latest answers in WAD, whatever their age (the resolution reads them leniently).
     function _market() internal view returns (Market memory m) {
         m.timestamp = uint64(block.timestamp);
@@ -276,8 +283,13 @@ contract Handler is TestBase {
         }
         for (uint256 i; i < 4; ++i) {
             uint256 acct = i < 3 ? actorAccount(i) : ch.backstop();
+            // Checks already value settled positions at their payoff: realising them is a
+            // bookkeeping step that must not move the equity by a wei.
+            (bool known, int256 before) = _equity(acct);
             try ch.settleAccount(acct) {
                 ++settlements;
+                (bool knownAfter, int256 after_) = _equity(acct);
+                if (known && knownAfter && after_ != before) ++settlementMovedEquity;
             } catch {}
         }
     }
@@ -349,6 +361,7 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
         assertEq(handler.badDebtsResolved(), 1, "bad debt resolved");
         handler.expireAndSettle(0);
         assertTrue(handler.settlements() >= 2, "accounts settled");
+        assertEq(handler.settlementMovedEquity(), 0, "folding == realising");
         invariant_collateralConserved();
         invariant_openInterestZeroSum();
     }
@@ -373,6 +386,10 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
 
     function invariant_liquidationWithinModel() public view {
         assertEq(handler.liquidationWorseThanModel(), 0, "liquidation cost more than penalty + rounding");
+    }
+
+    function invariant_settledPositionsValuedAtTheirPayoff() public view {
+        assertEq(handler.settlementMovedEquity(), 0, "realising settled positions moved the equity");
     }
 
     function invariant_insuranceOnlyAbsorbsBadDebt() public view {
