@@ -635,7 +635,7 @@ contract ClearingHouse is ClearingHouseBase {
             uint256 w = _instrumentWord(id);
             int256 strike = int256((w >> 96) & type(uint128).max);
             if ((w >> 24) & 0xff != 0) {
-                settledCash += (q * _payoff(uint8(w >> 8), strike, settlementPrice[id])) / WAD; // exact
+                settledCash += (q * _payoff((w >> 8) & 0xff, strike, settlementPrice[id])) / WAD; // exact
                 continue;
             }
             ids[live] = id;

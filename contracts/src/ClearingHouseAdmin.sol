@@ -138,6 +138,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         if (c.bountyShare > uint64(uint256(WAD))) revert ParamOutOfBounds(9, int256(uint256(c.bountyShare)), 0, WAD);
         if (c.minBounty > c.maxBounty) revert ParamOutOfBounds(10, int256(uint256(c.minBounty)), 0, int256(uint256(c.maxBounty)));
         if (c.maxBounty > MAX_BOUNTY) {
+            // forge-lint: disable-next-line(unsafe-typecast)
             revert ParamOutOfBounds(11, int256(uint256(c.maxBounty)), int256(uint256(c.minBounty)), int256(MAX_BOUNTY));
         }
         if (c.gracePeriod < MIN_GRACE || c.gracePeriod > MAX_GRACE) {
@@ -189,6 +190,8 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         AggregatorV3Interface feed = _underlyings[ins.underlying].priceFeed;
         (int256 spot, uint256 updatedAt) = feed.readRound(roundId);
         if (updatedAt < ins.expiry) revert PriceBeforeExpiry(instrument, updatedAt, ins.expiry);
+        // The low 64 bits are the aggregator's round within its phase (truncation intended).
+        // forge-lint: disable-next-line(unsafe-typecast)
         if (uint64(roundId) != 1) {
             // (roundId 0 has no predecessor: reported missing, not underflowed.)
             uint256 prev = roundId == 0 ? 0 : feed.updatedAtOf(roundId - 1);
