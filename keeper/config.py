@@ -200,7 +200,11 @@ class DecisionsConfig(_Section):
     allow_flags: bool = True
     allow_settlement: bool = True
     allow_bad_debt: bool = True
-    clear_flags: bool = False
+    #: clearFlag for a flagged account whose full check is healthy again (costs gas, pays no
+    #: bounty; keeps the account from a liquidation at the end of its grace period).
+    clear_cured_flags: bool = True
+    #: Liquidate a book under water (equity <= 0) although it pays no bounty.
+    liquidate_insolvent: bool = True
     gas_margin_percent: int = Field(default=20, ge=0, le=1000)
     backoff_blocks: int = Field(default=2, ge=1, le=100_000)
     max_backoff_blocks: int = Field(default=256, ge=1, le=1_000_000)

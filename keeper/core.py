@@ -43,21 +43,28 @@ from keeper.chain.view import (
     AccountSnapshot,
     Chain,
     ChainView,
+    Instrument,
     ProtocolSnapshot,
+    RoundData,
 )
 from keeper.decisions import (
     MAINTENANCE,
+    PHASE_MASK,
     Action,
     Assessment,
     DecisionPolicy,
+    RoundChoice,
     assess,
     expired_unsettled,
     gas_cost_in_asset0,
+    latest_round,
+    settle_instrument_action,
+    settlement_round,
 )
 from keeper.deployment import clearing_house_abi
 from keeper.fault_points import crash_point
 from keeper.secrets import scrub
-from keeper.store import Decision, Store, Transaction
+from keeper.store import Decision, Store, Transaction, TxStatus
 from keeper.transactions import SendError, TxManager
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,10 @@ log = logging.getLogger(__name__)
 WATCH_STATES = frozenset({"margin_call", "liquidatable", "flagged_grace", "bad_debt", "settleable"})
 #: A decision this many blocks old without a transaction lost its submitter (``_abandoned``).
 ABANDONED_AFTER_BLOCKS = 2
+#: getRoundData calls per read when scanning a feed back for the settlement round (the first
+#: read; each further one doubles, up to ROUND_SCAN_MAX).
+ROUND_SCAN_CHUNK = 16
+ROUND_SCAN_MAX = 1024
 SKIP_REASONS = (
     "unprofitable",
     "backoff",
@@ -144,6 +155,8 @@ class KeeperCore:
         self._accounts: dict[int, AccountSnapshot] = {}
         self._settle_tried_at = -1  # snapshot timestamp of the last settle_expired
         self._settle_rounds: dict[int, int] = {}  # instrument -> price round at that try
+        #: feed -> rounds read by getRoundData (a published round never changes).
+        self._feed_rounds: dict[str, dict[int, RoundData | None]] = {}
 
     # --- the per-block step ------------------------------------------------------------------
 
@@ -238,11 +251,18 @@ class KeeperCore:
         in_flight = (
             self.store.instruments_being_settled(self.txm.signer.address) if self.txm else set()
         )
-        for action in expired_unsettled(snap):
-            if action.instrument in in_flight:
+        for ins in expired_unsettled(snap):
+            if ins.id in in_flight:
                 report.skip("in_flight")
                 continue
-            self._act(snap, action, None, report)
+            choice = self._settlement_round(view, snap, ins)
+            if choice.round_id is None:
+                log.info(
+                    "no settlement round to name yet",
+                    extra={"instrument": ins.id, "reason": choice.reason},
+                )
+                continue
+            self._act(snap, settle_instrument_action(ins.id, choice.round_id), None, report)
         holders = [
             a
             for a, acc in snap.accounts.items()
@@ -258,6 +278,12 @@ class KeeperCore:
             self._flush()
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report
+
+    def _settlement_round(
+        self, view: ChainView, snap: ProtocolSnapshot, ins: Instrument
+    ) -> RoundChoice:
+        feed = snap.underlyings[ins.underlying].price_feed
+        return find_settlement_round(view, snap, ins, self._feed_rounds.setdefault(feed, {}))
 
     # --- gates, simulation, sending ----------------------------------------------------------
 
@@ -296,7 +322,11 @@ class KeeperCore:
                 self._record(snap, a, action, report, outcome="backoff: skipped")
             return
         taken = self.store.decision_by_key(action.key)
-        if taken is not None and not self._abandoned(taken, block):
+        if (
+            taken is not None
+            and not self._abandoned(taken, block)
+            and not self._flag_cleared_since(taken, snap, action)
+        ):
             report.skip("duplicate")
             if changed and a is not None:
                 self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
@@ -331,7 +361,7 @@ class KeeperCore:
         gas_limit = gas * (100 + self.policy.gas_margin_percent) // 100
         max_fee = self._max_fee()
         cost = gas_cost_in_asset0(snap, gas * max_fee, self.policy)
-        if action.kind not in MAINTENANCE:
+        if action.kind not in MAINTENANCE and not action.maintenance:
             profit = None if cost is None else action.expected_bounty - cost
             if profit is None or profit < self.policy.min_profit:
                 report.skip("unprofitable")
@@ -458,6 +488,30 @@ class KeeperCore:
         )
         return True
 
+    def _flag_cleared_since(
+        self, decision: Decision, snap: ProtocolSnapshot, action: Action
+    ) -> bool:
+        """True (and the key released) when ``decision`` is our flag at this nonce, its
+        transaction landed at or before the snapshot's block, and the account is not flagged
+        at that block: the flag was cleared since (``clearFlag`` keeps the nonce), so the
+        account may be flagged again at the same nonce."""
+        if action.kind != "flag" or decision.id is None or action.account is None:
+            return False
+        if snap.accounts[action.account].flagged_at != 0:
+            return False
+        tx = self.store.transaction_for_decision(decision.id)
+        if tx is None or tx.status not in (TxStatus.MINED, TxStatus.FINAL):
+            return False
+        if not self._landed(tx, snap.block.number):
+            return False
+        log.info("flag cleared since it was set: key released", extra={"key": action.key})
+        self.store.update_decision(
+            decision.id,
+            action_key=None,
+            outcome=f"{decision.outcome}; the flag was cleared since: key released",
+        )
+        return True
+
     def release_reverted(self, decision_id: int, reason: str | None, block: int) -> bool:
         """A transaction of ours reverted on-chain: its decision gives the action key back and
         the target backs off, so the action can be decided again (see the module docstring).
@@ -560,6 +614,31 @@ class KeeperCore:
         )
         self._rounds = rounds
         return moved
+
+
+def find_settlement_round(
+    view: ChainView,
+    snap: ProtocolSnapshot,
+    ins: Instrument,
+    known: dict[int, RoundData | None] | None = None,
+) -> RoundChoice:
+    """The round to name in ``settleInstrument`` for ``ins`` (keeper.decisions.settlement_round)
+    at the view's block, reading the rounds it asks for with getRoundData in chunks that double.
+    ``known``: the rounds of the instrument's price feed read before, updated in place (a
+    published round never changes)."""
+    latest = latest_round(snap, ins)
+    if latest is None:
+        return RoundChoice(None, reason="latestRoundData reverted")
+    feed = snap.underlyings[ins.underlying].price_feed
+    known = {} if known is None else known
+    chunk = ROUND_SCAN_CHUNK
+    while True:
+        choice = settlement_round(ins.expiry, latest, known)
+        if choice.need is None:
+            return choice
+        low = max(choice.need - chunk + 1, (choice.need & ~PHASE_MASK) + 1)
+        known.update(view.feed_rounds(feed, list(range(choice.need, low - 1, -1))))
+        chunk = min(2 * chunk, ROUND_SCAN_MAX)
 
 
 def _used_underlyings(snap: ProtocolSnapshot, account: int) -> frozenset[int]:

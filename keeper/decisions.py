@@ -9,17 +9,24 @@ sends. What mirrors the contract (and why it must match it):
   when the *witness* check the contract runs (lenient ages, the full check's witness) passes;
 * the liquidation's effect (``ClearingHouse._handOver`` / ``_chargePenalty``): per position
   ``|q|·fraction`` rounded down to LOT (all of it at 1e18), priced at the verifier's mark
-  rounded to TICK against the account; penalty, bounty and the insurance top-up of a full close.
-  The post-liquidation book is re-margined with the engine to pick the smallest fraction.
+  rounded to TICK against the account; penalty and bounty (the bounty only ever comes out of
+  the penalty). The post-liquidation book is re-margined with the engine to pick the smallest
+  fraction;
+* the books the contract margins: positions in settled instruments are folded into the
+  settlement balance (``ProtocolSnapshot.portfolio``, margin.settlement);
+* bad debt (``resolveBadDebt``): no live position and the model equity below zero; a debt the
+  account's equity covers is a loan and is left alone;
+* settlement (``settleInstrument(instrument, roundId)``): the named round is the feed's first
+  round updated at or after expiry (``settlement_round``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from keeper.chain.rpc import BlockRef
-from keeper.chain.view import NO_UNDERLYING, OracleError, ProtocolSnapshot
+from keeper.chain.view import NO_UNDERLYING, Instrument, OracleError, ProtocolSnapshot, RoundData
 from keeper.config import DecisionsConfig
 from keeper.digest import inputs_digest
 from margin.errors import MarginError
@@ -62,7 +69,8 @@ class DecisionPolicy:
     allow_flags: bool = True
     allow_settlement: bool = True
     allow_bad_debt: bool = True
-    clear_flags: bool = False  # costs gas, pays nothing; off by default
+    clear_cured_flags: bool = True  # clearFlag of a flagged account back above IM (no bounty)
+    liquidate_insolvent: bool = True  # liquidate books under water although they pay no bounty
     gas_margin_percent: int = 20  # gas limit = estimate * (100 + this) / 100
     backoff_blocks: int = 2  # first back-off after a simulation revert; doubles each time
     max_backoff_blocks: int = 256
@@ -88,6 +96,10 @@ class Action:
     fraction: int | None  # WAD
     expected_bounty: int  # asset-0 WAD, as the contract would credit it
     key: str  # idempotency key: one transaction per key, ever
+    round_id: int | None = None  # settle_instrument: the price-feed round named
+    #: Sent whatever the bounty (the profitability rule does not apply): the full close of a
+    #: book under water, which pays no penalty and so no bounty (``liquidate_insolvent``).
+    maintenance: bool = False
 
     def call(self) -> tuple[str, tuple[object, ...]]:
         """The clearing-house function and its arguments."""
@@ -102,7 +114,7 @@ class Action:
         if self.kind == "clear_flag":
             return "clearFlag", (self.account,)
         if self.kind == "settle_instrument":
-            return "settleInstrument", (self.instrument,)
+            return "settleInstrument", (self.instrument, self.round_id)
         raise ValueError(f"unknown action kind {self.kind}")
 
 
@@ -143,19 +155,16 @@ def liquidation_payout(
     equity: int,
     fraction: int,
     config: tuple[int, int, int, int, int],
-    insurance_fund: int,
 ) -> tuple[int, int]:
-    """(penalty, bounty credited) of ``ClearingHouse._chargePenalty`` (witness-check result)."""
+    """(penalty, bounty credited) of ``ClearingHouse._chargePenalty`` (witness-check result).
+    The bounty only ever comes out of the penalty: a book that cannot pay its penalty pays a
+    smaller bounty (none at equity <= 0)."""
     penalty_rate, bounty_share, _grace, min_bounty, max_bounty = config
     penalty = mul_up(mul_up(requirement, fraction), penalty_rate)
-    capped = penalty > equity
-    if capped:
+    if penalty > equity:
         penalty = equity if equity > 0 else 0
     bounty = mul_down(penalty, bounty_share)
     bounty = min(max(bounty, min_bounty), max_bounty, penalty)
-    fund_after = insurance_fund + (penalty - bounty)
-    if capped and fraction == WAD and bounty < min_bounty and fund_after > 0:
-        bounty += min(min_bounty - bounty, fund_after)
     return penalty, bounty
 
 
@@ -215,11 +224,7 @@ def choose_fraction(
     def ok(k: int) -> bool:
         f = k * WAD // steps
         penalty, _ = liquidation_payout(
-            witness_result.requirement,
-            witness_result.equity,
-            f,
-            snap.liquidation_config,
-            snap.insurance_fund,
+            witness_result.requirement, witness_result.equity, f, snap.liquidation_config
         )
         post = after_liquidation(table, pf, f, penalty)
         if post is None:
@@ -266,8 +271,14 @@ def assess(
 
 
 def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy) -> Assessment:
+    """Classify one account and choose its action. Order of precedence: the margin actions
+    (liquidate, flag, resolve_bad_debt), then settle_account for a book holding settled
+    instruments, then clear_flag for a cured flag. Margin is always that of the folded book
+    (settled positions as cash), as every check of the contract sees it."""
     acc = snap.accounts[account]
     pf = snap.portfolio(account)
+    settled = snap.settled_positions(account)
+    change: str | None = None
 
     def make(
         state: str,
@@ -291,29 +302,40 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
             change or _no_price_digest(snap, pf),
         )
 
-    change: str | None = None
-
     def simple(kind: str) -> Action:
         return Action(
             kind, account, None, acc.nonce, None, None, 0, f"{kind}:{account}:{acc.nonce}"
         )
 
-    if any(snap.instruments[iid].settled for iid, _ in acc.positions):
-        return make(
-            "settleable", action=simple("settle_account") if policy.allow_settlement else None
-        )
-    bad_debt_action = simple("resolve_bad_debt") if policy.allow_bad_debt else None
-    in_debt = not acc.positions and bool(acc.balances) and acc.balances[0] < 0
-    if not acc.positions:
+    settle = simple("settle_account") if settled and policy.allow_settlement else None
+    flagged = acc.flagged_at != 0
+
+    def quiet(
+        state: str,
+        res: MarginResult | None = None,
+        lenient: bool = False,
+        digest: Callable[[], str] | None = None,
+        note: str | None = None,
+    ) -> Assessment:
+        """No margin action: settle the settled positions, else clear a cured flag."""
+        if settle is not None:
+            return make("settleable", res, lenient, digest, settle, note)
+        action = None
+        if state == "healthy" and flagged and policy.clear_cured_flags and not lenient:
+            action = Action(
+                "clear_flag", account, None, acc.nonce, None, None, 0,
+                f"clear_flag:{account}:{acc.nonce}:{acc.flagged_at}",
+            )  # fmt: skip
+        return make(state, res, lenient, digest, action, note)
+
+    if not pf.positions and not flagged:
+        # No oracle needed: cash only, nothing owed (a stable balance never moves).
         volatile = any(
             b != 0 and snap.assets[k].underlying != NO_UNDERLYING
-            for k, b in enumerate(acc.balances)
+            for k, b in enumerate(pf.collateral)
         )
-        if in_debt and not volatile:
-            return make("bad_debt", action=bad_debt_action)
-        if not volatile:
-            state = "empty" if not any(acc.balances) else "healthy"
-            return make(state)
+        if not volatile and all(b >= 0 for b in pf.collateral):
+            return quiet("empty" if not any(pf.collateral) else "healthy")
 
     lenient = False
     try:
@@ -323,6 +345,8 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         try:
             inp = snap.inputs(account, lenient=True)
         except OracleError as exc:
+            if settle is not None:  # settleAccount reads no oracle
+                return make("settleable", lenient=True, action=settle, note=str(exc))
             rejected = make("no_price", lenient=True, note=str(exc))
             return replace(rejected, oracle_error=type(exc).__name__)
 
@@ -338,25 +362,24 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
     except MarginError as exc:
         return make("invalid", lenient=lenient, digest=digest, note=repr(exc))
 
-    if in_debt and res.state == LIQUIDATABLE:
-        # Debt against volatile collateral only, below MM: nothing to liquidate, so it is
-        # resolved (collateral sold to the backstop). A debt the collateral covers is a loan.
-        return make("bad_debt", res, lenient, digest, bad_debt_action)
+    if not inp.portfolio.positions:
+        # resolveBadDebt's rule: no live position and the model equity (lenient market: the
+        # same prices as this one) below zero. Otherwise a debt is a loan the account covers.
+        if res.equity < 0:
+            action = simple("resolve_bad_debt") if policy.allow_bad_debt else None
+            return make("bad_debt", res, lenient, digest, action)
+        state = ("healthy", "margin_call", "liquidatable")[res.state]
+        note = None if res.state == HEALTHY else "loan: no live position and equity >= 0"
+        return quiet(state, res, lenient, digest, note=note)
+
     grace = snap.liquidation_config[2]
-    flagged = acc.flagged_at != 0
     grace_over = flagged and snap.timestamp >= acc.flagged_at + grace
     if res.state == HEALTHY:
-        action = None
-        if flagged and policy.clear_flags and not lenient:
-            action = Action(
-                "clear_flag", account, None, acc.nonce, None, None, 0,
-                f"clear_flag:{account}:{acc.nonce}:{acc.flagged_at}",
-            )  # fmt: skip
-        return make("healthy", res, lenient, digest, action)
+        return quiet("healthy", res, lenient, digest)
     if res.state == MARGIN_CALL and not flagged:
         state = "margin_call"
     elif res.state == MARGIN_CALL and not grace_over:
-        return make("flagged_grace", res, lenient, digest)
+        return quiet("flagged_grace", res, lenient, digest)
     else:
         state = "liquidatable"
 
@@ -366,53 +389,126 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         ltable = snap.table(lin.market)
         wres = ltable.witness_check(lin.portfolio, list(res.witness))
     except (OracleError, MarginError) as exc:
-        return make(state, res, lenient, digest, note=f"witness check fails: {exc!r}")
+        return quiet(state, res, lenient, digest, note=f"witness check fails: {exc!r}")
     witness = tuple(res.witness)
     if state == "margin_call":
         if wres.state < MARGIN_CALL:
-            return make(state, res, lenient, digest, note="witness check shows no margin call")
+            return quiet(state, res, lenient, digest, note="witness check shows no margin call")
         if not policy.allow_flags:
-            return make(state, res, lenient, digest)
+            return quiet(state, res, lenient, digest)
         action = Action(
             "flag", account, None, acc.nonce, witness, None, 0, f"flag:{account}:{acc.nonce}"
         )
         return make(state, res, lenient, digest, action)
-    if not acc.positions:
-        return make(state, res, lenient, digest, note="no position to liquidate")
     if not (wres.state == LIQUIDATABLE or (wres.state == MARGIN_CALL and grace_over)):
-        return make(state, res, lenient, digest, note="witness check shows not liquidatable")
+        return quiet(state, res, lenient, digest, note="witness check shows not liquidatable")
     # Below MM: restore above MM. Flagged past grace: restore above IM (else it is re-flagged).
     target = MARGIN_CALL if wres.state == LIQUIDATABLE else HEALTHY
     fraction = choose_fraction(snap, ltable, lin.portfolio, wres, target, policy.fraction_steps)
-    _, bounty = liquidation_payout(
-        wres.requirement, wres.equity, fraction, snap.liquidation_config, snap.insurance_fund
-    )
+    _, bounty = liquidation_payout(wres.requirement, wres.equity, fraction, snap.liquidation_config)
     action = Action(
         "liquidate", account, None, acc.nonce, witness, fraction, bounty,
         f"liquidate:{account}:{acc.nonce}",
+        maintenance=policy.liquidate_insolvent and wres.equity <= 0,
     )  # fmt: skip
     return make(state, res, lenient, digest, action)
 
 
-def expired_unsettled(snap: ProtocolSnapshot) -> list[Action]:
-    """settleInstrument for every expired, unsettled instrument whose price feed (strict age)
-    has a round published at or after expiry (``PriceBeforeExpiry`` otherwise). The key carries
-    the round: a transaction that reverted may be retried on a later round."""
+# --- settlement ----------------------------------------------------------------------------
+
+#: Chainlink round ids: phaseId << 64 | round within the phase (the first round of a phase is 1).
+PHASE_MASK = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class RoundChoice:
+    """``settlement_round``'s answer: the round to name, or why none (yet), or which round to
+    read first (``need``: read rounds downwards from this id and ask again)."""
+
+    round_id: int | None
+    need: int | None = None
+    reason: str = ""
+
+
+def _present(r: RoundData | None) -> bool:
+    return r is not None and r.updated_at != 0
+
+
+def settlement_round(
+    expiry: int,
+    latest: RoundData,
+    rounds: Mapping[int, RoundData | None],
+    *,
+    max_rounds: int = 100_000,
+) -> RoundChoice:
+    """The round ``settleInstrument(instrument, roundId)`` accepts: the first round of the
+    price feed updated at or after ``expiry``. The contract checks that the named round is
+    valid (answer > 0, complete), updated at or after expiry, and that the round before it was
+    updated before expiry; a missing predecessor (no such round: the call reverts or returns
+    updatedAt 0) is accepted only for the first round of a phase.
+
+    Scans back from ``latest`` (latestRoundData) through ``rounds`` (getRoundData answers,
+    None for a missing round). A round id it needs and ``rounds`` lacks is returned as
+    ``need``. Rounds are ordered by updatedAt within a phase, so the first round from the top
+    whose predecessor is before expiry is the answer; a gap (missing ids) right below it means
+    no round can be named."""
+    if not _present(latest) or latest.updated_at < expiry:
+        return RoundChoice(None, reason="no round at or after expiry yet")
+    above = latest  # the lowest present round seen, updated at or after expiry
+    rid = latest.round_id - 1
+    for _ in range(max_rounds):
+        if rid & PHASE_MASK == 0:  # below the first round of the phase: no predecessor
+            if above.round_id & PHASE_MASK == 1:
+                return _valid(above)
+            return RoundChoice(None, reason=f"round {above.round_id - 1} is missing")
+        if rid not in rounds:
+            return RoundChoice(None, need=rid)
+        r = rounds[rid]
+        if not _present(r):
+            rid -= 1  # a gap: only a round below it can be the answer
+            continue
+        assert r is not None
+        if r.updated_at >= expiry:
+            above, rid = r, rid - 1
+            continue
+        if rid + 1 != above.round_id:
+            return RoundChoice(None, reason=f"round {rid + 1} (after {rid}) is missing")
+        return _valid(above)
+    return RoundChoice(None, reason=f"no round before expiry within {max_rounds} rounds")
+
+
+def _valid(r: RoundData) -> RoundChoice:
+    if r.answer <= 0 or r.updated_at == 0 or r.answered_in_round < r.round_id:
+        return RoundChoice(None, reason=f"round {r.round_id} is not a valid price")
+    return RoundChoice(r.round_id)
+
+
+def latest_round(snap: ProtocolSnapshot, ins: Instrument) -> RoundData | None:
+    """The instrument's price feed's latestRoundData at the snapshot (None: it reverted)."""
+    feed = snap.feeds.get(snap.underlyings[ins.underlying].price_feed)
+    if feed is None or feed.round_revert is not None:
+        return None
+    return RoundData(feed.round_id, feed.answer, 0, feed.updated_at, feed.answered_in_round)
+
+
+def expired_unsettled(snap: ProtocolSnapshot) -> list[Instrument]:
+    """Listed, unsettled, expired instruments whose price feed has a round updated at or after
+    expiry (the round to name is chosen by ``settlement_round``)."""
     out = []
     for ins in snap.instruments.values():
         if not ins.listed or ins.settled or ins.expiry == 0 or snap.timestamp < ins.expiry:
             continue
-        cfg = snap.underlyings[ins.underlying]
-        feed = snap.feeds[cfg.price_feed]
-        try:
-            _, updated = feed.read(cfg.max_age, snap.timestamp)
-        except OracleError:
+        latest = latest_round(snap, ins)
+        if latest is None or latest.updated_at < ins.expiry:
             continue
-        if updated < ins.expiry:
-            continue
-        key = f"settle_instrument:{ins.id}:{feed.round_id}"
-        out.append(Action("settle_instrument", None, ins.id, None, None, None, 0, key))
+        out.append(ins)
     return out
+
+
+def settle_instrument_action(instrument: int, round_id: int) -> Action:
+    """settleInstrument(instrument, roundId); the key carries the round named."""
+    key = f"settle_instrument:{instrument}:{round_id}"
+    return Action("settle_instrument", None, instrument, None, None, None, 0, key, round_id)
 
 
 def gas_cost_in_asset0(snap: ProtocolSnapshot, gas_wei: int, policy: DecisionPolicy) -> int | None:
@@ -436,7 +532,8 @@ def policy_from_config(cfg: DecisionsConfig) -> DecisionPolicy:
         allow_flags=cfg.allow_flags,
         allow_settlement=cfg.allow_settlement,
         allow_bad_debt=cfg.allow_bad_debt,
-        clear_flags=cfg.clear_flags,
+        clear_cured_flags=cfg.clear_cured_flags,
+        liquidate_insolvent=cfg.liquidate_insolvent,
         gas_margin_percent=cfg.gas_margin_percent,
         backoff_blocks=cfg.backoff_blocks,
         max_backoff_blocks=cfg.max_backoff_blocks,

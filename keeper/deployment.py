@@ -71,7 +71,7 @@ class DeploymentError(RuntimeError):
 
 
 def encode_risk_params(params: RiskParams) -> bytes:
-    """The bytes ClearingHouse.setRiskParams takes: abi.encode(RiskParams)."""
+    """The bytes ClearingHouse.setRiskParams / configureMarkets take: abi.encode(RiskParams)."""
     return abi_encode([RISK_PARAMS_TYPE], [params.to_abi()])
 
 
@@ -207,13 +207,15 @@ def deploy_protocol(
         "ClearingHouse": core,
     }
     underlyings: list[dict[str, Any]] = []
+    new_underlyings = []
     for i, m in enumerate(markets):
         scale = 10**m.feed_decimals
         price = deploy(w3, "MockAggregator", m.feed_decimals, f"{m.symbol} / USD", m.spot * scale)
         vol = deploy(
             w3, "MockAggregator", m.feed_decimals, f"{m.symbol} IV", m.vol_pct * scale // 100
         )
-        _send(w3, ch.functions.setUnderlying(i, price.address, vol.address, 3600, DAY), deployer)
+        # UnderlyingConfig(priceFeed, maxAge, liquidationMaxAge, volFeed)
+        new_underlyings.append((price.address, 3600, DAY, vol.address))
         underlyings.append(
             {
                 "index": i,
@@ -231,8 +233,6 @@ def deploy_protocol(
     contracts["MockERC20:WETH"] = weth
     contracts["Multicall3"] = deploy(w3, "Multicall3")
 
-    _send(w3, ch.functions.addCollateral(usdc.address), deployer)
-    _send(w3, ch.functions.addCollateral(weth.address), deployer)
     eth_index = next((i for i, m in enumerate(markets) if m.symbol == "ETH"), 0)
     params = RiskParams(
         underlyings=tuple(span_like() for _ in markets),
@@ -240,7 +240,17 @@ def deploy_protocol(
         correlation_credit=3 * 10**17,
         im_factor=125 * 10**16,
     )
-    _send(w3, ch.functions.setRiskParams(encode_risk_params(params)), deployer)
+    # Underlyings, collateral tokens and the risk parameters that cover them: one call.
+    _send(
+        w3,
+        ch.functions.configureMarkets(
+            new_underlyings, [usdc.address, weth.address], encode_risk_params(params)
+        ),
+        deployer,
+    )
+    # (penaltyRate, bountyShare, gracePeriod, minBounty, maxBounty), inside the contract's
+    # bounds: 0 < penaltyRate <= 0.5, bountyShare <= 1, 60 s <= grace <= 7 days,
+    # minBounty <= maxBounty <= 10,000 (asset-0 WAD).
     _send(
         w3,
         ch.functions.setLiquidationConfig((5 * 10**16, 5 * 10**17, 3600, WAD, 1000 * WAD)),
@@ -255,6 +265,7 @@ def deploy_protocol(
         _send(w3, ch.functions.setRole(key, deployer, True), deployer)
         roles[role.lower()] = deployer
     backstop = account_id(deployer, 1)
+    # setBackstop takes an account without positions or balances: set before it is funded.
     _send(w3, ch.functions.setBackstop(backstop), deployer)
 
     # Instruments: a perpetual and a 30-day future per underlying, then the option strip.

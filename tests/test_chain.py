@@ -34,6 +34,7 @@ from keeper.chain import (
 from keeper.chain.multicall import Call, abi_functions
 from keeper.chain.view import StalePrice
 from keeper.config import RpcConfig
+from keeper.core import find_settlement_round
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.rpc_proxy import CountingProxy
@@ -518,10 +519,140 @@ def test_settled_instrument_and_its_price_are_read(
     anvil.rpc("evm_setNextBlockTimestamp", [expiry + 60])
     anvil.rpc("evm_mine")
     _refresh_feeds(w3, d, {"MockAggregator:ETH/USD": 3123_45678901})
-    _send(w3, bind(w3, d, "ClearingHouse").functions.settleInstrument(iid), w3.eth.accounts[0])
+    view = chain.view()
+    ins = view.snapshot([]).instruments[iid]
+    choice = find_settlement_round(view, view.snapshot([]), ins)
+    assert choice.round_id == _latest_round(w3, d, "MockAggregator:ETH/USD")
+    ch = bind(w3, d, "ClearingHouse")
+    _send(w3, ch.functions.settleInstrument(iid, choice.round_id), w3.eth.accounts[0])
     snap = chain.view().snapshot([seeded.accounts["volatile"]])
     assert snap.instruments[iid].settled
     assert snap.settlement_prices == {iid: 3123_45678901 * 10**10}  # 8 decimals -> WAD
+
+
+def _latest_round(w3: Web3, d: Deployment, key: str) -> int:
+    return int(bind(w3, d, key).functions.latestRoundData().call()[0])
+
+
+def test_settlement_round_scan_against_the_contract(
+    seeded: Seeded, chain: Chain, anvil: Anvil, w3: Web3, evm_snapshot: None
+) -> None:
+    """Feeds with holes in their round ids (MockAggregator.setRound; getRoundData reverts for a
+    round never written) and many rounds after expiry: the keeper names the round the contract
+    accepts, and finds none where the contract accepts none."""
+    d = seeded.d
+    ch = bind(w3, d, "ClearingHouse")
+    dev0 = w3.eth.accounts[0]
+    eth_call = _instrument(d, 0, "call", 3000)
+    btc_fut = _instrument(d, 1, "future")
+    expiry = next(i["expiry"] for i in d.instruments if i["id"] == eth_call)
+    anvil.rpc("evm_setNextBlockTimestamp", [expiry + 5000])
+    anvil.rpc("evm_mine")
+
+    def write(key: str, rid: int, answer: int, updated: int) -> None:
+        _send(w3, bind(w3, d, key).functions.setRound(rid, answer, updated, updated, rid), dev0)
+
+    # ETH: last pre-expiry round r+1, then a hole (r+2), then rounds after expiry.
+    r = _latest_round(w3, d, "MockAggregator:ETH/USD")
+    write("MockAggregator:ETH/USD", r + 1, 3000 * 10**8, expiry - 10)
+    for k in (3, 4):
+        write("MockAggregator:ETH/USD", r + k, 3100 * 10**8, expiry + 10 * k)
+    # BTC: the first round after expiry r+1, a hole above it, then 40 more rounds.
+    b = _latest_round(w3, d, "MockAggregator:BTC/USD")
+    write("MockAggregator:BTC/USD", b + 1, 61_234_56789012, expiry + 1)
+    for k in range(3, 43):
+        write("MockAggregator:BTC/USD", b + k, 62_000 * 10**8, expiry + 100 + k)
+    view = chain.view()
+    snap = view.snapshot([])
+    eth = find_settlement_round(view, snap, snap.instruments[eth_call])
+    assert eth.round_id is None and str(r + 2) in eth.reason
+    for rid, error in ((r + 3, "PreviousRoundMissing"), (r + 1, "PriceBeforeExpiry")):
+        with pytest.raises(ContractCustomError) as exc:
+            ch.functions.settleInstrument(eth_call, rid).call()
+        assert decode_revert(revert_data_of(exc.value) or b"").name == error
+    start = view.round_trips
+    btc = find_settlement_round(view, snap, snap.instruments[btc_fut])
+    assert btc.round_id == b + 1
+    assert view.round_trips - start == 2  # 16 rounds in the first read, 32 in the second
+    with pytest.raises(ContractCustomError) as exc:
+        ch.functions.settleInstrument(btc_fut, b + 3).call()  # above the hole: refused
+    assert decode_revert(revert_data_of(exc.value) or b"").name == "PreviousRoundMissing"
+    _send(w3, ch.functions.settleInstrument(btc_fut, btc.round_id), dev0)
+    assert ch.functions.settlementPrice(btc_fut).call() == 61_234_56789012 * 10**10
+
+
+def test_settled_and_expired_books_match_portfolio_of(
+    seeded: Seeded, chain: Chain, anvil: Anvil, w3: Web3, evm_snapshot: None
+) -> None:
+    """Random books over every instrument, then past expiry: about half of ETH's dated
+    instruments settled (on the round published exactly at expiry, which the keeper names),
+    the others and BTC's expired but unsettled. For every book, at two price levels, the
+    keeper's portfolio equals portfolioOf (settled positions folded into cash, expired ones
+    still positions) and the engine's full check equals marginOf, to the wei."""
+    rng = random.Random(1313)
+    d = seeded.d
+    ch, usdc = bind(w3, d, "ClearingHouse"), bind(w3, d, "MockERC20:USDC")
+    dev = list(w3.eth.accounts)
+    owner, matcher, b = dev[9], dev[0], seeded.accounts["bob"]
+    _send(w3, usdc.functions.mint(owner, 10**10 * USDC), owner)
+    _send(w3, usdc.functions.approve(ch.address, 10**10 * USDC), owner)
+    books = [account_id(owner, s) for s in range(40, 64)]
+    dated = [i for i in d.instruments if i["expiry"]]
+    marks = {0: 3000, 1: 60_000}
+    for a in books:
+        _send(w3, ch.functions.deposit(a, 0, 300_000 * USDC), owner)
+        for ins in rng.sample(dated, 4) + rng.sample(d.instruments, 2):
+            q = rng.randrange(1, 30) * WAD // 10
+            spot = marks[ins["underlying"]]
+            price = (
+                spot * WAD if ins["kind"] == "future" else rng.randrange(1, 5) * spot * WAD // 100
+            )
+            buyer, seller = (a, b) if rng.random() < 0.5 else (b, a)
+            _send(w3, ch.functions.trade(buyer, seller, ins["id"], q, price), matcher)
+    expiry = dated[0]["expiry"]
+    assert all(i["expiry"] == expiry for i in dated)
+    # Rounds before, exactly at, and after expiry; the settlement names the one at expiry.
+    eth = bind(w3, d, "MockAggregator:ETH/USD")
+    _send(w3, eth.functions.setAnswer(2990_00000000), dev[0])
+    anvil.rpc("evm_setNextBlockTimestamp", [expiry])
+    _send(w3, eth.functions.setAnswer(3012_34567891), dev[0])  # updatedAt == expiry
+    at_expiry = _latest_round(w3, d, "MockAggregator:ETH/USD")
+    _send(w3, eth.functions.setAnswer(3050_00000000), dev[0])
+    _refresh_feeds(w3, d)
+    view = chain.view()
+    snap = view.snapshot([])
+    eth_dated = [i["id"] for i in dated if i["underlying"] == 0]
+    to_settle = sorted(rng.sample(eth_dated, len(eth_dated) // 2))
+    for iid in to_settle:
+        choice = find_settlement_round(view, snap, snap.instruments[iid])
+        assert choice.round_id == at_expiry
+        _send(w3, ch.functions.settleInstrument(iid, choice.round_id), dev[0])
+        assert ch.functions.settlementPrice(iid).call() == 3012_34567891 * 10**10
+    accounts = books + list(seeded.accounts.values())
+    compared = folded = 0
+    for moves in (None, {"MockAggregator:ETH/USD": 2700 * 10**8}):
+        _refresh_feeds(w3, d, moves)
+        view = chain.view()
+        snap = view.snapshot(accounts)
+        assert set(snap.settlement_prices) == set(to_settle)
+        reads = view.call_many(
+            [
+                c
+                for a in accounts
+                for c in (view.ch_call("portfolioOf", a), view.ch_call("marginOf", a))
+            ]
+        )
+        for k, a in enumerate(accounts):
+            pf, margin = reads[2 * k].one(), reads[2 * k + 1].one()
+            assert _as_tuple(snap.portfolio(a).to_abi()) == _as_tuple(pf), a
+            if a == seeded.accounts["backstop"]:
+                continue
+            assert _as_tuple(snap.full_check(a).to_abi()) == _as_tuple(margin), a
+            compared += 1
+            folded += bool(snap.settled_positions(a))
+        # positionsOf still lists the settled positions (raw storage).
+        assert any(snap.settled_positions(a) and snap.live_positions(a) for a in books)
+    assert compared >= 60 and folded >= 20
 
 
 def test_random_books_match_margin_of(

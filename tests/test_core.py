@@ -16,9 +16,10 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 
-from keeper.chain import Chain
+from keeper.chain import Chain, decode_revert, revert_data_of
 from keeper.config import FeesConfig
 from keeper.core import KeeperCore
 from keeper.decisions import DecisionPolicy, assess
@@ -219,15 +220,15 @@ def test_crash_flags_liquidates_and_spares_the_healthy(fresh: World, tmp_path: P
     assert quiet.accounts_assessed == 2 and quiet.rpc_round_trips == 1
     bounty_before = ch.functions.bounties(txm.signer.address).call()
 
-    # Deep crash: the naked book is under water -> full close with the insurance top-up,
-    # then its debt is resolved.
+    # Deep crash: the naked book is under water -> full close (no penalty, so no bounty: sent
+    # as maintenance), then its debt is resolved.
     set_eth(fresh, 2000)
     deep = core.on_block(chain.view(), set(), acc.values(), market_changed=False)
     assert f"liquidate:{acc['naked']}:{n['naked']}" in deep.actions_sent
     settle(fresh, txm, store)
     full = store.decision_by_key(f"liquidate:{acc['naked']}:{n['naked']}")
     assert full is not None and full.fraction == WAD
-    assert full.expected_bounty == WAD  # minBounty, via the insurance top-up
+    assert full.expected_bounty == 0 and full.outcome == "sent"  # no top-up from insurance
     # Every bounty credited is what the model expected (the thin book went under MM too).
     rows = [store.decision_by_key(k) for k in deep.actions_sent if k.startswith("liquidate")]
     gained = ch.functions.bounties(txm.signer.address).call() - bounty_before
@@ -373,8 +374,10 @@ def test_expired_instruments_and_holders_are_settled(fresh: World, tmp_path: Pat
     assert core.next_expiry == expiry
     # Before expiry: nothing to settle.
     assert core.settle_expired(chain.view()).actions_sent == []
-    fresh.node.rpc("evm_setNextBlockTimestamp", [expiry + 60])
-    set_eth(fresh, 3100)  # a round published after expiry (ETH only: BTC stays unsettled)
+    fresh.node.rpc("evm_setNextBlockTimestamp", [expiry])
+    set_eth(fresh, 3100)  # a round published at expiry (ETH only: BTC stays unsettled)
+    at_expiry = fresh.eth_feed.functions.latestRoundData().call()[0]
+    set_eth(fresh, 3150)  # and a later one: the settlement names the first
     report = core.settle_expired(chain.view())
     eth_expiring = [
         i["id"] for i in fresh.dep.instruments if i["underlying"] == 0 and i["expiry"] == expiry
@@ -383,8 +386,13 @@ def test_expired_instruments_and_holders_are_settled(fresh: World, tmp_path: Pat
         k for k in report.actions_sent if k.startswith("settle_instrument:")
     )
     assert {int(k.split(":")[1]) for k in report.actions_sent} == set(eth_expiring)
+    assert {int(k.split(":")[2]) for k in report.actions_sent} == {at_expiry}
     settle(fresh, txm, store)
-    assert all(ch.functions.instruments(i).call()[4] for i in eth_expiring)
+    assert all(ch.functions.instruments(i).call()[3] for i in eth_expiring)  # settled
+    assert all(ch.functions.settlementPrice(i).call() == 3100 * WAD for i in eth_expiring)
+    for row in (store.decisions_for(f"instrument:{i}")[-1] for i in eth_expiring):
+        tx = store.transaction_for_decision(row.id or 0)
+        assert tx is not None and tx.status == TxStatus.FINAL  # mined, not reverted
     hedged_nonce = ch.functions.accountState(acc["hedged"]).call()[0]
     holders = core.settle_expired(chain.view())
     assert f"settle_account:{acc['hedged']}:{hedged_nonce}" in holders.actions_sent
@@ -403,6 +411,81 @@ def test_expired_instruments_and_holders_are_settled(fresh: World, tmp_path: Pat
     rows: list[Decision] = store.decisions_for(f"instrument:{eth_expiring[0]}")
     assert rows and rows[0].action == "settle_instrument"
     assert w3.eth.get_block("latest")["timestamp"] > expiry
+
+
+def test_cured_flag_is_cleared_on_chain(fresh: World, tmp_path: Path) -> None:
+    """A flagged account back above IM (the price came back; no deposit) is cleared with
+    clearFlag, which succeeds on-chain; switched off, nothing is sent."""
+    acc, ch = fresh.accounts, fresh.ch
+    thin = acc["thin"]
+    off, _, _, chain = keeper(
+        fresh, f"sqlite:///{tmp_path / 'off.db'}", DecisionPolicy(clear_cured_flags=False)
+    )
+    core, txm, store, _ = keeper(fresh, f"sqlite:///{tmp_path / 'k.db'}")
+    set_eth(fresh, 2800)
+    core.on_block(chain.view(), set(), [thin], market_changed=False)
+    settle(fresh, txm, store)
+    flagged_at = ch.functions.accountState(thin).call()[1]
+    assert flagged_at != 0
+    set_eth(fresh, 3000)
+    assert ch.functions.marginOf(thin).call()[5] == 0  # healthy again, still flagged
+    assert off.on_block(chain.view(), {thin}, [thin], market_changed=False).actions_sent == []
+    nonce = ch.functions.accountState(thin).call()[0]
+    report = core.on_block(chain.view(), {thin}, [thin], market_changed=False)
+    assert report.actions_sent == [f"clear_flag:{thin}:{nonce}:{flagged_at}"]
+    settle(fresh, txm, store)
+    assert ch.functions.accountState(thin).call() == [nonce, 0]
+    (row,) = [d for d in store.decisions_for(str(thin)) if d.action == "clear_flag"]
+    tx = store.transaction_for_decision(row.id or 0)
+    assert tx is not None and tx.status == TxStatus.FINAL
+    receipt = fresh.w3.eth.get_transaction_receipt(tx.mined_hash)  # type: ignore[arg-type]
+    assert ch.events.MarginCallCleared().process_receipt(receipt, errors=DISCARD)
+    # Nothing left to do for it.
+    assert core.on_block(chain.view(), {thin}, [thin], market_changed=False).actions_sent == []
+    # Below IM again at the same nonce (clearFlag does not bump it): flagged again.
+    set_eth(fresh, 2800)
+    again = core.on_block(chain.view(), {thin}, [thin], market_changed=False)
+    assert again.actions_sent == [f"flag:{thin}:{nonce}"]
+    settle(fresh, txm, store)
+    assert ch.functions.accountState(thin).call()[1] != 0
+
+
+def test_solvent_loan_gets_nothing_and_bad_debt_is_resolved(fresh: World, tmp_path: Path) -> None:
+    """No position, cash below zero, WETH collateral: while the model equity is >= 0 (even
+    below maintenance) it is a loan and the keeper sends nothing (resolveBadDebt would revert
+    NoBadDebt); once the equity is below zero it sends resolveBadDebt, which succeeds."""
+    w3, ch, dep = fresh.w3, fresh.ch, fresh.dep
+    who = w3.eth.accounts[5]
+    loan = account_id(who)
+    weth = bind(w3, dep, "MockERC20:WETH")
+    _send(w3, weth.functions.mint(who, WAD), who)
+    _send(w3, weth.functions.approve(ch.address, WAD), who)
+    _send(w3, ch.functions.deposit(loan, 1, WAD), who)
+    perp = next(i["id"] for i in dep.instruments if i["underlying"] == 0 and i["expiry"] == 0)
+    lp, matcher = fresh.accounts["lp"], w3.eth.accounts[0]
+    _send(w3, ch.functions.trade(loan, lp, perp, WAD, 3000 * WAD), matcher)
+    _send(w3, ch.functions.trade(lp, loan, perp, WAD, 2900 * WAD), matcher)  # closed at a loss
+    assert ch.functions.positionsOf(loan).call() == [[], []]
+    assert ch.functions.balanceOf(loan, 0).call() == -100 * WAD
+    core, txm, store, chain = keeper(fresh, f"sqlite:///{tmp_path / 'k.db'}")
+    for price, state in ((3000, "healthy"), (120, "liquidatable")):
+        set_eth(fresh, price)  # at 120: 1 WETH counts 108 against a debt of 100
+        report = core.on_block(chain.view(), {loan}, [loan], market_changed=False)
+        assert report.states == {loan: state} and report.actions_sent == [], price
+        with pytest.raises(ContractCustomError) as exc:
+            ch.functions.resolveBadDebt(loan).call({"from": txm.signer.address})
+        assert decode_revert(revert_data_of(exc.value) or b"").name == "NoBadDebt"
+    assert store.transactions(txm.signer.address) == []
+    set_eth(fresh, 100)  # 90 against 100: equity below zero
+    nonce = ch.functions.accountState(loan).call()[0]
+    report = core.on_block(chain.view(), {loan}, [loan], market_changed=False)
+    assert report.actions_sent == [f"resolve_bad_debt:{loan}:{nonce}"]
+    settle(fresh, txm, store)
+    assert ch.functions.balanceOf(loan, 0).call() == 0
+    assert ch.functions.balanceOf(loan, 1).call() == 0
+    (row,) = [d for d in store.decisions_for(str(loan)) if d.action == "resolve_bad_debt"]
+    tx = store.transaction_for_decision(row.id or 0)
+    assert tx is not None and tx.status == TxStatus.FINAL
 
 
 def test_migration_from_v1_adds_the_action_columns(store_url: str) -> None:

@@ -168,7 +168,7 @@ def test_summary_agrees_with_database_and_chain(demo: DemoRun, node: Anvil) -> N
     # Every dated instrument expired and was settled by the keeper.
     dated = [i["id"] for i in demo.deployment.instruments if i["expiry"]]
     assert sorted(settled) == sorted(dated)
-    assert all(ch.functions.instruments(i).call()[4] for i in dated)
+    assert all(ch.functions.instruments(i).call()[3] for i in dated)  # settled
     # The counts are the keeper's own transactions (it is the only flagger and liquidator).
     actions = Counter(d.action for d in sent)
     assert s["flags"] == actions["flag"]

@@ -18,6 +18,7 @@ from web3 import Web3
 
 from keeper.chain import Chain, RpcUnavailable
 from keeper.chain.errors import RpcError
+from keeper.core import find_settlement_round
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.activity import Activity, build_history, send
@@ -446,7 +447,10 @@ def test_settlement_after_expiry(net: Net, chain: Chain, store: Store) -> None:
         for i in net.d.instruments
         if i["expiry"] and i["underlying"] == 0 and not ch.functions.instruments(i["id"]).call()[3]
     )
-    send(net.w3, ch.functions.settleInstrument(iid), net.d.deployer)
+    view = chain.view()
+    snap = view.snapshot([])
+    rid = find_settlement_round(view, snap, snap.instruments[iid]).round_id
+    send(net.w3, ch.functions.settleInstrument(iid, rid), net.d.deployer)
     res = ix.sync()
     assert res.settled_instruments == {iid} and res.market_changed and not res.listed_instruments
     settled = index_store.events(store, "InstrumentSettled")[-1]

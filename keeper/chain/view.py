@@ -17,10 +17,12 @@ against what the same call returned, and on a mismatch (a listing, a new feed) o
 and one full re-read follow: still O(1) round trips, never one per account.
 
 ``ProtocolSnapshot.inputs(account, lenient)`` builds margin Portfolio/Market/RiskParams exactly
-as ClearingHouse._loadPortfolio/_market do (positions in storage order, entryPrice 0, feeds of
-used underlyings only, placeholder spot 1e18 / vol 0 elsewhere), so margin.requirement's full
-check equals ClearingHouse.marginOf at that block to the wei. The oracle checks are a mirror of
-OracleLib.read, raising errors with OracleLib's signatures and revert data.
+as ClearingHouse._loadPortfolio/_market do (positions in storage order, entryPrice 0; positions
+in settled instruments folded into the settlement balance by margin.settlement.fold_settled;
+feeds of used underlyings only, placeholder spot 1e18 / vol 0 elsewhere), so
+margin.requirement's full check equals ClearingHouse.marginOf at that block to the wei. The
+oracle checks are a mirror of OracleLib.read, raising errors with OracleLib's signatures and
+revert data.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from keeper.deployment import Deployment, decode_risk_params
 from margin.params import RiskParams
 from margin.portfolio import Market, Portfolio, Position
 from margin.requirement import MarginResult, ScenarioTable
+from margin.settlement import fold_settled
 
 WAD = 10**18
 NO_UNDERLYING = 255
@@ -135,6 +138,17 @@ class FeedRound:
                 raise UnsupportedFeed(self.feed, d)
             return self.answer * scale, self.updated_at
         return self.answer // 10 ** (d - 18), self.updated_at  # answer > 0: floor == trunc
+
+
+@dataclass(frozen=True)
+class RoundData:
+    """One round of a feed as ``getRoundData(roundId)`` returns it (raw answer, feed decimals)."""
+
+    round_id: int
+    answer: int
+    started_at: int
+    updated_at: int
+    answered_in_round: int
 
 
 # --- snapshot data -------------------------------------------------------------------------
@@ -226,14 +240,34 @@ class ProtocolSnapshot:
             len(self.instruments),
         )
 
-    def portfolio(self, account: int) -> Portfolio:
-        """ClearingHouse._loadPortfolio: positions in storage order, entryPrice 0."""
+    def raw_portfolio(self, account: int) -> Portfolio:
+        """Every stored position (``positionsOf``: settled ones too), storage order."""
         a = self.accounts[account]
         positions = []
         for iid, q in a.positions:
             ins = self.instruments[iid]
             positions.append(Position(ins.underlying, ins.kind, ins.strike, ins.expiry, q, 0))
         return Portfolio(tuple(positions), a.balances)
+
+    def portfolio(self, account: int) -> Portfolio:
+        """ClearingHouse._loadPortfolio (``portfolioOf``): positions in storage order,
+        entryPrice 0, positions in settled instruments folded into asset 0."""
+        a = self.accounts[account]
+        return fold_settled(
+            self.raw_portfolio(account), [iid for iid, _ in a.positions], self.settlement_prices
+        )
+
+    def settled_positions(self, account: int) -> list[int]:
+        """Instrument ids of the account's stored positions that are settled (realised by
+        ``settleAccount``; already counted as cash by every margin check)."""
+        return [iid for iid, _ in self.accounts[account].positions if iid in self.settlement_prices]
+
+    def live_positions(self, account: int) -> list[int]:
+        """Instrument ids of the account's positions that are not settled (the ones
+        ``resolveBadDebt`` refuses with ``HasOpenPositions``; expired-unsettled ones count)."""
+        return [
+            iid for iid, _ in self.accounts[account].positions if iid not in self.settlement_prices
+        ]
 
     def market(self, portfolio: Portfolio, *, lenient: bool = False) -> Market:
         """ClearingHouse._market: feeds of the used underlyings (positions, non-zero volatile
@@ -395,6 +429,20 @@ class ChainView:
 
     def fn(self, name: str) -> AbiFn:
         return self._ch[name]
+
+    def feed_rounds(self, feed: str, round_ids: Sequence[int]) -> dict[int, RoundData | None]:
+        """``getRoundData`` of each round id at this block, in one batched read; a round the
+        feed does not have (the call reverts) is None."""
+        fn = self._feed["getRoundData"]
+        calls = [Call(feed, fn, (r,), False) for r in round_ids]
+        out: dict[int, RoundData | None] = {}
+        for r, res in zip(round_ids, self.call_many(calls), strict=True):
+            if res.ok and res.value is not None:
+                rid, answer, started, updated, air = res.value
+                out[r] = RoundData(rid, answer, started, updated, air)
+            else:
+                out[r] = None
+        return out
 
     def snapshot(
         self, accounts: Iterable[int], *, reuse: Mapping[int, AccountSnapshot] | None = None

@@ -38,7 +38,6 @@ NONCE_BUMPED: dict[str, tuple[str, ...]] = {"BadDebtResolved": ("account",)}
 NAMED_ONLY: dict[str, tuple[str, ...]] = {
     "MarginCallCleared": ("account",),
     "PositionTakenOver": ("account",),
-    "InsuranceBountyPaid": ("account",),
     "CollateralSeized": ("account",),
     "OperatorSet": ("account",),
     "BackstopSet": ("account",),

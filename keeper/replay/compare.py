@@ -79,6 +79,9 @@ def not_about_an_account(rec: Decision) -> bool:
 
 
 def _resultless(rec: Decision) -> bool:
+    if rec.state in ("settleable", "bad_debt"):
+        # Recorded with the full check of the folded book when a market could be read.
+        return rec.witness is None and not rec.loss_matrix
     if rec.state in RESULTLESS_STATES:
         return True
     # An account without positions or volatile collateral: no market is read, no result kept.
@@ -109,11 +112,20 @@ def _resultless_claim(state: str, d: Derivation) -> str | None:
 def accepted_states(d: Derivation) -> tuple[str, ...]:
     """Recorded state names that agree with the re-derivation. The full check's state, refined
     as the keeper refines it: below IM and flagged is ``flagged_grace`` until the grace period
-    runs out, then ``liquidatable`` (the contract liquidates it at state 1 then)."""
+    runs out, then ``liquidatable`` (the contract liquidates it at state 1 then); ``bad_debt``
+    for a book without live positions whose equity is below zero; ``settleable`` for a book
+    holding settled instruments (with no margin action due)."""
     state = d.state
-    if state != "margin_call" or not d.flagged_at:
-        return (state,) if state else ()
-    return ("liquidatable", state) if d.grace_over else ("flagged_grace", state)
+    if not state:
+        return ()
+    out = [state]
+    if state == "margin_call" and d.flagged_at:
+        out.insert(0, "liquidatable" if d.grace_over else "flagged_grace")
+    if d.result is not None and not d.portfolio.positions and d.result.equity < 0:
+        out.append("bad_debt")
+    if d.holds_settled:
+        out.append("settleable")
+    return tuple(out)
 
 
 def compare(rec: Decision, d: Derivation) -> Mismatch | None:

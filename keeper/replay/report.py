@@ -161,7 +161,6 @@ def _claim(c: ClaimCheck) -> dict[str, Any]:
         ),
         "positions_taken_over": _str(c.taken_over),
         "bounty_credited": _str(c.bounty_credited),
-        "insurance_top_up": _str(c.insurance_top_up),
         "notes": c.notes,
     }
 
@@ -362,7 +361,6 @@ def _claim_html(c: ClaimCheck) -> str:
             f"requirement {_wad(int(ev['requirement']))}, penalty {_wad(int(ev['penalty']))}, "
             f"bounty {_wad(int(ev['bounty']))} (re-derived {_wad(c.bounty)}), to insurance "
             f"{_wad(int(ev['toInsurance']))}; credited {_wad(c.bounty_credited)}"
-            + (f" incl. insurance top-up {_wad(c.insurance_top_up)}" if c.insurance_top_up else "")
             + f"; liquidator {_e(ev['liquidator'])}; positions taken over: {taken or '-'}"
         )
     else:

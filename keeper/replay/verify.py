@@ -154,7 +154,6 @@ class ClaimCheck:
     to_insurance: int | None = None
     taken_over: list[dict[str, int]] = field(default_factory=list)
     bounty_credited: int | None = None
-    insurance_top_up: int | None = None
     notes: list[str] = field(default_factory=list)
     mismatches: list[Mismatch] = field(default_factory=list)
 
@@ -162,8 +161,8 @@ class ClaimCheck:
 def penalty_and_bounty(
     requirement: int, equity: int, fraction: int, config: tuple[int, int, int, int, int]
 ) -> tuple[int, int, int]:
-    """ClearingHouse's penalty split (docs/protocol.md, Liquidation step 3): (penalty, bounty
-    from the penalty, to insurance). The insurance top-up is a separate event."""
+    """ClearingHouse's penalty split (docs/protocol.md, Liquidation step 3): (penalty, bounty,
+    to insurance). The bounty only ever comes out of the penalty."""
     penalty_rate, bounty_share, _grace, min_bounty, max_bounty = config
     penalty = mul_up(mul_up(requirement, fraction), penalty_rate)
     if penalty > equity:
@@ -185,6 +184,8 @@ def check_claim(
     including block's timestamp (what the transaction saw, when it was first in its block)."""
     account = int(event.args["account"])
     c = ClaimCheck(kind, event, account, witness, witness_source)
+    if kind == "liquidation":
+        c.bounty_credited = 0  # BountyCredited is only emitted for a bounty above zero
     block = event.block
     for e in same_tx:
         if e.name == "PositionTakenOver" and int(e.args["account"]) == account:
@@ -197,8 +198,6 @@ def check_claim(
             )
         elif e.name == "BountyCredited":
             c.bounty_credited = int(e.args["amount"])
-        elif e.name == "InsuranceBountyPaid":
-            c.insurance_top_up = int(e.args["amount"])
     snap = replace(parent, timestamp=timestamp, _tables={})
     acc = snap.accounts[account]
     try:
