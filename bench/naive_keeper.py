@@ -30,6 +30,8 @@ from keeper.artifacts import ensure_built
 from keeper.chain import Chain
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
+from keeper.devnet.market import model_marks
+from keeper.orders import dev_matcher
 from margin.book import Book
 from margin.requirement import ScenarioTable
 from margin.sweep import MarketPrep, Sweep, exact_account
@@ -91,7 +93,8 @@ def seed_accounts(
     by_u: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for ins in d.instruments:
         by_u.setdefault(ins["underlying"], {}).setdefault(ins["kind"], []).append(ins)
-    spots = {0: 3000, 1: 60_000}
+    marks = model_marks(Chain.connect(node.url, d), d)
+    orders = dev_matcher(w3, ch)
     accounts = [account_id(owner, s) for s in range(1, n_accounts + 1)]
     addr = ch.address
     nonces = {x: w3.eth.get_transaction_count(x, "pending") for x in (owner, matcher)}
@@ -105,15 +108,12 @@ def seed_accounts(
     trades: list[dict[str, Any]] = []
     for a in accounts:
         for u, lot in ((0, WAD // 10), (1, WAD // 200)):
-            legs = [
-                (rng.choice(by_u[u]["future"]), spots[u]),
-                (rng.choice(by_u[u]["call"]), spots[u] // 20),
-                (rng.choice(by_u[u]["put"]), spots[u] // 25),
-            ]
-            for ins, price in legs:
-                q = lot * rng.randint(1, 5)
+            legs = [rng.choice(by_u[u][kind]) for kind in ("future", "call", "put")]
+            for ins in legs:
+                q, price = lot * rng.randint(1, 5), marks[ins["id"]]  # at the model mark
                 buyer, seller = (a, b) if rng.random() < 0.5 else (b, a)
-                data = ch.encode_abi("trade", [buyer, seller, ins["id"], q, price * WAD])
+                buy, sell = orders.orders(buyer, seller, ins["id"], q, price)
+                data = ch.encode_abi("trade", orders.args(buy, sell, q, price))
                 trades.append(tx(matcher, data))
     # Automine off: queue everything, then mine until the pool is empty (a block holds
     # thousands of these: the devnet's block gas limit is 1e10). Deposits land first.

@@ -20,6 +20,7 @@ from keeper.chain import Chain
 from keeper.deployment import account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.rpc_proxy import CountingProxy
+from keeper.orders import dev_matcher
 
 WAD = 10**18
 
@@ -42,11 +43,12 @@ def main() -> None:
         call = next(i["id"] for i in eth if i["kind"] == "call" and i["strike"] == 3250 * WAD)
         put = next(i["id"] for i in eth if i["kind"] == "put" and i["strike"] == 2750 * WAD)
         accounts = [account_id(owner, s) for s in range(1, max(sizes) + 1)]
+        orders = dev_matcher(w3, ch)
         t0 = time.perf_counter()
         for a in accounts:
             ch.functions.deposit(a, 0, 5000 * 10**6).transact({"from": owner, "gas": 300_000})
             for iid, price in ((perp, 3000), (call, 100), (put, 60)):
-                ch.functions.trade(a, b, iid, WAD // 10, price * WAD).transact(
+                orders.trade(a, b, iid, WAD // 10, price * WAD).transact(
                     {"from": matcher, "gas": 5_000_000}
                 )
         print(f"seeded {len(accounts)} accounts x 3 positions in {time.perf_counter() - t0:.1f} s")

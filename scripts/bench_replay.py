@@ -21,6 +21,7 @@ from keeper.artifacts import ensure_built
 from keeper.deployment import account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.rpc_proxy import CountingProxy
+from keeper.orders import dev_matcher
 from keeper.replay import ReplayOptions, replay
 
 WAD = 10**18
@@ -51,10 +52,11 @@ def main() -> None:
         perp = next(i["id"] for i in eth if i["expiry"] == 0)
         call = next(i["id"] for i in eth if i["kind"] == "call" and i["strike"] == 3250 * WAD)
         put = next(i["id"] for i in eth if i["kind"] == "put" and i["strike"] == 2750 * WAD)
+        orders = dev_matcher(w3, ch)
         for a in (account_id(owner, s) for s in range(2, n + 2)):
             send(ch.functions.deposit(a, 0, 5000 * 10**6), owner)
             for iid, price in ((perp, 3000), (call, 100), (put, 60)):
-                send(ch.functions.trade(a, b, iid, WAD // 10, price * WAD), matcher)
+                send(orders.trade(a, b, iid, WAD // 10, price * WAD), matcher)
         for i in range(k):
             send(feed.functions.setAnswer((3000 + 5 * (i % 7)) * 10**8), matcher)
         proxy.reset()

@@ -37,12 +37,15 @@ from keeper.config import RpcConfig
 from keeper.core import find_settlement_round
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
+from keeper.devnet.market import model_marks
 from keeper.devnet.rpc_proxy import CountingProxy
+from keeper.orders import dev_matcher
 from margin.errors import MarketLengthMismatch
 from margin.fixed_point import mul_down, mul_up
 
 WAD = 10**18
 USDC = 10**6
+TICK = 10**10
 
 
 def _send(w3: Web3, fn: Any, sender: str) -> None:
@@ -85,8 +88,10 @@ def seeded(w3: Web3, contracts_built: None) -> Seeded:
     b = account_id(bob)
     _send(w3, ch.functions.deposit(b, 0, 5_000_000 * USDC), bob)
 
+    orders = dev_matcher(w3, ch)
+
     def trade(buyer: int, seller: int, iid: int, q: int, p: int) -> None:
-        _send(w3, ch.functions.trade(buyer, seller, iid, q, p), matcher)
+        _send(w3, orders.trade(buyer, seller, iid, q, p), matcher)
 
     a_h = account_id(hedged)
     _send(w3, ch.functions.deposit(a_h, 0, 2_000 * USDC), hedged)
@@ -320,7 +325,7 @@ def test_view_stays_pinned_to_its_block(seeded: Seeded, chain: Chain, w3: Web3) 
     ch = bind(w3, d, "ClearingHouse")
     _send(
         w3,
-        ch.functions.trade(
+        dev_matcher(w3, ch).trade(
             a, seeded.accounts["bob"], _instrument(d, 0, "future", dated=False), WAD, 3000 * WAD
         ),
         w3.eth.accounts[0],
@@ -357,9 +362,10 @@ def test_round_trips_constant_in_number_of_accounts(
     usdc.functions.approve(ch.address, 10**12).transact({"from": owner})
     perp = _instrument(d, 0, "future", dated=False)
     many = [account_id(owner, s) for s in range(1, 201)]
+    orders = dev_matcher(w3, ch)
     for a in many:  # automine: each transaction is mined before the call returns
         ch.functions.deposit(a, 0, 1000 * USDC).transact({"from": owner, "gas": 300_000})
-        ch.functions.trade(a, seeded.accounts["bob"], perp, WAD // 10, 3000 * WAD).transact(
+        orders.trade(a, seeded.accounts["bob"], perp, WAD // 10, 3000 * WAD).transact(
             {"from": matcher, "gas": 3_000_000}
         )
     _refresh_feeds(w3, d)
@@ -599,16 +605,17 @@ def test_settled_and_expired_books_match_portfolio_of(
     books = [account_id(owner, s) for s in range(40, 64)]
     dated = [i for i in d.instruments if i["expiry"]]
     marks = {0: 3000, 1: 60_000}
+    mark, orders = model_marks(chain, d), dev_matcher(w3, ch)
     for a in books:
         _send(w3, ch.functions.deposit(a, 0, 300_000 * USDC), owner)
         for ins in rng.sample(dated, 4) + rng.sample(d.instruments, 2):
             q = rng.randrange(1, 30) * WAD // 10
             spot = marks[ins["underlying"]]
-            price = (
-                spot * WAD if ins["kind"] == "future" else rng.randrange(1, 5) * spot * WAD // 100
-            )
+            # The model mark, off by up to 0.3% of spot: inside the protocol's price band.
+            price = max(0, mark[ins["id"]] + rng.randrange(-3, 4) * spot * WAD // 1000)
+            price = price or (TICK if ins["kind"] == "future" else 0)
             buyer, seller = (a, b) if rng.random() < 0.5 else (b, a)
-            _send(w3, ch.functions.trade(buyer, seller, ins["id"], q, price), matcher)
+            _send(w3, orders.trade(buyer, seller, ins["id"], q, price), matcher)
     expiry = dated[0]["expiry"]
     assert all(i["expiry"] == expiry for i in dated)
     # Rounds before, exactly at, and after expiry; the settlement names the one at expiry.
@@ -670,22 +677,23 @@ def test_random_books_match_margin_of(
     _send(w3, usdc.functions.approve(ch.address, 10**9 * USDC), owner)
     books = [account_id(owner, s) for s in range(10, 16)]
     marks = {0: 3000, 1: 60_000}
+    mark, orders = model_marks(chain, d), dev_matcher(w3, ch)
     for a in books:
         _send(w3, ch.functions.deposit(a, 0, 200_000 * USDC), owner)
         for _ in range(6):
             ins = rng.choice(d.instruments)
             q = rng.randrange(1, 30) * WAD // 10
             spot = marks[ins["underlying"]]
-            price = (
-                spot * WAD if ins["kind"] == "future" else rng.randrange(1, 5) * spot * WAD // 100
-            )
+            # The model mark, off by up to 0.3% of spot: inside the protocol's price band.
+            price = max(0, mark[ins["id"]] + rng.randrange(-3, 4) * spot * WAD // 1000)
+            price = price or (TICK if ins["kind"] == "future" else 0)
             if rng.random() < 0.5:
                 buyer, seller = a, b
             else:
                 buyer, seller = b, a
             # _send waits for the receipt: the two pinned reads below must not straddle anvil
             # mining the last trade.
-            _send(w3, ch.functions.trade(buyer, seller, ins["id"], q, price), matcher)
+            _send(w3, orders.trade(buyer, seller, ins["id"], q, price), matcher)
     view = chain.view()
     snap = view.snapshot(books)
     onchain = view.call_many([view.ch_call("marginOf", a) for a in books])

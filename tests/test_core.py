@@ -26,6 +26,7 @@ from keeper.decisions import DecisionPolicy, assess
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.fees import FeePolicy
+from keeper.orders import dev_matcher
 from keeper.signer import Signer
 from keeper.store import Decision, Store, TxStatus
 from keeper.transactions import TxManager
@@ -100,13 +101,13 @@ def world(contracts_built: None) -> Iterator[World]:
         lp = accounts["lp"]
         world = World(node, w3, dep, ch, eth_feed, eth_vol, accounts, "")
         set_eth(world, 3000)
+        orders = dev_matcher(w3, ch)
         for name in ("naked", "thin", "healthy", "hedged"):
-            _send(w3, ch.functions.trade(accounts[name], lp, perp, WAD, 3000 * WAD), matcher)
-        _send(w3, ch.functions.trade(lp, accounts["hedged"], fut, WAD, 3000 * WAD), matcher)
-        _send(
-            w3, ch.functions.trade(lp, accounts["option"], call["id"], 2 * WAD, 50 * WAD), matcher
-        )
-        _send(w3, ch.functions.trade(accounts["option"], lp, perp, WAD, 3000 * WAD), matcher)
+            _send(w3, orders.trade(accounts[name], lp, perp, WAD, 3000 * WAD), matcher)
+        _send(w3, orders.trade(lp, accounts["hedged"], fut, WAD, 3000 * WAD), matcher)
+        # The 2500 call, sold near its model mark (~535 at spot 3000): inside the price band.
+        _send(w3, orders.trade(lp, accounts["option"], call["id"], 2 * WAD, 530 * WAD), matcher)
+        _send(w3, orders.trade(accounts["option"], lp, perp, WAD, 3000 * WAD), matcher)
         world.snapshot_id = str(node.rpc("evm_snapshot"))
         yield world
 
@@ -463,8 +464,9 @@ def test_solvent_loan_gets_nothing_and_bad_debt_is_resolved(fresh: World, tmp_pa
     _send(w3, ch.functions.deposit(loan, 1, WAD), who)
     perp = next(i["id"] for i in dep.instruments if i["underlying"] == 0 and i["expiry"] == 0)
     lp, matcher = fresh.accounts["lp"], w3.eth.accounts[0]
-    _send(w3, ch.functions.trade(loan, lp, perp, WAD, 3000 * WAD), matcher)
-    _send(w3, ch.functions.trade(lp, loan, perp, WAD, 2900 * WAD), matcher)  # closed at a loss
+    orders = dev_matcher(w3, ch)
+    _send(w3, orders.trade(loan, lp, perp, WAD, 3000 * WAD), matcher)
+    _send(w3, orders.trade(lp, loan, perp, WAD, 2900 * WAD), matcher)  # closed at a loss
     assert ch.functions.positionsOf(loan).call() == [[], []]
     assert ch.functions.balanceOf(loan, 0).call() == -100 * WAD
     core, txm, store, chain = keeper(fresh, f"sqlite:///{tmp_path / 'k.db'}")

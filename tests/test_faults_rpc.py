@@ -49,6 +49,7 @@ from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.fault_proxy import FaultProxy
 from keeper.fees import FeePolicy
+from keeper.orders import dev_matcher
 from keeper.secrets import clear_registry
 from keeper.signer import Signer
 from keeper.store import Store, TxStatus
@@ -102,10 +103,11 @@ def net(contracts_built: None) -> Iterator[Net]:
         _send(w3, ch.functions.deposit(a, 0, 5_000 * USDC), alice)
         _send(w3, ch.functions.deposit(c, 0, 9_000 * USDC), carol)
         call = _instrument(d, 0, "call", 3500)
-        _send(w3, ch.functions.trade(b, a, call, WAD, 40 * WAD), matcher)
+        orders = dev_matcher(w3, ch)
+        _send(w3, orders.trade(b, a, call, WAD, 40 * WAD), matcher)
         _send(
             w3,
-            ch.functions.trade(c, b, _instrument(d, 1, "future"), WAD // 10, 60_000 * WAD),
+            orders.trade(c, b, _instrument(d, 1, "future"), WAD // 10, 60_000 * WAD),
             matcher,
         )
         yield Net(node, d, [a, b, c, account_id(carol, 5)])

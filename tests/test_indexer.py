@@ -26,6 +26,7 @@ from keeper.devnet.rpc_proxy import CountingProxy
 from keeper.indexer import STREAM, ChainMoved, Indexer, ReorgTooDeep, is_range_refusal
 from keeper.indexer.core import bloom_has
 from keeper.indexer.decode import UNKNOWN, decode_log
+from keeper.orders import dev_matcher
 from keeper.store import (
     SCHEMA_VERSION,
     Account,
@@ -261,7 +262,7 @@ def _trade(net: Net) -> int:
     a, b = net.act.accounts[0], net.act.accounts[1]
     receipt = send(
         net.w3,
-        ch.functions.trade(a, b, net.act.perp, WAD // 10, 3000 * WAD),
+        dev_matcher(net.w3, ch).trade(a, b, net.act.perp, WAD // 10, 3000 * WAD),
         net.d.roles["matcher"],
     )
     return int(receipt["blockNumber"])
@@ -400,7 +401,7 @@ def test_liquidation_bumps_the_unnamed_backstop(net: Net, chain: Chain, store: S
     send(net.w3, ch.functions.deposit(victim, 0, 600 * 10**6), who)
     send(
         net.w3,
-        ch.functions.trade(victim, bob, net.act.perp, WAD, 3000 * WAD),
+        dev_matcher(net.w3, ch).trade(victim, bob, net.act.perp, WAD, 3000 * WAD),
         net.d.roles["matcher"],
     )
     _set_prices(net, 2700 * 10**8)

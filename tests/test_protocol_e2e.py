@@ -28,6 +28,7 @@ from keeper.deployment import (
     load_deployment,
 )
 from keeper.devnet import Anvil
+from keeper.orders import dev_matcher
 from margin.params import STABLE, AssetParams, RiskParams, span_like
 
 WAD = 10**18
@@ -94,12 +95,13 @@ def test_deposit_trade_price_move_liquidation(deployment: Deployment, w3: Web3) 
     assert ch.functions.balanceOf(a, 0).call() == 600 * WAD
 
     # Alice buys 1 ETH perp at 3000: IM = 1.25 * 15.75% * 3000 = 590.625 <= 600.
-    receipt = _send(w3, ch.functions.trade(a, b, perp, WAD, 3000 * WAD), matcher)
+    orders = dev_matcher(w3, ch)
+    receipt = _send(w3, orders.trade(a, b, perp, WAD, 3000 * WAD), matcher)
     (trade,) = ch.events.Trade().process_receipt(receipt, errors=DISCARD)
     assert trade["args"]["quantity"] == WAD and trade["args"]["buyer"] == a
     # A second lot would break IM: the named error comes back.
     with pytest.raises(ContractCustomError):
-        ch.functions.trade(a, b, perp, WAD, 3000 * WAD).call({"from": matcher})
+        orders.trade(a, b, perp, WAD, 3000 * WAD).call({"from": matcher})
 
     # ETH -10%: equity 300 < MM 425.25, liquidatable; the chain's full check gives the witness.
     _refresh(w3, eth_feed, 2700 * 10**8)

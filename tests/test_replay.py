@@ -27,6 +27,7 @@ from keeper.cli import app
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.digest import inputs_digest
+from keeper.orders import dev_matcher
 from keeper.replay.cli import run as run_cli
 from keeper.replay.derive import derive
 from keeper.replay.verify import verify_block
@@ -152,9 +153,10 @@ def run(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Run:
         _send(w3, weth.functions.approve(ch.address, 3 * WAD), carol)
         _send(w3, ch.functions.deposit(c, 1, 2 * WAD), carol)  # volatile collateral
         record()
-        _send(w3, ch.functions.trade(a, b, perp, WAD, 3000 * WAD), matcher)
+        orders = dev_matcher(w3, ch)
+        _send(w3, orders.trade(a, b, perp, WAD, 3000 * WAD), matcher)
         record()
-        _send(w3, ch.functions.trade(c, b, call, WAD, 250 * WAD), matcher)
+        _send(w3, orders.trade(c, b, call, WAD, 250 * WAD), matcher)
         record()
         btc = bind(w3, dep, "MockAggregator:BTC/USD")
         _send(w3, btc.functions.setAnswer(61_000 * 10**8), matcher)  # nobody uses BTC

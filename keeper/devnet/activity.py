@@ -10,6 +10,7 @@ from typing import Any
 from web3 import Web3
 
 from keeper.deployment import Deployment, account_id, bind
+from keeper.orders import dev_matcher
 
 WAD = 10**18
 USDC = 10**6
@@ -78,6 +79,7 @@ def refresh_feeds(w3: Web3, d: Deployment) -> None:
 def trade_round(w3: Web3, d: Deployment, act: Activity, traders: list[str], n: int) -> None:
     """One trade per trader (ring), a transfer to its sub-account, a withdrawal every other."""
     ch = bind(w3, d, "ClearingHouse")
+    matcher = dev_matcher(w3, ch, accounts=len(w3.eth.accounts))
     k = len(act.accounts)
     calls: list[tuple[Any, str]] = []
     for i in range(k):
@@ -85,7 +87,7 @@ def trade_round(w3: Web3, d: Deployment, act: Activity, traders: list[str], n: i
         price = 3000 * WAD + (n % 7) * 10**16
         calls.append(
             (
-                ch.functions.trade(
+                matcher.trade(
                     act.accounts[buyer], act.accounts[seller], act.perp, WAD // 10, price
                 ),
                 d.roles["matcher"],

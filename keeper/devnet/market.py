@@ -7,8 +7,9 @@ others sit just above their requirement, where a crash makes them margin calls o
 liquidatable. Trades are matched at the engine's mark rounded to the protocol's tick, so an
 account's equity starts equal to its collateral.
 
-Owners are deterministic addresses driven by anvil's auto-impersonation (no keys needed);
-transactions go out in bulk with explicit gas and are mined together, then every receipt is
+Owners hold devnet keys derived from the seed (``keeper.orders.devnet_owner_key``): they sign
+the orders the matcher settles; their deposits go out through anvil's auto-impersonation.
+Transactions go out in bulk with explicit gas and are mined together, then every receipt is
 checked (a reverted setup transaction is an error, never silently dropped).
 """
 
@@ -20,11 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eth_utils import keccak
+from eth_account import Account
 from web3 import Web3
 
 from keeper.chain import Chain
 from keeper.deployment import DAY, Deployment, account_id, bind
+from keeper.orders import Keyring, OrderMatcher, dev_keys, devnet_owner_key
 from margin.portfolio import CALL, FUTURE, PUT, Portfolio, Position
 
 WAD = 10**18
@@ -68,10 +70,13 @@ class SeededMarket:
     accounts: list[SeededAccount]
     trades: int
     blocks: tuple[int, int]
+    #: Signs for every seeded owner and anvil's dev accounts (the maker's owner among them).
+    keyring: Keyring = field(default_factory=Keyring, repr=False)
 
 
 def owner_address(seed: int, i: int) -> str:
-    return Web3.to_checksum_address(keccak(f"keeper-demo:{seed}:{i}".encode())[-20:])
+    """The address of the devnet key of owner ``i`` of a market seeded with ``seed``."""
+    return str(Account.from_key(devnet_owner_key(seed, i)).address)
 
 
 def _instruments(deployment: Deployment) -> dict[tuple[int, str, int, int], int]:
@@ -135,6 +140,30 @@ def _books_for(
     else:  # pragma: no cover - BOOKS and this function list the same kinds
         raise SeedError(f"unknown book kind {kind}")
     return pos, weth
+
+
+def model_marks(chain: Chain, deployment: Deployment) -> dict[int, int]:
+    """Every live instrument's model mark at the chain's head (what the contract's price band
+    is centred on), rounded down to the tick and at least one tick: a price that any band
+    around the mark admits. Expired instruments are left out (they no longer trade)."""
+    snap = chain.view().snapshot([])
+    now = snap.timestamp
+    marks: dict[int, int] = {}
+    for u in {int(i["underlying"]) for i in deployment.instruments}:
+        live = [
+            i
+            for i in deployment.instruments
+            if int(i["underlying"]) == u and (int(i["expiry"]) == 0 or int(i["expiry"]) > now)
+        ]
+        positions = [
+            Position(u, KIND[i["kind"]], int(i["strike"]), int(i["expiry"]), WAD, 0) for i in live
+        ]
+        table = snap.table(snap.market(Portfolio(tuple(positions), (0, 0))))
+        for i, p in zip(live, positions, strict=True):
+            v0 = table.row(p).v0
+            assert isinstance(v0, int)
+            marks[int(i["id"])] = max(TICK, v0 // TICK * TICK)
+    return marks
 
 
 class _Sender:
@@ -203,6 +232,10 @@ def _seed(
     kinds: Sequence[str] | None,
 ) -> SeededMarket:
     s = _Sender(w3)
+    keyring = Keyring(dev_keys())
+    if deployer not in keyring:
+        raise SeedError(f"the deployer {deployer} is not one of anvil's dev accounts")
+    matcher = OrderMatcher(ch, keyring, int(w3.eth.chain_id))
     maker = account_id(deployer, 2)
     amount = maker_usdc * 10**6
     s.send("maker mint", usdc.functions.mint(deployer, amount), deployer)
@@ -219,7 +252,7 @@ def _seed(
     trade_prices: dict[int, list[int]] = {}  # per account, the price of each leg
     for i in range(n):
         kind = names[i % len(names)] if i < len(names) else rng.choices(names, weights)[0]
-        owner = owner_address(rng.randrange(2**32), i)
+        owner = keyring.add(devnet_owner_key(rng.randrange(2**32), i))
         sub = 1 if kind == "isolated_perp" else 0
         pos, weth_wei = _books_for(rng, deployment, kind)
         lev = rng.uniform(*BOOKS[kind][1])
@@ -274,15 +307,15 @@ def _seed(
             buyer, seller = (a.account, maker) if q > 0 else (maker, a.account)
             s.send(
                 f"trade {a.book}",
-                ch.functions.trade(buyer, seller, iid, abs(q), price),
-                deployer,
+                matcher.trade(buyer, seller, iid, abs(q), price),
+                deployment.roles.get("matcher", deployer),
                 12_000_000,
             )
             trades += 1
         if len(s.hashes) >= 50:
             s.mine()
     s.mine()
-    return SeededMarket(maker, accounts, trades, (first, w3.eth.block_number))
+    return SeededMarket(maker, accounts, trades, (first, w3.eth.block_number), keyring)
 
 
 def list_next_expiry(w3: Web3, deployment: Deployment, *, days: int = 30) -> Deployment:
