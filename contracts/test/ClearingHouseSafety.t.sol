@@ -529,6 +529,52 @@ contract ClearingHouseSafetyTest is ClearingHouseFixture {
         ch.transferCollateral(alice, iso, 0, 1);
     }
 
+    /// While paused the system's own protection goes on: a flag's grace period runs (the
+    /// liquidation after it lands at once), the liquidator claims its bounty, and an account
+    /// under water is resolved. A pause never freezes an insolvent book in place.
+    function test_pauseLeavesLiquidationAndBadDebtOpen() public {
+        uint64 flagTime = _flaggedAlice();
+        vm.prank(GUARD);
+        adm.pause();
+        vm.warp(flagTime + 1 hours); // the grace period ran out during the pause
+        refreshFeeds();
+        MarginResult memory r = fullCheckNow(alice);
+        assertEq(uint256(r.state), 1, "still below IM");
+        uint64 n = nonceOf(alice);
+        vm.prank(LIQ);
+        int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
+        assertTrue(bounty > 0, "a bounty was credited");
+        (uint256[] memory ids,) = adm.positionsOf(alice);
+        assertEq(ids.length, 0, "liquidated while paused");
+        uint256 before = usdc.balanceOf(LIQ);
+        vm.prank(LIQ);
+        adm.claimBounty();
+        assertTrue(usdc.balanceOf(LIQ) > before, "bounty claimed while paused");
+
+        // An account under water only through a settled loss, resolved while paused.
+        vm.prank(GUARD);
+        adm.unpause();
+        uint256 carol = fund(CAROL, 0, 5000e6);
+        doTrade(bob, carol, ethCall, 10e18, markPrice(ethCall));
+        vm.prank(GUARD);
+        adm.pause();
+        _expireAndSettle(ethCall, 3000e8, 60_000e8);
+        assertTrue(ch.marginOf(carol).equity < 0, "under water");
+        ch.resolveBadDebt(carol);
+        assertEq(ch.balanceOf(carol, 0), 0, "debt cleared while paused");
+    }
+
+    /// The backstop is never flagged or liquidated: it takes books over, it is not one.
+    function test_backstopCannotBeFlaggedOrLiquidated() public {
+        MarginResult memory r = fullCheckNow(bk);
+        uint64 n = nonceOf(bk);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.BackstopAccount.selector, bk));
+        ch.flag(bk, n, r.witness);
+        vm.prank(LIQ);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.BackstopAccount.selector, bk));
+        ch.liquidate(bk, n, r.witness, 1e18);
+    }
+
     function test_settlementWhilePaused() public {
         alice = fund(ALICE, 0, 11_900e6);
         doTrade(alice, bob, btcFut, 1e18, 60_000e18);

@@ -496,6 +496,15 @@ contract ClearingHouseTradingTest is ClearingHouseFixture {
             verifier.fullCheck(big, m, params);
         }
 
+        // Nothing leaves an account the model cannot check: withdrawals and transfers revert.
+        vm.prank(BACKSTOP_OWNER);
+        vm.expectRevert(abi.encodeWithSelector(TooManyPositions.selector, 41));
+        ch.withdraw(bk, 0, 1e6);
+        uint256 bkSub = ch.accountId(BACKSTOP_OWNER, 1);
+        vm.prank(BACKSTOP_OWNER);
+        vm.expectRevert(abi.encodeWithSelector(TooManyPositions.selector, 41));
+        ch.transferCollateral(bk, bkSub, 0, 1e18);
+
         // Selling one long below its mark (the floor of the mark to TICK) moves value out: refused.
         int256 floorMark = markPrice(opts[0]);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.UnwindOnly.selector, bk, 41));
