@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -426,10 +427,25 @@ def _print_summary(console: Console, s: DemoSummary) -> None:
         t.add_row(k, str(v))
     console.print(t)
     console.print(f"left for replay in {s.out}: {', '.join(s.files.values())}")
+    # One line, never wrapped: it is meant to be copied and run as printed.
     console.print(
-        f"replay it: keeper replay --state-dump {s.files.get('state_dump')} "
-        f"--deployment {s.files.get('deployment')} --db sqlite:///{s.files.get('database')}"
+        f"replay it: {keeper_command()} replay --state-dump {s.files.get('state_dump')} "
+        f"--deployment {s.files.get('deployment')} --db sqlite:///{s.files.get('database')}",
+        soft_wrap=True,
+        highlight=False,
     )
+
+
+def keeper_command() -> str:
+    """How to call the keeper CLI from here: the venv's console script (relative to the
+    working directory when inside it), or ``python -m keeper`` without one."""
+    exe = Path(sys.executable).parent / "keeper"
+    if not exe.exists():
+        return f"{sys.executable} -m keeper"
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
 
 
 Runner = Callable[[DemoOptions, Console | None], int]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -122,7 +123,7 @@ def test_demo_exits_clean_and_leaves_its_files(demo: DemoRun) -> None:
     s = demo.summary
     assert "Traceback" not in demo.stdout + demo.stderr
     assert "keeper demo — summary" in demo.stdout
-    assert "replay it: keeper replay --state-dump" in demo.stdout
+    assert "replay it: .venv/bin/keeper replay --state-dump" in demo.stdout
     for name, key in OUTPUTS.items():
         path = demo.out / name
         assert path.is_file() and path.stat().st_size > 0, name
@@ -183,15 +184,17 @@ def test_summary_agrees_with_database_and_chain(demo: DemoRun, node: Anvil) -> N
 
 
 def test_replay_of_the_demo_is_clean(demo: DemoRun, tmp_path: Path) -> None:
+    """The replay command the demo prints, run as printed (plus the report files)."""
     out_json, out_html = tmp_path / "replay.json", tmp_path / "replay.html"
-    cmd = keeper_cmd(
+    (printed,) = [ln for ln in demo.stdout.splitlines() if ln.startswith("replay it: ")]
+    cmd = shlex.split(printed.removeprefix("replay it: "))
+    assert cmd[1:] == [
         "replay",
         "--state-dump", str(demo.out / "state.json"),
         "--deployment", str(demo.out / "deployment.json"),
         "--db", demo.db_url,
-        "--json", str(out_json),
-        "--html", str(out_html),
-    )  # fmt: skip
+    ]  # fmt: skip
+    cmd += ["--json", str(out_json), "--html", str(out_html)]
     proc = subprocess.run(
         cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600
     )
