@@ -1,4 +1,4 @@
-"""Every benchmark of issue 7 in one run, printed as one table.
+"""Every engine benchmark in one run, printed as one table.
 
     .venv/bin/python bench/run_all.py            # full sizes (~10-12 min, anvil included)
     .venv/bin/python bench/run_all.py --quick    # small sizes
