@@ -99,3 +99,15 @@ def test_security_claims_cite_tests() -> None:
     assert len(cited) >= 60
     assert any(f.endswith(".t.sol") for f, _ in cited)
     assert any(f.endswith(".py") for f, _ in cited)
+
+
+HISTORY = re.compile(
+    r"\bissues? #?\d+\b|\bin progress\b|\baim not met\b|\bbranch `?\w+`? work\b", re.I
+)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
+def test_docs_carry_no_tracker_history(doc: Path) -> None:
+    """Docs describe the product as it is: no issue numbers or progress notes."""
+    hits = [m.group(0) for m in HISTORY.finditer(doc.read_text())]
+    assert not hits, f"{doc.name}: {hits}"
