@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 
 class MarginError(Exception):
@@ -28,7 +28,7 @@ class MarginError(Exception):
 
     def revert_data(self) -> bytes:
         """The exact revert data the contract returns for this failure."""
-        from eth_abi import encode
+        from eth_abi.abi import encode
 
         types = self.signature[self.signature.index("(") + 1 : -1]
         arg_types = [t for t in types.split(",") if t]

@@ -13,6 +13,7 @@ failures are the named ones here, in margin/portfolio.py and in the pricing doma
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from margin.errors import (
     InvalidAssetCount,
@@ -103,7 +104,7 @@ class UnderlyingParams:
     calendar_charge: int = 0  # per offsetting future across expiries, × spot, WAD
     vega_charge: int = 0  # × offsetting vega proxy (q·S·√T) across expiries, WAD
 
-    def to_abi(self) -> tuple:
+    def to_abi(self) -> tuple[Any, ...]:
         return (
             self.price_range,
             self.move_steps,
@@ -152,7 +153,7 @@ class RiskParams:
     correlation_credit: int = 0  # WAD in [0, 0.8]
     im_factor: int = 12 * 10**17  # WAD > 1
 
-    def to_abi(self) -> tuple:
+    def to_abi(self) -> tuple[Any, ...]:
         return (
             [u.to_abi() for u in self.underlyings],
             [a.to_abi() for a in self.assets],

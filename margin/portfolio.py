@@ -20,6 +20,7 @@ Conventions (docs/portfolio-format.md says the same for file authors):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from margin.errors import (
     CollateralLengthMismatch,
@@ -83,7 +84,7 @@ class Portfolio:
     positions: tuple[Position, ...] = ()
     collateral: tuple[int, ...] = field(default_factory=tuple)
 
-    def to_abi(self) -> tuple:
+    def to_abi(self) -> tuple[Any, ...]:
         return ([p.to_abi() for p in self.positions], list(self.collateral))
 
 
@@ -94,7 +95,7 @@ class Market:
     spots: tuple[int, ...]  # per underlying, WAD
     vols: tuple[int, ...]  # implied vol per underlying, WAD (flat across strikes)
 
-    def to_abi(self) -> tuple:
+    def to_abi(self) -> tuple[Any, ...]:
         return (self.timestamp, self.rate, list(self.spots), list(self.vols))
 
 

@@ -48,7 +48,9 @@ stay below 1e64; contingency and equity products are of the same order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from margin.errors import MarginError, WitnessLengthMismatch, WitnessOutOfRange
 from margin.fixed_point import mul_div_down, mul_down, mul_up, sqrt_down
@@ -86,7 +88,7 @@ class MarginResult:
     witness: list[int]  # per underlying
     scenario_losses: list[list[int]] = field(default_factory=list)
 
-    def to_abi(self) -> tuple:
+    def to_abi(self) -> tuple[Any, ...]:
         return (
             self.equity,
             self.requirement,
@@ -105,7 +107,7 @@ def _unwrap(x: Outcome) -> int:
     return x
 
 
-def _capture(fn, *args) -> Outcome:  # type: ignore[no-untyped-def]
+def _capture(fn: Callable[..., int], *args: Any) -> Outcome:
     try:
         return fn(*args)
     except MarginError as e:

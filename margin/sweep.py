@@ -524,10 +524,14 @@ def float_baseline(book: Book, prep: MarketPrep) -> np.ndarray:
 _SHARED: MarketPrep | None = None
 
 
-def _exact_range(bounds: tuple[int, int]) -> list[tuple]:
+#: Per account: (account, equity, MM, IM, state, witness) or (account, MarginError).
+ExactRow = tuple[int, int, int, int, int, list[int]] | tuple[int, MarginError]
+
+
+def _exact_range(bounds: tuple[int, int]) -> list[ExactRow]:
     prep = _SHARED
     assert prep is not None
-    out: list[tuple] = []
+    out: list[ExactRow] = []
     for a in range(*bounds):
         try:
             r = exact_account(prep, a, want_matrix=True)
@@ -538,7 +542,7 @@ def _exact_range(bounds: tuple[int, int]) -> list[tuple]:
     return out
 
 
-def exact_sweep(prep: MarketPrep, workers: int | None = None, chunk: int = 2000) -> list[tuple]:
+def exact_sweep(prep: MarketPrep, workers: int | None = None, chunk: int = 2000) -> list[ExactRow]:
     """Every account's exact result (every scenario loss computed to the wei), forked across
     `workers` processes (default: every core). Returns per account
     (account, equity, MM, IM, state, witness) or (account, MarginError)."""
