@@ -432,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"anvil RSS: {rss0 / 1024:.0f} MiB before seeding, {_rss_kib(pid) / 1024:.0f} MiB after"
         )
+        r = bind(w3, d, "ClearingHouse").functions.marginOf(market.maker).call()
+        print(f"maker: equity {r[0] / WAD:,.0f}, IM {r[2] / WAD:,.0f}, state {r[5]} (0 healthy)")
         if args.script_blocks:
             feeds = ScriptedFeeds(w3, d, d.deployer)
             rng = random.Random(args.seed)
