@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,7 @@ class SeededAccount:
     positions: list[tuple[int, int]] = field(default_factory=list)  # (instrument id, qty)
     usdc: int = 0  # token units (6 decimals)
     weth: int = 0  # wei
+    prices: list[int] = field(default_factory=list)  # each leg's trade price (WAD)
 
 
 @dataclass
@@ -72,6 +73,8 @@ class SeededMarket:
     blocks: tuple[int, int]
     #: Signs for every seeded owner and anvil's dev accounts (the maker's owner among them).
     keyring: Keyring = field(default_factory=Keyring, repr=False)
+    #: Seconds per part of the seeding (seed_venue fills it in).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def owner_address(seed: int, i: int) -> str:
@@ -140,6 +143,81 @@ def _books_for(
     else:  # pragma: no cover - BOOKS and this function list the same kinds
         raise SeedError(f"unknown book kind {kind}")
     return pos, weth
+
+
+@dataclass
+class BookPlan:
+    """One account to seed, before sizing: its owner, book kind, sub-account, positions
+    (instrument id, quantity as the account holds it), WETH collateral (wei), leverage."""
+
+    kind: str
+    owner: str
+    sub: int
+    pos: list[tuple[int, int]]
+    weth: int
+    lev: float
+
+
+def plan_books(
+    rng: random.Random,
+    deployment: Deployment,
+    n: int,
+    kinds: Sequence[str] | None,
+    keyring: Keyring,
+    *,
+    fast_keys: bool = False,
+) -> Iterator[BookPlan]:
+    """The books of ``n`` accounts, drawn from ``rng`` (the first of each kind in order, then
+    by weight); each owner's key goes into ``keyring`` (``fast_keys``: Keyring.add_fast)."""
+    names = list(kinds) if kinds else list(BOOKS)
+    weights = [BOOKS[k][0] for k in names]
+    add = keyring.add_fast if fast_keys else keyring.add
+    for i in range(n):
+        kind = names[i % len(names)] if i < len(names) else rng.choices(names, weights)[0]
+        owner = add(devnet_owner_key(rng.randrange(2**32), i))
+        sub = 1 if kind == "isolated_perp" else 0
+        pos, weth_wei = _books_for(rng, deployment, kind)
+        lev = rng.uniform(*BOOKS[kind][1])
+        yield BookPlan(kind, owner, sub, pos, weth_wei, lev)
+
+
+def size_book(
+    snap: Any,
+    instruments: dict[int, dict[str, Any]],
+    pos: Sequence[tuple[int, int]],
+    weth_wei: int,
+    lev: float,
+) -> tuple[int, list[int]]:
+    """(USDC deposit in token units, trade price of each leg) of one book, by the exact engine
+    at ``snap`` (a ProtocolSnapshot): trades land one leg at a time and each intermediate book
+    must pass its own IM check, so the deposit covers the most demanding prefix, times the
+    leverage factor (at least 100 USDC); each leg trades at its mark rounded down to the tick."""
+    positions = tuple(
+        Position(
+            int(instruments[iid]["underlying"]),
+            KIND[instruments[iid]["kind"]],
+            int(instruments[iid]["strike"]),
+            int(instruments[iid]["expiry"]),
+            q,
+            0,
+        )
+        for iid, q in pos
+    )
+    weth_bal = weth_wei  # WAD balance = wei for an 18-decimal token
+    table = snap.table(snap.market(Portfolio(positions, (0, weth_bal))))
+    im = max(
+        table.full_check(Portfolio(positions[:k], (0, weth_bal))).initial_margin
+        for k in range(1, len(positions) + 1)
+    )
+    value_of_weth = table.full_check(Portfolio((), (0, weth_bal))).equity
+    need = max(0, im - value_of_weth)
+    usdc_wad = int(max(need * lev, 100 * WAD))  # at least 100 USDC
+    prices = []
+    for p in positions:
+        v0 = table.row(p).v0
+        assert isinstance(v0, int)
+        prices.append(max(TICK, v0 // TICK * TICK))
+    return -(-usdc_wad // 10**12), prices
 
 
 def model_marks(chain: Chain, deployment: Deployment) -> dict[int, int]:
@@ -243,62 +321,35 @@ def _seed(
     s.send("maker deposit", ch.functions.deposit(maker, 0, amount), deployer)
     s.mine()
 
-    names = list(kinds) if kinds else list(BOOKS)
-    weights = [BOOKS[k][0] for k in names]
     view = chain.view()
     snap = view.snapshot([])
     instruments = {int(i["id"]): i for i in deployment.instruments}
     accounts: list[SeededAccount] = []
     trade_prices: dict[int, list[int]] = {}  # per account, the price of each leg
-    for i in range(n):
-        kind = names[i % len(names)] if i < len(names) else rng.choices(names, weights)[0]
-        owner = keyring.add(devnet_owner_key(rng.randrange(2**32), i))
-        sub = 1 if kind == "isolated_perp" else 0
-        pos, weth_wei = _books_for(rng, deployment, kind)
-        lev = rng.uniform(*BOOKS[kind][1])
-        positions = tuple(
-            Position(
-                int(instruments[iid]["underlying"]),
-                KIND[instruments[iid]["kind"]],
-                int(instruments[iid]["strike"]),
-                int(instruments[iid]["expiry"]),
-                q,
-                0,
-            )
-            for iid, q in pos
-        )
-        weth_bal = weth_wei  # WAD balance = wei for an 18-decimal token
-        pf0 = Portfolio(positions, (0, weth_bal))
-        market = snap.market(pf0)
-        table = snap.table(market)
-        # Trades land one leg at a time and each intermediate book must pass its own IM
-        # check: size the deposit for the most demanding prefix.
-        im = max(
-            table.full_check(Portfolio(positions[:k], (0, weth_bal))).initial_margin
-            for k in range(1, len(positions) + 1)
-        )
-        value_of_weth = table.full_check(Portfolio((), (0, weth_bal))).equity
-        need = max(0, im - value_of_weth)
-        usdc_wad = int(max(need * lev, 100 * WAD))  # at least 100 USDC
-        usdc_units = -(-usdc_wad // 10**12)
-        acct = account_id(owner, sub)
-        prices = []
-        for p in positions:
-            v0 = table.row(p).v0
-            assert isinstance(v0, int)
-            prices.append(max(TICK, v0 // TICK * TICK))
+    for plan in plan_books(rng, deployment, n, kinds, keyring):
+        owner = plan.owner
+        usdc_units, prices = size_book(snap, instruments, plan.pos, plan.weth, plan.lev)
+        acct = account_id(owner, plan.sub)
         accounts.append(
-            SeededAccount(acct, owner, kind, round(lev, 3), list(pos), usdc_units, weth_wei)
+            SeededAccount(
+                acct,
+                owner,
+                plan.kind,
+                round(plan.lev, 3),
+                list(plan.pos),
+                usdc_units,
+                plan.weth,
+                prices,
+            )
         )
         w3.provider.make_request("anvil_setBalance", [owner, hex(10 * WAD)])
         s.send("mint", usdc.functions.mint(owner, usdc_units), owner)
         s.send("approve", usdc.functions.approve(ch.address, 2**255), owner)
         s.send("deposit", ch.functions.deposit(acct, 0, usdc_units), owner)
-        if weth_wei:
-            s.send("mint weth", weth.functions.mint(owner, weth_wei), owner)
+        if plan.weth:
+            s.send("mint weth", weth.functions.mint(owner, plan.weth), owner)
             s.send("approve weth", weth.functions.approve(ch.address, 2**255), owner)
-            s.send("deposit weth", ch.functions.deposit(acct, 1, weth_wei), owner)
-        accounts[-1].positions = [(iid, q) for iid, q in pos]
+            s.send("deposit weth", ch.functions.deposit(acct, 1, plan.weth), owner)
         trade_prices[acct] = prices
     s.mine()
     trades = 0
