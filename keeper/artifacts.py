@@ -94,7 +94,9 @@ def deploy(
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
     if receipt["status"] != 1 or not receipt.get("contractAddress"):
         raise RuntimeError(f"deployment of {name} reverted (tx {tx_hash.hex()})")
-    return w3.eth.contract(address=receipt["contractAddress"], abi=art.abi)
+    address = receipt["contractAddress"]
+    assert address is not None  # checked above
+    return w3.eth.contract(address=address, abi=art.abi)
 
 
 # --- building ----------------------------------------------------------------------------

@@ -103,7 +103,8 @@ class _FnSpec:
 def _fn_spec(contract: Contract, fn_name: str) -> _FnSpec:
     """Function by name, or by full signature ``name(type,...)`` when it is overloaded."""
     candidates = []
-    for item in contract.abi:
+    abi: list[dict[str, Any]] = [dict(e) for e in contract.abi]  # web3's TypedDicts, read as data
+    for item in abi:
         if item.get("type") != "function":
             continue
         types = [collapse_if_tuple(p) for p in item.get("inputs", [])]

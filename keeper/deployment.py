@@ -331,4 +331,4 @@ def bind(w3: Web3, deployment: Deployment, key: str) -> Contract:
     """A contract of the deployment with its ABI (ClearingHouse with the admin functions)."""
     entry = deployment.contracts[key]
     abi = clearing_house_abi() if key == "ClearingHouse" else load_artifact(entry["abi"]).abi
-    return w3.eth.contract(address=entry["address"], abi=abi)
+    return w3.eth.contract(address=Web3.to_checksum_address(entry["address"]), abi=abi)

@@ -23,6 +23,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from eth_typing import HexStr
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 
@@ -184,7 +185,7 @@ class TxManager:
         a refusal then proves nothing about the attempt, so its status is left alone."""
         assert tx.id is not None and attempt.id is not None
         try:
-            self.w3.eth.send_raw_transaction(attempt.raw)
+            self.w3.eth.send_raw_transaction(HexStr(attempt.raw))
         except Web3RPCError as exc:
             message = scrub(str(exc))
             lowered = message.lower()
@@ -261,7 +262,9 @@ class TxManager:
             # times a block, so an idle keeper asks the node nothing here.
             return []
         head = self.w3.eth.block_number if known_head is None else known_head
-        latest_count = self.w3.eth.get_transaction_count(self.signer.address, "latest")
+        latest_count = self.w3.eth.get_transaction_count(
+            Web3.to_checksum_address(self.signer.address), "latest"
+        )
         out = [self._follow(tx, head, latest_count, now) for tx in open_txs]
         out += self._fill_gaps(latest_count)
         return out
@@ -306,8 +309,9 @@ class TxManager:
 
     def _follow(self, tx: Transaction, head: int, latest_count: int, now: datetime) -> Transaction:
         assert tx.id is not None
+        tx_id = tx.id  # fixed for the whole pass; tx is re-read below
         crash_point("before_receipt")
-        found = self._receipt(tx.id)
+        found = self._receipt(tx_id)
         if found is not None:
             attempt, receipt = found
             ok = receipt["status"] == 1
@@ -316,7 +320,7 @@ class TxManager:
             final = depth >= max(self.confirmations, 1)
             status = (TxStatus.FINAL if final else TxStatus.MINED) if ok else TxStatus.REVERTED
             tx = self.store.update_transaction(
-                tx.id,
+                tx_id,
                 status=status,
                 final=final,
                 mined_hash=attempt.hash,
@@ -329,21 +333,21 @@ class TxManager:
             if final:
                 # Only now are the other hashes settled as replaced: before finality, a reorg
                 # could still bring any of them in instead.
-                self.store.settle_attempts(tx.id, attempt.hash)
+                self.store.settle_attempts(tx_id, attempt.hash)
                 log.info(
                     "transaction final",
-                    extra={"tx_id": tx.id, "hash": attempt.hash, "status": status},
+                    extra={"tx_id": tx_id, "hash": attempt.hash, "status": status},
                 )
             return tx
         if tx.status in (TxStatus.MINED, TxStatus.REVERTED):
             log.warning(
                 "receipt vanished (reorg): back to pending, re-broadcast",
-                extra={"tx_id": tx.id, "block": tx.block_number, "hash": tx.mined_hash},
+                extra={"tx_id": tx_id, "block": tx.block_number, "hash": tx.mined_hash},
             )
             orphaned = self.store.attempt_by_hash(tx.mined_hash) if tx.mined_hash else None
             orphaned_in = (tx.block_number, tx.block_hash)
             tx = self.store.update_transaction(
-                tx.id,
+                tx_id,
                 status=TxStatus.PENDING,
                 mined_hash=None,
                 block_number=None,
@@ -361,15 +365,15 @@ class TxManager:
                 return self._broadcast(tx, orphaned, rebroadcast=True)
             return tx
         if tx.nonce < latest_count:
-            if not any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id)):
+            if not any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx_id)):
                 # It never reached a node: nothing of ours can mine, so it needs a fresh nonce.
                 self.nonces.reconcile(trust_pending=True)
-                moved = self.store.renonce_transaction(tx.id)
+                moved = self.store.renonce_transaction(tx_id)
                 return self._send_attempt(moved, self.fees.initial(self._base_fee()))
             # The chain used this nonce and none of our hashes has a receipt.
-            log.warning("nonce taken by another sender", extra={"tx_id": tx.id, "nonce": tx.nonce})
-            return self.store.update_transaction(tx.id, status=TxStatus.DROPPED, final=True)
-        live = [a for a in self.store.attempts(tx.id) if a.status == AttemptStatus.SENT]
+            log.warning("nonce taken by another sender", extra={"tx_id": tx_id, "nonce": tx.nonce})
+            return self.store.update_transaction(tx_id, status=TxStatus.DROPPED, final=True)
+        live = [a for a in self.store.attempts(tx_id) if a.status == AttemptStatus.SENT]
         if not live:
             return self._send_attempt(tx, self.fees.initial(self._base_fee()))
         last = live[-1]
@@ -378,9 +382,9 @@ class TxManager:
         old = Fees(last.max_fee_per_gas, last.max_priority_fee_per_gas)
         bumped = self.fees.bump(old, self._base_fee())
         if bumped is None:
-            log.warning("stuck at the fee cap: re-broadcasting", extra={"tx_id": tx.id})
+            log.warning("stuck at the fee cap: re-broadcasting", extra={"tx_id": tx_id})
             return self._broadcast(tx, last, rebroadcast=True)
-        log.info("replacing a stuck transaction", extra={"tx_id": tx.id, "replaces": last.hash})
+        log.info("replacing a stuck transaction", extra={"tx_id": tx_id, "replaces": last.hash})
         return self._send_attempt(tx, bumped)
 
     def _revert_reason(self, tx: Transaction, block_number: int) -> str:

@@ -84,7 +84,7 @@ class RetryPolicy:
     def delay(self, retry: int, retry_after: float | None = None) -> float:
         backoff = min(self.max_delay, self.base_delay * 2 ** (retry - 1))
         backoff *= 0.5 + 0.5 * self._rng.random()
-        return max(backoff, retry_after or 0.0)
+        return float(max(backoff, retry_after or 0.0))
 
 
 @dataclass

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from keeper.deployment import Deployment, account_id, bind
 from keeper.orders import dev_matcher
@@ -103,7 +104,7 @@ def trade_round(w3: Web3, d: Deployment, act: Activity, traders: list[str], n: i
 
 def mine(w3: Web3, blocks: int) -> None:
     if blocks > 0:
-        w3.provider.make_request("anvil_mine", [hex(blocks)])  # type: ignore[arg-type]
+        w3.provider.make_request(RPCEndpoint("anvil_mine"), [hex(blocks)])
 
 
 def build_history(
@@ -111,7 +112,7 @@ def build_history(
 ) -> Activity:
     """``rounds`` rounds of trading by ``traders`` funded dev accounts, ``gap_blocks`` empty
     blocks after each (feeds refreshed each round, so prices stay fresh)."""
-    who = list(w3.eth.accounts[2 : 2 + traders])
+    who = [str(a) for a in w3.eth.accounts[2 : 2 + traders]]
     act = fund(w3, d, who)
     for n in range(rounds):
         refresh_feeds(w3, d)

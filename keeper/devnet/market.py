@@ -23,6 +23,7 @@ from typing import Any
 
 from eth_account import Account
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from keeper.chain import Chain
 from keeper.deployment import DAY, Deployment, account_id, bind
@@ -255,7 +256,7 @@ class _Sender:
         self.hashes.append((what, fn.transact({"from": sender, "gas": gas})))
 
     def mine(self) -> None:
-        self.w3.provider.make_request("evm_mine", [])
+        self.w3.provider.make_request(RPCEndpoint("evm_mine"), [])
         failed = []
         for what, h in self.hashes:
             r = self.w3.eth.wait_for_transaction_receipt(h, timeout=120)
@@ -284,15 +285,17 @@ def seed_market(
     ch = bind(w3, deployment, "ClearingHouse")
     usdc = bind(w3, deployment, "MockERC20:USDC")
     weth = bind(w3, deployment, "MockERC20:WETH")
-    w3.provider.make_request("anvil_autoImpersonateAccount", [True])
-    automine = bool(w3.provider.make_request("anvil_getAutomine", []).get("result", True))
-    w3.provider.make_request("evm_setAutomine", [False])
+    w3.provider.make_request(RPCEndpoint("anvil_autoImpersonateAccount"), [True])
+    automine = bool(
+        w3.provider.make_request(RPCEndpoint("anvil_getAutomine"), []).get("result", True)
+    )
+    w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
     try:
         return _seed(
             w3, deployment, chain, n, rng, first, deployer, ch, usdc, weth, maker_usdc, kinds
         )
     finally:
-        w3.provider.make_request("evm_setAutomine", [automine])
+        w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [automine])
 
 
 def _seed(
@@ -342,7 +345,7 @@ def _seed(
                 prices,
             )
         )
-        w3.provider.make_request("anvil_setBalance", [owner, hex(10 * WAD)])
+        w3.provider.make_request(RPCEndpoint("anvil_setBalance"), [owner, hex(10 * WAD)])
         s.send("mint", usdc.functions.mint(owner, usdc_units), owner)
         s.send("approve", usdc.functions.approve(ch.address, 2**255), owner)
         s.send("deposit", ch.functions.deposit(acct, 0, usdc_units), owner)

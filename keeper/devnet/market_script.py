@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from keeper.deployment import Deployment, bind
 
@@ -78,13 +79,13 @@ def apply_phase(
         feeds.iv = [max(1, round(v * 0.99)) for v in feeds.iv]
     elif phase == "expiry" and first:
         # Jump past the dated instruments' expiry: the next block carries fresh rounds.
-        feeds.w3.provider.make_request("evm_setNextBlockTimestamp", [expiry + 60])
+        feeds.w3.provider.make_request(RPCEndpoint("evm_setNextBlockTimestamp"), [expiry + 60])
     feeds.push()
 
 
 def set_block_time(w3: Web3, seconds: float) -> None:
     """Interval mining every ``seconds`` (anvil takes whole seconds; 0 stops it): anvil
     refuses a float with an error answer, which ``make_request`` does not raise."""
-    reply = w3.provider.make_request("evm_setIntervalMining", [round(seconds)])  # type: ignore[arg-type]
+    reply = w3.provider.make_request(RPCEndpoint("evm_setIntervalMining"), [round(seconds)])
     if "error" in reply:
         raise RuntimeError(f"evm_setIntervalMining refused: {reply['error']}")

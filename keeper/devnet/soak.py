@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlmodel import select
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from keeper.artifacts import ensure_built
 from keeper.chain import Chain
@@ -291,7 +292,9 @@ def _soak(
     set_block_time(w3, 0)  # freeze the chain for the audit
     last_block = w3.eth.block_number
     service = keeper.service
-    provider_stats = service.chain.w3.provider.stats if service.chain is not None else None
+    # The soak's keeper talks HTTP through RetryingHTTPProvider, which counts its retries.
+    provider = service.chain.w3.provider if service.chain is not None else None
+    provider_stats = getattr(provider, "stats", None)
     store_url = f"sqlite:///{out / 'keeper.db'}"
     store = Store.open(store_url)
     try:
@@ -343,14 +346,14 @@ def _new_cycle(
 ) -> tuple[Deployment, int]:
     """Feeds back to base, a new dated strip, fresh accounts (mined at once, on automine)."""
     set_block_time(w3, 0)
-    w3.provider.make_request("evm_setAutomine", [True])
+    w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [True])
     try:
         feeds.spot, feeds.iv = list(feeds.base_spot), list(feeds.base_iv)
         feeds.push()
         deployment = list_next_expiry(w3, deployment)
         market = seed_market(w3, deployment, chain, opts.accounts, seed=opts.seed * 1000 + c)
     finally:
-        w3.provider.make_request("evm_setAutomine", [False])
+        w3.provider.make_request(RPCEndpoint("evm_setAutomine"), [False])
         set_block_time(w3, opts.block_time)
     return deployment, len(market.accounts)
 

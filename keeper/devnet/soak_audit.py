@@ -160,7 +160,8 @@ def _keeper_transactions(w3: Web3, ch: Any, keeper: str, first: int, last: int) 
     found = []
     for n in range(first, last + 1):
         block = w3.eth.get_block(n, full_transactions=True)
-        for tx in block["transactions"]:
+        txs: list[Any] = list(block["transactions"])  # TxData with full_transactions
+        for tx in txs:
             if str(tx["from"]).lower() != me:
                 continue
             receipt = w3.eth.get_transaction_receipt(tx["hash"])
@@ -209,9 +210,9 @@ def _check_store(out: Audit, decisions: dict[Any, Decision], txs: dict[Any, Tran
         if n > 1:
             out.flag(out.duplicates, "decision_key", f"{key} recorded {n} times", n - 1)
     per_decision = Counter(t.decision_id for t in txs.values() if t.decision_id is not None)
-    for d, n in per_decision.items():
+    for d_id, n in per_decision.items():
         if n > 1:
-            out.flag(out.duplicates, "tx_per_decision", f"decision {d}: {n} transactions", n - 1)
+            out.flag(out.duplicates, "tx_per_decision", f"decision {d_id}: {n} transactions", n - 1)
     for t in txs.values():
         if _is_gap_filler(t):
             continue
@@ -284,11 +285,11 @@ def _check_chain(
     for target, n in effect_per_decision.items():
         if n > 1:
             out.flag(out.duplicates, "effect_per_decision", f"{target}: {n} times", n - 1)
-    for target, sent in by_target.items():
+    for target_key, sent in by_target.items():
         sent.sort()
         for i, (block, _, decided, ok) in enumerate(sent):
             if not ok and any(a_block > decided for a_block, _, _, _ in sent[:i]):
-                what = f"{target}: reverted in block {block}, decided at {decided}"
+                what = f"{target_key}: reverted in block {block}, decided at {decided}"
                 out.flag(out.duplicates, "sent_while_in_flight", what)
 
 

@@ -55,6 +55,7 @@ from typing import Any
 
 from eth_utils import keccak
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from keeper.artifacts import OUT_DIR, ArtifactError, artifact_path
 from keeper.chain import Chain
@@ -87,11 +88,11 @@ def seeder_runtime(out_dir: Any = OUT_DIR) -> str:
     code = data.get("deployedBytecode", {}).get("object", "")
     if not code or code == "0x":
         raise ArtifactError(f"{path} has no runtime code")
-    return code if code.startswith("0x") else "0x" + code
+    return str(code) if code.startswith("0x") else "0x" + str(code)
 
 
 def _rpc(w3: Web3, method: str, params: list[Any]) -> Any:
-    reply = w3.provider.make_request(method, params)  # type: ignore[arg-type]
+    reply = w3.provider.make_request(RPCEndpoint(method), params)
     if "error" in reply:
         raise SeedError(f"{method} refused: {reply['error']}")
     return reply.get("result")
@@ -226,7 +227,7 @@ def plan_venue(
 
 
 def _require_anvil(w3: Web3) -> None:
-    version = str(w3.provider.make_request("web3_clientVersion", []).get("result", ""))  # type: ignore[arg-type]
+    version = str(w3.provider.make_request(RPCEndpoint("web3_clientVersion"), []).get("result", ""))
     if not version.lower().startswith("anvil"):
         raise SeedError(f"seed_venue runs on anvil only (anvil_setCode), not on {version!r}")
 
