@@ -84,12 +84,17 @@ def read_deployment(path: Path) -> Deployment:
 
 
 def preflight(config_path: Path) -> Preflight:
-    config = load_config(config_path)
+    return check_config(load_config(config_path))
+
+
+def check_config(config: KeeperConfig, *, need_signer: bool = True) -> Preflight:
+    """Every start-up check of an already-loaded configuration: deployment file, signer (when
+    configured and ``need_signer``), then the node. Writes nothing, opens no store."""
     from keeper.chain import Chain
     from keeper.signer import load_signer
 
     deployment = read_deployment(config.deployment.file)
-    signer = load_signer(config.signer) if config.signer is not None else None
+    signer = load_signer(config.signer) if config.signer is not None and need_signer else None
     chain = Chain.from_config(config.rpc, deployment)
     try:
         head = chain.head()
