@@ -145,6 +145,30 @@ def replay(
 
 
 @app.command()
+def bounty(
+    config: ConfigOption = Path("keeper.toml"),
+    claim: Annotated[
+        bool, typer.Option("--claim", help="Claim it (whole token units) with the keeper's signer")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Show this address instead of the signer's")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for the claim to become final", min=0)
+    ] = 300.0,
+) -> None:
+    """The liquidation bounty accrued to the keeper's address; --claim pays it out through the
+    keeper's signer and transaction manager (recorded in the store). Exit 1 with one named
+    error when there is nothing to claim or the claim fails."""
+    from keeper.bounty import run as run_bounty
+
+    raise SystemExit(
+        run_bounty(config, claim=claim, address=address, as_json=as_json, wait_seconds=wait)
+    )
+
+
+@app.command()
 def check(config: ConfigOption = Path("keeper.toml")) -> None:
     """Run every start-up check (config, deployment file, signer, chain id, code and ABI
     hashes) and exit: 0 when the keeper could start, 1 with one named error otherwise."""
