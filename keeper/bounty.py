@@ -203,6 +203,7 @@ def _claim(
         "status": str(tx.status),
         "final": bool(tx.final),
         "claimed_wad": paid,
+        "gas_used": tx.gas_used,
         "claimed": str(Decimal(paid) / WAD),
         "asset": status.asset,
     }
@@ -211,7 +212,8 @@ def _claim(
     else:
         sys.stdout.write(
             f"claimed    {result['claimed']} {status.asset} to {status.address}\n"
-            f"tx         {tx.mined_hash} (id {tx.id}, nonce {tx.nonce}, {tx.status})\n"
+            f"tx         {tx.mined_hash} (id {tx.id}, nonce {tx.nonce}, {tx.status}, "
+            f"gas used {tx.gas_used})\n"
         )
     if tx.status in (TxStatus.REVERTED, TxStatus.DROPPED, TxStatus.FAILED):
         raise ClaimFailed(f"claim transaction {tx.id} ended {tx.status}: {tx.revert_reason or ''}")

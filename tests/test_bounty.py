@@ -122,6 +122,7 @@ def test_show_and_claim_a_bounty_earned_by_a_liquidation(net: Any) -> None:
     assert proc.returncode == 0, proc.stderr
     claim = json.loads(proc.stdout)
     assert claim["status"] == "final" and claim["final"] is True
+    assert 0 < claim["gas_used"] < 100_000
     assert claim["claimed_wad"] == (earned // 10**12) * 10**12
     assert usdc.functions.balanceOf(keeper).call() - tokens_before == earned // 10**12
     assert ch.functions.bounties(keeper).call() == earned % 10**12
