@@ -82,6 +82,17 @@ class KeeperMetrics:
             registry=r,
         )
         self.pending_tx = Gauge("keeper_pending_transactions", "Open transactions", registry=r)
+        self.signer_balance = Gauge(
+            "keeper_signer_balance_wei",
+            "Native balance of the keeper's signer address (pays the gas), read every minute",
+            registry=r,
+        )
+        self.bounty_unclaimed = Gauge(
+            "keeper_bounty_unclaimed_wad",
+            "Bounty accrued to the keeper's address and not claimed yet (asset-0 WAD, "
+            "ClearingHouse bounties(address)), read every minute",
+            registry=r,
+        )
         self.reorgs = Counter("keeper_reorgs", "Reorganisations rolled back", registry=r)
 
     def render(self) -> bytes:

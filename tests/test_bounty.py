@@ -150,3 +150,35 @@ def test_show_another_address_without_a_signer(net: Any) -> None:
     assert json.loads(proc.stdout)["accrued_wad"] == 0
     proc = _keeper(tmp, "--address", "0x1234")
     assert proc.returncode == 1 and proc.stderr.startswith("error: ConfigError: ")
+
+
+def test_running_keeper_exports_balance_and_unclaimed_bounty(
+    net: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gauges behind the low-balance and unclaimed-bounty alerts (deploy/prometheus)."""
+    from keeper.config import load_config_data
+    from keeper.service import KeeperService
+
+    tmp, w3, deployment = net
+    keeper = w3.eth.accounts[1]
+    monkeypatch.setenv(KEY_ENV, ANVIL_KEY_1)
+    cfg = load_config_data(
+        {
+            "rpc": {"url": w3.provider.endpoint_uri, "chain_id": deployment.chain_id},
+            "deployment": {"file": str(tmp / "deployment.json")},
+            "store": {"url": f"sqlite:///{tmp_path / 'k.db'}"},
+            "signer": {"key_env": KEY_ENV},
+            "decisions": {"confirmations": 1},
+            "metrics": {"enabled": False},
+        }
+    )
+    service = KeeperService(cfg)
+    service.open()
+    try:
+        service.wallet()
+        sample = service.metrics.registry.get_sample_value
+        assert sample("keeper_signer_balance_wei") == float(w3.eth.get_balance(keeper))
+        bounty = bind(w3, deployment, "ClearingHouse").functions.bounties(keeper).call()
+        assert sample("keeper_bounty_unclaimed_wad") == float(bounty)
+    finally:
+        service.close()
