@@ -55,9 +55,15 @@ class BountyStatus:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["accrued"] = str(self.accrued)
-        out["claimable"] = str(self.claimable)
+        out["accrued"] = _plain(self.accrued)
+        out["claimable"] = _plain(self.claimable)
         return out
+
+
+def _plain(x: Decimal) -> str:
+    """A decimal without exponent or trailing zeros: 3.402, 0, 10.63125."""
+    text = f"{x:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def read_bounty(ch: Any, address: str, asset: dict[str, Any]) -> BountyStatus:
@@ -132,8 +138,9 @@ def _show(status: BountyStatus, as_json: bool) -> None:
         return
     sys.stdout.write(
         f"address    {status.address}\n"
-        f"accrued    {status.accrued} {status.asset}\n"
-        f"claimable  {status.claimable} {status.asset} (whole token units; the rest stays)\n"
+        f"accrued    {_plain(status.accrued)} {status.asset}\n"
+        f"claimable  {_plain(status.claimable)} {status.asset} (whole token units; the rest "
+        "stays)\n"
     )
 
 
@@ -204,7 +211,7 @@ def _claim(
         "final": bool(tx.final),
         "claimed_wad": paid,
         "gas_used": tx.gas_used,
-        "claimed": str(Decimal(paid) / WAD),
+        "claimed": _plain(Decimal(paid) / WAD),
         "asset": status.asset,
     }
     if as_json:

@@ -70,6 +70,10 @@ class StartBlockUnknown(DeploymentImportError):
     """The creation block could not be found (a node without old state): give --start-block."""
 
 
+class NoMulticall3(DeploymentImportError):
+    """No Multicall3 at the canonical address, and none named with --multicall."""
+
+
 class OutputExists(DeploymentImportError):
     """The output file exists: the import never overwrites one unless told (--force)."""
 
@@ -161,7 +165,7 @@ def build_deployment(
     """Read and verify an existing deployment; returns a ``Deployment`` (not yet written)."""
     from web3 import Web3
 
-    from keeper.chain.errors import CodeHashMismatch, MissingContract, NoCodeAtAddress, WrongChain
+    from keeper.chain.errors import CodeHashMismatch, NoCodeAtAddress, WrongChain
     from keeper.chain.rpc import CANONICAL_MULTICALL3, abi_file_sha256
     from keeper.deployment import KINDS, Deployment, clearing_house_abi, code_hash
 
@@ -203,10 +207,15 @@ def build_deployment(
             "code_hash": code_hash(mc_code),
         }
     elif not w3.eth.get_code(CANONICAL_MULTICALL3, block_identifier=head):
-        raise MissingContract("Multicall3 (none at the canonical address: give --multicall)")
+        raise NoMulticall3(
+            f"no Multicall3 at the canonical address {CANONICAL_MULTICALL3} on this chain: "
+            "give the address of one with --multicall"
+        )
     for name, pinned in (code_hashes or {}).items():
         if name not in contracts:
-            raise MissingContract(f"{name} (named by --code-hash)")
+            raise DeploymentImportError(
+                f"--code-hash names {name[:40]}, which is not one of {', '.join(contracts)}"
+            )
         entry = contracts[name]
         if entry["code_hash"].lower() != pinned.lower():
             raise CodeHashMismatch(name, entry["address"], pinned, entry["code_hash"])

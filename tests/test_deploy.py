@@ -140,3 +140,19 @@ def test_systemd_unit_supervises_keeper_run() -> None:
     assert entries["KillSignal"] == "SIGTERM"
     assert "password" not in entries["ExecStart"].lower(), "no secret on the command line"
     assert "WantedBy=multi-user.target" in text
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts the unit (with the repository's own paths in place of
+    /opt/clearing-keeper, which must exist for the check)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    if not (ROOT / ".venv" / "bin" / "keeper").exists():
+        pytest.skip("no .venv/bin/keeper: run scripts/bootstrap.sh")
+    unit = tmp_path / "keeper.service"
+    unit.write_text(UNIT.read_text().replace("/opt/clearing-keeper", str(ROOT)))
+    proc = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr

@@ -204,7 +204,7 @@ def test_deployment_import_refuses_what_it_cannot_verify(
             "--clearing-house",
             ch,
         ),
-        "MissingContract",
+        "NoMulticall3",
     )  # no Multicall3 at the canonical address on anvil
     assert not (tmp_path / "d.json").exists()
     pinned = deployed.contracts["ClearingHouse"]["code_hash"]
