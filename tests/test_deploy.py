@@ -74,6 +74,16 @@ def test_promtool_check_rules() -> None:
     assert f"SUCCESS: {len(REQUIRED_ALERTS)} rules found" in proc.stdout
 
 
+def test_promtool_check_config() -> None:
+    """The example scrape configuration loads, with the rules next to it."""
+    config = DEPLOY / "prometheus" / "prometheus.yml"
+    proc = subprocess.run(
+        [_promtool(), "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
 def test_promtool_test_rules() -> None:
     proc = subprocess.run(
         [_promtool(), "test", "rules", RULE_TESTS.name],

@@ -171,6 +171,14 @@ def test_margin_account_unreachable_node_exits_1_without_database(tmp_path: Path
     _no_database(tmp_path)
 
 
+def test_bounty_unreachable_node_exits_1_without_database(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    proc = _keeper(tmp_path, "bounty", "--address", "0x" + "33" * 20, "--config", str(cfg))
+    assert proc.returncode == 1
+    _one_error(proc, "RpcUnavailable")
+    _no_database(tmp_path)
+
+
 def test_status_never_creates_a_database(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     proc = _keeper(tmp_path, "status", "--config", str(cfg))
