@@ -14,6 +14,7 @@ stays accrued.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +27,8 @@ from keeper.margin_cmd import printable
 from keeper.secrets import scrub
 
 WAD = 10**18
+
+log = logging.getLogger("keeper.bounty")
 
 
 class NothingToClaim(RuntimeError):
@@ -230,6 +233,36 @@ def _claim(
             f"{tx.status}); a running keeper on the same store keeps following it"
         )
     return 0
+
+
+def auto_claim(
+    txm: Any,
+    ch: Any,
+    address: str,
+    unclaimed_wad: int,
+    threshold_wad: int,
+    gas_margin_percent: int,
+) -> Any:
+    """The running keeper's scheduled claim (``service.claim_bounty_above_usdc``): sends
+    ``claimBounty`` through its transaction manager when ``unclaimed_wad`` reaches the threshold
+    and no claim of its own is still open. Returns the transaction, or None when none is sent."""
+    from web3.exceptions import ContractCustomError, ContractLogicError
+
+    if unclaimed_wad <= 0 or unclaimed_wad < threshold_wad:
+        return None
+    data = ch.encode_abi("claimBounty", args=[])
+    to = ch.address.lower()
+    if any(t.to == to and t.data == data for t in txm.store.open_transactions(address)):
+        return None  # the previous claim is still on its way
+    try:
+        estimate = int(ch.functions.claimBounty().estimate_gas({"from": address}))
+    except (ContractCustomError, ContractLogicError):
+        return None  # NothingToClaim: less than one whole token unit
+    tx = txm.submit(
+        to=ch.address, data=data, gas_limit=estimate * (100 + gas_margin_percent) // 100
+    )
+    log.info("bounty claim sent", extra={"tx_id": tx.id, "unclaimed_wad": str(unclaimed_wad)})
+    return tx
 
 
 def _fail(name: str, message: str, status: int = 1) -> int:

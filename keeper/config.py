@@ -289,6 +289,10 @@ class ServiceConfig(_Section):
     recalibrate_interval_seconds: float = Field(default=0.0, ge=0, le=86_400 * 7)
     #: Read-only mode: assess and record, never send (no signer needed).
     dry_run: bool = False
+    #: Claim the accrued bounty (``claimBounty``: whole token units) once it reaches this many
+    #: USDC; checked every minute. Unset: the keeper never claims by itself (``keeper bounty
+    #: --claim`` does).
+    claim_bounty_above_usdc: Usdc | None = None
 
 
 class MetricsConfig(_Section):

@@ -316,14 +316,23 @@ class KeeperService:
 
     def wallet(self) -> None:
         """The signer's native balance and unclaimed bounty, into their gauges (alerts on a
-        keeper running out of gas money, or sitting on a large unclaimed bounty)."""
+        keeper running out of gas money, or sitting on a large unclaimed bounty); the scheduled
+        claim when ``service.claim_bounty_above_usdc`` is set (keeper.bounty.auto_claim)."""
 
         def run() -> None:
             assert self.chain is not None and self.address is not None
             w3 = self.chain.w3
             self.metrics.signer_balance.set(int(w3.eth.get_balance(self.address)))
             ch = w3.eth.contract(address=self.chain.clearing_house, abi=clearing_house_abi())
-            self.metrics.bounty_unclaimed.set(int(ch.functions.bounties(self.address).call()))
+            unclaimed = int(ch.functions.bounties(self.address).call())
+            self.metrics.bounty_unclaimed.set(unclaimed)
+            above = self.config.service.claim_bounty_above_usdc
+            if above is not None and self.txm is not None:
+                from keeper.bounty import auto_claim
+
+                margin = self.config.decisions.gas_margin_percent
+                threshold = int(above.scaleb(18))
+                auto_claim(self.txm, ch, self.address, unclaimed, threshold, margin)
 
         self._guard("wallet", run)
 

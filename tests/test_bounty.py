@@ -37,14 +37,15 @@ def _send(w3: Web3, fn: Any, sender: str) -> Any:
     return receipt
 
 
-def _earn_bounty(w3: Web3, d: Deployment, keeper: str) -> int:
+def _earn_bounty(w3: Web3, d: Deployment, keeper: str, pair: tuple[int, int] = (2, 3)) -> int:
     """Alice's 1-ETH perp at 3000 breaks MM at 2700; ``keeper`` liquidates it (as in
-    tests/test_protocol_e2e.py). Returns the bounty credited."""
+    tests/test_protocol_e2e.py). ``pair``: the dev accounts of Alice and her counterparty.
+    Returns the keeper's accrued bounty."""
     ch = bind(w3, d, "ClearingHouse")
     usdc = bind(w3, d, "MockERC20:USDC")
     feed = bind(w3, d, "MockAggregator:ETH/USD")
     vol = bind(w3, d, "MockAggregator:ETH/IV")
-    matcher, alice, bob = w3.eth.accounts[0], *w3.eth.accounts[2:4]
+    matcher, alice, bob = w3.eth.accounts[0], w3.eth.accounts[pair[0]], w3.eth.accounts[pair[1]]
     perp = next(i["id"] for i in d.instruments if i["underlying"] == 0 and i["expiry"] == 0)
     _send(w3, feed.functions.setAnswer(3000 * 10**8), matcher)
     _send(w3, vol.functions.setAnswer(vol.functions.answer().call()), matcher)
@@ -180,5 +181,58 @@ def test_running_keeper_exports_balance_and_unclaimed_bounty(
         assert sample("keeper_signer_balance_wei") == float(w3.eth.get_balance(keeper))
         bounty = bind(w3, deployment, "ClearingHouse").functions.bounties(keeper).call()
         assert sample("keeper_bounty_unclaimed_wad") == float(bounty)
+    finally:
+        service.close()
+
+
+def test_running_keeper_claims_above_its_threshold(
+    net: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``service.claim_bounty_above_usdc``: the keeper's wallet job claims through its own
+    transaction manager once the accrued bounty reaches the threshold, and only once."""
+    from keeper.bounty import auto_claim
+    from keeper.config import load_config_data
+    from keeper.service import KeeperService
+
+    tmp, w3, deployment = net
+    keeper = w3.eth.accounts[1]
+    ch = bind(w3, deployment, "ClearingHouse")
+    usdc = bind(w3, deployment, "MockERC20:USDC")
+    earned = _earn_bounty(w3, deployment, keeper, pair=(6, 7))
+    assert earned > 5 * WAD
+    monkeypatch.setenv(KEY_ENV, ANVIL_KEY_1)
+    cfg = load_config_data(
+        {
+            "rpc": {"url": w3.provider.endpoint_uri, "chain_id": deployment.chain_id},
+            "deployment": {"file": str(tmp / "deployment.json")},
+            "store": {"url": f"sqlite:///{tmp_path / 'k.db'}"},
+            "signer": {"key_env": KEY_ENV},
+            "decisions": {"confirmations": 1},
+            "metrics": {"enabled": False},
+            "service": {"claim_bounty_above_usdc": 5},
+        }
+    )
+    service = KeeperService(cfg)
+    service.open()
+    try:
+        assert service.txm is not None
+        # Below the threshold nothing is sent.
+        assert auto_claim(service.txm, ch, keeper, earned, earned + 1, 20) is None
+        assert service.store is not None and not service.store.transactions(keeper)
+        tokens_before = usdc.functions.balanceOf(keeper).call()
+        service.wallet()
+        (claim,) = service.store.transactions(keeper)
+        assert claim.data == ch.encode_abi("claimBounty", args=[])
+        service.wallet()  # the claim is open (or done): never a second one
+        for _ in range(10):
+            service.txm.poll()
+            if service.store.transactions(keeper)[0].final:
+                break
+        (claim,) = service.store.transactions(keeper)
+        assert claim.status == "final"
+        assert usdc.functions.balanceOf(keeper).call() - tokens_before == earned // 10**12
+        assert ch.functions.bounties(keeper).call() == earned % 10**12
+        service.wallet()  # less than one token unit left: nothing to claim, nothing sent
+        assert len(service.store.transactions(keeper)) == 1
     finally:
         service.close()
