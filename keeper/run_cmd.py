@@ -118,6 +118,9 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
         render(st)
     if rpc_error is not None:
         # The store's view was printed, but the lag (is the keeper keeping up?) is unknown.
-        sys.stderr.write(f"error: chain unreachable, lag unknown: {printable(rpc_error)}\n")
+        sys.stderr.write(
+            f"error: {printable(rpc_error)} (chain unreachable: the store's view is shown, the "
+            "lag is unknown)\n"
+        )
         return 1
     return 0

@@ -197,7 +197,7 @@ def test_status_with_the_chain_unreachable_prints_the_store_and_exits_1(tmp_path
     assert proc.returncode == 1
     shown = json.loads(proc.stdout)
     assert shown["head"] is None and shown["rpc_error"].startswith("RpcUnavailable")
-    assert "chain unreachable" in proc.stderr
+    assert "chain unreachable" in _one_error(proc, "RpcUnavailable")
 
 
 # --- with a node -------------------------------------------------------------------------------
