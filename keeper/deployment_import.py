@@ -165,6 +165,7 @@ def build_deployment(
     """Read and verify an existing deployment; returns a ``Deployment`` (not yet written)."""
     from web3 import Web3
 
+    from keeper.artifacts import ensure_built
     from keeper.chain.errors import CodeHashMismatch, NoCodeAtAddress, WrongChain
     from keeper.chain.rpc import CANONICAL_MULTICALL3, abi_file_sha256
     from keeper.deployment import KINDS, Deployment, clearing_house_abi, code_hash
@@ -173,8 +174,28 @@ def build_deployment(
     if chain_id is not None and chain_id != actual_chain:
         raise WrongChain(chain_id, actual_chain)
     head = int(w3.eth.block_number)
+    # The chain's own checks first: they take a second, the build below takes minutes.
+    multicall_entry = None
+    mc = Web3.to_checksum_address(multicall) if multicall else None
+    if mc is not None:
+        mc_code = bytes(w3.eth.get_code(mc, block_identifier=head))
+        if not mc_code:
+            raise NoCodeAtAddress("Multicall3", mc)
+        multicall_entry = {
+            "address": mc,
+            "abi": "Multicall3",
+            "abi_sha256": abi_file_sha256("Multicall3"),
+            "code_hash": code_hash(mc_code),
+        }
+    elif not w3.eth.get_code(CANONICAL_MULTICALL3, block_identifier=head):
+        raise NoMulticall3(
+            f"no Multicall3 at the canonical address {CANONICAL_MULTICALL3} on this chain: "
+            "give the address of one with --multicall"
+        )
     ch_address = Web3.to_checksum_address(clearing_house)
     code_at = {"ClearingHouse": bytes(w3.eth.get_code(ch_address, block_identifier=head))}
+    if code_at["ClearingHouse"]:
+        ensure_built()  # the artifacts the code is compared with
     verify_code("ClearingHouse", ch_address, code_at["ClearingHouse"])
     ch = w3.eth.contract(address=ch_address, abi=clearing_house_abi())
     fns = ch.functions
@@ -195,22 +216,8 @@ def build_deployment(
             "abi_sha256": abi_file_sha256(name),
             "code_hash": code_hash(code_at[name]),
         }
-    mc = Web3.to_checksum_address(multicall) if multicall else None
-    if mc is not None:
-        mc_code = bytes(w3.eth.get_code(mc, block_identifier=head))
-        if not mc_code:
-            raise NoCodeAtAddress("Multicall3", mc)
-        contracts["Multicall3"] = {
-            "address": mc,
-            "abi": "Multicall3",
-            "abi_sha256": abi_file_sha256("Multicall3"),
-            "code_hash": code_hash(mc_code),
-        }
-    elif not w3.eth.get_code(CANONICAL_MULTICALL3, block_identifier=head):
-        raise NoMulticall3(
-            f"no Multicall3 at the canonical address {CANONICAL_MULTICALL3} on this chain: "
-            "give the address of one with --multicall"
-        )
+    if multicall_entry is not None:
+        contracts["Multicall3"] = multicall_entry
     for name, pinned in (code_hashes or {}).items():
         if name not in contracts:
             raise DeploymentImportError(
@@ -286,7 +293,7 @@ def run(
     code_hashes: list[str],
     force: bool,
 ) -> int:
-    from keeper.artifacts import ArtifactError, ensure_built
+    from keeper.artifacts import ArtifactError
     from keeper.chain import Chain
     from keeper.chain.rpc import make_web3
     from keeper.preflight import input_errors
@@ -301,7 +308,6 @@ def run(
             pins[name.strip()] = value
         if out.exists() and not force:
             raise OutputExists(f"{out} exists: give --force to replace it")
-        ensure_built()  # the artifacts the code is compared with
         w3 = make_web3(rpc, timeout=30.0)
         deployment = build_deployment(
             w3,
