@@ -145,12 +145,142 @@ def replay(
 
 
 @app.command()
+def bounty(
+    config: ConfigOption = Path("keeper.toml"),
+    claim: Annotated[
+        bool, typer.Option("--claim", help="Claim it (whole token units) with the keeper's signer")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Show this address instead of the signer's")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for the claim to become final", min=0)
+    ] = 300.0,
+) -> None:
+    """The liquidation bounty accrued to the keeper's address; --claim pays it out through the
+    keeper's signer and transaction manager (recorded in the store). Exit 1 with one named
+    error when there is nothing to claim or the claim fails."""
+    from keeper.bounty import run as run_bounty
+
+    raise SystemExit(
+        run_bounty(config, claim=claim, address=address, as_json=as_json, wait_seconds=wait)
+    )
+
+
+@app.command()
 def check(config: ConfigOption = Path("keeper.toml")) -> None:
     """Run every start-up check (config, deployment file, signer, chain id, code and ABI
     hashes) and exit: 0 when the keeper could start, 1 with one named error otherwise."""
     from keeper.preflight import run as run_check
 
     raise SystemExit(run_check(config))
+
+
+keystore_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Encrypted keystore of the keeper's signer"
+)
+app.add_typer(keystore_app, name="keystore")
+PasswordFile = Annotated[
+    Path | None,
+    typer.Option("--password-file", help="File holding the keystore password (one line)"),
+]
+PasswordEnv = Annotated[
+    str | None,
+    typer.Option("--password-env", help="Environment variable holding the keystore password"),
+]
+KeystoreOut = Annotated[Path, typer.Option("--out", help="Keystore file to create (mode 0600)")]
+
+
+@keystore_app.command("new")
+def keystore_new(
+    out: KeystoreOut,
+    password_file: PasswordFile = None,
+    password_env: PasswordEnv = None,
+) -> None:
+    """A new random key, encrypted with the password (from a file or a variable, never from
+    the command line). Prints the address and the [signer] section, nothing secret."""
+    from keeper.keystore_cmd import run as run_keystore
+
+    raise SystemExit(
+        run_keystore("new", out=out, password_file=password_file, password_env=password_env)
+    )
+
+
+@keystore_app.command("import")
+def keystore_import(
+    out: KeystoreOut,
+    key_file: Annotated[
+        Path | None, typer.Option("--key-file", help="File holding the hex private key")
+    ] = None,
+    key_env: Annotated[
+        str | None,
+        typer.Option("--key-env", help="Environment variable holding the hex private key"),
+    ] = None,
+    password_file: PasswordFile = None,
+    password_env: PasswordEnv = None,
+) -> None:
+    """An existing private key (from a file or a variable) into an encrypted keystore."""
+    from keeper.keystore_cmd import run as run_keystore
+
+    raise SystemExit(
+        run_keystore(
+            "import",
+            out=out,
+            password_file=password_file,
+            password_env=password_env,
+            key_file=key_file,
+            key_env=key_env,
+        )
+    )
+
+
+deployment_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="The deployment file the keeper starts from"
+)
+app.add_typer(deployment_app, name="deployment")
+
+
+@deployment_app.command("import")
+def deployment_import(
+    rpc: Annotated[str, typer.Option("--rpc", help="RPC URL of the chain")],
+    clearing_house: Annotated[
+        str, typer.Option("--clearing-house", help="Address of the deployed ClearingHouse")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Deployment file to write")],
+    chain_id: Annotated[
+        int | None, typer.Option("--chain-id", help="Expected chain id (checked)")
+    ] = None,
+    multicall: Annotated[
+        str | None,
+        typer.Option("--multicall", help="Multicall3 address (default: the canonical one)"),
+    ] = None,
+    start_block: Annotated[
+        int | None,
+        typer.Option("--start-block", help="First block to index (default: the creation block)"),
+    ] = None,
+    code_hash: Annotated[
+        list[str] | None,
+        typer.Option("--code-hash", help="NAME=0xHASH: pin a contract's code hash (repeatable)"),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file")] = False,
+) -> None:
+    """Write the deployment file of an existing deployment, read from the chain: the code at
+    every address is verified against the contracts this keeper was built with."""
+    from keeper.deployment_import import run as run_import
+
+    raise SystemExit(
+        run_import(
+            rpc=rpc,
+            clearing_house=clearing_house,
+            out=out,
+            chain_id=chain_id,
+            multicall=multicall,
+            start_block=start_block,
+            code_hashes=code_hash or [],
+            force=force,
+        )
+    )
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ never quote the offending value: a mistyped key may sit next to a secret in the 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -187,7 +188,39 @@ class FeesConfig(_Section):
         return self
 
 
+def parse_usdc(value: object) -> Decimal:
+    """An amount of the settlement asset (asset 0, USDC in the reference deployment) from a
+    number or a decimal string: ``0.5``, ``"0.001"``, ``2``. Exact to 18 decimals."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise ValueError('must be a number of USDC, like 0.5 or "0.001"')
+    text = str(value).strip()
+    if text.lower().endswith("usdc"):
+        text = text[:-4].strip()
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise ValueError('must be a number of USDC, like 0.5 or "0.001"') from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError("must be a non-negative number of USDC")
+    if amount.scaleb(18) != amount.scaleb(18).to_integral_value():
+        raise ValueError("more than 18 decimals")
+    return amount
+
+
+Usdc = Annotated[Decimal, BeforeValidator(parse_usdc)]
+
+_MIN_PROFIT_DEPRECATED = (
+    'decisions.min_profit is deprecated: it is read in asset-0 WAD, so "0.001 ether" means '
+    "0.001 USDC, not ether; write min_profit_usdc = {usdc} instead"
+)
+
+
 class DecisionsConfig(_Section):
+    #: Least ``expected bounty - gas cost`` (both in the settlement asset, USDC) for a
+    #: liquidation to be sent.
+    min_profit_usdc: Usdc = Decimal(0)
+    #: The same threshold in asset-0 WAD: what the decision policy reads. Derived from
+    #: ``min_profit_usdc``; still accepted in the file, with a deprecation warning.
     min_profit: Wei = 0
     #: Blocks on top of a block before it is treated as final (reorg horizon).
     confirmations: int = Field(default=12, ge=0, le=10_000)
@@ -214,6 +247,28 @@ class DecisionsConfig(_Section):
     #: Fixed asset-0 WAD per 1e18 wei of the native coin (overrides the feed when set).
     native_price: Wei | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _profit_units(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "min_profit" not in data:
+            return data
+        if "min_profit_usdc" in data:
+            raise ValueError("set min_profit_usdc only (min_profit is its deprecated form)")
+        wei = parse_wei(data["min_profit"])
+        if wei:  # 0 means the same in every unit: nothing to warn about
+            usdc = Decimal(wei).scaleb(-18).normalize()
+            logging.getLogger("keeper.config").warning(
+                _MIN_PROFIT_DEPRECATED.format(usdc=f"{usdc:f}")
+            )
+        return {**data, "min_profit": wei, "min_profit_usdc": Decimal(wei).scaleb(-18)}
+
+    @model_validator(mode="after")
+    def _wad_from_usdc(self) -> Self:
+        wad = int(self.min_profit_usdc.scaleb(18))
+        if wad != self.min_profit:
+            object.__setattr__(self, "min_profit", wad)
+        return self
+
 
 class IndexerConfig(_Section):
     #: Blocks per eth_getLogs request (halved on a node's range/result cap, down to 1).
@@ -234,6 +289,10 @@ class ServiceConfig(_Section):
     recalibrate_interval_seconds: float = Field(default=0.0, ge=0, le=86_400 * 7)
     #: Read-only mode: assess and record, never send (no signer needed).
     dry_run: bool = False
+    #: Claim the accrued bounty (``claimBounty``: whole token units) once it reaches this many
+    #: USDC; checked every minute. Unset: the keeper never claims by itself (``keeper bounty
+    #: --claim`` does).
+    claim_bounty_above_usdc: Usdc | None = None
 
 
 class MetricsConfig(_Section):

@@ -7,6 +7,7 @@ HTTP 200 when healthy, 503 otherwise) from a daemon thread on ``metrics.bind``.
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
@@ -81,6 +82,17 @@ class KeeperMetrics:
             registry=r,
         )
         self.pending_tx = Gauge("keeper_pending_transactions", "Open transactions", registry=r)
+        self.signer_balance = Gauge(
+            "keeper_signer_balance_wei",
+            "Native balance of the keeper's signer address (pays the gas), read every minute",
+            registry=r,
+        )
+        self.bounty_unclaimed = Gauge(
+            "keeper_bounty_unclaimed_wad",
+            "Bounty accrued to the keeper's address and not claimed yet (asset-0 WAD, "
+            "ClearingHouse bounties(address)), read every minute",
+            registry=r,
+        )
         self.reorgs = Counter("keeper_reorgs", "Reorganisations rolled back", registry=r)
 
     def render(self) -> bytes:
@@ -135,8 +147,19 @@ class Health:
             }
 
 
+class MetricsBindError(RuntimeError):
+    """``metrics.bind`` cannot be listened on (no such local address, no permission)."""
+
+
+class MetricsPortInUse(MetricsBindError):
+    """Another process (often a second keeper) already listens on ``metrics.bind``."""
+
+
 class MetricsServer:
-    """``/metrics`` and ``/health`` on a daemon thread; ``port`` 0 picks a free port."""
+    """``/metrics`` and ``/health`` on a daemon thread; ``port`` 0 picks a free port.
+
+    A bind failure raises ``MetricsPortInUse`` or ``MetricsBindError`` (one line, naming the
+    address and the ``[metrics]`` keys to change), never a bare ``OSError``."""
 
     def __init__(
         self, metrics: KeeperMetrics, health: Health | Callable[[], Health], host: str, port: int
@@ -164,7 +187,18 @@ class MetricsServer:
             def log_message(self, *args: object) -> None:  # keep scrapes out of the logs
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            where = f"{host}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise MetricsPortInUse(
+                    f"metrics.bind {where}: address already in use (is another keeper running? "
+                    "set [metrics] bind to a free port, or enabled = false)"
+                ) from None
+            raise MetricsBindError(
+                f"metrics.bind {where}: cannot listen: {exc.strerror or exc}"
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="keeper-metrics", daemon=True

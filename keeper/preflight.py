@@ -47,15 +47,27 @@ class Preflight:
     head: int
     contracts: int
     signer: str | None
+    #: The signer's native balance (wei) at ``head``: what pays the keeper's gas.
+    signer_balance_wei: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        balance = self.signer_balance_wei
         return {
             "rpc": redact_url(self.config.rpc.url),
             "chain_id": self.chain_id,
             "head": self.head,
             "contracts_verified": self.contracts,
             "signer": self.signer,
+            "signer_balance_wei": None if balance is None else str(balance),
+            "signer_balance_ether": None if balance is None else _ether(balance),
         }
+
+
+def _ether(wei: int) -> str:
+    from decimal import Decimal
+
+    text = f"{Decimal(wei).scaleb(-18):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def read_deployment(path: Path) -> Deployment:
@@ -84,15 +96,23 @@ def read_deployment(path: Path) -> Deployment:
 
 
 def preflight(config_path: Path) -> Preflight:
-    config = load_config(config_path)
+    return check_config(load_config(config_path))
+
+
+def check_config(config: KeeperConfig, *, need_signer: bool = True) -> Preflight:
+    """Every start-up check of an already-loaded configuration: deployment file, signer (when
+    configured and ``need_signer``), then the node. Writes nothing, opens no store."""
     from keeper.chain import Chain
     from keeper.signer import load_signer
 
     deployment = read_deployment(config.deployment.file)
-    signer = load_signer(config.signer) if config.signer is not None else None
+    signer = load_signer(config.signer) if config.signer is not None and need_signer else None
     chain = Chain.from_config(config.rpc, deployment)
+    balance = None
     try:
         head = chain.head()
+        if signer is not None:
+            balance = int(chain.w3.eth.get_balance(signer.address, head.number))
     finally:
         chain.close()
     return Preflight(
@@ -102,6 +122,7 @@ def preflight(config_path: Path) -> Preflight:
         head.number,
         len(deployment.contracts),
         signer.address if signer is not None else None,
+        balance,
     )
 
 

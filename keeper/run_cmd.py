@@ -1,10 +1,18 @@
-"""`keeper run` and `keeper status`: configuration errors are one clear line and exit 1."""
+"""`keeper run` and `keeper status`: configuration errors are one clear line and exit 1.
+
+`keeper run` runs every start-up check (``keeper.preflight.check_config``: deployment file,
+signer and its password, node, code and ABI hashes) and binds the metrics port *before* it
+opens the store, so a failing start writes nothing. `keeper status` only reads: it never
+creates a database (``NoDatabase`` when there is none yet) and exits 1 when the node does not
+answer (the lag is then unknown), after printing what the store alone says.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from keeper.chain import ChainError
 from keeper.config import ConfigError, load_config
@@ -21,21 +29,63 @@ log = logging.getLogger("keeper.run")
 _STARTUP_ERRORS = (ConfigError, DeploymentError, ChainError, StoreError)
 
 
+class NoDatabase(RuntimeError):
+    """A read-only command found no keeper database (it never creates one)."""
+
+
+def open_existing_store(url: str) -> Any:
+    """``Store.open`` for a database that already holds the keeper's schema; raises
+    ``NoDatabase`` rather than creating one (opening an empty database creates the schema)."""
+    from sqlalchemy import create_engine, inspect
+
+    from keeper.secrets import redact_url
+    from keeper.store import Store
+    from keeper.store.db import normalise_url
+
+    prefix = "sqlite:///"
+    if url.startswith(prefix):
+        path = Path(url[len(prefix) :])
+        if not path.is_file():
+            raise NoDatabase(f"no keeper database at {path} (store.url): `keeper run` creates it")
+    else:
+        engine = create_engine(normalise_url(url), pool_pre_ping=True)
+        try:
+            with engine.connect() as conn:
+                present = inspect(conn).has_table("schema_version")
+        except Exception as exc:
+            raise StoreError(
+                f"cannot connect to the store {redact_url(url)}: {type(exc).__name__}"
+            ) from None
+        finally:
+            engine.dispose()
+        if not present:
+            raise NoDatabase(
+                f"no keeper schema in the store {redact_url(url)}: `keeper run` creates it"
+            )
+    return Store.open(url)
+
+
 def _fail(exc: BaseException) -> int:
     sys.stderr.write(f"error: {printable(type(exc).__name__)}: {printable(scrub(str(exc)))}\n")
     return 1
 
 
 def run_keeper(config_path: Path, *, progress: bool = True, log_level: str = "INFO") -> int:
+    from keeper.metrics import MetricsBindError
+    from keeper.preflight import check_config
     from keeper.service import KeeperService
     from keeper.signer import KeystoreError
 
     configure_logging(log_level)
     try:
         cfg = load_config(config_path)
+        # Every check before anything is opened: a missing password or an unreachable node
+        # must not leave a fresh database behind.
+        check_config(cfg, need_signer=not cfg.service.dry_run)
         service = KeeperService(cfg, progress=progress and sys.stderr.isatty())
+        # run() binds the metrics port before it opens the store.
         return service.run()
-    except (*_STARTUP_ERRORS, KeystoreError) as exc:
+    except (*_STARTUP_ERRORS, KeystoreError, MetricsBindError) as exc:
         log.error("start-up failed", extra={"error": scrub(f"{type(exc).__name__}: {exc}")})
         return _fail(exc)
 
@@ -43,12 +93,11 @@ def run_keeper(config_path: Path, *, progress: bool = True, log_level: str = "IN
 def show_status(config_path: Path, *, as_json: bool) -> int:
     from keeper.chain.rpc import Rpc, make_web3
     from keeper.status import collect, render
-    from keeper.store import Store
 
     try:
         cfg = load_config(config_path)
-        store = Store.open(cfg.store.url)
-    except (ConfigError, StoreError) as exc:
+        store = open_existing_store(cfg.store.url)
+    except (ConfigError, StoreError, NoDatabase) as exc:
         return _fail(exc)
     head = None
     rpc_error = None
@@ -67,4 +116,11 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
         sys.stdout.write(st.to_json() + "\n")
     else:
         render(st)
+    if rpc_error is not None:
+        # The store's view was printed, but the lag (is the keeper keeping up?) is unknown.
+        sys.stderr.write(
+            f"error: {printable(rpc_error)} (chain unreachable: the store's view is shown, the "
+            "lag is unknown)\n"
+        )
+        return 1
     return 0

@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -62,6 +63,8 @@ logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
 EXIT_OK = 0
 EXIT_FATAL = 1
 EXIT_STALLED = 3
+#: How often the signer's balance and unclaimed bounty are read for the metrics.
+WALLET_INTERVAL_SECONDS = 60.0
 
 Recalibrator = Callable[["KeeperService"], None]
 
@@ -311,6 +314,28 @@ class KeeperService:
 
         self._guard("consistency", run)
 
+    def wallet(self) -> None:
+        """The signer's native balance and unclaimed bounty, into their gauges (alerts on a
+        keeper running out of gas money, or sitting on a large unclaimed bounty); the scheduled
+        claim when ``service.claim_bounty_above_usdc`` is set (keeper.bounty.auto_claim)."""
+
+        def run() -> None:
+            assert self.chain is not None and self.address is not None
+            w3 = self.chain.w3
+            self.metrics.signer_balance.set(int(w3.eth.get_balance(self.address)))
+            ch = w3.eth.contract(address=self.chain.clearing_house, abi=clearing_house_abi())
+            unclaimed = int(ch.functions.bounties(self.address).call())
+            self.metrics.bounty_unclaimed.set(unclaimed)
+            above = self.config.service.claim_bounty_above_usdc
+            if above is not None and self.txm is not None:
+                from keeper.bounty import auto_claim
+
+                margin = self.config.decisions.gas_margin_percent
+                threshold = int(above.scaleb(18))
+                auto_claim(self.txm, ch, self.address, unclaimed, threshold, margin)
+
+        self._guard("wallet", run)
+
     def recalibrate(self) -> None:
         def run() -> None:
             if self.recalibrator is None:
@@ -460,6 +485,14 @@ class KeeperService:
                 "interval",
                 seconds=cfg.service.consistency_interval_seconds,
                 id="consistency",
+            )
+        if self.address is not None:
+            sched.add_job(
+                self.wallet,
+                "interval",
+                seconds=WALLET_INTERVAL_SECONDS,
+                id="wallet",
+                next_run_time=datetime.now(UTC),
             )
         if cfg.service.recalibrate_interval_seconds > 0:
             sched.add_job(

@@ -46,3 +46,23 @@ for bin in anvil forge cast; do
   [ -x "tools/node_modules/.bin/$bin" ] || { log "missing tools/node_modules/.bin/$bin"; exit 1; }
 done
 tools/bin/solc --version >/dev/null
+
+# --- promtool (Prometheus rule checks in tests/test_deploy.py) --------------
+# Debian's prometheus package provides it. Installed only when missing and the machine can
+# (root, or passwordless sudo, and apt-get); otherwise a note, and those tests are skipped
+# (outside CI). Its service is not started by this script.
+if ! command -v promtool >/dev/null 2>&1; then
+  sudo_cmd=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo_cmd="sudo -n"
+  fi
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ -n "$sudo_cmd" ]; }; then
+    log "installing promtool (Debian package prometheus)"
+    $sudo_cmd apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+      prometheus >/dev/null
+  else
+    log "promtool not found and cannot be installed here (needs apt-get as root):" \
+      "install Debian's prometheus package for the alert-rule tests"
+  fi
+fi

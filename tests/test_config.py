@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,37 @@ def test_a_rejected_config_has_no_side_effects(tmp_path: Path) -> None:
         load_config(write(tmp_path, text), environ={})
     assert scrub(key) == key  # nothing registered
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keeper.toml"]  # nothing created
+
+
+def test_min_profit_usdc_is_in_usdc(tmp_path: Path) -> None:
+    for value, wad in (("0.001", 10**15), ("2.5", 25 * 10**17), ('"0.000001"', 10**12)):
+        text = MINIMAL + f"[decisions]\nmin_profit_usdc = {value}\n"
+        config = load_config(write(tmp_path, text), environ={})
+        assert config.decisions.min_profit == wad  # what the decision policy reads
+    env = {"KEEPER__DECISIONS__MIN_PROFIT_USDC": "0.25"}
+    config = load_config(write(tmp_path, MINIMAL), environ=env)
+    assert config.decisions.min_profit == 25 * 10**16
+    for bad in ("-1", '"ten"', "true", "0.0000000000000000001"):
+        with pytest.raises(ConfigError) as err:
+            load_config(write(tmp_path, MINIMAL + f"[decisions]\nmin_profit_usdc = {bad}\n"))
+        assert "min_profit_usdc" in str(err.value)
+
+
+def test_deprecated_min_profit_still_read_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = MINIMAL + '[decisions]\nmin_profit = "0.001 ether"\n'
+    with caplog.at_level("WARNING", logger="keeper.config"):
+        config = load_config(write(tmp_path, text), environ={})
+    assert config.decisions.min_profit == 10**15
+    assert config.decisions.min_profit_usdc == Decimal("0.001")
+    (record,) = [r for r in caplog.records if r.name == "keeper.config"]
+    assert "deprecated" in record.getMessage()
+    assert "min_profit_usdc = 0.001" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="keeper.config"):
+        load_config(write(tmp_path, MINIMAL + "[decisions]\nmin_profit = 0\n"), environ={})
+    assert not caplog.records, "0 is 0 in every unit: no warning"
+    both = MINIMAL + '[decisions]\nmin_profit = "1 ether"\nmin_profit_usdc = 1\n'
+    with pytest.raises(ConfigError, match="min_profit_usdc only"):
+        load_config(write(tmp_path, both), environ={})
