@@ -17,11 +17,8 @@ from sqlmodel import Session, SQLModel, col, delete, select, update
 from keeper.secrets import redact_url, redacting_errors, register_url
 from keeper.store.models import (
     SCHEMA_VERSION,
-    Account,
     AttemptStatus,
     Decision,
-    EventAccount,
-    EventLog,
     IndexCursor,
     IndexedBlock,
     NonceState,
@@ -60,7 +57,7 @@ def migrate_v1_decision_actions(conn: Connection) -> None:
 def migrate_add_event_index(conn: Connection) -> None:
     """v1 -> v2: the event index (keeper/indexer): event_log, event_account, account. Only
     creates tables (if absent), so it stays correct whatever step number it ends up at."""
-    tables = [m.__table__ for m in (EventLog, EventAccount, Account)]  # type: ignore[attr-defined]
+    tables = [SQLModel.metadata.tables[t] for t in ("event_log", "event_account", "account")]
     SQLModel.metadata.create_all(conn, tables=tables)
 
 
@@ -234,9 +231,7 @@ class Store:
         beyond it back to it, in one transaction. Returns the number of blocks removed."""
         with self.session() as s:
             keep = s.get(IndexedBlock, number)
-            removed = s.exec(  # type: ignore[call-overload]
-                delete(IndexedBlock).where(col(IndexedBlock.number) > number)
-            ).rowcount
+            removed = s.exec(delete(IndexedBlock).where(col(IndexedBlock.number) > number)).rowcount
             for cur in s.exec(select(IndexCursor).where(col(IndexCursor.block_number) > number)):
                 cur.block_number = number
                 cur.block_hash = keep.hash if keep else ""
@@ -307,7 +302,7 @@ class Store:
                 .where(col(Decision.backoff_until) > from_block)
                 .group_by(col(Decision.account))
             )
-            return {a: int(b) for a, b in rows}
+            return {a: b for a, b in rows if b is not None}
 
     def decisions_for(self, account: str) -> list[Decision]:
         with self.session() as s:
@@ -342,11 +337,11 @@ class Store:
         """
         sender = tx.sender.lower()
         with self.session() as s:
-            taken = s.exec(  # type: ignore[call-overload]
+            taken = s.exec(
                 update(NonceState)
                 .where(col(NonceState.sender) == sender)
-                .values(next_nonce=NonceState.next_nonce + 1, updated_at=utcnow())
-                .returning(NonceState.next_nonce)
+                .values(next_nonce=col(NonceState.next_nonce) + 1, updated_at=utcnow())
+                .returning(col(NonceState.next_nonce))
             ).scalar_one_or_none()
             if taken is None:
                 raise NonceNotInitialised(f"no nonce state for {sender}: reconcile first")
@@ -386,11 +381,11 @@ class Store:
             row = s.get(Transaction, tx_id)
             if row is None:
                 raise StoreError(f"no transaction {tx_id}")
-            taken = s.exec(  # type: ignore[call-overload]
+            taken = s.exec(
                 update(NonceState)
                 .where(col(NonceState.sender) == row.sender)
-                .values(next_nonce=NonceState.next_nonce + 1, updated_at=utcnow())
-                .returning(NonceState.next_nonce)
+                .values(next_nonce=col(NonceState.next_nonce) + 1, updated_at=utcnow())
+                .returning(col(NonceState.next_nonce))
             ).scalar_one_or_none()
             if taken is None:
                 raise NonceNotInitialised(f"no nonce state for {row.sender}: reconcile first")

@@ -102,23 +102,24 @@ def store_chunk(
                 for account, nonce in after.items()
             ]
         if log_rows:
-            s.exec(insert(EventLog), params=log_rows)  # type: ignore[call-overload]
+            s.exec(insert(EventLog), params=log_rows)
         if link_rows:
-            s.exec(insert(EventAccount), params=link_rows)  # type: ignore[call-overload]
+            s.exec(insert(EventAccount), params=link_rows)
         s.add_all(new.values())
         for b in [*blocks, cursor]:
             s.merge(IndexedBlock.model_validate(b.model_dump()))
         s.flush()
-        s.exec(  # type: ignore[call-overload]
+        s.exec(
             delete(IndexedBlock)
             .where(col(IndexedBlock.number) < prune_below)
             .where(col(IndexedBlock.number) != cursor.number)
         )
-        row = s.get(IndexCursor, stream)
-        if row is None:
+        cursor_row = s.get(IndexCursor, stream)
+        if cursor_row is None:
             s.add(IndexCursor(stream=stream, block_number=cursor.number, block_hash=cursor.hash))
         else:
-            row.block_number, row.block_hash, row.updated_at = cursor.number, cursor.hash, utcnow()
+            cursor_row.block_number, cursor_row.block_hash = cursor.number, cursor.hash
+            cursor_row.updated_at = utcnow()
 
 
 def rollback_index_after(store: Store, stream: str, number: int) -> RolledBack:
@@ -143,8 +144,8 @@ def rollback_index_after(store: Store, stream: str, number: int) -> RolledBack:
             ).one()
         )
         for model in (EventAccount, EventLog):
-            s.exec(delete(model).where(col(model.block_number) > number))  # type: ignore[call-overload]
-        s.exec(delete(IndexedBlock).where(col(IndexedBlock.number) > number))  # type: ignore[call-overload]
+            s.exec(delete(model).where(col(model.block_number) > number))
+        s.exec(delete(IndexedBlock).where(col(IndexedBlock.number) > number))
         keep = s.get(IndexedBlock, number)
         cur = s.get(IndexCursor, stream)
         if cur is not None and cur.block_number > number:
