@@ -7,9 +7,11 @@ in place, keep every row, and end with the same schema as a fresh store.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +21,16 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlmodel import SQLModel
 
-from keeper.store import Decision, SchemaVersionMismatch, Store, Transaction, TxStatus
+from keeper.secrets import RedactedError
+from keeper.store import Decision, SchemaVersionMismatch, Store, Transaction, TxStatus, migrate
 from keeper.store.db import make_engine
-from keeper.store.migrate import BASELINE, LEGACY_SCHEMA_VERSION, alembic_config, head
+from keeper.store.migrate import (
+    BASELINE,
+    LEGACY_SCHEMA_VERSION,
+    MIGRATIONS_DIR,
+    alembic_config,
+    head,
+)
 
 WAD = 10**18
 BIG = -(2**255) + 12345
@@ -414,3 +423,44 @@ def test_operator_command_history_and_offline_sql() -> None:
     done = run_migrate("--url", "postgresql://keeper@db.invalid/keeper", "upgrade", "--sql")
     assert done.returncode == 0, done.stderr
     assert "CREATE TABLE decision" in done.stdout and "DROP TABLE schema_version" in done.stdout
+
+
+BROKEN_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9001"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("decision", sa.Column("note", sa.Text()))
+    raise RuntimeError("migration bug")
+
+
+def downgrade():
+    pass
+"""
+
+
+def test_failed_revision_leaves_the_store_at_its_revision(
+    store_url: str, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revision that fails: the store stays at the revision it had; on PostgreSQL (DDL is
+    transactional) the failed step's changes are rolled back too."""
+    Store.open(store_url).close()
+    scripts = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, scripts)
+    (scripts / "versions" / "9001_broken.py").write_text(BROKEN_REVISION.format(head=head()))
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", scripts)
+    with pytest.raises(RedactedError, match="migration bug"):
+        Store.open(store_url)
+    monkeypatch.undo()
+    with Store.open(store_url) as st:
+        assert st.schema_revision() == head()
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("decision")}
+        assert "note" not in columns
