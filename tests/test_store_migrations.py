@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -287,7 +288,8 @@ def drop_everything(engine: Engine) -> None:
 
 
 @pytest.fixture
-def engine(store_url: str) -> Any:
+def engine(store_url: str) -> Iterator[Engine]:
+    """A plain engine on the test's store, to build and inspect it outside ``Store``."""
     eng = make_engine(store_url)
     yield eng
     eng.dispose()
