@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, insert
 from sqlmodel import Session, col, delete, select
@@ -18,10 +18,26 @@ from keeper.store.models import Account, EventAccount, EventLog, IndexCursor, In
 from keeper.store.types import utcnow
 
 if TYPE_CHECKING:
-    from keeper.indexer.decode import DecodedLog
     from keeper.store.db import Store
 
 SUB_BITS = 96
+
+
+class IndexedLog(Protocol):
+    """What the store reads of a decoded log (``keeper.indexer.decode.DecodedLog``): the
+    store does not depend on the indexer."""
+
+    block_number: int
+    log_index: int
+    block_hash: str
+    tx_hash: str
+    name: str
+    args: dict[str, Any]
+    #: (account, SET/BUMP/KEEP, carried nonce or 0), in the order the contract applies them.
+    effects: list[tuple[int, str, int]]
+
+    @property
+    def accounts(self) -> list[int]: ...
 
 
 @dataclass
@@ -56,7 +72,7 @@ def _load_accounts(s: Session, ids: set[int]) -> dict[int, Account]:
 def store_chunk(
     store: Store,
     stream: str,
-    logs: Sequence[DecodedLog],
+    logs: Sequence[IndexedLog],
     blocks: Sequence[IndexedBlock],
     cursor: IndexedBlock,
     prune_below: int,
