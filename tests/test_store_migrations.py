@@ -121,6 +121,56 @@ CREATE TABLE tx_attempt (
 CREATE INDEX ix_tx_attempt_tx_id ON tx_attempt (tx_id);
 """
 
+#: The same release's path from its first schema version: version 1 lacked the decision action
+#: columns (and had ``decision.account`` at 42 characters), the event index and ``tx.bounty``.
+V1_DECISION_AND_TX = """
+CREATE TABLE decision (
+    id {serial} NOT NULL, created_at {timestamp} NOT NULL, block_number BIGINT NOT NULL,
+    block_hash VARCHAR(66) NOT NULL, account VARCHAR(42) NOT NULL,
+    inputs_digest VARCHAR(66) NOT NULL, loss_matrix TEXT NOT NULL,
+    requirement VARCHAR(80) NOT NULL, initial_margin VARCHAR(80) NOT NULL,
+    equity VARCHAR(80) NOT NULL, witness TEXT, state VARCHAR(32) NOT NULL,
+    action VARCHAR(32) NOT NULL, fraction VARCHAR(80), expected_bounty VARCHAR(80),
+    outcome TEXT,
+    PRIMARY KEY (id)
+);
+CREATE INDEX ix_decision_account ON decision (account);
+CREATE INDEX ix_decision_block_number ON decision (block_number);
+CREATE TABLE tx (
+    id {serial} NOT NULL, decision_id INTEGER, created_at {timestamp} NOT NULL,
+    updated_at {timestamp} NOT NULL, sender VARCHAR(42) NOT NULL, nonce BIGINT NOT NULL,
+    "to" VARCHAR(42), value VARCHAR(80) NOT NULL, data VARCHAR NOT NULL,
+    gas_limit BIGINT NOT NULL, chain_id BIGINT NOT NULL, status VARCHAR(16) NOT NULL,
+    final BOOLEAN NOT NULL, mined_hash VARCHAR(66), block_number BIGINT,
+    block_hash VARCHAR(66), gas_used BIGINT, effective_gas_price VARCHAR(80),
+    revert_reason TEXT,
+    PRIMARY KEY (id),
+    CONSTRAINT uq_tx_decision UNIQUE (decision_id),
+    FOREIGN KEY(decision_id) REFERENCES decision (id)
+);
+CREATE INDEX ix_tx_final ON tx (final);
+CREATE INDEX ix_tx_nonce ON tx (nonce);
+CREATE INDEX ix_tx_sender ON tx (sender);
+CREATE INDEX ix_tx_status ON tx (status);
+"""
+#: What that release's migration steps 1 -> 2 -> 3 -> 4 ran (the event index tables of step 2
+#: are the ones in ``LEGACY_DDL``); ``{widen}`` is PostgreSQL's only (SQLite keeps the
+#: declared 42, which it never enforces).
+V1_TO_V4_STEPS = """
+ALTER TABLE decision ADD COLUMN action_key VARCHAR(160);
+ALTER TABLE decision ADD COLUMN account_nonce BIGINT;
+ALTER TABLE decision ADD COLUMN instrument BIGINT;
+ALTER TABLE decision ADD COLUMN lenient BOOLEAN;
+ALTER TABLE decision ADD COLUMN backoff_until BIGINT;
+ALTER TABLE decision ADD COLUMN expected_gas_cost VARCHAR(80);
+ALTER TABLE decision ADD COLUMN change_digest VARCHAR(66);
+CREATE UNIQUE INDEX uq_decision_action_key ON decision (action_key);
+{widen};
+{event_index};
+ALTER TABLE tx ADD COLUMN bounty VARCHAR(80);
+"""
+EVENT_INDEX_TABLES = ("account", "event_account", "event_log")
+
 LEGACY_TABLES = (
     "account",
     "decision",
@@ -145,18 +195,42 @@ def _moment(conn: Connection) -> datetime:
     return MOMENT.replace(tzinfo=None) if conn.dialect.name == "sqlite" else MOMENT
 
 
-def create_legacy_store(engine: Engine, version: int = LEGACY_SCHEMA_VERSION) -> None:
+def _statements(ddl: str) -> list[str]:
+    return [s.strip() for s in ddl.split(";") if s.strip()]
+
+
+def _names_table(statement: str, tables: tuple[str, ...]) -> bool:
+    return any(f"TABLE {t} (" in statement or f" ON {t} (" in statement for t in tables)
+
+
+def legacy_ddl(sqlite: bool, migrated_from_v1: bool = False) -> list[str]:
+    """The statements that made a store of that release: created at version 4, or created at
+    version 1 and brought to 4 by that release's own migration steps."""
+    types = {
+        "serial": "INTEGER" if sqlite else "SERIAL",
+        "timestamp": "DATETIME" if sqlite else "TIMESTAMP WITH TIME ZONE",
+    }
+    v4 = _statements(LEGACY_DDL.format(**types))
+    if not migrated_from_v1:
+        return v4
+    later = ("decision", "tx", *EVENT_INDEX_TABLES)
+    v1 = _statements(V1_DECISION_AND_TX.format(**types))
+    v1 += [s for s in v4 if not _names_table(s, later)]
+    steps = V1_TO_V4_STEPS.format(
+        widen="" if sqlite else "ALTER TABLE decision ALTER COLUMN account TYPE VARCHAR(80)",
+        event_index=";".join(s for s in v4 if _names_table(s, EVENT_INDEX_TABLES)),
+    )
+    return v1 + _statements(steps)
+
+
+def create_legacy_store(
+    engine: Engine, version: int = LEGACY_SCHEMA_VERSION, migrated_from_v1: bool = False
+) -> None:
     """The tables of a store from before Alembic, with a row in each (ids from the database's
     own sequences, as that release inserted them)."""
-    sqlite = engine.dialect.name == "sqlite"
-    ddl = LEGACY_DDL.format(
-        serial="INTEGER" if sqlite else "SERIAL",
-        timestamp="DATETIME" if sqlite else "TIMESTAMP WITH TIME ZONE",
-    )
     with engine.begin() as conn:
-        for statement in ddl.split(";"):
-            if statement.strip():
-                conn.execute(text(statement))
+        for statement in legacy_ddl(engine.dialect.name == "sqlite", migrated_from_v1):
+            conn.execute(text(statement))
         at = _moment(conn)
         conn.execute(
             text("INSERT INTO schema_version (id, version, applied_at) VALUES (1, :v, :t)"),
@@ -343,6 +417,34 @@ def test_store_from_before_alembic_is_upgraded_in_place(store_url: str, engine: 
             Transaction(**tx.model_dump(exclude={"id", "decision_id"}), decision_id=d2.id)
         )
         assert tx2.nonce == 1 and tx2.id is not None and tx2.id > tx.id
+
+
+def test_store_migrated_by_the_previous_release_is_upgraded_too(
+    store_url: str, engine: Engine
+) -> None:
+    """A store that release created at version 1 and migrated to 4 (columns appended by ALTER
+    TABLE) is adopted the same way. Its schema equals a fresh one but for SQLite's declared
+    width of ``decision.account``, which SQLite never enforces (that release widened it on
+    PostgreSQL only)."""
+    with Store.open(store_url):
+        pass
+    fresh = schema_of(engine)
+    drop_everything(engine)
+
+    create_legacy_store(engine, migrated_from_v1=True)
+    with Store.open(store_url) as st:
+        assert st.schema_revision() == head()
+        upgraded = schema_of(engine)
+        if engine.dialect.name == "sqlite":
+            columns = upgraded["decision"]["columns"]
+            i = columns.index(("account", "VARCHAR(42)", False, None))
+            columns[i] = ("account", "VARCHAR(80)", False, None)
+        assert upgraded == fresh
+        (d,) = st.decisions_for(str(2**255))  # 78 digits: fits wherever the width is enforced
+        assert d.requirement == 2**200 + 1 and d.action_key == "liquidate:1:1"
+        assert st.add_action_decision(Decision(**d.model_dump(exclude={"id"}))) is None
+        tx = st.transaction_for_decision(d.id or 0)
+        assert tx is not None and tx.bounty == 3 * WAD
 
 
 def test_downgrade_to_the_baseline_gives_the_legacy_schema_back(
