@@ -19,7 +19,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Column, Connection, Engine, Table, inspect, text
 from sqlmodel import SQLModel
 
 from keeper.secrets import RedactedError
@@ -32,6 +32,7 @@ from keeper.store.migrate import (
     alembic_config,
     head,
 )
+from keeper.store.types import BigInt, ScrubbedText, UTCDateTime
 
 WAD = 10**18
 BIG = -(2**255) + 12345
@@ -568,3 +569,37 @@ def test_failed_revision_leaves_the_store_at_its_revision(
         with engine.connect() as conn:
             columns = {c["name"] for c in inspect(conn).get_columns("decision")}
         assert "note" not in columns
+
+
+def test_revision_command_writes_the_next_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``revision -m`` writes the next numbered revision from a change of the models, with
+    plain SQLAlchemy column types, and ``Store.open`` then upgrades to it."""
+    scripts = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, scripts)
+    monkeypatch.setattr(migrate, "MIGRATIONS_DIR", scripts)
+    previous = head()
+    url = f"sqlite:///{tmp_path / 'dev.db'}"
+    Store.open(url).close()
+    probe = Table(  # a model change: a new table with the store's own column types
+        "probe",
+        SQLModel.metadata,
+        Column("id", BigInt(), primary_key=True),
+        Column("at", UTCDateTime(), nullable=False),
+        Column("note", ScrubbedText()),
+    )
+    try:
+        assert migrate.main(["--url", url, "revision", "-m", "add probe"]) == 0
+        (written,) = (scripts / "versions").glob(f"{int(previous) + 1:04d}_*.py")
+        assert str(written) in capsys.readouterr().out
+        source = written.read_text()
+        assert f"down_revision: str | None = '{previous}'" in source
+        assert "keeper.store" not in source and "sa.String(length=80)" in source
+        with Store.open(url) as st:
+            assert st.schema_revision() == head() == f"{int(previous) + 1:04d}"
+            with st.engine.connect() as conn:
+                command.check(alembic_config(conn))
+                assert "probe" in inspect(conn).get_table_names()
+    finally:
+        SQLModel.metadata.remove(probe)

@@ -8,6 +8,7 @@ revision, and an operator drives the same machinery from the command line::
     python -m keeper.store.migrate --config keeper.toml downgrade 0001
     python -m keeper.store.migrate history
     python -m keeper.store.migrate --url sqlite:///var/keeper.db check  # models == migrations
+    python -m keeper.store.migrate --url sqlite:///tmp/dev.db revision -m "add x"  # a new one
 
 A store created before Alembic managed the schema carries a ``schema_version`` table instead of
 ``alembic_version``. At version ``LEGACY_SCHEMA_VERSION`` its tables are exactly the baseline
@@ -25,7 +26,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, inspect, text
 
@@ -110,6 +111,12 @@ def _describe_unmanaged(conn: Connection) -> str:
     return "none: tables without a schema version (this keeper refuses them)"
 
 
+def _as_list(scripts: Script | list[Script | None] | None) -> list[Script]:
+    if scripts is None:
+        return []
+    return [x for x in scripts if x is not None] if isinstance(scripts, list) else [scripts]
+
+
 def _url(args: argparse.Namespace) -> str:
     if args.url:
         return str(args.url)
@@ -136,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("current", help="the revision the database is at")
     sub.add_parser("history", help="every revision, newest first")
     sub.add_parser("check", help="fail if the models differ from the migrated database")
+    rev = sub.add_parser(
+        "revision", help="upgrade the store, then write a new revision: the models' changes"
+    )
+    rev.add_argument("-m", "--message", required=True, help="what the revision changes")
     args = parser.parse_args(argv)
     # Alembic reports each step it runs ("Running upgrade 0001 -> 0002") on its logger.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -159,6 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"at revision {current(conn)}")
             elif args.command == "current":
                 print(current(conn) or _describe_unmanaged(conn))
+            elif args.command == "revision":
+                upgrade(conn)
+                (script,) = _as_list(
+                    command.revision(
+                        alembic_config(conn),
+                        args.message,
+                        autogenerate=True,
+                        rev_id=f"{int(head()) + 1:04d}",  # revisions are numbered in order
+                    )
+                )
+                print(f"wrote {script.path}: review it (types written out), then test it")
             else:
                 command.check(alembic_config(conn))
                 print("the models and the migrations agree")

@@ -8,8 +8,12 @@ mode (``--sql``) prints the SQL for a DBA to review instead of running it.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
 import keeper.store.models  # noqa: F401  (registers every table on SQLModel.metadata)
@@ -19,11 +23,21 @@ config = context.config
 target_metadata = SQLModel.metadata
 
 
+def _render_item(kind: str, obj: Any, autogen: AutogenContext) -> str | Literal[False]:
+    """A generated revision spells column types as plain SQLAlchemy types (``BigInt`` as
+    ``sa.String(length=80)``, ``UTCDateTime`` as ``sa.DateTime(timezone=True)``...): a revision
+    never imports the models' types, so it stays valid when they change."""
+    if kind == "type" and isinstance(obj, TypeDecorator):
+        return f"sa.{obj.impl!r}"
+    return False
+
+
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        render_item=_render_item,
         # SQLite alters a table by copying it; Alembic's batch mode does that when needed.
         render_as_batch=connection.dialect.name == "sqlite",
     )
