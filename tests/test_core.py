@@ -490,37 +490,6 @@ def test_solvent_loan_gets_nothing_and_bad_debt_is_resolved(fresh: World, tmp_pa
     assert tx is not None and tx.status == TxStatus.FINAL
 
 
-def test_migration_from_v1_adds_the_action_columns(store_url: str) -> None:
-    from sqlalchemy import text
-
-    from keeper.store import SCHEMA_VERSION
-
-    assert SCHEMA_VERSION >= 2
-    Store.open(store_url).close()
-    # Turn the fresh database back into a v1 one (the columns and index of v2 removed).
-    st = Store.open(store_url)
-    with st.engine.begin() as conn:
-        conn.execute(text("DROP INDEX uq_decision_action_key"))
-        for name in ("action_key", "account_nonce", "instrument", "lenient", "backoff_until",
-                     "expected_gas_cost", "change_digest"):  # fmt: skip
-            conn.execute(text(f"ALTER TABLE decision DROP COLUMN {name}"))
-        conn.execute(text("UPDATE schema_version SET version = 1"))
-    st.close()
-    with Store.open(store_url) as st:
-        assert st.schema_version() == SCHEMA_VERSION
-
-        def row() -> Decision:
-            return Decision(
-                block_number=1, block_hash="0x", account=str(2**255), inputs_digest="0x",
-                loss_matrix=[], requirement=0, initial_margin=0, equity=0, state="liquidatable",
-                action="liquidate", action_key="liquidate:1:1", backoff_until=5,
-            )  # fmt: skip
-
-        assert st.add_action_decision(row()) is not None
-        assert st.add_action_decision(row()) is None  # the unique index refuses the key
-        assert st.backoffs(0) == {str(2**255): 5}
-
-
 def test_dry_run_decides_and_records_but_never_sends(fresh: World, tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'k.db'}")
     chain = Chain.connect(fresh.node.url, fresh.dep)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
 from sqlmodel import col, delete, select
 from web3 import Web3
 
@@ -28,15 +27,11 @@ from keeper.indexer.core import bloom_has
 from keeper.indexer.decode import UNKNOWN, decode_log
 from keeper.orders import dev_matcher
 from keeper.store import (
-    SCHEMA_VERSION,
     Account,
-    EventAccount,
     EventLog,
-    IndexedBlock,
     Store,
     index_store,
 )
-from keeper.store.db import MIGRATIONS, migrate_add_event_index
 
 WAD = 10**18
 
@@ -507,29 +502,3 @@ def test_unknown_and_malformed_logs_are_kept_raw() -> None:
 )
 def test_range_refusal_wordings(error: dict[str, object], refusal: bool) -> None:
     assert is_range_refusal(RpcError("eth_getLogs", str(error))) is refusal
-
-
-INDEX_TABLES = ("account", "event_account", "event_log")
-
-
-def test_database_without_the_event_index_migrates(store_url: str) -> None:
-    """A database from before the event index gets its tables from the migration step (and
-    through Store.open when that step is the latest one), usable at once."""
-    step = next(v for v, m in MIGRATIONS.items() if m is migrate_add_event_index)
-    with Store.open(store_url) as st, st.engine.begin() as conn:
-        for table in INDEX_TABLES:
-            conn.execute(text(f"DROP TABLE {table}"))
-        conn.execute(text("UPDATE schema_version SET version = :v"), {"v": step})
-    if step == SCHEMA_VERSION - 1:
-        st = Store.open(store_url)
-    else:  # later steps would run on tables they already changed: apply this one alone
-        st = Store.open(store_url, expected_version=step + 1)
-    with st:
-        assert st.schema_version() == step + 1
-        assert set(INDEX_TABLES) <= set(inspect(st.engine).get_table_names())
-        with st.session() as s:
-            s.add(EventAccount(block_number=1, log_index=0, account=2**255 + 7, nonce=1))
-            s.add(IndexedBlock(number=1, hash="0x", parent_hash="0x"))
-        with st.session() as s:
-            row = s.exec(select(EventAccount)).one()
-            assert row.account == 2**255 + 7

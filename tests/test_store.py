@@ -7,22 +7,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from keeper.secrets import clear_registry, register_secret
 from keeper.store import (
-    SCHEMA_VERSION,
     Decision,
     DuplicateSubmission,
     IndexedBlock,
     NonceNotInitialised,
-    SchemaVersionMismatch,
     Store,
     Transaction,
     TxAttempt,
     TxStatus,
 )
+from keeper.store.migrate import head
 
 WAD = 10**18
 BIG = -(2**255) + 12345  # int256 minimum region: 78 digits
@@ -59,8 +58,8 @@ def a_decision(**over: object) -> Decision:
     return Decision(**fields)
 
 
-def test_fresh_store_has_current_version(store: Store) -> None:
-    assert store.schema_version() == SCHEMA_VERSION
+def test_fresh_store_has_current_revision(store: Store) -> None:
+    assert store.schema_revision() == head()
     if store.backend == "sqlite":
         with store.engine.connect() as conn:
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -218,54 +217,6 @@ def test_attempts_keep_every_hash(store: Store) -> None:
     )
     assert store.transaction(tx.id).effective_gas_price == 2**66  # type: ignore[union-attr]
     assert done.status == TxStatus.FINAL
-
-
-def test_schema_version_mismatch_and_migration(store_url: str) -> None:
-    Store.open(store_url).close()
-    # A newer keeper's database: refused, with a clear error.
-    with pytest.raises(SchemaVersionMismatch) as info:
-        Store.open(store_url, expected_version=SCHEMA_VERSION - 1)
-    assert info.value.found == SCHEMA_VERSION
-    # An upgrade without a migration: refused.
-    with pytest.raises(SchemaVersionMismatch):
-        Store.open(store_url, expected_version=SCHEMA_VERSION + 1)
-    # An upgrade with a migration: applied once, in a transaction, and the version recorded.
-    calls: list[int] = []
-
-    def add_column(conn: Connection) -> None:
-        calls.append(1)
-        conn.execute(text("ALTER TABLE decision ADD COLUMN note TEXT"))
-
-    mig = {SCHEMA_VERSION: add_column}
-    with Store.open(store_url, expected_version=SCHEMA_VERSION + 1, migrations=mig) as st:
-        assert st.schema_version() == SCHEMA_VERSION + 1
-    with Store.open(store_url, expected_version=SCHEMA_VERSION + 1, migrations=mig) as st:
-        assert st.schema_version() == SCHEMA_VERSION + 1
-    assert calls == [1]
-
-
-def test_failed_migration_leaves_the_old_version(store_url: str) -> None:
-    Store.open(store_url).close()
-
-    def broken(conn: Connection) -> None:
-        conn.execute(text("UPDATE schema_version SET applied_at = applied_at"))
-        raise RuntimeError("migration bug")
-
-    with pytest.raises(RuntimeError, match="migration bug"):
-        Store.open(
-            store_url, expected_version=SCHEMA_VERSION + 1, migrations={SCHEMA_VERSION: broken}
-        )
-    with Store.open(store_url) as st:
-        assert st.schema_version() == SCHEMA_VERSION
-
-
-def test_unversioned_database_is_refused(store_url: str) -> None:
-    st = Store.open(store_url)
-    with st.engine.begin() as conn:
-        conn.execute(text("DROP TABLE schema_version"))
-    st.close()
-    with pytest.raises(SchemaVersionMismatch, match="unversioned"):
-        Store.open(store_url)
 
 
 def test_datetimes_are_utc(store: Store) -> None:

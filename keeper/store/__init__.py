@@ -1,17 +1,15 @@
-"""The keeper's store: SQLModel tables on SQLite (default, WAL) or PostgreSQL (by URL)."""
+"""The keeper's store: SQLModel tables on SQLite (default, WAL) or PostgreSQL (by URL), with
+their schema migrated by Alembic (``keeper.store.migrate``)."""
 
 from keeper.store.db import (
-    MIGRATIONS,
     DuplicateSubmission,
     NonceNotInitialised,
     SchemaVersionMismatch,
     Store,
     StoreError,
-    migrate_v1_decision_actions,
     normalise_url,
 )
 from keeper.store.models import (
-    SCHEMA_VERSION,
     Account,
     AttemptStatus,
     Decision,
@@ -20,15 +18,12 @@ from keeper.store.models import (
     IndexCursor,
     IndexedBlock,
     NonceState,
-    SchemaVersion,
     Transaction,
     TxAttempt,
     TxStatus,
 )
 
 __all__ = [
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
     "Account",
     "AttemptStatus",
     "Decision",
@@ -39,13 +34,11 @@ __all__ = [
     "IndexedBlock",
     "NonceNotInitialised",
     "NonceState",
-    "SchemaVersion",
     "SchemaVersionMismatch",
     "Store",
     "StoreError",
     "Transaction",
     "TxAttempt",
     "TxStatus",
-    "migrate_v1_decision_actions",
     "normalise_url",
 ]

@@ -1,78 +1,31 @@
-"""Opening the store (SQLite or PostgreSQL by URL), the schema-version check, and the queries
-the keeper needs. Everything that must be atomic (a nonce and the transaction that uses it, a
-reorg rollback) happens in one database transaction here, never across calls."""
+"""Opening the store (SQLite or PostgreSQL by URL), bringing its schema to the current revision
+(``keeper.store.migrate``), and the queries the keeper needs. Everything that must be atomic (a
+nonce and the transaction that uses it, a reorg rollback) happens in one database transaction
+here, never across calls."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, text
+from sqlalchemy import Engine, create_engine, event, func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, col, delete, select, update
+from sqlmodel import Session, col, delete, select, update
 
 from keeper.secrets import redact_url, redacting_errors, register_url
 from keeper.store.models import (
-    SCHEMA_VERSION,
-    Account,
     AttemptStatus,
     Decision,
-    EventAccount,
-    EventLog,
     IndexCursor,
     IndexedBlock,
     NonceState,
-    SchemaVersion,
     Transaction,
     TxAttempt,
     TxStatus,
 )
 from keeper.store.types import utcnow
-
-#: A migration turns schema version ``v`` into ``v + 1``; keyed by ``v``.
-Migration = Callable[[Connection], None]
-MIGRATIONS: dict[int, Migration] = {}
-
-
-# --- schema v1 -> v2: the decision loop's action columns (keeper/core.py) ---------------------
-def migrate_v1_decision_actions(conn: Connection) -> None:
-    """Adds the action columns of ``Decision`` (all nullable) and the unique index on
-    ``action_key``; widens ``decision.account`` for account ids (PostgreSQL enforces lengths)."""
-    big = "BIGINT"
-    for name, sql_type in (
-        ("action_key", "VARCHAR(160)"),
-        ("account_nonce", big),
-        ("instrument", big),
-        ("lenient", "BOOLEAN"),
-        ("backoff_until", big),
-        ("expected_gas_cost", "VARCHAR(80)"),
-        ("change_digest", "VARCHAR(66)"),
-    ):
-        conn.execute(text(f"ALTER TABLE decision ADD COLUMN {name} {sql_type}"))
-    conn.execute(text("CREATE UNIQUE INDEX uq_decision_action_key ON decision (action_key)"))
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("ALTER TABLE decision ALTER COLUMN account TYPE VARCHAR(80)"))
-
-
-def migrate_add_event_index(conn: Connection) -> None:
-    """v1 -> v2: the event index (keeper/indexer): event_log, event_account, account. Only
-    creates tables (if absent), so it stays correct whatever step number it ends up at."""
-    tables = [m.__table__ for m in (EventLog, EventAccount, Account)]  # type: ignore[attr-defined]
-    SQLModel.metadata.create_all(conn, tables=tables)
-
-
-def migrate_v3_tx_bounty(conn: Connection) -> None:
-    """v3 -> v4: the bounty a final receipt credited (``tx.bounty``). Idempotent."""
-    if "bounty" not in {c["name"] for c in inspect(conn).get_columns("tx")}:
-        conn.execute(text("ALTER TABLE tx ADD COLUMN bounty VARCHAR(80)"))
-
-
-MIGRATIONS[1] = migrate_v1_decision_actions
-MIGRATIONS[2] = migrate_add_event_index
-MIGRATIONS[3] = migrate_v3_tx_bounty
 
 
 class StoreError(RuntimeError):
@@ -80,11 +33,15 @@ class StoreError(RuntimeError):
 
 
 class SchemaVersionMismatch(StoreError):
-    def __init__(self, found: int | None, expected: int) -> None:
-        what = "an unversioned schema" if found is None else f"schema version {found}"
+    """The database's schema is not one this keeper can migrate from: ``found`` is what it
+    holds (None: tables without any version record), ``expected`` the head revision."""
+
+    def __init__(self, found: str | None, expected: str, hint: str = "") -> None:
+        what = "an unversioned schema" if found is None else f"schema {found}"
         super().__init__(
-            f"the database holds {what}, this keeper needs version {expected} "
-            "and has no migration for it (use a fresh database or upgrade the keeper)"
+            f"the database holds {what}, this keeper needs revision {expected} and has no "
+            "migration from it: "
+            + (hint or "use a fresh database, or a keeper release that knows that schema")
         )
         self.found = found
         self.expected = expected
@@ -143,22 +100,19 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(
-        cls,
-        url: str,
-        *,
-        expected_version: int = SCHEMA_VERSION,
-        migrations: Mapping[int, Migration] | None = None,
-    ) -> Store:
-        """Connect, create the schema in an empty database, or check (and migrate) an existing
-        one. Raises ``SchemaVersionMismatch`` when the versions differ without a migration."""
+    def open(cls, url: str) -> Store:
+        """Connect, then create the schema in an empty database or upgrade an existing one to
+        the head revision, in one transaction. Raises ``SchemaVersionMismatch`` for a database
+        this keeper has no migration from (a newer keeper's, or an unversioned one)."""
+        # The migrations import this module (the engine, the errors): imported when used.
+        from keeper.store.migrate import upgrade
+
         register_url(url)  # a password in the URL never shows in a log or an error
         with redacting_errors(StoreError):
             engine = make_engine(url)
             try:
-                _prepare_schema(
-                    engine, expected_version, MIGRATIONS if migrations is None else migrations
-                )
+                with engine.begin() as conn:
+                    upgrade(conn)
             except BaseException:
                 engine.dispose()
                 raise
@@ -190,10 +144,12 @@ class Store:
 
     # --- schema ------------------------------------------------------------------------------
 
-    def schema_version(self) -> int | None:
-        with self.session() as s:
-            row = s.get(SchemaVersion, 1)
-            return row.version if row else None
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at."""
+        from keeper.store.migrate import current
+
+        with self.engine.connect() as conn:
+            return current(conn)
 
     # --- index cursor and blocks -------------------------------------------------------------
 
@@ -234,9 +190,7 @@ class Store:
         beyond it back to it, in one transaction. Returns the number of blocks removed."""
         with self.session() as s:
             keep = s.get(IndexedBlock, number)
-            removed = s.exec(  # type: ignore[call-overload]
-                delete(IndexedBlock).where(col(IndexedBlock.number) > number)
-            ).rowcount
+            removed = s.exec(delete(IndexedBlock).where(col(IndexedBlock.number) > number)).rowcount
             for cur in s.exec(select(IndexCursor).where(col(IndexCursor.block_number) > number)):
                 cur.block_number = number
                 cur.block_hash = keep.hash if keep else ""
@@ -263,7 +217,7 @@ class Store:
         with self.session() as s:
             return s.get(Decision, decision_id)
 
-    # --- decisions: the decision loop's queries (schema v2) ------------------------------
+    # --- decisions: the decision loop's queries -----------------------------------------
 
     def add_action_decision(self, decision: Decision) -> Decision | None:
         """Insert a decision carrying an ``action_key``; None when the key is already taken
@@ -307,7 +261,7 @@ class Store:
                 .where(col(Decision.backoff_until) > from_block)
                 .group_by(col(Decision.account))
             )
-            return {a: int(b) for a, b in rows}
+            return {a: b for a, b in rows if b is not None}
 
     def decisions_for(self, account: str) -> list[Decision]:
         with self.session() as s:
@@ -342,11 +296,11 @@ class Store:
         """
         sender = tx.sender.lower()
         with self.session() as s:
-            taken = s.exec(  # type: ignore[call-overload]
+            taken = s.exec(
                 update(NonceState)
                 .where(col(NonceState.sender) == sender)
-                .values(next_nonce=NonceState.next_nonce + 1, updated_at=utcnow())
-                .returning(NonceState.next_nonce)
+                .values(next_nonce=col(NonceState.next_nonce) + 1, updated_at=utcnow())
+                .returning(col(NonceState.next_nonce))
             ).scalar_one_or_none()
             if taken is None:
                 raise NonceNotInitialised(f"no nonce state for {sender}: reconcile first")
@@ -386,11 +340,11 @@ class Store:
             row = s.get(Transaction, tx_id)
             if row is None:
                 raise StoreError(f"no transaction {tx_id}")
-            taken = s.exec(  # type: ignore[call-overload]
+            taken = s.exec(
                 update(NonceState)
                 .where(col(NonceState.sender) == row.sender)
-                .values(next_nonce=NonceState.next_nonce + 1, updated_at=utcnow())
-                .returning(NonceState.next_nonce)
+                .values(next_nonce=col(NonceState.next_nonce) + 1, updated_at=utcnow())
+                .returning(col(NonceState.next_nonce))
             ).scalar_one_or_none()
             if taken is None:
                 raise NonceNotInitialised(f"no nonce state for {row.sender}: reconcile first")
@@ -510,36 +464,3 @@ class Store:
                     a.status = AttemptStatus.MINED
                 elif a.status == AttemptStatus.SENT:
                     a.status = AttemptStatus.REPLACED
-
-
-def _prepare_schema(engine: Engine, expected: int, migrations: Mapping[int, Migration]) -> None:
-    tables = set(inspect(engine).get_table_names())
-    if not tables:
-        SQLModel.metadata.create_all(engine)
-        with Session(engine) as s:
-            s.add(SchemaVersion(version=expected))
-            s.commit()
-        return
-    if SchemaVersion.__tablename__ not in tables:
-        raise SchemaVersionMismatch(None, expected)
-    with engine.connect() as conn:
-        found = conn.execute(text("SELECT version FROM schema_version WHERE id = 1")).scalar()
-    if found is None:
-        raise SchemaVersionMismatch(None, expected)
-    found = int(found)
-    if found > expected or any(v not in migrations for v in range(found, expected)):
-        raise SchemaVersionMismatch(found, expected)
-    for version in range(found, expected):
-        # One transaction per step: a failed step leaves the database at the previous version.
-        with engine.begin() as conn:
-            migrations[version](conn)
-            conn.execute(
-                text("UPDATE schema_version SET version = :v, applied_at = :t WHERE id = 1"),
-                {"v": version + 1, "t": _ts_for(engine, utcnow())},
-            )
-    # Tables added since (a migration may rely on create_all for brand-new tables).
-    SQLModel.metadata.create_all(engine)
-
-
-def _ts_for(engine: Engine, moment: datetime) -> datetime:
-    return moment.replace(tzinfo=None) if engine.dialect.name == "sqlite" else moment

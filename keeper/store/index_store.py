@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, insert
 from sqlmodel import Session, col, delete, select
@@ -18,10 +18,26 @@ from keeper.store.models import Account, EventAccount, EventLog, IndexCursor, In
 from keeper.store.types import utcnow
 
 if TYPE_CHECKING:
-    from keeper.indexer.decode import DecodedLog
     from keeper.store.db import Store
 
 SUB_BITS = 96
+
+
+class IndexedLog(Protocol):
+    """What the store reads of a decoded log (``keeper.indexer.decode.DecodedLog``): the
+    store does not depend on the indexer."""
+
+    block_number: int
+    log_index: int
+    block_hash: str
+    tx_hash: str
+    name: str
+    args: dict[str, Any]
+    #: (account, SET/BUMP/KEEP, carried nonce or 0), in the order the contract applies them.
+    effects: list[tuple[int, str, int]]
+
+    @property
+    def accounts(self) -> list[int]: ...
 
 
 @dataclass
@@ -56,7 +72,7 @@ def _load_accounts(s: Session, ids: set[int]) -> dict[int, Account]:
 def store_chunk(
     store: Store,
     stream: str,
-    logs: Sequence[DecodedLog],
+    logs: Sequence[IndexedLog],
     blocks: Sequence[IndexedBlock],
     cursor: IndexedBlock,
     prune_below: int,
@@ -102,23 +118,24 @@ def store_chunk(
                 for account, nonce in after.items()
             ]
         if log_rows:
-            s.exec(insert(EventLog), params=log_rows)  # type: ignore[call-overload]
+            s.exec(insert(EventLog), params=log_rows)
         if link_rows:
-            s.exec(insert(EventAccount), params=link_rows)  # type: ignore[call-overload]
+            s.exec(insert(EventAccount), params=link_rows)
         s.add_all(new.values())
         for b in [*blocks, cursor]:
             s.merge(IndexedBlock.model_validate(b.model_dump()))
         s.flush()
-        s.exec(  # type: ignore[call-overload]
+        s.exec(
             delete(IndexedBlock)
             .where(col(IndexedBlock.number) < prune_below)
             .where(col(IndexedBlock.number) != cursor.number)
         )
-        row = s.get(IndexCursor, stream)
-        if row is None:
+        cursor_row = s.get(IndexCursor, stream)
+        if cursor_row is None:
             s.add(IndexCursor(stream=stream, block_number=cursor.number, block_hash=cursor.hash))
         else:
-            row.block_number, row.block_hash, row.updated_at = cursor.number, cursor.hash, utcnow()
+            cursor_row.block_number, cursor_row.block_hash = cursor.number, cursor.hash
+            cursor_row.updated_at = utcnow()
 
 
 def rollback_index_after(store: Store, stream: str, number: int) -> RolledBack:
@@ -143,8 +160,8 @@ def rollback_index_after(store: Store, stream: str, number: int) -> RolledBack:
             ).one()
         )
         for model in (EventAccount, EventLog):
-            s.exec(delete(model).where(col(model.block_number) > number))  # type: ignore[call-overload]
-        s.exec(delete(IndexedBlock).where(col(IndexedBlock.number) > number))  # type: ignore[call-overload]
+            s.exec(delete(model).where(col(model.block_number) > number))
+        s.exec(delete(IndexedBlock).where(col(IndexedBlock.number) > number))
         keep = s.get(IndexedBlock, number)
         cur = s.get(IndexCursor, stream)
         if cur is not None and cur.block_number > number:

@@ -3,6 +3,9 @@
 Every integer that can exceed 64 bits (WADs, wei amounts, fees) is a ``BigInt`` column (a
 decimal string underneath): exact on SQLite and PostgreSQL alike. Block numbers, nonces and gas
 amounts fit in 64 bits and use native integers (so they can be compared and sorted in SQL).
+
+A change to a table here comes with an Alembic revision in ``keeper/store/migrations/versions``
+(``python -m keeper.store.migrate check`` and the tests fail while the two disagree).
 """
 
 from __future__ import annotations
@@ -15,9 +18,6 @@ from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, UniqueCon
 from sqlmodel import Field, SQLModel
 
 from keeper.store.types import BigInt, ExactJSON, ScrubbedText, UTCDateTime, utcnow
-
-#: Bumped whenever a table changes; ``Store.open`` compares it with the database's.
-SCHEMA_VERSION = 4  # 2: decision action columns; 3: event index; 4: tx.bounty
 
 
 class TxStatus(StrEnum):
@@ -38,14 +38,6 @@ class AttemptStatus(StrEnum):
     MINED = "mined"  # this hash is the one in the chain
     REPLACED = "replaced"  # another hash of the same nonce mined (settled only at finality)
     FAILED = "failed"  # the node refused it at broadcast
-
-
-class SchemaVersion(SQLModel, table=True):
-    __tablename__ = "schema_version"
-
-    id: int = Field(default=1, primary_key=True)
-    version: int
-    applied_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class IndexCursor(SQLModel, table=True):
@@ -96,10 +88,10 @@ class Decision(SQLModel, table=True):
     expected_bounty: int | None = Field(default=None, sa_type=BigInt)  # wei
     outcome: str | None = Field(default=None, sa_type=ScrubbedText)
 
-    # --- schema v2: the decision loop's action records (keeper/core.py) ---------------------
-    # Added by ``keeper.store.db.migrate_v1_decision_actions``. ``action_key`` is the
-    # idempotency key of a sent action (``flag:<account>:<nonce>``...): unique in the database,
-    # so the same action is never sent twice, across restarts and keepers sharing the store.
+    # --- the decision loop's action records (keeper/core.py) -------------------------------
+    # ``action_key`` is the idempotency key of a sent action (``flag:<account>:<nonce>``...):
+    # unique in the database, so the same action is never sent twice, across restarts and
+    # keepers sharing the store.
     action_key: str | None = Field(default=None, max_length=160)
     account_nonce: int | None = Field(default=None, sa_type=BigInteger)
     instrument: int | None = Field(default=None, sa_type=BigInteger)
@@ -177,7 +169,7 @@ class NonceState(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-# --- event index (schema version 2, keeper/indexer) -----------------------------------------
+# --- event index (keeper/indexer) ----------------------------------------------------------
 
 
 class EventLog(SQLModel, table=True):

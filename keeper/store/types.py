@@ -81,13 +81,15 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise TypeError("UTCDateTime needs a timezone-aware datetime")
-        value = value.astimezone(UTC)
+        moment = value.astimezone(UTC)
         # SQLite stores the text form; without tzinfo, so that it round-trips and sorts.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return moment.replace(tzinfo=None) if dialect.name == "sqlite" else moment
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if not isinstance(value, datetime):  # the DateTime impl parses SQLite's text already
+            raise TypeError(f"UTCDateTime read a {type(value).__name__}, not a datetime")
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -106,4 +108,4 @@ class ScrubbedText(TypeDecorator[str]):
         return None if value is None else scrub(str(value))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
-        return value
+        return None if value is None else str(value)

@@ -1,0 +1,1 @@
+"""One Alembic revision per schema change, oldest first (Alembic skips this file)."""
