@@ -29,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from sqlmodel import select
+from sqlmodel import col, select
 from web3 import Web3
 
 from keeper.artifacts import ensure_built
@@ -355,7 +355,7 @@ def _summary(
     try:
         with store.session() as s:
             latest: dict[str, Decision] = {}
-            for d in s.exec(select(Decision).order_by(Decision.id)).all():
+            for d in s.exec(select(Decision).order_by(col(Decision.id))).all():
                 decisions[d.action] += 1
                 latest[d.account] = d
                 if d.state != "healthy":

@@ -112,7 +112,10 @@ def check_config(config: KeeperConfig, *, need_signer: bool = True) -> Preflight
     try:
         head = chain.head()
         if signer is not None:
-            balance = int(chain.w3.eth.get_balance(signer.address, head.number))
+            from eth_utils import to_checksum_address
+
+            address = to_checksum_address(signer.address)
+            balance = int(chain.w3.eth.get_balance(address, head.number))
     finally:
         chain.close()
     return Preflight(

@@ -99,11 +99,11 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
         store = open_existing_store(cfg.store.url)
     except (ConfigError, StoreError, NoDatabase) as exc:
         return _fail(exc)
-    head = None
+    head: int | None = None
     rpc_error = None
     try:
-        head = Rpc(make_web3(cfg.rpc.url, timeout=float(cfg.rpc.timeout_seconds)), cfg.rpc.url)
-        head = head.block("latest").number
+        rpc = Rpc(make_web3(cfg.rpc.url, timeout=float(cfg.rpc.timeout_seconds)), cfg.rpc.url)
+        head = rpc.block("latest").number
     except Exception as exc:  # the store alone still answers most questions
         rpc_error = scrub(f"{type(exc).__name__}: {exc}")
         head = None

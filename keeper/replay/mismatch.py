@@ -52,7 +52,9 @@ def normalise(value: Any) -> Any:
     return value
 
 
-def result_diffs(expected: tuple | list, found: tuple | list) -> list[FieldDiff]:
+def result_diffs(
+    expected: tuple[Any, ...] | list[Any], found: tuple[Any, ...] | list[Any]
+) -> list[FieldDiff]:
     return [
         FieldDiff(name, normalise(e), normalise(f))
         for name, e, f in zip(RESULT_FIELDS, expected, found, strict=True)

@@ -79,7 +79,8 @@ def verify_block(chain: Chain, block: BlockRef, derivations: Sequence[Derivation
             expect = None  # marginOf must revert with the strict oracle error
         else:
             expect = d.result or d.engine_error
-        revert = d.strict_error.revert_data() if what == "margin_of" and expect is None else None
+        strict = d.strict_error if what == "margin_of" and expect is None else None
+        revert = strict.revert_data() if strict is not None else None
         if isinstance(expect, MarginError):
             revert = expect.revert_data()
         status, mm = _judge(
