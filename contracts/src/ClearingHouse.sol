@@ -360,6 +360,8 @@ contract ClearingHouse is ClearingHouseBase {
     struct LiqVars {
         int256 cash;
         uint256 bk;
+        uint256[] taken; // (instrument << 128) | uint128(quantity), as the Liquidation event carries them
+        int256[] prices;
     }
 
     /// @notice Partially liquidates an account below MM (or below IM after its grace period):
@@ -395,19 +397,22 @@ contract ClearingHouse is ClearingHouseBase {
                 revert NotLiquidatable(account, r.equity, r.requirement, r.initialMargin);
             }
         }
-        v.cash = _handOver(account, v.bk, pf, ids, marks, fraction);
+        _handOver(account, pf, ids, marks, fraction, v);
         balanceOf[account][0] += v.cash;
         balanceOf[v.bk][0] -= v.cash;
 
         accountState[account].flaggedAt = 0;
         _bump(v.bk);
-        return _chargePenalty(account, r, fraction);
+        return _chargePenalty(account, r, fraction, v);
     }
 
     /// @dev Penalty, bounty and insurance share of a liquidation, booked and emitted. The
     /// bounty only ever comes out of the penalty: the insurance fund never pays a liquidator
     /// (a top-up could be farmed by one owner on both sides of a dust book).
-    function _chargePenalty(uint256 account, MarginResult memory r, int256 fraction) private returns (int256 bounty) {
+    function _chargePenalty(uint256 account, MarginResult memory r, int256 fraction, LiqVars memory v)
+        private
+        returns (int256 bounty)
+    {
         LiquidationConfig memory c = liquidationConfig;
         int256 penalty = r.requirement.mulUp(fraction).mulUp(int256(uint256(c.penaltyRate)));
         if (penalty > r.equity) penalty = r.equity > 0 ? r.equity : int256(0);
@@ -418,26 +423,41 @@ contract ClearingHouse is ClearingHouseBase {
         balanceOf[account][0] -= penalty;
         insuranceFund += penalty - bounty;
         emit Liquidation(
-            account, msg.sender, _bump(account), fraction, r.equity, r.requirement, penalty, bounty, penalty - bounty
+            account,
+            msg.sender,
+            _bump(account),
+            fraction,
+            r.equity,
+            r.requirement,
+            penalty,
+            bounty,
+            penalty - bounty,
+            v.taken,
+            v.prices
         );
         bounties[msg.sender] += bounty;
         totalBounties += bounty;
         if (bounty > 0) emit BountyCredited(msg.sender, bounty);
     }
 
-    /// @dev Moves fraction of each position to the backstop; returns the cash the account
-    /// receives (sum of q_closed * price). Goes backwards so swap-and-pop never skips a slot.
+    /// @dev Moves fraction of each position to the backstop v.bk; sets v.cash, the cash the
+    /// account receives (sum of q_closed * price), and, for the Liquidation event, v.taken and
+    /// v.prices: each position moved (packed as in storage: (instrument << 128) |
+    /// uint128(quantity)) and its price, in the order of the hand-over. Goes backwards so
+    /// swap-and-pop never skips a slot.
     function _handOver(
         uint256 account,
-        uint256 bk,
         Portfolio memory pf,
         uint256[] memory ids,
         int256[] memory marks,
-        int256 fraction
-    ) private returns (int256 cash) {
-        uint256 n = ids.length;
-        bool any;
-        for (uint256 k = n; k > 0; --k) {
+        int256 fraction,
+        LiqVars memory v
+    ) private {
+        v.taken = new uint256[](ids.length);
+        v.prices = new int256[](ids.length);
+        int256 cash;
+        uint256 moved;
+        for (uint256 k = ids.length; k > 0; --k) {
             uint256 i = k - 1;
             int256 q = pf.positions[i].quantity;
             int256 closeQty = q;
@@ -456,13 +476,20 @@ contract ClearingHouse is ClearingHouseBase {
                 if (r != 0) price = q > 0 ? price - r : price + (TICK - r);
             }
             if (closeQty == 0) continue;
-            any = true;
             cash += (closeQty * price) / WAD; // exact
             _setQuantityAt(account, i, ids[i], q - closeQty);
-            _addToBackstop(bk, ids[i], closeQty);
-            emit PositionTakenOver(account, ids[i], closeQty, price);
+            _addToBackstop(v.bk, ids[i], closeQty);
+            v.taken[moved] = _pack(ids[i], closeQty);
+            v.prices[moved++] = price;
         }
-        if (!any) revert NothingToLiquidate(account);
+        if (moved == 0) revert NothingToLiquidate(account);
+        v.cash = cash;
+        (uint256[] memory taken, int256[] memory prices) = (v.taken, v.prices);
+        assembly ("memory-safe") {
+            // Shrink to the positions moved (moved <= ids.length: the arrays only get shorter).
+            mstore(taken, moved)
+            mstore(prices, moved)
+        }
     }
 
     /// @notice Resolves the bad debt of an account with no live position whose model equity

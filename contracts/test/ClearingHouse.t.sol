@@ -2,6 +2,7 @@
 pragma solidity 0.8.30;
 
 import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
+import {Vm} from "./utils/Vm.sol";
 import {IClearingHouseErrors, IClearingHouseEvents} from "../src/interfaces/IClearingHouse.sol";
 import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
 import {MockERC20} from "../src/token/MockERC20.sol";
@@ -444,8 +445,12 @@ contract ClearingHouseTest is ClearingHouseFixture {
         assertTrue(r.equity < 0, "insolvent");
         int256 aliceBefore = ch.balanceOf(alice, 0);
         uint64 n = nonceOf(alice);
+        uint256[] memory taken = new uint256[](1);
+        taken[0] = (ethPerp << 128) | 1e18; // alice's whole long
+        int256[] memory prices = new int256[](1);
+        prices[0] = 1000e18;
         vm.expectEmit(true, true, true, true);
-        emit IClearingHouseEvents.Liquidation(alice, LIQ, n + 1, 1e18, r.equity, r.requirement, 0, 0, 0);
+        emit IClearingHouseEvents.Liquidation(alice, LIQ, n + 1, 1e18, r.equity, r.requirement, 0, 0, 0, taken, prices);
         vm.prank(LIQ);
         int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
         assertEq(bounty, 0, "no penalty, no bounty");
@@ -784,10 +789,25 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         setEth(1850e8);
         MarginResult memory r = fullCheckNow(alice);
         uint64 n = nonceOf(alice);
-        vm.expectEmit(true, true, true, true);
-        emit IClearingHouseEvents.PositionTakenOver(alice, ethPerp, 1e18, 1850e18);
+        vm.recordLogs();
         vm.prank(LIQ);
         ch.liquidate(alice, n, r.witness, 1e18);
+        // One Liquidation event carries the positions handed over: alice's long at 1850.
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        uint256 found;
+        for (uint256 i; i < logs.length; ++i) {
+            if (logs[i].topics[0] != IClearingHouseEvents.Liquidation.selector) continue;
+            ++found;
+            assertEq(uint256(logs[i].topics[1]), alice, "indexed account");
+            (,,,,,,, uint256[] memory taken, int256[] memory prices) = abi.decode(
+                logs[i].data, (uint64, int256, int256, int256, int256, int256, int256, uint256[], int256[])
+            );
+            assertEq(taken.length, 1, "one position moved");
+            assertEq(taken[0] >> 128, ethPerp, "instrument");
+            assertEq(int256(int128(uint128(taken[0]))), 1e18, "quantity");
+            assertEq(prices[0], 1850e18, "price");
+        }
+        assertEq(found, 1, "one Liquidation event");
         usdc.mint(ALICE, 5e6);
         vm.startPrank(ALICE);
         usdc.approve(address(ch), 5e6);
