@@ -648,9 +648,11 @@ contract ClearingHouse is ClearingHouseBase {
         uint256 idx = _positionIndex[account][id];
         if (idx == 0) {
             uint256 n = _positions[account].length + 1;
-            if (n > MAX_POSITIONS && account != backstop) revert PositionLimitExceeded(account, n, MAX_POSITIONS);
+            bool isBackstop = account == backstop;
+            if (n > MAX_POSITIONS && !isBackstop) revert PositionLimitExceeded(account, n, MAX_POSITIONS);
             _positions[account].push(_pack(id, delta));
             _positionIndex[account][id] = n;
+            if (isBackstop) _hintBackstopSlot(id, n);
             return 0;
         }
         (, q) = _unpack(_slotRead(_positions[account], idx - 1));
@@ -661,15 +663,26 @@ contract ClearingHouse is ClearingHouseBase {
 
     /// @dev _applyPosition for the backstop's side of a hand-over: no position limit (the backstop
     /// is exempt) and no reduce flag to compute, one storage reference for the read and the write.
+    /// The backstop's slot is found from the hint in the instrument's word (warm: the portfolio
+    /// load read it), checked against the slot's instrument; only a missing or outdated hint
+    /// reads _positionIndex (cold) and renews the hint.
     function _addToBackstop(uint256 bk, uint256 id, int256 delta) private {
-        uint256 idx = _positionIndex[bk][id];
         uint256[] storage slots = _positions[bk];
-        if (idx == 0) {
-            slots.push(_pack(id, delta));
-            _positionIndex[bk][id] = slots.length;
-            return;
+        uint256 idx = _instrumentWord(id) >> BACKSTOP_HINT_SHIFT;
+        uint256 slot;
+        if (idx != 0) slot = _slotRead(slots, idx - 1); // beyond the length: 0 (popped slots are cleared)
+        if (idx == 0 || slot >> 128 != id) {
+            idx = _positionIndex[bk][id];
+            if (idx == 0) {
+                slots.push(_pack(id, delta));
+                _positionIndex[bk][id] = slots.length;
+                _hintBackstopSlot(id, slots.length);
+                return;
+            }
+            slot = _slotRead(slots, idx - 1);
+            _hintBackstopSlot(id, idx);
         }
-        (, int256 q) = _unpack(_slotRead(slots, idx - 1));
+        (, int256 q) = _unpack(slot);
         int256 nq = q + delta;
         if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
         if (nq == 0) _setQuantityAt(bk, idx - 1, id, 0);
@@ -707,6 +720,18 @@ contract ClearingHouse is ClearingHouseBase {
         assembly ("memory-safe") {
             mstore(0, slots.slot)
             sstore(add(keccak256(0, 0x20), i), v)
+        }
+    }
+
+    /// @dev Records in the instrument's word (bits 224-255, outside every Instrument field) the
+    /// backstop's slot of the instrument, as index + 1. A hint only: readers check the slot's
+    /// instrument, so a hint made stale by a swap-and-pop, a settlement or a new backstop costs
+    /// one fallback read, never a wrong slot.
+    function _hintBackstopSlot(uint256 id, uint256 idxPlusOne) private {
+        Instrument storage ins = instruments[id];
+        assembly ("memory-safe") {
+            let w := sload(ins.slot)
+            sstore(ins.slot, or(and(w, sub(shl(BACKSTOP_HINT_SHIFT, 1), 1)), shl(BACKSTOP_HINT_SHIFT, idxPlusOne)))
         }
     }
 

@@ -36,6 +36,9 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     bytes32 public constant MATCHER = "MATCHER";
     bytes32 public constant RISK_OPERATOR = "RISK_OPERATOR";
 
+    /// One storage word: the fields take bits 0-223; bits 224-255 hold the clearing house's hint
+    /// of the backstop's slot of the instrument (ClearingHouse._hintBackstopSlot), which no
+    /// field and no getter sees.
     struct Instrument {
         uint8 underlying;
         uint8 kind; // 0 future, 1 call, 2 put
@@ -44,6 +47,7 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         uint64 expiry; // 0: perpetual future
         uint128 strike; // options only
     }
+    uint256 internal constant BACKSTOP_HINT_SHIFT = 224;
 
     struct UnderlyingConfig {
         AggregatorV3Interface priceFeed;

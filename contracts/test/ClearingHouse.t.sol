@@ -663,6 +663,74 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         bob = fund(BOB, 0, 100_000e6);
     }
 
+    /// The hand-over finds the backstop's slot from a hint in the instrument's word; a hint made
+    /// stale (a swap-and-pop moved the slot, the backstop changed) must fall back to the index,
+    /// never write to a wrong slot, and leave the book and the instruments as they were.
+    function test_backstopSlotHintGoesStale() public {
+        uint256 carol = fund(CAROL, 0, 100_000e6);
+        // The backstop's book: btcFut at slot 0, ethPerp at slot 1; closing btcFut moves ethPerp
+        // to slot 0, while ethPerp's hint still names slot 1 (now past the end).
+        doTrade(bk, carol, btcFut, 1e16, markPrice(btcFut));
+        doTrade(bk, carol, ethPerp, 2e17, 2000e18);
+        doTrade(carol, bk, btcFut, 1e16, markPrice(btcFut));
+        (uint256[] memory ids, int256[] memory q) = adm.positionsOf(bk);
+        assertEq(ids.length, 1, "one position left");
+        assertEq(ids[0], ethPerp, "ethPerp moved to slot 0");
+        bytes32 fields = _instrumentFields(ethPerp);
+
+        // Two longs go to the backstop: alice's through the stale hint (the fallback renews
+        // it), dave's through the renewed one.
+        uint256 dave = fund(registerKey(0xDA7E), 0, 400e6);
+        doTrade(alice, bob, ethPerp, 1e18, 2000e18);
+        doTrade(dave, bob, ethPerp, 1e18, 2000e18);
+        setEth(1850e8);
+        _liquidateAll(alice);
+        _liquidateAll(dave);
+        (ids, q) = adm.positionsOf(bk);
+        assertEq(ids.length, 1, "still one slot");
+        assertEq(ids[0], ethPerp, "same instrument");
+        assertEq(q[0], 2e17 + 2e18, "both longs added to the one slot");
+        (, q) = adm.positionsOf(alice);
+        assertEq(q.length, 0, "alice flat");
+        // The hint is invisible to the instrument's fields.
+        assertTrue(_instrumentFields(ethPerp) == fields, "instrument fields unchanged");
+        _newBackstopIgnoresOldHints();
+    }
+
+    /// A new backstop: ethPerp's hint names slot 0, the former backstop's; the new backstop's
+    /// slot 0 holds btcFut.
+    function _newBackstopIgnoresOldHints() internal {
+        uint256 bk2 = ch.accountId(CAROL, 7);
+        vm.prank(GOV);
+        adm.setBackstop(bk2); // an empty account
+        depositTo(CAROL, bk2, 0, 100_000e6);
+        setEth(2000e8);
+        doTrade(bk2, bob, btcFut, 1e16, markPrice(btcFut));
+        uint256 erin = fund(registerKey(0xE1217), 0, 400e6);
+        doTrade(erin, bob, ethPerp, 1e18, 2000e18);
+        setEth(1850e8);
+        _liquidateAll(erin);
+        (uint256[] memory ids, int256[] memory q) = adm.positionsOf(bk2);
+        assertEq(ids.length, 2, "btcFut, then the new backstop's own ethPerp slot");
+        assertEq(ids[0], btcFut, "btcFut untouched");
+        assertEq(q[0], 1e16, "btcFut quantity untouched");
+        assertEq(ids[1], ethPerp, "instrument");
+        assertEq(q[1], 1e18, "quantity");
+        (ids, q) = adm.positionsOf(bk);
+        assertEq(q[0], 2e17 + 2e18, "the former backstop's book untouched");
+    }
+
+    function _instrumentFields(uint256 id) internal view returns (bytes32) {
+        (uint8 u, uint8 kind, bool listed, bool settled, uint64 exp, uint128 strike) = ch.instruments(id);
+        return keccak256(abi.encode(u, kind, listed, settled, exp, strike));
+    }
+
+    function _liquidateAll(uint256 a) internal {
+        MarginResult memory r = fullCheckNow(a);
+        vm.prank(LIQ);
+        ch.liquidate(a, nonceOf(a), r.witness, 1e18);
+    }
+
     function test_backstopNotSet() public {
         vm.prank(GOV);
         adm.setBackstop(0);
