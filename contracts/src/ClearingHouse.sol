@@ -67,6 +67,7 @@ contract ClearingHouse is ClearingHouseBase {
         owner = owner_;
         admin = admin_;
         _priceBand = 0.05e18;
+        (_insuranceFundPlusOne, _totalBountiesPlusOne) = (1, 1); // both zero, stored plus one
         emit OwnerChanged(owner_);
         emit PriceBandSet(0.05e18);
     }
@@ -421,7 +422,7 @@ contract ClearingHouse is ClearingHouseBase {
         if (bounty > int256(uint256(c.maxBounty))) bounty = int256(uint256(c.maxBounty));
         if (bounty > penalty) bounty = penalty;
         balanceOf[account][0] -= penalty;
-        insuranceFund += penalty - bounty;
+        if (penalty != bounty) _insuranceFundPlusOne += penalty - bounty;
         emit Liquidation(
             account,
             msg.sender,
@@ -435,9 +436,12 @@ contract ClearingHouse is ClearingHouseBase {
             v.taken,
             v.prices
         );
-        bounties[msg.sender] += bounty;
-        totalBounties += bounty;
-        if (bounty > 0) emit BountyCredited(msg.sender, bounty);
+        if (bounty > 0) {
+            int256 b = _bountiesPlusOne[msg.sender];
+            _bountiesPlusOne[msg.sender] = (b == 0 ? int256(1) : b) + bounty;
+            _totalBountiesPlusOne += bounty;
+            emit BountyCredited(msg.sender, bounty);
+        }
     }
 
     /// @dev Moves fraction of each position to the backstop v.bk; sets v.cash, the cash the
@@ -531,9 +535,10 @@ contract ClearingHouse is ClearingHouseBase {
         int256 socialised;
         if (bal < 0) {
             int256 debt = -bal;
-            fromInsurance = debt < insuranceFund ? debt : insuranceFund;
+            int256 fund = _insuranceFundPlusOne - 1;
+            fromInsurance = debt < fund ? debt : fund;
             socialised = debt - fromInsurance;
-            insuranceFund -= fromInsurance;
+            _insuranceFundPlusOne -= fromInsurance;
             balanceOf[bk][0] -= socialised;
             totalSocialisedLoss += socialised;
             bal = 0;

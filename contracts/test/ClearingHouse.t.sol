@@ -720,6 +720,47 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         assertEq(q[0], 2e17 + 2e18, "the former backstop's book untouched");
     }
 
+    /// The insurance fund, totalBounties and a liquidator's bounty are stored plus one (no zero
+    /// -> non-zero write in a penalty after the first); the getters return the amounts, zero
+    /// included, before anything and after a claim of everything.
+    function test_bountyStoredPlusOneReadsAsAmount() public {
+        assertEq(ch.insuranceFund(), 0, "fund starts at zero");
+        assertEq(ch.totalBounties(), 0, "no bounty yet");
+        assertEq(ch.bounties(LIQ), 0, "never credited");
+        vm.prank(GOV);
+        adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(5e16, 5e17, 1 hours, 3e18, 3e18));
+        uint256 dave = fund(registerKey(0xDA7E), 0, 400e6);
+        doTrade(alice, bob, ethPerp, 1e18, 2000e18);
+        doTrade(dave, bob, ethPerp, 1e18, 2000e18);
+        setEth(1850e8);
+        _liquidateAll(alice);
+        assertEq(ch.bounties(LIQ), 3e18, "credited");
+        assertEq(ch.totalBounties(), 3e18, "total");
+        int256 fundAfterOne = ch.insuranceFund();
+        assertTrue(fundAfterOne > 0, "insurance share");
+        vm.prank(LIQ);
+        adm.claimBounty();
+        assertEq(int256(usdc.balanceOf(LIQ)), 3e6, "paid in whole units");
+        assertEq(ch.bounties(LIQ), 0, "claimed to zero");
+        assertEq(ch.totalBounties(), 0, "total back to zero");
+        vm.prank(LIQ);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NothingToClaim.selector, LIQ));
+        adm.claimBounty();
+        _liquidateAll(dave);
+        assertEq(ch.bounties(LIQ), 3e18, "credited again");
+        assertEq(ch.totalBounties(), 3e18, "total again");
+        assertEq(ch.insuranceFund(), 2 * fundAfterOne, "the same share again");
+        assertEq(heldWad(0), _heldByBooks(dave), "tokens held == balances + insurance + bounties");
+    }
+
+    function _heldByBooks(uint256 dave) internal view returns (int256 sum) {
+        uint256[5] memory accts = [alice, bob, dave, bk, ch.accountId(CAROL, 0)];
+        for (uint256 i; i < accts.length; ++i) {
+            sum += ch.balanceOf(accts[i], 0);
+        }
+        sum += ch.insuranceFund() + ch.totalBounties();
+    }
+
     function _instrumentFields(uint256 id) internal view returns (bytes32) {
         (uint8 u, uint8 kind, bool listed, bool settled, uint64 exp, uint128 strike) = ch.instruments(id);
         return keccak256(abi.encode(u, kind, listed, settled, exp, strike));
@@ -727,8 +768,9 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
 
     function _liquidateAll(uint256 a) internal {
         MarginResult memory r = fullCheckNow(a);
+        uint64 n = nonceOf(a);
         vm.prank(LIQ);
-        ch.liquidate(a, nonceOf(a), r.witness, 1e18);
+        ch.liquidate(a, n, r.witness, 1e18);
     }
 
     function test_backstopNotSet() public {
