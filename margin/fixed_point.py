@@ -47,17 +47,19 @@ SQRT_MAX_WAD = INT256_MAX // WAD
 _Q96 = 1 << 96
 _LN2_Q96 = 54_916_777_467_707_473_351_141_471_128  # round(ln 2 · 2**96)
 _INV_LN2_Q96 = 114_302_077_158_074_026_402_637_675_937  # round(2**96 / ln 2)
-_LN_1E18_Q96 = 3_283_732_547_111_784_853_622_338_894_909  # round(ln 1e18 · 2**96)
-_SQRT2_Q96 = 112_045_541_949_572_279_837_463_876_454  # floor(sqrt 2 · 2**96)
-# ln: [4/4] Padé approximant of atanh(s)/s in t = s², P/99225 and Q/99225 in Q96 (rounded):
+_SQRT2_Q96 = 112_045_541_949_572_279_837_463_876_455  # round(sqrt 2 · 2**96): ln's centre c
+# ln: round((ln(c / 2**96) - ln 1e18) · 2**96) + 2**18. The 2**18 (3.3e-24) covers the Padé's
+# shortfall at x = 1e18 (1.4e5 units), so ln_wad(WAD) == 0 exactly.
+_LN_OFFSET_Q96 = -3_256_274_158_377_931_116_946_767_897_201
+# ln: [4/4] Padé approximant of 2·atanh(s)/s in t = s², 2P/99225 and Q/99225 in Q96 (rounded):
 # P = 3828825 - 6831825t + 3738735t² - 638055t³ + 16384t⁴,
 # Q = 3828825 - 8108100t + 5675670t² - 1455300t³ + 99225t⁴.
-_LN_P0 = 3_057_201_001_145_660_391_903_259_416_934
-_LN_P1 = -5_455_005_707_926_570_503_199_933_469_431
-_LN_P2 = 2_985_266_859_942_233_088_564_359_195_359
-_LN_P3 = -509_467_626_435_262_604_416_716_404_451
-_LN_P4 = 13_082_128_643_322_820_933_561_341_217
-_LN_Q0 = _LN_P0
+_LN_P0 = 6_114_402_002_291_320_783_806_518_833_867
+_LN_P1 = -10_910_011_415_853_141_006_399_866_938_861
+_LN_P2 = 5_970_533_719_884_466_177_128_718_390_717
+_LN_P3 = -1_018_935_252_870_525_208_833_432_808_902
+_LN_P4 = 26_164_257_286_645_641_867_122_682_435
+_LN_Q0 = 3_057_201_001_145_660_391_903_259_416_934
 _LN_Q1 = -6_474_072_708_308_457_300_501_019_941_742
 _LN_Q2 = 4_531_850_895_815_920_110_350_713_959_219
 _LN_Q3 = -1_162_013_050_209_210_284_705_311_271_595
@@ -152,23 +154,20 @@ def _log2_floor(x: int) -> int:
 def ln_wad(x: int) -> int:
     """ln(x/1e18)·1e18 for x > 0; LnOfNonPositive(x) otherwise.
 
-    Method: x = m·2**(k-96) with m in [2**96, 2**97); with b = 2**96 (or 2**97 when
-    m > sqrt2·2**96, counting one more power of two) s = (m - b)/(m + b), |s| <= 0.1716, and
-    ln(m/b) = 2·atanh(s) = 2s·P(s²)/Q(s²), the [4/4] Padé approximant (absolute error < 4e-20).
-    Result floored from Q96; error within a couple of wei (tested against mpmath).
+    Method: x = m·2**(k-96) with m in [2**96, 2**97); with the centre c = round(sqrt2·2**96),
+    s = (m - c)/(m + c), |s| <= 0.1716, and ln(m/c) = 2·atanh(s) = s·P(s²)/Q(s²), the [4/4]
+    Padé approximant of 2·atanh(s)/s (absolute error < 4e-20, an underestimate of |ln(m/c)|).
+    No branch. Result floored from Q96; error within a couple of wei (tested against mpmath).
     """
     if x <= 0:
         raise LnOfNonPositive(x)
     k = _log2_floor(x)
-    # The EVM side is branchless: shl/shr by 256 or more (a wrapped shift count) give 0.
-    m = x >> (k - 96) if k >= 96 else x << (96 - k)
-    big = 1 if m > _SQRT2_Q96 else 0
-    b = _Q96 << big
-    k += big
-    s = sdiv((m - b) << 96, m + b)  # |s| <= 0.1716·2**96
+    # The EVM side shifts the top bit to bit 255, then down to bit 96 (k <= 254).
+    m = (x << (255 - k)) >> 159
+    s = sdiv((m - _SQRT2_Q96) << 96, m + _SQRT2_Q96)  # |s| <= 0.1716·2**96
     t = (s * s) >> 96
-    # P and Q divided by Q's leading coefficient (99225) so Q is monic, coefficients rounded
-    # to Q96. Horner: every accumulator stays below 2**102 and every product below 2**194.
+    # 2P and Q divided by Q's leading coefficient (99225) so Q is monic, coefficients rounded
+    # to Q96. Horner: every accumulator stays below 2**103 and every product below 2**195.
     p = _LN_P4
     p = ((p * t) >> 96) + _LN_P3
     p = ((p * t) >> 96) + _LN_P2
@@ -178,8 +177,8 @@ def ln_wad(x: int) -> int:
     q = ((q * t) >> 96) + _LN_Q2
     q = ((q * t) >> 96) + _LN_Q1
     q = ((q * t) >> 96) + _LN_Q0
-    ln_m = sdiv(2 * s * p, q)  # Q96
-    v = k * _LN2_Q96 + ln_m - _LN_1E18_Q96
+    ln_m = sdiv(s * p, q)  # Q96
+    v = k * _LN2_Q96 + ln_m + _LN_OFFSET_Q96
     return (v * WAD) >> 96
 
 

@@ -4,7 +4,7 @@ Bounds asserted (the documented domains of margin/fixed_point.py):
 * mul/div: exactly floor/ceil of the rational result;
 * exp: error <= 1e-15 relative for results above 1 WAD, <= 1,000 wei absolute below
   (measured: ~1e-18 relative, ~1.07 wei absolute);
-* ln: error <= 1e-15 relative, or 1,000 wei absolute near zero (measured: ~1.03 wei absolute);
+* ln: error <= 1e-15 relative, or 1,000 wei absolute near zero (measured: ~1.04 wei absolute);
 * sqrt: exactly the floor / ceil of sqrt(x·1e18).
 """
 
@@ -95,7 +95,7 @@ def test_ln_accuracy_over_whole_domain() -> None:
     xs += [rng.randint(1, 2 ** rng.randint(1, 255) - 1) for _ in range(5000)]
     xs += [WAD + d for d in range(-50, 51)]
     xs += [1, 2, 3, fp.INT256_MAX, fp.INT256_MAX - 1]
-    # Around the sqrt2 switch of the normalisation and powers of two.
+    # Around the centre sqrt2 of the reduction and the powers of two.
     for k in range(0, 255, 5):
         xs += [(1 << k) + d for d in (-1, 0, 1) if (1 << k) + d > 0]
         xs += [int(mp.sqrt(2) * 2**k) + d for d in (-1, 0, 1)]

@@ -410,7 +410,7 @@ def test_liquidation_bumps_the_unnamed_backstop(net: Net, chain: Chain, store: S
     res = ix.sync()
     assert {victim, bob, bk} <= res.touched_accounts
     names = {e.name for e in index_store.events(store) if e.block_number >= res.from_block}
-    assert {"Liquidation", "PositionTakenOver", "BountyCredited"} <= names
+    assert {"Liquidation", "BountyCredited"} <= names
     report = ix.check_consistency(chain.view())
     assert report.ok, report.mismatched
     assert index_store.account(store, bk).nonce == ch.functions.accountState(bk).call()[0]  # type: ignore[union-attr]

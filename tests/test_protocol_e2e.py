@@ -116,8 +116,10 @@ def test_deposit_trade_price_move_liquidation(deployment: Deployment, w3: Web3) 
     penalty, bounty = liq["args"]["penalty"], liq["args"]["bounty"]
     assert 0 < bounty <= penalty
     assert ch.functions.bounties(liquidator).call() == bounty
-    (taken,) = ch.events.PositionTakenOver().process_receipt(receipt, errors=DISCARD)
-    assert taken["args"]["quantity"] == WAD and taken["args"]["price"] == 2700 * WAD
+    # The positions handed over, packed (instrument << 128) | uint128(quantity): all of it.
+    (word,) = liq["args"]["taken"]
+    assert word >> 128 == perp and word & (2**128 - 1) == WAD
+    assert list(liq["args"]["prices"]) == [2700 * WAD]
     assert ch.functions.positionsOf(a).call() == [[], []]
     # A replay with the old nonce reverts cleanly.
     with pytest.raises(ContractCustomError):

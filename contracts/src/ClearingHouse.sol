@@ -67,6 +67,7 @@ contract ClearingHouse is ClearingHouseBase {
         owner = owner_;
         admin = admin_;
         _priceBand = 0.05e18;
+        (_insuranceFundPlusOne, _totalBountiesPlusOne) = (1, 1); // both zero, stored plus one
         emit OwnerChanged(owner_);
         emit PriceBandSet(0.05e18);
     }
@@ -360,6 +361,8 @@ contract ClearingHouse is ClearingHouseBase {
     struct LiqVars {
         int256 cash;
         uint256 bk;
+        uint256[] taken; // (instrument << 128) | uint128(quantity), as the Liquidation event carries them
+        int256[] prices;
     }
 
     /// @notice Partially liquidates an account below MM (or below IM after its grace period):
@@ -395,19 +398,22 @@ contract ClearingHouse is ClearingHouseBase {
                 revert NotLiquidatable(account, r.equity, r.requirement, r.initialMargin);
             }
         }
-        v.cash = _handOver(account, v.bk, pf, ids, marks, fraction);
+        _handOver(account, pf, ids, marks, fraction, v);
         balanceOf[account][0] += v.cash;
         balanceOf[v.bk][0] -= v.cash;
 
         accountState[account].flaggedAt = 0;
         _bump(v.bk);
-        return _chargePenalty(account, r, fraction);
+        return _chargePenalty(account, r, fraction, v);
     }
 
     /// @dev Penalty, bounty and insurance share of a liquidation, booked and emitted. The
     /// bounty only ever comes out of the penalty: the insurance fund never pays a liquidator
     /// (a top-up could be farmed by one owner on both sides of a dust book).
-    function _chargePenalty(uint256 account, MarginResult memory r, int256 fraction) private returns (int256 bounty) {
+    function _chargePenalty(uint256 account, MarginResult memory r, int256 fraction, LiqVars memory v)
+        private
+        returns (int256 bounty)
+    {
         LiquidationConfig memory c = liquidationConfig;
         int256 penalty = r.requirement.mulUp(fraction).mulUp(int256(uint256(c.penaltyRate)));
         if (penalty > r.equity) penalty = r.equity > 0 ? r.equity : int256(0);
@@ -416,28 +422,46 @@ contract ClearingHouse is ClearingHouseBase {
         if (bounty > int256(uint256(c.maxBounty))) bounty = int256(uint256(c.maxBounty));
         if (bounty > penalty) bounty = penalty;
         balanceOf[account][0] -= penalty;
-        insuranceFund += penalty - bounty;
+        if (penalty != bounty) _insuranceFundPlusOne += penalty - bounty;
         emit Liquidation(
-            account, msg.sender, _bump(account), fraction, r.equity, r.requirement, penalty, bounty, penalty - bounty
+            account,
+            msg.sender,
+            _bump(account),
+            fraction,
+            r.equity,
+            r.requirement,
+            penalty,
+            bounty,
+            penalty - bounty,
+            v.taken,
+            v.prices
         );
-        bounties[msg.sender] += bounty;
-        totalBounties += bounty;
-        if (bounty > 0) emit BountyCredited(msg.sender, bounty);
+        if (bounty > 0) {
+            int256 b = _bountiesPlusOne[msg.sender];
+            _bountiesPlusOne[msg.sender] = (b == 0 ? int256(1) : b) + bounty;
+            _totalBountiesPlusOne += bounty;
+            emit BountyCredited(msg.sender, bounty);
+        }
     }
 
-    /// @dev Moves fraction of each position to the backstop; returns the cash the account
-    /// receives (sum of q_closed * price). Goes backwards so swap-and-pop never skips a slot.
+    /// @dev Moves fraction of each position to the backstop v.bk; sets v.cash, the cash the
+    /// account receives (sum of q_closed * price), and, for the Liquidation event, v.taken and
+    /// v.prices: each position moved (packed as in storage: (instrument << 128) |
+    /// uint128(quantity)) and its price, in the order of the hand-over. Goes backwards so
+    /// swap-and-pop never skips a slot.
     function _handOver(
         uint256 account,
-        uint256 bk,
         Portfolio memory pf,
         uint256[] memory ids,
         int256[] memory marks,
-        int256 fraction
-    ) private returns (int256 cash) {
-        uint256 n = ids.length;
-        bool any;
-        for (uint256 k = n; k > 0; --k) {
+        int256 fraction,
+        LiqVars memory v
+    ) private {
+        v.taken = new uint256[](ids.length);
+        v.prices = new int256[](ids.length);
+        int256 cash;
+        uint256 moved;
+        for (uint256 k = ids.length; k > 0; --k) {
             uint256 i = k - 1;
             int256 q = pf.positions[i].quantity;
             int256 closeQty = q;
@@ -456,13 +480,20 @@ contract ClearingHouse is ClearingHouseBase {
                 if (r != 0) price = q > 0 ? price - r : price + (TICK - r);
             }
             if (closeQty == 0) continue;
-            any = true;
             cash += (closeQty * price) / WAD; // exact
             _setQuantityAt(account, i, ids[i], q - closeQty);
-            _addToBackstop(bk, ids[i], closeQty);
-            emit PositionTakenOver(account, ids[i], closeQty, price);
+            _addToBackstop(v.bk, ids[i], closeQty);
+            v.taken[moved] = _pack(ids[i], closeQty);
+            v.prices[moved++] = price;
         }
-        if (!any) revert NothingToLiquidate(account);
+        if (moved == 0) revert NothingToLiquidate(account);
+        v.cash = cash;
+        (uint256[] memory taken, int256[] memory prices) = (v.taken, v.prices);
+        assembly ("memory-safe") {
+            // Shrink to the positions moved (moved <= ids.length: the arrays only get shorter).
+            mstore(taken, moved)
+            mstore(prices, moved)
+        }
     }
 
     /// @notice Resolves the bad debt of an account with no live position whose model equity
@@ -504,9 +535,10 @@ contract ClearingHouse is ClearingHouseBase {
         int256 socialised;
         if (bal < 0) {
             int256 debt = -bal;
-            fromInsurance = debt < insuranceFund ? debt : insuranceFund;
+            int256 fund = _insuranceFundPlusOne - 1;
+            fromInsurance = debt < fund ? debt : fund;
             socialised = debt - fromInsurance;
-            insuranceFund -= fromInsurance;
+            _insuranceFundPlusOne -= fromInsurance;
             balanceOf[bk][0] -= socialised;
             totalSocialisedLoss += socialised;
             bal = 0;
@@ -621,9 +653,11 @@ contract ClearingHouse is ClearingHouseBase {
         uint256 idx = _positionIndex[account][id];
         if (idx == 0) {
             uint256 n = _positions[account].length + 1;
-            if (n > MAX_POSITIONS && account != backstop) revert PositionLimitExceeded(account, n, MAX_POSITIONS);
+            bool isBackstop = account == backstop;
+            if (n > MAX_POSITIONS && !isBackstop) revert PositionLimitExceeded(account, n, MAX_POSITIONS);
             _positions[account].push(_pack(id, delta));
             _positionIndex[account][id] = n;
+            if (isBackstop) _hintBackstopSlot(id, n);
             return 0;
         }
         (, q) = _unpack(_slotRead(_positions[account], idx - 1));
@@ -634,15 +668,26 @@ contract ClearingHouse is ClearingHouseBase {
 
     /// @dev _applyPosition for the backstop's side of a hand-over: no position limit (the backstop
     /// is exempt) and no reduce flag to compute, one storage reference for the read and the write.
+    /// The backstop's slot is found from the hint in the instrument's word (warm: the portfolio
+    /// load read it), checked against the slot's instrument; only a missing or outdated hint
+    /// reads _positionIndex (cold) and renews the hint.
     function _addToBackstop(uint256 bk, uint256 id, int256 delta) private {
-        uint256 idx = _positionIndex[bk][id];
         uint256[] storage slots = _positions[bk];
-        if (idx == 0) {
-            slots.push(_pack(id, delta));
-            _positionIndex[bk][id] = slots.length;
-            return;
+        uint256 idx = _instrumentWord(id) >> BACKSTOP_HINT_SHIFT;
+        uint256 slot;
+        if (idx != 0) slot = _slotRead(slots, idx - 1); // beyond the length: 0 (popped slots are cleared)
+        if (idx == 0 || slot >> 128 != id) {
+            idx = _positionIndex[bk][id];
+            if (idx == 0) {
+                slots.push(_pack(id, delta));
+                _positionIndex[bk][id] = slots.length;
+                _hintBackstopSlot(id, slots.length);
+                return;
+            }
+            slot = _slotRead(slots, idx - 1);
+            _hintBackstopSlot(id, idx);
         }
-        (, int256 q) = _unpack(_slotRead(slots, idx - 1));
+        (, int256 q) = _unpack(slot);
         int256 nq = q + delta;
         if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
         if (nq == 0) _setQuantityAt(bk, idx - 1, id, 0);
@@ -680,6 +725,18 @@ contract ClearingHouse is ClearingHouseBase {
         assembly ("memory-safe") {
             mstore(0, slots.slot)
             sstore(add(keccak256(0, 0x20), i), v)
+        }
+    }
+
+    /// @dev Records in the instrument's word (bits 224-255, outside every Instrument field) the
+    /// backstop's slot of the instrument, as index + 1. A hint only: readers check the slot's
+    /// instrument, so a hint made stale by a swap-and-pop, a settlement or a new backstop costs
+    /// one fallback read, never a wrong slot.
+    function _hintBackstopSlot(uint256 id, uint256 idxPlusOne) private {
+        Instrument storage ins = instruments[id];
+        assembly ("memory-safe") {
+            let w := sload(ins.slot)
+            sstore(ins.slot, or(and(w, sub(shl(BACKSTOP_HINT_SHIFT, 1), 1)), shl(BACKSTOP_HINT_SHIFT, idxPlusOne)))
         }
     }
 

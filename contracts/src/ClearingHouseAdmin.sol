@@ -38,13 +38,14 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     /// @notice Pays the caller's bounties in whole token units (the sub-unit rest stays).
     function claimBounty() external {
         AssetConfig memory a = _assets[0];
-        int256 b = bounties[msg.sender];
+        int256 stored = _bountiesPlusOne[msg.sender];
+        int256 b = stored == 0 ? int256(0) : stored - 1;
         int256 scale = int256(uint256(a.scale));
         int256 units = b / scale; // b >= 0: floor
         if (units == 0) revert NothingToClaim(msg.sender);
         int256 paid = units * scale;
-        bounties[msg.sender] = b - paid;
-        totalBounties -= paid;
+        _bountiesPlusOne[msg.sender] = stored - paid; // the rest, plus one: never back to zero
+        _totalBountiesPlusOne -= paid;
         // forge-lint: disable-next-line(unsafe-typecast)
         if (!IERC20(a.token).transfer(msg.sender, uint256(units))) revert TokenTransferFailed(a.token);
         emit BountyClaimed(msg.sender, paid);
@@ -53,8 +54,8 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     /// @notice Anyone may add settlement-currency tokens to the insurance fund.
     function depositInsurance(uint256 amount) external {
         int256 received = _pull(_assets[0], amount);
-        insuranceFund += received;
-        emit InsuranceDeposit(msg.sender, received, insuranceFund);
+        _insuranceFundPlusOne += received;
+        emit InsuranceDeposit(msg.sender, received, _insuranceFundPlusOne - 1);
     }
 
     function underlyingCount() external view returns (uint256) {

@@ -36,6 +36,9 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     bytes32 public constant MATCHER = "MATCHER";
     bytes32 public constant RISK_OPERATOR = "RISK_OPERATOR";
 
+    /// One storage word: the fields take bits 0-223; bits 224-255 hold the clearing house's hint
+    /// of the backstop's slot of the instrument (ClearingHouse._hintBackstopSlot), which no
+    /// field and no getter sees.
     struct Instrument {
         uint8 underlying;
         uint8 kind; // 0 future, 1 call, 2 put
@@ -44,6 +47,7 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         uint64 expiry; // 0: perpetual future
         uint128 strike; // options only
     }
+    uint256 internal constant BACKSTOP_HINT_SHIFT = 224;
 
     struct UnderlyingConfig {
         AggregatorV3Interface priceFeed;
@@ -107,9 +111,13 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     address public riskParamsPointer; // code = 0x00 ++ abi.encode(RiskParams)
     uint256 public tradeCount;
     uint256 public instrumentCount;
-    int256 public insuranceFund;
+    // The insurance fund, the unclaimed bounties and each liquidator's bounty are stored plus
+    // one: the first two from construction, a liquidator's from its first bounty, so that a
+    // liquidation's penalty never writes a zero slot (22,100 gas cold) after the first time, even
+    // when the fund or a balance is back to zero. The getters below return the amounts.
+    int256 internal _insuranceFundPlusOne;
     int256 public totalSocialisedLoss;
-    int256 public totalBounties; // unclaimed
+    int256 internal _totalBountiesPlusOne;
     LiquidationConfig public liquidationConfig;
 
     UnderlyingConfig[] internal _underlyings;
@@ -121,7 +129,7 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     mapping(uint256 => AccountState) public accountState;
     mapping(uint256 => mapping(address => bool)) public isOperator;
     mapping(uint256 => mapping(uint256 => int256)) public balanceOf; // account => asset => WAD
-    mapping(address => int256) public bounties;
+    mapping(address => int256) internal _bountiesPlusOne; // 0: never credited
     /// @dev Positions: packed (instrument << 128 | uint128(int128 quantity)), one slot each.
     mapping(uint256 => uint256[]) internal _positions;
     mapping(uint256 => mapping(uint256 => uint256)) internal _positionIndex; // index + 1
@@ -175,6 +183,22 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         _cachedThis = address(this);
         _cachedChainId = block.chainid;
         _cachedDomainSeparator = _buildDomainSeparator();
+    }
+
+    /// @notice The insurance fund (WAD of asset 0).
+    function insuranceFund() external view returns (int256) {
+        return _insuranceFundPlusOne - 1;
+    }
+
+    /// @notice The bounties credited and not yet claimed, all liquidators (WAD of asset 0).
+    function totalBounties() external view returns (int256) {
+        return _totalBountiesPlusOne - 1;
+    }
+
+    /// @notice A liquidator's unclaimed bounty (WAD of asset 0).
+    function bounties(address liquidator) external view returns (int256) {
+        int256 s = _bountiesPlusOne[liquidator];
+        return s == 0 ? int256(0) : s - 1;
     }
 
     function _domainSeparator() internal view returns (bytes32) {

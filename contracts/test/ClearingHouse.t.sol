@@ -2,6 +2,7 @@
 pragma solidity 0.8.30;
 
 import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
+import {Vm} from "./utils/Vm.sol";
 import {IClearingHouseErrors, IClearingHouseEvents} from "../src/interfaces/IClearingHouse.sol";
 import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
 import {MockERC20} from "../src/token/MockERC20.sol";
@@ -444,8 +445,12 @@ contract ClearingHouseTest is ClearingHouseFixture {
         assertTrue(r.equity < 0, "insolvent");
         int256 aliceBefore = ch.balanceOf(alice, 0);
         uint64 n = nonceOf(alice);
+        uint256[] memory taken = new uint256[](1);
+        taken[0] = (ethPerp << 128) | 1e18; // alice's whole long
+        int256[] memory prices = new int256[](1);
+        prices[0] = 1000e18;
         vm.expectEmit(true, true, true, true);
-        emit IClearingHouseEvents.Liquidation(alice, LIQ, n + 1, 1e18, r.equity, r.requirement, 0, 0, 0);
+        emit IClearingHouseEvents.Liquidation(alice, LIQ, n + 1, 1e18, r.equity, r.requirement, 0, 0, 0, taken, prices);
         vm.prank(LIQ);
         int256 bounty = ch.liquidate(alice, n, r.witness, 1e18);
         assertEq(bounty, 0, "no penalty, no bounty");
@@ -658,6 +663,116 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         bob = fund(BOB, 0, 100_000e6);
     }
 
+    /// The hand-over finds the backstop's slot from a hint in the instrument's word; a hint made
+    /// stale (a swap-and-pop moved the slot, the backstop changed) must fall back to the index,
+    /// never write to a wrong slot, and leave the book and the instruments as they were.
+    function test_backstopSlotHintGoesStale() public {
+        uint256 carol = fund(CAROL, 0, 100_000e6);
+        // The backstop's book: btcFut at slot 0, ethPerp at slot 1; closing btcFut moves ethPerp
+        // to slot 0, while ethPerp's hint still names slot 1 (now past the end).
+        doTrade(bk, carol, btcFut, 1e16, markPrice(btcFut));
+        doTrade(bk, carol, ethPerp, 2e17, 2000e18);
+        doTrade(carol, bk, btcFut, 1e16, markPrice(btcFut));
+        (uint256[] memory ids, int256[] memory q) = adm.positionsOf(bk);
+        assertEq(ids.length, 1, "one position left");
+        assertEq(ids[0], ethPerp, "ethPerp moved to slot 0");
+        bytes32 fields = _instrumentFields(ethPerp);
+
+        // Two longs go to the backstop: alice's through the stale hint (the fallback renews
+        // it), dave's through the renewed one.
+        uint256 dave = fund(registerKey(0xDA7E), 0, 400e6);
+        doTrade(alice, bob, ethPerp, 1e18, 2000e18);
+        doTrade(dave, bob, ethPerp, 1e18, 2000e18);
+        setEth(1850e8);
+        _liquidateAll(alice);
+        _liquidateAll(dave);
+        (ids, q) = adm.positionsOf(bk);
+        assertEq(ids.length, 1, "still one slot");
+        assertEq(ids[0], ethPerp, "same instrument");
+        assertEq(q[0], 2e17 + 2e18, "both longs added to the one slot");
+        (, q) = adm.positionsOf(alice);
+        assertEq(q.length, 0, "alice flat");
+        // The hint is invisible to the instrument's fields.
+        assertTrue(_instrumentFields(ethPerp) == fields, "instrument fields unchanged");
+        _newBackstopIgnoresOldHints();
+    }
+
+    /// A new backstop: ethPerp's hint names slot 0, the former backstop's; the new backstop's
+    /// slot 0 holds btcFut.
+    function _newBackstopIgnoresOldHints() internal {
+        uint256 bk2 = ch.accountId(CAROL, 7);
+        vm.prank(GOV);
+        adm.setBackstop(bk2); // an empty account
+        depositTo(CAROL, bk2, 0, 100_000e6);
+        setEth(2000e8);
+        doTrade(bk2, bob, btcFut, 1e16, markPrice(btcFut));
+        uint256 erin = fund(registerKey(0xE1217), 0, 400e6);
+        doTrade(erin, bob, ethPerp, 1e18, 2000e18);
+        setEth(1850e8);
+        _liquidateAll(erin);
+        (uint256[] memory ids, int256[] memory q) = adm.positionsOf(bk2);
+        assertEq(ids.length, 2, "btcFut, then the new backstop's own ethPerp slot");
+        assertEq(ids[0], btcFut, "btcFut untouched");
+        assertEq(q[0], 1e16, "btcFut quantity untouched");
+        assertEq(ids[1], ethPerp, "instrument");
+        assertEq(q[1], 1e18, "quantity");
+        (ids, q) = adm.positionsOf(bk);
+        assertEq(q[0], 2e17 + 2e18, "the former backstop's book untouched");
+    }
+
+    /// The insurance fund, totalBounties and a liquidator's bounty are stored plus one (no zero
+    /// -> non-zero write in a penalty after the first); the getters return the amounts, zero
+    /// included, before anything and after a claim of everything.
+    function test_bountyStoredPlusOneReadsAsAmount() public {
+        assertEq(ch.insuranceFund(), 0, "fund starts at zero");
+        assertEq(ch.totalBounties(), 0, "no bounty yet");
+        assertEq(ch.bounties(LIQ), 0, "never credited");
+        vm.prank(GOV);
+        adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(5e16, 5e17, 1 hours, 3e18, 3e18));
+        uint256 dave = fund(registerKey(0xDA7E), 0, 400e6);
+        doTrade(alice, bob, ethPerp, 1e18, 2000e18);
+        doTrade(dave, bob, ethPerp, 1e18, 2000e18);
+        setEth(1850e8);
+        _liquidateAll(alice);
+        assertEq(ch.bounties(LIQ), 3e18, "credited");
+        assertEq(ch.totalBounties(), 3e18, "total");
+        int256 fundAfterOne = ch.insuranceFund();
+        assertTrue(fundAfterOne > 0, "insurance share");
+        vm.prank(LIQ);
+        adm.claimBounty();
+        assertEq(int256(usdc.balanceOf(LIQ)), 3e6, "paid in whole units");
+        assertEq(ch.bounties(LIQ), 0, "claimed to zero");
+        assertEq(ch.totalBounties(), 0, "total back to zero");
+        vm.prank(LIQ);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NothingToClaim.selector, LIQ));
+        adm.claimBounty();
+        _liquidateAll(dave);
+        assertEq(ch.bounties(LIQ), 3e18, "credited again");
+        assertEq(ch.totalBounties(), 3e18, "total again");
+        assertEq(ch.insuranceFund(), 2 * fundAfterOne, "the same share again");
+        assertEq(heldWad(0), _heldByBooks(dave), "tokens held == balances + insurance + bounties");
+    }
+
+    function _heldByBooks(uint256 dave) internal view returns (int256 sum) {
+        uint256[5] memory accts = [alice, bob, dave, bk, ch.accountId(CAROL, 0)];
+        for (uint256 i; i < accts.length; ++i) {
+            sum += ch.balanceOf(accts[i], 0);
+        }
+        sum += ch.insuranceFund() + ch.totalBounties();
+    }
+
+    function _instrumentFields(uint256 id) internal view returns (bytes32) {
+        (uint8 u, uint8 kind, bool listed, bool settled, uint64 exp, uint128 strike) = ch.instruments(id);
+        return keccak256(abi.encode(u, kind, listed, settled, exp, strike));
+    }
+
+    function _liquidateAll(uint256 a) internal {
+        MarginResult memory r = fullCheckNow(a);
+        uint64 n = nonceOf(a);
+        vm.prank(LIQ);
+        ch.liquidate(a, n, r.witness, 1e18);
+    }
+
     function test_backstopNotSet() public {
         vm.prank(GOV);
         adm.setBackstop(0);
@@ -784,10 +899,25 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         setEth(1850e8);
         MarginResult memory r = fullCheckNow(alice);
         uint64 n = nonceOf(alice);
-        vm.expectEmit(true, true, true, true);
-        emit IClearingHouseEvents.PositionTakenOver(alice, ethPerp, 1e18, 1850e18);
+        vm.recordLogs();
         vm.prank(LIQ);
         ch.liquidate(alice, n, r.witness, 1e18);
+        // One Liquidation event carries the positions handed over: alice's long at 1850.
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        uint256 found;
+        for (uint256 i; i < logs.length; ++i) {
+            if (logs[i].topics[0] != IClearingHouseEvents.Liquidation.selector) continue;
+            ++found;
+            assertEq(uint256(logs[i].topics[1]), alice, "indexed account");
+            (,,,,,,, uint256[] memory taken, int256[] memory prices) = abi.decode(
+                logs[i].data, (uint64, int256, int256, int256, int256, int256, int256, uint256[], int256[])
+            );
+            assertEq(taken.length, 1, "one position moved");
+            assertEq(taken[0] >> 128, ethPerp, "instrument");
+            assertEq(int256(int128(uint128(taken[0]))), 1e18, "quantity");
+            assertEq(prices[0], 1850e18, "price");
+        }
+        assertEq(found, 1, "one Liquidation event");
         usdc.mint(ALICE, 5e6);
         vm.startPrank(ALICE);
         usdc.approve(address(ch), 5e6);

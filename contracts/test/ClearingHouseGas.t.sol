@@ -125,9 +125,9 @@ abstract contract ClearingHouseGasBase is ClearingHouseFixture {
 
     /// The same liquidation as a running protocol pays it in its own transaction: the account's,
     /// the backstop's and the feeds' storage cold (test_gas_liquidate reads the account's
-    /// portfolio first, which warms it), and the insurance fund, the liquidator's bounty and
-    /// totalBounties already non-zero (a first liquidation of 2% made them so; a fresh
-    /// deployment pays ~17k more for each of those three zero -> non-zero writes).
+    /// portfolio first, which warms it), and the liquidator's bounty already credited once (a
+    /// first liquidation of 2% did; the insurance fund and totalBounties are stored plus one
+    /// from construction, so neither is ever a zero -> non-zero write).
     function test_gas_liquidate_steadyCold() public {
         uint64 nonce = _underwater();
         uint256[] memory wit = w;

@@ -37,7 +37,6 @@ NONCE_BUMPED: dict[str, tuple[str, ...]] = {"BadDebtResolved": ("account",)}
 #: Events naming an account whose nonce they leave alone (its state may still change).
 NAMED_ONLY: dict[str, tuple[str, ...]] = {
     "MarginCallCleared": ("account",),
-    "PositionTakenOver": ("account",),
     "CollateralSeized": ("account",),
     "OperatorSet": ("account",),
     "BackstopSet": ("account",),
@@ -46,7 +45,6 @@ NAMED_ONLY: dict[str, tuple[str, ...]] = {
 BACKSTOP_CHANGES: dict[str, bool] = {
     "Liquidation": True,
     "BadDebtResolved": True,
-    "PositionTakenOver": False,
     "CollateralSeized": False,
 }
 MARKET_EVENTS = frozenset(

@@ -187,17 +187,20 @@ def check_claim(
     c = ClaimCheck(kind, event, account, witness, witness_source)
     if kind == "liquidation":
         c.bounty_credited = 0  # BountyCredited is only emitted for a bounty above zero
-    block = event.block
-    for e in same_tx:
-        if e.name == "PositionTakenOver" and int(e.args["account"]) == account:
+        # The positions handed to the backstop, packed as the position slots are:
+        # (instrument << 128) | uint128(int128(quantity)).
+        for word, price in zip(event.args["taken"], event.args["prices"], strict=True):
+            low = int(word) & (2**128 - 1)
             c.taken_over.append(
                 {
-                    "instrument": int(e.args["instrument"]),
-                    "quantity": int(e.args["quantity"]),
-                    "price": int(e.args["price"]),
+                    "instrument": int(word) >> 128,
+                    "quantity": low - 2**128 if low >= 2**127 else low,
+                    "price": int(price),
                 }
             )
-        elif e.name == "BountyCredited":
+    block = event.block
+    for e in same_tx:
+        if e.name == "BountyCredited":
             c.bounty_credited = int(e.args["amount"])
     snap = replace(parent, timestamp=timestamp, _tables={})
     acc = snap.accounts[account]

@@ -27,9 +27,10 @@ interface IClearingHouseEvents {
     /// @notice equity and initialMargin are 0 when the flag lapses on an account left without
     /// positions and debt by a trade (healthy without a check).
     event MarginCallCleared(uint256 indexed account, int256 equity, int256 initialMargin);
-    /// @notice One position handed to the backstop during a liquidation (quantity as seen by
-    /// the liquidated account: it loses `quantity`, the backstop gains it, at `price`).
-    event PositionTakenOver(uint256 indexed account, uint256 indexed instrument, int256 quantity, int256 price);
+    /// @notice One liquidation, with the positions handed to the backstop: `taken[i]` packs an
+    /// instrument and a quantity as the position slots do, `(instrument << 128) |
+    /// uint128(int128(quantity))` (quantity as seen by the liquidated account: it loses
+    /// `quantity`, the backstop gains it), moved at `prices[i]`.
     event Liquidation(
         uint256 indexed account,
         address indexed liquidator,
@@ -39,7 +40,9 @@ interface IClearingHouseEvents {
         int256 requirement,
         int256 penalty,
         int256 bounty,
-        int256 toInsurance
+        int256 toInsurance,
+        uint256[] taken,
+        int256[] prices
     );
     event BadDebtResolved(uint256 indexed account, int256 debt, int256 fromInsurance, int256 socialised);
     event CollateralSeized(uint256 indexed account, uint256 indexed asset, int256 amount, int256 paid);

@@ -23,6 +23,14 @@ interface Vm {
     function chainId(uint256 newChainId) external;
     function expectEmit(bool checkTopic1, bool checkTopic2, bool checkTopic3, bool checkData) external;
     function expectEmit() external;
+    struct Log {
+        bytes32[] topics;
+        bytes data;
+        address emitter;
+    }
+    /// Records every log emitted from here on, for getRecordedLogs (which returns and clears them).
+    function recordLogs() external;
+    function getRecordedLogs() external returns (Log[] memory logs);
     /// Records `value` under `name` in the gas snapshot file of the calling test contract
     /// (contracts/snapshots/<Contract>.json), committed and diffed like `forge snapshot`.
     function snapshotValue(string calldata name, uint256 value) external;
