@@ -104,7 +104,8 @@ def exp_inputs() -> st.SearchStrategy[int]:
 
 
 def _sqrt2_boundary(k: int, d: int) -> int:
-    """x whose normalized mantissa sits at round(sqrt2·2**96) ± d: ln's centre (s = 0, s changes sign)."""
+    """x whose normalized mantissa sits at round(sqrt2·2**96) ± d: ln's centre (s = 0, where s
+    changes sign)."""
     m = 112_045_541_949_572_279_837_463_876_455 + d
     return m >> (96 - k) if k < 96 else m << (k - 96)
 
