@@ -47,6 +47,7 @@ contract AdversarialHandler is OrderSigner {
     struct Snap {
         Px x;
         int256[] eq; // per account index
+        int256[] v; // per account index: exact value (WAD^2)
         int256 wA; // the attacker's value (its six books and its liquidators' bounties), FULL snapshots only
         uint256 mask; // the accounts snapshotted
     }
@@ -919,6 +920,13 @@ contract AdversarialHandler is OrderSigner {
             );
         }
         ghostInsurance += l.penalty - l.bounty;
+        // The hand-over is at the marks rounded against the book: exactly, the book loses at
+        // least its penalty and the backstop loses nothing.
+        (int256 vBook,) = _val(accts[l.i], s0.x);
+        (int256 vBk,) = _val(accts[BK], s0.x);
+        if (vBook > s0.v[l.i] - l.penalty * WAD || vBk < s0.v[BK]) {
+            _fail(LIQUIDATION, "a hand-over moved value to the book or out of the backstop", l.i, vBook, s0.v[l.i]);
+        }
         ++liquidations;
         if (l.by != LIQ) ++selfLiquidations;
         _post(s0, LIQUIDATED, l.i, l.roundBound);
@@ -1208,11 +1216,11 @@ contract AdversarialHandler is OrderSigner {
     function _snapAt(Px memory x, uint256 mask) internal view returns (Snap memory s) {
         (s.x, s.mask) = (x, mask);
         s.eq = new int256[](N_ACCT);
+        s.v = new int256[](N_ACCT);
         for (uint256 i; i < N_ACCT; ++i) {
             if (mask & _bit(i) == 0) continue;
-            (int256 v, int256 e) = _val(accts[i], s.x);
-            s.eq[i] = e;
-            if (isAttacker(i)) s.wA += v;
+            (s.v[i], s.eq[i]) = _val(accts[i], s.x);
+            if (isAttacker(i)) s.wA += s.v[i];
         }
         if (mask != FULL) return s;
         for (uint256 k; k < 3; ++k) {
@@ -1687,9 +1695,10 @@ contract ClearingHouseAdversarialTest is ClearingHouseFixture, InvariantBase {
     }
 
     /// Every successful liquidation hit an account below MM, or below IM and flagged at least a
-    /// grace period before, by the full check at that moment; it cleared the flag and paid the
-    /// liquidator exactly its share of the penalty. Every flag hit an account below IM, every
-    /// cleared flag an account at or above it.
+    /// grace period before, by the full check at that moment; it cleared the flag, paid the
+    /// liquidator exactly its share of the penalty, and handed positions over at marks rounded
+    /// against the book (exactly: the book lost at least its penalty, the backstop nothing).
+    /// Every flag hit an account below IM, every cleared flag an account at or above it.
     function inv_liquidationOnlyWhenDue() internal view {
         assertEq(handler.violations(1), 0, handler.firstViolation());
     }
