@@ -7,13 +7,12 @@ market seed_market would have made: for every account the clearing house's own r
 every instrument's open interest sums to zero, the keeper's indexer finds every account with
 nonces that replay to the chain's, and ordinary signed-order trades (one closing a leg, which
 swaps a slot, then one on the moved leg), a deposit, a withdrawal and a liquidation work on the
-seeded accounts afterwards. The seeder's storage layout is the clearing house's (forge inspect).
+seeded accounts afterwards. The seeder's storage layout is the clearing house's (the compiler's, from the build artifacts).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 from web3 import Web3
 from web3.logs import DISCARD
 
-from keeper.artifacts import CONTRACTS_DIR, DEFAULT_FORGE
+from keeper.artifacts import artifact_path
 from keeper.chain import Chain
 from keeper.deployment import Deployment, bind, deploy_protocol
 from keeper.devnet import Anvil
@@ -93,15 +92,8 @@ def venue(contracts_built: None) -> Iterator[Venue]:
 
 def test_seeder_layout_is_the_clearing_house_layout(contracts_built: None) -> None:
     def layout(name: str) -> list[tuple[str, str, int, str]]:
-        out = subprocess.run(
-            [str(DEFAULT_FORGE), "inspect", name, "storageLayout", "--offline", "--json"],
-            cwd=CONTRACTS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=True,
-        ).stdout
-        data = json.loads(out)
+        # The compiler's layout, from the build artifact (foundry.toml: extra_output).
+        data = json.loads(artifact_path(name).read_text())["storageLayout"]
         types = data["types"]
         return [
             (s["label"], s["slot"], s["offset"], types[s["type"]]["label"]) for s in data["storage"]
