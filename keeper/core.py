@@ -2,7 +2,9 @@
 
 ``KeeperCore.on_block`` is called by the service loop (scheduler/indexer) once per new block:
 one batched snapshot pinned to the view's block (two when a feed moved and the accounts using
-it were not already in the first), ``keeper.decisions.assess``, a ``Decision`` row whenever an
+it were not already in the first), ``keeper.book_engine.BookEngine.assess`` (the bounded float
+pass over the whole book, the exact engine where it cannot decide and wherever an action or a
+record may follow), a ``Decision`` row whenever an
 account's state or inputs digest changed (and for every action), then for each action:
 back-off and idempotency gates, ``eth_call`` simulation and ``eth_estimateGas`` against the
 latest block from the liquidator's address, the profitability rule, and ``TxManager.submit``.
@@ -36,6 +38,7 @@ from typing import Any
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
+from keeper.book_engine import BookEngine
 from keeper.chain.errors import ChainError
 from keeper.chain.revert import decode_revert, revert_data_of
 from keeper.chain.view import (
@@ -54,7 +57,7 @@ from keeper.decisions import (
     Assessment,
     DecisionPolicy,
     RoundChoice,
-    assess,
+    assess_account,
     expired_unsettled,
     gas_cost_in_asset0,
     latest_round,
@@ -97,6 +100,9 @@ class BlockReport:
     actions_sent: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     rpc_round_trips: int = 0
+    accounts_bounded: int = 0  # assessed by the bounded float pass alone (proven healthy)
+    accounts_exact: int = 0  # assessed by the exact engine
+    book_rebuilt: bool = False  # the engine rebuilt its columnar book for this block
     states: dict[int, str] = field(default_factory=dict)  # account -> state, assessed ones
     #: Accounts not acted on because an oracle answer was rejected, by the error's name.
     oracle_rejections: dict[str, int] = field(default_factory=dict)
@@ -157,6 +163,8 @@ class KeeperCore:
         self._settle_rounds: dict[int, int] = {}  # instrument -> price round at that try
         #: feed -> rounds read by getRoundData (a published round never changes).
         self._feed_rounds: dict[str, dict[int, RoundData | None]] = {}
+        #: The whole book in columns, classified every block (keeper.book_engine).
+        self.engine = BookEngine()
 
     # --- the per-block step ------------------------------------------------------------------
 
@@ -191,9 +199,10 @@ class KeeperCore:
         report.accounts_reused = snap.reused_accounts
         self._first = False
         try:
-            assessed = assess(snap, sorted(targets), self.policy)
+            assessed = self._assess(snap, sorted(targets), report)
             for a in assessed:
-                self._uses[a.account] = _used_underlyings(snap, a.account)
+                if not a.bounded:  # a bounded assessment proves the book unchanged
+                    self._uses[a.account] = _used_underlyings(snap, a.account)
                 if a.state in WATCH_STATES:
                     self._watch.add(a.account)
                 else:
@@ -269,7 +278,7 @@ class KeeperCore:
             if any(snap.instruments[i].settled for i, _ in acc.positions)
         ]
         try:
-            for a in assess(snap, holders, self.policy):
+            for a in self._assess(snap, holders, report):
                 report.accounts_assessed += 1
                 report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
                 report.states[a.account] = a.state
@@ -278,6 +287,16 @@ class KeeperCore:
             self._flush()
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report
+
+    def _assess(
+        self, snap: ProtocolSnapshot, accounts: list[int], report: BlockReport
+    ) -> list[Assessment]:
+        assessed = self.engine.assess(snap, accounts, self.policy)
+        stats = self.engine.stats
+        report.accounts_bounded += stats.bounded
+        report.accounts_exact += stats.exact
+        report.book_rebuilt |= stats.rebuilt
+        return assessed
 
     def _settlement_round(
         self, view: ChainView, snap: ProtocolSnapshot, ins: Instrument
@@ -290,6 +309,11 @@ class KeeperCore:
     def _handle(self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport) -> None:
         acct = str(a.account)
         changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
+        if changed and a.bounded:
+            # A record is due (e.g. the store was restored from elsewhere): records carry the
+            # exact result, so the account is assessed again by the exact engine.
+            a = assess_account(snap, a.account, self.policy)
+            changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
         if a.state == "no_price":
             # The same checks as OracleLib: the contract would revert with this error too.
             name = a.oracle_error or "unknown"
@@ -599,6 +623,7 @@ class KeeperCore:
     def forget_accounts(self) -> None:
         """Drop the reused account data (after a reorg: read every book again)."""
         self._accounts.clear()
+        self.engine.forget()
 
     def _flush(self) -> None:
         rows, self._batch = self._batch, []

@@ -137,6 +137,9 @@ class Assessment:
     change_digest: str = ""
     #: ``no_price``: the name of the oracle check that failed (``StalePrice``, ...).
     oracle_error: str | None = None
+    #: The state was proven by the bounded float pass (keeper.book_engine) and equals the
+    #: exact one; ``result`` is None. Only quiet healthy books are assessed this way.
+    bounded: bool = False
 
     @property
     def inputs_digest(self) -> str:
