@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keeper.chain.view import OracleError, ProtocolSnapshot
-from keeper.decisions import Assessment, DecisionPolicy, assess_account
+from keeper.decisions import AccountState, Assessment, DecisionPolicy, assess_account
 from margin.book import Book
 from margin.errors import MarginError
 from margin.portfolio import Market, Portfolio, validate_portfolio
@@ -44,6 +44,8 @@ from margin.sweep import MarketPrep, Sweep
 
 #: (state nonce, flaggedAt) of an account: equal values prove an unchanged book.
 AccountKey = tuple[int, int]
+#: (key, change digest, state) of a quiet exact assessment.
+Quiet = tuple[AccountKey, str, AccountState]
 #: What every account's margin depends on besides its own book and the prices.
 Context = tuple[bytes, int, frozenset[tuple[int, int]], int]
 
@@ -105,7 +107,7 @@ class BookEngine:
         self._excluded: dict[int, AccountKey] = {}  # refused by the model's validation
         #: account -> (key, change digest, state) of its last exact assessment, when that was
         #: a quiet "healthy" (no flag, no action, no note, strict ages).
-        self._quiet: dict[int, tuple[AccountKey, str, str]] = {}
+        self._quiet: dict[int, Quiet] = {}
         self._stale = 0
         self.stats = EngineStats()
 
@@ -119,7 +121,7 @@ class BookEngine:
         wanted = [a for a in dict.fromkeys(accounts) if a != snap.backstop and a in snap.accounts]
         self.stats = EngineStats(rebuilt=self._maintain(snap))
         # Per account: (key, slot, its quiet exact assessment of this very book, or None).
-        plan: list[tuple[int, AccountKey, int | None, tuple[AccountKey, str, str] | None]] = []
+        plan: list[tuple[int, AccountKey, int | None, Quiet | None]] = []
         stale = 0
         for a in wanted:
             acc = snap.accounts[a]
@@ -158,7 +160,7 @@ class BookEngine:
     def _bounded(
         snap: ProtocolSnapshot,
         account: int,
-        quiet: tuple[AccountKey, str, str],
+        quiet: Quiet,
         policy: DecisionPolicy,
     ) -> Assessment:
         acc = snap.accounts[account]
@@ -174,7 +176,7 @@ class BookEngine:
 
     def _remember(self, account: int, key: AccountKey, x: Assessment) -> None:
         quiet = (
-            x.state == "healthy"
+            x.state == AccountState.HEALTHY
             and x.action is None
             and x.note is None
             and not x.lenient
