@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from keeper.chain.rpc import BlockRef
-from keeper.chain.view import NO_UNDERLYING, OracleError, ProtocolSnapshot
+from keeper.chain.view import NO_UNDERLYING, AccountSnapshot, OracleError, ProtocolSnapshot
 from keeper.config import DecisionsConfig
 from keeper.digest import inputs_digest
 from keeper.protocol.bounty import liquidation_payout
@@ -237,17 +237,24 @@ def assess(
     return out
 
 
-def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy) -> Assessment:
-    """Classify one account and choose its action. Order of precedence: the margin actions
-    (liquidate, flag, resolve_bad_debt), then settle_account for a book holding settled
-    instruments, then clear_flag for a cured flag. Margin is always that of the folded book
-    (settled positions as cash), as every check of the contract sees it."""
-    acc = snap.accounts[account]
-    pf = snap.portfolio(account)
-    settled = snap.settled_positions(account)
-    change: str | None = None
+@dataclass
+class _Case:
+    """One account being assessed: what every outcome of ``assess_account`` is built from."""
+
+    snap: ProtocolSnapshot
+    account: int
+    acc: AccountSnapshot
+    pf: Portfolio
+    policy: DecisionPolicy
+    settle: Action | None  # settle_account, when the book holds settled instruments
+    change: str | None = None  # the change digest, once the inputs are known
+
+    @property
+    def flagged(self) -> bool:
+        return self.acc.flagged_at != 0
 
     def make(
+        self,
         state: AccountState,
         result: MarginResult | None = None,
         lenient: bool = False,
@@ -255,29 +262,23 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         action: Action | None = None,
         note: str | None = None,
     ) -> Assessment:
+        snap, pf = self.snap, self.pf
         return Assessment(
-            account,
+            self.account,
             snap.block,
-            acc.nonce,
+            self.acc.nonce,
             state,
             result,
             lenient,
             digest or (lambda: _no_price_digest(snap, pf)),
             action,
-            acc.flagged_at,
+            self.acc.flagged_at,
             note,
-            change or _no_price_digest(snap, pf),
+            self.change or _no_price_digest(snap, pf),
         )
-
-    def simple(kind: str) -> Action:
-        return Action(
-            kind, account, None, acc.nonce, None, None, 0, f"{kind}:{account}:{acc.nonce}"
-        )
-
-    settle = simple(ActionKind.SETTLE_ACCOUNT) if settled and policy.allow_settlement else None
-    flagged = acc.flagged_at != 0
 
     def quiet(
+        self,
         state: AccountState,
         res: MarginResult | None = None,
         lenient: bool = False,
@@ -285,24 +286,36 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         note: str | None = None,
     ) -> Assessment:
         """No margin action: settle the settled positions, else clear a cured flag."""
-        if settle is not None:
-            return make(AccountState.SETTLEABLE, res, lenient, digest, settle, note)
+        if self.settle is not None:
+            return self.make(AccountState.SETTLEABLE, res, lenient, digest, self.settle, note)
         action = None
-        if state == AccountState.HEALTHY and flagged and policy.clear_cured_flags and not lenient:
+        cured = state == AccountState.HEALTHY and self.flagged and not lenient
+        if cured and self.policy.clear_cured_flags:
+            a, acc = self.account, self.acc
             action = Action(
-                ActionKind.CLEAR_FLAG, account, None, acc.nonce, None, None, 0,
-                f"clear_flag:{account}:{acc.nonce}:{acc.flagged_at}",
+                ActionKind.CLEAR_FLAG, a, None, acc.nonce, None, None, 0,
+                f"clear_flag:{a}:{acc.nonce}:{acc.flagged_at}",
             )  # fmt: skip
-        return make(state, res, lenient, digest, action, note)
+        return self.make(state, res, lenient, digest, action, note)
 
-    if not pf.positions and not flagged:
-        # No oracle needed: cash only, nothing owed (a stable balance never moves).
-        volatile = any(
-            b != 0 and snap.assets[k].underlying != NO_UNDERLYING
-            for k, b in enumerate(pf.collateral)
-        )
-        if not volatile and all(b >= 0 for b in pf.collateral):
-            return quiet(AccountState.EMPTY if not any(pf.collateral) else AccountState.HEALTHY)
+
+def _simple(kind: ActionKind, account: int, nonce: int) -> Action:
+    return Action(kind, account, None, nonce, None, None, 0, f"{kind}:{account}:{nonce}")
+
+
+def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy) -> Assessment:
+    """Classify one account and choose its action. Order of precedence: the margin actions
+    (liquidate, flag, resolve_bad_debt), then settle_account for a book holding settled
+    instruments, then clear_flag for a cured flag. Margin is always that of the folded book
+    (settled positions as cash), as every check of the contract sees it."""
+    acc = snap.accounts[account]
+    settle = None
+    if snap.settled_positions(account) and policy.allow_settlement:
+        settle = _simple(ActionKind.SETTLE_ACCOUNT, account, acc.nonce)
+    case = _Case(snap, account, acc, snap.portfolio(account), policy, settle)
+    cash = _cash_only(case)
+    if cash is not None:
+        return cash
 
     lenient = False
     try:
@@ -313,8 +326,10 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
             inp = snap.inputs(account, lenient=True)
         except OracleError as exc:
             if settle is not None:  # settleAccount reads no oracle
-                return make(AccountState.SETTLEABLE, lenient=True, action=settle, note=str(exc))
-            rejected = make(AccountState.NO_PRICE, lenient=True, note=str(exc))
+                return case.make(
+                    AccountState.SETTLEABLE, lenient=True, action=settle, note=str(exc)
+                )
+            rejected = case.make(AccountState.NO_PRICE, lenient=True, note=str(exc))
             return replace(rejected, oracle_error=type(exc).__name__)
 
     def digest() -> str:
@@ -322,31 +337,59 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
 
     # The account's own inputs only: a price round alone is no reason for a new record
     # (docs/keeper-decisions.md, "Records").
-    change = inputs_digest(inp.portfolio, _NO_MARKET, snap.risk_params_bytes, lenient=lenient)
+    case.change = inputs_digest(inp.portfolio, _NO_MARKET, snap.risk_params_bytes, lenient=lenient)
     try:
-        table = snap.table(inp.market)
-        res = table.full_check(inp.portfolio)
+        res = snap.table(inp.market).full_check(inp.portfolio)
     except MarginError as exc:
-        return make(AccountState.INVALID, lenient=lenient, digest=digest, note=repr(exc))
-
+        return case.make(AccountState.INVALID, lenient=lenient, digest=digest, note=repr(exc))
     if not inp.portfolio.positions:
-        # resolveBadDebt's rule: no live position and the model equity (lenient market: the
-        # same prices as this one) below zero. Otherwise a debt is a loan the account covers.
-        if res.equity < 0:
-            action = simple(ActionKind.RESOLVE_BAD_DEBT) if policy.allow_bad_debt else None
-            return make(AccountState.BAD_DEBT, res, lenient, digest, action)
-        state = _BY_ENGINE_STATE[res.state]
-        note = None if res.state == HEALTHY else "loan: no live position and equity >= 0"
-        return quiet(state, res, lenient, digest, note=note)
+        return _without_positions(case, res, lenient, digest)
+    return _margin_action(case, res, lenient, digest)
 
+
+def _cash_only(case: _Case) -> Assessment | None:
+    """No position, no flag, no volatile balance and no debt: no oracle is needed (a stable
+    balance never moves). None when the account needs the engine."""
+    pf, snap = case.pf, case.snap
+    if pf.positions or case.flagged:
+        return None
+    volatile = any(
+        b != 0 and snap.assets[k].underlying != NO_UNDERLYING for k, b in enumerate(pf.collateral)
+    )
+    if volatile or any(b < 0 for b in pf.collateral):
+        return None
+    return case.quiet(AccountState.EMPTY if not any(pf.collateral) else AccountState.HEALTHY)
+
+
+def _without_positions(
+    case: _Case, res: MarginResult, lenient: bool, digest: Callable[[], str]
+) -> Assessment:
+    """resolveBadDebt's rule: no live position and the model equity (lenient market: the same
+    prices as this one) below zero. Otherwise a debt is a loan the account covers."""
+    if res.equity < 0:
+        action = None
+        if case.policy.allow_bad_debt:
+            action = _simple(ActionKind.RESOLVE_BAD_DEBT, case.account, case.acc.nonce)
+        return case.make(AccountState.BAD_DEBT, res, lenient, digest, action)
+    state = _BY_ENGINE_STATE[res.state]
+    note = None if res.state == HEALTHY else "loan: no live position and equity >= 0"
+    return case.quiet(state, res, lenient, digest, note=note)
+
+
+def _margin_action(
+    case: _Case, res: MarginResult, lenient: bool, digest: Callable[[], str]
+) -> Assessment:
+    """A book with live positions: its state, and the flag or liquidation the contract's
+    witness check (lenient ages) would accept."""
+    snap, acc, account, policy = case.snap, case.acc, case.account, case.policy
     grace = snap.liquidation_config[2]
-    grace_over = flagged and snap.timestamp >= acc.flagged_at + grace
+    grace_over = case.flagged and snap.timestamp >= acc.flagged_at + grace
     if res.state == HEALTHY:
-        return quiet(AccountState.HEALTHY, res, lenient, digest)
-    if res.state == MARGIN_CALL and not flagged:
+        return case.quiet(AccountState.HEALTHY, res, lenient, digest)
+    if res.state == MARGIN_CALL and not case.flagged:
         state = AccountState.MARGIN_CALL
     elif res.state == MARGIN_CALL and not grace_over:
-        return quiet(AccountState.FLAGGED_GRACE, res, lenient, digest)
+        return case.quiet(AccountState.FLAGGED_GRACE, res, lenient, digest)
     else:
         state = AccountState.LIQUIDATABLE
 
@@ -356,18 +399,20 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         ltable = snap.table(lin.market)
         wres = ltable.witness_check(lin.portfolio, list(res.witness))
     except (OracleError, MarginError) as exc:
-        return quiet(state, res, lenient, digest, note=f"witness check fails: {exc!r}")
+        return case.quiet(state, res, lenient, digest, note=f"witness check fails: {exc!r}")
     witness = tuple(res.witness)
     if state == AccountState.MARGIN_CALL:
         if wres.state < MARGIN_CALL:
-            return quiet(state, res, lenient, digest, note="witness check shows no margin call")
+            return case.quiet(
+                state, res, lenient, digest, note="witness check shows no margin call"
+            )
         if not policy.allow_flags:
-            return quiet(state, res, lenient, digest)
+            return case.quiet(state, res, lenient, digest)
         key = f"flag:{account}:{acc.nonce}"
         action = Action(ActionKind.FLAG, account, None, acc.nonce, witness, None, 0, key)
-        return make(state, res, lenient, digest, action)
+        return case.make(state, res, lenient, digest, action)
     if not (wres.state == LIQUIDATABLE or (wres.state == MARGIN_CALL and grace_over)):
-        return quiet(state, res, lenient, digest, note="witness check shows not liquidatable")
+        return case.quiet(state, res, lenient, digest, note="witness check shows not liquidatable")
     # Below MM: restore above MM. Flagged past grace: restore above IM (else it is re-flagged).
     target = MARGIN_CALL if wres.state == LIQUIDATABLE else HEALTHY
     fraction = choose_fraction(snap, ltable, lin.portfolio, wres, target, policy.fraction_steps)
@@ -377,7 +422,7 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         f"liquidate:{account}:{acc.nonce}",
         maintenance=policy.liquidate_insolvent and wres.equity <= 0,
     )  # fmt: skip
-    return make(state, res, lenient, digest, action)
+    return case.make(state, res, lenient, digest, action)
 
 
 # --- settlement ----------------------------------------------------------------------------
