@@ -20,11 +20,15 @@ per-account path (``keeper.decisions.assess_account``: the verifier-identical fu
 witness check and liquidation arithmetic). Every action and every record therefore rests on the
 exact result.
 
-The book is kept incrementally: accounts whose nonce moved are assessed exactly (and counted);
-the columns are rebuilt when more than ``rebuild_after`` such accounts accumulated, when a new
-account appears in numbers, and when what every book depends on changes (risk parameters,
-rate, settlements). Accounts the snapshot did not read keep their columns (their nonce is
-checked when they are next read).
+How the columns follow the chain: they are not edited in place. An account whose nonce moved
+since they were built (or that is new) is assessed by the exact path and counted as stale; when
+one snapshot reads more than max(``rebuild_after``, ``rebuild_fraction`` x book) stale accounts,
+the columns are rebuilt at the next snapshot from that snapshot's books (a deposit or trade
+touches a few accounts a block, so a rebuild is rare; its cost is the Book's construction,
+about 0.1 ms per account). They are rebuilt at once when what every book depends on changes
+(risk parameters, rate, settlements). Accounts a snapshot did not read keep their columns
+(their nonce is checked when they are next read). Prices never need a rebuild: every snapshot
+prices the book's rows in its own market.
 """
 
 from __future__ import annotations
