@@ -1,15 +1,24 @@
-"""Steady state of the real keeper over many accounts: RPC calls and accounts re-margined per block.
+"""Steady state of the real keeper over many accounts: per-block time, lag, RPC calls, memory.
 
 A fresh anvil with the protocol and ``n`` accounts (six positions each, both underlyings,
 bench.naive_keeper.seed_accounts); the keeper runs as the real service (KeeperService in a
-thread, SQLite store, signer configured) and reaches the node through a counting proxy. The
-chain then mines one block a second (interval mining) and every block carries what a live
-market carries: a new round of both price feeds and both vol feeds (a small random walk, so
-every account's margin changes every block) and deposits into a few random accounts. Nothing
-becomes liquidatable: this is the keeper's cost when there is nothing to do but watch.
+thread, SQLite store, signer configured: ``keeper run``'s code path, the whole-book engine of
+keeper/book_engine.py included) and reaches the node through a counting proxy. The chain then
+mines one block a second (interval mining) and every block carries what a live market carries:
+a new round of both price feeds and both vol feeds (a small random walk, so every account's
+margin changes every block) and deposits into a few random accounts (their nonce moves: the
+keeper re-reads and re-assesses them exactly). Nothing becomes liquidatable: this is the
+keeper's cost when there is nothing to do but watch.
 
-Baseline (same run, same block): one ``eth_call`` of ``ClearingHouse.marginOf`` per account,
-the naive keeper's cost per block. Prints figures only; nothing is asserted.
+Figures: per processed block, the service's own wall time (``KeeperService.recent``: index,
+snapshot, assess, record) p50 / p99 / max; keeper lag (chain head minus the last processed
+block, sampled as each block is mined); JSON-RPC calls and HTTP requests per chain block (the
+proxy's count); accounts settled by the bounded pass vs the exact engine per block; the
+process's RSS (the bench client and its seeding data share the process: an upper bound).
+
+Baseline (same run, same block): the naive keeper, one ``eth_call`` of
+``ClearingHouse.marginOf`` per account, timed on a sample of accounts and scaled to the book.
+Prints figures only; nothing is asserted.
 
     .venv/bin/python -m bench.rpc_per_block [--accounts 1000] [--blocks 30]
 """
@@ -56,8 +65,26 @@ def _wait_block(w3: Web3, after: int, timeout: float = 30.0) -> int:
     raise TimeoutError(f"no block after {after} in {timeout} s")
 
 
+def _rss_mib() -> tuple[float, float]:
+    """(current, peak) resident set size of this process, MiB (Linux /proc)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        fields[k] = v.strip()
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))] if xs else float("nan")
+
+
 def run(
-    n_accounts: int = 1000, blocks: int = 30, poll: float = 0.5, seed: int = 3
+    n_accounts: int = 1000,
+    blocks: int = 30,
+    poll: float = 0.2,
+    seed: int = 3,
+    naive_sample: int = 200,
 ) -> dict[str, Any]:
     ensure_built()
     rng = random.Random(seed)
@@ -115,8 +142,11 @@ def run(
             assessed0 = _metric(service, "assessed")
             seconds0 = _metric(service, "block_seconds", "_sum")
             first = w3.eth.block_number
+            reports0 = len(service.recent)
+            lags: list[int] = []
             for _ in range(blocks):
                 head = market_block(head)
+                lags.append(head - (service.health.last_block or 0))
             last = _wait_block(w3, head)
             deadline = time.monotonic() + 60
             while service.health.last_block is not None and service.health.last_block < last:
@@ -129,15 +159,21 @@ def run(
             assessed = _metric(service, "assessed") - assessed0
             busy = _metric(service, "block_seconds", "_sum") - seconds0
             lag = last - (service.health.last_block or 0)
+            reports = [r for r in list(service.recent)[reports0:] if r.head > first]
+            rss, rss_peak = _rss_mib()
             service.stop()
             thread.join(120)
 
-            # The naive keeper at the last block: one marginOf eth_call per account.
+            # The naive keeper at the last block: one marginOf eth_call per account, timed on
+            # a sample and scaled to the book.
+            sample = rng.sample(accounts, min(naive_sample, len(accounts)))
             t = time.perf_counter()
-            for a in accounts:
+            for a in sample:
                 ch.functions.marginOf(a).call(block_identifier=last)
-            naive_s = time.perf_counter() - t
+            naive_s = (time.perf_counter() - t) / len(sample) * n_accounts
     chain_blocks = last - first
+    secs = [r.seconds for r in reports]
+    p50 = _pct(secs, 50)
     return {
         "accounts": n_accounts,
         "chain_blocks": chain_blocks,
@@ -148,8 +184,24 @@ def run(
         "http_requests_per_chain_block": round(requests / chain_blocks, 1),
         "accounts_assessed_per_processed_block": round(assessed / processed, 1) if processed else 0,
         "processing_ms_per_block": round(1000 * busy / processed, 1) if processed else None,
+        "block_ms_p50": round(1000 * p50, 1),
+        "block_ms_p99": round(1000 * _pct(secs, 99), 1),
+        "block_ms_max": round(1000 * max(secs, default=float("nan")), 1),
+        "lag_blocks_p50": _pct([float(x) for x in lags], 50),
+        "lag_blocks_max": max(lags, default=0),
+        "bounded_accounts_per_block": round(sum(r.bounded for r in reports) / len(reports), 1)
+        if reports
+        else 0,
+        "exact_accounts_per_block": round(sum(r.exact for r in reports) / len(reports), 1)
+        if reports
+        else 0,
+        "book_rebuilds": sum(r.book_rebuilt for r in reports),
+        "rss_mib": round(rss),
+        "rss_peak_mib": round(rss_peak),
         "naive_calls_per_block": n_accounts,
+        "naive_sample": len(sample),
         "naive_eth_call_s_per_block": round(naive_s, 2),
+        "naive_over_keeper_p50": round(naive_s / p50, 1) if reports else None,
         "methods_per_chain_block": {
             m: round(c / chain_blocks, 2) for m, c in methods.most_common()
         },
@@ -160,10 +212,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--accounts", type=int, default=1000)
     ap.add_argument("--blocks", type=int, default=30)
-    ap.add_argument("--poll", type=float, default=0.5, help="keeper head poll interval (s)")
+    ap.add_argument("--poll", type=float, default=0.2, help="keeper head poll interval (s)")
+    ap.add_argument("--naive-sample", type=int, default=200, help="accounts timed naively")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    res = run(args.accounts, args.blocks, args.poll)
+    res = run(args.accounts, args.blocks, args.poll, naive_sample=args.naive_sample)
     if args.json:
         print(json.dumps(res))
     else:

@@ -2,7 +2,9 @@
 
 ``KeeperCore.on_block`` is called by the service loop (scheduler/indexer) once per new block:
 one batched snapshot pinned to the view's block (two when a feed moved and the accounts using
-it were not already in the first), ``keeper.decisions.assess``, a ``Decision`` row whenever an
+it were not already in the first), ``keeper.book_engine.BookEngine.assess`` (the bounded float
+pass over the whole book, the exact engine where it cannot decide and wherever an action or a
+record may follow), a ``Decision`` row whenever an
 account's state or inputs digest changed (and for every action), then for each action:
 back-off and idempotency gates, ``eth_call`` simulation and ``eth_estimateGas`` against the
 latest block from the liquidator's address, the profitability rule, and ``TxManager.submit``.
@@ -31,11 +33,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
+from keeper.book_engine import BookEngine
 from keeper.chain.errors import ChainError
 from keeper.chain.revert import decode_revert, revert_data_of
 from keeper.chain.view import (
@@ -49,20 +53,22 @@ from keeper.chain.view import (
 )
 from keeper.decisions import (
     MAINTENANCE,
-    PHASE_MASK,
     Action,
     Assessment,
     DecisionPolicy,
-    RoundChoice,
-    assess,
-    expired_unsettled,
+    assess_account,
     gas_cost_in_asset0,
-    latest_round,
     settle_instrument_action,
-    settlement_round,
 )
 from keeper.deployment import clearing_house_abi
 from keeper.fault_points import crash_point
+from keeper.protocol.settlement import (
+    PHASE_MASK,
+    RoundChoice,
+    expired_unsettled,
+    latest_round,
+    settlement_round,
+)
 from keeper.secrets import scrub
 from keeper.store import Decision, Store, Transaction, TxStatus
 from keeper.transactions import SendError, TxManager
@@ -77,14 +83,27 @@ ABANDONED_AFTER_BLOCKS = 2
 #: read; each further one doubles, up to ROUND_SCAN_MAX).
 ROUND_SCAN_CHUNK = 16
 ROUND_SCAN_MAX = 1024
-SKIP_REASONS = (
-    "unprofitable",
-    "backoff",
-    "duplicate",
-    "in_flight",
-    "simulation_reverted",
-    "send_failed",
-)
+
+
+class SkipReason(StrEnum):
+    """Why an action the assessment chose was not sent (``BlockReport.skipped``, metrics)."""
+
+    UNPROFITABLE = "unprofitable"
+    BACKOFF = "backoff"
+    DUPLICATE = "duplicate"
+    IN_FLIGHT = "in_flight"
+    SIMULATION_REVERTED = "simulation_reverted"
+    SEND_FAILED = "send_failed"
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """An action's calldata, what its ``eth_call`` returned, its gas limit and gas cost."""
+
+    data: str
+    returned: bytes
+    gas_limit: int
+    gas_cost: int | None  # asset-0 WAD at the initial max fee; None: no gas price
 
 
 @dataclass
@@ -97,11 +116,14 @@ class BlockReport:
     actions_sent: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     rpc_round_trips: int = 0
+    accounts_bounded: int = 0  # assessed by the bounded float pass alone (proven healthy)
+    accounts_exact: int = 0  # assessed by the exact engine
+    book_rebuilt: bool = False  # the engine rebuilt its columnar book for this block
     states: dict[int, str] = field(default_factory=dict)  # account -> state, assessed ones
     #: Accounts not acted on because an oracle answer was rejected, by the error's name.
     oracle_rejections: dict[str, int] = field(default_factory=dict)
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: SkipReason) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
@@ -157,6 +179,8 @@ class KeeperCore:
         self._settle_rounds: dict[int, int] = {}  # instrument -> price round at that try
         #: feed -> rounds read by getRoundData (a published round never changes).
         self._feed_rounds: dict[str, dict[int, RoundData | None]] = {}
+        #: The whole book in columns, classified every block (keeper.book_engine).
+        self.engine = BookEngine()
 
     # --- the per-block step ------------------------------------------------------------------
 
@@ -191,9 +215,10 @@ class KeeperCore:
         report.accounts_reused = snap.reused_accounts
         self._first = False
         try:
-            assessed = assess(snap, sorted(targets), self.policy)
+            assessed = self._assess(snap, sorted(targets), report)
             for a in assessed:
-                self._uses[a.account] = _used_underlyings(snap, a.account)
+                if not a.bounded:  # a bounded assessment proves the book unchanged
+                    self._uses[a.account] = _used_underlyings(snap, a.account)
                 if a.state in WATCH_STATES:
                     self._watch.add(a.account)
                 else:
@@ -253,7 +278,7 @@ class KeeperCore:
         )
         for ins in expired_unsettled(snap):
             if ins.id in in_flight:
-                report.skip("in_flight")
+                report.skip(SkipReason.IN_FLIGHT)
                 continue
             choice = self._settlement_round(view, snap, ins)
             if choice.round_id is None:
@@ -269,7 +294,7 @@ class KeeperCore:
             if any(snap.instruments[i].settled for i, _ in acc.positions)
         ]
         try:
-            for a in assess(snap, holders, self.policy):
+            for a in self._assess(snap, holders, report):
                 report.accounts_assessed += 1
                 report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
                 report.states[a.account] = a.state
@@ -278,6 +303,16 @@ class KeeperCore:
             self._flush()
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report
+
+    def _assess(
+        self, snap: ProtocolSnapshot, accounts: list[int], report: BlockReport
+    ) -> list[Assessment]:
+        assessed = self.engine.assess(snap, accounts, self.policy)
+        stats = self.engine.stats
+        report.accounts_bounded += stats.bounded
+        report.accounts_exact += stats.exact
+        report.book_rebuilt |= stats.rebuilt
+        return assessed
 
     def _settlement_round(
         self, view: ChainView, snap: ProtocolSnapshot, ins: Instrument
@@ -290,6 +325,11 @@ class KeeperCore:
     def _handle(self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport) -> None:
         acct = str(a.account)
         changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
+        if changed and a.bounded:
+            # A record is due (e.g. the store was restored from elsewhere): records carry the
+            # exact result, so the account is assessed again by the exact engine.
+            a = assess_account(snap, a.account, self.policy)
+            changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
         if a.state == "no_price":
             # The same checks as OracleLib: the contract would revert with this error too.
             name = a.oracle_error or "unknown"
@@ -314,41 +354,73 @@ class KeeperCore:
         *,
         changed: bool = True,
     ) -> None:
+        """Execute one action: gates, simulation, profitability, then send (or record the dry
+        run). Each stage records why it stopped, once per change."""
         target = _target(action)
+        if not self._gates_pass(snap, action, a, report, target, changed):
+            return
+        sim = self._simulation(snap, action, a, report, target)
+        if sim is None or not self._profitable(snap, action, a, report, target, sim, changed):
+            return
+        _check_bounty(action, sim.returned)
+        self._send(snap, action, a, report, target, sim, changed)
+
+    def _gates_pass(
+        self,
+        snap: ProtocolSnapshot,
+        action: Action,
+        a: Assessment | None,
+        report: BlockReport,
+        target: str,
+        changed: bool,
+    ) -> bool:
+        """Back-off, idempotency and in-flight gates (store reads only, no simulation)."""
         block = snap.block.number
         if self._backoff_until.get(target, -1) > block:
-            report.skip("backoff")
+            report.skip(SkipReason.BACKOFF)
             if changed and a is not None:
                 self._record(snap, a, action, report, outcome="backoff: skipped")
-            return
+            return False
         taken = self.store.decision_by_key(action.key)
         if (
             taken is not None
             and not self._abandoned(taken, block)
             and not self._flag_cleared_since(taken, snap, action)
         ):
-            report.skip("duplicate")
+            report.skip(SkipReason.DUPLICATE)
             if changed and a is not None:
                 self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
-            return
+            return False
         pending = self.store.in_flight(target)
         if pending is not None and not self._landed(pending, block):
             # One transaction per target without a receipt: a second one is decided on a state
             # the first is about to change (another round's settlement of the same instrument,
             # a liquidation at the nonce a pending flag moves) and reverts (found by the soak).
-            report.skip("in_flight")
+            report.skip(SkipReason.IN_FLIGHT)
             if changed and a is not None:
                 why = f"in_flight: transaction {pending.id} has no receipt yet"
                 self._record(snap, a, None, report, outcome=why)
-            return
+            return False
+        return True
+
+    def _simulation(
+        self,
+        snap: ProtocolSnapshot,
+        action: Action,
+        a: Assessment | None,
+        report: BlockReport,
+        target: str,
+    ) -> Simulated | None:
+        """``eth_call`` and ``eth_estimateGas`` against latest, and the gas cost; None (recorded,
+        backed off) when either reverts."""
         fn, args = action.call()
         data = self._ch.encode_abi(fn, args=list(args))
         try:
             returned = self._simulate(data)
             gas = self._estimate(data)
         except _Reverted as exc:
-            until = self._back_off(target, block)
-            report.skip("simulation_reverted")
+            until = self._back_off(target, snap.block.number)
+            report.skip(SkipReason.SIMULATION_REVERTED)
             log.warning(
                 "simulation reverted",
                 extra={"key": action.key, "reason": exc.reason, "backoff_until": until},
@@ -357,37 +429,50 @@ class KeeperCore:
                 snap, a, action, report,
                 outcome=f"simulation_reverted: {exc.reason}", backoff_until=until, target=target,
             )  # fmt: skip
-            return
+            return None
         gas_limit = gas * (100 + self.policy.gas_margin_percent) // 100
-        max_fee = self._max_fee()
-        cost = gas_cost_in_asset0(snap, gas * max_fee, self.policy)
-        if action.kind not in MAINTENANCE and not action.maintenance:
-            profit = None if cost is None else action.expected_bounty - cost
-            if profit is None or profit < self.policy.min_profit:
-                report.skip("unprofitable")
-                last_tag = self._last.get(target, (None, None, None))[2]
-                if changed or last_tag != "unprofitable":
-                    why = "no gas price" if cost is None else f"profit {profit}"
-                    self._record(
-                        snap, a, action, report, outcome=f"unprofitable: {why} < "
-                        f"min_profit {self.policy.min_profit}", gas_cost=cost, target=target,
-                    )  # fmt: skip
-                return
-        simulated = _returned_bounty(action, returned)
-        if simulated is not None and simulated != action.expected_bounty:
-            # The simulation runs on `latest` (later timestamp, maybe newer rounds), the model
-            # at the snapshot's block: a drift of a few parts per billion is time, not a fault.
-            gap = abs(simulated - action.expected_bounty)
-            beyond_ppm = gap * 10**6 > abs(action.expected_bounty)
-            log.log(
-                logging.WARNING if beyond_ppm else logging.INFO,
-                "simulated bounty differs from the model's",
-                extra={
-                    "key": action.key,
-                    "simulated": simulated,
-                    "expected": action.expected_bounty,
-                },
-            )
+        cost = gas_cost_in_asset0(snap, gas * self._max_fee(), self.policy)
+        return Simulated(data, returned, gas_limit, cost)
+
+    def _profitable(
+        self,
+        snap: ProtocolSnapshot,
+        action: Action,
+        a: Assessment | None,
+        report: BlockReport,
+        target: str,
+        sim: Simulated,
+        changed: bool,
+    ) -> bool:
+        """The profitability rule (maintenance actions are exempt)."""
+        if action.kind in MAINTENANCE or action.maintenance:
+            return True
+        cost = sim.gas_cost
+        profit = None if cost is None else action.expected_bounty - cost
+        if profit is not None and profit >= self.policy.min_profit:
+            return True
+        report.skip(SkipReason.UNPROFITABLE)
+        last_tag = self._last.get(target, (None, None, None))[2]
+        if changed or last_tag != SkipReason.UNPROFITABLE:
+            why = "no gas price" if cost is None else f"profit {profit}"
+            self._record(
+                snap, a, action, report, outcome=f"unprofitable: {why} < "
+                f"min_profit {self.policy.min_profit}", gas_cost=cost, target=target,
+            )  # fmt: skip
+        return False
+
+    def _send(
+        self,
+        snap: ProtocolSnapshot,
+        action: Action,
+        a: Assessment | None,
+        report: BlockReport,
+        target: str,
+        sim: Simulated,
+        changed: bool,
+    ) -> None:
+        """Record the decision with its key, then submit (a dry run records only)."""
+        cost = sim.gas_cost
         if self.txm is None:  # read-only: one record per change, not one per block
             if changed or self._last.get(target, (None, None, None))[2] != "dry_run":
                 self._record(
@@ -398,16 +483,19 @@ class KeeperCore:
             snap, a, action, report, outcome="sent", gas_cost=cost, key=action.key, target=target
         )
         if row is None:  # another process (or an earlier run) took the key just now
-            report.skip("duplicate")
+            report.skip(SkipReason.DUPLICATE)
             return
         assert row.id is not None
         crash_point("after_decision")
         try:
             self.txm.submit(
-                to=self.chain.clearing_house, data=data, gas_limit=gas_limit, decision_id=row.id
+                to=self.chain.clearing_house,
+                data=sim.data,
+                gas_limit=sim.gas_limit,
+                decision_id=row.id,
             )
         except Exception as exc:  # SendError / RedactedError / DuplicateSubmission: all named
-            until = self._back_off(target, block)
+            until = self._back_off(target, snap.block.number)
             fields: dict[str, Any] = {
                 "outcome": f"send_failed: {type(exc).__name__}: {exc}",
                 "backoff_until": until,
@@ -418,7 +506,7 @@ class KeeperCore:
                 # key stays taken and TxManager.poll follows the transaction.)
                 fields["action_key"] = None
             self.store.update_decision(row.id, **fields)
-            report.skip("send_failed")
+            report.skip(SkipReason.SEND_FAILED)
             log.warning("send failed", extra={"key": action.key, "error": scrub(str(exc))})
             return
         report.actions_sent.append(action.key)
@@ -599,6 +687,7 @@ class KeeperCore:
     def forget_accounts(self) -> None:
         """Drop the reused account data (after a reorg: read every book again)."""
         self._accounts.clear()
+        self.engine.forget()
 
     def _flush(self) -> None:
         rows, self._batch = self._batch, []
@@ -622,10 +711,10 @@ def find_settlement_round(
     ins: Instrument,
     known: dict[int, RoundData | None] | None = None,
 ) -> RoundChoice:
-    """The round to name in ``settleInstrument`` for ``ins`` (keeper.decisions.settlement_round)
-    at the view's block, reading the rounds it asks for with getRoundData in chunks that double.
-    ``known``: the rounds of the instrument's price feed read before, updated in place (a
-    published round never changes)."""
+    """The round to name in ``settleInstrument`` for ``ins``
+    (keeper.protocol.settlement.settlement_round) at the view's block, reading the rounds it
+    asks for with getRoundData in chunks that double. ``known``: the rounds of the
+    instrument's price feed read before, updated in place (a published round never changes)."""
     latest = latest_round(snap, ins)
     if latest is None:
         return RoundChoice(None, reason="latestRoundData reverted")
@@ -660,6 +749,22 @@ def _reason(exc: BaseException) -> str:
     if data is not None:
         return scrub(str(decode_revert(data)))
     return scrub(f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}")
+
+
+def _check_bounty(action: Action, returned: bytes) -> None:
+    """Log when the simulated bounty differs from the model's."""
+    simulated = _returned_bounty(action, returned)
+    if simulated is None or simulated == action.expected_bounty:
+        return
+    # The simulation runs on `latest` (later timestamp, maybe newer rounds), the model at the
+    # snapshot's block: a drift of a few parts per billion is time, not a fault.
+    gap = abs(simulated - action.expected_bounty)
+    beyond_ppm = gap * 10**6 > abs(action.expected_bounty)
+    log.log(
+        logging.WARNING if beyond_ppm else logging.INFO,
+        "simulated bounty differs from the model's",
+        extra={"key": action.key, "simulated": simulated, "expected": action.expected_bounty},
+    )
 
 
 def _returned_bounty(action: Action, returned: bytes) -> int | None:

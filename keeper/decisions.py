@@ -22,36 +22,59 @@ sends. What mirrors the contract (and why it must match it):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from keeper.chain.rpc import BlockRef
-from keeper.chain.view import NO_UNDERLYING, Instrument, OracleError, ProtocolSnapshot, RoundData
+from keeper.chain.view import NO_UNDERLYING, AccountSnapshot, OracleError, ProtocolSnapshot
 from keeper.config import DecisionsConfig
 from keeper.digest import inputs_digest
+from keeper.protocol.bounty import liquidation_payout
+from keeper.protocol.liquidation import WAD, after_liquidation
 from margin.errors import MarginError
-from margin.fixed_point import mul_down, mul_up
+from margin.fixed_point import mul_up
 from margin.portfolio import Market, Portfolio
 from margin.requirement import HEALTHY, LIQUIDATABLE, MARGIN_CALL, MarginResult, ScenarioTable
 
-WAD = 10**18
-LOT = 10**8
-TICK = 10**10
 
-STATES = (
-    "healthy",
-    "margin_call",
-    "liquidatable",
-    "flagged_grace",
-    "settleable",
-    "bad_debt",
-    "no_price",
-    "empty",
-    "invalid",  # the engine refused the inputs (a MarginError other than an oracle failure)
-)
+class AccountState(StrEnum):
+    """An account's state as the keeper classifies it (recorded on every decision)."""
+
+    HEALTHY = "healthy"
+    MARGIN_CALL = "margin_call"
+    LIQUIDATABLE = "liquidatable"
+    FLAGGED_GRACE = "flagged_grace"
+    SETTLEABLE = "settleable"
+    BAD_DEBT = "bad_debt"
+    NO_PRICE = "no_price"
+    EMPTY = "empty"
+    INVALID = "invalid"  # the engine refused the inputs (a MarginError other than an oracle's)
+
+
+class ActionKind(StrEnum):
+    """What the keeper may send: one clearing-house function each (``Action.call``)."""
+
+    FLAG = "flag"
+    LIQUIDATE = "liquidate"
+    SETTLE_ACCOUNT = "settle_account"
+    RESOLVE_BAD_DEBT = "resolve_bad_debt"
+    SETTLE_INSTRUMENT = "settle_instrument"
+    CLEAR_FLAG = "clear_flag"
+
+
+STATES = tuple(s.value for s in AccountState)
+#: margin.requirement's HEALTHY / MARGIN_CALL / LIQUIDATABLE as account states.
+_BY_ENGINE_STATE = (AccountState.HEALTHY, AccountState.MARGIN_CALL, AccountState.LIQUIDATABLE)
 #: Actions that pay no bounty: allowed by policy flags instead of the profitability rule.
 MAINTENANCE = frozenset(
-    {"flag", "settle_account", "resolve_bad_debt", "settle_instrument", "clear_flag"}
+    {
+        ActionKind.FLAG,
+        ActionKind.SETTLE_ACCOUNT,
+        ActionKind.RESOLVE_BAD_DEBT,
+        ActionKind.SETTLE_INSTRUMENT,
+        ActionKind.CLEAR_FLAG,
+    }
 )
 
 
@@ -86,9 +109,7 @@ class DecisionPolicy:
 
 @dataclass(frozen=True)
 class Action:
-    kind: (
-        str  # flag | liquidate | settle_account | resolve_bad_debt | settle_instrument | clear_flag
-    )
+    kind: ActionKind
     account: int | None
     instrument: int | None
     nonce: int | None
@@ -103,17 +124,17 @@ class Action:
 
     def call(self) -> tuple[str, tuple[object, ...]]:
         """The clearing-house function and its arguments."""
-        if self.kind == "flag":
+        if self.kind == ActionKind.FLAG:
             return "flag", (self.account, self.nonce, list(self.witness or ()))
-        if self.kind == "liquidate":
+        if self.kind == ActionKind.LIQUIDATE:
             return "liquidate", (self.account, self.nonce, list(self.witness or ()), self.fraction)
-        if self.kind == "settle_account":
+        if self.kind == ActionKind.SETTLE_ACCOUNT:
             return "settleAccount", (self.account,)
-        if self.kind == "resolve_bad_debt":
+        if self.kind == ActionKind.RESOLVE_BAD_DEBT:
             return "resolveBadDebt", (self.account,)
-        if self.kind == "clear_flag":
+        if self.kind == ActionKind.CLEAR_FLAG:
             return "clearFlag", (self.account,)
-        if self.kind == "settle_instrument":
+        if self.kind == ActionKind.SETTLE_INSTRUMENT:
             return "settleInstrument", (self.instrument, self.round_id)
         raise ValueError(f"unknown action kind {self.kind}")
 
@@ -123,7 +144,7 @@ class Assessment:
     account: int
     block: BlockRef
     nonce: int
-    state: str
+    state: AccountState
     result: MarginResult | None
     lenient: bool
     #: The inputs digest, or how to compute it: most assessments are never recorded (a healthy
@@ -137,6 +158,9 @@ class Assessment:
     change_digest: str = ""
     #: ``no_price``: the name of the oracle check that failed (``StalePrice``, ...).
     oracle_error: str | None = None
+    #: The state was proven by the bounded float pass (keeper.book_engine) and equals the
+    #: exact one; ``result`` is None. Only quiet healthy books are assessed this way.
+    bounded: bool = False
 
     @property
     def inputs_digest(self) -> str:
@@ -148,63 +172,6 @@ class Assessment:
 
 
 # --- the contract's liquidation arithmetic -------------------------------------------------
-
-
-def liquidation_payout(
-    requirement: int,
-    equity: int,
-    fraction: int,
-    config: tuple[int, int, int, int, int],
-) -> tuple[int, int]:
-    """(penalty, bounty credited) of ``ClearingHouse._chargePenalty`` (witness-check result).
-    The bounty only ever comes out of the penalty: a book that cannot pay its penalty pays a
-    smaller bounty (none at equity <= 0)."""
-    penalty_rate, bounty_share, _grace, min_bounty, max_bounty = config
-    penalty = mul_up(mul_up(requirement, fraction), penalty_rate)
-    if penalty > equity:
-        penalty = equity if equity > 0 else 0
-    bounty = mul_down(penalty, bounty_share)
-    bounty = min(max(bounty, min_bounty), max_bounty, penalty)
-    return penalty, bounty
-
-
-def _close_qty(q: int, fraction: int) -> int:
-    if fraction == WAD:
-        return q
-    m = abs(q) * fraction // WAD
-    m -= m % LOT
-    return -m if q < 0 else m
-
-
-def _price_against(q: int, mark: int) -> int:
-    if q > 0:
-        return mark - mark % TICK
-    r = mark % TICK
-    return mark if r == 0 else mark + (TICK - r)
-
-
-def after_liquidation(
-    table: ScenarioTable, pf: Portfolio, fraction: int, penalty: int
-) -> Portfolio | None:
-    """The account's book after ``liquidate(fraction)`` (None: nothing would move).
-    Partial closes never empty a position, so the storage order is unchanged."""
-    positions = []
-    cash = 0
-    moved = False
-    for pos in pf.positions:
-        close = _close_qty(pos.quantity, fraction)
-        if close != 0:
-            moved = True
-            mark = table.row(pos).v0
-            assert isinstance(mark, int)
-            cash += close * _price_against(pos.quantity, mark) // WAD
-        if pos.quantity - close != 0:
-            positions.append(replace(pos, quantity=pos.quantity - close))
-    if not moved:
-        return None
-    coll = list(pf.collateral)
-    coll[0] += cash - penalty
-    return Portfolio(tuple(positions), tuple(coll))
 
 
 def choose_fraction(
@@ -270,72 +237,85 @@ def assess(
     return out
 
 
-def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy) -> Assessment:
-    """Classify one account and choose its action. Order of precedence: the margin actions
-    (liquidate, flag, resolve_bad_debt), then settle_account for a book holding settled
-    instruments, then clear_flag for a cured flag. Margin is always that of the folded book
-    (settled positions as cash), as every check of the contract sees it."""
-    acc = snap.accounts[account]
-    pf = snap.portfolio(account)
-    settled = snap.settled_positions(account)
-    change: str | None = None
+@dataclass
+class _Case:
+    """One account being assessed: what every outcome of ``assess_account`` is built from."""
+
+    snap: ProtocolSnapshot
+    account: int
+    acc: AccountSnapshot
+    pf: Portfolio
+    policy: DecisionPolicy
+    settle: Action | None  # settle_account, when the book holds settled instruments
+    change: str | None = None  # the change digest, once the inputs are known
+
+    @property
+    def flagged(self) -> bool:
+        return self.acc.flagged_at != 0
 
     def make(
-        state: str,
+        self,
+        state: AccountState,
         result: MarginResult | None = None,
         lenient: bool = False,
         digest: str | Callable[[], str] | None = None,
         action: Action | None = None,
         note: str | None = None,
     ) -> Assessment:
+        snap, pf = self.snap, self.pf
         return Assessment(
-            account,
+            self.account,
             snap.block,
-            acc.nonce,
+            self.acc.nonce,
             state,
             result,
             lenient,
             digest or (lambda: _no_price_digest(snap, pf)),
             action,
-            acc.flagged_at,
+            self.acc.flagged_at,
             note,
-            change or _no_price_digest(snap, pf),
+            self.change or _no_price_digest(snap, pf),
         )
-
-    def simple(kind: str) -> Action:
-        return Action(
-            kind, account, None, acc.nonce, None, None, 0, f"{kind}:{account}:{acc.nonce}"
-        )
-
-    settle = simple("settle_account") if settled and policy.allow_settlement else None
-    flagged = acc.flagged_at != 0
 
     def quiet(
-        state: str,
+        self,
+        state: AccountState,
         res: MarginResult | None = None,
         lenient: bool = False,
         digest: Callable[[], str] | None = None,
         note: str | None = None,
     ) -> Assessment:
         """No margin action: settle the settled positions, else clear a cured flag."""
-        if settle is not None:
-            return make("settleable", res, lenient, digest, settle, note)
+        if self.settle is not None:
+            return self.make(AccountState.SETTLEABLE, res, lenient, digest, self.settle, note)
         action = None
-        if state == "healthy" and flagged and policy.clear_cured_flags and not lenient:
+        cured = state == AccountState.HEALTHY and self.flagged and not lenient
+        if cured and self.policy.clear_cured_flags:
+            a, acc = self.account, self.acc
             action = Action(
-                "clear_flag", account, None, acc.nonce, None, None, 0,
-                f"clear_flag:{account}:{acc.nonce}:{acc.flagged_at}",
+                ActionKind.CLEAR_FLAG, a, None, acc.nonce, None, None, 0,
+                f"clear_flag:{a}:{acc.nonce}:{acc.flagged_at}",
             )  # fmt: skip
-        return make(state, res, lenient, digest, action, note)
+        return self.make(state, res, lenient, digest, action, note)
 
-    if not pf.positions and not flagged:
-        # No oracle needed: cash only, nothing owed (a stable balance never moves).
-        volatile = any(
-            b != 0 and snap.assets[k].underlying != NO_UNDERLYING
-            for k, b in enumerate(pf.collateral)
-        )
-        if not volatile and all(b >= 0 for b in pf.collateral):
-            return quiet("empty" if not any(pf.collateral) else "healthy")
+
+def _simple(kind: ActionKind, account: int, nonce: int) -> Action:
+    return Action(kind, account, None, nonce, None, None, 0, f"{kind}:{account}:{nonce}")
+
+
+def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy) -> Assessment:
+    """Classify one account and choose its action. Order of precedence: the margin actions
+    (liquidate, flag, resolve_bad_debt), then settle_account for a book holding settled
+    instruments, then clear_flag for a cured flag. Margin is always that of the folded book
+    (settled positions as cash), as every check of the contract sees it."""
+    acc = snap.accounts[account]
+    settle = None
+    if snap.settled_positions(account) and policy.allow_settlement:
+        settle = _simple(ActionKind.SETTLE_ACCOUNT, account, acc.nonce)
+    case = _Case(snap, account, acc, snap.portfolio(account), policy, settle)
+    cash = _cash_only(case)
+    if cash is not None:
+        return cash
 
     lenient = False
     try:
@@ -346,8 +326,10 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
             inp = snap.inputs(account, lenient=True)
         except OracleError as exc:
             if settle is not None:  # settleAccount reads no oracle
-                return make("settleable", lenient=True, action=settle, note=str(exc))
-            rejected = make("no_price", lenient=True, note=str(exc))
+                return case.make(
+                    AccountState.SETTLEABLE, lenient=True, action=settle, note=str(exc)
+                )
+            rejected = case.make(AccountState.NO_PRICE, lenient=True, note=str(exc))
             return replace(rejected, oracle_error=type(exc).__name__)
 
     def digest() -> str:
@@ -355,33 +337,61 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
 
     # The account's own inputs only: a price round alone is no reason for a new record
     # (docs/keeper-decisions.md, "Records").
-    change = inputs_digest(inp.portfolio, _NO_MARKET, snap.risk_params_bytes, lenient=lenient)
+    case.change = inputs_digest(inp.portfolio, _NO_MARKET, snap.risk_params_bytes, lenient=lenient)
     try:
-        table = snap.table(inp.market)
-        res = table.full_check(inp.portfolio)
+        res = snap.table(inp.market).full_check(inp.portfolio)
     except MarginError as exc:
-        return make("invalid", lenient=lenient, digest=digest, note=repr(exc))
-
+        return case.make(AccountState.INVALID, lenient=lenient, digest=digest, note=repr(exc))
     if not inp.portfolio.positions:
-        # resolveBadDebt's rule: no live position and the model equity (lenient market: the
-        # same prices as this one) below zero. Otherwise a debt is a loan the account covers.
-        if res.equity < 0:
-            action = simple("resolve_bad_debt") if policy.allow_bad_debt else None
-            return make("bad_debt", res, lenient, digest, action)
-        state = ("healthy", "margin_call", "liquidatable")[res.state]
-        note = None if res.state == HEALTHY else "loan: no live position and equity >= 0"
-        return quiet(state, res, lenient, digest, note=note)
+        return _without_positions(case, res, lenient, digest)
+    return _margin_action(case, res, lenient, digest)
 
+
+def _cash_only(case: _Case) -> Assessment | None:
+    """No position, no flag, no volatile balance and no debt: no oracle is needed (a stable
+    balance never moves). None when the account needs the engine."""
+    pf, snap = case.pf, case.snap
+    if pf.positions or case.flagged:
+        return None
+    volatile = any(
+        b != 0 and snap.assets[k].underlying != NO_UNDERLYING for k, b in enumerate(pf.collateral)
+    )
+    if volatile or any(b < 0 for b in pf.collateral):
+        return None
+    return case.quiet(AccountState.EMPTY if not any(pf.collateral) else AccountState.HEALTHY)
+
+
+def _without_positions(
+    case: _Case, res: MarginResult, lenient: bool, digest: Callable[[], str]
+) -> Assessment:
+    """resolveBadDebt's rule: no live position and the model equity (lenient market: the same
+    prices as this one) below zero. Otherwise a debt is a loan the account covers."""
+    if res.equity < 0:
+        action = None
+        if case.policy.allow_bad_debt:
+            action = _simple(ActionKind.RESOLVE_BAD_DEBT, case.account, case.acc.nonce)
+        return case.make(AccountState.BAD_DEBT, res, lenient, digest, action)
+    state = _BY_ENGINE_STATE[res.state]
+    note = None if res.state == HEALTHY else "loan: no live position and equity >= 0"
+    return case.quiet(state, res, lenient, digest, note=note)
+
+
+def _margin_action(
+    case: _Case, res: MarginResult, lenient: bool, digest: Callable[[], str]
+) -> Assessment:
+    """A book with live positions: its state, and the flag or liquidation the contract's
+    witness check (lenient ages) would accept."""
+    snap, acc, account, policy = case.snap, case.acc, case.account, case.policy
     grace = snap.liquidation_config[2]
-    grace_over = flagged and snap.timestamp >= acc.flagged_at + grace
+    grace_over = case.flagged and snap.timestamp >= acc.flagged_at + grace
     if res.state == HEALTHY:
-        return quiet("healthy", res, lenient, digest)
-    if res.state == MARGIN_CALL and not flagged:
-        state = "margin_call"
+        return case.quiet(AccountState.HEALTHY, res, lenient, digest)
+    if res.state == MARGIN_CALL and not case.flagged:
+        state = AccountState.MARGIN_CALL
     elif res.state == MARGIN_CALL and not grace_over:
-        return quiet("flagged_grace", res, lenient, digest)
+        return case.quiet(AccountState.FLAGGED_GRACE, res, lenient, digest)
     else:
-        state = "liquidatable"
+        state = AccountState.LIQUIDATABLE
 
     # What the contract will run: the witness check under lenient ages.
     try:
@@ -389,126 +399,41 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
         ltable = snap.table(lin.market)
         wres = ltable.witness_check(lin.portfolio, list(res.witness))
     except (OracleError, MarginError) as exc:
-        return quiet(state, res, lenient, digest, note=f"witness check fails: {exc!r}")
+        return case.quiet(state, res, lenient, digest, note=f"witness check fails: {exc!r}")
     witness = tuple(res.witness)
-    if state == "margin_call":
+    if state == AccountState.MARGIN_CALL:
         if wres.state < MARGIN_CALL:
-            return quiet(state, res, lenient, digest, note="witness check shows no margin call")
+            return case.quiet(
+                state, res, lenient, digest, note="witness check shows no margin call"
+            )
         if not policy.allow_flags:
-            return quiet(state, res, lenient, digest)
-        action = Action(
-            "flag", account, None, acc.nonce, witness, None, 0, f"flag:{account}:{acc.nonce}"
-        )
-        return make(state, res, lenient, digest, action)
+            return case.quiet(state, res, lenient, digest)
+        key = f"flag:{account}:{acc.nonce}"
+        action = Action(ActionKind.FLAG, account, None, acc.nonce, witness, None, 0, key)
+        return case.make(state, res, lenient, digest, action)
     if not (wres.state == LIQUIDATABLE or (wres.state == MARGIN_CALL and grace_over)):
-        return quiet(state, res, lenient, digest, note="witness check shows not liquidatable")
+        return case.quiet(state, res, lenient, digest, note="witness check shows not liquidatable")
     # Below MM: restore above MM. Flagged past grace: restore above IM (else it is re-flagged).
     target = MARGIN_CALL if wres.state == LIQUIDATABLE else HEALTHY
     fraction = choose_fraction(snap, ltable, lin.portfolio, wres, target, policy.fraction_steps)
     _, bounty = liquidation_payout(wres.requirement, wres.equity, fraction, snap.liquidation_config)
     action = Action(
-        "liquidate", account, None, acc.nonce, witness, fraction, bounty,
+        ActionKind.LIQUIDATE, account, None, acc.nonce, witness, fraction, bounty,
         f"liquidate:{account}:{acc.nonce}",
         maintenance=policy.liquidate_insolvent and wres.equity <= 0,
     )  # fmt: skip
-    return make(state, res, lenient, digest, action)
+    return case.make(state, res, lenient, digest, action)
 
 
 # --- settlement ----------------------------------------------------------------------------
-
-#: Chainlink round ids: phaseId << 64 | round within the phase (the first round of a phase is 1).
-PHASE_MASK = (1 << 64) - 1
-
-
-@dataclass(frozen=True)
-class RoundChoice:
-    """``settlement_round``'s answer: the round to name, or why none (yet), or which round to
-    read first (``need``: read rounds downwards from this id and ask again)."""
-
-    round_id: int | None
-    need: int | None = None
-    reason: str = ""
-
-
-def _present(r: RoundData | None) -> bool:
-    return r is not None and r.updated_at != 0
-
-
-def settlement_round(
-    expiry: int,
-    latest: RoundData,
-    rounds: Mapping[int, RoundData | None],
-    *,
-    max_rounds: int = 100_000,
-) -> RoundChoice:
-    """The round ``settleInstrument(instrument, roundId)`` accepts: the first round of the
-    price feed updated at or after ``expiry``. The contract checks that the named round is
-    valid (answer > 0, complete), updated at or after expiry, and that the round before it was
-    updated before expiry; a missing predecessor (no such round: the call reverts or returns
-    updatedAt 0) is accepted only for the first round of a phase.
-
-    Scans back from ``latest`` (latestRoundData) through ``rounds`` (getRoundData answers,
-    None for a missing round). A round id it needs and ``rounds`` lacks is returned as
-    ``need``. Rounds are ordered by updatedAt within a phase, so the first round from the top
-    whose predecessor is before expiry is the answer; a gap (missing ids) right below it means
-    no round can be named."""
-    if not _present(latest) or latest.updated_at < expiry:
-        return RoundChoice(None, reason="no round at or after expiry yet")
-    above = latest  # the lowest present round seen, updated at or after expiry
-    rid = latest.round_id - 1
-    for _ in range(max_rounds):
-        if rid & PHASE_MASK == 0:  # below the first round of the phase: no predecessor
-            if above.round_id & PHASE_MASK == 1:
-                return _valid(above)
-            return RoundChoice(None, reason=f"round {above.round_id - 1} is missing")
-        if rid not in rounds:
-            return RoundChoice(None, need=rid)
-        r = rounds[rid]
-        if not _present(r):
-            rid -= 1  # a gap: only a round below it can be the answer
-            continue
-        assert r is not None
-        if r.updated_at >= expiry:
-            above, rid = r, rid - 1
-            continue
-        if rid + 1 != above.round_id:
-            return RoundChoice(None, reason=f"round {rid + 1} (after {rid}) is missing")
-        return _valid(above)
-    return RoundChoice(None, reason=f"no round before expiry within {max_rounds} rounds")
-
-
-def _valid(r: RoundData) -> RoundChoice:
-    if r.answer <= 0 or r.updated_at == 0 or r.answered_in_round < r.round_id:
-        return RoundChoice(None, reason=f"round {r.round_id} is not a valid price")
-    return RoundChoice(r.round_id)
-
-
-def latest_round(snap: ProtocolSnapshot, ins: Instrument) -> RoundData | None:
-    """The instrument's price feed's latestRoundData at the snapshot (None: it reverted)."""
-    feed = snap.feeds.get(snap.underlyings[ins.underlying].price_feed)
-    if feed is None or feed.round_revert is not None:
-        return None
-    return RoundData(feed.round_id, feed.answer, 0, feed.updated_at, feed.answered_in_round)
-
-
-def expired_unsettled(snap: ProtocolSnapshot) -> list[Instrument]:
-    """Listed, unsettled, expired instruments whose price feed has a round updated at or after
-    expiry (the round to name is chosen by ``settlement_round``)."""
-    out = []
-    for ins in snap.instruments.values():
-        if not ins.listed or ins.settled or ins.expiry == 0 or snap.timestamp < ins.expiry:
-            continue
-        latest = latest_round(snap, ins)
-        if latest is None or latest.updated_at < ins.expiry:
-            continue
-        out.append(ins)
-    return out
 
 
 def settle_instrument_action(instrument: int, round_id: int) -> Action:
     """settleInstrument(instrument, roundId); the key carries the round named."""
     key = f"settle_instrument:{instrument}:{round_id}"
-    return Action("settle_instrument", None, instrument, None, None, None, 0, key, round_id)
+    return Action(
+        ActionKind.SETTLE_INSTRUMENT, None, instrument, None, None, None, 0, key, round_id
+    )
 
 
 def gas_cost_in_asset0(snap: ProtocolSnapshot, gas_wei: int, policy: DecisionPolicy) -> int | None:

@@ -25,7 +25,7 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,6 +78,9 @@ class TickReport:
     actions: list[str] = field(default_factory=list)
     reorg_from: int | None = None
     seconds: float = 0.0
+    bounded: int = 0  # accounts the bounded float pass settled (keeper.book_engine)
+    exact: int = 0  # accounts the exact engine assessed
+    book_rebuilt: bool = False
 
 
 class KeeperService:
@@ -102,6 +105,8 @@ class KeeperService:
         #: Latest state of every assessed account (for status views), and actions sent so far.
         self.states: dict[int, str] = {}
         self.actions: Counter[str] = Counter()
+        #: The latest processed blocks' reports (for status views and benchmarks).
+        self.recent: deque[TickReport] = deque(maxlen=4096)
         self._server: MetricsServer | None = None
         self._scheduler: BackgroundScheduler | None = None
         self.store: Store | None = None
@@ -243,13 +248,18 @@ class KeeperService:
             actions=actions,
             reorg_from=synced.reorg_from,
             seconds=seconds,
+            bounded=report.accounts_bounded,
+            exact=report.accounts_exact,
+            book_rebuilt=report.book_rebuilt,
         )
+        self.recent.append(out)
         log.info(
             "block",
             extra={
                 "block": head.number,
                 "touched": out.touched,
                 "assessed": out.assessed,
+                "bounded": out.bounded,
                 "actions": actions,
                 "by_state": dict(report.by_state),
                 "ms": round(seconds * 1000, 1),

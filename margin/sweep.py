@@ -436,6 +436,12 @@ class Sweep:
         state[self.bad[idx].any(axis=1)] = UNDECIDED
         return state
 
+    def bounded_states(self) -> np.ndarray:
+        """Every account's state by the bounded float pass alone: HEALTHY, MARGIN_CALL or
+        LIQUIDATABLE where the proven bound decides, UNDECIDED elsewhere (the exact engine is
+        not run: the caller runs it where it needs the exact result)."""
+        return self._decide(slice(None))
+
     def classify(self, exact_unhealthy: bool = True) -> np.ndarray:
         """States of every account (ERROR where the verifier would revert)."""
         self.states = self._decide(slice(None))

@@ -516,6 +516,25 @@ def test_node_without_batch_support_still_reads_per_chunk(seeded: Seeded, anvil:
     assert snap.accounts == reference.accounts and snap.feeds == reference.feeds
 
 
+def test_node_capping_batch_size_gets_smaller_batches(seeded: Seeded, anvil: Anvil) -> None:
+    """A node refusing batches above a size ("Invalid request", as anvil does for very large
+    ones) gets the same reads in batches it accepts: halved until accepted, still batched."""
+    with CountingProxy(anvil.url, max_batch=3) as capped:
+        chain = Chain.connect(capped.url, seeded.d, calls_per_multicall=10)
+        block = chain.head()
+        accounts = list(seeded.accounts.values())
+        snap = chain.view(block).snapshot(accounts)
+        assert chain.rpc.batching and chain.rpc.max_batch is not None
+        assert chain.rpc.max_batch <= 3
+        assert capped.refused_batches >= 1
+        refused = capped.refused_batches
+        chain.view(block).snapshot(accounts)
+        assert capped.refused_batches == refused  # the size it learned is kept
+    with CountingProxy(anvil.url) as ok:
+        reference = Chain.connect(ok.url, seeded.d).view(block).snapshot(accounts)
+    assert snap.accounts == reference.accounts and snap.feeds == reference.feeds
+
+
 def test_settled_instrument_and_its_price_are_read(
     seeded: Seeded, chain: Chain, anvil: Anvil, w3: Web3, evm_snapshot: None
 ) -> None:

@@ -21,16 +21,15 @@ from keeper.chain.view import (
 from keeper.decisions import (
     WAD,
     DecisionPolicy,
-    after_liquidation,
     assess,
     assess_account,
-    expired_unsettled,
-    liquidation_payout,
     policy_from_config,
     settle_instrument_action,
-    settlement_round,
 )
 from keeper.deployment import encode_risk_params
+from keeper.protocol.bounty import liquidation_payout
+from keeper.protocol.liquidation import after_liquidation
+from keeper.protocol.settlement import expired_unsettled, settlement_round
 from margin.params import STABLE, AssetParams, RiskParams, span_like
 from margin.requirement import LIQUIDATABLE
 

@@ -22,6 +22,12 @@ from eth_utils import function_signature_to_4byte_selector
 from eth_utils.abi import collapse_if_tuple
 
 from keeper.abi import ABI_DIR
+from keeper.chain.abi_words import (
+    decode_aggregate3_results,
+    decode_static,
+    encode_aggregate3,
+    encode_static,
+)
 from keeper.chain.errors import BatchReadError, BlockNotAvailable, RpcError
 from keeper.chain.revert import decode_revert
 from keeper.chain.rpc import BlockRef, Rpc
@@ -43,10 +49,12 @@ class AbiFn:
     outputs: tuple[str, ...]
 
     def encode(self, *args: Any) -> bytes:
-        return self.selector + encode(list(self.inputs), list(args))
+        fast = encode_static(self.inputs, args)
+        return self.selector + (fast if fast is not None else encode(list(self.inputs), args))
 
     def decode(self, data: bytes) -> tuple[Any, ...]:
-        return tuple(decode(list(self.outputs), data))
+        fast = decode_static(self.outputs, data)
+        return fast if fast is not None else tuple(decode(list(self.outputs), data))
 
 
 @cache
@@ -108,9 +116,8 @@ def multicall(
     ]
     requests = []
     for chunk in chunks:
-        data = AGGREGATE3 + encode(
-            ["(address,bool,bytes)[]"], [[(c.target, True, c.fn.encode(*c.args)) for c in chunk]]
-        )
+        args = [(c.target, True, c.fn.encode(*c.args)) for c in chunk]
+        data = AGGREGATE3 + encode_aggregate3(args)
         tx = {"to": multicall_address, "data": "0x" + data.hex()}
         requests.append(("eth_call", [tx, block.rpc_param()]))
     replies: list[dict[str, Any]] = []
@@ -123,7 +130,9 @@ def multicall(
                 raise BlockNotAvailable(block.number, block.hash, reply["error"])
             raise RpcError("eth_call(aggregate3)", reply["error"])
         raw = bytes.fromhex(reply["result"][2:])
-        (results,) = decode(["(bool,bytes)[]"], raw)
+        results = decode_aggregate3_results(raw)
+        if results is None:  # malformed: let the generic decoder name the fault
+            (results,) = decode(["(bool,bytes)[]"], raw)
         for call, (ok, ret) in zip(chunk, results, strict=True):
             if not ok:
                 if call.required:

@@ -249,6 +249,9 @@ class Rpc:
         self.url = url
         self.redacted = redact_url(url)
         self.batching = True  # cleared when the node refuses JSON-RPC batches
+        #: The most requests one batch may carry (None: no limit seen), halved each time the
+        #: node refuses a batch as too large.
+        self.max_batch: int | None = None
 
     def _guard(self, fn: Any, *args: Any) -> Any:
         try:
@@ -270,28 +273,49 @@ class Rpc:
         return reply["result"]
 
     def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[dict[str, Any]]:
-        """One HTTP request (one round trip) carrying every call; raw replies in call order."""
+        """Every call in as few HTTP requests as the node accepts (one when it takes the whole
+        batch); raw replies in call order."""
         if not calls:
             return []
         reqs = [(RPCEndpoint(m), list(p)) for m, p in calls]
         if not self.batching:
             return self._one_by_one(reqs)
+        size = self.max_batch or len(reqs)
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(reqs), size):
+            out += self._batch(reqs[i : i + size])
+        return out
+
+    def _batch(self, reqs: list[tuple[RPCEndpoint, Any]]) -> list[dict[str, Any]]:
+        if not self.batching:
+            return self._one_by_one(reqs)
         provider = cast(JSONBaseProvider, self.w3.provider)
         replies = self._guard(provider.make_batch_request, reqs)
         if not isinstance(replies, list):
-            # The node refused the batch as such (no batch support, or a size cap): fall back
-            # to one request per element from now on -- more round trips (one per aggregate3
-            # chunk, still not one per account) rather than no reads at all.
+            error = scrub(str(replies.get("error", replies)), self.url)
+            if len(reqs) > 1:
+                # Refused as a whole: a size cap (anvil answers "Invalid request" to a batch
+                # too large) -- halve it, and keep the smaller size for the following batches.
+                half = (len(reqs) + 1) // 2
+                self.max_batch = half
+                log.warning(
+                    "%s refused a JSON-RPC batch of %d (%s); batches of at most %d from now on",
+                    self.redacted, len(reqs), error, half,
+                )  # fmt: skip
+                return self._batch(reqs[:half]) + self._batch(reqs[half:])
+            # Not even a batch of one: no batch support. One request per element from now
+            # on -- more round trips (one per aggregate3 chunk, still not one per account)
+            # rather than no reads at all.
             log.warning(
                 "%s refused a JSON-RPC batch (%s); sending requests one by one",
                 self.redacted,
-                scrub(str(replies.get("error", replies)), self.url),
+                error,
             )
             self.batching = False
             return self._one_by_one(reqs)
-        if len(replies) != len(calls):  # the retrying provider checks this; others may not
+        if len(replies) != len(reqs):  # the retrying provider checks this; others may not
             raise RpcMalformedReply(
-                f"{self.redacted}: batch of {len(calls)} requests, {len(replies)} replies"
+                f"{self.redacted}: batch of {len(reqs)} requests, {len(replies)} replies"
             )
         return [dict(r) for r in replies]
 

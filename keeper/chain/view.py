@@ -21,21 +21,18 @@ as ClearingHouse._loadPortfolio/_market do (positions in storage order, entryPri
 in settled instruments folded into the settlement balance by margin.settlement.fold_settled;
 feeds of used underlyings only, placeholder spot 1e18 / vol 0 elsewhere), so
 margin.requirement's full check equals ClearingHouse.marginOf at that block to the wei. The
-oracle checks are a mirror of OracleLib.read, raising errors with OracleLib's signatures and
-revert data.
+oracle checks are OracleLib.read's (keeper.protocol.oracle).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-from eth_abi import encode
-from eth_utils import keccak
 from web3 import Web3
 
-from keeper.chain.errors import BatchReadError, ChainError, HeadBehind, WrongChain
+from keeper.chain.errors import BatchReadError, HeadBehind, WrongChain
 from keeper.chain.multicall import (
     CALLS_PER_MULTICALL,
     MULTICALLS_PER_BATCH,
@@ -49,6 +46,17 @@ from keeper.chain.rpc import BlockRef, Rpc, make_web3, verify_deployment
 from keeper.chain.transport import RetryPolicy
 from keeper.config import RpcConfig
 from keeper.deployment import Deployment, decode_risk_params
+from keeper.protocol.oracle import (  # noqa: F401  (re-exported: the view's public names)
+    INT256_MAX,
+    FeedCallFailed,
+    FeedRound,
+    IncompleteRound,
+    NonPositivePrice,
+    OracleError,
+    RoundData,
+    StalePrice,
+    UnsupportedFeed,
+)
 from margin.params import RiskParams
 from margin.portfolio import Market, Portfolio, Position
 from margin.requirement import MarginResult, ScenarioTable
@@ -56,99 +64,6 @@ from margin.settlement import fold_settled
 
 WAD = 10**18
 NO_UNDERLYING = 255
-INT256_MAX = 2**255 - 1
-
-
-# --- OracleLib mirror ----------------------------------------------------------------------
-
-
-class OracleError(ChainError):
-    """An OracleLib.read failure, with the Solidity error's signature and arguments."""
-
-    signature: ClassVar[str] = ""
-
-    def __init__(self, *args: int | str) -> None:
-        super().__init__(f"{self.signature.split('(')[0]}({', '.join(map(str, args))})")
-        self.args_ = args
-
-    def revert_data(self) -> bytes:
-        types = [t for t in self.signature[self.signature.index("(") + 1 : -1].split(",") if t]
-        return keccak(text=self.signature)[:4] + encode(types, list(self.args_))
-
-
-class StalePrice(OracleError):
-    signature = "StalePrice(address,uint256,uint256)"
-
-
-class NonPositivePrice(OracleError):
-    signature = "NonPositivePrice(address,int256)"
-
-
-class IncompleteRound(OracleError):
-    signature = "IncompleteRound(address,uint80,uint80)"
-
-
-class UnsupportedFeed(OracleError):
-    signature = "UnsupportedFeed(address,uint8)"
-
-
-class FeedCallFailed(OracleError):
-    """The feed's latestRoundData/decimals call itself reverted (its data bubbles up as is)."""
-
-    def __init__(self, feed: str, data: bytes) -> None:
-        ChainError.__init__(self, f"feed {feed} reverted 0x{data.hex()}")
-        self.args_ = (feed,)
-        self.data = data
-
-    def revert_data(self) -> bytes:
-        return self.data
-
-
-@dataclass(frozen=True)
-class FeedRound:
-    """A feed's latestRoundData and decimals at the snapshot's block (or the revert data)."""
-
-    feed: str
-    round_id: int = 0
-    answer: int = 0
-    updated_at: int = 0
-    answered_in_round: int = 0
-    decimals: int | None = None
-    round_revert: bytes | None = None
-    decimals_revert: bytes | None = None
-
-    def read(self, max_age: int, now: int) -> tuple[int, int]:
-        """OracleLib.read(feed, maxAge) at block timestamp ``now``: (wad, updatedAt)."""
-        if self.round_revert is not None:
-            raise FeedCallFailed(self.feed, self.round_revert)
-        if self.updated_at == 0 or self.answered_in_round < self.round_id:
-            raise IncompleteRound(self.feed, self.round_id, self.answered_in_round)
-        if self.answer <= 0:
-            raise NonPositivePrice(self.feed, self.answer)
-        if self.updated_at < now and now - self.updated_at > max_age:
-            raise StalePrice(self.feed, self.updated_at, max_age)
-        if self.decimals_revert is not None or self.decimals is None:
-            raise FeedCallFailed(self.feed, self.decimals_revert or b"")
-        d = self.decimals
-        if d > 36:
-            raise UnsupportedFeed(self.feed, d)
-        if d <= 18:
-            scale = 10 ** (18 - d)
-            if self.answer > INT256_MAX // scale:
-                raise UnsupportedFeed(self.feed, d)
-            return self.answer * scale, self.updated_at
-        return self.answer // 10 ** (d - 18), self.updated_at  # answer > 0: floor == trunc
-
-
-@dataclass(frozen=True)
-class RoundData:
-    """One round of a feed as ``getRoundData(roundId)`` returns it (raw answer, feed decimals)."""
-
-    round_id: int
-    answer: int
-    started_at: int
-    updated_at: int
-    answered_in_round: int
 
 
 # --- snapshot data -------------------------------------------------------------------------

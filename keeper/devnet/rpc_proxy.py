@@ -24,6 +24,7 @@ class CountingProxy:
         upstream: str,
         *,
         reject_batches: bool = False,
+        max_batch: int | None = None,
         max_log_range: int | None = None,
         outage_after_logs: int | None = None,
     ) -> None:
@@ -37,6 +38,10 @@ class CountingProxy:
         self.refused_log_ranges: list[tuple[int, int]] = []
         #: Answer every batch with one JSON-RPC error, as nodes without batch support do.
         self.reject_batches = reject_batches
+        #: Answer a batch of more elements with one "Invalid request" error, as a node with a
+        #: request size cap does (anvil refuses very large batches so).
+        self.max_batch = max_batch
+        self.refused_batches = 0
         self.requests = 0  # HTTP round trips
         self.calls = 0  # JSON-RPC calls inside them (a batch counts each element)
         self.methods: list[str] = []
@@ -57,12 +62,16 @@ class CountingProxy:
                 if proxy.outage:
                     self._unavailable()
                     return
-                if proxy.reject_batches and isinstance(msg, list):
+                too_big = proxy.max_batch is not None and len(items) > proxy.max_batch
+                if isinstance(msg, list) and (proxy.reject_batches or too_big):
+                    message = "Invalid request" if too_big else "batch requests are not supported"
                     refusal = {
                         "jsonrpc": "2.0",
                         "id": None,
-                        "error": {"code": -32600, "message": "batch requests are not supported"},
+                        "error": {"code": -32600, "message": message},
                     }
+                    with proxy._lock:
+                        proxy.refused_batches += 1
                     self._reply(json.dumps(refusal).encode())
                     return
                 refused = {id(i): e for i in items if (e := proxy._refusal(i)) is not None}

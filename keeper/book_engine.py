@@ -1,0 +1,246 @@
+"""The keeper's margin engine over the whole book: one bounded float pass, exact where it matters.
+
+``BookEngine.assess(snap, accounts, policy)`` is the assess step of every block. It holds the
+book in the columnar form of ``margin.book.Book`` and, at each snapshot, prices it once in the
+snapshot's market (``margin.sweep.MarketPrep``) and classifies every account with the bounded
+float pass (``Sweep.bounded_states``, docs/sweep.md). An account's assessment comes from the
+float pass alone only when all of this holds:
+
+* the pass proves the account HEALTHY (its distance to IM exceeds the proven error bound);
+* the account's book is the one the engine holds: its state nonce and flag are those it was
+  read with (the contract bumps the nonce on every change to positions or balances);
+* the exact assessment of that same book (same nonce, flag, parameters, rate and settlements)
+  was a quiet "healthy": no flag, no action, no note, strict oracle ages.
+
+Then the exact engine would say "healthy" again with the same change digest (the state is the
+full check's, proven equal; the digest covers the book only), so nothing is recomputed. Every
+other account -- undecided by the bound, unhealthy, flagged, holding settled instruments,
+changed since the book was built, or with a rejected oracle answer -- is assessed by the exact
+per-account path (``keeper.decisions.assess_account``: the verifier-identical full check,
+witness check and liquidation arithmetic). Every action and every record therefore rests on the
+exact result.
+
+How the columns follow the chain: they are not edited in place. An account whose nonce moved
+since they were built (or that is new) is assessed by the exact path and counted as stale; when
+one snapshot reads more than max(``rebuild_after``, ``rebuild_fraction`` x book) stale accounts,
+the columns are rebuilt at the next snapshot from that snapshot's books (a deposit or trade
+touches a few accounts a block, so a rebuild is rare; its cost is the Book's construction,
+about 0.1 ms per account). They are rebuilt at once when what every book depends on changes
+(risk parameters, rate, settlements). Accounts a snapshot did not read keep their columns
+(their nonce is checked when they are next read). Prices never need a rebuild: every snapshot
+prices the book's rows in its own market.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from keeper.chain.view import OracleError, ProtocolSnapshot
+from keeper.decisions import AccountState, Assessment, DecisionPolicy, assess_account
+from margin.book import Book
+from margin.errors import MarginError
+from margin.portfolio import Market, Portfolio, validate_portfolio
+from margin.requirement import HEALTHY
+from margin.sweep import MarketPrep, Sweep
+
+#: (state nonce, flaggedAt) of an account: equal values prove an unchanged book.
+AccountKey = tuple[int, int]
+#: (key, change digest, state) of a quiet exact assessment.
+Quiet = tuple[AccountKey, str, AccountState]
+#: What every account's margin depends on besides its own book and the prices.
+Context = tuple[bytes, int, frozenset[tuple[int, int]], int]
+
+
+@dataclass
+class EngineStats:
+    """What the last ``assess`` did (for block reports and benchmarks)."""
+
+    bounded: int = 0  # accounts whose assessment came from the float pass alone
+    exact: int = 0  # accounts assessed by the exact engine
+    stale: int = 0  # accounts read with a book the columns do not hold
+    rebuilt: bool = False  # the columns were rebuilt for this snapshot
+
+
+def _context(snap: ProtocolSnapshot) -> Context:
+    return (
+        snap.risk_params_bytes,
+        snap.rate,
+        frozenset(snap.settlement_prices.items()),
+        snap.backstop,
+    )
+
+
+def book_market(snap: ProtocolSnapshot) -> Market | None:
+    """Every underlying's strict price and vol (``maxAge``), as one market for the whole book;
+    None when any feed fails OracleLib's strict checks (every account is then assessed by the
+    exact path, which knows which accounts use the failing feed)."""
+    spots, vols = [], []
+    try:
+        for cfg in snap.underlyings:
+            spots.append(snap.feeds[cfg.price_feed].read(cfg.max_age, snap.timestamp)[0])
+            vols.append(snap.feeds[cfg.vol_feed].read(cfg.max_age, snap.timestamp)[0])
+    except (OracleError, KeyError):
+        return None
+    return Market(snap.timestamp, snap.rate, tuple(spots), tuple(vols))
+
+
+class BookEngine:
+    """The whole book in columns, classified at every snapshot (see the module docstring)."""
+
+    def __init__(
+        self, *, rebuild_after: int = 64, rebuild_fraction: float = 0.02, min_bounded: int = 16
+    ) -> None:
+        #: Below this many accounts the float pass could settle, the exact path is cheaper
+        #: than pricing and sweeping the whole book.
+        self.min_bounded = min_bounded
+        #: Rebuild once more than max(rebuild_after, rebuild_fraction × accounts) accounts
+        #: were read with a book the columns do not hold (each costs an exact assessment).
+        self.rebuild_after = rebuild_after
+        self.rebuild_fraction = rebuild_fraction
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the book (after a reorg: every book is read again)."""
+        self._book: Book | None = None
+        self._context: Context | None = None
+        self._slot: dict[int, int] = {}  # account -> index in the book
+        self._keys: list[AccountKey] = []  # per slot: the key the columns were built from
+        self._excluded: dict[int, AccountKey] = {}  # refused by the model's validation
+        #: account -> (key, change digest, state) of its last exact assessment, when that was
+        #: a quiet "healthy" (no flag, no action, no note, strict ages).
+        self._quiet: dict[int, Quiet] = {}
+        self._stale = 0
+        self.stats = EngineStats()
+
+    # --- the assess step -----------------------------------------------------------------------
+
+    def assess(
+        self, snap: ProtocolSnapshot, accounts: Iterable[int], policy: DecisionPolicy
+    ) -> list[Assessment]:
+        """One assessment per account of ``accounts`` in the snapshot (the backstop is never
+        assessed: it is never acted on)."""
+        wanted = [a for a in dict.fromkeys(accounts) if a != snap.backstop and a in snap.accounts]
+        self.stats = EngineStats(rebuilt=self._maintain(snap))
+        # Per account: (key, slot, its quiet exact assessment of this very book, or None).
+        plan: list[tuple[int, AccountKey, int | None, Quiet | None]] = []
+        stale = 0
+        for a in wanted:
+            acc = snap.accounts[a]
+            key = (acc.nonce, acc.flagged_at)
+            slot = self._slot.get(a)
+            quiet = None
+            if slot is None:
+                if self._excluded.get(a) != key:
+                    stale += 1
+            elif self._keys[slot] != key:
+                stale += 1
+            else:
+                quiet = self._quiet.get(a)
+                if quiet is not None and quiet[0] != key:
+                    quiet = None
+            plan.append((a, key, slot, quiet))
+        candidates = sum(1 for p in plan if p[3] is not None)
+        states = self._bounded_states(snap) if candidates >= self.min_bounded else None
+        out = []
+        for a, key, slot, quiet in plan:
+            bounded = quiet is not None and states is not None and slot is not None
+            if bounded and states[slot] == HEALTHY:  # type: ignore[index]
+                assert quiet is not None
+                out.append(self._bounded(snap, a, quiet, policy))
+                continue
+            x = assess_account(snap, a, policy)
+            self._remember(a, key, x)
+            out.append(x)
+        self._stale = stale
+        self.stats.stale = stale
+        self.stats.bounded = sum(1 for x in out if x.bounded)
+        self.stats.exact = len(out) - self.stats.bounded
+        return out
+
+    @staticmethod
+    def _bounded(
+        snap: ProtocolSnapshot,
+        account: int,
+        quiet: Quiet,
+        policy: DecisionPolicy,
+    ) -> Assessment:
+        acc = snap.accounts[account]
+
+        def digest() -> str:  # only if recorded, which the executor does from the exact path
+            return assess_account(snap, account, policy).inputs_digest
+
+        src: Callable[[], str] = digest
+        return Assessment(
+            account, snap.block, acc.nonce, quiet[2], None, False, src, None,
+            acc.flagged_at, None, quiet[1], bounded=True,
+        )  # fmt: skip
+
+    def _remember(self, account: int, key: AccountKey, x: Assessment) -> None:
+        quiet = (
+            x.state == AccountState.HEALTHY
+            and x.action is None
+            and x.note is None
+            and not x.lenient
+            and x.result is not None
+            and x.flagged_at == 0
+        )
+        if quiet and account in self._slot:
+            self._quiet[account] = (key, x.change_digest, x.state)
+        else:
+            self._quiet.pop(account, None)
+
+    # --- the book -------------------------------------------------------------------------------
+
+    def _bounded_states(self, snap: ProtocolSnapshot) -> np.ndarray | None:
+        """Every book account's state by the bounded float pass (UNDECIDED where the bound
+        cannot tell), in the snapshot's market; None when no such market exists."""
+        if self._book is None or self._book.n_accounts == 0:
+            return None
+        market = book_market(snap)
+        if market is None:
+            return None
+        try:
+            table = snap.table(market)  # shared with the exact path's accounts of this market
+            return Sweep(self._book, MarketPrep(self._book, table)).bounded_states()
+        except MarginError:
+            return None  # the exact path reports the verifier's error per account
+
+    def _maintain(self, snap: ProtocolSnapshot) -> bool:
+        """Rebuild the columns when due; True when rebuilt."""
+        context = _context(snap)
+        limit = max(self.rebuild_after, int(self.rebuild_fraction * len(self._slot)))
+        if self._book is not None and context == self._context and self._stale <= limit:
+            return False
+        same_context = context == self._context
+        keep: dict[int, tuple[AccountKey, Portfolio]] = {}
+        if self._book is not None and same_context:
+            # Accounts this snapshot did not read keep their columns (checked when next read).
+            for a, slot in self._slot.items():
+                if a not in snap.accounts:
+                    keep[a] = (self._keys[slot], self._book.portfolios[slot])
+        self._context = context
+        self._excluded = {}
+        for a, acc in snap.accounts.items():
+            if a == snap.backstop:
+                continue
+            key = (acc.nonce, acc.flagged_at)
+            try:
+                pf = snap.portfolio(a)
+                validate_portfolio(pf, snap.risk_params)
+            except (MarginError, KeyError):
+                self._excluded[a] = key
+                continue
+            keep[a] = (key, pf)
+        order = sorted(keep)
+        self._slot = {a: i for i, a in enumerate(order)}
+        self._keys = [keep[a][0] for a in order]
+        self._book = Book(snap.risk_params, [keep[a][1] for a in order])
+        if same_context:
+            self._quiet = {a: q for a, q in self._quiet.items() if a in self._slot}
+        else:
+            self._quiet = {}  # digests and states of other parameters, rate or settlements
+        self._stale = 0
+        return True
