@@ -7,7 +7,8 @@ market seed_market would have made: for every account the clearing house's own r
 every instrument's open interest sums to zero, the keeper's indexer finds every account with
 nonces that replay to the chain's, and ordinary signed-order trades (one closing a leg, which
 swaps a slot, then one on the moved leg), a deposit, a withdrawal and a liquidation work on the
-seeded accounts afterwards. The seeder's storage layout is the clearing house's (the compiler's, from the build artifacts).
+seeded accounts afterwards. The seeder's storage layout is the clearing house's (as the compiler
+lays them out, read from the build artifacts).
 """
 
 from __future__ import annotations

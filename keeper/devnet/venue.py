@@ -11,7 +11,7 @@ sequence (``plan_books``) and sized by the same exact margin engine (``size_book
 a devnet-only batch path:
 
 * ``contracts/src/devnet/VenueSeeder.sol`` inherits ``ClearingHouseBase``, so its storage
-  layout is the compiler's layout of the clearing house (checked against the build artifacts' storage layouts by
+  layout is the compiler's layout of the clearing house (compared in the build artifacts by
   tests/test_venue.py). It is never deployed: for the time of the seeding its runtime code is
   put at the ``ClearingHouseAdmin`` address (``anvil_setCode``), so ``seedVenue`` calls reach it
   through the clearing house's own fallback (DELEGATECALL): it writes the clearing house's
