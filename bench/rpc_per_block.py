@@ -1,7 +1,10 @@
 """Steady state of the real keeper over many accounts: per-block time, lag, RPC calls, memory.
 
-A fresh anvil with the protocol and ``n`` accounts (six positions each, both underlyings,
-bench.naive_keeper.seed_accounts); the keeper runs as the real service (KeeperService in a
+A fresh anvil with the protocol and ``n`` accounts: ``--seeding orders`` (default) gives six
+positions each on both underlyings through signed-order trades (bench.naive_keeper.seed_accounts,
+one owner's sub-accounts); ``--seeding venue`` gives the devnet market's engine-sized books
+through the devnet batch seeder (keeper.devnet.venue.seed_venue: minutes become seconds at
+10,000 accounts and more). The keeper runs as the real service (KeeperService in a
 thread, SQLite store, signer configured: ``keeper run``'s code path, the whole-book engine of
 keeper/book_engine.py included) and reaches the node through a counting proxy. The chain then
 mines one block a second (interval mining) and every block carries what a live market carries:
@@ -41,9 +44,11 @@ from web3 import Web3
 from bench.keeper_setup import bench_keeper_config
 from bench.naive_keeper import seed_accounts
 from keeper.artifacts import ensure_built
+from keeper.chain import Chain
 from keeper.deployment import bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.rpc_proxy import CountingProxy
+from keeper.devnet.venue import seed_venue
 from keeper.service import KeeperService
 
 
@@ -85,6 +90,7 @@ def run(
     poll: float = 0.2,
     seed: int = 3,
     naive_sample: int = 200,
+    seeding: str = "orders",
 ) -> dict[str, Any]:
     ensure_built()
     rng = random.Random(seed)
@@ -93,10 +99,20 @@ def run(
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
         d = deploy_protocol(w3)
         d.write(tmp / "deployment.json")
-        accounts = seed_accounts(node, w3, d, n_accounts, seed)
         ch = bind(w3, d, "ClearingHouse")
         usdc = bind(w3, d, "MockERC20:USDC")
-        owner = w3.eth.accounts[1]
+        t_seed = time.perf_counter()
+        if seeding == "venue":
+            market = seed_venue(w3, d, Chain.connect(node.url, d), n_accounts, seed=seed)
+            accounts = [a.account for a in market.accounts]
+            owner_of = {a.account: a.owner for a in market.accounts}
+            # The per-block deposits come from the owners (impersonated by anvil).
+            node.rpc("anvil_autoImpersonateAccount", [True])
+        else:
+            accounts = seed_accounts(node, w3, d, n_accounts, seed)
+            owner_of = dict.fromkeys(accounts, w3.eth.accounts[1])
+        seed_s = time.perf_counter() - t_seed
+        depositors: set[str] = set()
         feeds = [
             bind(w3, d, f"MockAggregator:{u['symbol']}/{kind}")
             for u in d.underlyings
@@ -128,10 +144,17 @@ def run(
                         {"from": w3.eth.accounts[0]}
                     )
                 for a in rng.sample(accounts, 3):
-                    ch.functions.deposit(a, 0, 10**6).transact({"from": owner})
+                    owner = owner_of[a]
+                    if owner not in depositors:  # a first deposit: tokens, gas and allowance
+                        depositors.add(owner)
+                        node.rpc("anvil_setBalance", [owner, hex(10**19)])
+                        # Explicit gas: the deposit below is estimated before these are mined.
+                        tx = {"from": owner, "gas": 200_000}
+                        usdc.functions.mint(owner, 10**12).transact(tx)
+                        usdc.functions.approve(ch.address, 2**255).transact(tx)
+                    ch.functions.deposit(a, 0, 10**6).transact({"from": owner, "gas": 300_000})
                 return n
 
-            usdc.functions.approve(ch.address, 2**255).transact({"from": owner})
             head = w3.eth.block_number
             for _ in range(3):  # warm-up: the keeper's caches and the first market rounds
                 head = market_block(head)
@@ -176,6 +199,8 @@ def run(
     p50 = _pct(secs, 50)
     return {
         "accounts": n_accounts,
+        "seeding": seeding,
+        "seed_s": round(seed_s, 1),
         "chain_blocks": chain_blocks,
         "blocks_processed": int(processed),
         "keeper_lag_at_end_blocks": lag,
@@ -214,9 +239,18 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=30)
     ap.add_argument("--poll", type=float, default=0.2, help="keeper head poll interval (s)")
     ap.add_argument("--naive-sample", type=int, default=200, help="accounts timed naively")
+    ap.add_argument(
+        "--seeding", choices=("orders", "venue"), default="orders", help="how the book is seeded"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    res = run(args.accounts, args.blocks, args.poll, naive_sample=args.naive_sample)
+    res = run(
+        args.accounts,
+        args.blocks,
+        args.poll,
+        naive_sample=args.naive_sample,
+        seeding=args.seeding,
+    )
     if args.json:
         print(json.dumps(res))
     else:
