@@ -102,7 +102,7 @@ def test_security_claims_cite_tests() -> None:
 
 
 HISTORY = re.compile(
-    r"\bissues? #?\d+\b|\(in progress\)|\bwork in progress\b|\baim not met\b", re.I
+    r"\bissues? #?\d+\b|\(in progress\)|\bwork in progress\b|\baim not met\b|\bbranch `\w+`", re.I
 )
 
 
