@@ -216,20 +216,20 @@ class KeeperCore:
         self._first = False
         try:
             assessed = self._assess(snap, sorted(targets), report)
-            for a in assessed:
-                if not a.bounded:  # a bounded assessment proves the book unchanged
-                    self._uses[a.account] = _used_underlyings(snap, a.account)
-                if a.state in WATCH_STATES:
-                    self._watch.add(a.account)
+            for one in assessed:
+                if not one.bounded:  # a bounded assessment proves the book unchanged
+                    self._uses[one.account] = _used_underlyings(snap, one.account)
+                if one.state in WATCH_STATES:
+                    self._watch.add(one.account)
                 else:
-                    self._watch.discard(a.account)
+                    self._watch.discard(one.account)
                 report.accounts_assessed += 1
-                report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
-                report.states[a.account] = a.state
+                report.by_state[one.state] = report.by_state.get(one.state, 0) + 1
+                report.states[one.account] = one.state
             # Each action costs a simulation, an estimate and a send: the ones that matter most
             # go first, to reach the next block (liquidations by bounty, then the rest).
-            for a in sorted(assessed, key=_urgency):
-                self._handle(snap, a, report)
+            for one in sorted(assessed, key=_urgency):
+                self._handle(snap, one, report)
         finally:
             self._flush()  # what was decided is recorded even when a later send fails
         self._last_snap = snap
@@ -622,7 +622,7 @@ class KeeperCore:
 
     def _back_off(self, target: str, block: int) -> int:
         level = self._backoff_level.get(target, 0)
-        span = min(self.policy.backoff_blocks * 2**level, self.policy.max_backoff_blocks)
+        span = min(self.policy.backoff_blocks << level, self.policy.max_backoff_blocks)
         self._backoff_level[target] = level + 1
         until = block + span
         self._backoff_until[target] = until

@@ -29,10 +29,11 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from eth_typing import HexStr
 from web3.exceptions import TransactionNotFound
 from web3.logs import DISCARD
 
@@ -43,6 +44,8 @@ from keeper.deployment import clearing_house_abi, load_deployment
 from keeper.metrics import ACCOUNT_STATES, Health, KeeperMetrics, MetricsServer
 from keeper.secrets import scrub
 from keeper.store import Store, TxStatus
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("keeper.service")
 
@@ -290,8 +293,9 @@ class KeeperService:
 
     def sweep(self) -> TickReport | None:
         """Every indexed account re-margined at the head."""
-        assert self.chain is not None
-        return self._guard("sweep", lambda: self._process(self.chain.head(), sweep=True))
+        chain = self.chain
+        assert chain is not None
+        return self._guard("sweep", lambda: self._process(chain.head(), sweep=True))
 
     def settle(self) -> None:
         def run() -> None:
@@ -332,7 +336,8 @@ class KeeperService:
         def run() -> None:
             assert self.chain is not None and self.address is not None
             w3 = self.chain.w3
-            self.metrics.signer_balance.set(int(w3.eth.get_balance(self.address)))
+            address = w3.to_checksum_address(self.address)
+            self.metrics.signer_balance.set(int(w3.eth.get_balance(address)))
             ch = w3.eth.contract(address=self.chain.clearing_house, abi=clearing_house_abi())
             unclaimed = int(ch.functions.bounties(self.address).call())
             self.metrics.bounty_unclaimed.set(unclaimed)
@@ -398,7 +403,7 @@ class KeeperService:
     def _bounty_of(self, tx_hash: str) -> int:
         """Σ BountyCredited(us, amount) in the receipt: what the chain actually paid."""
         assert self.chain is not None and self.address is not None
-        receipt = self.chain.w3.eth.get_transaction_receipt(tx_hash)
+        receipt = self.chain.w3.eth.get_transaction_receipt(HexStr(tx_hash))
         event = self.chain.w3.eth.contract(
             address=self.chain.clearing_house, abi=clearing_house_abi()
         ).events.BountyCredited()
@@ -444,7 +449,7 @@ class KeeperService:
         self.exit_status = EXIT_STALLED
         self._stop.set()
 
-    def _guard(self, job: str, fn: Callable[[], Any]) -> Any:
+    def _guard(self, job: str, fn: Callable[[], _T]) -> _T | None:
         """Run one job; a chain fault is counted, logged and retried at the next run (the
         watchdog catches one that never heals); nothing escapes into the scheduler."""
         try:

@@ -9,8 +9,9 @@ export PATH="$root/tools/node_modules/.bin:$root/.venv/bin:$PATH"
 echo "== ruff"
 ruff check .
 echo "== mypy"
-# margin/ strictly ([tool.mypy] in pyproject.toml): the engine that must equal the verifier.
-mypy margin
+# margin/ strictly ([tool.mypy] in pyproject.toml): the engine that must equal the verifier;
+# keeper/ with the default checks.
+mypy margin keeper
 echo "== forge build + test"
 # FORGE_SNAPSHOT_CHECK: a gas figure that differs from the committed contracts/snapshots/ fails
 # the run, so gas changes are always deliberate (re-record with plain `forge test --offline`).

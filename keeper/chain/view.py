@@ -46,17 +46,17 @@ from keeper.chain.rpc import BlockRef, Rpc, make_web3, verify_deployment
 from keeper.chain.transport import RetryPolicy
 from keeper.config import RpcConfig
 from keeper.deployment import Deployment, decode_risk_params
-from keeper.protocol.oracle import (  # noqa: F401  (re-exported: the view's public names)
-    INT256_MAX,
-    FeedCallFailed,
-    FeedRound,
-    IncompleteRound,
-    NonPositivePrice,
-    OracleError,
-    RoundData,
-    StalePrice,
-    UnsupportedFeed,
-)
+
+# Re-exported ("X as X"): the oracle's names are the view's public names too.
+from keeper.protocol.oracle import INT256_MAX as INT256_MAX
+from keeper.protocol.oracle import FeedCallFailed as FeedCallFailed
+from keeper.protocol.oracle import FeedRound as FeedRound
+from keeper.protocol.oracle import IncompleteRound as IncompleteRound
+from keeper.protocol.oracle import NonPositivePrice as NonPositivePrice
+from keeper.protocol.oracle import OracleError as OracleError
+from keeper.protocol.oracle import RoundData as RoundData
+from keeper.protocol.oracle import StalePrice as StalePrice
+from keeper.protocol.oracle import UnsupportedFeed as UnsupportedFeed
 from margin.params import RiskParams
 from margin.portfolio import Market, Portfolio, Position
 from margin.requirement import MarginResult, ScenarioTable
