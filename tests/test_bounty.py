@@ -7,9 +7,7 @@ a named error with nothing sent.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from keeper.devnet import Anvil
 from keeper.orders import dev_matcher
 from keeper.store import Store
 from keeper.store.models import Transaction
+from tests.keeper_cli import run_keeper
 
 pytestmark = pytest.mark.anvil
 
@@ -81,17 +80,8 @@ def net(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Iter
         yield tmp, w3, deployment
 
 
-def _keeper(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER")}
-    env[KEY_ENV] = ANVIL_KEY_1
-    return subprocess.run(
-        [sys.executable, "-m", "keeper", "bounty", "--config", "keeper.toml", *args],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _keeper(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_keeper(tmp, "bounty", "--config", "keeper.toml", *args, env={KEY_ENV: ANVIL_KEY_1})
 
 
 def test_show_and_claim_a_bounty_earned_by_a_liquidation(net: Any) -> None:

@@ -7,10 +7,8 @@ code this keeper was built with) and the keeper's balance in `keeper check`.
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from web3 import Web3
 
 from keeper.deployment import Deployment, deploy_protocol, load_deployment
 from keeper.devnet import Anvil
+from tests.keeper_cli import run_keeper
 
 PASSWORD = "operator's long passphrase"
 ANVIL_KEY_1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
@@ -28,17 +27,8 @@ ANVIL_ADDRESS_1 = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 
 def _keeper(
     tmp: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER")}
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "keeper", *args],
-        cwd=tmp,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+) -> subprocess.CompletedProcess[str]:
+    return run_keeper(tmp, *args, env=env)
 
 
 def _error(proc: subprocess.CompletedProcess, name: str) -> str:

@@ -6,10 +6,8 @@ status is non-zero, and nothing is written: no database appears next to the conf
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from web3 import Web3
 from keeper.deployment import Deployment, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.store import Store
+from tests.keeper_cli import run_keeper
 
 ANVIL_KEY_1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 KEY_ENV = "KEEPER_STARTUP_TEST_KEY"
@@ -78,17 +77,8 @@ def _config(tmp: Path, *, rpc: str | None = None, **sections: dict[str, Any]) ->
 
 def _keeper(
     tmp: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEEPER")}
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "keeper", *args],
-        cwd=tmp,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+) -> subprocess.CompletedProcess[str]:
+    return run_keeper(tmp, *args, env=env, timeout=120)
 
 
 def _one_error(proc: subprocess.CompletedProcess, name: str) -> str:
