@@ -58,8 +58,8 @@ if ! command -v promtool >/dev/null 2>&1; then
   fi
   if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ -n "$sudo_cmd" ]; }; then
     log "installing promtool (Debian package prometheus)"
-    $sudo_cmd apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    $sudo_cmd apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
       prometheus >/dev/null
   else
     log "promtool not found and cannot be installed here (needs apt-get as root):" \

@@ -31,6 +31,7 @@ from eth_account import Account
 from web3 import Web3
 
 from keeper.chain import (
+    BlockStateMismatch,
     Chain,
     ChainError,
     HeadBehind,
@@ -255,6 +256,35 @@ def test_lagging_head_is_consistent_and_refused_on_request(net: Net, proxy: Faul
     with pytest.raises(HeadBehind) as info:
         chain.head(not_before=real.number)
     assert (info.value.head, info.value.seen) == (real.number - 3, real.number)
+
+
+def test_a_read_answered_from_another_block_is_read_again_never_mixed(
+    net: Net, proxy: FaultProxy
+) -> None:
+    """A node that runs a pinned eth_call on a later block's state (anvil does, for a call
+    pinned to the head while the next block is mined): the read is taken again, and a node that
+    keeps doing it is a named error, never a snapshot mixing two blocks."""
+    chain = faulty_chain(proxy.url, net.d)
+    pinned = chain.head()
+    want = reference(net, pinned.number)
+    w3 = Web3(Web3.HTTPProvider(net.node.url))
+    ch = bind(w3, net.d, "ClearingHouse")
+    expiry = w3.eth.get_block("latest")["timestamp"] + 40 * 86400
+    # The next block lists an instrument: its state differs from the pinned one in the layout.
+    _send(w3, ch.functions.listInstrument(1, 1, 2345 * WAD, expiry), w3.eth.accounts[0])
+    proxy.add("wrong_block", methods=["eth_call"], times=1)
+    got = chain.view(pinned).snapshot(net.accounts)
+    assert proxy.counts["wrong_block"] == 1
+    assert fields(got) == fields(want)
+    assert len(got.instruments) == len(want.instruments)
+
+    proxy.add("wrong_block", methods=["eth_call"])
+    with pytest.raises(BlockStateMismatch) as info:
+        chain.view(pinned).snapshot(net.accounts)
+    assert (info.value.pinned, info.value.ran) == (pinned.number, pinned.number + 1)
+    assert proxy.counts["wrong_block"] == 1 + 3  # the read and its two repeats
+    proxy.clear()
+    assert fields(chain.view(pinned).snapshot(net.accounts)) == fields(want)
 
 
 # --- transactions -----------------------------------------------------------------------

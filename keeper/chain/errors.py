@@ -110,6 +110,19 @@ class BatchReadError(ChainError):
     """A read the keeper cannot do without (a protocol view) reverted or did not decode."""
 
 
+class BlockStateMismatch(BatchReadError):
+    """The node ran a call pinned to block ``pinned`` on the state of block ``ran``.
+
+    Seen on anvil: an eth_call pinned (by hash) to the head block while the next block is
+    being mined can run on the new block's state. Every aggregate3 read carries the block
+    number it ran at, so a read is never silently taken from another block."""
+
+    def __init__(self, pinned: int, ran: int) -> None:
+        super().__init__(f"eth_call ran at block {ran}, pinned {pinned}")
+        self.pinned = pinned
+        self.ran = ran
+
+
 _USERINFO = re.compile(r"//[^/@\s]*@")
 
 

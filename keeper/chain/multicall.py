@@ -12,6 +12,7 @@ element as a request are charged ceil(calls / calls_per_multicall) requests, not
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -28,9 +29,11 @@ from keeper.chain.abi_words import (
     encode_aggregate3,
     encode_static,
 )
-from keeper.chain.errors import BatchReadError, BlockNotAvailable, RpcError
+from keeper.chain.errors import BatchReadError, BlockNotAvailable, BlockStateMismatch, RpcError
 from keeper.chain.revert import decode_revert
 from keeper.chain.rpc import BlockRef, Rpc
+
+log = logging.getLogger(__name__)
 
 #: View calls per aggregate3 eth_call: 400 reads of at most ~90k gas (positionsOf of 40
 #: cold slots) stays far below geth's default 50M eth_call gas cap.
@@ -39,6 +42,12 @@ CALLS_PER_MULTICALL = 400
 MULTICALLS_PER_BATCH = 100
 
 AGGREGATE3 = function_signature_to_4byte_selector("aggregate3((address,bool,bytes)[])")
+#: Multicall3.getBlockNumber(): the first call of every aggregate3, so each read proves the
+#: block whose state it ran on.
+GET_BLOCK_NUMBER = function_signature_to_4byte_selector("getBlockNumber()")
+#: Reads again after a node answered for another block than the pinned one (the race is
+#: transient: once the pinned block is no longer the head, its state is the stored one).
+BLOCK_MISMATCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -110,13 +119,35 @@ def multicall(
     multicalls_per_batch: int = MULTICALLS_PER_BATCH,
 ) -> list[CallResult]:
     """Run every call at ``block``: ceil(len/calls_per_multicall) aggregate3 eth_calls, sent
-    in ceil(that/multicalls_per_batch) JSON-RPC batches (round trips)."""
+    in ceil(that/multicalls_per_batch) JSON-RPC batches (round trips).
+
+    Each aggregate3 also returns the block number it ran at; an answer from another block's
+    state is read again (at most ``BLOCK_MISMATCH_ATTEMPTS`` times in all), then refused with
+    BlockStateMismatch -- never mixed into the result."""
     chunks = [
         list(calls[i : i + calls_per_multicall]) for i in range(0, len(calls), calls_per_multicall)
     ]
+    for attempt in range(1, BLOCK_MISMATCH_ATTEMPTS + 1):
+        try:
+            return _multicall_once(rpc, multicall_address, block, chunks, multicalls_per_batch)
+        except BlockStateMismatch as exc:
+            if attempt == BLOCK_MISMATCH_ATTEMPTS:
+                raise
+            log.info("read again: %s", exc)
+    raise AssertionError("unreachable")
+
+
+def _multicall_once(
+    rpc: Rpc,
+    multicall_address: str,
+    block: BlockRef,
+    chunks: list[list[Call]],
+    multicalls_per_batch: int,
+) -> list[CallResult]:
     requests = []
     for chunk in chunks:
-        args = [(c.target, True, c.fn.encode(*c.args)) for c in chunk]
+        args = [(multicall_address, False, GET_BLOCK_NUMBER)]
+        args += [(c.target, True, c.fn.encode(*c.args)) for c in chunk]
         data = AGGREGATE3 + encode_aggregate3(args)
         tx = {"to": multicall_address, "data": "0x" + data.hex()}
         requests.append(("eth_call", [tx, block.rpc_param()]))
@@ -133,7 +164,12 @@ def multicall(
         results = decode_aggregate3_results(raw)
         if results is None:  # malformed: let the generic decoder name the fault
             (results,) = decode(["(bool,bytes)[]"], raw)
-        for call, (ok, ret) in zip(chunk, results, strict=True):
+        if len(results) != len(chunk) + 1:
+            raise BatchReadError(f"aggregate3 returned {len(results)} results for {len(chunk) + 1}")
+        (ran,) = decode(["uint256"], bytes(results[0][1]))
+        if ran != block.number:
+            raise BlockStateMismatch(block.number, ran)
+        for call, (ok, ret) in zip(chunk, results[1:], strict=True):
             if not ok:
                 if call.required:
                     raise BatchReadError(

@@ -427,7 +427,6 @@ class ChainView:
         mc = self.chain.multicall_address
         ch = self.ch_call
         calls = [
-            Call(mc, self._mc["getBlockNumber"]),
             Call(mc, self._mc["getCurrentBlockTimestamp"]),
             ch("underlyingCount"),
             ch("assetCount"),
@@ -456,9 +455,6 @@ class ChainView:
                 calls += self._account_calls(a, n_a)
         res = iter(self.call_many(calls))
 
-        number = next(res).one()
-        if number != self.block.number:
-            raise BatchReadError(f"eth_call ran at block {number}, pinned {self.block.number}")
         timestamp = next(res).one()
         counts = (next(res).one(), next(res).one(), next(res).one())
         risk_bytes, rate, backstop, paused, insurance = (next(res).one() for _ in range(5))

@@ -13,6 +13,9 @@ Every way a hosted RPC misbehaves in production, on demand and reproducibly:
 * ``malformed``: a 200 answer whose body is not JSON;
 * ``short_batch``: a batch answer with its last element missing (valid JSON, incomplete);
   it hits batches only (a single request does not match the rule and is not counted);
+* ``wrong_block``: every ``eth_call`` of the request runs at "latest" instead of the block it
+  was pinned to (what anvil does to a call pinned to the head while the next block is mined,
+  and what a load balancer in front of nodes at different heights can do);
 * lag: with ``lag_blocks = N``, ``eth_blockNumber`` and ``eth_getBlockByNumber("latest")``
   answer for the block N below the node's head (a load-balanced RPC behind the others).
 
@@ -49,6 +52,7 @@ FAULT_KINDS = (
     "truncate",
     "malformed",
     "short_batch",
+    "wrong_block",
 )
 
 
@@ -192,6 +196,11 @@ class FaultProxy:
         if kind == "rpc_error":
             assert rule is not None
             return _send(h, 200, json.dumps(_errors(msg, rule)).encode())
+        if kind == "wrong_block":
+            for item in items:
+                if isinstance(item, dict) and item.get("method") == "eth_call":
+                    item["params"] = [item["params"][0], "latest"]
+            body = json.dumps(msg).encode()
         try:
             out = self._forward(msg, body)
         except OSError:
