@@ -31,7 +31,7 @@ found by the keeper-level fault tests (tests/test_faults_keeper.py):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -149,6 +149,7 @@ class KeeperCore:
         policy: DecisionPolicy,
         *,
         liquidator: str,
+        named_after: Callable[[int], set[int]] | None = None,
     ) -> None:
         self.chain = chain
         self.store = store
@@ -157,6 +158,9 @@ class KeeperCore:
         self.liquidator = Web3.to_checksum_address(liquidator)
         self._ch = chain.w3.eth.contract(address=chain.clearing_house, abi=clearing_house_abi())
         self._first = True
+        #: Accounts an indexed event named after a block (Indexer.accounts_named_after); None
+        #: without an index: books are then proven unchanged by their nonce, one read each.
+        self.named_after: Callable[[int], set[int]] | None = named_after
         self._rounds: dict[str, tuple[int, int, int]] = {}  # feed -> (round, answer, updatedAt)
         self._uses: dict[int, frozenset[int]] = {}  # account -> underlyings it uses
         self._known: set[int] = set()
@@ -195,22 +199,27 @@ class KeeperCore:
         start = view.round_trips
         self._extra_trips = 0
         report = BlockReport(view.block.number)
-        self._known |= set(known) | set(touched)
+        touched = set(touched)
+        if self.named_after is not None and self._last_snap is not None:
+            # Every change to an account emits an event naming it: what the index saw after
+            # the last processed block is every account whose data may have moved.
+            touched |= self.named_after(self._last_snap.block.number)
+        self._known |= set(known) | touched
         everything = self._first or market_changed or sweep
         # Besides the touched ones: accounts still waiting for an action (a grace period runs
         # out with time alone; a back-off ends; gas may become cheap enough).
-        targets = set(self._known) if everything else set(touched) | self._watch
+        targets = set(self._known) if everything else touched | self._watch
         if sweep or self._first:
             self._accounts.clear()
         for a in touched:
             self._accounts.pop(a, None)
-        snap = view.snapshot(sorted(targets), reuse=self._accounts)
+        snap = self._snapshot(view, targets)
         moved = self._moved_underlyings(snap)
         if not everything and moved:
             extra = {a for a in self._known - targets if self._uses.get(a, frozenset()) & moved}
             if extra:
                 targets |= extra
-                snap = view.snapshot(sorted(targets), reuse=self._accounts)
+                snap = self._snapshot(view, targets)
         self._accounts.update(snap.accounts)
         report.accounts_reused = snap.reused_accounts
         self._first = False
@@ -235,6 +244,25 @@ class KeeperCore:
         self._last_snap = snap
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
         return report
+
+    def _snapshot(self, view: ChainView, targets: set[int]) -> ProtocolSnapshot:
+        """With the index (``named_after``), books no event named since they were read are
+        taken as they are: the read covers what changed, not the whole book. Without it, each
+        such book's nonce and flag are read to prove it unchanged."""
+        if self.named_after is None:
+            return view.snapshot(sorted(targets), reuse=self._accounts)
+        unchanged = {a: self._accounts[a] for a in targets if a in self._accounts}
+        return view.snapshot(sorted(targets), unchanged=unchanged)
+
+    @property
+    def needs_known(self) -> bool:
+        """The next block needs every indexed account (the first block, or after a reorg);
+        afterwards the accounts named since the last block are enough."""
+        return self._first or self.named_after is None
+
+    @property
+    def known_count(self) -> int:
+        return len(self._known)
 
     @property
     def next_expiry(self) -> int | None:
@@ -687,6 +715,7 @@ class KeeperCore:
     def forget_accounts(self) -> None:
         """Drop the reused account data (after a reorg: read every book again)."""
         self._accounts.clear()
+        self._first = True
         self.engine.forget()
 
     def _flush(self) -> None:

@@ -155,6 +155,7 @@ class KeeperService:
             self.txm,
             policy_from_config(cfg),
             liquidator=self.address or "0x0000000000000000000000000000000000000000",
+            named_after=self.indexer.accounts_named_after,
         )
         if self.txm is not None:
             self.txm.start()
@@ -219,7 +220,9 @@ class KeeperService:
             self.metrics.reorgs.inc()
             log.warning("reorg rolled back", extra={"from_block": synced.reorg_from})
         view = self.chain.view(head)
-        known = self.indexer.known_accounts()
+        # Every indexed account on the first block (and after a reorg); then the core follows
+        # the accounts the index names block by block.
+        known = self.indexer.known_accounts() if self.core.needs_known else []
         report = self.core.on_block(
             view,
             set(synced.touched_accounts),
@@ -237,7 +240,7 @@ class KeeperService:
             self._follow_transactions(head.number)
         self._last_processed = head
         self._last_progress_at = time.monotonic()
-        self.metrics.known_accounts.set(len(known))
+        self.metrics.known_accounts.set(self.core.known_count)
         self.metrics.indexed.set(head.number)
         self.metrics.lag.set(0)
         self.health.block(head.number, 0)

@@ -4,7 +4,8 @@ pragma solidity 0.8.30;
 import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
 import {InvariantBase} from "./utils/InvariantBase.sol";
 import {OrderSigner} from "./utils/OrderSigner.sol";
-import {IClearingHouseErrors} from "../src/interfaces/IClearingHouse.sol";
+import {IClearingHouseErrors, IClearingHouseEvents} from "../src/interfaces/IClearingHouse.sol";
+import {Vm} from "./utils/Vm.sol";
 import {ClearingHouse} from "../src/ClearingHouse.sol";
 import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
@@ -140,7 +141,7 @@ contract AdversarialHandler is OrderSigner {
 
     // ------------------------------------------------------------------ ghosts
 
-    uint256[6] public violations;
+    uint256[7] public violations;
     string public firstViolation;
 
     /// What the attacker is entitled to (WAD^2): tokens it put in minus tokens it took out,
@@ -166,6 +167,7 @@ contract AdversarialHandler is OrderSigner {
     uint256 internal unpauseAt; // the action at which the guardian lifts its pause
 
     /// Every action first lets the guardian lift a pause that has run its course.
+    /// And every action's changes to a book are announced (see _checkAnnounced).
     modifier tick() {
         ++actions;
         if (unpauseAt != 0 && actions >= unpauseAt) {
@@ -173,7 +175,65 @@ contract AdversarialHandler is OrderSigner {
             vm.prank(guardian);
             adm.unpause();
         }
+        bytes32[N_ACCT] memory before = _fingerprints();
+        vm.recordLogs();
         _;
+        _checkAnnounced(before, vm.getRecordedLogs());
+    }
+
+    /// Each book's nonce, flag, positions and balances, hashed.
+    function _fingerprints() internal view returns (bytes32[N_ACCT] memory f) {
+        for (uint256 i; i < N_ACCT; ++i) {
+            uint256 a = accts[i];
+            (uint64 nonce, uint64 flaggedAt) = ch.accountState(a);
+            (uint256[] memory ids, int256[] memory qs) = adm.positionsOf(a);
+            f[i] = keccak256(abi.encode(nonce, flaggedAt, ids, qs, ch.balanceOf(a, 0), ch.balanceOf(a, 1)));
+        }
+    }
+
+    /// Every book (the backstop's aside: it is never assessed) whose nonce, flag, positions or
+    /// balances an action changed is named by one of the clearing house's events that the
+    /// keeper's indexer reads accounts from (keeper/indexer/decode.py: NONCE_CARRIED,
+    /// NONCE_BUMPED, NAMED_ONLY). The keeper re-reads exactly the books the index names since
+    /// its last block and takes every other book as it was (keeper/core.py, _snapshot).
+    function _checkAnnounced(bytes32[N_ACCT] memory before, Vm.Log[] memory logs) internal {
+        bytes32[N_ACCT] memory after_ = _fingerprints();
+        for (uint256 i; i < N_ACCT; ++i) {
+            if (i == BK || after_[i] == before[i]) continue;
+            if (!_named(accts[i], logs)) _fail(6, "book changed without an event naming it", i, 0, 0);
+        }
+    }
+
+    function _named(uint256 acct, Vm.Log[] memory logs) internal view returns (bool) {
+        for (uint256 k; k < logs.length; ++k) {
+            Vm.Log memory l = logs[k];
+            if (l.emitter != address(ch) || l.topics.length == 0 || !_accountEvent(l.topics[0])) continue;
+            for (uint256 t = 1; t < l.topics.length; ++t) {
+                if (uint256(l.topics[t]) == acct) return true;
+            }
+            for (uint256 w; w + 32 <= l.data.length; w += 32) {
+                if (uint256(bytes32(_slice32(l.data, w))) == acct) return true;
+            }
+        }
+        return false;
+    }
+
+    function _slice32(bytes memory b, uint256 at) internal pure returns (bytes32 x) {
+        assembly ("memory-safe") {
+            x := mload(add(add(b, 32), at))
+        }
+    }
+
+    /// The events keeper/indexer/decode.py takes account ids from.
+    function _accountEvent(bytes32 topic0) internal pure returns (bool) {
+        return topic0 == IClearingHouseEvents.Deposit.selector || topic0 == IClearingHouseEvents.Withdrawal.selector
+            || topic0 == IClearingHouseEvents.CollateralTransfer.selector || topic0 == IClearingHouseEvents.Trade.selector
+            || topic0 == IClearingHouseEvents.MarginCall.selector || topic0 == IClearingHouseEvents.Liquidation.selector
+            || topic0 == IClearingHouseEvents.PositionSettled.selector
+            || topic0 == IClearingHouseEvents.BadDebtResolved.selector
+            || topic0 == IClearingHouseEvents.MarginCallCleared.selector
+            || topic0 == IClearingHouseEvents.CollateralSeized.selector || topic0 == IClearingHouseEvents.OperatorSet.selector
+            || topic0 == IClearingHouseEvents.BackstopSet.selector;
     }
 
     // Reach: how often each interesting path succeeded.
@@ -1684,6 +1744,14 @@ contract ClearingHouseAdversarialTest is ClearingHouseFixture, InvariantBase {
         inv_tokensConserved(a);
         inv_openInterestZeroSum(a);
         inv_ordersAndRoles();
+        inv_everyBookChangeIsAnnounced();
+    }
+
+    /// Every change to a book's nonce, flag, positions or balances (the backstop aside) emits
+    /// an event the keeper's indexer reads that account from: the keeper takes every book the
+    /// index has not named since its last block as unchanged (handler: _checkAnnounced).
+    function inv_everyBookChangeIsAnnounced() internal view {
+        assertEq(handler.violations(6), 0, handler.firstViolation());
     }
 
     /// Every successful trade side that increased the account's risk (requirement up, surplus

@@ -360,7 +360,11 @@ class ChainView:
         return out
 
     def snapshot(
-        self, accounts: Iterable[int], *, reuse: Mapping[int, AccountSnapshot] | None = None
+        self,
+        accounts: Iterable[int],
+        *,
+        reuse: Mapping[int, AccountSnapshot] | None = None,
+        unchanged: Mapping[int, AccountSnapshot] | None = None,
     ) -> ProtocolSnapshot:
         """Everything about the protocol and ``accounts`` at this view's block.
 
@@ -368,9 +372,15 @@ class ChainView:
         ``accountState`` (nonce, flag) is read; the contract bumps the nonce on every change to
         an account's positions or balances (ClearingHouse._bump), so an equal nonce and flag
         prove the earlier positions and balances are this block's too. Accounts whose nonce
-        or flag moved are read in full, at this same block, in one more round trip."""
+        or flag moved are read in full, at this same block, in one more round trip.
+
+        ``unchanged``: account data the caller knows is this block's too (no indexed event has
+        named the account since it was read: every change to an account's nonce, flag,
+        positions or balances emits an event naming it). Taken as is, without a read, so the
+        read's size follows what changed, not the size of the book."""
         start = self.round_trips
-        accounts = list(dict.fromkeys(accounts))
+        unchanged = unchanged or {}
+        accounts = [a for a in dict.fromkeys(accounts) if a not in unchanged]
         reuse = reuse or {}
         layout = self.chain.layout
         snap = self._read(accounts, layout, reuse)
@@ -387,6 +397,14 @@ class ChainView:
         if stale:
             snap.accounts.update(self._read_accounts(stale, len(snap.assets)))
         snap.reused_accounts = len(reuse.keys() & snap.accounts.keys()) - len(stale)
+        # An asset listed since an account was read: its balances are read again.
+        n_assets = len(snap.assets)
+        again = [a for a, acc in unchanged.items() if len(acc.balances) != n_assets]
+        if again:
+            snap.accounts.update(self._read_accounts(again, n_assets))
+        skip = set(again)
+        snap.accounts.update((a, acc) for a, acc in unchanged.items() if a not in skip)
+        snap.reused_accounts += len(unchanged) - len(again)
         self.chain.layout = snap.layout
         snap.round_trips = self.round_trips - start
         return snap

@@ -176,6 +176,10 @@ class Indexer:
     def known_accounts(self) -> list[int]:
         return index_store.known_accounts(self.store)
 
+    def accounts_named_after(self, block: int) -> set[int]:
+        """Accounts an indexed event named after ``block`` (new ones included)."""
+        return index_store.accounts_named_after(self.store, block)
+
     def cursor(self) -> int | None:
         cur = self.store.cursor(STREAM)
         return cur.block_number if cur else None

@@ -197,6 +197,14 @@ def known_accounts(store: Store) -> list[int]:
         return sorted(int(a) for a in s.exec(select(Account.id)))
 
 
+def accounts_named_after(store: Store, block: int) -> set[int]:
+    """Accounts an indexed log named in a block after ``block`` (``account.last_block`` is
+    indexed: the answer costs what changed, not the size of the book)."""
+    with store.session() as s:
+        rows = s.exec(select(Account.id).where(col(Account.last_block) > block))
+        return {int(a) for a in rows}
+
+
 def account(store: Store, account_id: int) -> Account | None:
     with store.session() as s:
         return s.get(Account, account_id)
