@@ -123,6 +123,10 @@ def replay(
     account: Annotated[
         list[str] | None, typer.Option("--account", help="Only this account id (repeatable)")
     ] = None,
+    keeper: Annotated[
+        list[str] | None,
+        typer.Option("--keeper", help="Keeper address whose transactions must be recorded"),
+    ] = None,
 ) -> None:
     """Audit replay: re-derive every margin decision of a block range from chain data, check
     each against the on-chain verifier at its block, compare with the keeper's records.
@@ -140,6 +144,7 @@ def replay(
             json_out=json_out,
             html_out=html_out,
             accounts=account or [],
+            keepers=keeper or [],
         )
     )
 

@@ -28,6 +28,7 @@ from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.digest import inputs_digest
 from keeper.orders import dev_matcher
+from keeper.protocol.bounty import liquidation_payout
 from keeper.replay.cli import run as run_cli
 from keeper.replay.derive import derive
 from keeper.replay.verify import verify_block
@@ -95,7 +96,24 @@ def keeper_decision(snap: ProtocolSnapshot, account: int, action: str = "none") 
         "witness": list(res.witness),
         "state": state,
         "action": action,
+        "account_nonce": acc.nonce,
+        **_action_fields(snap, account, action, list(res.witness)),
     }
+
+
+def _action_fields(
+    snap: ProtocolSnapshot, account: int, action: str, witness: list[int]
+) -> dict[str, Any]:
+    """fraction and expected_bounty as the keeper records them: the penalty split of the
+    lenient witness check (keeper/decisions.py), the test's liquidations taking half."""
+    if action == "none":
+        return {}
+    if action != "liquidate":
+        return {"expected_bounty": 0}
+    lin = snap.inputs(account, lenient=True)
+    w = snap.table(lin.market).witness_check(lin.portfolio, witness)
+    _, bounty = liquidation_payout(w.requirement, w.equity, WAD // 2, snap.liquidation_config)
+    return {"fraction": WAD // 2, "expected_bounty": bounty}
 
 
 @dataclasses.dataclass
@@ -273,7 +291,7 @@ def test_replay_of_the_run_is_clean(run: Run, node: Anvil, tmp_path: Path, capsy
     assert dave and all(d["inputs"]["market"]["vols"] == ["0", "0"] for d in dave)
     (liq,) = report["liquidations"]
     assert liq["block"] == run.liquidation_block and liq["proven"]
-    assert liq["witness_source"].startswith("decision ")
+    assert liq["witness_source"] == "calldata"  # what the liquidator sent
     assert liq["state_under_witness"] == "liquidatable"
     assert liq["rederived"]["bounty"] == liq["event"]["bounty"]
     assert liq["rederived"]["penalty"] == liq["event"]["penalty"]
@@ -330,7 +348,7 @@ def test_replay_from_state_dump(run: Run, tmp_path: Path, capsys) -> None:
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["range"] == {"from": first, "to": run.last}
     (liq,) = report["liquidations"]
-    assert liq["proven"] and liq["witness_source"] == "full check"  # no records: no witness
+    assert liq["proven"] and liq["witness_source"] == "calldata"  # no records needed
     assert "anvil --load-state" in report["source"]
 
 
@@ -447,5 +465,7 @@ def test_liquidation_witness_from_a_record_before_the_range(
     )
     assert status == 0, out + err
     (liq,) = json.loads(out_json.read_text())["liquidations"]
-    liquidate = next(i for i, r in enumerate(run.records) if r["action"] == "liquidate")
-    assert liq["witness_source"] == f"decision {liquidate + 1}" and liq["proven"]
+    liquidate = next(r for r in run.records if r["action"] == "liquidate")
+    # The witness is the one the liquidator sent (its calldata), the recorded decision's.
+    assert liq["witness_source"] == "calldata" and liq["proven"]
+    assert liq["witness"] == liquidate["witness"]

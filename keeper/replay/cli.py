@@ -26,6 +26,7 @@ _LABELS = {
     "logs": "reading logs (blocks)",
     "blocks": "re-deriving decision blocks",
     "claims": "checking liquidations/flags",
+    "transactions": "scanning the keeper's transactions (blocks)",
 }
 
 
@@ -38,6 +39,17 @@ def parse_account_arg(text: str) -> int:
     if not 0 <= value < 2**256:
         raise ReplayInputError(f"--account {text!r} is out of range")
     return value
+
+
+def parse_address_arg(text: str) -> str:
+    s = text.strip().lower()
+    if len(s) != 42 or not s.startswith("0x"):
+        raise ReplayInputError(f"--keeper {text!r} is not a 0x-prefixed 20-byte address")
+    try:
+        int(s, 16)
+    except ValueError:
+        raise ReplayInputError(f"--keeper {text!r} is not a 0x-prefixed 20-byte address") from None
+    return s
 
 
 @contextmanager
@@ -79,6 +91,7 @@ def run(
     html_out: Path | None,
     accounts: list[str],
     progress: bool = True,
+    keepers: list[str] | None = None,
 ) -> int:
     for url in (rpc, db):
         if url:
@@ -87,7 +100,8 @@ def run(
         ids = [parse_account_arg(a) for a in accounts]
         if first is not None and last is not None and last < first:
             raise BadBlockRange(f"--to {last} is before --from {first}")
-        opts = ReplayOptions(deployment, rpc, state_dump, first, last, db, ids)
+        keeper_addrs = [parse_address_arg(k) for k in keepers or []]
+        opts = ReplayOptions(deployment, rpc, state_dump, first, last, db, ids, keeper_addrs)
         with _progress(progress and sys.stderr.isatty()) as update:
             result = replay(opts, update)  # type: ignore[arg-type]
     except ReplayInputError as exc:

@@ -128,8 +128,13 @@ def accepted_states(d: Derivation) -> tuple[str, ...]:
     return tuple(out)
 
 
-def compare(rec: Decision, d: Derivation) -> Mismatch | None:
-    """The recorded decision against the re-derivation at its block and account."""
+def compare(
+    rec: Decision, d: Derivation, expected_bounty: int | str | None = None
+) -> Mismatch | None:
+    """The recorded decision against the re-derivation at its block and account;
+    ``expected_bounty``: the bounty its action would be credited at that block
+    (``keeper.replay.record.rederived_bounty``: None without an action, a string when it cannot
+    be re-derived)."""
     diffs: list[FieldDiff] = []
 
     def check(name: str, expected: object, found: object) -> None:
@@ -164,6 +169,11 @@ def compare(rec: Decision, d: Derivation) -> Mismatch | None:
         check("loss_matrix", r.scenario_losses, rec.loss_matrix)
         if recorded_lenient is not None:
             check("lenient", d.lenient, recorded_lenient)
+    if rec.account_nonce is not None:
+        check("account_nonce", d.nonce, rec.account_nonce)
+    if rec.action != "liquidate":
+        check("fraction", None, rec.fraction)
+    check("expected_bounty", expected_bounty, rec.expected_bounty)
     if not diffs:
         return None
     names = ", ".join(x.field for x in diffs)

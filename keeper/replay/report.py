@@ -171,6 +171,7 @@ def _mismatch(m: Mismatch) -> dict[str, Any]:
         "block": m.block,
         "account": None if m.account is None else str(m.account),
         "decision_id": m.decision_id,
+        "tx_id": m.tx_id,
         "message": m.message,
         "fields": [
             {"field": f.field, "expected": _str(f.expected), "found": _str(f.found)}

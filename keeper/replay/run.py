@@ -17,12 +17,14 @@ from keeper.replay.compare import (
     unreplayable,
 )
 from keeper.replay.derive import BlockPlan, Derivation, decision_accounts, derive, plan
-from keeper.replay.errors import BadBlockRange, StateDumpWithoutHistory
+from keeper.replay.errors import BadBlockRange, StateDumpWithoutHistory, StoreUnavailable
 from keeper.replay.events import Event, read_history
 from keeper.replay.mismatch import Mismatch
+from keeper.replay.record import RecordCheck, check_record, decode_call, rederived_bounty
 from keeper.replay.source import open_source, read_deployment
 from keeper.replay.verify import ClaimCheck, Verdict, check_claim, verify_block
-from keeper.store import Decision
+from keeper.secrets import redact_url
+from keeper.store import Decision, Store, StoreError
 
 #: Progress callback: (task, advance, total or None).
 Progress = Callable[[str, int, int | None], None]
@@ -39,6 +41,8 @@ class ReplayOptions:
     last: int | None = None
     db_url: str | None = None
     accounts: list[int] = field(default_factory=list)
+    #: Keeper addresses whose transactions must all be recorded (besides the store's senders).
+    keepers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +69,8 @@ class ReplayResult:
     records_skipped: list[int] = field(default_factory=list)
     with_db: bool = False
     mismatches: list[Mismatch] = field(default_factory=list)
+    #: The transaction record against the chain (with ``--db``).
+    record: RecordCheck | None = None
 
     @property
     def clean(self) -> bool:
@@ -81,6 +87,12 @@ class ReplayResult:
             db = f", {self.decisions_compared} recorded decisions compared"
             if self.records_skipped:
                 db += f" ({len(self.records_skipped)} instrument-level rows skipped)"
+        if self.record is not None:
+            rc = self.record
+            db += (
+                f", {rc.keeper_transactions} keeper transactions on chain and "
+                f"{rc.rows_checked} tx rows checked ({rc.rows_pending} pending)"
+            )
         status = "CLEAN" if self.clean else "MISMATCH"
         return (
             f"replay of blocks {self.first}..{self.last} (chain {self.chain_id}, {self.source}): "
@@ -110,9 +122,36 @@ def replay(opts: ReplayOptions, progress: Progress = _noop) -> ReplayResult:
         records, actions = (
             load_decisions(opts.db_url, first, last, opts.accounts) if opts.db_url else ([], [])
         )
-        return _Replay(
+        result = _Replay(
             chain, src.description, first, last, head, opts, records, actions, progress
         ).run()
+        if opts.db_url:
+            result.record = _check_record(chain, opts, first, last, progress)
+            result.mismatches += result.record.mismatches
+            result.mismatches.sort(key=lambda m: (m.block, m.decision_id or 0, m.kind))
+        return result
+
+
+def _check_record(
+    chain: Chain, opts: ReplayOptions, first: int, last: int, progress: Progress
+) -> RecordCheck:
+    assert opts.db_url is not None
+    progress("transactions", 0, last - first + 1)
+    try:
+        store = Store.open(opts.db_url)
+    except (StoreError, OSError) as exc:
+        raise StoreUnavailable(f"{redact_url(opts.db_url)}: {exc}") from None
+    try:
+        return check_record(
+            chain,
+            store,
+            first,
+            last,
+            opts.keepers,
+            progress=lambda n: progress("transactions", n, None),
+        )
+    finally:
+        store.close()
 
 
 def _check_range(first: int, last: int, head: int, start: int) -> None:
@@ -244,18 +283,31 @@ class _Replay:
             for rec in recorded.get(d.account, []):
                 r.decisions_compared += 1
                 checked.decision_ids.append(rec.id or 0)
-                mm = compare(rec, d)
+                mm = compare(rec, d, rederived_bounty(snap, d.account, rec))
                 if mm is not None:
                     r.mismatches.append(mm)
             r.checked.append(checked)
 
     # --- liquidations and margin calls -------------------------------------------------
 
+    def _sent_witness(self, tx_hash: str) -> tuple[list[int] | None, str]:
+        """The witness the caller sent: the ``flag`` / ``liquidate`` calldata of the event's
+        transaction (not in the event itself). None when the call was made through another
+        contract (the calldata is not the clearing house's)."""
+        try:
+            tx = self.chain.rpc.request("eth_getTransactionByHash", [tx_hash])
+        except ChainError:
+            return None, "none"
+        call = decode_call((tx or {}).get("input") or "0x")
+        if call is None or call[0] not in ("flag", "liquidate"):
+            return None, "none"
+        return [int(w) for w in call[1][2]], "calldata"
+
     def _claim(self, e: Event) -> None:
         kind, action = CLAIM_EVENTS[e.name]
         account = int(e.args["account"])
-        witness, source = None, "none"
-        for rec in reversed(self.actions):
+        witness, source = self._sent_witness(e.tx_hash)
+        for rec in reversed(self.actions if witness is None else []):
             if (
                 rec.block_number < e.block
                 and rec.action == action
