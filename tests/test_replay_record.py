@@ -9,7 +9,6 @@ reorders or alters ONE thing, and expects exactly the mismatch that names it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sqlite3
@@ -27,6 +26,7 @@ from keeper.deployment import bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.market import seed_market
 from keeper.replay.cli import run as run_cli
+from keeper.replay.report import read_report
 from keeper.service import KeeperService
 from keeper.store import Decision, Store, Transaction
 
@@ -125,7 +125,8 @@ def _replay(krun: KeeperRun, db: Path, out: Path, *keepers: str) -> tuple[int, d
         progress=False,
         keepers=list(keepers),
     )
-    return status, json.loads(out.read_text())
+    report = read_report(out)
+    return status, {**report["summary"], "mismatches": report["mismatches"]}
 
 
 def _tamper(krun: KeeperRun, tmp: Path, *sql: tuple[str, tuple[Any, ...]]) -> Path:

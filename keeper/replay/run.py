@@ -4,16 +4,18 @@ liquidations and margin calls, compare the keeper's records. Returns a ``ReplayR
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from keeper.chain import BlockNotAvailable, BlockRef, Chain, ChainError, ProtocolSnapshot
 from keeper.replay.compare import (
+    RecordSource,
     compare,
-    load_decisions,
     not_about_an_account,
     parse_account,
+    records_source,
     unreplayable,
 )
 from keeper.replay.derive import BlockPlan, Derivation, decision_accounts, derive, plan
@@ -54,16 +56,44 @@ class Checked:
     decision_ids: list[int] = field(default_factory=list)
 
 
+class ReplaySink(Protocol):
+    """Where each re-derived decision and each re-checked liquidation / margin call goes as
+    soon as it is known (keeper.replay.report writes them out): the replay keeps none of them,
+    so its memory does not grow with the number of decisions."""
+
+    def start(self, source: str, chain_id: int, first: int, last: int) -> None: ...
+
+    def decision(self, c: Checked) -> None: ...
+
+    def claim(self, c: ClaimCheck) -> None: ...
+
+
+class _Discard:
+    def start(self, source: str, chain_id: int, first: int, last: int) -> None:
+        return None
+
+    def decision(self, c: Checked) -> None:
+        return None
+
+    def claim(self, c: ClaimCheck) -> None:
+        return None
+
+
 @dataclass
 class ReplayResult:
+    """The verdict and its counts (the decisions themselves went to the sink)."""
+
     source: str
     chain_id: int
     first: int
     last: int
     head: int
     accounts: list[int]
-    checked: list[Checked] = field(default_factory=list)
-    claims: list[ClaimCheck] = field(default_factory=list)
+    decisions: int = 0
+    full_checks: int = 0  # MarginVerifier.fullCheck calls judged
+    margin_ofs: int = 0  # ClearingHouse.marginOf calls judged
+    liquidations: int = 0
+    margin_calls: int = 0
     decisions_compared: int = 0
     #: Recorded rows that are not about an account (instrument-level actions): not compared.
     records_skipped: list[int] = field(default_factory=list)
@@ -77,11 +107,6 @@ class ReplayResult:
         return not self.mismatches
 
     def verdict_line(self) -> str:
-        n = len(self.checked)
-        fc = sum(c.verdict.full_check != "not run" for c in self.checked)
-        mo = sum(c.verdict.margin_of != "not run" for c in self.checked)
-        liq = sum(c.kind == "liquidation" for c in self.claims)
-        flags = sum(c.kind == "margin_call" for c in self.claims)
         db = ""
         if self.with_db:
             db = f", {self.decisions_compared} recorded decisions compared"
@@ -96,8 +121,9 @@ class ReplayResult:
         status = "CLEAN" if self.clean else "MISMATCH"
         return (
             f"replay of blocks {self.first}..{self.last} (chain {self.chain_id}, {self.source}): "
-            f"{len(self.accounts)} accounts, {n} decisions re-derived, verified on-chain "
-            f"(fullCheck {fc}, marginOf {mo}), {liq} liquidations and {flags} margin calls "
+            f"{len(self.accounts)} accounts, {self.decisions} decisions re-derived, verified "
+            f"on-chain (fullCheck {self.full_checks}, marginOf {self.margin_ofs}), "
+            f"{self.liquidations} liquidations and {self.margin_calls} margin calls "
             f"re-checked{db}: {len(self.mismatches)} mismatches -- {status}"
         )
 
@@ -106,7 +132,9 @@ def _noop(task: str, advance: int, total: int | None) -> None:
     return None
 
 
-def replay(opts: ReplayOptions, progress: Progress = _noop) -> ReplayResult:
+def replay(
+    opts: ReplayOptions, progress: Progress = _noop, sink: ReplaySink | None = None
+) -> ReplayResult:
     deployment = read_deployment(opts.deployment)
     with open_source(deployment, rpc_url=opts.rpc_url, state_dump=opts.state_dump) as src:
         chain = src.chain
@@ -119,12 +147,13 @@ def replay(opts: ReplayOptions, progress: Progress = _noop) -> ReplayResult:
                 f"the dump holds the state of block {src.oldest_state} only; write it on exit "
                 "from an anvil started with --preserve-historical-states (docs/replay.md)"
             )
-        records, actions = (
-            load_decisions(opts.db_url, first, last, opts.accounts) if opts.db_url else ([], [])
-        )
-        result = _Replay(
-            chain, src.description, first, last, head, opts, records, actions, progress
-        ).run()
+        sink = sink or _Discard()
+        with records_source(opts.db_url, first, last, opts.accounts) as records:
+            sink.start(src.description, deployment.chain_id, first, last)
+            result = _Replay(
+                chain, src.description, first, last, head, opts, records, progress,
+                sink,
+            ).run()  # fmt: skip
         if opts.db_url:
             result.record = _check_record(chain, opts, first, last, progress)
             result.mismatches += result.record.mismatches
@@ -174,15 +203,17 @@ class _Replay:
         last: int,
         head: int,
         opts: ReplayOptions,
-        records: list[Decision],
-        actions: list[Decision],
+        records: RecordSource,
         progress: Progress,
+        sink: ReplaySink,
     ) -> None:
         self.chain = chain
         self.opts = opts
         self.records = records
-        self.actions = actions  # flag/liquidate decisions up to the range's end (witnesses)
+        self.actions = records.actions  # flag/liquidate decisions up to the range's end
         self.progress = progress
+        self.sink = sink
+        self.seen: set[int] = set()
         self.selected = set(opts.accounts)
         self.result = ReplayResult(
             source, chain.deployment.chain_id, first, last, head, [], with_db=bool(opts.db_url)
@@ -207,26 +238,24 @@ class _Replay:
         for ev in history.in_range(r.first, r.last):
             self.by_tx.setdefault(ev.tx_hash, []).append(ev)
         plans = {p.block: p for p in plan(history, r.first, r.last)}
-        by_block: dict[int, list[Decision]] = {}
-        for rec in self.records:
-            by_block.setdefault(rec.block_number, []).append(rec)
-        blocks = sorted(set(plans) | set(by_block))
-        self.progress("blocks", 0, len(blocks))
-        for b in blocks:
-            self._block(b, plans.get(b), by_block.get(b, []))
+        self.progress("blocks", 0, len(set(plans) | self.records.blocks))
+        for b, p, recs in _merge(sorted(plans), plans, self.records.by_block()):
+            self._block(b, p, recs)
             self.progress("blocks", 1, None)
+        del plans
         claims = [e for e in history.in_range(r.first, r.last) if e.name in CLAIM_EVENTS]
         claims = [e for e in claims if self._wanted(int(e.args["account"]))]
         self.progress("claims", 0, len(claims))
         for e in claims:
-            self._claim(e)
+            c = self._claim(e)
+            if c.kind == "liquidation":
+                r.liquidations += 1
+            else:
+                r.margin_calls += 1
+            r.mismatches += c.mismatches
+            self.sink.claim(c)
             self.progress("claims", 1, None)
-        seen = {c.derivation.account for c in r.checked}
-        r.accounts = sorted(seen)
-        for c in r.checked:
-            r.mismatches += c.verdict.mismatches
-        for cl in r.claims:
-            r.mismatches += cl.mismatches
+        r.accounts = sorted(self.seen)
         r.mismatches.sort(key=lambda m: (m.block, m.decision_id or 0, m.kind))
         return r
 
@@ -286,7 +315,13 @@ class _Replay:
                 mm = compare(rec, d, rederived_bounty(snap, d.account, rec))
                 if mm is not None:
                     r.mismatches.append(mm)
-            r.checked.append(checked)
+            r.decisions += 1
+            r.full_checks += v.full_check != "not run"
+            r.margin_ofs += v.margin_of != "not run"
+            r.mismatches += v.mismatches
+            self.seen.add(d.account)
+            self.sink.decision(checked)
+            d.table = None  # the block's scenario tables go with its snapshot
 
     # --- liquidations and margin calls -------------------------------------------------
 
@@ -303,7 +338,7 @@ class _Replay:
             return None, "none"
         return [int(w) for w in call[1][2]], "calldata"
 
-    def _claim(self, e: Event) -> None:
+    def _claim(self, e: Event) -> ClaimCheck:
         kind, action = CLAIM_EVENTS[e.name]
         account = int(e.args["account"])
         witness, source = self._sent_witness(e.tx_hash)
@@ -325,9 +360,28 @@ class _Replay:
             c.mismatches.append(
                 Mismatch(kind, e.block, account, f"no state at parent block {e.block - 1}: {exc}")
             )
-            self.result.claims.append(c)
-            return
-        self.result.claims.append(check_claim(kind, e, parent, ts, witness, source, same_tx))
+            return c
+        return check_claim(kind, e, parent, ts, witness, source, same_tx)
 
 
-__all__ = ["BlockRef", "Checked", "ReplayOptions", "ReplayResult", "replay"]
+def _merge(
+    planned: list[int], plans: dict[int, BlockPlan], records: Iterator[tuple[int, list[Decision]]]
+) -> Iterator[tuple[int, BlockPlan | None, list[Decision]]]:
+    """The decision blocks in order: those the chain's events plan, merged with those the
+    keeper recorded a decision at (both ascending; records arrive block by block)."""
+    i = 0
+    pending = next(records, None)
+    while i < len(planned) or pending is not None:
+        b_plan = planned[i] if i < len(planned) else None
+        b_rec = pending[0] if pending is not None else None
+        b = min(x for x in (b_plan, b_rec) if x is not None)
+        recs: list[Decision] = []
+        if pending is not None and b_rec == b:
+            recs = pending[1]
+            pending = next(records, None)
+        if b_plan == b:
+            i += 1
+        yield b, plans.get(b), recs
+
+
+__all__ = ["BlockRef", "Checked", "ReplayOptions", "ReplayResult", "ReplaySink", "replay"]
