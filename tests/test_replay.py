@@ -490,3 +490,15 @@ def test_liquidation_witness_from_a_record_before_the_range(
     # The witness is the one the liquidator sent (its calldata), the recorded decision's.
     assert liq["witness_source"] == "calldata" and liq["proven"]
     assert liq["witness"] == liquidate["witness"]
+
+
+def test_dump_is_scanned_not_parsed(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dump is read in chunks (it can be hundreds of MB): the same facts whatever the chunk
+    size, keys cut at a chunk's end included."""
+    from keeper.replay import source
+
+    whole = source.read_dump(run.dump)
+    assert whole.oldest_state == 0 and whole.chain_id == run.deployment.chain_id
+    for size in (7, 13, 29, 64, 1000):
+        monkeypatch.setattr(source, "DUMP_CHUNK", size)
+        assert source.read_dump(run.dump) == whole
