@@ -150,6 +150,21 @@ def replay(
 
 
 @app.command()
+def explain(
+    deployment: Annotated[Path, typer.Option("--deployment", help="Deployment file (JSON)")],
+    account: Annotated[str, typer.Option("--account", help="Account id (decimal or 0x-hex)")],
+    block: Annotated[int, typer.Option("--block", help="Block number")],
+    rpc: Annotated[str | None, typer.Option("--rpc", help="RPC URL of the chain")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, json or html")] = "text",
+) -> None:
+    """Decision certificate of one account at one block: on-chain inputs and their sources,
+    scenario losses, witness, requirement, and the eth_call that re-checks it (docs/explain.md)."""
+    from keeper.explain_cmd import run
+
+    raise SystemExit(run(deployment=deployment, rpc=rpc, account=account, block=block, fmt=fmt))
+
+
+@app.command()
 def bounty(
     config: ConfigOption = Path("keeper.toml"),
     claim: Annotated[
