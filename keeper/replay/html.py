@@ -39,11 +39,12 @@ _VOL_STATES = ("down", "unchanged", "up")
 _CSS = """
 *{box-sizing:border-box}
 body{font-family:system-ui,sans-serif;margin:1.5em auto;color:#222;max-width:1100px;
-padding:0 1em;overflow-wrap:anywhere}
+padding:0 1em} h1,p{overflow-wrap:anywhere}
 h1{font-size:1.4em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.5em 0;font-size:.85em;width:100%}
-td,th{border:1px solid #ddd;padding:2px 6px;text-align:right;vertical-align:top}
-th{background:#f4f4f4} td.l,th.l{text-align:left}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:right;vertical-align:top;
+white-space:nowrap} th{background:#f4f4f4} td.l,th.l{text-align:left}
+td.l{white-space:normal;overflow-wrap:break-word}
 .ok{color:#1a7f37} .bad{color:#c62828;font-weight:bold}
 .verdict{padding:.6em 1em;border-radius:4px;font-weight:bold}
 .verdict.ok{background:#e6f4ea} .verdict.bad{background:#fdecea}
@@ -429,7 +430,7 @@ def _decision_row(d: dict[str, Any], grids: dict[str, list[list[dict[str, Any]]]
         f"<tr><td>{d['block']}<td class=l>{_e(', '.join(d['reasons']))}"
         f"<td class='l {_e(cls)}'>{_e(state)}{lenient}<td>{_wad(d.get('equity'))}"
         f"<td>{_wad(d.get('requirement'))}<td>{_wad(d.get('initial_margin'))}"
-        f"<td>{marks}<td>{ids}<td>{detail}\n"
+        f"<td>{marks}<td>{ids}<td class=l>{detail}\n"
     )
 
 
