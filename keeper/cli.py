@@ -123,6 +123,10 @@ def replay(
     account: Annotated[
         list[str] | None, typer.Option("--account", help="Only this account id (repeatable)")
     ] = None,
+    keeper: Annotated[
+        list[str] | None,
+        typer.Option("--keeper", help="Keeper address whose transactions must be recorded"),
+    ] = None,
 ) -> None:
     """Audit replay: re-derive every margin decision of a block range from chain data, check
     each against the on-chain verifier at its block, compare with the keeper's records.
@@ -140,8 +144,24 @@ def replay(
             json_out=json_out,
             html_out=html_out,
             accounts=account or [],
+            keepers=keeper or [],
         )
     )
+
+
+@app.command()
+def explain(
+    deployment: Annotated[Path, typer.Option("--deployment", help="Deployment file (JSON)")],
+    account: Annotated[str, typer.Option("--account", help="Account id (decimal or 0x-hex)")],
+    block: Annotated[int, typer.Option("--block", help="Block number")],
+    rpc: Annotated[str | None, typer.Option("--rpc", help="RPC URL of the chain")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, json or html")] = "text",
+) -> None:
+    """Decision certificate of one account at one block: on-chain inputs and their sources,
+    scenario losses, witness, requirement, and the eth_call that re-checks it (docs/explain.md)."""
+    from keeper.explain_cmd import run
+
+    raise SystemExit(run(deployment=deployment, rpc=rpc, account=account, block=block, fmt=fmt))
 
 
 @app.command()

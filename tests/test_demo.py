@@ -35,6 +35,7 @@ from keeper.deployment import Deployment, bind, load_deployment
 from keeper.devnet import Anvil
 from keeper.replay.cli import run as run_replay
 from keeper.replay.compare import not_about_an_account
+from keeper.replay.report import read_report
 from keeper.store import Decision, Store, Transaction
 from tests.conftest import LOG_DIR
 
@@ -185,7 +186,7 @@ def test_summary_agrees_with_database_and_chain(demo: DemoRun, node: Anvil) -> N
 
 def test_replay_of_the_demo_is_clean(demo: DemoRun, tmp_path: Path) -> None:
     """The replay command the demo prints, run as printed (plus the report files)."""
-    out_json, out_html = tmp_path / "replay.json", tmp_path / "replay.html"
+    out_json, out_html = tmp_path / "replay.ndjson", tmp_path / "replay-html"
     (printed,) = [ln for ln in demo.stdout.splitlines() if ln.startswith("replay it: ")]
     cmd = shlex.split(printed.removeprefix("replay it: "))
     assert cmd[1:] == [
@@ -201,21 +202,24 @@ def test_replay_of_the_demo_is_clean(demo: DemoRun, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("0 mismatches -- CLEAN")
     assert "MISMATCH" not in proc.stdout and proc.stderr == ""
-    report = json.loads(out_json.read_text())
-    assert report["verdict"] == "clean" and report["mismatches"] == []
+    report = read_report(out_json)
+    summary = report["summary"]
+    assert summary["verdict"] == "clean" and report["mismatches"] == []
     account_rows = [d for d in demo.decisions if not not_about_an_account(d)]
-    assert report["decisions_compared"] == len(account_rows)
-    assert len(report["records_skipped"]) == len(demo.decisions) - len(account_rows)
+    assert summary["decisions_compared"] == len(account_rows)
+    assert len(summary["records_skipped"]) == len(demo.decisions) - len(account_rows)
+    # Every transaction the keeper sent is recorded and matches the chain.
+    assert summary["record"]["keeper_transactions"] == len(demo.txs) > 0
     # Every recorded account decision was matched with a re-derivation at its block.
-    matched = sorted(i for d in report["decisions"] for i in d["decision_ids"])
+    matched = sorted(i for d in report["decisions"] for i in d.get("decision_ids", []))
     assert matched == sorted(d.id for d in account_rows)
-    assert {d["verifier"]["fullCheck"] for d in report["decisions"]} <= {"agrees", "not run"}
-    assert "disagrees" not in {d["verifier"]["marginOf"] for d in report["decisions"]}
+    assert {d["fullCheck"] for d in report["decisions"]} <= {"agrees", "not run"}
+    assert "disagrees" not in {d["marginOf"] for d in report["decisions"]}
     # Each liquidation and margin call of the run re-checked and proven, on the keeper's witness.
     assert len(report["liquidations"]) == demo.summary["liquidations"]
     assert len(report["margin_calls"]) == demo.summary["flags"]
     for liq in report["liquidations"]:
-        assert liq["proven"] and liq["witness_source"].startswith("decision ")
+        assert liq["proven"] and liq["witness_source"] == "calldata"
         assert liq["rederived"]["bounty"] == liq["event"]["bounty"]
         assert liq["rederived"]["penalty"] == liq["event"]["penalty"]
     assert all(f["proven"] for f in report["margin_calls"])
@@ -223,16 +227,20 @@ def test_replay_of_the_demo_is_clean(demo: DemoRun, tmp_path: Path) -> None:
     assert credited <= sum(t.bounty or 0 for t in demo.txs)
     # The HTML a person reads: the verdict, the claims, a plot and the decisions per account,
     # risk matrices with the witness scenario marked.
-    html = out_html.read_text()
-    assert 'class="verdict ok"' in html and "0 mismatches -- CLEAN" in html
-    assert "<h2>Liquidations and margin calls</h2>" in html and "<h2>Mismatches</h2>" not in html
-    assert html.count("<svg") == html.count("<h2 id='a") == len(report["accounts"]) > 0
+    index = (out_html / "index.html").read_text()
+    assert 'class="verdict ok"' in index and "0 mismatches -- CLEAN" in index
+    assert "id=claims>Liquidations and margin calls" in index
+    assert "id=mismatches>Mismatches (0)" in index
+    pages = list((out_html / "accounts").glob("*.html"))
+    assert len(pages) == summary["accounts"] > 0
+    html = "".join(p.read_text() for p in pages)
+    assert html.count("<svg") == len(pages)
     for kind, key in (("liquidation", "liquidations"), ("margin_call", "margin_calls")):
-        rows = re.findall(rf"<tr><td>(\d+)</td><td class=l>{kind}</td>", html)
+        rows = re.findall(rf"<tr><td>(\d+)</td><td class=l>{kind}</td>", index)
         assert sorted(map(int, rows)) == sorted(c["block"] for c in report[key])
-    assert "(decision " in html and "bounty " in html and "credited " in html
-    assert "class=w" in html and "<th>maintenance</th>" in html
-    assert "<script" not in html and "https://" not in html
+    assert "(calldata)" in index and "bounty " in index and "credited " in index
+    assert "class=w" in html and "<th>maintenance" in html
+    assert "<script" not in html + index and "https://" not in html + index
 
 
 def _pick(demo: DemoRun, which: str) -> Decision:
@@ -262,7 +270,7 @@ def test_tampered_decision_is_exactly_one_mismatch(
     url = f"sqlite:///{db}"
     with Store.open(url) as store:
         store.update_decision(target.id, **{field: value(target)})
-    out_json = tmp_path / "replay.json"
+    out_json = tmp_path / "replay.ndjson"
     status = run_replay(
         deployment=demo.out / "deployment.json",
         rpc=node.url,
@@ -271,13 +279,13 @@ def test_tampered_decision_is_exactly_one_mismatch(
         last=None,
         db=url,
         json_out=out_json,
-        html_out=tmp_path / "replay.html",
+        html_out=tmp_path / "replay-html",
         accounts=[],
         progress=False,
     )
     out, _ = capsys.readouterr()
     assert status == 1, out
-    (m,) = json.loads(out_json.read_text())["mismatches"]
+    (m,) = read_report(out_json)["mismatches"]
     assert m["kind"] == "decision" and m["decision_id"] == target.id
     assert m["block"] == target.block_number and m["account"] == target.account
     assert [f["field"] for f in m["fields"]] == [field]
@@ -285,8 +293,8 @@ def test_tampered_decision_is_exactly_one_mismatch(
     assert m["fields"][0]["expected"] == str(getattr(target, field))
     assert f"MISMATCH decision: decision {target.id} " in out
     assert out.strip().endswith("1 mismatches -- MISMATCH")
-    html = (tmp_path / "replay.html").read_text()
-    assert "<h2>Mismatches</h2>" in html and 'class="verdict bad"' in html
+    html = (tmp_path / "replay-html" / "index.html").read_text()
+    assert "id=mismatches>Mismatches (1)" in html and 'class="verdict bad"' in html
 
 
 def interrupt_demo(out: Path, accounts: int, at: str) -> tuple[int, str, str]:

@@ -28,8 +28,10 @@ from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.digest import inputs_digest
 from keeper.orders import dev_matcher
+from keeper.protocol.bounty import liquidation_payout
 from keeper.replay.cli import run as run_cli
 from keeper.replay.derive import derive
+from keeper.replay.report import read_report
 from keeper.replay.verify import verify_block
 from keeper.store import Decision, Store
 from margin.portfolio import Market
@@ -95,7 +97,24 @@ def keeper_decision(snap: ProtocolSnapshot, account: int, action: str = "none") 
         "witness": list(res.witness),
         "state": state,
         "action": action,
+        "account_nonce": acc.nonce,
+        **_action_fields(snap, account, action, list(res.witness)),
     }
+
+
+def _action_fields(
+    snap: ProtocolSnapshot, account: int, action: str, witness: list[int]
+) -> dict[str, Any]:
+    """fraction and expected_bounty as the keeper records them: the penalty split of the
+    lenient witness check (keeper/decisions.py), the test's liquidations taking half."""
+    if action == "none":
+        return {}
+    if action != "liquidate":
+        return {"expected_bounty": 0}
+    lin = snap.inputs(account, lenient=True)
+    w = snap.table(lin.market).witness_check(lin.portfolio, witness)
+    _, bounty = liquidation_payout(w.requirement, w.equity, WAD // 2, snap.liquidation_config)
+    return {"fraction": WAD // 2, "expected_bounty": bounty}
 
 
 @dataclasses.dataclass
@@ -247,33 +266,42 @@ def test_dump_keeps_history_and_hashes(run: Run, node: Anvil) -> None:
 
 def test_replay_of_the_run_is_clean(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
     db = write_store(run, tmp_path / "keeper.db")
-    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    out_json, out_html = tmp_path / "r.ndjson", tmp_path / "html"
     status, out, err = replay(
         run, capsys=capsys, rpc=node.url, db=db, json_out=out_json, html_out=out_html
     )
     assert status == 0, out + err
     assert out.strip().endswith("0 mismatches -- CLEAN")
-    report = json.loads(out_json.read_text())
-    assert report["verdict"] == "clean" and report["mismatches"] == []
-    assert report["decisions_compared"] == len(run.records) - 1
-    assert report["records_skipped"] == [len(run.records)]  # the instrument-level row
+    lines = out_json.read_text().splitlines()
+    assert [json.loads(x)["type"] for x in lines[:2]] == ["replay", "block"]
+    assert json.loads(lines[-1])["type"] == "summary"  # one object per line, summary last
+    report = read_report(out_json)
+    summary = report["summary"]
+    assert summary["verdict"] == "clean" and report["mismatches"] == []
+    assert summary["decisions"] == len(report["decisions"])
+    assert summary["decisions_compared"] == len(run.records) - 1
+    assert summary["records_skipped"] == [len(run.records)]  # the instrument-level row
     assert any(r["state"] == "flagged_grace" for r in run.records)
     decisions = report["decisions"]
-    assert {d["verifier"]["fullCheck"] for d in decisions} == {"agrees"}
-    assert {d["verifier"]["marginOf"] for d in decisions} == {"agrees", "reverts as expected"}
-    lenient = [d for d in decisions if d["lenient"]]
+    assert {d["fullCheck"] for d in decisions} == {"agrees"}
+    assert {d["marginOf"] for d in decisions} == {"agrees", "reverts as expected"}
+    lenient = [d for d in decisions if d.get("lenient")]
     assert lenient and all(d["strict_error"].startswith("StalePrice") for d in lenient)
-    assert all(d["verifier"]["marginOf"] == "reverts as expected" for d in lenient)
+    assert all(d["marginOf"] == "reverts as expected" for d in lenient)
     # Every recorded decision was matched with a re-derivation.
-    ids = sorted(i for d in decisions for i in d["decision_ids"])
+    ids = sorted(i for d in decisions for i in d.get("decision_ids", []))
     assert ids == list(range(1, len(run.records)))
     # A feed round is a decision point only for the accounts that use its underlying.
     assert not any("round of BTC/USD" in d["reasons"] for d in decisions)
     dave = [d for d in decisions if d["account"] == str(run.accounts["dave"])]
-    assert dave and all(d["inputs"]["market"]["vols"] == ["0", "0"] for d in dave)
+    assert dave and all(d["vols"] == ["0", "0"] for d in dave)
+    # The full risk matrix for the decisions that are not plain healthy ones, named by grid.
+    assert all("risk_matrix" in d for d in decisions if d["state"] != "healthy")
+    (grid,) = report["grids"]
+    assert all(d["grid"] == grid["grid"] for d in decisions if "risk_matrix" in d)
     (liq,) = report["liquidations"]
     assert liq["block"] == run.liquidation_block and liq["proven"]
-    assert liq["witness_source"].startswith("decision ")
+    assert liq["witness_source"] == "calldata"  # what the liquidator sent
     assert liq["state_under_witness"] == "liquidatable"
     assert liq["rederived"]["bounty"] == liq["event"]["bounty"]
     assert liq["rederived"]["penalty"] == liq["event"]["penalty"]
@@ -284,10 +312,18 @@ def test_replay_of_the_run_is_clean(run: Run, node: Anvil, tmp_path: Path, capsy
     # Decision points come from chain data alone: the oracle moves re-derive alice.
     alice = [d for d in decisions if d["account"] == str(run.accounts["alice"])]
     assert any("round of ETH/USD" in d["reasons"] for d in alice)
-    html = out_html.read_text()
-    assert html.count("<svg") == len(report["accounts"]) >= 3
+    index = (out_html / "index.html").read_text()
+    # The verdict first, then the mismatches, the liquidations, the account index.
+    assert index.index('class="verdict ok"') < index.index("id=mismatches")
+    assert index.index("id=mismatches") < index.index("id=claims") < index.index("id=accounts")
+    pages = sorted((out_html / "accounts").glob("*.html"))
+    assert len(pages) == summary["accounts"] >= 3
+    for page in pages:
+        assert f"href='accounts/{page.name}'" in index
+    html = "".join(p.read_text() for p in pages)
+    assert html.count("<svg") == len(pages)
     assert "class=w" in html and "vol unchanged" in html  # risk matrices, witness marked
-    assert "<script" not in html and "https://" not in html
+    assert "<script" not in html + index and "https://" not in html + index
 
 
 @pytest.mark.parametrize(
@@ -313,7 +349,7 @@ def test_tampered_record_is_exactly_one_mismatch(
     out_json = tmp_path / "r.json"
     status, out, _ = replay(run, capsys=capsys, rpc=node.url, db=db, json_out=out_json)
     assert status == 1
-    (m,) = json.loads(out_json.read_text())["mismatches"]
+    (m,) = read_report(out_json)["mismatches"]
     assert m["kind"] == "decision" and m["decision_id"] == index + 1
     assert [f["field"] for f in m["fields"]] == list(tamper)
     assert m["fields"][0]["found"] == str(next(iter(tamper.values())))
@@ -327,11 +363,11 @@ def test_replay_from_state_dump(run: Run, tmp_path: Path, capsys) -> None:
         run, capsys=capsys, state_dump=run.dump, first=first, json_out=tmp_path / "r.json"
     )
     assert status == 0, out + err
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["range"] == {"from": first, "to": run.last}
+    report = read_report(tmp_path / "r.json")
+    assert report["summary"]["range"] == {"from": first, "to": run.last}
     (liq,) = report["liquidations"]
-    assert liq["proven"] and liq["witness_source"] == "full check"  # no records: no witness
-    assert "anvil --load-state" in report["source"]
+    assert liq["proven"] and liq["witness_source"] == "calldata"  # no records needed
+    assert "anvil --load-state" in report["summary"]["source"]
 
 
 def test_account_filter(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
@@ -340,8 +376,9 @@ def test_account_filter(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
         run, capsys=capsys, rpc=node.url, accounts=[hex(carol)], json_out=tmp_path / "r.json"
     )
     assert status == 0
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["accounts"] == [str(carol)] and report["liquidations"] == []
+    report = read_report(tmp_path / "r.json")
+    assert {d["account"] for d in report["decisions"]} == {str(carol)}
+    assert report["summary"]["accounts"] == 1 and report["liquidations"] == []
 
 
 def test_bad_input(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
@@ -376,6 +413,7 @@ def test_bad_input(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
         assert status == 2, (kw, out, err)
         assert err.startswith(f"error: {name}: "), (kw, err)
         assert not json_out.exists() and not (tmp_path / "none.db").exists()
+        assert not list(tmp_path.glob("*.partial"))  # nothing left behind
         assert "hunter2secret" not in out + err and "abcdef0123456789abcdef" not in out + err
 
 
@@ -420,19 +458,20 @@ def test_unwritable_report_is_a_named_error(run: Run, node: Anvil, tmp_path: Pat
     blocker.write_text("")
     status, out, err = replay(run, capsys=capsys, rpc=node.url, json_out=blocker / "r.json")
     assert status == 2 and err.startswith("error: ReportNotWritable: ")
-    assert "CLEAN" in out  # the verdict was printed before the report failed
+    assert out == ""  # refused before the replay ran
 
 
 def test_rpc_credentials_never_in_output(run: Run, node: Anvil, tmp_path: Path, capsys) -> None:
     url = node.url.replace("http://", "http://auditor:hunter2secret@") + "/?apikey=zzzzsecret"
-    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    out_json, out_html = tmp_path / "r.json", tmp_path / "html"
     status, out, err = replay(
         run, capsys=capsys, rpc=url, first=run.liquidation_block, json_out=out_json,
         html_out=out_html,
     )  # fmt: skip
     assert status == 0, out + err
     assert "http://***@127.0.0.1" in out
-    for text in (out, err, out_json.read_text(), out_html.read_text()):
+    pages = [p.read_text() for p in out_html.rglob("*.html")]
+    for text in (out, err, out_json.read_text(), *pages):
         assert "hunter2secret" not in text and "zzzzsecret" not in text
 
 
@@ -446,6 +485,20 @@ def test_liquidation_witness_from_a_record_before_the_range(
         run, capsys=capsys, rpc=node.url, db=db, first=first, json_out=out_json
     )
     assert status == 0, out + err
-    (liq,) = json.loads(out_json.read_text())["liquidations"]
-    liquidate = next(i for i, r in enumerate(run.records) if r["action"] == "liquidate")
-    assert liq["witness_source"] == f"decision {liquidate + 1}" and liq["proven"]
+    (liq,) = read_report(out_json)["liquidations"]
+    liquidate = next(r for r in run.records if r["action"] == "liquidate")
+    # The witness is the one the liquidator sent (its calldata), the recorded decision's.
+    assert liq["witness_source"] == "calldata" and liq["proven"]
+    assert liq["witness"] == liquidate["witness"]
+
+
+def test_dump_is_scanned_not_parsed(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dump is read in chunks (it can be hundreds of MB): the same facts whatever the chunk
+    size, keys cut at a chunk's end included."""
+    from keeper.replay import source
+
+    whole = source.read_dump(run.dump)
+    assert whole.oldest_state == 0 and whole.chain_id == run.deployment.chain_id
+    for size in (7, 13, 29, 64, 1000):
+        monkeypatch.setattr(source, "DUMP_CHUNK", size)
+        assert source.read_dump(run.dump) == whole

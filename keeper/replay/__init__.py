@@ -5,8 +5,10 @@ Modules: ``source`` (an RPC URL, or anvil started from a state dump), ``events``
 clearing house's and the feeds' logs: the account set and the decision points), ``derive``
 (the engine's full check at each decision point), ``verify`` (``MarginVerifier.fullCheck`` and
 ``ClearingHouse.marginOf`` by ``eth_call`` at the block; liquidations and margin calls at their
-parent block), ``compare`` (the keeper's ``decision`` rows), ``report`` (JSON and HTML),
-``run`` (the command). See docs/replay.md.
+parent block), ``compare`` (the keeper's ``decision`` rows, read in pages), ``record`` (the
+keeper's transactions against the chain: complete and true), ``report`` (newline-delimited
+JSON, written as the replay runs), ``html`` (the HTML directory built from it), ``run`` (the
+command). See docs/replay.md.
 """
 
 from keeper.replay.errors import ReplayInputError

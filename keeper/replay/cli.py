@@ -7,6 +7,7 @@ Exit status: 0 clean, 1 at least one mismatch, 2 bad input (a named error, nothi
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from keeper.chain import ChainError
 from keeper.replay.errors import BadBlockRange, ReplayInputError
-from keeper.replay.report import write_html, write_json
+from keeper.replay.html import write_html
+from keeper.replay.report import NdjsonReport
 from keeper.replay.run import ReplayOptions, replay
 from keeper.secrets import redact_url, register_url, scrub
 
@@ -26,6 +28,7 @@ _LABELS = {
     "logs": "reading logs (blocks)",
     "blocks": "re-deriving decision blocks",
     "claims": "checking liquidations/flags",
+    "transactions": "scanning the keeper's transactions (blocks)",
 }
 
 
@@ -38,6 +41,17 @@ def parse_account_arg(text: str) -> int:
     if not 0 <= value < 2**256:
         raise ReplayInputError(f"--account {text!r} is out of range")
     return value
+
+
+def parse_address_arg(text: str) -> str:
+    s = text.strip().lower()
+    if len(s) != 42 or not s.startswith("0x"):
+        raise ReplayInputError(f"--keeper {text!r} is not a 0x-prefixed 20-byte address")
+    try:
+        int(s, 16)
+    except ValueError:
+        raise ReplayInputError(f"--keeper {text!r} is not a 0x-prefixed 20-byte address") from None
+    return s
 
 
 @contextmanager
@@ -79,6 +93,7 @@ def run(
     html_out: Path | None,
     accounts: list[str],
     progress: bool = True,
+    keepers: list[str] | None = None,
 ) -> int:
     for url in (rpc, db):
         if url:
@@ -87,9 +102,49 @@ def run(
         ids = [parse_account_arg(a) for a in accounts]
         if first is not None and last is not None and last < first:
             raise BadBlockRange(f"--to {last} is before --from {first}")
-        opts = ReplayOptions(deployment, rpc, state_dump, first, last, db, ids)
+        keeper_addrs = [parse_address_arg(k) for k in keepers or []]
+        opts = ReplayOptions(deployment, rpc, state_dump, first, last, db, ids, keeper_addrs)
+    except ReplayInputError as exc:
+        return _fail(exc.name, exc.message, EXIT_BAD_INPUT, rpc, db)
+    # The NDJSON report is written while the replay runs, to a side file renamed into place
+    # at the end: a replay refused or failed leaves nothing behind. Without --json it is a
+    # temporary file, if the HTML report needs it.
+    tmpdir: tempfile.TemporaryDirectory[str] | None = None
+    try:
+        if json_out is not None:
+            partial = json_out.with_name(json_out.name + ".partial")
+        elif html_out is not None:
+            tmpdir = tempfile.TemporaryDirectory(prefix="keeper-replay-")
+            partial = Path(tmpdir.name) / "replay.ndjson"
+        else:
+            partial = None
+        sink = NdjsonReport(partial) if partial is not None else None
+    except OSError as exc:
+        return _fail("ReportNotWritable", f"{exc.filename}: {exc.strerror}", EXIT_BAD_INPUT)
+    try:
+        return _run(opts, sink, partial, json_out, html_out, progress, rpc, db)
+    finally:
+        if sink is not None:
+            sink.close()
+        if partial is not None and partial.exists() and json_out is not None:
+            partial.unlink()  # only left when the replay did not finish
+        if tmpdir is not None:
+            tmpdir.cleanup()
+
+
+def _run(
+    opts: ReplayOptions,
+    sink: NdjsonReport | None,
+    partial: Path | None,
+    json_out: Path | None,
+    html_out: Path | None,
+    progress: bool,
+    rpc: str | None,
+    db: str | None,
+) -> int:
+    try:
         with _progress(progress and sys.stderr.isatty()) as update:
-            result = replay(opts, update)  # type: ignore[arg-type]
+            result = replay(opts, update, sink)  # type: ignore[arg-type]
     except ReplayInputError as exc:
         return _fail(exc.name, exc.message, EXIT_BAD_INPUT, rpc, db)
     except ChainError as exc:  # the node failed during the replay (not the input)
@@ -101,10 +156,13 @@ def run(
         sys.stdout.write(scrub(m.line()) + "\n")
     sys.stdout.write(scrub(result.verdict_line()) + "\n")
     try:
-        if json_out is not None:
-            write_json(result, json_out)
-        if html_out is not None:
-            write_html(result, html_out)
+        if sink is not None and partial is not None:
+            sink.finish(result)
+            if json_out is not None:
+                partial.replace(json_out)
+                partial = json_out
+            if html_out is not None:
+                write_html(partial, html_out)
     except OSError as exc:
         return _fail("ReportNotWritable", f"{exc.filename}: {exc.strerror}", EXIT_BAD_INPUT)
     return EXIT_CLEAN if result.clean else EXIT_MISMATCH

@@ -9,9 +9,12 @@ mismatch too. ``account`` is read as a decimal string or as 0x-hex.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import and_, or_
 from sqlmodel import col, select
 
 from keeper.replay.derive import Derivation
@@ -37,22 +40,27 @@ def parse_account(text: str) -> int | None:
 WITNESS_ACTIONS = ("flag", "liquidate")
 
 
-def load_decisions(
-    url: str, first: int, last: int, accounts: Sequence[int] | None = None
-) -> tuple[list[Decision], list[Decision]]:
-    """(rows in [first, last], rows with a flag/liquidate action up to ``last`` -- also before
-    the range: a liquidation early in the range may rest on an earlier decision's witness)."""
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        # Store.open would create an empty database: an audit must not write anything.
-        raise StoreUnavailable(f"no such database file: {url[len('sqlite:///') :]}")
-    try:
-        with Store.open(url) as store, store.session() as s:
-            q = (
-                select(Decision)
-                .where(col(Decision.block_number) >= first, col(Decision.block_number) <= last)
-                .order_by(col(Decision.block_number), col(Decision.id))
-            )
-            rows = list(s.exec(q).all())
+#: Decision rows per database page (keyset pagination: one page in memory at a time).
+RECORD_PAGE = 2_000
+
+
+class RecordSource:
+    """The keeper's decision rows of [first, last], block by block in (block, id) order, read
+    in pages; plus the flag/liquidate rows up to ``last`` (also before the range: a liquidation
+    early in the range may rest on an earlier decision's witness -- few rows)."""
+
+    def __init__(
+        self, store: Store | None, first: int, last: int, accounts: Sequence[int] | None
+    ) -> None:
+        self.store = store
+        self.first, self.last = first, last
+        self.wanted = set(accounts or ())
+        self.actions: list[Decision] = []
+        #: Blocks with at least one row (for the progress total; ints only).
+        self.blocks: set[int] = set()
+        if store is None:
+            return
+        with store.session() as s:
             q = (
                 select(Decision)
                 .where(
@@ -61,15 +69,70 @@ def load_decisions(
                 )
                 .order_by(col(Decision.block_number), col(Decision.id))
             )
-            actions = list(s.exec(q).all())
+            self.actions = list(s.exec(q).all())
+            q2 = select(col(Decision.block_number)).distinct().where(*self._in_range())
+            self.blocks = {int(b) for b in s.exec(q2).all()}
+
+    def _in_range(self) -> tuple[Any, ...]:
+        return (col(Decision.block_number) >= self.first, col(Decision.block_number) <= self.last)
+
+    def by_block(self) -> Iterator[tuple[int, list[Decision]]]:
+        if self.store is None:
+            return
+        key = (self.first - 1, 0)
+        block: int | None = None
+        group: list[Decision] = []
+        while True:
+            with self.store.session() as s:
+                after = or_(
+                    col(Decision.block_number) > key[0],
+                    and_(col(Decision.block_number) == key[0], col(Decision.id) > key[1]),
+                )
+                q = (
+                    select(Decision)
+                    .where(*self._in_range(), after)
+                    .order_by(col(Decision.block_number), col(Decision.id))
+                    .limit(RECORD_PAGE)
+                )
+                rows = list(s.exec(q).all())
+            if not rows:
+                break
+            for row in rows:
+                if self.wanted and parse_account(row.account) not in self.wanted:
+                    continue
+                if row.block_number != block:
+                    if group:
+                        assert block is not None
+                        yield block, group
+                    block, group = row.block_number, []
+                group.append(row)
+            key = (rows[-1].block_number, rows[-1].id or 0)
+        if group and block is not None:
+            yield block, group
+
+
+@contextmanager
+def records_source(
+    url: str | None, first: int, last: int, accounts: Sequence[int] | None = None
+) -> Iterator[RecordSource]:
+    """The store at ``url`` as a ``RecordSource`` (an empty one without a URL)."""
+    if url is None:
+        yield RecordSource(None, first, last, accounts)
+        return
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        # Store.open would create an empty database: an audit must not write anything.
+        raise StoreUnavailable(f"no such database file: {url[len('sqlite:///') :]}")
+    try:
+        store = Store.open(url)
+        source = RecordSource(store, first, last, accounts)
     except (StoreError, OSError) as exc:
         raise StoreUnavailable(f"{redact_url(url)}: {exc}") from None
     except Exception as exc:  # SQLAlchemy's errors: an unreachable server, a foreign schema
         raise StoreUnavailable(f"{redact_url(url)}: {type(exc).__name__}") from None
-    if accounts:
-        wanted = set(accounts)
-        rows = [r for r in rows if parse_account(r.account) in wanted]
-    return rows, actions
+    try:
+        yield source
+    finally:
+        store.close()
 
 
 def not_about_an_account(rec: Decision) -> bool:
@@ -128,8 +191,13 @@ def accepted_states(d: Derivation) -> tuple[str, ...]:
     return tuple(out)
 
 
-def compare(rec: Decision, d: Derivation) -> Mismatch | None:
-    """The recorded decision against the re-derivation at its block and account."""
+def compare(
+    rec: Decision, d: Derivation, expected_bounty: int | str | None = None
+) -> Mismatch | None:
+    """The recorded decision against the re-derivation at its block and account;
+    ``expected_bounty``: the bounty its action would be credited at that block
+    (``keeper.replay.record.rederived_bounty``: None without an action, a string when it cannot
+    be re-derived)."""
     diffs: list[FieldDiff] = []
 
     def check(name: str, expected: object, found: object) -> None:
@@ -164,6 +232,11 @@ def compare(rec: Decision, d: Derivation) -> Mismatch | None:
         check("loss_matrix", r.scenario_losses, rec.loss_matrix)
         if recorded_lenient is not None:
             check("lenient", d.lenient, recorded_lenient)
+    if rec.account_nonce is not None:
+        check("account_nonce", d.nonce, rec.account_nonce)
+    if rec.action != "liquidate":
+        check("fraction", None, rec.fraction)
+    check("expected_bounty", expected_bounty, rec.expected_bounty)
     if not diffs:
         return None
     names = ", ".join(x.field for x in diffs)

@@ -27,16 +27,20 @@ class FieldDiff:
 
 @dataclass
 class Mismatch:
-    #: verifier | marginOf | decision | liquidation | margin_call | derivation
+    #: verifier | marginOf | decision | liquidation | margin_call | derivation | transaction |
+    #: unrecorded_transaction | missing_transaction (keeper/replay/record.py)
     kind: str
     block: int
     account: int | None
     message: str
     fields: list[FieldDiff] = field(default_factory=list)
     decision_id: int | None = None
+    tx_id: int | None = None  # the ``tx`` row, for the record checks
 
     def line(self) -> str:
         who = f"decision {self.decision_id} " if self.decision_id is not None else ""
+        if self.tx_id is not None:
+            who = f"tx {self.tx_id} " + who
         acct = f", account {hex(self.account)}" if self.account is not None else ""
         head = f"MISMATCH {self.kind}: {who}(block {self.block}{acct}): {self.message}"
         diffs = "; ".join(

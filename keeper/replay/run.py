@@ -4,25 +4,29 @@ liquidations and margin calls, compare the keeper's records. Returns a ``ReplayR
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from keeper.chain import BlockNotAvailable, BlockRef, Chain, ChainError, ProtocolSnapshot
 from keeper.replay.compare import (
+    RecordSource,
     compare,
-    load_decisions,
     not_about_an_account,
     parse_account,
+    records_source,
     unreplayable,
 )
 from keeper.replay.derive import BlockPlan, Derivation, decision_accounts, derive, plan
-from keeper.replay.errors import BadBlockRange, StateDumpWithoutHistory
+from keeper.replay.errors import BadBlockRange, StateDumpWithoutHistory, StoreUnavailable
 from keeper.replay.events import Event, read_history
 from keeper.replay.mismatch import Mismatch
+from keeper.replay.record import RecordCheck, check_record, decode_call, rederived_bounty
 from keeper.replay.source import open_source, read_deployment
 from keeper.replay.verify import ClaimCheck, Verdict, check_claim, verify_block
-from keeper.store import Decision
+from keeper.secrets import redact_url
+from keeper.store import Decision, Store, StoreError
 
 #: Progress callback: (task, advance, total or None).
 Progress = Callable[[str, int, int | None], None]
@@ -39,6 +43,8 @@ class ReplayOptions:
     last: int | None = None
     db_url: str | None = None
     accounts: list[int] = field(default_factory=list)
+    #: Keeper addresses whose transactions must all be recorded (besides the store's senders).
+    keepers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -50,42 +56,74 @@ class Checked:
     decision_ids: list[int] = field(default_factory=list)
 
 
+class ReplaySink(Protocol):
+    """Where each re-derived decision and each re-checked liquidation / margin call goes as
+    soon as it is known (keeper.replay.report writes them out): the replay keeps none of them,
+    so its memory does not grow with the number of decisions."""
+
+    def start(self, source: str, chain_id: int, first: int, last: int) -> None: ...
+
+    def decision(self, c: Checked) -> None: ...
+
+    def claim(self, c: ClaimCheck) -> None: ...
+
+
+class _Discard:
+    def start(self, source: str, chain_id: int, first: int, last: int) -> None:
+        return None
+
+    def decision(self, c: Checked) -> None:
+        return None
+
+    def claim(self, c: ClaimCheck) -> None:
+        return None
+
+
 @dataclass
 class ReplayResult:
+    """The verdict and its counts (the decisions themselves went to the sink)."""
+
     source: str
     chain_id: int
     first: int
     last: int
     head: int
     accounts: list[int]
-    checked: list[Checked] = field(default_factory=list)
-    claims: list[ClaimCheck] = field(default_factory=list)
+    decisions: int = 0
+    full_checks: int = 0  # MarginVerifier.fullCheck calls judged
+    margin_ofs: int = 0  # ClearingHouse.marginOf calls judged
+    liquidations: int = 0
+    margin_calls: int = 0
     decisions_compared: int = 0
     #: Recorded rows that are not about an account (instrument-level actions): not compared.
     records_skipped: list[int] = field(default_factory=list)
     with_db: bool = False
     mismatches: list[Mismatch] = field(default_factory=list)
+    #: The transaction record against the chain (with ``--db``).
+    record: RecordCheck | None = None
 
     @property
     def clean(self) -> bool:
         return not self.mismatches
 
     def verdict_line(self) -> str:
-        n = len(self.checked)
-        fc = sum(c.verdict.full_check != "not run" for c in self.checked)
-        mo = sum(c.verdict.margin_of != "not run" for c in self.checked)
-        liq = sum(c.kind == "liquidation" for c in self.claims)
-        flags = sum(c.kind == "margin_call" for c in self.claims)
         db = ""
         if self.with_db:
             db = f", {self.decisions_compared} recorded decisions compared"
             if self.records_skipped:
                 db += f" ({len(self.records_skipped)} instrument-level rows skipped)"
+        if self.record is not None:
+            rc = self.record
+            db += (
+                f", {rc.keeper_transactions} keeper transactions on chain and "
+                f"{rc.rows_checked} tx rows checked ({rc.rows_pending} pending)"
+            )
         status = "CLEAN" if self.clean else "MISMATCH"
         return (
             f"replay of blocks {self.first}..{self.last} (chain {self.chain_id}, {self.source}): "
-            f"{len(self.accounts)} accounts, {n} decisions re-derived, verified on-chain "
-            f"(fullCheck {fc}, marginOf {mo}), {liq} liquidations and {flags} margin calls "
+            f"{len(self.accounts)} accounts, {self.decisions} decisions re-derived, verified "
+            f"on-chain (fullCheck {self.full_checks}, marginOf {self.margin_ofs}), "
+            f"{self.liquidations} liquidations and {self.margin_calls} margin calls "
             f"re-checked{db}: {len(self.mismatches)} mismatches -- {status}"
         )
 
@@ -94,7 +132,9 @@ def _noop(task: str, advance: int, total: int | None) -> None:
     return None
 
 
-def replay(opts: ReplayOptions, progress: Progress = _noop) -> ReplayResult:
+def replay(
+    opts: ReplayOptions, progress: Progress = _noop, sink: ReplaySink | None = None
+) -> ReplayResult:
     deployment = read_deployment(opts.deployment)
     with open_source(deployment, rpc_url=opts.rpc_url, state_dump=opts.state_dump) as src:
         chain = src.chain
@@ -107,12 +147,40 @@ def replay(opts: ReplayOptions, progress: Progress = _noop) -> ReplayResult:
                 f"the dump holds the state of block {src.oldest_state} only; write it on exit "
                 "from an anvil started with --preserve-historical-states (docs/replay.md)"
             )
-        records, actions = (
-            load_decisions(opts.db_url, first, last, opts.accounts) if opts.db_url else ([], [])
+        sink = sink or _Discard()
+        with records_source(opts.db_url, first, last, opts.accounts) as records:
+            sink.start(src.description, deployment.chain_id, first, last)
+            result = _Replay(
+                chain, src.description, first, last, head, opts, records, progress,
+                sink,
+            ).run()  # fmt: skip
+        if opts.db_url:
+            result.record = _check_record(chain, opts, first, last, progress)
+            result.mismatches += result.record.mismatches
+            result.mismatches.sort(key=lambda m: (m.block, m.decision_id or 0, m.kind))
+        return result
+
+
+def _check_record(
+    chain: Chain, opts: ReplayOptions, first: int, last: int, progress: Progress
+) -> RecordCheck:
+    assert opts.db_url is not None
+    progress("transactions", 0, last - first + 1)
+    try:
+        store = Store.open(opts.db_url)
+    except (StoreError, OSError) as exc:
+        raise StoreUnavailable(f"{redact_url(opts.db_url)}: {exc}") from None
+    try:
+        return check_record(
+            chain,
+            store,
+            first,
+            last,
+            opts.keepers,
+            progress=lambda n: progress("transactions", n, None),
         )
-        return _Replay(
-            chain, src.description, first, last, head, opts, records, actions, progress
-        ).run()
+    finally:
+        store.close()
 
 
 def _check_range(first: int, last: int, head: int, start: int) -> None:
@@ -135,15 +203,17 @@ class _Replay:
         last: int,
         head: int,
         opts: ReplayOptions,
-        records: list[Decision],
-        actions: list[Decision],
+        records: RecordSource,
         progress: Progress,
+        sink: ReplaySink,
     ) -> None:
         self.chain = chain
         self.opts = opts
         self.records = records
-        self.actions = actions  # flag/liquidate decisions up to the range's end (witnesses)
+        self.actions = records.actions  # flag/liquidate decisions up to the range's end
         self.progress = progress
+        self.sink = sink
+        self.seen: set[int] = set()
         self.selected = set(opts.accounts)
         self.result = ReplayResult(
             source, chain.deployment.chain_id, first, last, head, [], with_db=bool(opts.db_url)
@@ -168,26 +238,24 @@ class _Replay:
         for ev in history.in_range(r.first, r.last):
             self.by_tx.setdefault(ev.tx_hash, []).append(ev)
         plans = {p.block: p for p in plan(history, r.first, r.last)}
-        by_block: dict[int, list[Decision]] = {}
-        for rec in self.records:
-            by_block.setdefault(rec.block_number, []).append(rec)
-        blocks = sorted(set(plans) | set(by_block))
-        self.progress("blocks", 0, len(blocks))
-        for b in blocks:
-            self._block(b, plans.get(b), by_block.get(b, []))
+        self.progress("blocks", 0, len(set(plans) | self.records.blocks))
+        for b, p, recs in _merge(sorted(plans), plans, self.records.by_block()):
+            self._block(b, p, recs)
             self.progress("blocks", 1, None)
+        del plans
         claims = [e for e in history.in_range(r.first, r.last) if e.name in CLAIM_EVENTS]
         claims = [e for e in claims if self._wanted(int(e.args["account"]))]
         self.progress("claims", 0, len(claims))
         for e in claims:
-            self._claim(e)
+            c = self._claim(e)
+            if c.kind == "liquidation":
+                r.liquidations += 1
+            else:
+                r.margin_calls += 1
+            r.mismatches += c.mismatches
+            self.sink.claim(c)
             self.progress("claims", 1, None)
-        seen = {c.derivation.account for c in r.checked}
-        r.accounts = sorted(seen)
-        for c in r.checked:
-            r.mismatches += c.verdict.mismatches
-        for cl in r.claims:
-            r.mismatches += cl.mismatches
+        r.accounts = sorted(self.seen)
         r.mismatches.sort(key=lambda m: (m.block, m.decision_id or 0, m.kind))
         return r
 
@@ -244,18 +312,37 @@ class _Replay:
             for rec in recorded.get(d.account, []):
                 r.decisions_compared += 1
                 checked.decision_ids.append(rec.id or 0)
-                mm = compare(rec, d)
+                mm = compare(rec, d, rederived_bounty(snap, d.account, rec))
                 if mm is not None:
                     r.mismatches.append(mm)
-            r.checked.append(checked)
+            r.decisions += 1
+            r.full_checks += v.full_check != "not run"
+            r.margin_ofs += v.margin_of != "not run"
+            r.mismatches += v.mismatches
+            self.seen.add(d.account)
+            self.sink.decision(checked)
+            d.table = None  # the block's scenario tables go with its snapshot
 
     # --- liquidations and margin calls -------------------------------------------------
 
-    def _claim(self, e: Event) -> None:
+    def _sent_witness(self, tx_hash: str) -> tuple[list[int] | None, str]:
+        """The witness the caller sent: the ``flag`` / ``liquidate`` calldata of the event's
+        transaction (not in the event itself). None when the call was made through another
+        contract (the calldata is not the clearing house's)."""
+        try:
+            tx = self.chain.rpc.request("eth_getTransactionByHash", [tx_hash])
+        except ChainError:
+            return None, "none"
+        call = decode_call((tx or {}).get("input") or "0x")
+        if call is None or call[0] not in ("flag", "liquidate"):
+            return None, "none"
+        return [int(w) for w in call[1][2]], "calldata"
+
+    def _claim(self, e: Event) -> ClaimCheck:
         kind, action = CLAIM_EVENTS[e.name]
         account = int(e.args["account"])
-        witness, source = None, "none"
-        for rec in reversed(self.actions):
+        witness, source = self._sent_witness(e.tx_hash)
+        for rec in reversed(self.actions if witness is None else []):
             if (
                 rec.block_number < e.block
                 and rec.action == action
@@ -273,9 +360,28 @@ class _Replay:
             c.mismatches.append(
                 Mismatch(kind, e.block, account, f"no state at parent block {e.block - 1}: {exc}")
             )
-            self.result.claims.append(c)
-            return
-        self.result.claims.append(check_claim(kind, e, parent, ts, witness, source, same_tx))
+            return c
+        return check_claim(kind, e, parent, ts, witness, source, same_tx)
 
 
-__all__ = ["BlockRef", "Checked", "ReplayOptions", "ReplayResult", "replay"]
+def _merge(
+    planned: list[int], plans: dict[int, BlockPlan], records: Iterator[tuple[int, list[Decision]]]
+) -> Iterator[tuple[int, BlockPlan | None, list[Decision]]]:
+    """The decision blocks in order: those the chain's events plan, merged with those the
+    keeper recorded a decision at (both ascending; records arrive block by block)."""
+    i = 0
+    pending = next(records, None)
+    while i < len(planned) or pending is not None:
+        b_plan = planned[i] if i < len(planned) else None
+        b_rec = pending[0] if pending is not None else None
+        b = min(x for x in (b_plan, b_rec) if x is not None)
+        recs: list[Decision] = []
+        if pending is not None and b_rec == b:
+            recs = pending[1]
+            pending = next(records, None)
+        if b_plan == b:
+            i += 1
+        yield b, plans.get(b), recs
+
+
+__all__ = ["BlockRef", "Checked", "ReplayOptions", "ReplayResult", "ReplaySink", "replay"]

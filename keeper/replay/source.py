@@ -10,7 +10,7 @@ auditor's file on exit); blocks, hashes, receipts and logs survive the round tri
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,27 +55,53 @@ class DumpInfo:
     chain_id: int | None  # from its signed transactions (None: no transaction carries one)
 
 
+#: Bytes read at a time when scanning a dump (it may be hundreds of MB: never parsed whole).
+DUMP_CHUNK = 1 << 20
+_NUMBER = rb'"?(0x[0-9a-fA-F]+|\d+)(?![0-9a-fA-Fx])'
+_BEST = re.compile(rb'"best_block_number"\s*:\s*' + _NUMBER)
+_HISTORY = re.compile(rb'"historical_states"\s*:\s*([n\[{])\s*([\]}]?)')
+_CHAIN_ID = re.compile(rb'"chainId"\s*:\s*' + _NUMBER)
+
+
 def read_dump(path: Path) -> DumpInfo:
     """What the dump says about itself. anvil started with ``--chain-id X --load-state`` serves
     the dump under chain id X whatever chain it came from, so the chain id is taken from the
-    dump's own signed transactions (EIP-155 / typed transactions carry it)."""
+    dump's own signed transactions (EIP-155 / typed transactions carry it). The file is
+    scanned in chunks for its top-level ``best_block_number`` and ``historical_states`` and
+    the first ``chainId``: a dump with history is large, and parsing it whole would cost the
+    replay several times its size in memory."""
     if not path.is_file():
         raise StateDumpNotFound(f"no such file: {path}")
+    best: int | None = None
+    history: bool | None = None
+    chain_id: int | None = None
+    overlap = 128  # a key split across two chunks is found in the next one
     try:
-        data = json.loads(path.read_bytes())
-        best = int(str(data.get("best_block_number", "0")), 0)
-        chain_id = None
-        for block in data.get("blocks") or []:
-            for tx in block.get("transactions") or []:
-                cid = (tx.get("transaction") or {}).get("chainId")
-                if cid is not None:
-                    chain_id = int(str(cid), 0)
-                    break
-            if chain_id is not None:
-                break
-    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        with path.open("rb") as f:
+            head = f.read(1).lstrip()
+            if head != b"{":
+                raise ValueError("not a JSON object")
+            tail = b""
+            while chunk := f.read(DUMP_CHUNK):
+                buf = tail + chunk
+
+                def find(rx: re.Pattern[bytes], buf: bytes = buf) -> re.Match[bytes] | None:
+                    # A match running into the chunk's end may be cut: the next one has it.
+                    m = rx.search(buf)
+                    return m if m is not None and m.end() < len(buf) else None
+
+                if best is None and (m := find(_BEST)):
+                    best = int(m.group(1).decode(), 0)
+                if history is None and (m := find(_HISTORY)):
+                    history = m.group(1) != b"n" and not m.group(2)  # null, [] or {}: none
+                if chain_id is None and (m := find(_CHAIN_ID)):
+                    chain_id = int(m.group(1).decode(), 0)
+                tail = buf[-overlap:]
+    except (OSError, ValueError) as exc:
         raise StateDumpUnusable(f"{path}: not an anvil state dump ({exc})") from None
-    return DumpInfo(0 if data.get("historical_states") else best, chain_id)
+    if best is None:
+        raise StateDumpUnusable(f"{path}: not an anvil state dump (no best_block_number)")
+    return DumpInfo(0 if history else best, chain_id)
 
 
 def _connect(url: str, deployment: Deployment) -> Chain:

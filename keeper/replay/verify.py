@@ -144,7 +144,7 @@ class ClaimCheck:
     event: Event
     account: int
     witness: list[int] | None
-    witness_source: str  # decision <id> | full check | none
+    witness_source: str  # calldata (sent by the caller) | decision <id> | full check | none
     state: str | None = None  # the witness check's state
     proven: bool = False
     equity: int | None = None
