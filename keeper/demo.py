@@ -8,6 +8,12 @@ the expiry of the dated instruments — while a live view shows accounts by heal
 actions, bounties and gas. It ends with a summary (also written as JSON) and leaves, in the
 output folder, the anvil state dump (with historical states, for `keeper replay`), the keeper's
 database, the deployment file and a keeper configuration pointing at them.
+
+Reproducible by seed: the chain starts at a fixed genesis time and every block is one
+``block_time`` after the previous one, whatever the wall clock says; the demo mines each block
+itself, right after pushing that block's oracle rounds. So one seed gives the same deployment,
+books, trades and price path block by block; only what the keeper's own timing decides (which
+block its transactions land in, and what follows from that) can differ (docs/demo.md).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,11 @@ from keeper.service import KeeperService
 from keeper.store.models import Decision, Transaction
 
 WAD = 10**18
+#: The demo chain's genesis time (2026-01-01 00:00 UTC): the dated instruments' expiry and every
+#: option price follow from the block timestamps, so they must not depend on the wall clock.
+GENESIS_TIMESTAMP = 1_767_225_600
+#: Seconds between two progress lines when the output is not a terminal.
+PROGRESS_EVERY = 5.0
 #: anvil's dev account #1 (public, devnet only): the keeper's signer in the demo.
 DEMO_KEY_ENV = "KEEPER_DEMO_KEY"
 ANVIL_KEY_1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
@@ -62,29 +74,86 @@ class DemoOptions:
 
 
 @dataclass
+class ActionCount:
+    """One kind of keeper action: decisions taken, transactions sent for them, how many were
+    final (mined successfully and confirmed), and how many of the keeper's final transactions
+    carry the action's event on chain."""
+
+    decided: int = 0
+    sent: int = 0
+    final: int = 0
+    on_chain: int = 0
+
+
+@dataclass
 class DemoSummary:
+    seed: int
+    #: Accounts the demo seeded (one book each); ``account_states`` sums to it.
     accounts: int
     books: dict[str, int]
+    #: Final state of each seeded account: its last recorded decision ("not assessed" if none).
+    account_states: dict[str, int]
+    #: Seeded accounts never flagged, liquidated or seen in a distressed state (margin call,
+    #: liquidatable, flagged, bad debt, no price, invalid): healthy throughout, expiry aside.
+    never_distressed: int
+    #: Protocol accounts the keeper also assessed (not seeded): name -> final state.
+    protocol_accounts: dict[str, str]
     blocks: int
+    first_block: int
+    last_block: int
     phases: list[str]
-    decisions: dict[str, int]
-    transactions: dict[str, int]
+    #: Per action kind ("none": a state recorded with no action): decided / sent / final /
+    #: on_chain (ActionCount).
+    actions: dict[str, dict[str, int]]
+    transactions: dict[str, int]  # by status
     flags: int
+    accounts_flagged: int
     liquidations: int
     accounts_liquidated: int
-    settlements: int
+    instruments_expired: int
+    instruments_settled: int
+    accounts_settled: int
+    positions_settled: int
     bad_debt_resolved: int
     bounty_earned: str
     bounty_onchain: str
     gas_used: int
     gas_spent_wei: int
-    healthy_untouched: int
-    final_states: dict[str, int]
     keeper_exit_status: int
     seconds: float
     out: str
     files: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False  # Ctrl-C: the keeper was stopped before the script's end
+
+
+#: States that count as distress for ``never_distressed`` (settleable and empty do not: an
+#: expiry or a closed book is not a margin problem).
+DISTRESS = frozenset(
+    {"margin_call", "liquidatable", "flagged_grace", "bad_debt", "no_price", "invalid"}
+)
+#: The order states are listed in.
+STATE_ORDER = (
+    "healthy",
+    "margin_call",
+    "flagged_grace",
+    "liquidatable",
+    "settleable",
+    "bad_debt",
+    "empty",
+    "no_price",
+    "invalid",
+    "not assessed",
+)
+#: Keeper action -> the ClearingHouse event its successful transaction emits.
+ACTION_EVENTS = {
+    "flag": "MarginCall",
+    "clear_flag": "MarginCallCleared",
+    "liquidate": "Liquidation",
+    "settle_instrument": "InstrumentSettled",
+    "settle_account": "PositionSettled",
+    "resolve_bad_debt": "BadDebtResolved",
+}
+INSTRUMENT_PREFIX = "instrument:"  # decisions about an instrument (settlement), not an account
 
 
 def _free_port() -> int:
@@ -112,6 +181,25 @@ def keeper_config(anvil: Anvil, out: Path, deployment_file: Path) -> dict[str, A
     }
 
 
+class _Miner:
+    """Mines the demo's blocks: one per call, ``seconds`` of chain time after the previous one
+    (anvil_setBlockTimestampInterval), so block timestamps never depend on the wall clock or
+    on how fast the machine is."""
+
+    def __init__(self, anvil: Anvil, seconds: int) -> None:
+        self.anvil = anvil
+        anvil.rpc("anvil_setBlockTimestampInterval", [seconds])
+
+    def manual(self) -> None:
+        """From here on blocks are mined only by ``mine``: transactions wait in the pool."""
+        anvil = self.anvil
+        anvil.rpc("evm_setAutomine", [False])
+        anvil.rpc("evm_setIntervalMining", [0])
+
+    def mine(self) -> None:
+        self.anvil.rpc("evm_mine", [], timeout=60)
+
+
 def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     """The demo; returns the exit status (0 when the keeper ran and stopped cleanly)."""
     console = console or Console()
@@ -131,15 +219,21 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         state=out / "state.json",
         log_path=out / "anvil.log",
         accounts=10,
+        timestamp=GENESIS_TIMESTAMP,
         extra_args=["--preserve-historical-states"],
     )
     with anvil:
+        # Before the first transaction: every block of the run, deployment included, is one
+        # block time after the previous one.
+        miner = _Miner(anvil, max(1, round(opts.block_time)))
         w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 120}))
         deployment = deploy_protocol(w3)
         deployment_file = out / "deployment.json"
         deployment.write(deployment_file)
         chain = Chain.connect(anvil.url, deployment)
-        console.print(f"deployed the protocol; seeding {opts.accounts} accounts…")
+        console.print(
+            f"deployed the protocol; seeding {opts.accounts} accounts (seed {opts.seed})…"
+        )
         market = seed_market(w3, deployment, chain, opts.accounts, seed=opts.seed)
         console.print(
             f"seeded {len(market.accounts)} accounts, {market.trades} trades "
@@ -157,19 +251,21 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
             name="keeper",
             daemon=True,
         )
-        # One block per second from here: the keeper polls the head by number. anvil takes
-        # whole seconds (a float is refused with "invalid number") and must not fail silently:
-        # on automine every feed round and keeper transaction would be a block of its own.
-        anvil.rpc("evm_setIntervalMining", [max(1, round(opts.block_time))])
+        # One block per block time from here, mined by the demo right after that block's
+        # oracle rounds are sent (never on automine: every feed round and keeper transaction
+        # would be a block of its own).
+        miner.manual()
         thread.start()
         first_block = w3.eth.block_number
         feeds = ScriptedFeeds(w3, deployment, deployment.deployer)
         phases_done: list[str] = []
         interrupted = False
+        # The live view needs a terminal; piped or captured output gets progress lines.
+        live = opts.live and console.is_terminal
         try:
             _wait_started(service, thread)
-            _play(opts, w3, deployment, feeds, service, market, console, phases_done)
-            _settle_quietly(service, w3, opts)
+            _play(opts, miner, deployment, feeds, service, market, console, phases_done, live)
+            _settle_quietly(service, miner, opts)
         except KeyboardInterrupt:
             interrupted = True
             console.print("[yellow]interrupted: stopping the keeper cleanly…[/yellow]")
@@ -218,50 +314,65 @@ def _wait_started(service: KeeperService, thread: threading.Thread) -> None:
 
 def _play(
     opts: DemoOptions,
-    w3: Web3,
+    miner: _Miner,
     deployment: Deployment,
     feeds: ScriptedFeeds,
     service: KeeperService,
     market: SeededMarket,
     console: Console,
     phases_done: list[str],
+    live: bool,
 ) -> None:
     rng = random.Random(opts.seed)
     steps = max(len(PHASES), int(opts.duration / opts.block_time))
     plan = phase_plan(steps)
     expiry = max(int(i["expiry"]) for i in deployment.instruments)
-
-    def step(phase: str, first: bool) -> None:
-        apply_phase(phase, first, feeds, rng, crash=opts.crash, expiry=expiry)
-
     view = _LiveView(service, market, feeds, deployment)
-    with Live(
-        view.render("starting"), console=console, refresh_per_second=4, transient=not opts.live
-    ) as live:
+    with (
+        Live(view.render("starting"), console=console, refresh_per_second=4)
+        if live
+        else (nullcontext()) as screen
+    ):
         last = None
+        next_progress = 0.0
         for phase in plan:
             first = phase != last
             if first:
                 phases_done.append(phase)
-                if not opts.live:
-                    console.print(f"phase: {phase}")
-            step(phase, first)
+                if not live:
+                    console.print(f"phase: {phase}", markup=False, highlight=False)
+            # The block's rounds go into the pool, then the block is mined: the price path is
+            # the same block by block in every run with this seed.
+            apply_phase(phase, first, feeds, rng, crash=opts.crash, expiry=expiry)
+            miner.mine()
             last = phase
             end = time.monotonic() + opts.block_time
-            while time.monotonic() < end:
-                live.update(view.render(phase))
-                time.sleep(0.2)
+            while True:
+                if screen is not None:
+                    screen.update(view.render(phase))
+                elif time.monotonic() >= next_progress:
+                    console.print(view.line(phase), markup=False, highlight=False, soft_wrap=True)
+                    next_progress = time.monotonic() + PROGRESS_EVERY
                 if not service_alive(service):
                     raise RuntimeError("the keeper stopped (see keeper.log)")
-        live.update(view.render("done"))
+                if time.monotonic() >= end:
+                    break
+                time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+        if screen is not None:
+            screen.update(view.render("done"))
+    if live:
+        console.print()  # the summary starts on a line of its own, below the last frame
+    else:
+        console.print(view.line("done"), markup=False, highlight=False, soft_wrap=True)
 
 
 def service_alive(service: KeeperService) -> bool:
     return not service.health.stalled
 
 
-def _settle_quietly(service: KeeperService, w3: Web3, opts: DemoOptions) -> None:
-    """Let the keeper finish what the last blocks asked for (settlements, liquidations)."""
+def _settle_quietly(service: KeeperService, miner: _Miner, opts: DemoOptions) -> None:
+    """Let the keeper finish what the last blocks asked for (settlements, liquidations),
+    still mining one block per block time (no new oracle rounds)."""
     start = time.monotonic()
     settle = max(10.0, 8 * opts.block_time)
     # Normally a few quiet blocks; on a loaded machine, as long as transactions are still
@@ -274,7 +385,8 @@ def _settle_quietly(service: KeeperService, w3: Web3, opts: DemoOptions) -> None
             open_tx = s.exec(select(Transaction).where(Transaction.final == False)).all()  # noqa: E712
         if not open_tx and time.monotonic() - start > settle - 4 * opts.block_time:
             return
-        time.sleep(0.5)
+        miner.mine()
+        time.sleep(opts.block_time)
 
 
 class _LiveView:
@@ -286,27 +398,46 @@ class _LiveView:
         self.feeds = feeds
         self.symbols = [u["symbol"] for u in d.underlyings]
 
+    def _states(self) -> dict[str, int]:
+        """Accounts by the state the keeper last classified them in (the seeded accounts and
+        the market maker: every account with a book)."""
+        return dict(Counter(list(self.service.states.values())))
+
+    def _market(self) -> str:
+        return "   ".join(
+            f"{sym} {p / 1e8:,.0f} (IV {v / 1e6:.0f}%)"
+            for sym, p, v in zip(self.symbols, self.feeds.spot, self.feeds.iv, strict=True)
+        )
+
     def render(self, phase: str) -> Table:
         s = self.service
+        accounts = self._states()
         t = Table(title=f"keeper demo — phase: {phase}", show_header=False, expand=False)
         t.add_column("what", style="bold")
         t.add_column("value")
         t.add_row("block", str(s.health.last_block))
-        t.add_row(
-            "market",
-            "   ".join(
-                f"{sym} {p / 1e8:,.0f} (IV {v / 1e6:.0f}%)"
-                for sym, p, v in zip(self.symbols, self.feeds.spot, self.feeds.iv, strict=True)
-            ),
-        )
-        states = s.last_by_state or {}
-        t.add_row("accounts", "  ".join(f"{k}: {v}" for k, v in sorted(states.items())) or "-")
-        t.add_row("actions", "  ".join(f"{k}: {v}" for k, v in sorted(s.actions.items())) or "-")
+        t.add_row("market", self._market())
+        t.add_row("accounts", _counts(accounts) or "-")
+        t.add_row("actions sent", _counts(s.actions) or "-")
         m = s.metrics
         t.add_row("bounty earned", f"{_value(m.bounty) / WAD:,.2f} USDC")
         t.add_row("gas", f"{int(_value(m.gas_used)):,} gas, {_value(m.gas_spent) / 1e18:.5f} ETH")
         t.add_row("pending tx", str(int(_value(m.pending_tx))))
         return t
+
+    def line(self, phase: str) -> str:
+        """One progress line (output that is not a terminal)."""
+        s = self.service
+        accounts = self._states()
+        return (
+            f"  block {s.health.last_block}  [{phase}]  {self._market()}  |  accounts "
+            f"{_counts(accounts) or '-'}  |  sent {_counts(s.actions) or '-'}  |  bounty "
+            f"{_value(s.metrics.bounty) / WAD:,.2f} USDC"
+        )
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
 def _value(metric: Any) -> float:
@@ -328,105 +459,197 @@ def _summary(
     status: dict[str, int],
     t0: float,
 ) -> DemoSummary:
-    ch = bind(w3, deployment, "ClearingHouse")
-    last = w3.eth.block_number
-    logs: dict[str, list[Any]] = {}
-    for name in (
-        "MarginCall",
-        "Liquidation",
-        "InstrumentSettled",
-        "PositionSettled",
-        "BadDebtResolved",
-    ):
-        event = getattr(ch.events, name)()
-        logs[name] = event.get_logs(from_block=first_block, to_block=last)
-    liquidated = {int(e["args"]["account"]) for e in logs["Liquidation"]}
-    flagged = {int(e["args"]["account"]) for e in logs["MarginCall"]}
-    decisions: Counter[str] = Counter()
-    txs: Counter[str] = Counter()
-    gas_used = 0
-    gas_wei = 0
-    bounty = 0
-    final_states: Counter[str] = Counter()
-    unhealthy_ever: set[str] = set()
     from keeper.store import Store
 
+    ch = bind(w3, deployment, "ClearingHouse")
+    last = w3.eth.block_number
+    logs: dict[str, list[Any]] = {
+        name: getattr(ch.events, name)().get_logs(from_block=first_block, to_block=last)
+        for name in set(ACTION_EVENTS.values())
+    }
+    actions: dict[str, ActionCount] = {}
+    txs: Counter[str] = Counter()
+    gas_used = gas_wei = bounty = 0
+    latest: dict[str, Decision] = {}
+    distressed: set[str] = set()
     store = Store.open(f"sqlite:///{opts.out.resolve() / 'keeper.db'}")
     try:
         with store.session() as s:
-            latest: dict[str, Decision] = {}
-            for d in s.exec(select(Decision).order_by(col(Decision.id))).all():
-                decisions[d.action] += 1
+            decisions = {d.id: d for d in s.exec(select(Decision).order_by(col(Decision.id)))}
+            for d in decisions.values():
+                actions.setdefault(d.action, ActionCount()).decided += 1
                 latest[d.account] = d
-                if d.state != "healthy":
-                    unhealthy_ever.add(d.account)
-            for d in latest.values():
-                final_states[d.state] += 1
+                if d.state in DISTRESS:
+                    distressed.add(d.account)
+            sent_by: dict[str, str] = {}  # mined hash -> action
             for t in s.exec(select(Transaction)).all():
                 txs[str(t.status)] += 1
+                action = decisions[t.decision_id].action if t.decision_id in decisions else "?"
+                count = actions.setdefault(action, ActionCount())
+                count.sent += 1
+                if t.status == "final":
+                    count.final += 1
+                    if t.mined_hash:
+                        sent_by[t.mined_hash.lower()] = action
                 bounty += t.bounty or 0
                 if t.gas_used is not None and t.effective_gas_price is not None:
                     gas_used += t.gas_used
                     gas_wei += t.gas_used * t.effective_gas_price
     finally:
         store.close()
+    for action, event in ACTION_EVENTS.items():
+        hashes = {e["transactionHash"].to_0x_hex().lower() for e in logs[event]}
+        n = sum(1 for h, a in sent_by.items() if a == action and h in hashes)
+        if n or action in actions:
+            actions.setdefault(action, ActionCount()).on_chain = n
     keeper_address = service.address or ""
     onchain = int(ch.functions.bounties(keeper_address).call()) if keeper_address else 0
-    touched = liquidated | flagged
-    untouched = sum(
+    flagged = {int(e["args"]["account"]) for e in logs["MarginCall"]}
+    liquidated = {int(e["args"]["account"]) for e in logs["Liquidation"]}
+    seeded = {str(a.account) for a in market.accounts}
+    states: Counter[str] = Counter(
+        latest[a].state if a in latest else "not assessed" for a in seeded
+    )
+    named = {
+        str(market.maker): "market maker",
+        str(deployment.backstop_account): "backstop",
+    }
+    protocol = {
+        name: latest[a].state for a, name in named.items() if a in latest and a not in seeded
+    }
+    others = [
+        a
+        for a in latest
+        if a not in seeded and a not in named and not a.startswith(INSTRUMENT_PREFIX)
+    ]
+    for a in others:  # accounts nobody seeded (none in the demo): shown, never dropped
+        protocol[f"account {a}"] = latest[a].state
+    never = sum(
         1
         for a in market.accounts
-        if str(a.account) not in unhealthy_ever and a.account not in touched
+        if str(a.account) not in distressed and a.account not in flagged | liquidated
     )
+    timestamp = int(w3.eth.get_block(last)["timestamp"])
     return DemoSummary(
+        seed=opts.seed,
         accounts=len(market.accounts),
         books=dict(Counter(a.book for a in market.accounts)),
+        account_states=dict(states),
+        never_distressed=never,
+        protocol_accounts=protocol,
         blocks=last - first_block,
+        first_block=first_block,
+        last_block=last,
         phases=phases,
-        decisions=dict(decisions),
+        actions={k: asdict(v) for k, v in actions.items()},
         transactions=dict(txs),
         flags=len(logs["MarginCall"]),
+        accounts_flagged=len(flagged),
         liquidations=len(logs["Liquidation"]),
         accounts_liquidated=len(liquidated),
-        settlements=len(logs["InstrumentSettled"]) + len(logs["PositionSettled"]),
+        instruments_expired=sum(
+            1 for i in deployment.instruments if 0 < int(i["expiry"]) <= timestamp
+        ),
+        instruments_settled=len(logs["InstrumentSettled"]),
+        accounts_settled=len({int(e["args"]["account"]) for e in logs["PositionSettled"]}),
+        positions_settled=len(logs["PositionSettled"]),
         bad_debt_resolved=len(logs["BadDebtResolved"]),
         bounty_earned=f"{bounty / WAD:.6f}",
         bounty_onchain=f"{onchain / WAD:.6f}",
         gas_used=gas_used,
         gas_spent_wei=gas_wei,
-        healthy_untouched=untouched,
-        final_states=dict(final_states),
         keeper_exit_status=status.get("exit", -1),
         seconds=round(time.monotonic() - t0, 1),
         out=str(opts.out),
     )
 
 
+def _ordered(counts: dict[str, int]) -> list[tuple[str, int]]:
+    rank = {s: i for i, s in enumerate(STATE_ORDER)}
+    return sorted(counts.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
+#: Action rows in the order a run meets them; "none" (a state recorded) last.
+ACTION_ORDER = (*ACTION_EVENTS, "none")
+
+
 def _print_summary(console: Console, s: DemoSummary) -> None:
-    t = Table(title="keeper demo — summary", show_header=False)
-    t.add_column("what", style="bold")
-    t.add_column("value")
-    rows: list[tuple[str, Any]] = [
-        ("accounts", f"{s.accounts}  {s.books}"),
-        ("blocks played", s.blocks),
-        ("phases", ", ".join(s.phases)),
-        ("decisions recorded", s.decisions),
-        ("transactions", s.transactions),
-        ("margin calls (flags)", s.flags),
+    console.print(f"[bold]keeper demo — summary[/bold] (seed {s.seed})", highlight=False)
+    console.print(
+        f"market: {s.blocks} blocks played ({s.first_block + 1}–{s.last_block}), phases "
+        f"{', '.join(s.phases) or '-'}; books seeded: "
+        + ", ".join(f"{k} {v}" for k, v in s.books.items()),
+        highlight=False,
+    )
+    acc = Table(title="seeded accounts by final state", title_justify="left", min_width=40)
+    acc.add_column("state")
+    acc.add_column("accounts", justify="right")
+    for state, n in _ordered(s.account_states):
+        acc.add_row(state, str(n))
+    acc.add_row("total (seeded)", str(sum(s.account_states.values())), style="bold")
+    console.print(acc)
+    if s.protocol_accounts:
+        console.print(
+            "also assessed, not seeded: "
+            + ", ".join(f"{k} ({v})" for k, v in s.protocol_accounts.items()),
+            highlight=False,
+        )
+    act = Table(title="keeper actions", title_justify="left", min_width=40)
+    for name, just in (
+        ("action", "left"),
+        ("decisions", "right"),
+        ("sent", "right"),
+        ("final", "right"),
+        ("on chain", "right"),
+    ):
+        act.add_column(name, justify=just)  # type: ignore[arg-type]
+    total = ActionCount()
+    rank = {a: i for i, a in enumerate(ACTION_ORDER)}
+    for action, c in sorted(s.actions.items(), key=lambda kv: rank.get(kv[0], len(rank))):
+        label = "none (state recorded)" if action == "none" else action
+        act.add_row(label, str(c["decided"]), str(c["sent"]), str(c["final"]), str(c["on_chain"]))
+        total.decided += c["decided"]
+        total.sent += c["sent"]
+        total.final += c["final"]
+        total.on_chain += c["on_chain"]
+    act.add_row(
+        "total",
+        str(total.decided),
+        str(total.sent),
+        str(total.final),
+        str(total.on_chain),
+        style="bold",
+    )
+    console.print(act)
+    res = Table(title="results", title_justify="left", show_header=False)
+    res.add_column("what")
+    res.add_column("value")
+    rows = [
+        ("margin calls", f"{s.flags} ({s.accounts_flagged} accounts)"),
         ("liquidations", f"{s.liquidations} ({s.accounts_liquidated} accounts)"),
-        ("settlements", s.settlements),
-        ("bad debt resolved", s.bad_debt_resolved),
-        ("bounty earned", f"{s.bounty_earned} USDC (on-chain credit {s.bounty_onchain})"),
+        (
+            "settlement",
+            f"{s.instruments_settled} of {s.instruments_expired} expired instruments settled; "
+            f"{s.positions_settled} positions settled at their payoff, in {s.accounts_settled} "
+            "accounts",
+        ),
+        ("bad debt resolved", f"{s.bad_debt_resolved} accounts"),
+        ("never distressed", f"{s.never_distressed} of {s.accounts} seeded accounts"),
+        ("bounty earned", f"{s.bounty_earned} USDC (credited on chain: {s.bounty_onchain} USDC)"),
         ("gas", f"{s.gas_used:,} gas = {s.gas_spent_wei / 1e18:.6f} ETH"),
-        ("healthy accounts never touched", s.healthy_untouched),
-        ("final states", s.final_states),
-        ("keeper exit status", s.keeper_exit_status),
+        (
+            "transactions",
+            ", ".join(f"{k} {v}" for k, v in sorted(s.transactions.items())) or "none",
+        ),
+        ("keeper exit status", str(s.keeper_exit_status)),
         ("time", f"{s.seconds} s"),
     ]
     for k, v in rows:
-        t.add_row(k, str(v))
-    console.print(t)
-    console.print(f"left for replay in {s.out}: {', '.join(s.files.values())}")
+        res.add_row(k, v)
+    console.print(res)
+    for line in LEGEND:
+        console.print(line, style="dim", highlight=False, soft_wrap=True)
+    console.print(f"left for replay in {s.out}: {', '.join(s.files.values())}", soft_wrap=True)
     # One line, never wrapped: it is meant to be copied and run as printed.
     console.print(
         f"replay it: {keeper_command()} replay --state-dump {s.files.get('state_dump')} "
@@ -434,6 +657,23 @@ def _print_summary(console: Console, s: DemoSummary) -> None:
         soft_wrap=True,
         highlight=False,
     )
+
+
+LEGEND = (
+    "final state: the state of the keeper's last decision about the account (healthy, "
+    "margin_call, flagged_grace = flagged and within its grace period, liquidatable, "
+    "settleable = holds expired positions, bad_debt, empty = no positions and no equity; "
+    "'not assessed' = no decision recorded).",
+    "decisions: what the keeper decided per account or instrument and block (none = it recorded "
+    "a changed state and sent nothing); sent: transactions signed and sent for them; final: "
+    "mined successfully and confirmed; on chain: final ones whose receipt carries the "
+    "action's event.",
+    "margin calls, liquidations and settlement count events on chain: instruments settled "
+    "(settleInstrument) and positions settled (by settleAccount, or when another action "
+    "touched the account first).",
+    "never distressed: seeded accounts never flagged, liquidated or classified margin_call, "
+    "flagged_grace, liquidatable, bad_debt, no_price or invalid.",
+)
 
 
 def keeper_command() -> str:

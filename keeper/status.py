@@ -165,9 +165,11 @@ def render(status: Status) -> None:
         age = "-" if x.age_seconds is None else f"{x.age_seconds:.0f}"
         t.add_row(str(x.id), str(x.decision_id), str(x.nonce), x.status, age)
     con.print(t)
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(status.transactions_by_status.items()))
     con.print(
-        f"transactions by status: {status.transactions_by_status or '{}'}   "
-        f"bounty earned: {_wad(status.bounty_earned)}   gas spent: {status.gas_spent_wei} wei"
+        f"transactions by status: {by_status or 'none'}   "
+        f"bounty earned: {_wad(status.bounty_earned)} USDC   gas spent: {status.gas_spent_wei} wei",
+        highlight=False,
     )
 
 

@@ -3,9 +3,10 @@
 
 One module-scoped demo run (12 accounts, 12 s of scripted market on 1-second blocks) is shared:
 its summary is checked against its database and against the chain it left (the state dump,
-loaded into a fresh anvil); the replay of the run is clean; a copy of its database with one
-decision altered replays to exactly that mismatch. A second, short run is interrupted with
-SIGINT (Ctrl-C) mid-play: it stops cleanly, summary and state dump written.
+loaded into a fresh anvil), and its counts add up; the replay of the run is clean; a copy of its
+database with one decision altered replays to exactly that mismatch. A second run with the same
+seed plays the same market block by block. Another short run is interrupted with SIGINT (Ctrl-C)
+mid-play: it stops cleanly, summary and state dump written.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from keeper.config import load_config
 from keeper.demo import ANVIL_KEY_1
 from keeper.deployment import Deployment, bind, load_deployment
 from keeper.devnet import Anvil
+from keeper.devnet.market_script import PHASES, phase_plan
 from keeper.replay.cli import run as run_replay
 from keeper.replay.compare import not_about_an_account
 from keeper.replay.report import read_report
@@ -85,11 +87,10 @@ class DemoRun:
         return f"sqlite:///{self.out / 'keeper.db'}"
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> DemoRun:
-    out = tmp_path_factory.mktemp("demo") / "out"
+def run_demo(out: Path, *extra: str) -> DemoRun:
+    """`keeper demo` at the module's size, output piped (not a terminal), as a user runs it."""
     cmd = keeper_cmd(
-        "demo", "--accounts", "12", "--duration", str(DURATION), "--no-live", "--out", str(out)
+        "demo", "--accounts", "12", "--duration", str(DURATION), "--out", str(out), *extra
     )
     proc = subprocess.run(
         cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600
@@ -112,11 +113,21 @@ def demo(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Dem
 
 
 @pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> DemoRun:
+    return run_demo(tmp_path_factory.mktemp("demo") / "out")
+
+
+def load_dump(demo: DemoRun, name: str) -> Anvil:
+    """A fresh anvil on the state dump a demo run left (history included)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    log = LOG_DIR / f"anvil-demo-{name}-{worker}.log"
+    return Anvil(log_path=log, extra_args=["--load-state", str(demo.out / "state.json")])
+
+
+@pytest.fixture(scope="module")
 def node(demo: DemoRun) -> Iterator[Anvil]:
     """The demo's chain, loaded from the state dump it left (history included)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    log = LOG_DIR / f"anvil-demo-load-{worker}.log"
-    with Anvil(log_path=log, extra_args=["--load-state", str(demo.out / "state.json")]) as n:
+    with load_dump(demo, "load") as n:
         yield n
 
 
@@ -148,8 +159,9 @@ def test_summary_agrees_with_database_and_chain(demo: DemoRun, node: Anvil) -> N
     ch = bind(w3, demo.deployment, "ClearingHouse")
     by_id = {d.id: d for d in demo.decisions}
     # What the scripted market guarantees: the crash liquidates, the expiry settles.
-    assert s["liquidations"] > 0 and s["accounts_liquidated"] > 0 and s["settlements"] > 0
-    assert s["healthy_untouched"] > 0
+    assert s["liquidations"] > 0 and s["accounts_liquidated"] > 0
+    assert s["instruments_settled"] > 0 and s["positions_settled"] > 0
+    assert s["never_distressed"] > 0
     # Every transaction the keeper sent succeeded and is final; none refused at broadcast.
     assert demo.txs and s["transactions"] == {"final": len(demo.txs)}
     assert all(t.final and t.status == "final" for t in demo.txs)
@@ -175,13 +187,136 @@ def test_summary_agrees_with_database_and_chain(demo: DemoRun, node: Anvil) -> N
     actions = Counter(d.action for d in sent)
     assert s["flags"] == actions["flag"]
     assert s["liquidations"] == actions["liquidate"]
-    assert s["decisions"] == dict(Counter(d.action for d in demo.decisions))
+    assert {k: v["decided"] for k, v in s["actions"].items()} == dict(
+        Counter(d.action for d in demo.decisions)
+    )
     # The bounty the keeper recorded is the credit the chain holds for it, to the wei.
     onchain = int(ch.functions.bounties(KEEPER).call())
     recorded = sum(t.bounty or 0 for t in demo.txs)
     assert onchain == recorded > 0
     assert s["bounty_earned"] == s["bounty_onchain"] == f"{onchain / WAD:.6f}"
     assert s["gas_used"] == sum(t.gas_used or 0 for t in demo.txs) > 0
+
+
+def test_piped_output_is_progress_lines_then_the_summary(demo: DemoRun) -> None:
+    """Not a terminal: no live frames, a line per phase and progress lines in between, and
+    the summary as tables of plain words and numbers (no Python reprs)."""
+    lines = demo.stdout.splitlines()
+    phases = [ln.removeprefix("phase: ") for ln in lines if ln.startswith("phase: ")]
+    assert phases == demo.summary["phases"]
+    progress = [ln for ln in lines if ln.startswith("  block ")]
+    assert len(progress) >= 3 and all(" accounts " in ln for ln in progress)
+    assert "keeper demo — phase" not in demo.stdout  # the live frame's title
+    title = next(i for i, ln in enumerate(lines) if "keeper demo — summary" in ln)
+    assert lines[title].startswith("keeper demo — summary")  # its own line, not glued
+    summary = "\n".join(lines[title:])
+    assert not re.search(r"[{}]|\['|': ", summary), summary
+    for heading in ("seeded accounts by final state", "keeper actions", "results"):
+        assert heading in summary
+
+
+def test_summary_counts_add_up(demo: DemoRun) -> None:
+    """Every count of the summary is a sum of something the database or the chain holds,
+    and the parts add up to the wholes."""
+    s = demo.summary
+    seeded = s["accounts"]
+    assert sum(s["books"].values()) == seeded == sum(s["account_states"].values()) == 12
+    # The one account with a book that was not seeded: the maker, on the other side of every
+    # trade; the instruments' settlement decisions are not accounts.
+    assessed = {d.account for d in demo.decisions if not d.account.startswith("instrument:")}
+    assert s["protocol_accounts"].keys() == {"market maker"}
+    assert len(assessed) == seeded + len(s["protocol_accounts"])
+    latest = {d.account: d.state for d in demo.decisions}
+    assert s["protocol_accounts"]["market maker"] == latest[next(iter(assessed - _seeded(demo)))]
+    assert Counter(latest[a] for a in _seeded(demo)) == Counter(s["account_states"])
+    # Actions: decided = decision rows, sent = transaction rows, per action and in total.
+    by_id = {d.id: d for d in demo.decisions}
+    acts = s["actions"]
+    assert sum(a["decided"] for a in acts.values()) == len(demo.decisions)
+    assert sum(a["sent"] for a in acts.values()) == len(demo.txs)
+    sent = Counter(by_id[t.decision_id].action for t in demo.txs)
+    final = Counter(by_id[t.decision_id].action for t in demo.txs if t.status == "final")
+    for action, a in acts.items():
+        assert a["sent"] == sent[action] and a["final"] == final[action], action
+        assert a["on_chain"] == a["final"], action  # each final transaction did what it says
+    assert acts["none"]["sent"] == 0
+    # On-chain counts in one unit each, matching the keeper's transactions.
+    assert s["flags"] == acts["flag"]["on_chain"]
+    assert s["liquidations"] == acts["liquidate"]["on_chain"]
+    assert s["instruments_settled"] == acts["settle_instrument"]["on_chain"]
+    assert s["instruments_settled"] == s["instruments_expired"]
+    assert s["accounts_settled"] >= acts["settle_account"]["on_chain"]
+    assert s["positions_settled"] >= s["accounts_settled"]
+    # The table shows the same numbers: the total row of each table.
+    total = [ln for ln in demo.stdout.splitlines() if "total" in ln]
+    assert any(re.search(rf"total \(seeded\)\s*│\s*{seeded}\s*│", ln) for ln in total)
+    n_dec, n_tx = len(demo.decisions), len(demo.txs)
+    assert any(re.search(rf"total\s*│\s*{n_dec}\s*│\s*{n_tx}\s*│", ln) for ln in total)
+
+
+def _seeded(demo: DemoRun) -> set[str]:
+    """The seeded accounts: every account with a book but the maker (the deployer's
+    sub-account 2)."""
+    from keeper.deployment import account_id
+
+    maker = str(account_id(demo.deployment.deployer, 2))
+    return {
+        d.account
+        for d in demo.decisions
+        if not d.account.startswith("instrument:") and d.account != maker
+    }
+
+
+def _market(node: Anvil, demo: DemoRun, last: int) -> list[Any]:
+    """What the market is, block by block up to ``last``: each block's timestamp and every
+    oracle feed's answer, and the seeding's deposits and trades (logs)."""
+    w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 60}))
+    d = demo.deployment
+    feeds = [
+        bind(w3, d, f"MockAggregator:{u['symbol']}/{kind}")
+        for u in d.underlyings
+        for kind in ("USD", "IV")
+    ]
+    first = demo.summary["first_block"]  # the feeds exist from the deployment on
+    blocks = [
+        (
+            n,
+            int(w3.eth.get_block(n)["timestamp"]),
+            [int(f.functions.latestRoundData().call(block_identifier=n)[1]) for f in feeds]
+            if n >= first
+            else [],
+        )
+        for n in range(1, last + 1)
+    ]
+    ch = bind(w3, d, "ClearingHouse")
+    seeding = [
+        (e["blockNumber"], e["event"], dict(e["args"]))
+        for name in ("Deposit", "Trade")
+        for e in getattr(ch.events, name)().get_logs(
+            from_block=0, to_block=demo.summary["first_block"]
+        )
+    ]
+    return [blocks, seeding]
+
+
+def test_same_seed_same_market(demo: DemoRun, node: Anvil, tmp_path: Path) -> None:
+    """A second run with the seed of the first plays the same market: the same deployment,
+    the same seeded books, and block by block the same timestamps and oracle answers. (The
+    keeper's decisions may land a block apart: docs/demo.md.)"""
+    again = run_demo(tmp_path / "again")
+    assert again.deployment == demo.deployment
+    s, t = demo.summary, again.summary
+    for key in ("accounts", "books", "phases", "first_block", "instruments_expired"):
+        assert s[key] == t[key], key
+    steps = len(phase_plan(max(len(PHASES), DURATION)))
+    last = s["first_block"] + steps  # the scripted blocks (later ones wait for the keeper)
+    assert min(s["last_block"], t["last_block"]) >= last
+    with load_dump(again, "again") as other:
+        mine, theirs = _market(node, demo, last), _market(other, again, last)
+    assert mine[1] and len(mine[0]) == last
+    assert mine == theirs
+    # The prices moved (the comparison is not between two frozen feeds).
+    assert len({tuple(answers) for _, _, answers in mine[0]}) > steps // 2
 
 
 def test_replay_of_the_demo_is_clean(demo: DemoRun, tmp_path: Path) -> None:

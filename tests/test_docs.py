@@ -111,3 +111,40 @@ def test_docs_carry_no_tracker_history(doc: Path) -> None:
     """Docs describe the product as it is: no issue numbers or progress notes."""
     hits = [m.group(0) for m in HISTORY.finditer(doc.read_text())]
     assert not hits, f"{doc.name}: {hits}"
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _local_links(doc: Path) -> list[str]:
+    """Markdown link targets that are not web addresses (anchors dropped)."""
+    out = []
+    for target in LINK.findall(doc.read_text()):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
+            continue
+        out.append(target.split("#", 1)[0])
+    return out
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
+def test_links_stay_inside_the_repository(doc: Path) -> None:
+    """A reader of a clone follows every link: none may point outside the repository (such as
+    a sibling folder of the checkout) or to a file that is not there."""
+    outside, missing = [], []
+    for target in _local_links(doc):
+        path = (doc.parent / target).resolve()
+        if target.startswith("/") or not path.is_relative_to(ROOT):
+            outside.append(target)
+        elif not path.exists():
+            missing.append(target)
+    assert not outside, f"{doc.name} links outside the repository: {outside}"
+    assert not missing, f"{doc.name} links to files that do not exist: {missing}"
+
+
+def test_link_check_catches_a_link_outside(tmp_path: Path) -> None:
+    doc = ROOT / "docs" / "overview.md"
+    assert _local_links(doc)  # the overview links to the guides: the check has work to do
+    fake = tmp_path / "x.md"
+    fake.write_text("[spec](../shared/SPEC.md) [site](https://example.org) [top](#a)\n")
+    assert _local_links(fake) == ["../shared/SPEC.md"]
+    assert not (fake.parent / "../shared/SPEC.md").resolve().is_relative_to(ROOT)
