@@ -36,8 +36,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from eth_typing import HexStr
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
+from web3.types import TxParams
 
 from keeper.book_engine import BookEngine
 from keeper.chain.errors import ChainError
@@ -520,19 +522,19 @@ class KeeperCore:
         for attempt in self.store.attempts(tx.id):
             self._extra_trips += 1
             try:
-                receipt = self.chain.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
+                receipt = self.chain.w3.eth.get_transaction_receipt(HexStr(attempt.hash))
             except TransactionNotFound:
                 continue
             return int(receipt["blockNumber"]) <= block
         return False
 
-    def _tx(self, data: str) -> dict[str, Any]:
-        return {"from": self.liquidator, "to": self.chain.clearing_house, "data": data}
+    def _tx(self, data: str) -> TxParams:
+        return {"from": self.liquidator, "to": self.chain.clearing_house, "data": HexStr(data)}
 
     def _simulate(self, data: str) -> bytes:
         self._extra_trips += 1
         try:
-            return bytes(self.chain.w3.eth.call(self._tx(data), "latest"))  # type: ignore[arg-type]
+            return bytes(self.chain.w3.eth.call(self._tx(data), "latest"))
         except ChainError:
             # The RPC failed (retries spent): no verdict on the call, so no back-off; the
             # block job fails and the next run simulates again (found by the soak run).
@@ -543,7 +545,7 @@ class KeeperCore:
     def _estimate(self, data: str) -> int:
         self._extra_trips += 1
         try:
-            return int(self.chain.w3.eth.estimate_gas(self._tx(data), "latest"))  # type: ignore[arg-type]
+            return int(self.chain.w3.eth.estimate_gas(self._tx(data), "latest"))
         except ChainError:
             raise  # as in _simulate: a transport fault is not a revert
         except Exception as exc:
