@@ -7,7 +7,7 @@
 transactions (``eth_sendTransaction`` through web3, automine off), and mining with the receipts
 (anvil executing every transaction; each ``trade`` runs both sides' full margin check).
 
-    .venv/bin/python bench/seed_paths.py 1000
+    .venv/bin/python -m bench.seed_paths 1000
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Keeper bugs the soak run (scripts/soak.py) found, each pinned by a test on the real service,
+"""Keeper bugs the soak run (bench/soak.py) found, each pinned by a test on the real service,
 the real protocol and a real anvil (the e2e devnet of tests/test_keeper_e2e.py):
 
 - a lost record: the bounty of a final transaction was read in the one pass that saw it become

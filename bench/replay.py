@@ -5,7 +5,7 @@ Deploys the protocol, opens N accounts holding three ETH positions each (perp, c
 moves the ETH price K times, then replays the whole range through a counting HTTP proxy and
 prints blocks, decisions re-derived, HTTP round trips, JSON-RPC calls and seconds.
 
-    .venv/bin/python scripts/bench_replay.py [N] [K]      (default: 50 20)
+    .venv/bin/python -m bench.replay [N] [K]      (default: 50 20)
 """
 
 from __future__ import annotations
