@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from bench.keeper_setup import bench_keeper_config
 from keeper.artifacts import ensure_built
@@ -45,7 +46,7 @@ def percentile(xs: list[float], p: float) -> float:
 
 def _anvil(w3: Web3, method: str, *params: object) -> object:
     """An anvil control call; an error answer is an error here, not a silently ignored dict."""
-    reply = w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+    reply = w3.provider.make_request(RPCEndpoint(method), list(params))
     if "error" in reply:
         raise RuntimeError(f"{method}{list(params)}: {reply['error']}")
     return reply.get("result")

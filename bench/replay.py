@@ -41,7 +41,8 @@ def main() -> None:
         matcher, owner, bob = list(w3.eth.accounts)[:3]
 
         def send(fn: object, sender: str, gas: int = 5_000_000) -> None:
-            w3.eth.wait_for_transaction_receipt(fn.transact({"from": sender, "gas": gas}))  # type: ignore[attr-defined]
+            tx = fn.transact({"from": sender, "gas": gas})  # type: ignore[attr-defined]  # a bound contract function, typed loosely here
+            w3.eth.wait_for_transaction_receipt(tx)
 
         for who in (owner, bob):
             send(usdc.functions.mint(who, 10**15), who)

@@ -56,6 +56,7 @@ from keeper.chain.view import (
 from keeper.decisions import (
     MAINTENANCE,
     Action,
+    ActionKind,
     Assessment,
     DecisionPolicy,
     assess_account,
@@ -115,7 +116,8 @@ class BlockReport:
     accounts_reused: int = 0  # books not re-read (nonce and flag unchanged since last read)
     by_state: dict[str, int] = field(default_factory=dict)
     decisions_recorded: int = 0
-    actions_sent: list[str] = field(default_factory=list)
+    actions_sent: list[str] = field(default_factory=list)  # their idempotency keys
+    kinds_sent: list[ActionKind] = field(default_factory=list)  # and their kinds, in order
     skipped: dict[str, int] = field(default_factory=dict)
     rpc_round_trips: int = 0
     accounts_bounded: int = 0  # assessed by the bounded float pass alone (proven healthy)
@@ -523,6 +525,7 @@ class KeeperCore:
             log.warning("send failed", extra={"key": action.key, "error": scrub(str(exc))})
             return
         report.actions_sent.append(action.key)
+        report.kinds_sent.append(action.kind)
         log.info("action sent", extra={"key": action.key, "decision_id": row.id})
 
     def _landed(self, tx: Transaction, block: int) -> bool:

@@ -489,8 +489,7 @@ class KeeperService:
         for reason, n in report.oracle_rejections.items():
             self.metrics.oracle_rejections.labels(reason).inc(n)
         self.metrics.assessed.inc(report.accounts_assessed)
-        for action in report.actions_sent:
-            kind = action.split(":", 1)[0]
+        for kind in report.kinds_sent:
             self.actions[kind] += 1
             self.metrics.decisions.labels(kind).inc()
         for reason, n in report.skipped.items():
