@@ -1,9 +1,9 @@
 """Every engine benchmark in one run, printed as one table.
 
-    .venv/bin/python bench/run_all.py            # full sizes (about an hour: seeding the
+    .venv/bin/python -m bench.run_all            # full sizes (about an hour: seeding the
                                                  # 10,000-account devnet takes most of it)
-    .venv/bin/python bench/run_all.py --quick    # small sizes
-    .venv/bin/python bench/run_all.py --no-anvil # engine only (no anvil, no keeper service)
+    .venv/bin/python -m bench.run_all --quick    # small sizes
+    .venv/bin/python -m bench.run_all --no-anvil # engine only (no anvil, no keeper service)
 
 Each figure is reported with the baseline measured in the same run and the ratio. Times are
 wall clock, best of a few runs where a run is cheap (the machine may be shared). Nothing here
@@ -29,19 +29,18 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from margin import synthetic  # noqa: E402
-from margin.book import Book  # noqa: E402
-from margin.requirement import ScenarioTable  # noqa: E402
-from margin.sweep import (  # noqa: E402
+from margin import synthetic
+from margin.book import Book
+from margin.requirement import ScenarioTable
+from margin.sweep import (
     MarketPrep,
     Sweep,
     exact_sweep,
     float_baseline,
     reprice_table,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 Row = tuple[str, str, str, str, str]  # figure, value, baseline, ratio, aim
 ROWS: list[Row] = []
@@ -347,7 +346,7 @@ def keeper_section(quick: bool) -> None:
             f"{r['book_rebuilds']} book rebuilds",
         )
     rounds = 10 if quick else 50
-    r = _script(["scripts/bench_reaction.py", "--rounds", str(rounds), "--accounts", "50"])
+    r = _script(["-m", "bench.reaction", "--rounds", str(rounds), "--accounts", "50"])
     row(
         f"reaction: oracle crash mined -> liquidation mined, {r['liquidated']}/{r['rounds']} "
         "crashes, 1-s blocks (blocks p50 / p99 / max)",
@@ -361,7 +360,7 @@ def keeper_section(quick: bool) -> None:
         f"{r['ms_p50']} / {r['ms_p99']} ms",
     )
     rounds, gap = (20, 10) if quick else (80, 110)
-    r = _script(["scripts/bench_indexer.py", "--rounds", str(rounds), "--gap", str(gap), "--no-pg"])
+    r = _script(["-m", "bench.indexer", "--rounds", str(rounds), "--gap", str(gap), "--no-pg"])
     best = r["sqlite_chunk_2000"]
     row(
         f"indexing: backfill of a {r['history_blocks']:,}-block history (SQLite, 2,000-block "

@@ -16,6 +16,7 @@ from eth_abi import decode, encode
 from eth_utils import function_signature_to_4byte_selector, keccak
 from eth_utils.abi import collapse_if_tuple
 from web3.contract import Contract
+from web3.types import BlockIdentifier, TxParams
 
 from margin.errors import MarginError, Panic, error_by_selector
 
@@ -137,7 +138,7 @@ def batch_call(
     args_list: Iterable[Any],
     *,
     chunk: int = DEFAULT_CHUNK,
-    block: int | str = "latest",
+    block: BlockIdentifier = "latest",
     gas: int | None = None,
 ) -> list[Outcome]:
     """Call ``fn_name`` once per element of ``args_list`` (a tuple of arguments, or the single
@@ -149,10 +150,10 @@ def batch_call(
     for start in range(0, len(calls), chunk):
         part = calls[start : start + chunk]
         data = BATCH_SELECTOR + encode(["bytes[]"], [part])
-        tx: dict[str, Any] = {"to": contract.address, "data": data}
+        tx: TxParams = {"to": contract.address, "data": data}
         if gas is not None:
             tx["gas"] = gas
-        raw = w3.eth.call(tx, block)  # type: ignore[arg-type]
+        raw = w3.eth.call(tx, block)
         oks, rets = decode(["bool[]", "bytes[]"], raw)
         if len(oks) != len(part) or len(rets) != len(part):
             raise RuntimeError(f"batch returned {len(oks)} results for {len(part)} calls")

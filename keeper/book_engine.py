@@ -146,9 +146,12 @@ class BookEngine:
         states = self._bounded_states(snap) if candidates >= self.min_bounded else None
         out = []
         for a, key, slot, quiet in plan:
-            bounded = quiet is not None and states is not None and slot is not None
-            if bounded and states[slot] == HEALTHY:  # type: ignore[index]
-                assert quiet is not None
+            if (
+                quiet is not None
+                and states is not None
+                and slot is not None
+                and states[slot] == HEALTHY
+            ):
                 out.append(self._bounded(snap, a, quiet, policy))
                 continue
             x = assess_account(snap, a, policy)

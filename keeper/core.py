@@ -36,8 +36,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from eth_typing import HexStr
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
+from web3.types import TxParams
 
 from keeper.book_engine import BookEngine
 from keeper.chain.errors import ChainError
@@ -54,6 +56,7 @@ from keeper.chain.view import (
 from keeper.decisions import (
     MAINTENANCE,
     Action,
+    ActionKind,
     Assessment,
     DecisionPolicy,
     assess_account,
@@ -70,7 +73,7 @@ from keeper.protocol.settlement import (
     settlement_round,
 )
 from keeper.secrets import scrub
-from keeper.store import Decision, Store, Transaction, TxStatus
+from keeper.store import Decision, DecisionOutcome, Store, Transaction, TxStatus
 from keeper.transactions import SendError, TxManager
 
 log = logging.getLogger(__name__)
@@ -113,7 +116,8 @@ class BlockReport:
     accounts_reused: int = 0  # books not re-read (nonce and flag unchanged since last read)
     by_state: dict[str, int] = field(default_factory=dict)
     decisions_recorded: int = 0
-    actions_sent: list[str] = field(default_factory=list)
+    actions_sent: list[str] = field(default_factory=list)  # their idempotency keys
+    kinds_sent: list[ActionKind] = field(default_factory=list)  # and their kinds, in order
     skipped: dict[str, int] = field(default_factory=dict)
     rpc_round_trips: int = 0
     accounts_bounded: int = 0  # assessed by the bounded float pass alone (proven healthy)
@@ -168,7 +172,7 @@ class KeeperCore:
         self._watch: set[int] = set()  # accounts re-assessed every block (WATCH_STATES)
         # What was last recorded per account, and back-offs: restored from the store.
         self._last: dict[str, tuple[str, str, str | None]] = {
-            a: (d.change_digest or d.inputs_digest, d.state, _tag(d.outcome))
+            a: (d.change_digest or d.inputs_digest, d.state, d.outcome)
             for a, d in store.latest_decisions().items()
         }
         self._backoff_until: dict[str, int] = store.backoffs(0)
@@ -369,7 +373,8 @@ class KeeperCore:
                 )
         if a.action is None:
             if changed:
-                self._record(snap, a, None, report, outcome=a.note, batch=True)
+                outcome = DecisionOutcome.NO_ACTION if a.note is not None else None
+                self._record(snap, a, None, report, outcome, a.note, batch=True)
             return
         self._act(snap, a.action, a, report, changed=changed)
 
@@ -407,7 +412,7 @@ class KeeperCore:
         if self._backoff_until.get(target, -1) > block:
             report.skip(SkipReason.BACKOFF)
             if changed and a is not None:
-                self._record(snap, a, action, report, outcome="backoff: skipped")
+                self._record(snap, a, action, report, DecisionOutcome.BACKOFF)
             return False
         taken = self.store.decision_by_key(action.key)
         if (
@@ -417,7 +422,8 @@ class KeeperCore:
         ):
             report.skip(SkipReason.DUPLICATE)
             if changed and a is not None:
-                self._record(snap, a, None, report, outcome=f"duplicate: {action.key} already sent")
+                why = f"{action.key} already sent"
+                self._record(snap, a, None, report, DecisionOutcome.DUPLICATE, why)
             return False
         pending = self.store.in_flight(target)
         if pending is not None and not self._landed(pending, block):
@@ -426,8 +432,8 @@ class KeeperCore:
             # a liquidation at the nonce a pending flag moves) and reverts (found by the soak).
             report.skip(SkipReason.IN_FLIGHT)
             if changed and a is not None:
-                why = f"in_flight: transaction {pending.id} has no receipt yet"
-                self._record(snap, a, None, report, outcome=why)
+                why = f"transaction {pending.id} has no receipt yet"
+                self._record(snap, a, None, report, DecisionOutcome.IN_FLIGHT, why)
             return False
         return True
 
@@ -455,7 +461,8 @@ class KeeperCore:
             )
             self._record(
                 snap, a, action, report,
-                outcome=f"simulation_reverted: {exc.reason}", backoff_until=until, target=target,
+                DecisionOutcome.SIMULATION_REVERTED, exc.reason, backoff_until=until,
+                target=target,
             )  # fmt: skip
             return None
         gas_limit = gas * (100 + self.policy.gas_margin_percent) // 100
@@ -480,12 +487,12 @@ class KeeperCore:
         if profit is not None and profit >= self.policy.min_profit:
             return True
         report.skip(SkipReason.UNPROFITABLE)
-        last_tag = self._last.get(target, (None, None, None))[2]
-        if changed or last_tag != SkipReason.UNPROFITABLE:
+        last = self._last.get(target, (None, None, None))[2]
+        if changed or last != DecisionOutcome.UNPROFITABLE:
             why = "no gas price" if cost is None else f"profit {profit}"
             self._record(
-                snap, a, action, report, outcome=f"unprofitable: {why} < "
-                f"min_profit {self.policy.min_profit}", gas_cost=cost, target=target,
+                snap, a, action, report, DecisionOutcome.UNPROFITABLE,
+                f"{why} < min_profit {self.policy.min_profit}", gas_cost=cost, target=target,
             )  # fmt: skip
         return False
 
@@ -502,13 +509,20 @@ class KeeperCore:
         """Record the decision with its key, then submit (a dry run records only)."""
         cost = sim.gas_cost
         if self.txm is None:  # read-only: one record per change, not one per block
-            if changed or self._last.get(target, (None, None, None))[2] != "dry_run":
+            if changed or self._last.get(target, (None, None, None))[2] != DecisionOutcome.DRY_RUN:
                 self._record(
-                    snap, a, action, report, outcome="dry_run", gas_cost=cost, target=target
+                    snap, a, action, report, DecisionOutcome.DRY_RUN, gas_cost=cost, target=target
                 )
             return
         row = self._record(
-            snap, a, action, report, outcome="sent", gas_cost=cost, key=action.key, target=target
+            snap,
+            a,
+            action,
+            report,
+            DecisionOutcome.SENT,
+            gas_cost=cost,
+            key=action.key,
+            target=target,
         )
         if row is None:  # another process (or an earlier run) took the key just now
             report.skip(SkipReason.DUPLICATE)
@@ -525,7 +539,8 @@ class KeeperCore:
         except Exception as exc:  # SendError / RedactedError / DuplicateSubmission: all named
             until = self._back_off(target, snap.block.number)
             fields: dict[str, Any] = {
-                "outcome": f"send_failed: {type(exc).__name__}: {exc}",
+                "outcome": DecisionOutcome.SEND_FAILED,
+                "outcome_detail": f"{type(exc).__name__}: {exc}",
                 "backoff_until": until,
             }
             if isinstance(exc, SendError):
@@ -538,6 +553,7 @@ class KeeperCore:
             log.warning("send failed", extra={"key": action.key, "error": scrub(str(exc))})
             return
         report.actions_sent.append(action.key)
+        report.kinds_sent.append(action.kind)
         log.info("action sent", extra={"key": action.key, "decision_id": row.id})
 
     def _landed(self, tx: Transaction, block: int) -> bool:
@@ -548,19 +564,19 @@ class KeeperCore:
         for attempt in self.store.attempts(tx.id):
             self._extra_trips += 1
             try:
-                receipt = self.chain.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
+                receipt = self.chain.w3.eth.get_transaction_receipt(HexStr(attempt.hash))
             except TransactionNotFound:
                 continue
             return int(receipt["blockNumber"]) <= block
         return False
 
-    def _tx(self, data: str) -> dict[str, Any]:
-        return {"from": self.liquidator, "to": self.chain.clearing_house, "data": data}
+    def _tx(self, data: str) -> TxParams:
+        return {"from": self.liquidator, "to": self.chain.clearing_house, "data": HexStr(data)}
 
     def _simulate(self, data: str) -> bytes:
         self._extra_trips += 1
         try:
-            return bytes(self.chain.w3.eth.call(self._tx(data), "latest"))  # type: ignore[arg-type]
+            return bytes(self.chain.w3.eth.call(self._tx(data), "latest"))
         except ChainError:
             # The RPC failed (retries spent): no verdict on the call, so no back-off; the
             # block job fails and the next run simulates again (found by the soak run).
@@ -571,7 +587,7 @@ class KeeperCore:
     def _estimate(self, data: str) -> int:
         self._extra_trips += 1
         try:
-            return int(self.chain.w3.eth.estimate_gas(self._tx(data), "latest"))  # type: ignore[arg-type]
+            return int(self.chain.w3.eth.estimate_gas(self._tx(data), "latest"))
         except ChainError:
             raise  # as in _simulate: a transport fault is not a revert
         except Exception as exc:
@@ -600,7 +616,8 @@ class KeeperCore:
         self.store.update_decision(
             decision.id,
             action_key=None,
-            outcome=f"abandoned: no transaction was stored (was: {decision.outcome})",
+            outcome=DecisionOutcome.ABANDONED,
+            outcome_detail=f"no transaction was stored (was: {decision.outcome})",
         )
         return True
 
@@ -624,7 +641,8 @@ class KeeperCore:
         self.store.update_decision(
             decision.id,
             action_key=None,
-            outcome=f"{decision.outcome}; the flag was cleared since: key released",
+            outcome=DecisionOutcome.FLAG_CLEARED,
+            outcome_detail=f"was: {decision.outcome}",
         )
         return True
 
@@ -639,7 +657,8 @@ class KeeperCore:
         self.store.update_decision(
             decision_id,
             action_key=None,
-            outcome=f"reverted: {reason or 'no reason'}",
+            outcome=DecisionOutcome.REVERTED,
+            outcome_detail=reason or "no reason",
             backoff_until=until,
         )
         log.warning(
@@ -664,8 +683,9 @@ class KeeperCore:
         a: Assessment | None,
         action: Action | None,
         report: BlockReport,
+        outcome: DecisionOutcome | None = None,
+        detail: str | None = None,
         *,
-        outcome: str | None = None,
         backoff_until: int | None = None,
         gas_cost: int | None = None,
         key: str | None = None,
@@ -692,6 +712,7 @@ class KeeperCore:
             fraction=action.fraction if action is not None else None,
             expected_bounty=action.expected_bounty if action is not None else None,
             outcome=outcome,
+            outcome_detail=detail,
             action_key=key,
             account_nonce=a.nonce if a is not None else None,
             instrument=action.instrument if action is not None else None,
@@ -707,7 +728,7 @@ class KeeperCore:
         if saved is None:
             return None
         report.decisions_recorded += 1
-        self._last[account] = (row.change_digest or "", row.state, _tag(outcome))
+        self._last[account] = (row.change_digest or "", row.state, outcome)
         return saved
 
     # --- which accounts a block affects ------------------------------------------------------
@@ -767,10 +788,6 @@ def _used_underlyings(snap: ProtocolSnapshot, account: int) -> frozenset[int]:
         if bal != 0 and u != NO_UNDERLYING:
             used.add(u)
     return frozenset(used)
-
-
-def _tag(outcome: str | None) -> str | None:
-    return outcome.split(":", 1)[0] if outcome else None
 
 
 def _reason(exc: BaseException) -> str:

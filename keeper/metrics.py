@@ -19,16 +19,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-ACCOUNT_STATES = (
-    "healthy",
-    "margin_call",
-    "flagged_grace",
-    "liquidatable",
-    "settleable",
-    "bad_debt",
-    "no_price",
-    "empty",
-)
+from keeper.decisions import AccountState
+
+#: Every state an account can be classified in has its ``keeper_accounts`` gauge label (0 when
+#: no account is in it), so an alert on a state never reads "no data".
+ACCOUNT_STATES: tuple[str, ...] = tuple(s.value for s in AccountState)
 
 
 class KeeperMetrics:

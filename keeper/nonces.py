@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from eth_typing import HexStr
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
@@ -51,7 +52,7 @@ class NonceManager:
         """The hash among a transaction's attempts that has a receipt, if any."""
         for attempt in self.store.attempts(tx_id):
             try:
-                self.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
+                self.w3.eth.get_transaction_receipt(HexStr(attempt.hash))
             except TransactionNotFound:
                 continue
             return attempt.hash

@@ -30,21 +30,29 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from eth_typing import HexStr
+from web3.contract.contract import ContractEvent
 from web3.exceptions import TransactionNotFound
 from web3.logs import DISCARD
 
+from keeper.bounty import auto_claim
 from keeper.chain import Chain, ChainError
 from keeper.chain.rpc import BlockRef
 from keeper.config import KeeperConfig
+from keeper.core import BlockReport, KeeperCore
+from keeper.decisions import DecisionPolicy
 from keeper.deployment import clearing_house_abi, load_deployment
+from keeper.fees import FeePolicy
+from keeper.indexer import Indexer, ReorgTooDeep, SyncResult
 from keeper.metrics import ACCOUNT_STATES, Health, KeeperMetrics, MetricsServer
 from keeper.secrets import scrub
-from keeper.store import Store, TxStatus
+from keeper.signer import load_signer
+from keeper.store import Store, Transaction, TxStatus
+from keeper.transactions import TxManager
 
 _T = TypeVar("_T")
 
@@ -69,8 +77,36 @@ EXIT_FATAL = 1
 EXIT_STALLED = 3
 #: How often the signer's balance and unclaimed bounty are read for the metrics.
 WALLET_INTERVAL_SECONDS = 60.0
+#: The ``from`` of a read-only keeper's simulations (it never signs).
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 Recalibrator = Callable[["KeeperService"], None]
+
+
+class ServiceNotOpen(RuntimeError):
+    """A job or view of ``KeeperService`` ran before ``open()`` (or after ``close()``)."""
+
+
+@dataclass(frozen=True)
+class Sender:
+    """What sends transactions: the transaction manager and its signer's address."""
+
+    txm: TxManager
+    address: str
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything a running keeper works with, built once by ``KeeperService.open``.
+
+    ``sender`` is the one optional part: None when the keeper runs read-only (``dry_run``,
+    or no ``[signer]``), deciding and recording without sending."""
+
+    chain: Chain
+    store: Store
+    indexer: Indexer
+    core: KeeperCore
+    sender: Sender | None
 
 
 @dataclass
@@ -113,81 +149,117 @@ class KeeperService:
         self.recent: deque[TickReport] = deque(maxlen=4096)
         self._server: MetricsServer | None = None
         self._scheduler: BackgroundScheduler | None = None
-        self.store: Store | None = None
-        self.chain: Chain | None = None
-        self.txm: Any = None
-        self.indexer: Any = None
-        self.core: Any = None
-        self.address: str | None = None
+        self._runtime: Runtime | None = None
+        self._closed = False
+
+    @property
+    def runtime(self) -> Runtime:
+        """The parts of the open keeper; ``ServiceNotOpen`` before ``open()``/after ``close()``."""
+        if self._runtime is None or self._closed:
+            raise ServiceNotOpen("the keeper service is not open (call open() first)")
+        return self._runtime
+
+    # Views of the runtime for callers that look before opening or after closing: None before
+    # opening; after closing the store is None (closed) while the chain's counters and the
+    # signer's address stay readable for a run's summary.
+    @property
+    def store(self) -> Store | None:
+        return self._runtime.store if self._runtime is not None and not self._closed else None
+
+    @property
+    def chain(self) -> Chain | None:
+        return self._runtime.chain if self._runtime is not None else None
+
+    @property
+    def indexer(self) -> Indexer | None:
+        return self._runtime.indexer if self._runtime is not None else None
+
+    @property
+    def core(self) -> KeeperCore | None:
+        return self._runtime.core if self._runtime is not None else None
+
+    @property
+    def txm(self) -> TxManager | None:
+        rt = self._runtime
+        return rt.sender.txm if rt is not None and rt.sender is not None else None
+
+    @property
+    def address(self) -> str | None:
+        """The signer's address; None when read-only (or not open)."""
+        rt = self._runtime
+        return rt.sender.address if rt is not None and rt.sender is not None else None
 
     # --- start-up ----------------------------------------------------------------------------
 
     def open(self) -> None:
         """Connect and verify everything, catch up with the chain; raises on any mismatch
         before a single transaction is sent."""
-        from keeper.core import KeeperCore
-        from keeper.indexer import Indexer
-
-        cfg = self.config
-        deployment = load_deployment(cfg.deployment.file)
-        # A configured WebSocket endpoint carries every read and send (one persistent
-        # connection, no HTTP handshake per poll); otherwise HTTP.
-        websocket = cfg.rpc.ws_url is not None
-        self.chain = Chain.from_config(cfg.rpc, deployment, websocket=websocket)
-        log.info("connected", extra={"transport": "websocket" if websocket else "http"})
-        self.store = Store.open(cfg.store.url)
-        if cfg.service.dry_run or cfg.signer is None:
-            if not cfg.service.dry_run:
-                log.warning("no [signer] configured: running read-only (assess and record)")
-            self.txm = None
-            self.address = None
-        else:
-            self.txm, self.address = self._make_txm()
-        self.indexer = Indexer(
-            self.chain,
-            self.store,
-            confirmations=cfg.decisions.confirmations,
-            chunk_blocks=cfg.indexer.chunk_blocks,
-            progress=self.progress,
-        )
-        self.core = KeeperCore(
-            self.chain,
-            self.store,
-            self.txm,
-            policy_from_config(cfg),
-            liquidator=self.address or "0x0000000000000000000000000000000000000000",
-            named_after=self.indexer.accounts_named_after,
-        )
-        if self.txm is not None:
-            self.txm.start()
+        rt = self._runtime = self._build()
+        if rt.sender is not None:
+            rt.sender.txm.start()
             # Reverts recorded by an earlier run that died before giving the key back.
-            for tx in self.store.transactions(self.txm.signer.address):
+            for tx in rt.store.transactions(rt.sender.address):
                 if tx.status == TxStatus.REVERTED:
                     self._release_reverted(tx)
-        head = self.chain.head()
+        head = rt.chain.head()
         log.info("backfill", extra={"to_block": head.number})
         self._sync(head)
         self.consistency()
         self._process(head, sweep=True)
 
-    def _make_txm(self) -> tuple[Any, str]:
-        from keeper.fees import FeePolicy
-        from keeper.signer import load_signer
-        from keeper.transactions import TxManager
-
+    def _build(self) -> Runtime:
+        """Connect to the chain and the store and make the parts; what was opened is closed
+        again when a later part fails."""
         cfg = self.config
-        assert cfg.signer is not None and self.chain is not None and self.store is not None
+        deployment = load_deployment(cfg.deployment.file)
+        # A configured WebSocket endpoint carries every read and send (one persistent
+        # connection, no HTTP handshake per poll); otherwise HTTP.
+        websocket = cfg.rpc.ws_url is not None
+        chain = Chain.from_config(cfg.rpc, deployment, websocket=websocket)
+        log.info("connected", extra={"transport": "websocket" if websocket else "http"})
+        store: Store | None = None
+        try:
+            store = Store.open(cfg.store.url)
+            sender = self._make_sender(chain, store)
+            indexer = Indexer(
+                chain,
+                store,
+                confirmations=cfg.decisions.confirmations,
+                chunk_blocks=cfg.indexer.chunk_blocks,
+                progress=self.progress,
+            )
+            core = KeeperCore(
+                chain,
+                store,
+                sender.txm if sender is not None else None,
+                policy_from_config(cfg),
+                liquidator=sender.address if sender is not None else ZERO_ADDRESS,
+                named_after=indexer.accounts_named_after,
+            )
+        except BaseException:
+            if store is not None:
+                store.close()
+            chain.close()
+            raise
+        return Runtime(chain, store, indexer, core, sender)
+
+    def _make_sender(self, chain: Chain, store: Store) -> Sender | None:
+        cfg = self.config
+        if cfg.service.dry_run or cfg.signer is None:
+            if not cfg.service.dry_run:
+                log.warning("no [signer] configured: running read-only (assess and record)")
+            return None
         signer = load_signer(cfg.signer)
         txm = TxManager(
-            self.store,
-            self.chain.w3,
+            store,
+            chain.w3,
             signer,
             FeePolicy(cfg.fees),
             chain_id=cfg.rpc.chain_id,
             confirmations=cfg.decisions.confirmations,
             stuck_after_seconds=cfg.fees.stuck_after_seconds,
         )
-        return txm, signer.address
+        return Sender(txm, signer.address)
 
     # --- jobs --------------------------------------------------------------------------------
 
@@ -196,8 +268,8 @@ class KeeperService:
         return self._guard("block", self._tick)
 
     def _tick(self) -> TickReport:
-        assert self.chain is not None
-        head = self.chain.head()
+        rt = self.runtime
+        head = rt.chain.head()
         self.metrics.head.set(head.number)
         # By hash, not number: a reorg to a chain of the same height is a new head too.
         last = self._last_processed
@@ -206,25 +278,25 @@ class KeeperService:
             # transaction's replacement), so open transactions are followed once a second
             # (more often only when the stuck threshold itself is that short).
             every = min(1.0, float(self.config.fees.stuck_after_seconds) / 2)
-            if self.txm is not None and time.monotonic() - self._last_follow >= every:
-                self._follow_transactions(head.number)
+            if rt.sender is not None and time.monotonic() - self._last_follow >= every:
+                self._follow_transactions(rt.sender, head.number)
             self._watch(head)
             return TickReport(head.number, processed=False)
         return self._process(head)
 
     def _process(self, head: BlockRef, *, sweep: bool = False) -> TickReport:
-        assert self.chain is not None and self.indexer is not None and self.core is not None
+        rt = self.runtime
         t0 = time.perf_counter()
         synced = self._sync(head)
         if synced.reorg_from is not None:
-            self.core.forget_accounts()
+            rt.core.forget_accounts()
             self.metrics.reorgs.inc()
             log.warning("reorg rolled back", extra={"from_block": synced.reorg_from})
-        view = self.chain.view(head)
+        view = rt.chain.view(head)
         # Every indexed account on the first block (and after a reorg); then the core follows
         # the accounts the index names block by block.
-        known = self.indexer.known_accounts() if self.core.needs_known else []
-        report = self.core.on_block(
+        known = rt.indexer.known_accounts() if rt.core.needs_known else []
+        report = rt.core.on_block(
             view,
             set(synced.touched_accounts),
             known,
@@ -233,15 +305,15 @@ class KeeperService:
         )
         actions = list(report.actions_sent)
         if self._expiry_due(head) or synced.listed_instruments or synced.settled_instruments:
-            settled = self.core.settle_expired(view)
+            settled = rt.core.settle_expired(view)
             actions += list(settled.actions_sent)
             self._record(settled)
         self._record(report)
-        if self.txm is not None:
-            self._follow_transactions(head.number)
+        if rt.sender is not None:
+            self._follow_transactions(rt.sender, head.number)
         self._last_processed = head
         self._last_progress_at = time.monotonic()
-        self.metrics.known_accounts.set(self.core.known_count)
+        self.metrics.known_accounts.set(rt.core.known_count)
         self.metrics.indexed.set(head.number)
         self.metrics.lag.set(0)
         self.health.block(head.number, 0)
@@ -274,37 +346,33 @@ class KeeperService:
         )
         return out
 
-    def _sync(self, head: BlockRef) -> Any:
+    def _sync(self, head: BlockRef) -> SyncResult:
         """``Indexer.sync``; a reorg deeper than the stored window (``ReorgTooDeep``: none of
         the last ``confirmations`` block hashes is canonical) rebuilds the index from the
         deployment block: failing instead would repeat at every block until the watchdog
         stopped the keeper, and again at every restart. Every account is then re-margined
         (all of them are touched by the re-index)."""
-        from keeper.indexer import ReorgTooDeep
-
-        assert self.indexer is not None and self.chain is not None
+        rt = self.runtime
         try:
-            return self.indexer.sync(head)
+            return rt.indexer.sync(head)
         except ReorgTooDeep as exc:
             log.error(
                 "reorg deeper than confirmations: re-indexing from the deployment block",
                 extra={"error": scrub(str(exc))},
             )
-            self.indexer.rewind()
-            synced = self.indexer.sync(head)
-            synced.reorg_from = self.chain.deployment.start_block
+            rt.indexer.rewind()
+            synced = rt.indexer.sync(head)
+            synced.reorg_from = rt.chain.deployment.start_block
             return synced
 
     def sweep(self) -> TickReport | None:
         """Every indexed account re-margined at the head."""
-        chain = self.chain
-        assert chain is not None
-        return self._guard("sweep", lambda: self._process(chain.head(), sweep=True))
+        return self._guard("sweep", lambda: self._process(self.runtime.chain.head(), sweep=True))
 
     def settle(self) -> None:
         def run() -> None:
-            assert self.chain is not None and self.core is not None
-            self._record(self.core.settle_expired(self.chain.view()))
+            rt = self.runtime
+            self._record(rt.core.settle_expired(rt.chain.view()))
 
         self._guard("settle", run)
 
@@ -313,22 +381,22 @@ class KeeperService:
         from the chain at once, and a re-index is forced when whole events are missing."""
 
         def run() -> None:
-            assert self.chain is not None and self.indexer is not None and self.core is not None
+            rt = self.runtime
             # At the indexed block, not the head: between two block runs the head is ahead of
             # the index, and every account or trade in between showed as a mismatch (and a
             # trade as missing logs: a whole re-index) -- found by the soak run.
-            cursor = self.indexer.cursor()
-            view = self.chain.view(cursor) if cursor is not None else self.chain.view()
-            report = self.indexer.check_consistency(view)
+            cursor = rt.indexer.cursor()
+            view = rt.chain.view(cursor) if cursor is not None else rt.chain.view()
+            report = rt.indexer.check_consistency(view)
             if report.ok:
                 return
             log.error("indexed state disagrees with the chain", extra={"report": str(report)})
             if report.missing_events:
                 # Whole logs are missing: rebuild the index (the next block loop re-syncs).
-                self.indexer.rewind()
-                self.indexer.sync(view.block)
+                rt.indexer.rewind()
+                rt.indexer.sync(view.block)
             accounts = set(report.mismatched_accounts)
-            self.core.on_block(view, accounts, self.indexer.known_accounts(), True, sweep=True)
+            rt.core.on_block(view, accounts, rt.indexer.known_accounts(), True, sweep=True)
 
         self._guard("consistency", run)
 
@@ -338,20 +406,20 @@ class KeeperService:
         claim when ``service.claim_bounty_above_usdc`` is set (keeper.bounty.auto_claim)."""
 
         def run() -> None:
-            assert self.chain is not None and self.address is not None
-            w3 = self.chain.w3
-            address = w3.to_checksum_address(self.address)
+            rt = self.runtime
+            if rt.sender is None:  # scheduled only with a signer
+                return
+            w3 = rt.chain.w3
+            address = w3.to_checksum_address(rt.sender.address)
             self.metrics.signer_balance.set(int(w3.eth.get_balance(address)))
-            ch = w3.eth.contract(address=self.chain.clearing_house, abi=clearing_house_abi())
-            unclaimed = int(ch.functions.bounties(self.address).call())
+            ch = w3.eth.contract(address=rt.chain.clearing_house, abi=clearing_house_abi())
+            unclaimed = int(ch.functions.bounties(rt.sender.address).call())
             self.metrics.bounty_unclaimed.set(unclaimed)
             above = self.config.service.claim_bounty_above_usdc
-            if above is not None and self.txm is not None:
-                from keeper.bounty import auto_claim
-
+            if above is not None:
                 margin = self.config.decisions.gas_margin_percent
                 threshold = int(above.scaleb(18))
-                auto_claim(self.txm, ch, self.address, unclaimed, threshold, margin)
+                auto_claim(rt.sender.txm, ch, rt.sender.address, unclaimed, threshold, margin)
 
         self._guard("wallet", run)
 
@@ -366,12 +434,12 @@ class KeeperService:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _follow_transactions(self, head: int | None = None) -> None:
+    def _follow_transactions(self, sender: Sender, head: int | None = None) -> None:
         """Follow open transactions; a transaction that became final is accounted once: gas
         paid, status, and the bounty its receipt credited to us (recorded on the row)."""
-        assert self.txm is not None and self.store is not None
+        store = self.runtime.store
         self._last_follow = time.monotonic()
-        for tx in self.txm.poll(head=head):
+        for tx in sender.txm.poll(head=head):
             if tx.status == TxStatus.REVERTED:
                 self._release_reverted(tx)
             if not tx.final or tx.id is None or tx.id in self._accounted:
@@ -384,48 +452,46 @@ class KeeperService:
         # From the store, not from this pass: a final transaction is returned by one poll only,
         # and a fault (or a kill) between that poll and the receipt read below must not lose
         # its bounty for good (found by the soak run).
-        for tx in self.store.final_without_bounty(self.txm.signer.address):
+        for tx in store.final_without_bounty(sender.address):
             assert tx.id is not None and tx.mined_hash is not None
             try:
-                bounty = self._bounty_of(tx.mined_hash)
+                bounty = self._bounty_of(tx.mined_hash, sender.address)
             except TransactionNotFound:  # a node without it (pruned): the others go on
                 log.warning("receipt of a final transaction not found", extra={"tx_id": tx.id})
                 continue
-            self.store.update_transaction(tx.id, bounty=bounty)
+            store.update_transaction(tx.id, bounty=bounty)
             if bounty:
                 self.metrics.bounty.inc(bounty)
-        self.metrics.pending_tx.set(len(self.store.open_transactions(self.txm.signer.address)))
+        self.metrics.pending_tx.set(len(store.open_transactions(sender.address)))
 
-    def _release_reverted(self, tx: Any) -> None:
+    def _release_reverted(self, tx: Transaction) -> None:
         """A reverted transaction gives its decision's action key back (``KeeperCore.
         release_reverted``: idempotent, so every poll pass may ask)."""
-        assert self.core is not None and self.chain is not None
+        rt = self.runtime
         if tx.decision_id is not None:
-            block = tx.block_number if tx.block_number is not None else self.chain.head().number
-            self.core.release_reverted(tx.decision_id, tx.revert_reason, block)
+            block = tx.block_number if tx.block_number is not None else rt.chain.head().number
+            rt.core.release_reverted(tx.decision_id, tx.revert_reason, block)
 
     @functools.cached_property
-    def _bounty_event(self) -> Any:
+    def _bounty_event(self) -> ContractEvent:
         """The BountyCredited event decoder (a web3 contract object is costly to build: it was
         a seventh of the keeper's time in a crash, built once per final transaction)."""
-        assert self.chain is not None
-        contract = self.chain.w3.eth.contract(
-            address=self.chain.clearing_house, abi=clearing_house_abi()
-        )
+        chain = self.runtime.chain
+        contract = chain.w3.eth.contract(address=chain.clearing_house, abi=clearing_house_abi())
         return contract.events.BountyCredited()
 
-    def _bounty_of(self, tx_hash: str) -> int:
+    def _bounty_of(self, tx_hash: str, liquidator: str) -> int:
         """Σ BountyCredited(us, amount) in the receipt: what the chain actually paid."""
-        assert self.chain is not None and self.address is not None
-        receipt = self.chain.w3.eth.get_transaction_receipt(HexStr(tx_hash))
+        chain = self.runtime.chain
+        receipt = chain.w3.eth.get_transaction_receipt(HexStr(tx_hash))
         event = self._bounty_event
         total = 0
         for entry in event.process_receipt(receipt, errors=DISCARD):
-            if entry["args"]["liquidator"].lower() == self.address.lower():
+            if entry["args"]["liquidator"].lower() == liquidator.lower():
                 total += int(entry["args"]["amount"])
         return total
 
-    def _record(self, report: Any) -> None:
+    def _record(self, report: BlockReport) -> None:
         # A block report covers the accounts it re-margined; the gauge covers every account.
         self.states.update(report.states)
         by_state = self.last_by_state
@@ -434,8 +500,7 @@ class KeeperService:
         for reason, n in report.oracle_rejections.items():
             self.metrics.oracle_rejections.labels(reason).inc(n)
         self.metrics.assessed.inc(report.accounts_assessed)
-        for action in report.actions_sent:
-            kind = action.split(":", 1)[0]
+        for kind in report.kinds_sent:
             self.actions[kind] += 1
             self.metrics.decisions.labels(kind).inc()
         for reason, n in report.skipped.items():
@@ -446,8 +511,7 @@ class KeeperService:
         return dict(Counter(self.states.values()))
 
     def _expiry_due(self, head: BlockRef) -> bool:
-        assert self.core is not None
-        nxt = self.core.next_expiry
+        nxt = self.runtime.core.next_expiry
         return nxt is not None and nxt <= head.timestamp
 
     def _watch(self, head: BlockRef) -> None:
@@ -569,14 +633,12 @@ class KeeperService:
         if self._server is not None:
             self._server.stop()
             self._server = None
-        if self.chain is not None:
-            self.chain.close()
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        rt = self._runtime
+        if rt is not None and not self._closed:
+            self._closed = True
+            rt.chain.close()
+            rt.store.close()
 
 
-def policy_from_config(config: KeeperConfig) -> Any:
-    from keeper.decisions import DecisionPolicy
-
+def policy_from_config(config: KeeperConfig) -> DecisionPolicy:
     return DecisionPolicy.from_config(config.decisions)

@@ -26,6 +26,7 @@ from typing import Any
 from eth_typing import HexStr
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3RPCError
+from web3.types import TxParams, Wei
 
 from keeper.chain.errors import ChainError
 from keeper.chain.revert import decode_revert, revert_data_of
@@ -226,7 +227,7 @@ class TxManager:
 
     def _node_has(self, tx_hash: str) -> bool:
         try:
-            self.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+            self.w3.eth.get_transaction(HexStr(tx_hash))
         except TransactionNotFound:
             return False
         return True
@@ -301,7 +302,7 @@ class TxManager:
     def _receipt(self, tx_id: int) -> tuple[TxAttempt, Any] | None:
         for attempt in self.store.attempts(tx_id):
             try:
-                receipt = self.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
+                receipt = self.w3.eth.get_transaction_receipt(HexStr(attempt.hash))
             except TransactionNotFound:
                 continue
             return attempt, receipt
@@ -393,11 +394,11 @@ class TxManager:
         nothing earlier in the same block mattered. When that replay succeeds, an earlier
         transaction of the same block made the difference (typically a competitor's liquidation
         ordered first): replayed again on the block's own final state, which includes it."""
-        call = {
+        call: TxParams = {
             "from": self.signer.address,
             "to": Web3.to_checksum_address(tx.to or ""),
-            "data": tx.data,
-            "value": tx.value,
+            "data": HexStr(tx.data),
+            "value": Wei(tx.value),
             "gas": tx.gas_limit,
         }
         for at, label in (
@@ -405,7 +406,7 @@ class TxManager:
             (block_number, "replayed after its block"),
         ):
             try:
-                self.w3.eth.call(call, at)  # type: ignore[arg-type]
+                self.w3.eth.call(call, at)
             except Exception as exc:
                 data = revert_data_of(exc)
                 if data is not None:

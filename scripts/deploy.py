@@ -15,8 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installation
-
 from web3 import Web3
 
 from keeper.artifacts import ArtifactError, ensure_built

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installation
 
 from keeper.abi import ABI_DIR, KEEPER_CONTRACTS, check_drift, write_abis
 from keeper.artifacts import ArtifactError, ensure_built

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from keeper.config import (
     DEFAULT_STORE_URL,
@@ -244,3 +246,34 @@ def test_deprecated_min_profit_still_read_with_a_warning(
     both = MINIMAL + '[decisions]\nmin_profit = "1 ether"\nmin_profit_usdc = 1\n'
     with pytest.raises(ConfigError, match="min_profit_usdc only"):
         load_config(write(tmp_path, both), environ={})
+
+
+def _example_keys() -> dict[str, set[str]]:
+    """Section -> keys the example file lists: set ones, and alternatives left commented out
+    (``# key = value`` inside the section)."""
+    listed: dict[str, set[str]] = {}
+    section = None
+    for line in EXAMPLE.read_text().splitlines():
+        head = re.match(r"^#?\s*\[(\w+)\]\s*$", line)
+        if head:
+            section = head.group(1)
+            listed.setdefault(section, set())
+            continue
+        key = re.match(r"^#?\s*(\w+)\s*=", line)
+        if key and section is not None:
+            listed[section].add(key.group(1))
+    return listed
+
+
+def test_example_file_lists_every_section_and_key() -> None:
+    """A section or key the config model accepts and the example does not show fails here."""
+    from keeper.config import KeeperConfig
+
+    model: dict[str, set[str]] = {}
+    for name, field in KeeperConfig.model_fields.items():
+        (section,) = [
+            t for t in (field.annotation, *getattr(field.annotation, "__args__", ()))
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]  # fmt: skip
+        model[name] = set(section.model_fields)
+    assert _example_keys() == model

@@ -28,7 +28,7 @@ from keeper.devnet import Anvil
 from keeper.fees import FeePolicy
 from keeper.orders import dev_matcher
 from keeper.signer import Signer
-from keeper.store import Decision, Store, TxStatus
+from keeper.store import Decision, DecisionOutcome, Store, TxStatus
 from keeper.transactions import TxManager
 from tests.conftest import LOG_DIR
 
@@ -300,7 +300,8 @@ def test_simulation_revert_is_recorded_and_backs_off(fresh: World, tmp_path: Pat
     report = core.on_block(stale, {acc["naked"]}, [acc["naked"]], market_changed=False)
     assert report.actions_sent == [] and report.skipped == {"simulation_reverted": 1}
     (row,) = [d for d in store.decisions_for(str(acc["naked"])) if d.action == "liquidate"]
-    assert row.outcome is not None and "StaleAccountNonce" in row.outcome
+    assert row.outcome == DecisionOutcome.SIMULATION_REVERTED
+    assert row.outcome_detail is not None and "StaleAccountNonce" in row.outcome_detail
     assert row.backoff_until == stale.block.number + 2 and row.action_key is None
     assert store.transactions(txm.signer.address) == []
     # Backed off: the same block again is not simulated, let alone sent.
@@ -336,7 +337,7 @@ def test_refused_send_releases_the_key_and_retries_after_backoff(
     report = core.on_block(view, set(), [acc["naked"]], market_changed=False)
     assert report.skipped == {"send_failed": 1} and report.actions_sent == []
     (row,) = [d for d in store.decisions_for(str(acc["naked"])) if d.action == "liquidate"]
-    assert row.action_key is None and row.outcome and row.outcome.startswith("send_failed")
+    assert row.action_key is None and row.outcome == DecisionOutcome.SEND_FAILED
     assert row.backoff_until == view.block.number + 2
     # Funded, and past the back-off: the same action goes out.
     fresh.w3.eth.wait_for_transaction_receipt(
@@ -359,7 +360,7 @@ def test_unprofitable_is_skipped_and_recorded(fresh: World, tmp_path: Path) -> N
     assert report.actions_sent == [f"flag:{acc['thin']}:{nonces(fresh)['thin']}"]
     assert report.skipped == {"unprofitable": 1}
     (row,) = [d for d in store.decisions_for(str(acc["naked"])) if d.action == "liquidate"]
-    assert row.outcome is not None and row.outcome.startswith("unprofitable")
+    assert row.outcome == DecisionOutcome.UNPROFITABLE and row.outcome_detail is not None
     assert row.action_key is None and row.expected_gas_cost is not None
     settle(fresh, txm, store)
     again = core.on_block(chain.view(), set(), acc.values(), market_changed=True)

@@ -38,7 +38,7 @@ from keeper.devnet.market_script import PHASES, phase_plan
 from keeper.replay.cli import run as run_replay
 from keeper.replay.compare import not_about_an_account
 from keeper.replay.report import read_report
-from keeper.store import Decision, Store, Transaction
+from keeper.store import Decision, DecisionOutcome, Store, Transaction
 from tests.conftest import LOG_DIR
 
 pytestmark = pytest.mark.anvil
@@ -165,7 +165,7 @@ def test_summary_agrees_with_database_and_chain(demo: DemoRun, node: Anvil) -> N
     # Every transaction the keeper sent succeeded and is final; none refused at broadcast.
     assert demo.txs and s["transactions"] == {"final": len(demo.txs)}
     assert all(t.final and t.status == "final" for t in demo.txs)
-    assert not [d.outcome for d in demo.decisions if (d.outcome or "").startswith("send_failed")]
+    assert not [d for d in demo.decisions if d.outcome == DecisionOutcome.SEND_FAILED]
     for t in demo.txs:
         receipt = w3.eth.get_transaction_receipt(t.mined_hash)  # type: ignore[arg-type]
         assert receipt["status"] == 1 and receipt["blockNumber"] == t.block_number
@@ -177,8 +177,9 @@ def test_summary_agrees_with_database_and_chain(demo: DemoRun, node: Anvil) -> N
     assert settled and max(settled.values()) == 1
     # A simulation that reverted may only be the keeper racing its own settlement.
     for d in demo.decisions:
-        if (d.outcome or "").startswith("simulation_reverted"):
-            assert "InstrumentAlreadySettled" in d.outcome and settled[d.instrument] == 1
+        if d.outcome == DecisionOutcome.SIMULATION_REVERTED:
+            assert "InstrumentAlreadySettled" in (d.outcome_detail or "")
+            assert settled[d.instrument] == 1
     # Every dated instrument expired and was settled by the keeper.
     dated = [i["id"] for i in demo.deployment.instruments if i["expiry"]]
     assert sorted(settled) == sorted(dated)

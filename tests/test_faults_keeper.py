@@ -44,7 +44,14 @@ from keeper.devnet import Anvil
 from keeper.devnet.market import SeededMarket, seed_market
 from keeper.service import KeeperService
 from keeper.store import Store
-from keeper.store.models import AttemptStatus, Decision, Transaction, TxAttempt, TxStatus
+from keeper.store.models import (
+    AttemptStatus,
+    Decision,
+    DecisionOutcome,
+    Transaction,
+    TxAttempt,
+    TxStatus,
+)
 from tests.conftest import LOG_DIR
 
 pytestmark = pytest.mark.anvil
@@ -333,7 +340,8 @@ def test_reorg_that_orphans_the_crash_itself(fresh: World, tmp_path: Path) -> No
         for t in reverted:  # e.g. NotLiquidatable, HasOpenPositions (a bad-debt resolution)
             assert re.fullmatch(r"[A-Z]\w+\(.*\) \(replayed.*\)", t.revert_reason or ""), t
             d = decisions[t.decision_id]  # the key given back, the record kept
-            assert d.action_key is None and d.outcome == f"reverted: {t.revert_reason}"
+            assert d.action_key is None and d.outcome == DecisionOutcome.REVERTED
+            assert d.outcome_detail == t.revert_reason
         assert w.events("Liquidation", base + 1) == [] and w.events("MarginCall", base + 1) == []
 
         since = w.w3.eth.block_number + 1
@@ -440,7 +448,8 @@ def test_competitor_liquidates_first_in_the_same_block(fresh: World, tmp_path: P
             assert t.revert_reason.startswith("StaleAccountNonce("), t.revert_reason
             assert t.revert_reason.endswith(" (replayed after its block)")
             d = keys[t.decision_id]
-            assert d.outcome == f"reverted: {t.revert_reason}" and d.action_key is None
+            assert d.outcome == DecisionOutcome.REVERTED and d.action_key is None
+            assert d.outcome_detail == t.revert_reason
         assert svc.actions["liquidate"] == len(rival)
     finally:
         svc.close()
@@ -512,7 +521,8 @@ def test_bad_oracle_answer_is_refused_by_keeper_and_contract(
         try:
             for a, d in latest.latest_decisions().items():
                 assert d.state == "no_price" and d.action == "none", a
-                assert d.outcome is not None and d.outcome.startswith(f"{error}(")
+                assert d.outcome == DecisionOutcome.NO_ACTION
+                assert d.outcome_detail is not None and d.outcome_detail.startswith(f"{error}(")
         finally:
             latest.close()
         # The contract refuses the same answer, with the same error.
@@ -692,7 +702,7 @@ def test_sigkill_at_each_step_then_restart(fresh: World, tmp_path: Path) -> None
     run_until_killed(cfg, "before_sign", tmp_path / "run2.log")
     got = rows(url)
     old = next(d for d in got.decisions if d.id == first.id)
-    assert old.action_key is None and (old.outcome or "").startswith("abandoned: ")
+    assert old.action_key is None and old.outcome == DecisionOutcome.ABANDONED
     (again,) = [d for d in got.decisions if d.action_key == first.action_key]
     (tx,) = got.txs
     assert tx.decision_id == again.id and tx.nonce == 0 and got.attempts == []

@@ -1,4 +1,4 @@
-"""Keeper bugs the soak run (scripts/soak.py) found, each pinned by a test on the real service,
+"""Keeper bugs the soak run (bench/soak.py) found, each pinned by a test on the real service,
 the real protocol and a real anvil (the e2e devnet of tests/test_keeper_e2e.py):
 
 - a lost record: the bounty of a final transaction was read in the one pass that saw it become
@@ -27,7 +27,7 @@ from keeper.deployment import bind
 from keeper.devnet.fault_proxy import FaultProxy
 from keeper.service import KeeperService
 from keeper.store import Store
-from keeper.store.models import Decision, Transaction
+from keeper.store.models import Decision, DecisionOutcome, Transaction
 from tests.test_keeper_e2e import ANVIL_KEY_1, KEY_ENV, Devnet, _drive, _rows, devnet
 
 pytestmark = pytest.mark.anvil
@@ -171,12 +171,12 @@ def test_rpc_fault_in_simulation_is_no_revert(devnet: Devnet, url: str, proxy: F
         service.tick()  # the first action's gas estimate fails: the block job fails
         assert proxy.counts["http_500"] == 1
         decisions, txs = _rows(url)
-        assert not [d for d in decisions if (d.outcome or "").startswith("simulation_reverted")]
+        assert not [d for d in decisions if d.outcome == DecisionOutcome.SIMULATION_REVERTED]
         assert all(d.backoff_until is None for d in decisions)
         _drive(service, net, 4)  # the next runs act
         decisions, txs = _rows(url)
         assert any(t.status == "final" for t in txs)
-        assert not [d for d in decisions if "Rpc" in (d.outcome or "")]
+        assert not [d for d in decisions if "Rpc" in (d.outcome_detail or "")]
     finally:
         service.close()
 

@@ -91,7 +91,8 @@ confirmations = 1
                 Decision(block_number=1, block_hash="0x" + "00" * 32, account=signer.address,
                          inputs_digest="0x" + "00" * 32, loss_matrix={"ETH": [1, -2]},
                          requirement=1, initial_margin=1, equity=0, state="liquidatable",
-                         action="liquidate", outcome=f"simulated with key {KEY_HEX} via {rpc}")
+                         action="liquidate", outcome="simulation_reverted",
+                         outcome_detail=f"simulated with key {KEY_HEX} via {rpc}")
             )  # fmt: skip
             bad = m.submit(to=harness.address, data=data, gas_limit=100_000, decision_id=d.id)
             # A transaction the node refuses (gas below intrinsic): the error is recorded.

@@ -1,4 +1,4 @@
-"""The soak run, short (scripts/soak.py runs it for 10 minutes): the real keeper behind a
+"""The soak run, short (bench/soak.py runs it for 10 minutes): the real keeper behind a
 fault-injecting RPC on a real anvil with the demo market (12 accounts, one cycle of drift, vol
 spike, crash, recovery and expiry). No duplicate, no lost record, the keeper alive, faults
 injected, decisions made and at least one liquidation carried out on chain.

@@ -229,7 +229,9 @@ def test_free_text_is_scrubbed_before_it_is_written(store: Store) -> None:
     secret = "0x" + "5e" * 32
     register_secret(secret)
     try:
-        d = store.add_decision(a_decision(outcome=f"reverted while signing with {secret}"))
+        d = store.add_decision(
+            a_decision(outcome="reverted", outcome_detail=f"reverted while signing with {secret}")
+        )
         store.set_next_nonce(SENDER, 0)
         tx = store.insert_transaction(a_tx(d.id))
         store.update_transaction(tx.id, revert_reason=f"err {secret[2:].upper()}")  # type: ignore[arg-type]

@@ -23,7 +23,15 @@ from sqlalchemy import Column, Connection, Engine, Table, inspect, text
 from sqlmodel import SQLModel
 
 from keeper.secrets import RedactedError
-from keeper.store import Decision, SchemaVersionMismatch, Store, Transaction, TxStatus, migrate
+from keeper.store import (
+    Decision,
+    DecisionOutcome,
+    SchemaVersionMismatch,
+    Store,
+    Transaction,
+    TxStatus,
+    migrate,
+)
 from keeper.store.db import make_engine
 from keeper.store.migrate import (
     BASELINE,
@@ -402,6 +410,7 @@ def test_store_from_before_alembic_is_upgraded_in_place(store_url: str, engine: 
         assert d.requirement == 2**200 + 1 and d.equity == BIG
         assert d.loss_matrix == {"ETH": [0, BIG]} and d.witness == {"ETH": 3}
         assert d.created_at == MOMENT and d.backoff_until == 105
+        assert (d.outcome, d.outcome_detail) == (DecisionOutcome.SENT, None)
         tx = st.transaction_for_decision(d.id)
         assert tx is not None and tx.status == TxStatus.FINAL and tx.bounty == 3 * WAD
         assert tx.id is not None
@@ -466,6 +475,70 @@ def test_downgrade_to_the_baseline_gives_the_legacy_schema_back(
     with Store.open(store_url) as st:
         assert st.schema_revision() == head()
         assert len(st.decisions_for(str(2**255))) == 1
+
+
+#: Outcome texts as the keeper wrote them before revision 0003 (kind and detail in one text),
+#: and the kind and detail the revision splits each into.
+OLD_OUTCOMES: list[tuple[str | None, str | None, str | None]] = [
+    ("sent", "sent", None),
+    ("dry_run", "dry_run", None),
+    ("backoff: skipped", "backoff", None),
+    ("duplicate: liquidate:7:1 already sent", "duplicate", "liquidate:7:1 already sent"),
+    ("in_flight: transaction 3 has no receipt yet", "in_flight",
+     "transaction 3 has no receipt yet"),
+    ("simulation_reverted: StaleAccountNonce(7, 1, 2)", "simulation_reverted",
+     "StaleAccountNonce(7, 1, 2)"),
+    ("unprofitable: profit -5 < min_profit 0", "unprofitable", "profit -5 < min_profit 0"),
+    ("send_failed: SendError: nonce too low: 3", "send_failed", "SendError: nonce too low: 3"),
+    ("abandoned: no transaction was stored (was: sent)", "abandoned",
+     "no transaction was stored (was: sent)"),
+    ("sent; the flag was cleared since: key released", "flag_cleared", "was: sent"),
+    ("reverted: NotLiquidatable()", "reverted", "NotLiquidatable()"),
+    ("reverted: no reason", "reverted", "no reason"),
+    # Assessment notes on records without action: a text no kind starts.
+    ("loan: no live position and equity >= 0", "no_action",
+     "loan: no live position and equity >= 0"),
+    ("StalePrice(updated_at=1, now=99, max_age=60)", "no_action",
+     "StalePrice(updated_at=1, now=99, max_age=60)"),
+    (None, None, None),
+]  # fmt: skip
+
+
+def _insert_old_decisions(conn: Connection, account: str) -> None:
+    """Decision rows at revision 0002 (one text column ``outcome``), one per ``OLD_OUTCOMES``."""
+    for i, (outcome, _, _) in enumerate(OLD_OUTCOMES):
+        conn.execute(
+            text(
+                "INSERT INTO decision (created_at, block_number, block_hash, account,"
+                " inputs_digest, loss_matrix, requirement, initial_margin, equity, state,"
+                " action, outcome) VALUES (:t, :b, :h, :a, :h, '[]', '0', '0', '0',"
+                " 'liquidatable', 'liquidate', :o)"
+            ),
+            {"t": _moment(conn), "b": 100 + i, "h": h(100 + i), "a": account, "o": outcome},
+        )
+
+
+def test_outcome_texts_are_split_into_kind_and_detail(store_url: str, engine: Engine) -> None:
+    """Revision 0003 splits every stored outcome text into a ``DecisionOutcome`` and its
+    detail, read back through the models; downgrading joins them into the same texts."""
+    account = str(2**255 + 1)
+    Store.open(store_url).close()
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0002")
+        _insert_old_decisions(conn, account)
+    with Store.open(store_url) as st:
+        assert st.schema_revision() == head()
+        rows = sorted(st.decisions_for(account), key=lambda d: d.block_number)
+    assert [(d.outcome, d.outcome_detail) for d in rows] == [(k, x) for _, k, x in OLD_OUTCOMES]
+    kinds = {d.outcome for d in rows if d.outcome is not None}
+    assert kinds == set(DecisionOutcome)  # every kind the keeper writes has an old text here
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0002")
+        texts = conn.execute(
+            text("SELECT outcome FROM decision WHERE account = :a ORDER BY block_number"),
+            {"a": account},
+        ).scalars()
+        assert list(texts) == [old for old, _, _ in OLD_OUTCOMES]
 
 
 def test_older_legacy_store_is_refused(store_url: str, engine: Engine) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from web3 import Web3
-from web3.types import RPCEndpoint
+from web3.types import RPCEndpoint, TxParams
 
 from keeper.deployment import Deployment, account_id, bind
 from keeper.orders import dev_matcher
@@ -49,9 +49,9 @@ def _reason(w3: Web3, tx_hash: Any) -> str:
     from keeper.chain.revert import decode_revert, revert_data_of
 
     tx = w3.eth.get_transaction(tx_hash)
-    call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
+    call: TxParams = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
     try:
-        w3.eth.call(call, tx["blockNumber"] - 1)  # type: ignore[arg-type]
+        w3.eth.call(call, tx["blockNumber"] - 1)
     except Exception as exc:
         return str(decode_revert(revert_data_of(exc) or b""))
     return "no revert when replayed"

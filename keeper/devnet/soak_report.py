@@ -72,7 +72,7 @@ def lag_stats(lags: list[int]) -> dict[str, float]:
 
 
 def format_report(r: SoakReport) -> str:
-    """The report as printed by scripts/soak.py (and kept in RELIABILITY.md)."""
+    """The report as printed by bench/soak.py (and kept in RELIABILITY.md)."""
     o = r.options
 
     def kv(d: dict[str, Any]) -> str:

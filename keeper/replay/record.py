@@ -35,7 +35,7 @@ from keeper.protocol.bounty import liquidation_payout
 from keeper.replay.compare import parse_account
 from keeper.replay.events import clearing_house_events
 from keeper.replay.mismatch import FieldDiff, Mismatch, normalise
-from keeper.store import Decision, Store, Transaction, TxAttempt, TxStatus
+from keeper.store import Decision, DecisionOutcome, Store, Transaction, TxAttempt, TxStatus
 from margin.errors import MarginError
 
 #: Blocks per JSON-RPC batch of eth_getBlockByNumber(full transactions).
@@ -57,8 +57,8 @@ UNDECIDED_FUNCTIONS = frozenset({"claimBounty"})
 #: Row statuses that claim the transaction is in the chain / never reached it.
 ON_CHAIN = frozenset({TxStatus.MINED, TxStatus.FINAL, TxStatus.REVERTED})
 OFF_CHAIN = frozenset({TxStatus.FAILED, TxStatus.DROPPED})
-#: Decision outcomes (their first word) that say a transaction was sent for it.
-SENT_OUTCOMES = ("sent", "reverted")
+#: Decision outcomes that say a transaction was sent for it.
+SENT_OUTCOMES = (DecisionOutcome.SENT, DecisionOutcome.REVERTED)
 
 
 @dataclass
@@ -165,7 +165,7 @@ def _rows(
                 col(Decision.block_number) >= first,
                 col(Decision.block_number) <= last,
                 col(Decision.action) != "none",
-                or_(*(col(Decision.outcome).like(f"{o}%") for o in SENT_OUTCOMES)),
+                col(Decision.outcome).in_(SENT_OUTCOMES),
             )
             .order_by(col(Decision.id))
         )
@@ -368,7 +368,7 @@ def check_record(
                     "missing_transaction",
                     d.block_number,
                     parse_account(d.account),
-                    f"{d.action} recorded as {(d.outcome or '').split(':', 1)[0]!r} "
+                    f"{d.action} recorded as {d.outcome!r} "
                     "but no tx row is recorded for it",
                     [FieldDiff("tx", "a tx row", None)],
                     d.id,

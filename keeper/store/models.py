@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from keeper.store.types import BigInt, ExactJSON, ScrubbedText, UTCDateTime, utcnow
@@ -38,6 +38,25 @@ class AttemptStatus(StrEnum):
     MINED = "mined"  # this hash is the one in the chain
     REPLACED = "replaced"  # another hash of the same nonce mined (settled only at finality)
     FAILED = "failed"  # the node refused it at broadcast
+
+
+class DecisionOutcome(StrEnum):
+    """What became of a decision (``decision.outcome``), one word; the particulars (a revert
+    reason, the profit that fell short, an assessment's note) are in ``outcome_detail``. A
+    quiet record (no action, nothing to say) has neither."""
+
+    NO_ACTION = "no_action"  # no action; the detail says why where one might be expected
+    BACKOFF = "backoff"  # the target is backed off after an earlier failure
+    DUPLICATE = "duplicate"  # the action's key was taken already (detail: the key)
+    IN_FLIGHT = "in_flight"  # a transaction for the target has no receipt yet
+    SIMULATION_REVERTED = "simulation_reverted"  # eth_call/estimateGas reverted (the reason)
+    UNPROFITABLE = "unprofitable"  # expected bounty minus gas below ``min_profit``
+    DRY_RUN = "dry_run"  # would have been sent: the keeper runs read-only
+    SENT = "sent"  # handed to the transaction manager with its key
+    SEND_FAILED = "send_failed"  # the send raised (detail: the error, scrubbed)
+    ABANDONED = "abandoned"  # key released: no transaction was ever stored for it
+    FLAG_CLEARED = "flag_cleared"  # key released: our flag landed and was cleared since
+    REVERTED = "reverted"  # key released: its transaction reverted on-chain (the reason)
 
 
 class IndexCursor(SQLModel, table=True):
@@ -82,11 +101,15 @@ class Decision(SQLModel, table=True):
     initial_margin: int = Field(sa_type=BigInt)
     equity: int = Field(sa_type=BigInt)
     witness: Any = Field(default=None, sa_column=Column(ExactJSON, nullable=True))
-    state: str = Field(max_length=32)  # healthy / margin_call / liquidatable / settleable
-    action: str = Field(max_length=32)  # none / flag / liquidate / settle / clear
+    #: A keeper.decisions.AccountState value ("expired" for an instrument's settlement).
+    state: str = Field(max_length=32)
+    action: str = Field(max_length=32)  # a keeper.decisions.ActionKind value, or "none"
     fraction: int | None = Field(default=None, sa_type=BigInt)  # WAD
     expected_bounty: int | None = Field(default=None, sa_type=BigInt)  # wei
-    outcome: str | None = Field(default=None, sa_type=ScrubbedText)
+    #: A ``DecisionOutcome`` value; the particulars in words are ``outcome_detail``. (A TEXT
+    #: column, as it was when it held both: no table rebuild on SQLite to narrow it.)
+    outcome: str | None = Field(default=None, sa_type=Text)
+    outcome_detail: str | None = Field(default=None, sa_type=ScrubbedText)
 
     # --- the decision loop's action records (keeper/core.py) -------------------------------
     # ``action_key`` is the idempotency key of a sent action (``flag:<account>:<nonce>``...):

@@ -5,7 +5,7 @@ Deploys the protocol, opens N accounts holding three ETH positions each (perp, c
 moves the ETH price K times, then replays the whole range through a counting HTTP proxy and
 prints blocks, decisions re-derived, HTTP round trips, JSON-RPC calls and seconds.
 
-    .venv/bin/python scripts/bench_replay.py [N] [K]      (default: 50 20)
+    .venv/bin/python -m bench.replay [N] [K]      (default: 50 20)
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def main() -> None:
         matcher, owner, bob = list(w3.eth.accounts)[:3]
 
         def send(fn: object, sender: str, gas: int = 5_000_000) -> None:
-            w3.eth.wait_for_transaction_receipt(fn.transact({"from": sender, "gas": gas}))  # type: ignore[attr-defined]
+            tx = fn.transact({"from": sender, "gas": gas})  # type: ignore[attr-defined]  # a bound contract function, typed loosely here
+            w3.eth.wait_for_transaction_receipt(tx)
 
         for who in (owner, bob):
             send(usdc.functions.mint(who, 10**15), who)
@@ -66,8 +67,8 @@ def main() -> None:
         print(result.verdict_line())
         print(
             f"{n} accounts, {k} oracle rounds: blocks {result.first}..{result.last}, "
-            f"{len(result.checked)} decisions re-derived and verified in {dt:.2f} s "
-            f"({len(result.checked) / dt:.0f} decisions/s), {proxy.requests} HTTP round trips, "
+            f"{result.decisions} decisions re-derived and verified in {dt:.2f} s "
+            f"({result.decisions / dt:.0f} decisions/s), {proxy.requests} HTTP round trips, "
             f"{proxy.calls} JSON-RPC calls"
         )
 

@@ -5,7 +5,7 @@ put), then for each N takes ``Chain.view().snapshot(N accounts)`` through a coun
 and prints the HTTP round trips (header fetch included), the eth_calls inside them, the time,
 and the time of the Python full checks of those accounts from the snapshot.
 
-    .venv/bin/python scripts/bench_chain_reads.py [N ...]      (default: 10 200)
+    .venv/bin/python -m bench.chain_reads [N ...]      (default: 10 200)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Indexer figures: a backfill's blocks/s and logs/s on anvil, SQLite and PostgreSQL.
 
-    .venv/bin/python scripts/bench_indexer.py [--rounds 40] [--traders 16] [--gap 10]
+    .venv/bin/python -m bench.indexer [--rounds 40] [--traders 16] [--gap 10]
         [--pg postgresql://postgres@127.0.0.1:5432/test]
 
 Builds a history on a fresh anvil (the protocol's deployment, then rounds of trades,

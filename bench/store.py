@@ -1,6 +1,6 @@
 """Store figures: decisions and transactions written per second, on SQLite and PostgreSQL.
 
-    .venv/bin/python scripts/bench_store.py [--n 500] [--pg postgresql://postgres@127.0.0.1:5432/test]
+    .venv/bin/python -m bench.store [--n 500] [--pg postgresql://postgres@127.0.0.1:5432/test]
 
 Each backend gets a fresh database (a temporary SQLite file; a temporary PostgreSQL schema,
 dropped after). Prints figures only; nothing is asserted.

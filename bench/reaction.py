@@ -6,7 +6,7 @@ initial margin), crashes the price in one transaction, waits for the keeper's Li
 that account, then restores the price. The keeper runs as the real service (KeeperService in a
 thread, SQLite store), polling the head by number.
 
-    .venv/bin/python scripts/bench_reaction.py --rounds 50 --block-time 1
+    .venv/bin/python -m bench.reaction --rounds 50 --block-time 1
 Prints p50/p99/max in blocks and milliseconds, plus RPC calls per processed block (the keeper
 talks to anvil through a counting proxy).
 """
@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 from web3 import Web3
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from web3.types import RPCEndpoint
 
 from bench.keeper_setup import bench_keeper_config
 from keeper.artifacts import ensure_built
@@ -47,7 +46,7 @@ def percentile(xs: list[float], p: float) -> float:
 
 def _anvil(w3: Web3, method: str, *params: object) -> object:
     """An anvil control call; an error answer is an error here, not a silently ignored dict."""
-    reply = w3.provider.make_request(method, list(params))  # type: ignore[arg-type]
+    reply = w3.provider.make_request(RPCEndpoint(method), list(params))
     if "error" in reply:
         raise RuntimeError(f"{method}{list(params)}: {reply['error']}")
     return reply.get("result")

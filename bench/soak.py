@@ -3,17 +3,14 @@ RPC proxy; prints faults injected and survived, decisions, actions, duplicates, 
 memory growth and lag (keeper/devnet/soak.py). Exit status 1 when a duplicate or a lost record
 is found or the keeper died.
 
-    .venv/bin/python scripts/soak.py --duration 600            (the 10-minute soak)
-    .venv/bin/python scripts/soak.py --duration 60 --accounts 12 --fault-rate 0.03 --json
+    .venv/bin/python -m bench.soak --duration 600            (the 10-minute soak)
+    .venv/bin/python -m bench.soak --duration 60 --accounts 12 --fault-rate 0.03 --json
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from keeper.devnet.soak import SOAK_FAULTS, SoakOptions, run_soak
 from keeper.devnet.soak_report import format_report, report_json

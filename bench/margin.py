@@ -3,7 +3,7 @@
 Prints the time to price the table (every instrument × scenario once per market state) and the
 per-account cost of the full check and of the witness check (integer aggregation only).
 
-    .venv/bin/python scripts/bench_margin.py [accounts] [instruments]
+    .venv/bin/python -m bench.margin [accounts] [instruments]
 """
 
 from __future__ import annotations
