@@ -176,6 +176,11 @@ class KeeperService:
         cfg = self.config
         assert cfg.signer is not None and self.chain is not None and self.store is not None
         signer = load_signer(cfg.signer)
+        relay = None
+        if cfg.relay is not None:
+            from keeper.relay import Relay
+
+            relay = Relay(cfg.relay)
         txm = TxManager(
             self.store,
             self.chain.w3,
@@ -184,6 +189,8 @@ class KeeperService:
             chain_id=cfg.rpc.chain_id,
             confirmations=cfg.decisions.confirmations,
             stuck_after_seconds=cfg.fees.stuck_after_seconds,
+            relay=relay,
+            on_relay=lambda event: self.metrics.relay.labels(event).inc(),
         )
         return txm, signer.address
 
