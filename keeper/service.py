@@ -6,7 +6,10 @@ transaction manager, indexer, decision core, metrics — and runs them as APSche
 - **block loop** (every ``decisions.block_poll_interval_seconds``): poll the head *by number*
   (no server-side filter that can silently disappear), index the new blocks (reorgs rolled
   back), re-margin the accounts they affect, act, follow open transactions; settle instruments
-  when a block passes an expiry;
+  when a block passes an expiry. With ``rpc.ws_url`` the head comes from an
+  ``eth_subscribe("newHeads")`` subscription instead (keeper.chain.heads; each new head also
+  runs the loop at once), and from a poll whenever the subscription is down, refused, or has
+  delivered nothing for ``HEAD_FRESH_SECONDS``;
 - **full sweep** (``decisions.sweep_interval_seconds``): every indexed account re-margined;
 - **consistency check** (``service.consistency_interval_seconds``): indexed state vs chain;
 - **settlement catch-up** (``service.settle_interval_seconds``);
@@ -68,6 +71,10 @@ EXIT_FATAL = 1
 EXIT_STALLED = 3
 #: How often the signer's balance and unclaimed bounty are read for the metrics.
 WALLET_INTERVAL_SECONDS = 60.0
+#: A subscribed head older than this is not trusted alone: the block loop polls (a silent
+#: subscription must not stall the keeper until the watchdog fires; on a chain with slower
+#: blocks this costs one poll per loop between blocks, as without a subscription).
+HEAD_FRESH_SECONDS = 15.0
 
 Recalibrator = Callable[["KeeperService"], None]
 
@@ -118,6 +125,7 @@ class KeeperService:
         self.indexer: Any = None
         self.core: Any = None
         self.address: str | None = None
+        self.heads: Any = None  # keeper.chain.heads.HeadSubscription with rpc.ws_url
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -134,6 +142,15 @@ class KeeperService:
         websocket = cfg.rpc.ws_url is not None
         self.chain = Chain.from_config(cfg.rpc, deployment, websocket=websocket)
         log.info("connected", extra={"transport": "websocket" if websocket else "http"})
+        if cfg.rpc.ws_url is not None:
+            from keeper.chain.heads import HeadSubscription
+
+            self.heads = HeadSubscription(
+                cfg.rpc.ws_url,
+                on_head=self._on_head,
+                on_subscribed=lambda _id: self.metrics.head_subscriptions.inc(),
+                timeout=cfg.rpc.timeout_seconds,
+            ).start()
         self.store = Store.open(cfg.store.url)
         if cfg.service.dry_run or cfg.signer is None:
             if not cfg.service.dry_run:
@@ -200,12 +217,28 @@ class KeeperService:
         """The block loop: one poll of the head; processes it when it is new."""
         return self._guard("block", self._tick)
 
+    def _on_head(self, head: BlockRef) -> None:
+        """A head from the subscription (its thread): run the block loop now, not at the next
+        poll interval."""
+        sched = self._scheduler
+        if sched is None or not sched.running:
+            return
+        try:
+            sched.modify_job("block", next_run_time=datetime.now(UTC))
+        except Exception:  # the scheduler shutting down: the head is simply not acted on
+            log.debug("block job not woken", extra={"block": head.number})
+
     def _tick(self) -> TickReport:
         assert self.chain is not None
-        head = self.chain.head()
+        head = self.heads.fresh_head(HEAD_FRESH_SECONDS) if self.heads is not None else None
+        source = "subscription"
+        last = self._last_processed
+        if head is not None and last is not None and head.number < last.number:
+            head = None  # behind what a poll found: a reorg to a lower head is polled too
+        if head is None:
+            head, source = self.chain.head(), "poll"
         self.metrics.head.set(head.number)
         # By hash, not number: a reorg to a chain of the same height is a new head too.
-        last = self._last_processed
         if last is not None and (head.number, head.hash) == (last.number, last.hash):
             # No new block, no new receipt: between blocks only the clock moves (a stuck
             # transaction's replacement), so open transactions are followed once a second
@@ -215,6 +248,7 @@ class KeeperService:
                 self._follow_transactions(head.number)
             self._watch(head)
             return TickReport(head.number, processed=False)
+        self.metrics.heads.labels(source).inc()
         return self._process(head)
 
     def _process(self, head: BlockRef, *, sweep: bool = False) -> TickReport:
@@ -561,6 +595,9 @@ class KeeperService:
         self._stop.set()
 
     def close(self) -> None:
+        if self.heads is not None:
+            self.heads.stop()
+            self.heads = None
         if self._server is not None:
             self._server.stop()
             self._server = None
