@@ -27,7 +27,7 @@ import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -129,6 +129,38 @@ class RpcConfig(_Section):
         # The URLs hold API keys: the model's repr shows them redacted.
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name in ("url", "ws_url") and value else value
+
+
+class RelayConfig(_Section):
+    """A private transaction relay (Flashbots-Protect-style JSON-RPC) for liquidations: the
+    signed transaction goes to the relay only, and to the public node when the relay has not
+    had it included after ``fallback_after_blocks`` (or refuses it, or cannot be reached)."""
+
+    #: The relay's JSON-RPC endpoint; an API key in it is treated like the RPC URL's.
+    url: str
+    #: ``eth_sendPrivateTransaction`` ({tx, maxBlockNumber, preferences}) or
+    #: ``eth_sendRawTransaction`` (the raw transaction, as to a node) at the relay URL.
+    method: Literal["eth_sendPrivateTransaction", "eth_sendRawTransaction"] = (
+        "eth_sendPrivateTransaction"
+    )
+    #: Blocks the relay has to include a transaction before the same signed bytes (same nonce)
+    #: are broadcast to the public node.
+    fallback_after_blocks: int = Field(default=25, ge=1, le=10_000)
+    #: Which actions go through the relay; the others go to the public node directly.
+    actions: tuple[Literal["liquidate", "flag", "resolve_bad_debt", "settle_account",
+                           "settle_instrument", "clear_flag"], ...] = ("liquidate",)  # fmt: skip
+    #: ``preferences.fast`` of eth_sendPrivateTransaction (share with every builder).
+    fast: bool = True
+    timeout_seconds: PositiveSeconds = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        return _check_url(v, ("http", "https"))
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "url" else value
 
 
 class DeploymentConfig(_Section):
@@ -327,6 +359,8 @@ class KeeperConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     indexer: IndexerConfig = IndexerConfig()
     service: ServiceConfig = ServiceConfig()
+    #: Optional private relay for liquidations (off when absent).
+    relay: RelayConfig | None = None
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -400,7 +434,8 @@ def load_config_data(
     except ValidationError as err:
         raise _validation_to_config_error(err) from None
     # From here on the RPC and store credentials are masked in every log line and error.
-    for url in (config.rpc.url, config.rpc.ws_url, config.store.url):
+    relay_url = config.relay.url if config.relay is not None else None
+    for url in (config.rpc.url, config.rpc.ws_url, config.store.url, relay_url):
         if url:
             register_url(url)
     return config

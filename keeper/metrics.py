@@ -89,6 +89,24 @@ class KeeperMetrics:
             registry=r,
         )
         self.reorgs = Counter("keeper_reorgs", "Reorganisations rolled back", registry=r)
+        self.relay = Counter(
+            "keeper_relay",
+            "Private relay events: submitted, refused (error or unreachable), fallback (the same "
+            "bytes broadcast to the public node), included (mined with no public broadcast)",
+            ["event"],
+            registry=r,
+        )
+        self.heads = Counter(
+            "keeper_heads",
+            "New heads learnt, by source: subscription (eth_subscribe newHeads) or poll",
+            ["source"],
+            registry=r,
+        )
+        self.head_subscriptions = Counter(
+            "keeper_head_subscriptions",
+            "eth_subscribe(newHeads) subscriptions made (the first, then one per reconnect)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

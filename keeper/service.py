@@ -6,7 +6,10 @@ transaction manager, indexer, decision core, metrics — and runs them as APSche
 - **block loop** (every ``decisions.block_poll_interval_seconds``): poll the head *by number*
   (no server-side filter that can silently disappear), index the new blocks (reorgs rolled
   back), re-margin the accounts they affect, act, follow open transactions; settle instruments
-  when a block passes an expiry;
+  when a block passes an expiry. With ``rpc.ws_url`` the head comes from an
+  ``eth_subscribe("newHeads")`` subscription instead (keeper.chain.heads; each new head also
+  runs the loop at once), and from a poll whenever the subscription is down, refused, or has
+  delivered nothing for ``HEAD_FRESH_SECONDS``;
 - **full sweep** (``decisions.sweep_interval_seconds``): every indexed account re-margined;
 - **consistency check** (``service.consistency_interval_seconds``): indexed state vs chain;
 - **settlement catch-up** (``service.settle_interval_seconds``);
@@ -41,6 +44,7 @@ from web3.logs import DISCARD
 
 from keeper.bounty import auto_claim
 from keeper.chain import Chain, ChainError
+from keeper.chain.heads import HeadSubscription
 from keeper.chain.rpc import BlockRef
 from keeper.config import KeeperConfig
 from keeper.core import BlockReport, KeeperCore
@@ -79,6 +83,10 @@ EXIT_STALLED = 3
 WALLET_INTERVAL_SECONDS = 60.0
 #: The ``from`` of a read-only keeper's simulations (it never signs).
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+#: A subscribed head older than this is not trusted alone: the block loop polls (a silent
+#: subscription must not stall the keeper until the watchdog fires; on a chain with slower
+#: blocks this costs one poll per loop between blocks, as without a subscription).
+HEAD_FRESH_SECONDS = 15.0
 
 Recalibrator = Callable[["KeeperService"], None]
 
@@ -151,6 +159,8 @@ class KeeperService:
         self._scheduler: BackgroundScheduler | None = None
         self._runtime: Runtime | None = None
         self._closed = False
+        #: New heads by subscription (keeper.chain.heads) when ``rpc.ws_url`` is set.
+        self.heads: HeadSubscription | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -194,7 +204,15 @@ class KeeperService:
     def open(self) -> None:
         """Connect and verify everything, catch up with the chain; raises on any mismatch
         before a single transaction is sent."""
+        cfg = self.config
         rt = self._runtime = self._build()
+        if cfg.rpc.ws_url is not None:
+            self.heads = HeadSubscription(
+                cfg.rpc.ws_url,
+                on_head=self._on_head,
+                on_subscribed=lambda _id: self.metrics.head_subscriptions.inc(),
+                timeout=cfg.rpc.timeout_seconds,
+            ).start()
         if rt.sender is not None:
             rt.sender.txm.start()
             # Reverts recorded by an earlier run that died before giving the key back.
@@ -250,6 +268,11 @@ class KeeperService:
                 log.warning("no [signer] configured: running read-only (assess and record)")
             return None
         signer = load_signer(cfg.signer)
+        relay = None
+        if cfg.relay is not None:
+            from keeper.relay import Relay
+
+            relay = Relay(cfg.relay)
         txm = TxManager(
             store,
             chain.w3,
@@ -258,6 +281,8 @@ class KeeperService:
             chain_id=cfg.rpc.chain_id,
             confirmations=cfg.decisions.confirmations,
             stuck_after_seconds=cfg.fees.stuck_after_seconds,
+            relay=relay,
+            on_relay=lambda event: self.metrics.relay.labels(event).inc(),
         )
         return Sender(txm, signer.address)
 
@@ -267,12 +292,28 @@ class KeeperService:
         """The block loop: one poll of the head; processes it when it is new."""
         return self._guard("block", self._tick)
 
+    def _on_head(self, head: BlockRef) -> None:
+        """A head from the subscription (its thread): run the block loop now, not at the next
+        poll interval."""
+        sched = self._scheduler
+        if sched is None or not sched.running:
+            return
+        try:
+            sched.modify_job("block", next_run_time=datetime.now(UTC))
+        except Exception:  # the scheduler shutting down: the head is simply not acted on
+            log.debug("block job not woken", extra={"block": head.number})
+
     def _tick(self) -> TickReport:
         rt = self.runtime
-        head = rt.chain.head()
+        head = self.heads.fresh_head(HEAD_FRESH_SECONDS) if self.heads is not None else None
+        source = "subscription"
+        last = self._last_processed
+        if head is not None and last is not None and head.number < last.number:
+            head = None  # behind what a poll found: a reorg to a lower head is polled too
+        if head is None:
+            head, source = rt.chain.head(), "poll"
         self.metrics.head.set(head.number)
         # By hash, not number: a reorg to a chain of the same height is a new head too.
-        last = self._last_processed
         if last is not None and (head.number, head.hash) == (last.number, last.hash):
             # No new block, no new receipt: between blocks only the clock moves (a stuck
             # transaction's replacement), so open transactions are followed once a second
@@ -282,6 +323,7 @@ class KeeperService:
                 self._follow_transactions(rt.sender, head.number)
             self._watch(head)
             return TickReport(head.number, processed=False)
+        self.metrics.heads.labels(source).inc()
         return self._process(head)
 
     def _process(self, head: BlockRef, *, sweep: bool = False) -> TickReport:
@@ -630,6 +672,9 @@ class KeeperService:
         self._stop.set()
 
     def close(self) -> None:
+        if self.heads is not None:
+            self.heads.stop()
+            self.heads = None
         if self._server is not None:
             self._server.stop()
             self._server = None

@@ -15,11 +15,21 @@ submission of the same decision fail in the database, whatever the process histo
 - no receipt and the chain's nonce moved past it: another sender took the nonce (DROPPED);
 - no receipt for ``stuck_after_seconds``: a replacement with bumped fees (``FeePolicy.bump``),
   or a re-broadcast of the last hash when the cap leaves no room.
+
+Private submission (``relay``, keeper.relay): a transaction whose decision's action the relay
+takes is signed as usual and its bytes sent to the relay only (``Route.RELAY``), with a
+deadline of ``fallback_after_blocks`` blocks. Until the head reaches the deadline it is not
+replaced (a replacement would have to go public); at the deadline, or at once when the relay
+refuses it or cannot be reached, the same bytes go to the public node (``Route.RELAY_FALLBACK``):
+one nonce, so whichever copy is included, the effect happens once. From then on the usual
+rules (fee-bumped replacements, to the public node) apply. Inclusion is watched on the public
+node, by receipt, as for every transaction.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,9 +43,18 @@ from keeper.chain.revert import decode_revert, revert_data_of
 from keeper.fault_points import crash_point
 from keeper.fees import FeePolicy, Fees
 from keeper.nonces import NonceManager
+from keeper.relay import Relay, RelayError
 from keeper.secrets import RedactedError, redacting_errors, scrub
 from keeper.signer import Signer
-from keeper.store import AttemptStatus, Store, StoreError, Transaction, TxAttempt, TxStatus
+from keeper.store import (
+    AttemptStatus,
+    Route,
+    Store,
+    StoreError,
+    Transaction,
+    TxAttempt,
+    TxStatus,
+)
 from keeper.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -65,6 +84,8 @@ class TxManager:
         chain_id: int,
         confirmations: int,
         stuck_after_seconds: float,
+        relay: Relay | None = None,
+        on_relay: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.w3 = w3
@@ -74,6 +95,10 @@ class TxManager:
         self.confirmations = confirmations
         self.stuck_after = timedelta(seconds=stuck_after_seconds)
         self.nonces = NonceManager(store, w3, signer.address)
+        self.relay = relay
+        #: Told of every relay event: "submitted", "refused" (error or unreachable),
+        #: "fallback" (sent to the public node), "included" (mined without a public broadcast).
+        self.on_relay = on_relay or (lambda event: None)
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -90,7 +115,7 @@ class TxManager:
             assert tx.id is not None
             live = [a for a in self.store.attempts(tx.id) if a.status == AttemptStatus.SENT]
             if tx.status == TxStatus.PENDING and not live:
-                self._send_attempt(tx, self.fees.initial(self._base_fee()))
+                self._send_attempt(tx, self.fees.initial(self._base_fee()), self._private(tx))
             elif tx.status == TxStatus.PENDING:
                 self._broadcast(tx, live[-1], rebroadcast=True)  # the node may have lost it
 
@@ -125,7 +150,14 @@ class TxManager:
                 chain_id=self.chain_id,
             )
         )
-        return self._send_attempt(tx, self.fees.initial(self._base_fee()))
+        return self._send_attempt(tx, self.fees.initial(self._base_fee()), self._private(tx))
+
+    def _private(self, tx: Transaction) -> bool:
+        """Whether ``tx`` goes to the relay: its decision's action is one the relay takes."""
+        if self.relay is None or tx.decision_id is None:
+            return False
+        decision = self.store.decision(tx.decision_id)
+        return decision is not None and self.relay.takes(decision.action)
 
     def _base_fee(self) -> int:
         with redacting_errors(*_OWN_ERRORS):
@@ -148,7 +180,7 @@ class TxManager:
         )
         return signed.hash, signed.raw
 
-    def _send_attempt(self, tx: Transaction, fees: Fees) -> Transaction:
+    def _send_attempt(self, tx: Transaction, fees: Fees, private: bool = False) -> Transaction:
         assert tx.id is not None
         crash_point("before_sign")
         tx_hash, raw = self._sign(tx, fees)
@@ -158,6 +190,10 @@ class TxManager:
             assert known.id is not None
             self.store.update_attempt(known.id, status=AttemptStatus.SENT, error=None)
             return self._broadcast(tx, known)
+        until = None
+        if private:
+            assert self.relay is not None
+            until = int(self.w3.eth.block_number) + self.relay.fallback_after_blocks
         attempt = self.store.add_attempt(
             TxAttempt(
                 tx_id=tx.id,
@@ -165,6 +201,8 @@ class TxManager:
                 raw="0x" + raw.hex(),
                 max_fee_per_gas=fees.max_fee_per_gas,
                 max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+                route=Route.RELAY if private else Route.PUBLIC,
+                relay_until_block=until,
             )
         )
         log.info(
@@ -175,6 +213,7 @@ class TxManager:
                 "hash": tx_hash,
                 "max_fee_per_gas": fees.max_fee_per_gas,
                 "max_priority_fee_per_gas": fees.max_priority_fee_per_gas,
+                "route": attempt.route,
             },
         )
         return self._broadcast(tx, attempt)
@@ -185,6 +224,21 @@ class TxManager:
         """Send ``attempt``; ``rebroadcast`` when the node may already have (or have mined) it:
         a refusal then proves nothing about the attempt, so its status is left alone."""
         assert tx.id is not None and attempt.id is not None
+        if attempt.route == Route.RELAY:
+            assert attempt.relay_until_block is not None
+            if self.relay is not None:
+                try:
+                    self.relay.send(attempt.raw, attempt.relay_until_block)
+                except RelayError as exc:
+                    self.on_relay("refused")
+                    attempt = self._fall_back(tx, attempt, str(exc))
+                    return self._broadcast(tx, attempt, rebroadcast=rebroadcast)
+                self.on_relay("submitted")
+                return tx
+            # Relay since removed from the configuration: the public node it is.
+            attempt = self._fall_back(tx, attempt, "no relay configured any more")
+            rebroadcast = True
+        assert attempt.id is not None
         try:
             self.w3.eth.send_raw_transaction(HexStr(attempt.raw))
         except Web3RPCError as exc:
@@ -224,6 +278,17 @@ class TxManager:
             raise RedactedError(type(exc).__name__, message) from None
         crash_point("after_send")
         return tx
+
+    def _fall_back(self, tx: Transaction, attempt: TxAttempt, reason: str) -> TxAttempt:
+        """Mark a relayed attempt as going to the public node too (the caller broadcasts it).
+        Its stuck clock restarts: the public node has only had it from now."""
+        assert attempt.id is not None and tx.id is not None
+        log.warning(
+            "private relay: broadcasting to the public node",
+            extra={"tx_id": tx.id, "hash": attempt.hash, "reason": scrub(reason)},
+        )
+        self.on_relay("fallback")
+        return self.store.update_attempt(attempt.id, route=Route.RELAY_FALLBACK, sent_at=utcnow())
 
     def _node_has(self, tx_hash: str) -> bool:
         try:
@@ -335,6 +400,8 @@ class TxManager:
                 # Only now are the other hashes settled as replaced: before finality, a reorg
                 # could still bring any of them in instead.
                 self.store.settle_attempts(tx_id, attempt.hash)
+                if attempt.route == Route.RELAY:
+                    self.on_relay("included")
                 log.info(
                     "transaction final",
                     extra={"tx_id": tx_id, "hash": attempt.hash, "status": status},
@@ -378,6 +445,13 @@ class TxManager:
         if not live:
             return self._send_attempt(tx, self.fees.initial(self._base_fee()))
         last = live[-1]
+        if last.route == Route.RELAY:
+            # Held by the relay: no replacement (it would have to go public) until the deadline.
+            assert last.relay_until_block is not None
+            if head < last.relay_until_block:
+                return tx
+            reason = f"not included by block {last.relay_until_block}"
+            return self._broadcast(tx, self._fall_back(tx, last, reason), rebroadcast=True)
         if now - last.sent_at < self.stuck_after:
             return tx
         old = Fees(last.max_fee_per_gas, last.max_priority_fee_per_gas)

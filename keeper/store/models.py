@@ -59,6 +59,14 @@ class DecisionOutcome(StrEnum):
     REVERTED = "reverted"  # key released: its transaction reverted on-chain (the reason)
 
 
+class Route(StrEnum):
+    """How one attempt was broadcast."""
+
+    PUBLIC = "public"  # to the node the keeper reads from
+    RELAY = "relay"  # to the private relay only
+    RELAY_FALLBACK = "relay_public"  # to the relay, then (not included in time) to the public node
+
+
 class IndexCursor(SQLModel, table=True):
     """How far one event stream is indexed: the last block fully processed, with its hash."""
 
@@ -180,6 +188,11 @@ class TxAttempt(SQLModel, table=True):
     sent_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     status: str = Field(default=AttemptStatus.SENT, max_length=16)
     error: str | None = Field(default=None, sa_type=ScrubbedText)
+    #: Where these bytes were broadcast (``Route``): the public node, a private relay, or the
+    #: relay first and the public node after (the same bytes: one nonce, one effect).
+    route: str = Field(default="public", max_length=16)
+    #: A relayed attempt goes to the public node once the head reaches this block.
+    relay_until_block: int | None = Field(default=None, sa_type=BigInteger)
 
 
 class NonceState(SQLModel, table=True):
