@@ -42,6 +42,7 @@ from keeper.devnet.rpc_proxy import CountingProxy
 from keeper.orders import dev_matcher
 from margin.errors import MarketLengthMismatch
 from margin.fixed_point import mul_down, mul_up
+from margin.requirement import HEALTHY, LIQUIDATABLE
 
 WAD = 10**18
 USDC = 10**6
@@ -314,7 +315,7 @@ def test_stale_feed_raises_oracle_libs_error(
     assert lenient.spots[0] == 3000 * WAD
     # Cash-only accounts read no oracle at all, as on chain.
     f = seeded.accounts["flat"]
-    assert view.snapshot([f]).full_check(f).state == 0
+    assert view.snapshot([f]).full_check(f).state == HEALTHY
 
 
 def test_view_stays_pinned_to_its_block(seeded: Seeded, chain: Chain, w3: Web3) -> None:
@@ -477,7 +478,7 @@ def test_lenient_market_matches_flag_and_liquidate_on_stale_prices(
     table = snap.table(inp.market)
     witness = table.full_check(inp.portfolio).witness
     r = table.witness_check(inp.portfolio, witness)
-    assert r.state == 2
+    assert r.state == LIQUIDATABLE
     penalty_rate, bounty_share, _, min_bounty, max_bounty = snap.liquidation_config
     full_penalty = mul_up(mul_up(r.requirement, WAD), penalty_rate)
     penalty = min(full_penalty, max(r.equity, 0))

@@ -30,6 +30,7 @@ from keeper.deployment import (
 from keeper.devnet import Anvil
 from keeper.orders import dev_matcher
 from margin.params import STABLE, AssetParams, RiskParams, span_like
+from margin.requirement import LIQUIDATABLE
 
 WAD = 10**18
 
@@ -108,7 +109,7 @@ def test_deposit_trade_price_move_liquidation(deployment: Deployment, w3: Web3) 
     _refresh(w3, eth_vol)
     result = ch.functions.marginOf(a).call()
     equity, requirement, state, witness = result[0], result[1], result[5], result[7]
-    assert state == 2 and equity < requirement
+    assert state == LIQUIDATABLE and equity < requirement
     nonce = ch.functions.accountState(a).call()[0]
     token_before = usdc.functions.balanceOf(ch.address).call()
     receipt = _send(w3, ch.functions.liquidate(a, nonce, witness, WAD), liquidator)

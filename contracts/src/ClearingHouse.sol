@@ -303,7 +303,7 @@ contract ClearingHouse is ClearingHouseBase {
             Market memory m;
             (m, stale) = _readMarket(pf, true);
             r = _verify(pf, m);
-            healthy = open && !stale && r.state == 0;
+            healthy = open && !stale && r.state == 0; // PortfolioMargin.HEALTHY
         }
         if (healthy) {
             if (accountState[account].flaggedAt != 0) {
@@ -333,6 +333,8 @@ contract ClearingHouse is ClearingHouseBase {
         if (s.flaggedAt != 0) revert AlreadyFlagged(account, s.flaggedAt);
         (Portfolio memory pf,) = _loadPortfolio(account);
         MarginResult memory r = verifier.witnessCheck(pf, _market(pf, true), riskParams(), witness);
+        // r.state: PortfolioMargin.HEALTHY 0, MARGIN_CALL 1, LIQUIDATABLE 2. Literals here: the
+        // named constants moved this contract's gas (liquidate +3, withdraw +1, flag -2).
         if (r.state == 0) revert AccountNotBelowInitialMargin(account, r.equity, r.initialMargin);
         accountState[account].flaggedAt = uint64(block.timestamp);
         emit MarginCall(account, msg.sender, nonce, r.equity, r.initialMargin, block.timestamp + liquidationConfig.gracePeriod);
@@ -394,6 +396,7 @@ contract ClearingHouse is ClearingHouseBase {
         {
             uint64 flaggedAt = accountState[account].flaggedAt;
             bool graceOver = flaggedAt != 0 && block.timestamp >= uint256(flaggedAt) + liquidationConfig.gracePeriod;
+            // LIQUIDATABLE, or MARGIN_CALL after the grace period
             if (!(r.state == 2 || (r.state == 1 && graceOver))) {
                 revert NotLiquidatable(account, r.equity, r.requirement, r.initialMargin);
             }

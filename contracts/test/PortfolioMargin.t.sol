@@ -503,3 +503,132 @@ contract ValidationFastPathTest is MarginFixtures {
         }
     }
 }
+
+/// @notice The struct field offsets that PortfolioMargin's assembly reads (RP_*, UP_*, EM_*,
+/// AP_*, MK_*, POS_*) against the compiler's memory layout: each struct is written with a
+/// distinct value per field and every field is read back through its constant.
+contract PortfolioMarginLayoutTest is TestBase {
+    function test_structOffsets() public pure {
+        ExtendedMove[] memory ext = new ExtendedMove[](1);
+        ext[0] = ExtendedMove(-11, 2, 13);
+        UnderlyingParams memory u = UnderlyingParams(101, 102, 103, 104, 105, 106, 107, ext, 108, 109, 110);
+        assertEq(_word(_ptr(u), 0), 101, "offset 0");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_MOVE_STEPS), 102, "UP_MOVE_STEPS");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_VOL_SHIFT_BASE), 103, "UP_VOL_SHIFT_BASE");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_VOL_REF_TIME), 104, "UP_VOL_REF_TIME");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_VOL_MIN_TIME), 105, "UP_VOL_MIN_TIME");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_VOL_EXPONENT), 106, "UP_VOL_EXPONENT");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_VOL_FLOOR), 107, "UP_VOL_FLOOR");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_EXTENDED), _ptr(ext), "UP_EXTENDED");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_SHORT_OPTION_CHARGE), 108, "UP_SHORT_OPTION_CHARGE");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_CALENDAR_CHARGE), 109, "UP_CALENDAR_CHARGE");
+        assertEq(_word(_ptr(u), PortfolioMargin.UP_VEGA_CHARGE), 110, "UP_VEGA_CHARGE");
+
+        ExtendedMove memory e = ext[0];
+        assertEq(_word(_ptr(e), 0), uint256(type(uint256).max - 10), "offset 0"); // -11 as a word
+        assertEq(_word(_ptr(e), PortfolioMargin.EM_VOL_STATE), 2, "EM_VOL_STATE");
+        assertEq(_word(_ptr(e), PortfolioMargin.EM_WEIGHT), 13, "EM_WEIGHT");
+
+        AssetParams[] memory assets = new AssetParams[](1);
+        assets[0] = AssetParams(201, 202);
+        assertEq(_word(_ptr(assets[0]), 0), 201, "offset 0");
+        assertEq(_word(_ptr(assets[0]), PortfolioMargin.AP_UNDERLYING), 202, "AP_UNDERLYING");
+
+        UnderlyingParams[] memory us = new UnderlyingParams[](1);
+        us[0] = u;
+        RiskParams memory p = RiskParams(us, assets, 301, 302);
+        assertEq(_word(_ptr(p), 0), _ptr(us), "offset 0");
+        assertEq(_word(_ptr(p), PortfolioMargin.RP_ASSETS), _ptr(assets), "RP_ASSETS");
+        assertEq(_word(_ptr(p), PortfolioMargin.RP_CORRELATION_CREDIT), 301, "RP_CORRELATION_CREDIT");
+        assertEq(_word(_ptr(p), PortfolioMargin.RP_IM_FACTOR), 302, "RP_IM_FACTOR");
+
+        int256[] memory spots = new int256[](1);
+        int256[] memory vols = new int256[](1);
+        Market memory m = Market(401, 402, spots, vols);
+        assertEq(_word(_ptr(m), 0), 401, "offset 0");
+        assertEq(_word(_ptr(m), 0x20), 402, "offset 0x20");
+        assertEq(_word(_ptr(m), PortfolioMargin.MK_SPOTS), _ptr(spots), "MK_SPOTS");
+        assertEq(_word(_ptr(m), PortfolioMargin.MK_VOLS), _ptr(vols), "MK_VOLS");
+
+        Position memory q = Position(501, 2, 503, 504, 505, 506);
+        assertEq(_word(_ptr(q), 0), 501, "offset 0");
+        assertEq(_word(_ptr(q), PortfolioMargin.POS_KIND), 2, "POS_KIND");
+        assertEq(_word(_ptr(q), PortfolioMargin.POS_STRIKE), 503, "POS_STRIKE");
+        assertEq(_word(_ptr(q), PortfolioMargin.POS_EXPIRY), 504, "POS_EXPIRY");
+        assertEq(_word(_ptr(q), PortfolioMargin.POS_QUANTITY), 505, "POS_QUANTITY");
+        assertEq(_word(_ptr(q), PortfolioMargin.POS_ENTRY_PRICE), 506, "POS_ENTRY_PRICE");
+    }
+
+    /// @notice The margin states are ordered by severity (the keeper compares them with < / >).
+    function test_marginStates() public pure {
+        assertEq(uint256(PortfolioMargin.HEALTHY), 0, "HEALTHY");
+        assertEq(uint256(PortfolioMargin.MARGIN_CALL), 1, "MARGIN_CALL");
+        assertEq(uint256(PortfolioMargin.LIQUIDATABLE), 2, "LIQUIDATABLE");
+    }
+
+    function _word(uint256 ptr, uint256 off) private pure returns (uint256 v) {
+        assembly ("memory-safe") {
+            v := mload(add(ptr, off))
+        }
+    }
+
+    function _ptr(UnderlyingParams memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+
+    function _ptr(ExtendedMove memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+
+    function _ptr(ExtendedMove[] memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+
+    function _ptr(AssetParams memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+
+    function _ptr(AssetParams[] memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+
+    function _ptr(UnderlyingParams[] memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+
+    function _ptr(RiskParams memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+
+    function _ptr(int256[] memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+
+    function _ptr(Market memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+
+    function _ptr(Position memory x) private pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            r := x
+        }
+    }
+}

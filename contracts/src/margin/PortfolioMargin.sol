@@ -112,7 +112,7 @@ struct Market {
     int256[] vols; // implied vol per underlying
 }
 
-/// @notice state: 0 healthy, 1 margin call (equity < IM), 2 liquidatable (equity < MM).
+/// @notice state: PortfolioMargin.HEALTHY, MARGIN_CALL (equity < IM) or LIQUIDATABLE (equity < MM).
 struct MarginResult {
     int256 equity;
     int256 requirement;
@@ -164,6 +164,39 @@ library PortfolioMargin {
     uint8 internal constant VOL_UNCHANGED = 1;
     uint8 internal constant VOL_UP = 2;
 
+    // Margin states of MarginResult.state (margin/requirement.py: the same names).
+    uint8 internal constant HEALTHY = 0; // equity >= IM
+    uint8 internal constant MARGIN_CALL = 1; // MM <= equity < IM
+    uint8 internal constant LIQUIDATABLE = 2; // equity < MM
+
+    // Byte offsets of struct fields in memory, read by the assembly below: a memory struct is one
+    // 32-byte word per field in declaration order (a dynamic field holds a pointer), so a field
+    // at offset 0 is read as mload(struct). test/PortfolioMargin.t.sol (testStructOffsets)
+    // writes each struct and reads every field back through these offsets.
+    uint256 internal constant RP_ASSETS = 0x20; // RiskParams (underlyings at 0)
+    uint256 internal constant RP_CORRELATION_CREDIT = 0x40;
+    uint256 internal constant RP_IM_FACTOR = 0x60;
+    uint256 internal constant UP_MOVE_STEPS = 0x20; // UnderlyingParams (priceRange at 0)
+    uint256 internal constant UP_VOL_SHIFT_BASE = 0x40;
+    uint256 internal constant UP_VOL_REF_TIME = 0x60;
+    uint256 internal constant UP_VOL_MIN_TIME = 0x80;
+    uint256 internal constant UP_VOL_EXPONENT = 0xa0;
+    uint256 internal constant UP_VOL_FLOOR = 0xc0;
+    uint256 internal constant UP_EXTENDED = 0xe0;
+    uint256 internal constant UP_SHORT_OPTION_CHARGE = 0x100;
+    uint256 internal constant UP_CALENDAR_CHARGE = 0x120;
+    uint256 internal constant UP_VEGA_CHARGE = 0x140;
+    uint256 internal constant EM_VOL_STATE = 0x20; // ExtendedMove (move at 0)
+    uint256 internal constant EM_WEIGHT = 0x40;
+    uint256 internal constant AP_UNDERLYING = 0x20; // AssetParams (haircut at 0)
+    uint256 internal constant MK_SPOTS = 0x40; // Market (timestamp at 0)
+    uint256 internal constant MK_VOLS = 0x60;
+    uint256 internal constant POS_KIND = 0x20; // Position (underlying at 0)
+    uint256 internal constant POS_STRIKE = 0x40;
+    uint256 internal constant POS_EXPIRY = 0x60;
+    uint256 internal constant POS_QUANTITY = 0x80;
+    uint256 internal constant POS_ENTRY_PRICE = 0xa0;
+
     // ------------------------------------------------------------------ validation
 
     /// @notice Reverts with the first violated bound (the order of validateParamsInOrder); one
@@ -183,38 +216,38 @@ library PortfolioMargin {
         assembly ("memory-safe") {
             let us := mload(p)
             let nU := mload(us)
-            ok := iszero(gt(mload(add(p, 0x40)), MAX_CORRELATION_CREDIT))
-            ok := and(ok, iszero(gt(sub(mload(add(p, 0x60)), add(WAD, 1)), sub(MAX_IM_FACTOR, add(WAD, 1)))))
+            ok := iszero(gt(mload(add(p, RP_CORRELATION_CREDIT)), MAX_CORRELATION_CREDIT))
+            ok := and(ok, iszero(gt(sub(mload(add(p, RP_IM_FACTOR)), add(WAD, 1)), sub(MAX_IM_FACTOR, add(WAD, 1)))))
             ok := and(ok, lt(sub(nU, 1), MAX_UNDERLYINGS))
             for { let i := 0 } lt(i, nU) { i := add(i, 1) } {
                 let u := mload(add(add(us, 0x20), shl(5, i)))
                 ok := and(ok, lt(sub(mload(u), 1), MAX_PRICE_RANGE))
-                ok := and(ok, lt(sub(mload(add(u, 0x20)), 1), MAX_MOVE_STEPS))
-                ok := and(ok, iszero(gt(mload(add(u, 0x40)), MAX_VOL_SHIFT_BASE)))
-                let ref := mload(add(u, 0x60))
+                ok := and(ok, lt(sub(mload(add(u, UP_MOVE_STEPS)), 1), MAX_MOVE_STEPS))
+                ok := and(ok, iszero(gt(mload(add(u, UP_VOL_SHIFT_BASE)), MAX_VOL_SHIFT_BASE)))
+                let ref := mload(add(u, UP_VOL_REF_TIME))
                 ok := and(ok, lt(sub(ref, 1), maxVolTime))
-                ok := and(ok, lt(sub(mload(add(u, 0x80)), 1), ref))
-                ok := and(ok, iszero(gt(mload(add(u, 0xa0)), MAX_VOL_EXPONENT)))
-                ok := and(ok, iszero(gt(mload(add(u, 0xc0)), WAD)))
-                let ext := mload(add(u, 0xe0))
+                ok := and(ok, lt(sub(mload(add(u, UP_VOL_MIN_TIME)), 1), ref))
+                ok := and(ok, iszero(gt(mload(add(u, UP_VOL_EXPONENT)), MAX_VOL_EXPONENT)))
+                ok := and(ok, iszero(gt(mload(add(u, UP_VOL_FLOOR)), WAD)))
+                let ext := mload(add(u, UP_EXTENDED))
                 ok := and(ok, iszero(gt(mload(ext), MAX_EXTENDED)))
                 let end := add(add(ext, 0x20), shl(5, mload(ext)))
                 for { let it := add(ext, 0x20) } lt(it, end) { it := add(it, 0x20) } {
                     let e := mload(it)
                     ok := and(ok, iszero(gt(sub(mload(e), minExtendedMove), sub(MAX_EXTENDED_MOVE, minExtendedMove))))
-                    ok := and(ok, lt(mload(add(e, 0x20)), 3))
-                    ok := and(ok, iszero(gt(mload(add(e, 0x40)), WAD)))
+                    ok := and(ok, lt(mload(add(e, EM_VOL_STATE)), 3))
+                    ok := and(ok, iszero(gt(mload(add(e, EM_WEIGHT)), WAD)))
                 }
-                ok := and(ok, iszero(gt(mload(add(u, 0x100)), WAD)))
-                ok := and(ok, iszero(gt(mload(add(u, 0x120)), WAD)))
-                ok := and(ok, iszero(gt(mload(add(u, 0x140)), WAD)))
+                ok := and(ok, iszero(gt(mload(add(u, UP_SHORT_OPTION_CHARGE)), WAD)))
+                ok := and(ok, iszero(gt(mload(add(u, UP_CALENDAR_CHARGE)), WAD)))
+                ok := and(ok, iszero(gt(mload(add(u, UP_VEGA_CHARGE)), WAD)))
             }
-            let as := mload(add(p, 0x20))
+            let as := mload(add(p, RP_ASSETS))
             ok := and(ok, iszero(gt(mload(as), MAX_ASSETS)))
             let end := add(add(as, 0x20), shl(5, mload(as)))
             for { let it := add(as, 0x20) } lt(it, end) { it := add(it, 0x20) } {
                 let a := mload(it)
-                let au := mload(add(a, 0x20))
+                let au := mload(add(a, AP_UNDERLYING))
                 ok := and(ok, iszero(gt(mload(a), WAD)))
                 ok := and(ok, or(eq(au, stable), lt(au, nU)))
             }
@@ -268,8 +301,8 @@ library PortfolioMargin {
 
     function _marketInBounds(Market memory m, uint256 nU) private pure returns (bool ok) {
         assembly ("memory-safe") {
-            let spots := mload(add(m, 0x40))
-            let vols := mload(add(m, 0x60))
+            let spots := mload(add(m, MK_SPOTS))
+            let vols := mload(add(m, MK_VOLS))
             ok := and(eq(mload(spots), nU), eq(mload(vols), nU))
             for { let i := 0 } lt(i, nU) { i := add(i, 1) } {
                 let o := shl(5, add(i, 1))
@@ -309,13 +342,13 @@ library PortfolioMargin {
             let end := add(add(ps, 0x20), shl(5, n))
             for { let it := add(ps, 0x20) } lt(it, end) { it := add(it, 0x20) } {
                 let q := mload(it)
-                let kind := mload(add(q, 0x20))
-                let strike := mload(add(q, 0x40))
+                let kind := mload(add(q, POS_KIND))
+                let strike := mload(add(q, POS_STRIKE))
                 ok := and(ok, and(lt(mload(q), nU), lt(kind, 3)))
                 // options: 0 < strike <= MAX_PRICE, i.e. strike - 1 < MAX_PRICE as unsigned
                 ok := and(ok, or(iszero(kind), lt(sub(strike, 1), MAX_PRICE)))
-                ok := and(ok, iszero(gt(add(mload(add(q, 0x80)), MAX_QUANTITY), mul(2, MAX_QUANTITY))))
-                ok := and(ok, iszero(gt(add(mload(add(q, 0xa0)), MAX_PRICE), mul(2, MAX_PRICE))))
+                ok := and(ok, iszero(gt(add(mload(add(q, POS_QUANTITY)), MAX_QUANTITY), mul(2, MAX_QUANTITY))))
+                ok := and(ok, iszero(gt(add(mload(add(q, POS_ENTRY_PRICE)), MAX_PRICE), mul(2, MAX_PRICE))))
             }
             end := add(add(col, 0x20), shl(5, mload(col)))
             for { let it := add(col, 0x20) } lt(it, end) { it := add(it, 0x20) } {
@@ -917,7 +950,7 @@ library PortfolioMargin {
         r.requirement = total - r.credit + r.contingencies;
         r.initialMargin = r.requirement.mulUp(p.imFactor);
         r.equity = equity;
-        r.state = equity < r.requirement ? 2 : equity < r.initialMargin ? 1 : 0;
+        r.state = equity < r.requirement ? LIQUIDATABLE : equity < r.initialMargin ? MARGIN_CALL : HEALTHY;
     }
 
     /// @notice Short-option, calendar-basis and vega-offset charges, summed over underlyings.
@@ -969,20 +1002,20 @@ library PortfolioMargin {
             let lastRoot := 0
             for { let i := 0 } lt(i, n) { i := add(i, 1) } {
                 let q := mload(add(add(ps, 0x20), shl(5, i)))
-                let kind := mload(add(q, 0x20))
-                let amount := mload(add(q, 0x80))
+                let kind := mload(add(q, POS_KIND))
+                let amount := mload(add(q, POS_QUANTITY))
                 if kind {
-                    _insert(tabS, bits, or(or(shl(200, mload(q)), shl(192, kind)), mload(add(q, 0x40))), amount)
-                    let expiry := mload(add(q, 0x60))
+                    _insert(tabS, bits, or(or(shl(200, mload(q)), shl(192, kind)), mload(add(q, POS_STRIKE))), amount)
+                    let expiry := mload(add(q, POS_EXPIRY))
                     if iszero(eq(expiry, lastExpiry)) {
                         lastExpiry := expiry
                         lastRoot := _rootYears(expiry, ts)
                     }
                     amount := _mulDownWad(amount, lastRoot)
                 }
-                _insert(tabE, bits, or(or(shl(200, mload(q)), shl(192, add(1, iszero(iszero(kind))))), mload(add(q, 0x60))), amount)
+                _insert(tabE, bits, or(or(shl(200, mload(q)), shl(192, add(1, iszero(iszero(kind))))), mload(add(q, POS_EXPIRY))), amount)
             }
-            let spots := add(mload(add(m, 0x40)), 0x20)
+            let spots := add(mload(add(m, MK_SPOTS)), 0x20)
             let ups := add(mload(params), 0x20)
             // The short charge of each S group with a net short position.
             let list := add(tabS, shl(add(bits, 6), 1))
@@ -992,7 +1025,7 @@ library PortfolioMargin {
                 if slt(shortNet, 0) {
                     let u := shr(200, mload(slot))
                     let spot := mload(add(spots, shl(5, u)))
-                    let charge := mload(add(mload(add(ups, shl(5, u))), 0x100)) // shortOptionCharge
+                    let charge := mload(add(mload(add(ups, shl(5, u))), UP_SHORT_OPTION_CHARGE))
                     total := add(total, _mulUp(_mulUp(sub(0, shortNet), spot), charge))
                 }
             }
@@ -1016,9 +1049,9 @@ library PortfolioMargin {
                 let up := mload(add(ups, shl(5, u)))
                 let spot := mload(add(spots, shl(5, u)))
                 let offset := _min(mload(side), mload(add(side, 0x20)))
-                if offset { total := add(total, _mulUp(_mulUp(offset, spot), mload(add(up, 0x120)))) } // calendarCharge
+                if offset { total := add(total, _mulUp(_mulUp(offset, spot), mload(add(up, UP_CALENDAR_CHARGE)))) }
                 offset := _min(mload(add(side, 0x40)), mload(add(side, 0x60)))
-                if offset { total := add(total, _mulUp(_mulUp(offset, spot), mload(add(up, 0x140)))) } // vegaCharge
+                if offset { total := add(total, _mulUp(_mulUp(offset, spot), mload(add(up, UP_VEGA_CHARGE)))) }
             }
 
             /// net[key] += amount in the table at tab (2^bits slots of (key, net), then the list of
