@@ -34,27 +34,13 @@ from typing import Any
 from web3 import Web3
 
 from bench.keeper_setup import bench_keeper_config
+from bench.rpc_per_block import _pct, _wait_block
 from keeper.artifacts import ensure_built
 from keeper.chain import Chain
 from keeper.deployment import bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.venue import seed_venue
 from keeper.service import KeeperService
-
-
-def _wait_block(w3: Web3, after: int, timeout: float = 120.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        n = int(w3.eth.block_number)
-        if n > after:
-            return n
-        time.sleep(0.05)
-    raise TimeoutError(f"no block after {after} in {timeout} s")
-
-
-def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))] if xs else float("nan")
 
 
 def run(
@@ -102,16 +88,16 @@ def run(
 
         head = int(w3.eth.block_number)
         for _ in range(3):  # quiet blocks: the keeper holds the whole book
-            head = _wait_block(w3, head)
+            head = _wait_block(w3, head, 120.0)
             fresh_rounds(1.0)
-        head = _wait_block(w3, head)
+        head = _wait_block(w3, head, 120.0)
         reports0 = len(service.recent)
         fresh_rounds(1.0 - crash)
-        crash_block = _wait_block(w3, head)
+        crash_block = _wait_block(w3, head, 120.0)
         # Rounds keep coming every block, as on a live venue (the liquidation age bound).
         last = crash_block
         while last < crash_block + after:
-            last = _wait_block(w3, last)
+            last = _wait_block(w3, last, 120.0)
             fresh_rounds(1.0)
         deadline = time.monotonic() + 600
         while (service.health.last_block or 0) < last and time.monotonic() < deadline:
