@@ -158,10 +158,9 @@ def _claim(
     from web3.exceptions import ContractCustomError, ContractLogicError
     from web3.logs import DISCARD
 
-    from keeper.fees import FeePolicy
     from keeper.signer import load_signer
     from keeper.store import Store, TxStatus
-    from keeper.transactions import TxManager
+    from keeper.transactions import tx_manager_from_config
 
     assert cfg.signer is not None
     if status.claimable_units == 0:
@@ -177,15 +176,7 @@ def _claim(
     signer = load_signer(cfg.signer)
     store = Store.open(cfg.store.url)
     try:
-        txm = TxManager(
-            store,
-            chain.w3,
-            signer,
-            FeePolicy(cfg.fees),
-            chain_id=cfg.rpc.chain_id,
-            confirmations=cfg.decisions.confirmations,
-            stuck_after_seconds=cfg.fees.stuck_after_seconds,
-        )
+        txm = tx_manager_from_config(cfg, store, chain.w3, signer)
         if store.next_nonce(signer.address) is None:
             # First transaction of this address in this store (a running keeper sharing the
             # store has already reconciled it: its nonce row is left alone).

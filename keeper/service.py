@@ -50,13 +50,12 @@ from keeper.config import KeeperConfig
 from keeper.core import BlockReport, KeeperCore
 from keeper.decisions import DecisionPolicy
 from keeper.deployment import clearing_house_abi, load_deployment
-from keeper.fees import FeePolicy
 from keeper.indexer import Indexer, ReorgTooDeep, SyncResult
 from keeper.metrics import ACCOUNT_STATES, Health, KeeperMetrics, MetricsServer
 from keeper.secrets import scrub
 from keeper.signer import load_signer
 from keeper.store import Store, Transaction, TxStatus
-from keeper.transactions import TxManager
+from keeper.transactions import TxManager, tx_manager_from_config
 
 _T = TypeVar("_T")
 
@@ -273,14 +272,11 @@ class KeeperService:
             from keeper.relay import Relay
 
             relay = Relay(cfg.relay)
-        txm = TxManager(
+        txm = tx_manager_from_config(
+            cfg,
             store,
             chain.w3,
             signer,
-            FeePolicy(cfg.fees),
-            chain_id=cfg.rpc.chain_id,
-            confirmations=cfg.decisions.confirmations,
-            stuck_after_seconds=cfg.fees.stuck_after_seconds,
             relay=relay,
             on_relay=lambda event: self.metrics.relay.labels(event).inc(),
         )

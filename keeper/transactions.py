@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_typing import HexStr
 from web3 import Web3
@@ -56,6 +56,9 @@ from keeper.store import (
     TxStatus,
 )
 from keeper.store.types import utcnow
+
+if TYPE_CHECKING:
+    from keeper.config import KeeperConfig
 
 log = logging.getLogger(__name__)
 
@@ -487,3 +490,27 @@ class TxManager:
                     return scrub(f"{decode_revert(data)} ({label})")
                 return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
         return "reverted (replays before and after its block succeed: state-dependent revert)"
+
+
+def tx_manager_from_config(
+    cfg: KeeperConfig,
+    store: Store,
+    w3: Web3,
+    signer: Signer,
+    *,
+    relay: Relay | None = None,
+    on_relay: Callable[[str], None] | None = None,
+) -> TxManager:
+    """The transaction manager a configuration asks for (fees, chain id, confirmations, stuck
+    threshold); the service adds the private relay, a bounty claim sends publicly."""
+    return TxManager(
+        store,
+        w3,
+        signer,
+        FeePolicy(cfg.fees),
+        chain_id=cfg.rpc.chain_id,
+        confirmations=cfg.decisions.confirmations,
+        stuck_after_seconds=cfg.fees.stuck_after_seconds,
+        relay=relay,
+        on_relay=on_relay,
+    )
