@@ -8,7 +8,7 @@ then, at one block:
   check), N round trips;
 * engine: one batched snapshot read (keeper.chain, reported apart), then the exact margin of
   every account from it: the shared pricing table, and per account either
-  ``ScenarioTable.full_check`` or the packed exact engine of margin/sweep.py.
+  ``ScenarioTable.full_check`` or the packed exact engine of margin/tools/sweep.py.
 
 Every engine result is compared to the chain's to the wei before a figure is reported.
 Seeding sends its transactions in JSON-RPC batches (anvil mines each on arrival).
@@ -32,9 +32,9 @@ from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.market import model_marks
 from keeper.orders import dev_matcher
-from margin.book import Book
 from margin.requirement import ScenarioTable
-from margin.sweep import MarketPrep, Sweep, exact_account
+from margin.tools.book import Book
+from margin.tools.sweep import MarketPrep, Sweep, exact_account
 
 WAD = 10**18
 

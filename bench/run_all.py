@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from margin import synthetic
-from margin.book import Book
 from margin.requirement import ScenarioTable
-from margin.sweep import (
+from margin.tools import synthetic
+from margin.tools.book import Book
+from margin.tools.sweep import (
     MarketPrep,
     Sweep,
     exact_sweep,

@@ -1,8 +1,8 @@
 """The keeper's margin engine over the whole book: one bounded float pass, exact where it matters.
 
 ``BookEngine.assess(snap, accounts, policy)`` is the assess step of every block. It holds the
-book in the columnar form of ``margin.book.Book`` and, at each snapshot, prices it once in the
-snapshot's market (``margin.sweep.MarketPrep``) and classifies every account with the bounded
+book in the columnar form of ``margin.tools.book.Book`` and, at each snapshot, prices it once in the
+snapshot's market (``margin.tools.sweep.MarketPrep``) and classifies every account with the bounded
 float pass (``Sweep.bounded_states``, docs/sweep.md). An account's assessment comes from the
 float pass alone only when all of this holds:
 
@@ -40,11 +40,11 @@ import numpy as np
 
 from keeper.chain.view import OracleError, ProtocolSnapshot
 from keeper.decisions import AccountState, Assessment, DecisionPolicy, assess_account
-from margin.book import Book
 from margin.errors import MarginError
 from margin.portfolio import Market, Portfolio, validate_portfolio
 from margin.requirement import HEALTHY
-from margin.sweep import MarketPrep, Sweep
+from margin.tools.book import Book
+from margin.tools.sweep import MarketPrep, Sweep
 
 #: (state nonce, flaggedAt) of an account: equal values prove an unchanged book.
 AccountKey = tuple[int, int]

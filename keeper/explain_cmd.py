@@ -3,7 +3,9 @@ block, from chain data alone.
 
 The certificate lists every on-chain input with where it was read (contract, function, block;
 the oracle rounds by feed and round id), the engine's full check (the scenario losses per
-underlying, the witness, maintenance and initial margin, the state: margin.requirement.explain),
+underlying, the witness, maintenance and initial margin, the state, per position its mark,
+isolated requirement and Greeks: ``margin.tools.explain.explain``, the same report as
+``keeper margin``, its money figures exact decimal strings in units of 1e18 wei),
 and the exact ``eth_call`` that re-checks it on chain: ``MarginVerifier.fullCheck`` with the
 same inputs (to, data, block) must return the printed result, and ``ClearingHouse.marginOf``
 (the protocol builds its inputs itself) must return it too, or revert with the strict oracle
@@ -33,7 +35,8 @@ from keeper.replay.derive import Derivation, derive, used_feeds
 from keeper.replay.errors import ReplayInputError
 from keeper.replay.source import open_source, read_deployment
 from keeper.secrets import redact_url, register_url, scrub
-from margin.requirement import explain as margin_explain
+from margin.tools.explain import explain as margin_explain
+from margin.tools.loader import PortfolioFile
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_BUG = 0, 2, 70
 FORMATS = ("text", "json", "html")
@@ -59,8 +62,9 @@ def _calldata(fn: AbiFn, args: tuple[Any, ...]) -> str:
     return "0x" + (fn.selector + encode(list(fn.inputs), list(args))).hex()
 
 
-def _wad(x: int) -> str:
-    return f"{Decimal(x) / WAD:,.6f}"
+def _wad(x: int | str) -> str:
+    """A wei integer, or an exact decimal string in units (the engine report's figures)."""
+    return f"{(Decimal(x) if isinstance(x, str) else Decimal(x) / WAD):,.6f}"
 
 
 def certificate(chain: Chain, account: int, block: int) -> dict[str, Any]:
@@ -98,9 +102,19 @@ def certificate(chain: Chain, account: int, block: int) -> dict[str, Any]:
         cert["error"] = d.error
         cert["recheck"] = []
         return cert
-    cert["result"] = margin_explain(d.table, d.portfolio)
-    if d.engine_error is not None:
+    if d.engine_error is not None:  # the engine (and the verifier) reject these inputs
+        cert["result"] = None
         cert["error"] = d.error
+    else:
+        dep = chain.deployment
+        pfile = PortfolioFile(
+            d.market,
+            d.table.params,
+            d.portfolio,
+            tuple(u.get("symbol", f"U{u['index']}") for u in dep.underlyings),
+            tuple(a.get("symbol", f"A{a['index']}") for a in dep.assets),
+        )
+        cert["result"] = margin_explain(pfile, d.table)
     cert["recheck"] = _recheck(chain, d, ref.hash)
     return cert
 
@@ -286,21 +300,22 @@ def render_text(cert: dict[str, Any]) -> str:
         "full check (engine):",
         f"  state {res['state']}, equity {_wad(res['equity'])}, maintenance margin "
         f"{_wad(res['requirement'])}, initial margin {_wad(res['initial_margin'])}",
-        f"  contingencies {_wad(res['contingencies'])}, credit {_wad(res['credit'])}, "
+        f"  contingencies {_wad(res['contingencies'])}, credit "
+        f"{_wad(res['correlation_credit'])}, "
         f"witness {list(res['witness'])}",
     ]
     for u in res["underlyings"]:
-        if not u["vol"] and not any(s["loss"] for s in u["scenarios"]):
+        if u["vol"] == "0" and all(s["loss"] == "0" for s in u["scenarios"]):
             continue  # an underlying the account does not use
         lines.append(
             f"  underlying {u['index']}: spot {_wad(u['spot'])}, vol {_wad(u['vol'])}, loss "
-            f"{_wad(u['loss'])}, witness scenario #{u['witness']}"
+            f"{_wad(u['loss'])}, witness scenario #{u['witness']['index']}"
         )
         for s in u["scenarios"]:
-            mark = "  <- witness" if s["index"] == u["witness"] else ""
+            mark = "  <- witness" if s["index"] == u["witness"]["index"] else ""
             ext = " ext" if s["extended"] else ""
             lines.append(
-                f"    #{s['index']:>2} move {Decimal(s['move']) * 100 / WAD:+7.2f}% vol "
+                f"    #{s['index']:>2} move {Decimal(s['move']) * 100:+7.2f}% vol "
                 f"{s['vol_state']:<9}{ext} loss {_wad(s['loss'])}{mark}"
             )
     lines += ["", "re-check on chain (eth_call at the block):"]

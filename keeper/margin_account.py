@@ -1,6 +1,6 @@
 """`keeper margin --account ID`: explain the margin of an on-chain account at one block.
 
-The engine's explanation (scenario matrix, witness, requirement, Greeks; margin/explain.py) of
+The engine's explanation (scenario matrix, witness, requirement, Greeks; margin/tools/explain.py) of
 the account as the clearing house builds its inputs, read in one block-pinned batch, next to the
 on-chain verifier's own answer (`marginOf` at the same block). Exit status 1 if they disagree.
 """
@@ -17,9 +17,9 @@ from keeper.config import ConfigError, load_config
 from keeper.deployment import DeploymentError, load_deployment
 from keeper.margin_cmd import printable, render
 from margin.errors import MarginError
-from margin.explain import explain
-from margin.loader import PortfolioFile
 from margin.requirement import STATE_NAMES
+from margin.tools.explain import explain
+from margin.tools.loader import PortfolioFile
 
 
 def parse_account(text: str) -> int:

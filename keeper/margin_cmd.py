@@ -1,7 +1,7 @@
 """`keeper margin PORTFOLIO.json`: read a portfolio file, explain it as JSON or as tables.
 
 The file I/O and the guards against hostile input live here; the explanation itself is
-:func:`margin.explain.explain` (pure). Every rejection is one named error on stderr and exit
+:func:`margin.tools.explain.explain` (pure). Every rejection is one named error on stderr and exit
 status 1 (2 is typer's usage error; 70 an internal error, i.e. a bug), never a traceback:
 
 * the file: ``PortfolioFileNotFound``, ``PortfolioFileUnreadable``, ``PortfolioFileTooLarge``;
@@ -39,8 +39,8 @@ from margin.errors import (
     QuantityOutOfRange,
     UnknownUnderlying,
 )
-from margin.explain import explain
-from margin.loader import (
+from margin.tools.explain import explain
+from margin.tools.loader import (
     InvalidJSONError,
     InvalidNumberError,
     PortfolioFile,

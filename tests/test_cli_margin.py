@@ -1,6 +1,6 @@
 """`keeper margin`: the CLI's figures are the engine's, its Greeks are sane, bad files are refused.
 
-The expected figures are computed here through the engine API (margin.loader +
+The expected figures are computed here through the engine API (margin.tools.loader +
 margin.requirement.ScenarioTable), never hard-coded, and compared exactly (the JSON carries exact
 WAD decimals). Greeks are compared with analytic float Black-Scholes.
 """
@@ -19,12 +19,11 @@ import pytest
 from typer.testing import CliRunner
 
 from keeper.cli import app
-from margin.greeks import Greeks, position_greeks
-from margin.loader import load_portfolio
 from margin.params import DAY, WAD, YEAR
 from margin.portfolio import CALL, FUTURE, MIN_SPOT, PUT, Market, Portfolio, Position
 from margin.requirement import STATE_NAMES, ScenarioTable
-from margin.requirement import explain as explain_plain
+from margin.tools.greeks import Greeks, position_greeks
+from margin.tools.loader import load_portfolio
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "portfolios"
@@ -80,18 +79,16 @@ def test_json_matches_engine(path: Path) -> None:
         sc = table.scenarios[u][res.witness[u]]
         assert wei(entry["witness"]["move"]) == sc.move
 
-    # The same figures as the model's own plain-data explanation (integers in wei).
-    plain = explain_plain(table, pf.portfolio)
-    assert wei(out["requirement"]) == plain["requirement"]
-    assert out["witness"] == plain["witness"]
-    for mine, theirs in zip(out["underlyings"], plain["underlyings"], strict=True):
-        assert wei(mine["loss"]) == theirs["loss"]
+    # Every scenario of the matrix as the engine's table holds it (exact, in wei).
+    for u, entry in enumerate(out["underlyings"]):
         assert [
             (wei(s["move"]), s["vol_state"], wei(s["weight"]), wei(s["spot"]), wei(s["loss"]))
-            for s in mine["scenarios"]
+            for s in entry["scenarios"]
         ] == [
-            (s["move"], s["vol_state"], s["weight"], s["shocked_spot"], s["loss"])
-            for s in theirs["scenarios"]
+            (sc.move, ("down", "unchanged", "up")[sc.vol_state], sc.weight, spot, loss)
+            for sc, spot, loss in zip(
+                table.scenarios[u], table.shocked[u], res.scenario_losses[u], strict=True
+            )
         ]
 
     # The witness reproduces the requirement through the verifier's cheap path.
@@ -175,7 +172,7 @@ def _bs(is_call: bool, s: float, k: float, t: float, v: float, r: float) -> floa
 
 
 def _analytic(is_call: bool, s: float, k: float, t: float, v: float, r: float) -> dict:
-    """Float Black-Scholes Greeks per contract, in the units of margin/greeks.py."""
+    """Float Black-Scholes Greeks per contract, in the units of margin/tools/greeks.py."""
     d1 = (math.log(s / k) + (r + v * v / 2) * t) / (v * math.sqrt(t))
     pdf = math.exp(-d1 * d1 / 2) / math.sqrt(2 * math.pi)
     return {

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from margin import errors, loader
+from margin import errors
 from margin.params import (
     DAY,
     VOL_DOWN,
@@ -24,6 +24,7 @@ from margin.params import (
 from margin.portfolio import CALL, FUTURE, PUT, Market, Portfolio, Position
 from margin.requirement import HEALTHY, LIQUIDATABLE, MARGIN_CALL, ScenarioTable
 from margin.scenarios import scenarios, vol_for_state, vol_shift
+from margin.tools import loader
 
 T0 = 1_800_000_000
 ETH = 3000 * WAD
@@ -389,18 +390,29 @@ def test_documented_example_loads_and_evaluates() -> None:
 
 
 def test_explain_carries_the_matrix_and_witness() -> None:
-    from margin.requirement import explain
+    from decimal import Decimal
+
+    from margin.tools.explain import explain
+    from margin.tools.loader import PortfolioFile
 
     pf = Portfolio((opt(CALL, 3000, 30, -1), fut(1, u=1, entry=60_000 * WAD)), (10**4 * WAD, 0))
-    out = explain(TABLE, pf)
+    names = tuple(f"U{u}" for u in range(len(TABLE.params.underlyings)))
+    assets = tuple(f"A{k}" for k in range(len(TABLE.params.assets)))
+    pfile = PortfolioFile(TABLE.market, TABLE.params, pf, names, assets)
+    out = explain(pfile, TABLE)
+    assert explain(pfile) == out  # a shared table and a private one give the same report
+
+    def wei(s: str) -> int:
+        return int(Decimal(s).scaleb(18))
+
     full = TABLE.full_check(pf)
-    assert out["requirement"] == full.requirement and out["witness"] == full.witness
+    assert wei(out["requirement"]) == full.requirement and out["witness"] == list(full.witness)
     u0 = out["underlyings"][0]
     assert len(u0["scenarios"]) == 34
     assert (
-        u0["scenarios"][u0["witness"]]["loss"]
-        == u0["loss"]
-        == max(s["loss"] for s in u0["scenarios"])
+        wei(u0["scenarios"][u0["witness"]["index"]]["loss"])
+        == wei(u0["loss"])
+        == max(wei(s["loss"]) for s in u0["scenarios"])
     )
     assert json.loads(json.dumps(out)) == out  # plain JSON data
 

@@ -1,4 +1,4 @@
-"""Whole-book sweeps (margin/sweep.py) against the exact engine, account by account.
+"""Whole-book sweeps (margin/tools/sweep.py) against the exact engine, account by account.
 
 * the packed-row exact engine equals ScenarioTable.full_check to the wei (matrix and witness
   included), and so does the forked exact sweep;
@@ -21,8 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from margin import synthetic
-from margin.book import Book
 from margin.errors import MarginError
 from margin.params import (
     DAY,
@@ -48,7 +46,9 @@ from margin.portfolio import (
     Position,
 )
 from margin.requirement import ScenarioTable
-from margin.sweep import (
+from margin.tools import synthetic
+from margin.tools.book import Book
+from margin.tools.sweep import (
     ERROR,
     UNDECIDED,
     IncrementalMismatch,

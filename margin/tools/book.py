@@ -11,10 +11,10 @@ collateral become *legs* grouped per (account, underlying) *segment*:
   ``mul_down(e, S)`` equals a future's ``mul_down(q, S − 0)``: so it is a leg on row 0.
 
 Exact integers are kept (Python ints, for the exact engine) next to float64 copies (for the
-bounded float pass of margin/sweep.py). The contingency inputs that do not depend on the market
+bounded float pass of margin/tools/sweep.py). The contingency inputs that do not depend on the market
 are netted once here, exactly: per segment the sum of the net short option groups (and their
 count) and the futures' calendar offset.  Everything that does depend on the market (prices,
-marks, the vega proxy's √T) lives in :class:`margin.sweep.MarketPrep`.
+marks, the vega proxy's √T) lives in :class:`margin.tools.sweep.MarketPrep`.
 """
 
 from __future__ import annotations

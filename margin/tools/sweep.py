@@ -1,4 +1,4 @@
-"""Whole-book margin sweeps over a :class:`margin.book.Book`.
+"""Whole-book margin sweeps over a :class:`margin.tools.book.Book`.
 
 * :func:`classify` — every account's state, provably right: a float64 pass whose every
   quantity carries a proven absolute error bound (docs/sweep.md derives each one); an account
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from margin.book import Book
+from margin.tools.book import Book
 from margin.errors import MarginError
 from margin.params import WAD
 from margin.portfolio import Market, Position

@@ -4,7 +4,7 @@ Pure (no I/O): ``keeper margin`` reads the file, :func:`explain` builds the dict
 it as JSON or as tables. Exact engine figures (money, prices, quantities) are exact decimal
 strings of their WAD integers ("1234.5", "-0.000000000000000001"), so
 ``Decimal(s).scaleb(18)`` gives back the engine's integer; Greeks are floats (approximations,
-see margin/greeks.py). Every figure comes from :class:`margin.requirement.ScenarioTable`, the
+see margin/tools/greeks.py). Every figure comes from :class:`margin.requirement.ScenarioTable`, the
 engine API the verifier mirrors; nothing is recomputed here except:
 
 * the isolated ("per position") requirement: the full check of a portfolio holding only that
@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from margin.fixed_point import mul_down
-from margin.greeks import GREEKS_METHOD, ZERO, Greeks, position_greeks
-from margin.loader import PortfolioFile
+from margin.tools.greeks import GREEKS_METHOD, ZERO, Greeks, position_greeks
+from margin.tools.loader import PortfolioFile
 from margin.params import STABLE, VOL_DOWN, VOL_UNCHANGED, VOL_UP, WAD
 from margin.portfolio import CALL, FUTURE, Portfolio
 from margin.requirement import STATE_NAMES, MarginResult, ScenarioTable
@@ -60,11 +60,15 @@ def _isolated(table: ScenarioTable, pf: Portfolio) -> tuple[list[int], int]:
     return legs, collateral_alone
 
 
-def explain(pfile: PortfolioFile) -> dict[str, Any]:
+def explain(pfile: PortfolioFile, table: ScenarioTable | None = None) -> dict[str, Any]:
     """Full check of the file's portfolio, explained. Raises the engine's MarginError (the
-    verifier's revert) when the parameters, market or portfolio are rejected."""
+    verifier's revert) when the parameters, market or portfolio are rejected.
+
+    ``table``: a ScenarioTable already built for the file's market and parameters (the keeper
+    shares one per market state); without it a private one is built."""
     market, params, pf = pfile.market, pfile.params, pfile.portfolio
-    table = ScenarioTable(market, params)
+    if table is None:
+        table = ScenarioTable(market, params)
     res: MarginResult = table.full_check(pf)
     legs, collateral_alone = _isolated(table, pf)
 
