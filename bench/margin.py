@@ -14,7 +14,7 @@ import time
 
 from margin.params import DAY, STABLE, WAD, AssetParams, RiskParams, deribit_like, span_like
 from margin.portfolio import CALL, FUTURE, PUT, Market, Portfolio, Position
-from margin.requirement import ScenarioTable
+from margin.portfolio_margin import ScenarioTable
 
 T0 = 1_800_000_000
 

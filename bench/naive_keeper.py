@@ -32,7 +32,7 @@ from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.market import model_marks
 from keeper.orders import dev_matcher
-from margin.requirement import ScenarioTable
+from margin.portfolio_margin import ScenarioTable
 from margin.tools.book import Book
 from margin.tools.sweep import MarketPrep, Sweep, exact_account
 

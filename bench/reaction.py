@@ -35,7 +35,7 @@ from keeper.devnet.market import seed_market
 from keeper.devnet.rpc_proxy import CountingProxy
 from keeper.service import KeeperService
 from margin.portfolio import Market
-from margin.requirement import ScenarioTable
+from margin.portfolio_margin import ScenarioTable
 
 
 def percentile(xs: list[float], p: float) -> float:

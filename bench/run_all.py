@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from margin.requirement import ScenarioTable
+from margin.portfolio_margin import ScenarioTable
 from margin.tools import synthetic
 from margin.tools.book import Book
 from margin.tools.sweep import (

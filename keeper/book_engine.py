@@ -41,8 +41,8 @@ import numpy as np
 from keeper.chain.view import OracleError, ProtocolSnapshot
 from keeper.decisions import AccountState, Assessment, DecisionPolicy, assess_account
 from margin.errors import MarginError
-from margin.portfolio import Market, Portfolio, validate_portfolio
-from margin.requirement import HEALTHY
+from margin.portfolio import Market, Portfolio
+from margin.portfolio_margin import HEALTHY, validate_portfolio
 from margin.tools.book import Book
 from margin.tools.sweep import MarketPrep, Sweep
 

@@ -1,7 +1,7 @@
 """The keeper's decisions: classify accounts and choose actions from one ProtocolSnapshot.
 
 Pure: no I/O. Everything here reads a ``keeper.chain.view.ProtocolSnapshot`` (one block) and
-the engine (``margin.requirement``); the executor (keeper/core.py) simulates, prices gas and
+the engine (``margin.portfolio_margin``); the executor (keeper/core.py) simulates, prices gas and
 sends. What mirrors the contract (and why it must match it):
 
 * states: the full check (strict oracle ages, as ``marginOf``; lenient ages when strict raised
@@ -35,7 +35,7 @@ from keeper.protocol.liquidation import WAD, after_liquidation
 from margin.errors import MarginError
 from margin.fixed_point import mul_up
 from margin.portfolio import Market, Portfolio
-from margin.requirement import HEALTHY, LIQUIDATABLE, MARGIN_CALL, MarginResult, ScenarioTable
+from margin.portfolio_margin import HEALTHY, LIQUIDATABLE, MARGIN_CALL, MarginResult, ScenarioTable
 
 
 class AccountState(StrEnum):
@@ -64,7 +64,7 @@ class ActionKind(StrEnum):
 
 
 STATES = tuple(s.value for s in AccountState)
-#: margin.requirement's HEALTHY / MARGIN_CALL / LIQUIDATABLE as account states.
+#: margin.portfolio_margin's HEALTHY / MARGIN_CALL / LIQUIDATABLE as account states.
 _BY_ENGINE_STATE = (AccountState.HEALTHY, AccountState.MARGIN_CALL, AccountState.LIQUIDATABLE)
 #: Actions that pay no bounty: allowed by policy flags instead of the profitability rule.
 MAINTENANCE = frozenset(

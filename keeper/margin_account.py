@@ -17,7 +17,7 @@ from keeper.config import ConfigError, load_config
 from keeper.deployment import DeploymentError, load_deployment
 from keeper.margin_cmd import printable, render
 from margin.errors import MarginError
-from margin.requirement import STATE_NAMES
+from margin.portfolio_margin import STATE_NAMES
 from margin.tools.explain import explain
 from margin.tools.loader import PortfolioFile
 

@@ -17,7 +17,7 @@ from keeper.artifacts import ArtifactError, deploy, ensure_built
 from keeper.batchcall import Outcome, batch_call, python_outcome, revert_name
 from keeper.devnet import Anvil, AnvilError
 from margin import fixed_point as fp
-from margin.normal import cdf_wad
+from margin.normal_dist import cdf_wad
 
 WAD = fp.WAD
 

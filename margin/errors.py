@@ -82,20 +82,20 @@ class SqrtOverflow(MarginError):
 
 
 class SpotOutOfRange(MarginError):
-    """Spot outside [MIN_PRICE, MAX_PRICE] of margin.pricing (option_price); for the model's
+    """Spot outside [MIN_PRICE, MAX_PRICE] of margin.option_pricing (option_price); for the model's
     option_model_price, a spot <= 0 or above MAX_PRICE."""
 
     signature = "SpotOutOfRange(int256)"
 
 
 class ForwardOutOfRange(MarginError):
-    """Black-76 forward outside [MIN_PRICE, MAX_PRICE] of margin.pricing."""
+    """Black-76 forward outside [MIN_PRICE, MAX_PRICE] of margin.option_pricing."""
 
     signature = "ForwardOutOfRange(int256)"
 
 
 class StrikeOutOfRange(MarginError):
-    """Strike outside [MIN_PRICE, MAX_PRICE] of margin.pricing."""
+    """Strike outside [MIN_PRICE, MAX_PRICE] of margin.option_pricing."""
 
     signature = "StrikeOutOfRange(int256)"
 

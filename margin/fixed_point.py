@@ -79,6 +79,16 @@ def _check_product(p: int) -> int:
     return p
 
 
+def mul_down(a: int, b: int) -> int:
+    """floor(a·b / 1e18). MulDivOverflow if a·b does not fit int256."""
+    return _check_product(a * b) // WAD
+
+
+def mul_up(a: int, b: int) -> int:
+    """ceil(a·b / 1e18). MulDivOverflow if a·b does not fit int256."""
+    return -((-_check_product(a * b)) // WAD)
+
+
 def mul_div_down(a: int, b: int, c: int) -> int:
     """floor(a·b / c). MulDivOverflow if a·b or the quotient leaves int256; DivisionByZero."""
     p = _check_product(a * b)
@@ -93,16 +103,6 @@ def mul_div_up(a: int, b: int, c: int) -> int:
     if c == 0:
         raise DivisionByZero()
     return _check_product(-((-p) // c))
-
-
-def mul_down(a: int, b: int) -> int:
-    """floor(a·b / 1e18). MulDivOverflow if a·b does not fit int256."""
-    return _check_product(a * b) // WAD
-
-
-def mul_up(a: int, b: int) -> int:
-    """ceil(a·b / 1e18). MulDivOverflow if a·b does not fit int256."""
-    return -((-_check_product(a * b)) // WAD)
 
 
 def div_down(a: int, b: int) -> int:

@@ -1,27 +1,20 @@
 """Risk parameters of the portfolio-margin model, their bounds and the documented presets.
 
-Mirrors the structs and ``_validateParams`` of contracts/src/margin/PortfolioMargin.sol: the
-same fields in the same order (so a parameter set ABI-encodes as one tuple), the same bounds,
-checked in the same order, failing with the same named errors. Every number is a WAD
-(signed, 1e18 = 1.0) unless it is a count, an index or a duration in seconds.
+Mirrors the parameter structs and bounds of contracts/src/margin/PortfolioMargin.sol: the
+same fields in the same order (so a parameter set ABI-encodes as one tuple), the same bounds.
+margin/portfolio_margin.py (validate_params) checks them in the verifier's order, failing with
+the same named errors. Every number is a WAD (signed, 1e18 = 1.0) unless it is a count, an
+index or a duration in seconds.
 
 The bounds are not arbitrary: with them every intermediate of the model stays far inside
-int256 (see the bound notes in margin/requirement.py), so neither side can overflow and the only
-failures are the named ones here, in margin/portfolio.py and in the pricing domain.
+int256 (see the bound notes in margin/portfolio_margin.py), so neither side can overflow and
+the only failures are the named validation errors and those of the pricing domain.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any
-
-from margin.errors import (
-    InvalidAssetCount,
-    InvalidAssetParameter,
-    InvalidGlobalParameter,
-    InvalidRiskParameter,
-    InvalidUnderlyingCount,
-)
 
 WAD = 10**18
 YEAR = 31_536_000  # seconds in 365 days, as the pricing library counts a year
@@ -89,7 +82,7 @@ class UnderlyingParams:
 
     Regular scenarios: 2n+1 price moves R·k/n (k = -n..n) × 3 vol states; then the extended
     moves. Vol shift of an option with time to expiry T (seconds):
-    ``shift = base · (T_ref / max(T, T_min))^p`` (see margin/scenarios.py).
+    ``shift = base · (T_ref / max(T, T_min))^p`` (see margin/portfolio_margin.py).
     """
 
     price_range: int  # R, WAD
@@ -162,60 +155,10 @@ class RiskParams:
         )
 
 
-def validate_params(p: RiskParams) -> None:
-    """Raise the first bound violation, in the order PortfolioMargin._validateParams checks."""
-    if not 0 <= p.correlation_credit <= MAX_CORRELATION_CREDIT:
-        raise InvalidGlobalParameter(F_CORRELATION_CREDIT)
-    if not WAD < p.im_factor <= MAX_IM_FACTOR:
-        raise InvalidGlobalParameter(F_IM_FACTOR)
-    n_u = len(p.underlyings)
-    if n_u == 0 or n_u > MAX_UNDERLYINGS:
-        raise InvalidUnderlyingCount(n_u)
-    for i, u in enumerate(p.underlyings):
-        _validate_underlying(i, u)
-    if len(p.assets) > MAX_ASSETS:
-        raise InvalidAssetCount(len(p.assets))
-    for a_i, a in enumerate(p.assets):
-        if not 0 <= a.haircut <= WAD:
-            raise InvalidAssetParameter(a_i, F_HAIRCUT)
-        if a.underlying != STABLE and not 0 <= a.underlying < n_u:
-            raise InvalidAssetParameter(a_i, F_ASSET_UNDERLYING)
-
-
-def _validate_underlying(i: int, u: UnderlyingParams) -> None:
-    checks = (
-        (0 < u.price_range <= MAX_PRICE_RANGE, F_PRICE_RANGE),
-        (1 <= u.move_steps <= MAX_MOVE_STEPS, F_MOVE_STEPS),
-        (0 <= u.vol_shift_base <= MAX_VOL_SHIFT_BASE, F_VOL_SHIFT_BASE),
-        (1 <= u.vol_ref_time <= MAX_VOL_TIME, F_VOL_REF_TIME),
-        (1 <= u.vol_min_time <= u.vol_ref_time, F_VOL_MIN_TIME),
-        (0 <= u.vol_exponent <= MAX_VOL_EXPONENT, F_VOL_EXPONENT),
-        (0 <= u.vol_floor <= WAD, F_VOL_FLOOR),
-        (len(u.extended) <= MAX_EXTENDED, F_EXTENDED_COUNT),
-    )
-    for ok, code in checks:
-        if not ok:
-            raise InvalidRiskParameter(i, code)
-    for e in u.extended:
-        if not MIN_EXTENDED_MOVE <= e.move <= MAX_EXTENDED_MOVE:
-            raise InvalidRiskParameter(i, F_EXTENDED_MOVE)
-        if not 0 <= e.vol_state <= VOL_UP:
-            raise InvalidRiskParameter(i, F_EXTENDED_VOL_STATE)
-        if not 0 <= e.weight <= WAD:
-            raise InvalidRiskParameter(i, F_EXTENDED_WEIGHT)
-    for value, code in (
-        (u.short_option_charge, F_SHORT_OPTION_CHARGE),
-        (u.calendar_charge, F_CALENDAR_CHARGE),
-        (u.vega_charge, F_VEGA_CHARGE),
-    ):
-        if not 0 <= value <= WAD:
-            raise InvalidRiskParameter(i, code)
-
-
 # --- presets ------------------------------------------------------------------------------
 
 
-def span_like(price_range: int = 15 * 10**16, **overrides: object) -> UnderlyingParams:
+def span_like(price_range: int = 15 * 10**16, **overrides: Any) -> UnderlyingParams:
     """CME SPAN-style risk array: 7 price moves (0, ±R/3, ±2R/3, ±R) × vol down/unchanged/up,
     plus the two extreme moves ±3R at vol unchanged, counted at 35%.
 
@@ -240,13 +183,13 @@ def span_like(price_range: int = 15 * 10**16, **overrides: object) -> Underlying
         calendar_charge=5 * 10**15,
         vega_charge=10**16,
     )
-    return replace(base, **overrides)  # type: ignore[arg-type]
+    return replace(base, **overrides)
 
 
 DERIBIT_EXTENDED_MOVES = (-66, -33, 50, 100, 200, 300, 500)  # percent
 
 
-def deribit_like(price_range: int = 16 * 10**16, **overrides: object) -> UnderlyingParams:
+def deribit_like(price_range: int = 16 * 10**16, **overrides: Any) -> UnderlyingParams:
     """Deribit-style portfolio margin: 9 price moves across ±16% × 3 vol states; vol shift
     base × (30 days / max(T, 1 day))^0.3 (Deribit's vega power), base 10 vol points; extended
     table -66%, -33%, +50%, +100%, +200%, +300%, +500% on vol up only, counted at 25%.
@@ -269,7 +212,7 @@ def deribit_like(price_range: int = 16 * 10**16, **overrides: object) -> Underly
         calendar_charge=5 * 10**15,
         vega_charge=10**16,
     )
-    return replace(base, **overrides)  # type: ignore[arg-type]
+    return replace(base, **overrides)
 
 
 PRESETS = {"span": span_like, "deribit": deribit_like}

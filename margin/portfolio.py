@@ -22,20 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from margin.errors import (
-    CollateralLengthMismatch,
-    CollateralOutOfRange,
-    EntryPriceOutOfRange,
-    InvalidInstrumentKind,
-    InvalidOptionStrike,
-    MarketLengthMismatch,
-    MarketSpotOutOfRange,
-    MarketVolOutOfRange,
-    QuantityOutOfRange,
-    TooManyPositions,
-    UnknownUnderlying,
-)
-from margin.params import WAD, RiskParams
+from margin.params import WAD
 
 FUTURE, CALL, PUT = 0, 1, 2
 KIND_NAMES = {"future": FUTURE, "call": CALL, "put": PUT}
@@ -97,40 +84,3 @@ class Market:
 
     def to_abi(self) -> tuple[Any, ...]:
         return (self.timestamp, self.rate, list(self.spots), list(self.vols))
-
-
-def validate_market(m: Market, params: RiskParams) -> None:
-    """Same checks, same order as PortfolioMargin._validateMarket (after the parameters)."""
-    n_u = len(params.underlyings)
-    if len(m.spots) != n_u:
-        raise MarketLengthMismatch(n_u, len(m.spots))
-    if len(m.vols) != n_u:
-        raise MarketLengthMismatch(n_u, len(m.vols))
-    for i in range(n_u):
-        if not MIN_SPOT <= m.spots[i] <= MAX_PRICE:
-            raise MarketSpotOutOfRange(i, m.spots[i])
-        if not 0 <= m.vols[i] <= MAX_VOL:
-            raise MarketVolOutOfRange(i, m.vols[i])
-
-
-def validate_portfolio(pf: Portfolio, params: RiskParams) -> None:
-    """Same checks, same order as PortfolioMargin._validatePortfolio."""
-    if len(pf.positions) > MAX_POSITIONS:
-        raise TooManyPositions(len(pf.positions))
-    if len(pf.collateral) != len(params.assets):
-        raise CollateralLengthMismatch(len(params.assets), len(pf.collateral))
-    n_u = len(params.underlyings)
-    for i, p in enumerate(pf.positions):
-        if p.underlying >= n_u:
-            raise UnknownUnderlying(i, p.underlying)
-        if p.kind > PUT:
-            raise InvalidInstrumentKind(i, p.kind)
-        if p.kind != FUTURE and not 0 < p.strike <= MAX_PRICE:
-            raise InvalidOptionStrike(i, p.strike)
-        if not -MAX_QUANTITY <= p.quantity <= MAX_QUANTITY:
-            raise QuantityOutOfRange(i, p.quantity)
-        if not -MAX_PRICE <= p.entry_price <= MAX_PRICE:
-            raise EntryPriceOutOfRange(i, p.entry_price)
-    for a, amount in enumerate(pf.collateral):
-        if not -MAX_COLLATERAL <= amount <= MAX_COLLATERAL:
-            raise CollateralOutOfRange(a, amount)

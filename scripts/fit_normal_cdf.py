@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fit the piecewise polynomial behind the standard normal CDF (margin/normal.py, NormalDist.sol).
+"""Fit the piecewise polynomial behind the standard normal CDF (margin/normal_dist.py,
+NormalDist.sol).
 
 Reproducible: no randomness, mpmath only. Run from the repository root:
 
@@ -48,7 +49,7 @@ TARGET = mp.mpf("1e-21")  # truncation error target per piece, absolute (0.001 w
 FIT_DEGREE = 50
 
 ROOT = Path(__file__).resolve().parent.parent
-PY_FILE = ROOT / "margin" / "normal.py"
+PY_FILE = ROOT / "margin" / "normal_dist.py"
 SOL_FILE = ROOT / "contracts" / "src" / "math" / "NormalDist.sol"
 
 
@@ -115,7 +116,7 @@ def fit_piece(a_wad: int, b_wad: int) -> tuple[int, list[int]]:
 
 
 def tail_wad(z: int, pieces: list[tuple[int, int, int, list[int]]]) -> int:
-    """Integer pipeline, identical to margin/normal.py and NormalDist.sol (z >= 0)."""
+    """Integer pipeline, identical to margin/normal_dist.py and NormalDist.sol (z >= 0)."""
     if z >= CUT_WAD:
         return 0
     zq = (z << T_BITS) // WAD

@@ -143,7 +143,7 @@ def sqrt_inputs() -> st.SearchStrategy[int]:
     )
 
 
-#: Where NormalDist changes polynomial piece, and its cut-off (margin/normal.py).
+#: Where NormalDist changes polynomial piece, and its cut-off (margin/normal_dist.py).
 CDF_EDGES: list[int] = [0, 2 * WAD, 4 * WAD, 6 * WAD, 8 * WAD, 8_900_000_000_000_000_000]
 
 

@@ -42,7 +42,7 @@ from keeper.devnet.rpc_proxy import CountingProxy
 from keeper.orders import dev_matcher
 from margin.errors import MarketLengthMismatch
 from margin.fixed_point import mul_down, mul_up
-from margin.requirement import HEALTHY, LIQUIDATABLE
+from margin.portfolio_margin import HEALTHY, LIQUIDATABLE
 
 WAD = 10**18
 USDC = 10**6

@@ -1,8 +1,8 @@
 """`keeper margin`: the CLI's figures are the engine's, its Greeks are sane, bad files are refused.
 
 The expected figures are computed here through the engine API (margin.tools.loader +
-margin.requirement.ScenarioTable), never hard-coded, and compared exactly (the JSON carries exact
-WAD decimals). Greeks are compared with analytic float Black-Scholes.
+margin.portfolio_margin.ScenarioTable), never hard-coded, and compared exactly (the JSON
+carries exact WAD decimals). Greeks are compared with analytic float Black-Scholes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from keeper.cli import app
 from margin.params import DAY, WAD, YEAR
 from margin.portfolio import CALL, FUTURE, MIN_SPOT, PUT, Market, Portfolio, Position
-from margin.requirement import STATE_NAMES, ScenarioTable
+from margin.portfolio_margin import STATE_NAMES, ScenarioTable
 from margin.tools.greeks import Greeks, position_greeks
 from margin.tools.loader import load_portfolio
 

@@ -31,7 +31,7 @@ from keeper.protocol.bounty import liquidation_payout
 from keeper.protocol.liquidation import after_liquidation
 from keeper.protocol.settlement import expired_unsettled, settlement_round
 from margin.params import STABLE, AssetParams, RiskParams, span_like
-from margin.requirement import LIQUIDATABLE
+from margin.portfolio_margin import LIQUIDATABLE
 
 NOW = 1_800_000_000
 PRICE, VOL = "0x" + "11" * 20, "0x" + "22" * 20

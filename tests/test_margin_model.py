@@ -22,8 +22,15 @@ from margin.params import (
     span_like,
 )
 from margin.portfolio import CALL, FUTURE, PUT, Market, Portfolio, Position
-from margin.requirement import HEALTHY, LIQUIDATABLE, MARGIN_CALL, ScenarioTable
-from margin.scenarios import scenarios, vol_for_state, vol_shift
+from margin.portfolio_margin import (
+    HEALTHY,
+    LIQUIDATABLE,
+    MARGIN_CALL,
+    ScenarioTable,
+    scenarios,
+    vol_for_state,
+    vol_shift_up,
+)
 from margin.tools import loader
 
 T0 = 1_800_000_000
@@ -92,7 +99,7 @@ def test_uneven_moves_floor() -> None:
 
 def test_vol_shift_bigger_for_short_dated() -> None:
     u = deribit_like()
-    shifts = [vol_shift(u, t) for t in (0, 3600, DAY, 7 * DAY, 30 * DAY, 365 * DAY)]
+    shifts = [vol_shift_up(u, t) for t in (0, 3600, DAY, 7 * DAY, 30 * DAY, 365 * DAY)]
     assert shifts[0] == shifts[1] == shifts[2]  # below T_min
     assert shifts[2] > shifts[3] > shifts[4] > shifts[5]
     assert abs(shifts[4] - u.vol_shift_base) <= 10  # T = T_ref: the base, within exp/ln error

@@ -1,6 +1,6 @@
-"""Accuracy and shape of margin.normal.cdf_wad against exact mathematics (mpmath, 50 digits).
+"""Accuracy and shape of margin.normal_dist.cdf_wad against exact mathematics (mpmath, 50 digits).
 
-The documented bound (margin/normal.py, NormalDist.sol) is |cdf_wad(x) − Φ(x)·1e18| ≤ 0.501 wei
+The documented bound (margin/normal_dist.py, NormalDist.sol) is |cdf_wad(x) − Φ(x)·1e18| ≤ 0.501 wei
 on the whole int256 domain: 0.5 from rounding to nearest, < 0.001 wei of approximation. Each
 accuracy test prints the largest error it saw (``pytest -s`` shows it).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import mpmath as mp
 import pytest
 
-from margin.normal import _PIECES, CUT_WAD, INT256_MAX, INT256_MIN, WAD, cdf_wad
+from margin.normal_dist import _PIECES, CUT_WAD, INT256_MAX, INT256_MIN, WAD, cdf_wad
 
 mp.mp.dps = 50
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def test_not_an_int256() -> None:
 
 
 def test_solidity_constants_match_python_table() -> None:
-    """NormalDist.sol and margin/normal.py hold the same pieces, centres and coefficients."""
+    """NormalDist.sol and margin/normal_dist.py hold the same pieces, centres and coefficients."""
     sol = (ROOT / "contracts" / "src" / "math" / "NormalDist.sol").read_text()
     block = sol.split("BEGIN GENERATED", 1)[1].split("END GENERATED", 1)[0]
     chunks = re.split(r"let t := sub\(zq, (0x[0-9a-f]+)\)", block)[1:]

@@ -1,4 +1,4 @@
-"""Parity of the portfolio-margin model: margin.requirement vs PortfolioMargin.sol on anvil.
+"""Parity of the portfolio-margin model: margin.portfolio_margin vs PortfolioMargin.sol on anvil.
 
 Every Hypothesis example is one market state (1-3 underlyings, vols 5%-400%, presets with
 random overrides), an instrument pool (expiries from "now" and the past to a year), and a
@@ -31,7 +31,7 @@ from margin.params import (
     span_like,
 )
 from margin.portfolio import CALL, FUTURE, MAX_POSITIONS, PUT, Market, Portfolio, Position
-from margin.requirement import MarginResult, ScenarioTable
+from margin.portfolio_margin import MarginResult, ScenarioTable
 from tests.parity import Outcome, assert_parity, batch_call, outcome_kind, python_outcome
 
 pytestmark = pytest.mark.anvil

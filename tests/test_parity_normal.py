@@ -1,4 +1,4 @@
-"""Python margin/normal.py cdf_wad vs Solidity NormalDist.cdf (through MathHarness), to the wei.
+"""Python margin/normal_dist.py cdf_wad vs Solidity NormalDist.cdf (MathHarness), to the wei.
 
 cdf never reverts, so parity is value equality on every int256 input. Random batches of 500
 (one eth_call each) plus the piece edges and cut-off, one wei at a time, on both signs.
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from web3.contract import Contract
 
-from margin.normal import CUT_WAD, WAD, cdf_wad
+from margin.normal_dist import CUT_WAD, WAD, cdf_wad
 from tests import strategies as S
 from tests.parity import check_parity
 from tests.strategies import RANDOM, batch_of, check_batch

@@ -113,7 +113,7 @@ def test_named_errors_and_panics_are_decoded() -> None:
 def test_a_thousand_calls_fit_in_one_eth_call(math_harness: Contract) -> None:
     # The heaviest primitives (~3,000 gas each): 1,000 of them are one request, no chunking.
     from margin.fixed_point import ln_wad
-    from margin.normal import cdf_wad
+    from margin.normal_dist import cdf_wad
 
     xs = [10**18 + i * 10**15 for i in range(1000)]
     assert check_parity(math_harness, "lnWad", ln_wad, xs, chunk=1000) == {"ok": 1000}

@@ -1,5 +1,5 @@
-"""Python margin.pricing vs Solidity OptionPricing (PricingHarness on anvil): equal to the wei,
-and a revert on-chain <=> the same named exception off-chain (identical revert data).
+"""Python margin.option_pricing vs Solidity OptionPricing (PricingHarness on anvil): equal to the
+wei, and a revert on-chain <=> the same named exception off-chain (identical revert data).
 
 Each Hypothesis example is ONE batched eth_call of 300 cases; inputs cover the accepted domain
 (log-uniform prices, moneyness near the money and in the wings, expiries from 1 s to 5 years,
@@ -18,7 +18,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from keeper.artifacts import deploy
-from margin.pricing import (
+from margin.option_pricing import (
     MAX_PRICE,
     MAX_RATE,
     MAX_STRIKE_RATIO,
@@ -142,7 +142,7 @@ batches = st.lists(cases, min_size=BATCH, max_size=BATCH)
 
 
 def _in_domain(case: tuple[bool, int, int, int, int, int]) -> bool:
-    """The accepted domain, restated independently of margin.pricing's checks."""
+    """The accepted domain, restated independently of margin.option_pricing's checks."""
     _, under, strike, tau, vol, rate = case
     return (
         MIN_PRICE <= under <= MAX_PRICE

@@ -1,4 +1,4 @@
-"""Accuracy of margin.pricing against exact mathematics (mpmath, 50 digits).
+"""Accuracy of margin.option_pricing against exact mathematics (mpmath, 50 digits).
 
 Bound (SPEC §5): |price − exact| <= 1e-9 · spot (Black-76: 1e-9 · forward) over the whole accepted
 domain: a grid over its corners and interior plus seeded random cases, both sides, the degenerate
@@ -27,7 +27,7 @@ from margin.errors import (
     VolOutOfRange,
     ZeroSigmaSqrtTau,
 )
-from margin.pricing import (
+from margin.option_pricing import (
     MAX_PRICE,
     MAX_RATE,
     MAX_STRIKE_RATIO,

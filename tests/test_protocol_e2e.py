@@ -30,7 +30,7 @@ from keeper.deployment import (
 from keeper.devnet import Anvil
 from keeper.orders import dev_matcher
 from margin.params import STABLE, AssetParams, RiskParams, span_like
-from margin.requirement import LIQUIDATABLE
+from margin.portfolio_margin import LIQUIDATABLE
 
 WAD = 10**18
 

@@ -35,7 +35,7 @@ from keeper.replay.report import read_report
 from keeper.replay.verify import verify_block
 from keeper.store import Decision, Store
 from margin.portfolio import Market
-from margin.requirement import STATE_NAMES
+from margin.portfolio_margin import STATE_NAMES
 
 WAD = 10**18
 USDC = 10**6

@@ -45,7 +45,7 @@ from margin.portfolio import (
     Portfolio,
     Position,
 )
-from margin.requirement import ScenarioTable
+from margin.portfolio_margin import ScenarioTable
 from margin.tools import synthetic
 from margin.tools.book import Book
 from margin.tools.sweep import (

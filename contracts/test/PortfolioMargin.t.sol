@@ -118,7 +118,7 @@ contract PortfolioMarginTest is MarginFixtures {
         assertEq(PortfolioMargin.contingencies(mixed(40), m, p), _referenceContingencies(mixed(40), m, p), "mixed");
     }
 
-    /// @dev The definition in plain O(n^2) Solidity (margin/requirement.py, contingencies).
+    /// @dev The definition in plain O(n^2) Solidity (margin/portfolio_margin.py, contingencies).
     function _referenceContingencies(Portfolio memory pf, Market memory m, RiskParams memory p)
         internal
         pure

@@ -20,7 +20,7 @@ and one full re-read follow: still O(1) round trips, never one per account.
 as ClearingHouse._loadPortfolio/_market do (positions in storage order, entryPrice 0; positions
 in settled instruments folded into the settlement balance by margin.settlement.fold_settled;
 feeds of used underlyings only, placeholder spot 1e18 / vol 0 elsewhere), so
-margin.requirement's full check equals ClearingHouse.marginOf at that block to the wei. The
+margin.portfolio_margin's full check equals ClearingHouse.marginOf at that block to the wei. The
 oracle checks are OracleLib.read's (keeper.protocol.oracle).
 """
 
@@ -59,7 +59,7 @@ from keeper.protocol.oracle import StalePrice as StalePrice
 from keeper.protocol.oracle import UnsupportedFeed as UnsupportedFeed
 from margin.params import RiskParams
 from margin.portfolio import Market, Portfolio, Position
-from margin.requirement import MarginResult, ScenarioTable
+from margin.portfolio_margin import MarginResult, ScenarioTable
 from margin.settlement import fold_settled
 
 WAD = 10**18

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from margin.portfolio import Portfolio
-from margin.requirement import ScenarioTable
+from margin.portfolio_margin import ScenarioTable
 
 WAD = 10**18
 LOT = 10**8

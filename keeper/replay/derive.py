@@ -21,7 +21,7 @@ from keeper.digest import inputs_digest
 from keeper.replay.events import MARKET_WIDE, NO_MARGIN_EFFECT, ChainHistory
 from margin.errors import MarginError
 from margin.portfolio import Market, Portfolio
-from margin.requirement import STATE_NAMES, MarginResult, ScenarioTable
+from margin.portfolio_margin import STATE_NAMES, MarginResult, ScenarioTable
 
 
 @dataclass

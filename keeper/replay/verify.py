@@ -28,7 +28,7 @@ from keeper.replay.events import Event
 from keeper.replay.mismatch import FieldDiff, Mismatch, normalise, result_diffs
 from margin.errors import MarginError
 from margin.fixed_point import mul_down, mul_up
-from margin.requirement import LIQUIDATABLE, MARGIN_CALL, STATE_NAMES, MarginResult
+from margin.portfolio_margin import LIQUIDATABLE, MARGIN_CALL, STATE_NAMES, MarginResult
 
 #: fullCheck / marginOf calls per aggregate3 eth_call: 4 x ~12M gas (40 positions, the
 #: largest grid) stays under geth's default 50M eth_call gas cap.

@@ -4,7 +4,7 @@ Pure (no I/O): ``keeper margin`` reads the file, :func:`explain` builds the dict
 it as JSON or as tables. Exact engine figures (money, prices, quantities) are exact decimal
 strings of their WAD integers ("1234.5", "-0.000000000000000001"), so
 ``Decimal(s).scaleb(18)`` gives back the engine's integer; Greeks are floats (approximations,
-see margin/tools/greeks.py). Every figure comes from :class:`margin.requirement.ScenarioTable`, the
+see margin/tools/greeks.py). Every figure comes from :class:`margin.portfolio_margin.ScenarioTable`, the
 engine API the verifier mirrors; nothing is recomputed here except:
 
 * the isolated ("per position") requirement: the full check of a portfolio holding only that
@@ -24,8 +24,8 @@ from margin.tools.greeks import GREEKS_METHOD, ZERO, Greeks, position_greeks
 from margin.tools.loader import PortfolioFile
 from margin.params import STABLE, VOL_DOWN, VOL_UNCHANGED, VOL_UP, WAD
 from margin.portfolio import CALL, FUTURE, Portfolio
-from margin.requirement import STATE_NAMES, MarginResult, ScenarioTable
-from margin.scenarios import Scenario
+from margin.portfolio_margin import STATE_NAMES, MarginResult, ScenarioTable
+from margin.portfolio_margin import Scenario
 
 KIND_LABELS = {FUTURE: "future", CALL: "call", 2: "put"}
 VOL_STATE_LABELS = {VOL_DOWN: "down", VOL_UNCHANGED: "unchanged", VOL_UP: "up"}

@@ -1,7 +1,7 @@
 """Off-chain Greeks of positions, from the engine's own integer pricer (explanation only).
 
 Nothing here feeds the requirement: the verifier never sees Greeks. They are computed by finite
-differences on :func:`margin.pricing.option_price`, the exact integer Black-Scholes price the
+differences on :func:`margin.option_pricing.option_price`, the exact integer Black-Scholes price the
 scenario losses use, so a Greek describes the same pricing surface as the loss matrix (not an
 independent float model). Units and bumps, per position of quantity q (contracts, WAD):
 
@@ -34,7 +34,7 @@ from fractions import Fraction
 from margin.errors import MarginError
 from margin.params import DAY, WAD
 from margin.portfolio import CALL, FUTURE, Market, Position
-from margin.pricing import option_price
+from margin.option_pricing import option_price
 
 #: Relative spot bump of delta and gamma: S / 1000.
 SPOT_BUMP_DIVISOR = 1000
@@ -46,7 +46,7 @@ VEGA_UNIT = WAD // 100
 THETA_HORIZON = DAY
 
 GREEKS_METHOD = (
-    "central finite differences on the engine's integer pricer margin.pricing.option_price: "
+    "central finite differences on the engine's integer pricer margin.option_pricing.option_price: "
     "delta/gamma bump spot by ±S/1000, vega bumps vol by ±0.001 and is per vol point (0.01), "
     "theta is V(tau - 1 day) - V(tau); futures: delta = quantity, other Greeks 0"
 )

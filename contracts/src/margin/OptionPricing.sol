@@ -22,7 +22,7 @@ error RateOutOfRange(int256 rate);
 error ZeroSigmaSqrtTau(uint256 tau, int256 vol);
 
 /// @title Black-Scholes / Black-76 prices of European calls and puts, in WAD
-/// @notice Mirrored integer for integer by margin/pricing.py (same operations, same order, same
+/// @notice Mirrored integer for integer by margin/option_pricing.py (same operations, same order, same
 /// rounding, same errors in the same order of checks).
 /// Units: spot, forward, strike, vol (annualised, 1e18 = 100%) and rate (annual, continuous) are
 /// signed WADs; tau = seconds to expiry (the caller passes expiry - block.timestamp, 0 once
@@ -87,7 +87,7 @@ library OptionPricing {
     /// degenerate case already uses. Any arbitrage-free price lies within S of it (a call in
     /// [0, S], a put in [KD - S, KD]), and there S < 1e-8 (absolute, in WAD units 1e10) or
     /// S < K * 1e-7. Errors, in this order: SpotOutOfRange (spot <= 0 or > MAX_PRICE),
-    /// StrikeOutOfRange, then tau, vol and rate as in price. (margin/pricing.py:
+    /// StrikeOutOfRange, then tau, vol and rate as in price. (margin/option_pricing.py:
     /// option_model_price.)
     function modelPrice(bool isCall, int256 spot, int256 strike, uint256 tau, int256 vol, int256 rate)
         internal
@@ -110,7 +110,7 @@ library OptionPricing {
     /// lnRatio(spot, strike) (used only inside the accuracy domain; checks, errors and the
     /// intrinsic branch unchanged). The margin model prices a scenario spot S' of a market spot S
     /// with lnSK = lnRatio(S, K) + lnRatio(S', S): one ln per option and one per scenario of an
-    /// underlying, instead of one per option and scenario. (margin/pricing.py:
+    /// underlying, instead of one per option and scenario. (margin/option_pricing.py:
     /// option_model_price with ln_sk.)
     function modelPriceLn(
         bool isCall,
@@ -145,7 +145,7 @@ library OptionPricing {
     /// lnRatio(spotW, spot), computed once per underlying by the caller. The second price shares the checks of strike, tau and rate,
     /// r*tau and the discounted strike (one exp instead of two). The first
     /// price cannot fail once its checks pass, so checking spotW and volW after computing it or
-    /// before gives the same first error. (margin/pricing.py: option_price_pair.)
+    /// before gives the same first error. (margin/option_pricing.py: option_price_pair.)
     function pricePair(
         bool isCall,
         int256 spot,

@@ -125,7 +125,7 @@ struct MarginResult {
 }
 
 /// @title Portfolio margin: scenario risk arrays, contingencies, witness verification
-/// @notice Mirrored integer for integer (and error for error) by margin/requirement.py; the
+/// @notice Mirrored integer for integer (and error for error) by margin/portfolio_margin.py; the
 /// steps, their rounding and the bounds that rule out overflow are documented there.
 /// fullCheck evaluates every scenario; witnessCheck only the named scenario per underlying
 /// (plus the same contingencies), so its requirement is never above fullCheck's and equals it
@@ -164,7 +164,7 @@ library PortfolioMargin {
     uint8 internal constant VOL_UNCHANGED = 1;
     uint8 internal constant VOL_UP = 2;
 
-    // Margin states of MarginResult.state (margin/requirement.py: the same names).
+    // Margin states of MarginResult.state (margin/portfolio_margin.py: the same names).
     uint8 internal constant HEALTHY = 0; // equity >= IM
     uint8 internal constant MARGIN_CALL = 1; // MM <= equity < IM
     uint8 internal constant LIQUIDATABLE = 2; // equity < MM
@@ -255,7 +255,7 @@ library PortfolioMargin {
     }
 
     /// @notice The reference: each bound in the documented order, reverting with the first
-    /// violated one (margin/params.py, margin/portfolio.py check the same order).
+    /// violated one (margin/portfolio_margin.py checks the same order).
     function validateParamsInOrder(RiskParams memory p) internal pure {
         if (p.correlationCredit < 0 || p.correlationCredit > MAX_CORRELATION_CREDIT) {
             revert InvalidGlobalParameter(1);
@@ -313,7 +313,7 @@ library PortfolioMargin {
     }
 
     /// @notice The reference: each bound in the documented order, reverting with the first
-    /// violated one (margin/params.py, margin/portfolio.py check the same order).
+    /// violated one (margin/portfolio_margin.py checks the same order).
     function validateMarketInOrder(Market memory m, RiskParams memory p) internal pure {
         uint256 nU = p.underlyings.length;
         if (m.spots.length != nU) revert MarketLengthMismatch(nU, m.spots.length);
@@ -358,7 +358,7 @@ library PortfolioMargin {
     }
 
     /// @notice The reference: each bound in the documented order, reverting with the first
-    /// violated one (margin/params.py, margin/portfolio.py check the same order).
+    /// violated one (margin/portfolio_margin.py checks the same order).
     function validatePortfolioInOrder(Portfolio memory pf, RiskParams memory p) internal pure {
         uint256 n = pf.positions.length;
         if (n > MAX_POSITIONS) revert TooManyPositions(n);
@@ -427,7 +427,7 @@ library PortfolioMargin {
 
     /// @notice Absolute vol shift for tau seconds to expiry (rounded up):
     /// base * exp(p * ln(Tref / max(tau, Tmin))).
-    function volShift(UnderlyingParams memory u, uint256 tau) internal pure returns (int256 shift) {
+    function volShiftUp(UnderlyingParams memory u, uint256 tau) internal pure returns (int256 shift) {
         uint256 tEff = tau > u.volMinTime ? tau : u.volMinTime;
         uint256 ref = u.volRefTime;
         int256 p = u.volExponent;
@@ -453,7 +453,7 @@ library PortfolioMargin {
         }
     }
 
-    /// @dev volShift(up, tau) through a one-entry cache per underlying (cache[4u] = tau + 1, 0 when
+    /// @dev volShiftUp(up, tau) through a one-entry cache per underlying (cache[4u] = tau + 1, 0 when
     /// empty; cache[4u + 1] = the shift, >= 0; words 4u + 2, 4u + 3 are _cachedLnMove's): options of one expiry share tau, so a book of one
     /// expiry pays one ln and one exp per underlying. The same integer (a pure function of up and
     /// tau) and the same first error (a cached tau already computed without one).
@@ -470,7 +470,7 @@ library PortfolioMargin {
             shift := mload(add(e, 0x20))
         }
         if (hit) return shift;
-        shift = volShift(up, tau);
+        shift = volShiftUp(up, tau);
         assembly ("memory-safe") {
             let e := add(add(cache, 0x20), shl(7, u))
             mstore(e, add(tau, 1))
@@ -583,7 +583,7 @@ library PortfolioMargin {
         best = type(int256).min;
         for (uint256 j; j < a.length; ++j) {
             // Losses round up: ceil(-acc / 1e18), then ceil(loss * weight) when extended.
-            // |acc| < 2^250 (bounds in margin/requirement.py): the negation cannot wrap.
+            // |acc| < 2^250 (bounds in margin/portfolio_margin.py): the negation cannot wrap.
             int256 loss;
             unchecked {
                 loss = (-a[j]).mulUp(1);
@@ -689,7 +689,7 @@ library PortfolioMargin {
             value += e.mulDown(spot);
             int256[] memory sh = shocked[ap.underlying];
             int256[] memory a = acc[ap.underlying];
-            // |e| <= 1e33, |S'_j - S| <= 1.1e31: no wrap (see the bounds in margin/requirement.py).
+            // |e| <= 1e33, |S'_j - S| <= 1.1e31: no wrap (see the bounds in margin/portfolio_margin.py).
             unchecked {
                 for (uint256 j; j < sh.length; ++j) {
                     a[j] += e * (sh[j] - spot);
@@ -960,7 +960,7 @@ library PortfolioMargin {
     /// Groups: (underlying, call/put, strike) of options for the net short charge;
     /// (underlying, future/option, expiry) for the calendar nets (futures: quantities) and the
     /// vega nets (options: q * sqrt(tau in years), floored; spot applied per underlying).
-    /// The same integers as margin/requirement.py (ScenarioTable.contingencies), with the
+    /// The same integers as margin/portfolio_margin.py (ScenarioTable.contingencies), with the
     /// FixedPoint steps written out for their operands' signs and bounds:
     /// mulDivDown(tau, 1e18, YEAR) = floor(tau * 1e18 / YEAR) (tau >= 0); sqrtDown(x) = the floor
     /// root of x * 1e18; mulDown(q, r) floors toward -inf; each mulUp has operands >= 0.

@@ -3,7 +3,7 @@ pragma solidity 0.8.30;
 
 /// @title Standard normal cumulative distribution function in WAD
 /// @notice cdf(x) = Phi(x / 1e18) * 1e18 for every int256 x; never reverts. Mirrored integer for
-/// integer by margin/normal.py (cdf_wad).
+/// integer by margin/normal_dist.py (cdf_wad).
 /// - Cut-off: exactly 0 for x <= -8.9e18 and exactly 1e18 for x >= 8.9e18 (the exact tail at 8.9
 ///   is 0.28 wei, so that is also the correctly rounded answer).
 /// - Accuracy against exact mathematics (mpmath): |error| <= 0.501 wei everywhere: 0.5 from the

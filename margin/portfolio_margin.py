@@ -1,10 +1,37 @@
-"""Portfolio-margin requirement, equity, witness: mirrors PortfolioMargin.fullCheck/witnessCheck.
+"""The portfolio-margin engine: mirrors contracts/src/margin/PortfolioMargin.sol, function for
+function in the same order (docs/mirror.md): validation of parameters, market and portfolio;
+the scenario grid; the vol shift; the full check, the witness check and the contingencies.
+The data types it works on are in margin/params.py (risk parameters) and margin/portfolio.py
+(positions, portfolio, market).
 
 Engine shape: a :class:`ScenarioTable` prices each (instrument, scenario) once per market state
 and is shared by every account evaluated in that state; the per-account work
 (:meth:`ScenarioTable.full_check`, :meth:`ScenarioTable.witness_check`) is integer aggregation.
 Table entries hold a value *or the exception* its computation raised, so an account fails with
 exactly the error the verifier reverts with first, in the verifier's order of work.
+
+Validation: :func:`validate_params`, :func:`validate_market`, :func:`validate_portfolio` check
+every bound in the documented order and raise the first violation, as the Solidity
+``validate*InOrder`` reference functions do (the Solidity ``validate*`` functions decide in one
+assembly pass first and take that path only to name a failure).
+
+Scenario grid (``scenario``, ``shocked_spots``, ``vol_shift_up``), integer for integer:
+
+* Scenario index j of an underlying with n move steps (2n+1 moves) and E extended moves:
+  ``j < 3(2n+1)`` (regular): move index ``k = j // 3`` in 0..2n, price move
+  ``mul_div_down(R, k - n, n)`` (floored, so -R·1/3 is one wei more negative than exact), vol
+  state ``j % 3`` (0 down, 1 unchanged, 2 up), weight 1 (not applied);
+  ``j = 3(2n+1) + e`` (extended): ``extended[e]`` = (move, vol state, weight).
+  The center scenario ``3n + 1`` (move 0, vol unchanged) reprices nothing and has loss exactly
+  0, so the worst loss of an underlying is never negative.
+* Shocked spot: ``mul_down(S, 1e18 + move)`` (floored; the same integer on both sides is what
+  matters, the direction is immaterial as long as both sides agree and it is documented).
+* Vol shift of an option with time to expiry T seconds (computed once per option):
+  ``factor = exp_wad(mul_down(p, ln_wad(mul_div_down(T_ref, 1e18, max(T, T_min)))))``,
+  ``shift = mul_up(base, factor)`` (rounded up: a bigger shift is the conservative side).
+  With the parameter bounds ln(T_ref/T_min) <= ln(1.6e8) < 19 and p <= 2, so the exponent is
+  below 38 and exp never overflows. States: up = ``min(vol + shift, MAX_SCENARIO_VOL)``,
+  down = ``max(vol - shift, min(vol, floor))``, unchanged = vol.
 
 Steps and rounding (identical in Solidity):
 
@@ -52,25 +79,240 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from margin.errors import MarginError, WitnessLengthMismatch, WitnessOutOfRange
-from margin.fixed_point import mul_div_down, mul_down, mul_up, sqrt_down
-from margin.params import STABLE, VOL_UNCHANGED, WAD, YEAR, RiskParams, validate_params
+from margin.errors import (
+    CollateralLengthMismatch,
+    CollateralOutOfRange,
+    EntryPriceOutOfRange,
+    InvalidAssetCount,
+    InvalidAssetParameter,
+    InvalidGlobalParameter,
+    InvalidInstrumentKind,
+    InvalidOptionStrike,
+    InvalidRiskParameter,
+    InvalidUnderlyingCount,
+    MarginError,
+    MarketLengthMismatch,
+    MarketSpotOutOfRange,
+    MarketVolOutOfRange,
+    QuantityOutOfRange,
+    TooManyPositions,
+    UnknownUnderlying,
+    WitnessLengthMismatch,
+    WitnessOutOfRange,
+)
+from margin.fixed_point import exp_wad, ln_wad, mul_div_down, mul_down, mul_up, sqrt_down
+from margin.option_pricing import ln_ratio, option_model_price
+from margin.params import (
+    F_ASSET_UNDERLYING,
+    F_CALENDAR_CHARGE,
+    F_CORRELATION_CREDIT,
+    F_EXTENDED_COUNT,
+    F_EXTENDED_MOVE,
+    F_EXTENDED_VOL_STATE,
+    F_EXTENDED_WEIGHT,
+    F_HAIRCUT,
+    F_IM_FACTOR,
+    F_MOVE_STEPS,
+    F_PRICE_RANGE,
+    F_SHORT_OPTION_CHARGE,
+    F_VEGA_CHARGE,
+    F_VOL_EXPONENT,
+    F_VOL_FLOOR,
+    F_VOL_MIN_TIME,
+    F_VOL_REF_TIME,
+    F_VOL_SHIFT_BASE,
+    MAX_ASSETS,
+    MAX_CORRELATION_CREDIT,
+    MAX_EXTENDED,
+    MAX_EXTENDED_MOVE,
+    MAX_IM_FACTOR,
+    MAX_MOVE_STEPS,
+    MAX_PRICE_RANGE,
+    MAX_UNDERLYINGS,
+    MAX_VOL_EXPONENT,
+    MAX_VOL_SHIFT_BASE,
+    MAX_VOL_TIME,
+    MIN_EXTENDED_MOVE,
+    STABLE,
+    VOL_DOWN,
+    VOL_UNCHANGED,
+    VOL_UP,
+    WAD,
+    YEAR,
+    RiskParams,
+    UnderlyingParams,
+)
 from margin.portfolio import (
     CALL,
     FUTURE,
+    MAX_COLLATERAL,
+    MAX_POSITIONS,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    MAX_VOL,
+    MIN_SPOT,
+    PUT,
     Market,
     Portfolio,
     Position,
-    validate_market,
-    validate_portfolio,
 )
-from margin.pricing import ln_ratio, option_model_price
-from margin.scenarios import Scenario, scenarios, shocked_spot, vol_for_state, vol_shift
 
 HEALTHY, MARGIN_CALL, LIQUIDATABLE = 0, 1, 2
 STATE_NAMES = {HEALTHY: "healthy", MARGIN_CALL: "margin_call", LIQUIDATABLE: "liquidatable"}
 
 Outcome = int | MarginError
+
+
+#: The up state is capped here: the pricing library accepts vols up to 1000%.
+MAX_SCENARIO_VOL = 10 * WAD
+
+
+@dataclass(frozen=True)
+class Scenario:
+    move: int  # relative price move, WAD
+    vol_state: int
+    weight: int  # WAD; regular scenarios carry WAD and the weight is not applied
+    extended: bool
+
+
+def validate_params(p: RiskParams) -> None:
+    """Raise the first bound violation, in the order PortfolioMargin.validateParamsInOrder
+    checks."""
+    if not 0 <= p.correlation_credit <= MAX_CORRELATION_CREDIT:
+        raise InvalidGlobalParameter(F_CORRELATION_CREDIT)
+    if not WAD < p.im_factor <= MAX_IM_FACTOR:
+        raise InvalidGlobalParameter(F_IM_FACTOR)
+    n_u = len(p.underlyings)
+    if n_u == 0 or n_u > MAX_UNDERLYINGS:
+        raise InvalidUnderlyingCount(n_u)
+    for i, u in enumerate(p.underlyings):
+        _validate_underlying(i, u)
+    if len(p.assets) > MAX_ASSETS:
+        raise InvalidAssetCount(len(p.assets))
+    for a_i, a in enumerate(p.assets):
+        if not 0 <= a.haircut <= WAD:
+            raise InvalidAssetParameter(a_i, F_HAIRCUT)
+        if a.underlying != STABLE and not 0 <= a.underlying < n_u:
+            raise InvalidAssetParameter(a_i, F_ASSET_UNDERLYING)
+
+
+def _validate_underlying(i: int, u: UnderlyingParams) -> None:
+    checks = (
+        (0 < u.price_range <= MAX_PRICE_RANGE, F_PRICE_RANGE),
+        (1 <= u.move_steps <= MAX_MOVE_STEPS, F_MOVE_STEPS),
+        (0 <= u.vol_shift_base <= MAX_VOL_SHIFT_BASE, F_VOL_SHIFT_BASE),
+        (1 <= u.vol_ref_time <= MAX_VOL_TIME, F_VOL_REF_TIME),
+        (1 <= u.vol_min_time <= u.vol_ref_time, F_VOL_MIN_TIME),
+        (0 <= u.vol_exponent <= MAX_VOL_EXPONENT, F_VOL_EXPONENT),
+        (0 <= u.vol_floor <= WAD, F_VOL_FLOOR),
+        (len(u.extended) <= MAX_EXTENDED, F_EXTENDED_COUNT),
+    )
+    for ok, code in checks:
+        if not ok:
+            raise InvalidRiskParameter(i, code)
+    for e in u.extended:
+        if not MIN_EXTENDED_MOVE <= e.move <= MAX_EXTENDED_MOVE:
+            raise InvalidRiskParameter(i, F_EXTENDED_MOVE)
+        if not 0 <= e.vol_state <= VOL_UP:
+            raise InvalidRiskParameter(i, F_EXTENDED_VOL_STATE)
+        if not 0 <= e.weight <= WAD:
+            raise InvalidRiskParameter(i, F_EXTENDED_WEIGHT)
+    for value, code in (
+        (u.short_option_charge, F_SHORT_OPTION_CHARGE),
+        (u.calendar_charge, F_CALENDAR_CHARGE),
+        (u.vega_charge, F_VEGA_CHARGE),
+    ):
+        if not 0 <= value <= WAD:
+            raise InvalidRiskParameter(i, code)
+
+
+def validate_market(m: Market, params: RiskParams) -> None:
+    """Same checks, same order as PortfolioMargin.validateMarketInOrder (after the
+    parameters)."""
+    n_u = len(params.underlyings)
+    if len(m.spots) != n_u:
+        raise MarketLengthMismatch(n_u, len(m.spots))
+    if len(m.vols) != n_u:
+        raise MarketLengthMismatch(n_u, len(m.vols))
+    for i in range(n_u):
+        if not MIN_SPOT <= m.spots[i] <= MAX_PRICE:
+            raise MarketSpotOutOfRange(i, m.spots[i])
+        if not 0 <= m.vols[i] <= MAX_VOL:
+            raise MarketVolOutOfRange(i, m.vols[i])
+
+
+def validate_portfolio(pf: Portfolio, params: RiskParams) -> None:
+    """Same checks, same order as PortfolioMargin.validatePortfolioInOrder."""
+    if len(pf.positions) > MAX_POSITIONS:
+        raise TooManyPositions(len(pf.positions))
+    if len(pf.collateral) != len(params.assets):
+        raise CollateralLengthMismatch(len(params.assets), len(pf.collateral))
+    n_u = len(params.underlyings)
+    for i, p in enumerate(pf.positions):
+        if p.underlying >= n_u:
+            raise UnknownUnderlying(i, p.underlying)
+        if p.kind > PUT:
+            raise InvalidInstrumentKind(i, p.kind)
+        if p.kind != FUTURE and not 0 < p.strike <= MAX_PRICE:
+            raise InvalidOptionStrike(i, p.strike)
+        if not -MAX_QUANTITY <= p.quantity <= MAX_QUANTITY:
+            raise QuantityOutOfRange(i, p.quantity)
+        if not -MAX_PRICE <= p.entry_price <= MAX_PRICE:
+            raise EntryPriceOutOfRange(i, p.entry_price)
+    for a, amount in enumerate(pf.collateral):
+        if not -MAX_COLLATERAL <= amount <= MAX_COLLATERAL:
+            raise CollateralOutOfRange(a, amount)
+
+
+def scenario_count(u: UnderlyingParams) -> int:
+    """3(2n+1) regular scenarios, then the extended moves."""
+    return u.scenario_count
+
+
+def scenario(u: UnderlyingParams, j: int) -> Scenario:
+    """Scenario j of an underlying (0 <= j < scenario_count)."""
+    regular = u.regular_count
+    if j < regular:
+        k = j // 3
+        move = mul_div_down(u.price_range, k - u.move_steps, u.move_steps)
+        return Scenario(move, j % 3, WAD, False)
+    e = u.extended[j - regular]
+    return Scenario(e.move, e.vol_state, e.weight, True)
+
+
+def scenarios(u: UnderlyingParams) -> list[Scenario]:
+    return [scenario(u, j) for j in range(u.scenario_count)]
+
+
+def shocked_spot(spot: int, move: int) -> int:
+    """The spot after a relative move: mul_down(spot, 1e18 + move)."""
+    return mul_down(spot, WAD + move)
+
+
+def shocked_spots(u: UnderlyingParams, spot: int) -> list[int]:
+    """The shocked spot of every scenario of the underlying, in scenario order."""
+    return [shocked_spot(spot, sc.move) for sc in scenarios(u)]
+
+
+def vol_shift_up(u: UnderlyingParams, tau: int) -> int:
+    """Absolute vol shift for an option with tau seconds to expiry (bigger when short-dated),
+    rounded up (the last step is a mul_up: a bigger shift is the conservative side)."""
+    t_eff = tau if tau > u.vol_min_time else u.vol_min_time
+    ratio = mul_div_down(u.vol_ref_time, WAD, t_eff)
+    factor = exp_wad(mul_down(u.vol_exponent, ln_wad(ratio)))
+    return mul_up(u.vol_shift_base, factor)
+
+
+def vol_for_state(u: UnderlyingParams, vol: int, shift: int, state: int) -> int:
+    if state == VOL_UP:
+        up = vol + shift
+        return up if up < MAX_SCENARIO_VOL else MAX_SCENARIO_VOL
+    if state == VOL_DOWN:
+        lowest = vol if vol < u.vol_floor else u.vol_floor
+        down = vol - shift
+        return down if down > lowest else lowest
+    assert state == VOL_UNCHANGED
+    return vol
 
 
 @dataclass
@@ -134,8 +376,7 @@ class ScenarioTable:
         self.params = params
         self.scenarios: list[list[Scenario]] = [scenarios(u) for u in params.underlyings]
         self.shocked: list[list[int]] = [
-            [shocked_spot(market.spots[i], s.move) for s in sc]
-            for i, sc in enumerate(self.scenarios)
+            shocked_spots(u, market.spots[i]) for i, u in enumerate(params.underlyings)
         ]
         self._rows: dict[tuple[int, int, int, int], _Row] = {}
         self._ln_move_cache: dict[int, list[int]] = {}
@@ -166,7 +407,7 @@ class ScenarioTable:
         rate = self.market.rate
         tau = pos.expiry - self.market.timestamp if pos.expiry > self.market.timestamp else 0
         is_call = pos.kind == CALL
-        shift = _capture(vol_shift, up, tau)
+        shift = _capture(vol_shift_up, up, tau)
         v0 = _capture(option_model_price, is_call, spot, pos.strike, tau, vol, rate)
         # ln(S_j/K) = ln(S/K) + ln(S_j/S), as the verifier shares them (OptionPricing.modelPriceLn);
         # only when V0 priced (spot and strike in range; otherwise V0's error comes first).
@@ -177,15 +418,16 @@ class ScenarioTable:
         for j, sc in enumerate(self.scenarios[u]):
             if j == center:
                 prices.append(v0)
-            elif sc.vol_state != VOL_UNCHANGED and isinstance(shift, MarginError):
-                prices.append(shift)
-            else:
-                v = vol
-                if sc.vol_state != VOL_UNCHANGED:
-                    v = vol_for_state(up, vol, shift, sc.vol_state)  # type: ignore[arg-type]
-                ln_j = None if ln_sk is None or ln_moves is None else ln_sk + ln_moves[j]
-                args = (is_call, shocked[j], pos.strike, tau, v, rate, ln_j)
-                prices.append(_capture(option_model_price, *args))
+                continue
+            v = vol
+            if sc.vol_state != VOL_UNCHANGED:
+                if isinstance(shift, MarginError):  # the shift's error comes first
+                    prices.append(shift)
+                    continue
+                v = vol_for_state(up, vol, shift, sc.vol_state)
+            ln_j = None if ln_sk is None or ln_moves is None else ln_sk + ln_moves[j]
+            args = (is_call, shocked[j], pos.strike, tau, v, rate, ln_j)
+            prices.append(_capture(option_model_price, *args))
         vega_base = sqrt_down(mul_div_down(tau, WAD, YEAR))
         return _Row(shift, v0, prices, vega_base)
 

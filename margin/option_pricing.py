@@ -68,7 +68,7 @@ from margin.errors import (
     ZeroSigmaSqrtTau,
 )
 from margin.fixed_point import exp_wad, ln_wad, sdiv
-from margin.normal import cdf_wad
+from margin.normal_dist import cdf_wad
 
 WAD = 10**18
 #: Seconds in a year (365 days).
@@ -171,11 +171,6 @@ def option_price(is_call: bool, spot: int, strike: int, tau: int, vol: int, rate
     return _core(is_call, spot, kd, m, sst, half_var)
 
 
-def ln_ratio(a: int, b: int) -> int:
-    """ln(a/b) in WAD exactly as the prices compute it (OptionPricing.lnRatio), 0 < a, b."""
-    return _ln_ratio(a, b)
-
-
 def option_model_price(
     is_call: bool, spot: int, strike: int, tau: int, vol: int, rate: int, ln_sk: int | None = None
 ) -> int:
@@ -202,6 +197,11 @@ def option_model_price(
         return _intrinsic(is_call, spot, kd)
     m = (_ln_ratio(spot, strike) if ln_sk is None else ln_sk) + rt
     return _core(is_call, spot, kd, m, sst, half_var)
+
+
+def ln_ratio(a: int, b: int) -> int:
+    """ln(a/b) in WAD exactly as the prices compute it (OptionPricing.lnRatio), 0 < a, b."""
+    return _ln_ratio(a, b)
 
 
 def option_price_pair(
