@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from margin.params import STABLE, WAD, RiskParams
-from margin.portfolio import FUTURE, Portfolio, validate_portfolio
+from margin.portfolio import FUTURE, Portfolio
+from margin.portfolio_margin import validate_portfolio
 
 InstrumentKey = tuple[int, int, int, int]  # (underlying, kind, strike, expiry)
 
@@ -201,7 +202,7 @@ class Book:
         is_opt = leg_row > 0
         opt_leg = np.flatnonzero(is_opt)
         expiries = np.array(
-            [row_keys[r][3] if r else 0 for r in range(len(row_keys))],  # type: ignore[index]
+            [key[3] if key is not None else 0 for key in row_keys],  # row 0 (spot): no expiry
             dtype=np.int64,
         )
         if len(opt_leg):

@@ -30,7 +30,7 @@ from margin.tools.book import Book
 from margin.errors import MarginError
 from margin.params import WAD
 from margin.portfolio import Market, Position
-from margin.requirement import HEALTHY, LIQUIDATABLE, MARGIN_CALL, MarginResult, ScenarioTable
+from margin.portfolio_margin import HEALTHY, LIQUIDATABLE, MARGIN_CALL, MarginResult, ScenarioTable
 
 U = 2.0**-53  # unit roundoff of float64
 #: Relative-error allowance of a short chain of float operations (a handful of roundings of u
@@ -92,15 +92,16 @@ class MarketPrep:
         for key in keys[1:]:
             assert key is not None
             r = table.row(Position(key[0], key[1], key[2], key[3], 0))
-            outcomes = [r.shift, r.v0, *r.prices]
-            if any(isinstance(x, MarginError) for x in outcomes):
+            v0 = r.v0
+            prices = [p for p in r.prices if not isinstance(p, MarginError)]
+            shift_failed = isinstance(r.shift, MarginError)
+            if isinstance(v0, MarginError) or shift_failed or len(prices) != len(r.prices):
                 rows_d.append([0] * n_s)
                 v0s.append(0)
                 bad.append(True)
             else:
-                v0 = r.v0
-                rows_d.append([p - v0 for p in r.prices])  # type: ignore[operator]
-                v0s.append(v0)  # type: ignore[arg-type]
+                rows_d.append([p - v0 for p in prices])
+                v0s.append(v0)
                 bad.append(False)
             vegas.append(r.vega_base)
         d_abs_max = max(max(abs(x) for x in row) for row in rows_d)
