@@ -191,10 +191,15 @@ def sqrt_down(x: int) -> int:
         raise SqrtOfNegative(x)
     if x > SQRT_MAX_WAD:
         raise SqrtOverflow(x)
-    return isqrt(x * WAD)
+    return isqrt_floor(x * WAD)
 
 
 def sqrt_up(x: int) -> int:
     """ceil(sqrt(x/1e18)·1e18); same domain and errors as :func:`sqrt_down`."""
     z = sqrt_down(x)
     return z + (z * z < x * WAD)
+
+
+def isqrt_floor(n: int) -> int:
+    """floor(sqrt(n)) of an integer n >= 0 (FixedPoint.isqrtFloor, Newton's method there)."""
+    return isqrt(n)

@@ -55,8 +55,6 @@ the few wei of rounding dominate (``python tests/test_pricing_accuracy.py`` prin
 
 from __future__ import annotations
 
-from math import isqrt
-
 from margin.errors import (
     ForwardOutOfRange,
     MoneynessOutOfRange,
@@ -67,7 +65,7 @@ from margin.errors import (
     VolOutOfRange,
     ZeroSigmaSqrtTau,
 )
-from margin.fixed_point import exp_wad, ln_wad, sdiv
+from margin.fixed_point import exp_wad, isqrt_floor, ln_wad, sdiv
 from margin.normal_dist import cdf_wad
 
 WAD = 10**18
@@ -112,7 +110,7 @@ def _sigma_sqrt_tau_half_var(tau: int, vol: int) -> tuple[int, int]:
     """(σ√τ, σ²τ/2) in WAD, both floored. In domain: vol² <= 1e38, ·tau <= 1.6e46."""
     var36 = vol * vol * tau // YEAR  # σ²τ scaled by 1e36, floored (all terms >= 0)
     # Exact integer square root (the Solidity side: Newton from above + correction, proven there).
-    return isqrt(var36), var36 // (2 * WAD)
+    return isqrt_floor(var36), var36 // (2 * WAD)
 
 
 def _rate_time(tau: int, rate: int) -> int:

@@ -153,3 +153,37 @@ def test_a_rename_on_one_side_only_fails() -> None:
     assert [p for p in mismatches(sol, swapped, table) if p.startswith("out of order")]
     stale = doc_table(DOC_TEXT.replace("`sdiv`", "`sdiv_old`"), "FixedPoint.sol", "fixed_point.py")
     assert "the table names Python 'sdiv_old', which is not there" in mismatches(sol, py, stale)
+
+
+def _yul_lines(source: str, start: str, first: str, last: str) -> list[str]:
+    """The code lines (comments left out) from the one starting with ``first`` to the one
+    starting with ``last``, after ``start``."""
+    lines = [ln.split("//")[0].strip() for ln in source[source.index(start) :].splitlines()]
+    code = [ln for ln in lines if ln]
+    i = next(k for k, ln in enumerate(code) if ln.startswith(first))
+    j = next(k for k, ln in enumerate(code) if k > i and ln.startswith(last))
+    return code[i : j + 1]
+
+
+def test_one_log2_and_one_integer_sqrt() -> None:
+    # FixedPoint.isqrtFloor is the engine's integer square root (sqrtDown and OptionPricing call
+    # it). PortfolioMargin's contingencies run in one assembly block, where Yul cannot call a
+    # Solidity function: its _isqrtFloor must be the same lines. lnWad keeps the same log2
+    # inline (a call would cost more gas than the lines).
+    fixed = (ROOT / "contracts/src/math/FixedPoint.sol").read_text()
+    margin = (ROOT / "contracts/src/margin/PortfolioMargin.sol").read_text()
+    pricing = (ROOT / "contracts/src/margin/OptionPricing.sol").read_text()
+
+    def named(lines: list[str], **names: str) -> list[str]:
+        for old, new in names.items():
+            lines = [re.sub(rf"\b{old}\b", new, ln) for ln in lines]
+        return lines
+
+    isqrt = _yul_lines(fixed, "function isqrtFloor(", "let b :=", "y := sub(")
+    assert len(isqrt) == 16
+    copy = _yul_lines(margin, "function _isqrtFloor(", "let b :=", "y := sub(")
+    assert named(copy, x="n") == isqrt  # (n is taken in that block)
+    log2 = _yul_lines(fixed, "function lnWad(", "let k :=", "k := add(")
+    assert named(log2, k="b", x="n") == isqrt[:7]
+    assert "FixedPoint.isqrtFloor(" in pricing
+    assert len(re.findall(r"function _?isqrt", fixed + margin + pricing, re.IGNORECASE)) == 2

@@ -286,36 +286,10 @@ library OptionPricing {
             // casting to 'int256' is safe because tau <= MAX_TAU was checked
             // forge-lint: disable-next-line(unsafe-typecast)
             int256 var36 = (vol * vol * int256(tau)) / YEAR;
-            sst = _isqrt(var36);
+            // var36 >= 0 (both factors are) and < 2^154: the casts are exact.
+            // forge-lint: disable-next-line(unsafe-typecast)
+            sst = int256(FixedPoint.isqrtFloor(uint256(var36)));
             halfVar = var36 / (2 * WAD);
-        }
-    }
-
-    /// @dev floor(sqrt(x)) for 0 <= x < 2^154 (Python: math.isqrt). Cheaper than
-    /// FixedPoint.sqrtDown(x) / 1e9 (same value), which must first scale x by 1e18.
-    /// Newton's method from y0 = 2^ceil((b+1)/2) >= sqrt(x), b = floor(log2 x), so
-    /// y0 / sqrt(x) is in [1, 2]. With e = y / sqrt(x) - 1, one step gives e' = e^2 / (2(1 + e)):
-    /// e <= 1, 0.25, 0.025, 3.1e-4, 4.6e-8, 1.1e-15, 6e-31 after 0..6 steps; sqrt(x) < 2^77, so
-    /// after 6 steps y is floor(sqrt(x)) or floor + 1 (integer Newton from above never drops
-    /// below the floor), and the last line removes the + 1. x = 0 gives 0 (EVM div by 0 is 0).
-    function _isqrt(int256 x) private pure returns (int256 y) {
-        assembly ("memory-safe") {
-            let b := shl(7, lt(0xffffffffffffffffffffffffffffffff, x))
-            b := or(b, shl(6, lt(0xffffffffffffffff, shr(b, x))))
-            b := or(b, shl(5, lt(0xffffffff, shr(b, x))))
-            b := or(b, shl(4, lt(0xffff, shr(b, x))))
-            b := or(b, shl(3, lt(0xff, shr(b, x))))
-            b := or(b, shl(2, lt(0xf, shr(b, x))))
-            b := or(b, shl(1, lt(0x3, shr(b, x))))
-            b := or(b, lt(0x1, shr(b, x)))
-            y := shl(shr(1, add(b, 2)), 1)
-            y := shr(1, add(y, div(x, y)))
-            y := shr(1, add(y, div(x, y)))
-            y := shr(1, add(y, div(x, y)))
-            y := shr(1, add(y, div(x, y)))
-            y := shr(1, add(y, div(x, y)))
-            y := shr(1, add(y, div(x, y)))
-            y := sub(y, lt(div(x, y), y))
         }
     }
 

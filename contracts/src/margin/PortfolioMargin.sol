@@ -1104,16 +1104,16 @@ library PortfolioMargin {
                 if lt(b, a) { z := b }
             }
 
-            /// floor(sqrt(x)) for x < 2^256: FixedPoint.sqrtDown's root (Newton from above).
+            /// floor(sqrt(x)) for x < 2^256: FixedPoint.isqrtFloor line for line (Yul inside this
+            /// block cannot call a Solidity function; tests/test_mirror_names.py keeps the two equal).
             function _isqrtFloor(x) -> y {
                 let b := shl(7, lt(0xffffffffffffffffffffffffffffffff, x))
                 b := or(b, shl(6, lt(0xffffffffffffffff, shr(b, x))))
                 b := or(b, shl(5, lt(0xffffffff, shr(b, x))))
                 b := or(b, shl(4, lt(0xffff, shr(b, x))))
                 b := or(b, shl(3, lt(0xff, shr(b, x))))
-                b := or(b, shl(2, lt(0xf, shr(b, x))))
-                b := or(b, shl(1, lt(0x3, shr(b, x))))
-                b := or(b, lt(0x1, shr(b, x)))
+                b := or(b, mul(3, lt(0x1f, shr(b, x))))
+                b := add(b, byte(shr(b, x), 0x0000010102020202030303030303030304040404040404040404040404040404))
                 y := shl(shr(1, add(b, 2)), 1)
                 y := shr(1, add(y, div(x, y)))
                 y := shr(1, add(y, div(x, y)))

@@ -210,32 +210,12 @@ library FixedPoint {
                 mstore(0x20, x)
                 revert(0x1c, 0x24)
             }
-            z := _isqrtFloor(mul(x, 1000000000000000000))
-
-            /// floor(sqrt(n)) for n < 2**255: Newton's method from above.
-            function _isqrtFloor(n) -> y {
-                // Start at 2**ceil(bits/2) >= sqrt(n): within a factor 2 of the root.
-                let r := shl(7, lt(0xffffffffffffffffffffffffffffffff, n))
-                r := or(r, shl(6, lt(0xffffffffffffffff, shr(r, n))))
-                r := or(r, shl(5, lt(0xffffffff, shr(r, n))))
-                r := or(r, shl(4, lt(0xffff, shr(r, n))))
-                r := or(r, shl(3, lt(0xff, shr(r, n))))
-                r := or(r, shl(2, lt(0xf, shr(r, n))))
-                r := or(r, shl(1, lt(0x3, shr(r, n))))
-                r := or(r, lt(0x1, shr(r, n)))
-                y := shl(shr(1, add(r, 2)), 1)
-                // Each step squares the relative error (from <= 1): seven steps reach < 1 wei
-                // for n < 2**256. The iterates never go below floor(sqrt(n)).
-                y := shr(1, add(y, div(n, y)))
-                y := shr(1, add(y, div(n, y)))
-                y := shr(1, add(y, div(n, y)))
-                y := shr(1, add(y, div(n, y)))
-                y := shr(1, add(y, div(n, y)))
-                y := shr(1, add(y, div(n, y)))
-                y := shr(1, add(y, div(n, y)))
-                // Newton from above may stop at floor + 1 when n + 1 is a perfect square.
-                y := sub(y, lt(div(n, y), y))
-            }
+        }
+        // 0 <= x <= SQRT_MAX_WAD: x * 1e18 < 2^255 (no wrap) and its root fits int256; the
+        // casts are exact.
+        unchecked {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            z = int256(isqrtFloor(uint256(x) * 1e18));
         }
     }
 
@@ -244,6 +224,37 @@ library FixedPoint {
         z = sqrtDown(x);
         assembly ("memory-safe") {
             z := add(z, lt(mul(z, z), mul(x, 1000000000000000000)))
+        }
+    }
+
+    /// @notice floor(sqrt(n)) for every uint256 n (Python: math.isqrt). The integer square root
+    /// of sqrtDown and of OptionPricing's sigma * sqrt(tau).
+    /// @dev Newton's method from y0 = 2^floor((b + 2) / 2) >= sqrt(n), b = floor(log2 n), so
+    /// y0 / sqrt(n) is in [1, 2]. With e = y / sqrt(n) - 1, one step gives e' = e^2 / (2(1 + e)):
+    /// e <= 1, 0.25, 0.025, 3.1e-4, 4.6e-8, 1.1e-15, 6e-31, 2e-61 after 0..7 steps; sqrt(n) <
+    /// 2^128, so after 7 steps y is floor(sqrt(n)) or floor + 1 (integer Newton from above never
+    /// drops below the floor), and the last line removes the + 1. n = 0 gives 0 (EVM div by 0
+    /// is 0).
+    function isqrtFloor(uint256 n) internal pure returns (uint256 y) {
+        assembly ("memory-safe") {
+            // b = floor(log2 n), as lnWad finds it (kept inline in both: a call costs more gas
+            // than these lines).
+            let b := shl(7, lt(0xffffffffffffffffffffffffffffffff, n))
+            b := or(b, shl(6, lt(0xffffffffffffffff, shr(b, n))))
+            b := or(b, shl(5, lt(0xffffffff, shr(b, n))))
+            b := or(b, shl(4, lt(0xffff, shr(b, n))))
+            b := or(b, shl(3, lt(0xff, shr(b, n))))
+            b := or(b, mul(3, lt(0x1f, shr(b, n))))
+            b := add(b, byte(shr(b, n), 0x0000010102020202030303030303030304040404040404040404040404040404))
+            y := shl(shr(1, add(b, 2)), 1)
+            y := shr(1, add(y, div(n, y)))
+            y := shr(1, add(y, div(n, y)))
+            y := shr(1, add(y, div(n, y)))
+            y := shr(1, add(y, div(n, y)))
+            y := shr(1, add(y, div(n, y)))
+            y := shr(1, add(y, div(n, y)))
+            y := shr(1, add(y, div(n, y)))
+            y := sub(y, lt(div(n, y), y))
         }
     }
 }
