@@ -366,6 +366,12 @@ class _Row:
     vega_base: int  # sqrt_down(tau in years), options only
 
 
+def _haircut_down(balance: int, haircut: int) -> int:
+    """A collateral balance after its haircut (PortfolioMargin._haircutDown): a positive balance
+    counts mul_down(balance, 1e18 - haircut), a debt counts in full."""
+    return mul_down(balance, WAD - haircut) if balance > 0 else balance
+
+
 class ScenarioTable:
     """Prices shared by every account in one (market, parameters) state."""
 
@@ -453,16 +459,16 @@ class ScenarioTable:
         witness: list[int] = []
         matrix: list[list[int]] = []
         for u in range(n_u):
-            row = [
+            losses_up = [
                 mul_up(mul_up(-x, 1), sc.weight) if sc.extended else mul_up(-x, 1)
                 for x, sc in zip(acc[u], self.scenarios[u], strict=True)
             ]
-            best = 0
-            for j in range(1, len(row)):
-                if row[j] > row[best]:
+            best = 0  # PortfolioMargin._worstLossUp: the first index of the largest loss
+            for j in range(1, len(losses_up)):
+                if losses_up[j] > losses_up[best]:
                     best = j
-            matrix.append(row)
-            losses.append(row[best])
+            matrix.append(losses_up)
+            losses.append(losses_up[best])
             witness.append(best)
         res = self._finish(pf, equity, losses, witness)
         res.scenario_losses = matrix
@@ -492,10 +498,10 @@ class ScenarioTable:
         losses = []
         for u in range(n_u):
             sc = self.scenarios[u][witness[u]]
-            loss = mul_up(-acc[u], 1)
+            loss_up = mul_up(-acc[u], 1)
             if sc.extended:
-                loss = mul_up(loss, sc.weight)
-            losses.append(loss if loss > 0 else 0)
+                loss_up = mul_up(loss_up, sc.weight)
+            losses.append(loss_up if loss_up > 0 else 0)
         return self._finish(pf, equity, losses, list(witness))
 
     def _collateral(
@@ -507,7 +513,7 @@ class ScenarioTable:
         """Collateral value after haircuts (rounded down), and its scenario moves into acc."""
         value = 0
         for asset, balance in zip(self.params.assets, pf.collateral, strict=True):
-            e = mul_down(balance, WAD - asset.haircut) if balance > 0 else balance
+            e = _haircut_down(balance, asset.haircut)
             if asset.underlying == STABLE:
                 value += e
                 continue
@@ -528,12 +534,13 @@ class ScenarioTable:
         self, pf: Portfolio, equity: int, losses: list[int], witness: list[int]
     ) -> MarginResult:
         total = sum(losses)
-        credit = mul_down(total - max(losses), self.params.correlation_credit)
+        # Less credit is the conservative side: rounded down.
+        credit_down = mul_down(total - max(losses), self.params.correlation_credit)
         cont = self.contingencies(pf)
-        mm = total - credit + cont
-        im = mul_up(mm, self.params.im_factor)
-        state = LIQUIDATABLE if equity < mm else MARGIN_CALL if equity < im else HEALTHY
-        return MarginResult(equity, mm, im, cont, credit, state, losses, witness)
+        mm = total - credit_down + cont
+        im_up = mul_up(mm, self.params.im_factor)
+        state = LIQUIDATABLE if equity < mm else MARGIN_CALL if equity < im_up else HEALTHY
+        return MarginResult(equity, mm, im_up, cont, credit_down, state, losses, witness)
 
     def contingencies(self, pf: Portfolio) -> int:
         """Σ over underlyings of short-option, calendar-basis and vega-offset charges."""

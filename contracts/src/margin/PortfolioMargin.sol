@@ -547,7 +547,7 @@ library PortfolioMargin {
         r.losses = new int256[](nU);
         r.witness = new uint256[](nU);
         for (uint256 u; u < nU; ++u) {
-            (r.losses[u], r.witness[u]) = _worst(acc[u], p.underlyings[u]);
+            (r.losses[u], r.witness[u]) = _worstLossUp(acc[u], p.underlyings[u]);
         }
         _finish(r, pf, m, p, equity);
     }
@@ -577,20 +577,20 @@ library PortfolioMargin {
     }
 
     /// @dev The largest weighted scenario loss of one underlying and its lowest index.
-    function _worst(int256[] memory a, UnderlyingParams memory up) private pure returns (int256 best, uint256 arg) {
+    function _worstLossUp(int256[] memory a, UnderlyingParams memory up) private pure returns (int256 best, uint256 arg) {
         uint256 regular = 3 * (2 * up.moveSteps + 1);
         ExtendedMove[] memory ext = up.extended;
         best = type(int256).min;
         for (uint256 j; j < a.length; ++j) {
             // Losses round up: ceil(-acc / 1e18), then ceil(loss * weight) when extended.
             // |acc| < 2^250 (bounds in margin/portfolio_margin.py): the negation cannot wrap.
-            int256 loss;
+            int256 lossUp;
             unchecked {
-                loss = (-a[j]).mulUp(1);
+                lossUp = (-a[j]).mulUp(1);
             }
-            if (j >= regular) loss = loss.mulUp(ext[j - regular].weight);
-            if (loss > best) {
-                best = loss;
+            if (j >= regular) lossUp = lossUp.mulUp(ext[j - regular].weight);
+            if (lossUp > best) {
+                best = lossUp;
                 arg = j;
             }
         }
@@ -680,7 +680,7 @@ library PortfolioMargin {
     ) private pure returns (int256 value) {
         for (uint256 k; k < p.assets.length; ++k) {
             AssetParams memory ap = p.assets[k];
-            int256 e = _haircut(pf.collateral[k], ap.haircut);
+            int256 e = _haircutDown(pf.collateral[k], ap.haircut);
             if (ap.underlying == STABLE) {
                 value += e;
                 continue;
@@ -709,7 +709,7 @@ library PortfolioMargin {
     }
 
     /// @dev Effective balance: a positive balance loses its haircut (rounded down); a debt counts in full.
-    function _haircut(int256 balance, int256 haircut) private pure returns (int256) {
+    function _haircutDown(int256 balance, int256 haircut) private pure returns (int256) {
         return balance > 0 ? balance.mulDown(WAD - haircut) : balance;
     }
 
@@ -755,12 +755,12 @@ library PortfolioMargin {
 
         r.losses = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
-            int256 loss;
+            int256 lossUp;
             unchecked {
-                loss = (-acc[u]).mulUp(1); // |acc| < 2^250: no wrap
+                lossUp = (-acc[u]).mulUp(1); // |acc| < 2^250: no wrap
             }
-            loss = loss.mulUp(weightW[u]);
-            r.losses[u] = loss > 0 ? loss : int256(0);
+            lossUp = lossUp.mulUp(weightW[u]);
+            r.losses[u] = lossUp > 0 ? lossUp : int256(0);
         }
         r.witness = witness;
         _finish(r, pf, m, p, equity);
@@ -777,7 +777,7 @@ library PortfolioMargin {
     ) private pure returns (int256 equity) {
         for (uint256 k; k < p.assets.length; ++k) {
             AssetParams memory ap = p.assets[k];
-            int256 e = _haircut(pf.collateral[k], ap.haircut);
+            int256 e = _haircutDown(pf.collateral[k], ap.haircut);
             if (ap.underlying == STABLE) {
                 equity += e;
                 continue;
