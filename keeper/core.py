@@ -39,11 +39,9 @@ from typing import Any
 from eth_typing import HexStr
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
-from web3.types import TxParams
 
 from keeper.book_engine import BookEngine
-from keeper.chain.errors import ChainError
-from keeper.chain.revert import decode_revert, revert_data_of
+from keeper.chain.revert import decode_revert
 from keeper.chain.view import (
     NO_UNDERLYING,
     AccountSnapshot,
@@ -107,6 +105,7 @@ class Simulated:
     returned: bytes
     gas_limit: int
     gas_cost: int | None  # asset-0 WAD at the initial max fee; None: no gas price
+    base_fee: int  # of the latest block when simulated: the send's fees start from it
 
 
 @dataclass
@@ -131,10 +130,15 @@ class BlockReport:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-class _Reverted(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+@dataclass(frozen=True)
+class _Candidate:
+    """An action that passed its gates, with its calldata: next, the simulation."""
+
+    action: Action
+    a: Assessment | None
+    target: str
+    changed: bool
+    data: str
 
 
 def _target(action: Action) -> str:
@@ -239,10 +243,12 @@ class KeeperCore:
                 report.accounts_assessed += 1
                 report.by_state[one.state] = report.by_state.get(one.state, 0) + 1
                 report.states[one.account] = one.state
-            # Each action costs a simulation, an estimate and a send: the ones that matter most
-            # go first, to reach the next block (liquidations by bounty, then the rest).
-            for one in sorted(assessed, key=_urgency):
-                self._handle(snap, one, report)
+            # The ones that matter most go first, to reach the next block (liquidations by
+            # bounty, then the rest): their nonces come first. Every action that passes its
+            # gates is simulated in one JSON-RPC batch, whatever the number of actions.
+            ordered = sorted(assessed, key=_urgency)
+            due = [c for one in ordered if (c := self._handle(snap, one, report)) is not None]
+            self._execute(snap, due, report)
         finally:
             self._flush()  # what was decided is recorded even when a later send fails
         self._last_snap = snap
@@ -326,11 +332,14 @@ class KeeperCore:
             if any(snap.instruments[i].settled for i, _ in acc.positions)
         ]
         try:
+            due = []
             for a in self._assess(snap, holders, report):
                 report.accounts_assessed += 1
                 report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
                 report.states[a.account] = a.state
-                self._handle(snap, a, report)
+                if (candidate := self._handle(snap, a, report)) is not None:
+                    due.append(candidate)
+            self._execute(snap, due, report)
         finally:
             self._flush()
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
@@ -354,7 +363,10 @@ class KeeperCore:
 
     # --- gates, simulation, sending ----------------------------------------------------------
 
-    def _handle(self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport) -> None:
+    def _handle(
+        self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport
+    ) -> _Candidate | None:
+        """Record what an assessment says; its action when it passes the gates."""
         acct = str(a.account)
         changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
         if changed and a.bounded:
@@ -375,8 +387,22 @@ class KeeperCore:
             if changed:
                 outcome = DecisionOutcome.NO_ACTION if a.note is not None else None
                 self._record(snap, a, None, report, outcome, a.note, batch=True)
-            return
-        self._act(snap, a.action, a, report, changed=changed)
+            return None
+        return self._candidate(snap, a.action, a, report, changed)
+
+    def _candidate(
+        self,
+        snap: ProtocolSnapshot,
+        action: Action,
+        a: Assessment | None,
+        report: BlockReport,
+        changed: bool,
+    ) -> _Candidate | None:
+        target = _target(action)
+        if not self._gates_pass(snap, action, a, report, target, changed):
+            return None
+        fn, args = action.call()
+        return _Candidate(action, a, target, changed, self._ch.encode_abi(fn, args=list(args)))
 
     def _act(
         self,
@@ -389,14 +415,21 @@ class KeeperCore:
     ) -> None:
         """Execute one action: gates, simulation, profitability, then send (or record the dry
         run). Each stage records why it stopped, once per change."""
-        target = _target(action)
-        if not self._gates_pass(snap, action, a, report, target, changed):
+        candidate = self._candidate(snap, action, a, report, changed)
+        if candidate is not None:
+            self._execute(snap, [candidate], report)
+
+    def _execute(self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport) -> None:
+        """Simulate every action at once, then, in order, the profitability rule and the send."""
+        if not due:
             return
-        sim = self._simulation(snap, action, a, report, target)
-        if sim is None or not self._profitable(snap, action, a, report, target, sim, changed):
-            return
-        _check_bounty(action, sim.returned)
-        self._send(snap, action, a, report, target, sim, changed)
+        for c, sim in zip(due, self._simulations(snap, due, report), strict=True):
+            if sim is None:
+                continue
+            if not self._profitable(snap, c.action, c.a, report, c.target, sim, c.changed):
+                continue
+            _check_bounty(c.action, sim.returned)
+            self._send(snap, c.action, c.a, report, c.target, sim, c.changed)
 
     def _gates_pass(
         self,
@@ -437,37 +470,48 @@ class KeeperCore:
             return False
         return True
 
-    def _simulation(
-        self,
-        snap: ProtocolSnapshot,
-        action: Action,
-        a: Assessment | None,
-        report: BlockReport,
-        target: str,
-    ) -> Simulated | None:
-        """``eth_call`` and ``eth_estimateGas`` against latest, and the gas cost; None (recorded,
-        backed off) when either reverts."""
-        fn, args = action.call()
-        data = self._ch.encode_abi(fn, args=list(args))
-        try:
-            returned = self._simulate(data)
-            gas = self._estimate(data)
-        except _Reverted as exc:
-            until = self._back_off(target, snap.block.number)
-            report.skip(SkipReason.SIMULATION_REVERTED)
-            log.warning(
-                "simulation reverted",
-                extra={"key": action.key, "reason": exc.reason, "backoff_until": until},
-            )
-            self._record(
-                snap, a, action, report,
-                DecisionOutcome.SIMULATION_REVERTED, exc.reason, backoff_until=until,
-                target=target,
-            )  # fmt: skip
-            return None
-        gas_limit = gas * (100 + self.policy.gas_margin_percent) // 100
-        cost = gas_cost_in_asset0(snap, gas * self._max_fee(), self.policy)
-        return Simulated(data, returned, gas_limit, cost)
+    def _simulations(
+        self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport
+    ) -> list[Simulated | None]:
+        """``eth_call`` and ``eth_estimateGas`` of every action against latest, with the latest
+        block's base fee, in one JSON-RPC batch; each action's gas cost. None for an action
+        whose call or estimate reverted (recorded, backed off). A transport fault (retries
+        spent) raises: it is no verdict on any call, so nothing backs off; the block job fails
+        and the next run simulates again (found by the soak run)."""
+        calls: list[tuple[str, list[Any]]] = [("eth_getBlockByNumber", ["latest", False])]
+        for c in due:
+            tx = self._tx(c.data)
+            calls += [("eth_call", [tx, "latest"]), ("eth_estimateGas", [tx, "latest"])]
+        replies = self.chain.rpc.batch(calls)
+        self._extra_trips += 1
+        head = replies[0].get("result") or {}
+        base = int(head.get("baseFeePerGas") or "0x0", 16)
+        max_fee = self.txm.fees.initial(base).max_fee_per_gas if self.txm else 2 * base + 1
+        out: list[Simulated | None] = []
+        for k, c in enumerate(due):
+            call, estimate = replies[1 + 2 * k], replies[2 + 2 * k]
+            failed = call if "error" in call else estimate if "error" in estimate else None
+            if failed is not None:
+                reason = _reply_reason(failed["error"])
+                until = self._back_off(c.target, snap.block.number)
+                report.skip(SkipReason.SIMULATION_REVERTED)
+                log.warning(
+                    "simulation reverted",
+                    extra={"key": c.action.key, "reason": reason, "backoff_until": until},
+                )
+                self._record(
+                    snap, c.a, c.action, report,
+                    DecisionOutcome.SIMULATION_REVERTED, reason, backoff_until=until,
+                    target=c.target,
+                )  # fmt: skip
+                out.append(None)
+                continue
+            gas = int(estimate["result"], 16)
+            gas_limit = gas * (100 + self.policy.gas_margin_percent) // 100
+            cost = gas_cost_in_asset0(snap, gas * max_fee, self.policy)
+            returned = bytes.fromhex(call["result"][2:])
+            out.append(Simulated(c.data, returned, gas_limit, cost, base))
+        return out
 
     def _profitable(
         self,
@@ -535,6 +579,7 @@ class KeeperCore:
                 data=sim.data,
                 gas_limit=sim.gas_limit,
                 decision_id=row.id,
+                base_fee=sim.base_fee,
             )
         except Exception as exc:  # SendError / RedactedError / DuplicateSubmission: all named
             until = self._back_off(target, snap.block.number)
@@ -570,35 +615,8 @@ class KeeperCore:
             return int(receipt["blockNumber"]) <= block
         return False
 
-    def _tx(self, data: str) -> TxParams:
-        return {"from": self.liquidator, "to": self.chain.clearing_house, "data": HexStr(data)}
-
-    def _simulate(self, data: str) -> bytes:
-        self._extra_trips += 1
-        try:
-            return bytes(self.chain.w3.eth.call(self._tx(data), "latest"))
-        except ChainError:
-            # The RPC failed (retries spent): no verdict on the call, so no back-off; the
-            # block job fails and the next run simulates again (found by the soak run).
-            raise
-        except Exception as exc:
-            raise _Reverted(_reason(exc)) from None
-
-    def _estimate(self, data: str) -> int:
-        self._extra_trips += 1
-        try:
-            return int(self.chain.w3.eth.estimate_gas(self._tx(data), "latest"))
-        except ChainError:
-            raise  # as in _simulate: a transport fault is not a revert
-        except Exception as exc:
-            raise _Reverted(_reason(exc)) from None
-
-    def _max_fee(self) -> int:
-        self._extra_trips += 1
-        base = int(self.chain.w3.eth.get_block("latest").get("baseFeePerGas", 0))
-        if self.txm is not None:
-            return self.txm.fees.initial(base).max_fee_per_gas
-        return 2 * base + 1
+    def _tx(self, data: str) -> dict[str, str]:
+        return {"from": self.liquidator, "to": self.chain.clearing_house, "data": data}
 
     def _abandoned(self, decision: Decision, block: int) -> bool:
         """True (and the key released) when ``decision`` took its action key but no transaction
@@ -790,11 +808,14 @@ def _used_underlyings(snap: ProtocolSnapshot, account: int) -> frozenset[int]:
     return frozenset(used)
 
 
-def _reason(exc: BaseException) -> str:
-    data = revert_data_of(exc)
-    if data is not None:
+def _reply_reason(error: dict[str, Any]) -> str:
+    """Why a simulation's JSON-RPC reply failed: the decoded revert data, else the message."""
+    data = error.get("data")
+    if isinstance(data, dict):  # some nodes nest it: {"data": {"data": "0x..."}}
+        data = data.get("data")
+    if isinstance(data, str) and data.startswith("0x"):
         return scrub(str(decode_revert(data)))
-    return scrub(f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}")
+    return scrub(f"reverted: {error.get('message', error)}")
 
 
 def _check_bounty(action: Action, returned: bytes) -> None:

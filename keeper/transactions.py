@@ -34,12 +34,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from eth_typing import HexStr
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.types import TxParams, Wei
 
-from keeper.chain.errors import ChainError
+from keeper.chain.errors import ChainError, RpcError
 from keeper.chain.revert import decode_revert, revert_data_of
+from keeper.chain.rpc import Rpc
 from keeper.fault_points import crash_point
 from keeper.fees import FeePolicy, Fees
 from keeper.nonces import NonceManager
@@ -92,6 +94,8 @@ class TxManager:
     ) -> None:
         self.store = store
         self.w3 = w3
+        #: Batched reads (every open transaction's receipts in one request).
+        self.rpc = Rpc(w3, str(getattr(w3.provider, "endpoint_uri", "") or ""))
         self.signer = signer
         self.fees = fees
         self.chain_id = chain_id
@@ -132,15 +136,23 @@ class TxManager:
         gas_limit: int,
         value: int = 0,
         decision_id: int | None = None,
+        base_fee: int | None = None,
     ) -> Transaction:
         """Store, sign and broadcast a new transaction. Raises ``DuplicateSubmission`` when the
         decision already has one, ``SendError`` when the node refuses it, ``RedactedError`` (the
-        message scrubbed of credentials) on a transport failure."""
+        message scrubbed of credentials) on a transport failure. ``base_fee``: the latest
+        block's, when the caller has just read it (a round trip less per transaction)."""
         with redacting_errors(*_OWN_ERRORS):
-            return self._submit(to, data, gas_limit, value, decision_id)
+            return self._submit(to, data, gas_limit, value, decision_id, base_fee)
 
     def _submit(
-        self, to: str, data: str, gas_limit: int, value: int, decision_id: int | None
+        self,
+        to: str,
+        data: str,
+        gas_limit: int,
+        value: int,
+        decision_id: int | None,
+        base_fee: int | None,
     ) -> Transaction:
         tx = self.store.insert_transaction(
             Transaction(
@@ -153,7 +165,8 @@ class TxManager:
                 chain_id=self.chain_id,
             )
         )
-        return self._send_attempt(tx, self.fees.initial(self._base_fee()), self._private(tx))
+        base = self._base_fee() if base_fee is None else base_fee
+        return self._send_attempt(tx, self.fees.initial(base), self._private(tx))
 
     def _private(self, tx: Transaction) -> bool:
         """Whether ``tx`` goes to the relay: its decision's action is one the relay takes."""
@@ -330,11 +343,24 @@ class TxManager:
             # Nothing to follow and no nonce above a gap: the block loop polls this several
             # times a block, so an idle keeper asks the node nothing here.
             return []
-        head = self.w3.eth.block_number if known_head is None else known_head
-        latest_count = self.w3.eth.get_transaction_count(
-            Web3.to_checksum_address(self.signer.address), "latest"
-        )
-        out = [self._follow(tx, head, latest_count, now) for tx in open_txs]
+        # One batch, whatever the number of open transactions: the signer's mined count, the
+        # head, and a receipt per hash (a crash leaves hundreds open at once).
+        hashes = [
+            a.hash for tx in open_txs if tx.id is not None for a in self.store.attempts(tx.id)
+        ]
+        calls: list[tuple[str, list[Any]]] = [
+            ("eth_getTransactionCount", [Web3.to_checksum_address(self.signer.address), "latest"]),
+            ("eth_blockNumber", []),
+        ]
+        calls += [("eth_getTransactionReceipt", [h]) for h in hashes]
+        replies = self.rpc.batch(calls)
+        latest_count = int(_result(replies[0], calls[0][0]), 16)
+        head = int(_result(replies[1], calls[1][0]), 16) if known_head is None else known_head
+        receipts = {
+            h: _receipt_fields(_result(r, "eth_getTransactionReceipt"))
+            for h, r in zip(hashes, replies[2:], strict=True)
+        }
+        out = [self._follow(tx, head, latest_count, now, receipts) for tx in open_txs]
         out += self._fill_gaps(latest_count)
         return out
 
@@ -367,20 +393,36 @@ class TxManager:
             filled.append(self._send_attempt(filler, self.fees.initial(self._base_fee())))
         return filled
 
-    def _receipt(self, tx_id: int) -> tuple[TxAttempt, Any] | None:
+    def _receipt(
+        self, tx_id: int, receipts: dict[str, dict[str, Any] | None]
+    ) -> tuple[TxAttempt, Any] | None:
+        """The first of ``tx_id``'s attempts with a receipt: from ``receipts`` (read in the
+        pass's batch), asked for alone for an attempt the batch did not cover."""
         for attempt in self.store.attempts(tx_id):
-            try:
-                receipt = self.w3.eth.get_transaction_receipt(HexStr(attempt.hash))
-            except TransactionNotFound:
-                continue
-            return attempt, receipt
+            receipt: Any = None
+            if attempt.hash in receipts:
+                receipt = receipts[attempt.hash]
+            else:
+                try:
+                    receipt = self.w3.eth.get_transaction_receipt(HexStr(attempt.hash))
+                except TransactionNotFound:
+                    receipt = None
+            if receipt is not None:
+                return attempt, receipt
         return None
 
-    def _follow(self, tx: Transaction, head: int, latest_count: int, now: datetime) -> Transaction:
+    def _follow(
+        self,
+        tx: Transaction,
+        head: int,
+        latest_count: int,
+        now: datetime,
+        receipts: dict[str, dict[str, Any] | None],
+    ) -> Transaction:
         assert tx.id is not None
         tx_id = tx.id  # fixed for the whole pass; tx is re-read below
         crash_point("before_receipt")
-        found = self._receipt(tx_id)
+        found = self._receipt(tx_id, receipts)
         if found is not None:
             attempt, receipt = found
             ok = receipt["status"] == 1
@@ -490,6 +532,25 @@ class TxManager:
                     return scrub(f"{decode_revert(data)} ({label})")
                 return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
         return "reverted (replays before and after its block succeed: state-dependent revert)"
+
+
+def _result(reply: dict[str, Any], method: str) -> Any:
+    if "error" in reply:
+        raise RpcError(method, scrub(str(reply["error"])))
+    return reply.get("result")
+
+
+def _receipt_fields(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fields ``_follow`` reads of a raw JSON-RPC receipt, typed as web3 gives them."""
+    if raw is None:
+        return None
+    return {
+        "status": int(raw["status"], 16),
+        "blockNumber": int(raw["blockNumber"], 16),
+        "blockHash": HexBytes(raw["blockHash"]),
+        "gasUsed": int(raw["gasUsed"], 16),
+        "effectiveGasPrice": int(raw.get("effectiveGasPrice") or "0x0", 16),
+    }
 
 
 def tx_manager_from_config(
