@@ -72,7 +72,7 @@ from keeper.protocol.settlement import (
 )
 from keeper.secrets import scrub
 from keeper.store import Decision, DecisionOutcome, Store, Transaction, TxStatus
-from keeper.transactions import SendError, TxManager
+from keeper.transactions import SendError, Submission, TxManager
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,10 @@ ABANDONED_AFTER_BLOCKS = 2
 #: read; each further one doubles, up to ROUND_SCAN_MAX).
 ROUND_SCAN_CHUNK = 16
 ROUND_SCAN_MAX = 1024
+#: Actions simulated per JSON-RPC batch (an eth_call and an eth_estimateGas each) before they
+#: are sent: large enough that a crash's hundreds of actions cost a few round trips, small
+#: enough that the most valuable ones are sent within a block.
+SIMULATION_CHUNK = 32
 
 
 class SkipReason(StrEnum):
@@ -244,10 +248,16 @@ class KeeperCore:
                 report.by_state[one.state] = report.by_state.get(one.state, 0) + 1
                 report.states[one.account] = one.state
             # The ones that matter most go first, to reach the next block (liquidations by
-            # bounty, then the rest): their nonces come first. Every action that passes its
-            # gates is simulated in one JSON-RPC batch, whatever the number of actions.
-            ordered = sorted(assessed, key=_urgency)
-            due = [c for one in ordered if (c := self._handle(snap, one, report)) is not None]
+            # bounty, then the rest): their nonces come first. Actions that pass their gates
+            # are simulated SIMULATION_CHUNK at a time, each chunk in one JSON-RPC batch and
+            # sent before the next is simulated: the first sends leave early in a crash.
+            due: list[_Candidate] = []
+            for one in sorted(assessed, key=_urgency):
+                if (candidate := self._handle(snap, one, report)) is not None:
+                    due.append(candidate)
+                if len(due) == SIMULATION_CHUNK:
+                    self._execute(snap, due, report)
+                    due = []
             self._execute(snap, due, report)
         finally:
             self._flush()  # what was decided is recorded even when a later send fails
@@ -420,16 +430,18 @@ class KeeperCore:
             self._execute(snap, [candidate], report)
 
     def _execute(self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport) -> None:
-        """Simulate every action at once, then, in order, the profitability rule and the send."""
+        """Simulate every action at once, then the profitability rule, then send them all."""
         if not due:
             return
+        ready: list[tuple[_Candidate, Simulated]] = []
         for c, sim in zip(due, self._simulations(snap, due, report), strict=True):
             if sim is None:
                 continue
             if not self._profitable(snap, c.action, c.a, report, c.target, sim, c.changed):
                 continue
             _check_bounty(c.action, sim.returned)
-            self._send(snap, c.action, c.a, report, c.target, sim, c.changed)
+            ready.append((c, sim))
+        self._send(snap, ready, report)
 
     def _gates_pass(
         self,
@@ -541,65 +553,76 @@ class KeeperCore:
         return False
 
     def _send(
+        self, snap: ProtocolSnapshot, ready: list[tuple[_Candidate, Simulated]], report: BlockReport
+    ) -> None:
+        """Record the decisions with their keys (one database transaction), then submit them
+        (one broadcast batch, in order); a dry run records only."""
+        if self.txm is None:  # read-only: one record per change, not one per block
+            for c, sim in ready:
+                last = self._last.get(c.target, (None, None, None))[2]
+                if c.changed or last != DecisionOutcome.DRY_RUN:
+                    self._record(
+                        snap, c.a, c.action, report, DecisionOutcome.DRY_RUN,
+                        gas_cost=sim.gas_cost, target=c.target,
+                    )  # fmt: skip
+            return
+        rows = [
+            self._decision_row(
+                snap,
+                c.a,
+                c.action,
+                DecisionOutcome.SENT,
+                gas_cost=sim.gas_cost,
+                key=c.action.key,
+                target=c.target,
+            )
+            for c, sim in ready
+        ]
+        taken: list[tuple[_Candidate, Decision]] = []
+        subs: list[Submission] = []
+        for (c, sim), row in zip(ready, self.store.add_action_decisions(rows), strict=True):
+            if row is None:  # another process (or an earlier run) took the key just now
+                report.skip(SkipReason.DUPLICATE)
+                continue
+            assert row.id is not None
+            self._noted(row, report)
+            taken.append((c, row))
+            subs.append(Submission(self.chain.clearing_house, sim.data, sim.gas_limit, row.id))
+        if not subs:
+            return
+        crash_point("after_decision")
+        results = self.txm.submit_many(subs, base_fee=ready[0][1].base_fee)
+        for (c, row), result in zip(taken, results, strict=True):
+            assert row.id is not None
+            if isinstance(result, Exception):  # SendError / RedactedError / ...: all named
+                self._send_failed(snap, c, row.id, result, report)
+                continue
+            report.actions_sent.append(c.action.key)
+            report.kinds_sent.append(c.action.kind)
+            log.info("action sent", extra={"key": c.action.key, "decision_id": row.id})
+
+    def _send_failed(
         self,
         snap: ProtocolSnapshot,
-        action: Action,
-        a: Assessment | None,
+        c: _Candidate,
+        decision_id: int,
+        exc: Exception,
         report: BlockReport,
-        target: str,
-        sim: Simulated,
-        changed: bool,
     ) -> None:
-        """Record the decision with its key, then submit (a dry run records only)."""
-        cost = sim.gas_cost
-        if self.txm is None:  # read-only: one record per change, not one per block
-            if changed or self._last.get(target, (None, None, None))[2] != DecisionOutcome.DRY_RUN:
-                self._record(
-                    snap, a, action, report, DecisionOutcome.DRY_RUN, gas_cost=cost, target=target
-                )
-            return
-        row = self._record(
-            snap,
-            a,
-            action,
-            report,
-            DecisionOutcome.SENT,
-            gas_cost=cost,
-            key=action.key,
-            target=target,
-        )
-        if row is None:  # another process (or an earlier run) took the key just now
-            report.skip(SkipReason.DUPLICATE)
-            return
-        assert row.id is not None
-        crash_point("after_decision")
-        try:
-            self.txm.submit(
-                to=self.chain.clearing_house,
-                data=sim.data,
-                gas_limit=sim.gas_limit,
-                decision_id=row.id,
-                base_fee=sim.base_fee,
-            )
-        except Exception as exc:  # SendError / RedactedError / DuplicateSubmission: all named
-            until = self._back_off(target, snap.block.number)
-            fields: dict[str, Any] = {
-                "outcome": DecisionOutcome.SEND_FAILED,
-                "outcome_detail": f"{type(exc).__name__}: {exc}",
-                "backoff_until": until,
-            }
-            if isinstance(exc, SendError):
-                # Refused by the node: never on chain, so the key is released for a retry
-                # after the back-off. (A transport failure may have reached the node: the
-                # key stays taken and TxManager.poll follows the transaction.)
-                fields["action_key"] = None
-            self.store.update_decision(row.id, **fields)
-            report.skip(SkipReason.SEND_FAILED)
-            log.warning("send failed", extra={"key": action.key, "error": scrub(str(exc))})
-            return
-        report.actions_sent.append(action.key)
-        report.kinds_sent.append(action.kind)
-        log.info("action sent", extra={"key": action.key, "decision_id": row.id})
+        until = self._back_off(c.target, snap.block.number)
+        fields: dict[str, Any] = {
+            "outcome": DecisionOutcome.SEND_FAILED,
+            "outcome_detail": f"{type(exc).__name__}: {exc}",
+            "backoff_until": until,
+        }
+        if isinstance(exc, SendError):
+            # Refused by the node: never on chain, so the key is released for a retry after
+            # the back-off. (A transport failure may have reached the node: the key stays
+            # taken and TxManager.poll follows the transaction.)
+            fields["action_key"] = None
+        self.store.update_decision(decision_id, **fields)
+        report.skip(SkipReason.SEND_FAILED)
+        log.warning("send failed", extra={"key": c.action.key, "error": scrub(str(exc))})
 
     def _landed(self, tx: Transaction, block: int) -> bool:
         """Whether one of ``tx``'s hashes mined at or below ``block`` (the snapshot's): its
@@ -712,12 +735,43 @@ class KeeperCore:
     ) -> Decision | None:
         """Record one decision. ``batch``: a no-action row, written with the block's other
         such rows in one transaction (``_flush``) instead of one transaction each."""
+        row = self._decision_row(
+            snap, a, action, outcome, detail,
+            backoff_until=backoff_until, gas_cost=gas_cost, key=key, target=target,
+        )  # fmt: skip
+        if batch and not key:
+            self._batch.append(row)
+            saved: Decision | None = row
+        else:
+            saved = self.store.add_action_decision(row) if key else self.store.add_decision(row)
+        if saved is None:
+            return None
+        self._noted(row, report)
+        return saved
+
+    def _noted(self, row: Decision, report: BlockReport) -> None:
+        """A decision was recorded: counted, and remembered as the account's last."""
+        report.decisions_recorded += 1
+        self._last[row.account] = (row.change_digest or "", row.state, row.outcome)
+
+    def _decision_row(
+        self,
+        snap: ProtocolSnapshot,
+        a: Assessment | None,
+        action: Action | None,
+        outcome: DecisionOutcome | None = None,
+        detail: str | None = None,
+        *,
+        backoff_until: int | None = None,
+        gas_cost: int | None = None,
+        key: str | None = None,
+        target: str | None = None,
+    ) -> Decision:
         res = a.result if a is not None else None
-        account = target or (str(a.account) if a is not None else "")
-        row = Decision(
+        return Decision(
             block_number=snap.block.number,
             block_hash=snap.block.hash,
-            account=account,
+            account=target or (str(a.account) if a is not None else ""),
             inputs_digest=a.inputs_digest if a is not None else "",
             change_digest=a.change_digest if a is not None else None,
             loss_matrix=res.scenario_losses if res is not None else [],
@@ -738,16 +792,6 @@ class KeeperCore:
             backoff_until=backoff_until,
             expected_gas_cost=gas_cost,
         )
-        if batch and not key:
-            self._batch.append(row)
-            saved: Decision | None = row
-        else:
-            saved = self.store.add_action_decision(row) if key else self.store.add_decision(row)
-        if saved is None:
-            return None
-        report.decisions_recorded += 1
-        self._last[account] = (row.change_digest or "", row.state, outcome)
-        return saved
 
     # --- which accounts a block affects ------------------------------------------------------
 
