@@ -34,7 +34,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from eth_typing import HexStr
 from web3 import Web3
@@ -132,6 +132,15 @@ class BlockReport:
 
     def skip(self, reason: SkipReason) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+class _RowFields(TypedDict, total=False):
+    """A decision row's optional fields (``KeeperCore._decision_row``)."""
+
+    backoff_until: int | None
+    gas_cost: int | None
+    key: str | None  # the action's idempotency key: the row takes it, or is refused
+    target: str | None  # the account column, when not the assessment's account
 
 
 @dataclass(frozen=True)
@@ -727,18 +736,13 @@ class KeeperCore:
         outcome: DecisionOutcome | None = None,
         detail: str | None = None,
         *,
-        backoff_until: int | None = None,
-        gas_cost: int | None = None,
-        key: str | None = None,
-        target: str | None = None,
         batch: bool = False,
+        **fields: Unpack[_RowFields],
     ) -> Decision | None:
         """Record one decision. ``batch``: a no-action row, written with the block's other
         such rows in one transaction (``_flush``) instead of one transaction each."""
-        row = self._decision_row(
-            snap, a, action, outcome, detail,
-            backoff_until=backoff_until, gas_cost=gas_cost, key=key, target=target,
-        )  # fmt: skip
+        row = self._decision_row(snap, a, action, outcome, detail, **fields)
+        key = fields.get("key")
         if batch and not key:
             self._batch.append(row)
             saved: Decision | None = row
@@ -761,13 +765,10 @@ class KeeperCore:
         action: Action | None,
         outcome: DecisionOutcome | None = None,
         detail: str | None = None,
-        *,
-        backoff_until: int | None = None,
-        gas_cost: int | None = None,
-        key: str | None = None,
-        target: str | None = None,
+        **fields: Unpack[_RowFields],
     ) -> Decision:
         res = a.result if a is not None else None
+        target = fields.get("target")
         return Decision(
             block_number=snap.block.number,
             block_hash=snap.block.hash,
@@ -785,12 +786,12 @@ class KeeperCore:
             expected_bounty=action.expected_bounty if action is not None else None,
             outcome=outcome,
             outcome_detail=detail,
-            action_key=key,
+            action_key=fields.get("key"),
             account_nonce=a.nonce if a is not None else None,
             instrument=action.instrument if action is not None else None,
             lenient=a.lenient if a is not None else None,
-            backoff_until=backoff_until,
-            expected_gas_cost=gas_cost,
+            backoff_until=fields.get("backoff_until"),
+            expected_gas_cost=fields.get("gas_cost"),
         )
 
     # --- which accounts a block affects ------------------------------------------------------
