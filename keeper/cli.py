@@ -83,6 +83,44 @@ def margin(
 
 
 @app.command()
+def backtest(
+    prices: Annotated[Path, typer.Option("--prices", help="Daily price CSV (date + columns)")],
+    book: Annotated[
+        Path | None, typer.Option("--book", help="Portfolio file (default: short 1 perpetual)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the report")] = Path(
+        "var/backtest"
+    ),
+    horizon: Annotated[int, typer.Option("--horizon", help="P&L horizon in days", min=1)] = 1,
+    expected_rate: Annotated[
+        float, typer.Option("--expected-rate", help="Exceedance rate the model claims")
+    ] = 0.01,
+    against: Annotated[
+        str, typer.Option("--against", help="maintenance or initial margin")
+    ] = "maintenance",
+    first: Annotated[
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD)")
+    ] = None,
+    last: Annotated[str | None, typer.Option("--to", help="Last day (YYYY-MM-DD)")] = None,
+) -> None:
+    """Backtest the grid requirement of a book over a price history: exceedances, Kupiec and
+    Christoffersen tests, an HTML report and a JSON summary."""
+    from datetime import date
+
+    from keeper.backtest.cmd import BacktestOptions
+    from keeper.backtest.cmd import run as run_backtest
+
+    try:
+        d0 = date.fromisoformat(first) if first else None
+        d1 = date.fromisoformat(last) if last else None
+    except ValueError as e:
+        sys.stderr.write(f"error: UsageError: --from/--to: {e}\n")
+        raise SystemExit(2) from None
+    opts = BacktestOptions(prices, book, out, horizon, expected_rate, against, d0, d1)
+    raise SystemExit(run_backtest(opts))
+
+
+@app.command()
 def run(
     config: ConfigOption = Path("keeper.toml"),
     progress: Annotated[bool, typer.Option(help="Progress bar during the backfill")] = True,
