@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -155,6 +157,8 @@ def test_cli_end_to_end_on_the_btc_history(tmp_path: Path) -> None:
         and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     )
     assert "Kupiec POF" in r.stdout
+    for svg in re.findall(r"<svg.*?</svg>", page, re.S):
+        ElementTree.fromstring(svg)  # well-formed: a browser draws it
 
 
 def test_cli_default_book_short_perpetual_whole_history(tmp_path: Path) -> None:
