@@ -16,13 +16,20 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from keeper.backtest.prices import PriceFileError, PriceHistory, decimal_to_wad, read_prices
+from keeper.backtest.prices import (
+    PriceFileError,
+    PriceFormatError,
+    PriceHistory,
+    decimal_to_wad,
+    read_prices,
+)
 from keeper.margin_cmd import InputError, parse_portfolio, printable, read_portfolio_file
 from margin.errors import MarginError
 from margin.loader import PortfolioFormatError, wad_to_decimal
 from margin.params import RiskParams, span_like
 from margin.risk.ewma import (
     CalibrationError,
+    InvalidLambda,
     OracleRound,
     ewma_correlation_down,
     ewma_vol_down,
@@ -64,7 +71,10 @@ def _params_and_columns(
 
 
 def build_proposal(opts: CalibrateOptions) -> tuple[Proposal, RiskParams, tuple[str, ...]]:
-    lam = decimal_to_wad(opts.lam, "--lambda")
+    try:
+        lam = decimal_to_wad(opts.lam, "--lambda")
+    except PriceFormatError as e:
+        raise InvalidLambda(str(e)) from None
     history = read_prices(opts.prices).between(opts.first, opts.last)
     params, cols, names = _params_and_columns(opts, history)
     ts = [history.timestamp(i) for i in range(len(history.dates))]

@@ -111,6 +111,12 @@ def test_price_file_errors_name_the_line() -> None:
         parse_prices("date,close\n2020-01-01,0.0000000000000000001\n")
     with pytest.raises(PriceFormatError, match="first column"):
         parse_prices("close,date\n")
+    with pytest.raises(PriceFormatError, match="before 1970"):
+        parse_prices("date,close\n1969-12-31,5\n")
+    with pytest.raises(PriceFormatError, match="not a readable CSV"):
+        parse_prices('date,close\n2020-01-01,"' + "9" * 200_000 + '"\n')
+    with pytest.raises(PriceFormatError, match="out of range"):
+        parse_prices("date,close\n2020-01-01,1e999999\n")
 
 
 def test_cli_end_to_end_on_the_btc_history(tmp_path: Path) -> None:
@@ -195,3 +201,26 @@ def test_cli_rejects_bad_input_by_name_and_writes_nothing(
     assert r.stderr.startswith(f"error: {name}: "), r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_two_underlyings_take_their_own_columns(tmp_path: Path) -> None:
+    c = closes()
+    days = sorted(d for d in c if "2023-01-01" <= d <= "2023-03-31")
+    lines = ["date,ETH,BTC"]  # column order differs from the book's: matched by name
+    for d in days:
+        lines.append(f"{d},{Decimal(c[d]) / WAD / 20},{Decimal(c[d]) / WAD}")
+    (tmp_path / "p.csv").write_text("\n".join(lines) + "\n")
+    book_path = ROOT / "examples" / "portfolios" / "two_underlyings.json"
+    r = run_keeper(
+        tmp_path, "backtest", "--prices", "p.csv", "--book", str(book_path), "--out", "o"
+    )
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "o" / "backtest.json").read_text())
+    assert s["price_columns"] == ["BTC", "ETH"] and s["observations"] == len(days) - 1
+    pfile = load_portfolio(book_path.read_text())
+    hist = parse_prices((tmp_path / "p.csv").read_text())
+    got = run_backtest(pfile, hist, ("BTC", "ETH"))
+    assert [d.spots for d in got[:2]] == [
+        (c[days[0]], c[days[0]] // 20),
+        (c[days[1]], c[days[1]] // 20),
+    ]

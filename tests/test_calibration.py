@@ -230,6 +230,8 @@ def test_cli_without_dry_run_or_with_bad_input(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--dry-run" in r.stderr
     r = run_keeper(tmp_path, "calibrate", "--dry-run", "--prices", str(BTC), "--lambda", "1")
     assert r.returncode == 1 and r.stderr.startswith("error: InvalidLambda: ")
+    r = run_keeper(tmp_path, "calibrate", "--dry-run", "--prices", str(BTC), "--lambda", "x")
+    assert r.returncode == 1 and r.stderr.startswith("error: InvalidLambda: ")
     (tmp_path / "one.csv").write_text("date,close\n2020-01-01,5\n")
     r = run_keeper(tmp_path, "calibrate", "--dry-run", "--prices", "one.csv")
     assert r.returncode == 1 and r.stderr.startswith("error: TooFewRounds: ")

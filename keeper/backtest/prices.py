@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -17,6 +18,8 @@ WAD = 10**18
 #: A daily history of a century is ~36,500 rows; refuse anything absurdly larger.
 MAX_FILE_BYTES = 64 << 20
 MAX_ROWS = 200_000
+#: Days are unix timestamps (the market's clock): none before the epoch.
+EPOCH = date(1970, 1, 1)
 
 
 class PriceFileError(Exception):
@@ -88,7 +91,13 @@ def decimal_to_wad(text: str, where: str) -> int:
 
 
 def parse_prices(text: str, source: str = "prices") -> PriceHistory:
-    reader = csv.reader(io.StringIO(text))
+    try:
+        return _parse(csv.reader(io.StringIO(text)), source)
+    except csv.Error as e:  # a NUL byte, a field over the csv module's size limit
+        raise PriceFormatError(f"{source}: not a readable CSV: {e}") from None
+
+
+def _parse(reader: Iterator[list[str]], source: str) -> PriceHistory:
     try:
         header = next(reader)
     except StopIteration:
@@ -113,6 +122,8 @@ def parse_prices(text: str, source: str = "prices") -> PriceHistory:
             raise PriceFormatError(
                 f"{source}: line {n}: not an ISO date: {row[0][:40]!r}"
             ) from None
+        if d < EPOCH:
+            raise PriceFormatError(f"{source}: line {n}: date {d} before 1970-01-01")
         if dates and d <= dates[-1]:
             raise PriceFormatError(f"{source}: line {n}: date {d} not after {dates[-1]}")
         for j, cell in enumerate(row[1:]):
