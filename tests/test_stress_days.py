@@ -91,7 +91,7 @@ def test_every_other_figure_is_cited_with_its_measure() -> None:
             assert m.source is not None and m.measure
             if m.source.kind == "citation":
                 assert m.source.reference.startswith("https://"), (s.name, asset)
-                assert m.source.quote
+                assert m.source.states
     # Every ETH figure is a crash of more than 10%.
     for s in parse_stress_library(DATA_FILE.read_text()):
         move = s.moves["eth"].move

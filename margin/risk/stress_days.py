@@ -3,7 +3,8 @@
 The data is ``margin/risk/data/stress_days.json`` (:data:`DATA_FILE`; the caller reads it, this
 module only parses). Every figure carries its source: ``{"kind": "csv", "file": ...}`` for moves
 computed from a price file in the repository (with the prices they come from), or
-``{"kind": "citation", "url": ..., "quote": ...}`` for figures quoted from a public page. A move
+``{"kind": "citation", "url": ..., "states": ...}`` for figures taken from a public page
+(``states`` says in our words what the page reports; ``note``, if any, how it was read). A move
 may be ``null`` only with ``unavailable_reason``: a figure nobody can cite is not invented.
 
 Moves are exact decimals scaled to WAD (``"-0.3881"`` -> ``-388_100_000_000_000_000``), in the
@@ -56,7 +57,7 @@ class DuplicateStressScenario(StressLibraryError):
 class Source:
     kind: str  # "csv" or "citation"
     reference: str  # the file (csv) or the URL (citation)
-    quote: str | None = None
+    states: str | None = None  # citation: what the page reports, paraphrased
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _source(v: Any, path: str) -> Source:
         url = _str(_get(v, "url", path), f"{path}.url")
         if not url.startswith("https://"):
             raise UnsourcedStressFigure(f"{path}.url: a citation is an https:// address")
-        return Source(kind, url, _str(_get(v, "quote", path), f"{path}.quote"))
+        return Source(kind, url, _str(_get(v, "states", path), f"{path}.states"))
     raise UnsourcedStressFigure(f"{path}.kind: 'csv' or 'citation', got {kind!r}")
 
 
