@@ -224,3 +224,19 @@ def test_cli_two_underlyings_take_their_own_columns(tmp_path: Path) -> None:
         (c[days[0]], c[days[0]] // 20),
         (c[days[1]], c[days[1]] // 20),
     ]
+
+
+def test_report_escapes_names_from_the_command_line(tmp_path: Path) -> None:
+    hostile = tmp_path / "<script>alert(1)<"
+    hostile.mkdir()
+    (hostile / "p.csv").write_text("date,close\n2020-01-01,100\n2020-01-02,130\n2020-01-03,90\n")
+    r = run_keeper(tmp_path, "backtest", "--prices", str(hostile / "p.csv"), "--out", "o")
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "o" / "backtest.html").read_text()
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;" in page
+    # 100 -> 130 is a 30% rise: a loss of 30 for the default short future, above its
+    # requirement (the 3R = 45% stress move counted at 35%: 15.75); 130 -> 90 is a gain.
+    s = json.loads((tmp_path / "o" / "backtest.json").read_text())
+    assert [e["date"] for e in s["exceedance_days"]] == ["2020-01-01"]
+    assert s["exceedance_days"][0]["loss"] == "30"
+    assert s["exceedance_days"][0]["requirement"] == "15.75"
