@@ -206,6 +206,11 @@ class KeeperCore:
         self._feed_rounds: dict[str, dict[int, RoundData | None]] = {}
         #: The whole book in columns, classified every block (keeper.book_engine).
         self.engine = BookEngine()
+        #: While a block's actions pass their gates: the action keys already recorded and the
+        #: targets with a transaction in flight, read once for the block (None: ask the store
+        #: per action). A block decides at most one action per target, so they stay true.
+        self._known_keys: set[str] | None = None
+        self._busy_targets: set[str] | None = None
 
     # --- the per-block step ------------------------------------------------------------------
 
@@ -260,6 +265,11 @@ class KeeperCore:
             # bounty, then the rest): their nonces come first. Actions that pass their gates
             # are simulated SIMULATION_CHUNK at a time, each chunk in one JSON-RPC batch and
             # sent before the next is simulated: the first sends leave early in a crash.
+            # Two queries answer the gates of every action at once: which keys have a row,
+            # which targets a transaction without a receipt; a row is read only for a hit.
+            keys = [one.action.key for one in assessed if one.action is not None]
+            self._known_keys = self.store.taken_keys(keys)
+            self._busy_targets = self.store.in_flight_targets()
             due: list[_Candidate] = []
             for one in sorted(assessed, key=_urgency):
                 if (candidate := self._handle(snap, one, report)) is not None:
@@ -269,6 +279,7 @@ class KeeperCore:
                     due = []
             self._execute(snap, due, report)
         finally:
+            self._known_keys = self._busy_targets = None
             self._flush()  # what was decided is recorded even when a later send fails
         self._last_snap = snap
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
@@ -468,7 +479,9 @@ class KeeperCore:
             if changed and a is not None:
                 self._record(snap, a, action, report, DecisionOutcome.BACKOFF)
             return False
-        taken = self.store.decision_by_key(action.key)
+        known = self._known_keys
+        skip_lookup = known is not None and action.key not in known
+        taken = None if skip_lookup else self.store.decision_by_key(action.key)
         if (
             taken is not None
             and not self._abandoned(taken, block)
@@ -479,7 +492,8 @@ class KeeperCore:
                 why = f"{action.key} already sent"
                 self._record(snap, a, None, report, DecisionOutcome.DUPLICATE, why)
             return False
-        pending = self.store.in_flight(target)
+        busy = self._busy_targets
+        pending = None if busy is not None and target not in busy else self.store.in_flight(target)
         if pending is not None and not self._landed(pending, block):
             # One transaction per target without a receipt: a second one is decided on a state
             # the first is about to change (another round's settlement of the same instrument,

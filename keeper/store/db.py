@@ -261,6 +261,16 @@ class Store:
         inserted = {id(d) for d in fresh}
         return [d if id(d) in inserted else None for d in decisions]
 
+    def taken_keys(self, action_keys: Sequence[str]) -> set[str]:
+        """Which of ``action_keys`` a decision holds (one query, in chunks of 500 keys)."""
+        out: set[str] = set()
+        with self.session() as s:
+            for i in range(0, len(action_keys), 500):
+                chunk = list(action_keys[i : i + 500])
+                query = select(Decision.action_key).where(col(Decision.action_key).in_(chunk))
+                out.update(k for k in s.exec(query) if k is not None)
+        return out
+
     def decision_by_key(self, action_key: str) -> Decision | None:
         with self.session() as s:
             return s.exec(select(Decision).where(Decision.action_key == action_key)).first()
@@ -483,6 +493,27 @@ class Store:
                 .where(Decision.account == target)
                 .where(Transaction.status == TxStatus.PENDING)
             ).first()
+
+    def set_bounties(self, bounties: dict[int, int]) -> None:
+        """Record the bounty each final transaction's receipt credited, in one transaction."""
+        if not bounties:
+            return
+        with self.session() as s:
+            for tx_id, bounty in bounties.items():
+                row = s.get(Transaction, tx_id)
+                if row is None:
+                    raise StoreError(f"no transaction {tx_id}")
+                row.bounty, row.updated_at = bounty, utcnow()
+
+    def in_flight_targets(self) -> set[str]:
+        """Every target with an ``in_flight`` transaction (one query)."""
+        with self.session() as s:
+            rows = s.exec(
+                select(Decision.account)
+                .join(Transaction, col(Decision.id) == col(Transaction.decision_id))
+                .where(Transaction.status == TxStatus.PENDING)
+            )
+            return set(rows)
 
     def max_open_nonce(self, sender: str) -> int | None:
         txs = self.open_transactions(sender)
