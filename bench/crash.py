@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hexbytes import HexBytes
 from web3 import Web3
 
 from bench.keeper_setup import bench_keeper_config
@@ -106,8 +107,9 @@ def run(
         service.stop()
         thread.join(120)
 
-        liq_topic = ch.events.Liquidation().topic
-        call_topic = ch.events.MarginCall().topic
+        # Topics as bytes: the logs carry HexBytes, which never equal a hex string.
+        liq_topic = bytes(HexBytes(ch.events.Liquidation().topic))
+        call_topic = bytes(HexBytes(ch.events.MarginCall().topic))
         logs = w3.eth.get_logs(
             {
                 "fromBlock": crash_block,
@@ -119,7 +121,7 @@ def run(
         per_block: dict[int, list[int]] = {}
         flags: dict[int, int] = {}
         for log in logs:
-            if log["topics"][0] == liq_topic:
+            if bytes(log["topics"][0]) == liq_topic:
                 ev = ch.events.Liquidation().process_log(log)
                 per_block.setdefault(log["blockNumber"], []).append(int(ev["args"]["bounty"]))
             else:

@@ -83,6 +83,77 @@ def margin(
 
 
 @app.command()
+def backtest(
+    prices: Annotated[Path, typer.Option("--prices", help="Daily price CSV (date + columns)")],
+    book: Annotated[
+        Path | None, typer.Option("--book", help="Portfolio file (default: short 1 perpetual)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the report")] = Path(
+        "var/backtest"
+    ),
+    horizon: Annotated[int, typer.Option("--horizon", help="P&L horizon in days", min=1)] = 1,
+    expected_rate: Annotated[
+        float, typer.Option("--expected-rate", help="Exceedance rate the model claims")
+    ] = 0.01,
+    against: Annotated[
+        str, typer.Option("--against", help="maintenance or initial margin")
+    ] = "maintenance",
+    first: Annotated[
+        str | None, typer.Option("--from", help="First day (YYYY-MM-DD)")
+    ] = None,
+    last: Annotated[str | None, typer.Option("--to", help="Last day (YYYY-MM-DD)")] = None,
+) -> None:
+    """Backtest the grid requirement of a book over a price history: exceedances, Kupiec and
+    Christoffersen tests, an HTML report and a JSON summary."""
+    from datetime import date
+
+    from keeper.backtest.cmd import BacktestOptions
+    from keeper.backtest.cmd import run as run_backtest
+
+    try:
+        d0 = date.fromisoformat(first) if first else None
+        d1 = date.fromisoformat(last) if last else None
+    except ValueError as e:
+        sys.stderr.write(f"error: UsageError: --from/--to: {e}\n")
+        raise SystemExit(2) from None
+    opts = BacktestOptions(prices, book, out, horizon, expected_rate, against, d0, d1)
+    raise SystemExit(run_backtest(opts))
+
+
+@app.command()
+def calibrate(
+    prices: Annotated[Path, typer.Option("--prices", help="Price CSV (date + columns)")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the proposal (submission: not available)")
+    ] = False,
+    book: Annotated[
+        Path | None, typer.Option("--book", help="Portfolio file with the current parameters")
+    ] = None,
+    lam: Annotated[str, typer.Option("--lambda", help="EWMA decay, in [0.5, 0.9999]")] = "0.94",
+    first: Annotated[str | None, typer.Option("--from", help="First day (YYYY-MM-DD)")] = None,
+    last: Annotated[str | None, typer.Option("--to", help="Last day (YYYY-MM-DD)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """EWMA volatility and correlation of a price history and the next grid's price range
+    and vol shift, with the hash of the proposal's canonical encoding."""
+    from datetime import date
+
+    from keeper.calibrate_cmd import CalibrateOptions
+    from keeper.calibrate_cmd import run as run_calibrate
+
+    if not dry_run:
+        sys.stderr.write("error: UsageError: only --dry-run is available (nothing is submitted)\n")
+        raise SystemExit(2)
+    try:
+        d0 = date.fromisoformat(first) if first else None
+        d1 = date.fromisoformat(last) if last else None
+    except ValueError as e:
+        sys.stderr.write(f"error: UsageError: --from/--to: {e}\n")
+        raise SystemExit(2) from None
+    raise SystemExit(run_calibrate(CalibrateOptions(prices, book, lam, d0, d1, as_json)))
+
+
+@app.command()
 def run(
     config: ConfigOption = Path("keeper.toml"),
     progress: Annotated[bool, typer.Option(help="Progress bar during the backfill")] = True,

@@ -34,16 +34,14 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from eth_typing import HexStr
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
-from web3.types import TxParams
 
 from keeper.book_engine import BookEngine
-from keeper.chain.errors import ChainError
-from keeper.chain.revert import decode_revert, revert_data_of
+from keeper.chain.revert import decode_revert
 from keeper.chain.view import (
     NO_UNDERLYING,
     AccountSnapshot,
@@ -74,7 +72,7 @@ from keeper.protocol.settlement import (
 )
 from keeper.secrets import scrub
 from keeper.store import Decision, DecisionOutcome, Store, Transaction, TxStatus
-from keeper.transactions import SendError, TxManager
+from keeper.transactions import SendError, Submission, TxManager
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +84,10 @@ ABANDONED_AFTER_BLOCKS = 2
 #: read; each further one doubles, up to ROUND_SCAN_MAX).
 ROUND_SCAN_CHUNK = 16
 ROUND_SCAN_MAX = 1024
+#: Actions simulated per JSON-RPC batch (an eth_call and an eth_estimateGas each) before they
+#: are sent: large enough that a crash's hundreds of actions cost a few round trips, small
+#: enough that the most valuable ones are sent within a block.
+SIMULATION_CHUNK = 32
 
 
 class SkipReason(StrEnum):
@@ -107,6 +109,7 @@ class Simulated:
     returned: bytes
     gas_limit: int
     gas_cost: int | None  # asset-0 WAD at the initial max fee; None: no gas price
+    base_fee: int  # of the latest block when simulated: the send's fees start from it
 
 
 @dataclass
@@ -131,10 +134,24 @@ class BlockReport:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-class _Reverted(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class _RowFields(TypedDict, total=False):
+    """A decision row's optional fields (``KeeperCore._decision_row``)."""
+
+    backoff_until: int | None
+    gas_cost: int | None
+    key: str | None  # the action's idempotency key: the row takes it, or is refused
+    target: str | None  # the account column, when not the assessment's account
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """An action that passed its gates, with its calldata: next, the simulation."""
+
+    action: Action
+    a: Assessment | None
+    target: str
+    changed: bool
+    data: str
 
 
 def _target(action: Action) -> str:
@@ -189,6 +206,11 @@ class KeeperCore:
         self._feed_rounds: dict[str, dict[int, RoundData | None]] = {}
         #: The whole book in columns, classified every block (keeper.book_engine).
         self.engine = BookEngine()
+        #: While a block's actions pass their gates: the action keys already recorded and the
+        #: targets with a transaction in flight, read once for the block (None: ask the store
+        #: per action). A block decides at most one action per target, so they stay true.
+        self._known_keys: set[str] | None = None
+        self._busy_targets: set[str] | None = None
 
     # --- the per-block step ------------------------------------------------------------------
 
@@ -239,11 +261,25 @@ class KeeperCore:
                 report.accounts_assessed += 1
                 report.by_state[one.state] = report.by_state.get(one.state, 0) + 1
                 report.states[one.account] = one.state
-            # Each action costs a simulation, an estimate and a send: the ones that matter most
-            # go first, to reach the next block (liquidations by bounty, then the rest).
+            # The ones that matter most go first, to reach the next block (liquidations by
+            # bounty, then the rest): their nonces come first. Actions that pass their gates
+            # are simulated SIMULATION_CHUNK at a time, each chunk in one JSON-RPC batch and
+            # sent before the next is simulated: the first sends leave early in a crash.
+            # Two queries answer the gates of every action at once: which keys have a row,
+            # which targets a transaction without a receipt; a row is read only for a hit.
+            keys = [one.action.key for one in assessed if one.action is not None]
+            self._known_keys = self.store.taken_keys(keys)
+            self._busy_targets = self.store.in_flight_targets()
+            due: list[_Candidate] = []
             for one in sorted(assessed, key=_urgency):
-                self._handle(snap, one, report)
+                if (candidate := self._handle(snap, one, report)) is not None:
+                    due.append(candidate)
+                if len(due) == SIMULATION_CHUNK:
+                    self._execute(snap, due, report)
+                    due = []
+            self._execute(snap, due, report)
         finally:
+            self._known_keys = self._busy_targets = None
             self._flush()  # what was decided is recorded even when a later send fails
         self._last_snap = snap
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
@@ -326,11 +362,14 @@ class KeeperCore:
             if any(snap.instruments[i].settled for i, _ in acc.positions)
         ]
         try:
+            due = []
             for a in self._assess(snap, holders, report):
                 report.accounts_assessed += 1
                 report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
                 report.states[a.account] = a.state
-                self._handle(snap, a, report)
+                if (candidate := self._handle(snap, a, report)) is not None:
+                    due.append(candidate)
+            self._execute(snap, due, report)
         finally:
             self._flush()
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
@@ -354,7 +393,10 @@ class KeeperCore:
 
     # --- gates, simulation, sending ----------------------------------------------------------
 
-    def _handle(self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport) -> None:
+    def _handle(
+        self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport
+    ) -> _Candidate | None:
+        """Record what an assessment says; its action when it passes the gates."""
         acct = str(a.account)
         changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
         if changed and a.bounded:
@@ -375,8 +417,22 @@ class KeeperCore:
             if changed:
                 outcome = DecisionOutcome.NO_ACTION if a.note is not None else None
                 self._record(snap, a, None, report, outcome, a.note, batch=True)
-            return
-        self._act(snap, a.action, a, report, changed=changed)
+            return None
+        return self._candidate(snap, a.action, a, report, changed)
+
+    def _candidate(
+        self,
+        snap: ProtocolSnapshot,
+        action: Action,
+        a: Assessment | None,
+        report: BlockReport,
+        changed: bool,
+    ) -> _Candidate | None:
+        target = _target(action)
+        if not self._gates_pass(snap, action, a, report, target, changed):
+            return None
+        fn, args = action.call()
+        return _Candidate(action, a, target, changed, self._ch.encode_abi(fn, args=list(args)))
 
     def _act(
         self,
@@ -389,14 +445,23 @@ class KeeperCore:
     ) -> None:
         """Execute one action: gates, simulation, profitability, then send (or record the dry
         run). Each stage records why it stopped, once per change."""
-        target = _target(action)
-        if not self._gates_pass(snap, action, a, report, target, changed):
+        candidate = self._candidate(snap, action, a, report, changed)
+        if candidate is not None:
+            self._execute(snap, [candidate], report)
+
+    def _execute(self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport) -> None:
+        """Simulate every action at once, then the profitability rule, then send them all."""
+        if not due:
             return
-        sim = self._simulation(snap, action, a, report, target)
-        if sim is None or not self._profitable(snap, action, a, report, target, sim, changed):
-            return
-        _check_bounty(action, sim.returned)
-        self._send(snap, action, a, report, target, sim, changed)
+        ready: list[tuple[_Candidate, Simulated]] = []
+        for c, sim in zip(due, self._simulations(snap, due, report), strict=True):
+            if sim is None:
+                continue
+            if not self._profitable(snap, c.action, c.a, report, c.target, sim, c.changed):
+                continue
+            _check_bounty(c.action, sim.returned)
+            ready.append((c, sim))
+        self._send(snap, ready, report)
 
     def _gates_pass(
         self,
@@ -414,7 +479,9 @@ class KeeperCore:
             if changed and a is not None:
                 self._record(snap, a, action, report, DecisionOutcome.BACKOFF)
             return False
-        taken = self.store.decision_by_key(action.key)
+        known = self._known_keys
+        skip_lookup = known is not None and action.key not in known
+        taken = None if skip_lookup else self.store.decision_by_key(action.key)
         if (
             taken is not None
             and not self._abandoned(taken, block)
@@ -425,7 +492,8 @@ class KeeperCore:
                 why = f"{action.key} already sent"
                 self._record(snap, a, None, report, DecisionOutcome.DUPLICATE, why)
             return False
-        pending = self.store.in_flight(target)
+        busy = self._busy_targets
+        pending = None if busy is not None and target not in busy else self.store.in_flight(target)
         if pending is not None and not self._landed(pending, block):
             # One transaction per target without a receipt: a second one is decided on a state
             # the first is about to change (another round's settlement of the same instrument,
@@ -437,37 +505,48 @@ class KeeperCore:
             return False
         return True
 
-    def _simulation(
-        self,
-        snap: ProtocolSnapshot,
-        action: Action,
-        a: Assessment | None,
-        report: BlockReport,
-        target: str,
-    ) -> Simulated | None:
-        """``eth_call`` and ``eth_estimateGas`` against latest, and the gas cost; None (recorded,
-        backed off) when either reverts."""
-        fn, args = action.call()
-        data = self._ch.encode_abi(fn, args=list(args))
-        try:
-            returned = self._simulate(data)
-            gas = self._estimate(data)
-        except _Reverted as exc:
-            until = self._back_off(target, snap.block.number)
-            report.skip(SkipReason.SIMULATION_REVERTED)
-            log.warning(
-                "simulation reverted",
-                extra={"key": action.key, "reason": exc.reason, "backoff_until": until},
-            )
-            self._record(
-                snap, a, action, report,
-                DecisionOutcome.SIMULATION_REVERTED, exc.reason, backoff_until=until,
-                target=target,
-            )  # fmt: skip
-            return None
-        gas_limit = gas * (100 + self.policy.gas_margin_percent) // 100
-        cost = gas_cost_in_asset0(snap, gas * self._max_fee(), self.policy)
-        return Simulated(data, returned, gas_limit, cost)
+    def _simulations(
+        self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport
+    ) -> list[Simulated | None]:
+        """``eth_call`` and ``eth_estimateGas`` of every action against latest, with the latest
+        block's base fee, in one JSON-RPC batch; each action's gas cost. None for an action
+        whose call or estimate reverted (recorded, backed off). A transport fault (retries
+        spent) raises: it is no verdict on any call, so nothing backs off; the block job fails
+        and the next run simulates again (found by the soak run)."""
+        calls: list[tuple[str, list[Any]]] = [("eth_getBlockByNumber", ["latest", False])]
+        for c in due:
+            tx = self._tx(c.data)
+            calls += [("eth_call", [tx, "latest"]), ("eth_estimateGas", [tx, "latest"])]
+        replies = self.chain.rpc.batch(calls)
+        self._extra_trips += 1
+        head = replies[0].get("result") or {}
+        base = int(head.get("baseFeePerGas") or "0x0", 16)
+        max_fee = self.txm.fees.initial(base).max_fee_per_gas if self.txm else 2 * base + 1
+        out: list[Simulated | None] = []
+        for k, c in enumerate(due):
+            call, estimate = replies[1 + 2 * k], replies[2 + 2 * k]
+            failed = call if "error" in call else estimate if "error" in estimate else None
+            if failed is not None:
+                reason = _reply_reason(failed["error"])
+                until = self._back_off(c.target, snap.block.number)
+                report.skip(SkipReason.SIMULATION_REVERTED)
+                log.warning(
+                    "simulation reverted",
+                    extra={"key": c.action.key, "reason": reason, "backoff_until": until},
+                )
+                self._record(
+                    snap, c.a, c.action, report,
+                    DecisionOutcome.SIMULATION_REVERTED, reason, backoff_until=until,
+                    target=c.target,
+                )  # fmt: skip
+                out.append(None)
+                continue
+            gas = int(estimate["result"], 16)
+            gas_limit = gas * (100 + self.policy.gas_margin_percent) // 100
+            cost = gas_cost_in_asset0(snap, gas * max_fee, self.policy)
+            returned = bytes.fromhex(call["result"][2:])
+            out.append(Simulated(c.data, returned, gas_limit, cost, base))
+        return out
 
     def _profitable(
         self,
@@ -497,64 +576,76 @@ class KeeperCore:
         return False
 
     def _send(
+        self, snap: ProtocolSnapshot, ready: list[tuple[_Candidate, Simulated]], report: BlockReport
+    ) -> None:
+        """Record the decisions with their keys (one database transaction), then submit them
+        (one broadcast batch, in order); a dry run records only."""
+        if self.txm is None:  # read-only: one record per change, not one per block
+            for c, sim in ready:
+                last = self._last.get(c.target, (None, None, None))[2]
+                if c.changed or last != DecisionOutcome.DRY_RUN:
+                    self._record(
+                        snap, c.a, c.action, report, DecisionOutcome.DRY_RUN,
+                        gas_cost=sim.gas_cost, target=c.target,
+                    )  # fmt: skip
+            return
+        rows = [
+            self._decision_row(
+                snap,
+                c.a,
+                c.action,
+                DecisionOutcome.SENT,
+                gas_cost=sim.gas_cost,
+                key=c.action.key,
+                target=c.target,
+            )
+            for c, sim in ready
+        ]
+        taken: list[tuple[_Candidate, Decision]] = []
+        subs: list[Submission] = []
+        for (c, sim), row in zip(ready, self.store.add_action_decisions(rows), strict=True):
+            if row is None:  # another process (or an earlier run) took the key just now
+                report.skip(SkipReason.DUPLICATE)
+                continue
+            assert row.id is not None
+            self._noted(row, report)
+            taken.append((c, row))
+            subs.append(Submission(self.chain.clearing_house, sim.data, sim.gas_limit, row.id))
+        if not subs:
+            return
+        crash_point("after_decision")
+        results = self.txm.submit_many(subs, base_fee=ready[0][1].base_fee)
+        for (c, row), result in zip(taken, results, strict=True):
+            assert row.id is not None
+            if isinstance(result, Exception):  # SendError / RedactedError / ...: all named
+                self._send_failed(snap, c, row.id, result, report)
+                continue
+            report.actions_sent.append(c.action.key)
+            report.kinds_sent.append(c.action.kind)
+            log.info("action sent", extra={"key": c.action.key, "decision_id": row.id})
+
+    def _send_failed(
         self,
         snap: ProtocolSnapshot,
-        action: Action,
-        a: Assessment | None,
+        c: _Candidate,
+        decision_id: int,
+        exc: Exception,
         report: BlockReport,
-        target: str,
-        sim: Simulated,
-        changed: bool,
     ) -> None:
-        """Record the decision with its key, then submit (a dry run records only)."""
-        cost = sim.gas_cost
-        if self.txm is None:  # read-only: one record per change, not one per block
-            if changed or self._last.get(target, (None, None, None))[2] != DecisionOutcome.DRY_RUN:
-                self._record(
-                    snap, a, action, report, DecisionOutcome.DRY_RUN, gas_cost=cost, target=target
-                )
-            return
-        row = self._record(
-            snap,
-            a,
-            action,
-            report,
-            DecisionOutcome.SENT,
-            gas_cost=cost,
-            key=action.key,
-            target=target,
-        )
-        if row is None:  # another process (or an earlier run) took the key just now
-            report.skip(SkipReason.DUPLICATE)
-            return
-        assert row.id is not None
-        crash_point("after_decision")
-        try:
-            self.txm.submit(
-                to=self.chain.clearing_house,
-                data=sim.data,
-                gas_limit=sim.gas_limit,
-                decision_id=row.id,
-            )
-        except Exception as exc:  # SendError / RedactedError / DuplicateSubmission: all named
-            until = self._back_off(target, snap.block.number)
-            fields: dict[str, Any] = {
-                "outcome": DecisionOutcome.SEND_FAILED,
-                "outcome_detail": f"{type(exc).__name__}: {exc}",
-                "backoff_until": until,
-            }
-            if isinstance(exc, SendError):
-                # Refused by the node: never on chain, so the key is released for a retry
-                # after the back-off. (A transport failure may have reached the node: the
-                # key stays taken and TxManager.poll follows the transaction.)
-                fields["action_key"] = None
-            self.store.update_decision(row.id, **fields)
-            report.skip(SkipReason.SEND_FAILED)
-            log.warning("send failed", extra={"key": action.key, "error": scrub(str(exc))})
-            return
-        report.actions_sent.append(action.key)
-        report.kinds_sent.append(action.kind)
-        log.info("action sent", extra={"key": action.key, "decision_id": row.id})
+        until = self._back_off(c.target, snap.block.number)
+        fields: dict[str, Any] = {
+            "outcome": DecisionOutcome.SEND_FAILED,
+            "outcome_detail": f"{type(exc).__name__}: {exc}",
+            "backoff_until": until,
+        }
+        if isinstance(exc, SendError):
+            # Refused by the node: never on chain, so the key is released for a retry after
+            # the back-off. (A transport failure may have reached the node: the key stays
+            # taken and TxManager.poll follows the transaction.)
+            fields["action_key"] = None
+        self.store.update_decision(decision_id, **fields)
+        report.skip(SkipReason.SEND_FAILED)
+        log.warning("send failed", extra={"key": c.action.key, "error": scrub(str(exc))})
 
     def _landed(self, tx: Transaction, block: int) -> bool:
         """Whether one of ``tx``'s hashes mined at or below ``block`` (the snapshot's): its
@@ -570,35 +661,8 @@ class KeeperCore:
             return int(receipt["blockNumber"]) <= block
         return False
 
-    def _tx(self, data: str) -> TxParams:
-        return {"from": self.liquidator, "to": self.chain.clearing_house, "data": HexStr(data)}
-
-    def _simulate(self, data: str) -> bytes:
-        self._extra_trips += 1
-        try:
-            return bytes(self.chain.w3.eth.call(self._tx(data), "latest"))
-        except ChainError:
-            # The RPC failed (retries spent): no verdict on the call, so no back-off; the
-            # block job fails and the next run simulates again (found by the soak run).
-            raise
-        except Exception as exc:
-            raise _Reverted(_reason(exc)) from None
-
-    def _estimate(self, data: str) -> int:
-        self._extra_trips += 1
-        try:
-            return int(self.chain.w3.eth.estimate_gas(self._tx(data), "latest"))
-        except ChainError:
-            raise  # as in _simulate: a transport fault is not a revert
-        except Exception as exc:
-            raise _Reverted(_reason(exc)) from None
-
-    def _max_fee(self) -> int:
-        self._extra_trips += 1
-        base = int(self.chain.w3.eth.get_block("latest").get("baseFeePerGas", 0))
-        if self.txm is not None:
-            return self.txm.fees.initial(base).max_fee_per_gas
-        return 2 * base + 1
+    def _tx(self, data: str) -> dict[str, str]:
+        return {"from": self.liquidator, "to": self.chain.clearing_house, "data": data}
 
     def _abandoned(self, decision: Decision, block: int) -> bool:
         """True (and the key released) when ``decision`` took its action key but no transaction
@@ -686,20 +750,43 @@ class KeeperCore:
         outcome: DecisionOutcome | None = None,
         detail: str | None = None,
         *,
-        backoff_until: int | None = None,
-        gas_cost: int | None = None,
-        key: str | None = None,
-        target: str | None = None,
         batch: bool = False,
+        **fields: Unpack[_RowFields],
     ) -> Decision | None:
         """Record one decision. ``batch``: a no-action row, written with the block's other
         such rows in one transaction (``_flush``) instead of one transaction each."""
+        row = self._decision_row(snap, a, action, outcome, detail, **fields)
+        key = fields.get("key")
+        if batch and not key:
+            self._batch.append(row)
+            saved: Decision | None = row
+        else:
+            saved = self.store.add_action_decision(row) if key else self.store.add_decision(row)
+        if saved is None:
+            return None
+        self._noted(row, report)
+        return saved
+
+    def _noted(self, row: Decision, report: BlockReport) -> None:
+        """A decision was recorded: counted, and remembered as the account's last."""
+        report.decisions_recorded += 1
+        self._last[row.account] = (row.change_digest or "", row.state, row.outcome)
+
+    def _decision_row(
+        self,
+        snap: ProtocolSnapshot,
+        a: Assessment | None,
+        action: Action | None,
+        outcome: DecisionOutcome | None = None,
+        detail: str | None = None,
+        **fields: Unpack[_RowFields],
+    ) -> Decision:
         res = a.result if a is not None else None
-        account = target or (str(a.account) if a is not None else "")
-        row = Decision(
+        target = fields.get("target")
+        return Decision(
             block_number=snap.block.number,
             block_hash=snap.block.hash,
-            account=account,
+            account=target or (str(a.account) if a is not None else ""),
             inputs_digest=a.inputs_digest if a is not None else "",
             change_digest=a.change_digest if a is not None else None,
             loss_matrix=res.scenario_losses if res is not None else [],
@@ -713,23 +800,13 @@ class KeeperCore:
             expected_bounty=action.expected_bounty if action is not None else None,
             outcome=outcome,
             outcome_detail=detail,
-            action_key=key,
+            action_key=fields.get("key"),
             account_nonce=a.nonce if a is not None else None,
             instrument=action.instrument if action is not None else None,
             lenient=a.lenient if a is not None else None,
-            backoff_until=backoff_until,
-            expected_gas_cost=gas_cost,
+            backoff_until=fields.get("backoff_until"),
+            expected_gas_cost=fields.get("gas_cost"),
         )
-        if batch and not key:
-            self._batch.append(row)
-            saved: Decision | None = row
-        else:
-            saved = self.store.add_action_decision(row) if key else self.store.add_decision(row)
-        if saved is None:
-            return None
-        report.decisions_recorded += 1
-        self._last[account] = (row.change_digest or "", row.state, outcome)
-        return saved
 
     # --- which accounts a block affects ------------------------------------------------------
 
@@ -790,11 +867,14 @@ def _used_underlyings(snap: ProtocolSnapshot, account: int) -> frozenset[int]:
     return frozenset(used)
 
 
-def _reason(exc: BaseException) -> str:
-    data = revert_data_of(exc)
-    if data is not None:
+def _reply_reason(error: dict[str, Any]) -> str:
+    """Why a simulation's JSON-RPC reply failed: the decoded revert data, else the message."""
+    data = error.get("data")
+    if isinstance(data, dict):  # some nodes nest it: {"data": {"data": "0x..."}}
+        data = data.get("data")
+    if isinstance(data, str) and data.startswith("0x"):
         return scrub(str(decode_revert(data)))
-    return scrub(f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}")
+    return scrub(f"reverted: {error.get('message', error)}")
 
 
 def _check_bounty(action: Action, returned: bytes) -> None:

@@ -24,7 +24,6 @@ stops it with exit status 3 when no new block has been processed for
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import threading
@@ -37,13 +36,11 @@ from typing import TypeVar
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from eth_typing import HexStr
-from web3.contract.contract import ContractEvent
-from web3.exceptions import TransactionNotFound
-from web3.logs import DISCARD
+from eth_utils import keccak
 
 from keeper.bounty import auto_claim
 from keeper.chain import Chain, ChainError
+from keeper.chain.errors import RpcError
 from keeper.chain.heads import HeadSubscription
 from keeper.chain.rpc import BlockRef
 from keeper.config import KeeperConfig
@@ -82,6 +79,8 @@ EXIT_STALLED = 3
 WALLET_INTERVAL_SECONDS = 60.0
 #: The ``from`` of a read-only keeper's simulations (it never signs).
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+#: topic0 of ClearingHouse's BountyCredited(address indexed liquidator, int256 amount).
+BOUNTY_CREDITED_TOPIC = "0x" + keccak(text="BountyCredited(address,int256)").hex()
 #: A subscribed head older than this is not trusted alone: the block loop polls (a silent
 #: subscription must not stall the keeper until the watchdog fires; on a chain with slower
 #: blocks this costs one poll per loop between blocks, as without a subscription).
@@ -490,16 +489,19 @@ class KeeperService:
         # From the store, not from this pass: a final transaction is returned by one poll only,
         # and a fault (or a kill) between that poll and the receipt read below must not lose
         # its bounty for good (found by the soak run).
-        for tx in store.final_without_bounty(sender.address):
-            assert tx.id is not None and tx.mined_hash is not None
-            try:
-                bounty = self._bounty_of(tx.mined_hash, sender.address)
-            except TransactionNotFound:  # a node without it (pruned): the others go on
-                log.warning("receipt of a final transaction not found", extra={"tx_id": tx.id})
+        due = {tx.id: tx.mined_hash for tx in store.final_without_bounty(sender.address)}
+        bounties = {}
+        for (tx_id, tx_hash), bounty in zip(
+            due.items(), self._bounties(list(due.values()), sender.address), strict=True
+        ):
+            if bounty is None:  # a node without its receipt (pruned): the others go on
+                log.warning("receipt of a final transaction not found", extra={"tx_id": tx_id})
                 continue
-            store.update_transaction(tx.id, bounty=bounty)
+            assert tx_id is not None and tx_hash is not None
+            bounties[tx_id] = bounty
             if bounty:
                 self.metrics.bounty.inc(bounty)
+        store.set_bounties(bounties)
         self.metrics.pending_tx.set(len(store.open_transactions(sender.address)))
 
     def _release_reverted(self, tx: Transaction) -> None:
@@ -510,24 +512,32 @@ class KeeperService:
             block = tx.block_number if tx.block_number is not None else rt.chain.head().number
             rt.core.release_reverted(tx.decision_id, tx.revert_reason, block)
 
-    @functools.cached_property
-    def _bounty_event(self) -> ContractEvent:
-        """The BountyCredited event decoder (a web3 contract object is costly to build: it was
-        a seventh of the keeper's time in a crash, built once per final transaction)."""
+    def _bounties(self, tx_hashes: list[str | None], liquidator: str) -> list[int | None]:
+        """Per transaction, Σ BountyCredited(us, amount) in its receipt: what the chain actually
+        paid (None: the node has no receipt). Every receipt in one JSON-RPC batch."""
         chain = self.runtime.chain
-        contract = chain.w3.eth.contract(address=chain.clearing_house, abi=clearing_house_abi())
-        return contract.events.BountyCredited()
-
-    def _bounty_of(self, tx_hash: str, liquidator: str) -> int:
-        """Σ BountyCredited(us, amount) in the receipt: what the chain actually paid."""
-        chain = self.runtime.chain
-        receipt = chain.w3.eth.get_transaction_receipt(HexStr(tx_hash))
-        event = self._bounty_event
-        total = 0
-        for entry in event.process_receipt(receipt, errors=DISCARD):
-            if entry["args"]["liquidator"].lower() == liquidator.lower():
-                total += int(entry["args"]["amount"])
-        return total
+        replies = chain.rpc.batch([("eth_getTransactionReceipt", [h]) for h in tx_hashes])
+        house = chain.clearing_house.lower()
+        us = "0x" + "0" * 24 + liquidator.lower().removeprefix("0x")
+        out: list[int | None] = []
+        for reply in replies:
+            if "error" in reply:
+                raise RpcError("eth_getTransactionReceipt", scrub(str(reply["error"])))
+            receipt = reply.get("result")
+            if receipt is None:
+                out.append(None)
+                continue
+            out.append(
+                sum(
+                    int.from_bytes(bytes.fromhex(entry["data"][2:66]), "big", signed=True)
+                    for entry in receipt["logs"]
+                    if entry["address"].lower() == house
+                    and len(entry["topics"]) == 2
+                    and entry["topics"][0].lower() == BOUNTY_CREDITED_TOPIC
+                    and entry["topics"][1].lower() == us
+                )
+            )
+        return out
 
     def _record(self, report: BlockReport) -> None:
         # A block report covers the accounts it re-margined; the gauge covers every account.

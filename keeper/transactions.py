@@ -30,16 +30,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from eth_typing import HexStr
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3RPCError
 from web3.types import TxParams, Wei
 
-from keeper.chain.errors import ChainError
+from keeper.chain.errors import ChainError, RpcError
 from keeper.chain.revert import decode_revert, revert_data_of
+from keeper.chain.rpc import Rpc
 from keeper.fault_points import crash_point
 from keeper.fees import FeePolicy, Fees
 from keeper.nonces import NonceManager
@@ -48,6 +52,7 @@ from keeper.secrets import RedactedError, redacting_errors, scrub
 from keeper.signer import Signer
 from keeper.store import (
     AttemptStatus,
+    BatchRefused,
     Route,
     Store,
     StoreError,
@@ -64,6 +69,21 @@ log = logging.getLogger(__name__)
 
 _NONCE_CONFLICT = ("nonce too low", "replacement transaction underpriced", "nonce too high")
 _ALREADY_KNOWN = ("already known", "known transaction", "already imported")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One transaction to submit (``TxManager.submit_many``)."""
+
+    to: str
+    data: str
+    gas_limit: int
+    decision_id: int | None = None
+    value: int = 0
+
+    def fields(self) -> tuple[str, str, int, int, int | None]:
+        """``TxManager._submit``'s leading arguments."""
+        return self.to, self.data, self.gas_limit, self.value, self.decision_id
 
 
 class SendError(RuntimeError):
@@ -92,6 +112,8 @@ class TxManager:
     ) -> None:
         self.store = store
         self.w3 = w3
+        #: Batched reads (every open transaction's receipts in one request).
+        self.rpc = Rpc(w3, str(getattr(w3.provider, "endpoint_uri", "") or ""))
         self.signer = signer
         self.fees = fees
         self.chain_id = chain_id
@@ -132,15 +154,23 @@ class TxManager:
         gas_limit: int,
         value: int = 0,
         decision_id: int | None = None,
+        base_fee: int | None = None,
     ) -> Transaction:
         """Store, sign and broadcast a new transaction. Raises ``DuplicateSubmission`` when the
         decision already has one, ``SendError`` when the node refuses it, ``RedactedError`` (the
-        message scrubbed of credentials) on a transport failure."""
+        message scrubbed of credentials) on a transport failure. ``base_fee``: the latest
+        block's, when the caller has just read it (a round trip less per transaction)."""
         with redacting_errors(*_OWN_ERRORS):
-            return self._submit(to, data, gas_limit, value, decision_id)
+            return self._submit(to, data, gas_limit, value, decision_id, base_fee)
 
     def _submit(
-        self, to: str, data: str, gas_limit: int, value: int, decision_id: int | None
+        self,
+        to: str,
+        data: str,
+        gas_limit: int,
+        value: int,
+        decision_id: int | None,
+        base_fee: int | None,
     ) -> Transaction:
         tx = self.store.insert_transaction(
             Transaction(
@@ -153,7 +183,82 @@ class TxManager:
                 chain_id=self.chain_id,
             )
         )
-        return self._send_attempt(tx, self.fees.initial(self._base_fee()), self._private(tx))
+        base = self._base_fee() if base_fee is None else base_fee
+        return self._send_attempt(tx, self.fees.initial(base), self._private(tx))
+
+    def submit_many(
+        self, subs: list[Submission], *, base_fee: int | None = None
+    ) -> list[Transaction | Exception]:
+        """``submit`` for many transactions at once, in order (consecutive nonces): one database
+        transaction stores them all, one JSON-RPC batch broadcasts them all. Each element of
+        the answer is the stored transaction or the exception ``submit`` would have raised for
+        it. With a private relay configured, each goes through ``submit`` (the relay takes one
+        transaction per request)."""
+        out: list[Transaction | Exception] = []
+        if len(subs) <= 1 or self.relay is not None:
+            for sub in subs:
+                out.append(self._one(partial(self._submit, *sub.fields(), base_fee)))
+            return out
+        with redacting_errors(*_OWN_ERRORS):
+            base = self._base_fee() if base_fee is None else base_fee
+            rows = [
+                Transaction(decision_id=sub.decision_id, sender=self.signer.address,
+                            to=Web3.to_checksum_address(sub.to).lower(), value=sub.value,
+                            data=sub.data, gas_limit=sub.gas_limit, chain_id=self.chain_id)
+                for sub in subs
+            ]  # fmt: skip
+            try:
+                txs = self.store.insert_transactions(rows)
+            except BatchRefused:
+                # Another writer took something of the batch (a decision's transaction): one
+                # by one, each insert names its own duplicate.
+                for sub in subs:
+                    out.append(self._one(partial(self._submit, *sub.fields(), base)))
+                return out
+            fees = self.fees.initial(base)
+            attempts = []
+            for tx in txs:
+                assert tx.id is not None
+                crash_point("before_sign")
+                tx_hash, raw = self._sign(tx, fees)
+                attempts.append(
+                    TxAttempt(tx_id=tx.id, hash=tx_hash, raw="0x" + raw.hex(),
+                              max_fee_per_gas=fees.max_fee_per_gas,
+                              max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+                              route=Route.PUBLIC)
+                )  # fmt: skip
+            attempts = self.store.add_attempts(attempts)
+            for tx, attempt in zip(txs, attempts, strict=True):
+                log.info(
+                    "transaction sent",
+                    extra={"tx_id": tx.id, "nonce": tx.nonce, "hash": attempt.hash,
+                           "max_fee_per_gas": fees.max_fee_per_gas,
+                           "max_priority_fee_per_gas": fees.max_priority_fee_per_gas,
+                           "route": attempt.route},
+                )  # fmt: skip
+            try:
+                replies = self.rpc.batch([("eth_sendRawTransaction", [a.raw]) for a in attempts])
+            except Exception as exc:
+                failure = self._transport_failure(txs[0], exc)
+                return [failure for _ in txs]
+        for tx, attempt, reply in zip(txs, attempts, replies, strict=True):
+            if "error" not in reply:
+                crash_point("after_send")
+                out.append(tx)
+                continue
+            message = scrub(str(reply["error"]))
+            out.append(self._one(partial(self._refused, tx, attempt, message, False)))
+        return out
+
+    @staticmethod
+    def _one(step: Callable[[], Transaction]) -> Transaction | Exception:
+        """Run one transaction's step; its exception (scrubbed, as ``submit`` raises it) is the
+        answer instead of stopping the others."""
+        try:
+            with redacting_errors(*_OWN_ERRORS):
+                return step()
+        except Exception as exc:
+            return exc
 
     def _private(self, tx: Transaction) -> bool:
         """Whether ``tx`` goes to the relay: its decision's action is one the relay takes."""
@@ -245,42 +350,51 @@ class TxManager:
         try:
             self.w3.eth.send_raw_transaction(HexStr(attempt.raw))
         except Web3RPCError as exc:
-            message = scrub(str(exc))
-            lowered = message.lower()
-            if any(s in lowered for s in _ALREADY_KNOWN):
-                return tx
-            if rebroadcast:
-                # "nonce too low" here usually means this very hash mined: poll will see it.
-                log.info("re-broadcast refused", extra={"tx_id": tx.id, "error": message})
-                return tx
-            if any(s in lowered for s in _NONCE_CONFLICT) and self._node_has(attempt.hash):
-                # Our own bytes hold the nonce: a send retried after its answer was lost (a
-                # timeout, a dropped connection) reached the node the first time.
-                log.info("send answered late: already with the node", extra={"tx_id": tx.id})
-                return tx
-            self.store.update_attempt(attempt.id, status=AttemptStatus.FAILED, error=message)
-            if any(s in lowered for s in _NONCE_CONFLICT):
-                return self._resolve_nonce_conflict(tx, message)
-            if not any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id)):
-                # Refused for good (bad gas, insufficient funds ...) and no earlier hash of it
-                # can mine: it is FAILED and its nonce released (``reconcile`` hands it out
-                # again when it was the highest; ``poll`` fills it when it was not).
-                self.store.update_transaction(
-                    tx.id, status=TxStatus.FAILED, final=True, revert_reason=message
-                )
-                self.nonces.reconcile()
-            raise SendError(f"transaction {tx.id} (nonce {tx.nonce}) refused: {message}") from None
+            return self._refused(tx, attempt, scrub(str(exc)), rebroadcast)
         except Exception as exc:
-            # Transport failure: the node may or may not have it. The attempt stays SENT, so its
-            # hash is watched and ``poll`` replaces it once it counts as stuck.
-            message = scrub(str(exc))
-            if isinstance(exc, ChainError):  # named and scrubbed already (keeper.chain)
-                log.warning("broadcast failed", extra={"tx_id": tx.id, "error": message})
-                raise
-            log.warning("broadcast failed", extra={"tx_id": tx.id, "error": message})
-            raise RedactedError(type(exc).__name__, message) from None
+            raise self._transport_failure(tx, exc) from None
         crash_point("after_send")
         return tx
+
+    def _transport_failure(self, tx: Transaction, exc: Exception) -> Exception:
+        """The error to raise for a broadcast that failed in transport: the node may or may not
+        have the transaction. The attempt stays SENT, so its hash is watched and ``poll``
+        replaces it once it counts as stuck."""
+        message = scrub(str(exc))
+        log.warning("broadcast failed", extra={"tx_id": tx.id, "error": message})
+        if isinstance(exc, ChainError):  # named and scrubbed already (keeper.chain)
+            return exc
+        return RedactedError(type(exc).__name__, message)
+
+    def _refused(
+        self, tx: Transaction, attempt: TxAttempt, message: str, rebroadcast: bool
+    ) -> Transaction:
+        """The node answered an error to ``attempt``'s broadcast (``message``, scrubbed)."""
+        assert tx.id is not None and attempt.id is not None
+        lowered = message.lower()
+        if any(s in lowered for s in _ALREADY_KNOWN):
+            return tx
+        if rebroadcast:
+            # "nonce too low" here usually means this very hash mined: poll will see it.
+            log.info("re-broadcast refused", extra={"tx_id": tx.id, "error": message})
+            return tx
+        if any(s in lowered for s in _NONCE_CONFLICT) and self._node_has(attempt.hash):
+            # Our own bytes hold the nonce: a send retried after its answer was lost (a
+            # timeout, a dropped connection) reached the node the first time.
+            log.info("send answered late: already with the node", extra={"tx_id": tx.id})
+            return tx
+        self.store.update_attempt(attempt.id, status=AttemptStatus.FAILED, error=message)
+        if any(s in lowered for s in _NONCE_CONFLICT):
+            return self._resolve_nonce_conflict(tx, message)
+        if not any(a.status != AttemptStatus.FAILED for a in self.store.attempts(tx.id)):
+            # Refused for good (bad gas, insufficient funds ...) and no earlier hash of it
+            # can mine: it is FAILED and its nonce released (``reconcile`` hands it out
+            # again when it was the highest; ``poll`` fills it when it was not).
+            self.store.update_transaction(
+                tx.id, status=TxStatus.FAILED, final=True, revert_reason=message
+            )
+            self.nonces.reconcile()
+        raise SendError(f"transaction {tx.id} (nonce {tx.nonce}) refused: {message}")
 
     def _fall_back(self, tx: Transaction, attempt: TxAttempt, reason: str) -> TxAttempt:
         """Mark a relayed attempt as going to the public node too (the caller broadcasts it).
@@ -330,11 +444,24 @@ class TxManager:
             # Nothing to follow and no nonce above a gap: the block loop polls this several
             # times a block, so an idle keeper asks the node nothing here.
             return []
-        head = self.w3.eth.block_number if known_head is None else known_head
-        latest_count = self.w3.eth.get_transaction_count(
-            Web3.to_checksum_address(self.signer.address), "latest"
-        )
-        out = [self._follow(tx, head, latest_count, now) for tx in open_txs]
+        # One batch, whatever the number of open transactions: the signer's mined count, the
+        # head, and a receipt per hash (a crash leaves hundreds open at once).
+        hashes = [
+            a.hash for tx in open_txs if tx.id is not None for a in self.store.attempts(tx.id)
+        ]
+        calls: list[tuple[str, list[Any]]] = [
+            ("eth_getTransactionCount", [Web3.to_checksum_address(self.signer.address), "latest"]),
+            ("eth_blockNumber", []),
+        ]
+        calls += [("eth_getTransactionReceipt", [h]) for h in hashes]
+        replies = self.rpc.batch(calls)
+        latest_count = int(_result(replies[0], calls[0][0]), 16)
+        head = int(_result(replies[1], calls[1][0]), 16) if known_head is None else known_head
+        receipts = {
+            h: _receipt_fields(_result(r, "eth_getTransactionReceipt"))
+            for h, r in zip(hashes, replies[2:], strict=True)
+        }
+        out = [self._follow(tx, head, latest_count, now, receipts) for tx in open_txs]
         out += self._fill_gaps(latest_count)
         return out
 
@@ -367,20 +494,36 @@ class TxManager:
             filled.append(self._send_attempt(filler, self.fees.initial(self._base_fee())))
         return filled
 
-    def _receipt(self, tx_id: int) -> tuple[TxAttempt, Any] | None:
+    def _receipt(
+        self, tx_id: int, receipts: dict[str, dict[str, Any] | None]
+    ) -> tuple[TxAttempt, Any] | None:
+        """The first of ``tx_id``'s attempts with a receipt: from ``receipts`` (read in the
+        pass's batch), asked for alone for an attempt the batch did not cover."""
         for attempt in self.store.attempts(tx_id):
-            try:
-                receipt = self.w3.eth.get_transaction_receipt(HexStr(attempt.hash))
-            except TransactionNotFound:
-                continue
-            return attempt, receipt
+            receipt: Any = None
+            if attempt.hash in receipts:
+                receipt = receipts[attempt.hash]
+            else:
+                try:
+                    receipt = self.w3.eth.get_transaction_receipt(HexStr(attempt.hash))
+                except TransactionNotFound:
+                    receipt = None
+            if receipt is not None:
+                return attempt, receipt
         return None
 
-    def _follow(self, tx: Transaction, head: int, latest_count: int, now: datetime) -> Transaction:
+    def _follow(
+        self,
+        tx: Transaction,
+        head: int,
+        latest_count: int,
+        now: datetime,
+        receipts: dict[str, dict[str, Any] | None],
+    ) -> Transaction:
         assert tx.id is not None
         tx_id = tx.id  # fixed for the whole pass; tx is re-read below
         crash_point("before_receipt")
-        found = self._receipt(tx_id)
+        found = self._receipt(tx_id, receipts)
         if found is not None:
             attempt, receipt = found
             ok = receipt["status"] == 1
@@ -490,6 +633,25 @@ class TxManager:
                     return scrub(f"{decode_revert(data)} ({label})")
                 return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
         return "reverted (replays before and after its block succeed: state-dependent revert)"
+
+
+def _result(reply: dict[str, Any], method: str) -> Any:
+    if "error" in reply:
+        raise RpcError(method, scrub(str(reply["error"])))
+    return reply.get("result")
+
+
+def _receipt_fields(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fields ``_follow`` reads of a raw JSON-RPC receipt, typed as web3 gives them."""
+    if raw is None:
+        return None
+    return {
+        "status": int(raw["status"], 16),
+        "blockNumber": int(raw["blockNumber"], 16),
+        "blockHash": HexBytes(raw["blockHash"]),
+        "gasUsed": int(raw["gasUsed"], 16),
+        "effectiveGasPrice": int(raw.get("effectiveGasPrice") or "0x0", 16),
+    }
 
 
 def tx_manager_from_config(

@@ -407,6 +407,10 @@ def test_expired_instruments_and_holders_are_settled(fresh: World, tmp_path: Pat
     core.on_block(chain.view(), set(), acc.values(), market_changed=False)
     assert core.next_expiry is None
     btc = bind(w3, fresh.dep, "MockAggregator:BTC/USD")
+    # Strictly after expiry: anvil gives blocks mined within one wall-clock second the same
+    # timestamp, so the round could otherwise land at expiry itself.
+    after = max(int(w3.eth.get_block("latest")["timestamp"]), expiry) + 1
+    fresh.node.rpc("evm_setNextBlockTimestamp", [after])
     _send(w3, btc.functions.setAnswer(btc.functions.answer().call()), w3.eth.accounts[0])
     core.on_block(chain.view(), set(), acc.values(), market_changed=False)
     assert core.next_expiry == expiry

@@ -692,27 +692,34 @@ def test_sigkill_at_each_step_then_restart(fresh: World, tmp_path: Path) -> None
     def down_for_a_while() -> None:
         w.mine(2)  # blocks keep coming while the keeper is down
 
+    # The block's actions are recorded together, then submitted together (one database
+    # transaction each, one broadcast batch): each kill leaves the whole batch at that step.
     run_until_killed(cfg, "after_decision", tmp_path / "run1.log")
     got = rows(url)
-    (first,) = [d for d in got.decisions if d.action_key is not None]
-    assert first.outcome == "sent" and got.txs == []  # recorded, never submitted
+    firsts = [d for d in got.decisions if d.action_key is not None]
+    assert firsts and all(d.outcome == "sent" for d in firsts)
+    assert got.txs == []  # recorded, never submitted
     assert w.w3.eth.get_transaction_count(KEEPER) == 0
     down_for_a_while()
 
     run_until_killed(cfg, "before_sign", tmp_path / "run2.log")
     got = rows(url)
-    old = next(d for d in got.decisions if d.id == first.id)
-    assert old.action_key is None and old.outcome == DecisionOutcome.ABANDONED
-    (again,) = [d for d in got.decisions if d.action_key == first.action_key]
-    (tx,) = got.txs
-    assert tx.decision_id == again.id and tx.nonce == 0 and got.attempts == []
+    for first in firsts:
+        old = next(d for d in got.decisions if d.id == first.id)
+        assert old.action_key is None and old.outcome == DecisionOutcome.ABANDONED
+    taken = {d.id: d for d in got.decisions if d.action_key is not None}
+    assert {d.action_key for d in taken.values()} == {d.action_key for d in firsts}
+    assert sorted(t.nonce for t in got.txs) == list(range(len(taken)))  # no gap, none twice
+    assert {t.decision_id for t in got.txs} == set(taken) and got.attempts == []
     down_for_a_while()
 
     run_until_killed(cfg, "after_send", tmp_path / "run3.log")
     got = rows(url)
-    (tx,) = got.txs
-    (attempt,) = got.attempts
-    assert tx.status == TxStatus.PENDING and attempt.status == AttemptStatus.SENT
+    (attempt,) = got.attempts  # the first one re-sent at start-up, killed right after
+    tx = next(t for t in got.txs if t.id == attempt.tx_id)
+    assert tx.nonce == 0 and len(got.txs) == len(taken)
+    assert all(t.status == TxStatus.PENDING for t in got.txs)
+    assert attempt.status == AttemptStatus.SENT
     mined = w.w3.eth.get_transaction_receipt(attempt.hash)  # type: ignore[arg-type]
     assert mined["status"] == 1  # on chain; the store has not seen its receipt
     down_for_a_while()

@@ -2,6 +2,7 @@
 their schema migrated by Alembic (``keeper.store.migrate``)."""
 
 from keeper.store.db import (
+    BatchRefused,
     DuplicateSubmission,
     NonceNotInitialised,
     SchemaVersionMismatch,
@@ -28,6 +29,7 @@ from keeper.store.models import (
 __all__ = [
     "Account",
     "AttemptStatus",
+    "BatchRefused",
     "Decision",
     "DecisionOutcome",
     "DuplicateSubmission",

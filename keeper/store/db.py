@@ -55,6 +55,11 @@ class DuplicateSubmission(StoreError):
         self.decision_id = decision_id
 
 
+class BatchRefused(StoreError):
+    """The database refused a batch insert (a unique key taken by another writer since it was
+    checked): nothing of the batch was written; the caller inserts the rows one by one."""
+
+
 class NonceNotInitialised(StoreError):
     """No nonce row for a signer: the nonce manager must reconcile with the chain first."""
 
@@ -229,6 +234,43 @@ class Store:
                 return None
             raise
 
+    def add_action_decisions(self, decisions: list[Decision]) -> list[Decision | None]:
+        """``add_action_decision`` for many rows in one transaction: the inserted row, or None
+        where the key is already taken. Taken keys are looked up first; a key another writer
+        takes between that look-up and the insert fails the whole insert, and the rows are
+        then inserted one by one, the unique index deciding each."""
+        keys = [d.action_key for d in decisions if d.action_key]
+        with self.session() as s:
+            taken = set(
+                s.exec(select(Decision.action_key).where(col(Decision.action_key).in_(keys)))
+            )
+        fresh, seen = [], set(taken)
+        for d in decisions:
+            if d.action_key and d.action_key not in seen:
+                fresh.append(d)
+                seen.add(d.action_key)
+        try:
+            with self.session() as s:
+                s.add_all(fresh)
+                s.flush()
+        except IntegrityError:
+            for d in fresh:
+                d.id = None  # a rolled-back flush leaves the ids it assigned
+            one_by_one = {id(d): self.add_action_decision(d) for d in fresh}
+            return [one_by_one.get(id(d)) for d in decisions]
+        inserted = {id(d) for d in fresh}
+        return [d if id(d) in inserted else None for d in decisions]
+
+    def taken_keys(self, action_keys: Sequence[str]) -> set[str]:
+        """Which of ``action_keys`` a decision holds (one query, in chunks of 500 keys)."""
+        out: set[str] = set()
+        with self.session() as s:
+            for i in range(0, len(action_keys), 500):
+                chunk = list(action_keys[i : i + 500])
+                query = select(Decision.action_key).where(col(Decision.action_key).in_(chunk))
+                out.update(k for k in s.exec(query) if k is not None)
+        return out
+
     def decision_by_key(self, action_key: str) -> Decision | None:
         with self.session() as s:
             return s.exec(select(Decision).where(Decision.action_key == action_key)).first()
@@ -316,6 +358,37 @@ class Store:
                 raise  # another constraint (an unknown decision id): not a duplicate
             s.refresh(tx)
             return tx
+
+    def insert_transactions(self, txs: list[Transaction]) -> list[Transaction]:
+        """``insert_transaction`` for many transactions of one sender in one database
+        transaction: consecutive nonces in list order, taken by one ``UPDATE ... RETURNING``.
+        Raises ``BatchRefused`` (nothing written, no nonce taken) when an insert fails: the
+        caller inserts them one by one, which names the duplicate."""
+        senders = {tx.sender.lower() for tx in txs}
+        if len(senders) != 1:
+            raise StoreError(f"one sender per batch, not {len(senders)}")
+        (sender,) = senders
+        with self.session() as s:
+            taken = s.exec(
+                update(NonceState)
+                .where(col(NonceState.sender) == sender)
+                .values(next_nonce=col(NonceState.next_nonce) + len(txs), updated_at=utcnow())
+                .returning(col(NonceState.next_nonce))
+            ).scalar_one_or_none()
+            if taken is None:
+                raise NonceNotInitialised(f"no nonce state for {sender}: reconcile first")
+            first = int(taken) - len(txs)
+            for k, tx in enumerate(txs):
+                tx.sender, tx.nonce = sender, first + k
+            s.add_all(txs)
+            try:
+                s.flush()
+            except IntegrityError:
+                s.rollback()
+                for tx in txs:
+                    tx.id = None
+                raise BatchRefused(f"{len(txs)} transactions refused as a batch") from None
+            return txs
 
     def insert_gap_filler(self, tx: Transaction) -> Transaction:
         """Insert ``tx`` at the nonce it already carries, without taking one from the nonce row:
@@ -421,6 +494,27 @@ class Store:
                 .where(Transaction.status == TxStatus.PENDING)
             ).first()
 
+    def set_bounties(self, bounties: dict[int, int]) -> None:
+        """Record the bounty each final transaction's receipt credited, in one transaction."""
+        if not bounties:
+            return
+        with self.session() as s:
+            for tx_id, bounty in bounties.items():
+                row = s.get(Transaction, tx_id)
+                if row is None:
+                    raise StoreError(f"no transaction {tx_id}")
+                row.bounty, row.updated_at = bounty, utcnow()
+
+    def in_flight_targets(self) -> set[str]:
+        """Every target with an ``in_flight`` transaction (one query)."""
+        with self.session() as s:
+            rows = s.exec(
+                select(Decision.account)
+                .join(Transaction, col(Decision.id) == col(Transaction.decision_id))
+                .where(Transaction.status == TxStatus.PENDING)
+            )
+            return set(rows)
+
     def max_open_nonce(self, sender: str) -> int | None:
         txs = self.open_transactions(sender)
         return max((t.nonce for t in txs), default=None)
@@ -441,6 +535,13 @@ class Store:
             s.flush()
             s.refresh(attempt)
             return attempt
+
+    def add_attempts(self, attempts: list[TxAttempt]) -> list[TxAttempt]:
+        """Insert many attempts in one transaction."""
+        with self.session() as s:
+            s.add_all(attempts)
+            s.flush()
+            return attempts
 
     def attempts(self, tx_id: int) -> list[TxAttempt]:
         with self.session() as s:
