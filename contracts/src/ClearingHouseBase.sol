@@ -36,18 +36,28 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     bytes32 public constant MATCHER = "MATCHER";
     bytes32 public constant RISK_OPERATOR = "RISK_OPERATOR";
 
-    /// One storage word: the fields take bits 0-223; bits 224-255 hold the clearing house's hint
-    /// of the backstop's slot of the instrument (ClearingHouse._hintBackstopSlot), which no
+    /// One storage word: the fields take bits 0-175 (expiry < 2^40, strike <= MAX_PRICE <
+    /// 2^104); bits 176-255 hold the backstop's book in the instrument (`_bookOf`), which no
     /// field and no getter sees.
     struct Instrument {
         uint8 underlying;
         uint8 kind; // 0 future, 1 call, 2 put
         bool listed;
         bool settled;
-        uint64 expiry; // 0: perpetual future
-        uint128 strike; // options only
+        uint40 expiry; // 0: perpetual future
+        uint104 strike; // options only
     }
-    uint256 internal constant BACKSTOP_HINT_SHIFT = 224;
+    /// @dev The backstop's book is keyed by instrument: its quantity in an instrument lives in
+    /// the instrument's word, as an int80 number of LOTs in bits 176-255 (|q| <= MAX_QUANTITY =
+    /// 1e22 lots < 2^79). Every check of a portfolio reads the instrument's word anyway, so a
+    /// hand-over to the backstop writes a warm slot instead of a cold per-position one. The
+    /// backstop's position list then holds one entry per instrument it holds, `instrument <<
+    /// 128` with a zero quantity part (a zero quantity never occurs in a position slot: a
+    /// position at zero is removed), meaning "the quantity is the instrument's book". The
+    /// entry exists exactly when the book is non-zero, and only the current backstop has such
+    /// entries (setBackstop turns the former backstop's entries into ordinary slots).
+    uint256 internal constant BOOK_SHIFT = 176;
+    uint256 internal constant FIELDS_MASK = (1 << BOOK_SHIFT) - 1;
 
     struct UnderlyingConfig {
         AggregatorV3Interface priceFeed;
@@ -199,6 +209,39 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     function bounties(address liquidator) external view returns (int256) {
         int256 s = _bountiesPlusOne[liquidator];
         return s == 0 ? int256(0) : s - 1;
+    }
+
+    /// @dev The backstop's quantity in an instrument, from the instrument's word `w`.
+    function _bookOf(uint256 w) internal pure returns (int256) {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return (int256(w) >> BOOK_SHIFT) * LOT; // arithmetic shift: the int80 in the top bits
+    }
+
+    /// @dev The quantity of a position slot: its low 128 bits, or for a backstop's entry (low
+    /// bits zero) the book in the instrument's word `w`.
+    function _quantityOf(uint256 slot, uint256 w) internal pure returns (int256 q) {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        q = int256(int128(uint128(slot)));
+        if (q == 0) q = _bookOf(w);
+    }
+
+    /// @dev The raw storage word of an instrument (fields and the backstop's book).
+    function _instrumentWord(uint256 id) internal view returns (uint256 w) {
+        Instrument storage ins = instruments[id];
+        assembly ("memory-safe") {
+            w := sload(ins.slot)
+        }
+    }
+
+    /// @dev Writes the backstop's book `q` (a multiple of LOT, |q| <= MAX_QUANTITY) into the
+    /// instrument's word `w` (as read), keeping the fields.
+    function _writeBook(uint256 id, uint256 w, int256 q) internal {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        uint256 v = (w & FIELDS_MASK) | (uint256(q / LOT) << BOOK_SHIFT);
+        Instrument storage ins = instruments[id];
+        assembly ("memory-safe") {
+            sstore(ins.slot, v)
+        }
     }
 
     function _domainSeparator() internal view returns (bytes32) {
