@@ -469,6 +469,14 @@ contract ClearingHouse is ClearingHouseBase {
         v.prices = new int256[](ids.length);
         int256 cash;
         uint256 moved;
+        uint256 base; // the storage slot of the account's first position (computed once)
+        {
+            uint256[] storage slots = _positions[account];
+            assembly ("memory-safe") {
+                mstore(0, slots.slot)
+                base := keccak256(0, 0x20)
+            }
+        }
         for (uint256 k = ids.length; k > 0; --k) {
             uint256 i = k - 1;
             int256 q = pf.positions[i].quantity;
@@ -489,9 +497,17 @@ contract ClearingHouse is ClearingHouseBase {
             }
             if (closeQty == 0) continue;
             cash += (closeQty * price) / WAD; // exact
-            _setQuantityAt(account, i, ids[i], q - closeQty);
-            _addToBackstop(v.bk, ids[i], closeQty);
-            v.taken[moved] = _pack(ids[i], closeQty);
+            uint256 id = ids[i];
+            if (q != closeQty) {
+                q = int256(_pack(id, q - closeQty)); // (the slot's new value, reusing the variable)
+                assembly ("memory-safe") {
+                    sstore(add(base, i), q) // i < the list's length: a live position's index
+                }
+            } else {
+                _setQuantityAt(account, i, id, 0);
+            }
+            _addToBackstop(v.bk, id, closeQty);
+            v.taken[moved] = _pack(id, closeQty);
             v.prices[moved++] = price;
         }
         if (moved == 0) revert NothingToLiquidate(account);
@@ -697,11 +713,28 @@ contract ClearingHouse is ClearingHouseBase {
     /// Only when the book leaves or reaches zero does the backstop's entry list change (an
     /// entry `id << 128` pushed, or removed by swap-and-pop).
     function _addToBackstop(uint256 bk, uint256 id, int256 delta) private {
-        uint256 w = _instrumentWord(id);
-        int256 q = _bookOf(w);
-        int256 nq = q + delta;
-        if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY || nq % LOT != 0) revert InvalidQuantity(nq);
-        _writeBook(id, w, nq);
+        Instrument storage ins = instruments[id];
+        uint256 w;
+        assembly ("memory-safe") {
+            w := sload(ins.slot)
+        }
+        // In lots: the book is |lots| <= 1e22 and |delta| <= 2 * MAX_QUANTITY, so nothing here
+        // can overflow; a delta off the LOT grid (never: quantities are LOT multiples) reverts.
+        int256 q; // the book before, in lots
+        int256 nq; // after
+        unchecked {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            q = int256(w) >> BOOK_SHIFT;
+            nq = q + delta / LOT;
+            if (nq > MAX_QUANTITY / LOT || nq < -MAX_QUANTITY / LOT || delta % LOT != 0) {
+                revert InvalidQuantity(q * LOT + delta);
+            }
+        }
+        // forge-lint: disable-next-line(unsafe-typecast)
+        w = (w & FIELDS_MASK) | (uint256(nq) << BOOK_SHIFT); // as _writeBook, one slot hash
+        assembly ("memory-safe") {
+            sstore(ins.slot, w)
+        }
         if (q == 0) {
             uint256[] storage slots = _positions[bk];
             slots.push(id << 128);
