@@ -797,7 +797,13 @@ contract ClearingHouse is ClearingHouseBase {
             // listed (16-23), settled (24-31), expiry (32-71), strike (72-175), the backstop's
             // book (176-255: the quantity of a backstop's entry).
             uint256 w = _instrumentWord(id);
-            int256 q = _quantityOf(slot, w);
+            // _quantityOf written out (this loop runs in every check): |book| <= 1e22 lots.
+            // forge-lint: disable-next-line(unsafe-typecast)
+            int256 q = int256(int128(uint128(slot)));
+            unchecked {
+                // forge-lint: disable-next-line(unsafe-typecast)
+                if (q == 0) q = (int256(w) >> BOOK_SHIFT) * LOT;
+            }
             int256 strike = int256((w >> 72) & type(uint104).max);
             if ((w >> 24) & 0xff != 0) {
                 settledCash += (q * _payoff((w >> 8) & 0xff, strike, settlementPrice[id])) / WAD; // exact
