@@ -430,7 +430,7 @@ contract ClearingHouse is ClearingHouseBase {
         if (bounty > int256(uint256(c.maxBounty))) bounty = int256(uint256(c.maxBounty));
         if (bounty > penalty) bounty = penalty;
         balanceOf[account][0] -= penalty;
-        if (penalty != bounty) _insuranceFundPlusOne += penalty - bounty;
+        if (penalty != bounty) _insuranceFundPlusOne += _toInt128(penalty - bounty);
         emit Liquidation(
             account,
             msg.sender,
@@ -447,7 +447,7 @@ contract ClearingHouse is ClearingHouseBase {
         if (bounty > 0) {
             int256 b = _bountiesPlusOne[msg.sender];
             _bountiesPlusOne[msg.sender] = (b == 0 ? int256(1) : b) + bounty;
-            _totalBountiesPlusOne += bounty;
+            _totalBountiesPlusOne += _toInt128(bounty);
             emit BountyCredited(msg.sender, bounty);
         }
     }
@@ -562,7 +562,7 @@ contract ClearingHouse is ClearingHouseBase {
             int256 fund = _insuranceFundPlusOne - 1;
             fromInsurance = debt < fund ? debt : fund;
             socialised = debt - fromInsurance;
-            _insuranceFundPlusOne -= fromInsurance;
+            _insuranceFundPlusOne -= _toInt128(fromInsurance);
             balanceOf[bk][0] -= socialised;
             totalSocialisedLoss += socialised;
             bal = 0;

@@ -45,7 +45,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         if (units == 0) revert NothingToClaim(msg.sender);
         int256 paid = units * scale;
         _bountiesPlusOne[msg.sender] = stored - paid; // the rest, plus one: never back to zero
-        _totalBountiesPlusOne -= paid;
+        _totalBountiesPlusOne -= _toInt128(paid);
         // forge-lint: disable-next-line(unsafe-typecast)
         if (!IERC20(a.token).transfer(msg.sender, uint256(units))) revert TokenTransferFailed(a.token);
         emit BountyClaimed(msg.sender, paid);
@@ -54,7 +54,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     /// @notice Anyone may add settlement-currency tokens to the insurance fund.
     function depositInsurance(uint256 amount) external {
         int256 received = _pull(_assets[0], amount);
-        _insuranceFundPlusOne += received;
+        _insuranceFundPlusOne += _toInt128(received);
         emit InsuranceDeposit(msg.sender, received, _insuranceFundPlusOne - 1);
     }
 

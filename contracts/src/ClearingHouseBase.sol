@@ -124,10 +124,12 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     // The insurance fund, the unclaimed bounties and each liquidator's bounty are stored plus
     // one: the first two from construction, a liquidator's from its first bounty, so that a
     // liquidation's penalty never writes a zero slot (22,100 gas cold) after the first time, even
-    // when the fund or a balance is back to zero. The getters below return the amounts.
-    int256 internal _insuranceFundPlusOne;
+    // when the fund or a balance is back to zero. The getters below return the amounts. The
+    // fund and the total share one slot (a penalty writes both: one cold slot, not two); int128
+    // holds 1.7e20 units of asset 0, and every write is checked (`_toInt128`, checked sums).
+    int128 internal _insuranceFundPlusOne;
+    int128 internal _totalBountiesPlusOne;
     int256 public totalSocialisedLoss;
-    int256 internal _totalBountiesPlusOne;
     LiquidationConfig public liquidationConfig;
 
     UnderlyingConfig[] internal _underlyings;
@@ -203,6 +205,14 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     /// @notice The bounties credited and not yet claimed, all liquidators (WAD of asset 0).
     function totalBounties() external view returns (int256) {
         return _totalBountiesPlusOne - 1;
+    }
+
+    /// @dev A non-negative amount as int128 for the insurance fund or totalBounties (reverts
+    /// beyond int128, never truncates).
+    function _toInt128(int256 x) internal pure returns (int128) {
+        if (x > type(int128).max) revert AmountTooLarge(uint256(x));
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return int128(x); // 0 <= x <= int128 max
     }
 
     /// @notice A liquidator's unclaimed bounty (WAD of asset 0).
