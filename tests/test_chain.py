@@ -722,6 +722,41 @@ def test_random_books_match_margin_of(
         assert _as_tuple(snap.full_check(a).to_abi()) == _as_tuple(r.one())
 
 
+def test_backstop_book_reads_match_portfolio_of(
+    seeded: Seeded, chain: Chain, w3: Web3, evm_snapshot: None
+) -> None:
+    """The backstop's quantities live in the instruments' storage words (its book, keyed by
+    instrument), not in position slots: after the backstop buys three instruments and sells
+    one back in full (its entry leaves the list), positionsOf reports the book, and the
+    keeper's snapshot of the backstop equals portfolioOf and its full check marginOf, to the
+    wei."""
+    d = seeded.d
+    ch = bind(w3, d, "ClearingHouse")
+    matcher, b, bk = w3.eth.accounts[0], seeded.accounts["bob"], d.backstop_account
+    mark, orders = model_marks(chain, d), dev_matcher(w3, ch)
+    perp = _instrument(d, 0, "future", dated=False)
+    call, put = _instrument(d, 0, "call", 3500), _instrument(d, 0, "put", 3000)
+    before = dict(zip(*chain.view().call("positionsOf", bk), strict=True))
+    for iid in (perp, call, put):
+        _send(w3, orders.trade(bk, b, iid, WAD, mark[iid]), matcher)
+    _send(w3, orders.trade(b, bk, perp, WAD, mark[perp]), matcher)
+    expected = dict(before)
+    for iid in (call, put):
+        expected[iid] = expected.get(iid, 0) + WAD
+    expected = {i: q for i, q in expected.items() if q}
+    view = chain.view()
+    snap = view.snapshot([bk])
+    ids, qs = view.call("positionsOf", bk)
+    assert dict(zip(ids, qs, strict=True)) == expected
+    assert (perp in ids) == (before.get(perp, 0) != 0)  # a book back at zero has no entry
+    pf, margin = (
+        r.one()
+        for r in view.call_many([view.ch_call("portfolioOf", bk), view.ch_call("marginOf", bk)])
+    )
+    assert _as_tuple(snap.portfolio(bk).to_abi()) == _as_tuple(pf)
+    assert _as_tuple(snap.full_check(bk).to_abi()) == _as_tuple(margin)
+
+
 def test_snapshot_reuses_books_whose_nonce_did_not_move(
     seeded: Seeded, chain: Chain, w3: Web3, evm_snapshot: None
 ) -> None:

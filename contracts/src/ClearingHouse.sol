@@ -11,6 +11,14 @@ import {
     PortfolioMargin, Portfolio, Position, Market, MarginResult
 } from "./margin/PortfolioMargin.sol";
 
+// The margin states of MarginResult.state (PortfolioMargin's HEALTHY, MARGIN_CALL,
+// LIQUIDATABLE), as file-level uint256 constants: measured against the literals they replace,
+// they cost nothing (flag 2 gas less, every other figure equal), where uint8 constants or
+// PortfolioMargin's own moved liquidate by +3 and withdraw by +1.
+uint256 constant HEALTHY = 0; // equity >= IM
+uint256 constant MARGIN_CALL = 1; // MM <= equity < IM
+uint256 constant LIQUIDATABLE = 2; // equity < MM
+
 /// @title ClearingHouse
 /// @notice Portfolio-margined clearing of cash-settled futures and European options.
 ///
@@ -303,7 +311,7 @@ contract ClearingHouse is ClearingHouseBase {
             Market memory m;
             (m, stale) = _readMarket(pf, true);
             r = _verify(pf, m);
-            healthy = open && !stale && r.state == 0; // PortfolioMargin.HEALTHY
+            healthy = open && !stale && r.state == HEALTHY;
         }
         if (healthy) {
             if (accountState[account].flaggedAt != 0) {
@@ -333,9 +341,7 @@ contract ClearingHouse is ClearingHouseBase {
         if (s.flaggedAt != 0) revert AlreadyFlagged(account, s.flaggedAt);
         (Portfolio memory pf,) = _loadPortfolio(account);
         MarginResult memory r = verifier.witnessCheck(pf, _market(pf, true), riskParams(), witness);
-        // r.state: PortfolioMargin.HEALTHY 0, MARGIN_CALL 1, LIQUIDATABLE 2. Literals here: the
-        // named constants moved this contract's gas (liquidate +3, withdraw +1, flag -2).
-        if (r.state == 0) revert AccountNotBelowInitialMargin(account, r.equity, r.initialMargin);
+        if (r.state == HEALTHY) revert AccountNotBelowInitialMargin(account, r.equity, r.initialMargin);
         accountState[account].flaggedAt = uint64(block.timestamp);
         emit MarginCall(account, msg.sender, nonce, r.equity, r.initialMargin, block.timestamp + liquidationConfig.gracePeriod);
     }
@@ -344,7 +350,7 @@ contract ClearingHouse is ClearingHouseBase {
     function clearFlag(uint256 account) external {
         if (accountState[account].flaggedAt == 0) revert NotFlagged(account);
         MarginResult memory r = _fullCheck(account, false);
-        if (r.state != 0) revert InsufficientMargin(account, r.equity, r.initialMargin);
+        if (r.state != HEALTHY) revert InsufficientMargin(account, r.equity, r.initialMargin);
         accountState[account].flaggedAt = 0;
         emit MarginCallCleared(account, r.equity, r.initialMargin);
     }
@@ -396,8 +402,7 @@ contract ClearingHouse is ClearingHouseBase {
         {
             uint64 flaggedAt = accountState[account].flaggedAt;
             bool graceOver = flaggedAt != 0 && block.timestamp >= uint256(flaggedAt) + liquidationConfig.gracePeriod;
-            // LIQUIDATABLE, or MARGIN_CALL after the grace period
-            if (!(r.state == 2 || (r.state == 1 && graceOver))) {
+            if (!(r.state == LIQUIDATABLE || (r.state == MARGIN_CALL && graceOver))) {
                 revert NotLiquidatable(account, r.equity, r.requirement, r.initialMargin);
             }
         }
@@ -425,7 +430,7 @@ contract ClearingHouse is ClearingHouseBase {
         if (bounty > int256(uint256(c.maxBounty))) bounty = int256(uint256(c.maxBounty));
         if (bounty > penalty) bounty = penalty;
         balanceOf[account][0] -= penalty;
-        if (penalty != bounty) _insuranceFundPlusOne += penalty - bounty;
+        if (penalty != bounty) _insuranceFundPlusOne += _toInt128(penalty - bounty);
         emit Liquidation(
             account,
             msg.sender,
@@ -442,7 +447,7 @@ contract ClearingHouse is ClearingHouseBase {
         if (bounty > 0) {
             int256 b = _bountiesPlusOne[msg.sender];
             _bountiesPlusOne[msg.sender] = (b == 0 ? int256(1) : b) + bounty;
-            _totalBountiesPlusOne += bounty;
+            _totalBountiesPlusOne += _toInt128(bounty);
             emit BountyCredited(msg.sender, bounty);
         }
     }
@@ -464,6 +469,14 @@ contract ClearingHouse is ClearingHouseBase {
         v.prices = new int256[](ids.length);
         int256 cash;
         uint256 moved;
+        uint256 base; // the storage slot of the account's first position (computed once)
+        {
+            uint256[] storage slots = _positions[account];
+            assembly ("memory-safe") {
+                mstore(0, slots.slot)
+                base := keccak256(0, 0x20)
+            }
+        }
         for (uint256 k = ids.length; k > 0; --k) {
             uint256 i = k - 1;
             int256 q = pf.positions[i].quantity;
@@ -484,9 +497,17 @@ contract ClearingHouse is ClearingHouseBase {
             }
             if (closeQty == 0) continue;
             cash += (closeQty * price) / WAD; // exact
-            _setQuantityAt(account, i, ids[i], q - closeQty);
-            _addToBackstop(v.bk, ids[i], closeQty);
-            v.taken[moved] = _pack(ids[i], closeQty);
+            uint256 id = ids[i];
+            if (q != closeQty) {
+                q = int256(_pack(id, q - closeQty)); // (the slot's new value, reusing the variable)
+                assembly ("memory-safe") {
+                    sstore(add(base, i), q) // i < the list's length: a live position's index
+                }
+            } else {
+                _setQuantityAt(account, i, id, 0);
+            }
+            _addToBackstop(v.bk, id, closeQty);
+            v.taken[moved] = _pack(id, closeQty);
             v.prices[moved++] = price;
         }
         if (moved == 0) revert NothingToLiquidate(account);
@@ -541,7 +562,7 @@ contract ClearingHouse is ClearingHouseBase {
             int256 fund = _insuranceFundPlusOne - 1;
             fromInsurance = debt < fund ? debt : fund;
             socialised = debt - fromInsurance;
-            _insuranceFundPlusOne -= fromInsurance;
+            _insuranceFundPlusOne -= _toInt128(fromInsurance);
             balanceOf[bk][0] -= socialised;
             totalSocialisedLoss += socialised;
             bal = 0;
@@ -566,18 +587,26 @@ contract ClearingHouse is ClearingHouseBase {
         uint256[] storage slots = _positions[account];
         int256 cash;
         for (uint256 k = slots.length; k > 0; --k) {
-            (uint256 id, int256 q) = _unpack(slots[k - 1]);
-            Instrument memory ins = instruments[id];
-            if (!ins.settled) continue;
-            int256 c = (q * _payoff(ins.kind, int256(uint256(ins.strike)), settlementPrice[id])) / WAD; // exact
-            cash += c;
-            _setQuantityAt(account, k - 1, id, 0);
+            uint256 slot = slots[k - 1];
+            uint256 w = _instrumentWord(slot >> 128);
+            if ((w >> 24) & 0xff == 0) continue; // not settled
+            cash += _settlePosition(account, k - 1, slot, w);
             ++settled;
-            emit PositionSettled(account, id, q, c, accountState[account].nonce + 1);
         }
         if (settled == 0) return 0;
         balanceOf[account][0] += cash;
         _bump(account);
+    }
+
+    /// @dev Realises the position `slot` at index i of the account, in the settled instrument of
+    /// word w (a backstop's entry: its book, which returns to zero); returns its exact cash.
+    function _settlePosition(uint256 account, uint256 i, uint256 slot, uint256 w) private returns (int256 c) {
+        uint256 id = slot >> 128;
+        int256 q = _quantityOf(slot, w);
+        c = (q * _payoff((w >> 8) & 0xff, int256((w >> 72) & type(uint104).max), settlementPrice[id])) / WAD; // exact
+        if (uint128(slot) == 0) _writeBook(id, w, 0);
+        _setQuantityAt(account, i, id, 0);
+        emit PositionSettled(account, id, q, c, accountState[account].nonce + 1);
     }
 
     /// @dev Payoff per unit at settlement price s (a multiple of TICK, as strikes are).
@@ -613,7 +642,7 @@ contract ClearingHouse is ClearingHouseBase {
     function _requireHealthyAfter(uint256 account) private {
         if (_positions[account].length == 0 && !_hasDebt(account) && accountState[account].flaggedAt == 0) return;
         MarginResult memory r = _fullCheck(account, false);
-        if (r.state != 0) revert InsufficientMargin(account, r.equity, r.initialMargin);
+        if (r.state != HEALTHY) revert InsufficientMargin(account, r.equity, r.initialMargin);
         if (accountState[account].flaggedAt != 0) {
             accountState[account].flaggedAt = 0;
             emit MarginCallCleared(account, r.equity, r.initialMargin);
@@ -651,50 +680,68 @@ contract ClearingHouse is ClearingHouseBase {
     }
 
     /// @dev Adds delta to the account's position; returns the quantity before (0 for a new slot).
-    /// Enforces MAX_POSITIONS (not for the backstop).
+    /// Enforces MAX_POSITIONS (not for the backstop, whose quantities are its book: a new
+    /// instrument gets an entry, the quantity goes to the instrument's word).
     function _applyPosition(uint256 account, uint256 id, int256 delta) private returns (int256 q) {
         uint256 idx = _positionIndex[account][id];
         if (idx == 0) {
+            if (account == backstop) {
+                _addToBackstop(account, id, delta);
+                return 0;
+            }
             uint256 n = _positions[account].length + 1;
-            bool isBackstop = account == backstop;
-            if (n > MAX_POSITIONS && !isBackstop) revert PositionLimitExceeded(account, n, MAX_POSITIONS);
+            if (n > MAX_POSITIONS) revert PositionLimitExceeded(account, n, MAX_POSITIONS);
             _positions[account].push(_pack(id, delta));
             _positionIndex[account][id] = n;
-            if (isBackstop) _hintBackstopSlot(id, n);
             return 0;
         }
-        (, q) = _unpack(_slotRead(_positions[account], idx - 1));
+        uint256 slot = _slotRead(_positions[account], idx - 1);
+        if (uint128(slot) == 0) {
+            // The backstop's entry: the quantity is the instrument's book.
+            q = _bookOf(_instrumentWord(id));
+            _addToBackstop(account, id, delta);
+            return q;
+        }
+        (, q) = _unpack(slot);
         int256 nq = q + delta;
         if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
         _setQuantityAt(account, idx - 1, id, nq);
     }
 
-    /// @dev _applyPosition for the backstop's side of a hand-over: no position limit (the backstop
-    /// is exempt) and no reduce flag to compute, one storage reference for the read and the write.
-    /// The backstop's slot is found from the hint in the instrument's word (warm: the portfolio
-    /// load read it), checked against the slot's instrument; only a missing or outdated hint
-    /// reads _positionIndex (cold) and renews the hint.
+    /// @dev Adds delta to the backstop's book in the instrument: one write of the instrument's
+    /// word (warm: every portfolio load reads it), no position limit (the backstop is exempt).
+    /// Only when the book leaves or reaches zero does the backstop's entry list change (an
+    /// entry `id << 128` pushed, or removed by swap-and-pop).
     function _addToBackstop(uint256 bk, uint256 id, int256 delta) private {
-        uint256[] storage slots = _positions[bk];
-        uint256 idx = _instrumentWord(id) >> BACKSTOP_HINT_SHIFT;
-        uint256 slot;
-        if (idx != 0) slot = _slotRead(slots, idx - 1); // beyond the length: 0 (popped slots are cleared)
-        if (idx == 0 || slot >> 128 != id) {
-            idx = _positionIndex[bk][id];
-            if (idx == 0) {
-                slots.push(_pack(id, delta));
-                _positionIndex[bk][id] = slots.length;
-                _hintBackstopSlot(id, slots.length);
-                return;
-            }
-            slot = _slotRead(slots, idx - 1);
-            _hintBackstopSlot(id, idx);
+        Instrument storage ins = instruments[id];
+        uint256 w;
+        assembly ("memory-safe") {
+            w := sload(ins.slot)
         }
-        (, int256 q) = _unpack(slot);
-        int256 nq = q + delta;
-        if (nq > MAX_QUANTITY || nq < -MAX_QUANTITY) revert InvalidQuantity(nq);
-        if (nq == 0) _setQuantityAt(bk, idx - 1, id, 0);
-        else _slotWrite(slots, idx - 1, _pack(id, nq));
+        // In lots: the book is |lots| <= 1e22 and |delta| <= 2 * MAX_QUANTITY, so nothing here
+        // can overflow; a delta off the LOT grid (never: quantities are LOT multiples) reverts.
+        int256 q; // the book before, in lots
+        int256 nq; // after
+        unchecked {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            q = int256(w) >> BOOK_SHIFT;
+            nq = q + delta / LOT;
+            if (nq > MAX_QUANTITY / LOT || nq < -MAX_QUANTITY / LOT || delta % LOT != 0) {
+                revert InvalidQuantity(q * LOT + delta);
+            }
+        }
+        // forge-lint: disable-next-line(unsafe-typecast)
+        w = (w & FIELDS_MASK) | (uint256(nq) << BOOK_SHIFT); // as _writeBook, one slot hash
+        assembly ("memory-safe") {
+            sstore(ins.slot, w)
+        }
+        if (q == 0) {
+            uint256[] storage slots = _positions[bk];
+            slots.push(id << 128);
+            _positionIndex[bk][id] = slots.length;
+        } else if (nq == 0) {
+            _setQuantityAt(bk, _positionIndex[bk][id] - 1, id, 0);
+        }
     }
 
     /// @dev Writes quantity q at index i (removes the slot by swap-and-pop when q == 0).
@@ -731,25 +778,6 @@ contract ClearingHouse is ClearingHouseBase {
         }
     }
 
-    /// @dev Records in the instrument's word (bits 224-255, outside every Instrument field) the
-    /// backstop's slot of the instrument, as index + 1. A hint only: readers check the slot's
-    /// instrument, so a hint made stale by a swap-and-pop, a settlement or a new backstop costs
-    /// one fallback read, never a wrong slot.
-    function _hintBackstopSlot(uint256 id, uint256 idxPlusOne) private {
-        Instrument storage ins = instruments[id];
-        assembly ("memory-safe") {
-            let w := sload(ins.slot)
-            sstore(ins.slot, or(and(w, sub(shl(BACKSTOP_HINT_SHIFT, 1), 1)), shl(BACKSTOP_HINT_SHIFT, idxPlusOne)))
-        }
-    }
-
-    function _instrumentWord(uint256 id) private view returns (uint256 w) {
-        Instrument storage ins = instruments[id];
-        assembly ("memory-safe") {
-            w := sload(ins.slot)
-        }
-    }
-
     /// @dev The account as the verifier sees it. A position in a settled instrument is worth
     /// exactly q * payoff / 1e18 (the cash settleAccount would pay) and carries no risk: it is
     /// left out of the positions and added to the settlement balance, so no check values it at
@@ -763,17 +791,26 @@ contract ClearingHouse is ClearingHouseBase {
         uint256 live;
         int256 settledCash;
         for (uint256 i; i < n; ++i) {
-            (uint256 id, int256 q) = _unpack(_slotRead(slots, i));
+            uint256 slot = _slotRead(slots, i);
+            uint256 id = slot >> 128;
             // The instrument's one packed slot, read once: underlying (bits 0-7), kind (8-15),
-            // listed (16-23), settled (24-31), expiry (32-95), strike (96-223).
+            // listed (16-23), settled (24-31), expiry (32-71), strike (72-175), the backstop's
+            // book (176-255: the quantity of a backstop's entry).
             uint256 w = _instrumentWord(id);
-            int256 strike = int256((w >> 96) & type(uint128).max);
+            // _quantityOf written out (this loop runs in every check): |book| <= 1e22 lots.
+            // forge-lint: disable-next-line(unsafe-typecast)
+            int256 q = int256(int128(uint128(slot)));
+            unchecked {
+                // forge-lint: disable-next-line(unsafe-typecast)
+                if (q == 0) q = (int256(w) >> BOOK_SHIFT) * LOT;
+            }
+            int256 strike = int256((w >> 72) & type(uint104).max);
             if ((w >> 24) & 0xff != 0) {
                 settledCash += (q * _payoff((w >> 8) & 0xff, strike, settlementPrice[id])) / WAD; // exact
                 continue;
             }
             ids[live] = id;
-            ps[live++] = Position(w & 0xff, uint8(w >> 8), strike, uint64(w >> 32), q, 0);
+            ps[live++] = Position(w & 0xff, uint8(w >> 8), strike, uint64(uint40(w >> 32)), q, 0);
         }
         assembly ("memory-safe") {
             // Shrink to the live positions (live <= n: the arrays only get shorter).

@@ -45,7 +45,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         if (units == 0) revert NothingToClaim(msg.sender);
         int256 paid = units * scale;
         _bountiesPlusOne[msg.sender] = stored - paid; // the rest, plus one: never back to zero
-        _totalBountiesPlusOne -= paid;
+        _totalBountiesPlusOne -= _toInt128(paid);
         // forge-lint: disable-next-line(unsafe-typecast)
         if (!IERC20(a.token).transfer(msg.sender, uint256(units))) revert TokenTransferFailed(a.token);
         emit BountyClaimed(msg.sender, paid);
@@ -54,7 +54,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     /// @notice Anyone may add settlement-currency tokens to the insurance fund.
     function depositInsurance(uint256 amount) external {
         int256 received = _pull(_assets[0], amount);
-        _insuranceFundPlusOne += received;
+        _insuranceFundPlusOne += _toInt128(received);
         emit InsuranceDeposit(msg.sender, received, _insuranceFundPlusOne - 1);
     }
 
@@ -82,9 +82,9 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         quantities = new int256[](n);
         for (uint256 i; i < n; ++i) {
             uint256 slot = slots[i];
-            ids[i] = slot >> 128;
-            // forge-lint: disable-next-line(unsafe-typecast)
-            quantities[i] = int256(int128(uint128(slot)));
+            uint256 id = slot >> 128;
+            ids[i] = id;
+            quantities[i] = _quantityOf(slot, _instrumentWord(id)); // a backstop's entry: its book
         }
     }
 
@@ -102,10 +102,25 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     /// @notice The backstop takes over liquidated positions and absorbs what the insurance fund
     /// cannot. Only an empty account can become it: an account with positions or a debt would
     /// otherwise escape flags and liquidation by being named the backstop.
+    /// The former backstop keeps its positions: its book (kept in the instruments' words) becomes
+    /// ordinary position slots of its account, and the words' books return to zero.
     function setBackstop(uint256 account) external onlyOwner {
         if (_positions[account].length != 0) revert BackstopNotEmpty(account);
         for (uint256 k; k < _assets.length; ++k) {
             if (balanceOf[account][k] != 0) revert BackstopNotEmpty(account);
+        }
+        uint256 former = backstop;
+        if (former != 0 && former != account) {
+            uint256[] storage slots = _positions[former];
+            for (uint256 i; i < slots.length; ++i) {
+                uint256 id = slots[i] >> 128;
+                uint256 w = _instrumentWord(id);
+                int256 q = _bookOf(w);
+                // |q| <= MAX_QUANTITY < 2^127: the cast is exact.
+                // forge-lint: disable-next-line(unsafe-typecast)
+                slots[i] = (id << 128) | uint256(uint128(int128(q)));
+                _writeBook(id, w, 0);
+            }
         }
         backstop = account;
         emit BackstopSet(account);
@@ -221,6 +236,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
 
     /// @notice Lists an instrument: a future (strike 0; expiry 0 = perpetual, else in the
     /// future) or a European call/put (strike a positive multiple of TICK, expiry in the future).
+    /// An expiry must be below 2^40 (the year 36812): the instrument's word stores it in 40 bits.
     function listInstrument(uint256 underlying, uint8 kind, int256 strike, uint64 expiry)
         external
         onlyOwner
@@ -235,9 +251,11 @@ contract ClearingHouseAdmin is ClearingHouseBase {
             if (strike <= 0 || strike > MAX_PRICE || strike % TICK != 0) revert InvalidInstrument(2);
             if (expiry <= block.timestamp) revert InvalidInstrument(3);
         }
+        if (expiry > type(uint40).max) revert InvalidInstrument(3);
         id = ++instrumentCount;
+        // strike in [0, MAX_PRICE] < 2^104, expiry < 2^40: the casts are exact.
         // forge-lint: disable-next-line(unsafe-typecast)
-        instruments[id] = Instrument(uint8(underlying), kind, true, false, expiry, uint128(uint256(strike)));
+        instruments[id] = Instrument(uint8(underlying), kind, true, false, uint40(expiry), uint104(uint256(strike)));
         emit InstrumentListed(id, underlying, kind, strike, expiry);
     }
 

@@ -36,18 +36,28 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     bytes32 public constant MATCHER = "MATCHER";
     bytes32 public constant RISK_OPERATOR = "RISK_OPERATOR";
 
-    /// One storage word: the fields take bits 0-223; bits 224-255 hold the clearing house's hint
-    /// of the backstop's slot of the instrument (ClearingHouse._hintBackstopSlot), which no
+    /// One storage word: the fields take bits 0-175 (expiry < 2^40, strike <= MAX_PRICE <
+    /// 2^104); bits 176-255 hold the backstop's book in the instrument (`_bookOf`), which no
     /// field and no getter sees.
     struct Instrument {
         uint8 underlying;
         uint8 kind; // 0 future, 1 call, 2 put
         bool listed;
         bool settled;
-        uint64 expiry; // 0: perpetual future
-        uint128 strike; // options only
+        uint40 expiry; // 0: perpetual future
+        uint104 strike; // options only
     }
-    uint256 internal constant BACKSTOP_HINT_SHIFT = 224;
+    /// @dev The backstop's book is keyed by instrument: its quantity in an instrument lives in
+    /// the instrument's word, as an int80 number of LOTs in bits 176-255 (|q| <= MAX_QUANTITY =
+    /// 1e22 lots < 2^79). Every check of a portfolio reads the instrument's word anyway, so a
+    /// hand-over to the backstop writes a warm slot instead of a cold per-position one. The
+    /// backstop's position list then holds one entry per instrument it holds, `instrument <<
+    /// 128` with a zero quantity part (a zero quantity never occurs in a position slot: a
+    /// position at zero is removed), meaning "the quantity is the instrument's book". The
+    /// entry exists exactly when the book is non-zero, and only the current backstop has such
+    /// entries (setBackstop turns the former backstop's entries into ordinary slots).
+    uint256 internal constant BOOK_SHIFT = 176;
+    uint256 internal constant FIELDS_MASK = (1 << BOOK_SHIFT) - 1;
 
     struct UnderlyingConfig {
         AggregatorV3Interface priceFeed;
@@ -114,10 +124,12 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     // The insurance fund, the unclaimed bounties and each liquidator's bounty are stored plus
     // one: the first two from construction, a liquidator's from its first bounty, so that a
     // liquidation's penalty never writes a zero slot (22,100 gas cold) after the first time, even
-    // when the fund or a balance is back to zero. The getters below return the amounts.
-    int256 internal _insuranceFundPlusOne;
+    // when the fund or a balance is back to zero. The getters below return the amounts. The
+    // fund and the total share one slot (a penalty writes both: one cold slot, not two); int128
+    // holds 1.7e20 units of asset 0, and every write is checked (`_toInt128`, checked sums).
+    int128 internal _insuranceFundPlusOne;
+    int128 internal _totalBountiesPlusOne;
     int256 public totalSocialisedLoss;
-    int256 internal _totalBountiesPlusOne;
     LiquidationConfig public liquidationConfig;
 
     UnderlyingConfig[] internal _underlyings;
@@ -195,10 +207,51 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         return _totalBountiesPlusOne - 1;
     }
 
+    /// @dev A non-negative amount as int128 for the insurance fund or totalBounties (reverts
+    /// beyond int128, never truncates).
+    function _toInt128(int256 x) internal pure returns (int128) {
+        if (x > type(int128).max) revert AmountTooLarge(uint256(x));
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return int128(x); // 0 <= x <= int128 max
+    }
+
     /// @notice A liquidator's unclaimed bounty (WAD of asset 0).
     function bounties(address liquidator) external view returns (int256) {
         int256 s = _bountiesPlusOne[liquidator];
         return s == 0 ? int256(0) : s - 1;
+    }
+
+    /// @dev The backstop's quantity in an instrument, from the instrument's word `w`.
+    function _bookOf(uint256 w) internal pure returns (int256) {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return (int256(w) >> BOOK_SHIFT) * LOT; // arithmetic shift: the int80 in the top bits
+    }
+
+    /// @dev The quantity of a position slot: its low 128 bits, or for a backstop's entry (low
+    /// bits zero) the book in the instrument's word `w`.
+    function _quantityOf(uint256 slot, uint256 w) internal pure returns (int256 q) {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        q = int256(int128(uint128(slot)));
+        if (q == 0) q = _bookOf(w);
+    }
+
+    /// @dev The raw storage word of an instrument (fields and the backstop's book).
+    function _instrumentWord(uint256 id) internal view returns (uint256 w) {
+        Instrument storage ins = instruments[id];
+        assembly ("memory-safe") {
+            w := sload(ins.slot)
+        }
+    }
+
+    /// @dev Writes the backstop's book `q` (a multiple of LOT, |q| <= MAX_QUANTITY) into the
+    /// instrument's word `w` (as read), keeping the fields.
+    function _writeBook(uint256 id, uint256 w, int256 q) internal {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        uint256 v = (w & FIELDS_MASK) | (uint256(q / LOT) << BOOK_SHIFT);
+        Instrument storage ins = instruments[id];
+        assembly ("memory-safe") {
+            sstore(ins.slot, v)
+        }
     }
 
     function _domainSeparator() internal view returns (bytes32) {

@@ -663,23 +663,23 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         bob = fund(BOB, 0, 100_000e6);
     }
 
-    /// The hand-over finds the backstop's slot from a hint in the instrument's word; a hint made
-    /// stale (a swap-and-pop moved the slot, the backstop changed) must fall back to the index,
-    /// never write to a wrong slot, and leave the book and the instruments as they were.
-    function test_backstopSlotHintGoesStale() public {
+    /// The backstop's book is keyed by instrument (the quantity in the instrument's word, one
+    /// entry per instrument in its list): hand-overs add up in the one entry, an entry leaves
+    /// the list when the book returns to zero (swap-and-pop moves the others) and comes back
+    /// with the next hand-over; the instrument's fields never see the book; portfolioOf, the
+    /// verifier's view, reads it.
+    function test_backstopBookIsKeyedByInstrument() public {
         uint256 carol = fund(CAROL, 0, 100_000e6);
-        // The backstop's book: btcFut at slot 0, ethPerp at slot 1; closing btcFut moves ethPerp
-        // to slot 0, while ethPerp's hint still names slot 1 (now past the end).
+        // The backstop's book: btcFut first, ethPerp second; closing btcFut moves ethPerp's
+        // entry to index 0.
         doTrade(bk, carol, btcFut, 1e16, markPrice(btcFut));
         doTrade(bk, carol, ethPerp, 2e17, 2000e18);
         doTrade(carol, bk, btcFut, 1e16, markPrice(btcFut));
         (uint256[] memory ids, int256[] memory q) = adm.positionsOf(bk);
         assertEq(ids.length, 1, "one position left");
-        assertEq(ids[0], ethPerp, "ethPerp moved to slot 0");
+        assertEq(ids[0], ethPerp, "ethPerp moved to index 0");
         bytes32 fields = _instrumentFields(ethPerp);
 
-        // Two longs go to the backstop: alice's through the stale hint (the fallback renews
-        // it), dave's through the renewed one.
         uint256 dave = fund(registerKey(0xDA7E), 0, 400e6);
         doTrade(alice, bob, ethPerp, 1e18, 2000e18);
         doTrade(dave, bob, ethPerp, 1e18, 2000e18);
@@ -687,37 +687,91 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         _liquidateAll(alice);
         _liquidateAll(dave);
         (ids, q) = adm.positionsOf(bk);
-        assertEq(ids.length, 1, "still one slot");
+        assertEq(ids.length, 1, "still one entry");
         assertEq(ids[0], ethPerp, "same instrument");
-        assertEq(q[0], 2e17 + 2e18, "both longs added to the one slot");
+        assertEq(q[0], 2e17 + 2e18, "the backstop holds the sum of what was handed over");
+        assertEq(ch.portfolioOf(bk).positions[0].quantity, 2e17 + 2e18, "portfolioOf reads the book");
         (, q) = adm.positionsOf(alice);
         assertEq(q.length, 0, "alice flat");
-        // The hint is invisible to the instrument's fields.
-        assertTrue(_instrumentFields(ethPerp) == fields, "instrument fields unchanged");
-        _newBackstopIgnoresOldHints();
+        assertTrue(_instrumentFields(ethPerp) == fields, "instrument fields unchanged by the book");
+
+        // The backstop sells its whole book: the entry goes, the next hand-over brings it back.
+        depositTo(BOB, bob, 0, 100_000e6);
+        doTrade(bob, bk, ethPerp, 2e17 + 2e18, 1850e18);
+        (ids,) = adm.positionsOf(bk);
+        assertEq(ids.length, 0, "no entry at zero");
+        uint256 erin = fund(registerKey(0xE1217), 0, 400e6);
+        setEth(2000e8);
+        doTrade(bob, erin, ethPerp, 1e18, 2000e18); // erin short
+        setEth(2150e8);
+        _liquidateAll(erin);
+        (ids, q) = adm.positionsOf(bk);
+        assertEq(ids.length, 1, "the entry is back");
+        assertEq(q[0], -1e18, "erin's short");
+        _newBackstopTakesOverNothing();
     }
 
-    /// A new backstop: ethPerp's hint names slot 0, the former backstop's; the new backstop's
-    /// slot 0 holds btcFut.
-    function _newBackstopIgnoresOldHints() internal {
+    /// A new backstop: the former backstop's book becomes ordinary positions of its account
+    /// (same quantities, the instruments' books back to zero), the new one starts from zero.
+    function _newBackstopTakesOverNothing() internal {
         uint256 bk2 = ch.accountId(CAROL, 7);
         vm.prank(GOV);
         adm.setBackstop(bk2); // an empty account
+        (uint256[] memory ids, int256[] memory q) = adm.positionsOf(bk);
+        assertEq(q[0], -1e18, "the former backstop keeps its position");
         depositTo(CAROL, bk2, 0, 100_000e6);
         setEth(2000e8);
         doTrade(bk2, bob, btcFut, 1e16, markPrice(btcFut));
-        uint256 erin = fund(registerKey(0xE1217), 0, 400e6);
-        doTrade(erin, bob, ethPerp, 1e18, 2000e18);
+        uint256 fred = fund(registerKey(0xF7ED), 0, 400e6);
+        doTrade(fred, bob, ethPerp, 1e18, 2000e18);
         setEth(1850e8);
-        _liquidateAll(erin);
-        (uint256[] memory ids, int256[] memory q) = adm.positionsOf(bk2);
-        assertEq(ids.length, 2, "btcFut, then the new backstop's own ethPerp slot");
+        _liquidateAll(fred);
+        (ids, q) = adm.positionsOf(bk2);
+        assertEq(ids.length, 2, "btcFut, then the new backstop's own ethPerp");
         assertEq(ids[0], btcFut, "btcFut untouched");
         assertEq(q[0], 1e16, "btcFut quantity untouched");
         assertEq(ids[1], ethPerp, "instrument");
         assertEq(q[1], 1e18, "quantity");
         (ids, q) = adm.positionsOf(bk);
-        assertEq(q[0], 2e17 + 2e18, "the former backstop's book untouched");
+        assertEq(q[0], -1e18, "the former backstop's position untouched");
+        // The former backstop's position is an ordinary slot: it trades down like any account's.
+        doTrade(bk, bob, ethPerp, 1e18, 1850e18);
+        (ids,) = adm.positionsOf(bk);
+        assertEq(ids.length, 0, "the former backstop closed its position");
+        (ids, q) = adm.positionsOf(bk2);
+        assertEq(q[1], 1e18, "the new backstop's book unchanged by it");
+    }
+
+    /// A backstop's position in an expired instrument is realised at its payoff like any other:
+    /// the cash is exact, the entry and the instrument's book go back to zero.
+    function test_backstopBookSettles() public {
+        doTrade(alice, bob, btcFut, 1e16, markPrice(btcFut));
+        setBtc(21_000e8); // alice's equity down to 10 USDC: below MM
+        _liquidateAll(alice);
+        (uint256[] memory ids, int256[] memory q) = adm.positionsOf(bk);
+        assertEq(ids.length, 1, "the backstop holds alice's btcFut");
+        assertEq(q[0], 1e16, "all of it");
+        vm.warp(expiry);
+        refreshFeeds();
+        settle(btcFut);
+        int256 price = ch.settlementPrice(btcFut);
+        int256 balBefore = ch.balanceOf(bk, 0);
+        assertEq(ch.settleAccount(bk), 1, "one position settled");
+        assertEq(ch.balanceOf(bk, 0), balBefore + (1e16 * price) / 1e18, "exact payoff");
+        (ids,) = adm.positionsOf(bk);
+        assertEq(ids.length, 0, "no entry left");
+    }
+
+    /// The instrument's word stores the expiry in 40 bits: a later expiry is refused at listing.
+    function test_listInstrumentExpiryBound() public {
+        vm.startPrank(GOV);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.InvalidInstrument.selector, 3));
+        adm.listInstrument(0, 1, 2000e18, uint64(1) << 40);
+        uint256 id = adm.listInstrument(0, 1, 2000e18, (uint64(1) << 40) - 1);
+        vm.stopPrank();
+        (,,,, uint64 exp, uint128 strike) = ch.instruments(id);
+        assertEq(exp, (uint64(1) << 40) - 1, "largest expiry");
+        assertEq(strike, 2000e18, "strike");
     }
 
     /// The insurance fund, totalBounties and a liquidator's bounty are stored plus one (no zero

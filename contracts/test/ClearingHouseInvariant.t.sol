@@ -10,7 +10,7 @@ import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
 import {MarginVerifier} from "../src/MarginVerifier.sol";
 import {MockERC20} from "../src/token/MockERC20.sol";
 import {MockAggregator} from "../src/oracle/MockAggregator.sol";
-import {MarginResult, Market} from "../src/margin/PortfolioMargin.sol";
+import {MarginResult, Market, Portfolio} from "../src/margin/PortfolioMargin.sol";
 
 /// @notice Random actions on a live clearing house: deposits, withdrawals, matched trades,
 /// price and time moves, flags, liquidations, bounty claims and calls from strangers. It keeps
@@ -43,6 +43,9 @@ contract Handler is OrderSigner {
     uint256 public badDebtsResolved;
     uint256 public settlements;
     uint256 public settlementMovedEquity; // realising settled positions changed the model equity
+    /// What the backstop should hold per instrument: the net of every hand-over (the
+    /// liquidated account's loss per instrument), zero once a settled instrument is realised.
+    mapping(uint256 => int256) public handedOver;
 
     constructor(
         ClearingHouse ch_,
@@ -169,9 +172,16 @@ contract Handler is OrderSigner {
         int256 equityBefore = r.equity;
         int256 insuranceBefore = ch.insuranceFund();
         int256 bountiesBefore = ch.totalBounties();
+        int256[] memory held = _quantities(acct);
         vm.prank(LIQUIDATOR);
         try ch.liquidate(acct, nonce, r.witness, fraction) returns (int256) {
             ++liquidations;
+            int256[] memory left = _quantities(acct);
+            for (uint256 i; i < instruments.length; ++i) {
+                // A settled position is realised, not handed over: its instrument is not live.
+                (,,, bool settled,,) = ch.instruments(instruments[i]);
+                if (!settled) handedOver[instruments[i]] += held[i] - left[i];
+            }
             if (r.state == 0) ++healthyLiquidated;
             // The fund never pays a liquidator: it only gains from penalties here.
             if (ch.insuranceFund() < insuranceBefore) ++insurancePaidLiquidator;
@@ -320,9 +330,29 @@ contract Handler is OrderSigner {
             (bool known, int256 before) = _equity(acct);
             try ch.settleAccount(acct) {
                 ++settlements;
+                if (i == 3) _backstopSettled();
                 (bool knownAfter, int256 after_) = _equity(acct);
                 if (known && knownAfter && after_ != before) ++settlementMovedEquity;
             } catch {}
+        }
+    }
+
+    /// The backstop's positions in settled instruments are realised: nothing of them is left.
+    function _backstopSettled() internal {
+        for (uint256 i; i < instruments.length; ++i) {
+            (,,, bool settled,,) = ch.instruments(instruments[i]);
+            if (settled) handedOver[instruments[i]] = 0;
+        }
+    }
+
+    /// The account's quantity in each of the handler's instruments (0 when it has none).
+    function _quantities(uint256 acct) internal view returns (int256[] memory q) {
+        q = new int256[](instruments.length);
+        (uint256[] memory ids, int256[] memory qs) = adm.positionsOf(acct);
+        for (uint256 i; i < instruments.length; ++i) {
+            for (uint256 j; j < ids.length; ++j) {
+                if (ids[j] == instruments[i]) q[i] = qs[j];
+            }
         }
     }
 
@@ -374,6 +404,8 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
             handler.liquidate(0, 5e17);
         }
         assertTrue(handler.liquidations() > 0, "a liquidation happened");
+        assertTrue(handler.handedOver(1) > 0, "the backstop took actor 0's long");
+        invariant_backstopBookIsTheNetOfHandOvers();
         handler.claim();
         invariant_collateralConserved();
         invariant_liquidationWithinModel();
@@ -394,6 +426,7 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
         handler.expireAndSettle(0);
         assertTrue(handler.settlements() >= 2, "accounts settled");
         assertEq(handler.settlementMovedEquity(), 0, "folding == realising");
+        invariant_backstopBookIsTheNetOfHandOvers();
         invariant_collateralConserved();
         invariant_openInterestZeroSum();
     }
@@ -442,6 +475,29 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
             }
             assertEq(net, 0, "net open interest");
         }
+    }
+
+    /// The backstop's book (keyed by instrument, in the instruments' words) is exactly the net
+    /// of what liquidations handed over, instrument by instrument; its position list names each
+    /// instrument it holds once, never one at zero; and the verifier sees the same book
+    /// (portfolioOf: the live instruments, in the list's order).
+    function invariant_backstopBookIsTheNetOfHandOvers() public view {
+        for (uint256 id = 1; id <= 4; ++id) {
+            assertEq(_qty(bk, id), handler.handedOver(id), "backstop's book == net of hand-overs");
+        }
+        (uint256[] memory ids, int256[] memory q) = adm.positionsOf(bk);
+        Portfolio memory pf = ch.portfolioOf(bk);
+        uint256 live;
+        for (uint256 i; i < ids.length; ++i) {
+            assertTrue(q[i] != 0, "no entry at zero");
+            for (uint256 j = i + 1; j < ids.length; ++j) {
+                assertTrue(ids[i] != ids[j], "one entry per instrument");
+            }
+            (,,, bool settled,,) = ch.instruments(ids[i]);
+            if (settled) continue;
+            assertEq(pf.positions[live++].quantity, q[i], "portfolioOf reads the book");
+        }
+        assertEq(pf.positions.length, live, "portfolioOf: the live entries");
     }
 
     function _qty(uint256 a, uint256 id) internal view returns (int256) {
