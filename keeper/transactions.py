@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -446,9 +446,8 @@ class TxManager:
             return []
         # One batch, whatever the number of open transactions: the signer's mined count, the
         # head, and a receipt per hash (a crash leaves hundreds open at once).
-        hashes = [
-            a.hash for tx in open_txs if tx.id is not None for a in self.store.attempts(tx.id)
-        ]
+        attempts = self.store.attempts_of([tx.id for tx in open_txs if tx.id is not None])
+        hashes = [a.hash for tx_attempts in attempts.values() for a in tx_attempts]
         calls: list[tuple[str, list[Any]]] = [
             ("eth_getTransactionCount", [Web3.to_checksum_address(self.signer.address), "latest"]),
             ("eth_blockNumber", []),
@@ -457,11 +456,20 @@ class TxManager:
         replies = self.rpc.batch(calls)
         latest_count = int(_result(replies[0], calls[0][0]), 16)
         head = int(_result(replies[1], calls[1][0]), 16) if known_head is None else known_head
-        receipts = {
-            h: _receipt_fields(_result(r, "eth_getTransactionReceipt"))
-            for h, r in zip(hashes, replies[2:], strict=True)
-        }
-        out = [self._follow(tx, head, latest_count, now, receipts) for tx in open_txs]
+        seen = _Pass(
+            receipts={
+                h: _receipt_fields(_result(r, "eth_getTransactionReceipt"))
+                for h, r in zip(hashes, replies[2:], strict=True)
+            },
+            attempts=attempts,
+        )
+        out = [self._follow(tx, head, latest_count, now, seen) for tx in open_txs]
+        # What the receipts said, in one database transaction (a pass cut short before this
+        # loses nothing: the next pass reads the same receipts again).
+        self.store.update_transactions(seen.updates)
+        self.store.settle_attempts_many(seen.settled)
+        for tx_id, tx_hash in seen.settled:
+            log.info("transaction final", extra={"tx_id": tx_id, "hash": tx_hash})
         out += self._fill_gaps(latest_count)
         return out
 
@@ -494,36 +502,21 @@ class TxManager:
             filled.append(self._send_attempt(filler, self.fees.initial(self._base_fee())))
         return filled
 
-    def _receipt(
-        self, tx_id: int, receipts: dict[str, dict[str, Any] | None]
-    ) -> tuple[TxAttempt, Any] | None:
-        """The first of ``tx_id``'s attempts with a receipt: from ``receipts`` (read in the
-        pass's batch), asked for alone for an attempt the batch did not cover."""
-        for attempt in self.store.attempts(tx_id):
-            receipt: Any = None
-            if attempt.hash in receipts:
-                receipt = receipts[attempt.hash]
-            else:
-                try:
-                    receipt = self.w3.eth.get_transaction_receipt(HexStr(attempt.hash))
-                except TransactionNotFound:
-                    receipt = None
+    def _receipt(self, tx_id: int, seen: _Pass) -> tuple[TxAttempt, Any] | None:
+        """The first of ``tx_id``'s attempts with a receipt, from the pass's batch."""
+        for attempt in seen.attempts.get(tx_id, []):
+            receipt = seen.receipts.get(attempt.hash)
             if receipt is not None:
                 return attempt, receipt
         return None
 
     def _follow(
-        self,
-        tx: Transaction,
-        head: int,
-        latest_count: int,
-        now: datetime,
-        receipts: dict[str, dict[str, Any] | None],
+        self, tx: Transaction, head: int, latest_count: int, now: datetime, seen: _Pass
     ) -> Transaction:
         assert tx.id is not None
         tx_id = tx.id  # fixed for the whole pass; tx is re-read below
         crash_point("before_receipt")
-        found = self._receipt(tx_id, receipts)
+        found = self._receipt(tx_id, seen)
         if found is not None:
             attempt, receipt = found
             ok = receipt["status"] == 1
@@ -531,27 +524,26 @@ class TxManager:
             depth = max(head, receipt["blockNumber"]) - receipt["blockNumber"] + 1
             final = depth >= max(self.confirmations, 1)
             status = (TxStatus.FINAL if final else TxStatus.MINED) if ok else TxStatus.REVERTED
-            tx = self.store.update_transaction(
-                tx_id,
-                status=status,
-                final=final,
-                mined_hash=attempt.hash,
-                block_number=receipt["blockNumber"],
-                block_hash="0x" + bytes(receipt["blockHash"]).hex(),
-                gas_used=receipt["gasUsed"],
-                effective_gas_price=receipt["effectiveGasPrice"],
-                revert_reason=None if ok else self._revert_reason(tx, receipt["blockNumber"]),
-            )
+            fields: dict[str, Any] = {
+                "status": status,
+                "final": final,
+                "mined_hash": attempt.hash,
+                "block_number": receipt["blockNumber"],
+                "block_hash": "0x" + bytes(receipt["blockHash"]).hex(),
+                "gas_used": receipt["gasUsed"],
+                "effective_gas_price": receipt["effectiveGasPrice"],
+                "revert_reason": None if ok else self._revert_reason(tx, receipt["blockNumber"]),
+            }
+            # Written with the pass's other receipts (``_poll``); the caller sees it now.
+            seen.updates[tx_id] = fields
+            for name, value in fields.items():
+                setattr(tx, name, value)
             if final:
                 # Only now are the other hashes settled as replaced: before finality, a reorg
                 # could still bring any of them in instead.
-                self.store.settle_attempts(tx_id, attempt.hash)
+                seen.settled.append((tx_id, attempt.hash))
                 if attempt.route == Route.RELAY:
                     self.on_relay("included")
-                log.info(
-                    "transaction final",
-                    extra={"tx_id": tx_id, "hash": attempt.hash, "status": status},
-                )
             return tx
         if tx.status in (TxStatus.MINED, TxStatus.REVERTED):
             log.warning(
@@ -633,6 +625,16 @@ class TxManager:
                     return scrub(f"{decode_revert(data)} ({label})")
                 return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
         return "reverted (replays before and after its block succeed: state-dependent revert)"
+
+
+@dataclass
+class _Pass:
+    """One ``poll`` pass: what its batch read, and the receipts' writes it owes the store."""
+
+    receipts: dict[str, dict[str, Any] | None]
+    attempts: dict[int, list[TxAttempt]]
+    updates: dict[int, dict[str, Any]] = field(default_factory=dict)
+    settled: list[tuple[int, str]] = field(default_factory=list)  # (tx id, mined hash)
 
 
 def _result(reply: dict[str, Any], method: str) -> Any:

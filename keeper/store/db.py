@@ -557,6 +557,50 @@ class Store:
                 setattr(row, name, value)
             return row
 
+    def attempts_of(self, tx_ids: Sequence[int]) -> dict[int, list[TxAttempt]]:
+        """``attempts`` of many transactions (one query per 500): by transaction id."""
+        out: dict[int, list[TxAttempt]] = {i: [] for i in tx_ids}
+        with self.session() as s:
+            for i in range(0, len(tx_ids), 500):
+                chunk = list(tx_ids[i : i + 500])
+                query = (
+                    select(TxAttempt)
+                    .where(col(TxAttempt.tx_id).in_(chunk))
+                    .order_by(col(TxAttempt.id))
+                )
+                for a in s.exec(query):
+                    out[a.tx_id].append(a)
+        return out
+
+    def update_transactions(self, updates: dict[int, dict[str, Any]]) -> None:
+        """``update_transaction`` for many transactions, in one database transaction."""
+        if not updates:
+            return
+        now = utcnow()
+        with self.session() as s:
+            for tx_id, fields in updates.items():
+                row = s.get(Transaction, tx_id)
+                if row is None:
+                    raise StoreError(f"no transaction {tx_id}")
+                for name, value in fields.items():
+                    setattr(row, name, value)
+                row.updated_at = now
+
+    def settle_attempts_many(self, mined: list[tuple[int, str]]) -> None:
+        """``settle_attempts`` for many final transactions, in one database transaction."""
+        if not mined:
+            return
+        hashes = dict(mined)
+        with self.session() as s:
+            ids = list(hashes)
+            for i in range(0, len(ids), 500):
+                query = select(TxAttempt).where(col(TxAttempt.tx_id).in_(ids[i : i + 500]))
+                for a in s.exec(query):
+                    if a.hash == hashes[a.tx_id]:
+                        a.status = AttemptStatus.MINED
+                    elif a.status == AttemptStatus.SENT:
+                        a.status = AttemptStatus.REPLACED
+
     def settle_attempts(self, tx_id: int, mined_hash: str | None) -> None:
         """At finality: the mined hash is MINED, every other sent hash REPLACED."""
         with self.session() as s:
