@@ -7,7 +7,10 @@ pass over the whole book, the exact engine where it cannot decide and wherever a
 record may follow), a ``Decision`` row whenever an
 account's state or inputs digest changed (and for every action), then for each action:
 back-off and idempotency gates, ``eth_call`` simulation and ``eth_estimateGas`` against the
-latest block from the liquidator's address, the profitability rule, and ``TxManager.submit``.
+latest block from the liquidator's address, the profitability rule, and the send. Actions go
+out in chunks of ``SIMULATION_CHUNK``, most urgent first: one JSON-RPC batch simulates a chunk,
+one database transaction records its decisions, ``TxManager.submit_many`` stores, signs and
+broadcasts it in one batch (a crash's thousands of actions cost a few round trips each block).
 
 Never twice (why two locks): the action's idempotency key (``flag:<account>:<nonce>``...) is a
 unique column of ``decision`` (the database refuses a second row, whichever process inserts it)
