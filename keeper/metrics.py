@@ -134,6 +134,11 @@ class Health:
             self.lag_blocks = lag
             self.last_error = None
 
+    def behind(self, lag: int) -> None:
+        """The keeper is ``lag`` blocks behind the head (it is processing a newer block)."""
+        with self._lock:
+            self.lag_blocks = lag
+
     def error(self, message: str) -> None:
         with self._lock:
             self.last_error = message

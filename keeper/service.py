@@ -324,6 +324,13 @@ class KeeperService:
     def _process(self, head: BlockRef, *, sweep: bool = False) -> TickReport:
         rt = self.runtime
         t0 = time.perf_counter()
+        if self._last_processed is not None:
+            # While this block is processed the keeper's view is the last processed block:
+            # the gauge says how far behind it is now (1 in steady state, more after a long
+            # block such as a crash's), and 0 once this block is done.
+            behind = max(head.number - self._last_processed.number, 0)
+            self.metrics.lag.set(behind)
+            self.health.behind(behind)
         synced = self._sync(head)
         if synced.reorg_from is not None:
             rt.core.forget_accounts()

@@ -195,6 +195,36 @@ def test_crash_liquidations_restart_and_settlement(devnet: Devnet, store_url: st
         service.close()
 
 
+def test_lag_gauge_says_how_far_behind_the_block_in_progress_is(
+    devnet: Devnet, tmp_path: Path
+) -> None:
+    """keeper_lag_blocks (and /health's lag) while a block is processed: head minus the last
+    processed block; 0 once it is done."""
+    net = devnet
+    service = KeeperService(load_config_data(net.config(f"sqlite:///{tmp_path / 'k.db'}")))
+    service.open()
+    try:
+        service.tick()
+        assert service.metrics.lag._value.get() == 0
+        for _ in range(3):
+            net.w3.provider.make_request("evm_mine", [])
+        core = service.runtime.core
+        seen: list[tuple[float, int]] = []
+        on_block = core.on_block
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            seen.append((service.metrics.lag._value.get(), service.health.lag_blocks))
+            return on_block(*args, **kwargs)
+
+        core.on_block = watched  # type: ignore[method-assign]  # observe the real call
+        report = service.tick()
+        assert report is not None and report.processed
+        assert seen == [(3, 3)]
+        assert service.metrics.lag._value.get() == 0 and service.health.lag_blocks == 0
+    finally:
+        service.close()
+
+
 def test_keeper_run_process_over_websocket_liquidates_and_stops_on_sigterm(
     devnet: Devnet, tmp_path: Path
 ) -> None:
