@@ -444,22 +444,25 @@ class TxManager:
             # Nothing to follow and no nonce above a gap: the block loop polls this several
             # times a block, so an idle keeper asks the node nothing here.
             return []
-        # One batch, whatever the number of open transactions: the signer's mined count, the
-        # head, and a receipt per hash (a crash leaves hundreds open at once).
+        # Two requests, whatever the number of open transactions: the signer's mined count and
+        # the head, then a receipt per hash (a crash leaves hundreds open at once). Not one
+        # batch: a node may answer a batch's requests in any order (anvil does), and a count
+        # read after a block that the receipts were read before would take our own mined
+        # transaction for another sender's ("nonce taken": found by the soak).
         attempts = self.store.attempts_of([tx.id for tx in open_txs if tx.id is not None])
         hashes = [a.hash for tx_attempts in attempts.values() for a in tx_attempts]
-        calls: list[tuple[str, list[Any]]] = [
+        first: list[tuple[str, list[Any]]] = [
             ("eth_getTransactionCount", [Web3.to_checksum_address(self.signer.address), "latest"]),
             ("eth_blockNumber", []),
         ]
-        calls += [("eth_getTransactionReceipt", [h]) for h in hashes]
-        replies = self.rpc.batch(calls)
-        latest_count = int(_result(replies[0], calls[0][0]), 16)
-        head = int(_result(replies[1], calls[1][0]), 16) if known_head is None else known_head
+        counted = self.rpc.batch(first)
+        latest_count = int(_result(counted[0], first[0][0]), 16)
+        head = int(_result(counted[1], first[1][0]), 16) if known_head is None else known_head
+        replies = self.rpc.batch([("eth_getTransactionReceipt", [h]) for h in hashes])
         seen = _Pass(
             receipts={
                 h: _receipt_fields(_result(r, "eth_getTransactionReceipt"))
-                for h, r in zip(hashes, replies[2:], strict=True)
+                for h, r in zip(hashes, replies, strict=True)
             },
             attempts=attempts,
         )
