@@ -23,6 +23,7 @@ from keeper.deployment import Deployment, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.fault_proxy import FaultProxy
 from keeper.metrics import KeeperMetrics
+from keeper.status import probe_endpoints
 
 #: anvil's dev account #3 (public, devnet only): signs the broadcast test's transfers.
 DEV_KEY_3 = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"
@@ -240,3 +241,14 @@ def test_config_fallback_urls(anvil: Anvil) -> None:
     twice = {**base, "rpc": {**base["rpc"], "fallback_urls": ["http://a:1", "http://a:1"]}}
     with pytest.raises(ConfigError, match="listed twice"):
         load_config_data(twice, {})
+
+
+def test_status_shows_every_endpoint_redacted(anvil: Anvil) -> None:
+    key = "0123456789abcdef0123456789abcdef"
+    lines = probe_endpoints([anvil.url, f"http://127.0.0.1:1/v3/{key}"], timeout=2.0)
+    up, down = lines
+    assert (up.index, up.chain_id, up.error) == (0, 31337, None)
+    assert up.head is not None and up.head >= 1
+    assert (down.index, down.head) == (1, None)
+    assert down.error is not None and down.error.startswith("RpcUnavailable")
+    assert key not in repr(lines) and down.endpoint == "http://127.0.0.1:1/***"
