@@ -123,6 +123,10 @@ class RpcConfig(_Section):
     unhealthy_seconds: PositiveSeconds = 30.0
     #: An endpoint whose head is more than this many blocks below another's is unhealthy.
     max_lag_blocks: int = Field(default=2, ge=0, le=1000)
+    #: With ``fallback_urls``: a request still unanswered after this long is sent to the next
+    #: endpoint too and the first good answer is used (a hanging endpoint costs this, not
+    #: ``timeout_seconds``). At ``timeout_seconds`` or more, never.
+    hedge_after_seconds: PositiveSeconds = 1.0
 
     @field_validator("url")
     @classmethod

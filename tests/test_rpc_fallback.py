@@ -252,3 +252,33 @@ def test_status_shows_every_endpoint_redacted(anvil: Anvil) -> None:
     assert (down.index, down.head) == (1, None)
     assert down.error is not None and down.error.startswith("RpcUnavailable")
     assert key not in repr(lines) and down.endpoint == "http://127.0.0.1:1/***"
+
+
+def test_an_endpoint_down_at_start_up_is_checked_before_its_first_use(
+    anvil: Anvil, deployment: Deployment, proxy: FaultProxy
+) -> None:
+    with FaultProxy(anvil.url, seed=13) as second:
+        second.add("drop")
+        chain = _connect(proxy.url, deployment, second.url)
+        fb = _provider(chain)
+        assert [e.chain_ok for e in fb.endpoints] == [True, None]
+        second.clear()
+        second.reset_counts()
+        proxy.add("drop")
+        chain.head()
+        assert second.methods[:2] == ["eth_chainId", "eth_getBlockByNumber"]
+        assert fb.endpoints[1].chain_ok is True
+
+
+def test_a_hanging_endpoint_is_overtaken_by_the_next(
+    anvil: Anvil, deployment: Deployment, proxy: FaultProxy
+) -> None:
+    with FaultProxy(anvil.url, seed=14) as second:
+        chain = _connect(proxy.url, deployment, second.url, hedge_after_seconds=0.2)
+        fb = _provider(chain)
+        rule = proxy.add("timeout", times=1, hang_seconds=3.0)  # below the 5-s client timeout
+        head = chain.head()
+        assert rule.fired == 1 and fb.hedges == 1
+        assert head.number == Web3(Web3.HTTPProvider(anvil.url)).eth.block_number
+        assert "eth_getBlockByNumber" in second.methods
+        assert fb.failovers == 1 and fb.stats.waits == []

@@ -18,8 +18,10 @@ been quiet long enough. Latency is tracked (EWMA) and shown, not ranked on.
 Fail-over. A request that fails on one endpoint is sent to the next at once (no back-off in
 between: the back-off belongs to the endpoint that failed). Only when every endpoint failed
 in one round does the provider wait (``RetryPolicy`` back-off) and start another round, at
-most ``policy.max_retries`` more. Answers that are errors of the request itself (a revert, a
-bad parameter) are answers, returned as they are.
+most ``policy.max_retries`` more. A request still unanswered after ``hedge_after`` seconds is
+sent to the next endpoint too (a hedge) and the first good answer wins, so an endpoint that
+hangs costs ``hedge_after``, not the client timeout. Answers that are errors of the request
+itself (a revert, a bad parameter) are answers, returned as they are.
 
 Pinned reads. Reads of one decision name one block by hash (EIP-1898, see
 keeper.chain.multicall); the provider learns the number of every block it sees in an answer,
@@ -48,6 +50,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +157,7 @@ class FallbackProvider(JSONBaseProvider):
         policy: RetryPolicy | None = None,
         half_life: float = 30.0,
         max_lag_blocks: int = 2,
+        hedge_after: float | None = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
@@ -163,9 +167,18 @@ class FallbackProvider(JSONBaseProvider):
         self.policy = policy or RetryPolicy()
         self.half_life = half_life
         self.max_lag_blocks = max_lag_blocks
+        #: Seconds without an answer after which the next endpoint is asked too (None: never).
+        self.hedge_after = hedge_after
         self.stats = RetryStats()
         #: Fail-overs: a request answered by another endpoint than the first one asked.
         self.failovers = 0
+        #: Requests also sent to the next endpoint because the one asked was slow.
+        self.hedges = 0
+        # Requests run on these threads so that a slow endpoint can be overtaken; a hedged
+        # request left behind finishes here (bounded by the endpoint's client timeout).
+        self._pool = ThreadPoolExecutor(
+            max_workers=4 * len(self.endpoints), thread_name_prefix="rpc-endpoint"
+        )
         self._clock = clock
         self._lock = threading.RLock()
         self._numbers: OrderedDict[str, int] = OrderedDict()  # block hash -> number
@@ -349,30 +362,12 @@ class FallbackProvider(JSONBaseProvider):
     def _run(self, reqs: list[tuple[RPCEndpoint, Any]], *, batch: bool) -> Any:
         what = f"batch of {len(reqs)}" if batch else str(reqs[0][0])
         pinned = self._pinned(reqs)
+        attempt = _Attempt()
         for round_ in range(self.policy.max_retries + 1):
             attempt = _Attempt()
-            for n, ep in enumerate(self.candidates(pinned)):
-                try:
-                    self._check_chain(ep)
-                    if ep.chain_ok is False:
-                        continue
-                    reply = self._send(ep, reqs, batch=batch)
-                except RpcUnavailable as exc:
-                    attempt.errors.append(f"{ep.index}: {exc}")
-                    attempt.last_exc = exc
-                    after = getattr(exc, "retry_after", None)
-                    if after is not None:
-                        attempt.retry_after = max(attempt.retry_after or 0.0, after)
-                    continue
-                if pinned is not None and _misses_block(reply):
-                    # Behind (or another fork): it does not have the pinned block yet.
-                    with self._lock:
-                        if ep.head is None or ep.head >= pinned:
-                            ep.head, ep.head_at = pinned - 1, self._clock()
-                    attempt.missing_block_reply = reply
-                    attempt.errors.append(f"{ep.index}: does not have block {pinned}")
-                    continue
-                self._learn(ep, reqs, reply)
+            answered = self._round(reqs, batch, pinned, attempt)
+            if answered is not None:
+                ep, n, reply = answered
                 if n > 0 or round_ > 0:
                     with self._lock:
                         self.failovers += 1
@@ -406,6 +401,78 @@ class FallbackProvider(JSONBaseProvider):
         if attempt.retry_after is not None:
             error.retry_after = attempt.retry_after  # type: ignore[attr-defined]
         raise error from None
+
+    def _round(
+        self,
+        reqs: list[tuple[RPCEndpoint, Any]],
+        batch: bool,
+        pinned: int | None,
+        attempt: _Attempt,
+    ) -> tuple[Endpoint, int, Any] | None:
+        """One pass over the candidates: (endpoint, endpoints asked before it, answer), or
+        None when none answered. The next candidate is asked as soon as one fails, or, with
+        the one asked still silent after ``hedge_after`` seconds, alongside it (the first
+        good answer wins; a late one is dropped, its endpoint's health still recorded)."""
+        candidates = self.candidates(pinned)
+        pending: dict[Future[Any], tuple[Endpoint, int]] = {}
+        started = 0
+
+        def start_next() -> bool:
+            nonlocal started
+            for ep in candidates:
+                try:
+                    self._check_chain(ep)
+                except RpcUnavailable as exc:
+                    self._note_failure(attempt, ep, exc)
+                    continue
+                if ep.chain_ok is False:
+                    continue
+                pending[self._pool.submit(self._send, ep, reqs, batch=batch)] = (ep, started)
+                started += 1
+                return True
+            return False
+
+        more = start_next()
+        while pending:
+            done, _ = wait(
+                pending, timeout=self.hedge_after if more else None, return_when=FIRST_COMPLETED
+            )
+            if not done:  # the endpoint asked is slow: ask the next one too
+                more = start_next()
+                if more:
+                    with self._lock:
+                        self.hedges += 1
+                continue
+            failed = False
+            for fut in done:
+                ep, n = pending.pop(fut)
+                try:
+                    reply = fut.result()
+                except RpcUnavailable as exc:
+                    self._note_failure(attempt, ep, exc)
+                    failed = True
+                    continue
+                if pinned is not None and _misses_block(reply):
+                    # Behind (or another fork): it does not have the pinned block yet.
+                    with self._lock:
+                        if ep.head is None or ep.head >= pinned:
+                            ep.head, ep.head_at = pinned - 1, self._clock()
+                    attempt.missing_block_reply = reply
+                    attempt.errors.append(f"{ep.index}: does not have block {pinned}")
+                    continue
+                self._learn(ep, reqs, reply)
+                return ep, n, reply
+            if failed or not pending:
+                more = start_next()
+        return None
+
+    @staticmethod
+    def _note_failure(attempt: _Attempt, ep: Endpoint, exc: RpcUnavailable) -> None:
+        attempt.errors.append(f"{ep.index}: {exc}")
+        attempt.last_exc = exc
+        after = getattr(exc, "retry_after", None)
+        if after is not None:
+            attempt.retry_after = max(attempt.retry_after or 0.0, after)
 
     # --- what answers teach ------------------------------------------------------------
 
@@ -460,6 +527,7 @@ class FallbackProvider(JSONBaseProvider):
         return answers_chain_id(self, show_traceback)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False)
         for ep in self.endpoints:
             close = getattr(ep.provider, "close", None)
             if callable(close):

@@ -197,6 +197,7 @@ def make_web3(
     fallback_urls: Sequence[str] = (),
     unhealthy_seconds: float = 30.0,
     max_lag_blocks: int = 2,
+    hedge_after_seconds: float | None = 1.0,
 ) -> Web3:
     """A Web3 client for ``http(s)://`` or ``ws(s)://`` (nothing is requested yet). HTTP
     retries transient faults as ``retry`` says (keeper.chain.transport; default 3 retries).
@@ -204,7 +205,8 @@ def make_web3(
     With ``fallback_urls`` the client is a ``FallbackProvider`` (keeper.chain.fallback) over
     ``url`` then each fallback: a failed request goes to the next endpoint at once, and
     ``retry`` bounds the rounds over all of them (each endpoint does not retry by itself);
-    ``unhealthy_seconds`` is the half-life of an endpoint's failure penalty."""
+    ``unhealthy_seconds`` is the half-life of an endpoint's failure penalty; a request
+    unanswered after ``hedge_after_seconds`` is sent to the next endpoint too."""
     for u in (url, *fallback_urls):
         _install_log_scrub(u)
     if not fallback_urls:
@@ -221,6 +223,11 @@ def make_web3(
                 policy=policy,
                 half_life=unhealthy_seconds,
                 max_lag_blocks=max_lag_blocks,
+                hedge_after=(
+                    hedge_after_seconds
+                    if hedge_after_seconds is not None and hedge_after_seconds < timeout
+                    else None
+                ),
             )
         )
     w3.middleware_onion.add(ChainIdCache, name="chain_id_cache")

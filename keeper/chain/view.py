@@ -266,6 +266,7 @@ class Chain:
         fallback_urls: Sequence[str] = (),
         unhealthy_seconds: float = 30.0,
         max_lag_blocks: int = 2,
+        hedge_after_seconds: float | None = 1.0,
         **kwargs: Any,
     ) -> Chain:
         """Connect (HTTP or WebSocket) and verify the node against the deployment file.
@@ -278,6 +279,7 @@ class Chain:
             fallback_urls=fallback_urls,
             unhealthy_seconds=unhealthy_seconds,
             max_lag_blocks=max_lag_blocks,
+            hedge_after_seconds=hedge_after_seconds,
         )
         rpc = Rpc(w3, url)
         return cls(rpc, deployment, verify_deployment(rpc, deployment), **kwargs)
@@ -295,6 +297,7 @@ class Chain:
         kwargs.setdefault("fallback_urls", rpc.fallback_urls)
         kwargs.setdefault("unhealthy_seconds", rpc.unhealthy_seconds)
         kwargs.setdefault("max_lag_blocks", rpc.max_lag_blocks)
+        kwargs.setdefault("hedge_after_seconds", rpc.hedge_after_seconds)
         return cls.connect(url, deployment, timeout=float(rpc.timeout_seconds), **kwargs)
 
     @property
