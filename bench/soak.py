@@ -34,6 +34,12 @@ def main() -> int:
         help="a second RPC endpoint without faults (anvil directly) after the faulty one",
     )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument(
+        "--unhealthy-seconds",
+        type=float,
+        default=d.unhealthy_seconds,
+        help="with --fallback: half-life of an endpoint's failure penalty",
+    )
     args = ap.parse_args()
     faults = tuple(k for k in args.faults.split(",") if k)
     unknown = set(faults) - set(SOAK_FAULTS)
@@ -49,6 +55,7 @@ def main() -> int:
         faults=faults,
         max_retries=args.max_retries,
         fallback=args.fallback,
+        unhealthy_seconds=args.unhealthy_seconds,
     )
     quiet = args.json
     report = run_soak(opts, say=(lambda _m: None) if quiet else print)

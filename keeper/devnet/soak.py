@@ -76,6 +76,9 @@ class SoakOptions:
     #: A second RPC endpoint without faults (anvil directly) after the faulty one:
     #: ``[rpc] fallback_urls`` (keeper.chain.fallback).
     fallback: bool = False
+    #: ``[rpc] unhealthy_seconds`` with the fallback: shorter = the faulty endpoint is tried
+    #: again sooner (more faults hit, more fail-overs).
+    unhealthy_seconds: float = 30.0
 
 
 class _LogCounter(logging.Handler):
@@ -111,7 +114,7 @@ def _keeper_config(
     cfg = keeper_config(anvil, out, deployment_file)
     cfg["rpc"].update(url=proxy.url, timeout_seconds=opts.rpc_timeout, max_retries=opts.max_retries)
     if opts.fallback:
-        cfg["rpc"]["fallback_urls"] = [anvil.url]
+        cfg["rpc"].update(fallback_urls=[anvil.url], unhealthy_seconds=opts.unhealthy_seconds)
     cfg["signer"] = {"key_env": KEY_ENV}
     cfg["metrics"] = {"enabled": False}
     cfg["service"].update(watchdog_seconds=90, consistency_interval_seconds=30)
@@ -468,5 +471,8 @@ def _endpoints(service: KeeperService) -> list[dict[str, Any]]:
     states = getattr(provider, "states", None)
     if not callable(states):
         return []
-    failovers = getattr(provider, "failovers", 0)
-    return [{**asdict(st), "failovers": failovers} for st in states()]
+    counts = {
+        "failovers": getattr(provider, "failovers", 0),
+        "hedges": getattr(provider, "hedges", 0),
+    }
+    return [{**asdict(st), **counts} for st in states()]

@@ -110,12 +110,16 @@ def format_report(r: SoakReport) -> str:
         f"  verdict        {'OK' if r.ok else 'FAILED'}",
     ]
     if r.rpc_endpoints:
-        failovers = r.rpc_endpoints[0].get("failovers", 0)
+        first = r.rpc_endpoints[0]
         ends = "; ".join(
             f"{e['index']} {e['endpoint']}: {e['requests']} requests, {e['failures']} failed"
             for e in r.rpc_endpoints
         )
-        lines.insert(-1, f"  endpoints      {ends}; {failovers} fail-overs")
+        lines.insert(
+            -1,
+            f"  endpoints      {ends}; {first.get('failovers', 0)} fail-overs, "
+            f"{first.get('hedges', 0)} hedged (the next endpoint asked too)",
+        )
     lines += [f"  problem        {p}" for p in r.problems]
     return "\n".join(lines)
 
