@@ -10,7 +10,9 @@ every request or batch to the first *eligible* endpoint in this order:
 Health. Every failure (a named ``RpcUnavailable``: timeout, connection, HTTP 5xx/429,
 malformed or short answer, overload error) adds 1 to the endpoint's *penalty*, which halves
 every ``half_life`` seconds; the endpoint is healthy while its penalty is below 0.5 and its
-head is not more than ``max_lag_blocks`` behind the highest head seen on the other endpoints.
+head is not more than ``max_lag_blocks`` behind the highest head seen on the other endpoints
+(after each head the keeper reads, the other endpoints' heads are asked in the background when
+older than ``HEAD_FRESH_SECONDS``: one ``eth_blockNumber`` a second per other endpoint at most).
 So one failure takes an endpoint out for one half-life, k failures in a row for about
 log2(2k) half-lives, and an endpoint that fails often (a flaky primary) stays out until it has
 been quiet long enough. Latency is tracked (EWMA) and shown, not ranked on.
@@ -179,10 +181,11 @@ class FallbackProvider(JSONBaseProvider):
         self._pool = ThreadPoolExecutor(
             max_workers=4 * len(self.endpoints), thread_name_prefix="rpc-endpoint"
         )
-        self._clock = clock
+        self.clock = clock
         self._lock = threading.RLock()
         self._numbers: OrderedDict[str, int] = OrderedDict()  # block hash -> number
         self._expected_chain: int | None = None
+        self._probing: set[int] = set()  # endpoints whose head is being asked in the background
 
     def __repr__(self) -> str:
         return f"FallbackProvider({', '.join(e.redacted for e in self.endpoints)})"
@@ -217,7 +220,7 @@ class FallbackProvider(JSONBaseProvider):
         return not behind
 
     def _failed(self, ep: Endpoint, error: str) -> None:
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             ep.penalty = self._penalty(ep, now) + 1.0
             ep.penalty_at = now
@@ -233,10 +236,10 @@ class FallbackProvider(JSONBaseProvider):
         """``latest``: the endpoint's head is exactly this; otherwise it has at least it."""
         with self._lock:
             if latest or ep.head is None or number > ep.head:
-                ep.head, ep.head_at = number, self._clock()
+                ep.head, ep.head_at = number, self.clock()
 
     def states(self) -> list[EndpointState]:
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             best = self._best_head(now)
             return [
@@ -257,7 +260,7 @@ class FallbackProvider(JSONBaseProvider):
     def order(self, pinned: int | None = None) -> list[Endpoint]:
         """The endpoints to try, in turn: healthy in configured order, then the others by
         penalty (``pinned`` is not looked at here; see ``candidates``)."""
-        now = self._clock()
+        now = self.clock()
         with self._lock:
             best = self._best_head(now)
             usable = [e for e in self.endpoints if e.chain_ok is not False]
@@ -283,7 +286,7 @@ class FallbackProvider(JSONBaseProvider):
         """Is ``ep`` known to be below block ``pinned``? A head that is unknown, or below and
         older than ``HEAD_FRESH_SECONDS``, is asked first."""
         with self._lock:
-            head, age = ep.head, self._clock() - ep.head_at
+            head, age = ep.head, self.clock() - ep.head_at
         if head is not None and head >= pinned:
             return False
         if head is None or age > HEAD_FRESH_SECONDS:
@@ -456,7 +459,7 @@ class FallbackProvider(JSONBaseProvider):
                     # Behind (or another fork): it does not have the pinned block yet.
                     with self._lock:
                         if ep.head is None or ep.head >= pinned:
-                            ep.head, ep.head_at = pinned - 1, self._clock()
+                            ep.head, ep.head_at = pinned - 1, self.clock()
                     attempt.missing_block_reply = reply
                     attempt.errors.append(f"{ep.index}: does not have block {pinned}")
                     continue
@@ -507,6 +510,7 @@ class FallbackProvider(JSONBaseProvider):
             result = r["result"]
             if method == "eth_blockNumber" and isinstance(result, str):
                 self._saw_head(ep, int(result, 16), latest=True)
+                self._cross_check(ep)
             elif method in ("eth_getBlockByNumber", "eth_getBlockByHash") and isinstance(
                 result, dict
             ):
@@ -517,11 +521,46 @@ class FallbackProvider(JSONBaseProvider):
                 head_tag = params[0] if method == "eth_getBlockByNumber" and params else None
                 latest = head_tag in ("latest", "pending")
                 self._saw_head(ep, number, latest=latest)
+                if latest:
+                    self._cross_check(ep)
                 if isinstance(block_hash, str):
                     with self._lock:
                         self._numbers[block_hash.lower()] = number
                         while len(self._numbers) > KNOWN_HASHES:
                             self._numbers.popitem(last=False)
+
+    def _cross_check(self, source: Endpoint) -> None:
+        """After a head from ``source``: the other endpoints' heads, when older than
+        ``HEAD_FRESH_SECONDS``, are asked in the background (one ``eth_blockNumber`` each),
+        so that a primary that falls behind is seen as behind (``max_lag_blocks``)."""
+        now = self.clock()
+        with self._lock:
+            due = [
+                e
+                for e in self.endpoints
+                if e is not source
+                and e.chain_ok is not False
+                and e.index not in self._probing
+                and (e.head is None or now - e.head_at > HEAD_FRESH_SECONDS)
+            ]
+            self._probing.update(e.index for e in due)
+        for e in due:
+            self._pool.submit(self._probe_head, e)
+
+    def _probe_head(self, ep: Endpoint) -> None:
+        try:
+            self._check_chain(ep)
+            if ep.chain_ok is not False:
+                reply = self._send(ep, [(RPCEndpoint("eth_blockNumber"), [])], batch=False)
+                if "result" in reply:
+                    self._saw_head(ep, int(reply["result"], 16), latest=True)
+        except RpcUnavailable:
+            pass  # penalised by _send; the next head check asks again
+        except Exception:  # a background probe must never take the keeper down
+            log.exception("RPC head check of endpoint %s failed", ep.label)
+        finally:
+            with self._lock:
+                self._probing.discard(ep.index)
 
     def is_connected(self, show_traceback: bool = False) -> bool:
         return answers_chain_id(self, show_traceback)
