@@ -303,3 +303,24 @@ def test_a_primary_that_falls_behind_is_passed_over_for_the_head(
     assert (first.head, second.head) == (real - 5, real)
     assert not first.healthy and second.healthy
     assert chain.head().number == real
+
+
+def test_an_endpoint_without_the_pinned_block_is_passed_over(
+    anvil: Anvil, deployment: Deployment, proxy: FaultProxy
+) -> None:
+    # Another node of the same chain id whose chain does not hold the pinned block (a fork),
+    # though its head is higher: it answers "not found" for the block's hash.
+    with (
+        Anvil() as fork,
+        FaultProxy(fork.url, seed=15) as forked,
+        FaultProxy(anvil.url, seed=16) as third,
+    ):
+        real = Web3(Web3.HTTPProvider(anvil.url)).eth.block_number
+        fork.rpc("anvil_mine", [hex(real + 10)])
+        chain = _connect(proxy.url, deployment, forked.url, third.url)
+        head = chain.head()
+        proxy.add("drop", methods=["eth_call"])
+        snap = chain.view(head).snapshot(_accounts(deployment))
+        assert snap.block == head
+        # Asked (its head is high enough), answered "not found", then the third was asked.
+        assert "eth_call" in forked.methods and "eth_call" in third.methods
