@@ -178,14 +178,17 @@ class FallbackProvider(JSONBaseProvider):
         self.hedges = 0
         # Requests run on these threads so that a slow endpoint can be overtaken; a hedged
         # request left behind finishes here (bounded by the endpoint's client timeout).
-        self._pool = ThreadPoolExecutor(
-            max_workers=4 * len(self.endpoints), thread_name_prefix="rpc-endpoint"
-        )
+        self._pool = self._new_pool()
         self.clock = clock
         self._lock = threading.RLock()
         self._numbers: OrderedDict[str, int] = OrderedDict()  # block hash -> number
         self._expected_chain: int | None = None
         self._probing: set[int] = set()  # endpoints whose head is being asked in the background
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            max_workers=4 * len(self.endpoints), thread_name_prefix="rpc-endpoint"
+        )
 
     def __repr__(self) -> str:
         return f"FallbackProvider({', '.join(e.redacted for e in self.endpoints)})"
@@ -566,7 +569,9 @@ class FallbackProvider(JSONBaseProvider):
         return answers_chain_id(self, show_traceback)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        # Idle threads end now; a request after close() gets a new pool (HTTP needs no reopen).
+        pool, self._pool = self._pool, self._new_pool()
+        pool.shutdown(wait=False)
         for ep in self.endpoints:
             close = getattr(ep.provider, "close", None)
             if callable(close):
