@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from web3 import Web3
@@ -24,6 +25,7 @@ from keeper.deployment import Deployment, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.fault_proxy import FaultProxy
 from keeper.metrics import KeeperMetrics
+from keeper.service import KeeperService
 from keeper.status import probe_endpoints
 
 #: anvil's dev account #3 (public, devnet only): signs the broadcast test's transfers.
@@ -324,3 +326,65 @@ def test_an_endpoint_without_the_pinned_block_is_passed_over(
         assert snap.block == head
         # Asked (its head is high enough), answered "not found", then the third was asked.
         assert "eth_call" in forked.methods and "eth_call" in third.methods
+
+
+def test_the_keeper_fails_over_and_back(
+    anvil: Anvil, deployment: Deployment, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """The keeper service itself (read-only): it keeps processing blocks while its first
+    endpoint drops everything, shows it in its metrics, and reads from it again once it is
+    healthy."""
+    deployment.write(tmp_path / "deployment.json")
+    cfg = load_config_data(
+        {
+            "rpc": {
+                "url": proxy.url,
+                "fallback_urls": [anvil.url],
+                "chain_id": 31337,
+                "timeout_seconds": 10,
+                "unhealthy_seconds": 5,
+            },
+            "deployment": {"file": str(tmp_path / "deployment.json")},
+            "store": {"url": f"sqlite:///{tmp_path}/keeper.db"},
+            "decisions": {"confirmations": 1},
+            "metrics": {"enabled": False},
+            "service": {"dry_run": True, "consistency_interval_seconds": 0},
+        },
+        environ={},
+    )
+    svc = KeeperService(cfg)
+    svc.open()
+    try:
+        assert svc.chain is not None
+        fb = _provider(svc.chain)
+        clock = fb.clock = Clock()
+
+        def healthy_gauge(index: int) -> str:
+            for line in svc.metrics.render().decode().splitlines():
+                if line.startswith(f'keeper_rpc_endpoint_healthy{{endpoint="{index}"'):
+                    return line.rsplit(" ", 1)[1]
+            raise AssertionError(f"no healthy gauge for endpoint {index}")
+
+        assert healthy_gauge(0) == "1.0"
+        proxy.add("drop")
+        anvil.rpc("evm_mine")
+        report = svc.tick()
+        assert report is not None and report.processed
+        assert svc.health.last_block == report.head == _direct_head(anvil)
+        assert proxy.counts["drop"] >= 1
+        assert healthy_gauge(0) == "0.0" and healthy_gauge(1) == "1.0"
+
+        proxy.clear()
+        clock.now += 5 * 10  # the failures are forgotten
+        calls = proxy.methods.count("eth_call")
+        anvil.rpc("evm_mine")
+        report = svc.tick()
+        assert report is not None and report.processed
+        assert proxy.methods.count("eth_call") > calls  # the block's reads went to it again
+        assert healthy_gauge(0) == "1.0"
+    finally:
+        svc.close()
+
+
+def _direct_head(anvil: Anvil) -> int:
+    return int(Web3(Web3.HTTPProvider(anvil.url)).eth.block_number)
