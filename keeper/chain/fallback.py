@@ -51,7 +51,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,6 +137,14 @@ class EndpointState:
     requests: int
     failures: int
     last_error: str | None
+
+
+class _Behind(Exception):
+    """The endpoint's head is below the pinned block: asked again only as a last resort."""
+
+
+class _Excluded(Exception):
+    """The endpoint answers for another chain: never asked."""
 
 
 @dataclass
@@ -260,9 +268,9 @@ class FallbackProvider(JSONBaseProvider):
                 for e in self.endpoints
             ]
 
-    def order(self, pinned: int | None = None) -> list[Endpoint]:
+    def order(self) -> list[Endpoint]:
         """The endpoints to try, in turn: healthy in configured order, then the others by
-        penalty (``pinned`` is not looked at here; see ``candidates``)."""
+        penalty (a pinned request puts those below its block last, see ``_round``)."""
         now = self.clock()
         with self._lock:
             best = self._best_head(now)
@@ -272,18 +280,6 @@ class FallbackProvider(JSONBaseProvider):
                 (e for e in usable if e not in healthy), key=lambda e: self._penalty(e, now)
             )
         return healthy + rest
-
-    def candidates(self, pinned: int | None) -> Iterator[Endpoint]:
-        """``order``, lazily: an endpoint known to be below ``pinned`` is put after every
-        other one (its head is asked only when it is reached and not known fresh), so a
-        request the primary answers costs no head check elsewhere."""
-        behind = []
-        for e in self.order():
-            if pinned is not None and self._below(e, pinned):
-                behind.append(e)
-                continue
-            yield e
-        yield from behind
 
     def _below(self, ep: Endpoint, pinned: int) -> bool:
         """Is ``ep`` known to be below block ``pinned``? A head that is unknown, or below and
@@ -415,28 +411,29 @@ class FallbackProvider(JSONBaseProvider):
         pinned: int | None,
         attempt: _Attempt,
     ) -> tuple[Endpoint, int, Any] | None:
-        """One pass over the candidates: (endpoint, endpoints asked before it, answer), or
-        None when none answered. The next candidate is asked as soon as one fails, or, with
-        the one asked still silent after ``hedge_after`` seconds, alongside it (the first
-        good answer wins; a late one is dropped, its endpoint's health still recorded)."""
-        candidates = self.candidates(pinned)
+        """One pass over ``order()``: (endpoint, endpoints asked before it, answer), or None
+        when none answered. The next endpoint is asked as soon as one fails, or, with the one
+        asked still silent after ``hedge_after`` seconds, alongside it (the first good answer
+        wins; a late one is dropped, its endpoint's health still recorded). An endpoint known
+        to be below ``pinned`` is asked only after every other one. Every network call,
+        the chain id and head checks included, runs on the pool: the caller only waits."""
+        queue = self.order()
+        behind: list[Endpoint] = []  # below the pinned block: a last resort
         pending: dict[Future[Any], tuple[Endpoint, int]] = {}
         started = 0
 
         def start_next() -> bool:
             nonlocal started
-            for ep in candidates:
-                try:
-                    self._check_chain(ep)
-                except RpcUnavailable as exc:
-                    self._note_failure(attempt, ep, exc)
-                    continue
-                if ep.chain_ok is False:
-                    continue
-                pending[self._pool.submit(self._send, ep, reqs, batch=batch)] = (ep, started)
-                started += 1
-                return True
-            return False
+            if queue:
+                ep, last_resort = queue.pop(0), False
+            elif behind:
+                ep, last_resort = behind.pop(0), True
+            else:
+                return False
+            fut = self._pool.submit(self._attempt, ep, reqs, batch, pinned, last_resort)
+            pending[fut] = (ep, started)
+            started += 1
+            return True
 
         more = start_next()
         while pending:
@@ -452,11 +449,16 @@ class FallbackProvider(JSONBaseProvider):
             failed = False
             for fut in done:
                 ep, n = pending.pop(fut)
+                failed = True
                 try:
                     reply = fut.result()
+                except _Behind:
+                    behind.append(ep)
+                    continue
+                except _Excluded:
+                    continue
                 except RpcUnavailable as exc:
                     self._note_failure(attempt, ep, exc)
-                    failed = True
                     continue
                 if pinned is not None and _misses_block(reply):
                     # Behind (or another fork): it does not have the pinned block yet.
@@ -471,6 +473,23 @@ class FallbackProvider(JSONBaseProvider):
             if failed or not pending:
                 more = start_next()
         return None
+
+    def _attempt(
+        self,
+        ep: Endpoint,
+        reqs: list[tuple[RPCEndpoint, Any]],
+        batch: bool,
+        pinned: int | None,
+        last_resort: bool,
+    ) -> Any:
+        """One endpoint's turn (on the pool): its chain id when not checked yet, its head when
+        the request is pinned above what is known of it, then the request."""
+        self._check_chain(ep)
+        if ep.chain_ok is False:
+            raise _Excluded
+        if pinned is not None and not last_resort and self._below(ep, pinned):
+            raise _Behind
+        return self._send(ep, reqs, batch=batch)
 
     @staticmethod
     def _note_failure(attempt: _Attempt, ep: Endpoint, exc: RpcUnavailable) -> None:
