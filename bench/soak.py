@@ -5,6 +5,7 @@ is found or the keeper died.
 
     .venv/bin/python -m bench.soak --duration 600            (the 10-minute soak)
     .venv/bin/python -m bench.soak --duration 60 --accounts 12 --fault-rate 0.03 --json
+    .venv/bin/python -m bench.soak --duration 180 --fault-rate 0.08 --fallback
 """
 
 from __future__ import annotations
@@ -27,7 +28,18 @@ def main() -> int:
     ap.add_argument("--faults", default=",".join(SOAK_FAULTS), help="kinds to mix in")
     ap.add_argument("--max-retries", type=int, default=d.max_retries, help="keeper RPC retries")
     ap.add_argument("--out", type=Path, default=d.out, help="keeper.db, logs, report.json")
+    ap.add_argument(
+        "--fallback",
+        action="store_true",
+        help="a second RPC endpoint without faults (anvil directly) after the faulty one",
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument(
+        "--unhealthy-seconds",
+        type=float,
+        default=d.unhealthy_seconds,
+        help="with --fallback: half-life of an endpoint's failure penalty",
+    )
     args = ap.parse_args()
     faults = tuple(k for k in args.faults.split(",") if k)
     unknown = set(faults) - set(SOAK_FAULTS)
@@ -42,6 +54,8 @@ def main() -> int:
         cycle=args.cycle,
         faults=faults,
         max_retries=args.max_retries,
+        fallback=args.fallback,
+        unhealthy_seconds=args.unhealthy_seconds,
     )
     quiet = args.json
     report = run_soak(opts, say=(lambda _m: None) if quiet else print)

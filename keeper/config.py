@@ -112,13 +112,35 @@ class RpcConfig(_Section):
     ws_url: str | None = None
     chain_id: int = Field(gt=0)
     timeout_seconds: PositiveSeconds = 10.0
-    #: Retries of a read after a transport error, with exponential back-off.
+    #: Retries of a read after a transport error, with exponential back-off. With
+    #: ``fallback_urls``: rounds over every endpoint after the first round failed.
     max_retries: int = Field(default=3, ge=0, le=20)
+    #: More HTTP endpoints of the same chain, tried in order when ``url`` fails or lags
+    #: (keeper.chain.fallback); credentials in them are redacted like ``url``'s.
+    fallback_urls: tuple[str, ...] = Field(default=(), max_length=16)
+    #: Half-life of an endpoint's failure penalty: one failure takes it out of the healthy
+    #: set for about this long (several failures for longer).
+    unhealthy_seconds: PositiveSeconds = 30.0
+    #: An endpoint whose head is more than this many blocks below another's is unhealthy.
+    max_lag_blocks: int = Field(default=2, ge=0, le=1000)
+    #: With ``fallback_urls``: a request still unanswered after this long is sent to the next
+    #: endpoint too and the first good answer is used (a hanging endpoint costs this, not
+    #: ``timeout_seconds``). At ``timeout_seconds`` or more, never.
+    hedge_after_seconds: PositiveSeconds = 1.0
 
     @field_validator("url")
     @classmethod
     def _http(cls, v: str) -> str:
         return _check_url(v, ("http", "https"))
+
+    @field_validator("fallback_urls")
+    @classmethod
+    def _fallbacks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for u in v:
+            _check_url(u, ("http", "https"))
+        if len(set(v)) != len(v):
+            raise ValueError("the same URL is listed twice")
+        return v
 
     @field_validator("ws_url")
     @classmethod
@@ -128,7 +150,10 @@ class RpcConfig(_Section):
     def __repr_args__(self) -> Any:
         # The URLs hold API keys: the model's repr shows them redacted.
         for name, value in super().__repr_args__():
-            yield name, redact_url(value) if name in ("url", "ws_url") and value else value
+            if name == "fallback_urls":
+                yield name, tuple(redact_url(u) for u in value)
+            else:
+                yield name, redact_url(value) if name in ("url", "ws_url") and value else value
 
 
 class RelayConfig(_Section):
@@ -435,7 +460,8 @@ def load_config_data(
         raise _validation_to_config_error(err) from None
     # From here on the RPC and store credentials are masked in every log line and error.
     relay_url = config.relay.url if config.relay is not None else None
-    for url in (config.rpc.url, config.rpc.ws_url, config.store.url, relay_url):
+    for url in (config.rpc.url, *config.rpc.fallback_urls, config.rpc.ws_url, config.store.url,
+                relay_url):  # fmt: skip
         if url:
             register_url(url)
     return config

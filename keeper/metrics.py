@@ -11,13 +11,15 @@ import errno
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from keeper.decisions import AccountState
 
@@ -108,8 +110,50 @@ class KeeperMetrics:
             registry=r,
         )
 
+    def watch_endpoints(self, states: Callable[[], list[Any]]) -> None:
+        """Per-endpoint RPC metrics, read from ``states()`` (keeper.chain.fallback's
+        ``FallbackProvider.states``) at every scrape: ``keeper_rpc_endpoint_healthy``,
+        ``_requests_total``, ``_failures_total`` and ``_head``, labelled by the endpoint's
+        index and its redacted URL (host and port only)."""
+        self.registry.register(_EndpointCollector(states))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EndpointCollector(Collector):
+    def __init__(self, states: Callable[[], list[Any]]) -> None:
+        self._states = states
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: families appear once the keeper is connected
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["endpoint", "url"]
+        healthy = GaugeMetricFamily(
+            "keeper_rpc_endpoint_healthy", "1 when the RPC endpoint is healthy", labels=labels
+        )
+        requests = CounterMetricFamily(
+            "keeper_rpc_endpoint_requests",
+            "Requests (or batches) sent to the endpoint",
+            labels=labels,
+        )
+        failures = CounterMetricFamily(
+            "keeper_rpc_endpoint_failures",
+            "Requests the endpoint failed (after which the next endpoint was asked)",
+            labels=labels,
+        )
+        head = GaugeMetricFamily(
+            "keeper_rpc_endpoint_head_block", "Latest head seen on the endpoint", labels=labels
+        )
+        for st in self._states():
+            values = [str(st.index), st.endpoint]
+            healthy.add_metric(values, 1.0 if st.healthy else 0.0)
+            requests.add_metric(values, st.requests)
+            failures.add_metric(values, st.failures)
+            if st.head is not None:
+                head.add_metric(values, st.head)
+        yield from (healthy, requests, failures, head)
 
 
 @dataclass

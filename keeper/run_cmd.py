@@ -92,7 +92,7 @@ def run_keeper(config_path: Path, *, progress: bool = True, log_level: str = "IN
 
 def show_status(config_path: Path, *, as_json: bool) -> int:
     from keeper.chain.rpc import Rpc, make_web3
-    from keeper.status import collect, render
+    from keeper.status import collect, probe_endpoints, render
 
     try:
         cfg = load_config(config_path)
@@ -102,8 +102,10 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
     head: int | None = None
     rpc_error = None
     try:
-        rpc = Rpc(make_web3(cfg.rpc.url, timeout=float(cfg.rpc.timeout_seconds)), cfg.rpc.url)
-        head = rpc.block("latest").number
+        w3 = make_web3(
+            cfg.rpc.url, timeout=float(cfg.rpc.timeout_seconds), fallback_urls=cfg.rpc.fallback_urls
+        )
+        head = Rpc(w3, cfg.rpc.url).block("latest").number
     except Exception as exc:  # the store alone still answers most questions
         rpc_error = scrub(f"{type(exc).__name__}: {exc}")
         head = None
@@ -112,6 +114,9 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
     finally:
         store.close()
     st.rpc_error = rpc_error
+    if cfg.rpc.fallback_urls:
+        urls = [cfg.rpc.url, *cfg.rpc.fallback_urls]
+        st.endpoints = probe_endpoints(urls, float(cfg.rpc.timeout_seconds))
     if as_json:
         sys.stdout.write(st.to_json() + "\n")
     else:

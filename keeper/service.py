@@ -233,6 +233,9 @@ class KeeperService:
         websocket = cfg.rpc.ws_url is not None
         chain = Chain.from_config(cfg.rpc, deployment, websocket=websocket)
         log.info("connected", extra={"transport": "websocket" if websocket else "http"})
+        endpoint_states = getattr(chain.w3.provider, "states", None)  # several endpoints
+        if callable(endpoint_states):
+            self.metrics.watch_endpoints(endpoint_states)
         store: Store | None = None
         try:
             store = Store.open(cfg.store.url)

@@ -40,6 +40,37 @@ class TxLine:
 
 
 @dataclass
+class EndpointLine:
+    """One configured RPC endpoint as ``keeper status`` found it (URL redacted)."""
+
+    index: int
+    endpoint: str
+    head: int | None
+    chain_id: int | None
+    error: str | None
+
+
+def probe_endpoints(urls: list[str], timeout: float) -> list[EndpointLine]:
+    """Asks each endpoint, once and without retries, for its chain id and head (the keeper's
+    own health scores are in its metrics: ``keeper_rpc_endpoint_healthy``)."""
+    from keeper.chain.rpc import Rpc, make_web3
+    from keeper.chain.transport import RetryPolicy
+    from keeper.secrets import redact_url, scrub
+
+    lines = []
+    for i, url in enumerate(urls):
+        head = chain_id = error = None
+        try:
+            rpc = Rpc(make_web3(url, timeout=timeout, retry=RetryPolicy(max_retries=0)), url)
+            chain_id = int(rpc.request("eth_chainId", []), 16)
+            head = rpc.block("latest").number
+        except Exception as exc:  # shown per endpoint; the others still answer
+            error = scrub(f"{type(exc).__name__}: {exc}")
+        lines.append(EndpointLine(i, redact_url(url), head, chain_id, error))
+    return lines
+
+
+@dataclass
 class Status:
     head: int | None
     indexed_block: int | None
@@ -53,6 +84,8 @@ class Status:
     gas_spent_wei: int
     rpc_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Every configured RPC endpoint, when there are several (``[rpc] fallback_urls``).
+    endpoints: list[EndpointLine] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -137,6 +170,9 @@ def render(status: Status) -> None:
     )
     if status.rpc_error:
         con.print(f"[red]chain unreachable:[/red] {status.rpc_error}")
+    for e in status.endpoints:
+        state = f"head {e.head}, chain id {e.chain_id}" if e.error is None else e.error
+        con.print(f"rpc endpoint {e.index} {e.endpoint}: {state}", highlight=False, markup=False)
     states = Table(title="Accounts by health (latest decision)")
     states.add_column("state")
     states.add_column("accounts", justify="right")

@@ -38,7 +38,7 @@ from keeper.chain.errors import (
     WrongChain,
     scrub,
 )
-from keeper.chain.transport import RetryingHTTPProvider, RetryPolicy
+from keeper.chain.transport import RetryingHTTPProvider, RetryPolicy, answers_chain_id
 from keeper.deployment import Deployment, code_hash
 from keeper.secrets import redact_url, register_url
 
@@ -170,12 +170,7 @@ class SyncWebSocketProvider(JSONBaseProvider):
         return cast(list[RPCResponse], sorted(got, key=lambda r: r["id"]))
 
     def is_connected(self, show_traceback: bool = False) -> bool:
-        try:
-            return "result" in self.make_request(RPCEndpoint("eth_chainId"), [])
-        except RpcUnavailable:
-            if show_traceback:
-                raise
-            return False
+        return answers_chain_id(self, show_traceback)
 
     def close(self) -> None:
         if self._ws is not None:
@@ -185,17 +180,56 @@ class SyncWebSocketProvider(JSONBaseProvider):
                 self._ws = None
 
 
-def make_web3(url: str, *, timeout: float = 30.0, retry: RetryPolicy | None = None) -> Web3:
-    """A Web3 client for ``http(s)://`` or ``ws(s)://`` (nothing is requested yet). HTTP
-    retries transient faults as ``retry`` says (keeper.chain.transport; default 3 retries)."""
-    _install_log_scrub(url)
+def _endpoint_provider(url: str, timeout: float, retry: RetryPolicy | None) -> Any:
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("ws", "wss"):
-        w3 = Web3(SyncWebSocketProvider(url, timeout=timeout, policy=retry))
-    elif scheme in ("http", "https"):
-        w3 = Web3(RetryingHTTPProvider(url, timeout=timeout, policy=retry))
+        return SyncWebSocketProvider(url, timeout=timeout, policy=retry)
+    if scheme in ("http", "https"):
+        return RetryingHTTPProvider(url, timeout=timeout, policy=retry)
+    raise RpcUnavailable(f"unsupported RPC URL scheme {scheme!r} ({redact_url(url)})")
+
+
+def make_web3(
+    url: str,
+    *,
+    timeout: float = 30.0,
+    retry: RetryPolicy | None = None,
+    fallback_urls: Sequence[str] = (),
+    unhealthy_seconds: float = 30.0,
+    max_lag_blocks: int = 2,
+    hedge_after_seconds: float | None = 1.0,
+) -> Web3:
+    """A Web3 client for ``http(s)://`` or ``ws(s)://`` (nothing is requested yet). HTTP
+    retries transient faults as ``retry`` says (keeper.chain.transport; default 3 retries).
+
+    With ``fallback_urls`` the client is a ``FallbackProvider`` (keeper.chain.fallback) over
+    ``url`` then each fallback: a failed request goes to the next endpoint at once, and
+    ``retry`` bounds the rounds over all of them (each endpoint does not retry by itself);
+    ``unhealthy_seconds`` is the half-life of an endpoint's failure penalty; a request
+    unanswered after ``hedge_after_seconds`` is sent to the next endpoint too."""
+    for u in (url, *fallback_urls):
+        _install_log_scrub(u)
+    if not fallback_urls:
+        w3 = Web3(_endpoint_provider(url, timeout, retry))
     else:
-        raise RpcUnavailable(f"unsupported RPC URL scheme {scheme!r} ({redact_url(url)})")
+        from keeper.chain.fallback import FallbackProvider
+
+        policy = retry or RetryPolicy()
+        once = RetryPolicy(max_retries=0, sleep=policy.sleep)
+        endpoints = [(u, _endpoint_provider(u, timeout, once)) for u in (url, *fallback_urls)]
+        w3 = Web3(
+            FallbackProvider(
+                endpoints,
+                policy=policy,
+                half_life=unhealthy_seconds,
+                max_lag_blocks=max_lag_blocks,
+                hedge_after=(
+                    hedge_after_seconds
+                    if hedge_after_seconds is not None and hedge_after_seconds < timeout
+                    else None
+                ),
+            )
+        )
     w3.middleware_onion.add(ChainIdCache, name="chain_id_cache")
     return w3
 
@@ -359,6 +393,10 @@ def verify_deployment(rpc: Rpc, deployment: Deployment) -> str:
     chain_id = int(rpc.request("eth_chainId", []), 16)
     if chain_id != deployment.chain_id:
         raise WrongChain(deployment.chain_id, chain_id)
+    # Several endpoints (keeper.chain.fallback): every one must serve the same chain.
+    check_chain_ids = getattr(rpc.w3.provider, "check_chain_ids", None)
+    if callable(check_chain_ids):
+        check_chain_ids(deployment.chain_id)
     if "ClearingHouse" not in deployment.contracts:
         raise MissingContract("ClearingHouse")
     for name, entry in deployment.contracts.items():

@@ -197,6 +197,16 @@ def _check_batch(replies: Any, expected: int) -> None:
         _check_single(reply)
 
 
+def answers_chain_id(provider: Any, show_traceback: bool = False) -> bool:
+    """``is_connected`` of the keeper's providers: does ``eth_chainId`` get an answer?"""
+    try:
+        return "result" in provider.make_request(RPCEndpoint("eth_chainId"), [])
+    except RpcUnavailable:
+        if show_traceback:
+            raise
+        return False
+
+
 class RetryingHTTPProvider(HTTPProvider):
     """web3's HTTPProvider with one bounded retry loop for requests and batches."""
 

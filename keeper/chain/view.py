@@ -263,11 +263,25 @@ class Chain:
         *,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
+        fallback_urls: Sequence[str] = (),
+        unhealthy_seconds: float = 30.0,
+        max_lag_blocks: int = 2,
+        hedge_after_seconds: float | None = 1.0,
         **kwargs: Any,
     ) -> Chain:
         """Connect (HTTP or WebSocket) and verify the node against the deployment file.
-        Transient faults are retried as ``retry`` says (keeper.chain.transport)."""
-        rpc = Rpc(make_web3(url, timeout=timeout, retry=retry), url)
+        Transient faults are retried as ``retry`` says (keeper.chain.transport); with
+        ``fallback_urls``, over several endpoints (keeper.chain.fallback)."""
+        w3 = make_web3(
+            url,
+            timeout=timeout,
+            retry=retry,
+            fallback_urls=fallback_urls,
+            unhealthy_seconds=unhealthy_seconds,
+            max_lag_blocks=max_lag_blocks,
+            hedge_after_seconds=hedge_after_seconds,
+        )
+        rpc = Rpc(w3, url)
         return cls(rpc, deployment, verify_deployment(rpc, deployment), **kwargs)
 
     @classmethod
@@ -280,6 +294,10 @@ class Chain:
             raise WrongChain(deployment.chain_id, rpc.chain_id, "the [rpc] configuration")
         url = rpc.ws_url if websocket and rpc.ws_url else rpc.url
         kwargs.setdefault("retry", RetryPolicy(max_retries=rpc.max_retries))
+        kwargs.setdefault("fallback_urls", rpc.fallback_urls)
+        kwargs.setdefault("unhealthy_seconds", rpc.unhealthy_seconds)
+        kwargs.setdefault("max_lag_blocks", rpc.max_lag_blocks)
+        kwargs.setdefault("hedge_after_seconds", rpc.hedge_after_seconds)
         return cls.connect(url, deployment, timeout=float(rpc.timeout_seconds), **kwargs)
 
     @property

@@ -73,6 +73,12 @@ class SoakOptions:
     max_retries: int = 1
     rpc_timeout: float = 5.0  # the keeper's client timeout; a "timeout" fault hangs longer
     drain: float = 45.0  # at most this long without faults for open transactions to settle
+    #: A second RPC endpoint without faults (anvil directly) after the faulty one:
+    #: ``[rpc] fallback_urls`` (keeper.chain.fallback).
+    fallback: bool = False
+    #: ``[rpc] unhealthy_seconds`` with the fallback: shorter = the faulty endpoint is tried
+    #: again sooner (more faults hit, more fail-overs).
+    unhealthy_seconds: float = 30.0
 
 
 class _LogCounter(logging.Handler):
@@ -107,6 +113,8 @@ def _keeper_config(
     a periodic consistency check."""
     cfg = keeper_config(anvil, out, deployment_file)
     cfg["rpc"].update(url=proxy.url, timeout_seconds=opts.rpc_timeout, max_retries=opts.max_retries)
+    if opts.fallback:
+        cfg["rpc"].update(fallback_urls=[anvil.url], unhealthy_seconds=opts.unhealthy_seconds)
     cfg["signer"] = {"key_env": KEY_ENV}
     cfg["metrics"] = {"enabled": False}
     cfg["service"].update(watchdog_seconds=90, consistency_interval_seconds=30)
@@ -245,6 +253,8 @@ def _soak(
     cycles = max(1, round(opts.duration / opts.cycle))
     say(f"soak: {opts.duration:.0f} s, {cycles} cycle(s), {opts.accounts} accounts per cycle, ")
     say(f"      fault rate {opts.fault_rate:.3f} per request ({', '.join(opts.faults)})")
+    if opts.fallback:
+        say("      a second RPC endpoint without faults (fallback_urls)")
     market = seed_market(w3, deployment, chain, opts.accounts, seed=opts.seed)
     seeded = len(market.accounts)
     program_faults(proxy, opts)
@@ -449,5 +459,20 @@ def _report(
         rss_peak_process_mb=round(_peak_rss_mb(), 1),
         rss_by_cycle_mb=rss_cycles,
         lag_blocks=lag_stats(sampler.lags),
+        rpc_endpoints=_endpoints(service),
         warnings=dict(counter.by_message.most_common(15)),
     )
+
+
+def _endpoints(service: KeeperService) -> list[dict[str, Any]]:
+    """Health, requests and failures per endpoint when the keeper had several
+    (keeper.chain.fallback); empty with one."""
+    provider = service.chain.w3.provider if service.chain is not None else None
+    states = getattr(provider, "states", None)
+    if not callable(states):
+        return []
+    counts = {
+        "failovers": getattr(provider, "failovers", 0),
+        "hedges": getattr(provider, "hedges", 0),
+    }
+    return [{**asdict(st), **counts} for st in states()]

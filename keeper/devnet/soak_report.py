@@ -53,6 +53,8 @@ class SoakReport:
     rss_by_cycle_mb: list[float]
     lag_blocks: dict[str, float]
     warnings: dict[str, int] = field(default_factory=dict)
+    #: Per RPC endpoint when the keeper had several (keeper.chain.fallback.EndpointState).
+    rpc_endpoints: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +109,17 @@ def format_report(r: SoakReport) -> str:
         f"max {r.lag_blocks['max']}, mean {r.lag_blocks['mean']}",
         f"  verdict        {'OK' if r.ok else 'FAILED'}",
     ]
+    if r.rpc_endpoints:
+        first = r.rpc_endpoints[0]
+        ends = "; ".join(
+            f"{e['index']} {e['endpoint']}: {e['requests']} requests, {e['failures']} failed"
+            for e in r.rpc_endpoints
+        )
+        lines.insert(
+            -1,
+            f"  endpoints      {ends}; {first.get('failovers', 0)} fail-overs, "
+            f"{first.get('hedges', 0)} hedged (the next endpoint asked too)",
+        )
     lines += [f"  problem        {p}" for p in r.problems]
     return "\n".join(lines)
 
