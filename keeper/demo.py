@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.live import Live
 from rich.table import Table
 from sqlmodel import col, select
@@ -595,14 +595,15 @@ def _print_summary(console: Console, s: DemoSummary) -> None:
             highlight=False,
         )
     act = Table(title="keeper actions", title_justify="left", min_width=40)
-    for name, just in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("action", "left"),
         ("decisions", "right"),
         ("sent", "right"),
         ("final", "right"),
         ("on chain", "right"),
-    ):
-        act.add_column(name, justify=just)  # type: ignore[arg-type]
+    )
+    for name, just in columns:
+        act.add_column(name, justify=just)
     total = ActionCount()
     rank = {a: i for i, a in enumerate(ACTION_ORDER)}
     for action, c in sorted(s.actions.items(), key=lambda kv: rank.get(kv[0], len(rank))):

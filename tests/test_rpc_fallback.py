@@ -250,6 +250,7 @@ def test_config_fallback_urls(anvil: Anvil) -> None:
 
 def test_status_shows_every_endpoint_redacted(anvil: Anvil) -> None:
     key = "0123456789abcdef0123456789abcdef"
+    anvil.rpc("evm_mine")  # a head above genesis, whichever test used the session's node first
     lines = probe_endpoints([anvil.url, f"http://127.0.0.1:1/v3/{key}"], timeout=2.0)
     up, down = lines
     assert (up.index, up.chain_id, up.error) == (0, 31337, None)

@@ -59,7 +59,7 @@ from typing import Any
 from web3.providers.base import JSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
-from keeper.chain.errors import RpcUnavailable, WrongChain
+from keeper.chain.errors import RpcRateLimited, RpcUnavailable, WrongChain
 from keeper.chain.transport import RetryPolicy, RetryStats, answers_chain_id
 from keeper.secrets import redact_url
 
@@ -400,8 +400,8 @@ class FallbackProvider(JSONBaseProvider):
             f"{what}: no RPC endpoint answered ({self.policy.max_retries} retries): "
             + "; ".join(attempt.errors[-len(self.endpoints) :])
         )
-        if attempt.retry_after is not None:
-            error.retry_after = attempt.retry_after  # type: ignore[attr-defined]
+        if attempt.retry_after is not None and isinstance(error, RpcRateLimited):
+            error.retry_after = attempt.retry_after
         raise error from None
 
     def _round(

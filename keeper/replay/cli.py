@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from keeper.chain import ChainError
 from keeper.replay.errors import BadBlockRange, ReplayInputError
@@ -55,7 +62,7 @@ def parse_address_arg(text: str) -> str:
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[object]:
+def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None]]:
     console = Console(stderr=True)
     bar = Progress(
         TextColumn("{task.description}"),
@@ -66,16 +73,16 @@ def _progress(enabled: bool) -> Iterator[object]:
         transient=True,
         disable=not enabled,
     )
-    tasks: dict[str, object] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(task: str, advance: int, total: int | None) -> None:
         if task not in tasks:
             tasks[task] = bar.add_task(_LABELS.get(task, task), total=total)
         tid = tasks[task]
         if total is not None:
-            bar.update(tid, total=total)  # type: ignore[arg-type]
+            bar.update(tid, total=total)
         if advance:
-            bar.advance(tid, advance)  # type: ignore[arg-type]
+            bar.advance(tid, advance)
 
     with bar:
         yield update
@@ -144,7 +151,7 @@ def _run(
 ) -> int:
     try:
         with _progress(progress and sys.stderr.isatty()) as update:
-            result = replay(opts, update, sink)  # type: ignore[arg-type]
+            result = replay(opts, update, sink)
     except ReplayInputError as exc:
         return _fail(exc.name, exc.message, EXIT_BAD_INPUT, rpc, db)
     except ChainError as exc:  # the node failed during the replay (not the input)
