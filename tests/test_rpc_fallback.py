@@ -141,9 +141,11 @@ def test_an_endpoint_behind_the_pinned_block_is_not_asked(
     anvil: Anvil, deployment: Deployment, proxy: FaultProxy
 ) -> None:
     with FaultProxy(anvil.url, seed=9) as lagging, FaultProxy(anvil.url, seed=10) as third:
+        # Behind from the start: every head the keeper learns of it (at start-up, in the
+        # background after each head read) is 3 blocks below the block the reads are pinned to.
+        lagging.lag_blocks = 3
         chain = _connect(proxy.url, deployment, lagging.url, third.url)
         head = chain.head()  # from the first endpoint: the real head
-        lagging.lag_blocks = 3  # its head is 3 blocks below the block the reads are pinned to
         proxy.add("drop", methods=["eth_call"])  # the first endpoint fails the reads
         snap = chain.view(head).snapshot(_accounts(deployment))
         assert snap.block == head
