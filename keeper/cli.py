@@ -98,9 +98,7 @@ def backtest(
     against: Annotated[
         str, typer.Option("--against", help="maintenance or initial margin")
     ] = "maintenance",
-    first: Annotated[
-        str | None, typer.Option("--from", help="First day (YYYY-MM-DD)")
-    ] = None,
+    first: Annotated[str | None, typer.Option("--from", help="First day (YYYY-MM-DD)")] = None,
     last: Annotated[str | None, typer.Option("--to", help="Last day (YYYY-MM-DD)")] = None,
 ) -> None:
     """Backtest the grid requirement of a book over a price history: exceedances, Kupiec and

@@ -59,6 +59,16 @@ class ConfigError(ValueError):
         self.key = key
 
 
+class ClusterNeedsPostgres(ConfigError):
+    """``[cluster] enabled`` with a store that is not PostgreSQL (the leases live in it)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "cluster mode needs a postgresql:// store URL (its leases live in the database)",
+            "cluster.enabled",
+        )
+
+
 def parse_wei(value: object) -> int:
     """An amount in wei from an int or a ``"<decimal> <unit>"`` string (exact; no floats)."""
     if isinstance(value, (bool, float)):
@@ -374,6 +384,36 @@ class MetricsConfig(_Section):
         return int(self.bind.rpartition(":")[2])
 
 
+class ClusterConfig(_Section):
+    """Several keepers on one PostgreSQL store (docs/cluster.md): the book's shards and the
+    instrument-level jobs are leased to live keepers; off unless ``enabled``."""
+
+    enabled: bool = False
+    #: This keeper's name in the cluster (lease owner, status, metrics); unset: host-pid.
+    keeper_id: str | None = Field(default=None, min_length=1, max_length=64)
+    #: Accounts are hashed into this many shards. Every keeper of a cluster must agree: the
+    #: first keeper fixes it in the database and a keeper configured otherwise refuses to start.
+    shards: int = Field(default=64, ge=1, le=4096)
+    #: A lease expires this long after its last renewal (on the database's clock).
+    lease_ttl_seconds: float = Field(default=2.0, gt=0, le=600)
+    #: Leases are renewed (and shards rebalanced) this often; less than the ttl.
+    heartbeat_seconds: float = Field(default=0.5, gt=0, le=300)
+    #: A keeper stops acting on a lease this long before it expires (pauses, clock steps).
+    safety_margin_seconds: float = Field(default=0.5, ge=0, le=300)
+    #: ``/health`` fails when the keeper has held no lease (no shard, not the leader) this long.
+    max_leaseless_seconds: float = Field(default=30.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _timings(self) -> ClusterConfig:
+        if self.heartbeat_seconds >= self.lease_ttl_seconds:
+            raise ValueError("heartbeat_seconds must be less than lease_ttl_seconds")
+        if self.safety_margin_seconds >= self.lease_ttl_seconds - self.heartbeat_seconds:
+            raise ValueError(
+                "safety_margin_seconds must be less than lease_ttl_seconds - heartbeat_seconds"
+            )
+        return self
+
+
 class KeeperConfig(_Section):
     rpc: RpcConfig
     deployment: DeploymentConfig
@@ -386,6 +426,8 @@ class KeeperConfig(_Section):
     service: ServiceConfig = ServiceConfig()
     #: Optional private relay for liquidations (off when absent).
     relay: RelayConfig | None = None
+    #: Cluster mode (off by default): needs a PostgreSQL store.
+    cluster: ClusterConfig = ClusterConfig()
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -458,6 +500,8 @@ def load_config_data(
         config = KeeperConfig.model_validate(merged)
     except ValidationError as err:
         raise _validation_to_config_error(err) from None
+    if config.cluster.enabled and not config.store.url.startswith("postgresql"):
+        raise ClusterNeedsPostgres()
     # From here on the RPC and store credentials are masked in every log line and error.
     relay_url = config.relay.url if config.relay is not None else None
     for url in (config.rpc.url, *config.rpc.fallback_urls, config.rpc.ws_url, config.store.url,

@@ -214,6 +214,8 @@ class KeeperCore:
         #: per action). A block decides at most one action per target, so they stay true.
         self._known_keys: set[str] | None = None
         self._busy_targets: set[str] | None = None
+        #: Cluster mode (keeper.cluster): the accounts of this keeper's shards; None: all.
+        self.owns: Callable[[int], bool] | None = None
 
     # --- the per-block step ------------------------------------------------------------------
 
@@ -242,10 +244,14 @@ class KeeperCore:
             self._accounts.clear()
         for a in touched:
             self._accounts.pop(a, None)
+        if self.owns is not None:  # cluster mode: this keeper's shards only
+            targets = {a for a in targets if self.owns(a)}
         snap = self._snapshot(view, targets)
         moved = self._moved_underlyings(snap)
         if not everything and moved:
             extra = {a for a in self._known - targets if self._uses.get(a, frozenset()) & moved}
+            if self.owns is not None:
+                extra = {a for a in extra if self.owns(a)}
             if extra:
                 targets |= extra
                 snap = self._snapshot(view, targets)

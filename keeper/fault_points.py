@@ -4,7 +4,10 @@
 flush, no ``finally``: what a power cut or the OOM killer does) the first time it reaches
 ``<point>``; ``<point>:<n>`` the n-th time. Used by tests/test_faults_keeper.py to prove that a
 crash at any of these steps loses no record and sends nothing twice. **Inert unless the
-variable is set**: one environment lookup per call, nothing else.
+variable is set**: one environment lookup per call, nothing else. ``KEEPER_FAULT_SIGNAL=STOP``
+pauses the process (SIGSTOP) at the point instead of killing it: a keeper frozen mid-step,
+resumed later by SIGCONT (tests/test_cluster_e2e.py: a paused keeper whose leases were taken
+over).
 
 The points, in the order a decision goes through them:
 
@@ -24,6 +27,7 @@ import signal
 from collections import Counter
 
 ENV = "KEEPER_FAULT_KILL_AT"
+SIGNAL_ENV = "KEEPER_FAULT_SIGNAL"
 POINTS = ("after_decision", "before_sign", "after_send", "before_receipt")
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,10 @@ def crash_point(point: str) -> None:
         return
     _hits[point] += 1
     if _hits[point] < int(nth or 1):
+        return
+    if os.environ.get(SIGNAL_ENV) == "STOP":
+        log.warning("fault point reached: pausing the process", extra={"point": point})
+        os.kill(os.getpid(), signal.SIGSTOP)
         return
     # The log handler writes and flushes each record: the line is out before the kill.
     log.warning("fault point reached: killing the process", extra={"point": point})

@@ -117,8 +117,72 @@ class KeeperMetrics:
         index and its redacted URL (host and port only)."""
         self.registry.register(_EndpointCollector(states))
 
+    def watch_cluster(self, member: Any, lag: Callable[[], float]) -> None:
+        """Cluster mode's metrics, read from ``member`` (keeper.cluster.ClusterMember) at every
+        scrape, labelled by keeper id: leases held, leader, live keepers, seconds without a
+        lease, heartbeat and fence events; per shard held, its token and its lag in blocks
+        (``lag()``: how far behind the head this keeper's last processed block is)."""
+        self.registry.register(_ClusterCollector(member, lag))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ClusterCollector(Collector):
+    def __init__(self, member: Any, lag: Callable[[], float]) -> None:
+        self._member = member
+        self._lag = lag
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._member
+        k = [str(m.keeper_id)]
+        held = m.held()
+        shards = sorted(s for s in held if s >= 0)
+        leases = GaugeMetricFamily(
+            "keeper_cluster_shards_held", "Shards this keeper holds a lease on", labels=["keeper"]
+        )
+        leases.add_metric(k, len(shards))
+        leader = GaugeMetricFamily(
+            "keeper_cluster_leader", "1 when this keeper holds the leader lease", labels=["keeper"]
+        )
+        leader.add_metric(k, 1.0 if -1 in held else 0.0)
+        live = GaugeMetricFamily(
+            "keeper_cluster_live_keepers", "Keepers with a live heartbeat", labels=["keeper"]
+        )
+        live.add_metric(k, m.live)
+        since = m.leaseless_since
+        leaseless = GaugeMetricFamily(
+            "keeper_cluster_leaseless_seconds",
+            "Seconds this keeper has held no lease (0 while it holds one)",
+            labels=["keeper"],
+        )
+        leaseless.add_metric(k, 0.0 if since is None else max(time.monotonic() - since, 0.0))
+        events = CounterMetricFamily(
+            "keeper_cluster_events",
+            "Heartbeats (renewed, renew_failed), leases acquired and released, and what the "
+            "fence refused (fenced_decisions, fenced_transactions, fenced_attempts)",
+            labels=["keeper", "event"],
+        )
+        for event, n in sorted(dict(m.counts).items()):
+            events.add_metric([*k, event], n)
+        token = GaugeMetricFamily(
+            "keeper_cluster_shard_token",
+            "Fencing token of each shard this keeper holds",
+            labels=["keeper", "shard"],
+        )
+        lag = GaugeMetricFamily(
+            "keeper_cluster_shard_lag_blocks",
+            "Blocks between the head and the last block processed, per shard this keeper holds",
+            labels=["keeper", "shard"],
+        )
+        behind = self._lag()
+        for shard in shards:
+            token.add_metric([*k, str(shard)], held[shard])
+            lag.add_metric([*k, str(shard)], behind)
+        yield from (leases, leader, live, leaseless, events, token, lag)
 
 
 class _EndpointCollector(Collector):
@@ -168,6 +232,10 @@ class Health:
     stalled: bool = False
     stopping: bool = False
     max_block_age: float = 60.0
+    #: Cluster mode: unhealthy when no lease was held for longer than ``max_leaseless``
+    #: seconds (``leaseless_since``: a monotonic time, None while a lease is held).
+    max_leaseless: float | None = None
+    leaseless_since: Callable[[], float | None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def block(self, number: int, lag: int) -> None:
@@ -191,13 +259,28 @@ class Health:
         with self._lock:
             now = time.time()
             since = None if self.last_block_at is None else now - self.last_block_at
+            leaseless = None
+            if self.leaseless_since is not None:
+                began = self.leaseless_since()
+                leaseless = None if began is None else time.monotonic() - began
             ok = (
                 not self.stalled
                 and not self.stopping
                 and self.last_block is not None
                 and (since is None or since <= self.max_block_age)
+                and (
+                    leaseless is None
+                    or self.max_leaseless is None
+                    or leaseless <= self.max_leaseless
+                )
+            )
+            extra = (
+                {}
+                if self.leaseless_since is None
+                else {"seconds_without_lease": None if leaseless is None else round(leaseless, 3)}
             )
             return ok, {
+                **extra,
                 "status": "ok" if ok else "unhealthy",
                 "last_block": self.last_block,
                 "seconds_since_new_block": None if since is None else round(since, 3),

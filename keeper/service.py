@@ -43,6 +43,9 @@ from keeper.chain import Chain, ChainError
 from keeper.chain.errors import RpcError
 from keeper.chain.heads import HeadSubscription
 from keeper.chain.rpc import BlockRef
+from keeper.cluster import ClusterMember
+from keeper.cluster.index import index_changes, index_lock
+from keeper.cluster.orphans import resolve_orphans
 from keeper.config import KeeperConfig
 from keeper.core import BlockReport, KeeperCore
 from keeper.decisions import DecisionPolicy
@@ -159,6 +162,9 @@ class KeeperService:
         self._closed = False
         #: New heads by subscription (keeper.chain.heads) when ``rpc.ws_url`` is set.
         self.heads: HeadSubscription | None = None
+        #: Cluster mode (``[cluster] enabled``, keeper.cluster): leases, fence, shard filter.
+        self.cluster: ClusterMember | None = None
+        self._cluster_generation = 0
 
     @property
     def runtime(self) -> Runtime:
@@ -211,6 +217,8 @@ class KeeperService:
                 on_subscribed=lambda _id: self.metrics.head_subscriptions.inc(),
                 timeout=cfg.rpc.timeout_seconds,
             ).start()
+        if cfg.cluster.enabled:
+            self._join_cluster(rt)
         if rt.sender is not None:
             rt.sender.txm.start()
             # Reverts recorded by an earlier run that died before giving the key back.
@@ -261,6 +269,58 @@ class KeeperService:
             chain.close()
             raise
         return Runtime(chain, store, indexer, core, sender)
+
+    # --- cluster mode (keeper.cluster) -------------------------------------------------------
+
+    def _join_cluster(self, rt: Runtime) -> None:
+        """Take a first share of the leases; from here on the store records decisions and
+        transactions only under them (the fence) and the core assesses this keeper's shards."""
+        cfg = self.config.cluster
+        address = rt.sender.address if rt.sender is not None else None
+        member = self.cluster = ClusterMember(rt.store.engine, cfg, address=address)
+        rt.store.fence = member
+        rt.core.owns = member.owns
+        self.health.max_leaseless = cfg.max_leaseless_seconds
+        self.health.leaseless_since = lambda: member.leaseless_since
+        self.metrics.watch_cluster(member, lambda: self.health.lag_blocks)
+        member.start()
+        log.info(
+            "cluster joined",
+            extra={"keeper_id": member.keeper_id, "leases": sorted(member.held())},
+        )
+
+    def _leader_job(self) -> bool:
+        """Whether this keeper runs the instrument-level jobs: always alone, the leader's
+        lease holder in cluster mode."""
+        return self.cluster is None or self.cluster.is_leader
+
+    def _cluster_block(self, head: BlockRef, synced: SyncResult) -> None:
+        """Before a block is decided in cluster mode: freeze the leases it is decided under,
+        learn from the shared index what another keeper indexed, and re-read the whole book
+        after gaining a shard (its accounts were not followed)."""
+        member, rt, last = self.cluster, self.runtime, self._last_processed
+        assert member is not None
+        member.begin_block()
+        if last is not None:
+            seen = index_changes(rt.store, last.number, head.number, last.hash)
+            synced.market_changed = bool(synced.market_changed or seen.market_changed)
+            synced.listed_instruments |= seen.listed
+            synced.settled_instruments |= seen.settled
+            if seen.reorged and synced.reorg_from is None:
+                synced.reorg_from = last.number
+        if member.generation != self._cluster_generation:
+            self._cluster_generation = member.generation
+            rt.core.forget_accounts()
+
+    def _resolve_orphans(self) -> None:
+        """The leader follows what dead keepers left in flight (keeper.cluster.orphans)."""
+        member, rt = self.cluster, self.runtime
+        if member is None or not member.is_leader:
+            return
+        release = rt.core.release_reverted
+        resolve_orphans(rt.store, rt.chain.rpc, ttl_us=member.ttl_us,
+                        confirmations=self.config.decisions.confirmations,
+                        release_reverted=release)  # fmt: skip
 
     def _make_sender(self, chain: Chain, store: Store) -> Sender | None:
         cfg = self.config
@@ -325,7 +385,6 @@ class KeeperService:
         return self._process(head)
 
     def _process(self, head: BlockRef, *, sweep: bool = False) -> TickReport:
-        rt = self.runtime
         t0 = time.perf_counter()
         if self._last_processed is not None:
             # While this block is processed the keeper's view is the last processed block:
@@ -335,6 +394,19 @@ class KeeperService:
             self.metrics.lag.set(behind)
             self.health.behind(behind)
         synced = self._sync(head)
+        if self.cluster is not None:
+            self._cluster_block(head, synced)
+        try:
+            out = self._decide(head, synced, t0, sweep)
+        finally:
+            if self.cluster is not None:
+                self.cluster.end_block()
+        if self.cluster is not None:
+            self.cluster.head = head.number
+        return out
+
+    def _decide(self, head: BlockRef, synced: SyncResult, t0: float, sweep: bool) -> TickReport:
+        rt = self.runtime
         if synced.reorg_from is not None:
             rt.core.forget_accounts()
             self.metrics.reorgs.inc()
@@ -351,13 +423,15 @@ class KeeperService:
             sweep=sweep,
         )
         actions = list(report.actions_sent)
-        if self._expiry_due(head) or synced.listed_instruments or synced.settled_instruments:
+        due = self._expiry_due(head) or synced.listed_instruments or synced.settled_instruments
+        if due and self._leader_job():
             settled = rt.core.settle_expired(view)
             actions += list(settled.actions_sent)
             self._record(settled)
         self._record(report)
         if rt.sender is not None:
             self._follow_transactions(rt.sender, head.number)
+        self._resolve_orphans()
         self._last_processed = head
         self._last_progress_at = time.monotonic()
         self.metrics.known_accounts.set(rt.core.known_count)
@@ -400,6 +474,13 @@ class KeeperService:
         stopped the keeper, and again at every restart. Every account is then re-margined
         (all of them are touched by the re-index)."""
         rt = self.runtime
+        if self.cluster is not None:  # one writer of the shared index at a time
+            with index_lock(rt.store.engine):
+                return self._sync_index(head)
+        return self._sync_index(head)
+
+    def _sync_index(self, head: BlockRef) -> SyncResult:
+        rt = self.runtime
         try:
             return rt.indexer.sync(head)
         except ReorgTooDeep as exc:
@@ -419,7 +500,8 @@ class KeeperService:
     def settle(self) -> None:
         def run() -> None:
             rt = self.runtime
-            self._record(rt.core.settle_expired(rt.chain.view()))
+            if self._leader_job():
+                self._record(rt.core.settle_expired(rt.chain.view()))
 
         self._guard("settle", run)
 
@@ -429,6 +511,8 @@ class KeeperService:
 
         def run() -> None:
             rt = self.runtime
+            if not self._leader_job():
+                return
             # At the indexed block, not the head: between two block runs the head is ahead of
             # the index, and every account or trade in between showed as a mismatch (and a
             # trade as missing logs: a whole re-index) -- found by the soak run.
@@ -472,6 +556,8 @@ class KeeperService:
 
     def recalibrate(self) -> None:
         def run() -> None:
+            if not self._leader_job():
+                return
             if self.recalibrator is None:
                 log.info("recalibration hook: no recalibrator configured")
                 return
@@ -688,6 +774,9 @@ class KeeperService:
         self._stop.set()
 
     def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop(release=True)  # a clean stop: no one waits for the leases' ttl
+            self.cluster = None
         if self.heads is not None:
             self.heads.stop()
             self.heads = None

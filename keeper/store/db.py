@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, create_engine, event, func
 from sqlalchemy.exc import IntegrityError
@@ -60,6 +60,31 @@ class BatchRefused(StoreError):
     checked): nothing of the batch was written; the caller inserts the rows one by one."""
 
 
+class LeaseLost(BatchRefused):
+    """Cluster mode: the lease a decision or its transaction needs is no longer this keeper's
+    (expired, taken over, or too close to expiry): nothing was written."""
+
+
+class Fence(Protocol):
+    """Cluster mode's checks inside the store's own transactions (keeper.cluster.member): a
+    decision is recorded, a transaction stored and an attempt signed only while this keeper
+    holds the lease they belong to. Without a fence (a single keeper) nothing is checked."""
+
+    def admit_decisions(self, s: Session, decisions: Sequence[Decision]) -> list[bool]:
+        """Per decision: may it be recorded (its lease held, with the token acted under)?"""
+        ...
+
+    def admit_transactions(self, s: Session, txs: Sequence[Transaction]) -> None:
+        """Raises ``LeaseLost`` unless every transaction's decision still holds its action key
+        and its lease is still held."""
+        ...
+
+    def admit_attempts(self, s: Session, tx_ids: Sequence[int]) -> None:
+        """Raises ``LeaseLost`` unless every transaction is still pending (not failed by the
+        keeper that took over from a keeper thought dead)."""
+        ...
+
+
 class NonceNotInitialised(StoreError):
     """No nonce row for a signer: the nonce manager must reconcile with the chain first."""
 
@@ -103,6 +128,8 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: Cluster mode's lease checks (``Fence``); None for a single keeper.
+        self.fence: Fence | None = None
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -228,7 +255,15 @@ class Store:
         """Insert a decision carrying an ``action_key``; None when the key is already taken
         (the unique index decides, so two keepers or a restarted one never both get it)."""
         try:
-            return self.add_decision(decision)
+            if self.fence is None:
+                return self.add_decision(decision)
+            with self.session() as s:
+                if not self.fence.admit_decisions(s, [decision])[0]:
+                    return None
+                s.add(decision)
+                s.flush()
+                s.refresh(decision)
+                return decision
         except IntegrityError:
             if decision.action_key and self.decision_by_key(decision.action_key) is not None:
                 return None
@@ -251,6 +286,9 @@ class Store:
                 seen.add(d.action_key)
         try:
             with self.session() as s:
+                if self.fence is not None:
+                    admitted = self.fence.admit_decisions(s, fresh)
+                    fresh = [d for d, ok in zip(fresh, admitted, strict=True) if ok]
                 s.add_all(fresh)
                 s.flush()
         except IntegrityError:
@@ -348,6 +386,8 @@ class Store:
                 raise NonceNotInitialised(f"no nonce state for {sender}: reconcile first")
             tx.sender = sender
             tx.nonce = int(taken) - 1
+            if self.fence is not None:
+                self.fence.admit_transactions(s, [tx])
             s.add(tx)
             try:
                 s.flush()
@@ -380,6 +420,8 @@ class Store:
             first = int(taken) - len(txs)
             for k, tx in enumerate(txs):
                 tx.sender, tx.nonce = sender, first + k
+            if self.fence is not None:
+                self.fence.admit_transactions(s, txs)
             s.add_all(txs)
             try:
                 s.flush()
@@ -531,6 +573,8 @@ class Store:
 
     def add_attempt(self, attempt: TxAttempt) -> TxAttempt:
         with self.session() as s:
+            if self.fence is not None:
+                self.fence.admit_attempts(s, [attempt.tx_id])
             s.add(attempt)
             s.flush()
             s.refresh(attempt)
@@ -539,6 +583,8 @@ class Store:
     def add_attempts(self, attempts: list[TxAttempt]) -> list[TxAttempt]:
         """Insert many attempts in one transaction."""
         with self.session() as s:
+            if self.fence is not None:
+                self.fence.admit_attempts(s, [a.tx_id for a in attempts])
             s.add_all(attempts)
             s.flush()
             return attempts

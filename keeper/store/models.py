@@ -248,3 +248,33 @@ class Account(SQLModel, table=True):
     nonce: int = Field(default=0, sa_type=BigInteger)  # the nonce after its latest event
     first_block: int = Field(sa_type=BigInteger)
     last_block: int = Field(sa_type=BigInteger, index=True)
+
+
+class ClusterLease(SQLModel, table=True):
+    """One lease of cluster mode (keeper.cluster): a shard of the book, or the leader lease
+    (``shard`` -1: the instrument-level jobs). Times are microseconds on the database's clock,
+    so keepers on machines whose clocks disagree still agree on who holds what. ``token`` (the
+    fencing token) grows by one at every change of owner: a decision is recorded only while
+    its shard's row still names its keeper with the token it acted under."""
+
+    __tablename__ = "cluster_lease"
+
+    shard: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    owner: str | None = Field(default=None, max_length=64)
+    token: int = Field(default=0, sa_type=BigInteger)
+    expires_us: int = Field(default=0, sa_type=BigInteger)
+    acquired_us: int = Field(default=0, sa_type=BigInteger)
+
+
+class ClusterKeeper(SQLModel, table=True):
+    """A keeper of the cluster: its signer, its heartbeat (database clock, microseconds), the
+    last block it processed (lag per shard in ``keeper status``), and whether it is draining."""
+
+    __tablename__ = "cluster_keeper"
+
+    keeper_id: str = Field(primary_key=True, max_length=64)
+    address: str | None = Field(default=None, max_length=42)
+    started_us: int = Field(default=0, sa_type=BigInteger)
+    heartbeat_us: int = Field(default=0, sa_type=BigInteger)
+    head: int | None = Field(default=None, sa_type=BigInteger)
+    draining: bool = Field(default=False)
