@@ -174,6 +174,21 @@ def status(
     raise SystemExit(show_status(config, as_json=as_json))
 
 
+cluster_app = typer.Typer(no_args_is_help=True, help="Cluster mode (docs/cluster.md)")
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("drain")
+def cluster_drain(
+    keeper_id: Annotated[str, typer.Option("--keeper", help="The keeper's cluster.keeper_id")],
+    config: ConfigOption = Path("keeper.toml"),
+) -> None:
+    """Ask one keeper to give its leases back (before stopping it for maintenance)."""
+    from keeper.run_cmd import drain_keeper
+
+    raise SystemExit(drain_keeper(config, keeper_id))
+
+
 @app.command()
 def replay(
     deployment: Annotated[Path, typer.Option("--deployment", help="Deployment file (JSON)")],

@@ -111,6 +111,10 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
         head = None
     try:
         st = collect(store, head)
+        if cfg.cluster.enabled:
+            from keeper.cluster.view import collect_cluster
+
+            st.cluster = collect_cluster(store, head, cfg.cluster.lease_ttl_seconds)
     finally:
         store.close()
     st.rpc_error = rpc_error
@@ -128,4 +132,29 @@ def show_status(config_path: Path, *, as_json: bool) -> int:
             "lag is unknown)\n"
         )
         return 1
+    return 0
+
+
+def drain_keeper(config_path: Path, keeper_id: str) -> int:
+    """``keeper cluster drain``: ask one keeper of the cluster to give its leases back."""
+    from keeper.cluster.view import drain
+
+    try:
+        cfg = load_config(config_path)
+        if not cfg.cluster.enabled:
+            raise ConfigError("cluster mode is off in this configuration", "cluster.enabled")
+        store = open_existing_store(cfg.store.url)
+    except (ConfigError, StoreError, NoDatabase) as exc:
+        return _fail(exc)
+    try:
+        found = drain(store, keeper_id)
+    finally:
+        store.close()
+    if not found:
+        sys.stderr.write(f"error: no keeper {printable(keeper_id)} in this cluster\n")
+        return 1
+    sys.stdout.write(
+        f"keeper {printable(keeper_id)} asked to drain: it gives its leases back at its next "
+        "heartbeat and takes none until it restarts\n"
+    )
     return 0

@@ -311,6 +311,8 @@ class KeeperService:
         if member.generation != self._cluster_generation:
             self._cluster_generation = member.generation
             rt.core.forget_accounts()
+            log.info("leases gained: the whole book is read again",
+                     extra={"leases": sorted(member.held()), "block": head.number})  # fmt: skip
 
     def _resolve_orphans(self) -> None:
         """The leader follows what dead keepers left in flight (keeper.cluster.orphans)."""

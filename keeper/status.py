@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from keeper.cluster.view import ClusterStatus
 from keeper.store import Store
 from keeper.store.models import Decision, IndexedBlock, Transaction
 
@@ -86,6 +87,8 @@ class Status:
     notes: list[str] = field(default_factory=list)
     #: Every configured RPC endpoint, when there are several (``[rpc] fallback_urls``).
     endpoints: list[EndpointLine] = field(default_factory=list)
+    #: Cluster mode: the keepers, their leases and lag (keeper.cluster.view).
+    cluster: ClusterStatus | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -201,12 +204,42 @@ def render(status: Status) -> None:
         age = "-" if x.age_seconds is None else f"{x.age_seconds:.0f}"
         t.add_row(str(x.id), str(x.decision_id), str(x.nonce), x.status, age)
     con.print(t)
+    if status.cluster is not None:
+        render_cluster(con, status.cluster)
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(status.transactions_by_status.items()))
     con.print(
         f"transactions by status: {by_status or 'none'}   "
         f"bounty earned: {_wad(status.bounty_earned)} USDC   gas spent: {status.gas_spent_wei} wei",
         highlight=False,
     )
+
+
+def render_cluster(con: Any, cluster: ClusterStatus) -> None:
+    from rich.table import Table
+
+    t = Table(title="Cluster: keepers")
+    for c in ("keeper", "signer", "live", "leader", "shards", "heartbeat s", "block", "lag"):
+        t.add_column(c)
+    for k in cluster.keepers:
+        live = "draining" if k.draining else "yes" if k.live else "no"
+        t.add_row(
+            k.keeper_id, _short(k.address or "-"), live, "yes" if k.leader else "",
+            str(k.shards), f"{k.heartbeat_age_seconds:.1f}",
+            "-" if k.last_block is None else str(k.last_block),
+            "-" if k.lag_blocks is None else str(k.lag_blocks),
+        )  # fmt: skip
+    con.print(t)
+    t = Table(title=f"Cluster: leases ({cluster.unowned} shards without a live lease)")
+    for c in ("shard", "owner", "token", "held s", "expires in s", "lag"):
+        t.add_column(c)
+    for sh in cluster.shards:
+        t.add_row(
+            "leader" if sh.shard < 0 else str(sh.shard), sh.owner or "-", str(sh.token),
+            "-" if sh.lease_age_seconds is None else f"{sh.lease_age_seconds:.1f}",
+            "-" if sh.expires_in_seconds is None else f"{sh.expires_in_seconds:.1f}",
+            "-" if sh.lag_blocks is None else str(sh.lag_blocks),
+        )  # fmt: skip
+    con.print(t)
 
 
 def _wad(x: int) -> str:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlmodel import select
 from web3 import Web3
 
@@ -220,5 +219,94 @@ def test_three_keepers_through_a_crash_one_killed(net: ClusterNet) -> None:
         )
     finally:
         codes = {k.name: k.stop() for k in keepers}
-    assert codes["k0"] == 0 and codes["k2"] == 0, (k0.log_path.read_text()[-2000:])
+    assert codes["k0"] == 0 and codes["k2"] == 0, k0.log_path.read_text()[-2000:]
     assert all(o is None for o in net.owners().values()), "a clean stop gives its leases back"
+
+
+def _metric(body: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_keeper_paused_past_its_lease_sends_nothing_for_the_shards_it_lost(
+    net: ClusterNet,
+) -> None:
+    """k1 freezes (SIGSTOP) right after recording its first action decisions of the crash,
+    before any transaction. k0 takes its shards, gives the orphaned keys back and acts. k1,
+    resumed, is refused by the fence: it stores no transaction for those decisions."""
+    keepers = net.keepers(2)
+    k0, k1 = keepers
+    k0.start()
+    k1.start(KEEPER_FAULT_KILL_AT="after_decision", KEEPER_FAULT_SIGNAL="STOP")
+    try:
+        wait_healthy(keepers)
+        _spread(net, {"k0", "k1"})
+        before = net.nonces()
+        since = net.w3.eth.block_number + 1
+        verdict = net.crash(0.70, 0.75, 1.3)
+        deadline = time.monotonic() + 30
+        while not any(x["msg"] == "fault point reached: pausing the process" for x in k1.logs()):
+            assert time.monotonic() < deadline, "k1 never decided an action"
+            time.sleep(0.2)
+        decisions, _ = net.rows()
+        frozen = {d.id for d in decisions if d.action_key and d.outcome == "sent"}
+        assert frozen, "k1 recorded its decisions before it froze"
+        liquidatable = {a for a, s in verdict.items() if s == 2}
+        _settled(net, liquidatable, since)  # k0 alone, k1 still frozen
+        assert set(net.owners().values()) == {"k0"}
+        k1.signal(signal.SIGCONT)
+        time.sleep(6)  # k1 resumes its block, is refused, rejoins the cluster
+        _settled(net, liquidatable, since)
+        _liquidations, txs = _check_exactly_once(net, verdict, before, since)
+        mine = [t for t in txs if t.sender == k1.address.lower()]
+        assert not [t.id for t in mine if t.decision_id in frozen], "k1 sent for a lost lease"
+        assert _metric(k1.metrics(), "keeper_cluster_events_total", event="fenced_transactions")
+        assert k1.alive() and k0.alive()
+    finally:
+        codes = [k.stop() for k in keepers]
+    assert codes == [0, 0]
+
+
+def test_store_connection_cut_mid_run_stops_acting_then_resumes_without_duplicates(
+    net: ClusterNet,
+) -> None:
+    """Both keepers reach PostgreSQL through a TCP proxy; the proxy cuts every connection
+    for longer than the lease ttl while the market crashes. Nothing can be recorded, so
+    nothing is sent; both report themselves without a lease; once the database is back they
+    take the shards again and liquidate, each action once."""
+    from sqlalchemy.engine import make_url
+
+    from keeper.cluster.tcp_cut import TcpCut
+
+    url = make_url(net.store_url)
+    proxy = TcpCut(url.host or "127.0.0.1", url.port or 5432)
+    via_proxy = net.store_url.replace(f"{url.host}:{url.port or 5432}", f"127.0.0.1:{proxy.port}")
+    assert via_proxy != net.store_url
+    keepers = cluster_keepers(net.base_config(via_proxy), net.tmp, 2, cluster=CLUSTER)
+    try:
+        for k in keepers:
+            k.start()
+        wait_healthy(keepers)
+        _spread(net, {"k0", "k1"})
+        before = net.nonces()
+        proxy.cut()
+        time.sleep(CLUSTER["lease_ttl_seconds"] + 0.5)
+        since = net.w3.eth.block_number + 1
+        verdict = net.crash(0.70, 0.75, 1.3)
+        time.sleep(4)
+        assert net.events("Liquidation", since) == [], "a keeper acted without its store"
+        assert net.events("MarginCall", since) == []
+        for k in keepers:
+            h = k.health()
+            assert h is not None and (h.get("seconds_without_lease") or 0) > 0, h
+        proxy.restore()
+        _settled(net, {a for a, s in verdict.items() if s == 2}, since)
+        _check_exactly_once(net, verdict, before, since)
+        assert all(k.alive() for k in keepers)
+    finally:
+        codes = [k.stop() for k in keepers]
+        proxy.close()
+    assert codes == [0, 0]

@@ -138,8 +138,11 @@ def heartbeat(
         ).scalar_one()
         rows = conn.execute(
             text(
-                "UPDATE cluster_lease SET expires_us = :now + :ttl WHERE owner = :k "
-                "RETURNING shard, token, expires_us"
+                # A lease that lapsed (nobody took it: the owner is still this keeper) is
+                # taken anew: a new token, so nothing decided before the lapse is admitted.
+                "UPDATE cluster_lease SET expires_us = :now + :ttl, "
+                "token = CASE WHEN expires_us < :now THEN token + 1 ELSE token END "
+                "WHERE owner = :k RETURNING shard, token, expires_us"
             ),
             {"k": keeper_id, "now": now_us, "ttl": ttl_us},
         ).all()

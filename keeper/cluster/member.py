@@ -185,8 +185,13 @@ class ClusterMember:
             gained.update(
                 lease_sql.acquire(self.engine, self.keeper_id, 1, ttl_us=self.ttl_us, leader=True)
             )
-        if gained:
-            held.update(gained)
+        held.update(gained)
+        # Leases this keeper was not acting on (taken now, or renewed after they lapsed
+        # locally: a database outage): their accounts were not followed meanwhile.
+        before = self._held.valid(t0)
+        fresh = {s: lease for s, lease in held.items() if before.get(s) != lease.token}
+        if fresh:
+            gained = fresh
             self.generation += 1
             self.counts["acquired"] += len(gained)
             log.info(
