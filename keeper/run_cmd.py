@@ -51,7 +51,9 @@ def open_existing_store(url: str) -> Any:
         engine = create_engine(normalise_url(url), pool_pre_ping=True)
         try:
             with engine.connect() as conn:
-                present = inspect(conn).has_table("schema_version")
+                # alembic_version since revision 0002 (which dropped schema_version).
+                tables = inspect(conn)
+                present = tables.has_table("alembic_version") or tables.has_table("schema_version")
         except Exception as exc:
             raise StoreError(
                 f"cannot connect to the store {redact_url(url)}: {type(exc).__name__}"

@@ -13,7 +13,10 @@ anvil with 1-second blocks and the deployed protocol, through a crash of the mar
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -122,6 +125,12 @@ def net(tmp_path: Path, contracts_built: None, store_url: str) -> Iterator[Clust
         n.chain.close()
 
 
+def _keeper_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keeper", *args], capture_output=True, text=True, timeout=120
+    )
+
+
 def _spread(net: ClusterNet, names: set[str], timeout: float = 60) -> None:
     """Wait until every shard is held and each of ``names`` holds some."""
     deadline = time.monotonic() + timeout
@@ -214,9 +223,25 @@ def test_three_keepers_through_a_crash_one_killed(net: ClusterNet) -> None:
         liquidators = {e["args"]["liquidator"] for e in liquidations}
         assert liquidators <= {k.address for k in keepers}
         assert len(liquidators) >= 2, "the crash was shared between keepers"
-        assert any(t.sender == k1.address.lower() and t.final for t in txs) or not any(
-            t.sender == k1.address.lower() for t in txs
-        )
+        assert all(t.final for t in txs if t.sender == k1.address.lower())
+
+        # What an operator sees: `keeper status` on the cluster, the metrics, then a drain.
+        status = _keeper_cli("status", "--config", str(k0.config), "--json")
+        assert status.returncode == 0, status.stderr
+        cluster = json.loads(status.stdout)["cluster"]
+        live = {k["keeper_id"]: k["live"] for k in cluster["keepers"]}
+        assert live == {"k0": True, "k1": False, "k2": True}
+        assert cluster["unowned"] == 0
+        assert {s["owner"] for s in cluster["shards"]} == {"k0", "k2"}
+        body = k0.metrics()
+        assert _metric(body, "keeper_cluster_shards_held", keeper="k0") > 0
+        assert "keeper_cluster_shard_lag_blocks" in body
+        drained = _keeper_cli("cluster", "drain", "--keeper", "k2", "--config", str(k0.config))
+        assert drained.returncode == 0, drained.stderr
+        deadline = time.monotonic() + 15
+        while set(net.owners().values()) != {"k0"}:
+            assert time.monotonic() < deadline, net.owners()
+            time.sleep(0.3)
     finally:
         codes = {k.name: k.stop() for k in keepers}
     assert codes["k0"] == 0 and codes["k2"] == 0, k0.log_path.read_text()[-2000:]

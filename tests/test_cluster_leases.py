@@ -231,3 +231,25 @@ def test_cluster_config_needs_postgres_and_sane_timings(tmp_path: object) -> Non
              "cluster": {"enabled": True, "heartbeat_seconds": 3}},
             environ={},
         )  # fmt: skip
+
+
+@PG
+def test_a_lease_that_lapsed_and_is_renewed_gets_a_new_token(pg: str) -> None:
+    """A database outage longer than the ttl: nobody took the lease, the owner renews it
+    afterwards, with a new token (nothing decided before the lapse is admitted) and as a
+    gained lease (the service re-reads the book: its accounts were not followed)."""
+    with Store.open(pg) as store:
+        lease_sql.setup(store.engine, SHARDS)
+        m = member(store, "m")
+        m.beat()
+        m.begin_block()
+        old_tokens, generation = m.held(), m.generation
+        account = next(a for a in range(1, 10_000) if shard_of(a, SHARDS) in shards(m))
+        time.sleep(TTL + 0.1)
+        m.beat()
+        assert all(m.held()[s] == old_tokens[s] + 1 for s in old_tokens)
+        assert m.generation == generation + 1
+        store.fence = m
+        assert store.add_action_decision(a_decision(account, "late")) is None  # old tokens
+        m.begin_block()
+        assert store.add_action_decision(a_decision(account, "late")) is not None

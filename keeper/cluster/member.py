@@ -38,8 +38,9 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session, col, select
 
 from keeper.cluster import leases as lease_sql
@@ -106,11 +107,30 @@ class ClusterMember:
 
     def start(self) -> ClusterMember:
         """Set up the lease rows, take a first share, start the heartbeat thread."""
+        self._limit_idle_transactions()
         lease_sql.setup(self.engine, self.shards)
         self.beat()
         self._thread = threading.Thread(target=self._loop, name="cluster-heartbeat", daemon=True)
         self._thread.start()
         return self
+
+    def _limit_idle_transactions(self) -> None:
+        """A process frozen inside a database transaction (SIGSTOP between two statements)
+        would keep its row locks -- a lease row locked by its heartbeat or its fence -- and
+        the others, who skip locked rows, could never take its leases. PostgreSQL ends such a
+        session after ``lease_ttl - safety_margin`` idle in a transaction: the locks are gone
+        before the lease expires. Every connection of the store gets the limit (the pool is
+        emptied so that none opened before escapes it)."""
+        ms = max(100, round((self.ttl_us - self.margin_us) / 1000))
+
+        def limit(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+            cur.close()
+            dbapi_conn.commit()  # a SET inside a rolled-back transaction would not stay
+
+        event.listen(self.engine, "connect", limit)
+        self.engine.dispose()
 
     def stop(self, *, release: bool = True) -> None:
         """Stop the heartbeat; give every lease back (a clean stop: no one waits the ttl)."""

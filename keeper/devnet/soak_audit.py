@@ -39,6 +39,7 @@ clearing-house events in it, and every decision, transaction and attempt row.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,14 +131,16 @@ def audit(
     w3: Web3,
     deployment: Deployment,
     store: Store,
-    keeper: str,
+    keeper: str | Sequence[str],
     first_block: int,
     last_block: int,
 ) -> Audit:
-    """Compare blocks ``first_block..last_block`` with the store (see the module doc)."""
+    """Compare blocks ``first_block..last_block`` with the store (see the module doc).
+    ``keeper``: the keeper's address, or every address of a cluster's keepers (one store)."""
     out = Audit((first_block, last_block))
     ch = bind(w3, deployment, "ClearingHouse")
-    mined = _keeper_transactions(w3, ch, keeper, first_block, last_block)
+    keepers = {keeper.lower()} if isinstance(keeper, str) else {k.lower() for k in keeper}
+    mined = _keeper_transactions(w3, ch, keepers, first_block, last_block)
     with store.session() as s:
         decisions = {d.id: d for d in s.exec(select(Decision)).all()}
         txs = {t.id: t for t in s.exec(select(Transaction)).all()}
@@ -146,7 +149,7 @@ def audit(
     cursor = store.cursor(STREAM)
     indexed_to = cursor.block_number if cursor is not None else -1
 
-    _count_store(out, decisions, txs, keeper)
+    _count_store(out, decisions, txs)
     _check_store(out, decisions, txs)
     by_hash = {a.hash.lower(): txs.get(a.tx_id) for a in attempts}
     _check_chain(out, mined, by_hash, decisions, indexed, indexed_to)
@@ -155,14 +158,16 @@ def audit(
     return out
 
 
-def _keeper_transactions(w3: Web3, ch: Any, keeper: str, first: int, last: int) -> list[_Mined]:
-    me = keeper.lower()
+def _keeper_transactions(
+    w3: Web3, ch: Any, keepers: set[str], first: int, last: int
+) -> list[_Mined]:
     found = []
     for n in range(first, last + 1):
         block = w3.eth.get_block(n, full_transactions=True)
         txs: list[Any] = list(block["transactions"])  # TxData with full_transactions
         for tx in txs:
-            if str(tx["from"]).lower() != me:
+            me = str(tx["from"]).lower()
+            if me not in keepers:
                 continue
             receipt = w3.eth.get_transaction_receipt(tx["hash"])
             effects = []
@@ -187,9 +192,7 @@ def _keeper_transactions(w3: Web3, ch: Any, keeper: str, first: int, last: int) 
     return found
 
 
-def _count_store(
-    out: Audit, decisions: dict[Any, Decision], txs: dict[Any, Transaction], keeper: str
-) -> None:
+def _count_store(out: Audit, decisions: dict[Any, Decision], txs: dict[Any, Transaction]) -> None:
     out.decisions = dict(Counter(d.action for d in decisions.values()))
     out.decisions_acted_on = sum(1 for d in decisions.values() if d.action_key is not None)
     out.transactions = dict(Counter(str(t.status) for t in txs.values()))
