@@ -1,0 +1,251 @@
+"""Cluster mode at scale: 1, 2 and 3 ``keeper run`` processes on one PostgreSQL store, on the
+same seeded venue, through a crash; then the fail-over time of a killed keeper.
+
+One anvil state with ``--accounts`` accounts (the devnet batch seeder, keeper.devnet.venue) is
+seeded once and loaded afresh for every cluster size; each size gets a fresh PostgreSQL
+schema. The chain mines every second; every feed gets a new round every block (so every
+keeper re-margins its whole share every block), both prices fall by ``--crash`` in one block,
+and rounds keep coming for ``--after`` blocks. Measured:
+
+* accounts re-margined per second, cluster-wide: per block, the accounts every keeper
+  assessed (its ``block`` log line) over the slowest keeper's time for that block, median
+  over the blocks with fresh rounds;
+* per-block lag: every 0.25 s, the chain head minus each keeper's last processed block
+  (its ``/health``), p50 / p99 / max over the run;
+* the crash: blocks from the crash block to the first Liquidation and to the last one;
+* fail-over (2 keepers or more): one keeper SIGKILLed; blocks until every shard it held is
+  held by a live keeper again, and the first block a surviving keeper processes after that.
+
+This machine has 2 cores shared by anvil, PostgreSQL, the keepers and the driver: more
+keepers do not add cores, so the figures show the coordination's overhead and the split of
+the book, not a speed-up. Prints figures only; nothing is asserted.
+
+    .venv/bin/python -m bench.cluster [--accounts 1000] [--keepers 1,2,3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from web3 import Web3
+from web3.types import TxParams
+
+from bench.rpc_per_block import _pct, _wait_block
+from keeper.artifacts import ensure_built
+from keeper.chain import Chain
+from keeper.cluster import leases as lease_sql
+from keeper.cluster.launch import KeeperProcess, cluster_keepers, wait_healthy
+from keeper.deployment import Deployment, bind, deploy_protocol
+from keeper.devnet import Anvil
+from keeper.devnet.venue import seed_venue
+from keeper.store import Store
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def seed_state(tmp: Path, n: int, seed: int) -> tuple[Path, Deployment]:
+    state = tmp / "venue.json"
+    with Anvil(state=state) as node:
+        w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
+        d = deploy_protocol(w3)
+        seed_venue(w3, d, Chain.connect(node.url, d), n, seed=seed)
+    return state, d
+
+
+def run_size(
+    k: int, state: Path, d: Deployment, tmp: Path, pg_url: str, crash: float, after: int,
+    quiet: int,
+) -> dict[str, Any]:  # fmt: skip
+    import psycopg
+
+    work = tmp / f"k{k}"
+    work.mkdir()
+    d.write(work / "deployment.json")
+    schema = f"keeper_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            url = f"{pg_url}?options=-csearch_path%3D{schema}"
+            with Anvil(state=state) as node:
+                return _measure(k, node, d, work, url, crash, after, quiet)
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def _measure(
+    k: int, node: Anvil, d: Deployment, work: Path, url: str, crash: float, after: int,
+    quiet: int,
+) -> dict[str, Any]:  # fmt: skip
+    w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
+    base = {
+        "rpc": {"url": node.url, "chain_id": node.chain_id},
+        "deployment": {"file": str(work / "deployment.json")},
+        "store": {"url": url},
+        "fees": {"max_fee_per_gas": "500 gwei", "priority_fee": "2 gwei"},
+        "decisions": {"min_profit": 0, "confirmations": 2, "block_poll_interval_seconds": 0.2,
+                      "sweep_interval_seconds": 3600},
+        "service": {"watchdog_seconds": 600, "settle_interval_seconds": 3600},
+    }  # fmt: skip
+    keepers = cluster_keepers(base, work, k)
+    prices = [bind(w3, d, f"MockAggregator:{u['symbol']}/USD") for u in d.underlyings]
+    vols = [bind(w3, d, f"MockAggregator:{u['symbol']}/IV") for u in d.underlyings]
+    admin = w3.eth.accounts[0]
+    ch = bind(w3, d, "ClearingHouse")
+
+    def rounds(scale: float) -> None:
+        tx: TxParams = {"from": admin, "gas": 200_000}
+        for f in prices:
+            f.functions.setAnswer(round(int(f.functions.answer().call()) * scale)).transact(tx)
+        for f in vols:
+            f.functions.setAnswer(int(f.functions.answer().call())).transact(tx)
+
+    t_start = time.perf_counter()
+    try:
+        for kp in keepers:
+            kp.start()
+        wait_healthy(keepers, timeout=1800)
+        _spread(url, {kp.name for kp in keepers})
+        startup_s = time.perf_counter() - t_start
+        node.rpc("evm_setIntervalMining", [1])
+        lags: list[float] = []
+        head = int(w3.eth.block_number)
+        first = head + 1
+        for _ in range(quiet):
+            head = _wait_block(w3, head, 300)
+            rounds(1.0)
+            _sample(w3, keepers, lags)
+        head = _wait_block(w3, head, 300)
+        rounds(1.0 - crash)
+        crash_block = _wait_block(w3, head, 300)
+        last = crash_block
+        while last < crash_block + after:
+            last = _wait_block(w3, last, 300)
+            rounds(1.0)
+            _sample(w3, keepers, lags)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and min(_last(kp) or 0 for kp in keepers) < last:
+            _sample(w3, keepers, lags)
+            time.sleep(0.25)
+        liq = sorted(
+            int(e["blockNumber"])
+            for e in ch.events.Liquidation().get_logs(from_block=crash_block, to_block=last)
+        )
+        failover = _failover(w3, url, keepers) if k >= 2 else None
+    finally:
+        for kp in keepers:
+            kp.stop()
+    per_block = _throughput(keepers, first, last)
+    return {
+        "keepers": k,
+        "startup_s": round(startup_s, 1),
+        "accounts_per_s_median": round(statistics.median(per_block)) if per_block else None,
+        "lag_p50": _pct(lags, 50),
+        "lag_p99": _pct(lags, 99),
+        "lag_max": max(lags, default=None),
+        "first_liquidation_blocks": liq[0] - crash_block if liq else None,
+        "last_liquidation_blocks": liq[-1] - crash_block if liq else None,
+        "liquidations": len(liq),
+        "failover": failover,
+    }
+
+
+def _last(kp: KeeperProcess) -> int | None:
+    h = kp.health()
+    return None if h is None else h.get("last_block")
+
+
+def _sample(w3: Web3, keepers: list[KeeperProcess], lags: list[float]) -> None:
+    head = int(w3.eth.block_number)
+    for kp in keepers:
+        last = _last(kp)
+        if last is not None:
+            lags.append(max(0, head - last))
+
+
+def _spread(url: str, names: set[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with Store.open(url) as store:
+            now, rows = lease_sql.leases(store.engine)
+        owners = {r.owner for r in rows if r.owner and r.expires_us > now}
+        if names <= owners and all(r.owner and r.expires_us > now for r in rows if r.shard >= 0):
+            return
+        time.sleep(0.3)
+    raise TimeoutError("shards not spread over every keeper")
+
+
+def _throughput(keepers: list[KeeperProcess], first: int, last: int) -> list[float]:
+    """Per block: accounts assessed by all keepers / the slowest keeper's time."""
+    assessed: dict[int, int] = {}
+    slowest: dict[int, float] = {}
+    for kp in keepers:
+        for x in kp.logs():
+            if x.get("msg") != "block" or not first <= int(x["block"]) <= last:
+                continue
+            b = int(x["block"])
+            assessed[b] = assessed.get(b, 0) + int(x["assessed"])
+            slowest[b] = max(slowest.get(b, 0.0), float(x["ms"]) / 1000)
+    return [assessed[b] / slowest[b] for b in assessed if slowest[b] > 0 and assessed[b] > 0]
+
+
+def _failover(w3: Web3, url: str, keepers: list[KeeperProcess]) -> dict[str, Any]:
+    victim = keepers[-1]
+    with Store.open(url) as store:
+        _now, rows = lease_sql.leases(store.engine)
+    held = {r.shard for r in rows if r.owner == victim.name}
+    victim.signal(signal.SIGKILL)
+    killed_block = int(w3.eth.block_number)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120:
+        with Store.open(url) as store:
+            now, rows = lease_sql.leases(store.engine)
+        owners = {r.shard: r for r in rows}
+        if all(owners[s].owner not in (None, victim.name) and owners[s].expires_us > now
+               for s in held):  # fmt: skip
+            taken_block = int(w3.eth.block_number)
+            return {
+                "shards": len(held),
+                "blocks": taken_block - killed_block,
+                "seconds": round(time.monotonic() - t0, 2),
+            }
+        time.sleep(0.1)
+    return {"shards": len(held), "blocks": None, "seconds": None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--accounts", type=int, default=1000)
+    ap.add_argument("--keepers", default="1,2,3")
+    ap.add_argument("--crash", type=float, default=0.3)
+    ap.add_argument("--after", type=int, default=10, help="blocks after the crash")
+    ap.add_argument("--quiet", type=int, default=5, help="blocks of fresh rounds before it")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--pg-url", default=PG_URL)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    ensure_built()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    t = time.perf_counter()
+    state, d = seed_state(tmp, args.accounts, args.seed)
+    seed_s = time.perf_counter() - t
+    results = []
+    for k in (int(x) for x in args.keepers.split(",")):
+        r = run_size(k, state, d, tmp, args.pg_url, args.crash, args.after, args.quiet)
+        results.append(r)
+        if not args.json:
+            print(json.dumps(r), flush=True)
+    out = {"accounts": args.accounts, "seed_s": round(seed_s, 1), "sizes": results}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
