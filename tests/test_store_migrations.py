@@ -366,7 +366,8 @@ def row_counts(engine: Engine, tables: tuple[str, ...]) -> dict[str, int]:
 
 def drop_everything(engine: Engine) -> None:
     with engine.begin() as conn:
-        for table in ("tx_attempt", "tx", "decision", *LEGACY_TABLES, "alembic_version"):
+        tables = ("cluster_keeper", "cluster_lease", "tx_attempt", "tx", "decision")
+        for table in (*tables, *LEGACY_TABLES, "alembic_version"):
             conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
 
 
