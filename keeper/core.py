@@ -214,8 +214,10 @@ class KeeperCore:
         #: per action). A block decides at most one action per target, so they stay true.
         self._known_keys: set[str] | None = None
         self._busy_targets: set[str] | None = None
-        #: Cluster mode (keeper.cluster): the accounts of this keeper's shards; None: all.
+        #: Cluster mode (keeper.cluster): the accounts of this keeper's shards (None: all),
+        #: and whether it holds the leader lease, which settles instruments (None: always).
         self.owns: Callable[[int], bool] | None = None
+        self.leads: Callable[[], bool] | None = None
 
     # --- the per-block step ------------------------------------------------------------------
 
@@ -340,7 +342,8 @@ class KeeperCore:
         start = view.round_trips
         self._extra_trips = 0
         report = BlockReport(view.block.number)
-        snap = view.snapshot(sorted(self._known), reuse=self._accounts)
+        mine = sorted(a for a in self._known if self.owns is None or self.owns(a))
+        snap = view.snapshot(mine, reuse=self._accounts)
         self._accounts.update(snap.accounts)
         self._last_snap = snap
         self._settle_tried_at = snap.timestamp
@@ -353,7 +356,8 @@ class KeeperCore:
         in_flight = (
             self.store.instruments_being_settled(self.txm.signer.address) if self.txm else set()
         )
-        for ins in expired_unsettled(snap):
+        leader = self.leads is None or self.leads()
+        for ins in expired_unsettled(snap) if leader else []:
             if ins.id in in_flight:
                 report.skip(SkipReason.IN_FLIGHT)
                 continue

@@ -279,7 +279,8 @@ class KeeperService:
         address = rt.sender.address if rt.sender is not None else None
         member = self.cluster = ClusterMember(rt.store.engine, cfg, address=address)
         rt.store.fence = member
-        rt.core.owns = member.owns
+        rt.core.owns = member.owns  # accounts: this keeper's shards only
+        rt.core.leads = lambda: member.is_leader  # instruments: the leader only
         self.health.max_leaseless = cfg.max_leaseless_seconds
         self.health.leaseless_since = lambda: member.leaseless_since
         self.metrics.watch_cluster(member, lambda: self.health.lag_blocks)
@@ -290,8 +291,8 @@ class KeeperService:
         )
 
     def _leader_job(self) -> bool:
-        """Whether this keeper runs the instrument-level jobs: always alone, the leader's
-        lease holder in cluster mode."""
+        """Whether this keeper runs the consistency check and the recalibration hook: always
+        alone, the leader's lease holder in cluster mode (settlement: ``KeeperCore.leads``)."""
         return self.cluster is None or self.cluster.is_leader
 
     def _cluster_block(self, head: BlockRef, synced: SyncResult) -> None:
@@ -425,8 +426,7 @@ class KeeperService:
             sweep=sweep,
         )
         actions = list(report.actions_sent)
-        due = self._expiry_due(head) or synced.listed_instruments or synced.settled_instruments
-        if due and self._leader_job():
+        if self._expiry_due(head) or synced.listed_instruments or synced.settled_instruments:
             settled = rt.core.settle_expired(view)
             actions += list(settled.actions_sent)
             self._record(settled)
@@ -502,8 +502,7 @@ class KeeperService:
     def settle(self) -> None:
         def run() -> None:
             rt = self.runtime
-            if self._leader_job():
-                self._record(rt.core.settle_expired(rt.chain.view()))
+            self._record(rt.core.settle_expired(rt.chain.view()))
 
         self._guard("settle", run)
 

@@ -210,7 +210,7 @@ def test_shards_and_targets() -> None:
     assert {shard_of(a, 64) for a in range(2000)} == set(range(64))
     assert shard_of(12345, 64) == shard_of(12345, 64)
     assert shard_of_target("instrument:3", "settle_instrument", 64) == LEADER
-    assert shard_of_target("77", "settle_account", 64) == LEADER
+    assert shard_of_target("77", "settle_account", 64) == shard_of(77, 64)
     assert shard_of_target("77", "liquidate", 64) == shard_of(77, 64)
 
 

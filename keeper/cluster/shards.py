@@ -2,8 +2,9 @@
 
 Accounts are hashed (blake2b of the account id's 32 bytes, not the id modulo the count: ids are
 ``owner << 96 | sub``, and one owner's sub-accounts would otherwise land on neighbouring
-shards in a pattern an owner chooses). Instrument-level targets (``instrument:<id>``) and the
-settlement of accounts after an expiry belong to the leader lease (``LEADER``)."""
+shards in a pattern an owner chooses). Instrument-level targets (``instrument:<id>``: an
+instrument's settlement) belong to the leader lease (``LEADER``); every action on an account,
+its settlement after an expiry included, to the account's shard."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from hashlib import blake2b
 #: The leader lease's row in ``cluster_lease``: settlement, consistency, recalibration, and
 #: the follow-up of transactions whose keeper died.
 LEADER = -1
-#: Actions decided by the instrument-level jobs (``KeeperCore.settle_expired``), whatever
-#: their target: fenced by the leader lease.
-LEADER_ACTIONS = frozenset({"settle_instrument", "settle_account"})
+#: Actions of the instrument-level jobs (``KeeperCore.settle_expired``): fenced by the
+#: leader lease.
+LEADER_ACTIONS = frozenset({"settle_instrument"})
 
 
 def shard_of(account: int, shards: int) -> int:
