@@ -10,15 +10,12 @@ from pathlib import Path
 from keeper.chain import Chain
 from keeper.devnet.fault_proxy import FaultProxy
 from keeper.simulation import Simulator, gas_limit_bound, with_margin
-from tests.test_core import (  # noqa: F401 (fixtures)
-    LIQUIDATOR_INDEX,
-    WAD,
-    World,
-    dev_key,
-    fresh,
-    set_eth,
-    world,
-)
+from tests import test_core
+from tests.test_core import LIQUIDATOR_INDEX, WAD, World, dev_key, keeper, set_eth, settle
+
+# The seeded chain of tests/test_core.py (its own anvil in this module).
+world = test_core.world
+fresh = test_core.fresh
 
 
 def test_gas_limit_bound_covers_the_refund_cap_and_two_call_levels() -> None:
@@ -122,8 +119,6 @@ def test_a_node_without_simulate_v1_gets_call_and_estimate(fresh: World) -> None
 
 
 def test_keeper_acts_through_a_node_without_simulate_v1(fresh: World, tmp_path: Path) -> None:
-    from tests.test_core import keeper, settle
-
     w = fresh
     with FaultProxy(w.node.url) as proxy:
         proxy.add("rpc_error", methods={"eth_simulateV1"}, error_code=-32601, error_message="x")
