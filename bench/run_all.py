@@ -359,6 +359,17 @@ def keeper_section(quick: bool) -> None:
         "  reaction in wall time (crash receipt seen -> liquidation log seen; p50 / p99)",
         f"{r['ms_p50']} / {r['ms_p99']} ms",
     )
+    n = 1_000 if quick else 10_000
+    r = _script(["-m", "bench.simulation", "--accounts", str(n), "--rounds", "2"])
+    row(
+        f"simulating a crash's actions, per chunk of 32 ({n:,} accounts; keeper/simulation.py: "
+        "eth_simulateV1, p50 / p90)",
+        " / ".join(f"{x} ms" for x in r["simulate_v1_ms_p50_p90"]),
+        "eth_call + eth_estimateGas: "
+        + " / ".join(f"{x} ms" for x in r["call_estimate_ms_p50_p90"]),
+        f"{r['ratio_p50']}x",
+        f"{r['verdicts_that_differ']} verdicts differ",
+    )
     rounds, gap = (20, 10) if quick else (80, 110)
     r = _script(["-m", "bench.indexer", "--rounds", str(rounds), "--gap", str(gap), "--no-pg"])
     best = r["sqlite_chunk_2000"]
