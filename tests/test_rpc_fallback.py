@@ -403,18 +403,18 @@ def test_websocket_primary_with_http_fallbacks(
     deployment.write(tmp_path / "deployment.json")
     dead = f"ws://127.0.0.1:{free_port()}"
 
-    def service(ws_url: str) -> KeeperService:
+    def service(ws_url: str, fallbacks: list[str]) -> KeeperService:
         cfg = load_config_data(
             {
                 "rpc": {
                     "url": anvil.url,
                     "ws_url": ws_url,
-                    "fallback_urls": [anvil.url],
+                    "fallback_urls": fallbacks,
                     "chain_id": 31337,
                     "timeout_seconds": 5,
                 },
                 "deployment": {"file": str(tmp_path / "deployment.json")},
-                "store": {"url": f"sqlite:///{tmp_path}/keeper-{len(ws_url)}.db"},
+                "store": {"url": f"sqlite:///{tmp_path}/keeper-{len(ws_url)}-{len(fallbacks)}.db"},
                 "decisions": {"confirmations": 1},
                 "metrics": {"enabled": False},
                 "service": {"dry_run": True, "consistency_interval_seconds": 0},
@@ -423,7 +423,7 @@ def test_websocket_primary_with_http_fallbacks(
         )
         return KeeperService(cfg)
 
-    live = service(anvil.url.replace("http://", "ws://"))
+    live = service(anvil.url.replace("http://", "ws://"), [anvil.url])
     live.open()
     try:
         assert live.chain is not None
@@ -438,16 +438,20 @@ def test_websocket_primary_with_http_fallbacks(
     finally:
         live.close()
 
-    down = service(dead)
-    down.open()  # the dead WebSocket endpoint is passed over from the first request
-    try:
-        assert down.chain is not None
-        for _ in range(2):
-            anvil.rpc("evm_mine")
-            report = down.tick()
-            assert report is not None and report.processed
-            assert down.health.last_block == report.head == _direct_head(anvil)
-        first, second = _provider(down.chain).states()
-        assert not first.healthy and second.healthy
-    finally:
-        down.close()
+    # The HTTP ``url`` stays behind the WebSocket endpoint even without fallback_urls (and is
+    # not listed twice when it is one of them).
+    for fallbacks in ([anvil.url], []):
+        down = service(dead, fallbacks)
+        down.open()  # the dead WebSocket endpoint is passed over from the first request
+        try:
+            assert down.chain is not None
+            for _ in range(2):
+                anvil.rpc("evm_mine")
+                report = down.tick()
+                assert report is not None and report.processed
+                assert down.health.last_block == report.head == _direct_head(anvil)
+            first, second = _provider(down.chain).states()
+            assert not first.healthy and second.healthy
+            assert second.endpoint == anvil.url.removesuffix("/")  # redacted = as given here
+        finally:
+            down.close()

@@ -292,9 +292,13 @@ class Chain:
         and one is configured). The configured chain id must be the deployment's."""
         if rpc.chain_id != deployment.chain_id:
             raise WrongChain(deployment.chain_id, rpc.chain_id, "the [rpc] configuration")
-        url = rpc.ws_url if websocket and rpc.ws_url else rpc.url
+        url, fallbacks = rpc.url, list(rpc.fallback_urls)
+        if websocket and rpc.ws_url:
+            # The WebSocket endpoint first; the HTTP ``url`` stays in the list behind it, so a
+            # dropped or dead WebSocket does not take the keeper's reads and sends with it.
+            url, fallbacks = rpc.ws_url, [rpc.url, *(u for u in fallbacks if u != rpc.url)]
         kwargs.setdefault("retry", RetryPolicy(max_retries=rpc.max_retries))
-        kwargs.setdefault("fallback_urls", rpc.fallback_urls)
+        kwargs.setdefault("fallback_urls", fallbacks)
         kwargs.setdefault("unhealthy_seconds", rpc.unhealthy_seconds)
         kwargs.setdefault("max_lag_blocks", rpc.max_lag_blocks)
         kwargs.setdefault("hedge_after_seconds", rpc.hedge_after_seconds)
