@@ -25,7 +25,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -51,8 +51,10 @@ def row(figure: str, value: str, baseline: str = "", ratio: str = "", aim: str =
     print(f"  {figure}: {value}  {baseline}  {ratio}", file=sys.stderr, flush=True)
 
 
-def best(fn: Callable[[], object], runs: int = 3) -> tuple[float, object]:
-    out = None
+_T = TypeVar("_T")
+
+
+def best(fn: Callable[[], _T], runs: int = 3) -> tuple[float, _T]:
     times = []
     for _ in range(runs):
         t = time.perf_counter()
