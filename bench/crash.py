@@ -33,6 +33,7 @@ from typing import Any
 
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.types import TxParams
 
 from bench.keeper_setup import bench_keeper_config
 from bench.rpc_per_block import _pct, _wait_block
@@ -81,7 +82,7 @@ def run(
 
         def fresh_rounds(scale: float) -> None:
             """New rounds of every feed (the keeper needs fresh answers), prices scaled."""
-            tx = {"from": admin, "gas": 200_000}
+            tx: TxParams = {"from": admin, "gas": 200_000}
             for f in prices:
                 f.functions.setAnswer(round(int(f.functions.answer().call()) * scale)).transact(tx)
             for f in vols:
@@ -108,8 +109,8 @@ def run(
         thread.join(120)
 
         # Topics as bytes: the logs carry HexBytes, which never equal a hex string.
-        liq_topic = bytes(HexBytes(ch.events.Liquidation().topic))
-        call_topic = bytes(HexBytes(ch.events.MarginCall().topic))
+        liq_topic = HexBytes(ch.events.Liquidation().topic)
+        call_topic = HexBytes(ch.events.MarginCall().topic)
         logs = w3.eth.get_logs(
             {
                 "fromBlock": crash_block,

@@ -61,13 +61,13 @@ def main() -> None:
         table.witness_check(pf, r.witness)
     t_witness = time.perf_counter() - t
 
-    positions = sum(len(pf.positions) for pf in books)
+    n_positions = sum(len(pf.positions) for pf in books)
     print(
         f"table: {n_instruments} instruments x {scen} scenarios (3 underlyings) "
         f"priced in {t_table:.2f} s"
     )
     print(
-        f"full check: {accounts} accounts ({positions} positions) in {t_full:.2f} s = "
+        f"full check: {accounts} accounts ({n_positions} positions) in {t_full:.2f} s = "
         f"{1e3 * t_full / accounts:.2f} ms/account"
     )
     print(f"witness check: {1e3 * t_witness / accounts:.2f} ms/account")

@@ -97,7 +97,10 @@ def seed_accounts(
     orders = dev_matcher(w3, ch)
     accounts = [account_id(owner, s) for s in range(1, n_accounts + 1)]
     addr = ch.address
-    nonces = {x: w3.eth.get_transaction_count(x, "pending") for x in (owner, matcher)}
+    nonces: dict[str, int] = {
+        x: w3.eth.get_transaction_count(Web3.to_checksum_address(x), "pending")
+        for x in (owner, matcher)
+    }
 
     def tx(frm: str, data: str) -> dict[str, Any]:
         nonce = nonces[frm]
@@ -149,7 +152,7 @@ def run(n_accounts: int = 1000, seed: int = 1) -> NaiveKeeperResult:
 
         chain = Chain.connect(node.url, d)
         view = chain.view()
-        block = view.block.number if hasattr(view, "block") else "latest"
+        block = view.block.number
         t = time.perf_counter()
         snap = view.snapshot(accounts)
         snapshot_s = time.perf_counter() - t

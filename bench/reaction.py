@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from web3 import Web3
@@ -38,7 +39,7 @@ from margin.portfolio import Market
 from margin.portfolio_margin import ScenarioTable
 
 
-def percentile(xs: list[float], p: float) -> float:
+def percentile(xs: Sequence[float], p: float) -> float:
     s = sorted(xs)
     k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
     return s[k]
@@ -100,8 +101,8 @@ def main() -> int:
             # The victim's underlying (ETH or BTC): its price feed crashes, its vol feed gets
             # a fresh round at the same value (both must be fresh for the checks).
             price_feed, vol_feed = feeds_of(chain, victim.account)
-            feed = w3.eth.contract(address=price_feed, abi=feed_abi)
-            vol = w3.eth.contract(address=vol_feed, abi=feed_abi)
+            feed = w3.eth.contract(address=Web3.to_checksum_address(price_feed), abi=feed_abi)
+            vol = w3.eth.contract(address=Web3.to_checksum_address(vol_feed), abi=feed_abi)
             base = int(feed.functions.answer().call())
             crash = crash_answer(chain, victim.account, base)
             h = feed.functions.setAnswer(crash).transact({"from": w3.eth.accounts[0]})

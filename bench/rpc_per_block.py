@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from web3 import Web3
+from web3.types import TxParams
 
 from bench.keeper_setup import bench_keeper_config
 from bench.naive_keeper import seed_accounts
@@ -110,7 +111,7 @@ def run(
             node.rpc("anvil_autoImpersonateAccount", [True])
         else:
             accounts = seed_accounts(node, w3, d, n_accounts, seed)
-            owner_of = dict.fromkeys(accounts, w3.eth.accounts[1])
+            owner_of = dict.fromkeys(accounts, str(list(w3.eth.accounts)[1]))
         seed_s = time.perf_counter() - t_seed
         depositors: set[str] = set()
         feeds = [
@@ -149,13 +150,13 @@ def run(
                         depositors.add(owner)
                         node.rpc("anvil_setBalance", [owner, hex(10**19)])
                         # Explicit gas: the deposit below is estimated before these are mined.
-                        tx = {"from": owner, "gas": 200_000}
+                        tx: TxParams = {"from": Web3.to_checksum_address(owner), "gas": 200_000}
                         usdc.functions.mint(owner, 10**12).transact(tx)
                         usdc.functions.approve(ch.address, 2**255).transact(tx)
                     ch.functions.deposit(a, 0, 10**6).transact({"from": owner, "gas": 300_000})
                 return n
 
-            head = w3.eth.block_number
+            head = int(w3.eth.block_number)
             for _ in range(3):  # warm-up: the keeper's caches and the first market rounds
                 head = market_block(head)
             _wait_block(w3, head)

@@ -25,7 +25,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -51,8 +51,10 @@ def row(figure: str, value: str, baseline: str = "", ratio: str = "", aim: str =
     print(f"  {figure}: {value}  {baseline}  {ratio}", file=sys.stderr, flush=True)
 
 
-def best(fn: Callable[[], object], runs: int = 3) -> tuple[float, object]:
-    out = None
+_T = TypeVar("_T")
+
+
+def best(fn: Callable[[], _T], runs: int = 3) -> tuple[float, _T]:
     times = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -358,6 +360,17 @@ def keeper_section(quick: bool) -> None:
     row(
         "  reaction in wall time (crash receipt seen -> liquidation log seen; p50 / p99)",
         f"{r['ms_p50']} / {r['ms_p99']} ms",
+    )
+    n = 1_000 if quick else 10_000
+    r = _script(["-m", "bench.simulation", "--accounts", str(n), "--rounds", "2"])
+    row(
+        f"simulating a crash's actions, per chunk of 32 ({n:,} accounts; keeper/simulation.py: "
+        "eth_simulateV1, p50 / p90)",
+        " / ".join(f"{x} ms" for x in r["simulate_v1_ms_p50_p90"]),
+        "eth_call + eth_estimateGas: "
+        + " / ".join(f"{x} ms" for x in r["call_estimate_ms_p50_p90"]),
+        f"{r['ratio_p50']}x",
+        f"{r['verdicts_that_differ']} verdicts differ",
     )
     rounds, gap = (20, 10) if quick else (80, 110)
     r = _script(["-m", "bench.indexer", "--rounds", str(rounds), "--gap", str(gap), "--no-pg"])

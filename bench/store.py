@@ -22,7 +22,7 @@ WAD = 10**18
 def run(url: str, n: int) -> dict[str, float]:
     with Store.open(url) as store:
         t0 = time.perf_counter()
-        ids = []
+        ids: list[int] = []
         for i in range(n):
             d = store.add_decision(
                 Decision(block_number=i, block_hash="0x" + "00" * 32, account="0x" + "11" * 20,
@@ -31,6 +31,7 @@ def run(url: str, n: int) -> dict[str, float]:
                          requirement=2**200, initial_margin=2**201, equity=-(2**200),
                          witness={"ETH": 3}, state="liquidatable", action="liquidate")
             )  # fmt: skip
+            assert d.id is not None
             ids.append(d.id)
         t1 = time.perf_counter()
         sender = "0x" + "ab" * 20

@@ -6,8 +6,9 @@ it were not already in the first), ``keeper.book_engine.BookEngine.assess`` (the
 pass over the whole book, the exact engine where it cannot decide and wherever an action or a
 record may follow), a ``Decision`` row whenever an
 account's state or inputs digest changed (and for every action), then for each action:
-back-off and idempotency gates, ``eth_call`` simulation and ``eth_estimateGas`` against the
-latest block from the liquidator's address, the profitability rule, and the send. Actions go
+back-off and idempotency gates, a simulation against the latest block from the liquidator's
+address (``keeper.simulation``: the call's verdict, the gas it uses and the limit to send it
+with), the profitability rule, and the send. Actions go
 out in chunks of ``SIMULATION_CHUNK``, most urgent first: one JSON-RPC batch simulates a chunk,
 one database transaction records its decisions, ``TxManager.submit_many`` stores, signs and
 broadcasts it in one batch (a crash's thousands of actions cost a few round trips each block).
@@ -74,6 +75,7 @@ from keeper.protocol.settlement import (
     settlement_round,
 )
 from keeper.secrets import scrub
+from keeper.simulation import Simulator
 from keeper.store import Decision, DecisionOutcome, Store, Transaction, TxStatus
 from keeper.transactions import SendError, Submission, TxManager
 
@@ -87,7 +89,7 @@ ABANDONED_AFTER_BLOCKS = 2
 #: read; each further one doubles, up to ROUND_SCAN_MAX).
 ROUND_SCAN_CHUNK = 16
 ROUND_SCAN_MAX = 1024
-#: Actions simulated per JSON-RPC batch (an eth_call and an eth_estimateGas each) before they
+#: Actions simulated per JSON-RPC batch (keeper.simulation) before they
 #: are sent: large enough that a crash's hundreds of actions cost a few round trips, small
 #: enough that the most valuable ones are sent within a block.
 SIMULATION_CHUNK = 32
@@ -214,6 +216,7 @@ class KeeperCore:
         #: per action). A block decides at most one action per target, so they stay true.
         self._known_keys: set[str] | None = None
         self._busy_targets: set[str] | None = None
+        self.simulator = Simulator(chain.rpc, gas_margin_percent=policy.gas_margin_percent)
         #: Cluster mode (keeper.cluster): the accounts of this keeper's shards (None: all),
         #: and whether it holds the leader lease, which settles instruments (None: always).
         self.owns: Callable[[int], bool] | None = None
@@ -521,26 +524,23 @@ class KeeperCore:
     def _simulations(
         self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport
     ) -> list[Simulated | None]:
-        """``eth_call`` and ``eth_estimateGas`` of every action against latest, with the latest
-        block's base fee, in one JSON-RPC batch; each action's gas cost. None for an action
-        whose call or estimate reverted (recorded, backed off). A transport fault (retries
-        spent) raises: it is no verdict on any call, so nothing backs off; the block job fails
-        and the next run simulates again (found by the soak run)."""
-        calls: list[tuple[str, list[Any]]] = [("eth_getBlockByNumber", ["latest", False])]
-        for c in due:
-            tx = self._tx(c.data)
-            calls += [("eth_call", [tx, "latest"]), ("eth_estimateGas", [tx, "latest"])]
-        replies = self.chain.rpc.batch(calls)
-        self._extra_trips += 1
-        head = replies[0].get("result") or {}
-        base = int(head.get("baseFeePerGas") or "0x0", 16)
-        max_fee = self.txm.fees.initial(base).max_fee_per_gas if self.txm else 2 * base + 1
+        """Every action simulated against latest (keeper.simulation: eth_simulateV1 where the
+        node has it, else eth_call and eth_estimateGas), with the latest block's base fee; each
+        action's gas cost. None for an action whose simulation reverted (recorded, backed
+        off). A transport fault (retries spent) raises: it is no verdict on any call, so
+        nothing backs off; the block job fails and the next run simulates again (found by the
+        soak run)."""
+        sim = self.simulator.run([self._tx(c.data) for c in due])
+        self._extra_trips += sim.round_trips
+        max_fee = (
+            self.txm.fees.initial(sim.base_fee).max_fee_per_gas
+            if self.txm
+            else 2 * sim.base_fee + 1
+        )
         out: list[Simulated | None] = []
-        for k, c in enumerate(due):
-            call, estimate = replies[1 + 2 * k], replies[2 + 2 * k]
-            failed = call if "error" in call else estimate if "error" in estimate else None
-            if failed is not None:
-                reason = _reply_reason(failed["error"])
+        for c, v in zip(due, sim.verdicts, strict=True):
+            if v.error is not None:
+                reason = _reply_reason(v.error)
                 until = self._back_off(c.target, snap.block.number)
                 report.skip(SkipReason.SIMULATION_REVERTED)
                 log.warning(
@@ -554,11 +554,8 @@ class KeeperCore:
                 )  # fmt: skip
                 out.append(None)
                 continue
-            gas = int(estimate["result"], 16)
-            gas_limit = gas * (100 + self.policy.gas_margin_percent) // 100
-            cost = gas_cost_in_asset0(snap, gas * max_fee, self.policy)
-            returned = bytes.fromhex(call["result"][2:])
-            out.append(Simulated(c.data, returned, gas_limit, cost, base))
+            cost = gas_cost_in_asset0(snap, v.gas_used * max_fee, self.policy)
+            out.append(Simulated(c.data, v.returned, v.gas_limit, cost, sim.base_fee))
         return out
 
     def _profitable(

@@ -10,8 +10,8 @@ echo "== ruff"
 ruff check .
 echo "== mypy"
 # margin/ strictly ([tool.mypy] in pyproject.toml): the engine that must equal the verifier;
-# keeper/ with the default checks.
-mypy margin keeper
+# keeper/ and bench/ with the default checks.
+mypy margin keeper bench
 echo "== forge build + test"
 # FORGE_SNAPSHOT_CHECK: a gas figure that differs from the committed contracts/snapshots/ fails
 # the run, so gas changes are always deliberate (re-record with plain `forge test --offline`).

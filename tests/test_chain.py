@@ -31,8 +31,9 @@ from keeper.chain import (
     redact_url,
     revert_data_of,
 )
+from keeper.chain.errors import BatchReadError
 from keeper.chain.multicall import Call, abi_functions
-from keeper.chain.view import StalePrice
+from keeper.chain.view import LAYOUT_READS, ChainView, Layout, StalePrice
 from keeper.config import RpcConfig
 from keeper.core import find_settlement_round
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
@@ -405,6 +406,37 @@ def test_layout_change_costs_round_trips_not_correctness(
     )
     again = chain.view().snapshot([seeded.accounts["naked"]])
     assert again.round_trips == 4 and again.accounts == snap.accounts
+
+
+def test_a_layout_read_from_another_state_is_read_again(seeded: Seeded, chain: Chain) -> None:
+    """A node that answers the layout read from the next block's state while mining it (anvil
+    on automine): the snapshot reads the layout again, a moment later, rather than failing the
+    block; a layout that never agrees is a named error."""
+
+    class Racing(ChainView):
+        wrong = 0
+
+        def _read_layout(self) -> Layout:
+            real = super()._read_layout()
+            if self.wrong == 0:
+                return real
+            self.wrong -= 1  # one instrument more: what the next block lists
+            return dataclasses.replace(real, instruments=real.instruments + 1)
+
+    accounts = [seeded.accounts["naked"]]
+    head = chain.head()
+    expected = chain.view(head).snapshot(accounts)
+    for wrong in (1, 2):
+        chain.layout = dataclasses.replace(chain.layout, instruments=0)  # a wrong guess
+        view = Racing(chain, head)
+        view.wrong = wrong
+        snap = view.snapshot(accounts)
+        assert (snap.accounts, snap.instruments) == (expected.accounts, expected.instruments)
+    chain.layout = dataclasses.replace(chain.layout, instruments=0)
+    never = Racing(chain, head)
+    never.wrong = LAYOUT_READS
+    with pytest.raises(BatchReadError, match="layout unstable"):
+        never.snapshot(accounts)
 
 
 def test_websocket_connection_reads_the_same(seeded: Seeded, anvil: Anvil, chain: Chain) -> None:

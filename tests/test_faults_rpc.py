@@ -195,6 +195,28 @@ def test_a_fault_that_does_not_stop_is_a_named_scrubbed_error(
     assert fields(chain.view(head).snapshot(net.accounts)) == fields(reference(net, head.number))
 
 
+def test_a_batch_that_times_out_is_halved_until_the_node_answers(
+    net: Net, proxy: FaultProxy
+) -> None:
+    """A node that cannot answer a large batch within the timeout (on every retry) answers
+    halves of it: the keeper moves on with smaller batches instead of failing every block."""
+    chain = faulty_chain(proxy.url, net.d, 1)
+    rule = proxy.add("timeout", min_batch=9, hang_seconds=HANG)
+    calls = [("eth_getBalance", [chain.clearing_house, hex(n)]) for n in range(1, 21)]
+    expected = [r["result"] for r in Chain.connect(net.node.url, net.d).rpc.batch(calls)]
+    got = chain.rpc.batch(calls)
+    assert [r["result"] for r in got] == expected
+    assert chain.rpc.max_batch == 5  # each batch is tried twice (one retry)
+    assert rule.fired == 4  # the 20, then the first 10: the second 10 goes as two 5s
+    fired = rule.fired
+    assert [r["result"] for r in chain.rpc.batch(calls)] == expected  # 5 at a time now
+    assert rule.fired == fired
+    # A broadcast is never split: the node may have taken its transactions.
+    sends = [("eth_sendRawTransaction", ["0x00"])] * 10
+    with pytest.raises(RpcTimeout):
+        faulty_chain(proxy.url, net.d, 0).rpc.batch(sends)
+
+
 def test_rate_limit_waits_for_retry_after(net: Net, proxy: FaultProxy) -> None:
     waits: list[float] = []
     chain = faulty_chain(proxy.url, net.d, sleep=waits.append)

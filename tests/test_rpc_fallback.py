@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
+from bench.keeper_setup import free_port
 from keeper.chain import Chain, RetryPolicy, RpcUnavailable, WrongChain
 from keeper.chain.fallback import EndpointWrongChain, FallbackProvider
 from keeper.config import ConfigError, RpcConfig, load_config_data
@@ -391,3 +392,66 @@ def test_the_keeper_fails_over_and_back(
 
 def _direct_head(anvil: Anvil) -> int:
     return int(Web3(Web3.HTTPProvider(anvil.url)).eth.block_number)
+
+
+def test_websocket_primary_with_http_fallbacks(
+    anvil: Anvil, deployment: Deployment, tmp_path: Path
+) -> None:
+    """``ws_url`` and ``fallback_urls`` together: the WebSocket endpoint carries reads and
+    heads while it is up; when it is down the keeper service keeps processing blocks through
+    the HTTP fallback, and the head subscription's failures stop nothing."""
+    deployment.write(tmp_path / "deployment.json")
+    dead = f"ws://127.0.0.1:{free_port()}"
+
+    def service(ws_url: str, fallbacks: list[str]) -> KeeperService:
+        cfg = load_config_data(
+            {
+                "rpc": {
+                    "url": anvil.url,
+                    "ws_url": ws_url,
+                    "fallback_urls": fallbacks,
+                    "chain_id": 31337,
+                    "timeout_seconds": 5,
+                },
+                "deployment": {"file": str(tmp_path / "deployment.json")},
+                "store": {"url": f"sqlite:///{tmp_path}/keeper-{len(ws_url)}-{len(fallbacks)}.db"},
+                "decisions": {"confirmations": 1},
+                "metrics": {"enabled": False},
+                "service": {"dry_run": True, "consistency_interval_seconds": 0},
+            },
+            environ={},
+        )
+        return KeeperService(cfg)
+
+    live = service(anvil.url.replace("http://", "ws://"), [anvil.url])
+    live.open()
+    try:
+        assert live.chain is not None
+        states = _provider(live.chain).states()
+        assert [s.healthy for s in states] == [True, True]
+        anvil.rpc("evm_mine")
+        report = live.tick()
+        assert report is not None and report.processed
+        ws, http = _provider(live.chain).states()
+        assert ws.endpoint.startswith("ws://") and ws.failures == 0
+        assert ws.requests > 5 * http.requests  # the WebSocket endpoint carried the reads
+    finally:
+        live.close()
+
+    # The HTTP ``url`` stays behind the WebSocket endpoint even without fallback_urls (and is
+    # not listed twice when it is one of them).
+    for fallbacks in ([anvil.url], []):
+        down = service(dead, fallbacks)
+        down.open()  # the dead WebSocket endpoint is passed over from the first request
+        try:
+            assert down.chain is not None
+            for _ in range(2):
+                anvil.rpc("evm_mine")
+                report = down.tick()
+                assert report is not None and report.processed
+                assert down.health.last_block == report.head == _direct_head(anvil)
+            first, second = _provider(down.chain).states()
+            assert not first.healthy and second.healthy
+            assert second.endpoint == anvil.url.removesuffix("/")  # redacted = as given here
+        finally:
+            down.close()

@@ -34,6 +34,7 @@ from keeper.chain.errors import (
     NoCodeAtAddress,
     RpcError,
     RpcMalformedReply,
+    RpcTimeout,
     RpcUnavailable,
     WrongChain,
     scrub,
@@ -44,6 +45,8 @@ from keeper.secrets import redact_url, register_url
 
 #: The canonical Multicall3 address (deterministic deployment on most public chains).
 CANONICAL_MULTICALL3 = "0xcA11bde05977b3631167028862bE2a173976CA11"
+#: A batch that times out is halved while its halves hold at least this many requests.
+SPLIT_MIN_BATCH = 4
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +327,24 @@ class Rpc:
         if not self.batching:
             return self._one_by_one(reqs)
         provider = cast(JSONBaseProvider, self.w3.provider)
-        replies = self._guard(provider.make_batch_request, reqs)
+        try:
+            replies = self._guard(provider.make_batch_request, reqs)
+        except RpcTimeout:
+            # Unanswered within the timeout on every retry: a batch too heavy for the node
+            # would time out again on every block and the keeper would never move on. Halve
+            # it (and keep the smaller size) down to SPLIT_MIN_BATCH; a node that answers
+            # nothing still raises. A broadcast is not split: the node may have taken its
+            # transactions, and TxManager follows a send that failed in transport.
+            sends = any(m == "eth_sendRawTransaction" for m, _ in reqs)
+            if len(reqs) < 2 * SPLIT_MIN_BATCH or sends:
+                raise
+            half = (len(reqs) + 1) // 2
+            self.max_batch = half
+            log.warning(
+                "%s timed out on a JSON-RPC batch of %d; batches of at most %d from now on",
+                self.redacted, len(reqs), half,
+            )  # fmt: skip
+            return self._chunked(reqs)
         if not isinstance(replies, list):
             error = scrub(str(replies.get("error", replies)), self.url)
             if len(reqs) > 1:
@@ -336,7 +356,7 @@ class Rpc:
                     "%s refused a JSON-RPC batch of %d (%s); batches of at most %d from now on",
                     self.redacted, len(reqs), error, half,
                 )  # fmt: skip
-                return self._batch(reqs[:half]) + self._batch(reqs[half:])
+                return self._chunked(reqs)
             # Not even a batch of one: no batch support. One request per element from now
             # on -- more round trips (one per aggregate3 chunk, still not one per account)
             # rather than no reads at all.
@@ -352,6 +372,14 @@ class Rpc:
                 f"{self.redacted}: batch of {len(reqs)} requests, {len(replies)} replies"
             )
         return [dict(r) for r in replies]
+
+    def _chunked(self, reqs: list[tuple[RPCEndpoint, Any]]) -> list[dict[str, Any]]:
+        """``reqs`` in batches of the current ``max_batch``, which a batch may lower meanwhile."""
+        out: list[dict[str, Any]] = []
+        while len(out) < len(reqs):
+            size = self.max_batch or len(reqs)
+            out += self._batch(reqs[len(out) : len(out) + size])
+        return out
 
     def _one_by_one(self, reqs: list[tuple[RPCEndpoint, Any]]) -> list[dict[str, Any]]:
         return [dict(self._guard(self.w3.provider.make_request, m, p)) for m, p in reqs]

@@ -26,6 +26,7 @@ oracle checks are OracleLib.read's (keeper.protocol.oracle).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,10 @@ from margin.settlement import fold_settled
 
 WAD = 10**18
 NO_UNDERLYING = 255
+#: Reads of the protocol's layout when a snapshot's counts disagree with the layout it used,
+#: the later ones after LAYOUT_RETRY_SECONDS times the attempt number.
+LAYOUT_READS = 3
+LAYOUT_RETRY_SECONDS = 0.05
 
 
 # --- snapshot data -------------------------------------------------------------------------
@@ -292,9 +297,13 @@ class Chain:
         and one is configured). The configured chain id must be the deployment's."""
         if rpc.chain_id != deployment.chain_id:
             raise WrongChain(deployment.chain_id, rpc.chain_id, "the [rpc] configuration")
-        url = rpc.ws_url if websocket and rpc.ws_url else rpc.url
+        url, fallbacks = rpc.url, list(rpc.fallback_urls)
+        if websocket and rpc.ws_url:
+            # The WebSocket endpoint first; the HTTP ``url`` stays in the list behind it, so a
+            # dropped or dead WebSocket does not take the keeper's reads and sends with it.
+            url, fallbacks = rpc.ws_url, [rpc.url, *(u for u in fallbacks if u != rpc.url)]
         kwargs.setdefault("retry", RetryPolicy(max_retries=rpc.max_retries))
-        kwargs.setdefault("fallback_urls", rpc.fallback_urls)
+        kwargs.setdefault("fallback_urls", fallbacks)
         kwargs.setdefault("unhealthy_seconds", rpc.unhealthy_seconds)
         kwargs.setdefault("max_lag_blocks", rpc.max_lag_blocks)
         kwargs.setdefault("hedge_after_seconds", rpc.hedge_after_seconds)
@@ -402,11 +411,19 @@ class ChainView:
         reuse = reuse or {}
         layout = self.chain.layout
         snap = self._read(accounts, layout, reuse)
-        if snap is None:  # the guessed layout was wrong: read the real one, then read again
+        for attempt in range(LAYOUT_READS):
+            if snap is not None:
+                break
+            # The guessed layout was wrong: read the real one, then read again. Two reads at
+            # one block disagree only when the node answered one of them from the next block's
+            # state while mining it (anvil on automine does: RELIABILITY.md, the soak): a moment
+            # later both come from the pinned block again.
+            if attempt:
+                time.sleep(LAYOUT_RETRY_SECONDS * attempt)
             layout = self._read_layout()
             snap = self._read(accounts, layout, reuse)
-            if snap is None:
-                raise BatchReadError(f"protocol layout unstable within block {self.block}")
+        if snap is None:
+            raise BatchReadError(f"protocol layout unstable within block {self.block}")
         stale = [
             a
             for a, acc in snap.accounts.items()

@@ -66,6 +66,7 @@ class FaultRule:
     hang_seconds: float = 2.0  # for timeout
     error_code: int = -32005
     error_message: str = "limit exceeded"
+    min_batch: int = 0  # only batches of at least this many requests (0: any request)
     fired: int = 0
 
     def matches(self, methods: list[str], *, batch: bool = True) -> bool:
@@ -73,6 +74,8 @@ class FaultRule:
             return False
         if self.kind == "short_batch" and not batch:
             return False  # nothing to cut short: not a fault, so not counted as one
+        if len(methods) < self.min_batch or (self.min_batch and not batch):
+            return False
         return self.methods is None or any(m in self.methods for m in methods)
 
 
