@@ -253,3 +253,19 @@ def test_a_lease_that_lapsed_and_is_renewed_gets_a_new_token(pg: str) -> None:
         assert store.add_action_decision(a_decision(account, "late")) is None  # old tokens
         m.begin_block()
         assert store.add_action_decision(a_decision(account, "late")) is not None
+
+
+def test_health_fails_after_too_long_without_a_lease() -> None:
+    from keeper.metrics import Health
+
+    began: list[float | None] = [None]
+    health = Health(max_leaseless=5.0, leaseless_since=lambda: began[0])
+    health.block(10, 0)
+    assert health.snapshot()[0], "holding a lease: healthy"
+    began[0] = time.monotonic() - 2
+    ok, body = health.snapshot()
+    assert ok and 1.5 < body["seconds_without_lease"] < 3
+    began[0] = time.monotonic() - 6
+    ok, body = health.snapshot()
+    assert not ok and body["status"] == "unhealthy"
+    assert "seconds_without_lease" not in Health().snapshot()[1], "a single keeper: no field"
