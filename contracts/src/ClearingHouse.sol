@@ -146,6 +146,7 @@ contract ClearingHouse is ClearingHouseBase {
         // full check decides); a volatile asset cannot be borrowed.
         if (asset != 0 && bal < wad) revert InsufficientBalance(account, asset, bal, wad);
         balanceOf[account][asset] = bal - wad;
+        _realiseFunding(account);
         _requireHealthyAfter(account);
         uint64 nonce = _bump(account);
         address to = accountOwner(account);
@@ -164,6 +165,7 @@ contract ClearingHouse is ClearingHouseBase {
         if (asset != 0 && bal < amount) revert InsufficientBalance(from, asset, bal, amount);
         balanceOf[from][asset] = bal - amount;
         balanceOf[to][asset] += amount;
+        _realiseFunding(from);
         _requireHealthyAfter(from);
         emit CollateralTransfer(from, to, asset, amount, _bump(from), _bump(to));
         _tryClearFlag(to);
@@ -201,9 +203,26 @@ contract ClearingHouse is ClearingHouseBase {
         private
     {
         int256 cash = (quantity * price) / WAD; // exact: LOT * TICK == 1e18
+        if (_instrumentWord(instrument) & PERP_MASK == 0) _recordFundingPrice(instrument, price);
         _tradeSide(buyer, instrument, quantity, -cash, price > mark);
         _tradeSide(seller, instrument, -quantity, cash, price < mark);
         emit Trade(++tradeCount, buyer, seller, instrument, quantity, price, _bump(buyer), _bump(seller));
+    }
+
+    /// @dev Adds the time since the last trade (or poke) at the last trade price to the
+    /// perpetual's price-time sum, then makes `price` the last trade price (the funding mark is
+    /// this sum over the time since the last poke: pokeFunding). The first trade ever prices
+    /// the time before it too. Prices are multiples of TICK: stored in TICKs (< 2^67).
+    function _recordFundingPrice(uint256 id, int256 price) private {
+        uint256 c = _fundingClock[id];
+        uint256 p = (c >> 80) & ((1 << 72) - 1);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        uint256 np = uint256(price) / uint256(TICK); // 0 < price <= MAX_PRICE
+        if (p == 0) p = np;
+        uint256 sum = (c >> 152) + p * (block.timestamp - ((c >> 40) & ((1 << 40) - 1)));
+        // 2^104 TICK-seconds: ~4,000 years at the largest price without a poke.
+        if (sum >> 104 != 0) revert InvalidPrice(price);
+        _fundingClock[id] = (c & ((1 << 40) - 1)) | (block.timestamp << 40) | (np << 80) | (sum << 152);
     }
 
     /// @dev Checks one order for a fill of `fill` (signed as the account sees it) and books it.
@@ -278,6 +297,7 @@ contract ClearingHouse is ClearingHouseBase {
     function _tradeSide(uint256 account, uint256 instrument, int256 delta, int256 cash, bool worseThanMark)
         private
     {
+        _realiseFunding(account);
         (Portfolio memory before,) = _loadPortfolio(account);
         int256 q = _applyPosition(account, instrument, delta);
         balanceOf[account][0] += cash;
@@ -371,6 +391,7 @@ contract ClearingHouse is ClearingHouseBase {
         uint256 bk;
         uint256[] taken; // (instrument << 128) | uint128(quantity), as the Liquidation event carries them
         int256[] prices;
+        int256 bkFunding; // the backstop's funding settled in the perpetuals it takes over
     }
 
     /// @notice Partially liquidates an account below MM (or below IM after its grace period):
@@ -390,6 +411,7 @@ contract ClearingHouse is ClearingHouseBase {
         v.bk = backstop;
         if (v.bk == 0) revert BackstopNotSet();
         if (account == v.bk) revert BackstopAccount(account);
+        _realiseFunding(account);
         (Portfolio memory pf, uint256[] memory ids) = _loadPortfolio(account);
         if (ids.length != _positions[account].length) {
             // Settled positions were folded out of the portfolio: realise them first, so that
@@ -408,7 +430,8 @@ contract ClearingHouse is ClearingHouseBase {
         }
         _handOver(account, pf, ids, marks, fraction, v);
         balanceOf[account][0] += v.cash;
-        balanceOf[v.bk][0] -= v.cash;
+        balanceOf[v.bk][0] += v.bkFunding - v.cash;
+        if (v.bkFunding != 0) emit FundingSettled(v.bk, v.bkFunding);
 
         accountState[account].flaggedAt = 0;
         _bump(v.bk);
@@ -498,6 +521,10 @@ contract ClearingHouse is ClearingHouseBase {
             if (closeQty == 0) continue;
             cash += (closeQty * price) / WAD; // exact
             uint256 id = ids[i];
+            if (pf.positions[i].kind == PortfolioMargin.FUTURE && pf.positions[i].expiry == 0) {
+                // A perpetual: the backstop's book changes, its funding is settled first.
+                v.bkFunding += _settleFundingAt(v.bk, id, _bookOf(_instrumentWord(id)));
+            }
             if (q != closeQty) {
                 q = int256(_pack(id, q - closeQty)); // (the slot's new value, reusing the variable)
                 assembly ("memory-safe") {
@@ -580,6 +607,7 @@ contract ClearingHouse is ClearingHouseBase {
     function settleAccount(uint256 account) external returns (uint256 settled) {
         settled = _realiseSettled(account);
         if (settled == 0) revert NothingToSettle(account);
+        _realiseFunding(account);
     }
 
     /// @dev settleAccount's work (nonce bumped only when something was settled).
@@ -621,6 +649,25 @@ contract ClearingHouse is ClearingHouseBase {
     function _onlyAuthorized(uint256 account) private view {
         if (accountOwner(account) != msg.sender && !isOperator[account][msg.sender]) {
             revert NotAuthorized(account, msg.sender);
+        }
+    }
+
+    /// @dev Realises the funding accrued on every perpetual position of the account into its
+    /// settlement balance (the checks count it either way: _loadPortfolio). Called by every
+    /// entry point that changes the account and bumps its nonce, before its positions change.
+    function _realiseFunding(uint256 account) private {
+        uint256[] storage slots = _positions[account];
+        uint256 n = slots.length;
+        int256 cash;
+        for (uint256 i; i < n; ++i) {
+            uint256 slot = _slotRead(slots, i);
+            uint256 id = slot >> 128;
+            uint256 w = _instrumentWord(id);
+            if (w & PERP_MASK == 0) cash += _settleFundingAt(account, id, _quantityOf(slot, w));
+        }
+        if (cash != 0) {
+            balanceOf[account][0] += cash;
+            emit FundingSettled(account, cash);
         }
     }
 
@@ -685,6 +732,8 @@ contract ClearingHouse is ClearingHouseBase {
     function _applyPosition(uint256 account, uint256 id, int256 delta) private returns (int256 q) {
         uint256 idx = _positionIndex[account][id];
         if (idx == 0) {
+            // A new position settles funding from now on.
+            if (_instrumentWord(id) & PERP_MASK == 0) _settleFundingAt(account, id, 0);
             if (account == backstop) {
                 _addToBackstop(account, id, delta);
                 return 0;
@@ -811,6 +860,8 @@ contract ClearingHouse is ClearingHouseBase {
             }
             ids[live] = id;
             ps[live++] = Position(w & 0xff, uint8(w >> 8), strike, uint64(uint40(w >> 32)), q, 0);
+            // A perpetual's funding accrued since the position last settled counts as cash.
+            if (w & PERP_MASK == 0) settledCash += _accrued(account, id, q);
         }
         assembly ("memory-safe") {
             // Shrink to the live positions (live <= n: the arrays only get shorter).
@@ -824,6 +875,12 @@ contract ClearingHouse is ClearingHouseBase {
             pf.collateral[k] = balanceOf[account][k];
         }
         if (nA != 0) pf.collateral[0] += settledCash;
+    }
+
+    /// @dev The funding accrued by the account's position q in the perpetual id since it last
+    /// settled (what _settleFundingAt would pay it now).
+    function _accrued(uint256 account, uint256 id, int256 q) private view returns (int256) {
+        return -(q * (_fundingIndex[id] - _fundingIndexAt[account][id])) / WAD;
     }
 
     /// @dev Reads the feeds of the underlyings the portfolio uses (positions and non-zero
