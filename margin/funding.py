@@ -94,9 +94,7 @@ class FundingClock:
 
     @classmethod
     def unpack(cls, word: int) -> FundingClock:
-        return cls(
-            word & _MASK40, (word >> 40) & _MASK40, (word >> 80) & _MASK72, word >> 152
-        )
+        return cls(word & _MASK40, (word >> 40) & _MASK40, (word >> 80) & _MASK72, word >> 152)
 
     def pack(self) -> int:
         return (
