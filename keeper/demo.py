@@ -152,6 +152,7 @@ ACTION_EVENTS = {
     "settle_instrument": "InstrumentSettled",
     "settle_account": "PositionSettled",
     "resolve_bad_debt": "BadDebtResolved",
+    "poke_funding": "FundingPoked",
 }
 INSTRUMENT_PREFIX = "instrument:"  # decisions about an instrument (settlement), not an account
 

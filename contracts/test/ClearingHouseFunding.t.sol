@@ -3,6 +3,7 @@ pragma solidity 0.8.30;
 
 import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
 import {IClearingHouseErrors} from "../src/interfaces/IClearingHouse.sol";
+import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {MarginResult} from "../src/margin/PortfolioMargin.sol";
 
 /// @notice Perpetual funding: the index a poke moves (TWAP mark against the oracle, clamped by
@@ -172,5 +173,79 @@ contract ClearingHouseFundingTest is ClearingHouseFixture {
         vm.prank(LIQ);
         ch.flag(small, nonceOf(small), r.witness);
         assertTrue(flaggedAt(small) != 0, "flagged");
+    }
+}
+
+/// @notice Gas of funding on perpetual books, each figure in a fresh transaction after setUp
+/// (cold storage, as on chain), recorded in contracts/snapshots/ClearingHouseFundingGas.json:
+/// a withdrawal and a trade of an account holding one perpetual position with nothing to
+/// realise, then with funding accrued (realised: the position's index and the balance written,
+/// one FundingSettled event), and a poke. The difference of each pair is what realising costs.
+contract ClearingHouseFundingGas is ClearingHouseFixture {
+    uint256 internal alice;
+    uint256 internal bob;
+
+    function setUp() public override {
+        super.setUp();
+        alice = fund(ALICE, 0, 1_000_000e6);
+        bob = fund(BOB, 0, 1_000_000e6);
+        vm.prank(GOV);
+        adm.setFundingCap(0.001e18);
+        doTrade(alice, bob, ethPerp, 3e18, 2001e18);
+        vm.warp(block.timestamp + ch.FUNDING_INTERVAL());
+        refreshFeeds();
+    }
+
+    /// @dev Pokes (accrue) or only reads, then cools the storage both touched: the measured
+    /// call finds the same warm addresses and cold slots either way.
+    function _prepare(bool accrue) internal {
+        if (accrue) adm.pokeFunding(ethPerp);
+        assertTrue((adm.accruedFunding(alice) != 0) == accrue, "accrued as intended");
+        vm.cool(address(ch));
+        vm.cool(address(ethFeed));
+    }
+
+    function _withdraw() internal returns (uint256 used) {
+        uint256 g = gasleft();
+        vm.prank(ALICE);
+        ch.withdraw(alice, 0, 1e6);
+        used = g - gasleft();
+    }
+
+    function _trade() internal returns (uint256 used) {
+        ClearingHouseBase.Order memory bo = newOrder(alice, ethPerp, 1e18, 2000e18);
+        ClearingHouseBase.Order memory so = newOrder(bob, ethPerp, -1e18, 2000e18);
+        bytes memory bs = signFor(address(ch), bo);
+        bytes memory ss = signFor(address(ch), so);
+        uint256 g = gasleft();
+        vm.prank(MATCH);
+        ch.trade(bo, bs, so, ss, 1e18, 2000e18);
+        used = g - gasleft();
+    }
+
+    function test_gas_withdrawPerpNothingAccrued() public {
+        _prepare(false);
+        vm.snapshotValue("withdraw_perp_nothingAccrued", _withdraw());
+    }
+
+    function test_gas_withdrawPerpAccrued() public {
+        _prepare(true);
+        vm.snapshotValue("withdraw_perp_accrued", _withdraw());
+    }
+
+    function test_gas_tradePerpNothingAccrued() public {
+        _prepare(false);
+        vm.snapshotValue("trade_perp_nothingAccrued", _trade());
+    }
+
+    function test_gas_tradePerpAccrued() public {
+        _prepare(true);
+        vm.snapshotValue("trade_perp_accrued", _trade());
+    }
+
+    function test_gas_pokeFunding() public {
+        uint256 g = gasleft();
+        adm.pokeFunding(ethPerp);
+        vm.snapshotValue("pokeFunding", g - gasleft());
     }
 }

@@ -152,6 +152,8 @@ class ProtocolSnapshot:
     accounts: dict[int, AccountSnapshot]
     #: Perpetuals only: the cumulative funding index (WAD per contract).
     funding_indices: dict[int, int] = field(default_factory=dict)
+    #: Perpetuals only: when their funding was last poked (the next poke is due an interval on).
+    funding_last_poke: dict[int, int] = field(default_factory=dict)
     round_trips: int = 0  # JSON-RPC round trips this snapshot took (header not included)
     reused_accounts: int = 0  # accounts whose positions and balances came from ``reuse``
     _tables: dict[Market, ScenarioTable] = field(default_factory=dict, repr=False)
@@ -584,6 +586,11 @@ class ChainView:
 
         if tuple((u.price_feed, u.vol_feed) for u in unders) != layout.feeds:
             return None
+        perps = {
+            i: fs
+            for i, fs in funding_states.items()
+            if fs is not None and is_perpetual(instruments[i].kind, instruments[i].expiry)
+        }
         return ProtocolSnapshot(
             block=self.block,
             timestamp=timestamp,
@@ -602,9 +609,6 @@ class ChainView:
             },
             feeds=feeds,
             accounts=accts,
-            funding_indices={
-                i: fs[0]
-                for i, fs in funding_states.items()
-                if fs is not None and is_perpetual(instruments[i].kind, instruments[i].expiry)
-            },
+            funding_indices={i: fs[0] for i, fs in perps.items()},
+            funding_last_poke={i: fs[1] for i, fs in perps.items()},
         )
