@@ -198,6 +198,16 @@ class ProtocolSnapshot:
             out.append((iid, accrued_funding(q, self.funding_indices.get(iid, 0), at)))
         return out
 
+    def portfolio_funding(self, account: int) -> tuple[int, ...]:
+        """Per position of ``portfolio(account)`` (the live ones, storage order): its accrued
+        funding (0 for a position that is not a perpetual)."""
+        accrued = dict(self.position_funding(account))
+        return tuple(
+            accrued.get(iid, 0)
+            for iid, _ in self.accounts[account].positions
+            if iid not in self.settlement_prices
+        )
+
     def accrued_funding(self, account: int) -> int:
         """ClearingHouseAdmin.accruedFunding: the account's funding accrued, not realised."""
         return sum(c for _, c in self.position_funding(account))
