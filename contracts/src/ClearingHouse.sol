@@ -146,7 +146,6 @@ contract ClearingHouse is ClearingHouseBase {
         // full check decides); a volatile asset cannot be borrowed.
         if (asset != 0 && bal < wad) revert InsufficientBalance(account, asset, bal, wad);
         balanceOf[account][asset] = bal - wad;
-        _realiseFunding(account);
         _requireHealthyAfter(account);
         uint64 nonce = _bump(account);
         address to = accountOwner(account);
@@ -165,7 +164,6 @@ contract ClearingHouse is ClearingHouseBase {
         if (asset != 0 && bal < amount) revert InsufficientBalance(from, asset, bal, amount);
         balanceOf[from][asset] = bal - amount;
         balanceOf[to][asset] += amount;
-        _realiseFunding(from);
         _requireHealthyAfter(from);
         emit CollateralTransfer(from, to, asset, amount, _bump(from), _bump(to));
         _tryClearFlag(to);
@@ -297,8 +295,8 @@ contract ClearingHouse is ClearingHouseBase {
     function _tradeSide(uint256 account, uint256 instrument, int256 delta, int256 cash, bool worseThanMark)
         private
     {
-        _realiseFunding(account);
-        (Portfolio memory before,) = _loadPortfolio(account);
+        (Portfolio memory before, uint256[] memory ids) = _loadPortfolio(account);
+        _realiseLoaded(account, before, ids); // (before already counts it: unchanged)
         int256 q = _applyPosition(account, instrument, delta);
         balanceOf[account][0] += cash;
         if (before.positions.length > MAX_POSITIONS) {
@@ -391,6 +389,7 @@ contract ClearingHouse is ClearingHouseBase {
         uint256 bk;
         uint256[] taken; // (instrument << 128) | uint128(quantity), as the Liquidation event carries them
         int256[] prices;
+        int256 funding; // the account's funding, realised (every perpetual is a live position)
         int256 bkFunding; // the backstop's funding settled in the perpetuals it takes over
     }
 
@@ -411,7 +410,6 @@ contract ClearingHouse is ClearingHouseBase {
         v.bk = backstop;
         if (v.bk == 0) revert BackstopNotSet();
         if (account == v.bk) revert BackstopAccount(account);
-        _realiseFunding(account);
         (Portfolio memory pf, uint256[] memory ids) = _loadPortfolio(account);
         if (ids.length != _positions[account].length) {
             // Settled positions were folded out of the portfolio: realise them first, so that
@@ -429,8 +427,9 @@ contract ClearingHouse is ClearingHouseBase {
             }
         }
         _handOver(account, pf, ids, marks, fraction, v);
-        balanceOf[account][0] += v.cash;
+        balanceOf[account][0] += v.cash + v.funding;
         balanceOf[v.bk][0] += v.bkFunding - v.cash;
+        if (v.funding != 0) emit FundingSettled(account, v.funding);
         if (v.bkFunding != 0) emit FundingSettled(v.bk, v.bkFunding);
 
         accountState[account].flaggedAt = 0;
@@ -518,13 +517,12 @@ contract ClearingHouse is ClearingHouseBase {
                 int256 r = price % TICK;
                 if (r != 0) price = q > 0 ? price - r : price + (TICK - r);
             }
+            if (pf.positions[i].kind == PortfolioMargin.FUTURE && pf.positions[i].expiry == 0) {
+                _handOverFunding(account, ids[i], q, closeQty, v);
+            }
             if (closeQty == 0) continue;
             cash += (closeQty * price) / WAD; // exact
             uint256 id = ids[i];
-            if (pf.positions[i].kind == PortfolioMargin.FUTURE && pf.positions[i].expiry == 0) {
-                // A perpetual: the backstop's book changes, its funding is settled first.
-                v.bkFunding += _settleFundingAt(v.bk, id, _bookOf(_instrumentWord(id)));
-            }
             if (q != closeQty) {
                 q = int256(_pack(id, q - closeQty)); // (the slot's new value, reusing the variable)
                 assembly ("memory-safe") {
@@ -545,6 +543,13 @@ contract ClearingHouse is ClearingHouseBase {
             mstore(taken, moved)
             mstore(prices, moved)
         }
+    }
+
+    /// @dev A perpetual in a liquidation: the account's funding is realised (pf counts it
+    /// already) and, when part of the position moves, the backstop's (its book changes).
+    function _handOverFunding(uint256 account, uint256 id, int256 q, int256 closeQty, LiqVars memory v) private {
+        v.funding += _settleFundingAt(account, id, q);
+        if (closeQty != 0) v.bkFunding += _settleFundingAt(v.bk, id, _bookOf(_instrumentWord(id)));
     }
 
     /// @notice Resolves the bad debt of an account with no live position whose model equity
@@ -671,6 +676,20 @@ contract ClearingHouse is ClearingHouseBase {
         }
     }
 
+    /// @dev _realiseFunding from a portfolio just loaded (`pf`, `ids`: _loadPortfolio's; the
+    /// perpetuals are all live positions), without reading the position list again.
+    function _realiseLoaded(uint256 account, Portfolio memory pf, uint256[] memory ids) private {
+        int256 cash;
+        for (uint256 i; i < ids.length; ++i) {
+            Position memory p = pf.positions[i];
+            if (p.kind == PortfolioMargin.FUTURE && p.expiry == 0) cash += _settleFundingAt(account, ids[i], p.quantity);
+        }
+        if (cash != 0) {
+            balanceOf[account][0] += cash;
+            emit FundingSettled(account, cash);
+        }
+    }
+
     function _bump(uint256 account) private returns (uint64 n) {
         n = accountState[account].nonce + 1;
         accountState[account].nonce = n;
@@ -688,7 +707,9 @@ contract ClearingHouse is ClearingHouseBase {
     /// any oracle (a flagged one takes the full check, so that its clearing is announced).
     function _requireHealthyAfter(uint256 account) private {
         if (_positions[account].length == 0 && !_hasDebt(account) && accountState[account].flaggedAt == 0) return;
-        MarginResult memory r = _fullCheck(account, false);
+        (Portfolio memory pf, uint256[] memory ids) = _loadPortfolio(account);
+        _realiseLoaded(account, pf, ids); // (an account without positions has none to realise)
+        MarginResult memory r = _verify(pf, _market(pf, false));
         if (r.state != HEALTHY) revert InsufficientMargin(account, r.equity, r.initialMargin);
         if (accountState[account].flaggedAt != 0) {
             accountState[account].flaggedAt = 0;
