@@ -30,7 +30,6 @@ Pure: no I/O, nothing from ``keeper``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from margin.errors import ArithmeticOverflow
@@ -139,20 +138,6 @@ def poke(index: int, clock: FundingClock, spot: int, cap: int, now: int) -> tupl
     return delta, _checked(index + delta)
 
 
-def account_accrued(
-    positions: Sequence[tuple[int, int, int, int]],
-    indices: Mapping[int, int],
-) -> int:
-    """The funding an account has accrued (``ClearingHouseAdmin.accruedFunding``):
-    ``positions`` holds (instrument id, quantity, index the position last settled at, perp
-    flag as 0/1) in storage order; ``indices`` the perpetuals' current indices."""
-    total = 0
-    for iid, q, index_at, perp in positions:
-        if perp:
-            total = _checked(total + accrued_funding(q, indices.get(iid, 0), index_at))
-    return total
-
-
 def fold_funding(portfolio: Portfolio, accrued: int) -> Portfolio:
     """The portfolio with the accrued funding added to the settlement balance, as
     ``_loadPortfolio`` adds it to ``collateral[0]`` (nothing without an asset)."""
@@ -168,7 +153,6 @@ __all__ = [
     "MAX_FUNDING_CAP",
     "TICK",
     "FundingClock",
-    "account_accrued",
     "accrued_funding",
     "fold_funding",
     "funding_delta",
