@@ -26,9 +26,10 @@ one snapshot reads more than max(``rebuild_after``, ``rebuild_fraction`` x book)
 the columns are rebuilt at the next snapshot from that snapshot's books (a deposit or trade
 touches a few accounts a block, so a rebuild is rare; its cost is the Book's construction,
 about 0.1 ms per account). They are rebuilt at once when what every book depends on changes
-(risk parameters, rate, settlements). Accounts a snapshot did not read keep their columns
-(their nonce is checked when they are next read). Prices never need a rebuild: every snapshot
-prices the book's rows in its own market.
+(risk parameters, rate, settlements, perpetuals' funding indices: a poke changes the accrued
+funding in every perpetual holder's equity without moving its nonce). Accounts a snapshot did
+not read keep their columns (their nonce is checked when they are next read). Prices never
+need a rebuild: every snapshot prices the book's rows in its own market.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ AccountKey = tuple[int, int]
 #: (key, change digest, state) of a quiet exact assessment.
 Quiet = tuple[AccountKey, str, AccountState]
 #: What every account's margin depends on besides its own book and the prices.
-Context = tuple[bytes, int, frozenset[tuple[int, int]], int]
+Context = tuple[bytes, int, frozenset[tuple[int, int]], int, frozenset[tuple[int, int]]]
 
 
 @dataclass
@@ -70,6 +71,8 @@ def _context(snap: ProtocolSnapshot) -> Context:
         snap.rate,
         frozenset(snap.settlement_prices.items()),
         snap.backstop,
+        # A funding poke moves every perpetual holder's equity without touching its nonce.
+        frozenset(snap.funding_indices.items()),
     )
 
 

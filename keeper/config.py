@@ -352,6 +352,8 @@ class ServiceConfig(_Section):
     #: Catch-up pass for expired instruments (settlement also runs when a block passes an
     #: expiry).
     settle_interval_seconds: PositiveSeconds = 60.0
+    #: Funding job: pokes the perpetuals whose funding interval has passed (0 = off).
+    funding_interval_seconds: float = Field(default=60.0, ge=0, le=86_400)
     #: Risk-parameter recalibration hook (0 = off): calls the configured recalibrator.
     recalibrate_interval_seconds: float = Field(default=0.0, ge=0, le=86_400 * 7)
     #: Read-only mode: assess and record, never send (no signer needed).

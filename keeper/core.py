@@ -67,6 +67,7 @@ from keeper.decisions import (
 )
 from keeper.deployment import clearing_house_abi
 from keeper.fault_points import crash_point
+from keeper.protocol.funding import due_pokes, poke_funding_action
 from keeper.protocol.settlement import (
     PHASE_MASK,
     RoundChoice,
@@ -157,6 +158,14 @@ class _Candidate:
     target: str
     changed: bool
     data: str
+
+
+def _market_state(action: Action | None) -> str:
+    """The state column of a decision about an instrument: "funding" for a funding poke,
+    "expired" for a settlement."""
+    if action is not None and action.kind == ActionKind.POKE_FUNDING:
+        return "funding"
+    return "expired"
 
 
 def _target(action: Action) -> str:
@@ -389,6 +398,21 @@ class KeeperCore:
         finally:
             self._flush()
         report.rpc_round_trips = view.round_trips - start + self._extra_trips
+        return report
+
+    def poke_funding(self, view: ChainView) -> BlockReport:
+        """Funding job: pokeFunding for every perpetual whose funding interval has passed at
+        this block (maintenance actions: gated, simulated and recorded like settlement)."""
+        start = view.round_trips
+        report = BlockReport(view.block.number)
+        snap = view.snapshot([])
+        due = []
+        for iid, last in due_pokes(snap):
+            candidate = self._candidate(snap, poke_funding_action(iid, last), None, report, True)
+            if candidate is not None:
+                due.append(candidate)
+        self._execute(snap, due, report)
+        report.rpc_round_trips = view.round_trips - start
         return report
 
     def _assess(
@@ -804,7 +828,7 @@ class KeeperCore:
             initial_margin=res.initial_margin if res is not None else 0,
             equity=res.equity if res is not None else 0,
             witness=list(res.witness) if res is not None else None,
-            state=a.state if a is not None else "expired",
+            state=a.state if a is not None else _market_state(action),
             action=action.kind if action is not None else "none",
             fraction=action.fraction if action is not None else None,
             expected_bounty=action.expected_bounty if action is not None else None,

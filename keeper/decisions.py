@@ -61,6 +61,7 @@ class ActionKind(StrEnum):
     RESOLVE_BAD_DEBT = "resolve_bad_debt"
     SETTLE_INSTRUMENT = "settle_instrument"
     CLEAR_FLAG = "clear_flag"
+    POKE_FUNDING = "poke_funding"
 
 
 STATES = tuple(s.value for s in AccountState)
@@ -74,6 +75,7 @@ MAINTENANCE = frozenset(
         ActionKind.RESOLVE_BAD_DEBT,
         ActionKind.SETTLE_INSTRUMENT,
         ActionKind.CLEAR_FLAG,
+        ActionKind.POKE_FUNDING,
     }
 )
 
@@ -136,6 +138,8 @@ class Action:
             return "clearFlag", (self.account,)
         if self.kind == ActionKind.SETTLE_INSTRUMENT:
             return "settleInstrument", (self.instrument, self.round_id)
+        if self.kind == ActionKind.POKE_FUNDING:
+            return "pokeFunding", (self.instrument,)
         raise ValueError(f"unknown action kind {self.kind}")
 
 

@@ -115,6 +115,12 @@ class DemoSummary:
     accounts_settled: int
     positions_settled: int
     bad_debt_resolved: int
+    #: Perpetual funding: pokes on chain (FundingPoked), and the funding paid by the payers,
+    #: realised (FundingSettled) or accrued (accruedFunding at the end), in USDC; the receivers
+    #: got exactly as much (funding is zero-sum, ``funding_received`` says it).
+    funding_pokes: int
+    funding_paid: str
+    funding_received: str
     bounty_earned: str
     bounty_onchain: str
     gas_used: int
@@ -152,6 +158,7 @@ ACTION_EVENTS = {
     "settle_instrument": "InstrumentSettled",
     "settle_account": "PositionSettled",
     "resolve_bad_debt": "BadDebtResolved",
+    "poke_funding": "FundingPoked",
 }
 INSTRUMENT_PREFIX = "instrument:"  # decisions about an instrument (settlement), not an account
 
@@ -177,7 +184,11 @@ def keeper_config(anvil: Anvil, out: Path, deployment_file: Path) -> dict[str, A
             "block_poll_interval_seconds": 0.25,
         },
         "metrics": {"bind": f"127.0.0.1:{_free_port()}"},
-        "service": {"watchdog_seconds": 60, "settle_interval_seconds": 5},
+        "service": {
+            "watchdog_seconds": 60,
+            "settle_interval_seconds": 5,
+            "funding_interval_seconds": 5,
+        },
     }
 
 
@@ -504,6 +515,7 @@ def _summary(
             actions.setdefault(action, ActionCount()).on_chain = n
     keeper_address = service.address or ""
     onchain = int(ch.functions.bounties(keeper_address).call()) if keeper_address else 0
+    paid, received = _funding(ch, market, deployment, first_block, last)
     flagged = {int(e["args"]["account"]) for e in logs["MarginCall"]}
     liquidated = {int(e["args"]["account"]) for e in logs["Liquidation"]}
     seeded = {str(a.account) for a in market.accounts}
@@ -554,6 +566,9 @@ def _summary(
         accounts_settled=len({int(e["args"]["account"]) for e in logs["PositionSettled"]}),
         positions_settled=len(logs["PositionSettled"]),
         bad_debt_resolved=len(logs["BadDebtResolved"]),
+        funding_pokes=len(logs["FundingPoked"]),
+        funding_paid=f"{paid / WAD:.6f}",
+        funding_received=f"{received / WAD:.6f}",
         bounty_earned=f"{bounty / WAD:.6f}",
         bounty_onchain=f"{onchain / WAD:.6f}",
         gas_used=gas_used,
@@ -562,6 +577,20 @@ def _summary(
         seconds=round(time.monotonic() - t0, 1),
         out=str(opts.out),
     )
+
+
+def _funding(
+    ch: Any, market: SeededMarket, deployment: Deployment, first: int, last: int
+) -> tuple[int, int]:
+    """(paid, received): per account, the funding it realised in the run plus what it has
+    accrued at the end; the payers' total (as a positive amount) and the receivers'."""
+    per: Counter[int] = Counter()
+    for e in ch.events.FundingSettled().get_logs(from_block=first, to_block=last):
+        per[int(e["args"]["account"])] += int(e["args"]["amount"])
+    holders = {a.account for a in market.accounts} | {market.maker, deployment.backstop_account}
+    for a in holders | set(per):
+        per[a] += int(ch.functions.accruedFunding(a).call(block_identifier=last))
+    return -sum(v for v in per.values() if v < 0), sum(v for v in per.values() if v > 0)
 
 
 def _ordered(counts: dict[str, int]) -> list[tuple[str, int]]:
@@ -635,6 +664,11 @@ def _print_summary(console: Console, s: DemoSummary) -> None:
             "accounts",
         ),
         ("bad debt resolved", f"{s.bad_debt_resolved} accounts"),
+        (
+            "funding",
+            f"{s.funding_pokes} pokes; {s.funding_paid} USDC paid by longs or shorts to the "
+            f"other side ({s.funding_received} USDC received)",
+        ),
         ("never distressed", f"{s.never_distressed} of {s.accounts} seeded accounts"),
         ("bounty earned", f"{s.bounty_earned} USDC (credited on chain: {s.bounty_onchain} USDC)"),
         ("gas", f"{s.gas_used:,} gas = {s.gas_spent_wei / 1e18:.6f} ETH"),

@@ -189,9 +189,11 @@ def deploy_protocol(
     markets: Sequence[MarketConfig] = DEFAULT_MARKETS,
     backstop_usdc: int = 10_000_000,
     insurance_usdc: int = 100_000,
+    funding_cap: int = 10**15,
 ) -> Deployment:
     """Deploy verifier, clearing house, mock tokens and feeds; configure markets; fund the
-    backstop (the deployer's sub-account 1) and the insurance fund. Roles go to the deployer."""
+    backstop (the deployer's sub-account 1) and the insurance fund. Roles go to the deployer.
+    ``funding_cap``: the perpetuals' funding cap per interval (WAD of spot; 0.1% by default)."""
     deployer = deployer or w3.eth.accounts[0]
     start_block = w3.eth.block_number + 1
     verifier = deploy(w3, "MarginVerifier")
@@ -256,6 +258,8 @@ def deploy_protocol(
         ch.functions.setLiquidationConfig((5 * 10**16, 5 * 10**17, 3600, WAD, 1000 * WAD)),
         deployer,
     )
+    if funding_cap:
+        _send(w3, ch.functions.setFundingCap(funding_cap), deployer)
     for i in range(len(markets)):
         bounds = (10 * 10**16, 25 * 10**16, 5 * 10**16, 20 * 10**16)
         _send(w3, ch.functions.setRiskBounds(i, bounds), deployer)

@@ -49,7 +49,14 @@ def run(config_path: Path, account_text: str, block: str, as_json: bool) -> int:
         inputs = snap.inputs(account)
         names = tuple(u.get("symbol", f"U{u['index']}") for u in deployment.underlyings)
         assets = tuple(a.get("symbol", f"A{a['index']}") for a in deployment.assets)
-        pfile = PortfolioFile(inputs.market, snap.risk_params, inputs.portfolio, names, assets)
+        pfile = PortfolioFile(
+            inputs.market,
+            snap.risk_params,
+            inputs.portfolio,
+            names,
+            assets,
+            snap.portfolio_funding(account),
+        )
         report: dict[str, Any] = explain(pfile)
         onchain = view.call("marginOf", account)
     except OracleError as e:

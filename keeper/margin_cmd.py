@@ -325,7 +325,9 @@ def render(r: dict[str, Any], path: Path) -> None:
         console.print(_loss_grid(u))
 
     pos = Table(title="Positions (isolated = requirement of the position alone)")
-    for col in ("#", "underlying", "instrument", "expiry", "qty", "mark", "value", "isolated"):
+    cols: tuple[str, ...] = ("#", "underlying", "instrument", "expiry", "qty", "mark", "value")
+    cols += ("funding", "isolated")
+    for col in cols:
         left = col in ("underlying", "instrument", "expiry")
         pos.add_column(col, justify="left" if left else "right", no_wrap=True)
     for col in ("delta", "gamma", "vega", "theta"):
@@ -341,6 +343,7 @@ def render(r: dict[str, Any], path: Path) -> None:
             _num(p["quantity"], 4),
             _num(p["mark"]),
             _num(p["value"]),
+            _num(p["funding"]),
             _num(p["isolated_requirement"]),
             _greek(g["delta"]),
             _greek(g["gamma"], 6),

@@ -13,6 +13,8 @@ transaction manager, indexer, decision core, metrics — and runs them as APSche
 - **full sweep** (``decisions.sweep_interval_seconds``): every indexed account re-margined;
 - **consistency check** (``service.consistency_interval_seconds``): indexed state vs chain;
 - **settlement catch-up** (``service.settle_interval_seconds``);
+- **funding** (``service.funding_interval_seconds``): pokes each perpetual's funding once per
+  interval;
 - **recalibration hook** (``service.recalibrate_interval_seconds``, off by default).
 
 All jobs run on one worker thread, so they never interleave their reads and writes. SIGTERM or
@@ -506,6 +508,15 @@ class KeeperService:
 
         self._guard("settle", run)
 
+    def funding(self) -> None:
+        """Funding job: pokes the perpetuals due a funding poke (keeper/protocol/funding.py)."""
+
+        def run() -> None:
+            rt = self.runtime
+            self._record(rt.core.poke_funding(rt.chain.view()))
+
+        self._guard("funding", run)
+
     def consistency(self) -> None:
         """Indexed state against on-chain state (batched); mismatching accounts are re-margined
         from the chain at once, and a re-index is forced when whole events are missing."""
@@ -715,6 +726,13 @@ class KeeperService:
         sched.add_job(
             self.settle, "interval", seconds=cfg.service.settle_interval_seconds, id="settle"
         )
+        if cfg.service.funding_interval_seconds > 0:
+            sched.add_job(
+                self.funding,
+                "interval",
+                seconds=cfg.service.funding_interval_seconds,
+                id="funding",
+            )
         if cfg.service.consistency_interval_seconds > 0:
             sched.add_job(
                 self.consistency,

@@ -122,3 +122,22 @@ def test_vol_feed_round_feeds_the_market_of_the_whole_book() -> None:
         snap.feeds[VOL] = FeedRound(VOL, 6, vol, snap.timestamp, 6, 8)
         for x in engine.assess(snap, sorted(books), POLICY):
             _same(x, assess_account(snap, x.account, POLICY))
+
+
+def test_a_funding_poke_rebuilds_the_book_and_counts_in_equity() -> None:
+    """A poke moves a perpetual's funding index without touching any account's nonce: the
+    engine must not settle the holders from its old columns (the accrued funding is in their
+    equity now), and its assessments equal the exact path's."""
+    books = {a: (((1, WAD),), (50_000 * WAD, 0), 0) for a in range(1, 40)}
+    engine = BookEngine()
+    engine.assess(snapshot(books), sorted(books), POLICY)
+    engine.assess(snapshot(books), sorted(books), POLICY)
+    assert engine.stats.bounded == len(books)
+    snap = snapshot(books)
+    snap.funding_indices = {1: 52_700 * WAD}  # every long of 1 pays 52,700: below IM
+    assert snap.accrued_funding(1) == -52_700 * WAD
+    got = engine.assess(snap, sorted(books), POLICY)
+    assert engine.stats.rebuilt and engine.stats.bounded == 0
+    for x in got:
+        _same(x, assess_account(snap, x.account, POLICY))
+        assert x.state != "healthy"

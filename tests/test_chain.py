@@ -541,8 +541,8 @@ def test_node_without_batch_support_still_reads_per_chunk(seeded: Seeded, anvil:
         block = chain.head()
         accounts = list(seeded.accounts.values())
         snap = chain.view(block).snapshot(accounts)
-        # 11 globals + 2 + 2 + 2 x 24 instruments + 8 feed reads + 9 accounts x 4 = 107 calls.
-        assert snap.round_trips == 1 + 11  # the refused batch, then one per aggregate3 chunk
+        # 11 globals + 2 + 2 + 3 x 24 instruments + 8 feed reads + 9 accounts x 5 = 140 calls.
+        assert snap.round_trips == 1 + 14  # the refused batch, then one per aggregate3 chunk
         assert not chain.rpc.batching
     with CountingProxy(anvil.url) as ok:
         reference = Chain.connect(ok.url, seeded.d).view(block).snapshot(accounts)

@@ -320,6 +320,12 @@ BAD_FILES: dict[str, tuple[str | bytes, str]] = {
         "MarginError",
     ),
     "pricing_domain": (_mutated(_set(("market", "rate"), "0.9")), "MarginError"),
+    # Funding accrues on perpetuals only (position 1 is a put).
+    "funding_on_option": (
+        _mutated(_set(("portfolio", "positions", 1, "funding"), "-3")),
+        "InvalidFundingError",
+    ),
+    "funding_bad_number": (_mutated(_set((*POS0, "funding"), "x")), "InvalidNumberError"),
 }
 
 
@@ -419,3 +425,30 @@ def test_installed_entry_point() -> None:
     bad = subprocess.run([keeper, "margin", "/nonexistent.json"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr == "error: PortfolioFileNotFound: no such file: /nonexistent.json\n"
+
+
+def test_perpetual_funding_is_shown_and_counts_in_equity(tmp_path: Path) -> None:
+    """A perpetual's accrued funding (a position's ``funding``) is shown per position and
+    counts in the settlement balance, as the clearing house counts it: equity moves by exactly
+    the funding, the requirement not at all; the file written back reads the same."""
+    from margin.tools.loader import dump_portfolio
+
+    base = explain_json(HEDGED)
+    path = tmp_path / "funded.json"
+    path.write_text(_mutated(_set((*POS0, "funding"), "-12.5")))
+    out = explain_json(path)
+    assert out["positions"][0]["funding"] == "-12.5" and out["positions"][1]["funding"] == "0"
+    assert wei(out["equity"]) == wei(base["equity"]) - 12_500_000_000_000_000_000
+    assert out["requirement"] == base["requirement"]
+    table = run_cli(path)
+    assert table.exit_code == 0 and "funding" in table.stdout and "-12.50" in table.stdout
+    pfile = load_portfolio(path.read_text())
+    again = load_portfolio(
+        json.dumps(
+            dump_portfolio(
+                pfile.market, pfile.params, pfile.portfolio, pfile.underlying_names,
+                pfile.asset_names, pfile.funding,
+            )
+        )
+    )  # fmt: skip
+    assert again == pfile

@@ -541,3 +541,43 @@ def test_pending_settlement_is_not_sent_again_on_a_new_round(fresh: World, store
     assert again.skipped.get("in_flight") == len(first.actions_sent)
     assert len(store.transactions(txm.signer.address)) == len(first.actions_sent)
     store.close()
+
+
+def test_funding_is_poked_once_per_interval_and_recorded(fresh: World, tmp_path: Path) -> None:
+    """The funding job pokes every perpetual whose interval has passed, once (its key names
+    the poke it advances from), records the decision and its transaction like a settlement,
+    and the snapshot's equity then carries the accrued funding (marginOf to the wei)."""
+    core, txm, store, chain = keeper(fresh, f"sqlite:///{tmp_path / 'k.db'}")
+    acc, ch, w3 = fresh.accounts, fresh.ch, fresh.w3
+    perps = [i["id"] for i in fresh.dep.instruments if i["expiry"] == 0]
+    assert core.poke_funding(chain.view()).actions_sent == []  # within the first interval
+    last = {p: ch.functions.fundingState(p).call()[1] for p in perps}
+    fresh.node.rpc("evm_increaseTime", [3600])
+    btc = bind(w3, fresh.dep, "MockAggregator:BTC/USD")
+    _send(w3, btc.functions.setAnswer(btc.functions.answer().call()), w3.eth.accounts[0])
+    set_eth(fresh, 2990)  # the perp traded at 3000: longs pay, clamped at 0.1% of 2990
+    report = core.poke_funding(chain.view())
+    assert sorted(report.actions_sent) == sorted(f"poke_funding:{p}:{last[p]}" for p in perps)
+    again = core.poke_funding(chain.view())  # not mined yet: the keys are taken
+    assert again.actions_sent == []
+    settle(fresh, txm, store)
+    eth_perp = next(
+        i["id"] for i in fresh.dep.instruments if i["expiry"] == 0 and i["underlying"] == 0
+    )
+    index, polled, *_ = ch.functions.fundingState(eth_perp).call()
+    assert index == 2_990_000_000_000_000_000 and polled > last[eth_perp]
+    assert ch.functions.accruedFunding(acc["naked"]).call() == -index  # 1 long
+    for p in perps:
+        (row,) = store.decisions_for(f"instrument:{p}")
+        assert (row.action, row.state, row.instrument) == ("poke_funding", "funding", p)
+        tx = store.transaction_for_decision(row.id or 0)
+        assert tx is not None and tx.status == TxStatus.FINAL
+    assert core.poke_funding(chain.view()).actions_sent == []  # the next interval has not passed
+    view = chain.view()
+    snap = view.snapshot(acc.values())
+    for a in acc.values():
+        assert _as_tuple(snap.full_check(a).to_abi()) == _as_tuple(view.call("marginOf", a))
+
+
+def _as_tuple(x: object) -> object:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x

@@ -248,6 +248,9 @@ def test_summary_counts_add_up(demo: DemoRun) -> None:
     assert s["instruments_settled"] == s["instruments_expired"]
     assert s["accounts_settled"] >= acts["settle_account"]["on_chain"]
     assert s["positions_settled"] >= s["accounts_settled"]
+    # Funding: the keeper's pokes are the pokes on chain, and the funding paid is received.
+    assert s["funding_pokes"] == acts["poke_funding"]["on_chain"] > 0
+    assert s["funding_paid"] == s["funding_received"]
     # The table shows the same numbers: the total row of each table.
     total = [ln for ln in demo.stdout.splitlines() if "total" in ln]
     assert any(re.search(rf"total \(seeded\)\s*│\s*{seeded}\s*│", ln) for ln in total)

@@ -201,9 +201,26 @@ contract ClearingHouse is ClearingHouseBase {
         private
     {
         int256 cash = (quantity * price) / WAD; // exact: LOT * TICK == 1e18
+        if (_instrumentWord(instrument) & PERP_MASK == 0) _recordFundingPrice(instrument, price);
         _tradeSide(buyer, instrument, quantity, -cash, price > mark);
         _tradeSide(seller, instrument, -quantity, cash, price < mark);
         emit Trade(++tradeCount, buyer, seller, instrument, quantity, price, _bump(buyer), _bump(seller));
+    }
+
+    /// @dev Adds the time since the last trade (or poke) at the last trade price to the
+    /// perpetual's price-time sum, then makes `price` the last trade price (the funding mark is
+    /// this sum over the time since the last poke: pokeFunding). The first trade ever prices
+    /// the time before it too. Prices are multiples of TICK: stored in TICKs (< 2^67).
+    function _recordFundingPrice(uint256 id, int256 price) private {
+        uint256 c = _fundingClock[id];
+        uint256 p = (c >> 80) & ((1 << 72) - 1);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        uint256 np = uint256(price) / uint256(TICK); // 0 < price <= MAX_PRICE
+        if (p == 0) p = np;
+        uint256 sum = (c >> 152) + p * (block.timestamp - ((c >> 40) & ((1 << 40) - 1)));
+        // 2^104 TICK-seconds: ~4,000 years at the largest price without a poke.
+        if (sum >> 104 != 0) revert InvalidPrice(price);
+        _fundingClock[id] = (c & ((1 << 40) - 1)) | (block.timestamp << 40) | (np << 80) | (sum << 152);
     }
 
     /// @dev Checks one order for a fill of `fill` (signed as the account sees it) and books it.
@@ -278,7 +295,8 @@ contract ClearingHouse is ClearingHouseBase {
     function _tradeSide(uint256 account, uint256 instrument, int256 delta, int256 cash, bool worseThanMark)
         private
     {
-        (Portfolio memory before,) = _loadPortfolio(account);
+        (Portfolio memory before, uint256[] memory ids) = _loadPortfolio(account);
+        _realiseLoaded(account, before, ids); // (before already counts it: unchanged)
         int256 q = _applyPosition(account, instrument, delta);
         balanceOf[account][0] += cash;
         if (before.positions.length > MAX_POSITIONS) {
@@ -371,6 +389,8 @@ contract ClearingHouse is ClearingHouseBase {
         uint256 bk;
         uint256[] taken; // (instrument << 128) | uint128(quantity), as the Liquidation event carries them
         int256[] prices;
+        int256 funding; // the account's funding, realised (every perpetual is a live position)
+        int256 bkFunding; // the backstop's funding settled in the perpetuals it takes over
     }
 
     /// @notice Partially liquidates an account below MM (or below IM after its grace period):
@@ -407,8 +427,10 @@ contract ClearingHouse is ClearingHouseBase {
             }
         }
         _handOver(account, pf, ids, marks, fraction, v);
-        balanceOf[account][0] += v.cash;
-        balanceOf[v.bk][0] -= v.cash;
+        balanceOf[account][0] += v.cash + v.funding;
+        balanceOf[v.bk][0] += v.bkFunding - v.cash;
+        if (v.funding != 0) emit FundingSettled(account, v.funding);
+        if (v.bkFunding != 0) emit FundingSettled(v.bk, v.bkFunding);
 
         accountState[account].flaggedAt = 0;
         _bump(v.bk);
@@ -495,6 +517,9 @@ contract ClearingHouse is ClearingHouseBase {
                 int256 r = price % TICK;
                 if (r != 0) price = q > 0 ? price - r : price + (TICK - r);
             }
+            if (pf.positions[i].kind == PortfolioMargin.FUTURE && pf.positions[i].expiry == 0) {
+                _handOverFunding(account, ids[i], q, closeQty, v);
+            }
             if (closeQty == 0) continue;
             cash += (closeQty * price) / WAD; // exact
             uint256 id = ids[i];
@@ -518,6 +543,13 @@ contract ClearingHouse is ClearingHouseBase {
             mstore(taken, moved)
             mstore(prices, moved)
         }
+    }
+
+    /// @dev A perpetual in a liquidation: the account's funding is realised (pf counts it
+    /// already) and, when part of the position moves, the backstop's (its book changes).
+    function _handOverFunding(uint256 account, uint256 id, int256 q, int256 closeQty, LiqVars memory v) private {
+        v.funding += _settleFundingAt(account, id, q);
+        if (closeQty != 0) v.bkFunding += _settleFundingAt(v.bk, id, _bookOf(_instrumentWord(id)));
     }
 
     /// @notice Resolves the bad debt of an account with no live position whose model equity
@@ -580,6 +612,7 @@ contract ClearingHouse is ClearingHouseBase {
     function settleAccount(uint256 account) external returns (uint256 settled) {
         settled = _realiseSettled(account);
         if (settled == 0) revert NothingToSettle(account);
+        _realiseFunding(account);
     }
 
     /// @dev settleAccount's work (nonce bumped only when something was settled).
@@ -624,6 +657,39 @@ contract ClearingHouse is ClearingHouseBase {
         }
     }
 
+    /// @dev Realises the funding accrued on every perpetual position of the account into its
+    /// settlement balance (the checks count it either way: _loadPortfolio). Called by every
+    /// entry point that changes the account and bumps its nonce, before its positions change.
+    function _realiseFunding(uint256 account) private {
+        uint256[] storage slots = _positions[account];
+        uint256 n = slots.length;
+        int256 cash;
+        for (uint256 i; i < n; ++i) {
+            uint256 slot = _slotRead(slots, i);
+            uint256 id = slot >> 128;
+            uint256 w = _instrumentWord(id);
+            if (w & PERP_MASK == 0) cash += _settleFundingAt(account, id, _quantityOf(slot, w));
+        }
+        if (cash != 0) {
+            balanceOf[account][0] += cash;
+            emit FundingSettled(account, cash);
+        }
+    }
+
+    /// @dev _realiseFunding from a portfolio just loaded (`pf`, `ids`: _loadPortfolio's; the
+    /// perpetuals are all live positions), without reading the position list again.
+    function _realiseLoaded(uint256 account, Portfolio memory pf, uint256[] memory ids) private {
+        int256 cash;
+        for (uint256 i; i < ids.length; ++i) {
+            Position memory p = pf.positions[i];
+            if (p.kind == PortfolioMargin.FUTURE && p.expiry == 0) cash += _settleFundingAt(account, ids[i], p.quantity);
+        }
+        if (cash != 0) {
+            balanceOf[account][0] += cash;
+            emit FundingSettled(account, cash);
+        }
+    }
+
     function _bump(uint256 account) private returns (uint64 n) {
         n = accountState[account].nonce + 1;
         accountState[account].nonce = n;
@@ -641,7 +707,9 @@ contract ClearingHouse is ClearingHouseBase {
     /// any oracle (a flagged one takes the full check, so that its clearing is announced).
     function _requireHealthyAfter(uint256 account) private {
         if (_positions[account].length == 0 && !_hasDebt(account) && accountState[account].flaggedAt == 0) return;
-        MarginResult memory r = _fullCheck(account, false);
+        (Portfolio memory pf, uint256[] memory ids) = _loadPortfolio(account);
+        _realiseLoaded(account, pf, ids); // (an account without positions has none to realise)
+        MarginResult memory r = _verify(pf, _market(pf, false));
         if (r.state != HEALTHY) revert InsufficientMargin(account, r.equity, r.initialMargin);
         if (accountState[account].flaggedAt != 0) {
             accountState[account].flaggedAt = 0;
@@ -685,6 +753,8 @@ contract ClearingHouse is ClearingHouseBase {
     function _applyPosition(uint256 account, uint256 id, int256 delta) private returns (int256 q) {
         uint256 idx = _positionIndex[account][id];
         if (idx == 0) {
+            // A new position settles funding from now on.
+            if (_instrumentWord(id) & PERP_MASK == 0) _settleFundingAt(account, id, 0);
             if (account == backstop) {
                 _addToBackstop(account, id, delta);
                 return 0;
@@ -811,6 +881,8 @@ contract ClearingHouse is ClearingHouseBase {
             }
             ids[live] = id;
             ps[live++] = Position(w & 0xff, uint8(w >> 8), strike, uint64(uint40(w >> 32)), q, 0);
+            // A perpetual's funding accrued since the position last settled counts as cash.
+            if (w & PERP_MASK == 0) settledCash += _accrued(account, id, q);
         }
         assembly ("memory-safe") {
             // Shrink to the live positions (live <= n: the arrays only get shorter).
@@ -824,6 +896,12 @@ contract ClearingHouse is ClearingHouseBase {
             pf.collateral[k] = balanceOf[account][k];
         }
         if (nA != 0) pf.collateral[0] += settledCash;
+    }
+
+    /// @dev The funding accrued by the account's position q in the perpetual id since it last
+    /// settled (what _settleFundingAt would pay it now).
+    function _accrued(uint256 account, uint256 id, int256 q) private view returns (int256) {
+        return -(q * (_fundingIndex[id] - _fundingIndexAt[account][id])) / WAD;
     }
 
     /// @dev Reads the feeds of the underlyings the portfolio uses (positions and non-zero

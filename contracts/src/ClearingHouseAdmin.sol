@@ -256,6 +256,8 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         // strike in [0, MAX_PRICE] < 2^104, expiry < 2^40: the casts are exact.
         // forge-lint: disable-next-line(unsafe-typecast)
         instruments[id] = Instrument(uint8(underlying), kind, true, false, uint40(expiry), uint104(uint256(strike)));
+        // A perpetual's first funding interval starts now (last poke = last trade = listing).
+        if (kind == PortfolioMargin.FUTURE && expiry == 0) _fundingClock[id] = (block.timestamp << 40) | block.timestamp;
         emit InstrumentListed(id, underlying, kind, strike, expiry);
     }
 
@@ -302,6 +304,105 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         if (band < MIN_PRICE_BAND || band > MAX_PRICE_BAND) revert ParamOutOfBounds(20, band, MIN_PRICE_BAND, MAX_PRICE_BAND);
         _priceBand = band;
         emit PriceBandSet(band);
+    }
+
+    // ------------------------------------------------------------------ funding
+
+    /// @notice Advances a perpetual's funding index, at most once per FUNDING_INTERVAL; anyone
+    /// may call it (the keeper does, on a schedule), also while paused. The mark is the
+    /// time-weighted average of trade prices since the last poke (the last price before the
+    /// window carries on until the next trade; the first trade ever also prices the time
+    /// before it), rounded down to TICK; with no trade yet there is no funding. The index
+    /// moves by delta = clamp(mark - spot, +-cap x spot), rounded toward zero to TICK: a long
+    /// of one contract pays delta (receives -delta), a short the opposite, so funding moves
+    /// cash between accounts and is zero-sum to the wei (positions sum to zero per instrument
+    /// and every payment is exact). One interval's funding per poke: an interval without a
+    /// poke is not paid later. The spot must be within maxAge (OracleLib's strict read).
+    function pokeFunding(uint256 instrument) external returns (int256 delta) {
+        Instrument memory ins = instruments[instrument];
+        if (!ins.listed || ins.kind != PortfolioMargin.FUTURE || ins.expiry != 0) revert NotPerpetual(instrument);
+        uint256 c = _fundingClock[instrument];
+        uint256 next = (c & ((1 << 40) - 1)) + FUNDING_INTERVAL;
+        if (block.timestamp < next) revert FundingTooEarly(instrument, next);
+        UnderlyingConfig memory uc = _underlyings[ins.underlying];
+        (int256 spot,) = uc.priceFeed.read(uc.maxAge);
+        int256 mark = _fundingMark(c);
+        if (mark != 0) {
+            int256 cap = (spot * _fundingCap) / WAD; // spot, cap >= 0: floor
+            delta = mark - spot;
+            if (delta > cap) delta = cap;
+            if (delta < -cap) delta = -cap;
+            delta -= delta % TICK; // toward zero
+        }
+        int256 index = _fundingIndex[instrument] + delta;
+        _fundingIndex[instrument] = index;
+        // A new window: last poke = last trade = now, the last price kept, the sum reset.
+        _fundingClock[instrument] = (c & (((1 << 72) - 1) << 80)) | (block.timestamp << 40) | block.timestamp;
+        emit FundingPoked(instrument, mark, spot, delta, index);
+    }
+
+    /// @dev The time-weighted trade price since the last poke (WAD, a multiple of TICK), now;
+    /// 0 before the first trade.
+    function _fundingMark(uint256 c) private view returns (int256) {
+        uint256 p = (c >> 80) & ((1 << 72) - 1);
+        if (p == 0) return 0;
+        uint256 lastPoke = c & ((1 << 40) - 1);
+        uint256 sum = (c >> 152) + p * (block.timestamp - ((c >> 40) & ((1 << 40) - 1)));
+        // forge-lint: disable-next-line(unsafe-typecast)
+        return int256(sum / (block.timestamp - lastPoke)) * TICK; // called >= 1 interval after lastPoke
+    }
+
+    /// @notice The funding cap per interval (WAD fraction of spot), 0 <= cap <= MAX_FUNDING_CAP.
+    function setFundingCap(int256 cap) external onlyOwner {
+        if (cap < 0 || cap > MAX_FUNDING_CAP) revert ParamOutOfBounds(21, cap, 0, MAX_FUNDING_CAP);
+        _fundingCap = cap;
+        emit FundingCapSet(cap);
+    }
+
+    function fundingCap() external view returns (int256) {
+        return _fundingCap;
+    }
+
+    /// @notice A perpetual's funding state: its cumulative index, the time of the last poke
+    /// and of the last trade, the last trade price and the mark a poke would use now (0: no
+    /// trade yet, or a poke now would be early and the mark is that of the window so far).
+    function fundingState(uint256 instrument)
+        external
+        view
+        returns (int256 index, uint256 lastPoke, uint256 lastTrade, int256 lastPrice, int256 mark)
+    {
+        uint256 c = _fundingClock[instrument];
+        index = _fundingIndex[instrument];
+        lastPoke = c & ((1 << 40) - 1);
+        lastTrade = (c >> 40) & ((1 << 40) - 1);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        lastPrice = int256((c >> 80) & ((1 << 72) - 1)) * TICK;
+        if (lastPrice != 0 && block.timestamp > lastPoke) mark = _fundingMark(c);
+    }
+
+    /// @notice Per position of the account (positionsOf's order): the funding index it last
+    /// settled at (0 for a position that is not in a perpetual).
+    function fundingIndicesOf(uint256 account) external view returns (int256[] memory indices) {
+        uint256[] storage slots = _positions[account];
+        uint256 n = slots.length;
+        indices = new int256[](n);
+        for (uint256 i; i < n; ++i) {
+            uint256 id = slots[i] >> 128;
+            if (_instrumentWord(id) & PERP_MASK == 0) indices[i] = _fundingIndexAt[account][id];
+        }
+    }
+
+    /// @notice The funding the account has accrued and not yet realised (WAD of asset 0,
+    /// received: > 0); every margin check counts it.
+    function accruedFunding(uint256 account) external view returns (int256 cash) {
+        uint256[] storage slots = _positions[account];
+        for (uint256 i; i < slots.length; ++i) {
+            uint256 slot = slots[i];
+            uint256 id = slot >> 128;
+            uint256 w = _instrumentWord(id);
+            if (w & PERP_MASK != 0) continue;
+            cash -= (_quantityOf(slot, w) * (_fundingIndex[id] - _fundingIndexAt[account][id])) / WAD;
+        }
     }
 
     // ------------------------------------------------------------------ signed orders

@@ -25,6 +25,13 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     uint8 internal constant NO_UNDERLYING = type(uint8).max;
     int256 internal constant MIN_PRICE_BAND = 0.001e18;
     int256 internal constant MAX_PRICE_BAND = 0.5e18;
+    /// @notice Funding is paid at most once per interval (pokeFunding), at most
+    /// fundingCap x spot per contract, and governance can set the cap to MAX_FUNDING_CAP at most.
+    uint256 public constant FUNDING_INTERVAL = 1 hours;
+    int256 public constant MAX_FUNDING_CAP = 0.01e18;
+    /// @dev Bits of an instrument's word that are zero exactly for a future without expiry
+    /// (kind, bits 8-15, and expiry, bits 32-71): a perpetual, for a listed instrument.
+    uint256 internal constant PERP_MASK = (0xff << 8) | (((1 << 40) - 1) << 32);
 
     bytes32 internal constant _ORDER_TYPEHASH = keccak256(
         "Order(uint256 account,uint256 instrument,int256 quantity,int256 limitPrice,uint256 nonce,uint64 deadline)"
@@ -151,6 +158,22 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     mapping(bytes32 => uint256) internal _orderFilled;
     mapping(uint256 => mapping(uint256 => bool)) internal _orderCancelled;
 
+    // ------------------------------------------------------------------ funding (perpetuals)
+    // A perpetual is a listed future with expiry 0. Its funding index is the cumulative cash a
+    // long of one contract (1e18) has paid since listing (WAD of asset 0, a multiple of TICK,
+    // so every payment q * dIndex / 1e18 is exact on the LOT grid). Storage below this line
+    // is appended after every earlier slot (the layout above is unchanged).
+    /// @dev The funding cap per interval, WAD fraction of spot (<= MAX_FUNDING_CAP).
+    int256 internal _fundingCap;
+    /// @dev instrument => cumulative funding index (WAD per contract, a multiple of TICK).
+    mapping(uint256 => int256) internal _fundingIndex;
+    /// @dev instrument => the funding clock, one word: last poke (bits 0-39), last trade
+    /// (40-79), last trade price in TICKs (80-151), sum of price x seconds since the last poke
+    /// in TICK-seconds (152-255). See ClearingHouse._recordFundingPrice and pokeFunding.
+    mapping(uint256 => uint256) internal _fundingClock;
+    /// @dev account => instrument => the funding index the account's position last settled at.
+    mapping(uint256 => mapping(uint256 => int256)) internal _fundingIndexAt;
+
     // The EIP-712 domain separator of the contract being constructed, valid while this code
     // runs at that address on that chain (ClearingHouseAdmin runs it for the clearing house by
     // DELEGATECALL, and a fork changes the chain id: both recompute).
@@ -252,6 +275,18 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         assembly ("memory-safe") {
             sstore(ins.slot, v)
         }
+    }
+
+    /// @dev Settles the funding of `account`'s position of quantity `q` in the perpetual `id`:
+    /// returns the cash it receives (negative: pays), -(q * (index - index at last settlement)) /
+    /// 1e18, exact (q a multiple of LOT, the indices multiples of TICK), and moves its index to
+    /// the current one. q = 0 (a new position) only moves the index.
+    function _settleFundingAt(uint256 account, uint256 id, int256 q) internal returns (int256 cash) {
+        int256 index = _fundingIndex[id];
+        int256 last = _fundingIndexAt[account][id];
+        if (index == last) return 0;
+        _fundingIndexAt[account][id] = index;
+        cash = -(q * (index - last)) / WAD;
     }
 
     function _domainSeparator() internal view returns (bytes32) {

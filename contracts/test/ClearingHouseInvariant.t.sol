@@ -10,6 +10,8 @@ import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
 import {MarginVerifier} from "../src/MarginVerifier.sol";
 import {MockERC20} from "../src/token/MockERC20.sol";
 import {MockAggregator} from "../src/oracle/MockAggregator.sol";
+import {IClearingHouseEvents} from "../src/interfaces/IClearingHouse.sol";
+import {Vm} from "./utils/Vm.sol";
 import {MarginResult, Market, Portfolio} from "../src/margin/PortfolioMargin.sol";
 
 /// @notice Random actions on a live clearing house: deposits, withdrawals, matched trades,
@@ -46,6 +48,32 @@ contract Handler is OrderSigner {
     /// What the backstop should hold per instrument: the net of every hand-over (the
     /// liquidated account's loss per instrument), zero once a settled instrument is realised.
     mapping(uint256 => int256) public handedOver;
+    /// Funding realised into balances (every FundingSettled event), all accounts.
+    int256 public fundingRealised;
+    uint256 public pokes;
+
+    /// Starts recording events before a call that may realise funding (every action does).
+    modifier collectsFunding() {
+        vm.recordLogs();
+        _;
+        vm.getRecordedLogs(); // (what a failed call left: discarded)
+    }
+
+    /// After a call that succeeded: adds the funding it realised to fundingRealised and starts
+    /// recording afresh. (The logs of a reverted call can be recorded too: every call that may
+    /// fail is followed by _discard instead.)
+    function _collect() internal {
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        for (uint256 i; i < logs.length; ++i) {
+            if (logs[i].emitter == address(ch) && logs[i].topics[0] == IClearingHouseEvents.FundingSettled.selector) {
+                fundingRealised += abi.decode(logs[i].data, (int256));
+            }
+        }
+    }
+
+    function _discard() internal {
+        vm.getRecordedLogs();
+    }
 
     constructor(
         ClearingHouse ch_,
@@ -90,15 +118,19 @@ contract Handler is OrderSigner {
         vm.stopPrank();
     }
 
-    function withdraw(uint256 who, bool volatileAsset, uint256 amount) external {
+    function withdraw(uint256 who, bool volatileAsset, uint256 amount) external collectsFunding {
         address a = actors[who % 3];
         uint256 acct = ch.accountId(a, 0);
         amount = volatileAsset ? bound(amount, 1, 10e18) : bound(amount, 1, 20_000e6);
         vm.prank(a);
-        try ch.withdraw(acct, volatileAsset ? 1 : 0, amount) {} catch {}
+        try ch.withdraw(acct, volatileAsset ? 1 : 0, amount) {
+            _collect();
+        } catch {
+            _discard();
+        }
     }
 
-    function trade(uint256 buyer, uint256 seller, uint256 inst, uint256 qty, uint256 priceSeed) external {
+    function trade(uint256 buyer, uint256 seller, uint256 inst, uint256 qty, uint256 priceSeed) external collectsFunding {
         uint256 b = actorAccount(buyer % 3);
         uint256 s = actorAccount(seller % 3);
         if (b == s) s = actorAccount((seller + 1) % 3);
@@ -126,12 +158,18 @@ contract Handler is OrderSigner {
         vm.prank(matcher);
         try ch.trade(bo, bs, so, ss, q, price) {
             ++trades;
+            _collect();
             // A signed order fills at most once its quantity: the same match again must fail.
             vm.prank(matcher);
             try ch.trade(bo, bs, so, ss, q, price) {
                 ++unauthorisedSucceeded;
-            } catch {}
-        } catch {}
+                _collect();
+            } catch {
+                _discard();
+            }
+        } catch {
+            _discard();
+        }
     }
 
     /// Moves ETH and BTC by up to +-8% each (within [200, 20000] and [5000, 400000]), and the
@@ -150,6 +188,30 @@ contract Handler is OrderSigner {
         btcVol.setAnswer(v);
     }
 
+    /// Moves to the perpetual's next funding interval (when `wait`) and pokes its funding: the
+    /// index moves by the clamped premium of the trades since the last poke.
+    function pokeFunding(bool wait) external collectsFunding {
+        if (wait) {
+            (, uint256 lastPoke,,,) = adm.fundingState(instruments[0]);
+            if (block.timestamp < lastPoke + 1 hours) vm.warp(lastPoke + 1 hours);
+            ethFeed.setAnswer(ethFeed.answer());
+            btcFeed.setAnswer(btcFeed.answer());
+            ethVol.setAnswer(ethVol.answer());
+            btcVol.setAnswer(btcVol.answer());
+        }
+        try adm.pokeFunding(instruments[0]) {
+            ++pokes;
+        } catch {}
+    }
+
+    /// The funding accrued and not realised, over every account (the backstop too).
+    function accruedAll() public view returns (int256 sum) {
+        sum = adm.accruedFunding(ch.backstop());
+        for (uint256 i; i < 3; ++i) {
+            sum += adm.accruedFunding(actorAccount(i));
+        }
+    }
+
     function passTime(uint256 secs) external {
         vm.warp(block.timestamp + bound(secs, 1, 3 hours));
         ethFeed.setAnswer(ethFeed.answer());
@@ -159,7 +221,7 @@ contract Handler is OrderSigner {
     }
 
     /// Tries to liquidate with the best witness; checks the model's promises around it.
-    function liquidate(uint256 who, uint256 fractionSeed) external {
+    function liquidate(uint256 who, uint256 fractionSeed) external collectsFunding {
         uint256 acct = actorAccount(who % 3);
         MarginResult memory r;
         try ch.marginOf(acct) returns (MarginResult memory res) {
@@ -176,6 +238,7 @@ contract Handler is OrderSigner {
         vm.prank(LIQUIDATOR);
         try ch.liquidate(acct, nonce, r.witness, fraction) returns (int256) {
             ++liquidations;
+            _collect();
             int256[] memory left = _quantities(acct);
             for (uint256 i; i < instruments.length; ++i) {
                 // A settled position is realised, not handed over: its instrument is not live.
@@ -192,12 +255,14 @@ contract Handler is OrderSigner {
             try ch.marginOf(acct) returns (MarginResult memory after_) {
                 if (after_.equity < equityBefore - penalty - slack) ++liquidationWorseThanModel;
             } catch {}
-        } catch {}
+        } catch {
+            _discard();
+        }
     }
 
     /// Flag and liquidation attempts on an account that passes the full check, with every
     /// witness index of ETH: none may succeed.
-    function attackHealthy(uint256 who, uint256 scenarioSeed) external {
+    function attackHealthy(uint256 who, uint256 scenarioSeed) external collectsFunding {
         uint256 acct = actorAccount(who % 3);
         MarginResult memory r;
         try ch.marginOf(acct) returns (MarginResult memory res) {
@@ -214,13 +279,17 @@ contract Handler is OrderSigner {
         try ch.flag(acct, nonce, w) {
             ++healthyLiquidated;
         } catch {}
+        _discard(); // (a flag realises nothing)
         vm.prank(LIQUIDATOR);
         try ch.liquidate(acct, nonce, w, 1e18) {
             ++healthyLiquidated;
-        } catch {}
+            _collect();
+        } catch {
+            _discard();
+        }
     }
 
-    function flag(uint256 who) external {
+    function flag(uint256 who) external collectsFunding {
         uint256 acct = actorAccount(who % 3);
         try ch.marginOf(acct) returns (MarginResult memory r) {
             (uint64 nonce,) = ch.accountState(acct);
@@ -239,7 +308,7 @@ contract Handler is OrderSigner {
     }
 
     /// A stranger calls a state-changing entry point; any success is a violation.
-    function stranger(uint256 which, uint256 arg) external {
+    function stranger(uint256 which, uint256 arg) external collectsFunding {
         uint256 victim = actorAccount(arg % 3);
         bytes memory data;
         uint256 k = which % 10;
@@ -256,6 +325,8 @@ contract Handler is OrderSigner {
         vm.prank(STRANGER);
         (bool ok,) = address(ch).call(data);
         if (ok) ++unauthorisedSucceeded;
+        if (ok) _collect();
+        else _discard();
     }
 
     /// A trade of two orders signed by their owners, sent by someone without the matcher role.
@@ -269,7 +340,7 @@ contract Handler is OrderSigner {
     /// Resolves the bad debt of an actor when it has any (insurance first, then the backstop);
     /// only an account whose model equity (lenient market, settled positions folded) is below
     /// zero may be resolved.
-    function resolveBadDebt(uint256 who) external {
+    function resolveBadDebt(uint256 who) external collectsFunding {
         uint256 acct = actorAccount(who % 3);
         int256 equity;
         bool known;
@@ -278,8 +349,11 @@ contract Handler is OrderSigner {
         } catch {}
         try ch.resolveBadDebt(acct) {
             ++badDebtsResolved;
+            _collect();
             if (known && equity >= 0) ++badDebtOfSolventAccount;
-        } catch {}
+        } catch {
+            _discard();
+        }
     }
 
     function _equity(uint256 acct) internal view returns (bool known, int256 equity) {
@@ -311,7 +385,7 @@ contract Handler is OrderSigner {
     }
 
     /// Rarely (1 in 8): jump to the dated instruments' expiry, settle them and every account.
-    function expireAndSettle(uint256 seed) external {
+    function expireAndSettle(uint256 seed) external collectsFunding {
         if (seed % 8 != 0) return;
         (,,,, uint64 exp,) = ch.instruments(instruments[1]);
         if (block.timestamp < exp) vm.warp(exp);
@@ -330,10 +404,13 @@ contract Handler is OrderSigner {
             (bool known, int256 before) = _equity(acct);
             try ch.settleAccount(acct) {
                 ++settlements;
+                _collect();
                 if (i == 3) _backstopSettled();
                 (bool knownAfter, int256 after_) = _equity(acct);
                 if (known && knownAfter && after_ != before) ++settlementMovedEquity;
-            } catch {}
+            } catch {
+                _discard();
+            }
         }
     }
 
@@ -376,7 +453,9 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
             fund(handler.actor(i), 0, 20_000e6);
         }
         targetContract(address(handler));
-        bytes4[] memory sel = new bytes4[](12);
+        vm.prank(GOV);
+        adm.setFundingCap(0.01e18); // 1% of spot per interval: funding moves equity visibly
+        bytes4[] memory sel = new bytes4[](14);
         sel[0] = Handler.deposit.selector;
         sel[1] = Handler.withdraw.selector;
         sel[2] = Handler.trade.selector;
@@ -389,6 +468,8 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
         sel[9] = Handler.stranger.selector;
         sel[10] = Handler.resolveBadDebt.selector;
         sel[11] = Handler.expireAndSettle.selector;
+        sel[12] = Handler.pokeFunding.selector;
+        sel[13] = Handler.pokeFunding.selector; // funding as often as trades
         targetSelector(FuzzSelector(address(handler), sel));
     }
 
@@ -431,9 +512,11 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
         invariant_openInterestZeroSum();
     }
 
-    /// tokens held (in WAD) == sum of balances + insurance fund + unclaimed bounties, per asset.
+    /// tokens held (in WAD) == sum of balances + insurance fund + unclaimed bounties, per asset;
+    /// for the settlement asset, balances include the funding accrued and not yet realised
+    /// (realised funding moves between balances as it is paid).
     function invariant_collateralConserved() public view {
-        int256 sumUsdc = ch.balanceOf(bk, 0) + ch.insuranceFund() + ch.totalBounties();
+        int256 sumUsdc = ch.balanceOf(bk, 0) + ch.insuranceFund() + ch.totalBounties() + handler.accruedAll();
         int256 sumWeth = ch.balanceOf(bk, 1);
         for (uint256 i; i < 3; ++i) {
             uint256 a = handler.actorAccount(i);
@@ -443,6 +526,33 @@ contract ClearingHouseInvariantTest is ClearingHouseFixture, InvariantBase {
         assertEq(heldWad(0), sumUsdc, "USDC held == balances + insurance + bounties");
         assertEq(heldWad(1), sumWeth, "WETH held == balances");
         assertGe(ch.insuranceFund(), 0, "insurance fund never negative");
+    }
+
+    /// Funding is zero-sum to the wei: what every account (the backstop included) realised plus
+    /// what it has accrued and not realised is exactly zero.
+    function invariant_fundingZeroSum() public view {
+        assertEq(handler.fundingRealised() + handler.accruedAll(), 0, "realised + accrued funding == 0");
+    }
+
+    /// The handler reaches funding: a trade off the spot, a poke, a liquidation of a perpetual,
+    /// realisations on both sides and the backstop's accrual.
+    function test_handlerReachesFunding() public {
+        handler.trade(0, 1, 0, 1999, 20); // actor 0 long 20 ETH perp at spot + 10 from actor 1
+        handler.trade(0, 1, 0, 1999, 20);
+        handler.pokeFunding(true);
+        assertEq(handler.pokes(), 1, "poked");
+        assertTrue(handler.accruedAll() == 0 && adm.accruedFunding(handler.actorAccount(0)) < 0, "the long pays");
+        for (uint256 i; i < 12 && handler.liquidations() == 0; ++i) {
+            handler.movePrices(0, 80, 50); // ETH -8%
+            handler.liquidate(0, 5e17);
+        }
+        assertTrue(handler.liquidations() > 0, "a liquidation happened");
+        assertTrue(handler.fundingRealised() != 0, "funding realised");
+        handler.pokeFunding(true);
+        assertTrue(adm.accruedFunding(bk) != 0, "the backstop accrues");
+        invariant_fundingZeroSum();
+        invariant_collateralConserved();
+        invariant_openInterestZeroSum();
     }
 
     function invariant_healthyNeverFlaggedOrLiquidated() public view {

@@ -8,8 +8,10 @@ decision goes through that view, so a price of block N never meets positions of 
 * globals: counts, riskParams, rate, backstop, paused, liquidationConfig, insurance fund,
   and Multicall3's block number/timestamp (the block.timestamp the protocol's own checks see);
 * every underlying's config and its price/vol feeds' latestRoundData + decimals;
-* every asset's config, every instrument and its settlement price;
-* per account: accountState (nonce, flaggedAt), positionsOf, balanceOf for every asset.
+* every asset's config, every instrument, its settlement price and its funding state (a
+  perpetual's cumulative funding index);
+* per account: accountState (nonce, flaggedAt), positionsOf, fundingIndicesOf (the index each
+  position last settled its funding at), balanceOf for every asset.
 
 The layout (feed addresses, counts) is guessed from the previous snapshot (at first from the
 deployment file) so feeds can be read in the same call as their configs; the guess is checked
@@ -19,7 +21,9 @@ and one full re-read follow: still O(1) round trips, never one per account.
 ``ProtocolSnapshot.inputs(account, lenient)`` builds margin Portfolio/Market/RiskParams exactly
 as ClearingHouse._loadPortfolio/_market do (positions in storage order, entryPrice 0; positions
 in settled instruments folded into the settlement balance by margin.settlement.fold_settled;
-feeds of used underlyings only, placeholder spot 1e18 / vol 0 elsewhere), so
+the funding accrued on perpetual positions added to the settlement balance by
+margin.funding.fold_funding; feeds of used underlyings only, placeholder spot 1e18 / vol 0
+elsewhere), so
 margin.portfolio_margin's full check equals ClearingHouse.marginOf at that block to the wei. The
 oracle checks are OracleLib.read's (keeper.protocol.oracle).
 """
@@ -58,6 +62,7 @@ from keeper.protocol.oracle import OracleError as OracleError
 from keeper.protocol.oracle import RoundData as RoundData
 from keeper.protocol.oracle import StalePrice as StalePrice
 from keeper.protocol.oracle import UnsupportedFeed as UnsupportedFeed
+from margin.funding import accrued_funding, fold_funding, is_perpetual
 from margin.params import RiskParams
 from margin.portfolio import Market, Portfolio, Position
 from margin.portfolio_margin import MarginResult, ScenarioTable
@@ -111,6 +116,8 @@ class AccountSnapshot:
     flagged_at: int
     positions: tuple[tuple[int, int], ...]  # (instrument id, quantity), storage order
     balances: tuple[int, ...]  # WAD per asset
+    #: Per position (storage order): the funding index it last settled at (0: not a perpetual).
+    funding_indices: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,10 @@ class ProtocolSnapshot:
     settlement_prices: dict[int, int]  # settled instruments only
     feeds: dict[str, FeedRound]
     accounts: dict[int, AccountSnapshot]
+    #: Perpetuals only: the cumulative funding index (WAD per contract).
+    funding_indices: dict[int, int] = field(default_factory=dict)
+    #: Perpetuals only: when their funding was last poked (the next poke is due an interval on).
+    funding_last_poke: dict[int, int] = field(default_factory=dict)
     round_trips: int = 0  # JSON-RPC round trips this snapshot took (header not included)
     reused_accounts: int = 0  # accounts whose positions and balances came from ``reuse``
     _tables: dict[Market, ScenarioTable] = field(default_factory=dict, repr=False)
@@ -171,11 +182,40 @@ class ProtocolSnapshot:
 
     def portfolio(self, account: int) -> Portfolio:
         """ClearingHouse._loadPortfolio (``portfolioOf``): positions in storage order,
-        entryPrice 0, positions in settled instruments folded into asset 0."""
+        entryPrice 0, positions in settled instruments folded into asset 0, and the funding
+        accrued on perpetual positions added to asset 0."""
         a = self.accounts[account]
-        return fold_settled(
+        folded = fold_settled(
             self.raw_portfolio(account), [iid for iid, _ in a.positions], self.settlement_prices
         )
+        return fold_funding(folded, self.accrued_funding(account))
+
+    def position_funding(self, account: int) -> list[tuple[int, int]]:
+        """(instrument id, funding accrued and not realised) per perpetual position of the
+        account, storage order (received: > 0)."""
+        a = self.accounts[account]
+        out = []
+        for k, (iid, q) in enumerate(a.positions):
+            ins = self.instruments[iid]
+            if not is_perpetual(ins.kind, ins.expiry):
+                continue
+            at = a.funding_indices[k] if k < len(a.funding_indices) else 0
+            out.append((iid, accrued_funding(q, self.funding_indices.get(iid, 0), at)))
+        return out
+
+    def portfolio_funding(self, account: int) -> tuple[int, ...]:
+        """Per position of ``portfolio(account)`` (the live ones, storage order): its accrued
+        funding (0 for a position that is not a perpetual)."""
+        accrued = dict(self.position_funding(account))
+        return tuple(
+            accrued.get(iid, 0)
+            for iid, _ in self.accounts[account].positions
+            if iid not in self.settlement_prices
+        )
+
+    def accrued_funding(self, account: int) -> int:
+        """ClearingHouseAdmin.accruedFunding: the account's funding accrued, not realised."""
+        return sum(c for _, c in self.position_funding(account))
 
     def settled_positions(self, account: int) -> list[int]:
         """Instrument ids of the account's stored positions that are settled (realised by
@@ -446,7 +486,7 @@ class ChainView:
 
     def _account_calls(self, a: int, n_assets: int) -> list[Call]:
         ch = self.ch_call
-        return [ch("accountState", a), ch("positionsOf", a)] + [
+        return [ch("accountState", a), ch("positionsOf", a), ch("fundingIndicesOf", a)] + [
             ch("balanceOf", a, k) for k in range(n_assets)
         ]
 
@@ -454,8 +494,9 @@ class ChainView:
     def _account_from(a: int, res: Iterator[CallResult], n_assets: int) -> AccountSnapshot:
         nonce, flagged = next(res).value or (0, 0)
         ids, qs = next(res).value or ((), ())
+        funding = tuple(next(res).one())
         bals = tuple(next(res).one() for _ in range(n_assets))
-        return AccountSnapshot(a, nonce, flagged, tuple(zip(ids, qs, strict=True)), bals)
+        return AccountSnapshot(a, nonce, flagged, tuple(zip(ids, qs, strict=True)), bals, funding)
 
     def _read_accounts(self, accounts: list[int], n_assets: int) -> dict[int, AccountSnapshot]:
         calls = [c for a in accounts for c in self._account_calls(a, n_assets)]
@@ -497,6 +538,7 @@ class ChainView:
         calls += [ch("assetConfig", k, required=False) for k in range(n_a)]
         calls += [ch("instruments", i) for i in range(1, n_i + 1)]
         calls += [ch("settlementPrice", i) for i in range(1, n_i + 1)]
+        calls += [ch("fundingState", i) for i in range(1, n_i + 1)]
         feed_addrs = list(dict.fromkeys(a for pair in layout.feeds for a in pair))
         for f in feed_addrs:
             calls.append(Call(f, self._feed["latestRoundData"], (), required=False))
@@ -538,6 +580,7 @@ class ChainView:
             assert v is not None
             instruments[i] = Instrument(i, *v)
         settlement_prices = {i: next(res).one() for i in range(1, n_i + 1)}
+        funding_states = {i: next(res).value for i in range(1, n_i + 1)}
         feeds = {}
         for f in feed_addrs:
             rd, dec = next(res), next(res)
@@ -562,12 +605,19 @@ class ChainView:
                 nonce, flagged = next(res).value or (0, 0)
                 old = reuse[a]
                 # Checked by the caller: equal nonce and flag, or read again in full.
-                accts[a] = AccountSnapshot(a, nonce, flagged, old.positions, old.balances)
+                accts[a] = AccountSnapshot(
+                    a, nonce, flagged, old.positions, old.balances, old.funding_indices
+                )
             else:
                 accts[a] = self._account_from(a, res, n_a)
 
         if tuple((u.price_feed, u.vol_feed) for u in unders) != layout.feeds:
             return None
+        perps = {
+            i: fs
+            for i, fs in funding_states.items()
+            if fs is not None and is_perpetual(instruments[i].kind, instruments[i].expiry)
+        }
         return ProtocolSnapshot(
             block=self.block,
             timestamp=timestamp,
@@ -586,4 +636,6 @@ class ChainView:
             },
             feeds=feeds,
             accounts=accts,
+            funding_indices={i: fs[0] for i, fs in perps.items()},
+            funding_last_poke={i: fs[1] for i, fs in perps.items()},
         )

@@ -40,6 +40,9 @@ NAMED_ONLY: dict[str, tuple[str, ...]] = {
     "CollateralSeized": ("account",),
     "OperatorSet": ("account",),
     "BackstopSet": ("account",),
+    # Emitted inside a call that bumps the account's nonce (trade, withdrawal, ...), or for the
+    # backstop in a liquidation.
+    "FundingSettled": ("account",),
 }
 #: Events that change the backstop's book: (bumps its nonce?) -- the backstop is not named.
 BACKSTOP_CHANGES: dict[str, bool] = {
@@ -60,6 +63,8 @@ MARKET_EVENTS = frozenset(
         "BackstopSet",
         "PausedSet",
         "RiskBoundsSet",
+        # A poke moves every perpetual holder's accrued funding, hence its equity.
+        "FundingPoked",
     }
 )
 

@@ -39,6 +39,7 @@ NO_MARGIN_EFFECT = frozenset(
         "PausedSet",
         "InstrumentListed",
         "BackstopSet",
+        "FundingCapSet",
     }
 )
 #: Market / governance events: a decision point for every account.
@@ -50,6 +51,8 @@ MARKET_WIDE = frozenset(
         "UnderlyingConfigured",
         "CollateralConfigured",
         "InstrumentSettled",
+        # A funding poke moves every perpetual holder's equity (accrued funding).
+        "FundingPoked",
     }
 )
 

@@ -51,6 +51,7 @@ ACTION_FUNCTIONS = {
     "resolve_bad_debt": "resolveBadDebt",
     "clear_flag": "clearFlag",
     "settle_instrument": "settleInstrument",
+    "poke_funding": "pokeFunding",
 }
 #: Sent without a decision (the keeper's own bounty claims).
 UNDECIDED_FUNCTIONS = frozenset({"claimBounty"})
@@ -109,7 +110,7 @@ def expected_args(rec: Decision) -> dict[str, Any]:
     """The calldata arguments the decision's action must carry, by the function's ABI names."""
     out: dict[str, Any] = {}
     account = parse_account(rec.account)
-    if rec.action == "settle_instrument":
+    if rec.action in ("settle_instrument", "poke_funding"):
         out["instrument"] = rec.instrument
         return out
     out["account"] = account
@@ -128,6 +129,7 @@ _ARG_NAMES = {
     "resolveBadDebt": ("account",),
     "clearFlag": ("account",),
     "settleInstrument": ("instrument", "round_id"),
+    "pokeFunding": ("instrument",),
     "claimBounty": (),
 }
 

@@ -141,6 +141,8 @@ def explain(pfile: PortfolioFile, table: ScenarioTable | None = None) -> dict[st
                 # The engine's equity term of the position: mul_down(q, V0 − entry).
                 "value": wad_str(mul_down(p.quantity, mark - p.entry_price)),
                 "isolated_requirement": wad_str(leg),
+                # Accrued funding (perpetuals), already in the settlement balance.
+                "funding": wad_str(pfile.funding[i] if i < len(pfile.funding) else 0),
                 "greeks": g.as_dict(),
             }
         )

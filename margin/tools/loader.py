@@ -27,6 +27,7 @@ from margin.params import (
     RiskParams,
     UnderlyingParams,
 )
+from margin.funding import fold_funding, is_perpetual
 from margin.portfolio import KIND_NAMES, Market, Portfolio, Position
 
 FORMAT_VERSION = 1
@@ -82,6 +83,11 @@ class UnsupportedVersionError(PortfolioFormatError):
     """The ``version`` field names a format this loader does not read."""
 
 
+class InvalidFundingError(PortfolioFormatError):
+    """Accrued funding on a position that is not a perpetual (a future without expiry), or
+    with no settlement asset to carry it."""
+
+
 @dataclass(frozen=True)
 class PortfolioFile:
     market: Market
@@ -89,6 +95,10 @@ class PortfolioFile:
     portfolio: Portfolio
     underlying_names: tuple[str, ...]
     asset_names: tuple[str, ...]
+    #: Per position: the funding it has accrued and not realised (WAD of the settlement asset,
+    #: received > 0; 0 when the file gives none). Already added to the portfolio's settlement
+    #: balance, as the clearing house adds it (margin.funding.fold_funding).
+    funding: tuple[int, ...] = ()
 
 
 def _obj(v: Any, path: str) -> dict[str, Any]:
@@ -184,8 +194,8 @@ def load_portfolio(source: str | bytes | dict[str, Any]) -> PortfolioFile:
 
     market, names = _market(_obj(_get(doc, "market", ""), "market"))
     params, assets = _risk(_obj(_get(doc, "risk", ""), "risk"), names)
-    pf = _portfolio(_obj(_get(doc, "portfolio", ""), "portfolio"), names, assets)
-    return PortfolioFile(market, params, pf, tuple(names), tuple(assets))
+    pf, funding = _portfolio(_obj(_get(doc, "portfolio", ""), "portfolio"), names, assets)
+    return PortfolioFile(market, params, pf, tuple(names), tuple(assets), funding)
 
 
 def _market(m: dict[str, Any]) -> tuple[Market, list[str]]:
@@ -287,13 +297,17 @@ def _risk(r: dict[str, Any], names: list[str]) -> tuple[RiskParams, list[str]]:
     return params, asset_names
 
 
-def _portfolio(p: dict[str, Any], names: list[str], assets: list[str]) -> Portfolio:
+def _portfolio(
+    p: dict[str, Any], names: list[str], assets: list[str]
+) -> tuple[Portfolio, tuple[int, ...]]:
     _only(p, {"positions", "collateral"}, "portfolio")
     positions = []
+    funding = []
     for i, e in enumerate(_list(p.get("positions", []), "portfolio.positions")):
         path = f"portfolio.positions[{i}]"
         e = _obj(e, path)
-        _only(e, {"underlying", "kind", "strike", "expiry", "quantity", "entry_price"}, path)
+        allowed = {"underlying", "kind", "strike", "expiry", "quantity", "entry_price", "funding"}
+        _only(e, allowed, path)
         under = _str(_get(e, "underlying", path), f"{path}.underlying")
         if under not in names:
             raise UnknownNameError(f"{path}.underlying", f"unknown underlying {under!r}")
@@ -309,6 +323,12 @@ def _portfolio(p: dict[str, Any], names: list[str], assets: list[str]) -> Portfo
             expiry = _uint(_get(e, "expiry", path), f"{path}.expiry")
         if expiry >= 2**64:
             raise InvalidNumberError(f"{path}.expiry", "must fit in 64 bits")
+        accrued = _wad(e.get("funding", 0), f"{path}.funding")
+        if accrued and not is_perpetual(kind, expiry):
+            raise InvalidFundingError(f"{path}.funding", "only a perpetual accrues funding")
+        if accrued and not assets:
+            raise InvalidFundingError(f"{path}.funding", "no settlement asset to carry it")
+        funding.append(accrued)
         positions.append(
             Position(
                 names.index(under),
@@ -324,7 +344,8 @@ def _portfolio(p: dict[str, Any], names: list[str], assets: list[str]) -> Portfo
         if k not in assets:
             raise UnknownNameError(f"portfolio.collateral.{k}", "not an asset of risk.assets")
     balances = tuple(_wad(coll[a], f"portfolio.collateral.{a}") if a in coll else 0 for a in assets)
-    return Portfolio(tuple(positions), balances)
+    pf = fold_funding(Portfolio(tuple(positions), balances), sum(funding))
+    return pf, tuple(funding)
 
 
 # --- writer -------------------------------------------------------------------------------
@@ -348,9 +369,12 @@ def dump_portfolio(
     portfolio: Portfolio,
     underlying_names: tuple[str, ...] | list[str],
     asset_names: tuple[str, ...] | list[str],
+    funding: tuple[int, ...] | list[int] = (),
 ) -> dict[str, Any]:
     """The document that load_portfolio reads back to the same (market, params, portfolio):
-    every parameter written out in full (no preset), every number exact."""
+    every parameter written out in full (no preset), every number exact. ``funding``: per
+    position, its accrued funding, written as the position's ``funding`` where non-zero; the
+    settlement balance is written without it (the loader adds it back)."""
     names = list(underlying_names)
     ups = {}
     for name, u in zip(names, params.underlyings, strict=True):
@@ -372,7 +396,11 @@ def dump_portfolio(
             entry["underlying"] = names[a.underlying]
         assets.append(entry)
     positions = []
-    for p in portfolio.positions:
+    accrued = list(funding) + [0] * (len(portfolio.positions) - len(funding))
+    collateral = list(portfolio.collateral)
+    if collateral:
+        collateral[0] -= sum(accrued)
+    for p, f in zip(portfolio.positions, accrued, strict=True):
         pos: dict[str, Any] = {
             "underlying": names[p.underlying],
             "kind": _KIND_BY_CODE[p.kind],
@@ -382,6 +410,8 @@ def dump_portfolio(
         }
         if p.kind != 0:
             pos["strike"] = wad_to_decimal(p.strike)
+        if f:
+            pos["funding"] = wad_to_decimal(f)
         positions.append(pos)
     return {
         "version": FORMAT_VERSION,
@@ -402,7 +432,7 @@ def dump_portfolio(
         "portfolio": {
             "positions": positions,
             "collateral": {
-                n: wad_to_decimal(b) for n, b in zip(asset_names, portfolio.collateral, strict=True)
+                n: wad_to_decimal(b) for n, b in zip(asset_names, collateral, strict=True)
             },
         },
     }

@@ -71,6 +71,13 @@ interface IClearingHouseEvents {
     event OrderCancelled(uint256 indexed account, uint256 nonce);
     /// @notice Trades settle only within `band` (WAD fraction of spot) of the model mark.
     event PriceBandSet(int256 band);
+    /// @notice A perpetual's funding index advanced by `delta` (WAD per contract, longs pay a
+    /// positive delta) from the mark `mark` (time-weighted trade price since the last poke, 0
+    /// with no trade yet: no funding) and the oracle index `spot`.
+    event FundingPoked(uint256 indexed instrument, int256 mark, int256 spot, int256 delta, int256 index);
+    /// @notice Accrued funding realised into the account's settlement balance (received: > 0).
+    event FundingSettled(uint256 indexed account, int256 amount);
+    event FundingCapSet(int256 cap);
 }
 
 interface IClearingHouseErrors {
@@ -143,4 +150,8 @@ interface IClearingHouseErrors {
     error InvalidOrderQuantity(uint256 account, int256 quantity);
     /// @notice |price - mark| exceeds `band` (= priceBand x spot).
     error PriceOutsideBand(int256 price, int256 mark, int256 band);
+    /// @notice Funding exists only for perpetuals (listed futures without expiry).
+    error NotPerpetual(uint256 instrument);
+    /// @notice A perpetual's funding can be poked once per FUNDING_INTERVAL.
+    error FundingTooEarly(uint256 instrument, uint256 nextPokeAt);
 }
