@@ -49,6 +49,7 @@ from keeper.decisions import DecisionPolicy
 from keeper.deployment import clearing_house_abi, load_deployment
 from keeper.indexer import Indexer, ReorgTooDeep, SyncResult
 from keeper.metrics import ACCOUNT_STATES, Health, KeeperMetrics, MetricsServer
+from keeper.recalibration_job import RecalibrationJob, recalibration_job
 from keeper.secrets import scrub
 from keeper.signer import load_signer
 from keeper.store import Store, Transaction, TxStatus
@@ -140,6 +141,7 @@ class KeeperService:
         self.config = config
         self.progress = progress
         self.recalibrator = recalibrator
+        self._recalibration: RecalibrationJob | None = None
         self.metrics = KeeperMetrics()
         self.health = Health(max_block_age=config.service.watchdog_seconds)
         self.exit_status = EXIT_OK
@@ -472,10 +474,25 @@ class KeeperService:
 
     def recalibrate(self) -> None:
         def run() -> None:
-            if self.recalibrator is None:
-                log.info("recalibration hook: no recalibrator configured")
+            if self.recalibrator is not None:
+                self.recalibrator(self)
                 return
-            self.recalibrator(self)
+            rt = self.runtime
+            if rt.sender is None:
+                log.info("recalibration: read-only keeper, nothing sent")
+                return
+            if self._recalibration is None:
+                self._recalibration = recalibration_job(self.config, rt.chain, rt.sender)
+            report = self._recalibration.run()
+            log.info(
+                "recalibration job",
+                extra={
+                    "block": report.block,
+                    "executed": report.executed,
+                    "queued_tx": report.queued,
+                    "skipped": report.skipped,
+                },
+            )
 
         self._guard("recalibrate", run)
 

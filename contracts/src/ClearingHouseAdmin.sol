@@ -21,8 +21,9 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     /// that a flagged account cannot sit below IM for long.
     uint32 public constant MIN_GRACE = 60;
     uint32 public constant MAX_GRACE = 7 days;
-    /// @notice Bounds of the recalibration timelock, and of its change limits (WAD).
-    uint32 public constant MIN_RECALIBRATION_DELAY = 60;
+    /// @notice Bounds of the recalibration timelock (the floor suits a devnet; a production
+    /// owner sets hours, time for the guardian to look), and of its change limits (WAD).
+    uint32 public constant MIN_RECALIBRATION_DELAY = 10;
     uint32 public constant MAX_RECALIBRATION_DELAY = 7 days;
     uint64 public constant MAX_RECALIBRATION_STEP = 0.5e18;
     /// @notice A queued recalibration can be executed from eta to eta + RECALIBRATION_GRACE.
@@ -209,7 +210,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     // again at execution against the parameters current then: a proposal queued against old
     // parameters cannot carry a larger change than the limits allow from the new ones.
 
-    /// @notice 60 s <= delay <= 7 days; 0 < maxStep <= maxDailyStep <= 0.5 (WAD). Applies to
+    /// @notice 10 s <= delay <= 7 days; 0 < maxStep <= maxDailyStep <= 0.5 (WAD). Applies to
     /// proposals queued from now on (a queued one keeps its eta) and to every execution.
     function setRecalibrationConfig(uint32 delay, uint64 maxStep, uint64 maxDailyStep) external onlyOwner {
         if (delay < MIN_RECALIBRATION_DELAY || delay > MAX_RECALIBRATION_DELAY) {

@@ -187,13 +187,16 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
 
     /// @notice A recalibration proposal; its canonical encoding is abi.encode(Recalibration)
     /// (margin/risk/recalibration.py writes the same bytes). Only priceRanges and
-    /// volShiftBases change the parameters; the rest names the data and the estimates so an
-    /// auditor can recompute the proposal from the chain (`keeper replay`).
+    /// volShiftBases change the parameters; the rest names the data, the rule and the
+    /// estimates so an auditor can recompute the proposal from the chain (`keeper replay`).
     struct Recalibration {
         RecalibrationSource[] sources; // one per underlying
         uint64 interval; // sampling interval of the rounds, seconds
         uint64 asOf; // min over the sources of lastRound's updatedAt: the end of the sample
         uint256 lambda; // EWMA decay, WAD
+        uint256 kSigma; // the rule: price range target = kSigma x vol x sqrt(horizon / year)
+        uint64 horizon; // seconds
+        uint256 volShiftPerVol; // the rule: vol shift base target = volShiftPerVol x vol
         uint256[] vols; // EWMA volatility per underlying, WAD
         int256[] priceRanges;
         int256[] volShiftBases;

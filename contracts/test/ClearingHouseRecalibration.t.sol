@@ -34,6 +34,7 @@ abstract contract RecalibrationHelpers is ClearingHouseFixture {
         uint256 tb = btcFeed.updatedAt();
         r.asOf = uint64(te < tb ? te : tb);
         r.lambda = 94e16;
+        (r.kSigma, r.horizon, r.volShiftPerVol) = (3e18, 2 days, 2e17);
         r.vols = new uint256[](2);
         (r.vols[0], r.vols[1]) = (5e17, 4e17);
         r.priceRanges = new int256[](2);
@@ -114,8 +115,8 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         vm.prank(RISKOP);
         adm.setRecalibrationConfig(60, 1, 1);
         vm.startPrank(GOV);
-        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 21, int256(59), int256(60), int256(7 days)));
-        adm.setRecalibrationConfig(59, 1, 1);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 21, int256(9), int256(10), int256(7 days)));
+        adm.setRecalibrationConfig(9, 1, 1);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 22, int256(0), int256(1), int256(1)));
         adm.setRecalibrationConfig(60, 0, 1);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 22, int256(2), int256(1), int256(1)));

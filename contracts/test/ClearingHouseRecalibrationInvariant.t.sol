@@ -69,6 +69,7 @@ contract RecalibrationHandler is TestBase {
         (uint256 te, uint256 tb) = (ethFeed.updatedAt(), btcFeed.updatedAt());
         r.asOf = uint64(te < tb ? te : tb);
         r.lambda = 94e16;
+        (r.kSigma, r.horizon, r.volShiftPerVol) = (3e18, 2 days, 2e17);
         r.vols = new uint256[](2);
         r.priceRanges = new int256[](2);
         r.volShiftBases = new int256[](2);

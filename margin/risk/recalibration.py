@@ -24,8 +24,8 @@ On-chain the proposal is then held to the clearing house's limits (ClearingHouse
 
 The canonical encoding is ``abi.encode(Recalibration)`` of ClearingHouseBase.sol: the data
 sources (per underlying: price feed, first and last round id read), the sampling interval,
-``as_of``, λ, the volatilities, the new grid and the correlations. The contract refuses any
-other encoding of the same values, so a proposal has one hash.
+``as_of``, λ, the rule (k, H, m), the volatilities, the new grid and the correlations. The
+contract refuses any other encoding of the same values, so a proposal has one hash.
 """
 
 from __future__ import annotations
@@ -98,6 +98,10 @@ class Proposal:
     correlations: tuple[int, ...]  # upper triangle, row-major (i < j)
     sources: tuple[Source, ...] = ()  # empty for a CSV history (dry run only)
     interval: int = 0  # sampling interval, seconds (0: the CSV's own dates)
+    #: The rule the targets come from (RecalibrationRule's k, H and m).
+    k_sigma: int = RecalibrationRule.k_sigma
+    horizon: int = RecalibrationRule.horizon
+    vol_shift_per_vol: int = RecalibrationRule.vol_shift_per_vol
 
 
 class RecalibrationLimitError(CalibrationError):
@@ -192,14 +196,18 @@ def _bounded(target: int, current: int, rule: RecalibrationRule, lo: int, hi: in
     return max(lo, min(hi, target))
 
 
+def targets_up(vol: int, k_sigma: int, horizon: int, vol_shift_per_vol: int) -> tuple[int, int]:
+    """(R*, B*) of the module's rule, both rounded up: k·σ·sqrt(H / YEAR) and m·σ."""
+    scale = sqrt_up((horizon * WAD + YEAR - 1) // YEAR)  # sqrt(H / YEAR), rounded up
+    return mul_up(k_sigma, mul_up(vol, scale)), mul_up(vol_shift_per_vol, vol)
+
+
 def propose_underlying(
     vol: int, current: UnderlyingParams, rule: RecalibrationRule
 ) -> UnderlyingProposal:
     """The next price range and vol shift base of one underlying (see the module)."""
     rule.check()
-    scale = sqrt_up((rule.horizon * WAD + YEAR - 1) // YEAR)  # sqrt(H / YEAR), rounded up
-    r_target = mul_up(rule.k_sigma, mul_up(vol, scale))
-    b_target = mul_up(rule.vol_shift_per_vol, vol)
+    r_target, b_target = targets_up(vol, rule.k_sigma, rule.horizon, rule.vol_shift_per_vol)
     return UnderlyingProposal(
         vol,
         _bounded(r_target, current.price_range, rule, rule.min_range, rule.max_range),
@@ -228,7 +236,8 @@ def apply_proposal(params: RiskParams, proposal: Proposal) -> RiskParams:
 
 #: abi.encode(Recalibration) (ClearingHouseBase.sol): one tuple.
 PROPOSAL_ABI = [
-    "((address,uint80,uint80)[],uint64,uint64,uint256,uint256[],int256[],int256[],int256[])"
+    "((address,uint80,uint80)[],uint64,uint64,uint256,uint256,uint64,uint256,"
+    "uint256[],int256[],int256[],int256[])"
 ]
 
 
@@ -244,6 +253,9 @@ def canonical_encoding(proposal: Proposal) -> bytes:
                 proposal.interval,
                 proposal.as_of,
                 proposal.lam,
+                proposal.k_sigma,
+                proposal.horizon,
+                proposal.vol_shift_per_vol,
                 [u.vol for u in us],
                 [u.price_range for u in us],
                 [u.vol_shift_base for u in us],
@@ -259,7 +271,9 @@ def decode_proposal(data: bytes) -> Proposal:
     from eth_abi.abi import decode
 
     try:
-        ((srcs, interval, as_of, lam, vols, ranges, shifts, corr),) = decode(PROPOSAL_ABI, data)
+        ((srcs, interval, as_of, lam, k, h, m, vols, ranges, shifts, corr),) = decode(
+            PROPOSAL_ABI, data
+        )
     except Exception as e:  # eth_abi's decoding errors have no common base
         raise CalibrationError(f"not a recalibration proposal: {e}") from None
     unders = tuple(
@@ -272,6 +286,9 @@ def decode_proposal(data: bytes) -> Proposal:
         tuple(corr),
         tuple(Source(a.lower(), f, last) for a, f, last in srcs),
         interval,
+        k,
+        h,
+        m,
     )
     if canonical_encoding(p) != data:
         raise CalibrationError("not the canonical encoding of its values")
