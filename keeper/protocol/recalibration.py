@@ -103,14 +103,15 @@ def feed_contract(w3: Web3, address: str) -> Contract:
     return w3.eth.contract(address=Web3.to_checksum_address(address), abi=_feed_abi())
 
 
-def chain_state(w3: Web3, ch: Contract, block: int) -> ChainState:
-    """The configured feeds, the current grid and the contract's limits at ``block``."""
+def chain_state(w3: Web3, ch: Contract, block: int, now: int | None = None) -> ChainState:
+    """The configured feeds, the current grid and the contract's limits at ``block``; ``now``
+    (default: the block's timestamp) decides the UTC day of the daily limit."""
     delay, max_step, max_daily = ch.functions.recalibrationConfig().call(block_identifier=block)
     if delay == 0:
         raise RecalibrationUnavailable("the owner has not set the recalibration config")
     n = int(ch.functions.underlyingCount().call(block_identifier=block))
     params = decode_risk_params(bytes(ch.functions.riskParams().call(block_identifier=block)))
-    ts = int(w3.eth.get_block(block)["timestamp"])
+    ts = int(w3.eth.get_block(block)["timestamp"]) if now is None else now
     today = ts // DAY
     feeds, decimals, ranges, shifts = [], [], [], []
     for u in range(n):
