@@ -198,7 +198,9 @@ def run_chain(config_path: Path, *, dry_run: bool, as_json: bool) -> int:
             txm = tx_manager_from_config(cfg, store, chain.w3, signer)
             if store.next_nonce(signer.address) is None:
                 txm.nonces.reconcile()
+            txm.poll()  # what a previous pass sent: mined, final, or still open
             report = recalibration_job(cfg, chain, Sender(txm, signer.address)).run()
+            _follow(txm, wait_seconds=60.0)
         finally:
             store.close()
         out["job"] = {
@@ -218,6 +220,17 @@ def run_chain(config_path: Path, *, dry_run: bool, as_json: bool) -> int:
     finally:
         if chain is not None:
             chain.close()
+
+
+def _follow(txm: Any, wait_seconds: float) -> None:
+    """Polls the signer's open transactions until none is left or ``wait_seconds`` passed
+    (a running keeper on the same store keeps following what is left)."""
+    import time
+
+    deadline = time.monotonic() + wait_seconds
+    while txm.store.open_transactions(txm.signer.address) and time.monotonic() < deadline:
+        txm.poll()
+        time.sleep(0.5)
 
 
 def _fail(name: str, message: str, status: int = 1) -> int:

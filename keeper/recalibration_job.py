@@ -1,9 +1,10 @@
 """The scheduled recalibration (``service.recalibrate_interval_seconds``): each run, at the
 latest block,
 
-1. executes the queued recalibrations whose timelock has passed (in id order; one the
-   contract would refuse — cancelled meanwhile, stale, out of the limits now — is skipped
-   with the contract's reason in the log);
+1. executes the first queued recalibration (in id order) whose timelock has passed and that
+   the contract accepts now (one it would refuse — cancelled, stale, out of the limits now —
+   is skipped with the contract's reason in the log): one per run, since an execution
+   changes what the next one is checked against;
 2. when none is still waiting, computes a proposal from the oracle rounds
    (keeper/protocol/recalibration.py) and queues it, unless it leaves the grid as it is.
 
@@ -118,6 +119,7 @@ class RecalibrationJob:
             try:
                 execute(self.txm, self.ch, q, self.sender, self.gas_margin_percent)
                 report.executed.append(q.id)
+                break
             except (ContractCustomError, ContractLogicError) as e:
                 log.warning(
                     "recalibration not executable",
