@@ -136,7 +136,7 @@ def test_calibrate_queue_execute_and_replay(net: Any) -> None:
     out = _calibrate(tmp)
     assert out["job"]["queued_tx"] is not None and out["job"]["executed"] == []
     assert out["hash"] == a["hash"]
-    h, eta, state = ch.functions.queuedRecalibration(1).call()
+    h, _eta, state = ch.functions.queuedRecalibration(1).call()
     assert "0x" + bytes(h).hex() == a["hash"] and state == 1
     store = Store.open(f"sqlite:///{tmp / 'keeper.db'}")
     try:
