@@ -222,55 +222,55 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         if (maxDailyStep > MAX_RECALIBRATION_STEP) {
             revert ParamOutOfBounds(23, int256(uint256(maxDailyStep)), int256(uint256(maxStep)), int256(uint256(MAX_RECALIBRATION_STEP)));
         }
-        recalibrationConfig = RecalibrationConfig(delay, maxStep, maxDailyStep);
+        _recalibrationConfig = RecalibrationConfig(delay, maxStep, maxDailyStep);
         emit RecalibrationConfigSet(delay, maxStep, maxDailyStep);
     }
 
     /// @notice Queues `proposal` = abi.encode(Recalibration) (canonical bytes only); returns its id.
     function queueRecalibration(bytes calldata proposal) external onlyRole(RISK_OPERATOR) returns (uint256 id) {
-        RecalibrationConfig memory c = recalibrationConfig;
+        RecalibrationConfig memory c = _recalibrationConfig;
         if (c.delay == 0) revert RecalibrationDisabled();
         Recalibration memory r = _decodeRecalibration(proposal);
         _checkRecalibration(r, c);
-        id = ++recalibrationCount;
+        id = ++_recalibrationCount;
         bytes32 h = keccak256(proposal);
         uint64 eta = uint64(block.timestamp) + c.delay;
-        queuedRecalibration[id] = QueuedRecalibration(h, eta, 1);
+        _queuedRecalibration[id] = QueuedRecalibration(h, eta, 1);
         emit RecalibrationQueued(id, h, eta, msg.sender, proposal);
     }
 
     /// @notice Anyone, from eta to eta + RECALIBRATION_GRACE, with the queued bytes: re-checks
     /// the proposal against the current parameters and limits, then stores the new grid.
     function executeRecalibration(uint256 id, bytes calldata proposal) external {
-        QueuedRecalibration memory q = queuedRecalibration[id];
+        QueuedRecalibration memory q = _queuedRecalibration[id];
         if (q.state != 1) revert RecalibrationNotQueued(id, q.state);
         if (block.timestamp < q.eta) revert RecalibrationTooEarly(id, q.eta);
         if (block.timestamp > q.eta + RECALIBRATION_GRACE) revert RecalibrationExpired(id, q.eta + RECALIBRATION_GRACE);
         bytes32 h = keccak256(proposal);
         if (h != q.proposalHash) revert RecalibrationHashMismatch(id, q.proposalHash, h);
         Recalibration memory r = abi.decode(proposal, (Recalibration)); // canonical: checked at queue
-        RiskParams memory p = _checkRecalibration(r, recalibrationConfig);
+        RiskParams memory p = _checkRecalibration(r, _recalibrationConfig);
         uint32 today = uint32(block.timestamp / 1 days);
         for (uint256 u; u < r.priceRanges.length; ++u) {
-            if (recalibrationDay[u].day != today) {
+            if (_recalibrationDay[u].day != today) {
                 // |values| <= the model's bounds (0.9 and 5 WAD) < 2^111: the casts are exact.
                 // forge-lint: disable-next-line(unsafe-typecast)
-                recalibrationDay[u] = RecalibrationDay(today, int112(p.underlyings[u].priceRange), int112(p.underlyings[u].volShiftBase));
+                _recalibrationDay[u] = RecalibrationDay(today, int112(p.underlyings[u].priceRange), int112(p.underlyings[u].volShiftBase));
             }
             p.underlyings[u].priceRange = r.priceRanges[u];
             p.underlyings[u].volShiftBase = r.volShiftBases[u];
         }
-        queuedRecalibration[id].state = 2;
-        lastRecalibrationAsOf = r.asOf;
+        _queuedRecalibration[id].state = 2;
+        _lastRecalibrationAsOf = r.asOf;
         _storeParams(abi.encode(p));
         emit RecalibrationExecuted(id, h, msg.sender);
     }
 
     /// @notice The guardian cancels a queued recalibration; a cancelled id never executes.
     function cancelRecalibration(uint256 id) external onlyRole(GUARDIAN) {
-        uint8 state = queuedRecalibration[id].state;
+        uint8 state = _queuedRecalibration[id].state;
         if (state != 1) revert RecalibrationNotQueued(id, state);
-        queuedRecalibration[id].state = 3;
+        _queuedRecalibration[id].state = 3;
         emit RecalibrationCancelled(id, msg.sender);
     }
 
@@ -305,7 +305,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
             if (t == 0) revert RecalibrationBadSource(u, s.feed, s.firstRound, s.lastRound);
             if (t < end) end = t;
         }
-        if (r.asOf != end || r.asOf <= lastRecalibrationAsOf) revert RecalibrationAsOf(r.asOf, end, lastRecalibrationAsOf);
+        if (r.asOf != end || r.asOf <= _lastRecalibrationAsOf) revert RecalibrationAsOf(r.asOf, end, _lastRecalibrationAsOf);
         p = abi.decode(riskParams(), (RiskParams));
         for (uint256 u; u < n; ++u) {
             _checkUnderlying(u, r.priceRanges[u], r.volShiftBases[u], p, c);
@@ -323,7 +323,7 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         if (shift < b.minVolShift || shift > b.maxVolShift) {
             revert RecalibrationOutOfBounds(u, 1, shift, b.minVolShift, b.maxVolShift);
         }
-        RecalibrationDay memory d = recalibrationDay[u];
+        RecalibrationDay memory d = _recalibrationDay[u];
         bool sameDay = d.day == uint32(block.timestamp / 1 days);
         int256 cur = p.underlyings[u].priceRange;
         _checkRelative(u, 0, range, cur, sameDay ? int256(d.priceRange) : cur, c);
@@ -349,6 +349,34 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         int256 s = int256(uint256(step));
         lo = (x * (WAD - s)) / WAD;
         hi = (x * (WAD + s) + WAD - 1) / WAD;
+    }
+
+    function recalibrationConfig() external view returns (uint32 delay, uint64 maxStep, uint64 maxDailyStep) {
+        RecalibrationConfig memory c = _recalibrationConfig;
+        return (c.delay, c.maxStep, c.maxDailyStep);
+    }
+
+    /// @notice Recalibration ids run 1..recalibrationCount.
+    function recalibrationCount() external view returns (uint256) {
+        return _recalibrationCount;
+    }
+
+    /// @notice asOf of the last executed recalibration (a new one must be later).
+    function lastRecalibrationAsOf() external view returns (uint64) {
+        return _lastRecalibrationAsOf;
+    }
+
+    /// @notice state: 0 never queued, 1 queued, 2 executed, 3 cancelled.
+    function queuedRecalibration(uint256 id) external view returns (bytes32 proposalHash, uint64 eta, uint8 state) {
+        QueuedRecalibration memory q = _queuedRecalibration[id];
+        return (q.proposalHash, q.eta, q.state);
+    }
+
+    /// @notice Underlying u's UTC day of its last executed recalibration, and its price range
+    /// and vol shift base before that day's first one (the daily limit's reference).
+    function recalibrationDay(uint256 u) external view returns (uint32 day, int112 priceRange, int112 volShiftBase) {
+        RecalibrationDay memory d = _recalibrationDay[u];
+        return (d.day, d.priceRange, d.volShiftBase);
     }
 
     /// @notice 0 < penaltyRate <= MAX_PENALTY_RATE, bountyShare <= 1, minBounty <= maxBounty

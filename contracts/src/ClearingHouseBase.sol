@@ -203,11 +203,12 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         int256[] correlations; // upper triangle, row-major
     }
 
-    RecalibrationConfig public recalibrationConfig;
-    uint256 public recalibrationCount; // ids are 1..count
-    uint64 public lastRecalibrationAsOf; // asOf of the last executed proposal
-    mapping(uint256 => QueuedRecalibration) public queuedRecalibration;
-    mapping(uint256 => RecalibrationDay) public recalibrationDay; // per underlying
+    // Internal: their getters live in ClearingHouseAdmin, off the size-bound clearing house.
+    RecalibrationConfig internal _recalibrationConfig;
+    uint256 internal _recalibrationCount; // ids are 1..count
+    uint64 internal _lastRecalibrationAsOf; // asOf of the last executed proposal
+    mapping(uint256 => QueuedRecalibration) internal _queuedRecalibration;
+    mapping(uint256 => RecalibrationDay) internal _recalibrationDay; // per underlying
 
     // The EIP-712 domain separator of the contract being constructed, valid while this code
     // runs at that address on that chain (ClearingHouseAdmin runs it for the clearing house by
