@@ -369,6 +369,8 @@ class RecalibrationSettings(_Section):
     horizon_seconds: int = Field(default=2 * 86_400, gt=0, le=365 * 86_400)
     #: Vol shift base target = vol_shift_per_vol x vol.
     vol_shift_per_vol: Decimal = Field(default=Decimal("0.2"), ge=0, le=100)
+    #: Queue only when a price range or vol shift base moves by more than this fraction.
+    min_change: Decimal = Field(default=Decimal("0.05"), ge=0, le=1)
 
 
 class MetricsConfig(_Section):

@@ -25,14 +25,17 @@ from margin.params import WAD, RiskParams
 from margin.portfolio_margin import LIQUIDATABLE, full_check
 
 #: keeper config for the demo: the job every 2 s (wall clock, 1 block a second); the last 60
-#: rounds of each feed sampled every second; H = 300 s, the demo's "close-out time"; the vol
-#: shift per (annualised, per-second-sampled) vol point scaled down to match.
+#: rounds of each feed sampled every second; H = 300 s, the demo's "close-out time", and k
+#: chosen so that the drift's volatility gives about the deployed grid (0.15): the drift's
+#: proposals move less than min_change and are not queued, the vol spike's are; the vol shift
+#: per (annualised, per-second-sampled) vol point scaled down to match.
 RECALIBRATION = {
     "rounds": 60,
     "sample_seconds": 1,
-    "k_sigma": 3,
+    "k_sigma": 3.6,
     "horizon_seconds": 300,
-    "vol_shift_per_vol": 0.005,
+    "vol_shift_per_vol": 0.004,
+    "min_change": 0.05,
 }
 RECALIBRATE_EVERY = 2.0
 #: The timelock on the demo's devnet (the contract's floor): seconds of chain time.

@@ -6,7 +6,8 @@ latest block,
    is skipped with the contract's reason in the log): one per run, since an execution
    changes what the next one is checked against;
 2. when none is still waiting, computes a proposal from the oracle rounds
-   (keeper/protocol/recalibration.py) and queues it, unless it leaves the grid as it is.
+   (keeper/protocol/recalibration.py) and queues it, unless no price range or vol shift base
+   moves by more than ``[recalibration] min_change`` of its current value.
 
 Both go through the keeper's transaction manager: stored, signed, followed and recorded as
 every keeper transaction. A transaction of the job still open skips the run (no duplicate).
@@ -56,7 +57,7 @@ def settings_of(cfg: RecalibrationSettings) -> Settings:
         horizon=cfg.horizon_seconds,
         vol_shift_per_vol=wad(cfg.vol_shift_per_vol),
     )
-    return Settings(cfg.rounds, cfg.sample_seconds, wad(cfg.lam), rule)
+    return Settings(cfg.rounds, cfg.sample_seconds, wad(cfg.lam), rule, wad(cfg.min_change))
 
 
 @dataclass
@@ -130,8 +131,9 @@ class RecalibrationJob:
             return report
         try:
             proposal = propose(self.w3, self.rpc, self.ch, self.settings, block)
-            if grid_unchanged(proposal, chain_state(self.w3, self.ch, block)):
-                report.skipped = "the grid would not change"
+            state = chain_state(self.w3, self.ch, block)
+            if grid_unchanged(proposal, state, self.settings.min_change):
+                report.skipped = "the grid would move less than min_change"
                 return report
             tx = queue(self.txm, self.ch, proposal, self.sender, self.gas_margin_percent)
             report.queued = str(tx.id)

@@ -78,6 +78,9 @@ class Settings:
     interval: int = DEFAULT_INTERVAL
     lam: int = DEFAULT_LAMBDA
     rule: RecalibrationRule = field(default_factory=RecalibrationRule)
+    #: Queue only when a price range or vol shift base moves by more than this (WAD,
+    #: relative to its current value): no churn of the timelock for noise.
+    min_change: int = 5 * 10**16
 
 
 @dataclass(frozen=True)
@@ -239,9 +242,15 @@ def propose(w3: Web3, rpc: Rpc, ch: Contract, settings: Settings, block: int) ->
     )
 
 
-def grid_unchanged(proposal: Proposal, state: ChainState) -> bool:
-    return all(
-        p.price_range == r.current and p.vol_shift_base == s.current
+def grid_unchanged(proposal: Proposal, state: ChainState, min_change: int = 0) -> bool:
+    """No price range or vol shift base moves by more than ``min_change`` (relative, WAD) of
+    its current value (a value from zero always counts as a move)."""
+
+    def moves(new: int, cur: int) -> bool:
+        return abs(new - cur) * WAD > min_change * cur if cur > 0 else new != cur
+
+    return not any(
+        moves(p.price_range, r.current) or moves(p.vol_shift_base, s.current)
         for p, r, s in zip(proposal.underlyings, state.ranges, state.shifts, strict=True)
     )
 

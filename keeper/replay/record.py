@@ -368,8 +368,7 @@ def check_record(
                     "missing_transaction",
                     d.block_number,
                     parse_account(d.account),
-                    f"{d.action} recorded as {d.outcome!r} "
-                    "but no tx row is recorded for it",
+                    f"{d.action} recorded as {d.outcome!r} but no tx row is recorded for it",
                     [FieldDiff("tx", "a tx row", None)],
                     d.id,
                 )
