@@ -24,13 +24,14 @@ from keeper.deployment import Deployment, bind, decode_risk_params
 from margin.params import WAD, RiskParams
 from margin.portfolio_margin import LIQUIDATABLE, full_check
 
-#: keeper config for the demo: the job every 2 s (wall clock, 1 block a second); the last 60
-#: rounds of each feed sampled every second; H = 300 s, the demo's "close-out time", and k
+#: keeper config for the demo: the job every 2 s (wall clock, 1 block a second); the last 25
+#: rounds of each feed (one a block from the drift on: the job starts once 25 have been
+#: published, so the pre-market deployment rounds are out of the window) sampled every second; H = 300 s, the demo's "close-out time", and k
 #: chosen so that the drift's volatility gives about the deployed grid (0.15): the drift's
 #: proposals move less than min_change and are not queued, the vol spike's are; the vol shift
 #: per (annualised, per-second-sampled) vol point scaled down to match.
 RECALIBRATION = {
-    "rounds": 60,
+    "rounds": 25,
     "sample_seconds": 1,
     "k_sigma": 3.6,
     "horizon_seconds": 300,

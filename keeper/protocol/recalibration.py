@@ -4,8 +4,8 @@ with margin/risk/, queue it as the risk operator, execute matured ones.
 Every input is read at one pinned block, so the proposal is a function of chain data:
 
 1. **sources**: per underlying, its configured price feed and the round-id window
-   ``[max(1, last - rounds + 1), last]`` with ``last`` the feed's latest round at the block
-   (round ids within the feed's current phase);
+   ``[last - rounds + 1, last]`` with ``last`` the feed's latest round at the block (round
+   ids within the feed's current phase; a feed with fewer rounds: no proposal yet);
 2. **rounds**: ``getRoundData`` of every id in the window (one JSON-RPC batch, pinned to the
    block); a missing round is skipped (margin/risk/rounds.py);
 3. **series**: sampled every ``interval`` seconds on one grid ending at ``asOf`` (the earliest
@@ -226,9 +226,12 @@ def propose(w3: Web3, rpc: Rpc, ch: Contract, settings: Settings, block: int) ->
     sources = []
     for feed in state.feeds:
         last = latest_round(w3, feed, block)
-        if last < 2:
-            raise RecalibrationUnavailable(f"feed {feed} has fewer than two rounds")
-        sources.append(Source(feed, max(1, last - settings.rounds + 1), last))
+        if last < settings.rounds:
+            # A short history is no basis for a new grid: wait for a full window.
+            raise RecalibrationUnavailable(
+                f"feed {feed} has {last} rounds, the window needs {settings.rounds}"
+            )
+        sources.append(Source(feed, last - settings.rounds + 1, last))
     r = settings.rule
     return compute_proposal(
         rpc,
