@@ -26,10 +26,11 @@ from margin.portfolio_margin import LIQUIDATABLE, full_check
 
 #: keeper config for the demo: the job every 2 s (wall clock, 1 block a second); the last 25
 #: rounds of each feed (one a block from the drift on: the job starts once 25 have been
-#: published, so the pre-market deployment rounds are out of the window) sampled every second; H = 300 s, the demo's "close-out time", and k
-#: chosen so that the drift's volatility gives about the deployed grid (0.15): the drift's
-#: proposals move less than min_change and are not queued, the vol spike's are; the vol shift
-#: per (annualised, per-second-sampled) vol point scaled down to match.
+#: published, so the pre-market deployment rounds are out of the window) sampled every
+#: second; H = 300 s, the demo's "close-out time", and k chosen so that the drift's
+#: volatility gives about the deployed grid (0.15): the drift's proposals move less than
+#: min_change and are not queued, the vol spike's are; the vol shift per (annualised,
+#: per-second-sampled) vol point scaled down to match.
 RECALIBRATION = {
     "rounds": 25,
     "sample_seconds": 1,
