@@ -36,7 +36,7 @@ RECALIBRATION = {
     "sample_seconds": 1,
     "k_sigma": 3.6,
     "horizon_seconds": 300,
-    "vol_shift_per_vol": 0.004,
+    "vol_shift_per_vol": 0.0055,
     "min_change": 0.05,
 }
 RECALIBRATE_EVERY = 2.0

@@ -13,8 +13,8 @@ from keeper.deployment import Deployment, bind
 
 #: (name, share of the duration)
 PHASES: tuple[tuple[str, float], ...] = (
-    ("drift", 0.25),
-    ("vol spike", 0.15),
+    ("drift", 0.15),
+    ("vol spike", 0.25),
     ("crash", 0.2),
     ("recovery", 0.2),
     ("expiry", 0.2),
