@@ -730,7 +730,10 @@ def _print_recalibration(console: Console, r: dict[str, Any]) -> None:
             f"crash counterfactual (block {c['block']}, {c['accounts']} books): liquidatable "
             f"{c['liquidatable_recalibrated']} under the recalibrated grid, "
             f"{c['liquidatable_original']} under the deployed one: the recalibration caused "
-            f"{c['caused']} liquidation(s) (earlier) and prevented {c['prevented']}",
+            f"{c['caused']} liquidation(s) (earlier) and prevented {c['prevented']}; the block "
+            f"before, {c['below_im_before_recalibrated']} books were below initial margin "
+            f"(margin call) under the recalibrated grid, {c['below_im_before_original']} under "
+            "the deployed one",
             soft_wrap=True,
             highlight=False,
         )

@@ -22,7 +22,7 @@ from web3 import Web3
 from keeper.chain import Chain
 from keeper.deployment import Deployment, bind, decode_risk_params
 from margin.params import WAD, RiskParams
-from margin.portfolio_margin import LIQUIDATABLE, full_check
+from margin.portfolio_margin import LIQUIDATABLE, MARGIN_CALL, full_check
 
 #: keeper config for the demo: the job every 2 s (wall clock, 1 block a second); the last 25
 #: rounds of each feed (one a block from the drift on: the job starts once 25 have been
@@ -52,6 +52,10 @@ class CrashCounterfactual:
     liquidatable_original: int
     caused: int  # liquidatable only under the recalibrated grid
     prevented: int  # liquidatable only under the original grid
+    #: The block before the crash: accounts below initial margin (margin called: a flag and
+    #: its grace period start) under each grid -- the warning the recalibration gave.
+    below_im_before_recalibrated: int = 0
+    below_im_before_original: int = 0
 
 
 @dataclass
@@ -105,9 +109,11 @@ def summarise(
     return out
 
 
-def _counterfactual(
-    chain: Chain, original: RiskParams, accounts: list[int], block: int
-) -> CrashCounterfactual:
+def _states(
+    chain: Chain, original: RiskParams, accounts: list[int], block: int, at_least: int
+) -> tuple[set[int], set[int], int]:
+    """Accounts in state >= ``at_least`` at ``block`` under the grid on chain and under
+    ``original``, and how many had positions."""
     snap = chain.view(chain.rpc.block(block)).snapshot(accounts)
     with_, without, n = set(), set(), 0
     for a in accounts:
@@ -115,10 +121,25 @@ def _counterfactual(
             continue
         n += 1
         inp = snap.inputs(a, lenient=True)
-        if full_check(inp.portfolio, inp.market, snap.risk_params).state == LIQUIDATABLE:
+        if full_check(inp.portfolio, inp.market, snap.risk_params).state >= at_least:
             with_.add(a)
-        if full_check(inp.portfolio, inp.market, original).state == LIQUIDATABLE:
+        if full_check(inp.portfolio, inp.market, original).state >= at_least:
             without.add(a)
+    return with_, without, n
+
+
+def _counterfactual(
+    chain: Chain, original: RiskParams, accounts: list[int], block: int
+) -> CrashCounterfactual:
+    with_, without, n = _states(chain, original, accounts, block, LIQUIDATABLE)
+    im_with, im_without, _ = _states(chain, original, accounts, block - 1, MARGIN_CALL)
     return CrashCounterfactual(
-        block, n, len(with_), len(without), len(with_ - without), len(without - with_)
+        block,
+        n,
+        len(with_),
+        len(without),
+        len(with_ - without),
+        len(without - with_),
+        len(im_with),
+        len(im_without),
     )
