@@ -163,6 +163,20 @@ def check_limit(u: int, field: int, value: int, lim: FieldLimits) -> None:
         raise RecalibrationDailyLimit(u, field, value, lo, hi)
 
 
+def check_underlying(
+    u: int, price_range: int, vol_shift: int, ranges: FieldLimits, shifts: FieldLimits
+) -> None:
+    """ClearingHouseAdmin._checkUnderlying: both fields' absolute bounds first, then the
+    price range's relative limits, then the vol shift's (the contract's order, so the same
+    input fails with the same error)."""
+    if not ranges.lo <= price_range <= ranges.hi:
+        raise RecalibrationOutOfBounds(u, 0, price_range, ranges.lo, ranges.hi)
+    if not shifts.lo <= vol_shift <= shifts.hi:
+        raise RecalibrationOutOfBounds(u, 1, vol_shift, shifts.lo, shifts.hi)
+    check_limit(u, 0, price_range, ranges)
+    check_limit(u, 1, vol_shift, shifts)
+
+
 def limit_window(lim: FieldLimits) -> tuple[int, int]:
     """The values :func:`check_limit` accepts: the intersection of the three windows."""
     lo, hi = lim.lo, lim.hi
