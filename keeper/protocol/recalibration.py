@@ -320,4 +320,3 @@ def execute(txm: Any, ch: Contract, q: Queued, sender: str, margin: int = 20) ->
     )
     log.info("recalibration executed", extra={"tx_id": tx.id, "recalibration": q.id})
     return tx
-
