@@ -13,7 +13,8 @@ transaction manager, indexer, decision core, metrics — and runs them as APSche
 - **full sweep** (``decisions.sweep_interval_seconds``): every indexed account re-margined;
 - **consistency check** (``service.consistency_interval_seconds``): indexed state vs chain;
 - **settlement catch-up** (``service.settle_interval_seconds``);
-- **recalibration hook** (``service.recalibrate_interval_seconds``, off by default).
+- **recalibration** (``service.recalibrate_interval_seconds``, off by default): execute matured
+  recalibrations, queue a new one from the oracle rounds (keeper/recalibration_job.py);
 
 All jobs run on one worker thread, so they never interleave their reads and writes. SIGTERM or
 SIGINT stops the scheduler after the job in progress (every job's writes are transactional, so
