@@ -120,9 +120,12 @@ def backtest(
 
 @app.command()
 def calibrate(
-    prices: Annotated[Path, typer.Option("--prices", help="Price CSV (date + columns)")],
+    prices: Annotated[
+        Path | None, typer.Option("--prices", help="Price CSV (date + columns); dry run only")
+    ] = None,
+    config: ConfigOption = Path("keeper.toml"),
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the proposal (submission: not available)")
+        bool, typer.Option("--dry-run", help="Print the proposal, submit nothing")
     ] = False,
     book: Annotated[
         Path | None, typer.Option("--book", help="Portfolio file with the current parameters")
@@ -132,15 +135,19 @@ def calibrate(
     last: Annotated[str | None, typer.Option("--to", help="Last day (YYYY-MM-DD)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
-    """EWMA volatility and correlation of a price history and the next grid's price range
-    and vol shift, with the hash of the proposal's canonical encoding."""
+    """EWMA volatility and correlation of a price history (a CSV, or the chain's oracle rounds)
+    and the next grid's price range and vol shift, with the hash of the proposal's canonical
+    encoding. From the chain without --dry-run: one pass of the recalibration job (execute
+    matured updates, queue a new one) as the risk operator."""
     from datetime import date
 
-    from keeper.calibrate_cmd import CalibrateOptions
+    from keeper.calibrate_cmd import CalibrateOptions, run_chain
     from keeper.calibrate_cmd import run as run_calibrate
 
+    if prices is None:
+        raise SystemExit(run_chain(config, dry_run=dry_run, as_json=as_json))
     if not dry_run:
-        sys.stderr.write("error: UsageError: only --dry-run is available (nothing is submitted)\n")
+        sys.stderr.write("error: UsageError: --prices is for --dry-run (no round ids to submit)\n")
         raise SystemExit(2)
     try:
         d0 = date.fromisoformat(first) if first else None

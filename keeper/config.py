@@ -354,7 +354,9 @@ class ServiceConfig(_Section):
     settle_interval_seconds: PositiveSeconds = 60.0
     #: Funding job: pokes the perpetuals whose funding interval has passed (0 = off).
     funding_interval_seconds: float = Field(default=60.0, ge=0, le=86_400)
-    #: Risk-parameter recalibration hook (0 = off): calls the configured recalibrator.
+    #: Recalibration job (0 = off): executes matured queued recalibrations and queues a new
+    #: one from the oracle rounds as ``[recalibration]`` says (keeper/protocol/recalibration.py;
+    #: the signer must hold RISK_OPERATOR to queue). A configured recalibrator replaces it.
     recalibrate_interval_seconds: float = Field(default=0.0, ge=0, le=86_400 * 7)
     #: Read-only mode: assess and record, never send (no signer needed).
     dry_run: bool = False
@@ -362,6 +364,25 @@ class ServiceConfig(_Section):
     #: USDC; checked every minute. Unset: the keeper never claims by itself (``keeper bounty
     #: --claim`` does).
     claim_bounty_above_usdc: Usdc | None = None
+
+
+class RecalibrationSettings(_Section):
+    """What the keeper's recalibration reads and how it turns it into a grid (the rule's k, H
+    and m go into the proposal, so ``keeper replay`` recomputes it with the same ones)."""
+
+    #: Round ids per feed: the window ``[last - rounds + 1, last]``.
+    rounds: int = Field(default=500, ge=2, le=20_000)
+    #: Sampling interval of the rounds, seconds.
+    sample_seconds: int = Field(default=3600, ge=1, le=86_400 * 7)
+    #: EWMA decay, in [0.5, 0.9999].
+    lam: Decimal = Field(default=Decimal("0.94"), ge=Decimal("0.5"), le=Decimal("0.9999"))
+    #: Price range target = k_sigma x vol x sqrt(horizon / year).
+    k_sigma: Decimal = Field(default=Decimal(3), gt=0, le=100)
+    horizon_seconds: int = Field(default=2 * 86_400, gt=0, le=365 * 86_400)
+    #: Vol shift base target = vol_shift_per_vol x vol.
+    vol_shift_per_vol: Decimal = Field(default=Decimal("0.2"), ge=0, le=100)
+    #: Queue only when a price range or vol shift base moves by more than this fraction.
+    min_change: Decimal = Field(default=Decimal("0.05"), ge=0, le=1)
 
 
 class MetricsConfig(_Section):
@@ -426,6 +447,7 @@ class KeeperConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     indexer: IndexerConfig = IndexerConfig()
     service: ServiceConfig = ServiceConfig()
+    recalibration: RecalibrationSettings = RecalibrationSettings()
     #: Optional private relay for liquidations (off when absent).
     relay: RelayConfig | None = None
     #: Cluster mode (off by default): needs a PostgreSQL store.

@@ -405,6 +405,8 @@ class KeeperCore:
         this block (maintenance actions: gated, simulated and recorded like settlement)."""
         start = view.round_trips
         report = BlockReport(view.block.number)
+        if self.leads is not None and not self.leads():
+            return report  # cluster mode: instrument-level work is the leader's
         snap = view.snapshot([])
         due = []
         for iid, last in due_pokes(snap):

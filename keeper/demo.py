@@ -42,6 +42,12 @@ from web3 import Web3
 from keeper.artifacts import ensure_built
 from keeper.chain import Chain
 from keeper.config import load_config_data
+from keeper.demo_recalibration import (
+    DEMO_DELAY,
+    RECALIBRATE_EVERY,
+    RECALIBRATION,
+    summarise,
+)
 from keeper.deployment import Deployment, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.market import SeededMarket, seed_market
@@ -130,6 +136,9 @@ class DemoSummary:
     out: str
     files: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False  # Ctrl-C: the keeper was stopped before the script's end
+    #: Recalibrations queued/executed, the grid over the run, and the crash counterfactual
+    #: (keeper/demo_recalibration.py).
+    recalibration: dict[str, Any] = field(default_factory=dict)
 
 
 #: States that count as distress for ``never_distressed`` (settleable and empty do not: an
@@ -188,7 +197,9 @@ def keeper_config(anvil: Anvil, out: Path, deployment_file: Path) -> dict[str, A
             "watchdog_seconds": 60,
             "settle_interval_seconds": 5,
             "funding_interval_seconds": 5,
+            "recalibrate_interval_seconds": RECALIBRATE_EVERY,
         },
+        "recalibration": dict(RECALIBRATION),
     }
 
 
@@ -238,7 +249,16 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         # block time after the previous one.
         miner = _Miner(anvil, max(1, round(opts.block_time)))
         w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 120}))
-        deployment = deploy_protocol(w3)
+        deployment = deploy_protocol(w3, recalibration_delay=DEMO_DELAY)
+        ch = bind(w3, deployment, "ClearingHouse")
+        # The keeper's signer (anvil #1) queues recalibrations: it holds the risk operator role.
+        risk_operator = ch.functions.RISK_OPERATOR().call()
+        w3.eth.wait_for_transaction_receipt(
+            ch.functions.setRole(risk_operator, list(w3.eth.accounts)[1], True).transact(
+                {"from": deployment.deployer}
+            )
+        )
+        original_params = bytes(ch.functions.riskParams().call())
         deployment_file = out / "deployment.json"
         deployment.write(deployment_file)
         chain = Chain.connect(anvil.url, deployment)
@@ -270,12 +290,16 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         first_block = w3.eth.block_number
         feeds = ScriptedFeeds(w3, deployment, deployment.deployer)
         phases_done: list[str] = []
+        marks: dict[str, int] = {}
         interrupted = False
         # The live view needs a terminal; piped or captured output gets progress lines.
         live = opts.live and console.is_terminal
         try:
             _wait_started(service, thread)
-            _play(opts, miner, deployment, feeds, service, market, console, phases_done, live)
+            _play(
+                opts, miner, deployment, feeds, service, market, console, phases_done, live,
+                marks,
+            )  # fmt: skip
             _settle_quietly(service, miner, opts)
         except KeyboardInterrupt:
             interrupted = True
@@ -286,6 +310,15 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         summary = _summary(
             opts, w3, deployment, market, service, first_block, phases_done, status, t0
         )
+        summary.recalibration = summarise(
+            w3,
+            chain,
+            deployment,
+            original_params,
+            [a.account for a in market.accounts],
+            first_block,
+            marks.get("crash"),
+        ).as_dict()
         chain.close()
     log_file.close()
     summary.interrupted = interrupted
@@ -333,6 +366,7 @@ def _play(
     console: Console,
     phases_done: list[str],
     live: bool,
+    marks: dict[str, int],
 ) -> None:
     rng = random.Random(opts.seed)
     steps = max(len(PHASES), int(opts.duration / opts.block_time))
@@ -356,6 +390,8 @@ def _play(
             # the same block by block in every run with this seed.
             apply_phase(phase, first, feeds, rng, crash=opts.crash, expiry=expiry)
             miner.mine()
+            if first:
+                marks[phase] = feeds.w3.eth.block_number
             last = phase
             end = time.monotonic() + opts.block_time
             while True:
@@ -495,7 +531,11 @@ def _summary(
             sent_by: dict[str, str] = {}  # mined hash -> action
             for t in s.exec(select(Transaction)).all():
                 txs[str(t.status)] += 1
-                action = decisions[t.decision_id].action if t.decision_id in decisions else "?"
+                action = (
+                    decisions[t.decision_id].action
+                    if t.decision_id in decisions
+                    else _undecided_action(ch, t.data)
+                )
                 count = actions.setdefault(action, ActionCount())
                 count.sent += 1
                 if t.status == "final":
@@ -602,6 +642,14 @@ def _ordered(counts: dict[str, int]) -> list[tuple[str, int]]:
 ACTION_ORDER = (*ACTION_EVENTS, "none")
 
 
+def _undecided_action(ch: Any, data: str) -> str:
+    """A transaction without a decision: the recalibration job's, or one not known here."""
+    for fn in ("queueRecalibration", "executeRecalibration"):
+        if data.startswith(ch.encode_abi(fn, args=[b""] if fn[0] == "q" else [0, b""])[:10]):
+            return "recalibrate"
+    return "?"
+
+
 def _print_summary(console: Console, s: DemoSummary) -> None:
     console.print(f"[bold]keeper demo — summary[/bold] (seed {s.seed})", highlight=False)
     console.print(
@@ -684,6 +732,7 @@ def _print_summary(console: Console, s: DemoSummary) -> None:
     console.print(res)
     for line in LEGEND:
         console.print(line, style="dim", highlight=False, soft_wrap=True)
+    _print_recalibration(console, s.recalibration)
     console.print(f"left for replay in {s.out}: {', '.join(s.files.values())}", soft_wrap=True)
     # One line, never wrapped: it is meant to be copied and run as printed.
     console.print(
@@ -692,6 +741,33 @@ def _print_summary(console: Console, s: DemoSummary) -> None:
         soft_wrap=True,
         highlight=False,
     )
+
+
+def _print_recalibration(console: Console, r: dict[str, Any]) -> None:
+    if not r:
+        return
+    console.print(
+        f"recalibration: {r['queued']} queued, {r['executed']} executed, "
+        f"{r['cancelled']} cancelled; grid (price range/vol shift base) deployed -> at the "
+        "crash -> end: "
+        + "; ".join(f"{k} {g['deployed']} -> {g['at_crash']} -> {g['end']}"
+                    for k, g in r["grid"].items()),
+        soft_wrap=True,
+        highlight=False,
+    )  # fmt: skip
+    c = r.get("crash")
+    if c:
+        console.print(
+            f"crash counterfactual (block {c['block']}, {c['accounts']} books): liquidatable "
+            f"{c['liquidatable_recalibrated']} under the recalibrated grid, "
+            f"{c['liquidatable_original']} under the deployed one: the recalibration caused "
+            f"{c['caused']} liquidation(s) (earlier) and prevented {c['prevented']}; the block "
+            f"before, {c['below_im_before_recalibrated']} books were below initial margin "
+            f"(margin call) under the recalibrated grid, {c['below_im_before_original']} under "
+            "the deployed one",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 LEGEND = (

@@ -190,6 +190,7 @@ def deploy_protocol(
     backstop_usdc: int = 10_000_000,
     insurance_usdc: int = 100_000,
     funding_cap: int = 10**15,
+    recalibration_delay: int = 3600,
 ) -> Deployment:
     """Deploy verifier, clearing house, mock tokens and feeds; configure markets; fund the
     backstop (the deployer's sub-account 1) and the insurance fund. Roles go to the deployer.
@@ -263,6 +264,13 @@ def deploy_protocol(
     for i in range(len(markets)):
         bounds = (10 * 10**16, 25 * 10**16, 5 * 10**16, 20 * 10**16)
         _send(w3, ch.functions.setRiskBounds(i, bounds), deployer)
+    # Recalibration: queued updates wait `recalibration_delay` seconds; each execution moves a
+    # price range or vol shift at most 25% from its current value, at most 50% in a UTC day.
+    _send(
+        w3,
+        ch.functions.setRecalibrationConfig(recalibration_delay, 25 * 10**16, 50 * 10**16),
+        deployer,
+    )
     roles = {}
     for role in ("MATCHER", "GUARDIAN", "RISK_OPERATOR"):
         key = getattr(ch.functions, role)().call()

@@ -15,7 +15,8 @@ transaction manager, indexer, decision core, metrics — and runs them as APSche
 - **settlement catch-up** (``service.settle_interval_seconds``);
 - **funding** (``service.funding_interval_seconds``): pokes each perpetual's funding once per
   interval;
-- **recalibration hook** (``service.recalibrate_interval_seconds``, off by default).
+- **recalibration** (``service.recalibrate_interval_seconds``, off by default): execute matured
+  recalibrations, queue a new one from the oracle rounds (keeper/recalibration_job.py);
 
 All jobs run on one worker thread, so they never interleave their reads and writes. SIGTERM or
 SIGINT stops the scheduler after the job in progress (every job's writes are transactional, so
@@ -54,6 +55,7 @@ from keeper.decisions import DecisionPolicy
 from keeper.deployment import clearing_house_abi, load_deployment
 from keeper.indexer import Indexer, ReorgTooDeep, SyncResult
 from keeper.metrics import ACCOUNT_STATES, Health, KeeperMetrics, MetricsServer
+from keeper.recalibration_job import RecalibrationJob, recalibration_job
 from keeper.secrets import scrub
 from keeper.signer import load_signer
 from keeper.store import Store, Transaction, TxStatus
@@ -145,6 +147,7 @@ class KeeperService:
         self.config = config
         self.progress = progress
         self.recalibrator = recalibrator
+        self._recalibration: RecalibrationJob | None = None
         self.metrics = KeeperMetrics()
         self.health = Health(max_block_age=config.service.watchdog_seconds)
         self.exit_status = EXIT_OK
@@ -570,10 +573,25 @@ class KeeperService:
         def run() -> None:
             if not self._leader_job():
                 return
-            if self.recalibrator is None:
-                log.info("recalibration hook: no recalibrator configured")
+            if self.recalibrator is not None:
+                self.recalibrator(self)
                 return
-            self.recalibrator(self)
+            rt = self.runtime
+            if rt.sender is None:
+                log.info("recalibration: read-only keeper, nothing sent")
+                return
+            if self._recalibration is None:
+                self._recalibration = recalibration_job(self.config, rt.chain, rt.sender)
+            report = self._recalibration.run()
+            log.info(
+                "recalibration job",
+                extra={
+                    "block": report.block,
+                    "executed": report.executed,
+                    "queued_tx": report.queued,
+                    "skipped": report.skipped,
+                },
+            )
 
         self._guard("recalibrate", run)
 

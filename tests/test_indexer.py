@@ -360,11 +360,11 @@ def test_touched_accounts_and_market_changes(net: Net, chain: Chain, store: Stor
     assert res.touched_accounts == {acct} and not res.market_changed
     assert acct in ix.known_accounts()
     send(net.w3, ch.functions.setRate(3 * 10**16), net.d.deployer)
-    send(net.w3, ch.functions.adjustRisk(0, 15 * 10**16, 10 * 10**16), net.d.deployer)
+    send(net.w3, ch.functions.setRiskParams(ch.functions.riskParams().call()), net.d.deployer)
     res = ix.sync()
     assert res.market_changed and not res.touched_accounts
     names = [e.name for e in index_store.events(store)[-res.logs :]]
-    assert names == ["RateSet", "RiskParamsSet", "RiskAdjusted"]  # adjustRisk re-stores params
+    assert names == ["RateSet", "RiskParamsSet"]
     send(net.w3, ch.functions.setOperator(acct, net.w3.eth.accounts[8], True), who)
     res = ix.sync()
     assert res.touched_accounts == {acct} and not res.market_changed

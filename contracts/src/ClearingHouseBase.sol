@@ -174,6 +174,65 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     /// @dev account => instrument => the funding index the account's position last settled at.
     mapping(uint256 => mapping(uint256 => int256)) internal _fundingIndexAt;
 
+    // ---- recalibration (ClearingHouseAdmin's "recalibration" block): the risk operator's
+    // queue of grid updates behind a timelock, and the change limits they are checked against.
+    /// @notice Owner-set: `delay` seconds between queue and execution; `maxStep` and
+    /// `maxDailyStep` bound the relative change (WAD) of an underlying's price range and vol
+    /// shift base per execution and per UTC calendar day.
+    struct RecalibrationConfig {
+        uint32 delay;
+        uint64 maxStep;
+        uint64 maxDailyStep;
+    }
+
+    /// @dev state: 0 never queued, 1 queued, 2 executed, 3 cancelled.
+    struct QueuedRecalibration {
+        bytes32 proposalHash; // keccak256 of the canonical proposal bytes
+        uint64 eta; // earliest execution time
+        uint8 state;
+    }
+
+    /// @dev An underlying's price range and vol shift base as they were before the first
+    /// recalibration executed on UTC day `day` (the per-day limit's reference).
+    struct RecalibrationDay {
+        uint32 day;
+        int112 priceRange;
+        int112 volShiftBase;
+    }
+
+    /// @notice One underlying's data source: its price feed (must be the configured one) and
+    /// the window of round ids read.
+    struct RecalibrationSource {
+        address feed;
+        uint80 firstRound;
+        uint80 lastRound;
+    }
+
+    /// @notice A recalibration proposal; its canonical encoding is abi.encode(Recalibration)
+    /// (margin/risk/recalibration.py writes the same bytes). Only priceRanges and
+    /// volShiftBases change the parameters; the rest names the data, the rule and the
+    /// estimates so an auditor can recompute the proposal from the chain (`keeper replay`).
+    struct Recalibration {
+        RecalibrationSource[] sources; // one per underlying
+        uint64 interval; // sampling interval of the rounds, seconds
+        uint64 asOf; // min over the sources of lastRound's updatedAt: the end of the sample
+        uint256 lambda; // EWMA decay, WAD
+        uint256 kSigma; // the rule: price range target = kSigma x vol x sqrt(horizon / year)
+        uint64 horizon; // seconds
+        uint256 volShiftPerVol; // the rule: vol shift base target = volShiftPerVol x vol
+        uint256[] vols; // EWMA volatility per underlying, WAD
+        int256[] priceRanges;
+        int256[] volShiftBases;
+        int256[] correlations; // upper triangle, row-major
+    }
+
+    // Internal: their getters live in ClearingHouseAdmin, off the size-bound clearing house.
+    RecalibrationConfig internal _recalibrationConfig;
+    uint256 internal _recalibrationCount; // ids are 1..count
+    uint64 internal _lastRecalibrationAsOf; // asOf of the last executed proposal
+    mapping(uint256 => QueuedRecalibration) internal _queuedRecalibration;
+    mapping(uint256 => RecalibrationDay) internal _recalibrationDay; // per underlying
+
     // The EIP-712 domain separator of the contract being constructed, valid while this code
     // runs at that address on that chain (ClearingHouseAdmin runs it for the clearing house by
     // DELEGATECALL, and a fork changes the chain id: both recompute).

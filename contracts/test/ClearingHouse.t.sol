@@ -9,7 +9,7 @@ import {MockERC20} from "../src/token/MockERC20.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {StalePrice, NonPositivePrice, IncompleteRound} from "../src/oracle/OracleLib.sol";
 import {
-    MarginResult, Portfolio, Market, RiskParams, AssetParams, PortfolioMargin, InvalidRiskParameter
+    MarginResult, Portfolio, Market, RiskParams, AssetParams, PortfolioMargin
 } from "../src/margin/PortfolioMargin.sol";
 
 /// @notice Unit tests of every entry point of the clearing house and its named errors.
@@ -565,7 +565,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotGuardian.selector, address(this)));
         adm.pause();
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotRiskOperator.selector, address(this)));
-        adm.adjustRisk(0, 15e16, 8e16);
+        adm.queueRecalibration("");
         vm.startPrank(GOV);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.UnderlyingNotConfigured.selector, 5));
         adm.listInstrument(5, 0, 0, 0);
@@ -580,24 +580,6 @@ contract ClearingHouseTest is ClearingHouseFixture {
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 8, int256(6e17), int256(1), int256(5e17)));
         adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(6e17, 0, 0, 0, 0));
         vm.stopPrank();
-    }
-
-    function test_riskOperatorWithinBounds() public {
-        vm.prank(RISKOP);
-        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 6, int256(2e17), int256(0), int256(0)));
-        adm.adjustRisk(0, 2e17, 8e16);
-        vm.prank(GOV);
-        adm.setRiskBounds(0, ClearingHouseBase.RiskBounds(1e17, 3e17, 5e16, 2e17));
-        bytes memory before = ch.riskParams();
-        vm.prank(RISKOP);
-        adm.adjustRisk(0, 2e17, 1e17);
-        assertTrue(keccak256(before) != keccak256(ch.riskParams()), "params moved");
-        vm.prank(RISKOP);
-        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 7, int256(3e17), int256(5e16), int256(2e17)));
-        adm.adjustRisk(0, 2e17, 3e17);
-        vm.prank(RISKOP);
-        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.UnderlyingNotConfigured.selector, 2));
-        adm.adjustRisk(2, 0, 0);
     }
 
     function test_setRiskParamsMustMatchConfig() public {
@@ -881,12 +863,6 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 10, int256(2), int256(0), int256(1)));
         adm.setLiquidationConfig(ClearingHouseBase.LiquidationConfig(5e16, 0, 1 hours, 2, 1));
         vm.stopPrank();
-        // The model's own bounds apply to the operator too (its window may be wider).
-        vm.prank(GOV);
-        adm.setRiskBounds(0, ClearingHouseBase.RiskBounds(1e17, 2e18, 0, 1e17));
-        vm.prank(RISKOP);
-        vm.expectRevert(abi.encodeWithSelector(InvalidRiskParameter.selector, 0, 1));
-        adm.adjustRisk(0, 1e18, 1e16);
     }
 
     function _one(address token) internal pure returns (address[] memory a) {

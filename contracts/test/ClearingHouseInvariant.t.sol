@@ -319,7 +319,7 @@ contract Handler is OrderSigner {
         else if (k == 4) data = abi.encodeCall(adm.setBackstop, (victim));
         else if (k == 5) data = abi.encodeCall(adm.pause, ());
         else if (k == 6) data = abi.encodeCall(adm.setRiskParams, (ch.riskParams()));
-        else if (k == 7) data = abi.encodeCall(adm.adjustRisk, (0, 15e16, 8e16));
+        else if (k == 7) data = abi.encodeCall(adm.queueRecalibration, (""));
         else if (k == 8) data = abi.encodeCall(adm.listInstrument, (0, 0, 0, 0));
         else data = abi.encodeCall(adm.setRole, (ch.MATCHER(), STRANGER, true));
         vm.prank(STRANGER);

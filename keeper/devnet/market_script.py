@@ -13,8 +13,8 @@ from keeper.deployment import Deployment, bind
 
 #: (name, share of the duration)
 PHASES: tuple[tuple[str, float], ...] = (
-    ("drift", 0.25),
-    ("vol spike", 0.15),
+    ("drift", 0.15),
+    ("vol spike", 0.25),
     ("crash", 0.2),
     ("recovery", 0.2),
     ("expiry", 0.2),
@@ -68,8 +68,12 @@ def apply_phase(
     ``expiry``: the dated instruments' expiry, passed in the first block of "expiry"."""
     if phase == "drift":
         feeds.spot = [max(1, round(s * (1 + rng.gauss(0, 0.003)))) for s in feeds.spot]
-    elif phase == "vol spike" and first:
-        feeds.iv = [round(v * 1.6) for v in feeds.iv]
+    elif phase == "vol spike":
+        # Implied vol jumps at once; spot swings four times the drift's size meanwhile (what the
+        # keeper's recalibration measures from the price rounds).
+        if first:
+            feeds.iv = [round(v * 1.6) for v in feeds.iv]
+        feeds.spot = [max(1, round(s * (1 + rng.gauss(0, 0.012)))) for s in feeds.spot]
     elif phase == "crash" and first:
         feeds.spot = [
             round(s * (1 - crash * (1 if i == 0 else 5 / 6))) for i, s in enumerate(feeds.spot)

@@ -53,7 +53,6 @@ BACKSTOP_CHANGES: dict[str, bool] = {
 MARKET_EVENTS = frozenset(
     {
         "RiskParamsSet",
-        "RiskAdjusted",
         "RateSet",
         "UnderlyingConfigured",
         "CollateralConfigured",

@@ -40,13 +40,17 @@ NO_MARGIN_EFFECT = frozenset(
         "InstrumentListed",
         "BackstopSet",
         "FundingCapSet",
+        # A recalibration changes margins through the RiskParamsSet its execution emits.
+        "RecalibrationQueued",
+        "RecalibrationExecuted",
+        "RecalibrationCancelled",
+        "RecalibrationConfigSet",
     }
 )
 #: Market / governance events: a decision point for every account.
 MARKET_WIDE = frozenset(
     {
         "RiskParamsSet",
-        "RiskAdjusted",
         "RateSet",
         "UnderlyingConfigured",
         "CollateralConfigured",

@@ -4,7 +4,9 @@ Three directions, each a typed mismatch naming the row and the field:
 
 * **chain -> record** (``unrecorded_transaction``): every transaction mined in the range from a
   keeper address to the clearing house must be a ``tx`` row (its mined hash), and that row must
-  name its ``decision`` (``claimBounty`` alone is sent without one).
+  name its ``decision`` (``claimBounty`` and the recalibration job's ``queueRecalibration`` /
+  ``executeRecalibration`` are sent without one; the recalibrations are checked by
+  keeper/replay/recalibration.py).
 * **record -> chain** (``transaction``): every ``tx`` row that says it mined (``mined``,
   ``final``, ``reverted``) is compared with the transaction and its receipt: sender, nonce, to,
   value, calldata, gas limit, chain id, block number and hash, gas used, effective gas price,
@@ -54,7 +56,7 @@ ACTION_FUNCTIONS = {
     "poke_funding": "pokeFunding",
 }
 #: Sent without a decision (the keeper's own bounty claims).
-UNDECIDED_FUNCTIONS = frozenset({"claimBounty"})
+UNDECIDED_FUNCTIONS = frozenset({"claimBounty", "queueRecalibration", "executeRecalibration"})
 #: Row statuses that claim the transaction is in the chain / never reached it.
 ON_CHAIN = frozenset({TxStatus.MINED, TxStatus.FINAL, TxStatus.REVERTED})
 OFF_CHAIN = frozenset({TxStatus.FAILED, TxStatus.DROPPED})
@@ -379,7 +381,7 @@ def check_record(
 
 
 def _call_account(call: tuple[str, tuple[Any, ...]] | None) -> int | None:
-    if call is None or call[0] in ("settleInstrument", "claimBounty") or not call[1]:
+    if call is None or call[0] in ("settleInstrument", *UNDECIDED_FUNCTIONS) or not call[1]:
         return None
     return int(call[1][0])
 

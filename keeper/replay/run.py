@@ -4,12 +4,13 @@ liquidations and margin calls, compare the keeper's records. Returns a ``ReplayR
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from keeper.chain import BlockNotAvailable, BlockRef, Chain, ChainError, ProtocolSnapshot
+from keeper.deployment import clearing_house_abi
 from keeper.replay.compare import (
     RecordSource,
     compare,
@@ -22,6 +23,7 @@ from keeper.replay.derive import BlockPlan, Derivation, decision_accounts, deriv
 from keeper.replay.errors import BadBlockRange, StateDumpWithoutHistory, StoreUnavailable
 from keeper.replay.events import Event, read_history
 from keeper.replay.mismatch import Mismatch
+from keeper.replay.recalibration import verify_queued
 from keeper.replay.record import RecordCheck, check_record, decode_call, rederived_bounty
 from keeper.replay.source import open_source, read_deployment
 from keeper.replay.verify import ClaimCheck, Verdict, check_claim, verify_block
@@ -94,6 +96,7 @@ class ReplayResult:
     margin_ofs: int = 0  # ClearingHouse.marginOf calls judged
     liquidations: int = 0
     margin_calls: int = 0
+    recalibrations: int = 0  # queued recalibrations recomputed from their named rounds
     decisions_compared: int = 0
     #: Recorded rows that are not about an account (instrument-level actions): not compared.
     records_skipped: list[int] = field(default_factory=list)
@@ -124,7 +127,8 @@ class ReplayResult:
             f"{len(self.accounts)} accounts, {self.decisions} decisions re-derived, verified "
             f"on-chain (fullCheck {self.full_checks}, marginOf {self.margin_ofs}), "
             f"{self.liquidations} liquidations and {self.margin_calls} margin calls "
-            f"re-checked{db}: {len(self.mismatches)} mismatches -- {status}"
+            f"re-checked, {self.recalibrations} recalibrations recomputed{db}: "
+            f"{len(self.mismatches)} mismatches -- {status}"
         )
 
 
@@ -255,9 +259,22 @@ class _Replay:
             r.mismatches += c.mismatches
             self.sink.claim(c)
             self.progress("claims", 1, None)
+        self._recalibrations(history.in_range(r.first, r.last))
         r.accounts = sorted(self.seen)
         r.mismatches.sort(key=lambda m: (m.block, m.decision_id or 0, m.kind))
         return r
+
+    def _recalibrations(self, events: Iterable[Event]) -> None:
+        queued = [e for e in events if e.name == "RecalibrationQueued"]
+        if not queued:
+            return
+        w3 = self.chain.w3
+        ch = w3.eth.contract(address=self.chain.clearing_house, abi=clearing_house_abi())
+        self.progress("recalibrations", 0, len(queued))
+        for e in queued:
+            self.result.mismatches += verify_queued(w3, self.chain.rpc, ch, e.block, e.args)
+            self.result.recalibrations += 1
+            self.progress("recalibrations", 1, None)
 
     # --- one block ---------------------------------------------------------------------
 

@@ -15,6 +15,17 @@ Rule, per underlying with annualised EWMA volatility σ (WAD):
 
 The bounds are checked against margin's own parameter bounds (``validate_params``) when the
 proposal is applied to a :class:`RiskParams`.
+
+On-chain the proposal is then held to the clearing house's limits (ClearingHouseAdmin.sol,
+"recalibration"): governance's ``riskBounds(u)``, ``maxStep`` from the current value and
+``maxDailyStep`` from the value before the UTC day's first executed recalibration.
+:func:`limit_window` mirrors that check (same rounding: lower ends down, upper ends up) and
+:func:`within_limits` clamps a proposal into it, so what the keeper queues passes.
+
+The canonical encoding is ``abi.encode(Recalibration)`` of ClearingHouseBase.sol: the data
+sources (per underlying: price feed, first and last round id read), the sampling interval,
+``as_of``, λ, the rule (k, H, m), the volatilities, the new grid and the correlations. The
+contract refuses any other encoding of the same values, so a proposal has one hash.
 """
 
 from __future__ import annotations
@@ -71,11 +82,124 @@ class UnderlyingProposal:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where one underlying's rounds come from: its price feed and the round-id window read."""
+
+    feed: str  # 0x-address
+    first_round: int
+    last_round: int
+
+
+@dataclass(frozen=True)
 class Proposal:
-    as_of: int  # timestamp of the last round used
+    as_of: int  # timestamp of the last sample (on-chain: the sources' end)
     lam: int
     underlyings: tuple[UnderlyingProposal, ...]
     correlations: tuple[int, ...]  # upper triangle, row-major (i < j)
+    sources: tuple[Source, ...] = ()  # empty for a CSV history (dry run only)
+    interval: int = 0  # sampling interval, seconds (0: the CSV's own dates)
+    #: The rule the targets come from (RecalibrationRule's k, H and m).
+    k_sigma: int = RecalibrationRule.k_sigma
+    horizon: int = RecalibrationRule.horizon
+    vol_shift_per_vol: int = RecalibrationRule.vol_shift_per_vol
+
+
+class RecalibrationLimitError(CalibrationError):
+    """A value outside one of the clearing house's recalibration limits (the contract's error
+    of the same name, with the same fields: underlying, field 0 range / 1 vol shift, value,
+    and the window)."""
+
+    def __init__(self, u: int, field: int, value: int, lo: int, hi: int) -> None:
+        super().__init__(f"underlying {u} field {field}: {value} outside [{lo}, {hi}]")
+        self.args_tuple = (u, field, value, lo, hi)
+
+
+class RecalibrationOutOfBounds(RecalibrationLimitError):
+    pass
+
+
+class RecalibrationStepTooLarge(RecalibrationLimitError):
+    pass
+
+
+class RecalibrationDailyLimit(RecalibrationLimitError):
+    pass
+
+
+class NoFeasibleUpdate(CalibrationError):
+    """The limits' windows do not overlap (the parameters were moved outside governance's
+    bounds by the owner): no value passes, nothing can be queued."""
+
+
+@dataclass(frozen=True)
+class FieldLimits:
+    """What the contract checks one field (price range or vol shift base) of one underlying
+    against: governance's bounds, the current value, the value before today's first
+    execution (the current one on a new day), and the relative limits (WAD)."""
+
+    lo: int
+    hi: int
+    current: int
+    day_start: int
+    max_step: int
+    max_daily_step: int
+
+
+def step_range(x: int, step: int) -> tuple[int, int]:
+    """[floor(x (1 - step)), ceil(x (1 + step))]: ClearingHouseAdmin._stepRange."""
+    return mul_down(x, WAD - step), mul_up(x, WAD + step)
+
+
+def check_limit(u: int, field: int, value: int, lim: FieldLimits) -> None:
+    """ClearingHouseAdmin._checkLimit: the same three checks in the same order, the same
+    errors (a zero reference bounds nothing relative)."""
+    if not lim.lo <= value <= lim.hi:
+        raise RecalibrationOutOfBounds(u, field, value, lim.lo, lim.hi)
+    lo, hi = step_range(lim.current, lim.max_step)
+    if lim.current > 0 and not lo <= value <= hi:
+        raise RecalibrationStepTooLarge(u, field, value, lo, hi)
+    lo, hi = step_range(lim.day_start, lim.max_daily_step)
+    if lim.day_start > 0 and not lo <= value <= hi:
+        raise RecalibrationDailyLimit(u, field, value, lo, hi)
+
+
+def check_underlying(
+    u: int, price_range: int, vol_shift: int, ranges: FieldLimits, shifts: FieldLimits
+) -> None:
+    """ClearingHouseAdmin._checkUnderlying: both fields' absolute bounds first, then the
+    price range's relative limits, then the vol shift's (the contract's order, so the same
+    input fails with the same error)."""
+    if not ranges.lo <= price_range <= ranges.hi:
+        raise RecalibrationOutOfBounds(u, 0, price_range, ranges.lo, ranges.hi)
+    if not shifts.lo <= vol_shift <= shifts.hi:
+        raise RecalibrationOutOfBounds(u, 1, vol_shift, shifts.lo, shifts.hi)
+    check_limit(u, 0, price_range, ranges)
+    check_limit(u, 1, vol_shift, shifts)
+
+
+def limit_window(lim: FieldLimits) -> tuple[int, int]:
+    """The values :func:`check_limit` accepts: the intersection of the three windows."""
+    lo, hi = lim.lo, lim.hi
+    for ref, step in ((lim.current, lim.max_step), (lim.day_start, lim.max_daily_step)):
+        if ref > 0:
+            a, b = step_range(ref, step)
+            lo, hi = max(lo, a), min(hi, b)
+    if lo > hi:
+        raise NoFeasibleUpdate(f"the limits leave no value: [{lo}, {hi}]")
+    return lo, hi
+
+
+def within_limits(
+    p: UnderlyingProposal, ranges: FieldLimits, shifts: FieldLimits
+) -> UnderlyingProposal:
+    """``p`` with its price range and vol shift base clamped into the on-chain windows."""
+    r_lo, r_hi = limit_window(ranges)
+    s_lo, s_hi = limit_window(shifts)
+    return replace(
+        p,
+        price_range=max(r_lo, min(r_hi, p.price_range)),
+        vol_shift_base=max(s_lo, min(s_hi, p.vol_shift_base)),
+    )
 
 
 def _bounded(target: int, current: int, rule: RecalibrationRule, lo: int, hi: int) -> int:
@@ -86,14 +210,18 @@ def _bounded(target: int, current: int, rule: RecalibrationRule, lo: int, hi: in
     return max(lo, min(hi, target))
 
 
+def targets_up(vol: int, k_sigma: int, horizon: int, vol_shift_per_vol: int) -> tuple[int, int]:
+    """(R*, B*) of the module's rule, both rounded up: k·σ·sqrt(H / YEAR) and m·σ."""
+    scale = sqrt_up((horizon * WAD + YEAR - 1) // YEAR)  # sqrt(H / YEAR), rounded up
+    return mul_up(k_sigma, mul_up(vol, scale)), mul_up(vol_shift_per_vol, vol)
+
+
 def propose_underlying(
     vol: int, current: UnderlyingParams, rule: RecalibrationRule
 ) -> UnderlyingProposal:
     """The next price range and vol shift base of one underlying (see the module)."""
     rule.check()
-    scale = sqrt_up((rule.horizon * WAD + YEAR - 1) // YEAR)  # sqrt(H / YEAR), rounded up
-    r_target = mul_up(rule.k_sigma, mul_up(vol, scale))
-    b_target = mul_up(rule.vol_shift_per_vol, vol)
+    r_target, b_target = targets_up(vol, rule.k_sigma, rule.horizon, rule.vol_shift_per_vol)
     return UnderlyingProposal(
         vol,
         _bounded(r_target, current.price_range, rule, rule.min_range, rule.max_range),
@@ -120,23 +248,65 @@ def apply_proposal(params: RiskParams, proposal: Proposal) -> RiskParams:
     return new
 
 
-PROPOSAL_ABI = ["uint64", "uint256", "uint256[]", "uint256[]", "uint256[]", "int256[]"]
+#: abi.encode(Recalibration) (ClearingHouseBase.sol): one tuple.
+PROPOSAL_ABI = [
+    "((address,uint80,uint80)[],uint64,uint64,uint256,uint256,uint64,uint256,"
+    "uint256[],int256[],int256[],int256[])"
+]
 
 
 def canonical_encoding(proposal: Proposal) -> bytes:
-    """ABI encoding of (as_of, λ, vols, price ranges, vol shift bases, correlations)."""
+    """abi.encode of (sources, interval, as_of, λ, vols, price ranges, vol shift bases,
+    correlations): the bytes the contract hashes."""
     us: Sequence[UnderlyingProposal] = proposal.underlyings
     return encode(
         PROPOSAL_ABI,
         [
-            proposal.as_of,
-            proposal.lam,
-            [u.vol for u in us],
-            [u.price_range for u in us],
-            [u.vol_shift_base for u in us],
-            list(proposal.correlations),
+            (
+                [(s.feed, s.first_round, s.last_round) for s in proposal.sources],
+                proposal.interval,
+                proposal.as_of,
+                proposal.lam,
+                proposal.k_sigma,
+                proposal.horizon,
+                proposal.vol_shift_per_vol,
+                [u.vol for u in us],
+                [u.price_range for u in us],
+                [u.vol_shift_base for u in us],
+                list(proposal.correlations),
+            )
         ],
     )
+
+
+def decode_proposal(data: bytes) -> Proposal:
+    """The proposal of canonical bytes (vols, grid, sources; the targets are not encoded:
+    they are set equal to the values). Not canonical: ``CalibrationError``."""
+    from eth_abi.abi import decode
+
+    try:
+        ((srcs, interval, as_of, lam, k, h, m, vols, ranges, shifts, corr),) = decode(
+            PROPOSAL_ABI, data
+        )
+    except Exception as e:  # eth_abi's decoding errors have no common base
+        raise CalibrationError(f"not a recalibration proposal: {e}") from None
+    unders = tuple(
+        UnderlyingProposal(v, r, s, r, s) for v, r, s in zip(vols, ranges, shifts, strict=False)
+    )
+    p = Proposal(
+        as_of,
+        lam,
+        unders,
+        tuple(corr),
+        tuple(Source(a.lower(), f, last) for a, f, last in srcs),
+        interval,
+        k,
+        h,
+        m,
+    )
+    if canonical_encoding(p) != data:
+        raise CalibrationError("not the canonical encoding of its values")
+    return p
 
 
 def proposal_hash(proposal: Proposal) -> bytes:

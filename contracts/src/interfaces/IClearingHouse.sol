@@ -78,6 +78,13 @@ interface IClearingHouseEvents {
     /// @notice Accrued funding realised into the account's settlement balance (received: > 0).
     event FundingSettled(uint256 indexed account, int256 amount);
     event FundingCapSet(int256 cap);
+    /// @notice The risk operator queued recalibration `id`: `proposal` is its canonical
+    /// encoding (abi.encode(Recalibration): data sources, estimates, new grid), `proposalHash`
+    /// its keccak256; executable from `eta`.
+    event RecalibrationQueued(uint256 indexed id, bytes32 indexed proposalHash, uint64 eta, address operator, bytes proposal);
+    event RecalibrationExecuted(uint256 indexed id, bytes32 indexed proposalHash, address executor);
+    event RecalibrationCancelled(uint256 indexed id, address guardian);
+    event RecalibrationConfigSet(uint32 delay, uint64 maxStep, uint64 maxDailyStep);
 }
 
 interface IClearingHouseErrors {
@@ -154,4 +161,29 @@ interface IClearingHouseErrors {
     error NotPerpetual(uint256 instrument);
     /// @notice A perpetual's funding can be poked once per FUNDING_INTERVAL.
     error FundingTooEarly(uint256 instrument, uint256 nextPokeAt);
+    /// @notice No recalibration config set yet (delay 0): nothing can be queued.
+    error RecalibrationDisabled();
+    /// @notice Recalibration `id` is not queued (never, already executed, or cancelled).
+    error RecalibrationNotQueued(uint256 id, uint8 state);
+    error RecalibrationTooEarly(uint256 id, uint64 eta);
+    /// @notice Past eta + RECALIBRATION_GRACE: stale, queue a new one.
+    error RecalibrationExpired(uint256 id, uint256 deadline);
+    /// @notice The bytes given at execution are not the queued proposal's.
+    error RecalibrationHashMismatch(uint256 id, bytes32 queued, bytes32 given);
+    /// @notice The proposal bytes are not abi.encode of the decoded proposal (one proposal,
+    /// one encoding, one hash).
+    error RecalibrationNotCanonical();
+    /// @notice field: 0 sources, 1 vols, 2 price ranges, 3 vol shift bases, 4 correlations.
+    error RecalibrationShape(uint256 field, uint256 expected, uint256 got);
+    /// @notice Source of underlying `u`: not its configured price feed, or an empty window.
+    error RecalibrationBadSource(uint256 u, address feed, uint80 firstRound, uint80 lastRound);
+    /// @notice asOf must be the sources' end (min updatedAt of the last rounds), later than
+    /// the last executed proposal's.
+    error RecalibrationAsOf(uint64 asOf, uint256 expected, uint64 lastExecuted);
+    /// @notice field 0 price range, 1 vol shift base: outside governance's riskBounds(u).
+    error RecalibrationOutOfBounds(uint256 u, uint256 field, int256 value, int256 min, int256 max);
+    /// @notice field 0/1: more than maxStep from the current value.
+    error RecalibrationStepTooLarge(uint256 u, uint256 field, int256 value, int256 min, int256 max);
+    /// @notice field 0/1: more than maxDailyStep from the value before today's first execution.
+    error RecalibrationDailyLimit(uint256 u, uint256 field, int256 value, int256 min, int256 max);
 }
