@@ -20,10 +20,19 @@ KEEPER_CONTRACTS: tuple[str, ...] = (
     "MathHarness",
     "ClearingHouse",
     "ClearingHouseAdmin",
+    "ClearingHouseRecalibration",
     "MarginVerifier",
     "MockAggregator",
     "MockERC20",
     "Multicall3",
+)
+
+#: The ABIs callable at the clearing house's address: its own, then its modules' (reached
+#: through its fallback: ClearingHouse -> ClearingHouseAdmin -> ClearingHouseRecalibration).
+CLEARING_HOUSE_ABIS: tuple[str, ...] = (
+    "ClearingHouse",
+    "ClearingHouseAdmin",
+    "ClearingHouseRecalibration",
 )
 
 _TYPE_ORDER = {"constructor": 0, "function": 1, "event": 2, "error": 3, "fallback": 4, "receive": 5}

@@ -37,7 +37,7 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 
-from keeper.abi import render_abi
+from keeper.abi import CLEARING_HOUSE_ABIS, render_abi
 from keeper.artifacts import deploy, load_artifact
 from margin.params import (
     STABLE,
@@ -61,6 +61,7 @@ RISK_PARAMS_TYPE = (
 #: Contracts of a deployment, and the ABI each is recorded with.
 PROTOCOL_CONTRACTS = (
     "MarginVerifier",
+    "ClearingHouseRecalibration",
     "ClearingHouseAdmin",
     "ClearingHouse",
 )
@@ -113,11 +114,16 @@ def code_hash(code: bytes) -> str:
 
 
 def clearing_house_abi() -> list[dict[str, Any]]:
-    """ClearingHouse's ABI plus the governance module's (reached through its fallback)."""
+    """ClearingHouse's ABI plus its modules' (reached through its fallback)."""
     core = load_artifact("ClearingHouse").abi
     seen = {json.dumps(e, sort_keys=True) for e in core}
-    extra = [e for e in load_artifact("ClearingHouseAdmin").abi if e.get("type") != "constructor"]
-    return core + [e for e in extra if json.dumps(e, sort_keys=True) not in seen]
+    for module in CLEARING_HOUSE_ABIS[1:]:
+        for e in load_artifact(module).abi:
+            key = json.dumps(e, sort_keys=True)
+            if e.get("type") not in ("constructor", "fallback") and key not in seen:
+                seen.add(key)
+                core = [*core, e]
+    return core
 
 
 def account_id(owner: str, sub: int = 0) -> int:
@@ -198,7 +204,8 @@ def deploy_protocol(
     deployer = deployer or w3.eth.accounts[0]
     start_block = w3.eth.block_number + 1
     verifier = deploy(w3, "MarginVerifier")
-    admin = deploy(w3, "ClearingHouseAdmin", verifier.address)
+    recalibration = deploy(w3, "ClearingHouseRecalibration", verifier.address)
+    admin = deploy(w3, "ClearingHouseAdmin", verifier.address, recalibration.address)
     core = deploy(w3, "ClearingHouse", deployer, verifier.address, admin.address)
     ch = w3.eth.contract(address=core.address, abi=clearing_house_abi())
     usdc = deploy(w3, "MockERC20", "USD Coin", "USDC", 6)
@@ -206,6 +213,7 @@ def deploy_protocol(
 
     contracts = {
         "MarginVerifier": verifier,
+        "ClearingHouseRecalibration": recalibration,
         "ClearingHouseAdmin": admin,
         "ClearingHouse": core,
     }

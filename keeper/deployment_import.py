@@ -29,7 +29,7 @@ from keeper.margin_cmd import printable
 from keeper.secrets import redact_url, register_url, scrub
 
 #: What the protocol's contracts are recorded as (name in the file = artifact = ABI name).
-PROTOCOL = ("ClearingHouse", "ClearingHouseAdmin", "MarginVerifier")
+PROTOCOL = ("ClearingHouse", "ClearingHouseAdmin", "ClearingHouseRecalibration", "MarginVerifier")
 
 _ERC20_SYMBOL = [
     {
@@ -202,6 +202,10 @@ def build_deployment(
     addresses = {
         "ClearingHouse": ch_address,
         "ClearingHouseAdmin": Web3.to_checksum_address(fns.admin().call(block_identifier=head)),
+        # The admin module's immutable, read through the clearing house.
+        "ClearingHouseRecalibration": Web3.to_checksum_address(
+            fns.recalibration().call(block_identifier=head)
+        ),
         "MarginVerifier": Web3.to_checksum_address(fns.verifier().call(block_identifier=head)),
     }
     for name in PROTOCOL[1:]:

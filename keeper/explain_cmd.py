@@ -27,6 +27,7 @@ from typing import Any
 from eth_abi import encode
 from web3 import Web3
 
+from keeper.abi import CLEARING_HOUSE_ABIS
 from keeper.chain import BlockNotAvailable, Chain, ChainError, ProtocolSnapshot
 from keeper.chain.multicall import AbiFn, abi_functions
 from keeper.chain.view import NO_UNDERLYING
@@ -199,7 +200,7 @@ def _recheck(chain: Chain, d: Derivation, block_hash: str) -> list[dict[str, Any
     assert d.market is not None
     verifier = Web3.to_checksum_address(chain.deployment.address("MarginVerifier"))
     vfn = abi_functions("MarginVerifier")["fullCheck"]
-    mfn = abi_functions("ClearingHouse", "ClearingHouseAdmin")["marginOf"]
+    mfn = abi_functions(*CLEARING_HOUSE_ABIS)["marginOf"]
     res = d.result
     expect = list(res.to_abi()) if res is not None else None
     out = [

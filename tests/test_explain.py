@@ -16,6 +16,7 @@ import pytest
 from eth_abi import decode
 from web3 import Web3
 
+from keeper.abi import CLEARING_HOUSE_ABIS
 from keeper.chain import Chain
 from keeper.chain.multicall import abi_functions
 from keeper.deployment import bind, deploy_protocol
@@ -68,7 +69,7 @@ def _result(raw: bytes, fn_name: str, abi: str) -> tuple[Any, ...]:
     fn = (
         abi_functions(abi)[fn_name]
         if abi == "MarginVerifier"
-        else abi_functions("ClearingHouse", "ClearingHouseAdmin")[fn_name]
+        else abi_functions(*CLEARING_HOUSE_ABIS)[fn_name]
     )
     return tuple(decode(list(fn.outputs), raw)[0])
 

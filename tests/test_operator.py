@@ -16,7 +16,7 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from keeper.deployment import Deployment, deploy_protocol, load_deployment
+from keeper.deployment import PROTOCOL_CONTRACTS, Deployment, deploy_protocol, load_deployment
 from keeper.devnet import Anvil
 from tests.keeper_cli import run_keeper
 
@@ -139,7 +139,7 @@ def test_deployment_import_reads_and_verifies_an_existing_deployment(
     assert summary["instruments"] == len(deployed.instruments)
     got = load_deployment(tmp_path / "deployment.json")
     assert got.chain_id == deployed.chain_id
-    for name in ("ClearingHouse", "ClearingHouseAdmin", "MarginVerifier", "Multicall3"):
+    for name in (*PROTOCOL_CONTRACTS, "Multicall3"):
         assert got.contracts[name]["address"] == deployed.contracts[name]["address"]
         assert got.contracts[name]["code_hash"] == deployed.contracts[name]["code_hash"]
         assert got.contracts[name]["abi_sha256"] == deployed.contracts[name]["abi_sha256"]

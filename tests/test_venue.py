@@ -103,6 +103,7 @@ def test_seeder_layout_is_the_clearing_house_layout(contracts_built: None) -> No
     house = layout("ClearingHouse")
     assert house == layout("VenueSeeder")
     assert house == layout("ClearingHouseAdmin")
+    assert house == layout("ClearingHouseRecalibration")
     assert {"balanceOf", "_positions", "_positionIndex", "accountState"} <= {s[0] for s in house}
 
 

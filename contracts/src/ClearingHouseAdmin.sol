@@ -6,7 +6,7 @@ import {IERC20} from "./interfaces/IERC20.sol";
 import {ClearingHouseBase} from "./ClearingHouseBase.sol";
 import {MarginVerifier} from "./MarginVerifier.sol";
 import {OracleLib} from "./oracle/OracleLib.sol";
-import {PortfolioMargin, RiskParams} from "./margin/PortfolioMargin.sol";
+import {PortfolioMargin} from "./margin/PortfolioMargin.sol";
 
 /// @title ClearingHouseAdmin
 /// @notice Governance, risk-operator and guardian entry points of the clearing house. Only
@@ -21,15 +21,26 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     /// that a flagged account cannot sit below IM for long.
     uint32 public constant MIN_GRACE = 60;
     uint32 public constant MAX_GRACE = 7 days;
-    /// @notice Bounds of the recalibration timelock (the floor suits a devnet; a production
-    /// owner sets hours, time for the guardian to look), and of its change limits (WAD).
-    uint32 public constant MIN_RECALIBRATION_DELAY = 10;
-    uint32 public constant MAX_RECALIBRATION_DELAY = 7 days;
-    uint64 public constant MAX_RECALIBRATION_STEP = 0.5e18;
-    /// @notice A queued recalibration can be executed from eta to eta + RECALIBRATION_GRACE.
-    uint64 public constant RECALIBRATION_GRACE = 2 days;
+    /// @notice The recalibration module (ClearingHouseRecalibration): this module's fallback
+    /// passes the calls it does not know on to it, still on the clearing house's storage.
+    address public immutable recalibration;
 
-    constructor(MarginVerifier verifier_) ClearingHouseBase(verifier_) {}
+    constructor(MarginVerifier verifier_, address recalibration_) ClearingHouseBase(verifier_) {
+        recalibration = recalibration_;
+    }
+
+    /// @dev The recalibration entry points (ClearingHouse's fallback -> here -> there, each a
+    /// DELEGATECALL: msg.sender, msg.value and storage stay the clearing house's caller's).
+    fallback() external {
+        address target = recalibration;
+        assembly {
+            calldatacopy(0, 0, calldatasize())
+            let ok := delegatecall(gas(), target, 0, calldatasize(), 0, 0)
+            returndatacopy(0, 0, returndatasize())
+            if iszero(ok) { revert(0, returndatasize()) }
+            return(0, returndatasize())
+        }
+    }
 
     // ------------------------------------------------------------------ account entry points and views
     // (Rarely called: kept here, off the size-bound clearing house, on its storage.)
@@ -201,182 +212,6 @@ contract ClearingHouseAdmin is ClearingHouseBase {
         if (b.minVolShift > b.maxVolShift) revert ParamOutOfBounds(5, b.minVolShift, type(int256).min, b.maxVolShift);
         riskBounds[u] = b;
         emit RiskBoundsSet(u, b.minRange, b.maxRange, b.minVolShift, b.maxVolShift);
-    }
-
-    // ------------------------------------------------------------------ recalibration
-    // The risk operator (the keeper's `keeper calibrate`) queues a new grid per underlying,
-    // computed from named oracle rounds; after the owner-set delay anyone executes it, and the
-    // guardian can cancel it meanwhile. Every check runs at queue time (to fail early) and
-    // again at execution against the parameters current then: a proposal queued against old
-    // parameters cannot carry a larger change than the limits allow from the new ones.
-
-    /// @notice 10 s <= delay <= 7 days; 0 < maxStep <= maxDailyStep <= 0.5 (WAD). Applies to
-    /// proposals queued from now on (a queued one keeps its eta) and to every execution.
-    function setRecalibrationConfig(uint32 delay, uint64 maxStep, uint64 maxDailyStep) external onlyOwner {
-        if (delay < MIN_RECALIBRATION_DELAY || delay > MAX_RECALIBRATION_DELAY) {
-            revert ParamOutOfBounds(21, int256(uint256(delay)), int256(uint256(MIN_RECALIBRATION_DELAY)), int256(uint256(MAX_RECALIBRATION_DELAY)));
-        }
-        if (maxStep == 0 || maxStep > maxDailyStep) {
-            revert ParamOutOfBounds(22, int256(uint256(maxStep)), 1, int256(uint256(maxDailyStep)));
-        }
-        if (maxDailyStep > MAX_RECALIBRATION_STEP) {
-            revert ParamOutOfBounds(23, int256(uint256(maxDailyStep)), int256(uint256(maxStep)), int256(uint256(MAX_RECALIBRATION_STEP)));
-        }
-        _recalibrationConfig = RecalibrationConfig(delay, maxStep, maxDailyStep);
-        emit RecalibrationConfigSet(delay, maxStep, maxDailyStep);
-    }
-
-    /// @notice Queues `proposal` = abi.encode(Recalibration) (canonical bytes only); returns its id.
-    function queueRecalibration(bytes calldata proposal) external onlyRole(RISK_OPERATOR) returns (uint256 id) {
-        RecalibrationConfig memory c = _recalibrationConfig;
-        if (c.delay == 0) revert RecalibrationDisabled();
-        Recalibration memory r = _decodeRecalibration(proposal);
-        _checkRecalibration(r, c);
-        id = ++_recalibrationCount;
-        bytes32 h = keccak256(proposal);
-        uint64 eta = uint64(block.timestamp) + c.delay;
-        _queuedRecalibration[id] = QueuedRecalibration(h, eta, 1);
-        emit RecalibrationQueued(id, h, eta, msg.sender, proposal);
-    }
-
-    /// @notice Anyone, from eta to eta + RECALIBRATION_GRACE, with the queued bytes: re-checks
-    /// the proposal against the current parameters and limits, then stores the new grid.
-    function executeRecalibration(uint256 id, bytes calldata proposal) external {
-        QueuedRecalibration memory q = _queuedRecalibration[id];
-        if (q.state != 1) revert RecalibrationNotQueued(id, q.state);
-        if (block.timestamp < q.eta) revert RecalibrationTooEarly(id, q.eta);
-        if (block.timestamp > q.eta + RECALIBRATION_GRACE) revert RecalibrationExpired(id, q.eta + RECALIBRATION_GRACE);
-        bytes32 h = keccak256(proposal);
-        if (h != q.proposalHash) revert RecalibrationHashMismatch(id, q.proposalHash, h);
-        Recalibration memory r = abi.decode(proposal, (Recalibration)); // canonical: checked at queue
-        RiskParams memory p = _checkRecalibration(r, _recalibrationConfig);
-        uint32 today = uint32(block.timestamp / 1 days);
-        for (uint256 u; u < r.priceRanges.length; ++u) {
-            if (_recalibrationDay[u].day != today) {
-                // |values| <= the model's bounds (0.9 and 5 WAD) < 2^111: the casts are exact.
-                // forge-lint: disable-next-line(unsafe-typecast)
-                _recalibrationDay[u] = RecalibrationDay(today, int112(p.underlyings[u].priceRange), int112(p.underlyings[u].volShiftBase));
-            }
-            p.underlyings[u].priceRange = r.priceRanges[u];
-            p.underlyings[u].volShiftBase = r.volShiftBases[u];
-        }
-        _queuedRecalibration[id].state = 2;
-        _lastRecalibrationAsOf = r.asOf;
-        _storeParams(abi.encode(p));
-        emit RecalibrationExecuted(id, h, msg.sender);
-    }
-
-    /// @notice The guardian cancels a queued recalibration; a cancelled id never executes.
-    function cancelRecalibration(uint256 id) external onlyRole(GUARDIAN) {
-        uint8 state = _queuedRecalibration[id].state;
-        if (state != 1) revert RecalibrationNotQueued(id, state);
-        _queuedRecalibration[id].state = 3;
-        emit RecalibrationCancelled(id, msg.sender);
-    }
-
-    function _decodeRecalibration(bytes calldata proposal) private pure returns (Recalibration memory r) {
-        r = abi.decode(proposal, (Recalibration));
-        // abi.decode accepts other encodings of the same values (offsets, trailing bytes):
-        // only the canonical one is accepted, so a proposal has exactly one hash.
-        if (keccak256(abi.encode(r)) != keccak256(proposal)) revert RecalibrationNotCanonical();
-    }
-
-    /// @dev Shape, sources, asOf and every limit of `r` against the current parameters, which
-    /// it returns decoded.
-    function _checkRecalibration(Recalibration memory r, RecalibrationConfig memory c)
-        private
-        view
-        returns (RiskParams memory p)
-    {
-        uint256 n = _underlyings.length;
-        if (r.sources.length != n) revert RecalibrationShape(0, n, r.sources.length);
-        if (r.vols.length != n) revert RecalibrationShape(1, n, r.vols.length);
-        if (r.priceRanges.length != n) revert RecalibrationShape(2, n, r.priceRanges.length);
-        if (r.volShiftBases.length != n) revert RecalibrationShape(3, n, r.volShiftBases.length);
-        if (r.correlations.length != n * (n - 1) / 2) revert RecalibrationShape(4, n * (n - 1) / 2, r.correlations.length);
-        uint256 end = type(uint256).max;
-        for (uint256 u; u < n; ++u) {
-            RecalibrationSource memory s = r.sources[u];
-            AggregatorV3Interface feed = _underlyings[u].priceFeed;
-            if (s.feed != address(feed) || s.firstRound >= s.lastRound) {
-                revert RecalibrationBadSource(u, s.feed, s.firstRound, s.lastRound);
-            }
-            uint256 t = feed.updatedAtOf(s.lastRound);
-            if (t == 0) revert RecalibrationBadSource(u, s.feed, s.firstRound, s.lastRound);
-            if (t < end) end = t;
-        }
-        if (r.asOf != end || r.asOf <= _lastRecalibrationAsOf) revert RecalibrationAsOf(r.asOf, end, _lastRecalibrationAsOf);
-        p = abi.decode(riskParams(), (RiskParams));
-        for (uint256 u; u < n; ++u) {
-            _checkUnderlying(u, r.priceRanges[u], r.volShiftBases[u], p, c);
-        }
-    }
-
-    /// @dev Each field within riskBounds(u), then within maxStep of its current value and
-    /// within maxDailyStep of its value before today's first execution.
-    function _checkUnderlying(uint256 u, int256 range, int256 shift, RiskParams memory p, RecalibrationConfig memory c)
-        private
-        view
-    {
-        RiskBounds memory b = riskBounds[u];
-        if (range < b.minRange || range > b.maxRange) revert RecalibrationOutOfBounds(u, 0, range, b.minRange, b.maxRange);
-        if (shift < b.minVolShift || shift > b.maxVolShift) {
-            revert RecalibrationOutOfBounds(u, 1, shift, b.minVolShift, b.maxVolShift);
-        }
-        RecalibrationDay memory d = _recalibrationDay[u];
-        bool sameDay = d.day == uint32(block.timestamp / 1 days);
-        int256 cur = p.underlyings[u].priceRange;
-        _checkRelative(u, 0, range, cur, sameDay ? int256(d.priceRange) : cur, c);
-        cur = p.underlyings[u].volShiftBase;
-        _checkRelative(u, 1, shift, cur, sameDay ? int256(d.volShiftBase) : cur, c);
-    }
-
-    /// @dev `value` within maxStep of `current` and within maxDailyStep of `dayStart` (a zero
-    /// reference bounds nothing: a value can only rise from it). Lower ends round down and
-    /// upper ends up, as margin/risk/recalibration.py.
-    function _checkRelative(uint256 u, uint256 field, int256 value, int256 current, int256 dayStart, RecalibrationConfig memory c)
-        private
-        pure
-    {
-        (int256 lo, int256 hi) = _stepRange(current, c.maxStep);
-        if (current > 0 && (value < lo || value > hi)) revert RecalibrationStepTooLarge(u, field, value, lo, hi);
-        (lo, hi) = _stepRange(dayStart, c.maxDailyStep);
-        if (dayStart > 0 && (value < lo || value > hi)) revert RecalibrationDailyLimit(u, field, value, lo, hi);
-    }
-
-    /// @dev [floor(x (1 - step)), ceil(x (1 + step))] for 0 <= x <= 5e18, step <= 0.5e18.
-    function _stepRange(int256 x, uint64 step) private pure returns (int256 lo, int256 hi) {
-        int256 s = int256(uint256(step));
-        lo = (x * (WAD - s)) / WAD;
-        hi = (x * (WAD + s) + WAD - 1) / WAD;
-    }
-
-    function recalibrationConfig() external view returns (uint32 delay, uint64 maxStep, uint64 maxDailyStep) {
-        RecalibrationConfig memory c = _recalibrationConfig;
-        return (c.delay, c.maxStep, c.maxDailyStep);
-    }
-
-    /// @notice Recalibration ids run 1..recalibrationCount.
-    function recalibrationCount() external view returns (uint256) {
-        return _recalibrationCount;
-    }
-
-    /// @notice asOf of the last executed recalibration (a new one must be later).
-    function lastRecalibrationAsOf() external view returns (uint64) {
-        return _lastRecalibrationAsOf;
-    }
-
-    /// @notice state: 0 never queued, 1 queued, 2 executed, 3 cancelled.
-    function queuedRecalibration(uint256 id) external view returns (bytes32 proposalHash, uint64 eta, uint8 state) {
-        QueuedRecalibration memory q = _queuedRecalibration[id];
-        return (q.proposalHash, q.eta, q.state);
-    }
-
-    /// @notice Underlying u's UTC day of its last executed recalibration, and its price range
-    /// and vol shift base before that day's first one (the daily limit's reference).
-    function recalibrationDay(uint256 u) external view returns (uint32 day, int112 priceRange, int112 volShiftBase) {
-        RecalibrationDay memory d = _recalibrationDay[u];
-        return (d.day, d.priceRange, d.volShiftBase);
     }
 
     /// @notice 0 < penaltyRate <= MAX_PENALTY_RATE, bountyShare <= 1, minBounty <= maxBounty
@@ -616,31 +451,5 @@ contract ClearingHouseAdmin is ClearingHouseBase {
     /// @notice WAD fraction of spot: the widest distance of a trade price from the model mark.
     function priceBand() external view returns (int256) {
         return _priceBand;
-    }
-
-    function _storeParams(bytes memory data) private {
-        (uint256 nU, uint256[] memory assetU, int256[] memory haircuts) = verifier.validateParams(data);
-        uint256 nA = assetU.length;
-        if (nU != _underlyings.length) revert ConfigMismatch(3, _underlyings.length, nU);
-        if (nA != _assets.length) revert ConfigMismatch(4, _assets.length, nA);
-        if (nA == 0 || assetU[0] != PortfolioMargin.STABLE) revert ConfigMismatch(5, 0, nA);
-        for (uint256 k; k < nA; ++k) {
-            // forge-lint: disable-next-line(unsafe-typecast)
-            _assets[k].underlying = assetU[k] == PortfolioMargin.STABLE ? NO_UNDERLYING : uint8(assetU[k]);
-            // forge-lint: disable-next-line(unsafe-typecast)
-            _assets[k].haircut = uint64(uint256(haircuts[k]));
-        }
-        address ptr = _writeBlob(data);
-        riskParamsPointer = ptr;
-        emit RiskParamsSet(ptr, keccak256(data));
-    }
-
-    /// @dev Deploys a contract whose code is 0x00 ++ data (a STOP first: it cannot be called).
-    function _writeBlob(bytes memory data) private returns (address ptr) {
-        bytes memory init = abi.encodePacked(hex"61", uint16(data.length + 1), hex"80600a3d393df300", data);
-        assembly ("memory-safe") {
-            ptr := create(0, add(init, 0x20), mload(init))
-        }
-        if (ptr == address(0)) revert ConfigMismatch(6, 0, data.length);
     }
 }

@@ -393,4 +393,33 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
             extcodecopy(ptr, add(data, 0x20), 1, sub(size, 1))
         }
     }
+
+    /// @dev Validates `data` = abi.encode(RiskParams) with the verifier against the configured
+    /// underlyings and assets, stores it as a blob and points to it (the governance and
+    /// recalibration modules' one way to change the parameters).
+    function _storeParams(bytes memory data) internal {
+        (uint256 nU, uint256[] memory assetU, int256[] memory haircuts) = verifier.validateParams(data);
+        uint256 nA = assetU.length;
+        if (nU != _underlyings.length) revert ConfigMismatch(3, _underlyings.length, nU);
+        if (nA != _assets.length) revert ConfigMismatch(4, _assets.length, nA);
+        if (nA == 0 || assetU[0] != PortfolioMargin.STABLE) revert ConfigMismatch(5, 0, nA);
+        for (uint256 k; k < nA; ++k) {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            _assets[k].underlying = assetU[k] == PortfolioMargin.STABLE ? NO_UNDERLYING : uint8(assetU[k]);
+            // forge-lint: disable-next-line(unsafe-typecast)
+            _assets[k].haircut = uint64(uint256(haircuts[k]));
+        }
+        address ptr = _writeBlob(data);
+        riskParamsPointer = ptr;
+        emit RiskParamsSet(ptr, keccak256(data));
+    }
+
+    /// @dev Deploys a contract whose code is 0x00 ++ data (a STOP first: it cannot be called).
+    function _writeBlob(bytes memory data) internal returns (address ptr) {
+        bytes memory init = abi.encodePacked(hex"61", uint16(data.length + 1), hex"80600a3d393df300", data);
+        assembly ("memory-safe") {
+            ptr := create(0, add(init, 0x20), mload(init))
+        }
+        if (ptr == address(0)) revert ConfigMismatch(6, 0, data.length);
+    }
 }

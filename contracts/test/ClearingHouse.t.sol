@@ -5,6 +5,7 @@ import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
 import {Vm} from "./utils/Vm.sol";
 import {IClearingHouseErrors, IClearingHouseEvents} from "../src/interfaces/IClearingHouse.sol";
 import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
+import {ClearingHouseRecalibration} from "../src/ClearingHouseRecalibration.sol";
 import {MockERC20} from "../src/token/MockERC20.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {StalePrice, NonPositivePrice, IncompleteRound} from "../src/oracle/OracleLib.sol";
@@ -565,7 +566,7 @@ contract ClearingHouseTest is ClearingHouseFixture {
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotGuardian.selector, address(this)));
         adm.pause();
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotRiskOperator.selector, address(this)));
-        adm.queueRecalibration("");
+        ClearingHouseRecalibration(address(adm)).queueRecalibration("");
         vm.startPrank(GOV);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.UnderlyingNotConfigured.selector, 5));
         adm.listInstrument(5, 0, 0, 0);

@@ -7,6 +7,7 @@ import {OrderSigner} from "./utils/OrderSigner.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {ClearingHouse} from "../src/ClearingHouse.sol";
 import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
+import {ClearingHouseRecalibration} from "../src/ClearingHouseRecalibration.sol";
 import {MarginVerifier} from "../src/MarginVerifier.sol";
 import {MockERC20} from "../src/token/MockERC20.sol";
 import {MockAggregator} from "../src/oracle/MockAggregator.sol";
@@ -319,7 +320,7 @@ contract Handler is OrderSigner {
         else if (k == 4) data = abi.encodeCall(adm.setBackstop, (victim));
         else if (k == 5) data = abi.encodeCall(adm.pause, ());
         else if (k == 6) data = abi.encodeCall(adm.setRiskParams, (ch.riskParams()));
-        else if (k == 7) data = abi.encodeCall(adm.queueRecalibration, (""));
+        else if (k == 7) data = abi.encodeCall(ClearingHouseRecalibration(address(adm)).queueRecalibration, (""));
         else if (k == 8) data = abi.encodeCall(adm.listInstrument, (0, 0, 0, 0));
         else data = abi.encodeCall(adm.setRole, (ch.MATCHER(), STRANGER, true));
         vm.prank(STRANGER);

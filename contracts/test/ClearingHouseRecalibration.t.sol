@@ -4,6 +4,7 @@ pragma solidity 0.8.30;
 import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
 import {IClearingHouseErrors, IClearingHouseEvents} from "../src/interfaces/IClearingHouse.sol";
 import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
+import {ClearingHouseRecalibration} from "../src/ClearingHouseRecalibration.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {RiskParams} from "../src/margin/PortfolioMargin.sol";
 
@@ -15,7 +16,7 @@ abstract contract RecalibrationHelpers is ClearingHouseFixture {
 
     function configureRecalibration() internal {
         vm.startPrank(GOV);
-        adm.setRecalibrationConfig(DELAY, STEP, DAILY);
+        ClearingHouseRecalibration(address(adm)).setRecalibrationConfig(DELAY, STEP, DAILY);
         adm.setRiskBounds(0, ClearingHouseBase.RiskBounds(5e16, 33e16, 0, 5e17));
         adm.setRiskBounds(1, ClearingHouseBase.RiskBounds(5e16, 33e16, 0, 5e17));
         vm.stopPrank();
@@ -70,14 +71,14 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
 
     function _queue(bytes memory data) internal returns (uint256 id) {
         vm.prank(RISKOP);
-        id = adm.queueRecalibration(data);
+        id = ClearingHouseRecalibration(address(adm)).queueRecalibration(data);
     }
 
     /// @dev The proposal is built first: prank and expectRevert apply to the next call.
     function _queueFails(bytes memory data, bytes memory err) internal {
         vm.prank(RISKOP);
         vm.expectRevert(err);
-        adm.queueRecalibration(data);
+        ClearingHouseRecalibration(address(adm)).queueRecalibration(data);
     }
 
     function test_queueWaitExecute() public {
@@ -88,11 +89,11 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         uint256 id = _queue(data);
         assertEq(id, 1, "first id");
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationTooEarly.selector, id, eta));
-        adm.executeRecalibration(id, data);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data);
         vm.warp(eta);
         vm.expectEmit(true, true, false, true);
         emit IClearingHouseEvents.RecalibrationExecuted(id, keccak256(data), address(this));
-        adm.executeRecalibration(id, data); // anyone
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data); // anyone
         (int256 r0, int256 s0) = grid(0);
         (int256 r1, int256 s1) = grid(1);
         assertEq(r0, 17e16, "eth range");
@@ -100,29 +101,29 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         assertEq(r1, 14e16, "btc range");
         assertEq(s1, 7e16, "btc shift");
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationNotQueued.selector, id, 2));
-        adm.executeRecalibration(id, data);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data);
     }
 
     function test_onlyRolesAndConfig() public {
         bytes memory data = proposal(15e16, 8e16, 15e16, 8e16);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotRiskOperator.selector, address(this)));
-        adm.queueRecalibration(data);
+        ClearingHouseRecalibration(address(adm)).queueRecalibration(data);
         uint256 id = _queue(data);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotGuardian.selector, RISKOP));
         vm.prank(RISKOP);
-        adm.cancelRecalibration(id);
+        ClearingHouseRecalibration(address(adm)).cancelRecalibration(id);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotOwner.selector, RISKOP));
         vm.prank(RISKOP);
-        adm.setRecalibrationConfig(60, 1, 1);
+        ClearingHouseRecalibration(address(adm)).setRecalibrationConfig(60, 1, 1);
         vm.startPrank(GOV);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 21, int256(9), int256(10), int256(7 days)));
-        adm.setRecalibrationConfig(9, 1, 1);
+        ClearingHouseRecalibration(address(adm)).setRecalibrationConfig(9, 1, 1);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 22, int256(0), int256(1), int256(1)));
-        adm.setRecalibrationConfig(60, 0, 1);
+        ClearingHouseRecalibration(address(adm)).setRecalibrationConfig(60, 0, 1);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 22, int256(2), int256(1), int256(1)));
-        adm.setRecalibrationConfig(60, 2, 1);
+        ClearingHouseRecalibration(address(adm)).setRecalibrationConfig(60, 2, 1);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.ParamOutOfBounds.selector, 23, int256(6e17), int256(1), int256(5e17)));
-        adm.setRecalibrationConfig(60, 1, 6e17);
+        ClearingHouseRecalibration(address(adm)).setRecalibrationConfig(60, 1, 6e17);
         vm.stopPrank();
     }
 
@@ -138,20 +139,20 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         vm.expectEmit(true, false, false, true);
         emit IClearingHouseEvents.RecalibrationCancelled(id, GUARD);
         vm.prank(GUARD);
-        adm.cancelRecalibration(id);
+        ClearingHouseRecalibration(address(adm)).cancelRecalibration(id);
         vm.warp(block.timestamp + DELAY);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationNotQueued.selector, id, 3));
-        adm.executeRecalibration(id, data);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data);
         vm.prank(GUARD);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationNotQueued.selector, id, 3));
-        adm.cancelRecalibration(id);
+        ClearingHouseRecalibration(address(adm)).cancelRecalibration(id);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationNotQueued.selector, 7, 0));
-        adm.executeRecalibration(7, data);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(7, data);
         // The same bytes queued again wait the whole delay again (a new id).
         uint256 again = _queue(data);
         assertEq(again, id + 1, "new id");
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationTooEarly.selector, again, uint64(block.timestamp) + DELAY));
-        adm.executeRecalibration(again, data);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(again, data);
     }
 
     function test_executeNeedsTheQueuedBytesAndTheGraceWindow() public {
@@ -160,10 +161,10 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         uint256 id = _queue(data);
         vm.warp(block.timestamp + DELAY);
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationHashMismatch.selector, id, keccak256(data), keccak256(other)));
-        adm.executeRecalibration(id, other);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(id, other);
         vm.warp(block.timestamp + 2 days + 1);
         vm.expectPartialRevert(IClearingHouseErrors.RecalibrationExpired.selector);
-        adm.executeRecalibration(id, data);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data);
     }
 
     function test_nonCanonicalBytesRefused() public {
@@ -206,9 +207,9 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         bytes memory newer = proposal(135e15, 8e16, 15e16, 8e16);
         uint256 b = _queue(newer);
         vm.warp(block.timestamp + DELAY);
-        adm.executeRecalibration(b, newer);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(b, newer);
         vm.expectPartialRevert(IClearingHouseErrors.RecalibrationAsOf.selector);
-        adm.executeRecalibration(a, older);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(a, older);
     }
 
     function test_absoluteAndStepBounds() public {
@@ -240,12 +241,12 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         bytes memory tooFar = proposal(10e16, 8e16, 15e16, 8e16);
         vm.prank(RISKOP);
         vm.expectPartialRevert(IClearingHouseErrors.RecalibrationStepTooLarge.selector);
-        adm.queueRecalibration(tooFar);
+        ClearingHouseRecalibration(address(adm)).queueRecalibration(tooFar);
         bytes memory second = proposal(12e16, 8e16, 15e16, 8e16); // -20% on the day
         uint256 b = _queue(second);
         vm.warp(block.timestamp + DELAY);
-        adm.executeRecalibration(a, first);
-        adm.executeRecalibration(b, second);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(a, first);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(b, second);
         (int256 r0,) = grid(0);
         assertEq(r0, 12e16, "two steps");
         tick(60);
@@ -258,8 +259,8 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         uint256 c = _queue(cData);
         // The next UTC day: the day's reference becomes the value before its first execution.
         vm.warp((block.timestamp / 1 days + 1) * 1 days + 1);
-        adm.executeRecalibration(c, cData); // -12.5% of 0.12
-        (uint32 day, int112 dayRange,) = adm.recalibrationDay(0);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(c, cData); // -12.5% of 0.12
+        (uint32 day, int112 dayRange,) = ClearingHouseRecalibration(address(adm)).recalibrationDay(0);
         assertEq(day, block.timestamp / 1 days, "today");
         assertEq(dayRange, 12e16, "reference: the value before today's first execution");
         tick(60);
@@ -267,7 +268,7 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         bytes memory dData = proposal(84e15, 8e16, 15e16, 8e16);
         uint256 d = _queue(dData);
         vm.warp(block.timestamp + DELAY);
-        adm.executeRecalibration(d, dData);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(d, dData);
         (r0,) = grid(0);
         assertEq(r0, 84e15, "third day-limited step");
     }
@@ -284,7 +285,7 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         vm.warp(block.timestamp + DELAY);
         // 0.125 is -37.5% of 0.20 now.
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationStepTooLarge.selector, 0, 0, int256(125e15), int256(16e16), int256(24e16)));
-        adm.executeRecalibration(id, data);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data);
     }
 }
 
@@ -294,6 +295,6 @@ contract ClearingHouseRecalibrationFresh is RecalibrationHelpers {
         bytes memory data = proposal(15e16, 8e16, 15e16, 8e16);
         vm.prank(RISKOP);
         vm.expectRevert(IClearingHouseErrors.RecalibrationDisabled.selector);
-        adm.queueRecalibration(data);
+        ClearingHouseRecalibration(address(adm)).queueRecalibration(data);
     }
 }

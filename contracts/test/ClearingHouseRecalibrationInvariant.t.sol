@@ -5,6 +5,7 @@ import {TestBase} from "./utils/TestBase.sol";
 import {InvariantBase} from "./utils/InvariantBase.sol";
 import {ClearingHouse} from "../src/ClearingHouse.sol";
 import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
+import {ClearingHouseRecalibration} from "../src/ClearingHouseRecalibration.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {MockAggregator} from "../src/oracle/MockAggregator.sol";
 import {RiskParams} from "../src/margin/PortfolioMargin.sol";
@@ -95,9 +96,9 @@ contract RecalibrationHandler is TestBase {
             data = _proposal(g);
         }
         vm.prank(riskOp);
-        try adm.queueRecalibration(data) returns (uint256 id) {
+        try ClearingHouseRecalibration(address(adm)).queueRecalibration(data) returns (uint256 id) {
             queued.push(data);
-            (uint32 delay,,) = adm.recalibrationConfig();
+            (uint32 delay,,) = ClearingHouseRecalibration(address(adm)).recalibrationConfig();
             etaOf[id] = uint64(block.timestamp) + delay;
         } catch {}
     }
@@ -108,7 +109,7 @@ contract RecalibrationHandler is TestBase {
         uint256 id = which % (queued.length + 1) + 1; // one past the last: never queued
         bytes memory data = queued[(id - 1) % queued.length];
         int256[4] memory before = _grid();
-        try adm.executeRecalibration(id, data) {
+        try ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data) {
             ++executions;
             if (block.timestamp < etaOf[id] || etaOf[id] == 0) ++executedEarly;
             if (cancelled[id]) ++executedCancelled;
@@ -120,7 +121,7 @@ contract RecalibrationHandler is TestBase {
         if (queued.length == 0) return;
         uint256 id = which % queued.length + 1;
         vm.prank(guardian);
-        try adm.cancelRecalibration(id) {
+        try ClearingHouseRecalibration(address(adm)).cancelRecalibration(id) {
             cancelled[id] = true;
             ++cancellations;
         } catch {}

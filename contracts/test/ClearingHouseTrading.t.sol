@@ -5,6 +5,7 @@ import {ClearingHouseFixture} from "./utils/ClearingHouseFixture.sol";
 import {IClearingHouseErrors, IClearingHouseEvents} from "../src/interfaces/IClearingHouse.sol";
 import {ClearingHouse} from "../src/ClearingHouse.sol";
 import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
+import {ClearingHouseRecalibration} from "../src/ClearingHouseRecalibration.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
 import {AggregatorV3Interface} from "../src/interfaces/AggregatorV3Interface.sol";
 import {MarginResult, Market, Portfolio, Position, TooManyPositions} from "../src/margin/PortfolioMargin.sol";
@@ -300,7 +301,7 @@ contract ClearingHouseTradingTest is ClearingHouseFixture {
         ClearingHouseBase.Order memory s = _sell(bob, ethPerp, 1e17, 2000e18);
         bytes memory bs = signFor(address(ch), b);
         bytes memory ss = signFor(address(ch), s);
-        ClearingHouse ch2 = new ClearingHouse(GOV, verifier, address(new ClearingHouseAdmin(verifier)));
+        ClearingHouse ch2 = new ClearingHouse(GOV, verifier, address(new ClearingHouseAdmin(verifier, address(new ClearingHouseRecalibration(verifier)))));
         ClearingHouseAdmin adm2 = ClearingHouseAdmin(address(ch2));
         vm.startPrank(GOV);
         {

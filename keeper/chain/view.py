@@ -37,6 +37,7 @@ from typing import Any
 
 from web3 import Web3
 
+from keeper.abi import CLEARING_HOUSE_ABIS
 from keeper.chain.errors import BatchReadError, HeadBehind, WrongChain
 from keeper.chain.multicall import (
     CALLS_PER_MULTICALL,
@@ -270,7 +271,7 @@ class ProtocolSnapshot:
 
 # --- chain and view ------------------------------------------------------------------------
 
-CH_ABIS = ("ClearingHouse", "ClearingHouseAdmin")
+CH_ABIS = CLEARING_HOUSE_ABIS
 
 
 class Chain:

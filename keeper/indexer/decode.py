@@ -18,7 +18,7 @@ from typing import Any
 from eth_abi import decode
 from eth_utils import event_abi_to_log_topic
 
-from keeper.abi import ABI_DIR
+from keeper.abi import ABI_DIR, CLEARING_HOUSE_ABIS
 
 UNKNOWN = "unknown"
 
@@ -78,7 +78,7 @@ class EventAbi:
 
 @cache
 def event_table(
-    abi_names: tuple[str, ...] = ("ClearingHouse", "ClearingHouseAdmin"),
+    abi_names: tuple[str, ...] = CLEARING_HOUSE_ABIS,
 ) -> dict[str, EventAbi]:
     """topic0 (0x-hex) -> event, from the checked-in abi/ files."""
     out: dict[str, EventAbi] = {}

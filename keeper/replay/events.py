@@ -17,7 +17,7 @@ from eth_abi import decode
 from eth_utils import event_abi_to_log_topic
 from eth_utils.abi import collapse_if_tuple
 
-from keeper.abi import ABI_DIR
+from keeper.abi import ABI_DIR, CLEARING_HOUSE_ABIS
 from keeper.chain import Chain, RpcError
 
 #: Blocks per eth_getLogs request before any shrinking (public nodes cap 1k..10k).
@@ -141,7 +141,7 @@ def get_logs(
 
 
 def clearing_house_events(logs: Iterable[dict[str, Any]]) -> list[Event]:
-    abis = _event_abis("ClearingHouse", "ClearingHouseAdmin")
+    abis = _event_abis(*CLEARING_HOUSE_ABIS)
     out = []
     for log in logs:
         if log.get("removed"):

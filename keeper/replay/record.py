@@ -31,6 +31,7 @@ from eth_abi import decode
 from sqlalchemy import or_
 from sqlmodel import col, select
 
+from keeper.abi import CLEARING_HOUSE_ABIS
 from keeper.chain import Chain, OracleError, ProtocolSnapshot
 from keeper.chain.multicall import AbiFn, abi_functions
 from keeper.protocol.bounty import liquidation_payout
@@ -77,7 +78,7 @@ class RecordCheck:
 
 
 def _selectors() -> dict[bytes, AbiFn]:
-    return {f.selector: f for f in abi_functions("ClearingHouse", "ClearingHouseAdmin").values()}
+    return {f.selector: f for f in abi_functions(*CLEARING_HOUSE_ABIS).values()}
 
 
 def decode_call(data: str) -> tuple[str, tuple[Any, ...]] | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from web3 import Web3
 
+from keeper.abi import CLEARING_HOUSE_ABIS
 from keeper.chain import BlockRef, Chain, OracleError, ProtocolSnapshot
 from keeper.chain.multicall import Call, abi_functions, multicall
 from keeper.chain.revert import decode_revert
@@ -51,7 +52,7 @@ def _verifier(chain: Chain) -> str:
 def verify_block(chain: Chain, block: BlockRef, derivations: Sequence[Derivation]) -> list[Verdict]:
     """Re-check every derivation of one block on-chain; one verdict each, in order."""
     vfn = abi_functions("MarginVerifier")["fullCheck"]
-    mfn = abi_functions("ClearingHouse", "ClearingHouseAdmin")["marginOf"]
+    mfn = abi_functions(*CLEARING_HOUSE_ABIS)["marginOf"]
     calls: list[Call] = []
     slots: list[tuple[int, str]] = []
     for i, d in enumerate(derivations):

@@ -5,6 +5,7 @@ import {OrderSigner} from "./OrderSigner.sol";
 import {MarginPresets} from "./MarginPresets.sol";
 import {ClearingHouse} from "../../src/ClearingHouse.sol";
 import {ClearingHouseAdmin} from "../../src/ClearingHouseAdmin.sol";
+import {ClearingHouseRecalibration} from "../../src/ClearingHouseRecalibration.sol";
 import {ClearingHouseBase} from "../../src/ClearingHouseBase.sol";
 import {MarginVerifier} from "../../src/MarginVerifier.sol";
 import {MockERC20} from "../../src/token/MockERC20.sol";
@@ -79,7 +80,7 @@ abstract contract ClearingHouseFixture is OrderSigner {
         // The shipped verifier (optimizer runs 1e6): tests that import the clearing house are
         // compiled in its size profile (runs 1), and so would a `new MarginVerifier()` be.
         verifier = MarginVerifier(vm.deployCode("out/MarginVerifier.sol/MarginVerifier.json"));
-        ch = new ClearingHouse(GOV, verifier, address(new ClearingHouseAdmin(verifier)));
+        ch = new ClearingHouse(GOV, verifier, address(new ClearingHouseAdmin(verifier, address(new ClearingHouseRecalibration(verifier)))));
         adm = ClearingHouseAdmin(address(ch));
         usdc = MockERC20(settlementToken());
         weth = new MockERC20("Wrapped Ether", "WETH", 18);
