@@ -904,6 +904,20 @@ contract ClearingHouseMoreTest is ClearingHouseFixture {
         assertEq(ch.backstop(), bk, "clearing house unchanged");
     }
 
+    function test_recalibrationModuleCalledDirectlyTouchesNothing() public {
+        ClearingHouseRecalibration direct = ClearingHouseRecalibration(ClearingHouseAdmin(address(ch)).recalibration());
+        vm.prank(GOV);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotOwner.selector, GOV));
+        direct.setRecalibrationConfig(60, 0.1e18, 0.2e18); // its own storage has no owner
+        vm.prank(RISKOP);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.NotRiskOperator.selector, RISKOP));
+        direct.queueRecalibration(hex"00");
+        (uint32 delay,,) = ClearingHouseRecalibration(address(ch)).recalibrationConfig();
+        assertEq(direct.recalibrationCount(), 0, "module's own storage untouched");
+        assertEq(ClearingHouseRecalibration(address(ch)).recalibrationCount(), 0, "clearing house unchanged");
+        assertEq(delay, 0, "clearing house config unchanged");
+    }
+
     /// Positions go to the backstop at marks rounded to TICK against the account: a short
     /// option is bought back at the ceiling of its (non-tick) mark.
     function test_takeoverRoundsAgainstTheAccount() public {
