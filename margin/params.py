@@ -74,7 +74,7 @@ MIN_EXTENDED_MOVE = -99 * 10**16
 MAX_EXTENDED_MOVE = 10 * WAD
 #: Grid plus historical scenarios of one underlying: what keeps the full check of
 #: MAX_POSITIONS options under the gas ceiling (docs/margin-model.md, "Gas").
-MAX_SCENARIOS = 100
+MAX_SCENARIOS = 90
 MAX_ES_COUNT = 8
 MAX_FHS_SCALE = 10 * WAD
 

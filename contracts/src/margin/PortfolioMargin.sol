@@ -178,7 +178,7 @@ library PortfolioMargin {
     int256 internal constant MAX_SCENARIO_VOL = 10e18;
     /// @notice Grid plus historical scenarios of one underlying: the gas ceiling of the full
     /// check at MAX_POSITIONS options (contracts/test/ClearingHouseGas.t.sol).
-    uint256 internal constant MAX_SCENARIOS = 100;
+    uint256 internal constant MAX_SCENARIOS = 90;
     uint256 internal constant MAX_ES_COUNT = 8;
     int256 internal constant MAX_FHS_SCALE = 10e18;
 
