@@ -106,29 +106,26 @@ from margin.fixed_point import exp_wad, ln_wad, mul_div_down, mul_down, mul_up, 
 from margin.option_pricing import ln_ratio, option_model_price
 from margin.params import (
     F_ASSET_UNDERLYING,
-    F_ES_COUNT,
-    F_FHS_LENGTH,
-    F_FHS_SCALE,
-    F_HISTORICAL_MOVES,
-    F_HISTORICAL_PRICE_MOVE,
-    F_HISTORICAL_VOL_MOVE,
-    F_HISTORICAL_VOL_MOVES,
-    F_SCENARIO_TOTAL,
-    F_STRESS_COUNT,
-    MAX_ES_COUNT,
-    MAX_FHS_SCALE,
-    MAX_SCENARIOS,
     F_CALENDAR_CHARGE,
     F_CORRELATION_CREDIT,
+    F_ES_COUNT,
     F_EXTENDED_COUNT,
     F_EXTENDED_MOVE,
     F_EXTENDED_VOL_STATE,
     F_EXTENDED_WEIGHT,
+    F_FHS_LENGTH,
+    F_FHS_SCALE,
     F_HAIRCUT,
+    F_HISTORICAL_MOVES,
+    F_HISTORICAL_PRICE_MOVE,
+    F_HISTORICAL_VOL_MOVE,
+    F_HISTORICAL_VOL_MOVES,
     F_IM_FACTOR,
     F_MOVE_STEPS,
     F_PRICE_RANGE,
+    F_SCENARIO_TOTAL,
     F_SHORT_OPTION_CHARGE,
+    F_STRESS_COUNT,
     F_VEGA_CHARGE,
     F_VOL_EXPONENT,
     F_VOL_FLOOR,
@@ -137,11 +134,14 @@ from margin.params import (
     F_VOL_SHIFT_BASE,
     MAX_ASSETS,
     MAX_CORRELATION_CREDIT,
+    MAX_ES_COUNT,
     MAX_EXTENDED,
     MAX_EXTENDED_MOVE,
+    MAX_FHS_SCALE,
     MAX_IM_FACTOR,
     MAX_MOVE_STEPS,
     MAX_PRICE_RANGE,
+    MAX_SCENARIOS,
     MAX_UNDERLYINGS,
     MAX_VOL_EXPONENT,
     MAX_VOL_SHIFT_BASE,
@@ -484,7 +484,10 @@ class ScenarioTable:
         # each underlying per scenario; ln(S'_s / S) on demand.
         self.n_hist = historical_count(params)
         self.hist_spots: list[list[int]] = [
-            [shocked_spot(market.spots[u], historical_move(params, s, u)) for s in range(self.n_hist)]
+            [
+                shocked_spot(market.spots[u], historical_move(params, s, u))
+                for s in range(self.n_hist)
+            ]
             for u in range(len(params.underlyings))
         ]
         self.hist_vols: list[list[int]] = [

@@ -74,14 +74,18 @@ def random_set(rng: random.Random, params: RiskParams) -> HistoricalSet:
     def move() -> int:
         if rng.random() < 0.05:
             return rng.choice([MIN_EXTENDED_MOVE, MAX_EXTENDED_MOVE, 0])
-        return int(rng.gauss(0, 0.08) * WAD) if rng.random() < 0.8 else rng.randrange(-6, 6) * 10**17
+        return (
+            int(rng.gauss(0, 0.08) * WAD) if rng.random() < 0.8 else rng.randrange(-6, 6) * 10**17
+        )
 
     moves = tuple(max(MIN_EXTENDED_MOVE, min(MAX_EXTENDED_MOVE, move())) for _ in range(s * n_u))
     vol_moves: tuple[int, ...] = ()
     if rng.random() < 0.5:
         vol_moves = tuple(max(MIN_EXTENDED_MOVE, min(MAX_EXTENDED_MOVE, move())) for _ in moves)
     scale = tuple(
-        rng.choice([0, MAX_FHS_SCALE, WAD]) if rng.random() < 0.1 else rng.randrange(WAD // 4, 3 * WAD)
+        rng.choice([0, MAX_FHS_SCALE, WAD])
+        if rng.random() < 0.1
+        else rng.randrange(WAD // 4, 3 * WAD)
         for _ in range(n_u)
     )
     return HistoricalSet(
@@ -100,12 +104,12 @@ def _witnesses(rng: random.Random, params: RiskParams, best: list[int]) -> list[
     k = params.historical.es_count
     grid = [rng.randrange(u.scenario_count) for u in params.underlyings]
     if k == 0 or s < k:  # (an invalid set: the parameters' error comes first)
-        return [best, best[:n_u], grid, grid + [0]]
+        return [best, best[:n_u], grid, [*grid, 0]]
     wrong = grid + sorted(rng.sample(range(s), k))
     bad = list(wrong)
     kind = rng.randrange(5)
     if kind == 0:
-        bad = bad[: n_u + k - 1] if k > 1 else bad + [0]  # neither nU nor nU + k long
+        bad = bad[: n_u + k - 1] if k > 1 else [*bad, 0]  # neither nU nor nU + k long
     elif kind == 1:
         bad[n_u + rng.randrange(k)] = s + rng.randrange(3)  # out of range
     elif kind == 2 and k > 1:
@@ -240,8 +244,12 @@ def _edge_sets() -> list[tuple[str, RiskParams]]:
         ("k > S", replace(p, historical=replace(one, es_count=2))),
         ("k at S = 0", replace(p, historical=HistoricalSet(es_count=1))),
         ("fhs scale", replace(p, historical=replace(one, fhs_scale=(WAD, MAX_FHS_SCALE + 1)))),
-        ("too many scenarios", replace(p, historical=replace(mx, moves=mx.moves + (0, 0),
-                                                              vol_moves=mx.vol_moves + (0, 0)))),
+        (
+            "too many scenarios",
+            replace(
+                p, historical=replace(mx, moves=(*mx.moves, 0, 0), vol_moves=(*mx.vol_moves, 0, 0))
+            ),
+        ),
         ("move below", replace(p, historical=replace(one, moves=(0, MIN_EXTENDED_MOVE - 1)))),
         ("move above", replace(p, historical=replace(one, moves=(MAX_EXTENDED_MOVE + 1, 0)))),
         ("vol move", replace(p, historical=replace(one, vol_moves=(0, MAX_EXTENDED_MOVE + 1)))),
