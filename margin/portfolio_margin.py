@@ -63,6 +63,17 @@ Steps and rounding (identical in Solidity):
    ``mul_down(q, V0 − entry)``. State: 2 liquidatable if equity < MM, 1 margin call if
    equity < IM, else 0.
 
+Historical set (``HistoricalSet`` in margin/params.py; PortfolioMargin._hist*): scenario s moves
+underlying u by ``historical_move`` (a historical move times fhs_scale[u], ``mul_down``, kept
+in [-0.99, 10]; a stress day's as it is) and its vol by ``historical_vol``. After the grid,
+every position (then every volatile asset) adds ``q · (V_s − V0)`` (``e · (S'_s − S)``) to one
+joint accumulator per scenario, all underlyings together; options price V_s with
+ln(S'_s/K) = ln(S/K) + ln(S'_s/S). Joint loss ``ceil(−acc_s / 1e18)``; ES = ceil(mean of the k
+largest), ties to the lower index, whose indices (increasing) follow the grid witness. Step 5
+becomes ``MM = max(sum − credit, ES) + Σ contingencies``. A witness check names the nU grid
+indices, optionally followed by k strictly increasing historical indices (their mean loss,
+rounded up, is at most ES); without them ES counts 0.
+
 Witness soundness: the requirement is non-decreasing in every underlying loss (credit factor
 <= 0.8 < 1, and floor(c·(x+1)) − floor(c·x) <= 1), a named scenario's loss is <= the worst,
 and contingencies are identical: a witness check never exceeds the full requirement, and the

@@ -147,9 +147,11 @@ struct MarginResult {
 /// @title Portfolio margin: scenario risk arrays, contingencies, witness verification
 /// @notice Mirrored integer for integer (and error for error) by margin/portfolio_margin.py; the
 /// steps, their rounding and the bounds that rule out overflow are documented there.
-/// fullCheck evaluates every scenario; witnessCheck only the named scenario per underlying
-/// (plus the same contingencies), so its requirement is never above fullCheck's and equals it
-/// for the witness that fullCheck returns.
+/// fullCheck evaluates every scenario (the grid of each underlying and the historical set's
+/// joint scenarios: MM = max(grid requirement, ES) + contingencies); witnessCheck only the named
+/// scenario per underlying and, optionally, k named historical scenarios (plus the same
+/// contingencies), so its requirement is never above fullCheck's and equals it for the witness
+/// that fullCheck returns.
 library PortfolioMargin {
     using FixedPoint for int256;
 
