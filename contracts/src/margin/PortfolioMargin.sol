@@ -805,17 +805,23 @@ library PortfolioMargin {
         int256[] memory top = new int256[](k); // the largest losses so far, non-increasing
         uint256[] memory idx = new uint256[](k);
         uint256 filled;
-        for (uint256 s; s < acc.length; ++s) {
-            int256 loss = _jointLossUp(acc[s]);
-            if (filled == k && loss <= top[k - 1]) continue; // an equal later loss never displaces
-            uint256 at = filled < k ? filled++ : k - 1;
-            while (at > 0 && top[at - 1] < loss) {
-                top[at] = top[at - 1];
-                idx[at] = idx[at - 1];
-                --at;
+        int256 floor = type(int256).min; // top[k - 1] once filled: the loss to beat
+        uint256 n = acc.length;
+        // k >= 1 (validated) and every index below stays within [0, k): unchecked.
+        unchecked {
+            for (uint256 s; s < n; ++s) {
+                int256 loss = _jointLossUp(acc[s]);
+                if (filled == k && loss <= floor) continue; // an equal later loss never displaces
+                uint256 at = filled < k ? filled++ : k - 1;
+                while (at > 0 && top[at - 1] < loss) {
+                    top[at] = top[at - 1];
+                    idx[at] = idx[at - 1];
+                    --at;
+                }
+                top[at] = loss;
+                idx[at] = s;
+                if (filled == k) floor = top[k - 1];
             }
-            top[at] = loss;
-            idx[at] = s;
         }
         int256 sum;
         for (uint256 i; i < k; ++i) {
