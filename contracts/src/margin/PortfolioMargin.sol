@@ -693,17 +693,7 @@ library PortfolioMargin {
         h.vols = new int256[][](nU);
         h.ln = new int256[][](nU);
         for (uint256 u; u < nU; ++u) {
-            int256[] memory sp = new int256[](k);
-            int256[] memory vs = new int256[](k);
-            int256 spot = m.spots[u];
-            int256 vol = m.vols[u];
-            for (uint256 i; i < k; ++i) {
-                // spot <= 1e30, 1e18 + move in [1e16, 11e18]: no overflow, S' >= spot / 100 > 0.
-                sp[i] = spot.mulDown(WAD + historicalMove(p, index[i], u));
-                vs[i] = historicalVol(p, index[i], u, vol);
-            }
-            h.spots[u] = sp;
-            h.vols[u] = vs;
+            (h.spots[u], h.vols[u]) = _histUnderlying(p.historical, index, nU, u, m.spots[u], m.vols[u]);
         }
         for (uint256 j; j < pf.positions.length; ++j) {
             Position memory q = pf.positions[j];
@@ -714,6 +704,40 @@ library PortfolioMargin {
                 l[i] = OptionPricing.lnRatio(h.spots[u][i], m.spots[u]); // both > 0: never reverts
             }
             h.ln[u] = l;
+        }
+    }
+
+    /// @dev historicalMove and historicalVol of underlying u for each named scenario, written
+    /// out (the same integers), then the scenario spots mulDown(spot, 1e18 + move): spot <=
+    /// 1e30 and 1e18 + move in [1e16, 11e18], so S' >= spot / 100 > 0.
+    function _histUnderlying(
+        HistoricalSet memory hs,
+        uint256[] memory index,
+        uint256 nU,
+        uint256 u,
+        int256 spot,
+        int256 vol
+    ) private pure returns (int256[] memory sp, int256[] memory vs) {
+        uint256 k = index.length;
+        sp = new int256[](k);
+        vs = new int256[](k);
+        uint256 scaled = hs.moves.length / nU - hs.stressCount; // below: FHS-scaled
+        int256 f = hs.fhsScale[u];
+        for (uint256 i; i < k; ++i) {
+            uint256 at = index[i] * nU + u;
+            int256 move = hs.moves[at];
+            if (index[i] < scaled) {
+                move = move.mulDown(f);
+                if (move < MIN_EXTENDED_MOVE) move = MIN_EXTENDED_MOVE;
+                else if (move > MAX_EXTENDED_MOVE) move = MAX_EXTENDED_MOVE;
+            }
+            sp[i] = spot.mulDown(WAD + move);
+            if (hs.volMoves.length == 0) {
+                vs[i] = vol;
+            } else {
+                int256 v = vol.mulDown(WAD + hs.volMoves[at]);
+                vs[i] = v > MAX_SCENARIO_VOL ? MAX_SCENARIO_VOL : v;
+            }
         }
     }
 
