@@ -43,6 +43,7 @@ from margin.params import (
     STABLE,
     AssetParams,
     ExtendedMove,
+    HistoricalSet,
     RiskParams,
     UnderlyingParams,
     span_like,
@@ -55,7 +56,8 @@ KINDS = {0: "future", 1: "call", 2: "put"}
 #: abi.encode(RiskParams) of contracts/src/margin/PortfolioMargin.sol.
 RISK_PARAMS_TYPE = (
     "((int256,uint256,int256,uint256,uint256,int256,int256,(int256,uint8,int256)[],"
-    "int256,int256,int256)[],(int256,uint256)[],int256,int256)"
+    "int256,int256,int256)[],(int256,uint256)[],int256,int256,"
+    "(int256[],int256[],uint256,int256[],uint256))"
 )
 
 #: Contracts of a deployment, and the ABI each is recorded with.
@@ -79,7 +81,7 @@ def encode_risk_params(params: RiskParams) -> bytes:
 def decode_risk_params(data: bytes) -> RiskParams:
     """Inverse of encode_risk_params: ClearingHouse.riskParams() bytes -> margin RiskParams."""
     (raw,) = abi_decode([RISK_PARAMS_TYPE], bytes(data))
-    unders, assets, credit, im_factor = raw
+    unders, assets, credit, im_factor, hist = raw
     return RiskParams(
         underlyings=tuple(
             UnderlyingParams(
@@ -100,6 +102,13 @@ def decode_risk_params(data: bytes) -> RiskParams:
         assets=tuple(AssetParams(haircut=a[0], underlying=a[1]) for a in assets),
         correlation_credit=credit,
         im_factor=im_factor,
+        historical=HistoricalSet(
+            moves=tuple(hist[0]),
+            vol_moves=tuple(hist[1]),
+            stress_count=hist[2],
+            fhs_scale=tuple(hist[3]),
+            es_count=hist[4],
+        ),
     )
 
 

@@ -211,7 +211,7 @@ def _recheck(chain: Chain, d: Derivation, block_hash: str) -> list[dict[str, Any
             "block": d.block.number,
             "block_hash": block_hash,
             "returns": "MarginResult (equity, requirement, initialMargin, contingencies, credit, "
-            "state, losses, witness)",
+            "state, losses, witness, expectedShortfall)",
             "expected": expect,
             "expected_revert": d.error if res is None else None,
         }

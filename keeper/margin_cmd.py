@@ -184,13 +184,23 @@ def _field_names(*names: str) -> dict[int, str]:
     return {getattr(P, n): n[2:].lower() for n in names}
 
 
-_GLOBAL_FIELDS = _field_names("F_CORRELATION_CREDIT", "F_IM_FACTOR")
+_GLOBAL_FIELDS = _field_names(
+    "F_CORRELATION_CREDIT",
+    "F_IM_FACTOR",
+    "F_HISTORICAL_MOVES",
+    "F_HISTORICAL_VOL_MOVES",
+    "F_STRESS_COUNT",
+    "F_FHS_LENGTH",
+    "F_ES_COUNT",
+)
 _ASSET_FIELDS = _field_names("F_HAIRCUT", "F_ASSET_UNDERLYING")
+#: (InvalidHistoricalScenario's own codes, F_HISTORICAL_PRICE_MOVE / _VOL_MOVE, are not these.)
 _RISK_FIELDS = _field_names(
     *(
         n
         for n in vars(P)
         if n.startswith("F_")
+        and n not in ("F_HISTORICAL_PRICE_MOVE", "F_HISTORICAL_VOL_MOVE")
         and n[2:].lower() not in {*_GLOBAL_FIELDS.values(), *_ASSET_FIELDS.values()}
     )
 )

@@ -275,6 +275,20 @@ class WitnessLengthMismatch(MarginError):
 
 
 class WitnessOutOfRange(MarginError):
-    """A witness names a scenario index the underlying does not have (underlying, idx, count)."""
+    """A witness names a scenario index the underlying does not have (underlying, idx, count);
+    for an ES index: (its position in the witness, idx, number of historical scenarios)."""
 
     signature = "WitnessOutOfRange(uint256,uint256,uint256)"
+
+
+class WitnessNotIncreasing(MarginError):
+    """The ES indices of a witness must be strictly increasing (position in the witness, idx)."""
+
+    signature = "WitnessNotIncreasing(uint256,uint256)"
+
+
+class InvalidHistoricalScenario(MarginError):
+    """A move of the historical set is out of bounds (scenario, underlying, field: 1 price
+    move, 2 vol move)."""
+
+    signature = "InvalidHistoricalScenario(uint256,uint256,uint256)"

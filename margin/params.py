@@ -49,12 +49,22 @@ F_EXTENDED_WEIGHT = 11  # 0 <= weight <= 1
 F_SHORT_OPTION_CHARGE = 12  # 0 <= c <= 1
 F_CALENDAR_CHARGE = 13  # 0 <= c <= 1
 F_VEGA_CHARGE = 14  # 0 <= c <= 1
+F_FHS_SCALE = 15  # 0 <= historical.fhs_scale[u] <= 10
+F_SCENARIO_TOTAL = 16  # grid scenarios + historical scenarios <= MAX_SCENARIOS
 # Field codes of InvalidAssetParameter(asset, field).
 F_HAIRCUT = 1  # 0 <= haircut <= 1
 F_ASSET_UNDERLYING = 2  # < number of underlyings, or STABLE
 # Field codes of InvalidGlobalParameter(field).
 F_CORRELATION_CREDIT = 1  # 0 <= credit <= 0.8
 F_IM_FACTOR = 2  # 1 < factor <= 10
+F_HISTORICAL_MOVES = 3  # len(historical.moves) = S * number of underlyings
+F_HISTORICAL_VOL_MOVES = 4  # len(historical.vol_moves) = 0 or S * number of underlyings
+F_STRESS_COUNT = 5  # stress_count <= S
+F_FHS_LENGTH = 6  # len(fhs_scale) = number of underlyings (0 when S = 0)
+F_ES_COUNT = 7  # 1 <= es_count <= min(S, MAX_ES_COUNT) (0 when S = 0)
+# Field codes of InvalidHistoricalScenario(scenario, underlying, field).
+F_HISTORICAL_PRICE_MOVE = 1  # -0.99 <= move <= 10
+F_HISTORICAL_VOL_MOVE = 2  # -0.99 <= vol move <= 10
 
 MAX_PRICE_RANGE = 9 * 10**17
 MAX_VOL_SHIFT_BASE = 5 * WAD
@@ -62,6 +72,11 @@ MAX_VOL_TIME = 5 * YEAR
 MAX_VOL_EXPONENT = 2 * WAD
 MIN_EXTENDED_MOVE = -99 * 10**16
 MAX_EXTENDED_MOVE = 10 * WAD
+#: Grid plus historical scenarios of one underlying: what keeps the full check of
+#: MAX_POSITIONS options under the gas ceiling (docs/margin-model.md, "Gas").
+MAX_SCENARIOS = 90
+MAX_ES_COUNT = 8
+MAX_FHS_SCALE = 10 * WAD
 
 
 @dataclass(frozen=True)
@@ -138,6 +153,39 @@ class AssetParams:
 
 
 @dataclass(frozen=True)
+class HistoricalSet:
+    """The historical scenario set (Solidity ``HistoricalSet``): S joint scenarios, each the
+    relative price move (and optionally the relative implied-vol move) of every underlying on
+    one date, so correlation comes from the data.
+
+    * ``moves[s * nU + u]``: the move of underlying u in scenario s (WAD, in [-0.99, 10]).
+    * ``vol_moves``: empty (vols unchanged) or laid out like ``moves``: a scenario's vol is
+      ``min(mul_down(vol, 1 + vol_move), MAX_SCENARIO_VOL)``.
+    * The last ``stress_count`` scenarios are named stress days (hypothetical scenarios), taken
+      as they are; every other move is scaled by ``fhs_scale[u]`` (current over historical
+      volatility: filtered historical simulation), ``mul_down`` and kept in [-0.99, 10].
+    * ``es_count`` = k: ES is the mean of the k worst joint losses (rounded up).
+
+    The empty set (S = 0, the default) is the grid-only model.
+    """
+
+    moves: tuple[int, ...] = ()
+    vol_moves: tuple[int, ...] = ()
+    stress_count: int = 0
+    fhs_scale: tuple[int, ...] = ()
+    es_count: int = 0
+
+    def to_abi(self) -> tuple[Any, ...]:
+        return (
+            list(self.moves),
+            list(self.vol_moves),
+            self.stress_count,
+            list(self.fhs_scale),
+            self.es_count,
+        )
+
+
+@dataclass(frozen=True)
 class RiskParams:
     """Everything the verifier needs besides the market state and the portfolio."""
 
@@ -145,6 +193,7 @@ class RiskParams:
     assets: tuple[AssetParams, ...] = field(default_factory=tuple)
     correlation_credit: int = 0  # WAD in [0, 0.8]
     im_factor: int = 12 * 10**17  # WAD > 1
+    historical: HistoricalSet = field(default_factory=HistoricalSet)
 
     def to_abi(self) -> tuple[Any, ...]:
         return (
@@ -152,7 +201,13 @@ class RiskParams:
             [a.to_abi() for a in self.assets],
             self.correlation_credit,
             self.im_factor,
+            self.historical.to_abi(),
         )
+
+    @property
+    def historical_count(self) -> int:
+        """S: the number of historical scenarios (len(moves) / number of underlyings)."""
+        return len(self.historical.moves) // len(self.underlyings) if self.underlyings else 0
 
 
 # --- presets ------------------------------------------------------------------------------

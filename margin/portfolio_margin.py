@@ -63,6 +63,17 @@ Steps and rounding (identical in Solidity):
    ``mul_down(q, V0 − entry)``. State: 2 liquidatable if equity < MM, 1 margin call if
    equity < IM, else 0.
 
+Historical set (``HistoricalSet`` in margin/params.py; PortfolioMargin._hist*): scenario s moves
+underlying u by ``historical_move`` (a historical move times fhs_scale[u], ``mul_down``, kept
+in [-0.99, 10]; a stress day's as it is) and its vol by ``historical_vol``. After the grid,
+every position (then every volatile asset) adds ``q · (V_s − V0)`` (``e · (S'_s − S)``) to one
+joint accumulator per scenario, all underlyings together; options price V_s with
+ln(S'_s/K) = ln(S/K) + ln(S'_s/S). Joint loss ``ceil(−acc_s / 1e18)``; ES = ceil(mean of the k
+largest), ties to the lower index, whose indices (increasing) follow the grid witness. Step 5
+becomes ``MM = max(sum − credit, ES) + Σ contingencies``. A witness check names the nU grid
+indices, optionally followed by k strictly increasing historical indices (their mean loss,
+rounded up, is at most ES); without them ES counts 0.
+
 Witness soundness: the requirement is non-decreasing in every underlying loss (credit factor
 <= 0.8 < 1, and floor(c·(x+1)) − floor(c·x) <= 1), a named scenario's loss is <= the worst,
 and contingencies are identical: a witness check never exceeds the full requirement, and the
@@ -86,6 +97,7 @@ from margin.errors import (
     InvalidAssetCount,
     InvalidAssetParameter,
     InvalidGlobalParameter,
+    InvalidHistoricalScenario,
     InvalidInstrumentKind,
     InvalidOptionStrike,
     InvalidRiskParameter,
@@ -98,6 +110,7 @@ from margin.errors import (
     TooManyPositions,
     UnknownUnderlying,
     WitnessLengthMismatch,
+    WitnessNotIncreasing,
     WitnessOutOfRange,
 )
 from margin.fixed_point import exp_wad, ln_wad, mul_div_down, mul_down, mul_up, sqrt_down
@@ -106,15 +119,24 @@ from margin.params import (
     F_ASSET_UNDERLYING,
     F_CALENDAR_CHARGE,
     F_CORRELATION_CREDIT,
+    F_ES_COUNT,
     F_EXTENDED_COUNT,
     F_EXTENDED_MOVE,
     F_EXTENDED_VOL_STATE,
     F_EXTENDED_WEIGHT,
+    F_FHS_LENGTH,
+    F_FHS_SCALE,
     F_HAIRCUT,
+    F_HISTORICAL_MOVES,
+    F_HISTORICAL_PRICE_MOVE,
+    F_HISTORICAL_VOL_MOVE,
+    F_HISTORICAL_VOL_MOVES,
     F_IM_FACTOR,
     F_MOVE_STEPS,
     F_PRICE_RANGE,
+    F_SCENARIO_TOTAL,
     F_SHORT_OPTION_CHARGE,
+    F_STRESS_COUNT,
     F_VEGA_CHARGE,
     F_VOL_EXPONENT,
     F_VOL_FLOOR,
@@ -123,11 +145,14 @@ from margin.params import (
     F_VOL_SHIFT_BASE,
     MAX_ASSETS,
     MAX_CORRELATION_CREDIT,
+    MAX_ES_COUNT,
     MAX_EXTENDED,
     MAX_EXTENDED_MOVE,
+    MAX_FHS_SCALE,
     MAX_IM_FACTOR,
     MAX_MOVE_STEPS,
     MAX_PRICE_RANGE,
+    MAX_SCENARIOS,
     MAX_UNDERLYINGS,
     MAX_VOL_EXPONENT,
     MAX_VOL_SHIFT_BASE,
@@ -194,6 +219,38 @@ def validate_params(p: RiskParams) -> None:
             raise InvalidAssetParameter(a_i, F_HAIRCUT)
         if a.underlying != STABLE and not 0 <= a.underlying < n_u:
             raise InvalidAssetParameter(a_i, F_ASSET_UNDERLYING)
+    _validate_historical(p)
+
+
+def _validate_historical(p: RiskParams) -> None:
+    """The historical set's bounds, last in the order (PortfolioMargin._validateHistorical)."""
+    h = p.historical
+    n_u = len(p.underlyings)
+    n = len(h.moves)
+    if n % n_u != 0:
+        raise InvalidGlobalParameter(F_HISTORICAL_MOVES)
+    s = n // n_u
+    if len(h.vol_moves) not in (0, n):
+        raise InvalidGlobalParameter(F_HISTORICAL_VOL_MOVES)
+    if h.stress_count > s:
+        raise InvalidGlobalParameter(F_STRESS_COUNT)
+    if len(h.fhs_scale) != (0 if s == 0 else n_u):
+        raise InvalidGlobalParameter(F_FHS_LENGTH)
+    k_max = min(s, MAX_ES_COUNT)
+    if (h.es_count != 0) if s == 0 else not 1 <= h.es_count <= k_max:
+        raise InvalidGlobalParameter(F_ES_COUNT)
+    if s == 0:
+        return
+    for u, up in enumerate(p.underlyings):
+        if not 0 <= h.fhs_scale[u] <= MAX_FHS_SCALE:
+            raise InvalidRiskParameter(u, F_FHS_SCALE)
+        if up.scenario_count + s > MAX_SCENARIOS:
+            raise InvalidRiskParameter(u, F_SCENARIO_TOTAL)
+    for i, x in enumerate(h.moves):
+        if not MIN_EXTENDED_MOVE <= x <= MAX_EXTENDED_MOVE:
+            raise InvalidHistoricalScenario(i // n_u, i % n_u, F_HISTORICAL_PRICE_MOVE)
+        if h.vol_moves and not MIN_EXTENDED_MOVE <= h.vol_moves[i] <= MAX_EXTENDED_MOVE:
+            raise InvalidHistoricalScenario(i // n_u, i % n_u, F_HISTORICAL_VOL_MOVE)
 
 
 def _validate_underlying(i: int, u: UnderlyingParams) -> None:
@@ -284,6 +341,33 @@ def scenarios(u: UnderlyingParams) -> list[Scenario]:
     return [scenario(u, j) for j in range(u.scenario_count)]
 
 
+def historical_count(p: RiskParams) -> int:
+    """S, the number of historical scenarios (len(moves) / number of underlyings)."""
+    return p.historical_count
+
+
+def historical_move(p: RiskParams, s: int, u: int) -> int:
+    """The price move of underlying u in historical scenario s: a historical move times
+    fhs_scale[u] (mul_down) kept in [MIN_EXTENDED_MOVE, MAX_EXTENDED_MOVE]; a stress day's
+    move (the last stress_count scenarios) as it is."""
+    h = p.historical
+    move = h.moves[s * len(p.underlyings) + u]
+    if s < historical_count(p) - h.stress_count:
+        move = mul_down(move, h.fhs_scale[u])
+        move = max(MIN_EXTENDED_MOVE, min(move, MAX_EXTENDED_MOVE))
+    return move
+
+
+def historical_vol(p: RiskParams, s: int, u: int, vol: int) -> int:
+    """The implied vol of underlying u in historical scenario s: mul_down(vol, 1e18 +
+    vol_move), at most MAX_SCENARIO_VOL (vol itself when the set has no vol moves)."""
+    vm = p.historical.vol_moves
+    if not vm:
+        return vol
+    v = mul_down(vol, WAD + vm[s * len(p.underlyings) + u])
+    return v if v < MAX_SCENARIO_VOL else MAX_SCENARIO_VOL
+
+
 def shocked_spot(spot: int, move: int) -> int:
     """The spot after a relative move: mul_down(spot, 1e18 + move)."""
     return mul_down(spot, WAD + move)
@@ -327,8 +411,10 @@ class MarginResult:
     credit: int
     state: int
     losses: list[int]  # per underlying
-    witness: list[int]  # per underlying
+    witness: list[int]  # per underlying, then (full check: always) the ES indices
+    expected_shortfall: int = 0  # mean of the worst k (witness: the named) joint losses, up
     scenario_losses: list[list[int]] = field(default_factory=list)
+    historical_losses: list[int] = field(default_factory=list)  # full check: per scenario
 
     def to_abi(self) -> tuple[Any, ...]:
         return (
@@ -340,6 +426,7 @@ class MarginResult:
             self.state,
             list(self.losses),
             list(self.witness),
+            self.expected_shortfall,
         )
 
 
@@ -364,12 +451,30 @@ class _Row:
     v0: Outcome
     prices: list[Outcome]  # V_j per scenario index (center = v0)
     vega_base: int  # sqrt_down(tau in years), options only
+    hist_prices: list[Outcome] = field(default_factory=list)  # V_s per historical scenario
 
 
 def _haircut_down(balance: int, haircut: int) -> int:
     """A collateral balance after its haircut (PortfolioMargin._haircutDown): a positive balance
     counts mul_down(balance, 1e18 - haircut), a debt counts in full."""
     return mul_down(balance, WAD - haircut) if balance > 0 else balance
+
+
+def _joint_loss_up(x: int) -> int:
+    """A joint scenario's loss: ceil(-x / 1e18) (PortfolioMargin._jointLossUp)."""
+    return mul_up(-x, 1)
+
+
+def _div_up_count(a: int, k: int) -> int:
+    """ceil(a / k) for k >= 1 (PortfolioMargin._divUpCount)."""
+    return -((-a) // k)
+
+
+def _worst_mean_up(losses: list[int], k: int) -> tuple[int, list[int]]:
+    """(ES, indices): the mean (rounded up) of the k largest losses, ties to the lower index,
+    and their indices in increasing order (PortfolioMargin._worstMeanUp)."""
+    worst = sorted(range(len(losses)), key=lambda s: (-losses[s], s))[:k]
+    return _div_up_count(sum(losses[s] for s in worst), k), sorted(worst)
 
 
 class ScenarioTable:
@@ -386,6 +491,29 @@ class ScenarioTable:
         ]
         self._rows: dict[tuple[int, int, int, int], _Row] = {}
         self._ln_move_cache: dict[int, list[int]] = {}
+        # The historical set (PortfolioMargin._histPlan over every scenario): spot and vol of
+        # each underlying per scenario; ln(S'_s / S) on demand.
+        self.n_hist = historical_count(params)
+        self.hist_spots: list[list[int]] = [
+            [
+                shocked_spot(market.spots[u], historical_move(params, s, u))
+                for s in range(self.n_hist)
+            ]
+            for u in range(len(params.underlyings))
+        ]
+        self.hist_vols: list[list[int]] = [
+            [historical_vol(params, s, u, market.vols[u]) for s in range(self.n_hist)]
+            for u in range(len(params.underlyings))
+        ]
+        self._hist_ln_cache: dict[int, list[int]] = {}
+
+    def _hist_ln(self, u: int) -> list[int]:
+        """ln_ratio(S'_s, S) per historical scenario s of underlying u."""
+        ln = self._hist_ln_cache.get(u)
+        if ln is None:
+            spot = self.market.spots[u]
+            ln = self._hist_ln_cache[u] = [ln_ratio(x, spot) for x in self.hist_spots[u]]
+        return ln
 
     def _ln_moves(self, u: int) -> list[int]:
         """ln_ratio(S'_j, S) per scenario j of underlying u (PortfolioMargin._lnMoves)."""
@@ -407,7 +535,7 @@ class ScenarioTable:
         spot = self.market.spots[u]
         shocked = self.shocked[u]
         if pos.kind == FUTURE:
-            return _Row(0, spot, list(shocked), 0)
+            return _Row(0, spot, list(shocked), 0, list(self.hist_spots[u]))
         up = self.params.underlyings[u]
         vol = self.market.vols[u]
         rate = self.market.rate
@@ -435,7 +563,13 @@ class ScenarioTable:
             args = (is_call, shocked[j], pos.strike, tau, v, rate, ln_j)
             prices.append(_capture(option_model_price, *args))
         vega_base = sqrt_down(mul_div_down(tau, WAD, YEAR))
-        return _Row(shift, v0, prices, vega_base)
+        hist: list[Outcome] = [v0] * self.n_hist  # (never read when V0 failed: its error first)
+        if ln_sk is not None and self.n_hist:
+            hist_ln = self._hist_ln(u)
+            for i, (s_h, v_h) in enumerate(zip(self.hist_spots[u], self.hist_vols[u], strict=True)):
+                args = (is_call, s_h, pos.strike, tau, v_h, rate, ln_sk + hist_ln[i])
+                hist[i] = _capture(option_model_price, *args)
+        return _Row(shift, v0, prices, vega_base, hist)
 
     # --- per account ---------------------------------------------------------------------
 
@@ -443,6 +577,7 @@ class ScenarioTable:
         validate_portfolio(pf, self.params)
         n_u = len(self.params.underlyings)
         acc = [[0] * len(sc) for sc in self.scenarios]
+        acc_h = [0] * self.n_hist
         equity = 0
         for pos in pf.positions:
             r = self.row(pos)
@@ -453,8 +588,11 @@ class ScenarioTable:
             q = pos.quantity
             for j, pj in enumerate(r.prices):
                 a[j] += q * (_unwrap(pj) - v0)
+            for i, ph in enumerate(r.hist_prices):  # then the historical scenarios
+                acc_h[i] += q * (_unwrap(ph) - v0)
             equity += mul_down(q, v0 - pos.entry_price)
         equity += self._collateral(pf, acc, None)
+        self._hist_collateral(pf, acc_h, list(range(self.n_hist)))
         losses: list[int] = []
         witness: list[int] = []
         matrix: list[list[int]] = []
@@ -470,20 +608,34 @@ class ScenarioTable:
             matrix.append(losses_up)
             losses.append(losses_up[best])
             witness.append(best)
-        res = self._finish(pf, equity, losses, witness)
+        es = 0
+        hist_losses = [_joint_loss_up(x) for x in acc_h]
+        if self.n_hist:
+            es, worst = _worst_mean_up(hist_losses, self.params.historical.es_count)
+            witness.extend(worst)
+        res = self._finish(pf, equity, losses, witness, es)
         res.scenario_losses = matrix
+        res.historical_losses = hist_losses
         return res
 
     def witness_check(self, pf: Portfolio, witness: list[int]) -> MarginResult:
         validate_portfolio(pf, self.params)
         n_u = len(self.params.underlyings)
-        if len(witness) != n_u:
-            raise WitnessLengthMismatch(n_u, len(witness))
-        for u, w in enumerate(witness):
+        k = self.params.historical.es_count
+        if len(witness) not in (n_u, n_u + k):
+            raise WitnessLengthMismatch(n_u + k, len(witness))
+        for u, w in enumerate(witness[:n_u]):
             count = len(self.scenarios[u])
             if not 0 <= w < count:  # (a negative index cannot even be ABI-encoded)
                 raise WitnessOutOfRange(u, w, count)
+        named = witness[n_u:]  # PortfolioMargin._esIndices
+        for i, s_i in enumerate(named):
+            if not 0 <= s_i < self.n_hist:
+                raise WitnessOutOfRange(n_u + i, s_i, self.n_hist)
+            if i > 0 and s_i <= named[i - 1]:
+                raise WitnessNotIncreasing(n_u + i, s_i)
         acc = [0] * n_u
+        acc_h = [0] * len(named)
         equity = 0
         for pos in pf.positions:
             u = pos.underlying
@@ -494,7 +646,10 @@ class ScenarioTable:
             v0 = _unwrap(r.v0)
             acc[u] += pos.quantity * (_unwrap(r.prices[w]) - v0)
             equity += mul_down(pos.quantity, v0 - pos.entry_price)
+            for i, s_i in enumerate(named):
+                acc_h[i] += pos.quantity * (_unwrap(r.hist_prices[s_i]) - v0)
         equity += self._collateral(pf, None, (acc, witness))
+        self._hist_collateral(pf, acc_h, named)
         losses = []
         for u in range(n_u):
             sc = self.scenarios[u][witness[u]]
@@ -502,7 +657,22 @@ class ScenarioTable:
             if sc.extended:
                 loss_up = mul_up(loss_up, sc.weight)
             losses.append(loss_up if loss_up > 0 else 0)
-        return self._finish(pf, equity, losses, list(witness))
+        es = _div_up_count(sum(_joint_loss_up(x) for x in acc_h), len(acc_h)) if acc_h else 0
+        return self._finish(pf, equity, losses, list(witness), es)
+
+    def _hist_collateral(self, pf: Portfolio, acc_h: list[int], index: list[int]) -> None:
+        """Volatile collateral's moves in the historical scenarios `index` into acc_h
+        (PortfolioMargin._histCollateral; the value itself is counted by _collateral)."""
+        if not index:
+            return
+        for asset, balance in zip(self.params.assets, pf.collateral, strict=True):
+            if asset.underlying == STABLE:
+                continue
+            e = _haircut_down(balance, asset.haircut)
+            u = asset.underlying
+            spot = self.market.spots[u]
+            for i, s_i in enumerate(index):
+                acc_h[i] += e * (self.hist_spots[u][s_i] - spot)
 
     def _collateral(
         self,
@@ -531,16 +701,18 @@ class ScenarioTable:
         return value
 
     def _finish(
-        self, pf: Portfolio, equity: int, losses: list[int], witness: list[int]
+        self, pf: Portfolio, equity: int, losses: list[int], witness: list[int], es: int
     ) -> MarginResult:
+        """MM = max(grid requirement, ES) + contingencies (PortfolioMargin._finish)."""
         total = sum(losses)
         # Less credit is the conservative side: rounded down.
         credit_down = mul_down(total - max(losses), self.params.correlation_credit)
         cont = self.contingencies(pf)
-        mm = total - credit_down + cont
+        grid = total - credit_down
+        mm = (es if es > grid else grid) + cont
         im_up = mul_up(mm, self.params.im_factor)
         state = LIQUIDATABLE if equity < mm else MARGIN_CALL if equity < im_up else HEALTHY
-        return MarginResult(equity, mm, im_up, cont, credit_down, state, losses, witness)
+        return MarginResult(equity, mm, im_up, cont, credit_down, state, losses, witness, es)
 
     def contingencies(self, pf: Portfolio) -> int:
         """Σ over underlyings of short-option, calendar-basis and vega-offset charges."""

@@ -49,7 +49,7 @@ def harness(w3, contracts_built) -> Contract:  # type: ignore[no-untyped-def]
 def _abi(res: MarginResult) -> tuple[Any, ...]:
     """The decoded form of the Solidity struct (eth_abi decodes arrays as tuples)."""
     t = res.to_abi()
-    return (*t[:6], tuple(t[6]), tuple(t[7]))
+    return (*t[:6], tuple(t[6]), tuple(t[7]), t[8])
 
 
 def _py_full(table: ScenarioTable | Exception, pf: Portfolio) -> tuple[Any, ...]:

@@ -11,13 +11,22 @@ import {OptionPricing} from "./margin/OptionPricing.sol";
 /// under the code-size limit and the keeper can eth_call the very code that rules. Risk
 /// parameters travel ABI-encoded (`abi.encode(RiskParams)`), the form the clearing house keeps
 /// them in (one code read instead of ~70 storage reads).
+/// The full check (and the re-encoding of withRiskAdjusted) live in a second contract
+/// (FullCheckVerifier, deployed by the constructor) that they forward their calldata to: the two checks with the historical scenario set do
+/// not fit one contract under EIP-170's 24,576 bytes. The forward costs a cold call (~2.6k gas)
+/// and a calldata copy on a check that costs 200k and more; the witness checks a flag or a
+/// liquidation pays stay here, with no forward.
 contract MarginVerifier {
-    function fullCheck(Portfolio memory pf, Market memory m, bytes calldata params)
-        external
-        pure
-        returns (MarginResult memory)
-    {
-        return PortfolioMargin.fullCheck(pf, m, abi.decode(params, (RiskParams)));
+    FullCheckVerifier private immutable _full;
+
+    constructor() {
+        _full = new FullCheckVerifier();
+    }
+
+    /// @notice PortfolioMargin.fullCheck (in FullCheckVerifier, same signature): the result, or
+    /// the verifier's revert data unchanged.
+    function fullCheck(Portfolio calldata, Market calldata, bytes calldata) external view returns (MarginResult memory) {
+        _forward();
     }
 
     function witnessCheck(Portfolio memory pf, Market memory m, bytes calldata params, uint256[] memory witness)
@@ -70,7 +79,40 @@ contract MarginVerifier {
     }
 
     /// @notice `params` with underlying u's price range and vol-shift base replaced (the risk
-    /// operator's recalibration), re-encoded. Validation is the caller's next step.
+    /// operator's recalibration), re-encoded (in FullCheckVerifier, same signature).
+    function withRiskAdjusted(bytes calldata, uint256, int256, int256) external view returns (bytes memory) {
+        _forward();
+    }
+
+    /// @dev Calls FullCheckVerifier with this call's calldata (the same signature there) and
+    /// returns or reverts with its return data unchanged.
+    function _forward() private view {
+        address target = address(_full);
+        assembly {
+            calldatacopy(0, 0, calldatasize())
+            let ok := staticcall(gas(), target, 0, calldatasize(), 0, 0)
+            returndatacopy(0, 0, returndatasize())
+            if iszero(ok) { revert(0, returndatasize()) }
+            return(0, returndatasize())
+        }
+    }
+}
+
+/// @title FullCheckVerifier
+/// @notice PortfolioMargin.fullCheck for MarginVerifier.fullCheck (which forwards its calldata
+/// here unchanged: same signature).
+contract FullCheckVerifier {
+    function fullCheck(Portfolio memory pf, Market memory m, bytes calldata params)
+        external
+        pure
+        returns (MarginResult memory)
+    {
+        return PortfolioMargin.fullCheck(pf, m, abi.decode(params, (RiskParams)));
+    }
+
+    /// @notice MarginVerifier.withRiskAdjusted: `params` with underlying u's price range and
+    /// vol-shift base replaced (the risk operator's recalibration), re-encoded. Validation is
+    /// the caller's next step.
     function withRiskAdjusted(bytes calldata params, uint256 u, int256 priceRange, int256 volShiftBase)
         external
         pure

@@ -13,8 +13,10 @@ import {
     UnderlyingParams,
     AssetParams,
     ExtendedMove,
+    HistoricalSet,
     MarginResult,
     WitnessOutOfRange,
+    WitnessNotIncreasing,
     WitnessLengthMismatch,
     TooManyPositions
 } from "../src/margin/PortfolioMargin.sol";
@@ -536,7 +538,8 @@ contract PortfolioMarginLayoutTest is TestBase {
 
         UnderlyingParams[] memory us = new UnderlyingParams[](1);
         us[0] = u;
-        RiskParams memory p = RiskParams(us, assets, 301, 302);
+        HistoricalSet memory hs;
+        RiskParams memory p = RiskParams(us, assets, 301, 302, hs);
         assertEq(_word(_ptr(p), 0), _ptr(us), "offset 0");
         assertEq(_word(_ptr(p), PortfolioMargin.RP_ASSETS), _ptr(assets), "RP_ASSETS");
         assertEq(_word(_ptr(p), PortfolioMargin.RP_CORRELATION_CREDIT), 301, "RP_CORRELATION_CREDIT");

@@ -15,6 +15,7 @@ RESULT_FIELDS = (
     "state",
     "losses",
     "witness",
+    "expected_shortfall",
 )
 
 

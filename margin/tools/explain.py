@@ -162,6 +162,9 @@ def explain(pfile: PortfolioFile, table: ScenarioTable | None = None) -> dict[st
         "correlation_credit": wad_str(res.credit),
         "contingencies": wad_str(res.contingencies),
         "witness": list(res.witness),
+        # The historical set (docs/margin-model.md): ES and each joint scenario's loss.
+        "expected_shortfall": wad_str(res.expected_shortfall),
+        "historical_losses": [wad_str(x) for x in res.historical_losses],
         "loss_matrix": {
             "underlyings": list(pfile.underlying_names),
             "losses": [[wad_str(x) for x in row] for row in res.scenario_losses],

@@ -1,5 +1,9 @@
 """Whole-book margin sweeps over a :class:`margin.tools.book.Book`.
 
+With a historical scenario set (ES, docs/margin-model.md) the float pass bounds the grid part
+only: it then proves "liquidatable" alone, and every other account goes to the exact engine,
+which is the engine's own full check (the packed rows hold the grid's scenarios).
+
 * :func:`classify` — every account's state, provably right: a float64 pass whose every
   quantity carries a proven absolute error bound (docs/sweep.md derives each one); an account
   is classified by floats only when its distance to the MM and IM thresholds exceeds the
@@ -170,6 +174,13 @@ def exact_account(prep: MarketPrep, a: int, want_matrix: bool = False) -> Margin
     Raises the verifier's error when a held instrument's row holds one (via full_check).
     """
     book = prep.book
+    if prep.table.n_hist:
+        # The historical set's joint losses (every underlying together) and ES: the engine's
+        # own full check (the packed rows cover the grid only).
+        res = prep.table.full_check(book.portfolios[a])
+        if not want_matrix:
+            res.scenario_losses, res.historical_losses = [], []
+        return res
     legs = book.accounts[a]
     units = prep.units
     n_u = len(units)
@@ -435,6 +446,10 @@ class Sweep:
         state[safe_mm & (d_im > b_im)] = HEALTHY
         state[d_mm < -b_mm] = LIQUIDATABLE
         state[self.bad[idx].any(axis=1)] = UNDECIDED
+        if self.prep.table.n_hist:
+            # MM = max(grid, ES) + contingencies >= the grid's MM bounded here: only "below the
+            # grid's MM" (liquidatable) stays proven; the rest goes to the exact engine.
+            state[state != LIQUIDATABLE] = UNDECIDED
         return state
 
     def bounded_states(self) -> np.ndarray:

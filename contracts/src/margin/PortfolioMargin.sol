@@ -43,8 +43,13 @@ error EntryPriceOutOfRange(uint256 position, int256 entryPrice);
 error CollateralOutOfRange(uint256 asset, int256 amount);
 /// @notice A witness must name one scenario per underlying.
 error WitnessLengthMismatch(uint256 expected, uint256 got);
-/// @notice A witness names a scenario index the underlying does not have.
+/// @notice A witness names a scenario index the underlying does not have (for an ES index:
+/// `underlying` is its position in the witness array, `count` the historical set's size).
 error WitnessOutOfRange(uint256 underlying, uint256 index, uint256 count);
+/// @notice The ES indices of a witness must be strictly increasing (hence distinct).
+error WitnessNotIncreasing(uint256 position, uint256 index);
+/// @notice A move of the historical set is out of bounds (field 1 price move, 2 vol move).
+error InvalidHistoricalScenario(uint256 scenario, uint256 underlying, uint256 field);
 
 // ---------------------------------------------------------------------------------------------
 // Data (field order = the Python dataclasses' to_abi() order; all amounts signed WAD).
@@ -80,11 +85,25 @@ struct AssetParams {
     uint256 underlying;
 }
 
+/// @notice The historical scenario set: S joint scenarios, each a relative price move (and
+/// optionally a relative implied-vol move) of every underlying on one date, so the correlation
+/// comes from the data. Historical moves are scaled by fhsScale (current over historical vol:
+/// filtered historical simulation); the last stressCount scenarios are named stress days,
+/// taken as they are. ES = the mean of the worst esCount joint losses (margin/params.py).
+struct HistoricalSet {
+    int256[] moves; // S * nU, scenario-major: moves[s * nU + u]
+    int256[] volMoves; // empty (no vol moves) or S * nU like moves
+    uint256 stressCount; // the last stressCount scenarios are stress days (not scaled)
+    int256[] fhsScale; // one per underlying (empty when S = 0)
+    uint256 esCount; // k in [1, min(S, MAX_ES_COUNT)] (0 when S = 0)
+}
+
 struct RiskParams {
     UnderlyingParams[] underlyings;
     AssetParams[] assets;
     int256 correlationCredit; // in [0, 0.8]
     int256 imFactor; // > 1
+    HistoricalSet historical;
 }
 
 /// @notice A position with its instrument inline. kind 0 = linear future marked at spot
@@ -121,15 +140,18 @@ struct MarginResult {
     int256 credit;
     uint8 state;
     int256[] losses;
-    uint256[] witness;
+    uint256[] witness; // nU grid indices, then (full check: always) the esCount ES indices
+    int256 expectedShortfall; // mean of the worst k (witness: the named) joint losses, rounded up
 }
 
 /// @title Portfolio margin: scenario risk arrays, contingencies, witness verification
 /// @notice Mirrored integer for integer (and error for error) by margin/portfolio_margin.py; the
 /// steps, their rounding and the bounds that rule out overflow are documented there.
-/// fullCheck evaluates every scenario; witnessCheck only the named scenario per underlying
-/// (plus the same contingencies), so its requirement is never above fullCheck's and equals it
-/// for the witness that fullCheck returns.
+/// fullCheck evaluates every scenario (the grid of each underlying and the historical set's
+/// joint scenarios: MM = max(grid requirement, ES) + contingencies); witnessCheck only the named
+/// scenario per underlying and, optionally, k named historical scenarios (plus the same
+/// contingencies), so its requirement is never above fullCheck's and equals it for the witness
+/// that fullCheck returns.
 library PortfolioMargin {
     using FixedPoint for int256;
 
@@ -156,6 +178,11 @@ library PortfolioMargin {
     int256 internal constant MAX_VOL = 10e18;
     int256 internal constant MAX_COLLATERAL = 1e33;
     int256 internal constant MAX_SCENARIO_VOL = 10e18;
+    /// @notice Grid plus historical scenarios of one underlying: the gas ceiling of the full
+    /// check at MAX_POSITIONS options (contracts/test/ClearingHouseGas.t.sol).
+    uint256 internal constant MAX_SCENARIOS = 90;
+    uint256 internal constant MAX_ES_COUNT = 8;
+    int256 internal constant MAX_FHS_SCALE = 10e18;
 
     uint8 internal constant FUTURE = 0;
     uint8 internal constant CALL = 1;
@@ -204,6 +231,7 @@ library PortfolioMargin {
     /// validatePortfolio).
     function validateParams(RiskParams memory p) internal pure {
         if (!_paramsInBounds(p)) validateParamsInOrder(p);
+        else _validateHistorical(p); // the last checks of the order
     }
 
     /// @dev True iff validateParamsInOrder passes. lo <= x <= hi is sub(x, lo) <= hi - lo as
@@ -271,6 +299,41 @@ library PortfolioMargin {
             AssetParams memory ap = p.assets[a];
             if (ap.haircut < 0 || ap.haircut > WAD) revert InvalidAssetParameter(a, 1);
             if (ap.underlying != STABLE && ap.underlying >= nU) revert InvalidAssetParameter(a, 2);
+        }
+        _validateHistorical(p);
+    }
+
+    /// @dev The historical set's bounds, in the documented order (after every other parameter):
+    /// InvalidGlobalParameter 3 (moves not S * nU), 4 (vol moves neither empty nor S * nU),
+    /// 5 (stressCount > S), 6 (fhsScale not nU entries, or not empty when S = 0), 7 (esCount
+    /// outside [1, min(S, MAX_ES_COUNT)], or not 0 when S = 0); per underlying
+    /// InvalidRiskParameter 15 (fhsScale outside [0, MAX_FHS_SCALE]) and 16 (grid + S >
+    /// MAX_SCENARIOS); per scenario and underlying InvalidHistoricalScenario 1 (price move)
+    /// and 2 (vol move) outside [MIN_EXTENDED_MOVE, MAX_EXTENDED_MOVE].
+    function _validateHistorical(RiskParams memory p) private pure {
+        HistoricalSet memory h = p.historical;
+        uint256 nU = p.underlyings.length;
+        uint256 len = h.moves.length;
+        if (len % nU != 0) revert InvalidGlobalParameter(3);
+        uint256 s = len / nU;
+        if (h.volMoves.length != 0 && h.volMoves.length != len) revert InvalidGlobalParameter(4);
+        if (h.stressCount > s) revert InvalidGlobalParameter(5);
+        if (h.fhsScale.length != (s == 0 ? 0 : nU)) revert InvalidGlobalParameter(6);
+        uint256 kMax = s < MAX_ES_COUNT ? s : MAX_ES_COUNT;
+        if (s == 0 ? h.esCount != 0 : (h.esCount < 1 || h.esCount > kMax)) revert InvalidGlobalParameter(7);
+        if (s == 0) return;
+        for (uint256 u; u < nU; ++u) {
+            if (h.fhsScale[u] < 0 || h.fhsScale[u] > MAX_FHS_SCALE) revert InvalidRiskParameter(u, 15);
+            if (scenarioCount(p.underlyings[u]) + s > MAX_SCENARIOS) revert InvalidRiskParameter(u, 16);
+        }
+        bool vm = h.volMoves.length != 0;
+        for (uint256 i; i < len; ++i) {
+            int256 x = h.moves[i];
+            if (x < MIN_EXTENDED_MOVE || x > MAX_EXTENDED_MOVE) revert InvalidHistoricalScenario(i / nU, i % nU, 1);
+            if (vm) {
+                x = h.volMoves[i];
+                if (x < MIN_EXTENDED_MOVE || x > MAX_EXTENDED_MOVE) revert InvalidHistoricalScenario(i / nU, i % nU, 2);
+            }
         }
     }
 
@@ -405,6 +468,34 @@ library PortfolioMargin {
         return (e.move, e.volState, e.weight, true);
     }
 
+    /// @notice S, the number of historical scenarios (moves / nU).
+    function historicalCount(RiskParams memory p) internal pure returns (uint256) {
+        return p.historical.moves.length / p.underlyings.length;
+    }
+
+    /// @notice The price move of underlying u in historical scenario s: a historical move times
+    /// fhsScale[u] (mulDown, floored) kept within [MIN_EXTENDED_MOVE, MAX_EXTENDED_MOVE]; a
+    /// stress day's move (the last stressCount scenarios) as it is.
+    function historicalMove(RiskParams memory p, uint256 s, uint256 u) internal pure returns (int256 move) {
+        HistoricalSet memory h = p.historical;
+        uint256 nU = p.underlyings.length;
+        move = h.moves[s * nU + u];
+        if (s < h.moves.length / nU - h.stressCount) {
+            move = move.mulDown(h.fhsScale[u]);
+            if (move < MIN_EXTENDED_MOVE) move = MIN_EXTENDED_MOVE;
+            else if (move > MAX_EXTENDED_MOVE) move = MAX_EXTENDED_MOVE;
+        }
+    }
+
+    /// @notice The implied vol of underlying u in historical scenario s: mulDown(vol, 1e18 +
+    /// volMove), at most MAX_SCENARIO_VOL (vol itself when the set has no vol moves).
+    function historicalVol(RiskParams memory p, uint256 s, uint256 u, int256 vol) internal pure returns (int256 v) {
+        int256[] memory vm = p.historical.volMoves;
+        if (vm.length == 0) return vol;
+        v = vol.mulDown(WAD + vm[s * p.underlyings.length + u]);
+        if (v > MAX_SCENARIO_VOL) v = MAX_SCENARIO_VOL;
+    }
+
     /// @notice mulDown(spot, 1e18 + move_j) for every scenario j (the moves of `scenario`,
     /// each regular move computed once for its three vol states).
     function shockedSpots(UnderlyingParams memory u, int256 spot) internal pure returns (int256[] memory sh) {
@@ -533,23 +624,242 @@ library PortfolioMargin {
             acc[u] = new int256[](shocked[u].length);
         }
 
-        int256 equity;
-        uint256[] memory shiftCache = new uint256[](4 * nU);
-        int256[][] memory lnMoves = _lnMoves(pf, m, p, shocked);
-        for (uint256 i; i < pf.positions.length; ++i) {
-            Position memory q = pf.positions[i];
-            uint256 u = q.underlying;
-            int256 v0 = _accumulateFull(q, m, p.underlyings[u], shocked[u], acc[u], shiftCache, lnMoves[u]);
-            equity += q.quantity.mulDown(v0 - q.entryPrice);
+        uint256 nH = historicalCount(p);
+        uint256[] memory all = new uint256[](nH);
+        for (uint256 s; s < nH; ++s) {
+            all[s] = s;
         }
+        Hist memory h = _histPlan(pf, m, p, all);
+        int256 equity = _fullPositions(pf, m, p, shocked, acc, h);
         equity += _collateralFull(pf, m, p, shocked, acc);
+        equity += _histCollateral(pf, m, p, h);
 
         r.losses = new int256[](nU);
-        r.witness = new uint256[](nU);
+        r.witness = new uint256[](nU + p.historical.esCount);
         for (uint256 u; u < nU; ++u) {
             (r.losses[u], r.witness[u]) = _worstLossUp(acc[u], p.underlyings[u]);
         }
-        _finish(r, pf, m, p, equity);
+        int256 es;
+        if (nH != 0) es = _worstMeanUp(h.acc, r.witness, nU);
+        _finish(r, pf, m, p, equity, es);
+    }
+
+    /// @dev Every position into the grid's and the historical set's accumulators; returns the
+    /// positions' equity.
+    function _fullPositions(
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        int256[][] memory shocked,
+        int256[][] memory acc,
+        Hist memory h
+    ) private pure returns (int256 equity) {
+        uint256[] memory shiftCache = new uint256[](4 * p.underlyings.length);
+        h.gridLn = _lnMoves(pf, m, p, shocked);
+        for (uint256 i; i < pf.positions.length; ++i) {
+            Position memory q = pf.positions[i];
+            uint256 u = q.underlying;
+            int256 v0 = _accumulateFull(q, m, p.underlyings[u], shocked[u], acc[u], shiftCache, h);
+            equity += q.quantity.mulDown(v0 - q.entryPrice);
+        }
+    }
+
+    // ------------------------------------------------------------------ historical scenarios
+
+    /// @dev The historical scenarios one check evaluates (index: all of them for the full check,
+    /// the named ones for the witness check): per underlying their spots, vols and, for an
+    /// underlying with an option, ln(S'_s / S); the joint accumulators, one per scenario, which
+    /// every position and volatile asset of every underlying adds to (exact sums).
+    struct Hist {
+        uint256[] index;
+        int256[][] spots; // [u][i] = mulDown(S_u, 1e18 + historicalMove(index[i], u))
+        int256[][] vols; // [u][i] = historicalVol(index[i], u)
+        int256[][] ln; // [u][i] = lnRatio(spots[u][i], S_u); empty without an option on u
+        int256[] acc; // [i] = sum of q * (V_i - V0) and e * (S'_i - S)
+        int256[][] gridLn; // full check: the grid's ln moves per underlying (_lnMoves)
+    }
+
+    function _histPlan(Portfolio memory pf, Market memory m, RiskParams memory p, uint256[] memory index)
+        private
+        pure
+        returns (Hist memory h)
+    {
+        uint256 nU = p.underlyings.length;
+        uint256 k = index.length;
+        h.index = index;
+        h.acc = new int256[](k);
+        if (k == 0) return h;
+        h.spots = new int256[][](nU);
+        h.vols = new int256[][](nU);
+        h.ln = new int256[][](nU);
+        for (uint256 u; u < nU; ++u) {
+            (h.spots[u], h.vols[u]) = _histUnderlying(p.historical, index, nU, u, m.spots[u], m.vols[u]);
+        }
+        for (uint256 j; j < pf.positions.length; ++j) {
+            Position memory q = pf.positions[j];
+            uint256 u = q.underlying;
+            if (q.kind == FUTURE || h.ln[u].length != 0) continue;
+            int256[] memory l = new int256[](k);
+            for (uint256 i; i < k; ++i) {
+                l[i] = OptionPricing.lnRatio(h.spots[u][i], m.spots[u]); // both > 0: never reverts
+            }
+            h.ln[u] = l;
+        }
+    }
+
+    /// @dev historicalMove and historicalVol of underlying u for each named scenario, written
+    /// out (the same integers), then the scenario spots mulDown(spot, 1e18 + move): spot <=
+    /// 1e30 and 1e18 + move in [1e16, 11e18], so S' >= spot / 100 > 0.
+    function _histUnderlying(
+        HistoricalSet memory hs,
+        uint256[] memory index,
+        uint256 nU,
+        uint256 u,
+        int256 spot,
+        int256 vol
+    ) private pure returns (int256[] memory sp, int256[] memory vs) {
+        uint256 k = index.length;
+        sp = new int256[](k);
+        vs = new int256[](k);
+        uint256 scaled = hs.moves.length / nU - hs.stressCount; // below: FHS-scaled
+        int256 f = hs.fhsScale[u];
+        for (uint256 i; i < k; ++i) {
+            uint256 at = index[i] * nU + u;
+            int256 move = hs.moves[at];
+            if (index[i] < scaled) {
+                move = move.mulDown(f);
+                if (move < MIN_EXTENDED_MOVE) move = MIN_EXTENDED_MOVE;
+                else if (move > MAX_EXTENDED_MOVE) move = MAX_EXTENDED_MOVE;
+            }
+            sp[i] = spot.mulDown(WAD + move);
+            if (hs.volMoves.length == 0) {
+                vs[i] = vol;
+            } else {
+                int256 v = vol.mulDown(WAD + hs.volMoves[at]);
+                vs[i] = v > MAX_SCENARIO_VOL ? MAX_SCENARIO_VOL : v;
+            }
+        }
+    }
+
+    /// @dev One position into the joint accumulators: q * (V_s - V0) for each scenario (an
+    /// option priced at the scenario's spot and vol, ln(S'/K) = lnSK + ln(S'/S)).
+    function _histPosition(Position memory q, Market memory m, Hist memory h, int256 v0, int256 lnSK) private pure {
+        if (h.index.length == 0) return;
+        uint256 u = q.underlying;
+        if (q.kind == FUTURE) {
+            _futureScenarios(q.quantity, m.spots[u], h.spots[u], h.acc); // as the grid: no wrap
+            return;
+        }
+        OptionCtx memory c;
+        c.isCall = q.kind == CALL;
+        c.strike = q.strike;
+        c.tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+        c.rate = m.rate;
+        c.qty = q.quantity;
+        c.v0 = v0;
+        c.lnSK = lnSK;
+        _histOption(c, h.spots[u], h.vols[u], h.ln[u], h.acc);
+    }
+
+    function _histOption(
+        OptionCtx memory c,
+        int256[] memory sp,
+        int256[] memory vs,
+        int256[] memory ln,
+        int256[] memory a
+    ) private pure {
+        for (uint256 i; i < a.length; ++i) {
+            int256 pi = OptionPricing.modelPriceLn(c.isCall, sp[i], c.strike, c.tau, vs[i], c.rate, c.lnSK + ln[i]);
+            unchecked {
+                a[i] += c.qty * (pi - c.v0); // as the grid: no wrap
+            }
+        }
+    }
+
+    /// @dev _histPosition for the witness check, with ln(S/K) as the full check takes it (strike
+    /// > 0, spot >= 1e10: never reverts).
+    function _histNamed(Position memory q, Market memory m, Hist memory h, int256 v0) private pure {
+        int256 lnSK = q.kind == FUTURE ? int256(0) : OptionPricing.lnRatio(m.spots[q.underlying], q.strike);
+        _histPosition(q, m, h, v0, lnSK);
+    }
+
+    /// @dev Volatile collateral's moves into the joint accumulators; returns 0 (its value is
+    /// counted once, by the grid's collateral pass).
+    function _histCollateral(Portfolio memory pf, Market memory m, RiskParams memory p, Hist memory h)
+        private
+        pure
+        returns (int256)
+    {
+        uint256 k = h.index.length;
+        if (k == 0) return 0;
+        for (uint256 a; a < p.assets.length; ++a) {
+            AssetParams memory ap = p.assets[a];
+            if (ap.underlying == STABLE) continue;
+            int256 e = _haircutDown(pf.collateral[a], ap.haircut);
+            int256 spot = m.spots[ap.underlying];
+            int256[] memory sp = h.spots[ap.underlying];
+            unchecked {
+                for (uint256 i; i < k; ++i) {
+                    h.acc[i] += e * (sp[i] - spot); // as the grid: no wrap
+                }
+            }
+        }
+        return 0;
+    }
+
+    /// @dev Joint loss of accumulator x: ceil(-x / 1e18) (losses round up).
+    function _jointLossUp(int256 x) private pure returns (int256 lossUp) {
+        unchecked {
+            lossUp = (-x).mulUp(1); // |x| < 2^250: the negation cannot wrap
+        }
+    }
+
+    /// @dev ceil(a / k) for k >= 1 (toward +inf; sdiv truncates toward zero, which is the
+    /// ceiling for a < 0).
+    function _divUpCount(int256 a, uint256 k) private pure returns (int256) {
+        // forge-lint: disable-next-line(unsafe-typecast)
+        int256 d = int256(k); // k <= MAX_ES_COUNT
+        return a > 0 ? (a + d - 1) / d : a / d;
+    }
+
+    /// @dev Expected shortfall of the full set: the mean (rounded up) of the k largest joint
+    /// losses, ties to the lower index; their indices, increasing, into w[nU..nU + k).
+    function _worstMeanUp(int256[] memory acc, uint256[] memory w, uint256 nU) private pure returns (int256 es) {
+        uint256 k = w.length - nU;
+        int256[] memory top = new int256[](k); // the largest losses so far, non-increasing
+        uint256[] memory idx = new uint256[](k);
+        uint256 filled;
+        int256 floor = type(int256).min; // top[k - 1] once filled: the loss to beat
+        uint256 n = acc.length;
+        // k >= 1 (validated) and every index below stays within [0, k): unchecked.
+        unchecked {
+            for (uint256 s; s < n; ++s) {
+                int256 loss = _jointLossUp(acc[s]);
+                if (filled == k && loss <= floor) continue; // an equal later loss never displaces
+                uint256 at = filled < k ? filled++ : k - 1;
+                while (at > 0 && top[at - 1] < loss) {
+                    top[at] = top[at - 1];
+                    idx[at] = idx[at - 1];
+                    --at;
+                }
+                top[at] = loss;
+                idx[at] = s;
+                if (filled == k) floor = top[k - 1];
+            }
+        }
+        int256 sum;
+        for (uint256 i; i < k; ++i) {
+            sum += top[i];
+            // insertion sort of the indices, increasing
+            uint256 v = idx[i];
+            uint256 at = i;
+            while (at > 0 && w[nU + at - 1] > v) {
+                w[nU + at] = w[nU + at - 1];
+                --at;
+            }
+            w[nU + at] = v;
+        }
+        es = _divUpCount(sum, k);
     }
 
     /// @dev lnRatio(S'_j, S) for every scenario j of each underlying that has an option (empty
@@ -596,7 +906,8 @@ library PortfolioMargin {
         }
     }
 
-    /// @dev One position into the accumulators of its underlying; returns its mark V0.
+    /// @dev One position into the accumulators of its underlying, then into the historical
+    /// set's; returns its mark V0.
     function _accumulateFull(
         Position memory q,
         Market memory m,
@@ -604,18 +915,12 @@ library PortfolioMargin {
         int256[] memory sh,
         int256[] memory a,
         uint256[] memory shiftCache,
-        int256[] memory lnMoves
+        Hist memory h
     ) private pure returns (int256 v0) {
         int256 spot = m.spots[q.underlying];
-        int256 qty = q.quantity;
-        uint256 count = a.length;
         if (q.kind == FUTURE) {
-            // |qty * (S'_j - S)| <= 1e30 * 1.1e31 and at most 48 such terms per scenario: no wrap.
-            unchecked {
-                for (uint256 j; j < count; ++j) {
-                    a[j] += qty * (sh[j] - spot);
-                }
-            }
+            _futureScenarios(q.quantity, spot, sh, a);
+            _histPosition(q, m, h, spot, 0);
             return spot;
         }
         OptionCtx memory c;
@@ -623,16 +928,32 @@ library PortfolioMargin {
         c.strike = q.strike;
         c.tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
         c.rate = m.rate;
-        c.qty = qty;
+        c.qty = q.quantity;
         // Order of work (mirrored for the errors): the shift, V0, then V_j by index.
-        int256 vol = m.vols[q.underlying];
-        int256 shift = _cachedShift(up, q.underlying, c.tau, shiftCache);
-        int256[3] memory vols = [_volFor(up, vol, shift, VOL_DOWN), vol, _volFor(up, vol, shift, VOL_UP)];
+        int256[3] memory vols = _stateVols(up, m.vols[q.underlying], _cachedShift(up, q.underlying, c.tau, shiftCache));
         // ln(S/K) once per option (strike in (0, 1e30], spot >= 1e10: cannot revert), V0 with it.
         c.lnSK = OptionPricing.lnRatio(spot, c.strike);
-        v0 = OptionPricing.modelPriceLn(c.isCall, spot, c.strike, c.tau, vol, c.rate, c.lnSK);
+        v0 = OptionPricing.modelPriceLn(c.isCall, spot, c.strike, c.tau, vols[1], c.rate, c.lnSK);
         c.v0 = v0;
-        _optionScenarios(c, up.extended, vols, sh, a, lnMoves);
+        c.u = q.underlying;
+        _optionScenarios(c, up.extended, vols, sh, a, h);
+        _histPosition(q, m, h, v0, c.lnSK); // then the historical scenarios, in index order
+    }
+
+    /// @dev The vol of each state: down, unchanged, up.
+    function _stateVols(UnderlyingParams memory up, int256 vol, int256 shift) private pure returns (int256[3] memory) {
+        return [_volFor(up, vol, shift, VOL_DOWN), vol, _volFor(up, vol, shift, VOL_UP)];
+    }
+
+    /// @dev A future's q * (S'_j - S) into the accumulators of its underlying's grid.
+    function _futureScenarios(int256 qty, int256 spot, int256[] memory sh, int256[] memory a) private pure {
+        uint256 count = a.length;
+        // |qty * (S'_j - S)| <= 1e30 * 1.1e31 and at most 48 such terms per scenario: no wrap.
+        unchecked {
+            for (uint256 j; j < count; ++j) {
+                a[j] += qty * (sh[j] - spot);
+            }
+        }
     }
 
     /// @dev Per-option constants of the scenario loop (a struct keeps the stack shallow).
@@ -644,6 +965,7 @@ library PortfolioMargin {
         int256 qty;
         int256 v0;
         int256 lnSK;
+        uint256 u;
     }
 
     function _optionScenarios(
@@ -652,8 +974,9 @@ library PortfolioMargin {
         int256[3] memory vols,
         int256[] memory sh,
         int256[] memory a,
-        int256[] memory lnMoves
+        Hist memory h
     ) private pure {
+        int256[] memory lnMoves = h.gridLn[c.u];
         uint256 regular = sh.length - ext.length;
         uint256 center = regular / 2; // 3n + 1
         for (uint256 j; j < a.length; ++j) {
@@ -746,12 +1069,16 @@ library PortfolioMargin {
         validateMarket(m, p);
         validatePortfolio(pf, p);
         uint256 nU = p.underlyings.length;
-        if (witness.length != nU) revert WitnessLengthMismatch(nU, witness.length);
+        if (witness.length != nU && witness.length != nU + p.historical.esCount) {
+            revert WitnessLengthMismatch(nU + p.historical.esCount, witness.length);
+        }
         (int256[] memory shockedW, uint256[] memory stateW, int256[] memory weightW) = _plan(m, p, witness);
+        Hist memory h = _histPlan(pf, m, p, _esIndices(p, witness));
         int256[] memory acc = new int256[](nU);
         marks = new int256[](withMarks ? pf.positions.length : 0);
-        int256 equity = _witnessPositions(pf, m, p, stateW, shockedW, acc, marks);
+        int256 equity = _witnessPositions(pf, m, p, stateW, shockedW, acc, marks, h);
         equity += _witnessCollateral(pf, m, p, shockedW, acc);
+        _histCollateral(pf, m, p, h);
 
         r.losses = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
@@ -763,7 +1090,32 @@ library PortfolioMargin {
             r.losses[u] = lossUp > 0 ? lossUp : int256(0);
         }
         r.witness = witness;
-        _finish(r, pf, m, p, equity);
+        _finish(r, pf, m, p, equity, _namedMeanUp(h.acc));
+    }
+
+    /// @dev The mean (rounded up) of the named scenarios' joint losses; 0 when the witness names
+    /// none (the grid alone proves the state).
+    function _namedMeanUp(int256[] memory acc) private pure returns (int256) {
+        if (acc.length == 0) return 0;
+        int256 sum;
+        for (uint256 i; i < acc.length; ++i) {
+            sum += _jointLossUp(acc[i]);
+        }
+        return _divUpCount(sum, acc.length);
+    }
+
+    /// @dev The ES part of a witness (after the nU grid indices): each index below S, strictly
+    /// increasing, hence k distinct scenarios whose mean loss is at most the mean of the worst k.
+    function _esIndices(RiskParams memory p, uint256[] memory witness) private pure returns (uint256[] memory idx) {
+        uint256 nU = p.underlyings.length;
+        uint256 nH = historicalCount(p);
+        idx = new uint256[](witness.length - nU);
+        for (uint256 i; i < idx.length; ++i) {
+            uint256 s = witness[nU + i];
+            if (s >= nH) revert WitnessOutOfRange(nU + i, s, nH);
+            if (i > 0 && s <= idx[i - 1]) revert WitnessNotIncreasing(nU + i, s);
+            idx[i] = s;
+        }
     }
 
     /// @dev The collateral's equity (after haircuts) and, for volatile assets, their move in the
@@ -797,17 +1149,18 @@ library PortfolioMargin {
         uint256[] memory stateW,
         int256[] memory shockedW,
         int256[] memory acc,
-        int256[] memory marks
+        int256[] memory marks,
+        Hist memory h
     ) private pure returns (int256 equity) {
         uint256 n = pf.positions.length;
-        bool withMarks = marks.length != 0;
         uint256[] memory shiftCache = new uint256[](4 * stateW.length);
         for (uint256 i; i < n; ++i) {
             Position memory q = pf.positions[i];
             uint256 u = q.underlying;
             int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc, shiftCache);
-            if (withMarks) marks[i] = v0;
+            if (marks.length != 0) marks[i] = v0;
             equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
+            if (h.index.length != 0) _histNamed(q, m, h, v0);
         }
     }
 
@@ -934,10 +1287,16 @@ library PortfolioMargin {
 
     // ------------------------------------------------------------------ common tail
 
-    function _finish(MarginResult memory r, Portfolio memory pf, Market memory m, RiskParams memory p, int256 equity)
-        private
-        pure
-    {
+    /// @dev MM = max(grid requirement, ES) + contingencies: the grid's sum of worst losses less
+    /// the correlation credit, or the historical set's expected shortfall, whichever is larger.
+    function _finish(
+        MarginResult memory r,
+        Portfolio memory pf,
+        Market memory m,
+        RiskParams memory p,
+        int256 equity,
+        int256 es
+    ) private pure {
         int256 total;
         int256 largest;
         for (uint256 u; u < r.losses.length; ++u) {
@@ -947,7 +1306,9 @@ library PortfolioMargin {
         // Less credit is the conservative side: rounded down.
         r.credit = (total - largest).mulDown(p.correlationCredit);
         r.contingencies = contingencies(pf, m, p);
-        r.requirement = total - r.credit + r.contingencies;
+        int256 grid = total - r.credit;
+        r.expectedShortfall = es;
+        r.requirement = (es > grid ? es : grid) + r.contingencies;
         r.initialMargin = r.requirement.mulUp(p.imFactor);
         r.equity = equity;
         r.state = equity < r.requirement ? LIQUIDATABLE : equity < r.initialMargin ? MARGIN_CALL : HEALTHY;
