@@ -167,8 +167,10 @@ def test_rpc_fault_in_simulation_is_no_revert(devnet: Devnet, url: str, proxy: F
     try:
         _drive(service, net, 1)
         net.move(0.70, 0.75, 1.3)
-        proxy.add("http_500", methods=["eth_estimateGas"], times=1)
-        service.tick()  # the first action's gas estimate fails: the block job fails
+        # The first chunk's simulation batch fails (eth_simulateV1 on anvil; eth_estimateGas on a
+        # node without it): the block job fails.
+        proxy.add("http_500", methods=["eth_simulateV1", "eth_estimateGas"], times=1)
+        service.tick()
         assert proxy.counts["http_500"] == 1
         decisions, txs = _rows(url)
         assert not [d for d in decisions if d.outcome == DecisionOutcome.SIMULATION_REVERTED]

@@ -39,7 +39,7 @@ def _calls(w: World, sender: str) -> dict[str, dict[str, str]]:
     ):
         account = w.accounts["thin" if name == "flag" else "naked"]
         nonce = ch.functions.accountState(account).call()[0] + (1 if name == "stale" else 0)
-        witness = list(ch.functions.marginOf(account).call()[-1])
+        witness = list(ch.functions.marginOf(account).call()[7])  # MarginResult.witness
         data = ch.encode_abi(fn, [account, nonce, witness, *extra])
         out[name] = {"from": sender, "to": ch.address, "data": data}
     return out
