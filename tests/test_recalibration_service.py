@@ -20,8 +20,7 @@ from sqlmodel import select
 from web3 import Web3
 
 from keeper.config import load_config_data
-from keeper.deployment import bind, decode_risk_params, deploy_protocol, encode_risk_params
-from keeper.devnet import Anvil
+from keeper.deployment import decode_risk_params, encode_risk_params
 from keeper.protocol.recalibration import committed_ref_vols
 from keeper.replay.run import ReplayOptions, replay
 from keeper.service import KeeperService
@@ -31,7 +30,7 @@ from margin.fixed_point import div_up
 from margin.params import WAD
 from margin.risk.historical import DATA_FILE_NAME, historical_set
 from margin.risk.recalibration import canonical_encoding, decode_proposal
-from tests.test_recalibration import ANVIL_KEY_1, _history, _send
+from tests.test_recalibration import ANVIL_KEY_1, _send, recalibration_chain
 
 pytestmark = pytest.mark.anvil
 
@@ -55,28 +54,21 @@ def _transactions(db: Path) -> list[Transaction]:
         return list(s.exec(select(Transaction)).all())
 
 
+def _install_committed_set(w3: Web3, d: Any, ch: Any) -> None:
+    """The committed historical set, for the deployment's underlyings in its order."""
+    params = decode_risk_params(bytes(ch.functions.riskParams().call()))
+    hist = historical_set(SET_FILE.read_text(), [u["symbol"] for u in d.underlyings])
+    params = type(params)(
+        params.underlyings, params.assets, params.correlation_credit, params.im_factor, hist
+    )
+    _send(w3, ch.functions.setRiskParams(encode_risk_params(params)), d.deployer)
+
+
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("recal-service")
-    with Anvil() as node:
-        w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 120}))
-        d = deploy_protocol(w3, recalibration_delay=DELAY)
-        d.write(tmp / "deployment.json")
-        ch = bind(w3, d, "ClearingHouse")
-        # The committed historical set, for the deployment's underlyings in its order.
-        params = decode_risk_params(bytes(ch.functions.riskParams().call()))
-        names = [u["symbol"] for u in d.underlyings]
-        hist = historical_set(SET_FILE.read_text(), names)
-        params = type(params)(
-            params.underlyings, params.assets, params.correlation_credit, params.im_factor, hist
-        )
-        _send(w3, ch.functions.setRiskParams(encode_risk_params(params)), d.deployer)
-        keeper = w3.eth.accounts[1]
-        _send(
-            w3, ch.functions.setRole(ch.functions.RISK_OPERATOR().call(), keeper, True), d.deployer
-        )
-        _history(node, w3, d)
-        yield tmp, node, w3, d, ch, names
+    with recalibration_chain(tmp, _install_committed_set) as (node, w3, d, ch):
+        yield tmp, node, w3, d, ch, [u["symbol"] for u in d.underlyings]
 
 
 def test_scheduled_job_queues_executes_and_replays_clean(
