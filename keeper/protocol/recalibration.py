@@ -159,7 +159,9 @@ def chain_state(w3: Web3, ch: Contract, block: int, now: int | None = None) -> C
         feeds.append(feed)
         fc = feed_contract(w3, feed)
         decimals.append(int(fc.functions.decimals().call(block_identifier=block)))
-        symbols.append(feed_symbol(str(fc.functions.description().call(block_identifier=block))))
+        if has_set:  # the symbol only names the set's reference vol
+            desc = fc.functions.description().call(block_identifier=block)
+            symbols.append(feed_symbol(str(desc)))
         lo_r, hi_r, lo_s, hi_s = ch.functions.riskBounds(u).call(block_identifier=block)
         day, day_r, day_s, day_f = ch.functions.recalibrationDay(u).call(block_identifier=block)
         cur = params.underlyings[u]
