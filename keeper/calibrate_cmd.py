@@ -124,6 +124,11 @@ def summary(proposal: Proposal, names: tuple[str, ...]) -> dict[str, Any]:
             f"{a}/{b}": wad_to_decimal(c)
             for (a, b), c in zip(pairs, proposal.correlations, strict=True)
         },
+        # The historical set's FHS scales and reference vols (none without a set).
+        "fhs_scales": {
+            n: {"scale": wad_to_decimal(f), "reference_vol": wad_to_decimal(r)}
+            for n, f, r in zip(names, proposal.fhs_scales, proposal.ref_vols, strict=False)
+        },
         "encoding": "0x" + canonical_encoding(proposal).hex(),
         "hash": "0x" + proposal_hash(proposal).hex(),
     }

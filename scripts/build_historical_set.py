@@ -23,6 +23,7 @@ from margin.risk.historical import (  # noqa: E402
     build_scenarios,
     encode_set,
     parse_closes,
+    reference_vols,
 )
 from margin.risk.stress_days import DATA_FILE as STRESS_FILE  # noqa: E402
 from margin.risk.stress_days import parse_stress_library  # noqa: E402
@@ -35,8 +36,9 @@ NAMES = ("BTC", "ETH")
 def build() -> str:
     raw = CSV.read_bytes()
     rule = SetRule()
+    series = {"BTC": parse_closes(raw.decode())}
     scenarios = build_scenarios(
-        {"BTC": parse_closes(raw.decode())},
+        series,
         NAMES,
         parse_stress_library(STRESS_FILE.read_text()),
         rule,
@@ -46,7 +48,7 @@ def build() -> str:
         "ETH": "no price series in the repository: 0 on historical days",
         "stress": "margin/risk/data/stress_days.json",
     }
-    return encode_set(scenarios, NAMES, rule, sources)
+    return encode_set(scenarios, NAMES, rule, sources, reference_vols(series, NAMES, rule))
 
 
 def main() -> int:

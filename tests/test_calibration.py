@@ -204,10 +204,11 @@ def test_cli_dry_run_prints_the_proposal_and_its_hash(tmp_path: Path) -> None:
     assert r1.stdout == r2.stdout  # same input, same bytes, in two processes
     out = json.loads(r1.stdout)
     enc = bytes.fromhex(out["encoding"][2:])
-    ((srcs, interval, as_of, lam, _k, _h, _m, vols, ranges, shifts, corr),) = decode(
+    ((srcs, interval, as_of, lam, _k, _h, _m, vols, ranges, shifts, corr, refs, fhs),) = decode(
         PROPOSAL_ABI, enc
     )
     assert srcs == () and interval == 0  # a CSV names no feed rounds
+    assert refs == fhs == ()  # the book's parameters carry no historical set
     assert lam == DEFAULT_LAMBDA and len(vols) == 2 and len(corr) == 1
     assert as_of == out["as_of"] == 1758672000  # 2025-09-24, the last day of the file
     for name, v, r, s in zip(("BTC", "ETH"), vols, ranges, shifts, strict=True):

@@ -32,7 +32,9 @@ from margin.risk.historical import (
     daily_returns,
     historical_set,
     parse_closes,
+    reference_vol_down,
     rescaled_moves,
+    set_reference_vols,
 )
 from margin.risk.stress_days import DATA_FILE as STRESS_FILE
 from margin.risk.stress_days import parse_stress_library
@@ -178,3 +180,18 @@ def test_es_only_raises_requirements() -> None:
     assert raised > 0
     call = Position(0, CALL, sb.market.spots[0], T0 + 30 * DAY, WAD)
     assert hist.full_check(Portfolio((call,), (0, 0, 0))).requirement >= 0
+
+
+def test_reference_vol_is_the_end_vol_annualised_and_committed() -> None:
+    """Returns of ±1% every day: the EWMA daily variance stays 1e-4, so σ_ref = 1% · √365
+    (rounded down, within the floors' few wei); the committed file carries the builder's
+    value for BTC and 0 for ETH (no series)."""
+    closes = _closes([1.0 if i % 2 else -1.0 for i in range(60)])
+    ref = reference_vol_down(daily_returns(closes), SetRule())
+    exact = 0.01 * 365**0.5 * WAD
+    assert abs(ref - exact) < exact * 1e-9, (ref, exact)
+    btc = parse_closes((ROOT / "data" / "btc_usd_daily.csv").read_text())
+    committed = set_reference_vols(SET_FILE.read_text(), ["ETH", "BTC"])
+    assert committed == (0, reference_vol_down(daily_returns(btc), SetRule()))
+    with pytest.raises(HistoricalSetError):
+        set_reference_vols(SET_FILE.read_text(), ["SOL"])

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +64,31 @@ def _history(node: Anvil, w3: Web3, d: Deployment, rounds: int = 60) -> None:
         _send(w3, vol.functions.setAnswer(vol.functions.answer().call()), me)
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("recal")
+@contextmanager
+def recalibration_chain(
+    tmp: Path, prepare: Callable[[Web3, Deployment, Any], None] | None = None
+) -> Iterator[tuple[Anvil, Web3, Deployment, Any]]:
+    """Anvil with the protocol (timelock DELAY, written to tmp/deployment.json), ``prepare``
+    run by the owner, accounts[1] holding RISK_OPERATOR, and the feeds' history."""
     with Anvil() as node:
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 120}))
         d = deploy_protocol(w3, recalibration_delay=DELAY)
         d.write(tmp / "deployment.json")
         ch = bind(w3, d, "ClearingHouse")
+        if prepare is not None:
+            prepare(w3, d, ch)
         keeper = w3.eth.accounts[1]
         _send(
             w3, ch.functions.setRole(ch.functions.RISK_OPERATOR().call(), keeper, True), d.deployer
         )
         _history(node, w3, d)
+        yield node, w3, d, ch
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory, contracts_built: None) -> Iterator[Any]:
+    tmp = tmp_path_factory.mktemp("recal")
+    with recalibration_chain(tmp) as (node, w3, d, ch):
         (tmp / "keeper.toml").write_text(
             f'[rpc]\nurl = "{node.url}"\nchain_id = {node.chain_id}\n'
             '[deployment]\nfile = "deployment.json"\n'

@@ -18,8 +18,12 @@ from margin.risk.recalibration import (
     UnderlyingProposal,
     canonical_encoding,
     check_limit,
+    check_underlying,
     decode_proposal,
+    fhs_scale_target_up,
     limit_window,
+    scale_limits,
+    scale_within_limits,
     within_limits,
 )
 from margin.risk.rounds import FeedRound, sample_aligned, scale_answer_down
@@ -96,3 +100,51 @@ def test_canonical_encoding_round_trips_and_refuses_other_bytes() -> None:
 def test_oracle_round_type_is_the_ewma_input() -> None:
     _, (s,) = sample_aligned([[FeedRound(1, 1, 0 + 10), FeedRound(2, 2, 20)]], [18], 10)
     assert s == [OracleRound(10, 1), OracleRound(20, 2)]
+
+
+def test_fhs_scale_rule_by_hand() -> None:
+    """F* = ceil(σ / σ_ref) in WAD, capped at the model's 10; σ_ref = 0 keeps the current."""
+    w = 10**18
+    assert fhs_scale_target_up(60 * E, 40 * E, w) == 15 * 10**17  # exact
+    assert fhs_scale_target_up(1 * E, 3 * E, w) == w // 3 + 1  # 0.333... rounded up
+    assert fhs_scale_target_up(500 * E, 10 * E, w) == 10 * w  # the model's bound
+    assert fhs_scale_target_up(60 * E, 0, 7 * 10**17) == 7 * 10**17
+    # Clamped into the step window of the current 1 (25%): [0.75, 1.25].
+    lim = scale_limits(w, w, 25 * E, 50 * E)
+    assert scale_within_limits(15 * 10**17, lim) == 125 * 10**16
+    assert scale_within_limits(w // 3 + 1, lim) == 75 * 10**16
+
+
+def test_scale_checked_after_both_grid_bounds_then_relative() -> None:
+    """The contract's order: absolute bounds of range, shift, scale; then each relative."""
+    w = 10**18
+    ranges = FieldLimits(5 * E, 33 * E, 15 * E, 15 * E, 20 * E, 30 * E)
+    shifts = FieldLimits(0, 50 * E, 8 * E, 8 * E, 20 * E, 30 * E)
+    scales = scale_limits(w, w, 20 * E, 30 * E)
+    with pytest.raises(RecalibrationOutOfBounds) as e:
+        check_underlying(0, 4 * E, 8 * E, ranges, shifts, 11 * w, scales)
+    assert e.value.args_tuple[1] == 0  # the range's bound first
+    with pytest.raises(RecalibrationOutOfBounds) as e:
+        check_underlying(0, 119 * 10**15, 8 * E, ranges, shifts, 11 * w, scales)
+    assert e.value.args_tuple == (0, 2, 11 * w, 0, 10 * w)  # before the range's step
+    with pytest.raises(RecalibrationStepTooLarge) as e:
+        check_underlying(0, 15 * E, 8 * E, ranges, shifts, 12 * 10**17 + 1, scales)
+    assert e.value.args_tuple == (0, 2, 12 * 10**17 + 1, 8 * 10**17, 12 * 10**17)
+    check_underlying(0, 15 * E, 8 * E, ranges, shifts, 12 * 10**17, scales)
+    check_underlying(0, 15 * E, 8 * E, ranges, shifts)  # no set: no scale checked
+
+
+def test_proposal_with_scales_round_trips() -> None:
+    p = Proposal(
+        1_700_000_000,
+        94 * E,
+        (UnderlyingProposal(50 * E, 15 * E, 8 * E, 15 * E, 8 * E),),
+        (),
+        (Source("0x" + "ab" * 20, 1, 9),),
+        60,
+        ref_vols=(245763769862960313,),
+        fhs_scales=(125 * 10**16,),
+    )
+    data = canonical_encoding(p)
+    assert decode_proposal(data) == p
+    assert canonical_encoding(Proposal(**{**p.__dict__, "ref_vols": (), "fhs_scales": ()})) != data

@@ -192,12 +192,14 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         uint8 state;
     }
 
-    /// @dev An underlying's price range and vol shift base as they were before the first
-    /// recalibration executed on UTC day `day` (the per-day limit's reference).
+    /// @dev An underlying's price range, vol shift base and FHS scale as they were before the
+    /// first recalibration executed on UTC day `day` (the per-day limit's reference). int72
+    /// holds the model's bounds (0.9, 5 and 10 WAD < 2^71): one slot.
     struct RecalibrationDay {
         uint32 day;
-        int112 priceRange;
-        int112 volShiftBase;
+        int72 priceRange;
+        int72 volShiftBase;
+        int72 fhsScale;
     }
 
     /// @notice One underlying's data source: its price feed (must be the configured one) and
@@ -209,8 +211,8 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
     }
 
     /// @notice A recalibration proposal; its canonical encoding is abi.encode(Recalibration)
-    /// (margin/risk/recalibration.py writes the same bytes). Only priceRanges and
-    /// volShiftBases change the parameters; the rest names the data, the rule and the
+    /// (margin/risk/recalibration.py writes the same bytes). Only priceRanges, volShiftBases
+    /// and fhsScales change the parameters; the rest names the data, the rule and the
     /// estimates so an auditor can recompute the proposal from the chain (`keeper replay`).
     struct Recalibration {
         RecalibrationSource[] sources; // one per underlying
@@ -224,6 +226,10 @@ abstract contract ClearingHouseBase is IClearingHouseEvents, IClearingHouseError
         int256[] priceRanges;
         int256[] volShiftBases;
         int256[] correlations; // upper triangle, row-major
+        // The historical set's filtered-historical-simulation scale: one per underlying when
+        // the parameters carry a historical set, both empty when they do not (S = 0).
+        uint256[] refVols; // the set's reference volatility per underlying (annual, WAD)
+        int256[] fhsScales; // next historical.fhsScale: ceil(vols[u] / refVols[u])
     }
 
     // Internal: their getters live in ClearingHouseAdmin, off the size-bound clearing house.

@@ -5,10 +5,11 @@ import {AggregatorV3Interface} from "./interfaces/AggregatorV3Interface.sol";
 import {ClearingHouseBase} from "./ClearingHouseBase.sol";
 import {MarginVerifier} from "./MarginVerifier.sol";
 import {OracleLib} from "./oracle/OracleLib.sol";
-import {RiskParams} from "./margin/PortfolioMargin.sol";
+import {PortfolioMargin, RiskParams} from "./margin/PortfolioMargin.sol";
 
 /// @title ClearingHouseRecalibration
-/// @notice The risk operator's timelocked, bounded recalibration of the grid. Only ever executed
+/// @notice The risk operator's timelocked, bounded recalibration of the grid and of the
+/// historical set's FHS scale. Only ever executed
 /// through the clearing house's fallback and then ClearingHouseAdmin's (each a DELEGATECALL, on
 /// the clearing house's storage); calling it directly changes nothing of the protocol's. A
 /// module of its own: the governance module is size-bound (EIP-170) too.
@@ -73,14 +74,16 @@ contract ClearingHouseRecalibration is ClearingHouseBase {
         Recalibration memory r = abi.decode(proposal, (Recalibration)); // canonical: checked at queue
         RiskParams memory p = _checkRecalibration(r, _recalibrationConfig);
         uint32 today = uint32(block.timestamp / 1 days);
+        bool scaled = r.fhsScales.length != 0; // the parameters carry a historical set
         for (uint256 u; u < r.priceRanges.length; ++u) {
             if (_recalibrationDay[u].day != today) {
-                // |values| <= the model's bounds (0.9 and 5 WAD) < 2^111: the casts are exact.
+                // |values| <= the model's bounds (0.9, 5 and 10 WAD) < 2^71: the casts are exact.
                 // forge-lint: disable-next-line(unsafe-typecast)
-                _recalibrationDay[u] = RecalibrationDay(today, int112(p.underlyings[u].priceRange), int112(p.underlyings[u].volShiftBase));
+                _recalibrationDay[u] = RecalibrationDay(today, int72(p.underlyings[u].priceRange), int72(p.underlyings[u].volShiftBase), int72(scaled ? p.historical.fhsScale[u] : int256(0)));
             }
             p.underlyings[u].priceRange = r.priceRanges[u];
             p.underlyings[u].volShiftBase = r.volShiftBases[u];
+            if (scaled) p.historical.fhsScale[u] = r.fhsScales[u];
         }
         _queuedRecalibration[id].state = 2;
         _lastRecalibrationAsOf = r.asOf;
@@ -129,21 +132,34 @@ contract ClearingHouseRecalibration is ClearingHouseBase {
         }
         if (r.asOf != end || r.asOf <= _lastRecalibrationAsOf) revert RecalibrationAsOf(r.asOf, end, _lastRecalibrationAsOf);
         p = abi.decode(riskParams(), (RiskParams));
+        // One scale per underlying with a historical set, none without (the model's own rule
+        // for fhsScale): a deployment with S = 0 sends both arrays empty.
+        uint256 nS = p.historical.fhsScale.length;
+        if (r.refVols.length != nS) revert RecalibrationShape(5, nS, r.refVols.length);
+        if (r.fhsScales.length != nS) revert RecalibrationShape(6, nS, r.fhsScales.length);
         for (uint256 u; u < n; ++u) {
-            _checkUnderlying(u, r.priceRanges[u], r.volShiftBases[u], p, c);
+            _checkUnderlying(u, r, p, c);
         }
     }
 
-    /// @dev Each field within riskBounds(u), then within maxStep of its current value and
-    /// within maxDailyStep of its value before today's first execution.
-    function _checkUnderlying(uint256 u, int256 range, int256 shift, RiskParams memory p, RecalibrationConfig memory c)
+    /// @dev Each field within its absolute bounds (governance's riskBounds(u) for the grid,
+    /// the model's [0, MAX_FHS_SCALE] for the scale: governance sets no scale bounds), then
+    /// within maxStep of its current value and within maxDailyStep of its value before today's
+    /// first execution. Fields: 0 price range, 1 vol shift base, 2 FHS scale.
+    function _checkUnderlying(uint256 u, Recalibration memory r, RiskParams memory p, RecalibrationConfig memory c)
         private
         view
     {
         RiskBounds memory b = riskBounds[u];
+        int256 range = r.priceRanges[u];
+        int256 shift = r.volShiftBases[u];
+        bool scaled = r.fhsScales.length != 0;
         if (range < b.minRange || range > b.maxRange) revert RecalibrationOutOfBounds(u, 0, range, b.minRange, b.maxRange);
         if (shift < b.minVolShift || shift > b.maxVolShift) {
             revert RecalibrationOutOfBounds(u, 1, shift, b.minVolShift, b.maxVolShift);
+        }
+        if (scaled && (r.fhsScales[u] < 0 || r.fhsScales[u] > PortfolioMargin.MAX_FHS_SCALE)) {
+            revert RecalibrationOutOfBounds(u, 2, r.fhsScales[u], 0, PortfolioMargin.MAX_FHS_SCALE);
         }
         RecalibrationDay memory d = _recalibrationDay[u];
         bool sameDay = d.day == uint32(block.timestamp / 1 days);
@@ -151,6 +167,10 @@ contract ClearingHouseRecalibration is ClearingHouseBase {
         _checkRelative(u, 0, range, cur, sameDay ? int256(d.priceRange) : cur, c);
         cur = p.underlyings[u].volShiftBase;
         _checkRelative(u, 1, shift, cur, sameDay ? int256(d.volShiftBase) : cur, c);
+        if (scaled) {
+            cur = p.historical.fhsScale[u];
+            _checkRelative(u, 2, r.fhsScales[u], cur, sameDay ? int256(d.fhsScale) : cur, c);
+        }
     }
 
     /// @dev `value` within maxStep of `current` and within maxDailyStep of `dayStart` (a zero
@@ -166,7 +186,7 @@ contract ClearingHouseRecalibration is ClearingHouseBase {
         if (dayStart > 0 && (value < lo || value > hi)) revert RecalibrationDailyLimit(u, field, value, lo, hi);
     }
 
-    /// @dev [floor(x (1 - step)), ceil(x (1 + step))] for 0 <= x <= 5e18, step <= 0.5e18.
+    /// @dev [floor(x (1 - step)), ceil(x (1 + step))] for 0 <= x <= 10e18, step <= 0.5e18.
     function _stepRange(int256 x, uint64 step) private pure returns (int256 lo, int256 hi) {
         int256 s = int256(uint256(step));
         lo = (x * (WAD - s)) / WAD;
@@ -194,10 +214,15 @@ contract ClearingHouseRecalibration is ClearingHouseBase {
         return (q.proposalHash, q.eta, q.state);
     }
 
-    /// @notice Underlying u's UTC day of its last executed recalibration, and its price range
-    /// and vol shift base before that day's first one (the daily limit's reference).
-    function recalibrationDay(uint256 u) external view returns (uint32 day, int112 priceRange, int112 volShiftBase) {
+    /// @notice Underlying u's UTC day of its last executed recalibration, and its price range,
+    /// vol shift base and FHS scale (0 without a historical set) before that day's first one
+    /// (the daily limit's reference).
+    function recalibrationDay(uint256 u)
+        external
+        view
+        returns (uint32 day, int72 priceRange, int72 volShiftBase, int72 fhsScale)
+    {
         RecalibrationDay memory d = _recalibrationDay[u];
-        return (d.day, d.priceRange, d.volShiftBase);
+        return (d.day, d.priceRange, d.volShiftBase, d.fhsScale);
     }
 }

@@ -6,7 +6,7 @@ import {IClearingHouseErrors, IClearingHouseEvents} from "../src/interfaces/ICle
 import {ClearingHouseAdmin} from "../src/ClearingHouseAdmin.sol";
 import {ClearingHouseRecalibration} from "../src/ClearingHouseRecalibration.sol";
 import {ClearingHouseBase} from "../src/ClearingHouseBase.sol";
-import {RiskParams} from "../src/margin/PortfolioMargin.sol";
+import {HistoricalSet, RiskParams} from "../src/margin/PortfolioMargin.sol";
 
 /// @notice Helpers shared by the recalibration unit tests and the invariant handler.
 abstract contract RecalibrationHelpers is ClearingHouseFixture {
@@ -22,8 +22,30 @@ abstract contract RecalibrationHelpers is ClearingHouseFixture {
         vm.stopPrank();
     }
 
-    /// @dev A proposal naming the feeds' last two rounds, with the given grid.
+    /// @dev The owner gives the parameters a historical set of two joint scenarios (S = 2),
+    /// FHS scale 1 for both underlyings.
+    function installHistoricalSet() internal {
+        RiskParams memory p = abi.decode(ch.riskParams(), (RiskParams));
+        int256[] memory moves = new int256[](4);
+        (moves[0], moves[1], moves[2], moves[3]) = (-1e17, -8e16, 12e16, 9e16);
+        int256[] memory fhs = new int256[](2);
+        (fhs[0], fhs[1]) = (1e18, 1e18);
+        p.historical = HistoricalSet(moves, new int256[](0), 0, fhs, 1);
+        vm.prank(GOV);
+        adm.setRiskParams(abi.encode(p));
+    }
+
+    /// @dev A proposal naming the feeds' last two rounds, with the given grid (no scales: S = 0).
     function proposal(int256 r0, int256 s0, int256 r1, int256 s1) internal view returns (bytes memory) {
+        return proposalScaled(r0, s0, r1, s1, new int256[](0));
+    }
+
+    /// @dev The same with FHS scales (and as many reference vols).
+    function proposalScaled(int256 r0, int256 s0, int256 r1, int256 s1, int256[] memory fhs)
+        internal
+        view
+        returns (bytes memory)
+    {
         ClearingHouseBase.Recalibration memory r;
         r.sources = new ClearingHouseBase.RecalibrationSource[](2);
         uint80 e = ethFeed.roundId();
@@ -44,12 +66,39 @@ abstract contract RecalibrationHelpers is ClearingHouseFixture {
         (r.volShiftBases[0], r.volShiftBases[1]) = (s0, s1);
         r.correlations = new int256[](1);
         r.correlations[0] = 8e17;
+        r.refVols = new uint256[](fhs.length);
+        for (uint256 u; u < fhs.length; ++u) {
+            r.refVols[u] = 45e16;
+        }
+        r.fhsScales = fhs;
         return abi.encode(r);
+    }
+
+    function scales(int256 f0, int256 f1) internal pure returns (int256[] memory f) {
+        f = new int256[](2);
+        (f[0], f[1]) = (f0, f1);
+    }
+
+    function fhsScale(uint256 u) internal view returns (int256) {
+        RiskParams memory p = abi.decode(ch.riskParams(), (RiskParams));
+        return p.historical.fhsScale[u];
     }
 
     function grid(uint256 u) internal view returns (int256 range, int256 shift) {
         RiskParams memory p = abi.decode(ch.riskParams(), (RiskParams));
         return (p.underlyings[u].priceRange, p.underlyings[u].volShiftBase);
+    }
+
+    function _queue(bytes memory data) internal returns (uint256 id) {
+        vm.prank(RISKOP);
+        id = ClearingHouseRecalibration(address(adm)).queueRecalibration(data);
+    }
+
+    /// @dev The proposal is built first: prank and expectRevert apply to the next call.
+    function _queueFails(bytes memory data, bytes memory err) internal {
+        vm.prank(RISKOP);
+        vm.expectRevert(err);
+        ClearingHouseRecalibration(address(adm)).queueRecalibration(data);
     }
 
     /// @dev A new round on both feeds (a later asOf for the next proposal).
@@ -67,18 +116,6 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         super.setUp();
         configureRecalibration();
         tick(60);
-    }
-
-    function _queue(bytes memory data) internal returns (uint256 id) {
-        vm.prank(RISKOP);
-        id = ClearingHouseRecalibration(address(adm)).queueRecalibration(data);
-    }
-
-    /// @dev The proposal is built first: prank and expectRevert apply to the next call.
-    function _queueFails(bytes memory data, bytes memory err) internal {
-        vm.prank(RISKOP);
-        vm.expectRevert(err);
-        ClearingHouseRecalibration(address(adm)).queueRecalibration(data);
     }
 
     function test_queueWaitExecute() public {
@@ -260,7 +297,7 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         // The next UTC day: the day's reference becomes the value before its first execution.
         vm.warp((block.timestamp / 1 days + 1) * 1 days + 1);
         ClearingHouseRecalibration(address(adm)).executeRecalibration(c, cData); // -12.5% of 0.12
-        (uint32 day, int112 dayRange,) = ClearingHouseRecalibration(address(adm)).recalibrationDay(0);
+        (uint32 day, int72 dayRange,,) = ClearingHouseRecalibration(address(adm)).recalibrationDay(0);
         assertEq(day, block.timestamp / 1 days, "today");
         assertEq(dayRange, 12e16, "reference: the value before today's first execution");
         tick(60);
@@ -286,6 +323,114 @@ contract ClearingHouseRecalibrationTest is RecalibrationHelpers {
         // 0.125 is -37.5% of 0.20 now.
         vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationStepTooLarge.selector, 0, 0, int256(125e15), int256(16e16), int256(24e16)));
         ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data);
+    }
+}
+
+/// @notice The historical set's FHS scale through the recalibration: its shape rule (one per
+/// underlying with a set, none without), the model's absolute bound, the step and daily limits
+/// at one wei either side, and execution writing it into the stored parameters.
+contract ClearingHouseRecalibrationScaleTest is RecalibrationHelpers {
+    bytes4 internal immutable SHAPE = IClearingHouseErrors.RecalibrationShape.selector;
+
+    function setUp() public override {
+        super.setUp();
+        configureRecalibration();
+        installHistoricalSet();
+        tick(60);
+    }
+
+    function test_shapeFollowsTheHistoricalSet() public {
+        // With a set: one scale and one reference vol per underlying.
+        _queueFails(proposal(15e16, 8e16, 15e16, 8e16), abi.encodeWithSelector(SHAPE, 5, 2, 0));
+        ClearingHouseBase.Recalibration memory r =
+            abi.decode(proposalScaled(15e16, 8e16, 15e16, 8e16, scales(1e18, 1e18)), (ClearingHouseBase.Recalibration));
+        r.fhsScales = new int256[](1);
+        _queueFails(abi.encode(r), abi.encodeWithSelector(SHAPE, 6, 2, 1));
+        _queue(proposalScaled(15e16, 8e16, 15e16, 8e16, scales(1e18, 1e18)));
+    }
+
+    function test_stepLimitsAtOneWei() public {
+        // 1 x (1 +- 0.2): [0.8, 1.2].
+        bytes4 step = IClearingHouseErrors.RecalibrationStepTooLarge.selector;
+        _queueFails(
+            proposalScaled(15e16, 8e16, 15e16, 8e16, scales(8e17 - 1, 1e18)),
+            abi.encodeWithSelector(step, 0, 2, int256(8e17 - 1), int256(8e17), int256(12e17))
+        );
+        _queueFails(
+            proposalScaled(15e16, 8e16, 15e16, 8e16, scales(1e18, 12e17 + 1)),
+            abi.encodeWithSelector(step, 1, 2, int256(12e17 + 1), int256(8e17), int256(12e17))
+        );
+        _queue(proposalScaled(15e16, 8e16, 15e16, 8e16, scales(8e17, 12e17)));
+    }
+
+    function test_modelBoundAtOneWei() public {
+        RiskParams memory p = abi.decode(ch.riskParams(), (RiskParams));
+        p.historical.fhsScale[0] = 9e18;
+        vm.prank(GOV);
+        adm.setRiskParams(abi.encode(p));
+        bytes4 oob = IClearingHouseErrors.RecalibrationOutOfBounds.selector;
+        _queueFails(
+            proposalScaled(15e16, 8e16, 15e16, 8e16, scales(10e18 + 1, 1e18)),
+            abi.encodeWithSelector(oob, 0, 2, int256(10e18 + 1), int256(0), int256(10e18))
+        );
+        _queueFails(
+            proposalScaled(15e16, 8e16, 15e16, 8e16, scales(9e18, -1)),
+            abi.encodeWithSelector(oob, 1, 2, int256(-1), int256(0), int256(10e18))
+        );
+        _queue(proposalScaled(15e16, 8e16, 15e16, 8e16, scales(10e18, 1e18)));
+    }
+
+    /// Execution writes the scale; the day's reference is the scale before its first
+    /// execution, and the daily limit (30%) binds the second step at one wei.
+    function test_executionWritesTheScaleWithinTheDailyLimit() public {
+        vm.warp((block.timestamp / 1 days + 1) * 1 days + 1);
+        tick(1);
+        bytes memory first = proposalScaled(15e16, 8e16, 15e16, 8e16, scales(12e17, 9e17));
+        uint256 a = _queue(first);
+        vm.warp(block.timestamp + DELAY);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(a, first);
+        assertEq(fhsScale(0), 12e17, "scale 0 written");
+        assertEq(fhsScale(1), 9e17, "scale 1 written");
+        (,,, int72 dayScale) = ClearingHouseRecalibration(address(adm)).recalibrationDay(0);
+        assertEq(dayScale, 1e18, "reference: the scale before today's first execution");
+        tick(60);
+        // 1.2 x 1.2 = 1.44 is one step, but the day allows 1 x 1.3.
+        _queueFails(
+            proposalScaled(15e16, 8e16, 15e16, 8e16, scales(13e17 + 1, 9e17)),
+            abi.encodeWithSelector(
+                IClearingHouseErrors.RecalibrationDailyLimit.selector, 0, 2, int256(13e17 + 1), int256(7e17), int256(13e17)
+            )
+        );
+        bytes memory second = proposalScaled(15e16, 8e16, 15e16, 8e16, scales(13e17, 9e17));
+        uint256 b = _queue(second);
+        vm.warp(block.timestamp + DELAY);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(b, second);
+        assertEq(fhsScale(0), 13e17, "second step");
+    }
+}
+
+/// @notice Without a historical set (S = 0) a proposal carries no scales: one with scales is
+/// refused, one without executes and leaves the (empty) scale alone.
+contract ClearingHouseRecalibrationNoSetTest is RecalibrationHelpers {
+    function setUp() public override {
+        super.setUp();
+        configureRecalibration();
+        tick(60);
+    }
+
+    function test_scalesRefusedWithoutASet() public {
+        bytes memory scaled = proposalScaled(15e16, 8e16, 15e16, 8e16, scales(1e18, 1e18));
+        vm.prank(RISKOP);
+        vm.expectRevert(abi.encodeWithSelector(IClearingHouseErrors.RecalibrationShape.selector, 5, 0, 2));
+        ClearingHouseRecalibration(address(adm)).queueRecalibration(scaled);
+        bytes memory data = proposal(14e16, 8e16, 15e16, 8e16);
+        vm.prank(RISKOP);
+        uint256 id = ClearingHouseRecalibration(address(adm)).queueRecalibration(data);
+        vm.warp(block.timestamp + DELAY);
+        ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data);
+        RiskParams memory p = abi.decode(ch.riskParams(), (RiskParams));
+        assertEq(p.historical.fhsScale.length, 0, "no scale");
+        assertEq(p.underlyings[0].priceRange, 14e16, "grid written");
     }
 }
 

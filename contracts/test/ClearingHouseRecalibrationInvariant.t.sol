@@ -14,7 +14,8 @@ import {RecalibrationHelpers} from "./ClearingHouseRecalibration.t.sol";
 /// @notice A compromised risk operator with a guardian that sometimes cancels: it queues any
 /// grid it likes (far outside the limits too), re-queues cancelled bytes, executes as early as
 /// it can, executes cancelled and stale ids. The ghosts record what actually changed the
-/// parameters, computed here from the values before and after each successful execution.
+/// parameters, computed here from the values before and after each successful execution. The
+/// parameters carry a historical set, so the FHS scales are attacked the same way.
 contract RecalibrationHandler is TestBase {
     ClearingHouse internal ch;
     ClearingHouseAdmin internal adm;
@@ -28,7 +29,7 @@ contract RecalibrationHandler is TestBase {
     bytes[] internal queued; // index = id - 1
     mapping(uint256 => uint64) internal etaOf;
     mapping(uint256 => bool) internal cancelled;
-    /// Per underlying and field (0 range, 1 vol shift): the UTC day and the value before that
+    /// Per grid entry (range 0, shift 0, range 1, shift 1, scale 0, scale 1): the UTC day and the value before that
     /// day's first executed change.
     mapping(uint256 => uint256) internal ghostDay;
     mapping(uint256 => int256) internal ghostDayStart;
@@ -55,12 +56,19 @@ contract RecalibrationHandler is TestBase {
         (ethFeed, btcFeed, riskOp, guardian, maxStep, maxDaily) = (eth, btc, riskOp_, guardian_, step, daily);
     }
 
-    function _grid() internal view returns (int256[4] memory g) {
+    function _grid() internal view returns (int256[6] memory g) {
         RiskParams memory p = abi.decode(ch.riskParams(), (RiskParams));
-        g = [p.underlyings[0].priceRange, p.underlyings[0].volShiftBase, p.underlyings[1].priceRange, p.underlyings[1].volShiftBase];
+        g = [
+            p.underlyings[0].priceRange,
+            p.underlyings[0].volShiftBase,
+            p.underlyings[1].priceRange,
+            p.underlyings[1].volShiftBase,
+            p.historical.fhsScale[0],
+            p.historical.fhsScale[1]
+        ];
     }
 
-    function _proposal(int256[4] memory g) internal view returns (bytes memory) {
+    function _proposal(int256[6] memory g) internal view returns (bytes memory) {
         ClearingHouseBase.Recalibration memory r;
         r.sources = new ClearingHouseBase.RecalibrationSource[](2);
         (uint80 e, uint80 b) = (ethFeed.roundId(), btcFeed.roundId());
@@ -76,6 +84,9 @@ contract RecalibrationHandler is TestBase {
         r.volShiftBases = new int256[](2);
         (r.priceRanges[0], r.volShiftBases[0], r.priceRanges[1], r.volShiftBases[1]) = (g[0], g[1], g[2], g[3]);
         r.correlations = new int256[](1);
+        r.refVols = new uint256[](2);
+        r.fhsScales = new int256[](2);
+        (r.fhsScales[0], r.fhsScales[1]) = (g[4], g[5]);
         return abi.encode(r);
     }
 
@@ -86,13 +97,15 @@ contract RecalibrationHandler is TestBase {
         if (again % 4 == 0 && queued.length != 0) {
             data = queued[again % queued.length];
         } else {
-            int256[4] memory g = _grid();
+            int256[6] memory g = _grid();
             int256 a = bound(pct0, -60, 60);
             int256 b = bound(pct1, -60, 60);
             g[0] = g[0] * (100 + a) / 100;
             g[1] = g[1] == 0 ? int256(1e16) : g[1] * (100 + b) / 100; // a zero vol shift can rise
             g[2] = g[2] * (100 + b) / 100;
             g[3] = g[3] == 0 ? int256(1e16) : g[3] * (100 + a) / 100;
+            g[4] = g[4] * (100 + b) / 100;
+            g[5] = g[5] == 0 ? int256(1e17) : g[5] * (100 + a) / 100;
             data = _proposal(g);
         }
         vm.prank(riskOp);
@@ -108,7 +121,7 @@ contract RecalibrationHandler is TestBase {
         if (queued.length == 0) return;
         uint256 id = which % (queued.length + 1) + 1; // one past the last: never queued
         bytes memory data = queued[(id - 1) % queued.length];
-        int256[4] memory before = _grid();
+        int256[6] memory before = _grid();
         try ClearingHouseRecalibration(address(adm)).executeRecalibration(id, data) {
             ++executions;
             if (block.timestamp < etaOf[id] || etaOf[id] == 0) ++executedEarly;
@@ -133,10 +146,12 @@ contract RecalibrationHandler is TestBase {
         btcFeed.setAnswer(btcFeed.answer());
     }
 
-    function _checkChange(int256[4] memory before, int256[4] memory next) internal {
+    function _checkChange(int256[6] memory before, int256[6] memory next) internal {
         uint256 today = block.timestamp / 1 days;
-        for (uint256 k; k < 4; ++k) {
-            (int256 lo, int256 hi) = (k % 2 == 0) ? (int256(5e16), int256(33e16)) : (int256(0), int256(5e17));
+        for (uint256 k; k < 6; ++k) {
+            (int256 lo, int256 hi) = k >= 4
+                ? (int256(0), int256(10e18)) // the FHS scale: the model's bound
+                : (k % 2 == 0) ? (int256(5e16), int256(33e16)) : (int256(0), int256(5e17));
             if (next[k] < lo || next[k] > hi) ++boundViolations;
             if (ghostDay[k] != today) (ghostDay[k], ghostDayStart[k]) = (today, before[k]);
             if (before[k] > 0 && !_within(next[k], before[k], maxStep)) ++stepViolations;
@@ -159,6 +174,7 @@ contract ClearingHouseRecalibrationInvariantTest is RecalibrationHelpers, Invari
     function setUp() public override {
         super.setUp();
         configureRecalibration();
+        installHistoricalSet();
         handler = new RecalibrationHandler(ch, ethFeed, btcFeed, RISKOP, GUARD, int256(uint256(STEP)), int256(uint256(DAILY)));
         targetContract(address(handler));
         bytes4[] memory sel = new bytes4[](5);
@@ -183,6 +199,8 @@ contract ClearingHouseRecalibrationInvariantTest is RecalibrationHelpers, Invari
         handler.execute(1);
         assertEq(handler.executions(), 1, "cancelled id not executed");
         assertEq(handler.cancellations(), 1, "cancelled");
+        RiskParams memory p = abi.decode(ch.riskParams(), (RiskParams));
+        assertEq(p.historical.fhsScale[0], 11e17, "the scale moved through the timelock"); // +10%
     }
 
     function invariant_onlyThroughTheTimelock() public view {

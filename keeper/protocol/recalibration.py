@@ -13,7 +13,13 @@ Every input is read at one pinned block, so the proposal is a function of chain 
 4. **estimates**: EWMA volatility per underlying and correlations (margin/risk/ewma.py);
 5. **grid**: the rule's targets (k·σ·sqrt(H/year), m·σ) clamped into the window the contract
    will accept: governance's ``riskBounds``, ``maxStep`` from the current value, ``maxDailyStep``
-   from the day's reference (margin/risk/recalibration.py ``within_limits``).
+   from the day's reference (margin/risk/recalibration.py ``within_limits``);
+6. **FHS scale** (only when the parameters carry a historical set): ``ceil(σ / σ_ref)`` per
+   underlying with σ_ref the set's committed reference volatility (``Settings.ref_vols``,
+   default: margin/risk/data/historical_set.json's, for the symbol of the price feed's
+   ``description()``, 0 for a symbol the set does not carry: that scale is kept), clamped
+   into the model's [0, 10] and the same step limits. Without a historical set (S = 0) the
+   proposal carries no scales.
 
 ``keeper replay`` runs the same steps from a queued proposal's named sources at the block
 before its queue transaction and compares the bytes (keeper/replay/recalibration.py).
@@ -26,6 +32,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from eth_abi.abi import decode, encode
@@ -33,6 +40,7 @@ from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
 
+import margin.risk
 from keeper.abi import ABI_DIR
 from keeper.chain.rpc import Rpc
 from keeper.deployment import decode_risk_params
@@ -44,6 +52,7 @@ from margin.risk.ewma import (
     ewma_correlation_down,
     ewma_vol_down,
 )
+from margin.risk.historical import DATA_FILE_NAME, set_reference_vols
 from margin.risk.recalibration import (
     FieldLimits,
     Proposal,
@@ -51,6 +60,9 @@ from margin.risk.recalibration import (
     Source,
     UnderlyingProposal,
     canonical_encoding,
+    fhs_scale_target_up,
+    scale_limits,
+    scale_within_limits,
     targets_up,
     within_limits,
 )
@@ -81,6 +93,25 @@ class Settings:
     #: Queue only when a price range or vol shift base moves by more than this (WAD,
     #: relative to its current value): no churn of the timelock for noise.
     min_change: int = 5 * 10**16
+    #: The historical set's reference volatility per underlying (annual, WAD), used only when
+    #: the parameters carry a historical set; ``None``: the committed set's, by the symbol of
+    #: each price feed's description.
+    ref_vols: tuple[int, ...] | None = None
+
+
+def committed_ref_vols(symbols: Sequence[str]) -> tuple[int, ...]:
+    """The committed set's reference vol of each underlying symbol (0 for a symbol the set
+    does not carry: its scale stays where it is)."""
+    text = (Path(margin.risk.__file__).parent / "data" / DATA_FILE_NAME).read_text()
+    carried = set(json.loads(text)["underlyings"])
+    known = [s for s in symbols if s in carried]
+    refs = dict(zip(known, set_reference_vols(text, known), strict=True))
+    return tuple(refs.get(s, 0) for s in symbols)
+
+
+def feed_symbol(description: str) -> str:
+    """The base asset of a price feed's description ("BTC / USD" -> "BTC", Chainlink's form)."""
+    return description.split("/")[0].strip().upper()
 
 
 @dataclass(frozen=True)
@@ -94,6 +125,10 @@ class ChainState:
     ranges: tuple[FieldLimits, ...]
     shifts: tuple[FieldLimits, ...]
     delay: int
+    #: The FHS scale's limits per underlying; empty without a historical set (S = 0).
+    scales: tuple[FieldLimits, ...] = ()
+    #: Each price feed's base symbol (its description's, at the block).
+    symbols: tuple[str, ...] = ()
 
 
 @cache
@@ -116,16 +151,19 @@ def chain_state(w3: Web3, ch: Contract, block: int, now: int | None = None) -> C
     params = decode_risk_params(bytes(ch.functions.riskParams().call(block_identifier=block)))
     ts = int(w3.eth.get_block(block)["timestamp"]) if now is None else now
     today = ts // DAY
-    feeds, decimals, ranges, shifts = [], [], [], []
+    feeds, decimals, ranges, shifts, scales, symbols = [], [], [], [], [], []
+    has_set = bool(params.historical.fhs_scale)
     for u in range(n):
         cfg = ch.functions.underlyingConfig(u).call(block_identifier=block)
         feed = str(cfg[0]).lower()
         feeds.append(feed)
-        decimals.append(
-            int(feed_contract(w3, feed).functions.decimals().call(block_identifier=block))
-        )
+        fc = feed_contract(w3, feed)
+        decimals.append(int(fc.functions.decimals().call(block_identifier=block)))
+        if has_set:  # the symbol only names the set's reference vol
+            desc = fc.functions.description().call(block_identifier=block)
+            symbols.append(feed_symbol(str(desc)))
         lo_r, hi_r, lo_s, hi_s = ch.functions.riskBounds(u).call(block_identifier=block)
-        day, day_r, day_s = ch.functions.recalibrationDay(u).call(block_identifier=block)
+        day, day_r, day_s, day_f = ch.functions.recalibrationDay(u).call(block_identifier=block)
         cur = params.underlyings[u]
         same = day == today
         ranges.append(
@@ -143,8 +181,19 @@ def chain_state(w3: Web3, ch: Contract, block: int, now: int | None = None) -> C
                 max_daily,
             )
         )
+        if has_set:
+            f = params.historical.fhs_scale[u]
+            scales.append(scale_limits(f, day_f if same else f, max_step, max_daily))
     return ChainState(
-        block, ts, tuple(feeds), tuple(decimals), tuple(ranges), tuple(shifts), int(delay)
+        block,
+        ts,
+        tuple(feeds),
+        tuple(decimals),
+        tuple(ranges),
+        tuple(shifts),
+        int(delay),
+        tuple(scales),
+        tuple(symbols),
     )
 
 
@@ -190,8 +239,10 @@ def compute_proposal(
     k_sigma: int,
     horizon: int,
     vol_shift_per_vol: int,
+    ref_vols: Sequence[int] = (),
 ) -> Proposal:
-    """The proposal the named sources give at ``state``'s block (pure in the chain data)."""
+    """The proposal the named sources give at ``state``'s block (pure in the chain data and
+    ``ref_vols``, the set's reference vols: used only when the state has a historical set)."""
     rounds = [read_rounds(rpc, s.feed, s.first_round, s.last_round, state.block) for s in sources]
     as_of, series = sample_aligned(rounds, state.decimals, interval)
     unders = []
@@ -207,6 +258,18 @@ def compute_proposal(
                 corr.append(ewma_correlation_down(series[i], series[j], lam))
             except ZeroVariance:
                 corr.append(0)  # a series that never moved: no correlation to estimate
+    refs: tuple[int, ...] = ()
+    fhs: tuple[int, ...] = ()
+    if state.scales:
+        if len(ref_vols) != len(state.scales):
+            raise RecalibrationUnavailable(
+                f"{len(ref_vols)} reference vols for {len(state.scales)} underlyings"
+            )
+        refs = tuple(ref_vols)
+        fhs = tuple(
+            scale_within_limits(fhs_scale_target_up(p.vol, ref, lim.current), lim)
+            for p, ref, lim in zip(unders, refs, state.scales, strict=True)
+        )
     return Proposal(
         as_of,
         lam,
@@ -217,6 +280,8 @@ def compute_proposal(
         k_sigma,
         horizon,
         vol_shift_per_vol,
+        refs,
+        fhs,
     )
 
 
@@ -242,20 +307,33 @@ def propose(w3: Web3, rpc: Rpc, ch: Contract, settings: Settings, block: int) ->
         r.k_sigma,
         r.horizon,
         r.vol_shift_per_vol,
+        _ref_vols(settings, state),
     )
 
 
+def _ref_vols(settings: Settings, state: ChainState) -> tuple[int, ...]:
+    if not state.scales:
+        return ()  # no historical set: the proposal carries no scales
+    if settings.ref_vols is not None:
+        return settings.ref_vols
+    return committed_ref_vols(state.symbols)
+
+
 def grid_unchanged(proposal: Proposal, state: ChainState, min_change: int = 0) -> bool:
-    """No price range or vol shift base moves by more than ``min_change`` (relative, WAD) of
-    its current value (a value from zero always counts as a move)."""
+    """No price range, vol shift base or FHS scale moves by more than ``min_change``
+    (relative, WAD) of its current value (a value from zero always counts as a move)."""
 
     def moves(new: int, cur: int) -> bool:
         return abs(new - cur) * WAD > min_change * cur if cur > 0 else new != cur
 
-    return not any(
+    grid = any(
         moves(p.price_range, r.current) or moves(p.vol_shift_base, s.current)
         for p, r, s in zip(proposal.underlyings, state.ranges, state.shifts, strict=True)
     )
+    scale = any(
+        moves(f, lim.current) for f, lim in zip(proposal.fhs_scales, state.scales, strict=False)
+    )
+    return not (grid or scale)
 
 
 @dataclass(frozen=True)

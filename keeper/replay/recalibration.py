@@ -3,7 +3,11 @@ proposal's named sources are read again (the same round ids, at the block before
 transaction), sampled, estimated and clamped into the contract's limits as they stood there
 (keeper/protocol/recalibration.py), and the canonical bytes are compared with the queued
 ones. Any difference is a ``recalibration`` mismatch naming the fields that differ: a risk
-operator that queued numbers other than the ones its named data give is found out.
+operator that queued numbers other than the ones its named data give is found out. With a
+historical set the FHS scales are recomputed from the recomputed volatilities over the committed
+set's reference volatilities (margin/risk/data/historical_set.json, by each price feed's
+description symbol): a proposal stating other
+reference volatilities, or other scales, is a mismatch too.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from keeper.chain.rpc import Rpc
-from keeper.protocol.recalibration import chain_state, compute_proposal
+from keeper.protocol.recalibration import chain_state, committed_ref_vols, compute_proposal
 from keeper.replay.mismatch import FieldDiff, Mismatch
 from margin.risk.ewma import CalibrationError
 from margin.risk.recalibration import Proposal, canonical_encoding, decode_proposal
@@ -25,7 +29,7 @@ KIND = "recalibration"
 
 def _diffs(expected: Proposal, found: Proposal) -> list[FieldDiff]:
     out = []
-    for name in ("as_of", "lam", "correlations", "sources", "interval"):
+    for name in ("as_of", "lam", "correlations", "sources", "interval", "ref_vols", "fhs_scales"):
         e, f = getattr(expected, name), getattr(found, name)
         if e != f:
             out.append(FieldDiff(name, e, f))
@@ -54,6 +58,7 @@ def verify_queued(
         expected = compute_proposal(
             rpc, state, found.sources, found.interval, found.lam, found.k_sigma,
             found.horizon, found.vol_shift_per_vol,
+            committed_ref_vols(state.symbols) if state.scales else (),
         )  # fmt: skip
     except CalibrationError as e:
         return [Mismatch(KIND, block, None, f"{head}: its sources give no proposal: {e}")]

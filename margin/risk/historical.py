@@ -13,7 +13,11 @@ rebuilds it and compares byte for byte). The rule (:class:`SetRule`, defaults in
 3. Filtered historical simulation: each return is rescaled from its day's volatility to the
    volatility at the end of the series, ``m_t = mul_div_down(r_t, σ_end, σ_t)``, kept within
    the model's move bounds [-0.99, 10]. The set's ``fhs_scale`` is then 1 (the moves already
-   carry σ_end); a later recalibration sets it to σ_now / σ_end without touching the moves.
+   carry σ_end); a later recalibration sets it to σ_now / σ_ref without touching the moves.
+   The set's reference volatility ``σ_ref = sqrt_down(v_end · 365)`` (v_end the EWMA daily
+   variance after the last return: σ_end annualised, rounded down so that the scale rounds
+   up) is committed per underlying in the file's ``reference_vols`` (0 for an underlying
+   without a series: its historical moves are 0, no scale applies).
 4. Selection: over the last ``lookback`` [320] days of the reference series (the first name
    with a series), the ``tail`` [22] most negative and ``tail`` most positive rescaled moves
    (ties: the earlier day), in date order. A joint scenario moves every underlying by its own
@@ -96,14 +100,11 @@ def parse_closes(csv_text: str) -> list[tuple[date, int]]:
 
 def daily_returns(closes: Sequence[tuple[date, int]]) -> list[tuple[date, int]]:
     """(day, mul_div_down(close, 1e18, previous close) - 1e18) from the second day on."""
-    return [
-        (d, mul_div_down(c, WAD, c0) - WAD)
-        for (_, c0), (d, c) in itertools.pairwise(closes)
-    ]
+    return [(d, mul_div_down(c, WAD, c0) - WAD) for (_, c0), (d, c) in itertools.pairwise(closes)]
 
 
-def rescaled_moves(returns: Sequence[tuple[date, int]], rule: SetRule) -> dict[date, int]:
-    """Step 2-3: each return rescaled to the volatility at the end of the series."""
+def _ewma_daily(returns: Sequence[tuple[date, int]], rule: SetRule) -> tuple[list[int], int]:
+    """Step 2: σ known before each day after the seed, and the variance after the last day."""
     if len(returns) <= rule.seed_days:
         raise HistoricalSetError(f"need more than {rule.seed_days} returns, got {len(returns)}")
     sq = [mul_down(r, r) for _, r in returns]
@@ -112,12 +113,25 @@ def rescaled_moves(returns: Sequence[tuple[date, int]], rule: SetRule) -> dict[d
     for q in sq[rule.seed_days :]:
         before.append(sqrt_down(v))
         v = mul_down(rule.lam, v) + mul_down(WAD - rule.lam, q)
+    return before, v
+
+
+def rescaled_moves(returns: Sequence[tuple[date, int]], rule: SetRule) -> dict[date, int]:
+    """Step 2-3: each return rescaled to the volatility at the end of the series."""
+    before, v = _ewma_daily(returns, rule)
     sigma_end = sqrt_down(v)
     out: dict[date, int] = {}
     for (d, r), s in zip(returns[rule.seed_days :], before, strict=True):
         m = mul_div_down(r, sigma_end, s) if s > 0 else r
         out[d] = max(MIN_EXTENDED_MOVE, min(m, MAX_EXTENDED_MOVE))
     return out
+
+
+def reference_vol_down(returns: Sequence[tuple[date, int]], rule: SetRule) -> int:
+    """σ_ref: the volatility the set's moves carry, annualised (WAD, rounded down):
+    ``sqrt_down(v_end · 365)``, comparable with the recalibration's annual EWMA volatility."""
+    _, v = _ewma_daily(returns, rule)
+    return sqrt_down(v * 365)
 
 
 def build_scenarios(
@@ -149,8 +163,21 @@ def build_scenarios(
     return out
 
 
+def reference_vols(
+    series: Mapping[str, Sequence[tuple[date, int]]], names: Sequence[str], rule: SetRule
+) -> dict[str, int]:
+    """σ_ref per underlying (0 without a series)."""
+    return {
+        n: reference_vol_down(daily_returns(series[n]), rule) if n in series else 0 for n in names
+    }
+
+
 def encode_set(
-    scenarios: Sequence[Scenario], names: Sequence[str], rule: SetRule, sources: Mapping[str, str]
+    scenarios: Sequence[Scenario],
+    names: Sequence[str],
+    rule: SetRule,
+    sources: Mapping[str, str],
+    ref_vols: Mapping[str, int],
 ) -> str:
     """The committed JSON (moves as WAD integer strings: exact)."""
     doc: dict[str, Any] = {
@@ -169,6 +196,7 @@ def encode_set(
         },
         "sources": dict(sources),
         "underlyings": list(names),
+        "reference_vols": {n: str(ref_vols[n]) for n in names},
         "scenarios": [
             {
                 "name": s.name,
@@ -180,6 +208,15 @@ def encode_set(
         ],
     }
     return json.dumps(doc, indent=1) + "\n"
+
+
+def set_reference_vols(doc_text: str, names: Sequence[str]) -> tuple[int, ...]:
+    """The committed σ_ref of each of `names` (annual, WAD), in that order."""
+    try:
+        refs = json.loads(doc_text)["reference_vols"]
+        return tuple(int(refs[n]) for n in names)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise HistoricalSetError(f"malformed set file: no reference vol {e}") from None
 
 
 def historical_set(doc_text: str, names: Sequence[str]) -> HistoricalSet:

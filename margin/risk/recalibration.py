@@ -13,6 +13,13 @@ Rule, per underlying with annualised EWMA volatility σ (WAD):
   Deribit-like preset's base), bounded by the same step and by ``[min_vol_shift,
   max_vol_shift]`` (default [2, 50] vol points).
 
+* FHS scale of the historical set (only when the parameters carry one, S > 0)
+  ``F* = ceil(σ / σ_ref)`` (WAD, rounded up: more margin), σ_ref the set's reference
+  volatility committed with it (margin/risk/historical.py: its end-of-series EWMA volatility,
+  annualised, rounded down); an underlying with ``σ_ref = 0`` (no series: its historical
+  moves are 0) keeps its current scale. Bounded by the model's [0, 10] and the same step.
+  Without a historical set the proposal's ``ref_vols`` and ``fhs_scales`` are empty.
+
 The bounds are checked against margin's own parameter bounds (``validate_params``) when the
 proposal is applied to a :class:`RiskParams`.
 
@@ -24,7 +31,8 @@ On-chain the proposal is then held to the clearing house's limits (ClearingHouse
 
 The canonical encoding is ``abi.encode(Recalibration)`` of ClearingHouseBase.sol: the data
 sources (per underlying: price feed, first and last round id read), the sampling interval,
-``as_of``, λ, the rule (k, H, m), the volatilities, the new grid and the correlations. The
+``as_of``, λ, the rule (k, H, m), the volatilities, the new grid, the correlations, the set's
+reference volatilities and the new FHS scales. The
 contract refuses any other encoding of the same values, so a proposal has one hash.
 """
 
@@ -36,9 +44,10 @@ from dataclasses import dataclass, replace
 from eth_abi.abi import encode
 from eth_utils.crypto import keccak
 
-from margin.fixed_point import mul_down, mul_up, sqrt_up
+from margin.fixed_point import div_up, mul_down, mul_up, sqrt_up
 from margin.params import (
     DAY,
+    MAX_FHS_SCALE,
     MAX_PRICE_RANGE,
     MAX_VOL_SHIFT_BASE,
     WAD,
@@ -102,12 +111,16 @@ class Proposal:
     k_sigma: int = RecalibrationRule.k_sigma
     horizon: int = RecalibrationRule.horizon
     vol_shift_per_vol: int = RecalibrationRule.vol_shift_per_vol
+    #: The historical set's reference volatility and next FHS scale per underlying; both
+    #: empty when the parameters carry no historical set (S = 0).
+    ref_vols: tuple[int, ...] = ()
+    fhs_scales: tuple[int, ...] = ()
 
 
 class RecalibrationLimitError(CalibrationError):
     """A value outside one of the clearing house's recalibration limits (the contract's error
-    of the same name, with the same fields: underlying, field 0 range / 1 vol shift, value,
-    and the window)."""
+    of the same name, with the same fields: underlying, field 0 range / 1 vol shift / 2 FHS
+    scale, value, and the window)."""
 
     def __init__(self, u: int, field: int, value: int, lo: int, hi: int) -> None:
         super().__init__(f"underlying {u} field {field}: {value} outside [{lo}, {hi}]")
@@ -164,17 +177,47 @@ def check_limit(u: int, field: int, value: int, lim: FieldLimits) -> None:
 
 
 def check_underlying(
-    u: int, price_range: int, vol_shift: int, ranges: FieldLimits, shifts: FieldLimits
+    u: int,
+    price_range: int,
+    vol_shift: int,
+    ranges: FieldLimits,
+    shifts: FieldLimits,
+    fhs_scale: int | None = None,
+    scales: FieldLimits | None = None,
 ) -> None:
-    """ClearingHouseAdmin._checkUnderlying: both fields' absolute bounds first, then the
-    price range's relative limits, then the vol shift's (the contract's order, so the same
-    input fails with the same error)."""
+    """ClearingHouseRecalibration._checkUnderlying: every field's absolute bounds first (price
+    range, vol shift, FHS scale when the parameters carry a historical set), then each
+    field's relative limits in the same order (the contract's order, so the same input fails
+    with the same error)."""
     if not ranges.lo <= price_range <= ranges.hi:
         raise RecalibrationOutOfBounds(u, 0, price_range, ranges.lo, ranges.hi)
     if not shifts.lo <= vol_shift <= shifts.hi:
         raise RecalibrationOutOfBounds(u, 1, vol_shift, shifts.lo, shifts.hi)
+    if scales is not None and fhs_scale is not None and not scales.lo <= fhs_scale <= scales.hi:
+        raise RecalibrationOutOfBounds(u, 2, fhs_scale, scales.lo, scales.hi)
     check_limit(u, 0, price_range, ranges)
     check_limit(u, 1, vol_shift, shifts)
+    if scales is not None and fhs_scale is not None:
+        check_limit(u, 2, fhs_scale, scales)
+
+
+def scale_limits(current: int, day_start: int, max_step: int, max_daily_step: int) -> FieldLimits:
+    """The FHS scale's limits: the model's absolute bounds [0, MAX_FHS_SCALE] (governance sets
+    no scale bounds), then the same step limits as the grid."""
+    return FieldLimits(0, MAX_FHS_SCALE, current, day_start, max_step, max_daily_step)
+
+
+def fhs_scale_target_up(vol: int, ref_vol: int, current: int) -> int:
+    """F* = ceil(σ / σ_ref) (WAD) within [0, MAX_FHS_SCALE]; ``current`` when σ_ref = 0."""
+    if ref_vol <= 0:
+        return current
+    return min(div_up(vol, ref_vol), MAX_FHS_SCALE)
+
+
+def scale_within_limits(target: int, lim: FieldLimits) -> int:
+    """``target`` clamped into the window the contract accepts for the scale."""
+    lo, hi = limit_window(lim)
+    return max(lo, min(hi, target))
 
 
 def limit_window(lim: FieldLimits) -> tuple[int, int]:
@@ -232,7 +275,8 @@ def propose_underlying(
 
 
 def apply_proposal(params: RiskParams, proposal: Proposal) -> RiskParams:
-    """The parameters with each underlying's range and vol shift replaced, validated."""
+    """The parameters with each underlying's range, vol shift and (with a historical set) FHS
+    scale replaced, validated."""
     if len(proposal.underlyings) != len(params.underlyings):
         raise CalibrationError("one proposal per underlying of the parameters")
     new = RiskParams(
@@ -243,6 +287,9 @@ def apply_proposal(params: RiskParams, proposal: Proposal) -> RiskParams:
         params.assets,
         params.correlation_credit,
         params.im_factor,
+        replace(params.historical, fhs_scale=proposal.fhs_scales)
+        if proposal.fhs_scales
+        else params.historical,
     )
     validate_params(new)
     return new
@@ -251,13 +298,13 @@ def apply_proposal(params: RiskParams, proposal: Proposal) -> RiskParams:
 #: abi.encode(Recalibration) (ClearingHouseBase.sol): one tuple.
 PROPOSAL_ABI = [
     "((address,uint80,uint80)[],uint64,uint64,uint256,uint256,uint64,uint256,"
-    "uint256[],int256[],int256[],int256[])"
+    "uint256[],int256[],int256[],int256[],uint256[],int256[])"
 ]
 
 
 def canonical_encoding(proposal: Proposal) -> bytes:
-    """abi.encode of (sources, interval, as_of, λ, vols, price ranges, vol shift bases,
-    correlations): the bytes the contract hashes."""
+    """abi.encode of (sources, interval, as_of, λ, k, H, m, vols, price ranges, vol shift
+    bases, correlations, reference vols, FHS scales): the bytes the contract hashes."""
     us: Sequence[UnderlyingProposal] = proposal.underlyings
     return encode(
         PROPOSAL_ABI,
@@ -274,6 +321,8 @@ def canonical_encoding(proposal: Proposal) -> bytes:
                 [u.price_range for u in us],
                 [u.vol_shift_base for u in us],
                 list(proposal.correlations),
+                list(proposal.ref_vols),
+                list(proposal.fhs_scales),
             )
         ],
     )
@@ -285,7 +334,7 @@ def decode_proposal(data: bytes) -> Proposal:
     from eth_abi.abi import decode
 
     try:
-        ((srcs, interval, as_of, lam, k, h, m, vols, ranges, shifts, corr),) = decode(
+        ((srcs, interval, as_of, lam, k, h, m, vols, ranges, shifts, corr, refs, fhs),) = decode(
             PROPOSAL_ABI, data
         )
     except Exception as e:  # eth_abi's decoding errors have no common base
@@ -303,6 +352,8 @@ def decode_proposal(data: bytes) -> Proposal:
         k,
         h,
         m,
+        tuple(refs),
+        tuple(fhs),
     )
     if canonical_encoding(p) != data:
         raise CalibrationError("not the canonical encoding of its values")

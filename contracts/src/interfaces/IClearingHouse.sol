@@ -173,17 +173,19 @@ interface IClearingHouseErrors {
     /// @notice The proposal bytes are not abi.encode of the decoded proposal (one proposal,
     /// one encoding, one hash).
     error RecalibrationNotCanonical();
-    /// @notice field: 0 sources, 1 vols, 2 price ranges, 3 vol shift bases, 4 correlations.
+    /// @notice field: 0 sources, 1 vols, 2 price ranges, 3 vol shift bases, 4 correlations,
+    /// 5 refVols, 6 fhsScales (expected: one per underlying with a historical set, else none).
     error RecalibrationShape(uint256 field, uint256 expected, uint256 got);
     /// @notice Source of underlying `u`: not its configured price feed, or an empty window.
     error RecalibrationBadSource(uint256 u, address feed, uint80 firstRound, uint80 lastRound);
     /// @notice asOf must be the sources' end (min updatedAt of the last rounds), later than
     /// the last executed proposal's.
     error RecalibrationAsOf(uint64 asOf, uint256 expected, uint64 lastExecuted);
-    /// @notice field 0 price range, 1 vol shift base: outside governance's riskBounds(u).
+    /// @notice field 0 price range, 1 vol shift base: outside governance's riskBounds(u);
+    /// field 2 FHS scale: outside the model's [0, MAX_FHS_SCALE].
     error RecalibrationOutOfBounds(uint256 u, uint256 field, int256 value, int256 min, int256 max);
-    /// @notice field 0/1: more than maxStep from the current value.
+    /// @notice field 0/1/2: more than maxStep from the current value.
     error RecalibrationStepTooLarge(uint256 u, uint256 field, int256 value, int256 min, int256 max);
-    /// @notice field 0/1: more than maxDailyStep from the value before today's first execution.
+    /// @notice field 0/1/2: more than maxDailyStep from the value before today's first execution.
     error RecalibrationDailyLimit(uint256 u, uint256 field, int256 value, int256 min, int256 max);
 }
