@@ -14,10 +14,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from margin.risk.historical import (  # noqa: E402
+from margin.risk.historical import (
     DATA_FILE_NAME,
     SetRule,
     build_scenarios,
@@ -25,8 +22,10 @@ from margin.risk.historical import (  # noqa: E402
     parse_closes,
     reference_vols,
 )
-from margin.risk.stress_days import DATA_FILE as STRESS_FILE  # noqa: E402
-from margin.risk.stress_days import parse_stress_library  # noqa: E402
+from margin.risk.stress_days import DATA_FILE as STRESS_FILE
+from margin.risk.stress_days import parse_stress_library
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CSV = ROOT / "data" / "btc_usd_daily.csv"
 OUT = ROOT / "margin" / "risk" / "data" / DATA_FILE_NAME

@@ -1,6 +1,7 @@
 """Where things live: benchmarks under bench/ (run with ``python -m bench.<name>``), scripts/
-holding only bootstrap, test, demo, deploy, export and fitting scripts, and no module editing
-``sys.path`` to find the project (the package is installed; benchmarks run from the root)."""
+holding only bootstrap, test, demo, deploy, export, fitting and data-building scripts, and no
+module editing ``sys.path`` to find the project (the package is installed; benchmarks run from
+the root)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"bootstrap.sh", "test.sh", "demo.sh", "deploy.py", "export_abi.py", "fit_normal_cdf.py"}
+SCRIPTS = {
+    "bootstrap.sh",
+    "test.sh",
+    "demo.sh",
+    "deploy.py",
+    "export_abi.py",
+    "fit_normal_cdf.py",
+    "build_historical_set.py",
+}
 SYS_PATH_EDIT = re.compile(r"sys\.path\.(insert|append)\(")
 
 
