@@ -67,7 +67,7 @@ from keeper.decisions import (
 )
 from keeper.deployment import clearing_house_abi
 from keeper.fault_points import crash_point
-from keeper.protocol.funding import due_pokes, poke_funding_action
+from keeper.protocol.funding import due_pokes, poke_funding_action, realisation_headroom
 from keeper.protocol.settlement import (
     PHASE_MASK,
     RoundChoice,
@@ -581,7 +581,8 @@ class KeeperCore:
                 out.append(None)
                 continue
             cost = gas_cost_in_asset0(snap, v.gas_used * max_fee, self.policy)
-            out.append(Simulated(c.data, v.returned, v.gas_limit, cost, sim.base_fee))
+            limit = v.gas_limit + realisation_headroom(snap, c.action)
+            out.append(Simulated(c.data, v.returned, limit, cost, sim.base_fee))
         return out
 
     def _profitable(

@@ -97,8 +97,9 @@ def test_simulate_v1_agrees_with_eth_call_and_its_limits_hold_on_chain(fresh: Wo
         w.w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = w.w3.eth.wait_for_transaction_receipt(signed.hash)
         assert receipt["status"] == 1, name
-        # What the simulation said the call uses is what the receipt says it used.
-        assert receipt["gasUsed"] == verdict.gas_used, name
+        # What the simulation said the call uses is what the receipt says, up to the pricing
+        # math's gas at another timestamp (the time to expiry moves the ln/exp iterations).
+        assert abs(receipt["gasUsed"] - verdict.gas_used) * 100 <= verdict.gas_used, name
         assert w.node.rpc("evm_revert", [snap]) is True
 
 
@@ -142,3 +143,28 @@ def test_keeper_acts_through_a_node_without_simulate_v1(fresh: World, tmp_path: 
             assert d is not None and d.id is not None
             tx = store.transaction_for_decision(d.id)
             assert tx is not None and tx.status == "final"
+
+
+def test_funding_realisation_headroom_for_actions_on_books_with_perpetuals(fresh: World) -> None:
+    """A poke mined between an action's simulation and the action makes its funding realisation
+    write a settled index from zero: liquidations and account settlements of books holding
+    perpetuals get that much more gas limit (the backstop's books too for a liquidation)."""
+    from keeper.decisions import Action, ActionKind
+    from keeper.protocol.funding import (
+        REALISATION_GAS_PER_ACCOUNT,
+        REALISATION_GAS_PER_PERPETUAL,
+        realisation_headroom,
+    )
+
+    w = fresh
+    chain = Chain.connect(w.node.url, w.dep)
+    naked, hedged = w.accounts["naked"], w.accounts["hedged"]  # 1 perp; 1 perp + 1 future
+    snap = chain.view().snapshot([naked, hedged])
+
+    def action(kind: ActionKind, account: int) -> Action:
+        return Action(kind, account, None, 0, None, None, 0, f"{kind}:{account}")
+
+    per_side = REALISATION_GAS_PER_PERPETUAL + REALISATION_GAS_PER_ACCOUNT
+    assert realisation_headroom(snap, action(ActionKind.LIQUIDATE, naked)) == 2 * per_side
+    assert realisation_headroom(snap, action(ActionKind.SETTLE_ACCOUNT, hedged)) == per_side
+    assert realisation_headroom(snap, action(ActionKind.FLAG, naked)) == 0  # realises nothing

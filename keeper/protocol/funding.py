@@ -30,4 +30,36 @@ def poke_funding_action(instrument: int, last_poke: int) -> Action:
     return Action(ActionKind.POKE_FUNDING, None, instrument, None, None, None, 0, key)
 
 
-__all__ = ["due_pokes", "poke_funding_action"]
+#: Gas a poke mined between an action's simulation and the action can add to it, per perpetual
+#: position the action realises funding on: the position's settled index written from zero to
+#: non-zero (a cold SSTORE, 22,100) and its share of the FundingSettled event and arithmetic.
+REALISATION_GAS_PER_PERPETUAL = 25_000
+#: Once per account realised: its settlement balance written and the event's base cost.
+REALISATION_GAS_PER_ACCOUNT = 5_000
+#: The actions that realise funding (liquidate also settles the backstop's perpetual books).
+_REALISING = frozenset({ActionKind.LIQUIDATE, ActionKind.SETTLE_ACCOUNT})
+
+
+def realisation_headroom(snap: ProtocolSnapshot, action: Action) -> int:
+    """Gas to add to the simulated limit of ``action``: its simulation ran before the next
+    funding poke, and a poke of the same block (the keeper's own, sent earlier, or anyone's)
+    makes its funding realisation write what it did not (found by the demo: a liquidation
+    simulated before the first poke ran out of gas after it). 0 for an account without
+    perpetuals and for actions that realise nothing."""
+    if action.kind not in _REALISING or action.account is None:
+        return 0
+    acc = snap.accounts.get(action.account)
+    if acc is None:
+        return 0
+    perps = sum(
+        1
+        for iid, _ in acc.positions
+        if (ins := snap.instruments.get(iid)) is not None and ins.kind == 0 and ins.expiry == 0
+    )
+    if perps == 0:
+        return 0
+    sides = 2 if action.kind == ActionKind.LIQUIDATE else 1  # the backstop's books too
+    return sides * perps * REALISATION_GAS_PER_PERPETUAL + REALISATION_GAS_PER_ACCOUNT * sides
+
+
+__all__ = ["due_pokes", "poke_funding_action", "realisation_headroom"]
