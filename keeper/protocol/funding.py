@@ -36,8 +36,9 @@ def poke_funding_action(instrument: int, last_poke: int) -> Action:
 REALISATION_GAS_PER_PERPETUAL = 25_000
 #: Once per account realised: its settlement balance written and the event's base cost.
 REALISATION_GAS_PER_ACCOUNT = 5_000
-#: The actions that realise funding (liquidate also settles the backstop's perpetual books).
-_REALISING = frozenset({ActionKind.LIQUIDATE, ActionKind.SETTLE_ACCOUNT})
+#: The actions whose funding realisation this covers: liquidate (the account's books and the
+#: backstop's). settleAccount gets its own, larger room (keeper.core._settling_allowance).
+_REALISING = frozenset({ActionKind.LIQUIDATE})
 
 
 def realisation_headroom(snap: ProtocolSnapshot, action: Action) -> int:
