@@ -146,9 +146,9 @@ def test_keeper_acts_through_a_node_without_simulate_v1(fresh: World, tmp_path: 
 
 
 def test_funding_realisation_headroom_for_actions_on_books_with_perpetuals(fresh: World) -> None:
-    """A poke mined between an action's simulation and the action makes its funding realisation
-    write a settled index from zero: liquidations and account settlements of books holding
-    perpetuals get that much more gas limit (the backstop's books too for a liquidation)."""
+    """A poke mined between a liquidation's simulation and the liquidation makes its funding
+    realisation write settled indices from zero: a liquidation of a book holding perpetuals gets
+    that much more gas limit (the account's books and the backstop's)."""
     from keeper.decisions import Action, ActionKind
     from keeper.protocol.funding import (
         REALISATION_GAS_PER_ACCOUNT,
@@ -166,5 +166,6 @@ def test_funding_realisation_headroom_for_actions_on_books_with_perpetuals(fresh
 
     per_side = REALISATION_GAS_PER_PERPETUAL + REALISATION_GAS_PER_ACCOUNT
     assert realisation_headroom(snap, action(ActionKind.LIQUIDATE, naked)) == 2 * per_side
-    assert realisation_headroom(snap, action(ActionKind.SETTLE_ACCOUNT, hedged)) == per_side
+    assert realisation_headroom(snap, action(ActionKind.LIQUIDATE, hedged)) == 2 * per_side
+    assert realisation_headroom(snap, action(ActionKind.SETTLE_ACCOUNT, hedged)) == 0
     assert realisation_headroom(snap, action(ActionKind.FLAG, naked)) == 0  # realises nothing

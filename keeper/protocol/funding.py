@@ -46,7 +46,7 @@ def realisation_headroom(snap: ProtocolSnapshot, action: Action) -> int:
     funding poke, and a poke of the same block (the keeper's own, sent earlier, or anyone's)
     makes its funding realisation write what it did not (found by the demo: a liquidation
     simulated before the first poke ran out of gas after it). 0 for an account without
-    perpetuals and for actions that realise nothing."""
+    perpetuals and for other actions."""
     if action.kind not in _REALISING or action.account is None:
         return 0
     acc = snap.accounts.get(action.account)
@@ -59,8 +59,8 @@ def realisation_headroom(snap: ProtocolSnapshot, action: Action) -> int:
     )
     if perps == 0:
         return 0
-    sides = 2 if action.kind == ActionKind.LIQUIDATE else 1  # the backstop's books too
-    return sides * perps * REALISATION_GAS_PER_PERPETUAL + REALISATION_GAS_PER_ACCOUNT * sides
+    # The account's books and the backstop's (it settles the perpetuals it takes over).
+    return 2 * (perps * REALISATION_GAS_PER_PERPETUAL + REALISATION_GAS_PER_ACCOUNT)
 
 
 __all__ = ["due_pokes", "poke_funding_action", "realisation_headroom"]
