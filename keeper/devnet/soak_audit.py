@@ -46,7 +46,9 @@ from typing import Any
 from sqlmodel import select
 from web3 import Web3
 from web3.logs import DISCARD
+from web3.types import RPCEndpoint
 
+from keeper.chain.revert import decode_revert
 from keeper.deployment import Deployment, bind
 from keeper.indexer.core import STREAM
 from keeper.store import Store
@@ -100,6 +102,9 @@ class Audit:
     duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DUPLICATE_KINDS, 0))
     lost: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_KINDS, 0))
     examples: list[str] = field(default_factory=list)  # the first problems, for the log
+    #: Each reverted keeper transaction: block, action key, gas, the node's trace of the
+    #: failure and the reason the keeper recorded.
+    reverts: list[str] = field(default_factory=list)
 
     @property
     def duplicates_total(self) -> int:
@@ -125,6 +130,7 @@ class _Mined:
     ok: bool
     effects: list[tuple[str, int, dict[str, Any]]]  # (name, log index, args)
     bounty: int
+    failure: str | None = None  # a revert: what the node's trace of it says
 
 
 def audit(
@@ -187,9 +193,27 @@ def _keeper_transactions(
                     receipt["status"] == 1,
                     effects,
                     bounty,
+                    None if receipt["status"] == 1 else _traced_failure(w3, tx, receipt),
                 )
             )
     return found
+
+
+def _traced_failure(w3: Web3, tx: Any, receipt: Any) -> str:
+    """A reverted transaction's failure, from the node's own trace of it (anvil's
+    ``debug_traceTransaction`` with the call tracer): exact, whatever else the block held."""
+    used = f"gas {receipt['gasUsed']:,} of {int(tx['gas']):,}"
+    try:
+        params = ["0x" + bytes(tx["hash"]).hex(), {"tracer": "callTracer"}]
+        method = RPCEndpoint("debug_traceTransaction")
+        trace = w3.provider.make_request(method, params).get("result") or {}
+    except Exception as exc:  # a node without the tracer: the gas figures still say much
+        return f"{used}; no trace ({type(exc).__name__})"
+    error = trace.get("error", "?")
+    output = trace.get("output") or "0x"
+    if len(output) > 2:
+        error = f"{error}: {decode_revert(bytes.fromhex(output[2:]))}"
+    return f"{error} ({used})"
 
 
 def _count_store(out: Audit, decisions: dict[Any, Decision], txs: dict[Any, Transaction]) -> None:
@@ -260,10 +284,16 @@ def _check_chain(
             out.flag(out.lost, "block_mismatch", f"tx {row.id}: {row.block_number} vs {m.block}")
         if m.ok and str(row.status) == "final" and row.bounty != m.bounty:
             out.flag(out.lost, "bounty_mismatch", f"tx {row.id}: {row.bounty} vs {m.bounty}")
+        decision = decisions.get(row.decision_id) if row.decision_id is not None else None
+        if not m.ok:
+            key = decision.action_key or decision.action if decision is not None else "-"
+            out.reverts.append(
+                f"block {m.block}:{m.index} tx {row.id} {key}: {m.failure}; "
+                f"recorded: {row.revert_reason}"
+            )
         if row.decision_id is None:
             continue
         per_decision[row.decision_id] += 1
-        decision = decisions.get(row.decision_id)
         if m.ok and decision is not None and decision.action_key is not None:
             succeeded_per_key[decision.action_key] += 1
         if decision is not None:
