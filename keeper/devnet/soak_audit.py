@@ -16,9 +16,11 @@ clearing-house events in it, and every decision, transaction and attempt row.
   instrument) of which an earlier keeper transaction mined after the block the reverted one
   was decided at: two transactions sent for one target, the second decided without the
   first's effect (e.g. an instrument's settlement sent again at the next price round);
-- ``effect_onchain``: the chain itself holding a second ``Liquidation`` or ``MarginCall`` for
-  one (account, account nonce), ``InstrumentSettled`` for one instrument, or
-  ``PositionSettled`` for one (account, instrument) — whoever sent it.
+- ``effect_onchain``: the chain itself holding a second ``Liquidation`` for one (account,
+  account nonce), ``MarginCall`` for one (account, account nonce) without a
+  ``MarginCallCleared`` of the account between the two (a flag and its clearing leave the
+  nonce alone), ``InstrumentSettled`` for one instrument, or ``PositionSettled`` for one
+  (account, instrument) — whoever sent it.
 
 **Lost records** (each must be 0):
 
@@ -346,16 +348,31 @@ def _check_onchain_uniqueness(out: Audit, ch: Any, first: int, last: int) -> Non
     def logs(name: str) -> list[Any]:
         return list(getattr(ch.events, name)().get_logs(from_block=first, to_block=last))
 
+    # A flag and its clearing leave the account's nonce alone: after a clearing (clearFlag,
+    # or money in) the account may be flagged again at the same nonce, a new margin call. Two
+    # MarginCalls are one too many only with no clearing of the account between them.
+    clearings: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for e in logs("MarginCallCleared"):
+        clearings[int(e["args"]["account"])].append((e["blockNumber"], e["logIndex"]))
+
+    def cleared_before(e: Any) -> int:
+        at = (e["blockNumber"], e["logIndex"])
+        return sum(1 for c in clearings[int(e["args"]["account"])] if c < at)
+
     keyed: dict[str, Any] = {
-        "Liquidation": lambda a: (int(a["account"]), int(a["nonce"])),
-        "MarginCall": lambda a: (int(a["account"]), int(a["nonce"])),
-        "InstrumentSettled": lambda a: int(a["instrument"]),
-        "PositionSettled": lambda a: (int(a["account"]), int(a["instrument"])),
+        "Liquidation": lambda e: (int(e["args"]["account"]), int(e["args"]["nonce"])),
+        "MarginCall": lambda e: (
+            int(e["args"]["account"]),
+            int(e["args"]["nonce"]),
+            cleared_before(e),
+        ),
+        "InstrumentSettled": lambda e: int(e["args"]["instrument"]),
+        "PositionSettled": lambda e: (int(e["args"]["account"]), int(e["args"]["instrument"])),
     }
     for name, key in keyed.items():
         seen: dict[Any, int] = defaultdict(int)
         for e in logs(name):
-            seen[key(e["args"])] += 1
+            seen[key(e)] += 1
         for k, n in seen.items():
             if n > 1:
                 out.flag(out.duplicates, "effect_onchain", f"{name} {k}: {n} times", n - 1)
