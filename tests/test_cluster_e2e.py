@@ -367,8 +367,9 @@ def test_a_reorg_deeper_than_confirmations_rebuilds_the_shared_index_once(
             h = call.transact({"from": book.owner})
             assert net.w3.eth.wait_for_transaction_receipt(h, timeout=30)["status"] == 1
         deposited = net.w3.eth.get_transaction_receipt(h)["blockNumber"]
+        deposit_hash = "0x" + bytes(h).hex()
         deadline = time.monotonic() + 30
-        while not _indexed_deposit(net, book.account):
+        while not _indexed(net, deposit_hash):
             assert time.monotonic() < deadline, "the deposit was never indexed"
             time.sleep(0.3)
         time.sleep(3)  # every keeper processes a block after the deposit (3 blocks deep)
@@ -380,7 +381,7 @@ def test_a_reorg_deeper_than_confirmations_rebuilds_the_shared_index_once(
         assert net.nonces()[book.account] == nonce - 1, "the reorg took the deposit away"
         net.w3.provider.make_request("evm_setIntervalMining", [1])
         deadline = time.monotonic() + 30
-        while _indexed_deposit(net, book.account):
+        while _indexed(net, deposit_hash):
             assert time.monotonic() < deadline, "the index still holds the orphaned deposit"
             time.sleep(0.3)
         time.sleep(4)  # every keeper processes a block after the reorg
@@ -405,13 +406,13 @@ def test_a_reorg_deeper_than_confirmations_rebuilds_the_shared_index_once(
     assert codes == [0, 0, 0]
 
 
-def _indexed_deposit(net: ClusterNet, account: int) -> bool:
-    """Whether the shared index holds a Deposit to ``account``."""
+def _indexed(net: ClusterNet, tx_hash: str) -> bool:
+    """Whether the shared index holds an event of the transaction ``tx_hash``."""
     from keeper.store.models import EventLog
 
     with Store.open(net.store_url) as store, store.session() as s:
-        rows = s.exec(select(EventLog.args).where(EventLog.name == "Deposit")).all()
-    return any(int(a.get("account", -1)) == account for a in rows)
+        rows = s.exec(select(EventLog.tx_hash).where(EventLog.name == "Deposit")).all()
+    return any(str(t).lower() == tx_hash.lower() for t in rows)
 
 
 def test_health_fails_after_max_leaseless_seconds_without_a_lease(net: ClusterNet) -> None:
