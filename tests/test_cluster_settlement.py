@@ -91,6 +91,7 @@ def test_without_the_room_it_runs_out_of_gas_and_says_so(
     gas, and the recorded reason says so (a replay would not: it succeeds on the parent
     block's state and runs out of gas on the block's without revert data)."""
     monkeypatch.setattr(keeper_core, "SETTLE_POSITION_GAS", 0)
+    monkeypatch.setattr(keeper_core, "FUNDING_POSITION_GAS", 0)
     w, fut, call, round_id = race
     status, reason = _race(w, fut, call, round_id, f"sqlite:///{tmp_path / 'k.db'}")
     assert status == TxStatus.REVERTED
