@@ -94,6 +94,8 @@ def _cluster_summary(r: ClusterSoakReport) -> str:
     lines.append(f"duplicates: {audit['duplicates']}")
     lines.append(f"lost records: {audit['lost']}")
     lines.append(f"transactions: {audit['transactions']}, effects: {audit['effects']}")
+    lines.append(f"keeper transactions reverted: {audit['keeper_txs_reverted']}")
+    lines += [f"  {r}" for r in audit["reverts"]]
     return "\n".join(lines)
 
 

@@ -535,7 +535,9 @@ class TxManager:
                 "block_hash": "0x" + bytes(receipt["blockHash"]).hex(),
                 "gas_used": receipt["gasUsed"],
                 "effective_gas_price": receipt["effectiveGasPrice"],
-                "revert_reason": None if ok else self._revert_reason(tx, receipt["blockNumber"]),
+                "revert_reason": None
+                if ok
+                else self._revert_reason(tx, receipt["blockNumber"], receipt["gasUsed"]),
             }
             # Written with the pass's other receipts (``_poll``); the caller sees it now.
             seen.updates[tx_id] = fields
@@ -603,12 +605,18 @@ class TxManager:
         log.info("replacing a stuck transaction", extra={"tx_id": tx_id, "replaces": last.hash})
         return self._send_attempt(tx, bumped)
 
-    def _revert_reason(self, tx: Transaction, block_number: int) -> str:
+    def _revert_reason(self, tx: Transaction, block_number: int, gas_used: int = -1) -> str:
         """Best effort: replay the call and decode the revert data (``keeper.chain.revert``:
-        every error of abi/ and margin.errors). First on the parent block's state: exact when
-        nothing earlier in the same block mattered. When that replay succeeds, an earlier
-        transaction of the same block made the difference (typically a competitor's liquidation
-        ordered first): replayed again on the block's own final state, which includes it."""
+        every error of abi/ and margin.errors). A receipt that used the whole gas limit ran out
+        of gas: a replay cannot say so (it runs on another state, or fails the same way without
+        data). Otherwise first on the parent block's state: exact when nothing earlier in the
+        same block mattered. When that replay succeeds, an earlier transaction of the same
+        block made the difference (typically a competitor's liquidation ordered first):
+        replayed again on the block's own final state, which includes it. A replay the node
+        did not answer (a transport fault, not an execution error) is tried again: an answer
+        without a reason was how the cluster soak lost its reverts' reasons."""
+        if gas_used >= tx.gas_limit > 0:
+            return f"out of gas (used the whole limit, {tx.gas_limit})"
         call: TxParams = {
             "from": self.signer.address,
             "to": Web3.to_checksum_address(tx.to or ""),
@@ -620,14 +628,31 @@ class TxManager:
             (block_number - 1, "replayed"),
             (block_number, "replayed after its block"),
         ):
-            try:
-                self.w3.eth.call(call, at)
-            except Exception as exc:
-                data = revert_data_of(exc)
-                if data is not None:
-                    return scrub(f"{decode_revert(data)} ({label})")
-                return scrub(f"reverted: {getattr(exc, 'message', None) or exc}")
+            for _ in range(_REPLAY_TRIES):
+                try:
+                    self.w3.eth.call(call, at)
+                    break
+                except Exception as exc:
+                    data = revert_data_of(exc)
+                    if data is not None:
+                        return scrub(f"{decode_revert(data)} ({label})")
+                    message = str(getattr(exc, "message", None) or exc)
+                    if _execution_error(message):
+                        return scrub(f"reverted: {message} ({label})")
+            else:
+                return "reverted (the replay went unanswered: reason unknown)"
         return "reverted (replays before and after its block succeed: state-dependent revert)"
+
+
+#: Replays of a reverted call before its reason is given up as unknown.
+_REPLAY_TRIES = 4
+_EXECUTION_WORDS = ("revert", "out of gas", "invalid opcode", "stack", "execution")
+
+
+def _execution_error(message: str) -> bool:
+    """Whether a failed eth_call is the call's own failure (not the node's or the network's)."""
+    lowered = message.lower()
+    return any(word in lowered for word in _EXECUTION_WORDS)
 
 
 @dataclass

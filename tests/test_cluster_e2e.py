@@ -335,3 +335,122 @@ def test_store_connection_cut_mid_run_stops_acting_then_resumes_without_duplicat
         codes = [k.stop() for k in keepers]
         proxy.close()
     assert codes == [0, 0]
+
+
+def test_a_reorg_deeper_than_confirmations_rebuilds_the_shared_index_once(
+    net: ClusterNet,
+) -> None:
+    """Three keepers with ``confirmations = 2`` index an owner's deposit; then a reorg of more
+    blocks than that takes the deposit away (none of the stored block hashes is canonical any
+    more). One keeper -- whichever holds the index lock first -- rebuilds the shared index
+    from the deployment block; the others find it rebuilt and only roll their books back. The
+    deposit is gone from the index, and the keepers go through the crash that follows as
+    usual: every action once, every transaction final and recorded."""
+    base = net.base_config()
+    base["decisions"]["confirmations"] = 2
+    keepers = cluster_keepers(base, net.tmp, 3, cluster=CLUSTER)
+    for k in keepers:
+        k.start()
+    try:
+        wait_healthy(keepers)
+        _spread(net, {"k0", "k1", "k2"})
+        start = net.w3.eth.block_number
+        book = net.market.accounts[0]
+        usdc = bind(net.w3, net.deployment, "MockERC20:USDC")
+        net.w3.provider.make_request("anvil_impersonateAccount", [book.owner])
+        net.w3.provider.make_request("anvil_setBalance", [book.owner, hex(10**19)])
+        for call in (
+            usdc.functions.mint(book.owner, 10**9),
+            usdc.functions.approve(net.ch.address, 10**9),
+            net.ch.functions.deposit(book.account, 0, 10**9),
+        ):
+            h = call.transact({"from": book.owner})
+            assert net.w3.eth.wait_for_transaction_receipt(h, timeout=30)["status"] == 1
+        deposited = net.w3.eth.get_transaction_receipt(h)["blockNumber"]
+        deposit_hash = "0x" + bytes(h).hex()
+        deadline = time.monotonic() + 30
+        while not _indexed(net, deposit_hash):
+            assert time.monotonic() < deadline, "the deposit was never indexed"
+            time.sleep(0.3)
+        time.sleep(3)  # every keeper processes a block after the deposit (3 blocks deep)
+        nonce = net.nonces()[book.account]
+
+        net.w3.provider.make_request("evm_setIntervalMining", [0])
+        depth = net.w3.eth.block_number - deposited + 3  # > confirmations below the deposit
+        net.w3.provider.make_request("anvil_reorg", [depth, []])
+        assert net.nonces()[book.account] == nonce - 1, "the reorg took the deposit away"
+        net.w3.provider.make_request("evm_setIntervalMining", [1])
+        deadline = time.monotonic() + 30
+        while _indexed(net, deposit_hash):
+            assert time.monotonic() < deadline, "the index still holds the orphaned deposit"
+            time.sleep(0.3)
+        time.sleep(4)  # every keeper processes a block after the reorg
+        rebuilt = {
+            k.name: sum(x["msg"].startswith("reorg deeper than confirmations") for x in k.logs())
+            for k in keepers
+        }
+        assert sum(rebuilt.values()) == 1, rebuilt
+        rolled = {k.name: any(x["msg"] == "reorg rolled back" for x in k.logs()) for k in keepers}
+        assert all(rolled.values()), rolled  # each keeper re-read its book
+        assert net.w3.eth.block_number > start
+
+        before = net.nonces()
+        since = net.w3.eth.block_number + 1
+        verdict = net.crash(0.70, 0.75, 1.3)
+        assert 2 in verdict.values()
+        _settled(net, {a for a, s in verdict.items() if s == 2}, since)
+        _check_exactly_once(net, verdict, before, since)
+        assert all(k.alive() for k in keepers)
+    finally:
+        codes = [k.stop() for k in keepers]
+    assert codes == [0, 0, 0]
+
+
+def _indexed(net: ClusterNet, tx_hash: str) -> bool:
+    """Whether the shared index holds an event of the transaction ``tx_hash``."""
+    from keeper.store.models import EventLog
+
+    with Store.open(net.store_url) as store, store.session() as s:
+        rows = s.exec(select(EventLog.tx_hash).where(EventLog.name == "Deposit")).all()
+    return any(str(t).lower() == tx_hash.lower() for t in rows)
+
+
+def test_health_fails_after_max_leaseless_seconds_without_a_lease(net: ClusterNet) -> None:
+    """A keeper whose store is cut off renews no lease: /health stays ok while it has been
+    without one for at most ``max_leaseless_seconds``, then answers 503 "unhealthy" with the
+    time without a lease; once the store is back and a lease taken, ok again."""
+    from sqlalchemy.engine import make_url
+
+    from keeper.cluster.tcp_cut import TcpCut
+
+    bound = 3.0
+    url = make_url(net.store_url)
+    proxy = TcpCut(url.host or "127.0.0.1", url.port or 5432)
+    via_proxy = net.store_url.replace(f"{url.host}:{url.port or 5432}", f"127.0.0.1:{proxy.port}")
+    (k0,) = cluster_keepers(
+        net.base_config(via_proxy), net.tmp, 1, cluster={**CLUSTER, "max_leaseless_seconds": bound}
+    )
+    try:
+        k0.start()
+        wait_healthy([k0])
+        _spread(net, {"k0"})
+        proxy.cut()
+        seen: list[tuple[str, float]] = []
+        deadline = time.monotonic() + 30
+        while not seen or seen[-1][0] != "unhealthy":
+            assert time.monotonic() < deadline, seen[-5:]
+            h = k0.health()
+            if h is not None and h.get("seconds_without_lease") is not None:
+                seen.append((h["status"], h["seconds_without_lease"]))
+            time.sleep(0.2)
+        assert all(s == "ok" for s, t in seen if t <= bound - 0.5), seen
+        assert all(t > bound for s, t in seen if s == "unhealthy"), seen
+        assert k0.alive()
+        proxy.restore()
+        wait_healthy([k0], timeout=30)
+        h = k0.health()
+        assert h is not None and h.get("seconds_without_lease") is None, h
+    finally:
+        code = k0.stop()
+        proxy.close()
+    assert code == 0

@@ -16,9 +16,11 @@ clearing-house events in it, and every decision, transaction and attempt row.
   instrument) of which an earlier keeper transaction mined after the block the reverted one
   was decided at: two transactions sent for one target, the second decided without the
   first's effect (e.g. an instrument's settlement sent again at the next price round);
-- ``effect_onchain``: the chain itself holding a second ``Liquidation`` or ``MarginCall`` for
-  one (account, account nonce), ``InstrumentSettled`` for one instrument, or
-  ``PositionSettled`` for one (account, instrument) — whoever sent it.
+- ``effect_onchain``: the chain itself holding a second ``Liquidation`` for one (account,
+  account nonce), ``MarginCall`` for one (account, account nonce) without a
+  ``MarginCallCleared`` of the account between the two (a flag and its clearing leave the
+  nonce alone), ``InstrumentSettled`` for one instrument, or ``PositionSettled`` for one
+  (account, instrument) — whoever sent it.
 
 **Lost records** (each must be 0):
 
@@ -46,7 +48,9 @@ from typing import Any
 from sqlmodel import select
 from web3 import Web3
 from web3.logs import DISCARD
+from web3.types import RPCEndpoint
 
+from keeper.chain.revert import decode_revert
 from keeper.deployment import Deployment, bind
 from keeper.indexer.core import STREAM
 from keeper.store import Store
@@ -100,6 +104,9 @@ class Audit:
     duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DUPLICATE_KINDS, 0))
     lost: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_KINDS, 0))
     examples: list[str] = field(default_factory=list)  # the first problems, for the log
+    #: Each reverted keeper transaction: block, action key, gas, the node's trace of the
+    #: failure and the reason the keeper recorded.
+    reverts: list[str] = field(default_factory=list)
 
     @property
     def duplicates_total(self) -> int:
@@ -125,6 +132,7 @@ class _Mined:
     ok: bool
     effects: list[tuple[str, int, dict[str, Any]]]  # (name, log index, args)
     bounty: int
+    failure: str | None = None  # a revert: what the node's trace of it says
 
 
 def audit(
@@ -187,9 +195,27 @@ def _keeper_transactions(
                     receipt["status"] == 1,
                     effects,
                     bounty,
+                    None if receipt["status"] == 1 else _traced_failure(w3, tx, receipt),
                 )
             )
     return found
+
+
+def _traced_failure(w3: Web3, tx: Any, receipt: Any) -> str:
+    """A reverted transaction's failure, from the node's own trace of it (anvil's
+    ``debug_traceTransaction`` with the call tracer): exact, whatever else the block held."""
+    used = f"gas {receipt['gasUsed']:,} of {int(tx['gas']):,}"
+    try:
+        params = ["0x" + bytes(tx["hash"]).hex(), {"tracer": "callTracer"}]
+        method = RPCEndpoint("debug_traceTransaction")
+        trace = w3.provider.make_request(method, params).get("result") or {}
+    except Exception as exc:  # a node without the tracer: the gas figures still say much
+        return f"{used}; no trace ({type(exc).__name__})"
+    error = trace.get("error", "?")
+    output = trace.get("output") or "0x"
+    if len(output) > 2:
+        error = f"{error}: {decode_revert(bytes.fromhex(output[2:]))}"
+    return f"{error} ({used})"
 
 
 def _count_store(out: Audit, decisions: dict[Any, Decision], txs: dict[Any, Transaction]) -> None:
@@ -260,10 +286,16 @@ def _check_chain(
             out.flag(out.lost, "block_mismatch", f"tx {row.id}: {row.block_number} vs {m.block}")
         if m.ok and str(row.status) == "final" and row.bounty != m.bounty:
             out.flag(out.lost, "bounty_mismatch", f"tx {row.id}: {row.bounty} vs {m.bounty}")
+        decision = decisions.get(row.decision_id) if row.decision_id is not None else None
+        if not m.ok:
+            key = decision.action_key or decision.action if decision is not None else "-"
+            out.reverts.append(
+                f"block {m.block}:{m.index} tx {row.id} {key}: {m.failure}; "
+                f"recorded: {row.revert_reason}"
+            )
         if row.decision_id is None:
             continue
         per_decision[row.decision_id] += 1
-        decision = decisions.get(row.decision_id)
         if m.ok and decision is not None and decision.action_key is not None:
             succeeded_per_key[decision.action_key] += 1
         if decision is not None:
@@ -316,16 +348,31 @@ def _check_onchain_uniqueness(out: Audit, ch: Any, first: int, last: int) -> Non
     def logs(name: str) -> list[Any]:
         return list(getattr(ch.events, name)().get_logs(from_block=first, to_block=last))
 
+    # A flag and its clearing leave the account's nonce alone: after a clearing (clearFlag,
+    # or money in) the account may be flagged again at the same nonce, a new margin call. Two
+    # MarginCalls are one too many only with no clearing of the account between them.
+    clearings: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for e in logs("MarginCallCleared"):
+        clearings[int(e["args"]["account"])].append((e["blockNumber"], e["logIndex"]))
+
+    def cleared_before(e: Any) -> int:
+        at = (e["blockNumber"], e["logIndex"])
+        return sum(1 for c in clearings[int(e["args"]["account"])] if c < at)
+
     keyed: dict[str, Any] = {
-        "Liquidation": lambda a: (int(a["account"]), int(a["nonce"])),
-        "MarginCall": lambda a: (int(a["account"]), int(a["nonce"])),
-        "InstrumentSettled": lambda a: int(a["instrument"]),
-        "PositionSettled": lambda a: (int(a["account"]), int(a["instrument"])),
+        "Liquidation": lambda e: (int(e["args"]["account"]), int(e["args"]["nonce"])),
+        "MarginCall": lambda e: (
+            int(e["args"]["account"]),
+            int(e["args"]["nonce"]),
+            cleared_before(e),
+        ),
+        "InstrumentSettled": lambda e: int(e["args"]["instrument"]),
+        "PositionSettled": lambda e: (int(e["args"]["account"]), int(e["args"]["instrument"])),
     }
     for name, key in keyed.items():
         seen: dict[Any, int] = defaultdict(int)
         for e in logs(name):
-            seen[key(e["args"])] += 1
+            seen[key(e)] += 1
         for k, n in seen.items():
             if n > 1:
                 out.flag(out.duplicates, "effect_onchain", f"{name} {k}: {n} times", n - 1)
