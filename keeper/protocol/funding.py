@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from keeper.chain.view import ProtocolSnapshot
 from keeper.decisions import Action, ActionKind
-from margin.funding import FUNDING_INTERVAL
+from margin.funding import FUNDING_INTERVAL, is_perpetual
 
 
 def due_pokes(snap: ProtocolSnapshot) -> list[tuple[int, int]]:
@@ -55,7 +55,7 @@ def realisation_headroom(snap: ProtocolSnapshot, action: Action) -> int:
     perps = sum(
         1
         for iid, _ in acc.positions
-        if (ins := snap.instruments.get(iid)) is not None and ins.kind == 0 and ins.expiry == 0
+        if (ins := snap.instruments.get(iid)) is not None and is_perpetual(ins.kind, ins.expiry)
     )
     if perps == 0:
         return 0
