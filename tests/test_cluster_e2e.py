@@ -157,6 +157,18 @@ def _settled(net: ClusterNet, liquidatable: set[int], since: int, timeout: float
     )
 
 
+def _quiet_rows(net: ClusterNet, timeout: float = 30) -> tuple[list[Decision], list[Transaction]]:
+    """The store's rows once no transaction is open: the keepers keep working after the
+    liquidations (a margin call or a bad-debt resolution the liquidations left), and a
+    transaction sent meanwhile is followed to its end before the rows are judged."""
+    deadline = time.monotonic() + timeout
+    decisions, txs = net.rows()
+    while not all(t.final for t in txs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        decisions, txs = net.rows()
+    return decisions, txs
+
+
 def _check_exactly_once(
     net: ClusterNet, verdict: dict[int, int], before: dict[int, int], since: int
 ) -> tuple[list[Any], list[Transaction]]:
@@ -169,7 +181,7 @@ def _check_exactly_once(
     assert not (healthy & (liquidated | flagged)), "a healthy account was touched"
     after = net.nonces()
     assert all(after[a] == before[a] for a in healthy)
-    decisions, txs = net.rows()
+    decisions, txs = _quiet_rows(net)
     by_id = {d.id: d for d in decisions}
     # No action sent twice: one transaction per decision, one on-chain transaction per
     # (action, account, account nonce), and none reverted (a second one would).
@@ -180,7 +192,9 @@ def _check_exactly_once(
     assert [t.id for t in txs if t.status == "reverted"] == []
     # Every transaction final and recorded: each event's transaction is a recorded one.
     assert all(t.final and t.status in ("final", "failed") for t in txs), [
-        (t.id, t.status) for t in txs
+        (t.id, t.status, t.final, t.sender, t.decision_id, t.revert_reason)
+        for t in txs
+        if not (t.final and t.status in ("final", "failed"))
     ]
     recorded = {t.mined_hash for t in txs if t.mined_hash}
     for e in liquidations + flags:
