@@ -27,9 +27,10 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from keeper.chain.rpc import BlockRef
-from keeper.chain.view import NO_UNDERLYING, AccountSnapshot, OracleError, ProtocolSnapshot
+from keeper.chain.view import AccountSnapshot, OracleError, ProtocolSnapshot
 from keeper.config import DecisionsConfig
 from keeper.digest import inputs_digest
+from keeper.protocol.assets import NO_UNDERLYING
 from keeper.protocol.bounty import liquidation_payout
 from keeper.protocol.liquidation import WAD, after_liquidation
 from margin.errors import MarginError
