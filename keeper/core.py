@@ -74,12 +74,12 @@ from keeper.protocol.settlement import (
     expired_unsettled,
     latest_round,
     settlement_round,
+    settling_allowance,
 )
 from keeper.secrets import scrub
 from keeper.simulation import Simulator
 from keeper.store import Decision, DecisionOutcome, Store, Transaction, TxStatus
 from keeper.transactions import SendError, Submission, TxManager
-from margin.funding import is_perpetual
 
 log = logging.getLogger(__name__)
 
@@ -583,7 +583,7 @@ class KeeperCore:
                 continue
             cost = gas_cost_in_asset0(snap, v.gas_used * max_fee, self.policy)
             # Room for what a settlement or poke of the same block can add (not simulated).
-            extra = realisation_headroom(snap, c.action) + _settling_allowance(snap, c.action)
+            extra = realisation_headroom(snap, c.action) + settling_allowance(snap, c.action)
             limit = v.gas_limit + extra
             out.append(Simulated(c.data, v.returned, limit, cost, sim.base_fee))
         return out
@@ -948,33 +948,3 @@ def _urgency(a: Assessment) -> tuple[int, int, int]:
     if a.action is None:
         return (9, 0, a.account)
     return (_ACTION_ORDER.get(a.action.kind, 3), -a.action.expected_bounty, a.account)
-
-
-#: Gas one more settled position adds to settleAccount, with room: 15,143 measured
-#: (contracts/snapshots/ClearingHouseGas*.json, settleAccount_10 -> _16 -> _40).
-SETTLE_POSITION_GAS = 20_000
-#: Gas realising a perpetual's funding can add once its index moved: the account's index
-#: written (a fresh slot: 22,100), and once per account its cash and the FundingSettled event.
-FUNDING_POSITION_GAS = 25_000
-
-
-def _settling_allowance(snap: ProtocolSnapshot, action: Action) -> int:
-    """settleAccount realises every position whose instrument is settled *when it runs*, and
-    the funding of every perpetual at the index *when it runs*. A transaction mined before it
-    in the same block -- the leader's settleInstrument of another of the account's expired
-    instruments, or its pokeFunding of one of its perpetuals -- adds work the simulation did
-    not see, and a limit estimated without it ran out of gas (the cluster soak's reverts, each
-    retried at the same account nonce). Room for each position of the account in an instrument
-    that has expired but is not settled yet, and for the funding of each perpetual."""
-    if action.kind != ActionKind.SETTLE_ACCOUNT or action.account not in snap.accounts:
-        return 0
-    settling = perps = 0
-    for iid, _ in snap.accounts[action.account].positions:
-        ins = snap.instruments.get(iid)
-        if ins is None or ins.settled:
-            continue
-        if is_perpetual(ins.kind, ins.expiry):
-            perps += 1
-        elif 0 < ins.expiry <= snap.timestamp:
-            settling += 1
-    return settling * SETTLE_POSITION_GAS + (perps + (perps > 0)) * FUNDING_POSITION_GAS

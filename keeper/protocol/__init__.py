@@ -4,7 +4,8 @@ except ``recalibration``, which reads the feeds' rounds for its job).
 * ``oracle``: OracleLib.read's checks and errors;
 * ``bounty``: the liquidation's penalty and bounty (``_chargePenalty``);
 * ``liquidation``: the liquidation's effect on a book (``_handOver``: close quantities, prices);
-* ``settlement``: the round ``settleInstrument`` accepts;
+* ``settlement``: the round ``settleInstrument`` accepts, and the gas room ``settleAccount``
+  needs for what a settlement or poke of the same block adds;
 * ``funding``: which perpetuals are due ``pokeFunding``, and the gas room a liquidation needs
   for a poke of the same block;
 * ``assets``: the clearing house's asset constants (``NO_UNDERLYING``);

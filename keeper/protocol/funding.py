@@ -37,7 +37,8 @@ REALISATION_GAS_PER_PERPETUAL = 25_000
 #: Once per account realised: its settlement balance written and the event's base cost.
 REALISATION_GAS_PER_ACCOUNT = 5_000
 #: The actions whose funding realisation this covers: liquidate (the account's books and the
-#: backstop's). settleAccount gets its own, larger room (keeper.core._settling_allowance).
+#: backstop's). settleAccount gets its own, larger room
+#: (keeper.protocol.settlement.settling_allowance).
 _REALISING = frozenset({ActionKind.LIQUIDATE})
 
 
