@@ -26,11 +26,11 @@ from bench.rpc_per_block import _pct
 from keeper.artifacts import ensure_built
 from keeper.chain import Chain
 from keeper.chain.view import ProtocolSnapshot
-from keeper.core import SIMULATION_CHUNK, BlockReport, KeeperCore, _Candidate
-from keeper.decisions import DecisionPolicy
+from keeper.core import SIMULATION_CHUNK, KeeperCore
 from keeper.deployment import bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.venue import seed_venue
+from keeper.pipeline.types import BlockReport, Candidate, DecisionPolicy
 from keeper.simulation import Simulator
 from keeper.store import Store
 
@@ -41,9 +41,9 @@ SENDER = "0xa0Ee7A142d267C1f36714E5a8F75612F20a79720"
 class _Decided(KeeperCore):
     """The keeper's per-block step, keeping the chunks it hands to the simulation."""
 
-    chunks: list[list[_Candidate]]
+    chunks: list[list[Candidate]]
 
-    def _execute(self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport) -> None:
+    def _execute(self, snap: ProtocolSnapshot, due: list[Candidate], report: BlockReport) -> None:
         self.chunks.append(list(due))
         super()._execute(snap, due, report)
 

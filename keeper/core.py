@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, TypedDict, Unpack
 
 from eth_typing import HexStr
@@ -55,18 +53,26 @@ from keeper.chain.view import (
     ProtocolSnapshot,
     RoundData,
 )
-from keeper.decisions import (
+from keeper.deployment import clearing_house_abi
+from keeper.fault_points import crash_point
+from keeper.pipeline.assess import (
+    assess_account,
+    assess_block,
+    gas_cost_in_asset0,
+    most_urgent_first,
+    settle_instrument_action,
+)
+from keeper.pipeline.types import (
     MAINTENANCE,
     Action,
     ActionKind,
     Assessment,
+    BlockReport,
+    Candidate,
     DecisionPolicy,
-    assess_account,
-    gas_cost_in_asset0,
-    settle_instrument_action,
+    Simulated,
+    SkipReason,
 )
-from keeper.deployment import clearing_house_abi
-from keeper.fault_points import crash_point
 from keeper.protocol.funding import due_pokes, poke_funding_action, realisation_headroom
 from keeper.protocol.settlement import (
     PHASE_MASK,
@@ -97,50 +103,6 @@ ROUND_SCAN_MAX = 1024
 SIMULATION_CHUNK = 32
 
 
-class SkipReason(StrEnum):
-    """Why an action the assessment chose was not sent (``BlockReport.skipped``, metrics)."""
-
-    UNPROFITABLE = "unprofitable"
-    BACKOFF = "backoff"
-    DUPLICATE = "duplicate"
-    IN_FLIGHT = "in_flight"
-    SIMULATION_REVERTED = "simulation_reverted"
-    SEND_FAILED = "send_failed"
-
-
-@dataclass(frozen=True)
-class Simulated:
-    """An action's calldata, what its ``eth_call`` returned, its gas limit and gas cost."""
-
-    data: str
-    returned: bytes
-    gas_limit: int
-    gas_cost: int | None  # asset-0 WAD at the initial max fee; None: no gas price
-    base_fee: int  # of the latest block when simulated: the send's fees start from it
-
-
-@dataclass
-class BlockReport:
-    block: int
-    accounts_assessed: int = 0
-    accounts_reused: int = 0  # books not re-read (nonce and flag unchanged since last read)
-    by_state: dict[str, int] = field(default_factory=dict)
-    decisions_recorded: int = 0
-    actions_sent: list[str] = field(default_factory=list)  # their idempotency keys
-    kinds_sent: list[ActionKind] = field(default_factory=list)  # and their kinds, in order
-    skipped: dict[str, int] = field(default_factory=dict)
-    rpc_round_trips: int = 0
-    accounts_bounded: int = 0  # assessed by the bounded float pass alone (proven healthy)
-    accounts_exact: int = 0  # assessed by the exact engine
-    book_rebuilt: bool = False  # the engine rebuilt its columnar book for this block
-    states: dict[int, str] = field(default_factory=dict)  # account -> state, assessed ones
-    #: Accounts not acted on because an oracle answer was rejected, by the error's name.
-    oracle_rejections: dict[str, int] = field(default_factory=dict)
-
-    def skip(self, reason: SkipReason) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-
-
 class _RowFields(TypedDict, total=False):
     """A decision row's optional fields (``KeeperCore._decision_row``)."""
 
@@ -148,17 +110,6 @@ class _RowFields(TypedDict, total=False):
     gas_cost: int | None
     key: str | None  # the action's idempotency key: the row takes it, or is refused
     target: str | None  # the account column, when not the assessment's account
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """An action that passed its gates, with its calldata: next, the simulation."""
-
-    action: Action
-    a: Assessment | None
-    target: str
-    changed: bool
-    data: str
 
 
 def _market_state(action: Action | None) -> str:
@@ -274,7 +225,7 @@ class KeeperCore:
         report.accounts_reused = snap.reused_accounts
         self._first = False
         try:
-            assessed = self._assess(snap, sorted(targets), report)
+            assessed = assess_block(self.engine, snap, sorted(targets), self.policy, report)
             for one in assessed:
                 if not one.bounded:  # a bounded assessment proves the book unchanged
                     self._uses[one.account] = _used_underlyings(snap, one.account)
@@ -282,9 +233,6 @@ class KeeperCore:
                     self._watch.add(one.account)
                 else:
                     self._watch.discard(one.account)
-                report.accounts_assessed += 1
-                report.by_state[one.state] = report.by_state.get(one.state, 0) + 1
-                report.states[one.account] = one.state
             # The ones that matter most go first, to reach the next block (liquidations by
             # bounty, then the rest): their nonces come first. Actions that pass their gates
             # are simulated SIMULATION_CHUNK at a time, each chunk in one JSON-RPC batch and
@@ -294,8 +242,8 @@ class KeeperCore:
             keys = [one.action.key for one in assessed if one.action is not None]
             self._known_keys = self.store.taken_keys(keys)
             self._busy_targets = self.store.in_flight_targets()
-            due: list[_Candidate] = []
-            for one in sorted(assessed, key=_urgency):
+            due: list[Candidate] = []
+            for one in most_urgent_first(assessed):
                 if (candidate := self._handle(snap, one, report)) is not None:
                     due.append(candidate)
                 if len(due) == SIMULATION_CHUNK:
@@ -389,10 +337,7 @@ class KeeperCore:
         ]
         try:
             due = []
-            for a in self._assess(snap, holders, report):
-                report.accounts_assessed += 1
-                report.by_state[a.state] = report.by_state.get(a.state, 0) + 1
-                report.states[a.account] = a.state
+            for a in assess_block(self.engine, snap, holders, self.policy, report):
                 if (candidate := self._handle(snap, a, report)) is not None:
                     due.append(candidate)
             self._execute(snap, due, report)
@@ -418,16 +363,6 @@ class KeeperCore:
         report.rpc_round_trips = view.round_trips - start
         return report
 
-    def _assess(
-        self, snap: ProtocolSnapshot, accounts: list[int], report: BlockReport
-    ) -> list[Assessment]:
-        assessed = self.engine.assess(snap, accounts, self.policy)
-        stats = self.engine.stats
-        report.accounts_bounded += stats.bounded
-        report.accounts_exact += stats.exact
-        report.book_rebuilt |= stats.rebuilt
-        return assessed
-
     def _settlement_round(
         self, view: ChainView, snap: ProtocolSnapshot, ins: Instrument
     ) -> RoundChoice:
@@ -438,7 +373,7 @@ class KeeperCore:
 
     def _handle(
         self, snap: ProtocolSnapshot, a: Assessment, report: BlockReport
-    ) -> _Candidate | None:
+    ) -> Candidate | None:
         """Record what an assessment says; its action when it passes the gates."""
         acct = str(a.account)
         changed = self._last.get(acct, (None, None, None))[:2] != (a.change_digest, a.state)
@@ -470,12 +405,12 @@ class KeeperCore:
         a: Assessment | None,
         report: BlockReport,
         changed: bool,
-    ) -> _Candidate | None:
+    ) -> Candidate | None:
         target = _target(action)
         if not self._gates_pass(snap, action, a, report, target, changed):
             return None
         fn, args = action.call()
-        return _Candidate(action, a, target, changed, self._ch.encode_abi(fn, args=list(args)))
+        return Candidate(action, a, target, changed, self._ch.encode_abi(fn, args=list(args)))
 
     def _act(
         self,
@@ -492,11 +427,11 @@ class KeeperCore:
         if candidate is not None:
             self._execute(snap, [candidate], report)
 
-    def _execute(self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport) -> None:
+    def _execute(self, snap: ProtocolSnapshot, due: list[Candidate], report: BlockReport) -> None:
         """Simulate every action at once, then the profitability rule, then send them all."""
         if not due:
             return
-        ready: list[tuple[_Candidate, Simulated]] = []
+        ready: list[tuple[Candidate, Simulated]] = []
         for c, sim in zip(due, self._simulations(snap, due, report), strict=True):
             if sim is None:
                 continue
@@ -549,7 +484,7 @@ class KeeperCore:
         return True
 
     def _simulations(
-        self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport
+        self, snap: ProtocolSnapshot, due: list[Candidate], report: BlockReport
     ) -> list[Simulated | None]:
         """Every action simulated against latest (keeper.simulation: eth_simulateV1 where the
         node has it, else eth_call and eth_estimateGas), with the latest block's base fee; each
@@ -616,7 +551,7 @@ class KeeperCore:
         return False
 
     def _send(
-        self, snap: ProtocolSnapshot, ready: list[tuple[_Candidate, Simulated]], report: BlockReport
+        self, snap: ProtocolSnapshot, ready: list[tuple[Candidate, Simulated]], report: BlockReport
     ) -> None:
         """Record the decisions with their keys (one database transaction), then submit them
         (one broadcast batch, in order); a dry run records only."""
@@ -641,7 +576,7 @@ class KeeperCore:
             )
             for c, sim in ready
         ]
-        taken: list[tuple[_Candidate, Decision]] = []
+        taken: list[tuple[Candidate, Decision]] = []
         subs: list[Submission] = []
         for (c, sim), row in zip(ready, self.store.add_action_decisions(rows), strict=True):
             if row is None:  # another process (or an earlier run) took the key just now
@@ -667,7 +602,7 @@ class KeeperCore:
     def _send_failed(
         self,
         snap: ProtocolSnapshot,
-        c: _Candidate,
+        c: Candidate,
         decision_id: int,
         exc: Exception,
         report: BlockReport,
@@ -938,13 +873,3 @@ def _returned_bounty(action: Action, returned: bytes) -> int | None:
     if action.kind != "liquidate" or len(returned) != 32:
         return None
     return int.from_bytes(returned, "big", signed=True)
-
-
-_ACTION_ORDER = {"liquidate": 0, "resolve_bad_debt": 1, "flag": 2}
-
-
-def _urgency(a: Assessment) -> tuple[int, int, int]:
-    """Sort key: liquidations first, largest expected bounty first; no-action rows last."""
-    if a.action is None:
-        return (9, 0, a.account)
-    return (_ACTION_ORDER.get(a.action.kind, 3), -a.action.expected_bounty, a.account)

@@ -149,7 +149,7 @@ def test_funding_realisation_headroom_for_actions_on_books_with_perpetuals(fresh
     """A poke mined between a liquidation's simulation and the liquidation makes its funding
     realisation write settled indices from zero: a liquidation of a book holding perpetuals gets
     that much more gas limit (the account's books and the backstop's)."""
-    from keeper.decisions import Action, ActionKind
+    from keeper.pipeline.types import Action, ActionKind
     from keeper.protocol.funding import (
         REALISATION_GAS_PER_ACCOUNT,
         REALISATION_GAS_PER_PERPETUAL,

@@ -9,9 +9,13 @@ and perpetual, ever, across restarts and keepers sharing the store.
 
 from __future__ import annotations
 
-from keeper.chain.view import ProtocolSnapshot
-from keeper.decisions import Action, ActionKind
+from typing import TYPE_CHECKING
+
+from keeper.pipeline.types import Action, ActionKind
 from margin.funding import FUNDING_INTERVAL, is_perpetual
+
+if TYPE_CHECKING:  # the snapshot's module reads the chain; this one only reads snapshots
+    from keeper.chain.view import ProtocolSnapshot
 
 
 def due_pokes(snap: ProtocolSnapshot) -> list[tuple[int, int]]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from keeper.decisions import Action, ActionKind
+from keeper.pipeline.types import Action, ActionKind
 from keeper.protocol.oracle import RoundData
 from margin.funding import is_perpetual
 
