@@ -2,7 +2,7 @@
 
 And the gas room ``settleAccount`` needs beyond its simulation (``settling_allowance``).
 
-Pure: no I/O (the rounds are read by the caller, keeper.core.find_settlement_round).
+Pure: no I/O (the rounds are read by the caller, keeper.pipeline.read.find_settlement_round).
 """
 
 from __future__ import annotations
