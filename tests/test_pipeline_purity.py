@@ -116,12 +116,12 @@ def reached(
             found = source(name)
             if name.split(".")[0] in OURS and found is None:
                 continue  # ``from pkg import name``: a name, not a submodule
-            paths[name] = path if name == module else path[:-1] + [name]
+            paths[name] = path if name == module else [*path[:-1], name]
             if found is not None:
                 text, is_package = found
                 for dep in runtime_imports(text, name, is_package):
                     if dep not in paths:
-                        todo.append((dep, paths[name] + [dep]))
+                        todo.append((dep, [*paths[name], dep]))
     return paths
 
 
