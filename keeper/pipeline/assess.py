@@ -43,7 +43,7 @@ from keeper.pipeline.types import (
 )
 from keeper.protocol.assets import NO_UNDERLYING
 from keeper.protocol.bounty import liquidation_payout
-from keeper.protocol.liquidation import WAD, after_liquidation
+from keeper.protocol.liquidation import WAD, after_liquidation, grace_over, may_liquidate
 from keeper.protocol.oracle import OracleError
 from margin.errors import MarginError
 from margin.fixed_point import mul_up
@@ -290,13 +290,12 @@ def _margin_action(
     """A book with live positions: its state, and the flag or liquidation the contract's
     witness check (lenient ages) would accept."""
     snap, acc, account, policy = case.snap, case.acc, case.account, case.policy
-    grace = snap.liquidation_config[2]
-    grace_over = case.flagged and snap.timestamp >= acc.flagged_at + grace
+    past_grace = grace_over(acc.flagged_at, snap.liquidation_config[2], snap.timestamp)
     if res.state == HEALTHY:
         return case.quiet(AccountState.HEALTHY, res, lenient, digest)
     if res.state == MARGIN_CALL and not case.flagged:
         state = AccountState.MARGIN_CALL
-    elif res.state == MARGIN_CALL and not grace_over:
+    elif res.state == MARGIN_CALL and not past_grace:
         return case.quiet(AccountState.FLAGGED_GRACE, res, lenient, digest)
     else:
         state = AccountState.LIQUIDATABLE
@@ -319,7 +318,7 @@ def _margin_action(
         key = f"flag:{account}:{acc.nonce}"
         action = Action(ActionKind.FLAG, account, None, acc.nonce, witness, None, 0, key)
         return case.make(state, res, lenient, digest, action)
-    if not (wres.state == LIQUIDATABLE or (wres.state == MARGIN_CALL and grace_over)):
+    if not may_liquidate(wres.state, past_grace):
         return case.quiet(state, res, lenient, digest, note="witness check shows not liquidatable")
     # Below MM: restore above MM. Flagged past grace: restore above IM (else it is re-flagged).
     target = MARGIN_CALL if wres.state == LIQUIDATABLE else HEALTHY
