@@ -289,44 +289,92 @@ def _margin_action(
 ) -> Assessment:
     """A book with live positions: its state, and the flag or liquidation the contract's
     witness check (lenient ages) would accept."""
-    snap, acc, account, policy = case.snap, case.acc, case.account, case.policy
+    acc, snap = case.acc, case.snap
     past_grace = grace_over(acc.flagged_at, snap.liquidation_config[2], snap.timestamp)
-    if res.state == HEALTHY:
-        return case.quiet(AccountState.HEALTHY, res, lenient, digest)
-    if res.state == MARGIN_CALL and not case.flagged:
-        state = AccountState.MARGIN_CALL
-    elif res.state == MARGIN_CALL and not past_grace:
-        return case.quiet(AccountState.FLAGGED_GRACE, res, lenient, digest)
-    else:
-        state = AccountState.LIQUIDATABLE
+    state = _margin_state(res, case.flagged, past_grace)
+    if state not in (AccountState.MARGIN_CALL, AccountState.LIQUIDATABLE):
+        return case.quiet(state, res, lenient, digest)
+    witness = _witness_check(case, res)
+    if isinstance(witness, str):
+        return case.quiet(state, res, lenient, digest, note=witness)
+    if state == AccountState.MARGIN_CALL:
+        return _flag(case, res, lenient, digest, witness)
+    return _liquidation(case, res, lenient, digest, witness, past_grace)
 
-    # What the contract will run: the witness check under lenient ages.
+
+def _margin_state(res: MarginResult, flagged: bool, past_grace: bool) -> AccountState:
+    """The full check's state as the keeper names it: a margin call already flagged is in its
+    grace period until that runs out, then liquidatable like a book below MM."""
+    if res.state == HEALTHY:
+        return AccountState.HEALTHY
+    if res.state == MARGIN_CALL and not flagged:
+        return AccountState.MARGIN_CALL
+    if res.state == MARGIN_CALL and not past_grace:
+        return AccountState.FLAGGED_GRACE
+    return AccountState.LIQUIDATABLE
+
+
+@dataclass(frozen=True)
+class _Witness:
+    """The witness check the contract runs (lenient ages, the full check's witness), with the
+    inputs and table it ran on."""
+
+    inputs: AccountInputs
+    table: ScenarioTable
+    result: MarginResult
+    witness: tuple[int, ...]
+
+
+def _witness_check(case: _Case, res: MarginResult) -> _Witness | str:
+    """What the contract will run: the witness check under lenient ages (a str: why it
+    fails)."""
+    snap = case.snap
     try:
-        lin = snap.inputs(account, lenient=True)
+        lin = snap.inputs(case.account, lenient=True)
         ltable = snap.table(lin.market)
         wres = ltable.witness_check(lin.portfolio, list(res.witness))
     except (OracleError, MarginError) as exc:
-        return case.quiet(state, res, lenient, digest, note=f"witness check fails: {exc!r}")
-    witness = tuple(res.witness)
-    if state == AccountState.MARGIN_CALL:
-        if wres.state < MARGIN_CALL:
-            return case.quiet(
-                state, res, lenient, digest, note="witness check shows no margin call"
-            )
-        if not policy.allow_flags:
-            return case.quiet(state, res, lenient, digest)
-        key = f"flag:{account}:{acc.nonce}"
-        action = Action(ActionKind.FLAG, account, None, acc.nonce, witness, None, 0, key)
-        return case.make(state, res, lenient, digest, action)
+        return f"witness check fails: {exc!r}"
+    return _Witness(lin, ltable, wres, tuple(res.witness))
+
+
+def _flag(
+    case: _Case, res: MarginResult, lenient: bool, digest: Callable[[], str], w: _Witness
+) -> Assessment:
+    """flag(account, nonce, witness), when the witness check shows the margin call too."""
+    state, account, nonce = AccountState.MARGIN_CALL, case.account, case.acc.nonce
+    if w.result.state < MARGIN_CALL:
+        return case.quiet(state, res, lenient, digest, note="witness check shows no margin call")
+    if not case.policy.allow_flags:
+        return case.quiet(state, res, lenient, digest)
+    key = f"flag:{account}:{nonce}"
+    action = Action(ActionKind.FLAG, account, None, nonce, w.witness, None, 0, key)
+    return case.make(state, res, lenient, digest, action)
+
+
+def _liquidation(
+    case: _Case,
+    res: MarginResult,
+    lenient: bool,
+    digest: Callable[[], str],
+    w: _Witness,
+    past_grace: bool,
+) -> Assessment:
+    """liquidate(account, nonce, witness, fraction), when the contract would accept it: the
+    smallest grid fraction that restores the book, and the bounty it pays."""
+    state, account, nonce = AccountState.LIQUIDATABLE, case.account, case.acc.nonce
+    snap, policy, wres = case.snap, case.policy, w.result
     if not may_liquidate(wres.state, past_grace):
         return case.quiet(state, res, lenient, digest, note="witness check shows not liquidatable")
     # Below MM: restore above MM. Flagged past grace: restore above IM (else it is re-flagged).
     target = MARGIN_CALL if wres.state == LIQUIDATABLE else HEALTHY
-    fraction = choose_fraction(snap, ltable, lin.portfolio, wres, target, policy.fraction_steps)
+    fraction = choose_fraction(
+        snap, w.table, w.inputs.portfolio, wres, target, policy.fraction_steps
+    )
     _, bounty = liquidation_payout(wres.requirement, wres.equity, fraction, snap.liquidation_config)
     action = Action(
-        ActionKind.LIQUIDATE, account, None, acc.nonce, witness, fraction, bounty,
-        f"liquidate:{account}:{acc.nonce}",
+        ActionKind.LIQUIDATE, account, None, nonce, w.witness, fraction, bounty,
+        f"liquidate:{account}:{nonce}",
         maintenance=policy.liquidate_insolvent and wres.equity <= 0,
     )  # fmt: skip
     return case.make(state, res, lenient, digest, action)
