@@ -77,7 +77,7 @@ SIMULATION_CHUNK = 32
 
 
 class _RowFields(TypedDict, total=False):
-    """A decision row's optional fields (``KeeperCore._decision_row``)."""
+    """A decision row's optional fields (``Executor._decision_row``)."""
 
     backoff_until: int | None
     gas_cost: int | None
