@@ -19,11 +19,12 @@ they mirror (and why it must match it):
 * settlement (``settleInstrument(instrument, roundId)``): the named round is the feed's first
   round updated at or after expiry (keeper.protocol.settlement).
 
-``assess_account`` is one account, in named steps: ``_cash_only`` (no oracle needed), the
-inputs (``_inputs``: strict ages, else lenient), the full check, then ``_without_positions``
-(bad debt or a loan) or ``_margin_action`` (flag or liquidation, the witness check first).
-``assess_block`` is the whole book at one block (the engine's bounded pass, exact where it
-matters), most urgent action first.
+``assess_account`` is one account, in named steps: ``_case`` (the folded book), ``_cash_only``
+(no oracle needed), ``_inputs`` (strict ages, else lenient), ``_full_check``, then
+``_without_positions`` (bad debt or a loan) or ``_margin_action`` (``_margin_state``, then
+``_witness_check`` and ``_flag`` or ``_liquidation``). ``assess_block`` is the whole book at one
+block (the engine's bounded pass, exact where it cannot decide); ``most_urgent_first`` orders
+it for the execute stage.
 """
 
 from __future__ import annotations

@@ -19,15 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from keeper.chain.view import (
-    NO_UNDERLYING,
-    AccountSnapshot,
-    ChainView,
-    Instrument,
-    ProtocolSnapshot,
-    RoundData,
-)
+from keeper.chain.view import AccountSnapshot, ChainView, Instrument, ProtocolSnapshot
 from keeper.pipeline.types import Assessment
+from keeper.protocol.assets import NO_UNDERLYING
+from keeper.protocol.oracle import RoundData
 from keeper.protocol.settlement import PHASE_MASK, RoundChoice, latest_round, settlement_round
 
 #: States re-assessed at every block until they leave them, touched or not.
