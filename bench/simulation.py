@@ -26,11 +26,12 @@ from bench.rpc_per_block import _pct
 from keeper.artifacts import ensure_built
 from keeper.chain import Chain
 from keeper.chain.view import ProtocolSnapshot
-from keeper.core import SIMULATION_CHUNK, BlockReport, KeeperCore, _Candidate
-from keeper.decisions import DecisionPolicy
+from keeper.core import KeeperCore
 from keeper.deployment import bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.venue import seed_venue
+from keeper.pipeline.execute import SIMULATION_CHUNK, Executor
+from keeper.pipeline.types import BlockReport, Candidate, DecisionPolicy
 from keeper.simulation import Simulator
 from keeper.store import Store
 
@@ -38,14 +39,14 @@ from keeper.store import Store
 SENDER = "0xa0Ee7A142d267C1f36714E5a8F75612F20a79720"
 
 
-class _Decided(KeeperCore):
-    """The keeper's per-block step, keeping the chunks it hands to the simulation."""
+class _Decided(Executor):
+    """The keeper's execute stage, keeping the chunks it hands to the simulation."""
 
-    chunks: list[list[_Candidate]]
+    chunks: list[list[Candidate]]
 
-    def _execute(self, snap: ProtocolSnapshot, due: list[_Candidate], report: BlockReport) -> None:
+    def execute(self, snap: ProtocolSnapshot, due: list[Candidate], report: BlockReport) -> None:
         self.chunks.append(list(due))
-        super()._execute(snap, due, report)
+        super().execute(snap, due, report)
 
 
 def run(
@@ -66,14 +67,16 @@ def run(
             vol.functions.setAnswer(int(vol.functions.answer().call())).transact({"from": admin})
         chain = Chain.connect(node.url, d, timeout=600)
         store = Store.open(f"sqlite:///{tmp / 'k.db'}")
-        core = _Decided(chain, store, None, DecisionPolicy(min_profit=0), liquidator=SENDER)
-        core.chunks = []
+        policy = DecisionPolicy(min_profit=0)
+        core = KeeperCore(chain, store, None, policy, liquidator=SENDER)
+        decided = core.executor = _Decided(chain, store, None, policy, liquidator=SENDER)
+        decided.chunks = []
         view = chain.view()
         known = [a.account for a in market.accounts] + [market.maker]
         core.on_block(view, set(), known, market_changed=True)
         chunks = [
             [{"from": SENDER, "to": chain.clearing_house, "data": c.data} for c in ch]
-            for ch in core.chunks
+            for ch in decided.chunks
         ]
         chunks = [c for c in chunks if len(c) == SIMULATION_CHUNK]
         fast = Simulator(chain.rpc, gas_margin_percent=20)

@@ -16,7 +16,7 @@ Then the exact engine would say "healthy" again with the same change digest (the
 full check's, proven equal; the digest covers the book only), so nothing is recomputed. Every
 other account -- undecided by the bound, unhealthy, flagged, holding settled instruments,
 changed since the book was built, or with a rejected oracle answer -- is assessed by the exact
-per-account path (``keeper.decisions.assess_account``: the verifier-identical full check,
+per-account path (``keeper.pipeline.assess.assess_account``: the verifier-identical full check,
 witness check and liquidation arithmetic). Every action and every record therefore rests on the
 exact result.
 
@@ -36,16 +36,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from keeper.chain.view import OracleError, ProtocolSnapshot
-from keeper.decisions import AccountState, Assessment, DecisionPolicy, assess_account
+from keeper.pipeline.assess import assess_account
+from keeper.pipeline.types import AccountState, Assessment, DecisionPolicy
+from keeper.protocol.oracle import OracleError
 from margin.errors import MarginError
 from margin.portfolio import Market, Portfolio
 from margin.portfolio_margin import HEALTHY, validate_portfolio
 from margin.tools.book import Book
 from margin.tools.sweep import MarketPrep, Sweep
+
+if TYPE_CHECKING:  # the snapshot's module reads the chain; the engine only reads snapshots
+    from keeper.chain.view import ProtocolSnapshot
 
 #: (state nonce, flaggedAt) of an account: equal values prove an unchanged book.
 AccountKey = tuple[int, int]

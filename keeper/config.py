@@ -295,7 +295,7 @@ class DecisionsConfig(_Section):
     #: How often the head is polled. An idle poll is one ``eth_getBlockByNumber``; the keeper
     #: reacts to a block at most this late, so keep it well under the block time.
     block_poll_interval_seconds: PositiveSeconds = 0.5
-    # --- decision policy (keeper.decisions.DecisionPolicy; ``min_profit`` above is read in
+    # --- decision policy (keeper.pipeline.types.DecisionPolicy; ``min_profit`` above is read in
     # asset-0 WAD: the bounty's unit, so "1 ether" = 1e18 = one unit of the settlement asset).
     allow_flags: bool = True
     allow_settlement: bool = True

@@ -12,7 +12,7 @@ over).
 The points, in the order a decision goes through them:
 
 - ``after_decision``: the decision row holds the action key; no transaction row yet
-  (``keeper.core``);
+  (``keeper.pipeline.execute``);
 - ``before_sign``: the transaction row and its nonce are stored; nothing signed yet
   (``keeper.transactions``);
 - ``after_send``: the node accepted the signed bytes; the call has not returned;

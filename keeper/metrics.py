@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from keeper.decisions import AccountState
+from keeper.pipeline.types import AccountState
 
 #: Every state an account can be classified in has its ``keeper_accounts`` gauge label (0 when
 #: no account is in it), so an alert on a state never reads "no data".

@@ -50,11 +50,11 @@ from keeper.cluster import ClusterMember
 from keeper.cluster.index import index_changes, index_lock
 from keeper.cluster.orphans import resolve_orphans
 from keeper.config import KeeperConfig
-from keeper.core import BlockReport, KeeperCore
-from keeper.decisions import DecisionPolicy
+from keeper.core import KeeperCore
 from keeper.deployment import clearing_house_abi, load_deployment
 from keeper.indexer import Indexer, ReorgTooDeep, SyncResult
 from keeper.metrics import ACCOUNT_STATES, Health, KeeperMetrics, MetricsServer
+from keeper.pipeline.types import BlockReport, DecisionPolicy
 from keeper.recalibration_job import RecalibrationJob, recalibration_job
 from keeper.secrets import scrub
 from keeper.signer import load_signer

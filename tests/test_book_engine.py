@@ -10,7 +10,9 @@ from dataclasses import replace
 
 from keeper.book_engine import BookEngine
 from keeper.chain.view import AccountSnapshot, FeedRound, ProtocolSnapshot
-from keeper.decisions import WAD, Assessment, DecisionPolicy, assess_account
+from keeper.pipeline.assess import assess_account
+from keeper.pipeline.types import Assessment, DecisionPolicy
+from keeper.protocol.liquidation import WAD
 from tests.test_decisions import BACKSTOP, PRICE, VOL, feed, snapshot
 
 POLICY = DecisionPolicy()

@@ -35,12 +35,12 @@ from keeper.chain.errors import BatchReadError
 from keeper.chain.multicall import Call, abi_functions
 from keeper.chain.view import LAYOUT_READS, ChainView, Layout, StalePrice
 from keeper.config import RpcConfig
-from keeper.core import find_settlement_round
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.market import model_marks
 from keeper.devnet.rpc_proxy import CountingProxy
 from keeper.orders import dev_matcher
+from keeper.pipeline.read import find_settlement_round
 from margin.errors import MarketLengthMismatch
 from margin.fixed_point import mul_down, mul_up
 from margin.portfolio_margin import HEALTHY, LIQUIDATABLE

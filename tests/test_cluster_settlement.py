@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from keeper import core as keeper_core
+from keeper.protocol import settlement as protocol_settlement
 from keeper.store import TxStatus
 from tests.test_core import World, keeper, set_eth, settle
 from tests.test_core import fresh as fresh  # the fixtures of tests/test_core.py
@@ -90,8 +90,8 @@ def test_without_the_room_it_runs_out_of_gas_and_says_so(
     """The same race with the limit the simulation alone gives: the transaction runs out of
     gas, and the recorded reason says so (a replay would not: it succeeds on the parent
     block's state and runs out of gas on the block's without revert data)."""
-    monkeypatch.setattr(keeper_core, "SETTLE_POSITION_GAS", 0)
-    monkeypatch.setattr(keeper_core, "FUNDING_POSITION_GAS", 0)
+    monkeypatch.setattr(protocol_settlement, "SETTLE_POSITION_GAS", 0)
+    monkeypatch.setattr(protocol_settlement, "FUNDING_POSITION_GAS", 0)
     w, fut, call, round_id = race
     status, reason = _race(w, fut, call, round_id, f"sqlite:///{tmp_path / 'k.db'}")
     assert status == TxStatus.REVERTED

@@ -22,11 +22,12 @@ from web3.logs import DISCARD
 from keeper.chain import Chain, decode_revert, revert_data_of
 from keeper.config import FeesConfig
 from keeper.core import KeeperCore
-from keeper.decisions import DecisionPolicy, assess
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.fees import FeePolicy
 from keeper.orders import dev_matcher
+from keeper.pipeline.assess import assess
+from keeper.pipeline.types import DecisionPolicy
 from keeper.signer import Signer
 from keeper.store import Decision, DecisionOutcome, Store, TxStatus
 from keeper.transactions import TxManager

@@ -1,4 +1,4 @@
-"""keeper.decisions on hand-built snapshots (pure: no node). The same rules on a real chain,
+"""keeper.pipeline.assess on hand-built snapshots (pure: no node). The same rules on a real chain,
 against the contracts, are in tests/test_core.py."""
 
 from __future__ import annotations
@@ -18,17 +18,11 @@ from keeper.chain.view import (
     RoundData,
     UnderlyingConfig,
 )
-from keeper.decisions import (
-    WAD,
-    DecisionPolicy,
-    assess,
-    assess_account,
-    policy_from_config,
-    settle_instrument_action,
-)
 from keeper.deployment import encode_risk_params
+from keeper.pipeline.assess import assess, assess_account, settle_instrument_action
+from keeper.pipeline.types import DecisionPolicy, policy_from_config
 from keeper.protocol.bounty import liquidation_payout
-from keeper.protocol.liquidation import after_liquidation
+from keeper.protocol.liquidation import WAD, after_liquidation
 from keeper.protocol.settlement import expired_unsettled, settlement_round
 from margin.params import STABLE, AssetParams, RiskParams, span_like
 from margin.portfolio_margin import LIQUIDATABLE

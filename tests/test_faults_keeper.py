@@ -38,10 +38,11 @@ from web3.contract import Contract
 from keeper.chain import Chain
 from keeper.chain.revert import decode_revert, revert_data_of
 from keeper.config import load_config_data
-from keeper.decisions import DecisionPolicy, assess
 from keeper.deployment import Deployment, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.market import SeededMarket, seed_market
+from keeper.pipeline.assess import assess
+from keeper.pipeline.types import DecisionPolicy
 from keeper.service import KeeperService
 from keeper.store import Store
 from keeper.store.models import (

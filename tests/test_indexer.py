@@ -17,7 +17,6 @@ from web3 import Web3
 
 from keeper.chain import Chain, RpcUnavailable
 from keeper.chain.errors import RpcError
-from keeper.core import find_settlement_round
 from keeper.deployment import Deployment, account_id, bind, deploy_protocol
 from keeper.devnet import Anvil
 from keeper.devnet.activity import Activity, build_history, send
@@ -26,6 +25,7 @@ from keeper.indexer import STREAM, ChainMoved, Indexer, ReorgTooDeep, is_range_r
 from keeper.indexer.core import bloom_has
 from keeper.indexer.decode import UNKNOWN, decode_log
 from keeper.orders import dev_matcher
+from keeper.pipeline.read import find_settlement_round
 from keeper.store import (
     Account,
     EventLog,

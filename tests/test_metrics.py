@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from keeper.decisions import AccountState
 from keeper.metrics import ACCOUNT_STATES, KeeperMetrics
+from keeper.pipeline.types import AccountState
 
 
 def test_every_account_state_has_its_gauge_label() -> None:

@@ -52,7 +52,7 @@ def keeper_decision(snap: ProtocolSnapshot, account: int, action: str = "none") 
     """A decision row as the keeper records it: the full check at the snapshot's block (strict
     ages; lenient when the strict market raises an oracle error) and its inputs digest. An
     account with no position and only stable, non-negative cash is recorded without a result
-    (no market read: zeros and the digest of the book alone), as keeper/decisions.py does."""
+    (no market read: zeros and the digest of the book alone), as keeper/pipeline/assess.py does."""
     acc = snap.accounts[account]
     volatile = any(b != 0 and snap.assets[k].underlying != 255 for k, b in enumerate(acc.balances))
     if not acc.positions and not volatile and acc.balances[0] >= 0:
@@ -106,7 +106,7 @@ def _action_fields(
     snap: ProtocolSnapshot, account: int, action: str, witness: list[int]
 ) -> dict[str, Any]:
     """fraction and expected_bounty as the keeper records them: the penalty split of the
-    lenient witness check (keeper/decisions.py), the test's liquidations taking half."""
+    lenient witness check (keeper/pipeline/assess.py), the test's liquidations taking half."""
     if action == "none":
         return {}
     if action != "liquidate":

@@ -133,11 +133,12 @@ def test_keeper_acts_through_a_node_without_simulate_v1(fresh: World, tmp_path: 
         proxy.add("rpc_error", methods={"eth_simulateV1"}, error_code=-32601, error_message="x")
         core, txm, store, _ = keeper(w, f"sqlite:///{tmp_path / 'k.db'}")
         chain = Chain.connect(proxy.url, w.dep)
-        core.chain = chain
-        core.simulator = Simulator(chain.rpc, gas_margin_percent=core.policy.gas_margin_percent)
+        core.executor.chain = chain
+        sim = Simulator(chain.rpc, gas_margin_percent=core.policy.gas_margin_percent)
+        core.executor.simulator = sim
         set_eth(w, 2800)
         report = core.on_block(chain.view(), set(), w.accounts.values(), market_changed=False)
-        assert len(report.actions_sent) == 2 and core.simulator.simulate_v1 is False
+        assert len(report.actions_sent) == 2 and sim.simulate_v1 is False
         settle(w, txm, store)
         for d in (store.decision_by_key(k) for k in report.actions_sent):
             assert d is not None and d.id is not None
@@ -149,7 +150,7 @@ def test_funding_realisation_headroom_for_actions_on_books_with_perpetuals(fresh
     """A poke mined between a liquidation's simulation and the liquidation makes its funding
     realisation write settled indices from zero: a liquidation of a book holding perpetuals gets
     that much more gas limit (the account's books and the backstop's)."""
-    from keeper.decisions import Action, ActionKind
+    from keeper.pipeline.types import Action, ActionKind
     from keeper.protocol.funding import (
         REALISATION_GAS_PER_ACCOUNT,
         REALISATION_GAS_PER_PERPETUAL,

@@ -54,6 +54,7 @@ from keeper.config import RpcConfig
 from keeper.deployment import Deployment, decode_risk_params
 
 # Re-exported ("X as X"): the oracle's names are the view's public names too.
+from keeper.protocol.assets import NO_UNDERLYING as NO_UNDERLYING
 from keeper.protocol.oracle import INT256_MAX as INT256_MAX
 from keeper.protocol.oracle import FeedCallFailed as FeedCallFailed
 from keeper.protocol.oracle import FeedRound as FeedRound
@@ -70,7 +71,6 @@ from margin.portfolio_margin import MarginResult, ScenarioTable
 from margin.settlement import fold_settled
 
 WAD = 10**18
-NO_UNDERLYING = 255
 #: Reads of the protocol's layout when a snapshot's counts disagree with the layout it used,
 #: the later ones after LAYOUT_RETRY_SECONDS times the attempt number.
 LAYOUT_READS = 3

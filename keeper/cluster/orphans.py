@@ -4,7 +4,7 @@ A keeper killed mid-block can leave, for an action it decided:
 
 1. **a decision without a transaction** (killed between the two writes): its action key is
    taken, so nobody else decides the action again; the keeper that now holds the shard gives
-   the key back once the decision is ``ABANDONED_AFTER_BLOCKS`` old (``KeeperCore._abandoned``,
+   the key back once the decision is ``ABANDONED_AFTER_BLOCKS`` old (``Executor._abandoned``,
    as for a single keeper's crash) and decides afresh. The dead keeper cannot store a
    transaction for it later: the fence needs the key and the lease (``admit_transactions``);
 2. **a stored transaction never signed** (killed before its first attempt): nobody can sign
@@ -14,7 +14,7 @@ A keeper killed mid-block can leave, for an action it decided:
    keeper that was only paused and resumes finds it closed when it tries to sign
    (``admit_attempts``);
 3. **a signed, broadcast transaction** (the usual case): it may still mine, so the action key
-   stays taken and the target stays in flight (``KeeperCore._gates_pass``): no other keeper
+   stays taken and the target stays in flight (``Executor._gates_pass``): no other keeper
    sends the same action. The leader drives it to its end with the dead keeper's own signed
    bytes: it re-broadcasts the last attempt (same nonce, same hash: one effect at most) and
    records its receipt -- mined, final, or reverted (the key is then given back as for any

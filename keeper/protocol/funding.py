@@ -9,9 +9,13 @@ and perpetual, ever, across restarts and keepers sharing the store.
 
 from __future__ import annotations
 
-from keeper.chain.view import ProtocolSnapshot
-from keeper.decisions import Action, ActionKind
+from typing import TYPE_CHECKING
+
+from keeper.pipeline.types import Action, ActionKind
 from margin.funding import FUNDING_INTERVAL, is_perpetual
+
+if TYPE_CHECKING:  # the snapshot's module reads the chain; this one only reads snapshots
+    from keeper.chain.view import ProtocolSnapshot
 
 
 def due_pokes(snap: ProtocolSnapshot) -> list[tuple[int, int]]:
@@ -37,7 +41,8 @@ REALISATION_GAS_PER_PERPETUAL = 25_000
 #: Once per account realised: its settlement balance written and the event's base cost.
 REALISATION_GAS_PER_ACCOUNT = 5_000
 #: The actions whose funding realisation this covers: liquidate (the account's books and the
-#: backstop's). settleAccount gets its own, larger room (keeper.core._settling_allowance).
+#: backstop's). settleAccount gets its own, larger room
+#: (keeper.protocol.settlement.settling_allowance).
 _REALISING = frozenset({ActionKind.LIQUIDATE})
 
 

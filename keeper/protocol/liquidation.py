@@ -1,8 +1,10 @@
-"""The liquidation's effect on a book, as ``ClearingHouse._handOver`` computes it.
+"""The liquidation's checks and effect on a book, as ``ClearingHouse.liquidate`` and
+``_handOver`` compute them.
 
-Per position ``|q|·fraction`` rounded down to LOT (all of it at 1e18), priced at the verifier's
-mark rounded to TICK against the account; the penalty (keeper.protocol.bounty) leaves the
-account's settlement balance. Pure: no I/O.
+``liquidate`` accepts a witness result below MM, or below IM once the account's grace period is
+over (``grace_over``, ``may_liquidate``). Per position ``|q|·fraction`` rounded down to LOT
+(all of it at 1e18), priced at the verifier's mark rounded to TICK against the account; the
+penalty (keeper.protocol.bounty) leaves the account's settlement balance. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -10,11 +12,23 @@ from __future__ import annotations
 from dataclasses import replace
 
 from margin.portfolio import Portfolio
-from margin.portfolio_margin import ScenarioTable
+from margin.portfolio_margin import LIQUIDATABLE, MARGIN_CALL, ScenarioTable
 
 WAD = 10**18
 LOT = 10**8
 TICK = 10**10
+
+
+def grace_over(flagged_at: int, grace_period: int, now: int) -> bool:
+    """``liquidate``'s ``graceOver``: the account is flagged and its grace period has run out
+    at block timestamp ``now``."""
+    return flagged_at != 0 and now >= flagged_at + grace_period
+
+
+def may_liquidate(witness_state: int, grace_is_over: bool) -> bool:
+    """``liquidate``'s check on the witness result: below MM, or below IM once the grace period
+    is over (else it reverts)."""
+    return witness_state == LIQUIDATABLE or (witness_state == MARGIN_CALL and grace_is_over)
 
 
 def close_qty(q: int, fraction: int) -> int:

@@ -1,6 +1,8 @@
 """Instrument settlement: the round ``settleInstrument(instrument, roundId)`` accepts.
 
-Pure: no I/O (the rounds are read by the caller, keeper.core.find_settlement_round).
+And the gas room ``settleAccount`` needs beyond its simulation (``settling_allowance``).
+
+Pure: no I/O (the rounds are read by the caller, keeper.pipeline.read.find_settlement_round).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from keeper.pipeline.types import Action, ActionKind
 from keeper.protocol.oracle import RoundData
+from margin.funding import is_perpetual
 
 if TYPE_CHECKING:  # the snapshot's module reads the chain; this one only reads snapshots
     from keeper.chain.view import Instrument, ProtocolSnapshot
@@ -101,3 +105,33 @@ def expired_unsettled(snap: ProtocolSnapshot) -> list[Instrument]:
             continue
         out.append(ins)
     return out
+
+
+#: Gas one more settled position adds to settleAccount, with room: 15,143 measured
+#: (contracts/snapshots/ClearingHouseGas*.json, settleAccount_10 -> _16 -> _40).
+SETTLE_POSITION_GAS = 20_000
+#: Gas realising a perpetual's funding can add once its index moved: the account's index
+#: written (a fresh slot: 22,100), and once per account its cash and the FundingSettled event.
+FUNDING_POSITION_GAS = 25_000
+
+
+def settling_allowance(snap: ProtocolSnapshot, action: Action) -> int:
+    """settleAccount realises every position whose instrument is settled *when it runs*, and
+    the funding of every perpetual at the index *when it runs*. A transaction mined before it
+    in the same block -- the leader's settleInstrument of another of the account's expired
+    instruments, or its pokeFunding of one of its perpetuals -- adds work the simulation did
+    not see, and a limit estimated without it ran out of gas (the cluster soak's reverts, each
+    retried at the same account nonce). Room for each position of the account in an instrument
+    that has expired but is not settled yet, and for the funding of each perpetual."""
+    if action.kind != ActionKind.SETTLE_ACCOUNT or action.account not in snap.accounts:
+        return 0
+    settling = perps = 0
+    for iid, _ in snap.accounts[action.account].positions:
+        ins = snap.instruments.get(iid)
+        if ins is None or ins.settled:
+            continue
+        if is_perpetual(ins.kind, ins.expiry):
+            perps += 1
+        elif 0 < ins.expiry <= snap.timestamp:
+            settling += 1
+    return settling * SETTLE_POSITION_GAS + (perps + (perps > 0)) * FUNDING_POSITION_GAS

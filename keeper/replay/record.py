@@ -46,7 +46,7 @@ BLOCK_PAGE = 100
 #: Receipts per JSON-RPC batch.
 RECEIPT_PAGE = 200
 
-#: The clearing-house function each decision action sends (keeper.decisions.Action.call).
+#: The clearing-house function each decision action sends (keeper.pipeline.types.Action.call).
 ACTION_FUNCTIONS = {
     "flag": "flag",
     "liquidate": "liquidate",

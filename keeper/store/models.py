@@ -109,10 +109,10 @@ class Decision(SQLModel, table=True):
     initial_margin: int = Field(sa_type=BigInt)
     equity: int = Field(sa_type=BigInt)
     witness: Any = Field(default=None, sa_column=Column(ExactJSON, nullable=True))
-    #: A keeper.decisions.AccountState value ("expired" for an instrument's settlement,
+    #: A keeper.pipeline.types.AccountState value ("expired" for an instrument's settlement,
     #: "funding" for a perpetual's funding poke).
     state: str = Field(max_length=32)
-    action: str = Field(max_length=32)  # a keeper.decisions.ActionKind value, or "none"
+    action: str = Field(max_length=32)  # a keeper.pipeline.types.ActionKind value, or "none"
     fraction: int | None = Field(default=None, sa_type=BigInt)  # WAD
     expected_bounty: int | None = Field(default=None, sa_type=BigInt)  # wei
     #: A ``DecisionOutcome`` value; the particulars in words are ``outcome_detail``. (A TEXT

@@ -1,178 +1,62 @@
-"""The keeper's decisions: classify accounts and choose actions from one ProtocolSnapshot.
+"""The assess stage: classify accounts and choose actions from one ProtocolSnapshot.
 
-Pure: no I/O. Everything here reads a ``keeper.chain.view.ProtocolSnapshot`` (one block) and
-the engine (``margin.portfolio_margin``); the executor (keeper/core.py) simulates, prices gas and
-sends. What mirrors the contract (and why it must match it):
+Pure: no I/O (tests/test_pipeline_purity.py fails when this module's imports reach web3, the
+store, sqlalchemy or an HTTP client). Everything here reads a ``ProtocolSnapshot`` (one block,
+produced by keeper.pipeline.read) and the engine (``margin.portfolio_margin``, over the whole
+book through ``keeper.book_engine``); keeper.pipeline.execute gates, simulates, prices gas and
+sends. The contract's rules come from keeper.protocol (one module per contract concern); what
+they mirror (and why it must match it):
 
 * states: the full check (strict oracle ages, as ``marginOf``; lenient ages when strict raised
   an oracle error, recorded as ``lenient``) classifies; a flag / liquidation is only proposed
   when the *witness* check the contract runs (lenient ages, the full check's witness) passes;
-* the liquidation's effect (``ClearingHouse._handOver`` / ``_chargePenalty``): per position
-  ``|q|·fraction`` rounded down to LOT (all of it at 1e18), priced at the verifier's mark
-  rounded to TICK against the account; penalty and bounty (the bounty only ever comes out of
-  the penalty). The post-liquidation book is re-margined with the engine to pick the smallest
-  fraction;
+* the liquidation's effect (keeper.protocol.liquidation, keeper.protocol.bounty): the
+  post-liquidation book is re-margined with the engine to pick the smallest fraction;
 * the books the contract margins: positions in settled instruments are folded into the
   settlement balance (``ProtocolSnapshot.portfolio``, margin.settlement);
 * bad debt (``resolveBadDebt``): no live position and the model equity below zero; a debt the
   account's equity covers is a loan and is left alone;
 * settlement (``settleInstrument(instrument, roundId)``): the named round is the feed's first
-  round updated at or after expiry (``settlement_round``).
+  round updated at or after expiry (keeper.protocol.settlement).
+
+``assess_account`` is one account, in named steps: ``_case`` (the folded book), ``_cash_only``
+(no oracle needed), ``_inputs`` (strict ages, else lenient), ``_full_check``, then
+``_without_positions`` (bad debt or a loan) or ``_margin_action`` (``_margin_state``, then
+``_witness_check`` and ``_flag`` or ``_liquidation``). ``assess_block`` is the whole book at one
+block (the engine's bounded pass, exact where it cannot decide); ``most_urgent_first`` orders
+it for the execute stage.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from keeper.chain.rpc import BlockRef
-from keeper.chain.view import NO_UNDERLYING, AccountSnapshot, OracleError, ProtocolSnapshot
-from keeper.config import DecisionsConfig
 from keeper.digest import inputs_digest
+from keeper.pipeline.types import (
+    AccountState,
+    Action,
+    ActionKind,
+    Assessment,
+    BlockReport,
+    DecisionPolicy,
+)
+from keeper.protocol.assets import NO_UNDERLYING
 from keeper.protocol.bounty import liquidation_payout
-from keeper.protocol.liquidation import WAD, after_liquidation
+from keeper.protocol.liquidation import WAD, after_liquidation, grace_over, may_liquidate
+from keeper.protocol.oracle import OracleError
 from margin.errors import MarginError
 from margin.fixed_point import mul_up
 from margin.portfolio import Market, Portfolio
 from margin.portfolio_margin import HEALTHY, LIQUIDATABLE, MARGIN_CALL, MarginResult, ScenarioTable
 
+if TYPE_CHECKING:  # the snapshot's module reads the chain, the engine's imports this one
+    from keeper.book_engine import BookEngine
+    from keeper.chain.view import AccountInputs, AccountSnapshot, ProtocolSnapshot
 
-class AccountState(StrEnum):
-    """An account's state as the keeper classifies it (recorded on every decision)."""
-
-    HEALTHY = "healthy"
-    MARGIN_CALL = "margin_call"
-    LIQUIDATABLE = "liquidatable"
-    FLAGGED_GRACE = "flagged_grace"
-    SETTLEABLE = "settleable"
-    BAD_DEBT = "bad_debt"
-    NO_PRICE = "no_price"
-    EMPTY = "empty"
-    INVALID = "invalid"  # the engine refused the inputs (a MarginError other than an oracle's)
-
-
-class ActionKind(StrEnum):
-    """What the keeper may send: one clearing-house function each (``Action.call``)."""
-
-    FLAG = "flag"
-    LIQUIDATE = "liquidate"
-    SETTLE_ACCOUNT = "settle_account"
-    RESOLVE_BAD_DEBT = "resolve_bad_debt"
-    SETTLE_INSTRUMENT = "settle_instrument"
-    CLEAR_FLAG = "clear_flag"
-    POKE_FUNDING = "poke_funding"
-
-
-STATES = tuple(s.value for s in AccountState)
 #: margin.portfolio_margin's HEALTHY / MARGIN_CALL / LIQUIDATABLE as account states.
 _BY_ENGINE_STATE = (AccountState.HEALTHY, AccountState.MARGIN_CALL, AccountState.LIQUIDATABLE)
-#: Actions that pay no bounty: allowed by policy flags instead of the profitability rule.
-MAINTENANCE = frozenset(
-    {
-        ActionKind.FLAG,
-        ActionKind.SETTLE_ACCOUNT,
-        ActionKind.RESOLVE_BAD_DEBT,
-        ActionKind.SETTLE_INSTRUMENT,
-        ActionKind.CLEAR_FLAG,
-        ActionKind.POKE_FUNDING,
-    }
-)
-
-
-@dataclass(frozen=True)
-class DecisionPolicy:
-    """How the keeper chooses and filters actions (mapped from ``config.decisions``).
-
-    Profit is measured in asset-0 WAD (the unit the protocol credits bounties in):
-    ``expected_bounty - gas_cost >= min_profit``, the gas cost (wei of the native coin)
-    converted with ``native_price`` (asset-0 WAD per 1e18 wei) when set, else with the spot of
-    underlying ``gas_price_underlying`` read from the same snapshot (ETH/USD on the devnet).
-    """
-
-    min_profit: int = 0  # asset-0 WAD
-    allow_flags: bool = True
-    allow_settlement: bool = True
-    allow_bad_debt: bool = True
-    clear_cured_flags: bool = True  # clearFlag of a flagged account back above IM (no bounty)
-    liquidate_insolvent: bool = True  # liquidate books under water although they pay no bounty
-    gas_margin_percent: int = 20  # gas limit = estimate * (100 + this) / 100
-    backoff_blocks: int = 2  # first back-off after a simulation revert; doubles each time
-    max_backoff_blocks: int = 256
-    fraction_steps: int = 100  # liquidation fractions searched on a grid of 1/steps
-    gas_price_underlying: int | None = 0
-    native_price: int | None = None
-
-    @classmethod
-    def from_config(cls, cfg: DecisionsConfig) -> DecisionPolicy:
-        """``config.decisions`` -> DecisionPolicy (``min_profit`` read in asset-0 WAD)."""
-        return policy_from_config(cfg)
-
-
-@dataclass(frozen=True)
-class Action:
-    kind: ActionKind
-    account: int | None
-    instrument: int | None
-    nonce: int | None
-    witness: tuple[int, ...] | None
-    fraction: int | None  # WAD
-    expected_bounty: int  # asset-0 WAD, as the contract would credit it
-    key: str  # idempotency key: one transaction per key, ever
-    round_id: int | None = None  # settle_instrument: the price-feed round named
-    #: Sent whatever the bounty (the profitability rule does not apply): the full close of a
-    #: book under water, which pays no penalty and so no bounty (``liquidate_insolvent``).
-    maintenance: bool = False
-
-    def call(self) -> tuple[str, tuple[object, ...]]:
-        """The clearing-house function and its arguments."""
-        if self.kind == ActionKind.FLAG:
-            return "flag", (self.account, self.nonce, list(self.witness or ()))
-        if self.kind == ActionKind.LIQUIDATE:
-            return "liquidate", (self.account, self.nonce, list(self.witness or ()), self.fraction)
-        if self.kind == ActionKind.SETTLE_ACCOUNT:
-            return "settleAccount", (self.account,)
-        if self.kind == ActionKind.RESOLVE_BAD_DEBT:
-            return "resolveBadDebt", (self.account,)
-        if self.kind == ActionKind.CLEAR_FLAG:
-            return "clearFlag", (self.account,)
-        if self.kind == ActionKind.SETTLE_INSTRUMENT:
-            return "settleInstrument", (self.instrument, self.round_id)
-        if self.kind == ActionKind.POKE_FUNDING:
-            return "pokeFunding", (self.instrument,)
-        raise ValueError(f"unknown action kind {self.kind}")
-
-
-@dataclass(frozen=True)
-class Assessment:
-    account: int
-    block: BlockRef
-    nonce: int
-    state: AccountState
-    result: MarginResult | None
-    lenient: bool
-    #: The inputs digest, or how to compute it: most assessments are never recorded (a healthy
-    #: account whose book did not change), so the hash is computed on first use.
-    digest_source: str | Callable[[], str]
-    action: Action | None
-    flagged_at: int = 0
-    note: str | None = None  # why no action where one might be expected (kept on the record)
-    #: ``inputs_digest`` of the account's own inputs with an empty market: what decides
-    #: whether a new record is due (prices and time move every block; the book does not).
-    change_digest: str = ""
-    #: ``no_price``: the name of the oracle check that failed (``StalePrice``, ...).
-    oracle_error: str | None = None
-    #: The state was proven by the bounded float pass (keeper.book_engine) and equals the
-    #: exact one; ``result`` is None. Only quiet healthy books are assessed this way.
-    bounded: bool = False
-
-    @property
-    def inputs_digest(self) -> str:
-        d = self.digest_source
-        if not isinstance(d, str):
-            d = d()
-            object.__setattr__(self, "digest_source", d)  # computed once
-        return d
 
 
 # --- the contract's liquidation arithmetic -------------------------------------------------
@@ -312,29 +196,50 @@ def assess_account(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy)
     (liquidate, flag, resolve_bad_debt), then settle_account for a book holding settled
     instruments, then clear_flag for a cured flag. Margin is always that of the folded book
     (settled positions as cash), as every check of the contract sees it."""
+    case = _case(snap, account, policy)
+    cash = _cash_only(case)
+    if cash is not None:
+        return cash
+    priced = _inputs(case)
+    if isinstance(priced, Assessment):  # no price the contract would accept
+        return priced
+    inp, lenient = priced
+    return _full_check(case, inp, lenient)
+
+
+def _case(snap: ProtocolSnapshot, account: int, policy: DecisionPolicy) -> _Case:
+    """The account's folded book, and settle_account when it holds settled instruments."""
     acc = snap.accounts[account]
     settle = None
     if snap.settled_positions(account) and policy.allow_settlement:
         settle = _simple(ActionKind.SETTLE_ACCOUNT, account, acc.nonce)
-    case = _Case(snap, account, acc, snap.portfolio(account), policy, settle)
-    cash = _cash_only(case)
-    if cash is not None:
-        return cash
+    return _Case(snap, account, acc, snap.portfolio(account), policy, settle)
 
-    lenient = False
+
+def _inputs(case: _Case) -> tuple[AccountInputs, bool] | Assessment:
+    """The engine's inputs at strict oracle ages, else at lenient ones (then ``True``). When
+    neither prices the book: settleable (settleAccount reads no oracle), else no_price with
+    the name of the OracleLib check that failed."""
+    snap, account = case.snap, case.account
     try:
-        inp = snap.inputs(account)
+        return snap.inputs(account), False
     except OracleError:
-        lenient = True
-        try:
-            inp = snap.inputs(account, lenient=True)
-        except OracleError as exc:
-            if settle is not None:  # settleAccount reads no oracle
-                return case.make(
-                    AccountState.SETTLEABLE, lenient=True, action=settle, note=str(exc)
-                )
-            rejected = case.make(AccountState.NO_PRICE, lenient=True, note=str(exc))
-            return replace(rejected, oracle_error=type(exc).__name__)
+        pass
+    try:
+        return snap.inputs(account, lenient=True), True
+    except OracleError as exc:
+        if case.settle is not None:
+            return case.make(
+                AccountState.SETTLEABLE, lenient=True, action=case.settle, note=str(exc)
+            )
+        rejected = case.make(AccountState.NO_PRICE, lenient=True, note=str(exc))
+        return replace(rejected, oracle_error=type(exc).__name__)
+
+
+def _full_check(case: _Case, inp: AccountInputs, lenient: bool) -> Assessment:
+    """The full check on the account's inputs, then the rule for its book: bad debt or a
+    loan without live positions, else the margin action."""
+    snap = case.snap
 
     def digest() -> str:
         return inputs_digest(inp.portfolio, inp.market, snap.risk_params_bytes, lenient=lenient)
@@ -385,45 +290,92 @@ def _margin_action(
 ) -> Assessment:
     """A book with live positions: its state, and the flag or liquidation the contract's
     witness check (lenient ages) would accept."""
-    snap, acc, account, policy = case.snap, case.acc, case.account, case.policy
-    grace = snap.liquidation_config[2]
-    grace_over = case.flagged and snap.timestamp >= acc.flagged_at + grace
-    if res.state == HEALTHY:
-        return case.quiet(AccountState.HEALTHY, res, lenient, digest)
-    if res.state == MARGIN_CALL and not case.flagged:
-        state = AccountState.MARGIN_CALL
-    elif res.state == MARGIN_CALL and not grace_over:
-        return case.quiet(AccountState.FLAGGED_GRACE, res, lenient, digest)
-    else:
-        state = AccountState.LIQUIDATABLE
+    acc, snap = case.acc, case.snap
+    past_grace = grace_over(acc.flagged_at, snap.liquidation_config[2], snap.timestamp)
+    state = _margin_state(res, case.flagged, past_grace)
+    if state not in (AccountState.MARGIN_CALL, AccountState.LIQUIDATABLE):
+        return case.quiet(state, res, lenient, digest)
+    witness = _witness_check(case, res)
+    if isinstance(witness, str):
+        return case.quiet(state, res, lenient, digest, note=witness)
+    if state == AccountState.MARGIN_CALL:
+        return _flag(case, res, lenient, digest, witness)
+    return _liquidation(case, res, lenient, digest, witness, past_grace)
 
-    # What the contract will run: the witness check under lenient ages.
+
+def _margin_state(res: MarginResult, flagged: bool, past_grace: bool) -> AccountState:
+    """The full check's state as the keeper names it: a margin call already flagged is in its
+    grace period until that runs out, then liquidatable like a book below MM."""
+    if res.state == HEALTHY:
+        return AccountState.HEALTHY
+    if res.state == MARGIN_CALL and not flagged:
+        return AccountState.MARGIN_CALL
+    if res.state == MARGIN_CALL and not past_grace:
+        return AccountState.FLAGGED_GRACE
+    return AccountState.LIQUIDATABLE
+
+
+@dataclass(frozen=True)
+class _Witness:
+    """The witness check the contract runs (lenient ages, the full check's witness), with the
+    inputs and table it ran on."""
+
+    inputs: AccountInputs
+    table: ScenarioTable
+    result: MarginResult
+    witness: tuple[int, ...]
+
+
+def _witness_check(case: _Case, res: MarginResult) -> _Witness | str:
+    """What the contract will run: the witness check under lenient ages (a str: why it
+    fails)."""
+    snap = case.snap
     try:
-        lin = snap.inputs(account, lenient=True)
+        lin = snap.inputs(case.account, lenient=True)
         ltable = snap.table(lin.market)
         wres = ltable.witness_check(lin.portfolio, list(res.witness))
     except (OracleError, MarginError) as exc:
-        return case.quiet(state, res, lenient, digest, note=f"witness check fails: {exc!r}")
-    witness = tuple(res.witness)
-    if state == AccountState.MARGIN_CALL:
-        if wres.state < MARGIN_CALL:
-            return case.quiet(
-                state, res, lenient, digest, note="witness check shows no margin call"
-            )
-        if not policy.allow_flags:
-            return case.quiet(state, res, lenient, digest)
-        key = f"flag:{account}:{acc.nonce}"
-        action = Action(ActionKind.FLAG, account, None, acc.nonce, witness, None, 0, key)
-        return case.make(state, res, lenient, digest, action)
-    if not (wres.state == LIQUIDATABLE or (wres.state == MARGIN_CALL and grace_over)):
+        return f"witness check fails: {exc!r}"
+    return _Witness(lin, ltable, wres, tuple(res.witness))
+
+
+def _flag(
+    case: _Case, res: MarginResult, lenient: bool, digest: Callable[[], str], w: _Witness
+) -> Assessment:
+    """flag(account, nonce, witness), when the witness check shows the margin call too."""
+    state, account, nonce = AccountState.MARGIN_CALL, case.account, case.acc.nonce
+    if w.result.state < MARGIN_CALL:
+        return case.quiet(state, res, lenient, digest, note="witness check shows no margin call")
+    if not case.policy.allow_flags:
+        return case.quiet(state, res, lenient, digest)
+    key = f"flag:{account}:{nonce}"
+    action = Action(ActionKind.FLAG, account, None, nonce, w.witness, None, 0, key)
+    return case.make(state, res, lenient, digest, action)
+
+
+def _liquidation(
+    case: _Case,
+    res: MarginResult,
+    lenient: bool,
+    digest: Callable[[], str],
+    w: _Witness,
+    past_grace: bool,
+) -> Assessment:
+    """liquidate(account, nonce, witness, fraction), when the contract would accept it: the
+    smallest grid fraction that restores the book, and the bounty it pays."""
+    state, account, nonce = AccountState.LIQUIDATABLE, case.account, case.acc.nonce
+    snap, policy, wres = case.snap, case.policy, w.result
+    if not may_liquidate(wres.state, past_grace):
         return case.quiet(state, res, lenient, digest, note="witness check shows not liquidatable")
     # Below MM: restore above MM. Flagged past grace: restore above IM (else it is re-flagged).
     target = MARGIN_CALL if wres.state == LIQUIDATABLE else HEALTHY
-    fraction = choose_fraction(snap, ltable, lin.portfolio, wres, target, policy.fraction_steps)
+    fraction = choose_fraction(
+        snap, w.table, w.inputs.portfolio, wres, target, policy.fraction_steps
+    )
     _, bounty = liquidation_payout(wres.requirement, wres.equity, fraction, snap.liquidation_config)
     action = Action(
-        ActionKind.LIQUIDATE, account, None, acc.nonce, witness, fraction, bounty,
-        f"liquidate:{account}:{acc.nonce}",
+        ActionKind.LIQUIDATE, account, None, nonce, w.witness, fraction, bounty,
+        f"liquidate:{account}:{nonce}",
         maintenance=policy.liquidate_insolvent and wres.equity <= 0,
     )  # fmt: skip
     return case.make(state, res, lenient, digest, action)
@@ -454,19 +406,40 @@ def gas_cost_in_asset0(snap: ProtocolSnapshot, gas_wei: int, policy: DecisionPol
     return mul_up(gas_wei, price)
 
 
-def policy_from_config(cfg: DecisionsConfig) -> DecisionPolicy:
-    """``config.decisions`` -> DecisionPolicy (``min_profit`` in asset-0 WAD)."""
-    return DecisionPolicy(
-        min_profit=int(cfg.min_profit),
-        allow_flags=cfg.allow_flags,
-        allow_settlement=cfg.allow_settlement,
-        allow_bad_debt=cfg.allow_bad_debt,
-        clear_cured_flags=cfg.clear_cured_flags,
-        liquidate_insolvent=cfg.liquidate_insolvent,
-        gas_margin_percent=cfg.gas_margin_percent,
-        backoff_blocks=cfg.backoff_blocks,
-        max_backoff_blocks=cfg.max_backoff_blocks,
-        fraction_steps=cfg.fraction_steps,
-        gas_price_underlying=cfg.gas_price_underlying,
-        native_price=None if cfg.native_price is None else int(cfg.native_price),
-    )
+# --- the block -----------------------------------------------------------------------------
+
+
+def assess_block(
+    engine: BookEngine,
+    snap: ProtocolSnapshot,
+    accounts: list[int],
+    policy: DecisionPolicy,
+    report: BlockReport,
+) -> list[Assessment]:
+    """Every one of ``accounts`` at the snapshot's block, each counted in ``report``: the
+    engine's bounded float pass over the whole book, the exact ``assess_account`` where it
+    cannot decide (keeper.book_engine)."""
+    assessed = engine.assess(snap, accounts, policy)
+    stats = engine.stats
+    report.accounts_bounded += stats.bounded
+    report.accounts_exact += stats.exact
+    report.book_rebuilt |= stats.rebuilt
+    for one in assessed:
+        report.count(one)
+    return assessed
+
+
+def most_urgent_first(assessed: Iterable[Assessment]) -> list[Assessment]:
+    """The order actions are executed in: the ones that matter most first, to reach the next
+    block (liquidations by bounty, then the rest): their nonces come first."""
+    return sorted(assessed, key=_urgency)
+
+
+_ACTION_ORDER = {"liquidate": 0, "resolve_bad_debt": 1, "flag": 2}
+
+
+def _urgency(a: Assessment) -> tuple[int, int, int]:
+    """Sort key: liquidations first, largest expected bounty first; no-action rows last."""
+    if a.action is None:
+        return (9, 0, a.account)
+    return (_ACTION_ORDER.get(a.action.kind, 3), -a.action.expected_bounty, a.account)
