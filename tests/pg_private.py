@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -93,14 +94,28 @@ class PrivatePostgres:
             return ""
 
 
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def private_postgres() -> Iterator[PrivatePostgres]:
     """A running private server (the ``private_pg`` fixture of tests/conftest.py)."""
     bindir = pg_bindir()
+    missing = None
     if bindir is None:
+        missing = "PostgreSQL binaries (initdb, pg_ctl) not found under /usr/lib/postgresql"
+    elif os.geteuid() == 0 and not _has_user("postgres"):
+        missing = "running as root and no postgres user to run the server as"
+    if missing is not None:
         if os.environ.get("KEEPER_TEST_REQUIRE_PG") == "1":
-            pytest.fail("PostgreSQL binaries (initdb, pg_ctl) not found under /usr/lib/postgresql")
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found")
+            pytest.fail(missing)
+        pytest.skip(missing)
+    assert bindir is not None
     # Not pytest's tmp_path: its parents are root's alone (0700), closed to the postgres user.
     root = Path(tempfile.mkdtemp(prefix="keeper-pg-"))
     pg = PrivatePostgres(bindir, root, free_port())

@@ -122,10 +122,12 @@ def test_postgres_restarted_mid_crash_keepers_pause_then_resume_exactly_once(
         }
         _liquidations, txs = _check_exactly_once(net, verdict, before, since)
         # On this chain a transaction mines in the block after its broadcast: a second attempt
-        # means one was recorded but not broadcast and waited to count as stuck (30 s).
+        # means one was recorded but not broadcast and waited to count as stuck (30 s). (None
+        # at all: an unsigned transaction the leader closed, its keeper's heartbeat being as
+        # old as the outage when the leader came back first.)
         with Store.open(net.store_url) as store:
             attempts = store.attempts_of([t.id for t in txs if t.id is not None])
-        assert {i: len(a) for i, a in attempts.items() if len(a) != 1} == {}
+        assert {i: len(a) for i, a in attempts.items() if len(a) > 1} == {}
         assert all(k.alive() for k in keepers)
     except BaseException:
         for k in keepers:
