@@ -53,6 +53,7 @@ from keeper.signer import Signer
 from keeper.store import (
     AttemptStatus,
     BatchRefused,
+    LeaseLost,
     Route,
     Store,
     StoreError,
@@ -124,6 +125,11 @@ class TxManager:
         #: Told of every relay event: "submitted", "refused" (error or unreachable),
         #: "fallback" (sent to the public node), "included" (mined without a public broadcast).
         self.on_relay = on_relay or (lambda event: None)
+        #: Transactions whose new attempt may have been recorded and was not broadcast: the
+        #: store failed while recording it, and a database that crashes while answering a
+        #: commit leaves the commit made. ``poll`` re-broadcasts their last attempt at once
+        #: rather than after ``stuck_after`` (the same bytes: one effect at most).
+        self._unbroadcast: set[int] = set()
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -227,7 +233,13 @@ class TxManager:
                               max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
                               route=Route.PUBLIC)
                 )  # fmt: skip
-            attempts = self.store.add_attempts(attempts)
+            try:
+                attempts = self.store.add_attempts(attempts)
+            except LeaseLost:
+                raise
+            except Exception:
+                self._unbroadcast.update(tx.id for tx in txs if tx.id is not None)
+                raise
             for tx, attempt in zip(txs, attempts, strict=True):
                 log.info(
                     "transaction sent",
@@ -302,17 +314,23 @@ class TxManager:
         if private:
             assert self.relay is not None
             until = int(self.w3.eth.block_number) + self.relay.fallback_after_blocks
-        attempt = self.store.add_attempt(
-            TxAttempt(
-                tx_id=tx.id,
-                hash=tx_hash,
-                raw="0x" + raw.hex(),
-                max_fee_per_gas=fees.max_fee_per_gas,
-                max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
-                route=Route.RELAY if private else Route.PUBLIC,
-                relay_until_block=until,
+        try:
+            attempt = self.store.add_attempt(
+                TxAttempt(
+                    tx_id=tx.id,
+                    hash=tx_hash,
+                    raw="0x" + raw.hex(),
+                    max_fee_per_gas=fees.max_fee_per_gas,
+                    max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+                    route=Route.RELAY if private else Route.PUBLIC,
+                    relay_until_block=until,
+                )
             )
-        )
+        except LeaseLost:
+            raise
+        except Exception:
+            self._unbroadcast.add(tx.id)
+            raise
         log.info(
             "transaction sent",
             extra={
@@ -585,9 +603,17 @@ class TxManager:
             log.warning("nonce taken by another sender", extra={"tx_id": tx_id, "nonce": tx.nonce})
             return self.store.update_transaction(tx_id, status=TxStatus.DROPPED, final=True)
         live = [a for a in self.store.attempts(tx_id) if a.status == AttemptStatus.SENT]
+        unbroadcast = tx_id in self._unbroadcast
+        self._unbroadcast.discard(tx_id)
         if not live:
             return self._send_attempt(tx, self.fees.initial(self._base_fee()))
         last = live[-1]
+        if unbroadcast:
+            log.info(
+                "re-broadcasting an attempt recorded while the store failed",
+                extra={"tx_id": tx_id, "hash": last.hash},
+            )
+            return self._broadcast(tx, last, rebroadcast=True)
         if last.route == Route.RELAY:
             # Held by the relay: no replacement (it would have to go public) until the deadline.
             assert last.relay_until_block is not None

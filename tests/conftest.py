@@ -18,6 +18,7 @@ from web3.contract import Contract
 
 from keeper.artifacts import deploy, ensure_built
 from keeper.devnet import Anvil
+from tests.pg_private import PrivatePostgres, private_postgres
 
 LOG_DIR = Path(__file__).resolve().parents[1] / "var" / "test-logs"
 
@@ -82,3 +83,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             yield f"{PG_URL}?options=-csearch_path%3D{schema}"
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of this test alone, which it may stop and restart
+    (tests/pg_private.py); skipped without the binaries unless KEEPER_TEST_REQUIRE_PG=1."""
+    with private_postgres() as pg:
+        yield pg

@@ -13,6 +13,7 @@ anvil with 1-second blocks and the deployed protocol, through a crash of the mar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -117,12 +118,22 @@ class ClusterNet:
         return {r.shard: r.owner for r in rows}
 
 
+@contextlib.contextmanager
+def cluster_net(tmp: Path, store_url: str, accounts: int = 30) -> Iterator[ClusterNet]:
+    """A fresh anvil with the protocol deployed and the market seeded, for keepers on the
+    store at ``store_url`` (tests/test_cluster_pg_restart.py brings its own server)."""
+    with Anvil() as anvil:
+        n = ClusterNet(anvil, tmp, store_url, accounts)
+        try:
+            yield n
+        finally:
+            n.chain.close()
+
+
 @pytest.fixture
 def net(tmp_path: Path, contracts_built: None, store_url: str) -> Iterator[ClusterNet]:
-    with Anvil() as anvil:
-        n = ClusterNet(anvil, tmp_path, store_url, 30)
+    with cluster_net(tmp_path, store_url) as n:
         yield n
-        n.chain.close()
 
 
 def _keeper_cli(*args: str) -> subprocess.CompletedProcess[str]:
