@@ -65,6 +65,9 @@ _T = TypeVar("_T")
 
 log = logging.getLogger("keeper.service")
 
+#: A job failing the same way again logs its traceback at most this often (seconds).
+REPEAT_LOG_SECONDS = 30.0
+
 
 class _SkippedRunFilter(logging.Filter):
     """Drops APScheduler's "skipped: maximum number of running instances" warning.
@@ -154,6 +157,10 @@ class KeeperService:
         self._stop = threading.Event()
         self._last_processed: BlockRef | None = None
         self._last_progress_at = time.monotonic()
+        #: (job, error type) -> (monotonic time its traceback was last logged, repeats since):
+        #: an outage (database down, node gone) fails every job several times a second, and
+        #: one traceback per REPEAT_LOG_SECONDS says as much as hundreds.
+        self._failing: dict[tuple[str, str], tuple[float, int]] = {}
         self._last_follow = 0.0
         self._accounted: set[int] = set()
         #: Latest state of every assessed account (for status views), and actions sent so far.
@@ -711,10 +718,25 @@ class KeeperService:
         except Exception as exc:
             self.metrics.rpc_errors.labels(type(exc).__name__).inc()
             self.health.error(scrub(f"{type(exc).__name__}: {exc}"))
-            log.exception("job failed", extra={"job": job})
+            self._log_failure(job, exc, time.monotonic())
         if time.monotonic() - self._last_progress_at > self.config.service.watchdog_seconds:
             self._stall(f"job {job} keeps failing")
         return None
+
+    def _log_failure(self, job: str, exc: Exception, now: float) -> None:
+        """The traceback of a job's failure, once per ``REPEAT_LOG_SECONDS`` for the same job
+        and error type; the repeats in between are counted and reported with the next one."""
+        key = (job, type(exc).__name__)
+        last, repeats = self._failing.get(key, (-REPEAT_LOG_SECONDS, 0))
+        if now - last < REPEAT_LOG_SECONDS:
+            self._failing[key] = (last, repeats + 1)
+            return
+        self._failing[key] = (now, 0)
+        log.error(
+            "job failed",
+            exc_info=exc,
+            extra={"job": job, "repeats_not_logged": repeats, "error": scrub(str(exc))},
+        )
 
     # --- running -----------------------------------------------------------------------------
 
