@@ -549,7 +549,7 @@ contract PortfolioMarginLayoutTest is TestBase {
         int256[] memory vols = new int256[](1);
         Market memory m = Market(401, 402, spots, vols);
         assertEq(_word(_ptr(m), 0), 401, "offset 0");
-        assertEq(_word(_ptr(m), 0x20), 402, "offset 0x20");
+        assertEq(_word(_ptr(m), PortfolioMargin.MK_RATE), 402, "MK_RATE");
         assertEq(_word(_ptr(m), PortfolioMargin.MK_SPOTS), _ptr(spots), "MK_SPOTS");
         assertEq(_word(_ptr(m), PortfolioMargin.MK_VOLS), _ptr(vols), "MK_VOLS");
 

@@ -216,7 +216,8 @@ library PortfolioMargin {
     uint256 internal constant EM_VOL_STATE = 0x20; // ExtendedMove (move at 0)
     uint256 internal constant EM_WEIGHT = 0x40;
     uint256 internal constant AP_UNDERLYING = 0x20; // AssetParams (haircut at 0)
-    uint256 internal constant MK_SPOTS = 0x40; // Market (timestamp at 0)
+    uint256 internal constant MK_RATE = 0x20; // Market (timestamp at 0)
+    uint256 internal constant MK_SPOTS = 0x40;
     uint256 internal constant MK_VOLS = 0x60;
     uint256 internal constant POS_KIND = 0x20; // Position (underlying at 0)
     uint256 internal constant POS_STRIKE = 0x40;
@@ -1153,11 +1154,12 @@ library PortfolioMargin {
         Hist memory h
     ) private pure returns (int256 equity) {
         uint256 n = pf.positions.length;
-        uint256[] memory shiftCache = new uint256[](4 * stateW.length);
+        // 4 words per underlying for _cachedShift and _cachedLnMove, then 8 for _witnessPair.
+        uint256[] memory cache = new uint256[](12 * stateW.length);
         for (uint256 i; i < n; ++i) {
             Position memory q = pf.positions[i];
             uint256 u = q.underlying;
-            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc, shiftCache);
+            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc, cache);
             if (marks.length != 0) marks[i] = v0;
             equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
             if (h.index.length != 0) _histNamed(q, m, h, v0);
@@ -1220,61 +1222,122 @@ library PortfolioMargin {
         uint256 state,
         int256 shockedSpot,
         int256[] memory acc,
-        uint256[] memory shiftCache
+        uint256[] memory cache
     ) private pure returns (int256 v0) {
-        int256 spot = m.spots[q.underlying];
+        uint256 u = q.underlying;
+        int256 spot = m.spots[u];
         if (q.kind == FUTURE) {
             unchecked {
-                acc[q.underlying] += q.quantity * (shockedSpot - spot); // bounded: no wrap
+                acc[u] += q.quantity * (shockedSpot - spot); // bounded: no wrap
             }
             return spot;
         }
-        // Same order of work as the full check: the shift (only if the state needs it), V0, V_w.
-        (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state, shiftCache);
-        if (state == 3) return _price(q, spot, tau, volW, m.rate); // the center: no move, no loss
+        if (state == 3) {
+            // The center: no move, no loss; V0 alone (the vol state needs no shift).
+            uint256 tau0 = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+            return _price(q, spot, tau0, m.vols[u], m.rate);
+        }
+        // Same order of work as the full check: the shift, V0, V_w (pricePair's order).
         int256 pw;
-        (v0, pw) = _pricePair(q, m, shockedSpot, tau, volW, shiftCache);
+        (v0, pw) = _witnessPair(q, m, up, state, shockedSpot, cache);
         unchecked {
-            acc[q.underlying] += q.quantity * (pw - v0); // bounded: no wrap
+            acc[u] += q.quantity * (pw - v0); // bounded: no wrap
         }
     }
 
-    function _witnessTauVol(
+    /// @dev (V0, V_w) of an option in the named scenario: OptionPricing.pricePair's integers and
+    /// first error. Its terms come from a one-entry cache per underlying, after the 4 * nU words
+    /// of _cachedShift (cache[4nU + 8u] = tau + 1, 0 when empty; cache[4nU + 8u + 2 ..+ 7] =
+    /// OptionPricing.pairTerms; cache has 12 * nU words): the options of one expiry share tau,
+    /// the vols, the rate and the scenario spot, so the terms are the same integers, and their
+    /// checks (all but the strike's, which pricePairFrom repeats) passed for the first. On a
+    /// miss, _pairMiss works in pricePair's order (the shift, the checks, the terms).
+    function _witnessPair(
         Position memory q,
         Market memory m,
         UnderlyingParams memory up,
         uint256 state,
-        uint256[] memory shiftCache
-    ) private pure returns (uint256 tau, int256 volW) {
-        tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
-        volW = m.vols[q.underlying];
-        if (state == VOL_UP || state == VOL_DOWN) {
-            // forge-lint: disable-next-line(unsafe-typecast)
-            volW = _volFor(up, volW, _cachedShift(up, q.underlying, tau, shiftCache), uint8(state));
+        int256 shockedSpot,
+        uint256[] memory cache
+    ) private pure returns (int256, int256) {
+        uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+        uint256 t; // the terms' memory address
+        bool hit;
+        assembly ("memory-safe") {
+            // u < nU (validated): the entry 0x20 + 128 nU + 256 u is within the 12 * nU words
+            let e := add(add(add(cache, 0x20), div(shl(5, mload(cache)), 3)), shl(8, mload(q)))
+            hit := eq(mload(e), add(tau, 1))
+            mstore(e, add(tau, 1)) // read back by _pairMiss (a revert there discards it)
+            t := add(e, 0x40)
         }
+        if (!hit) _pairMiss(q, m, up, state, shockedSpot, cache, t);
+        int256 lnMove;
+        assembly ("memory-safe") {
+            lnMove := mload(add(add(cache, 0x80), shl(7, mload(q)))) // cache[4u + 3]: _cachedLnMove's
+        }
+        return OptionPricing.pricePairFrom(q.kind == CALL, m.spots[q.underlying], shockedSpot, q.strike, lnMove, t);
     }
 
-    /// @dev (V0, V_w) of an option: its mark, then its price in the named scenario.
-    function _pricePair(
+    /// @dev The terms of _witnessPair's entry (tau + 1 already stored before t): the named
+    /// scenario's vol (the shift only in the up and down states), the underlying's lnMove, then
+    /// OptionPricing.pairTerms.
+    function _pairMiss(
         Position memory q,
         Market memory m,
+        UnderlyingParams memory up,
+        uint256 state,
         int256 shockedSpot,
-        uint256 tau,
-        int256 volW,
-        uint256[] memory shiftCache
-    ) private pure returns (int256, int256) {
-        int256 lnMove = _cachedLnMove(shockedSpot, m.spots[q.underlying], q.underlying, shiftCache);
-        return OptionPricing.pricePair(
-            q.kind == CALL,
-            m.spots[q.underlying],
-            shockedSpot,
-            q.strike,
-            tau,
-            m.vols[q.underlying],
-            volW,
-            m.rate,
-            lnMove
-        );
+        uint256[] memory cache,
+        uint256 t
+    ) private pure {
+        uint256 tau;
+        int256 vol;
+        int256 spot;
+        assembly ("memory-safe") {
+            tau := sub(mload(sub(t, 0x40)), 1)
+            let o := add(0x20, shl(5, mload(q))) // u < nU = the market's lengths (validated)
+            vol := mload(add(mload(add(m, MK_VOLS)), o))
+            spot := mload(add(mload(add(m, MK_SPOTS)), o))
+        }
+        int256 volW = _witnessVol(up, q.underlying, tau, vol, state, cache);
+        _cachedLnMove(shockedSpot, spot, q.underlying, cache);
+        int256 rate;
+        int256 strike;
+        assembly ("memory-safe") {
+            rate := mload(add(m, MK_RATE))
+            strike := mload(add(q, POS_STRIKE))
+        }
+        OptionPricing.pairTerms(spot, shockedSpot, strike, tau, vol, volW, rate, t);
+    }
+
+    /// @dev The named scenario's vol: shifted (volShiftUp through the cache) in the up and down
+    /// states, the market's otherwise.
+    function _witnessVol(UnderlyingParams memory up, uint256 u, uint256 tau, int256 vol, uint256 state, uint256[] memory cache)
+        private
+        pure
+        returns (int256)
+    {
+        if (state != VOL_UP && state != VOL_DOWN) return vol;
+        return _volShifted(vol, _cachedShift(up, u, tau, cache), state, up.volFloor);
+    }
+
+    /// @dev _volFor for the up (2) and down (0) states, written out: vol <= MAX_VOL and 0 <=
+    /// shift < 2^120 (volShiftUp's bounds), so neither vol + shift nor vol - shift wraps.
+    function _volShifted(int256 vol, int256 shift, uint256 state, int256 volFloor) private pure returns (int256 v) {
+        int256 maxVol = MAX_SCENARIO_VOL;
+        assembly ("memory-safe") {
+            switch state
+            case 2 {
+                v := add(vol, shift)
+                if iszero(slt(v, maxVol)) { v := maxVol }
+            }
+            default {
+                let lowest := volFloor
+                if slt(vol, volFloor) { lowest := vol }
+                v := sub(vol, shift)
+                if iszero(sgt(v, lowest)) { v := lowest }
+            }
+        }
     }
 
     function _price(Position memory q, int256 spot, uint256 tau, int256 vol, int256 rate)
