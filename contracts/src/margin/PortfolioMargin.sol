@@ -1128,16 +1128,31 @@ library PortfolioMargin {
         int256[] memory shockedW,
         int256[] memory acc
     ) private pure returns (int256 equity) {
-        for (uint256 k; k < p.assets.length; ++k) {
-            AssetParams memory ap = p.assets[k];
-            int256 e = _haircutDown(pf.collateral[k], ap.haircut);
-            if (ap.underlying == STABLE) {
-                equity += e;
-                continue;
+        AssetParams[] memory assets = p.assets;
+        int256[] memory col = pf.collateral;
+        uint256 stable = STABLE;
+        // Validated: one balance per asset, |balance| <= 1e33, an asset's underlying < nU (or
+        // STABLE), spots <= 1e30, scenario spots <= 1.1e31: no product or sum below wraps
+        // (the bounds in margin/portfolio_margin.py), so this is the checked arithmetic's result.
+        assembly ("memory-safe") {
+            for { let k := 0 } lt(k, mload(assets)) { k := add(k, 1) } {
+                let ap := mload(add(add(assets, 0x20), shl(5, k)))
+                let e := mload(add(add(col, 0x20), shl(5, k)))
+                // _haircutDown: a positive balance times (1 - haircut), floored (both >= 0)
+                if sgt(e, 0) { e := div(mul(e, sub(WAD, mload(ap))), WAD) }
+                let u := mload(add(ap, AP_UNDERLYING))
+                switch eq(u, stable)
+                case 1 { equity := add(equity, e) }
+                default {
+                    let o := add(0x20, shl(5, u))
+                    let spot := mload(add(mload(add(m, MK_SPOTS)), o))
+                    // mulDown(e, spot): floor toward -inf
+                    let z := mul(e, spot)
+                    equity := add(equity, sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD))))))
+                    let a := add(acc, o)
+                    mstore(a, add(mload(a), mul(e, sub(mload(add(shockedW, o)), spot))))
+                }
             }
-            int256 spot = m.spots[ap.underlying];
-            equity += e.mulDown(spot);
-            acc[ap.underlying] += e * (shockedW[ap.underlying] - spot);
         }
     }
 
@@ -1179,7 +1194,22 @@ library PortfolioMargin {
         stateW = new uint256[](nU);
         weightW = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
-            (shockedW[u], stateW[u], weightW[u]) = _planOne(p.underlyings[u], u, witness[u], m.spots[u]);
+            UnderlyingParams memory up;
+            uint256 w;
+            int256 spot;
+            // u < nU: within p.underlyings, witness (>= nU entries, checked) and the market's spots
+            uint256 o = 0x20 + (u << 5);
+            assembly ("memory-safe") {
+                up := mload(add(mload(p), o))
+                w := mload(add(witness, o))
+                spot := mload(add(mload(add(m, MK_SPOTS)), o))
+            }
+            (int256 sw, uint256 st, int256 wt) = _planOne(up, u, w, spot);
+            assembly ("memory-safe") {
+                mstore(add(shockedW, o), sw)
+                mstore(add(stateW, o), st)
+                mstore(add(weightW, o), wt)
+            }
         }
     }
 
@@ -1214,7 +1244,8 @@ library PortfolioMargin {
         }
     }
 
-    /// @dev state: the named scenario's vol state, or 3 for the center scenario.
+    /// @dev state: the named scenario's vol state, or 3 for the center scenario. The fields and
+    /// entries are read in assembly: u < nU (validated) indexes the market's arrays and acc.
     function _accumulateWitness(
         Position memory q,
         Market memory m,
@@ -1224,24 +1255,28 @@ library PortfolioMargin {
         int256[] memory acc,
         uint256[] memory cache
     ) private pure returns (int256 v0) {
-        uint256 u = q.underlying;
-        int256 spot = m.spots[u];
-        if (q.kind == FUTURE) {
-            unchecked {
-                acc[u] += q.quantity * (shockedSpot - spot); // bounded: no wrap
-            }
-            return spot;
+        uint256 kind;
+        assembly ("memory-safe") {
+            kind := mload(add(q, POS_KIND))
+            v0 := mload(add(add(mload(add(m, MK_SPOTS)), 0x20), shl(5, mload(q)))) // the spot
         }
-        if (state == 3) {
+        int256 change; // V_w - V0 (a future: S_w - S)
+        if (kind == FUTURE) {
+            change = shockedSpot - v0; // both in (0, 1.1e31]: no wrap
+        } else if (state == 3) {
             // The center: no move, no loss; V0 alone (the vol state needs no shift).
             uint256 tau0 = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
-            return _price(q, spot, tau0, m.vols[u], m.rate);
+            return _price(q, v0, tau0, m.vols[q.underlying], m.rate);
+        } else {
+            // Same order of work as the full check: the shift, V0, V_w (pricePair's order).
+            int256 pw;
+            (v0, pw) = _witnessPair(q, m, up, state, shockedSpot, cache);
+            change = pw - v0; // prices in [0, 1.3e31]: no wrap
         }
-        // Same order of work as the full check: the shift, V0, V_w (pricePair's order).
-        int256 pw;
-        (v0, pw) = _witnessPair(q, m, up, state, shockedSpot, cache);
-        unchecked {
-            acc[u] += q.quantity * (pw - v0); // bounded: no wrap
+        assembly ("memory-safe") {
+            // acc[u] += q * change: bounded (|q| <= 1e30), no wrap
+            let a := add(add(acc, 0x20), shl(5, mload(q)))
+            mstore(a, add(mload(a), mul(mload(add(q, POS_QUANTITY)), change)))
         }
     }
 
@@ -1260,22 +1295,33 @@ library PortfolioMargin {
         int256 shockedSpot,
         uint256[] memory cache
     ) private pure returns (int256, int256) {
-        uint256 tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
         uint256 t; // the terms' memory address
-        bool hit;
-        assembly ("memory-safe") {
-            // u < nU (validated): the entry 0x20 + 128 nU + 256 u is within the 12 * nU words
-            let e := add(add(add(cache, 0x20), div(shl(5, mload(cache)), 3)), shl(8, mload(q)))
-            hit := eq(mload(e), add(tau, 1))
-            mstore(e, add(tau, 1)) // read back by _pairMiss (a revert there discards it)
-            t := add(e, 0x40)
+        {
+            bool hit;
+            assembly ("memory-safe") {
+                let tau := 0
+                let expiry := mload(add(q, POS_EXPIRY))
+                if gt(expiry, mload(m)) { tau := sub(expiry, mload(m)) }
+                // u < nU (validated): the entry 0x20 + 128 nU + 256 u is within the 12 * nU words
+                let e := add(add(add(cache, 0x20), div(shl(5, mload(cache)), 3)), shl(8, mload(q)))
+                hit := eq(mload(e), add(tau, 1))
+                mstore(e, add(tau, 1)) // read back by _pairMiss (a revert there discards it)
+                t := add(e, 0x40)
+            }
+            if (!hit) _pairMiss(q, m, up, state, shockedSpot, cache, t);
         }
-        if (!hit) _pairMiss(q, m, up, state, shockedSpot, cache, t);
+        bool isCall;
+        int256 spot;
+        int256 strike;
         int256 lnMove;
         assembly ("memory-safe") {
-            lnMove := mload(add(add(cache, 0x80), shl(7, mload(q)))) // cache[4u + 3]: _cachedLnMove's
+            let u := mload(q)
+            isCall := eq(mload(add(q, POS_KIND)), CALL)
+            spot := mload(add(add(mload(add(m, MK_SPOTS)), 0x20), shl(5, u)))
+            strike := mload(add(q, POS_STRIKE))
+            lnMove := mload(add(add(cache, 0x80), shl(7, u))) // cache[4u + 3]: _cachedLnMove's
         }
-        return OptionPricing.pricePairFrom(q.kind == CALL, m.spots[q.underlying], shockedSpot, q.strike, lnMove, t);
+        return OptionPricing.pricePairFrom(isCall, spot, shockedSpot, strike, lnMove, t);
     }
 
     /// @dev The terms of _witnessPair's entry (tau + 1 already stored before t): the named
