@@ -1074,24 +1074,38 @@ library PortfolioMargin {
             revert WitnessLengthMismatch(nU + p.historical.esCount, witness.length);
         }
         (int256[] memory shockedW, uint256[] memory stateW, int256[] memory weightW) = _plan(m, p, witness);
-        Hist memory h = _histPlan(pf, m, p, _esIndices(p, witness));
+        // Without ES indices (witness.length == nU), _esIndices has nothing to check and
+        // _histPlan nothing to plan: an empty plan.
+        Hist memory h;
+        if (witness.length != nU) h = _histPlan(pf, m, p, _esIndices(p, witness));
         int256[] memory acc = new int256[](nU);
         marks = new int256[](withMarks ? pf.positions.length : 0);
         int256 equity = _witnessPositions(pf, m, p, stateW, shockedW, acc, marks, h);
         equity += _witnessCollateral(pf, m, p, shockedW, acc);
         _histCollateral(pf, m, p, h);
 
-        r.losses = new int256[](nU);
-        for (uint256 u; u < nU; ++u) {
-            int256 lossUp;
-            unchecked {
-                lossUp = (-acc[u]).mulUp(1); // |acc| < 2^250: no wrap
-            }
-            lossUp = lossUp.mulUp(weightW[u]);
-            r.losses[u] = lossUp > 0 ? lossUp : int256(0);
-        }
+        r.losses = _witnessLosses(acc, weightW);
         r.witness = witness;
         _finish(r, pf, m, p, equity, _namedMeanUp(h.acc));
+    }
+
+    /// @dev Each underlying's loss in its named scenario: ceil(-acc / 1e18), then times the
+    /// scenario's weight (rounded up), at least 0.
+    function _witnessLosses(int256[] memory acc, int256[] memory weightW) private pure returns (int256[] memory losses) {
+        uint256 nU = acc.length;
+        losses = new int256[](nU);
+        assembly ("memory-safe") {
+            for { let o := 0x20 } iszero(gt(o, shl(5, nU))) { o := add(o, 0x20) } {
+                // ceil(-acc / 1e18) (|acc| < 2^250: no wrap), then ceil(loss * weight / 1e18)
+                // (weight in [0, 1e18]) and max(., 0): a loss <= 0 gives 0 either way
+                let z := sub(0, mload(add(acc, o)))
+                let lossUp := add(sdiv(z, WAD), and(sgt(z, 0), iszero(iszero(smod(z, WAD)))))
+                if sgt(lossUp, 0) {
+                    z := mul(lossUp, mload(add(weightW, o)))
+                    mstore(add(losses, o), add(div(z, WAD), iszero(iszero(mod(z, WAD)))))
+                }
+            }
+        }
     }
 
     /// @dev The mean (rounded up) of the named scenarios' joint losses; 0 when the witness names
@@ -1345,7 +1359,11 @@ library PortfolioMargin {
             vol := mload(add(mload(add(m, MK_VOLS)), o))
             spot := mload(add(mload(add(m, MK_SPOTS)), o))
         }
-        int256 volW = _witnessVol(up, q.underlying, tau, vol, state, cache);
+        int256 volW = vol; // the named scenario's vol: shifted in the up and down states
+        if (state != VOL_UNCHANGED) {
+            int256 shift = _cachedShift(up, q.underlying, tau, cache);
+            volW = _volShifted(vol, shift, state, up.volFloor);
+        }
         _cachedLnMove(shockedSpot, spot, q.underlying, cache);
         int256 rate;
         int256 strike;
@@ -1354,17 +1372,6 @@ library PortfolioMargin {
             strike := mload(add(q, POS_STRIKE))
         }
         OptionPricing.pairTerms(spot, shockedSpot, strike, tau, vol, volW, rate, t);
-    }
-
-    /// @dev The named scenario's vol: shifted (volShiftUp through the cache) in the up and down
-    /// states, the market's otherwise.
-    function _witnessVol(UnderlyingParams memory up, uint256 u, uint256 tau, int256 vol, uint256 state, uint256[] memory cache)
-        private
-        pure
-        returns (int256)
-    {
-        if (state != VOL_UP && state != VOL_DOWN) return vol;
-        return _volShifted(vol, _cachedShift(up, u, tau, cache), state, up.volFloor);
     }
 
     /// @dev _volFor for the up (2) and down (0) states, written out: vol <= MAX_VOL and 0 <=
