@@ -1022,16 +1022,6 @@ library PortfolioMargin {
         }
     }
 
-    /// @dev mulDown(a, b) for |a * b| < 2^255 (here |q| <= 1e30, |mark - entry| < 1.3e31: a
-    /// mark is a spot <= 1e30, a call <= spot or a put <= K * D <= 1e30 * e^2.5; |entry| <= 1e30):
-    /// floor toward -inf without the overflow check.
-    function _mulDownBounded(int256 a, int256 b) private pure returns (int256 z) {
-        assembly ("memory-safe") {
-            z := mul(a, b)
-            z := sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD)))))
-        }
-    }
-
     /// @dev Effective balance: a positive balance loses its haircut (rounded down); a debt counts in full.
     function _haircutDown(int256 balance, int256 haircut) private pure returns (int256) {
         return balance > 0 ? balance.mulDown(WAD - haircut) : balance;
@@ -1182,15 +1172,30 @@ library PortfolioMargin {
         int256[] memory marks,
         Hist memory h
     ) private pure returns (int256 equity) {
-        uint256 n = pf.positions.length;
         // 4 words per underlying for _cachedShift and _cachedLnMove, then 8 for _witnessPair.
         uint256[] memory cache = new uint256[](12 * stateW.length);
-        for (uint256 i; i < n; ++i) {
+        for (uint256 i; i < pf.positions.length; ++i) {
             Position memory q = pf.positions[i];
-            uint256 u = q.underlying;
-            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc, cache);
-            if (marks.length != 0) marks[i] = v0;
-            equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
+            int256 v0;
+            {
+                uint256 state;
+                int256 sw;
+                assembly ("memory-safe") {
+                    let o := add(0x20, shl(5, mload(q))) // u < nU = the plan's lengths (validated)
+                    state := mload(add(stateW, o))
+                    sw := mload(add(shockedW, o))
+                }
+                v0 = _accumulateWitness(q, m, p.underlyings[q.underlying], state, sw, acc, cache);
+            }
+            assembly ("memory-safe") {
+                if mload(marks) { mstore(add(add(marks, 0x20), shl(5, i)), v0) }
+                // equity += mulDown(q, v0 - entry), floored toward -inf without the overflow
+                // check: |q| <= 1e30, |mark - entry| < 1.3e31 (a mark is a spot <= 1e30, a call
+                // <= spot or a put <= K * D <= 1e30 * e^2.5; |entry| <= 1e30), and a sum of at
+                // most 40 such terms: no wrap
+                let z := mul(mload(add(q, POS_QUANTITY)), sub(v0, mload(add(q, POS_ENTRY_PRICE))))
+                equity := add(equity, sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD))))))
+            }
             if (h.index.length != 0) _histNamed(q, m, h, v0);
         }
     }
@@ -1208,13 +1213,12 @@ library PortfolioMargin {
         stateW = new uint256[](nU);
         weightW = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
-            UnderlyingParams memory up;
+            UnderlyingParams memory up = p.underlyings[u];
             uint256 w;
             int256 spot;
-            // u < nU: within p.underlyings, witness (>= nU entries, checked) and the market's spots
+            // u < nU: within witness (>= nU entries, checked) and the market's spots (validated)
             uint256 o = 0x20 + (u << 5);
             assembly ("memory-safe") {
-                up := mload(add(mload(p), o))
                 w := mload(add(witness, o))
                 spot := mload(add(mload(add(m, MK_SPOTS)), o))
             }
