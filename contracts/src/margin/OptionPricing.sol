@@ -100,7 +100,7 @@ library OptionPricing {
             int256 rt = _rateTime(tau, rate);
             int256 kd = (strike * _discount(rt)) / WAD; // < 1.3e49 before the division
             (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
-            // _priceFrom written out (one call frame less per scenario price of a full check)
+            // the accuracy domain's test inline (no call frame per scenario price of a full check)
             if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
             return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
         }
@@ -236,28 +236,21 @@ library OptionPricing {
             sst := mload(add(t, 0x40))
             halfVar := mload(add(t, 0x60))
         }
-        v0 = _priceFrom(isCall, spot, strike, kd, m, sst, halfVar);
+        // modelPriceLn's computation after its checks, for both prices: the intrinsic value
+        // outside the accuracy domain (s = 0, a spot below MIN_PRICE, or strike above
+        // MAX_STRIKE_RATIO * spot; spot, spotW <= 1.1e31, so the products < 1.1e38), else _core.
+        bool intrinsic;
+        assembly ("memory-safe") {
+            intrinsic := or(iszero(sst), or(slt(spot, MIN_PRICE), sgt(strike, mul(spot, MAX_STRIKE_RATIO))))
+        }
+        v0 = intrinsic ? _intrinsic(isCall, spot, kd) : _core(isCall, spot, kd, m, sst, halfVar);
         assembly ("memory-safe") {
             m := add(m, lnMove)
             sst := mload(add(t, 0x80))
             halfVar := mload(add(t, 0xa0))
+            intrinsic := or(iszero(sst), or(slt(spotW, MIN_PRICE), sgt(strike, mul(spotW, MAX_STRIKE_RATIO))))
         }
-        vw = _priceFrom(isCall, spotW, strike, kd, m, sst, halfVar);
-    }
-
-    /// @dev modelPriceLn's computation after its checks, from kd, m = ln(spot/strike) + rt,
-    /// sigma*sqrt(tau) and sigma^2*tau/2: the intrinsic value outside the accuracy domain (spot
-    /// below MIN_PRICE, or strike above MAX_STRIKE_RATIO * spot; spot <= 1.1e31, so the product
-    /// < 1.1e38), else price's.
-    function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 m, int256 sst, int256 halfVar)
-        private
-        pure
-        returns (int256)
-    {
-        unchecked {
-            if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
-            return _core(isCall, spot, kd, m, sst, halfVar);
-        }
+        vw = intrinsic ? _intrinsic(isCall, spotW, kd) : _core(isCall, spotW, kd, m, sst, halfVar);
     }
 
     /// @notice Black-76 price (WAD): D * (F * Phi(d1) - K * Phi(d2)) (call) on a forward F,
