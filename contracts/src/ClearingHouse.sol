@@ -499,11 +499,20 @@ contract ClearingHouse is ClearingHouseBase {
                 base := keccak256(0, 0x20)
             }
         }
-        for (uint256 k = ids.length; k > 0; --k) {
-            uint256 i = k - 1;
-            int256 q = pf.positions[i].quantity;
+        for (uint256 i = ids.length; i > 0;) {
+            unchecked {
+                --i;
+            }
+            int256 price = marks[i]; // (the verifier's array: its length checked)
+            int256 q;
+            uint256 id;
+            assembly ("memory-safe") {
+                // i < ids.length = pf.positions.length (_loadPortfolio builds them together)
+                let o := add(0x20, shl(5, i))
+                q := mload(add(mload(add(mload(pf), o)), 0x80)) // pf.positions[i].quantity
+                id := mload(add(ids, o))
+            }
             int256 closeQty = q;
-            int256 price = marks[i];
             // The rounding helpers written out (this loop runs per position): |q| <= 1e30 and
             // fraction <= 1e18, so |q| * fraction < 2^256 / 2; marks are in [0, 1.3e31].
             unchecked {
@@ -517,12 +526,19 @@ contract ClearingHouse is ClearingHouseBase {
                 int256 r = price % TICK;
                 if (r != 0) price = q > 0 ? price - r : price + (TICK - r);
             }
-            if (pf.positions[i].kind == PortfolioMargin.FUTURE && pf.positions[i].expiry == 0) {
-                _handOverFunding(account, ids[i], q, closeQty, v);
+            {
+                bool perp;
+                assembly ("memory-safe") {
+                    // pf.positions[i]: kind (0x20) 0, a future, and expiry (0x60) 0: a perpetual
+                    let pos := mload(add(mload(pf), add(0x20, shl(5, i))))
+                    perp := iszero(or(mload(add(pos, 0x20)), mload(add(pos, 0x60))))
+                }
+                if (perp) _handOverFunding(account, id, q, closeQty, v);
             }
             if (closeQty == 0) continue;
-            cash += (closeQty * price) / WAD; // exact
-            uint256 id = ids[i];
+            unchecked {
+                cash += (closeQty * price) / WAD; // exact; |closeQty * price| < 1.3e61: no wrap
+            }
             if (q != closeQty) {
                 q = int256(_pack(id, q - closeQty)); // (the slot's new value, reusing the variable)
                 assembly ("memory-safe") {
@@ -532,8 +548,14 @@ contract ClearingHouse is ClearingHouseBase {
                 _setQuantityAt(account, i, id, 0);
             }
             _addToBackstop(v.bk, id, closeQty);
-            v.taken[moved] = _pack(id, closeQty);
-            v.prices[moved++] = price;
+            q = int256(_pack(id, closeQty));
+            assembly ("memory-safe") {
+                // v.taken[moved] and v.prices[moved]: moved < ids.length, their length
+                let o := add(0x20, shl(5, moved))
+                mstore(add(mload(add(v, 0x40)), o), q)
+                mstore(add(mload(add(v, 0x60)), o), price)
+            }
+            ++moved;
         }
         if (moved == 0) revert NothingToLiquidate(account);
         v.cash = cash;

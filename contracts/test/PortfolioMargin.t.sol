@@ -4,6 +4,7 @@ pragma solidity 0.8.30;
 import {TestBase} from "./utils/TestBase.sol";
 import {MarginPresets} from "./utils/MarginPresets.sol";
 import {FixedPoint} from "../src/math/FixedPoint.sol";
+import {OptionPricing, StrikeOutOfRange} from "../src/margin/OptionPricing.sol";
 import {
     PortfolioMargin,
     Portfolio,
@@ -549,7 +550,7 @@ contract PortfolioMarginLayoutTest is TestBase {
         int256[] memory vols = new int256[](1);
         Market memory m = Market(401, 402, spots, vols);
         assertEq(_word(_ptr(m), 0), 401, "offset 0");
-        assertEq(_word(_ptr(m), 0x20), 402, "offset 0x20");
+        assertEq(_word(_ptr(m), PortfolioMargin.MK_RATE), 402, "MK_RATE");
         assertEq(_word(_ptr(m), PortfolioMargin.MK_SPOTS), _ptr(spots), "MK_SPOTS");
         assertEq(_word(_ptr(m), PortfolioMargin.MK_VOLS), _ptr(vols), "MK_VOLS");
 
@@ -633,5 +634,145 @@ contract PortfolioMarginLayoutTest is TestBase {
         assembly ("memory-safe") {
             r := x
         }
+    }
+}
+
+/// @notice The witness pass prices every option of one (underlying, expiry) from terms computed
+/// once (OptionPricing.pairTerms, a one-entry cache per underlying): books of options that share
+/// expiries, against each option priced on its own with OptionPricing.pricePair, and the first
+/// error when a later option of a cached expiry has an invalid strike.
+contract WitnessPairTermsTest is MarginFixtures {
+    using FixedPoint for int256;
+
+    /// @dev n options on both underlyings, calls and puts, strikes 70-130% of spot, on two
+    /// expiries (1 and 30 days) in an order drawn from seed, so entries hit and get replaced;
+    /// stable collateral only (a scenario's loss is the options' alone).
+    function sharedExpiries(uint256 n, uint256 seed) internal pure returns (Portfolio memory pf) {
+        pf = mixed(n);
+        pf.collateral[1] = 0;
+        for (uint256 i; i < n; ++i) {
+            uint256 r = uint256(keccak256(abi.encode(seed, i)));
+            Position memory q = pf.positions[i];
+            q.underlying = r % 4 == 3 ? 1 : 0;
+            q.kind = uint8(1 + (r >> 8) % 2);
+            int256 spot = q.underlying == 0 ? int256(3000e18) : int256(60_000e18);
+            q.strike = spot * int256(70 + (r >> 16) % 61) / 100;
+            q.expiry = T0 + ((r >> 32) % 2 == 0 ? 1 days : 30 days);
+            q.entryPrice = 0;
+        }
+    }
+
+    /// @dev The named scenario's vol of a witness index (PortfolioMargin._volFor written out).
+    function _volW(UnderlyingParams memory up, uint256 tau, int256 vol, uint8 state) internal pure returns (int256) {
+        if (state == PortfolioMargin.VOL_UNCHANGED) return vol;
+        int256 shift = PortfolioMargin.volShiftUp(up, tau);
+        if (state == PortfolioMargin.VOL_UP) return vol + shift < 10e18 ? vol + shift : int256(10e18);
+        int256 lowest = vol < up.volFloor ? vol : up.volFloor;
+        return vol - shift > lowest ? vol - shift : lowest;
+    }
+
+    /// @dev Each underlying's loss in its named scenario with every option priced by pricePair.
+    function _lossesByPricePair(Portfolio memory pf, Market memory m, RiskParams memory p, uint256[] memory w)
+        internal
+        pure
+        returns (int256[] memory losses)
+    {
+        int256[] memory acc = new int256[](2);
+        for (uint256 i; i < pf.positions.length; ++i) {
+            Position memory q = pf.positions[i];
+            acc[q.underlying] += q.quantity * _change(q, m, p.underlyings[q.underlying], w[q.underlying]);
+        }
+        losses = new int256[](2);
+        for (uint256 u; u < 2; ++u) {
+            (,, int256 weight,) = PortfolioMargin.scenario(p.underlyings[u], w[u]);
+            int256 lossUp = (-acc[u]).mulUp(1).mulUp(weight);
+            losses[u] = lossUp > 0 ? lossUp : int256(0);
+        }
+    }
+
+    /// @dev pricePair's arguments (a struct keeps the stack shallow).
+    struct PairIn {
+        bool isCall;
+        int256 spot;
+        int256 sw;
+        int256 strike;
+        uint256 tau;
+        int256 vol;
+        int256 volW;
+        int256 rate;
+    }
+
+    /// @dev V_w - V0 of option q in scenario wu of its underlying, by pricePair (0 at the center).
+    function _change(Position memory q, Market memory m, UnderlyingParams memory up, uint256 wu)
+        internal
+        pure
+        returns (int256)
+    {
+        if (wu == 3 * up.moveSteps + 1) return 0; // the center: no move, vol unchanged
+        (int256 move, uint8 state,,) = PortfolioMargin.scenario(up, wu);
+        PairIn memory a;
+        a.isCall = q.kind == PortfolioMargin.CALL;
+        a.spot = m.spots[q.underlying];
+        a.sw = a.spot.mulDown(WAD + move);
+        a.strike = q.strike;
+        a.tau = q.expiry - m.timestamp;
+        a.vol = m.vols[q.underlying];
+        a.volW = _volW(up, a.tau, a.vol, state);
+        a.rate = m.rate;
+        (int256 v0, int256 pw) = OptionPricing.pricePair(
+            a.isCall, a.spot, a.sw, a.strike, a.tau, a.vol, a.volW, a.rate, OptionPricing.lnRatio(a.sw, a.spot)
+        );
+        return pw - v0;
+    }
+
+    /// forge-config: default.fuzz.runs = 300
+    function testFuzz_sharedExpiriesPriceAsPricePair(uint256 seed, uint8 nRaw, uint8 w0, uint8 w1) public pure {
+        Portfolio memory pf = sharedExpiries(2 + nRaw % 15, seed);
+        Market memory m = market2();
+        RiskParams memory p = params2();
+        uint256[] memory w = new uint256[](2);
+        w[0] = w0 % PortfolioMargin.scenarioCount(p.underlyings[0]);
+        w[1] = w1 % PortfolioMargin.scenarioCount(p.underlyings[1]);
+        (MarginResult memory r, int256[] memory marks) = PortfolioMargin.witnessCheckWithMarks(pf, m, p, w);
+        int256[] memory expected = _lossesByPricePair(pf, m, p, w);
+        assertEq(r.losses[0], expected[0], "loss of underlying 0");
+        assertEq(r.losses[1], expected[1], "loss of underlying 1");
+        for (uint256 i; i < pf.positions.length; ++i) {
+            Position memory q = pf.positions[i];
+            int256 mark = OptionPricing.modelPrice(
+                q.kind == PortfolioMargin.CALL,
+                m.spots[q.underlying],
+                q.strike,
+                q.expiry - m.timestamp,
+                m.vols[q.underlying],
+                m.rate
+            );
+            assertEq(marks[i], mark, "mark");
+        }
+        // The best witness of the same book reproduces the full check.
+        MarginResult memory full = PortfolioMargin.fullCheck(pf, m, p);
+        MarginResult memory best = PortfolioMargin.witnessCheck(pf, m, p, full.witness);
+        assertEq(best.requirement, full.requirement, "best witness");
+        assertEq(best.equity, full.equity, "equity");
+    }
+
+    function witnessExternal(Portfolio memory pf, uint256[] memory w) external pure returns (MarginResult memory) {
+        return PortfolioMargin.witnessCheck(pf, market2(), params2(), w);
+    }
+
+    /// A strike below the pricing domain on an option whose expiry's terms are cached: the
+    /// same first error as pricePair (StrikeOutOfRange), not a price from the cached terms.
+    function test_strikeOutOfRangeOnACachedExpiry() public {
+        Portfolio memory pf = sharedExpiries(3, 7);
+        for (uint256 i; i < 3; ++i) {
+            pf.positions[i].underlying = 0;
+            pf.positions[i].expiry = T0 + 30 days;
+        }
+        pf.positions[2].strike = 1e9; // valid for the portfolio (> 0), below OptionPricing.MIN_PRICE
+        uint256[] memory w = new uint256[](2);
+        w[0] = 2; // a regular move, vol up: the pair is priced
+        w[1] = 0;
+        vm.expectRevert(abi.encodeWithSelector(StrikeOutOfRange.selector, int256(1e9)));
+        this.witnessExternal(pf, w);
     }
 }

@@ -100,7 +100,7 @@ library OptionPricing {
             int256 rt = _rateTime(tau, rate);
             int256 kd = (strike * _discount(rt)) / WAD; // < 1.3e49 before the division
             (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
-            // _priceFrom written out (one call frame less per scenario price of a full check)
+            // the accuracy domain's test inline (no call frame per scenario price of a full check)
             if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
             return _core(isCall, spot, kd, _lnRatio(spot, strike) + rt, sst, halfVar);
         }
@@ -157,36 +157,100 @@ library OptionPricing {
         int256 rate,
         int256 lnMove
     ) internal pure returns (int256 v0, int256 vw) {
-        _checkModelUnderlying(spot, strike);
-        _checkTauVolRate(tau, vol, rate);
-        // The second call's checks, in its order; those of strike, tau and rate passed above.
-        _checkModelUnderlying(spotW, strike);
-        if (volW < 0 || volW > MAX_VOL) revert VolOutOfRange(volW);
-        unchecked {
-            // m = ln(F/K) = ln(S/K) + rt from here on (the slot is reused: stack depth)
-            int256 kd = _rateTime(tau, rate);
-            rate = _lnRatio(spot, strike) + kd;
-            kd = (strike * _discount(kd)) / WAD; // < 1.3e49 before the division
-            (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
-            v0 = _priceFrom(isCall, spot, strike, kd, rate, sst, halfVar);
-            if (volW != vol) (sst, halfVar) = _sigmaSqrtTauHalfVar(tau, volW);
-            vw = _priceFrom(isCall, spotW, strike, kd, rate + lnMove, sst, halfVar);
+        int256[6] memory terms;
+        uint256 t;
+        assembly ("memory-safe") {
+            t := terms
+        }
+        pairTerms(spot, spotW, strike, tau, vol, volW, rate, t);
+        return pricePairFrom(isCall, spot, spotW, strike, lnMove, t);
+    }
+
+    /// @notice pricePair's first step: its checks, in its order (the same first error), then
+    /// the terms that depend on (tau, vol, volW, rate) only, into the 6 words of memory at t:
+    /// r*tau, the discount factor D, sigma*sqrt(tau) and sigma^2*tau/2 at vol, the same two at
+    /// volW (a memory address, not an array: the caller keeps them where it likes). A witness check
+    /// computes them once per (underlying, expiry) and prices every option there with
+    /// pricePairFrom. One assembly test decides; only a failing input takes the ordered checks.
+    function pairTerms(
+        int256 spot,
+        int256 spotW,
+        int256 strike,
+        uint256 tau,
+        int256 vol,
+        int256 volW,
+        int256 rate,
+        uint256 t
+    ) internal pure {
+        // (Constants that are expressions: assembly reads them from the stack.)
+        uint256 maxTau = MAX_TAU;
+        int256 maxRate = MAX_RATE;
+        bool ok;
+        assembly ("memory-safe") {
+            // 0 < spot, spotW <= MAX_PRICE; MIN_PRICE <= strike <= MAX_PRICE; tau <= MAX_TAU;
+            // 0 <= vol, volW <= MAX_VOL; |rate| <= MAX_RATE (a value below a bound wraps high)
+            ok := and(lt(sub(spot, 1), MAX_PRICE), lt(sub(spotW, 1), MAX_PRICE))
+            ok := and(ok, lt(sub(strike, MIN_PRICE), add(sub(MAX_PRICE, MIN_PRICE), 1)))
+            ok := and(ok, iszero(gt(tau, maxTau)))
+            ok := and(ok, and(iszero(gt(vol, MAX_VOL)), iszero(gt(volW, MAX_VOL))))
+            ok := and(ok, iszero(gt(add(rate, maxRate), mul(2, maxRate))))
+        }
+        if (!ok) {
+            _checkModelUnderlying(spot, strike);
+            _checkTauVolRate(tau, vol, rate);
+            // The second price's checks, in its order; those of strike, tau and rate passed above.
+            _checkModelUnderlying(spotW, strike);
+            if (volW < 0 || volW > MAX_VOL) revert VolOutOfRange(volW);
+        }
+        int256 rt = _rateTime(tau, rate);
+        int256 d = _discount(rt);
+        (int256 sst, int256 halfVar) = _sigmaSqrtTauHalfVar(tau, vol);
+        assembly ("memory-safe") {
+            mstore(t, rt)
+            mstore(add(t, 0x20), d)
+            mstore(add(t, 0x40), sst)
+            mstore(add(t, 0x60), halfVar)
+        }
+        if (volW != vol) (sst, halfVar) = _sigmaSqrtTauHalfVar(tau, volW);
+        assembly ("memory-safe") {
+            mstore(add(t, 0x80), sst)
+            mstore(add(t, 0xa0), halfVar)
         }
     }
 
-    /// @dev modelPriceLn's computation after its checks, from kd, m = ln(spot/strike) + rt,
-    /// sigma*sqrt(tau) and sigma^2*tau/2: the intrinsic value outside the accuracy domain (spot
-    /// below MIN_PRICE, or strike above MAX_STRIKE_RATIO * spot; spot <= 1.1e31, so the product
-    /// < 1.1e38), else price's.
-    function _priceFrom(bool isCall, int256 spot, int256 strike, int256 kd, int256 m, int256 sst, int256 halfVar)
-        private
+    /// @notice pricePair's second step, from the terms pairTerms computed for the same tau, vol,
+    /// volW and rate (and checked spot and spotW): the strike's check, then the two prices.
+    function pricePairFrom(bool isCall, int256 spot, int256 spotW, int256 strike, int256 lnMove, uint256 t)
+        internal
         pure
-        returns (int256)
+        returns (int256 v0, int256 vw)
     {
-        unchecked {
-            if (sst == 0 || spot < MIN_PRICE || strike > spot * MAX_STRIKE_RATIO) return _intrinsic(isCall, spot, kd);
-            return _core(isCall, spot, kd, m, sst, halfVar);
+        if (strike < MIN_PRICE || strike > MAX_PRICE) revert StrikeOutOfRange(strike);
+        int256 m = _lnRatio(spot, strike);
+        int256 kd;
+        int256 sst;
+        int256 halfVar;
+        assembly ("memory-safe") {
+            m := add(m, mload(t)) // m = ln(F/K) = ln(S/K) + rt: |m| < 49e18
+            kd := sdiv(mul(strike, mload(add(t, 0x20))), WAD) // K * D < 1.3e49, both > 0
+            sst := mload(add(t, 0x40))
+            halfVar := mload(add(t, 0x60))
         }
+        // modelPriceLn's computation after its checks, for both prices: the intrinsic value
+        // outside the accuracy domain (s = 0, a spot below MIN_PRICE, or strike above
+        // MAX_STRIKE_RATIO * spot; spot, spotW <= 1.1e31, so the products < 1.1e38), else _core.
+        bool intrinsic;
+        assembly ("memory-safe") {
+            intrinsic := or(iszero(sst), or(slt(spot, MIN_PRICE), sgt(strike, mul(spot, MAX_STRIKE_RATIO))))
+        }
+        v0 = intrinsic ? _intrinsic(isCall, spot, kd) : _core(isCall, spot, kd, m, sst, halfVar);
+        assembly ("memory-safe") {
+            m := add(m, lnMove)
+            sst := mload(add(t, 0x80))
+            halfVar := mload(add(t, 0xa0))
+            intrinsic := or(iszero(sst), or(slt(spotW, MIN_PRICE), sgt(strike, mul(spotW, MAX_STRIKE_RATIO))))
+        }
+        vw = intrinsic ? _intrinsic(isCall, spotW, kd) : _core(isCall, spotW, kd, m, sst, halfVar);
     }
 
     /// @notice Black-76 price (WAD): D * (F * Phi(d1) - K * Phi(d2)) (call) on a forward F,

@@ -216,7 +216,8 @@ library PortfolioMargin {
     uint256 internal constant EM_VOL_STATE = 0x20; // ExtendedMove (move at 0)
     uint256 internal constant EM_WEIGHT = 0x40;
     uint256 internal constant AP_UNDERLYING = 0x20; // AssetParams (haircut at 0)
-    uint256 internal constant MK_SPOTS = 0x40; // Market (timestamp at 0)
+    uint256 internal constant MK_RATE = 0x20; // Market (timestamp at 0)
+    uint256 internal constant MK_SPOTS = 0x40;
     uint256 internal constant MK_VOLS = 0x60;
     uint256 internal constant POS_KIND = 0x20; // Position (underlying at 0)
     uint256 internal constant POS_STRIKE = 0x40;
@@ -1021,16 +1022,6 @@ library PortfolioMargin {
         }
     }
 
-    /// @dev mulDown(a, b) for |a * b| < 2^255 (here |q| <= 1e30, |mark - entry| < 1.3e31: a
-    /// mark is a spot <= 1e30, a call <= spot or a put <= K * D <= 1e30 * e^2.5; |entry| <= 1e30):
-    /// floor toward -inf without the overflow check.
-    function _mulDownBounded(int256 a, int256 b) private pure returns (int256 z) {
-        assembly ("memory-safe") {
-            z := mul(a, b)
-            z := sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD)))))
-        }
-    }
-
     /// @dev Effective balance: a positive balance loses its haircut (rounded down); a debt counts in full.
     function _haircutDown(int256 balance, int256 haircut) private pure returns (int256) {
         return balance > 0 ? balance.mulDown(WAD - haircut) : balance;
@@ -1073,24 +1064,38 @@ library PortfolioMargin {
             revert WitnessLengthMismatch(nU + p.historical.esCount, witness.length);
         }
         (int256[] memory shockedW, uint256[] memory stateW, int256[] memory weightW) = _plan(m, p, witness);
-        Hist memory h = _histPlan(pf, m, p, _esIndices(p, witness));
+        // Without ES indices (witness.length == nU), _esIndices has nothing to check and
+        // _histPlan nothing to plan: an empty plan.
+        Hist memory h;
+        if (witness.length != nU) h = _histPlan(pf, m, p, _esIndices(p, witness));
         int256[] memory acc = new int256[](nU);
         marks = new int256[](withMarks ? pf.positions.length : 0);
         int256 equity = _witnessPositions(pf, m, p, stateW, shockedW, acc, marks, h);
         equity += _witnessCollateral(pf, m, p, shockedW, acc);
         _histCollateral(pf, m, p, h);
 
-        r.losses = new int256[](nU);
-        for (uint256 u; u < nU; ++u) {
-            int256 lossUp;
-            unchecked {
-                lossUp = (-acc[u]).mulUp(1); // |acc| < 2^250: no wrap
-            }
-            lossUp = lossUp.mulUp(weightW[u]);
-            r.losses[u] = lossUp > 0 ? lossUp : int256(0);
-        }
+        r.losses = _witnessLosses(acc, weightW);
         r.witness = witness;
         _finish(r, pf, m, p, equity, _namedMeanUp(h.acc));
+    }
+
+    /// @dev Each underlying's loss in its named scenario: ceil(-acc / 1e18), then times the
+    /// scenario's weight (rounded up), at least 0.
+    function _witnessLosses(int256[] memory acc, int256[] memory weightW) private pure returns (int256[] memory losses) {
+        uint256 nU = acc.length;
+        losses = new int256[](nU);
+        assembly ("memory-safe") {
+            for { let o := 0x20 } iszero(gt(o, shl(5, nU))) { o := add(o, 0x20) } {
+                // ceil(-acc / 1e18) (|acc| < 2^250: no wrap), then ceil(loss * weight / 1e18)
+                // (weight in [0, 1e18]) and max(., 0): a loss <= 0 gives 0 either way
+                let z := sub(0, mload(add(acc, o)))
+                let lossUp := add(sdiv(z, WAD), and(sgt(z, 0), iszero(iszero(smod(z, WAD)))))
+                if sgt(lossUp, 0) {
+                    z := mul(lossUp, mload(add(weightW, o)))
+                    mstore(add(losses, o), add(div(z, WAD), iszero(iszero(mod(z, WAD)))))
+                }
+            }
+        }
     }
 
     /// @dev The mean (rounded up) of the named scenarios' joint losses; 0 when the witness names
@@ -1127,16 +1132,31 @@ library PortfolioMargin {
         int256[] memory shockedW,
         int256[] memory acc
     ) private pure returns (int256 equity) {
-        for (uint256 k; k < p.assets.length; ++k) {
-            AssetParams memory ap = p.assets[k];
-            int256 e = _haircutDown(pf.collateral[k], ap.haircut);
-            if (ap.underlying == STABLE) {
-                equity += e;
-                continue;
+        AssetParams[] memory assets = p.assets;
+        int256[] memory col = pf.collateral;
+        uint256 stable = STABLE;
+        // Validated: one balance per asset, |balance| <= 1e33, an asset's underlying < nU (or
+        // STABLE), spots <= 1e30, scenario spots <= 1.1e31: no product or sum below wraps
+        // (the bounds in margin/portfolio_margin.py), so this is the checked arithmetic's result.
+        assembly ("memory-safe") {
+            for { let k := 0 } lt(k, mload(assets)) { k := add(k, 1) } {
+                let ap := mload(add(add(assets, 0x20), shl(5, k)))
+                let e := mload(add(add(col, 0x20), shl(5, k)))
+                // _haircutDown: a positive balance times (1 - haircut), floored (both >= 0)
+                if sgt(e, 0) { e := div(mul(e, sub(WAD, mload(ap))), WAD) }
+                let u := mload(add(ap, AP_UNDERLYING))
+                switch eq(u, stable)
+                case 1 { equity := add(equity, e) }
+                default {
+                    let o := add(0x20, shl(5, u))
+                    let spot := mload(add(mload(add(m, MK_SPOTS)), o))
+                    // mulDown(e, spot): floor toward -inf
+                    let z := mul(e, spot)
+                    equity := add(equity, sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD))))))
+                    let a := add(acc, o)
+                    mstore(a, add(mload(a), mul(e, sub(mload(add(shockedW, o)), spot))))
+                }
             }
-            int256 spot = m.spots[ap.underlying];
-            equity += e.mulDown(spot);
-            acc[ap.underlying] += e * (shockedW[ap.underlying] - spot);
         }
     }
 
@@ -1152,14 +1172,30 @@ library PortfolioMargin {
         int256[] memory marks,
         Hist memory h
     ) private pure returns (int256 equity) {
-        uint256 n = pf.positions.length;
-        uint256[] memory shiftCache = new uint256[](4 * stateW.length);
-        for (uint256 i; i < n; ++i) {
+        // 4 words per underlying for _cachedShift and _cachedLnMove, then 8 for _witnessPair.
+        uint256[] memory cache = new uint256[](12 * stateW.length);
+        for (uint256 i; i < pf.positions.length; ++i) {
             Position memory q = pf.positions[i];
-            uint256 u = q.underlying;
-            int256 v0 = _accumulateWitness(q, m, p.underlyings[u], stateW[u], shockedW[u], acc, shiftCache);
-            if (marks.length != 0) marks[i] = v0;
-            equity += _mulDownBounded(q.quantity, v0 - q.entryPrice);
+            int256 v0;
+            {
+                uint256 state;
+                int256 sw;
+                assembly ("memory-safe") {
+                    let o := add(0x20, shl(5, mload(q))) // u < nU = the plan's lengths (validated)
+                    state := mload(add(stateW, o))
+                    sw := mload(add(shockedW, o))
+                }
+                v0 = _accumulateWitness(q, m, p.underlyings[q.underlying], state, sw, acc, cache);
+            }
+            assembly ("memory-safe") {
+                if mload(marks) { mstore(add(add(marks, 0x20), shl(5, i)), v0) }
+                // equity += mulDown(q, v0 - entry), floored toward -inf without the overflow
+                // check: |q| <= 1e30, |mark - entry| < 1.3e31 (a mark is a spot <= 1e30, a call
+                // <= spot or a put <= K * D <= 1e30 * e^2.5; |entry| <= 1e30), and a sum of at
+                // most 40 such terms: no wrap
+                let z := mul(mload(add(q, POS_QUANTITY)), sub(v0, mload(add(q, POS_ENTRY_PRICE))))
+                equity := add(equity, sub(sdiv(z, WAD), and(slt(z, 0), iszero(iszero(smod(z, WAD))))))
+            }
             if (h.index.length != 0) _histNamed(q, m, h, v0);
         }
     }
@@ -1177,7 +1213,21 @@ library PortfolioMargin {
         stateW = new uint256[](nU);
         weightW = new int256[](nU);
         for (uint256 u; u < nU; ++u) {
-            (shockedW[u], stateW[u], weightW[u]) = _planOne(p.underlyings[u], u, witness[u], m.spots[u]);
+            UnderlyingParams memory up = p.underlyings[u];
+            uint256 w;
+            int256 spot;
+            // u < nU: within witness (>= nU entries, checked) and the market's spots (validated)
+            uint256 o = 0x20 + (u << 5);
+            assembly ("memory-safe") {
+                w := mload(add(witness, o))
+                spot := mload(add(mload(add(m, MK_SPOTS)), o))
+            }
+            (int256 sw, uint256 st, int256 wt) = _planOne(up, u, w, spot);
+            assembly ("memory-safe") {
+                mstore(add(shockedW, o), sw)
+                mstore(add(stateW, o), st)
+                mstore(add(weightW, o), wt)
+            }
         }
     }
 
@@ -1212,7 +1262,8 @@ library PortfolioMargin {
         }
     }
 
-    /// @dev state: the named scenario's vol state, or 3 for the center scenario.
+    /// @dev state: the named scenario's vol state, or 3 for the center scenario. The fields and
+    /// entries are read in assembly: u < nU (validated) indexes the market's arrays and acc.
     function _accumulateWitness(
         Position memory q,
         Market memory m,
@@ -1220,61 +1271,130 @@ library PortfolioMargin {
         uint256 state,
         int256 shockedSpot,
         int256[] memory acc,
-        uint256[] memory shiftCache
+        uint256[] memory cache
     ) private pure returns (int256 v0) {
-        int256 spot = m.spots[q.underlying];
-        if (q.kind == FUTURE) {
-            unchecked {
-                acc[q.underlying] += q.quantity * (shockedSpot - spot); // bounded: no wrap
-            }
-            return spot;
+        uint256 kind;
+        assembly ("memory-safe") {
+            kind := mload(add(q, POS_KIND))
+            v0 := mload(add(add(mload(add(m, MK_SPOTS)), 0x20), shl(5, mload(q)))) // the spot
         }
-        // Same order of work as the full check: the shift (only if the state needs it), V0, V_w.
-        (uint256 tau, int256 volW) = _witnessTauVol(q, m, up, state, shiftCache);
-        if (state == 3) return _price(q, spot, tau, volW, m.rate); // the center: no move, no loss
-        int256 pw;
-        (v0, pw) = _pricePair(q, m, shockedSpot, tau, volW, shiftCache);
-        unchecked {
-            acc[q.underlying] += q.quantity * (pw - v0); // bounded: no wrap
+        int256 change; // V_w - V0 (a future: S_w - S)
+        if (kind == FUTURE) {
+            change = shockedSpot - v0; // both in (0, 1.1e31]: no wrap
+        } else if (state == 3) {
+            // The center: no move, no loss; V0 alone (the vol state needs no shift).
+            uint256 tau0 = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
+            return _price(q, v0, tau0, m.vols[q.underlying], m.rate);
+        } else {
+            // Same order of work as the full check: the shift, V0, V_w (pricePair's order).
+            int256 pw;
+            (v0, pw) = _witnessPair(q, m, up, state, shockedSpot, cache);
+            change = pw - v0; // prices in [0, 1.3e31]: no wrap
+        }
+        assembly ("memory-safe") {
+            // acc[u] += q * change: bounded (|q| <= 1e30), no wrap
+            let a := add(add(acc, 0x20), shl(5, mload(q)))
+            mstore(a, add(mload(a), mul(mload(add(q, POS_QUANTITY)), change)))
         }
     }
 
-    function _witnessTauVol(
+    /// @dev (V0, V_w) of an option in the named scenario: OptionPricing.pricePair's integers and
+    /// first error. Its terms come from a one-entry cache per underlying, after the 4 * nU words
+    /// of _cachedShift (cache[4nU + 8u] = tau + 1, 0 when empty; cache[4nU + 8u + 2 ..+ 7] =
+    /// OptionPricing.pairTerms; cache has 12 * nU words): the options of one expiry share tau,
+    /// the vols, the rate and the scenario spot, so the terms are the same integers, and their
+    /// checks (all but the strike's, which pricePairFrom repeats) passed for the first. On a
+    /// miss, _pairMiss works in pricePair's order (the shift, the checks, the terms).
+    function _witnessPair(
         Position memory q,
         Market memory m,
         UnderlyingParams memory up,
         uint256 state,
-        uint256[] memory shiftCache
-    ) private pure returns (uint256 tau, int256 volW) {
-        tau = q.expiry > m.timestamp ? q.expiry - m.timestamp : 0;
-        volW = m.vols[q.underlying];
-        if (state == VOL_UP || state == VOL_DOWN) {
-            // forge-lint: disable-next-line(unsafe-typecast)
-            volW = _volFor(up, volW, _cachedShift(up, q.underlying, tau, shiftCache), uint8(state));
+        int256 shockedSpot,
+        uint256[] memory cache
+    ) private pure returns (int256, int256) {
+        uint256 t; // the terms' memory address
+        {
+            bool hit;
+            assembly ("memory-safe") {
+                let tau := 0
+                let expiry := mload(add(q, POS_EXPIRY))
+                if gt(expiry, mload(m)) { tau := sub(expiry, mload(m)) }
+                // u < nU (validated): the entry 0x20 + 128 nU + 256 u is within the 12 * nU words
+                let e := add(add(add(cache, 0x20), div(shl(5, mload(cache)), 3)), shl(8, mload(q)))
+                hit := eq(mload(e), add(tau, 1))
+                mstore(e, add(tau, 1)) // read back by _pairMiss (a revert there discards it)
+                t := add(e, 0x40)
+            }
+            if (!hit) _pairMiss(q, m, up, state, shockedSpot, cache, t);
         }
+        bool isCall;
+        int256 spot;
+        int256 strike;
+        int256 lnMove;
+        assembly ("memory-safe") {
+            let u := mload(q)
+            isCall := eq(mload(add(q, POS_KIND)), CALL)
+            spot := mload(add(add(mload(add(m, MK_SPOTS)), 0x20), shl(5, u)))
+            strike := mload(add(q, POS_STRIKE))
+            lnMove := mload(add(add(cache, 0x80), shl(7, u))) // cache[4u + 3]: _cachedLnMove's
+        }
+        return OptionPricing.pricePairFrom(isCall, spot, shockedSpot, strike, lnMove, t);
     }
 
-    /// @dev (V0, V_w) of an option: its mark, then its price in the named scenario.
-    function _pricePair(
+    /// @dev The terms of _witnessPair's entry (tau + 1 already stored before t): the named
+    /// scenario's vol (the shift only in the up and down states), the underlying's lnMove, then
+    /// OptionPricing.pairTerms.
+    function _pairMiss(
         Position memory q,
         Market memory m,
+        UnderlyingParams memory up,
+        uint256 state,
         int256 shockedSpot,
-        uint256 tau,
-        int256 volW,
-        uint256[] memory shiftCache
-    ) private pure returns (int256, int256) {
-        int256 lnMove = _cachedLnMove(shockedSpot, m.spots[q.underlying], q.underlying, shiftCache);
-        return OptionPricing.pricePair(
-            q.kind == CALL,
-            m.spots[q.underlying],
-            shockedSpot,
-            q.strike,
-            tau,
-            m.vols[q.underlying],
-            volW,
-            m.rate,
-            lnMove
-        );
+        uint256[] memory cache,
+        uint256 t
+    ) private pure {
+        uint256 tau;
+        int256 vol;
+        int256 spot;
+        assembly ("memory-safe") {
+            tau := sub(mload(sub(t, 0x40)), 1)
+            let o := add(0x20, shl(5, mload(q))) // u < nU = the market's lengths (validated)
+            vol := mload(add(mload(add(m, MK_VOLS)), o))
+            spot := mload(add(mload(add(m, MK_SPOTS)), o))
+        }
+        int256 volW = vol; // the named scenario's vol: shifted in the up and down states
+        if (state != VOL_UNCHANGED) {
+            int256 shift = _cachedShift(up, q.underlying, tau, cache);
+            volW = _volShifted(vol, shift, state, up.volFloor);
+        }
+        _cachedLnMove(shockedSpot, spot, q.underlying, cache);
+        int256 rate;
+        int256 strike;
+        assembly ("memory-safe") {
+            rate := mload(add(m, MK_RATE))
+            strike := mload(add(q, POS_STRIKE))
+        }
+        OptionPricing.pairTerms(spot, shockedSpot, strike, tau, vol, volW, rate, t);
+    }
+
+    /// @dev _volFor for the up (2) and down (0) states, written out: vol <= MAX_VOL and 0 <=
+    /// shift < 2^120 (volShiftUp's bounds), so neither vol + shift nor vol - shift wraps.
+    function _volShifted(int256 vol, int256 shift, uint256 state, int256 volFloor) private pure returns (int256 v) {
+        int256 maxVol = MAX_SCENARIO_VOL;
+        assembly ("memory-safe") {
+            switch state
+            case 2 {
+                v := add(vol, shift)
+                if iszero(slt(v, maxVol)) { v := maxVol }
+            }
+            default {
+                let lowest := volFloor
+                if slt(vol, volFloor) { lowest := vol }
+                v := sub(vol, shift)
+                if iszero(sgt(v, lowest)) { v := lowest }
+            }
+        }
     }
 
     function _price(Position memory q, int256 spot, uint256 tau, int256 vol, int256 rate)
