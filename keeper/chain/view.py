@@ -389,8 +389,8 @@ class ChainView:
     def call_many(self, calls: Sequence[Call]) -> list[CallResult]:
         c = self.chain
         n_multicalls = -(-len(calls) // c.calls_per_multicall)
-        if c.rpc.batching:
-            self.round_trips += -(-n_multicalls // c.multicalls_per_batch)
+        batching = c.rpc.batching
+        trips: list[int] = []
         out = multicall(
             c.rpc,
             c.multicall_address,
@@ -398,7 +398,10 @@ class ChainView:
             calls,
             calls_per_multicall=c.calls_per_multicall,
             multicalls_per_batch=c.multicalls_per_batch,
+            trips=trips,
         )
+        if batching:
+            self.round_trips += sum(trips)
         if not c.rpc.batching:  # counted after the call: batching may just have been refused
             self.round_trips += n_multicalls
         return out
