@@ -479,10 +479,9 @@ class ChainView:
         # An asset listed since an account was read: its balances are read again.
         n_assets = len(snap.assets)
         again = [a for a, acc in unchanged.items() if len(acc.balances) != n_assets]
+        snap.accounts.update(unchanged)
         if again:
             snap.accounts.update(self._read_accounts(again, n_assets))
-        skip = set(again)
-        snap.accounts.update((a, acc) for a, acc in unchanged.items() if a not in skip)
         snap.reused_accounts += len(unchanged) - len(again)
         self.chain.layout = snap.layout
         snap.round_trips = self.round_trips - start
