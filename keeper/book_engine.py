@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from keeper.chain.view import OracleError, ProtocolSnapshot
+from keeper.chain.rpc import BlockRef
+from keeper.chain.view import AccountSnapshot, OracleError, ProtocolSnapshot
 from keeper.decisions import AccountState, Assessment, DecisionPolicy, assess_account
 from margin.errors import MarginError
 from margin.portfolio import Market, Portfolio
@@ -93,6 +94,32 @@ def book_market(snap: ProtocolSnapshot) -> Market | None:
     except (OracleError, KeyError):
         return None
     return Market(snap.timestamp, snap.rate, tuple(spots), tuple(vols))
+
+
+def _bounded(
+    account: int, block: BlockRef, acc: AccountSnapshot, quiet: Quiet, digest: _ExactDigest
+) -> Assessment:
+    """``Assessment(account, block, acc.nonce, quiet state, None, False, digest, None,
+    acc.flagged_at, None, quiet digest, bounded=True)``, without the frozen dataclass's
+    ``__init__`` (a ``object.__setattr__`` per field: 3x the cost, and every block makes one
+    per quiet account). Every field is set (``_BOUNDED_FIELDS``, checked at import), and
+    tests/test_book_engine.py compares the two constructions."""
+    x = _new(Assessment)
+    x.__dict__.update(
+        account=account, block=block, nonce=acc.nonce, state=quiet[2], result=None,
+        lenient=False, digest_source=digest, action=None, flagged_at=acc.flagged_at, note=None,
+        change_digest=quiet[1], oracle_error=None, bounded=True,
+    )  # fmt: skip
+    return x
+
+
+_new = object.__new__
+_BOUNDED_FIELDS = (
+    "account", "block", "nonce", "state", "result", "lenient", "digest_source", "action",
+    "flagged_at", "note", "change_digest", "oracle_error", "bounded",
+)  # fmt: skip
+if {f.name for f in fields(Assessment)} != set(_BOUNDED_FIELDS):
+    raise TypeError("keeper.book_engine._bounded does not set every field of Assessment")
 
 
 class _ExactDigest:
@@ -181,10 +208,7 @@ class BookEngine:
             for a, slot, quiet in candidates:
                 if healthy[slot]:
                     acc = books[a]
-                    out[a] = Assessment(
-                        a, block, acc.nonce, quiet[2], None, False, _ExactDigest(snap, a, policy),
-                        None, acc.flagged_at, None, quiet[1], bounded=True,
-                    )  # fmt: skip
+                    out[a] = _bounded(a, block, acc, quiet, _ExactDigest(snap, a, policy))
                 else:
                     exact.append(a)
         else:
