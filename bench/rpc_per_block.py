@@ -200,7 +200,7 @@ def run(
             t_first = time.monotonic()
             for _ in range(blocks):
                 head = market_block(head)
-                lags.append(head - (service.health.last_block or 0))
+                lags.append(int(w3.eth.block_number) - (service.health.last_block or 0))
             last = _wait_block(w3, head)
             window_s = time.monotonic() - t_first
             deadline = time.monotonic() + 60

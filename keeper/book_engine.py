@@ -164,6 +164,7 @@ class BookEngine:
         #: a quiet "healthy" (no flag, no action, no note, strict ages).
         self._quiet: dict[int, Quiet] = {}
         self._stale = 0
+        self._freeze_due = False
         self.stats = EngineStats()
 
     # --- the assess step -----------------------------------------------------------------------
@@ -173,6 +174,8 @@ class BookEngine:
     ) -> list[Assessment]:
         """One assessment per account of ``accounts`` in the snapshot (the backstop is never
         assessed: it is never acted on)."""
+        if self._freeze_due:
+            self._freeze()
         books = snap.accounts
         backstop = snap.backstop
         wanted = [a for a in dict.fromkeys(accounts) if a != backstop and a in books]
@@ -311,10 +314,18 @@ class BookEngine:
         else:
             self._quiet = {}  # digests and states of other parameters, rate or settlements
         self._stale = 0
-        # The book and the books it was built from live until the next rebuild: out of the
-        # cyclic collector's reach from now on (gc.freeze), else every full collection -- one
-        # every few blocks, as each block's assessments accumulate -- walks all of them again.
-        # Young cycles are collected first, so little garbage is frozen with them.
-        gc.collect(1)
-        gc.freeze()
+        self._freeze_due = True
         return True
+
+    def _freeze(self) -> None:
+        """At the block after a rebuild (the rebuild's block has recorded what it decided and
+        dropped what it no longer needs): every object alive is collected once, then frozen
+        out of the cyclic collector's reach (gc.freeze). The book, the books it was built from
+        and the process's other long-lived state would otherwise be walked again by every
+        full collection -- one every few blocks, as each block's assessments accumulate: 0.7-
+        1.3 s a block at 100,000 accounts. Objects frozen at the previous rebuild are thawed
+        first, so garbage among them is collected then (nothing stays frozen longer)."""
+        self._freeze_due = False
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
