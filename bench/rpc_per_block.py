@@ -17,18 +17,27 @@ Figures: per processed block, the service's own wall time (``KeeperService.recen
 snapshot, assess, record) p50 / p99 / max; keeper lag (chain head minus the last processed
 block, sampled as each block is mined); JSON-RPC calls and HTTP requests per chain block (the
 proxy's count); accounts settled by the bounded pass vs the exact engine per block; the
-process's RSS (the bench client and its seeding data share the process: an upper bound).
+process's RSS (the bench client and its seeding data share the process: an upper bound); the
+cyclic garbage collector's pauses in the process (every thread) per processed block.
 
 Baseline (same run, same block): the naive keeper, one ``eth_call`` of
 ``ClearingHouse.marginOf`` per account, timed on a sample of accounts and scaled to the book.
 Prints figures only; nothing is asserted.
 
     .venv/bin/python -m bench.rpc_per_block [--accounts 1000] [--blocks 30]
+
+``--block-time S`` sets anvil's interval mining (whole seconds; at 100,000 accounts anvil needs
+4-5 s to mine a block, so blocks come as fast as it can mine them whatever the setting), and
+``--prune-history N`` keeps anvil's memory bounded as keeper/devnet/venue.py does. ``--profile
+PATH`` runs every measured block's step (``KeeperService._process``) under cProfile and writes
+the statistics to PATH (pstats).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import gc
 import json
 import random
 import sys
@@ -92,11 +101,15 @@ def run(
     seed: int = 3,
     naive_sample: int = 200,
     seeding: str = "orders",
+    block_time: int = 1,
+    prune_history: int | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     ensure_built()
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="bench-rpc-"))
-    with Anvil() as node:
+    extra = ["--prune-history", str(prune_history)] if prune_history else []
+    with Anvil(extra_args=extra) as node:
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
         d = deploy_protocol(w3)
         d.write(tmp / "deployment.json")
@@ -124,6 +137,7 @@ def run(
                 proxy.url, node.chain_id, tmp, poll=poll, confirmations=2, watchdog=300
             )
             service = KeeperService(cfg)
+            profiler = cProfile.Profile() if profile else None
             thread = threading.Thread(
                 target=lambda: service.run(install_signals=False), daemon=True
             )
@@ -134,7 +148,7 @@ def run(
                     raise RuntimeError("the keeper stopped during start-up")
                 time.sleep(0.05)
             startup_s = time.perf_counter() - t_open
-            node.rpc("evm_setIntervalMining", [1])
+            node.rpc("evm_setIntervalMining", [block_time])
 
             def market_block(after: int) -> int:
                 """Wait for the next block, then queue what the following one carries."""
@@ -162,21 +176,39 @@ def run(
             _wait_block(w3, head)
             time.sleep(0.5)
             proxy.reset()
+            gc_pause = [0.0, 0.0, 0.0]  # total seconds, full collections, start of this one
+
+            def on_gc(phase: str, info: dict[str, int]) -> None:
+                if phase == "start":
+                    gc_pause[2] = time.perf_counter()
+                else:
+                    gc_pause[0] += time.perf_counter() - gc_pause[2]
+                    gc_pause[1] += info["generation"] == 2
+
+            gc.callbacks.append(on_gc)
+            if profiler is not None:
+                # Every block the scheduler's thread processes from here on, run under the
+                # profiler (the instance attribute shadows the method; the code is the same).
+                process = service._process
+                service._process = lambda *a, **k: profiler.runcall(process, *a, **k)  # type: ignore[method-assign]
             processed0 = _metric(service, "block_seconds", "_count")
             assessed0 = _metric(service, "assessed")
             seconds0 = _metric(service, "block_seconds", "_sum")
             first = w3.eth.block_number
             reports0 = len(service.recent)
             lags: list[int] = []
+            t_first = time.monotonic()
             for _ in range(blocks):
                 head = market_block(head)
-                lags.append(head - (service.health.last_block or 0))
+                lags.append(int(w3.eth.block_number) - (service.health.last_block or 0))
             last = _wait_block(w3, head)
+            window_s = time.monotonic() - t_first
             deadline = time.monotonic() + 60
             while service.health.last_block is not None and service.health.last_block < last:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
+            gc.callbacks.remove(on_gc)
             calls, requests = proxy.calls, proxy.requests
             methods = Counter(proxy.methods)
             processed = _metric(service, "block_seconds", "_count") - processed0
@@ -187,6 +219,8 @@ def run(
             rss, rss_peak = _rss_mib()
             service.stop()
             thread.join(120)
+            if profiler is not None and profile is not None:
+                profiler.dump_stats(profile)
 
             # The naive keeper at the last block: one marginOf eth_call per account, timed on
             # a sample and scaled to the book.
@@ -203,6 +237,7 @@ def run(
         "seeding": seeding,
         "seed_s": round(seed_s, 1),
         "chain_blocks": chain_blocks,
+        "block_interval_s": round(window_s / chain_blocks, 2) if chain_blocks else None,
         "blocks_processed": int(processed),
         "keeper_lag_at_end_blocks": lag,
         "startup_s": round(startup_s, 1),
@@ -222,6 +257,8 @@ def run(
         if reports
         else 0,
         "book_rebuilds": sum(r.book_rebuilt for r in reports),
+        "gc_ms_per_processed_block": round(1000 * gc_pause[0] / processed, 1) if processed else 0,
+        "gc_full_collections": int(gc_pause[1]),
         "rss_mib": round(rss),
         "rss_peak_mib": round(rss_peak),
         "naive_calls_per_block": n_accounts,
@@ -243,6 +280,9 @@ def main() -> int:
     ap.add_argument(
         "--seeding", choices=("orders", "venue"), default="orders", help="how the book is seeded"
     )
+    ap.add_argument("--block-time", type=int, default=1, help="anvil interval mining (s)")
+    ap.add_argument("--prune-history", type=int, help="anvil --prune-history N (big books)")
+    ap.add_argument("--profile", help="write the service thread's cProfile stats here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = run(
@@ -251,6 +291,9 @@ def main() -> int:
         args.poll,
         naive_sample=args.naive_sample,
         seeding=args.seeding,
+        block_time=args.block_time,
+        prune_history=args.prune_history,
+        profile=args.profile,
     )
     if args.json:
         print(json.dumps(res))

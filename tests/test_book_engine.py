@@ -111,9 +111,37 @@ def test_a_book_changed_under_the_same_columns_is_assessed_exactly() -> None:
     acc = snap.accounts[5]
     snap.accounts[5] = AccountSnapshot(5, acc.nonce + 1, 0, acc.positions, (-2990 * WAD, 0))
     got = {x.account: x for x in engine.assess(snap, sorted(books), POLICY)}
-    assert engine.stats.stale == 1
+    assert engine.stats.stale == 0  # same shape: its new book is written into the columns
     assert not got[5].bounded and got[5].state == "liquidatable"
     _same(got[5], assess_account(snap, 5, POLICY))
+    # Its position closed: a new shape, which only a rebuild holds (stale until then).
+    snap = snapshot(books)
+    snap.accounts[5] = AccountSnapshot(5, acc.nonce + 2, 0, (), (10 * WAD, 0))
+    got = {x.account: x for x in engine.assess(snap, sorted(books), POLICY)}
+    assert engine.stats.stale == 1 and not got[5].bounded
+    _same(got[5], assess_account(snap, 5, POLICY))
+
+
+def test_a_patched_book_is_settled_from_its_new_columns() -> None:
+    books = {a: (((1, WAD),), (50_000 * WAD, 0), 0) for a in range(1, 40)}
+    engine = BookEngine(rebuild_after=1000)
+    engine.assess(snapshot(books), sorted(books), POLICY)
+    nonce = snapshot(books).accounts[5].nonce
+    for step, cash in enumerate((80_000, 2_000, 60_000, 60_000)):
+        snap = snapshot(books)
+        acc = snap.accounts[5]
+        nonce += step < 3  # a deposit or withdrawal in each of the first three blocks
+        snap.accounts[5] = AccountSnapshot(5, nonce, 0, acc.positions, (cash * WAD, 0))
+        for _ in range(2):  # the block that changed it, then one more on the same books
+            got = {x.account: x for x in engine.assess(snap, sorted(books), POLICY)}
+            assert engine.stats.stale == 0 and not engine.stats.rebuilt
+            for x in got.values():
+                _same(x, assess_account(snap, x.account, POLICY))
+        # The columns hold the new book (as a rebuild would), and settle it when healthy.
+        book = engine._book
+        assert book is not None
+        assert book.portfolios[engine._slot[5]] == snap.portfolio(5)
+        assert got[5].bounded == (got[5].state == "healthy")
 
 
 def test_vol_feed_round_feeds_the_market_of_the_whole_book() -> None:
@@ -143,3 +171,22 @@ def test_a_funding_poke_rebuilds_the_book_and_counts_in_equity() -> None:
     for x in got:
         _same(x, assess_account(snap, x.account, POLICY))
         assert x.state != "healthy"
+
+
+def test_a_bounded_assessment_is_the_dataclass_with_every_field() -> None:
+    """The engine builds its bounded assessments without Assessment's __init__ (speed): the
+    same object as the dataclass's own construction, field for field."""
+    books = {a: (((1, WAD),), (50_000 * WAD, 0), 0) for a in range(1, 40)}
+    engine = BookEngine()
+    engine.assess(snapshot(books), sorted(books), POLICY)
+    snap = snapshot(books)
+    got = engine.assess(snap, sorted(books), POLICY)
+    assert engine.stats.bounded == len(books)
+    for x in got:
+        acc = snap.accounts[x.account]
+        want = Assessment(
+            x.account, snap.block, acc.nonce, x.state, None, False, x.digest_source, None,
+            acc.flagged_at, None, x.change_digest, bounded=True,
+        )  # fmt: skip
+        assert vars(x) == vars(want) and x == want
+        assert x.inputs_digest == assess_account(snap, x.account, POLICY).inputs_digest

@@ -31,6 +31,7 @@ from keeper.chain import (
     redact_url,
     revert_data_of,
 )
+from keeper.chain import multicall as multicall_module
 from keeper.chain.errors import BatchReadError
 from keeper.chain.multicall import Call, abi_functions
 from keeper.chain.view import LAYOUT_READS, ChainView, Layout, StalePrice
@@ -563,6 +564,27 @@ def test_node_capping_batch_size_gets_smaller_batches(seeded: Seeded, anvil: Anv
         refused = capped.refused_batches
         chain.view(block).snapshot(accounts)
         assert capped.refused_batches == refused  # the size it learned is kept
+    with CountingProxy(anvil.url) as ok:
+        reference = Chain.connect(ok.url, seeded.d).view(block).snapshot(accounts)
+    assert snap.accounts == reference.accounts and snap.feeds == reference.feeds
+
+
+def test_batches_end_before_the_body_cap(
+    seeded: Seeded, anvil: Anvil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node caps a request's body (anvil: 2 MiB): a read of more calldata than
+    BATCH_HEX_CHARS goes in several batches, each at most that (or one aggregate3), with the
+    same result; the view counts each batch as a round trip."""
+    monkeypatch.setattr(multicall_module, "BATCH_HEX_CHARS", 12_000)
+    with CountingProxy(anvil.url) as proxy:
+        chain = Chain.connect(proxy.url, seeded.d, calls_per_multicall=10)
+        block = chain.head()
+        accounts = list(seeded.accounts.values())
+        chain.view(block).snapshot(accounts)  # learn the layout
+        proxy.reset()
+        snap = chain.view(block).snapshot(accounts)
+        assert 1 < snap.round_trips == proxy.requests
+        assert snap.round_trips < 14  # 140 calls: still batched, not one per aggregate3
     with CountingProxy(anvil.url) as ok:
         reference = Chain.connect(ok.url, seeded.d).view(block).snapshot(accounts)
     assert snap.accounts == reference.accounts and snap.feeds == reference.feeds

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 CALLS_PER_MULTICALL = 400
 #: aggregate3 eth_calls per JSON-RPC batch (one HTTP request).
 MULTICALLS_PER_BATCH = 100
+#: Calldata (hex characters) per JSON-RPC batch: a node caps a request's body (anvil's HTTP
+#: server at 2 MiB: a larger batch is refused, or the connection closed while it is sent, as
+#: the first read of a 100,000-account book found), so a batch also ends before this many.
+BATCH_HEX_CHARS = 1 << 20
 
 AGGREGATE3 = function_signature_to_4byte_selector("aggregate3((address,bool,bytes)[])")
 #: Multicall3.getBlockNumber(): the first call of every aggregate3, so each read proves the
@@ -109,6 +113,21 @@ def _is_block_error(error: Any) -> bool:
     return any(s in text for s in ("not found", "canonical", "unknown block"))
 
 
+def _batches(requests: list[tuple[str, list[Any]]], most: int) -> list[list[Any]]:
+    """The requests in order, cut into batches of at most ``most`` requests and (but for a
+    single larger request) ``BATCH_HEX_CHARS`` of calldata."""
+    out: list[list[Any]] = []
+    size = 0
+    for req in requests:
+        n = len(req[1][0]["data"])
+        if not out or len(out[-1]) >= most or size + n > BATCH_HEX_CHARS:
+            out.append([])
+            size = 0
+        out[-1].append(req)
+        size += n
+    return out
+
+
 def multicall(
     rpc: Rpc,
     multicall_address: str,
@@ -117,19 +136,24 @@ def multicall(
     *,
     calls_per_multicall: int = CALLS_PER_MULTICALL,
     multicalls_per_batch: int = MULTICALLS_PER_BATCH,
+    trips: list[int] | None = None,
 ) -> list[CallResult]:
     """Run every call at ``block``: ceil(len/calls_per_multicall) aggregate3 eth_calls, sent
-    in ceil(that/multicalls_per_batch) JSON-RPC batches (round trips).
+    in ceil(that/multicalls_per_batch) JSON-RPC batches (round trips), more when their
+    calldata would exceed ``BATCH_HEX_CHARS`` in one batch.
 
     Each aggregate3 also returns the block number it ran at; an answer from another block's
     state is read again (at most ``BLOCK_MISMATCH_ATTEMPTS`` times in all), then refused with
-    BlockStateMismatch -- never mixed into the result."""
+    BlockStateMismatch -- never mixed into the result. ``trips``: the number of JSON-RPC
+    batches of each attempt is appended to it."""
     chunks = [
         list(calls[i : i + calls_per_multicall]) for i in range(0, len(calls), calls_per_multicall)
     ]
     for attempt in range(1, BLOCK_MISMATCH_ATTEMPTS + 1):
         try:
-            return _multicall_once(rpc, multicall_address, block, chunks, multicalls_per_batch)
+            return _multicall_once(
+                rpc, multicall_address, block, chunks, multicalls_per_batch, trips
+            )
         except BlockStateMismatch as exc:
             if attempt == BLOCK_MISMATCH_ATTEMPTS:
                 raise
@@ -143,6 +167,7 @@ def _multicall_once(
     block: BlockRef,
     chunks: list[list[Call]],
     multicalls_per_batch: int,
+    trips: list[int] | None,
 ) -> list[CallResult]:
     requests = []
     for chunk in chunks:
@@ -152,8 +177,11 @@ def _multicall_once(
         tx = {"to": multicall_address, "data": "0x" + data.hex()}
         requests.append(("eth_call", [tx, block.rpc_param()]))
     replies: list[dict[str, Any]] = []
-    for i in range(0, len(requests), multicalls_per_batch):
-        replies += rpc.batch(requests[i : i + multicalls_per_batch])
+    groups = _batches(requests, multicalls_per_batch)
+    if trips is not None:
+        trips.append(len(groups))
+    for group in groups:
+        replies += rpc.batch(group)
     out: list[CallResult] = []
     for chunk, reply in zip(chunks, replies, strict=True):
         if "error" in reply:

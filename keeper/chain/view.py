@@ -389,8 +389,8 @@ class ChainView:
     def call_many(self, calls: Sequence[Call]) -> list[CallResult]:
         c = self.chain
         n_multicalls = -(-len(calls) // c.calls_per_multicall)
-        if c.rpc.batching:
-            self.round_trips += -(-n_multicalls // c.multicalls_per_batch)
+        batching = c.rpc.batching
+        trips: list[int] = []
         out = multicall(
             c.rpc,
             c.multicall_address,
@@ -398,7 +398,10 @@ class ChainView:
             calls,
             calls_per_multicall=c.calls_per_multicall,
             multicalls_per_batch=c.multicalls_per_batch,
+            trips=trips,
         )
+        if batching:
+            self.round_trips += sum(trips)
         if not c.rpc.batching:  # counted after the call: batching may just have been refused
             self.round_trips += n_multicalls
         return out
@@ -476,10 +479,9 @@ class ChainView:
         # An asset listed since an account was read: its balances are read again.
         n_assets = len(snap.assets)
         again = [a for a, acc in unchanged.items() if len(acc.balances) != n_assets]
+        snap.accounts.update(unchanged)
         if again:
             snap.accounts.update(self._read_accounts(again, n_assets))
-        skip = set(again)
-        snap.accounts.update((a, acc) for a, acc in unchanged.items() if a not in skip)
         snap.reused_accounts += len(unchanged) - len(again)
         self.chain.layout = snap.layout
         snap.round_trips = self.round_trips - start

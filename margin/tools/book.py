@@ -11,14 +11,18 @@ collateral become *legs* grouped per (account, underlying) *segment*:
   ``mul_down(e, S)`` equals a future's ``mul_down(q, S − 0)``: so it is a leg on row 0.
 
 Exact integers are kept (Python ints, for the exact engine) next to float64 copies (for the
-bounded float pass of margin/tools/sweep.py). The contingency inputs that do not depend on the market
-are netted once here, exactly: per segment the sum of the net short option groups (and their
-count) and the futures' calendar offset.  Everything that does depend on the market (prices,
-marks, the vega proxy's √T) lives in :class:`margin.tools.sweep.MarketPrep`.
+bounded float pass of margin/tools/sweep.py). The contingency inputs that do not depend on the
+market are netted once here, exactly: per segment the sum of the net short option groups (and
+their count) and the futures' calendar offset.  Everything that does depend on the market
+(prices, marks, the vega proxy's √T) lives in :class:`margin.tools.sweep.MarketPrep`.
+
+A changed account whose legs keep their rows (a deposit, a resized position) is written into
+the columns in place (:meth:`Book.patch`); any other change needs a new Book.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +56,7 @@ class UnderlyingLegs:
     short_groups: np.ndarray  # how many such groups (each rounds up by < 2 wei)
     calendar_offset: np.ndarray  # min(Σ long futures, Σ short futures) after netting by expiry
     seg_legs_exact: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+    seg_qsum: list[int]  # Σ|q| of each segment (exact): max_qsum is their maximum
     # Segments grouped by leg count c: (segment ids, (segments, c) leg indices). The float
     # pass sums a bucket's legs column by column: whole-array operations, no per-segment loop.
     buckets: list[tuple[np.ndarray, np.ndarray]]
@@ -97,7 +102,11 @@ class Book:
         self.accounts: list[AccountLegs] = []
         for a, pf in enumerate(portfolios):
             validate_portfolio(pf, params)
-            self.accounts.append(self._account(a, pf, rows, legs))
+            acc = self._account(a, pf, rows, legs)
+            self.accounts.append(acc)
+            for u, _r, qs, _e, _o, _n, _c in acc.segments:
+                self.max_qsum[u] = max(self.max_qsum[u], sum(abs(q) for q in qs))
+        self._rows = rows
         self.n_accounts = len(portfolios)
         #: Stable collateral after haircuts per account, float64 of the exact integer.
         self.stable = np.array([float(acc.stable) for acc in self.accounts])
@@ -165,9 +174,6 @@ class Book:
             offset = min(f_long, f_short)
             for r, q, en in zip(r_list, q_list, e_list, strict=True):
                 legs[u].append((a, r, q, en))
-            qsum = sum(abs(q) for q in q_list)
-            if qsum > self.max_qsum[u]:
-                self.max_qsum[u] = qsum
             segments.append(
                 (u, tuple(r_list), tuple(q_list), tuple(e_list), tuple(opts), neg, offset)
             )
@@ -234,9 +240,72 @@ class Book:
             short_groups=short_groups,
             calendar_offset=calendar,
             seg_legs_exact=[(s[1], s[2], s[3]) for s in segs],
+            seg_qsum=[sum(abs(q) for q in s[2]) for s in segs],
             buckets=buckets,
         )
+
+    # --- changes in place ---------------------------------------------------------------
+
+    def patch(self, books: Mapping[int, Portfolio]) -> list[int]:
+        """Replace the portfolios of these accounts (index -> portfolio) in place, where each
+        keeps its shape: per underlying the same legs on the same rows in the same order (a
+        deposit into a held asset, a trade that resizes held positions). The columns then equal
+        those of a new Book of the same portfolios, row for row. Returns the accounts left
+        as they were because their shape changed (a new instrument or underlying, a position
+        or a volatile balance opened or closed): only a new Book holds those.
+
+        Raises the verifier's MarginError for an invalid portfolio (nothing is changed then).
+        A book built without columns cannot be patched (ValueError)."""
+        if len(self.legs) != len(self.row_keys):
+            raise ValueError("a book without columns cannot be patched")
+        for pf in books.values():
+            validate_portfolio(pf, self.params)
+        unpatched = []
+        touched: set[int] = set()
+        scratch: list[list[tuple[int, int, int, int]]] = [[] for _ in self.row_keys]
+        for a, pf in books.items():
+            old = self.accounts[a]
+            if not all(p.kind == FUTURE or p.instrument in self._rows[p.underlying]
+                       for p in pf.positions):  # fmt: skip
+                unpatched.append(a)
+                continue
+            new = self._account(a, pf, self._rows, scratch)
+            if not _same_shape(old, new):
+                unpatched.append(a)
+                continue
+            for u, rows, qs, entries, _opts, neg, offset in new.segments:
+                lg = self.legs[u]
+                seg = int(np.searchsorted(lg.seg_account, a))
+                start = int(lg.seg_start[seg])
+                end = start + len(rows)
+                lg.leg_q[start:end] = [float(q) for q in qs]
+                lg.leg_entry[start:end] = [float(e) for e in entries]
+                lg.short_net[seg] = float(sum(neg))
+                lg.short_groups[seg] = len(neg)
+                lg.calendar_offset[seg] = float(offset)
+                lg.seg_legs_exact[seg] = (rows, qs, entries)
+                lg.seg_qsum[seg] = sum(abs(q) for q in qs)
+                touched.add(u)
+            self.stable[a] = float(new.stable)
+            self.accounts[a] = new
+            self.portfolios[a] = pf
+        for u in touched:
+            self.max_qsum[u] = max(self.legs[u].seg_qsum)
+        return unpatched
 
     def instruments(self) -> list[InstrumentKey]:
         """Every option instrument of the book (futures price as the spot row)."""
         return [k for keys in self.row_keys for k in keys if k is not None]
+
+
+def _same_shape(old: AccountLegs, new: AccountLegs) -> bool:
+    """Same underlyings, and per underlying the same rows (legs) and option (row, expiry)
+    pairs in the same order: the columns' layout (segments, buckets, groups) is unchanged."""
+    if len(old.segments) != len(new.segments):
+        return False
+    for o, n in zip(old.segments, new.segments, strict=True):
+        if o[0] != n[0] or o[1] != n[1]:
+            return False
+        if [(r, e) for r, e, _q in o[4]] != [(r, e) for r, e, _q in n[4]]:
+            return False
+    return True
