@@ -64,6 +64,7 @@ from keeper.protocol.oracle import OracleError as OracleError
 from keeper.protocol.oracle import RoundData as RoundData
 from keeper.protocol.oracle import StalePrice as StalePrice
 from keeper.protocol.oracle import UnsupportedFeed as UnsupportedFeed
+from keeper.protocol.oracle import market_of
 from margin.funding import accrued_funding, fold_funding, is_perpetual
 from margin.params import RiskParams
 from margin.portfolio import Market, Portfolio, Position
@@ -231,26 +232,11 @@ class ProtocolSnapshot:
         ]
 
     def market(self, portfolio: Portfolio, *, lenient: bool = False) -> Market:
-        """ClearingHouse._market: feeds of the used underlyings (positions, non-zero volatile
-        collateral), strict ``maxAge`` or, lenient, ``liquidationMaxAge`` (flag/liquidate);
-        raises the OracleLib error the contract would revert with."""
-        used = [False] * len(self.underlyings)
-        for p in portfolio.positions:
-            used[p.underlying] = True
-        for k, bal in enumerate(portfolio.collateral):
-            u = self.assets[k].underlying
-            if u != NO_UNDERLYING and bal != 0:
-                used[u] = True
-        spots, vols = [], []
-        for u, cfg in enumerate(self.underlyings):
-            if not used[u]:
-                spots.append(WAD)
-                vols.append(0)
-                continue
-            age = cfg.liquidation_max_age if lenient else cfg.max_age
-            spots.append(self.feeds[cfg.price_feed].read(age, self.timestamp)[0])
-            vols.append(self.feeds[cfg.vol_feed].read(age, self.timestamp)[0])
-        return Market(self.timestamp, self.rate, tuple(spots), tuple(vols))
+        """ClearingHouse._market at this block (keeper.protocol.oracle.market_of)."""
+        return market_of(
+            portfolio, self.underlyings, self.assets, self.feeds, self.timestamp, self.rate,
+            lenient=lenient,
+        )  # fmt: skip
 
     def inputs(self, account: int, *, lenient: bool = False) -> AccountInputs:
         pf = self.portfolio(account)

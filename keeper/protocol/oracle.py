@@ -7,13 +7,21 @@ keeper never acts on a price the contract refuses. Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from eth_abi import encode
 from eth_utils import keccak
 
 from keeper.chain.errors import ChainError
+from keeper.protocol.assets import NO_UNDERLYING
+from margin.portfolio import Market, Portfolio
+
+if TYPE_CHECKING:  # the configs' module reads the chain; this one only reads their fields
+    from keeper.chain.view import AssetConfig, UnderlyingConfig
+
+WAD = 10**18
 
 INT256_MAX = 2**255 - 1
 
@@ -105,3 +113,36 @@ class RoundData:
     started_at: int
     updated_at: int
     answered_in_round: int
+
+
+def market_of(
+    portfolio: Portfolio,
+    underlyings: Sequence[UnderlyingConfig],
+    assets: Sequence[AssetConfig],
+    feeds: Mapping[str, FeedRound],
+    timestamp: int,
+    rate: int,
+    *,
+    lenient: bool,
+) -> Market:
+    """ClearingHouse._market: the feeds of the underlyings the portfolio uses (positions and
+    non-zero volatile collateral) read with ``maxAge`` or, lenient, ``liquidationMaxAge``
+    (flag and liquidate); the others get spot 1 and vol 0, which the model never uses. Raises
+    the OracleLib error the contract would revert with."""
+    used = [False] * len(underlyings)
+    for p in portfolio.positions:
+        used[p.underlying] = True
+    for k, bal in enumerate(portfolio.collateral):
+        u = assets[k].underlying
+        if u != NO_UNDERLYING and bal != 0:
+            used[u] = True
+    spots, vols = [], []
+    for u, cfg in enumerate(underlyings):
+        if not used[u]:
+            spots.append(WAD)
+            vols.append(0)
+            continue
+        age = cfg.liquidation_max_age if lenient else cfg.max_age
+        spots.append(feeds[cfg.price_feed].read(age, timestamp)[0])
+        vols.append(feeds[cfg.vol_feed].read(age, timestamp)[0])
+    return Market(timestamp, rate, tuple(spots), tuple(vols))
