@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from keeper.digest import inputs_digest
@@ -431,8 +432,13 @@ def assess_block(
 
 def most_urgent_first(assessed: Iterable[Assessment]) -> list[Assessment]:
     """The order actions are executed in: the ones that matter most first, to reach the next
-    block (liquidations by bounty, then the rest): their nonces come first."""
-    return sorted(assessed, key=_urgency)
+    block (liquidations by bounty, then the rest): their nonces come first. The no-action rows
+    follow in account order (only the few with an action are sorted by urgency: at venue size
+    nearly every row has none)."""
+    rows = list(assessed)
+    acting = sorted((a for a in rows if a.action is not None), key=_urgency)
+    quiet = sorted((a for a in rows if a.action is None), key=attrgetter("account"))
+    return acting + quiet
 
 
 _ACTION_ORDER = {"liquidate": 0, "resolve_bad_debt": 1, "flag": 2}

@@ -45,6 +45,9 @@ class Reader:
         self.known: set[int] = set()
         self._watch: set[int] = set()  # accounts re-assessed every block (WATCH_STATES)
         self._uses: dict[int, frozenset[int]] = {}  # account -> underlyings it uses
+        #: underlying -> the accounts using it (``_uses`` inverted): a price round names its
+        #: holders by one set union, not by a Python pass over every known account.
+        self._users: dict[int, set[int]] = {}
         self._rounds: dict[str, tuple[int, int, int]] = {}  # feed -> (round, answer, updatedAt)
         #: Account data of earlier blocks, reused when the account's nonce and flag have not
         #: moved (ChainView.snapshot ``reuse``): a price round re-margins every holder without
@@ -85,7 +88,7 @@ class Reader:
         snap = self._snapshot(view, targets)
         moved = self._moved_underlyings(snap)
         if not everything and moved:
-            extra = {a for a in self.known - targets if self._uses.get(a, frozenset()) & moved}
+            extra = set().union(*(self._users.get(u, ()) for u in moved)) - targets
             if owns is not None:
                 extra = {a for a in extra if owns(a)}
             if extra:
@@ -109,11 +112,21 @@ class Reader:
         uses (a bounded assessment proves the book unchanged), and the accounts to watch."""
         for one in assessed:
             if not one.bounded:
-                self._uses[one.account] = _used_underlyings(snap, one.account)
+                self._use(one.account, _used_underlyings(snap, one.account))
             if one.state in WATCH_STATES:
                 self._watch.add(one.account)
             else:
                 self._watch.discard(one.account)
+
+    def _use(self, account: int, used: frozenset[int]) -> None:
+        before = self._uses.get(account, frozenset())
+        if used == before:
+            return
+        for u in before - used:
+            self._users[u].discard(account)
+        for u in used - before:
+            self._users.setdefault(u, set()).add(account)
+        self._uses[account] = used
 
     def _snapshot(self, view: ChainView, targets: set[int]) -> ProtocolSnapshot:
         """With the index (``named_after``), books no event named since they were read are
