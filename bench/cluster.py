@@ -136,7 +136,9 @@ def _measure(
 ) -> dict[str, Any]:  # fmt: skip
     w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
     base = {
-        "rpc": {"url": node.url, "chain_id": node.chain_id},
+        # anvil answers nothing while it mines a block (seconds at 100,000 accounts), and the
+        # first eth_getLogs over the seeded blocks returns every account's logs.
+        "rpc": {"url": node.url, "chain_id": node.chain_id, "timeout_seconds": 120},
         "deployment": {"file": str(work / "deployment.json")},
         "store": {"url": url},
         "fees": {"max_fee_per_gas": "500 gwei", "priority_fee": "2 gwei"},
