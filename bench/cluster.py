@@ -322,7 +322,7 @@ def main() -> int:
     ap.add_argument(
         "--block-time",
         default="1",
-        help="whole seconds between blocks, or 'auto': twice the node's evm_mine time on the"
+        help="whole seconds between blocks, or 'auto': twice the node's evm_mine time on the "
         "seeded state, at least 1 (anvil 1.7.1 needs 4-5 s a block at 100,000 accounts)",
     )
     ap.add_argument(
