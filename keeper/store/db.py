@@ -28,7 +28,7 @@ from keeper.store.models import (
 from keeper.store.types import utcnow
 
 #: Decisions per flush in ``Store.add_decisions`` (one transaction for all of them).
-DECISION_BATCH = 2_000
+DECISION_BATCH = 250
 
 
 class StoreError(RuntimeError):

@@ -26,7 +26,7 @@ SUB_BITS = 96
 #: safety_margin`` (keeper.cluster.member), so the time between two statements must not grow
 #: with the chunk: a seeded venue's first chunk holds every account's logs (~250,000 at
 #: 100,000 accounts), and building their rows took longer than that.
-STORE_BATCH = 2_000
+STORE_BATCH = 1_000
 
 
 class IndexedLog(Protocol):
@@ -240,16 +240,19 @@ def indexed_nonces(store: Store, up_to_block: int) -> dict[int, int | None]:
                 .distinct()
             )
         }
-        table = {int(a.id): a for a in s.exec(select(Account))}
+        # Columns, not ORM objects: building 100,000 of them took longer than the
+        # idle-in-transaction limit of cluster mode (keeper.cluster.member) before the commit.
+        cols = (Account.id, Account.nonce, Account.first_block, Account.last_block)
+        table = {int(r[0]): r for r in s.exec(select(*cols))}
         out: dict[int, int | None] = {}
         for a in named | table.keys():
             row = table.get(a)
             if row is None:
                 out[a] = None
-            elif row.first_block > up_to_block:
+            elif row[2] > up_to_block:
                 continue  # not on chain yet at that block
-            elif row.last_block <= up_to_block:
-                out[a] = row.nonce
+            elif row[3] <= up_to_block:
+                out[a] = row[1]
             else:  # moved after the block checked: its nonce as of then
                 out[a] = s.exec(
                     select(EventAccount.nonce)
