@@ -108,7 +108,7 @@ def _mine_seconds(node: Anvil, blocks: int) -> float:
 
 def run_size(
     k: int, state: Path, d: Deployment, tmp: Path, pg_url: str, crash: float, after: int,
-    quiet: int, block_time: int,
+    quiet: int, block_time: int, lease_ttl: float,
 ) -> dict[str, Any]:  # fmt: skip
     import psycopg
 
@@ -126,14 +126,14 @@ def run_size(
                 extra_args=[*PRUNE, "--load-state", str(state)], startup_timeout=STATE_TIMEOUT
             )
             with node:
-                return _measure(k, node, d, work, url, crash, after, quiet, block_time)
+                return _measure(k, node, d, work, url, crash, after, quiet, block_time, lease_ttl)
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _measure(
     k: int, node: Anvil, d: Deployment, work: Path, url: str, crash: float, after: int,
-    quiet: int, block_time: int,
+    quiet: int, block_time: int, lease_ttl: float,
 ) -> dict[str, Any]:  # fmt: skip
     w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
     base = {
@@ -148,7 +148,7 @@ def _measure(
         # A crash's block at 100,000 accounts keeps a keeper busy for minutes.
         "service": {"watchdog_seconds": 3600, "settle_interval_seconds": 3600},
     }  # fmt: skip
-    keepers = cluster_keepers(base, work, k)
+    keepers = cluster_keepers(base, work, k, cluster={"lease_ttl_seconds": lease_ttl})
     prices = [bind(w3, d, f"MockAggregator:{u['symbol']}/USD") for u in d.underlyings]
     vols = [bind(w3, d, f"MockAggregator:{u['symbol']}/IV") for u in d.underlyings]
     admin = w3.eth.accounts[0]
@@ -328,6 +328,14 @@ def main() -> int:
         "a block at 100,000 accounts)",
     )
     ap.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=2.0,
+        help="[cluster] lease_ttl_seconds (default 2, the keeper's). PostgreSQL ends a keeper's "
+        "session idle in a transaction for ttl - 0.5 s: at 100,000 accounts the keeper "
+        "process pauses for longer than the default's 1.5 s on this machine",
+    )
+    ap.add_argument(
         "--state",
         type=Path,
         help="keep the seeded anvil state in this file and reuse it when it was seeded with "
@@ -346,12 +354,16 @@ def main() -> int:
     seed_s = time.perf_counter() - t
     block_time = args.block_time
     head = {"accounts": args.accounts, "seed_s": round(seed_s, 1),
-            "evm_mine_s": round(mine_s, 2), "block_time_s": block_time}  # fmt: skip
+            "evm_mine_s": round(mine_s, 2), "block_time_s": block_time,
+            "lease_ttl_s": args.lease_ttl}  # fmt: skip
     if not args.json:
         print(json.dumps(head), flush=True)
     results = []
     for k in (int(x) for x in args.keepers.split(",")):
-        r = run_size(k, state, d, tmp, args.pg_url, args.crash, args.after, args.quiet, block_time)
+        r = run_size(
+            k, state, d, tmp, args.pg_url, args.crash, args.after, args.quiet, block_time,
+            args.lease_ttl,
+        )  # fmt: skip
         results.append(r)
         if not args.json:
             print(json.dumps(r), flush=True)
