@@ -24,18 +24,11 @@ Baseline (same run, same block): the naive keeper, one ``eth_call`` of
 Prints figures only; nothing is asserted.
 
     .venv/bin/python -m bench.rpc_per_block [--accounts 1000] [--blocks 30]
-
-``--block-time S`` sets anvil's interval mining (whole seconds; at 100,000 accounts anvil needs
-4-5 s to mine a block, so blocks come as fast as it can mine them whatever the setting), and
-``--prune-history N`` keeps anvil's memory bounded as keeper/devnet/venue.py does. ``--profile
-PATH`` runs every measured block's step (``KeeperService._process``) under cProfile and writes
-the statistics to PATH (pstats).
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
 import random
 import sys
@@ -99,15 +92,11 @@ def run(
     seed: int = 3,
     naive_sample: int = 200,
     seeding: str = "orders",
-    block_time: int = 1,
-    prune_history: int | None = None,
-    profile: str | None = None,
 ) -> dict[str, Any]:
     ensure_built()
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="bench-rpc-"))
-    extra = ["--prune-history", str(prune_history)] if prune_history else []
-    with Anvil(extra_args=extra) as node:
+    with Anvil() as node:
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 600}))
         d = deploy_protocol(w3)
         d.write(tmp / "deployment.json")
@@ -135,7 +124,6 @@ def run(
                 proxy.url, node.chain_id, tmp, poll=poll, confirmations=2, watchdog=300
             )
             service = KeeperService(cfg)
-            profiler = cProfile.Profile() if profile else None
             thread = threading.Thread(
                 target=lambda: service.run(install_signals=False), daemon=True
             )
@@ -146,14 +134,11 @@ def run(
                     raise RuntimeError("the keeper stopped during start-up")
                 time.sleep(0.05)
             startup_s = time.perf_counter() - t_open
-            node.rpc("evm_setIntervalMining", [block_time])
-
-            seen: list[float] = []  # when the bench saw each new block
+            node.rpc("evm_setIntervalMining", [1])
 
             def market_block(after: int) -> int:
                 """Wait for the next block, then queue what the following one carries."""
                 n = _wait_block(w3, after)
-                seen.append(time.monotonic())
                 for f in feeds:
                     v = int(f.functions.answer().call())
                     f.functions.setAnswer(round(v * (1 + rng.uniform(-0.001, 0.001)))).transact(
@@ -177,18 +162,12 @@ def run(
             _wait_block(w3, head)
             time.sleep(0.5)
             proxy.reset()
-            if profiler is not None:
-                # Every block the scheduler's thread processes from here on, run under the
-                # profiler (the instance attribute shadows the method; the code is the same).
-                process = service._process
-                service._process = lambda *a, **k: profiler.runcall(process, *a, **k)  # type: ignore[method-assign]
             processed0 = _metric(service, "block_seconds", "_count")
             assessed0 = _metric(service, "assessed")
             seconds0 = _metric(service, "block_seconds", "_sum")
             first = w3.eth.block_number
             reports0 = len(service.recent)
             lags: list[int] = []
-            seen.clear()
             for _ in range(blocks):
                 head = market_block(head)
                 lags.append(head - (service.health.last_block or 0))
@@ -208,8 +187,6 @@ def run(
             rss, rss_peak = _rss_mib()
             service.stop()
             thread.join(120)
-            if profiler is not None and profile is not None:
-                profiler.dump_stats(profile)
 
             # The naive keeper at the last block: one marginOf eth_call per account, timed on
             # a sample and scaled to the book.
@@ -219,7 +196,6 @@ def run(
                 ch.functions.marginOf(a).call(block_identifier=last)
             naive_s = (time.perf_counter() - t) / len(sample) * n_accounts
     chain_blocks = last - first
-    interval = (seen[-1] - seen[0]) / (len(seen) - 1) if len(seen) > 1 else float("nan")
     secs = [r.seconds for r in reports]
     p50 = _pct(secs, 50)
     return {
@@ -227,7 +203,6 @@ def run(
         "seeding": seeding,
         "seed_s": round(seed_s, 1),
         "chain_blocks": chain_blocks,
-        "block_interval_s": round(interval, 2),
         "blocks_processed": int(processed),
         "keeper_lag_at_end_blocks": lag,
         "startup_s": round(startup_s, 1),
@@ -268,9 +243,6 @@ def main() -> int:
     ap.add_argument(
         "--seeding", choices=("orders", "venue"), default="orders", help="how the book is seeded"
     )
-    ap.add_argument("--block-time", type=int, default=1, help="anvil interval mining (s)")
-    ap.add_argument("--prune-history", type=int, help="anvil --prune-history N (big books)")
-    ap.add_argument("--profile", help="write the service thread's cProfile stats here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = run(
@@ -279,9 +251,6 @@ def main() -> int:
         args.poll,
         naive_sample=args.naive_sample,
         seeding=args.seeding,
-        block_time=args.block_time,
-        prune_history=args.prune_history,
-        profile=args.profile,
     )
     if args.json:
         print(json.dumps(res))
