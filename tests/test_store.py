@@ -21,6 +21,7 @@ from keeper.store import (
     TxAttempt,
     TxStatus,
 )
+from keeper.store.db import DECISION_BATCH
 from keeper.store.migrate import head
 
 WAD = 10**18
@@ -89,6 +90,22 @@ def test_decision_round_trip_is_exact(store: Store) -> None:
 def test_floats_and_oversized_values_are_refused(store: Store, bad: dict[str, object]) -> None:
     with pytest.raises(StatementError):
         store.add_decision(a_decision(**bad))
+
+
+def test_many_decisions_are_one_transaction_across_flushes(store: Store) -> None:
+    """add_decisions flushes DECISION_BATCH rows at a time in one transaction: every row of
+    every flush lands, and a bad row in the last flush leaves none of them."""
+    n = 2 * DECISION_BATCH + 1
+    good = [a_decision(block_number=200, action="none", account=f"0x{k:040x}") for k in range(n)]
+    store.add_decisions(good)
+    bad = [a_decision(block_number=201, action="none") for _ in range(n - 1)]
+    with pytest.raises(StatementError):
+        store.add_decisions([*bad, a_decision(block_number=201, requirement=1.5)])
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT block_number, COUNT(*) FROM decision GROUP BY block_number")
+        ).all()
+    assert {int(b): int(c) for b, c in rows} == {200: n}
 
 
 def test_cursor_blocks_and_rollback(store: Store) -> None:

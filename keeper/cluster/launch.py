@@ -101,7 +101,7 @@ class KeeperProcess:
             if callable(body):
                 try:
                     return dict(json.loads(body()))
-                except ValueError:
+                except (ValueError, OSError):  # a body that does not come in time too
                     return None
             return None
 

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from keeper.store.db import Store
 
 SUB_BITS = 96
+#: Logs per round of work (rows built, then inserted) inside store_chunk's one transaction. In
+#: cluster mode PostgreSQL ends a session idle in a transaction for ``lease_ttl -
+#: safety_margin`` (keeper.cluster.member), so the time between two statements must not grow
+#: with the chunk: a seeded venue's first chunk holds every account's logs (~250,000 at
+#: 100,000 accounts), and building their rows took longer than that.
+STORE_BATCH = 1_000
 
 
 class IndexedLog(Protocol):
@@ -81,47 +87,9 @@ def store_chunk(
     the pruning of final blocks: all or nothing. Logs and links go in as executemany inserts
     (the ORM's per-object bookkeeping cost more than the database itself)."""
     with store.session() as s:
-        accounts = _load_accounts(s, {a for log in logs for a, _, _ in log.effects})
-        new: dict[int, Account] = {}
-        log_rows: list[dict[str, object]] = []
-        link_rows: list[dict[str, object]] = []
-        for log in logs:
-            log_rows.append(
-                {
-                    "block_number": log.block_number,
-                    "log_index": log.log_index,
-                    "block_hash": log.block_hash,
-                    "tx_hash": log.tx_hash,
-                    "name": log.name,
-                    "args": log.args,
-                    "accounts": log.accounts,
-                }
-            )
-            after: dict[int, int] = {}
-            for account, kind, value in log.effects:
-                row = accounts.get(account)
-                if row is None:
-                    row = accounts[account] = new[account] = _new_account(account, log.block_number)
-                if kind == "set":
-                    row.nonce = value
-                elif kind == "bump":
-                    row.nonce += 1
-                row.last_block = log.block_number
-                after[account] = row.nonce
-            link_rows += [
-                {
-                    "block_number": log.block_number,
-                    "log_index": log.log_index,
-                    "account": account,
-                    "nonce": nonce,
-                }
-                for account, nonce in after.items()
-            ]
-        if log_rows:
-            s.exec(insert(EventLog), params=log_rows)
-        if link_rows:
-            s.exec(insert(EventAccount), params=link_rows)
-        s.add_all(new.values())
+        accounts: dict[int, Account] = {}
+        for i in range(0, len(logs), STORE_BATCH):
+            _store_logs(s, logs[i : i + STORE_BATCH], accounts)
         for b in [*blocks, cursor]:
             s.merge(IndexedBlock.model_validate(b.model_dump()))
         s.flush()
@@ -136,6 +104,55 @@ def store_chunk(
         else:
             cursor_row.block_number, cursor_row.block_hash = cursor.number, cursor.hash
             cursor_row.updated_at = utcnow()
+
+
+def _store_logs(s: Session, logs: Sequence[IndexedLog], accounts: dict[int, Account]) -> None:
+    """One batch of store_chunk: its logs, their account links, its new accounts (flushed),
+    the nonces of the accounts it touches; ``accounts`` carries the rows across batches."""
+    accounts.update(
+        _load_accounts(s, {a for log in logs for a, _, _ in log.effects} - accounts.keys())
+    )
+    new: dict[int, Account] = {}
+    log_rows: list[dict[str, object]] = []
+    link_rows: list[dict[str, object]] = []
+    for log in logs:
+        log_rows.append(
+            {
+                "block_number": log.block_number,
+                "log_index": log.log_index,
+                "block_hash": log.block_hash,
+                "tx_hash": log.tx_hash,
+                "name": log.name,
+                "args": log.args,
+                "accounts": log.accounts,
+            }
+        )
+        after: dict[int, int] = {}
+        for account, kind, value in log.effects:
+            row = accounts.get(account)
+            if row is None:
+                row = accounts[account] = new[account] = _new_account(account, log.block_number)
+            if kind == "set":
+                row.nonce = value
+            elif kind == "bump":
+                row.nonce += 1
+            row.last_block = log.block_number
+            after[account] = row.nonce
+        link_rows += [
+            {
+                "block_number": log.block_number,
+                "log_index": log.log_index,
+                "account": account,
+                "nonce": nonce,
+            }
+            for account, nonce in after.items()
+        ]
+    if log_rows:
+        s.exec(insert(EventLog), params=log_rows)
+    if link_rows:
+        s.exec(insert(EventAccount), params=link_rows)
+    s.add_all(new.values())
+    s.flush()
 
 
 def rollback_index_after(store: Store, stream: str, number: int) -> RolledBack:
@@ -223,16 +240,19 @@ def indexed_nonces(store: Store, up_to_block: int) -> dict[int, int | None]:
                 .distinct()
             )
         }
-        table = {int(a.id): a for a in s.exec(select(Account))}
+        # Columns, not ORM objects: building 100,000 of them took longer than the
+        # idle-in-transaction limit of cluster mode (keeper.cluster.member) before the commit.
+        cols = (Account.id, Account.nonce, Account.first_block, Account.last_block)
+        table = {int(r[0]): r for r in s.exec(select(*cols))}
         out: dict[int, int | None] = {}
         for a in named | table.keys():
             row = table.get(a)
             if row is None:
                 out[a] = None
-            elif row.first_block > up_to_block:
+            elif row[2] > up_to_block:
                 continue  # not on chain yet at that block
-            elif row.last_block <= up_to_block:
-                out[a] = row.nonce
+            elif row[3] <= up_to_block:
+                out[a] = row[1]
             else:  # moved after the block checked: its nonce as of then
                 out[a] = s.exec(
                     select(EventAccount.nonce)
